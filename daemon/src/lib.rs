@@ -1,0 +1,23 @@
+//! slsd — the sls second-factor verification daemon, as a library.
+//!
+//! The binary in `main.rs` is a thin shell over these modules. See
+//! `ARCHITECTURE.md` at the repository root for the map; in short:
+//!
+//! - [`otp`]: the one-time-code algorithms (HOTP, TOTP, OCRA, code cards,
+//!   random codes, constant-time comparison). Pure: no state, no I/O, no clock.
+//! - [`profile`]: the device kinds of the Secure Login System as data
+//!   (suites, code lengths, security levels, withdrawal limits).
+
+// Daemon code must not panic on input: no unwrap/expect/indexing outside tests.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
+pub mod otp;
+pub mod profile;
