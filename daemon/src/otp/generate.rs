@@ -117,3 +117,118 @@ impl CodeSpec {
         code
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rand_core::UnwrapErr;
+    use rand::rngs::SysRng;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha20Rng;
+
+    /// Pearson's chi-square statistic of `counts` against a uniform spread.
+    fn chi_square(counts: &[u64]) -> f64 {
+        let total: u64 = counts.iter().sum();
+        let expected = total as f64 / counts.len() as f64;
+        counts
+            .iter()
+            .map(|&c| (c as f64 - expected).powi(2) / expected)
+            .sum()
+    }
+
+    // Critical values of the chi-square distribution at p = 0.001.
+    const CRITICAL_35_DOF: f64 = 66.62;
+    const CRITICAL_9_DOF: f64 = 27.88;
+
+    const BASE36: &str = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+
+    #[test]
+    fn digits_alphabet_is_valid() {
+        assert_eq!(Alphabet::digits().as_str(), "0123456789");
+    }
+
+    #[test]
+    fn every_symbol_is_equally_likely() {
+        // 36 symbols do not divide 256: a `byte % 36` generator would favour
+        // the first four symbols by 8/7 and fail this test (see below).
+        let spec = CodeSpec::new(Alphabet::new(BASE36).unwrap(), 8).unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(0x5e5);
+        let mut counts = [0u64; 36];
+        for _ in 0..45_000 {
+            for symbol in spec.generate(&mut rng).as_bytes() {
+                counts[BASE36.find(char::from(*symbol)).unwrap()] += 1;
+            }
+        }
+        let statistic = chi_square(&counts);
+        assert!(
+            statistic < CRITICAL_35_DOF,
+            "chi-square {statistic:.1} over 35 dof"
+        );
+    }
+
+    #[test]
+    fn the_distribution_check_catches_modulo_bias() {
+        // The same statistic over the naive `byte % 36`: proves the test above
+        // has the power to fail.
+        let mut rng = ChaCha20Rng::seed_from_u64(0x5e5);
+        let mut counts = [0u64; 36];
+        for _ in 0..360_000 {
+            let byte = (rng.next_u32() & 0xff) as usize;
+            counts[byte % 36] += 1;
+        }
+        assert!(chi_square(&counts) > CRITICAL_35_DOF);
+    }
+
+    #[test]
+    fn every_position_of_a_code_is_uniform() {
+        let spec = CodeSpec::new(Alphabet::digits(), 6).unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(42);
+        let mut counts = [[0u64; 10]; 6];
+        for _ in 0..50_000 {
+            let code = spec.generate(&mut rng);
+            for (position, digit) in code.as_bytes().iter().enumerate() {
+                counts[position][usize::from(digit - b'0')] += 1;
+            }
+        }
+        for (position, row) in counts.iter().enumerate() {
+            let statistic = chi_square(row);
+            assert!(
+                statistic < CRITICAL_9_DOF,
+                "position {position}: chi-square {statistic:.1}"
+            );
+        }
+    }
+
+    #[test]
+    fn os_generator_gives_codes_of_the_spec() {
+        let spec = CodeSpec::new(Alphabet::new("ABCDEFGH").unwrap(), 10).unwrap();
+        let mut rng = UnwrapErr(SysRng);
+        let a = spec.generate(&mut rng);
+        let b = spec.generate(&mut rng);
+        assert_eq!(a.len(), 10);
+        assert!(a.as_str().chars().all(|c| ('A'..='H').contains(&c)));
+        // 8^10 possibilities: two equal draws would mean a broken source.
+        assert_ne!(a.as_str(), b.as_str());
+    }
+
+    #[test]
+    fn bad_alphabets_and_lengths_are_refused() {
+        assert_eq!(Alphabet::new("7"), Err(GenerateError::AlphabetSize(1)));
+        assert_eq!(Alphabet::new(""), Err(GenerateError::AlphabetSize(0)));
+        assert_eq!(
+            Alphabet::new(&"x".repeat(65)),
+            Err(GenerateError::AlphabetSize(65))
+        );
+        assert_eq!(Alphabet::new("ab a"), Err(GenerateError::Symbol(' ')));
+        assert_eq!(Alphabet::new("abca"), Err(GenerateError::Repeated('a')));
+        assert_eq!(Alphabet::new("aé"), Err(GenerateError::Symbol('é')));
+        assert_eq!(
+            CodeSpec::new(Alphabet::digits(), 0),
+            Err(GenerateError::Length(0))
+        );
+        assert_eq!(
+            CodeSpec::new(Alphabet::digits(), MAX_CODE_LEN + 1),
+            Err(GenerateError::Length(MAX_CODE_LEN + 1))
+        );
+    }
+}
