@@ -1,1 +1,9 @@
+//! sls-sim — the simulator of sls, as a library.
+//!
+//! It plays the other side of the daemon: hardware cards, phone apps and
+//! (in later versions) an SMS carrier and fleets of users under load. Every
+//! emulated device computes with the daemon's own `slsd::otp` code.
+//!
+//! - [`token`]: single emulated tokens (`sls-sim token ...`).
 
+pub mod token;

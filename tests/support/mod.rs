@@ -1,0 +1,68 @@
+//! Shared helpers of the end-to-end tests: the real binaries, built once.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn workspace() -> &'static Path {
+    // This crate lives in `<workspace>/tests`.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits inside the workspace")
+}
+
+/// Path of a workspace binary, built with the profile this test was built
+/// with. Cargo builds a package's binaries only for that package's own
+/// tests, so the end-to-end crate asks cargo for them once per run.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        // target/<profile>/deps/<this test> -> target/<profile>
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test runs from target/<profile>/deps")
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .current_dir(workspace())
+            .args(["build", "--quiet", "--bins", "--workspace"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of the binaries failed");
+        profile_dir
+    });
+    dir.join(name)
+}
+
+/// Runs `sls-sim` with `args`.
+pub fn sls_sim(args: &[&str]) -> Output {
+    Command::new(binary("sls-sim"))
+        .args(args)
+        .output()
+        .expect("run sls-sim")
+}
+
+/// Stdout of a run that must succeed, without the trailing newline.
+pub fn stdout_ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}, stderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.stderr.is_empty(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout.clone()).expect("utf-8 stdout");
+    text.strip_suffix('\n')
+        .expect("one line of output")
+        .to_owned()
+}
