@@ -4,6 +4,8 @@
 //! with, so the simulator plays a device exactly. `sls-sim token ...` is the
 //! command-line face of this module (see `main.rs`).
 
+use std::sync::Arc;
+
 use slsd::otp::card::{self, CardError, CodeCard};
 use slsd::otp::hotp::{Digits, DigitsError, hotp};
 use slsd::otp::ocra::{InputError, Ocra, OcraInput, QuestionFormat, Suite, SuiteError};
@@ -131,7 +133,7 @@ impl DscPlus {
                 suite,
                 pin_digits: Some(pin_digits),
             } if suite.question_format() == QuestionFormat::Numeric => Ok(Self {
-                ocra: Ocra::new(suite.clone(), &key),
+                ocra: Ocra::new(Arc::clone(suite), &key),
                 pin_digits: *pin_digits,
             }),
             _ => Err(TokenError::DscProfile),

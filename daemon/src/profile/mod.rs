@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -106,7 +107,7 @@ pub enum Check {
     /// OCRA challenge/response; `pin_digits` is the PIN length the device
     /// takes when the suite binds a PIN.
     Ocra {
-        suite: Suite,
+        suite: Arc<Suite>,
         pin_digits: Option<u8>,
     },
     /// A security code card with this many positions.
@@ -308,7 +309,10 @@ impl RawProfile {
                     (Some(_), Some(4..=8)) | (None, None) => {}
                     _ => return Err(ProfileError::PinDigits(kind)),
                 }
-                Check::Ocra { suite, pin_digits }
+                Check::Ocra {
+                    suite: Arc::new(suite),
+                    pin_digits,
+                }
             }
             RawCheck::CodeCard { positions } => {
                 if !(2..=card::MAX_POSITIONS).contains(&positions) {

@@ -13,21 +13,26 @@ mod suite;
 pub use input::{InputError, OcraInput, QUESTION_BYTES};
 pub use suite::{OcraTimeStep, QuestionFormat, Suite, SuiteError, TimeUnit};
 
+use std::sync::Arc;
+
 use input::DataInput;
 
 use super::hotp::{Digits, truncated_code};
 use super::{Code, HmacKey, SecretKey};
 
 /// An OCRA device key bound to its suite, ready to compute responses.
+///
+/// The suite is shared (`Arc`): every device of a kind uses the same one.
 #[derive(Debug, Clone)]
 pub struct Ocra {
-    suite: Suite,
+    suite: Arc<Suite>,
     key: HmacKey,
 }
 
 impl Ocra {
     /// Precomputes the HMAC state of `key` for the suite's hash.
-    pub fn new(suite: Suite, key: &SecretKey) -> Self {
+    pub fn new(suite: impl Into<Arc<Suite>>, key: &SecretKey) -> Self {
+        let suite = suite.into();
         let key = HmacKey::new(suite.hash(), key);
         Self { suite, key }
     }
