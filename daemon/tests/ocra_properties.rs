@@ -58,17 +58,30 @@ fn question_for(format: QuestionFormat, len: usize) -> BoxedStrategy<String> {
     proptest::string::string_regex(&pattern).unwrap().boxed()
 }
 
-/// A suite with an input that satisfies it.
-fn suite_and_input() -> impl Strategy<
-    Value = (
-        Suite,
-        Option<u64>,
-        String,
-        Option<Vec<u8>>,
-        Option<Vec<u8>>,
-        Option<u64>,
-    ),
-> {
+/// A suite with an input that satisfies it (owned; see [`Case::input`]).
+#[derive(Debug, Clone)]
+struct Case {
+    suite: Suite,
+    counter: Option<u64>,
+    question: String,
+    pin: Option<Vec<u8>>,
+    session: Option<Vec<u8>>,
+    timestamp: Option<u64>,
+}
+
+impl Case {
+    fn input(&self) -> OcraInput<'_> {
+        OcraInput {
+            counter: self.counter,
+            question: &self.question,
+            pin_hash: self.pin.as_deref(),
+            session: self.session.as_deref(),
+            timestamp: self.timestamp,
+        }
+    }
+}
+
+fn suite_and_input() -> impl Strategy<Value = Case> {
     suite_text().prop_flat_map(|text| {
         let suite: Suite = text.parse().unwrap();
         let question = question_for(suite.question_format(), usize::from(suite.question_len()));
@@ -94,7 +107,16 @@ fn suite_and_input() -> impl Strategy<
         } else {
             Just(None).boxed()
         };
-        (Just(suite), counter, question, pin, session, timestamp)
+        (Just(suite), counter, question, pin, session, timestamp).prop_map(
+            |(suite, counter, question, pin, session, timestamp)| Case {
+                suite,
+                counter,
+                question,
+                pin,
+                session,
+                timestamp,
+            },
+        )
     })
 }
 
@@ -152,16 +174,11 @@ proptest! {
 
     #[test]
     fn data_input_has_the_rfc_layout(
-        (suite, counter, question, pin, session, timestamp) in suite_and_input()
+        case in suite_and_input()
     ) {
-        let input = OcraInput {
-            counter,
-            question: &question,
-            pin_hash: pin.as_deref(),
-            session: session.as_deref(),
-            timestamp,
-        };
-        let bytes = data_input(&suite, &input).unwrap();
+        let Case { suite, counter, question, pin, session, timestamp } = &case;
+        let input = case.input();
+        let bytes = data_input(suite, &input).unwrap();
 
         let suite_len = suite.as_str().len();
         let pin_len = suite.pin().map_or(0, HashAlgorithm::output_len);
@@ -180,7 +197,7 @@ proptest! {
             prop_assert_eq!(&rest[..8], &c.to_be_bytes());
             rest = &rest[8..];
         }
-        let expected_question = reference_question(suite.question_format(), &question);
+        let expected_question = reference_question(suite.question_format(), question);
         prop_assert_eq!(&rest[..QUESTION_BYTES], expected_question.as_slice());
         rest = &rest[QUESTION_BYTES..];
         if let Some(p) = &pin {
@@ -203,11 +220,12 @@ proptest! {
 
     #[test]
     fn responses_have_the_suite_length_and_only_the_right_one_verifies(
-        (suite, counter, question, pin, session, timestamp) in suite_and_input(),
+        case in suite_and_input(),
         key in proptest::collection::vec(any::<u8>(), 1..=64),
         flip in any::<prop::sample::Index>(),
     ) {
-        let input = OcraInput { counter, question: &question, pin_hash: pin.as_deref(), session: session.as_deref(), timestamp };
+        let suite = &case.suite;
+        let input = case.input();
         let ocra = Ocra::new(suite.clone(), &SecretKey::from_bytes(key).unwrap());
         let response = ocra.respond(&input).unwrap();
         prop_assert_eq!(response.len(), suite.response_len());

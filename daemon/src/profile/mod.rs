@@ -101,6 +101,25 @@ pub enum SecurityLevel {
     Highest,
 }
 
+impl SecurityLevel {
+    /// The name used in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Temporary => "temporary",
+            Self::Lowest => "lowest",
+            Self::Low => "low",
+            Self::High => "high",
+            Self::Highest => "highest",
+        }
+    }
+}
+
+impl fmt::Display for SecurityLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How sls checks an answer from a device of this kind.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Check {

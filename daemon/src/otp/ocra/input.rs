@@ -265,7 +265,7 @@ impl<'a> NibbleWriter<'a> {
             .out
             .get_mut(self.written / 2)
             .ok_or(InputError::QuestionTooLong)?;
-        if self.written % 2 == 0 {
+        if self.written.is_multiple_of(2) {
             *byte = nibble << 4;
         } else {
             *byte |= nibble;
