@@ -34,6 +34,8 @@ pub enum TokenError {
     Step(#[from] TimeStepError),
     #[error("--index: {0}")]
     Card(#[from] CardError),
+    #[error("--positions: {0}")]
+    Positions(CardError),
     #[error("--index: give at least one position")]
     NoIndex,
     #[error("--challenge: a DSC+ challenge is exactly {0} digits")]
@@ -189,7 +191,8 @@ pub fn card_codes(key: &str, indices: &[u16], positions: u16) -> Result<Code, To
     if indices.is_empty() {
         return Err(TokenError::NoIndex);
     }
-    let card = CodeCard::new(&SecretKey::from_hex(key)?, positions)?;
+    let card =
+        CodeCard::new(&SecretKey::from_hex(key)?, positions).map_err(TokenError::Positions)?;
     Ok(card.codes_at(indices)?)
 }
 
