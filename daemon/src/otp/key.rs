@@ -23,8 +23,9 @@ pub enum KeyError {
     NotHex(hex::FromHexError),
 }
 
-/// Key material of a device: zeroized on drop, never printed.
-#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+/// Key material of a device: zeroized on drop, never printed, and not
+/// comparable with `==` (which would stop at the first differing byte).
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct SecretKey(Box<[u8]>);
 
 impl SecretKey {
@@ -152,8 +153,6 @@ impl HmacKey {
     /// Runs the key schedule for `algorithm` once.
     pub fn new(algorithm: HashAlgorithm, key: &SecretKey) -> Self {
         let key = key.expose_secret();
-        // HMAC accepts keys of any length (RFC 2104 §3), so the error branch of
-        // `new_from_slice` cannot be taken; `Hmac::new` would need a fixed size.
         let state = match algorithm {
             HashAlgorithm::Sha1 => KeyedState::Sha1(keyed(key)),
             HashAlgorithm::Sha256 => KeyedState::Sha256(keyed(key)),
@@ -188,13 +187,12 @@ impl HmacKey {
     }
 }
 
+// HMAC accepts keys of any length (RFC 2104 §3) and the `hmac` crate's
+// `new_from_slice` has no error path. A fallback key would be far worse than
+// this unreachable panic: it would verify answers made without the secret.
+#[allow(clippy::expect_used)]
 fn keyed<M: KeyInit>(key: &[u8]) -> M {
-    match M::new_from_slice(key) {
-        Ok(mac) => mac,
-        // Unreachable for HMAC (any key length is valid); an empty-key MAC
-        // would still be deterministic rather than a panic.
-        Err(_) => M::new(&Default::default()),
-    }
+    M::new_from_slice(key).expect("HMAC accepts keys of any length")
 }
 
 impl fmt::Debug for HmacKey {
@@ -254,13 +252,16 @@ mod tests {
 
     #[test]
     fn key_length_is_bounded() {
-        assert_eq!(SecretKey::from_bytes(vec![]), Err(KeyError::Empty));
-        assert!(SecretKey::from_bytes(vec![7; MAX_KEY_LEN]).is_ok());
+        assert_eq!(SecretKey::from_bytes(vec![]).unwrap_err(), KeyError::Empty);
         assert_eq!(
-            SecretKey::from_bytes(vec![7; MAX_KEY_LEN + 1]),
-            Err(KeyError::TooLong {
+            SecretKey::from_bytes(vec![7; MAX_KEY_LEN]).unwrap().len(),
+            MAX_KEY_LEN
+        );
+        assert_eq!(
+            SecretKey::from_bytes(vec![7; MAX_KEY_LEN + 1]).unwrap_err(),
+            KeyError::TooLong {
                 len: MAX_KEY_LEN + 1
-            })
+            }
         );
         assert!(matches!(
             SecretKey::from_hex("zz"),

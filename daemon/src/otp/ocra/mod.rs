@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use input::DataInput;
 
-use super::hotp::{Digits, truncated_code};
+use super::hotp::truncated_code;
 use super::{Code, HmacKey, SecretKey};
 
 /// An OCRA device key bound to its suite, ready to compute responses.
@@ -45,10 +45,9 @@ impl Ocra {
     pub fn respond(&self, input: &OcraInput<'_>) -> Result<Code, InputError> {
         let data = DataInput::new(&self.suite, input)?;
         let parts = data.parts();
-        Ok(match Digits::new(u32::from(self.suite.digits())) {
-            Ok(digits) => truncated_code(&self.key, &parts, digits),
-            // Truncation 0: the full HMAC value.
-            Err(_) => Code::hex(self.key.mac(&parts).as_bytes()),
+        Ok(match self.suite.truncation() {
+            Some(digits) => truncated_code(&self.key, &parts, digits),
+            None => Code::hex(self.key.mac(&parts).as_bytes()),
         })
     }
 

@@ -17,6 +17,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::otp::HashAlgorithm;
+use crate::otp::hotp::Digits;
 
 /// What a malformed suite got wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,6 +127,11 @@ impl Suite {
     /// Response digits; 0 means the untruncated HMAC (given in hex).
     pub fn digits(&self) -> u8 {
         self.digits
+    }
+
+    /// The truncation to decimal digits, or `None` for the untruncated HMAC.
+    pub fn truncation(&self) -> Option<Digits> {
+        Digits::new(u32::from(self.digits)).ok()
     }
 
     /// Whether the data input carries a counter `C`.
