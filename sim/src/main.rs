@@ -191,7 +191,7 @@ fn run_token(command: TokenCommand) -> Result<Code, TokenError> {
         ),
         TokenCommand::Dscplus(args) => {
             let card = DscPlus::new(
-                SecretKey::from_hex(&args.key)?,
+                &SecretKey::from_hex(&args.key)?,
                 &DeviceProfiles::defaults()?,
             )?;
             card.respond(&args.pin, &args.challenge)

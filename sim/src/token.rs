@@ -129,13 +129,13 @@ pub struct DscPlus {
 
 impl DscPlus {
     /// A card with `key`, checked the way `profiles` says DSC+ is checked.
-    pub fn new(key: SecretKey, profiles: &DeviceProfiles) -> Result<Self, TokenError> {
+    pub fn new(key: &SecretKey, profiles: &DeviceProfiles) -> Result<Self, TokenError> {
         match &profiles.get(DeviceKind::DscPlus).check {
             Check::Ocra {
                 suite,
                 pin_digits: Some(pin_digits),
             } if suite.question_format() == QuestionFormat::Numeric => Ok(Self {
-                ocra: Ocra::new(Arc::clone(suite), &key),
+                ocra: Ocra::new(Arc::clone(suite), key),
                 pin_digits: *pin_digits,
             }),
             _ => Err(TokenError::DscProfile),
