@@ -3,7 +3,7 @@
 use std::fmt;
 
 use subtle::{Choice, ConstantTimeEq};
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// The longest code: an untruncated HMAC-SHA512 written in hex.
 pub const MAX_CODE_LEN: usize = 128;
@@ -13,7 +13,7 @@ pub const MAX_CODE_LEN: usize = 128;
 ///
 /// `Display` writes the code (the emulator prints it); `Debug` does not,
 /// since an expected response is a secret until it has been used.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+#[derive(Clone)]
 pub struct Code {
     bytes: [u8; MAX_CODE_LEN],
     len: usize,
@@ -29,7 +29,7 @@ impl Code {
 
     /// `value` written as exactly `digits` decimal digits, zero-padded on
     /// the left (the HOTP rendering). `digits` is clamped to 20, enough for
-    /// any `u64`.
+    /// any `u64`; past [`MAX_CODE_LEN`] nothing is appended.
     pub(crate) fn decimal(value: u64, digits: usize) -> Self {
         let mut code = Self::empty();
         code.push_decimal(value, digits);
@@ -54,15 +54,10 @@ impl Code {
 
     /// Appends `value` as `digits` decimal digits.
     pub(crate) fn push_decimal(&mut self, value: u64, digits: usize) {
-        let digits = digits.min(20);
-        let mut rest = value;
-        let mut buffer = [b'0'; 20];
-        for slot in buffer.iter_mut().take(digits).rev() {
-            *slot = b'0' + (rest % 10) as u8;
-            rest /= 10;
-        }
-        for &digit in buffer.iter().take(digits) {
-            self.push(digit);
+        let end = self.len + digits.min(DECIMAL_MAX);
+        if let Some(slot) = self.bytes.get_mut(self.len..end) {
+            write_decimal(value, slot);
+            self.len = end;
         }
     }
 
@@ -105,6 +100,26 @@ impl Code {
     }
 }
 
+// Only `bytes[..len]` is ever written (`push` is the one writer), so wiping
+// that prefix wipes the code; the volatile writes cost per byte, and a
+// verification drops a code every time.
+impl Zeroize for Code {
+    fn zeroize(&mut self) {
+        if let Some(used) = self.bytes.get_mut(..self.len) {
+            used.zeroize();
+        }
+        self.len = 0;
+    }
+}
+
+impl Drop for Code {
+    fn drop(&mut self) {
+        self.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for Code {}
+
 impl fmt::Display for Code {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -117,6 +132,38 @@ impl fmt::Debug for Code {
             .field("len", &self.len)
             .finish_non_exhaustive()
     }
+}
+
+/// The most decimal digits one answer holds (a `u64` has at most 20).
+const DECIMAL_MAX: usize = 20;
+
+/// Fills `out` with the last `out.len()` decimal digits of `value`,
+/// zero-padded on the left.
+fn write_decimal(value: u64, out: &mut [u8]) {
+    let mut rest = value;
+    for slot in out.iter_mut().rev() {
+        *slot = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+}
+
+/// Whether `given` is the decimal answer made of `parts` — each a value and
+/// its digit count, written one after another — in constant time.
+///
+/// The verification path uses this instead of building a [`Code`]: the
+/// expected answer stays in a small stack buffer (wiped afterwards) rather
+/// than a 136-byte value moved through several calls.
+pub(crate) fn decimal_answer_matches(parts: &[(u64, u8)], given: &[u8]) -> Choice {
+    let mut expected = Zeroizing::new([0u8; DECIMAL_MAX]);
+    let mut len = 0;
+    for &(value, digits) in parts {
+        let end = len + usize::from(digits);
+        if let Some(slot) = expected.get_mut(len..end) {
+            write_decimal(value, slot);
+            len = end;
+        }
+    }
+    codes_match(expected.get(..len).unwrap_or(&[]), given)
 }
 
 /// Compares an expected code with a given answer in constant time.

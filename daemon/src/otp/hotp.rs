@@ -52,11 +52,15 @@ pub fn dynamic_truncation(mac: &[u8]) -> u32 {
     }
 }
 
+/// The value of the code for `message`: its HMAC truncated, modulo 10^digits.
+pub(crate) fn truncated_value(key: &HmacKey, message: &[&[u8]], digits: Digits) -> u64 {
+    let mac = key.mac(message);
+    u64::from(dynamic_truncation(mac.as_bytes())) % 10u64.pow(u32::from(digits.0))
+}
+
 /// The code for `message`: truncate its HMAC and keep `digits` digits.
 pub(crate) fn truncated_code(key: &HmacKey, message: &[&[u8]], digits: Digits) -> Code {
-    let mac = key.mac(message);
-    let value = u64::from(dynamic_truncation(mac.as_bytes())) % 10u64.pow(u32::from(digits.0));
-    Code::decimal(value, usize::from(digits.0))
+    Code::decimal(truncated_value(key, message, digits), usize::from(digits.0))
 }
 
 /// HOTP value for `counter` (RFC 4226 §5.3), with any HMAC hash.

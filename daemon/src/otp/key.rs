@@ -204,7 +204,7 @@ impl fmt::Debug for HmacKey {
 }
 
 /// A hash or HMAC output (at most 64 bytes), held on the stack.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+#[derive(Clone)]
 pub struct MacOutput {
     bytes: [u8; 64],
     len: usize,
@@ -226,6 +226,24 @@ impl MacOutput {
         self.bytes.get(..self.len).unwrap_or(&[])
     }
 }
+
+// As for `Code`: only the first `len` bytes are ever written.
+impl Zeroize for MacOutput {
+    fn zeroize(&mut self) {
+        if let Some(used) = self.bytes.get_mut(..self.len) {
+            used.zeroize();
+        }
+        self.len = 0;
+    }
+}
+
+impl Drop for MacOutput {
+    fn drop(&mut self) {
+        self.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for MacOutput {}
 
 impl fmt::Debug for MacOutput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

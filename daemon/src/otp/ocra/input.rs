@@ -202,6 +202,18 @@ fn encode_question(
 /// Writes the value of a decimal string as hex nibbles from the left, with
 /// no leading zero nibbles (the RFC's `BigInteger(q).toString(16)`).
 fn encode_decimal(digits: &[u8], out: &mut [u8; QUESTION_BYTES]) -> Result<(), InputError> {
+    // Fast path for the common short challenge: 19 digits always fit a u64.
+    if digits.len() <= 19 {
+        let value = digits
+            .iter()
+            .fold(0u64, |value, digit| value * 10 + u64::from(digit - b'0'));
+        let mut nibbles = NibbleWriter::new(out);
+        let significant = 16 - (value.leading_zeros() / 4).min(15) as usize;
+        for shift in (0..significant).rev() {
+            nibbles.push(((value >> (shift * 4)) & 0x0f) as u8)?;
+        }
+        return Ok(());
+    }
     // Big-endian binary value, built by value = value * 10 + digit over
     // only the `used` low-order bytes that can be non-zero yet (a 6-digit
     // challenge touches 3 bytes, not 128). A question that does not fit 128

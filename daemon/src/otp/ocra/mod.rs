@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 use input::DataInput;
 
-use super::hotp::truncated_code;
+use super::code::decimal_answer_matches;
+use super::hotp::{truncated_code, truncated_value};
 use super::{Code, HmacKey, SecretKey};
 
 /// An OCRA device key bound to its suite, ready to compute responses.
@@ -53,7 +54,12 @@ impl Ocra {
 
     /// Whether `given` is the response to `input`, compared in constant time.
     pub fn verify(&self, input: &OcraInput<'_>, given: &[u8]) -> Result<bool, InputError> {
-        Ok(self.respond(input)?.matches(given))
+        let Some(digits) = self.suite.truncation() else {
+            return Ok(self.respond(input)?.matches(given));
+        };
+        let data = DataInput::new(&self.suite, input)?;
+        let value = truncated_value(&self.key, &data.parts(), digits);
+        Ok(decimal_answer_matches(&[(value, digits.get())], given).into())
     }
 }
 
