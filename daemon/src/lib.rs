@@ -7,6 +7,9 @@
 //!   random codes, constant-time comparison). Pure: no state, no I/O, no clock.
 //! - [`profile`]: the device kinds of the Secure Login System as data
 //!   (suites, code lengths, security levels, withdrawal limits).
+//! - [`identity`]: usernames, device and challenge ids.
+//! - [`wire`]: the frame codec of the QUIC protocol. Pure: bytes in, typed
+//!   requests out, and back.
 
 // Daemon code must not panic on input: no unwrap/expect/indexing outside tests.
 #![cfg_attr(
@@ -19,5 +22,7 @@
     )
 )]
 
+pub mod identity;
 pub mod otp;
 pub mod profile;
+pub mod wire;

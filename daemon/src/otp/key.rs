@@ -6,6 +6,7 @@ use std::str::FromStr;
 use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
 use sha2::{Digest, Sha256, Sha512};
+use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// The longest key accepted, in bytes. Longer than any hash block (SHA-512's
@@ -23,10 +24,20 @@ pub enum KeyError {
     NotHex(hex::FromHexError),
 }
 
-/// Key material of a device: zeroized on drop, never printed, and not
-/// comparable with `==` (which would stop at the first differing byte).
+/// Key material of a device: zeroized on drop, never printed, compared in
+/// constant time.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct SecretKey(Box<[u8]>);
+
+impl PartialEq for SecretKey {
+    /// Constant time in the contents (the length is public: the device
+    /// kind fixes it).
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for SecretKey {}
 
 impl SecretKey {
     /// Takes ownership of raw key bytes (1 to [`MAX_KEY_LEN`] bytes).

@@ -47,6 +47,25 @@ impl DeviceKind {
         Self::Platinum,
     ];
 
+    /// The kind's number on the wire (see PROTOCOL.md).
+    pub fn code(self) -> u8 {
+        match self {
+            Self::DscPlus => 1,
+            Self::Scc => 2,
+            Self::OnlineScc => 3,
+            Self::IbKey => 4,
+            Self::Sms => 5,
+            Self::Temporary => 6,
+            Self::LegacyDsc => 7,
+            Self::Gold => 8,
+            Self::Platinum => 9,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.code() == code)
+    }
+
     /// The name used in configuration and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1,0 +1,89 @@
+//! The names things go by: users, devices, challenges. Parsed once at the
+//! edge (wire, admin input) into these types, then trusted.
+
+use std::fmt;
+
+/// The longest username accepted, in bytes.
+pub const MAX_USERNAME_LEN: usize = 64;
+
+/// A login name: 1 to 64 characters from `A-Z a-z 0-9 . _ @ -`.
+///
+/// Gateways pass the name the user typed; sls never says whether it exists.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Username(Box<str>);
+
+/// A username that breaks the rule above.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsernameError {
+    #[error("username is empty")]
+    Empty,
+    #[error("username is {0} bytes, the limit is {MAX_USERNAME_LEN}")]
+    TooLong(usize),
+    #[error("username has a character outside A-Z a-z 0-9 . _ @ - at byte {0}")]
+    Character(usize),
+}
+
+impl Username {
+    pub fn new(name: &str) -> Result<Self, UsernameError> {
+        if name.is_empty() {
+            return Err(UsernameError::Empty);
+        }
+        if name.len() > MAX_USERNAME_LEN {
+            return Err(UsernameError::TooLong(name.len()));
+        }
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-');
+        if let Some(position) = name.bytes().position(|b| !allowed(b)) {
+            return Err(UsernameError::Character(position));
+        }
+        Ok(Self(name.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Username {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A device's number, unique in one deployment; 0 is never assigned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeviceId(pub u64);
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An open challenge's handle: random, so that one gateway cannot guess
+/// another's challenges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChallengeId(pub u64);
+
+impl fmt::Display for ChallengeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_follow_the_rule() {
+        assert!(Username::new("jdoe.1984@corp-x_y").is_ok());
+        assert_eq!(Username::new(""), Err(UsernameError::Empty));
+        assert_eq!(
+            Username::new(&"a".repeat(65)),
+            Err(UsernameError::TooLong(65))
+        );
+        assert!(Username::new(&"a".repeat(64)).is_ok());
+        assert_eq!(Username::new("j doe"), Err(UsernameError::Character(1)));
+        assert_eq!(Username::new("jdoé"), Err(UsernameError::Character(3)));
+    }
+}

@@ -1,0 +1,363 @@
+//! Responses: what sls answers.
+
+use std::time::Duration;
+
+use super::DecodeError;
+use super::codec::{Put, Reader};
+use crate::identity::{ChallengeId, DeviceId, Username};
+use crate::otp::SecretKey;
+use crate::profile::DeviceKind;
+
+/// One response: the id of the request it answers, and the reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    pub id: u64,
+    pub reply: Reply,
+}
+
+/// Replies, by tag.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// To `Devices` and `ListDevices`.
+    Devices(Vec<DeviceEntry>),
+    /// To `Challenge`.
+    Challenge {
+        challenge: ChallengeId,
+        text: ChallengeText,
+        expires_in: Duration,
+    },
+    /// To `Verify`.
+    Verdict(Verdict),
+    /// To `Enroll`: the new device, and its key if sls generated it (this
+    /// is the only time the key leaves sls).
+    Enrolled {
+        device: DeviceId,
+        secret: Option<SecretKey>,
+    },
+    /// To `Revoke` and `Unlock`.
+    Done,
+    /// To `Stats`.
+    Stats(Vec<StatEntry>),
+    /// Any request that could not be carried out.
+    Error {
+        code: ErrorCode,
+        /// When retrying makes sense (`Busy`, `RateLimited`), after how long.
+        retry_after: Duration,
+        message: String,
+    },
+}
+
+/// A device as listed to gateways and operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceEntry {
+    pub device: DeviceId,
+    pub kind: DeviceKind,
+    pub label: String,
+    /// Zero unless the device is locked out.
+    pub locked_for: Duration,
+}
+
+/// What the login page shows the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChallengeText {
+    /// Digits to type into the device (DSC+, IB Key offline).
+    Question(String),
+    /// Two positions of a security code card.
+    CardPositions(u16, u16),
+}
+
+/// The outcome of a `Verify`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted {
+        user: Username,
+        device: DeviceId,
+        kind: DeviceKind,
+    },
+    Rejected {
+        attempts_left: u8,
+    },
+    Expired,
+    LockedOut {
+        retry_after: Duration,
+    },
+    UnknownChallenge,
+}
+
+/// A named counter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatEntry {
+    pub name: String,
+    pub value: u64,
+}
+
+/// Why a request was not carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The body did not parse; the message says which field.
+    Malformed,
+    /// The operation code is not known.
+    UnknownOperation,
+    /// The caller's role may not call this operation.
+    Forbidden,
+    /// Temporarily overloaded; retry after `retry_after`.
+    Busy,
+    /// The open-challenge table is full.
+    TooManyChallenges,
+    /// Too many requests from this caller or for this user.
+    RateLimited,
+    /// The device (or challenge target) does not exist or is not usable.
+    NotFound,
+    /// A field is well-formed but not acceptable (the message says why).
+    InvalidArgument,
+    /// The service failed; nothing was changed.
+    Internal,
+    /// The service is stopping.
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    pub const ALL: [Self; 10] = [
+        Self::Malformed,
+        Self::UnknownOperation,
+        Self::Forbidden,
+        Self::Busy,
+        Self::TooManyChallenges,
+        Self::RateLimited,
+        Self::NotFound,
+        Self::InvalidArgument,
+        Self::Internal,
+        Self::ShuttingDown,
+    ];
+
+    pub fn code(self) -> u16 {
+        match self {
+            Self::Malformed => 1,
+            Self::UnknownOperation => 2,
+            Self::Forbidden => 3,
+            Self::Busy => 4,
+            Self::TooManyChallenges => 5,
+            Self::RateLimited => 6,
+            Self::NotFound => 7,
+            Self::InvalidArgument => 8,
+            Self::Internal => 9,
+            Self::ShuttingDown => 10,
+        }
+    }
+
+    pub fn from_code(code: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.code() == code)
+    }
+}
+
+/// Durations travel as whole milliseconds.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Reply {
+    pub fn tag(&self) -> u8 {
+        match self {
+            Self::Devices(_) => 0x01,
+            Self::Challenge { .. } => 0x02,
+            Self::Verdict(_) => 0x03,
+            Self::Enrolled { .. } => 0x20,
+            Self::Done => 0x21,
+            Self::Stats(_) => 0x24,
+            Self::Error { .. } => 0x7f,
+        }
+    }
+
+    /// An error reply without a retry hint.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Error {
+            code,
+            retry_after: Duration::ZERO,
+            message: message.into(),
+        }
+    }
+}
+
+impl Response {
+    /// Parses a frame body.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let id = r.u64("request id")?;
+        let tag = r.u8("reply tag")?;
+        let reply = match tag {
+            0x01 => {
+                let count = r.u16("device count")?;
+                let mut devices = Vec::with_capacity(usize::from(count).min(body.len() / 19));
+                for _ in 0..count {
+                    devices.push(DeviceEntry {
+                        device: DeviceId(r.u64("device")?),
+                        kind: kind(&mut r)?,
+                        label: r.str("label")?.to_owned(),
+                        locked_for: Duration::from_millis(r.u64("locked for")?),
+                    });
+                }
+                Reply::Devices(devices)
+            }
+            0x02 => Reply::Challenge {
+                challenge: ChallengeId(r.u64("challenge id")?),
+                text: match r.u8("challenge form")? {
+                    1 => ChallengeText::Question(r.str("question")?.to_owned()),
+                    2 => ChallengeText::CardPositions(r.u16("position")?, r.u16("position")?),
+                    other => {
+                        return Err(invalid("challenge form", format!("unknown form {other}")));
+                    }
+                },
+                expires_in: Duration::from_millis(r.u64("expires in")?),
+            },
+            0x03 => Reply::Verdict(match r.u8("verdict")? {
+                0 => Verdict::Accepted {
+                    user: Username::new(r.str("user")?)
+                        .map_err(|e| invalid("user", e.to_string()))?,
+                    device: DeviceId(r.u64("device")?),
+                    kind: kind(&mut r)?,
+                },
+                1 => Verdict::Rejected {
+                    attempts_left: r.u8("attempts left")?,
+                },
+                2 => Verdict::Expired,
+                3 => Verdict::LockedOut {
+                    retry_after: Duration::from_millis(r.u64("retry after")?),
+                },
+                4 => Verdict::UnknownChallenge,
+                other => return Err(invalid("verdict", format!("unknown verdict {other}"))),
+            }),
+            0x20 => Reply::Enrolled {
+                device: DeviceId(r.u64("device")?),
+                secret: match r.bytes("secret")? {
+                    [] => None,
+                    bytes => Some(
+                        SecretKey::from_bytes(bytes.to_vec())
+                            .map_err(|e| invalid("secret", e.to_string()))?,
+                    ),
+                },
+            },
+            0x21 => Reply::Done,
+            0x24 => {
+                let count = r.u16("stat count")?;
+                let mut stats = Vec::with_capacity(usize::from(count).min(body.len() / 10));
+                for _ in 0..count {
+                    stats.push(StatEntry {
+                        name: r.str("stat name")?.to_owned(),
+                        value: r.u64("stat value")?,
+                    });
+                }
+                Reply::Stats(stats)
+            }
+            0x7f => {
+                let code = r.u16("error code")?;
+                Reply::Error {
+                    code: ErrorCode::from_code(code).ok_or_else(|| {
+                        invalid("error code", format!("unknown error code {code}"))
+                    })?,
+                    retry_after: Duration::from_millis(r.u64("retry after")?),
+                    message: r.str("message")?.to_owned(),
+                }
+            }
+            other => return Err(DecodeError::UnknownReply(other)),
+        };
+        r.finish()?;
+        Ok(Self { id, reply })
+    }
+
+    /// Appends this response's body (without the length prefix).
+    pub fn encode_body(&self, out: &mut Vec<u8>) {
+        out.put_u64(self.id);
+        out.put_u8(self.reply.tag());
+        match &self.reply {
+            Reply::Devices(devices) => {
+                let count = u16::try_from(devices.len()).unwrap_or(u16::MAX);
+                out.put_u16(count);
+                for d in devices.iter().take(usize::from(count)) {
+                    out.put_u64(d.device.0);
+                    out.put_u8(d.kind.code());
+                    out.put_bytes(d.label.as_bytes());
+                    out.put_u64(millis(d.locked_for));
+                }
+            }
+            Reply::Challenge {
+                challenge,
+                text,
+                expires_in,
+            } => {
+                out.put_u64(challenge.0);
+                match text {
+                    ChallengeText::Question(q) => {
+                        out.put_u8(1);
+                        out.put_bytes(q.as_bytes());
+                    }
+                    ChallengeText::CardPositions(a, b) => {
+                        out.put_u8(2);
+                        out.put_u16(*a);
+                        out.put_u16(*b);
+                    }
+                }
+                out.put_u64(millis(*expires_in));
+            }
+            Reply::Verdict(verdict) => match verdict {
+                Verdict::Accepted { user, device, kind } => {
+                    out.put_u8(0);
+                    out.put_bytes(user.as_str().as_bytes());
+                    out.put_u64(device.0);
+                    out.put_u8(kind.code());
+                }
+                Verdict::Rejected { attempts_left } => {
+                    out.put_u8(1);
+                    out.put_u8(*attempts_left);
+                }
+                Verdict::Expired => out.put_u8(2),
+                Verdict::LockedOut { retry_after } => {
+                    out.put_u8(3);
+                    out.put_u64(millis(*retry_after));
+                }
+                Verdict::UnknownChallenge => out.put_u8(4),
+            },
+            Reply::Enrolled { device, secret } => {
+                out.put_u64(device.0);
+                out.put_bytes(secret.as_ref().map_or(&[], SecretKey::expose_secret));
+            }
+            Reply::Done => {}
+            Reply::Stats(stats) => {
+                let count = u16::try_from(stats.len()).unwrap_or(u16::MAX);
+                out.put_u16(count);
+                for s in stats.iter().take(usize::from(count)) {
+                    out.put_bytes(s.name.as_bytes());
+                    out.put_u64(s.value);
+                }
+            }
+            Reply::Error {
+                code,
+                retry_after,
+                message,
+            } => {
+                out.put_u16(code.code());
+                out.put_u64(millis(*retry_after));
+                out.put_bytes(message.as_bytes());
+            }
+        }
+    }
+
+    /// This response as a whole frame.
+    pub fn to_frame(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        super::write_frame(&mut out, |body| self.encode_body(body));
+        out
+    }
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> DecodeError {
+    DecodeError::Invalid {
+        field,
+        problem: problem.into(),
+    }
+}
+
+fn kind(r: &mut Reader<'_>) -> Result<DeviceKind, DecodeError> {
+    let code = r.u8("kind")?;
+    DeviceKind::from_code(code)
+        .ok_or_else(|| invalid("kind", format!("unknown device kind {code}")))
+}

@@ -1,0 +1,242 @@
+//! The wire codec: every typed request and response survives encode then
+//! decode, and arbitrary bytes never panic the decoder; whatever decodes
+//! re-encodes to the same bytes.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use slsd::identity::{ChallengeId, DeviceId, Username};
+use slsd::otp::SecretKey;
+use slsd::profile::DeviceKind;
+use slsd::wire::request::{Answer, Pin};
+use slsd::wire::{
+    ChallengeText, DecodeError, DeviceEntry, EnrollRequest, ErrorCode, Operation, Reply, Request,
+    Response, StatEntry, Verdict, split_frame,
+};
+
+fn username() -> impl Strategy<Value = Username> {
+    "[A-Za-z0-9._@-]{1,64}".prop_map(|s| Username::new(&s).unwrap())
+}
+
+fn kind() -> impl Strategy<Value = DeviceKind> {
+    prop::sample::select(DeviceKind::ALL.to_vec())
+}
+
+fn millis() -> impl Strategy<Value = Duration> {
+    any::<u64>().prop_map(Duration::from_millis)
+}
+
+fn operation() -> impl Strategy<Value = Operation> {
+    prop_oneof![
+        username().prop_map(|user| Operation::Devices { user }),
+        (username(), 1u64..).prop_map(|(user, d)| Operation::Challenge {
+            user,
+            device: DeviceId(d)
+        }),
+        (any::<u64>(), "[ -~]{0,128}").prop_map(|(c, r)| Operation::Verify {
+            challenge: ChallengeId(c),
+            response: Answer::new(&r),
+        }),
+        (
+            username(),
+            kind(),
+            prop::option::of(prop::collection::vec(any::<u8>(), 1..=128)),
+            prop::option::of("[0-9]{1,16}"),
+            "\\PC{0,16}",
+        )
+            .prop_filter("label fits", |(.., label)| label.len() <= 64)
+            .prop_map(
+                |(user, kind, secret, pin, label)| Operation::Enroll(EnrollRequest {
+                    user,
+                    kind,
+                    secret: secret.map(|s| SecretKey::from_bytes(s).unwrap()),
+                    pin: pin.map(|p| Pin::new(&p)),
+                    label,
+                })
+            ),
+        (1u64..).prop_map(|d| Operation::Revoke {
+            device: DeviceId(d)
+        }),
+        username().prop_map(|user| Operation::ListDevices { user }),
+        (username(), prop::option::of(1u64..)).prop_map(|(user, d)| Operation::Unlock {
+            user,
+            device: d.map(DeviceId),
+        }),
+        Just(Operation::Stats),
+    ]
+}
+
+fn reply() -> impl Strategy<Value = Reply> {
+    let entry =
+        (1u64.., kind(), "\\PC{0,20}", millis()).prop_map(|(d, kind, label, locked_for)| {
+            DeviceEntry {
+                device: DeviceId(d),
+                kind,
+                label,
+                locked_for,
+            }
+        });
+    let verdict = prop_oneof![
+        (username(), 1u64.., kind()).prop_map(|(user, d, kind)| Verdict::Accepted {
+            user,
+            device: DeviceId(d),
+            kind
+        }),
+        any::<u8>().prop_map(|attempts_left| Verdict::Rejected { attempts_left }),
+        Just(Verdict::Expired),
+        millis().prop_map(|retry_after| Verdict::LockedOut { retry_after }),
+        Just(Verdict::UnknownChallenge),
+    ];
+    prop_oneof![
+        prop::collection::vec(entry, 0..8).prop_map(Reply::Devices),
+        (
+            any::<u64>(),
+            prop_oneof![
+                "[0-9]{4,64}".prop_map(ChallengeText::Question),
+                (any::<u16>(), any::<u16>()).prop_map(|(a, b)| ChallengeText::CardPositions(a, b)),
+            ],
+            millis()
+        )
+            .prop_map(|(c, text, expires_in)| Reply::Challenge {
+                challenge: ChallengeId(c),
+                text,
+                expires_in
+            }),
+        verdict.prop_map(Reply::Verdict),
+        (
+            1u64..,
+            prop::option::of(prop::collection::vec(any::<u8>(), 1..=128))
+        )
+            .prop_map(|(d, s)| Reply::Enrolled {
+                device: DeviceId(d),
+                secret: s.map(|s| SecretKey::from_bytes(s).unwrap()),
+            }),
+        Just(Reply::Done),
+        prop::collection::vec(
+            ("[a-z_]{1,24}", any::<u64>()).prop_map(|(name, value)| StatEntry { name, value }),
+            0..8
+        )
+        .prop_map(Reply::Stats),
+        (
+            prop::sample::select(ErrorCode::ALL.to_vec()),
+            millis(),
+            "\\PC{0,40}"
+        )
+            .prop_map(|(code, retry_after, message)| {
+                Reply::Error {
+                    code,
+                    retry_after,
+                    message,
+                }
+            }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn requests_round_trip(id in any::<u64>(), operation in operation()) {
+        let request = Request { id, operation };
+        let frame = request.to_frame();
+        let (body, used) = split_frame(&frame, 65_536).unwrap().unwrap();
+        prop_assert_eq!(used, frame.len());
+        prop_assert_eq!(Request::decode(body).unwrap(), request);
+    }
+
+    #[test]
+    fn responses_round_trip(id in any::<u64>(), reply in reply()) {
+        let response = Response { id, reply };
+        let frame = response.to_frame();
+        let (body, _) = split_frame(&frame, 65_536).unwrap().unwrap();
+        prop_assert_eq!(Response::decode(body).unwrap(), response);
+    }
+
+    #[test]
+    fn arbitrary_bodies_decode_or_err_and_reencode_exactly(body in prop::collection::vec(any::<u8>(), 0..96)) {
+        if let Ok(request) = Request::decode(&body) {
+            let mut again = Vec::new();
+            request.encode_body(&mut again);
+            prop_assert_eq!(again, body.clone());
+        }
+        if let Ok(response) = Response::decode(&body) {
+            let mut again = Vec::new();
+            response.encode_body(&mut again);
+            prop_assert_eq!(again, body);
+        }
+    }
+
+    #[test]
+    fn mutated_requests_never_panic(id in any::<u64>(), operation in operation(), cut in any::<prop::sample::Index>(), flip in any::<prop::sample::Index>(), byte in any::<u8>()) {
+        let mut body = Vec::new();
+        Request { id, operation }.encode_body(&mut body);
+        let i = flip.index(body.len());
+        body[i] = byte;
+        let _ = Request::decode(&body);
+        let _ = Request::decode(&body[..cut.index(body.len())]);
+    }
+}
+
+#[test]
+fn malformed_bodies_say_what_is_wrong() {
+    assert_eq!(
+        Request::decode(&[0; 7]),
+        Err(DecodeError::Truncated("request id"))
+    );
+    assert_eq!(
+        Request::decode(&[0; 8]),
+        Err(DecodeError::Truncated("operation"))
+    );
+    assert_eq!(
+        Request::decode(&[0, 0, 0, 0, 0, 0, 0, 1, 0x99]),
+        Err(DecodeError::UnknownOperation(0x99))
+    );
+    // Stats with a trailing byte.
+    assert_eq!(
+        Request::decode(&[0, 0, 0, 0, 0, 0, 0, 1, 0x24, 0]),
+        Err(DecodeError::TrailingBytes(1))
+    );
+    // Devices with a username of a bad character.
+    let body = [0, 0, 0, 0, 0, 0, 0, 1, 0x01, 0, 2, b'a', b' '];
+    assert!(matches!(
+        Request::decode(&body),
+        Err(DecodeError::Invalid { field: "user", .. })
+    ));
+    // A string length beyond the body.
+    let body = [0, 0, 0, 0, 0, 0, 0, 1, 0x01, 0, 9, b'a'];
+    assert_eq!(Request::decode(&body), Err(DecodeError::Truncated("user")));
+    // A response longer than any code.
+    let mut body = vec![0, 0, 0, 0, 0, 0, 0, 1, 0x03, 0, 0, 0, 0, 0, 0, 0, 7, 0, 129];
+    body.extend([b'1'; 129]);
+    assert!(matches!(
+        Request::decode(&body),
+        Err(DecodeError::Invalid {
+            field: "response",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn debug_output_hides_answers_pins_and_keys() {
+    let request = Request {
+        id: 1,
+        operation: Operation::Enroll(EnrollRequest {
+            user: Username::new("jdoe").unwrap(),
+            kind: DeviceKind::DscPlus,
+            secret: Some(SecretKey::from_bytes(b"very-secret-key!".to_vec()).unwrap()),
+            pin: Some(Pin::new("4821")),
+            label: "card".into(),
+        }),
+    };
+    let text = format!("{request:?}");
+    assert!(
+        !text.contains("4821") && !text.contains("very-secret"),
+        "{text}"
+    );
+    let verify = Operation::Verify {
+        challenge: ChallengeId(5),
+        response: Answer::new("65347737"),
+    };
+    assert!(!format!("{verify:?}").contains("65347737"));
+}
