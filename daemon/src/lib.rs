@@ -22,6 +22,7 @@
     )
 )]
 
+pub mod config;
 pub mod identity;
 pub mod otp;
 pub mod profile;

@@ -18,12 +18,28 @@ struct Cli {
 enum Command {
     /// List the device kinds and how each is checked (built-in profiles).
     Profiles,
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the full default configuration, with every key documented.
+    Default,
+    /// Check a configuration file and print the first problem, if any.
+    Check { file: std::path::PathBuf },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Profiles => print_profiles(),
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", slsd::config::DEFAULT_TOML);
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check { file }) => check_config(&file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -56,6 +72,15 @@ fn print_profiles() -> anyhow::Result<()> {
             limits(p.withdrawal_limit),
         );
     }
+    Ok(())
+}
+
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    slsd::config::Config::from_toml(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    println!("{}: ok", file.display());
     Ok(())
 }
 

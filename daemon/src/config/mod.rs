@@ -1,0 +1,277 @@
+//! The configuration: TOML in, one typed and validated [`Config`] out.
+//!
+//! Every limit and TTL has a documented default in `default.toml` (which is
+//! what `slsd config default` prints, and which a test holds equal to
+//! [`Config::default`]). Unknown keys and out-of-range values are refused
+//! with an error naming the key. Pure: the caller reads the file.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::profile::{DeviceProfiles, ProfileError};
+use crate::wire::MAX_FRAME_LIMIT;
+
+/// The documented default configuration file.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// A configuration that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Not TOML, an unknown key, or a value of the wrong type.
+    #[error("{0}")]
+    Syntax(String),
+    #[error("{key}: {problem}")]
+    Value { key: &'static str, problem: String },
+    #[error("{0}")]
+    Devices(#[from] ProfileError),
+}
+
+/// The whole configuration of a daemon.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub challenges: ChallengeConfig,
+    pub lockout: LockoutConfig,
+    pub store: StoreConfig,
+    pub devices: DeviceProfiles,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub metrics: SocketAddr,
+    pub max_frame: u32,
+    pub max_connections: u32,
+    pub max_streams_per_connection: u32,
+    pub requests_per_connection_per_second: u32,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ChallengeConfig {
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    pub attempts: u8,
+    pub capacity: usize,
+    pub per_user_per_minute: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LockoutConfig {
+    pub failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub first: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    pub commit_batch: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: ServerConfig,
+    challenges: ChallengeConfig,
+    lockout: LockoutConfig,
+    store: StoreConfig,
+    devices: toml::Table,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The built-in file is valid; `default_file_parses_to_default` tests it.
+        match Self::from_toml("") {
+            Ok(config) => config,
+            Err(error) => unreachable_default(&error),
+        }
+    }
+}
+
+#[allow(clippy::panic)] // the compiled-in default file is covered by a test
+fn unreachable_default(error: &ConfigError) -> ! {
+    panic!("built-in default configuration is invalid: {error}")
+}
+
+impl Config {
+    /// Parses a configuration file; keys it leaves out take their defaults.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let syntax = |e: toml::de::Error| ConfigError::Syntax(e.to_string().trim().to_owned());
+        let mut table: toml::Table = DEFAULT_TOML.parse().map_err(syntax)?;
+        let overrides: toml::Table = text.parse().map_err(syntax)?;
+        for (section, value) in overrides {
+            match (table.get_mut(&section), value) {
+                (Some(toml::Value::Table(defaults)), toml::Value::Table(values)) => {
+                    defaults.extend(values);
+                }
+                (_, value) => {
+                    table.insert(section, value);
+                }
+            }
+        }
+        let raw: RawConfig = toml::Value::Table(table).try_into().map_err(syntax)?;
+        let config = Self {
+            devices: DeviceProfiles::with_overrides(&raw.devices)?,
+            server: raw.server,
+            challenges: raw.challenges,
+            lockout: raw.lockout,
+            store: raw.store,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        fn check(ok: bool, key: &'static str, problem: &str) -> Result<(), ConfigError> {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::Value {
+                    key,
+                    problem: problem.to_owned(),
+                })
+            }
+        }
+        let s = &self.server;
+        check(
+            (64..=MAX_FRAME_LIMIT).contains(&s.max_frame),
+            "server.max-frame",
+            "must be 64..=65536 bytes",
+        )?;
+        check(
+            s.max_connections >= 1,
+            "server.max-connections",
+            "must be at least 1",
+        )?;
+        check(
+            (1..=1024).contains(&s.max_streams_per_connection),
+            "server.max-streams-per-connection",
+            "must be 1..=1024",
+        )?;
+        check(
+            s.requests_per_connection_per_second >= 1,
+            "server.requests-per-connection-per-second",
+            "must be at least 1",
+        )?;
+        check(
+            s.shutdown_grace <= Duration::from_secs(600),
+            "server.shutdown-grace",
+            "must be at most 10 minutes",
+        )?;
+        let c = &self.challenges;
+        check(
+            (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&c.ttl),
+            "challenges.ttl",
+            "must be 1s..=1h",
+        )?;
+        check(
+            (1..=10).contains(&c.attempts),
+            "challenges.attempts",
+            "must be 1..=10",
+        )?;
+        check(
+            (1..=100_000_000).contains(&c.capacity),
+            "challenges.capacity",
+            "must be 1..=100000000",
+        )?;
+        check(
+            c.per_user_per_minute >= 1,
+            "challenges.per-user-per-minute",
+            "must be at least 1",
+        )?;
+        let l = &self.lockout;
+        check(
+            (1..=1000).contains(&l.failures),
+            "lockout.failures",
+            "must be 1..=1000",
+        )?;
+        check(
+            l.first >= Duration::from_millis(1),
+            "lockout.first",
+            "must be at least 1ms",
+        )?;
+        check(
+            l.max >= l.first,
+            "lockout.max",
+            "must be at least lockout.first",
+        )?;
+        let st = &self.store;
+        check(
+            st.commit_interval <= Duration::from_secs(1),
+            "store.commit-interval",
+            "must be at most 1s",
+        )?;
+        check(
+            (1..=1_000_000).contains(&st.commit_batch),
+            "store.commit-batch",
+            "must be 1..=1000000",
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_file_parses_to_default() {
+        let config = Config::from_toml(DEFAULT_TOML).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.server.listen, "127.0.0.1:4433".parse().unwrap());
+        assert_eq!(config.challenges.ttl, Duration::from_secs(120));
+        assert_eq!(config.challenges.attempts, 3);
+        assert_eq!(config.lockout.failures, 5);
+        assert_eq!(config.lockout.max, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn a_file_overrides_only_what_it_names() {
+        let config =
+            Config::from_toml("[challenges]\nttl = \"5s\"\n[devices.scc.check]\npositions = 100\n")
+                .unwrap();
+        assert_eq!(config.challenges.ttl, Duration::from_secs(5));
+        assert_eq!(config.challenges.attempts, 3);
+        assert_eq!(
+            config.devices.get(crate::profile::DeviceKind::Scc).check,
+            crate::profile::Check::CodeCard { positions: 100 }
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_problem() {
+        let error = |text: &str| Config::from_toml(text).unwrap_err().to_string();
+        assert_eq!(
+            error("[challenges]\nattempts = 0"),
+            "challenges.attempts: must be 1..=10"
+        );
+        assert_eq!(
+            error("[server]\nmax-frame = 1000000"),
+            "server.max-frame: must be 64..=65536 bytes"
+        );
+        assert_eq!(
+            error("[lockout]\nfirst = \"2h\""),
+            "lockout.max: must be at least lockout.first"
+        );
+        assert!(error("[challenges]\nttl = \"soon\"").contains("ttl"));
+        assert!(error("[challenges]\nttl = \"soon\"").contains("soon"));
+        assert!(error("[server]\nlisten = \"nowhere\"").contains("listen"));
+        assert!(error("[server]\nlisen = \"127.0.0.1:1\"").contains("lisen"));
+        assert!(error("[srever]").contains("srever"));
+        assert!(
+            error("[devices.scc.check]\npositions = 1").starts_with("devices.scc.check.positions")
+        );
+        assert!(error("not toml at all").contains("expected"));
+    }
+}
