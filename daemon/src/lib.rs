@@ -22,8 +22,13 @@
     )
 )]
 
+pub mod clock;
 pub mod config;
+pub mod engine;
 pub mod identity;
+pub mod metrics;
 pub mod otp;
 pub mod profile;
+pub mod ratelimit;
+pub mod store;
 pub mod wire;

@@ -102,9 +102,9 @@ impl HashAlgorithm {
     /// Plain hash of `data` (OCRA hashes the PIN this way).
     pub fn hash(self, data: &[u8]) -> MacOutput {
         match self {
-            Self::Sha1 => MacOutput::new(&Sha1::digest(data)),
-            Self::Sha256 => MacOutput::new(&Sha256::digest(data)),
-            Self::Sha512 => MacOutput::new(&Sha512::digest(data)),
+            Self::Sha1 => MacOutput::from_bytes(&Sha1::digest(data)),
+            Self::Sha256 => MacOutput::from_bytes(&Sha256::digest(data)),
+            Self::Sha512 => MacOutput::from_bytes(&Sha512::digest(data)),
         }
     }
 
@@ -188,7 +188,7 @@ impl HmacKey {
             for part in parts {
                 mac.update(part);
             }
-            MacOutput::new(&mac.finalize().into_bytes())
+            MacOutput::from_bytes(&mac.finalize().into_bytes())
         }
         match &self.0 {
             KeyedState::Sha1(state) => run(state, parts),
@@ -222,7 +222,8 @@ pub struct MacOutput {
 }
 
 impl MacOutput {
-    fn new(bytes: &[u8]) -> Self {
+    /// Holds a copy of `bytes` (at most 64 are kept).
+    pub fn from_bytes(bytes: &[u8]) -> Self {
         let mut out = Self {
             bytes: [0; 64],
             len: bytes.len().min(64),

@@ -15,7 +15,7 @@
 //! is intact; a length over the limit cannot be skipped safely and ends the
 //! stream.
 
-mod codec;
+pub(crate) mod codec;
 pub mod request;
 mod response;
 

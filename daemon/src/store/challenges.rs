@@ -1,0 +1,222 @@
+//! Open challenges: lock-sharded memory with expiry and a hard capacity.
+//!
+//! Ids are random, so the low bits of an id pick its shard without
+//! hashing. Every change to one challenge happens under its shard's lock,
+//! which is what makes "accepted at most once" and "attempts never exceed
+//! the limit" hold under concurrent verifies of the same id.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::clock::Timestamp;
+use crate::identity::{ChallengeId, DeviceId, Username};
+use crate::otp::card::CardChallenge;
+
+/// What was asked, kept until it is answered or expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenChallenge {
+    pub user: Username,
+    pub device: DeviceId,
+    pub question: Question,
+    pub expires_at: Timestamp,
+    pub attempts_left: u8,
+}
+
+/// The question shown to the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Question {
+    /// Digits to type into an OCRA device.
+    Ocra(String),
+    /// Two positions of a code card.
+    Card(CardChallenge),
+}
+
+/// What to do with a challenge after looking at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Keep,
+    Remove,
+}
+
+/// Why a challenge could not be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InsertError {
+    #[error("the challenge table is full")]
+    Full,
+    #[error("a challenge with this id is open")]
+    Taken,
+}
+
+/// The table of open challenges.
+#[derive(Debug)]
+pub struct ChallengeTable {
+    shards: Box<[Mutex<HashMap<ChallengeId, OpenChallenge>>]>,
+    mask: u64,
+    len: AtomicUsize,
+    capacity: usize,
+}
+
+impl ChallengeTable {
+    /// A table holding at most `capacity` challenges, in `shards` shards
+    /// (rounded up to a power of two).
+    pub fn new(capacity: usize, shards: usize) -> Self {
+        let shards = shards.max(1).next_power_of_two();
+        Self {
+            shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
+            mask: shards as u64 - 1,
+            len: AtomicUsize::new(0),
+            capacity,
+        }
+    }
+
+    fn shard(
+        &self,
+        id: ChallengeId,
+    ) -> Option<MutexGuard<'_, HashMap<ChallengeId, OpenChallenge>>> {
+        let index = usize::try_from(id.0 & self.mask).ok()?;
+        // A panic while holding a shard cannot leave a challenge half
+        // changed (every change is one assignment), so a poisoned lock is
+        // still consistent.
+        Some(
+            self.shards
+                .get(index)?
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    /// Open challenges right now.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stores a new challenge under `id`.
+    pub fn insert(&self, id: ChallengeId, challenge: OpenChallenge) -> Result<(), InsertError> {
+        // Reserve a slot first so that concurrent inserts cannot overshoot.
+        if self.len.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+            return Err(InsertError::Full);
+        }
+        let Some(mut shard) = self.shard(id) else {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+            return Err(InsertError::Full);
+        };
+        if shard.contains_key(&id) {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+            return Err(InsertError::Taken);
+        }
+        shard.insert(id, challenge);
+        Ok(())
+    }
+
+    /// Runs `decide` on the challenge `id` under its shard's lock; removes
+    /// it if `decide` says so. `None` if there is no such challenge.
+    pub fn resolve<R>(
+        &self,
+        id: ChallengeId,
+        decide: impl FnOnce(&mut OpenChallenge) -> (R, Disposition),
+    ) -> Option<R> {
+        let mut shard = self.shard(id)?;
+        let challenge = shard.get_mut(&id)?;
+        let (result, disposition) = decide(challenge);
+        if disposition == Disposition::Remove && shard.remove(&id).is_some() {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+        }
+        Some(result)
+    }
+
+    /// Drops every challenge that expired before `now`; returns how many.
+    pub fn sweep(&self, now: Timestamp) -> usize {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = shard.len();
+            shard.retain(|_, c| c.expires_at > now);
+            removed += before - shard.len();
+        }
+        self.len.fetch_sub(removed, Ordering::AcqRel);
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn challenge(expires_at: u64) -> OpenChallenge {
+        OpenChallenge {
+            user: Username::new("jdoe").unwrap(),
+            device: DeviceId(1),
+            question: Question::Ocra("123456".into()),
+            expires_at: Timestamp(expires_at),
+            attempts_left: 3,
+        }
+    }
+
+    #[test]
+    fn capacity_is_a_hard_bound() {
+        let table = ChallengeTable::new(3, 4);
+        for id in 0..3 {
+            table.insert(ChallengeId(id), challenge(10)).unwrap();
+        }
+        assert_eq!(
+            table.insert(ChallengeId(9), challenge(10)),
+            Err(InsertError::Full)
+        );
+        assert_eq!(table.len(), 3);
+        table
+            .resolve(ChallengeId(1), |_| ((), Disposition::Remove))
+            .unwrap();
+        assert!(table.insert(ChallengeId(9), challenge(10)).is_ok());
+        assert_eq!(
+            table.insert(ChallengeId(9), challenge(10)),
+            Err(InsertError::Taken)
+        );
+    }
+
+    #[test]
+    fn sweep_drops_only_expired_challenges() {
+        let table = ChallengeTable::new(10, 2);
+        table.insert(ChallengeId(1), challenge(100)).unwrap();
+        table.insert(ChallengeId(2), challenge(200)).unwrap();
+        assert_eq!(table.sweep(Timestamp(100)), 1);
+        assert_eq!(table.len(), 1);
+        assert!(
+            table
+                .resolve(ChallengeId(1), |_| ((), Disposition::Keep))
+                .is_none()
+        );
+        assert!(
+            table
+                .resolve(ChallengeId(2), |_| ((), Disposition::Keep))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn concurrent_resolves_remove_a_challenge_once() {
+        let table = Arc::new(ChallengeTable::new(10, 1));
+        table.insert(ChallengeId(7), challenge(100)).unwrap();
+        let winners: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| {
+                    let table = Arc::clone(&table);
+                    s.spawn(move || {
+                        table
+                            .resolve(ChallengeId(7), |_| ((), Disposition::Remove))
+                            .is_some() as usize
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(winners, 1);
+        assert!(table.is_empty());
+    }
+}

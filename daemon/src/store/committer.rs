@@ -1,0 +1,99 @@
+//! Group commit of failure states: many writers, one transaction (one
+//! fsync) per batch.
+//!
+//! Writers hand a change to [`Committer::submit`] and wait on the returned
+//! receiver; a dedicated thread takes the first waiting change, gathers
+//! more for up to `commit-interval` or until `commit-batch` are waiting,
+//! commits them together, then wakes every writer of the batch with the
+//! outcome. A burst of wrong answers thus becomes a few commits, not one
+//! per answer, and no answer that depends on a change is sent before the
+//! change is durable.
+
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::registry::{FailureState, Registry};
+use crate::identity::DeviceId;
+
+/// The outcome of a commit, as its writers see it.
+pub type CommitResult = Result<(), String>;
+
+struct Pending {
+    device: DeviceId,
+    state: FailureState,
+    done: oneshot::Sender<CommitResult>,
+}
+
+/// Handle to the commit thread; dropping every handle stops the thread
+/// after it has committed what was submitted.
+#[derive(Debug, Clone)]
+pub struct Committer {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl Committer {
+    /// Starts the commit thread for `registry`.
+    pub fn start(
+        registry: Arc<Registry>,
+        interval: Duration,
+        batch: usize,
+    ) -> std::io::Result<Self> {
+        let (queue, incoming) = mpsc::channel::<Pending>();
+        thread::Builder::new()
+            .name("slsd-commit".into())
+            .spawn(move || run(&registry, &incoming, interval, batch.max(1)))?;
+        Ok(Self { queue })
+    }
+
+    /// Queues a failure state for commit; the receiver says when it is durable.
+    pub fn submit(&self, device: DeviceId, state: FailureState) -> oneshot::Receiver<CommitResult> {
+        let (done, receiver) = oneshot::channel();
+        if let Err(mpsc::SendError(pending)) = self.queue.send(Pending {
+            device,
+            state,
+            done,
+        }) {
+            let _ = pending
+                .done
+                .send(Err("the commit thread has stopped".into()));
+        }
+        receiver
+    }
+}
+
+fn run(registry: &Registry, incoming: &mpsc::Receiver<Pending>, interval: Duration, batch: usize) {
+    let mut waiting = Vec::with_capacity(batch);
+    // Blocks for the first change of each batch; ends when all senders are gone.
+    while let Ok(first) = incoming.recv() {
+        waiting.push(first);
+        let deadline = Instant::now() + interval;
+        while waiting.len() < batch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match incoming.recv_timeout(left) {
+                Ok(next) => waiting.push(next),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        // Later states of one device replace earlier ones in the batch;
+        // the order of submission is the order of the engine's changes.
+        let mut latest: Vec<(DeviceId, FailureState)> = Vec::with_capacity(waiting.len());
+        for pending in &waiting {
+            match latest.iter_mut().find(|(d, _)| *d == pending.device) {
+                Some(slot) => slot.1 = pending.state,
+                None => latest.push((pending.device, pending.state)),
+            }
+        }
+        let outcome = registry.save_failures(&latest).map_err(|e| e.to_string());
+        if let Err(error) = &outcome {
+            tracing::error!(%error, changes = latest.len(), "committing failure states failed");
+        }
+        metrics::histogram!(crate::metrics::COMMIT_BATCH).record(waiting.len() as f64);
+        for pending in waiting.drain(..) {
+            let _ = pending.done.send(outcome.clone());
+        }
+    }
+}

@@ -1,0 +1,529 @@
+//! The durable registry: users, devices, sealed secrets and PIN hashes,
+//! failure counters and lockouts, in an embedded redb database, with an
+//! in-memory index that the hot path reads.
+//!
+//! Every device is loaded at start and kept ready to verify (its HMAC key
+//! state precomputed). Changes are written to the database and committed
+//! (fsync) before the in-memory index shows them and before the caller
+//! answers; failure counters, the hot write, go through the group
+//! committer (`committer.rs`) so a burst of them costs one commit.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use rand::CryptoRng;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::sealed::{SealError, SecretCipher};
+use crate::clock::Timestamp;
+use crate::identity::{DeviceId, Username};
+use crate::otp::card::CodeCard;
+use crate::otp::ocra::Ocra;
+use crate::otp::{MacOutput, SecretKey};
+use crate::profile::{Check, DeviceKind, DeviceProfiles};
+use crate::wire::codec::{Put, Reader};
+
+const DEVICES: TableDefinition<u64, &[u8]> = TableDefinition::new("devices");
+const FAILURES: TableDefinition<u64, &[u8]> = TableDefinition::new("failures");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NEXT_DEVICE_ID: &str = "next-device-id";
+/// Version byte of the device record layout.
+const RECORD_V1: u8 = 1;
+/// Bytes of a generated card secret.
+const CARD_SECRET_BYTES: usize = 32;
+
+/// A database or at-rest-encryption failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(String),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("stored record of device {device} is damaged: {problem}")]
+    Corrupt { device: u64, problem: String },
+}
+
+macro_rules! database_errors {
+    ($($error:ty),*) => {$(
+        impl From<$error> for StoreError {
+            fn from(error: $error) -> Self {
+                Self::Database(error.to_string())
+            }
+        }
+    )*};
+}
+database_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Why an enrolment was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Consecutive failures and lockout of one device; durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FailureState {
+    /// Wrong answers since the last right one or the last lockout.
+    pub consecutive: u32,
+    /// Lockouts since the last right answer (each doubles the next).
+    pub lockouts: u32,
+    /// Locked until this moment (in the past when not locked).
+    pub locked_until: Timestamp,
+}
+
+impl FailureState {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16);
+        out.put_u64(u64::from(self.consecutive) << 32 | u64::from(self.lockouts));
+        out.put_u64(self.locked_until.0);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(bytes);
+        let counts = r.u64("counts").ok()?;
+        let locked_until = Timestamp(r.u64("locked until").ok()?);
+        r.finish().ok()?;
+        Some(Self {
+            consecutive: (counts >> 32) as u32,
+            lockouts: (counts & 0xffff_ffff) as u32,
+            locked_until,
+        })
+    }
+}
+
+/// How a device's answers are checked.
+pub enum Verifier {
+    /// OCRA, with the PIN hash for suites that bind a PIN.
+    Ocra {
+        ocra: Ocra,
+        pin_hash: Option<MacOutput>,
+    },
+    Card(CodeCard),
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ocra { ocra, .. } => write!(f, "Verifier::Ocra({})", ocra.suite()),
+            Self::Card(card) => write!(f, "Verifier::Card({} positions)", card.positions()),
+        }
+    }
+}
+
+/// An enrolled device, ready to verify.
+#[derive(Debug)]
+pub struct Device {
+    pub id: DeviceId,
+    pub user: Username,
+    pub kind: DeviceKind,
+    pub label: String,
+    pub created: Timestamp,
+    pub verifier: Verifier,
+    failures: Mutex<FailureState>,
+}
+
+impl Device {
+    /// The failure state, locked for reading and changing.
+    pub fn failures(&self) -> MutexGuard<'_, FailureState> {
+        // Every change is a whole-value assignment; a poisoned lock holds a
+        // consistent value.
+        self.failures.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What an operator enrols.
+#[derive(Debug)]
+pub struct NewDevice<'a> {
+    pub user: &'a Username,
+    pub kind: DeviceKind,
+    /// The device's key; `None` generates one.
+    pub secret: Option<SecretKey>,
+    pub pin: Option<&'a str>,
+    pub label: &'a str,
+}
+
+/// The registry of devices.
+pub struct Registry {
+    db: Database,
+    cipher: SecretCipher,
+    profiles: DeviceProfiles,
+    devices: RwLock<HashMap<DeviceId, Arc<Device>>>,
+    by_user: RwLock<HashMap<Username, Vec<DeviceId>>>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("devices", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The additional data a device's sealed values are bound to.
+fn context(device: DeviceId, what: &str) -> Vec<u8> {
+    format!("sls/1 device {} {what}", device.0).into_bytes()
+}
+
+impl Registry {
+    /// Opens (or creates) the database at `path` and loads every device.
+    pub fn open(
+        path: &Path,
+        cipher: SecretCipher,
+        profiles: DeviceProfiles,
+    ) -> Result<Self, StoreError> {
+        let db = Database::create(path)?;
+        {
+            // Make sure the tables exist, so that reads never fail on a new file.
+            let txn = db.begin_write()?;
+            txn.open_table(DEVICES)?;
+            txn.open_table(FAILURES)?;
+            txn.open_table(META)?;
+            txn.commit()?;
+        }
+        let registry = Self {
+            db,
+            cipher,
+            profiles,
+            devices: RwLock::new(HashMap::new()),
+            by_user: RwLock::new(HashMap::new()),
+        };
+        registry.load()?;
+        Ok(registry)
+    }
+
+    fn load(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_read()?;
+        let failures_table = txn.open_table(FAILURES)?;
+        let mut devices = HashMap::new();
+        let mut by_user: HashMap<Username, Vec<DeviceId>> = HashMap::new();
+        for entry in txn.open_table(DEVICES)?.iter()? {
+            let (id, record) = entry?;
+            let id = DeviceId(id.value());
+            let failures = match failures_table.get(id.0)? {
+                Some(bytes) => {
+                    FailureState::decode(bytes.value()).ok_or_else(|| StoreError::Corrupt {
+                        device: id.0,
+                        problem: "failure state".into(),
+                    })?
+                }
+                None => FailureState::default(),
+            };
+            let device = self.decode_device(id, record.value(), failures)?;
+            by_user.entry(device.user.clone()).or_default().push(id);
+            devices.insert(id, Arc::new(device));
+        }
+        *self.devices.write().unwrap_or_else(PoisonError::into_inner) = devices;
+        *self.by_user.write().unwrap_or_else(PoisonError::into_inner) = by_user;
+        Ok(())
+    }
+
+    /// Devices registered.
+    pub fn len(&self) -> usize {
+        self.devices
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn device(&self, id: DeviceId) -> Option<Arc<Device>> {
+        self.devices
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+    }
+
+    /// The user's devices, oldest first; empty for an unknown user.
+    pub fn devices_of(&self, user: &Username) -> Vec<Arc<Device>> {
+        let ids = self
+            .by_user
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(user)
+            .cloned()
+            .unwrap_or_default();
+        let devices = self.devices.read().unwrap_or_else(PoisonError::into_inner);
+        ids.iter()
+            .filter_map(|id| devices.get(id).cloned())
+            .collect()
+    }
+
+    /// Registers a device. With no `secret`, one is generated and returned.
+    pub fn enroll<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        new: NewDevice<'_>,
+        now: Timestamp,
+    ) -> Result<(DeviceId, Option<SecretKey>), EnrollError> {
+        let NewDevice {
+            user,
+            kind,
+            secret,
+            pin,
+            label,
+        } = new;
+        let generated = secret.is_none();
+        let secret = match secret {
+            Some(secret) => secret,
+            None => {
+                let mut bytes = vec![0u8; self.secret_len(kind)?];
+                rng.fill_bytes(&mut bytes);
+                SecretKey::from_bytes(bytes).map_err(|e| EnrollError::Invalid(e.to_string()))?
+            }
+        };
+        let pin_hash = self.pin_hash(kind, pin)?;
+        // Build the verifier first: it checks the key against the kind.
+        let verifier = self.verifier(kind, &secret, pin_hash)?;
+
+        let txn = self.db.begin_write().map_err(StoreError::from)?;
+        let id = {
+            let mut meta = txn.open_table(META).map_err(StoreError::from)?;
+            let id = meta
+                .get(NEXT_DEVICE_ID)
+                .map_err(StoreError::from)?
+                .map_or(1, |v| v.value())
+                .max(1);
+            meta.insert(NEXT_DEVICE_ID, id + 1)
+                .map_err(StoreError::from)?;
+            DeviceId(id)
+        };
+        let record = self.encode_device(rng, id, user, kind, label, now, &secret, &verifier)?;
+        txn.open_table(DEVICES)
+            .map_err(StoreError::from)?
+            .insert(id.0, record.as_slice())
+            .map_err(StoreError::from)?;
+        txn.commit().map_err(StoreError::from)?;
+
+        let device = Arc::new(Device {
+            id,
+            user: user.clone(),
+            kind,
+            label: label.to_owned(),
+            created: now,
+            verifier,
+            failures: Mutex::new(FailureState::default()),
+        });
+        self.devices
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, device);
+        self.by_user
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(user.clone())
+            .or_default()
+            .push(id);
+        Ok((id, generated.then_some(secret)))
+    }
+
+    /// Removes a device for good; false if there was none.
+    pub fn revoke(&self, id: DeviceId) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        let existed = txn.open_table(DEVICES)?.remove(id.0)?.is_some();
+        txn.open_table(FAILURES)?.remove(id.0)?;
+        txn.commit()?;
+        let removed = self
+            .devices
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        if let Some(device) = removed {
+            let mut by_user = self.by_user.write().unwrap_or_else(PoisonError::into_inner);
+            if let Some(ids) = by_user.get_mut(&device.user) {
+                ids.retain(|d| *d != id);
+                if ids.is_empty() {
+                    by_user.remove(&device.user);
+                }
+            }
+        }
+        Ok(existed)
+    }
+
+    /// Writes failure states in one transaction (one fsync for the batch).
+    pub fn save_failures(&self, batch: &[(DeviceId, FailureState)]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(FAILURES)?;
+            for (id, state) in batch {
+                if *state == FailureState::default() {
+                    table.remove(id.0)?;
+                } else {
+                    table.insert(id.0, state.encode().as_slice())?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn secret_len(&self, kind: DeviceKind) -> Result<usize, EnrollError> {
+        match &self.profiles.get(kind).check {
+            Check::Ocra { suite, .. } => Ok(suite.hash().output_len()),
+            Check::CodeCard { .. } => Ok(CARD_SECRET_BYTES),
+            Check::RandomCode(_) => Err(not_keyed(kind)),
+        }
+    }
+
+    fn pin_hash(
+        &self,
+        kind: DeviceKind,
+        pin: Option<&str>,
+    ) -> Result<Option<MacOutput>, EnrollError> {
+        match (&self.profiles.get(kind).check, pin) {
+            (
+                Check::Ocra {
+                    suite,
+                    pin_digits: Some(digits),
+                },
+                Some(pin),
+            ) => {
+                if pin.len() != usize::from(*digits) || !pin.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(EnrollError::Invalid(format!(
+                        "a {kind} PIN is exactly {digits} digits"
+                    )));
+                }
+                Ok(suite.hash_pin(pin))
+            }
+            (
+                Check::Ocra {
+                    pin_digits: Some(_),
+                    ..
+                },
+                None,
+            ) => Err(EnrollError::Invalid(format!("a {kind} needs its PIN"))),
+            (_, Some(_)) => Err(EnrollError::Invalid(format!("a {kind} takes no PIN"))),
+            (_, None) => Ok(None),
+        }
+    }
+
+    fn verifier(
+        &self,
+        kind: DeviceKind,
+        secret: &SecretKey,
+        pin_hash: Option<MacOutput>,
+    ) -> Result<Verifier, EnrollError> {
+        match &self.profiles.get(kind).check {
+            Check::Ocra { suite, .. } if suite.uses_counter() || suite.session_len().is_some() => {
+                Err(EnrollError::Invalid(format!(
+                    "the {kind} suite {suite} needs a counter (C) or session information (S), which login challenges do not carry"
+                )))
+            }
+            Check::Ocra { suite, .. } => Ok(Verifier::Ocra {
+                ocra: Ocra::new(Arc::clone(suite), secret),
+                pin_hash,
+            }),
+            Check::CodeCard { positions } => Ok(Verifier::Card(
+                CodeCard::new(secret, *positions)
+                    .map_err(|e| EnrollError::Invalid(e.to_string()))?,
+            )),
+            Check::RandomCode(_) => Err(not_keyed(kind)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn encode_device<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        id: DeviceId,
+        user: &Username,
+        kind: DeviceKind,
+        label: &str,
+        now: Timestamp,
+        secret: &SecretKey,
+        verifier: &Verifier,
+    ) -> Result<Vec<u8>, StoreError> {
+        let sealed_secret =
+            self.cipher
+                .seal(rng, secret.expose_secret(), &context(id, "secret"))?;
+        let sealed_pin = match verifier {
+            Verifier::Ocra {
+                pin_hash: Some(hash),
+                ..
+            } => self
+                .cipher
+                .seal(rng, hash.as_bytes(), &context(id, "pin-hash"))?,
+            _ => Vec::new(),
+        };
+        let mut out = Vec::new();
+        out.put_u8(RECORD_V1);
+        out.put_bytes(user.as_str().as_bytes());
+        out.put_u8(kind.code());
+        out.put_bytes(label.as_bytes());
+        out.put_u64(now.0);
+        out.put_bytes(&sealed_secret);
+        out.put_bytes(&sealed_pin);
+        Ok(out)
+    }
+
+    fn decode_device(
+        &self,
+        id: DeviceId,
+        record: &[u8],
+        failures: FailureState,
+    ) -> Result<Device, StoreError> {
+        let corrupt = |problem: &str| StoreError::Corrupt {
+            device: id.0,
+            problem: problem.to_owned(),
+        };
+        let mut r = Reader::new(record);
+        if r.u8("version").map_err(|e| corrupt(&e.to_string()))? != RECORD_V1 {
+            return Err(corrupt("unknown record version"));
+        }
+        let user = r.str("user").map_err(|e| corrupt(&e.to_string()))?;
+        let user = Username::new(user).map_err(|e| corrupt(&e.to_string()))?;
+        let kind = r.u8("kind").map_err(|e| corrupt(&e.to_string()))?;
+        let kind = DeviceKind::from_code(kind).ok_or_else(|| corrupt("unknown kind"))?;
+        let label = r
+            .str("label")
+            .map_err(|e| corrupt(&e.to_string()))?
+            .to_owned();
+        let created = Timestamp(r.u64("created").map_err(|e| corrupt(&e.to_string()))?);
+        let sealed_secret = r.bytes("secret").map_err(|e| corrupt(&e.to_string()))?;
+        let sealed_pin = r.bytes("pin hash").map_err(|e| corrupt(&e.to_string()))?;
+        r.finish().map_err(|e| corrupt(&e.to_string()))?;
+
+        let secret = self.cipher.open(sealed_secret, &context(id, "secret"))?;
+        let secret = SecretKey::from_bytes(secret.to_vec()).map_err(|e| corrupt(&e.to_string()))?;
+        let pin_hash = match sealed_pin {
+            [] => None,
+            sealed => {
+                let hash = self.cipher.open(sealed, &context(id, "pin-hash"))?;
+                Some(MacOutput::from_bytes(&hash))
+            }
+        };
+        let verifier = self
+            .verifier(kind, &secret, pin_hash)
+            .map_err(|e| corrupt(&e.to_string()))?;
+        Ok(Device {
+            id,
+            user,
+            kind,
+            label,
+            created,
+            verifier,
+            failures: Mutex::new(failures),
+        })
+    }
+}
+
+fn not_keyed(kind: DeviceKind) -> EnrollError {
+    EnrollError::Invalid(format!(
+        "{kind} devices hold no key and are not enrolled this way"
+    ))
+}

@@ -1,0 +1,650 @@
+//! The engine in-process, on a virtual clock, with a real registry in a
+//! temporary directory: the login flows, limits and durability that the
+//! QUIC end-to-end tests then check over the network.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use slsd::clock::Timestamp;
+use slsd::config::Config;
+use slsd::engine::{Engine, Outcome, Role};
+use slsd::identity::{ChallengeId, DeviceId, Username};
+use slsd::otp::SecretKey;
+use slsd::otp::card::CodeCard;
+use slsd::otp::ocra::{Ocra, OcraInput, Suite};
+use slsd::profile::DeviceKind;
+use slsd::store::registry::Registry;
+use slsd::store::sealed::SecretCipher;
+use slsd::wire::request::{Answer, Pin};
+use slsd::wire::{ChallengeText, EnrollRequest, ErrorCode, Operation, Reply, Verdict};
+
+const T0: Timestamp = Timestamp(1_800_000_000_000);
+const DSC_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+struct World {
+    dir: tempfile::TempDir,
+    engine: Engine,
+    rng: ChaCha20Rng,
+}
+
+fn config() -> Config {
+    Config::from_toml("[challenges]\nttl = \"30s\"\nattempts = 3\nper-user-per-minute = 1000\n[lockout]\nfailures = 5\nfirst = \"60s\"\nmax = \"200s\"\n").unwrap()
+}
+
+impl World {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = open(dir.path(), config());
+        Self {
+            dir,
+            engine,
+            rng: ChaCha20Rng::seed_from_u64(11),
+        }
+    }
+
+    /// The same data directory, reopened (a restart).
+    fn restart(self) -> Self {
+        let Self { dir, engine, rng } = self;
+        drop(engine);
+        let engine = open(dir.path(), config());
+        Self { dir, engine, rng }
+    }
+
+    fn call(&mut self, role: Role, operation: Operation, now: Timestamp) -> Outcome {
+        self.engine.handle(role, operation, now, &mut self.rng)
+    }
+
+    fn gateway(&mut self, operation: Operation, now: Timestamp) -> Reply {
+        self.call(Role::Gateway, operation, now).reply
+    }
+
+    fn enroll(
+        &mut self,
+        user: &str,
+        kind: DeviceKind,
+        secret: Option<&str>,
+        pin: Option<&str>,
+    ) -> (DeviceId, Option<SecretKey>) {
+        let request = EnrollRequest {
+            user: Username::new(user).unwrap(),
+            kind,
+            secret: secret.map(|s| SecretKey::from_hex(s).unwrap()),
+            pin: pin.map(Pin::new),
+            label: format!("{kind} of {user}"),
+        };
+        match self.call(Role::Admin, Operation::Enroll(request), T0).reply {
+            Reply::Enrolled { device, secret } => (device, secret),
+            other => panic!("enrol failed: {other:?}"),
+        }
+    }
+
+    fn challenge(
+        &mut self,
+        user: &str,
+        device: DeviceId,
+        now: Timestamp,
+    ) -> (ChallengeId, ChallengeText) {
+        match self.gateway(
+            Operation::Challenge {
+                user: Username::new(user).unwrap(),
+                device,
+            },
+            now,
+        ) {
+            Reply::Challenge {
+                challenge, text, ..
+            } => (challenge, text),
+            other => panic!("challenge failed: {other:?}"),
+        }
+    }
+
+    fn verify(&mut self, challenge: ChallengeId, answer: &str, now: Timestamp) -> Verdict {
+        match self.gateway(
+            Operation::Verify {
+                challenge,
+                response: Answer::new(answer),
+            },
+            now,
+        ) {
+            Reply::Verdict(v) => v,
+            other => panic!("verify failed: {other:?}"),
+        }
+    }
+}
+
+fn open(dir: &std::path::Path, config: Config) -> Engine {
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let cipher = SecretCipher::load_or_create(&dir.join("secrets.key"), &mut rng).unwrap();
+    let registry =
+        Registry::open(&dir.join("registry.redb"), cipher, config.devices.clone()).unwrap();
+    Engine::new(Arc::new(config), Arc::new(registry))
+}
+
+/// What a DSC+ with `key` and `pin` shows for `question`.
+fn dsc_plus(key: &str, pin: &str, text: &ChallengeText) -> String {
+    let ChallengeText::Question(question) = text else {
+        panic!("DSC+ gets a question, not {text:?}")
+    };
+    let suite: Suite = "OCRA-1:HOTP-SHA256-8:QN06-PSHA1".parse().unwrap();
+    let pin_hash = suite.hash_pin(pin).unwrap();
+    let ocra = Ocra::new(suite, &SecretKey::from_hex(key).unwrap());
+    let input = OcraInput {
+        question,
+        pin_hash: Some(pin_hash.as_bytes()),
+        ..OcraInput::default()
+    };
+    ocra.respond(&input).unwrap().to_string()
+}
+
+fn later(seconds: u64) -> Timestamp {
+    T0.plus(Duration::from_secs(seconds))
+}
+
+fn wrong(answer: &str) -> String {
+    answer
+        .chars()
+        .map(|c| if c == '0' { '1' } else { '0' })
+        .collect()
+}
+
+#[test]
+fn dsc_plus_login_accepts_the_card_and_rejects_a_wrong_pin() {
+    let mut w = World::new();
+    let (device, generated) = w.enroll("jdoe", DeviceKind::DscPlus, Some(DSC_KEY), Some("4821"));
+    assert!(generated.is_none(), "a supplied key is not echoed back");
+
+    let (id, text) = w.challenge("jdoe", device, T0);
+    let ChallengeText::Question(q) = &text else {
+        panic!()
+    };
+    assert_eq!(q.len(), 6);
+    assert!(q.bytes().all(|b| b.is_ascii_digit()));
+    let right = dsc_plus(DSC_KEY, "4821", &text);
+    assert_eq!(
+        w.verify(id, &right, later(1)),
+        Verdict::Accepted {
+            user: Username::new("jdoe").unwrap(),
+            device,
+            kind: DeviceKind::DscPlus
+        }
+    );
+    // Single use: the same answer again finds no challenge.
+    assert_eq!(w.verify(id, &right, later(1)), Verdict::UnknownChallenge);
+
+    let (id, text) = w.challenge("jdoe", device, later(2));
+    let wrong_pin = dsc_plus(DSC_KEY, "4822", &text);
+    assert_eq!(
+        w.verify(id, &wrong_pin, later(3)),
+        Verdict::Rejected { attempts_left: 2 }
+    );
+}
+
+#[test]
+fn code_card_login_with_a_generated_secret() {
+    let mut w = World::new();
+    let (device, secret) = w.enroll("amy", DeviceKind::Scc, None, None);
+    let secret = secret.expect("a generated secret is returned once");
+    let card = CodeCard::new(&secret, 224).unwrap();
+    let (id, text) = w.challenge("amy", device, T0);
+    let ChallengeText::CardPositions(a, b) = text else {
+        panic!("{text:?}")
+    };
+    assert_ne!(a, b);
+    let answer = card
+        .response(card.challenge(a, b).unwrap())
+        .unwrap()
+        .to_string();
+    assert!(matches!(
+        w.verify(id, &answer, later(1)),
+        Verdict::Accepted {
+            kind: DeviceKind::Scc,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn ib_key_offline_response_is_accepted() {
+    let mut w = World::new();
+    let (device, secret) = w.enroll("bob", DeviceKind::IbKey, None, None);
+    let ocra = Ocra::new(
+        "OCRA-1:HOTP-SHA256-8:QN06".parse::<Suite>().unwrap(),
+        &secret.unwrap(),
+    );
+    let (id, text) = w.challenge("bob", device, T0);
+    let ChallengeText::Question(q) = text else {
+        panic!()
+    };
+    let answer = ocra
+        .respond(&OcraInput {
+            question: &q,
+            ..OcraInput::default()
+        })
+        .unwrap()
+        .to_string();
+    assert!(matches!(
+        w.verify(id, &answer, later(1)),
+        Verdict::Accepted {
+            kind: DeviceKind::IbKey,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn challenges_expire_and_attempts_run_out() {
+    let mut w = World::new();
+    let (device, _) = w.enroll("jdoe", DeviceKind::DscPlus, Some(DSC_KEY), Some("4821"));
+    let (id, text) = w.challenge("jdoe", device, T0);
+    let right = dsc_plus(DSC_KEY, "4821", &text);
+    assert_eq!(
+        w.verify(id, &right, later(30)),
+        Verdict::Expired,
+        "TTL is 30 s"
+    );
+
+    let (id, text) = w.challenge("jdoe", device, later(40));
+    let right = dsc_plus(DSC_KEY, "4821", &text);
+    for left in [2, 1, 0] {
+        assert_eq!(
+            w.verify(id, &wrong(&right), later(41)),
+            Verdict::Rejected {
+                attempts_left: left
+            }
+        );
+    }
+    assert_eq!(
+        w.verify(id, &right, later(42)),
+        Verdict::UnknownChallenge,
+        "used up after 3 attempts"
+    );
+}
+
+#[test]
+fn lockout_grows_clears_by_itself_and_by_unlock_and_survives_restart() {
+    let mut w = World::new();
+    let (device, _) = w.enroll("jdoe", DeviceKind::DscPlus, Some(DSC_KEY), Some("4821"));
+    let mut now = T0;
+    let fail_until_locked = |w: &mut World, now: &mut Timestamp| -> Verdict {
+        loop {
+            let (id, text) = w.challenge("jdoe", device, *now);
+            let right = dsc_plus(DSC_KEY, "4821", &text);
+            let outcome = w.call(
+                Role::Gateway,
+                Operation::Verify {
+                    challenge: id,
+                    response: Answer::new(&wrong(&right)),
+                },
+                *now,
+            );
+            assert!(outcome.persist.is_some(), "a failure is a durable change");
+            let Reply::Verdict(verdict) = outcome.reply else {
+                panic!()
+            };
+            if let Verdict::LockedOut { .. } = verdict {
+                return verdict;
+            }
+            assert!(matches!(verdict, Verdict::Rejected { .. }));
+        }
+    };
+    assert_eq!(
+        fail_until_locked(&mut w, &mut now),
+        Verdict::LockedOut {
+            retry_after: Duration::from_secs(60)
+        }
+    );
+
+    // Locked: even the right answer is refused until the lockout ends.
+    let (id, text) = w.challenge("jdoe", device, later(10));
+    let right = dsc_plus(DSC_KEY, "4821", &text);
+    assert_eq!(
+        w.verify(id, &right, later(10)),
+        Verdict::LockedOut {
+            retry_after: Duration::from_secs(50)
+        }
+    );
+
+    // The failure state was persisted by the caller in production; here the
+    // committer is not running, so persist it the same way it would.
+    let persist_all = |w: &World| {
+        let registry = w.engine.registry();
+        let state = *registry.device(device).unwrap().failures();
+        registry.save_failures(&[(device, state)]).unwrap();
+    };
+    persist_all(&w);
+    let mut w = w.restart();
+    let (id, text) = w.challenge("jdoe", device, later(20));
+    let right = dsc_plus(DSC_KEY, "4821", &text);
+    assert_eq!(
+        w.verify(id, &right, later(20)),
+        Verdict::LockedOut {
+            retry_after: Duration::from_secs(40)
+        },
+        "lockout survives restart"
+    );
+
+    // It clears by itself; the next lockout doubles, capped at 200 s.
+    now = later(61);
+    assert_eq!(
+        fail_until_locked(&mut w, &mut now),
+        Verdict::LockedOut {
+            retry_after: Duration::from_secs(120)
+        }
+    );
+    now = later(61 + 121);
+    assert_eq!(
+        fail_until_locked(&mut w, &mut now),
+        Verdict::LockedOut {
+            retry_after: Duration::from_secs(200)
+        }
+    );
+
+    // An operator clears it at once.
+    let unlock = Operation::Unlock {
+        user: Username::new("jdoe").unwrap(),
+        device: None,
+    };
+    assert_eq!(w.call(Role::Admin, unlock, now).reply, Reply::Done);
+    let (id, text) = w.challenge("jdoe", device, now);
+    let right = dsc_plus(DSC_KEY, "4821", &text);
+    assert!(matches!(
+        w.verify(id, &right, now),
+        Verdict::Accepted { .. }
+    ));
+}
+
+#[test]
+fn devices_survive_restart_and_revoke_is_final() {
+    let mut w = World::new();
+    let (dsc, _) = w.enroll("jdoe", DeviceKind::DscPlus, Some(DSC_KEY), Some("4821"));
+    let (card, _) = w.enroll("jdoe", DeviceKind::Scc, None, None);
+    let mut w = w.restart();
+    let Reply::Devices(list) = w.gateway(
+        Operation::Devices {
+            user: Username::new("jdoe").unwrap(),
+        },
+        T0,
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        list.iter().map(|d| d.device).collect::<Vec<_>>(),
+        vec![dsc, card]
+    );
+    // The restored device still verifies with its sealed key and PIN hash.
+    let (id, text) = w.challenge("jdoe", dsc, T0);
+    assert!(matches!(
+        w.verify(id, &dsc_plus(DSC_KEY, "4821", &text), later(1)),
+        Verdict::Accepted { .. }
+    ));
+
+    let (id, text) = w.challenge("jdoe", dsc, later(2));
+    assert_eq!(
+        w.call(Role::Admin, Operation::Revoke { device: dsc }, later(2))
+            .reply,
+        Reply::Done
+    );
+    assert_eq!(
+        w.verify(id, &dsc_plus(DSC_KEY, "4821", &text), later(3)),
+        Verdict::UnknownChallenge
+    );
+    let mut w = w.restart();
+    let Reply::Devices(list) = w.gateway(
+        Operation::Devices {
+            user: Username::new("jdoe").unwrap(),
+        },
+        T0,
+    ) else {
+        panic!()
+    };
+    assert_eq!(list.len(), 1);
+    assert!(matches!(
+        w.gateway(
+            Operation::Challenge {
+                user: Username::new("jdoe").unwrap(),
+                device: dsc
+            },
+            T0
+        ),
+        Reply::Error {
+            code: ErrorCode::NotFound,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn unknown_users_look_like_users_without_devices() {
+    let mut w = World::new();
+    let (device, _) = w.enroll("jdoe", DeviceKind::Scc, None, None);
+    assert_eq!(
+        w.gateway(
+            Operation::Devices {
+                user: Username::new("nobody").unwrap()
+            },
+            T0
+        ),
+        Reply::Devices(vec![])
+    );
+    let nobody = w.gateway(
+        Operation::Challenge {
+            user: Username::new("nobody").unwrap(),
+            device,
+        },
+        T0,
+    );
+    let Reply::Error { code, message, .. } = nobody else {
+        panic!()
+    };
+    let other = w.gateway(
+        Operation::Challenge {
+            user: Username::new("jdoe").unwrap(),
+            device: DeviceId(999),
+        },
+        T0,
+    );
+    assert_eq!(
+        other,
+        Reply::Error {
+            code,
+            retry_after: Duration::ZERO,
+            message
+        }
+    );
+}
+
+#[test]
+fn roles_may_call_only_their_operations() {
+    let mut w = World::new();
+    let stats = w.call(Role::Gateway, Operation::Stats, T0).reply;
+    assert!(matches!(
+        stats,
+        Reply::Error {
+            code: ErrorCode::Forbidden,
+            ..
+        }
+    ));
+    let devices = w
+        .call(
+            Role::Admin,
+            Operation::Devices {
+                user: Username::new("x").unwrap(),
+            },
+            T0,
+        )
+        .reply;
+    assert!(matches!(
+        devices,
+        Reply::Error {
+            code: ErrorCode::Forbidden,
+            ..
+        }
+    ));
+    for role in [Role::Carrier, Role::Phone] {
+        assert!(matches!(
+            w.call(role, Operation::Stats, T0).reply,
+            Reply::Error {
+                code: ErrorCode::Forbidden,
+                ..
+            }
+        ));
+    }
+}
+
+#[test]
+fn enrolment_refuses_what_the_kind_does_not_take() {
+    let mut w = World::new();
+    let cases = [
+        (DeviceKind::DscPlus, None, "needs its PIN"),
+        (DeviceKind::DscPlus, Some("12345"), "exactly 4 digits"),
+        (DeviceKind::Scc, Some("1234"), "takes no PIN"),
+        (DeviceKind::Sms, None, "hold no key"),
+    ];
+    for (kind, pin, message) in cases {
+        let request = EnrollRequest {
+            user: Username::new("jdoe").unwrap(),
+            kind,
+            secret: None,
+            pin: pin.map(Pin::new),
+            label: String::new(),
+        };
+        let Reply::Error {
+            code, message: got, ..
+        } = w.call(Role::Admin, Operation::Enroll(request), T0).reply
+        else {
+            panic!()
+        };
+        assert_eq!(code, ErrorCode::InvalidArgument);
+        assert!(got.contains(message), "{got}");
+    }
+}
+
+#[test]
+fn challenge_issuance_is_rate_limited_per_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::from_toml("[challenges]\nper-user-per-minute = 3\n").unwrap();
+    let engine = open(dir.path(), config);
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let user = Username::new("jdoe").unwrap();
+    let enroll = EnrollRequest {
+        user: user.clone(),
+        kind: DeviceKind::Scc,
+        secret: None,
+        pin: None,
+        label: String::new(),
+    };
+    let Reply::Enrolled { device, .. } = engine
+        .handle(Role::Admin, Operation::Enroll(enroll), T0, &mut rng)
+        .reply
+    else {
+        panic!()
+    };
+    let mut ask = |now| {
+        engine
+            .handle(
+                Role::Gateway,
+                Operation::Challenge {
+                    user: user.clone(),
+                    device,
+                },
+                now,
+                &mut rng,
+            )
+            .reply
+    };
+    for _ in 0..3 {
+        assert!(matches!(ask(T0), Reply::Challenge { .. }));
+    }
+    assert_eq!(
+        ask(T0),
+        Reply::Error {
+            code: ErrorCode::RateLimited,
+            retry_after: Duration::from_secs(20),
+            message: "too many challenges for this user".into()
+        }
+    );
+    assert!(matches!(ask(later(20)), Reply::Challenge { .. }));
+}
+
+#[test]
+fn the_challenge_table_refuses_past_its_capacity() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(
+        dir.path(),
+        Config::from_toml("[challenges]\ncapacity = 2\nper-user-per-minute = 100\n").unwrap(),
+    );
+    let mut rng = ChaCha20Rng::seed_from_u64(4);
+    let user = Username::new("jdoe").unwrap();
+    let enroll = EnrollRequest {
+        user: user.clone(),
+        kind: DeviceKind::Scc,
+        secret: None,
+        pin: None,
+        label: String::new(),
+    };
+    let Reply::Enrolled { device, .. } = engine
+        .handle(Role::Admin, Operation::Enroll(enroll), T0, &mut rng)
+        .reply
+    else {
+        panic!()
+    };
+    let mut ask = |now| {
+        engine
+            .handle(
+                Role::Gateway,
+                Operation::Challenge {
+                    user: user.clone(),
+                    device,
+                },
+                now,
+                &mut rng,
+            )
+            .reply
+    };
+    assert!(matches!(ask(T0), Reply::Challenge { .. }));
+    assert!(matches!(ask(T0), Reply::Challenge { .. }));
+    assert!(matches!(
+        ask(T0),
+        Reply::Error {
+            code: ErrorCode::TooManyChallenges,
+            ..
+        }
+    ));
+    assert_eq!(engine.sweep(later(121)), 2, "expired challenges are swept");
+    assert!(matches!(ask(later(121)), Reply::Challenge { .. }));
+}
+
+#[test]
+fn a_challenge_is_accepted_at_most_once_under_concurrent_verifies() {
+    let mut w = World::new();
+    let (device, _) = w.enroll("jdoe", DeviceKind::DscPlus, Some(DSC_KEY), Some("4821"));
+    for round in 0..20 {
+        let (id, text) = w.challenge("jdoe", device, later(round));
+        let right = dsc_plus(DSC_KEY, "4821", &text);
+        let engine = &w.engine;
+        let accepted: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16u64)
+                .map(|seed| {
+                    let right = right.clone();
+                    s.spawn(move || {
+                        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+                        let op = Operation::Verify {
+                            challenge: id,
+                            response: Answer::new(&right),
+                        };
+                        matches!(
+                            engine
+                                .handle(Role::Gateway, op, later(round), &mut rng)
+                                .reply,
+                            Reply::Verdict(Verdict::Accepted { .. })
+                        ) as usize
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(accepted, 1, "round {round}");
+    }
+}
