@@ -92,7 +92,9 @@ mod tests {
             Decision::Allow
         );
         assert!(!state.is_idle(t0.plus(Duration::from_secs(6))));
-        assert!(state.is_idle(t0.plus(Duration::from_secs(61))));
+        // Eleven events at 6 s each: the state is idle from t0 + 66 s.
+        assert!(!state.is_idle(t0.plus(Duration::from_secs(65))));
+        assert!(state.is_idle(t0.plus(Duration::from_secs(66))));
     }
 
     #[test]

@@ -162,9 +162,13 @@ mod tests {
     #[test]
     fn capacity_is_a_hard_bound() {
         let table = ChallengeTable::new(3, 4);
-        for id in 0..3 {
-            table.insert(ChallengeId(id), challenge(10)).unwrap();
-        }
+        table.insert(ChallengeId(0), challenge(10)).unwrap();
+        table.insert(ChallengeId(1), challenge(10)).unwrap();
+        assert_eq!(
+            table.insert(ChallengeId(1), challenge(10)),
+            Err(InsertError::Taken)
+        );
+        table.insert(ChallengeId(2), challenge(10)).unwrap();
         assert_eq!(
             table.insert(ChallengeId(9), challenge(10)),
             Err(InsertError::Full)
@@ -173,11 +177,8 @@ mod tests {
         table
             .resolve(ChallengeId(1), |_| ((), Disposition::Remove))
             .unwrap();
+        assert_eq!(table.len(), 2);
         assert!(table.insert(ChallengeId(9), challenge(10)).is_ok());
-        assert_eq!(
-            table.insert(ChallengeId(9), challenge(10)),
-            Err(InsertError::Taken)
-        );
     }
 
     #[test]
