@@ -30,5 +30,6 @@ pub mod metrics;
 pub mod otp;
 pub mod profile;
 pub mod ratelimit;
+pub mod server;
 pub mod store;
 pub mod wire;

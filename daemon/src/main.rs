@@ -16,6 +16,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the daemon (QUIC on 127.0.0.1:4433 and metrics on :9464 by default).
+    Serve {
+        /// Configuration file (TOML); `slsd config default` shows every key.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Where certificates, keys and the database live.
+        #[arg(long, default_value = "slsd-data")]
+        data_dir: std::path::PathBuf,
+    },
     /// List the device kinds and how each is checked (built-in profiles).
     Profiles,
     /// Configuration files.
@@ -34,6 +43,7 @@ enum ConfigCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve { config, data_dir } => serve(config.as_deref(), &data_dir),
         Command::Profiles => print_profiles(),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", slsd::config::DEFAULT_TOML);
@@ -73,6 +83,81 @@ fn print_profiles() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn load_config(file: Option<&std::path::Path>) -> anyhow::Result<slsd::config::Config> {
+    let Some(file) = file else {
+        return Ok(slsd::config::Config::default());
+    };
+    let text =
+        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    slsd::config::Config::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
+}
+
+fn serve(config: Option<&std::path::Path>, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let config = load_config(config)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let metrics = match slsd::metrics::install() {
+        Ok(handle) => Some(handle),
+        Err(error) => {
+            tracing::warn!(%error, "metrics recorder not installed");
+            None
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(slsd::server::serve(
+        config,
+        data_dir,
+        metrics,
+        |started| {
+            let pki = &started.pki;
+            println!("slsd: data directory {}", data_dir.display());
+            println!("slsd: listening on {} (QUIC, ALPN sls/1)", started.quic);
+            println!("slsd: metrics on http://{}/metrics", started.metrics);
+            println!("slsd: CA certificate {}", pki.ca_cert().display());
+            for role in slsd::engine::Role::ALL {
+                println!(
+                    "slsd: {} client certificate {} (key {})",
+                    role.as_str(),
+                    pki.client_cert(role).display(),
+                    pki.client_key(role).display()
+                );
+            }
+            println!("slsd: ready");
+        },
+        shutdown_signal(),
+    ))?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
 }
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {

@@ -1,0 +1,290 @@
+//! The network edge: the QUIC endpoint, TLS and roles, connections and
+//! streams, the metrics endpoint, and graceful shutdown.
+//!
+//! Architecture invariant: no verification logic here. The server turns
+//! bytes into requests (`wire`), asks the `engine`, commits what the engine
+//! says must be durable (`store::committer`), and sends the reply.
+
+mod metrics_http;
+pub mod pki;
+mod stream;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rand_core::UnwrapErr;
+use rand::rngs::SysRng;
+use tokio::sync::watch;
+
+use crate::clock;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::ratelimit::{Gcra, Rate};
+use crate::store::committer::Committer;
+use crate::store::registry::Registry;
+use crate::store::sealed::SecretCipher;
+use pki::PkiPaths;
+use stream::{ConnectionState, NO_ROLE, SHUTTING_DOWN};
+
+pub use pki::role_name;
+
+/// What every connection task shares.
+struct Shared {
+    config: Arc<Config>,
+    engine: Engine,
+    committer: Committer,
+    request_rate: Rate,
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error(transparent)]
+    Seal(#[from] crate::store::sealed::SealError),
+    #[error(transparent)]
+    Store(#[from] crate::store::registry::StoreError),
+    #[error("QUIC endpoint on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("metrics endpoint on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("starting the commit thread: {0}")]
+    Committer(std::io::Error),
+}
+
+/// Where a started server can be reached.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub quic: SocketAddr,
+    pub metrics: SocketAddr,
+    pub pki: PkiPaths,
+}
+
+/// Runs the daemon until `shutdown` resolves, then stops gracefully: no
+/// new connections or requests, in-flight requests finish (bounded by
+/// `server.shutdown-grace`), the commit thread drains, the database closes.
+/// `on_start` is told where the server listens once it does.
+pub async fn serve(
+    config: Config,
+    data_dir: &Path,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    on_start: impl FnOnce(&Started),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let config = Arc::new(config);
+    std::fs::create_dir_all(data_dir).map_err(|source| ServeError::DataDir {
+        path: data_dir.into(),
+        source,
+    })?;
+    let pki = PkiPaths::new(data_dir);
+    if pki.ensure()? {
+        tracing::info!(dir = %data_dir.display(), "created a local CA and certificates");
+    }
+    let cipher =
+        SecretCipher::load_or_create(&data_dir.join("secrets.key"), &mut UnwrapErr(SysRng))?;
+    let registry = Arc::new(Registry::open(
+        &data_dir.join("registry.redb"),
+        cipher,
+        config.devices.clone(),
+    )?);
+    let committer = Committer::start(
+        Arc::clone(&registry),
+        config.store.commit_interval,
+        config.store.commit_batch,
+    )
+    .map_err(ServeError::Committer)?;
+    let shared = Arc::new(Shared {
+        engine: Engine::new(Arc::clone(&config), Arc::clone(&registry)),
+        committer,
+        request_rate: Rate::new(
+            config.server.requests_per_connection_per_second,
+            Duration::from_secs(1),
+            config.server.requests_per_connection_per_second,
+        ),
+        config: Arc::clone(&config),
+    });
+
+    let endpoint = endpoint(&config, &pki)?;
+    let quic = endpoint.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.server.listen,
+        source,
+    })?;
+    let metrics_listener = tokio::net::TcpListener::bind(config.server.metrics)
+        .await
+        .map_err(|source| ServeError::Metrics {
+            addr: config.server.metrics,
+            source,
+        })?;
+    let metrics_addr = metrics_listener
+        .local_addr()
+        .map_err(|source| ServeError::Metrics {
+            addr: config.server.metrics,
+            source,
+        })?;
+    on_start(&Started {
+        quic,
+        metrics: metrics_addr,
+        pki: pki.clone(),
+    });
+    tracing::info!(%quic, metrics = %metrics_addr, devices = registry.len(), "serving");
+
+    let (stop, stopping) = watch::channel(false);
+    let background = tokio::spawn(metrics_http::serve(
+        metrics_listener,
+        metrics,
+        stopping.clone(),
+    ));
+    let sweeper = tokio::spawn(sweep(Arc::clone(&shared), stopping.clone()));
+    // Every connection and stream task holds a clone; the count says when
+    // the in-flight work is done.
+    let in_flight = Arc::new(());
+    let connections = Arc::new(AtomicUsize::new(0));
+
+    tokio::pin!(shutdown);
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            () = &mut shutdown => break,
+        };
+        let Some(incoming) = incoming else { break };
+        if connections.load(Ordering::Relaxed) >= config.server.max_connections as usize {
+            metrics::counter!(crate::metrics::REJECTED_HANDSHAKES, "reason" => "connection_limit")
+                .increment(1);
+            incoming.refuse();
+            continue;
+        }
+        let shared = Arc::clone(&shared);
+        let stopping = stopping.clone();
+        let token = Arc::clone(&in_flight);
+        let connections = Arc::clone(&connections);
+        tokio::spawn(async move {
+            connections.fetch_add(1, Ordering::Relaxed);
+            metrics::gauge!(crate::metrics::CONNECTIONS).increment(1.0);
+            serve_connection(shared, incoming, stopping, token).await;
+            connections.fetch_sub(1, Ordering::Relaxed);
+            metrics::gauge!(crate::metrics::CONNECTIONS).decrement(1.0);
+        });
+    }
+
+    tracing::info!("shutting down: no new connections or requests");
+    endpoint.set_server_config(None);
+    let _ = stop.send(true);
+    let deadline = tokio::time::Instant::now() + config.server.shutdown_grace;
+    while Arc::strong_count(&in_flight) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    endpoint.close(SHUTTING_DOWN, b"shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    let _ = background.await;
+    let _ = sweeper.await;
+    // Dropping the last committer handle lets the commit thread finish what
+    // was queued; the registry (and the database) close after it.
+    drop(shared);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn endpoint(config: &Config, pki: &PkiPaths) -> Result<quinn::Endpoint, ServeError> {
+    let tls = pki::server_tls(pki)?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| pki::PkiError::Tls(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(config.server.max_streams_per_connection.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .max_idle_timeout(Some(quinn::VarInt::from_u32(30_000).into()))
+        .keep_alive_interval(None);
+    server.transport_config(Arc::new(transport));
+    quinn::Endpoint::server(server, config.server.listen).map_err(|source| ServeError::Bind {
+        addr: config.server.listen,
+        source,
+    })
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    stopping: watch::Receiver<bool>,
+    in_flight: Arc<()>,
+) {
+    let remote = incoming.remote_address();
+    let connection = match incoming.accept() {
+        Ok(connecting) => match connecting.await {
+            Ok(connection) => connection,
+            Err(error) => {
+                tracing::debug!(%remote, %error, "handshake failed");
+                metrics::counter!(crate::metrics::REJECTED_HANDSHAKES, "reason" => "handshake")
+                    .increment(1);
+                return;
+            }
+        },
+        Err(error) => {
+            tracing::debug!(%remote, %error, "connection refused");
+            return;
+        }
+    };
+    let role = connection
+        .peer_identity()
+        .and_then(|identity| {
+            identity
+                .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|chain| chain.first().and_then(pki::role_of));
+    let Some(role) = role else {
+        metrics::counter!(crate::metrics::REJECTED_HANDSHAKES, "reason" => "no_role").increment(1);
+        connection.close(NO_ROLE, b"client certificate names no role");
+        return;
+    };
+    tracing::debug!(%remote, role = role.as_str(), "connected");
+    let state = Arc::new(ConnectionState {
+        role,
+        limiter: Mutex::new(Gcra::default()),
+    });
+    let mut stop = stopping.clone();
+    loop {
+        let accepted = tokio::select! {
+            accepted = connection.accept_bi() => accepted,
+            _ = stop.changed() => break,
+        };
+        let Ok((send, recv)) = accepted else { break };
+        let shared = Arc::clone(&shared);
+        let state = Arc::clone(&state);
+        let stopping = stopping.clone();
+        let token = Arc::clone(&in_flight);
+        tokio::spawn(async move {
+            stream::serve_stream(shared, state, send, recv, stopping).await;
+            drop(token);
+        });
+    }
+}
+
+/// Drops expired challenges every second and reports how many are open.
+async fn sweep(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopping.changed() => return,
+        }
+        shared.engine.sweep(clock::now());
+        metrics::gauge!(crate::metrics::OPEN_CHALLENGES)
+            .set(shared.engine.open_challenges() as f64);
+    }
+}

@@ -1,0 +1,215 @@
+//! One connection: its role, its streams, and the request loop of a stream.
+//!
+//! A stream's reader takes whole frames off the receive buffer (no copy
+//! until a frame is complete), handles each request at once, and queues the
+//! encoded replies of one read together for the writer task, which sends
+//! them in one write. A reply that waits for a durable commit is sent by a
+//! small task when the commit is done, so it never holds up the requests
+//! behind it: replies may leave out of order, paired by request id.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use quinn::{RecvStream, SendStream, VarInt};
+use rand::SeedableRng;
+use rand::rand_core::UnwrapErr;
+use rand::rngs::SysRng;
+use rand_chacha::ChaCha20Rng;
+use tokio::sync::{mpsc, watch};
+
+use super::Shared;
+use crate::clock;
+use crate::engine::Role;
+use crate::ratelimit::{Decision, Gcra};
+use crate::wire::{self, DecodeError, ErrorCode, Reply, Request, Response};
+
+/// QUIC application error code: the stream's framing broke.
+pub const FRAMING_ERROR: VarInt = VarInt::from_u32(1);
+/// QUIC application error code: the client certificate names no role.
+pub const NO_ROLE: VarInt = VarInt::from_u32(2);
+/// QUIC application error code: the server is shutting down.
+pub const SHUTTING_DOWN: VarInt = VarInt::from_u32(3);
+
+/// Encoded replies waiting for the writer; bounded so that a client that
+/// stops reading stops being read (QUIC flow control then holds it back).
+const WRITE_QUEUE: usize = 64;
+/// Bytes read from the stream at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Per-connection state shared by its streams.
+pub(super) struct ConnectionState {
+    pub role: Role,
+    pub limiter: Mutex<Gcra>,
+}
+
+/// Serves one bidirectional stream until the client finishes it, the
+/// framing breaks, or shutdown.
+pub(super) async fn serve_stream(
+    shared: Arc<Shared>,
+    connection: Arc<ConnectionState>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (queue, mut queued) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(mut batch) = queued.recv().await {
+            // Gather whatever else is ready into the same write.
+            while let Ok(more) = queued.try_recv() {
+                batch.extend_from_slice(&more);
+            }
+            if send.write_all(&batch).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+    });
+
+    // A fast CSPRNG per stream, seeded from the OS (the OS generator costs
+    // a system call per draw; see the verify bench).
+    let mut rng = ChaCha20Rng::from_rng(&mut UnwrapErr(SysRng));
+    let max_frame = shared.config.server.max_frame;
+    let mut buffer: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        let read = tokio::select! {
+            read = recv.read(&mut chunk) => read,
+            _ = shutdown.changed() => break,
+        };
+        let n = match read {
+            Ok(Some(n)) => n,
+            Ok(None) | Err(_) => break,
+        };
+        buffer.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+
+        let mut out = Vec::new();
+        let mut consumed = 0;
+        let broken = loop {
+            let rest = buffer.get(consumed..).unwrap_or(&[]);
+            match wire::split_frame(rest, max_frame) {
+                Ok(Some((body, used))) => {
+                    handle(&shared, &connection, body, &mut rng, &mut out, &queue);
+                    consumed += used;
+                }
+                Ok(None) => break false,
+                Err(error) => {
+                    tracing::debug!(%error, "stream framing broke");
+                    break true;
+                }
+            }
+        };
+        buffer.drain(..consumed);
+        if !out.is_empty() && queue.send(out).await.is_err() {
+            break;
+        }
+        if broken {
+            let _ = recv.stop(FRAMING_ERROR);
+            drop(queue);
+            writer.abort();
+            return;
+        }
+    }
+    drop(queue);
+    let _ = writer.await;
+}
+
+/// Handles one frame body: decode, limit, run the engine, queue the reply.
+fn handle(
+    shared: &Arc<Shared>,
+    connection: &ConnectionState,
+    body: &[u8],
+    rng: &mut ChaCha20Rng,
+    out: &mut Vec<u8>,
+    queue: &mpsc::Sender<Vec<u8>>,
+) {
+    let started = Instant::now();
+    let request = match Request::decode(body) {
+        Ok(request) => request,
+        Err(error) => {
+            let id = body
+                .first_chunk::<8>()
+                .map_or(0, |b| u64::from_be_bytes(*b));
+            let code = match error {
+                DecodeError::UnknownOperation(_) => ErrorCode::UnknownOperation,
+                _ => ErrorCode::Malformed,
+            };
+            metrics::counter!(crate::metrics::REQUESTS, "operation" => "invalid", "outcome" => "malformed")
+                .increment(1);
+            encode(out, id, Reply::error(code, error.to_string()));
+            return;
+        }
+    };
+    let now = clock::now();
+    let limit = shared.request_rate;
+    let decision = connection
+        .limiter
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .check(limit, now);
+    if let Decision::Deny { retry_after } = decision {
+        let reply = Reply::Error {
+            code: ErrorCode::RateLimited,
+            retry_after,
+            message: "too many requests on this connection".into(),
+        };
+        encode(out, request.id, reply);
+        return;
+    }
+    let operation = request.operation.name();
+    let outcome = shared
+        .engine
+        .handle(connection.role, request.operation, now, rng);
+    let label = outcome_label(&outcome.reply);
+    metrics::counter!(crate::metrics::REQUESTS, "operation" => operation, "outcome" => label)
+        .increment(1);
+    match outcome.persist {
+        None => {
+            encode(out, request.id, outcome.reply);
+            metrics::histogram!(crate::metrics::REQUEST_SECONDS, "operation" => operation)
+                .record(started.elapsed().as_secs_f64());
+        }
+        Some((device, state)) => {
+            // The reply depends on this change: send it once it is durable.
+            let committed = shared.committer.submit(device, state);
+            let queue = queue.clone();
+            let id = request.id;
+            let reply = outcome.reply;
+            tokio::spawn(async move {
+                let reply = match committed.await {
+                    Ok(Ok(())) => reply,
+                    _ => Reply::error(ErrorCode::Internal, "the change could not be stored"),
+                };
+                let mut out = Vec::new();
+                encode(&mut out, id, reply);
+                let _ = queue.send(out).await;
+                metrics::histogram!(crate::metrics::REQUEST_SECONDS, "operation" => operation)
+                    .record(started.elapsed().as_secs_f64());
+            });
+        }
+    }
+}
+
+fn encode(out: &mut Vec<u8>, id: u64, reply: Reply) {
+    let response = Response { id, reply };
+    wire::write_frame(out, |body| response.encode_body(body));
+}
+
+fn outcome_label(reply: &Reply) -> &'static str {
+    use crate::wire::Verdict;
+    match reply {
+        Reply::Verdict(Verdict::Accepted { .. }) => "accepted",
+        Reply::Verdict(Verdict::Rejected { .. }) => "rejected",
+        Reply::Verdict(Verdict::Expired) => "expired",
+        Reply::Verdict(Verdict::LockedOut { .. }) => "locked_out",
+        Reply::Verdict(Verdict::UnknownChallenge) => "unknown_challenge",
+        Reply::Error { code, .. } => match code {
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::TooManyChallenges => "too_many_challenges",
+            ErrorCode::InvalidArgument => "invalid_argument",
+            _ => "error",
+        },
+        _ => "ok",
+    }
+}
