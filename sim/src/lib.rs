@@ -5,5 +5,7 @@
 //! emulated device computes with the daemon's own `slsd::otp` code.
 //!
 //! - [`token`]: single emulated tokens (`sls-sim token ...`).
+//! - [`client`]: a client of the daemon's QUIC protocol.
 
+pub mod client;
 pub mod token;

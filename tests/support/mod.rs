@@ -1,5 +1,9 @@
 //! Shared helpers of the end-to-end tests: the real binaries, built once.
 
+#![allow(dead_code)] // each test binary uses its own part of the helpers
+
+pub mod daemon;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;

@@ -1,0 +1,555 @@
+//! The daemon over real QUIC on loopback: `slsd serve` in a temporary data
+//! directory, driven by the simulator's client and emulated devices.
+
+mod support;
+
+use std::time::Duration;
+
+use sls_sim::client::{Client, ClientError};
+use sls_sim::token::DscPlus;
+use slsd::engine::Role;
+use slsd::identity::{ChallengeId, DeviceId, Username};
+use slsd::otp::SecretKey;
+use slsd::otp::card::CodeCard;
+use slsd::otp::ocra::{Ocra, OcraInput, Suite};
+use slsd::profile::{DeviceKind, DeviceProfiles};
+use slsd::server::pki;
+use slsd::wire::request::{Answer, Pin};
+use slsd::wire::{
+    ChallengeText, EnrollRequest, ErrorCode, Operation, Reply, Request, Response, Verdict,
+};
+use support::daemon::Daemon;
+
+const DSC_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+const FAST_LOCKOUT: &str = "[lockout]\nfailures = 3\nfirst = \"1s\"\nmax = \"4s\"\n[challenges]\nper-user-per-minute = 1000\n";
+
+fn user(name: &str) -> Username {
+    Username::new(name).unwrap()
+}
+
+async fn enroll(
+    admin: &Client,
+    name: &str,
+    kind: DeviceKind,
+    secret: Option<&str>,
+    pin: Option<&str>,
+) -> (DeviceId, Option<SecretKey>) {
+    let request = EnrollRequest {
+        user: user(name),
+        kind,
+        secret: secret.map(|s| SecretKey::from_hex(s).unwrap()),
+        pin: pin.map(Pin::new),
+        label: format!("{kind}"),
+    };
+    match admin.call(Operation::Enroll(request)).await.unwrap() {
+        Reply::Enrolled { device, secret } => (device, secret),
+        other => panic!("enrol: {other:?}"),
+    }
+}
+
+async fn challenge(gateway: &Client, name: &str, device: DeviceId) -> (ChallengeId, ChallengeText) {
+    match gateway
+        .call(Operation::Challenge {
+            user: user(name),
+            device,
+        })
+        .await
+        .unwrap()
+    {
+        Reply::Challenge {
+            challenge,
+            text,
+            expires_in,
+        } => {
+            assert!(expires_in > Duration::ZERO);
+            (challenge, text)
+        }
+        other => panic!("challenge: {other:?}"),
+    }
+}
+
+async fn verify(gateway: &Client, challenge: ChallengeId, answer: &str) -> Verdict {
+    match gateway
+        .call(Operation::Verify {
+            challenge,
+            response: Answer::new(answer),
+        })
+        .await
+        .unwrap()
+    {
+        Reply::Verdict(verdict) => verdict,
+        other => panic!("verify: {other:?}"),
+    }
+}
+
+fn question(text: &ChallengeText) -> &str {
+    match text {
+        ChallengeText::Question(q) => q,
+        other => panic!("expected a question, got {other:?}"),
+    }
+}
+
+fn dsc_answer(pin: &str, text: &ChallengeText) -> String {
+    let card = DscPlus::new(
+        &SecretKey::from_hex(DSC_KEY).unwrap(),
+        &DeviceProfiles::defaults().unwrap(),
+    )
+    .unwrap();
+    card.respond(pin, question(text)).unwrap().to_string()
+}
+
+fn wrong(answer: &str) -> String {
+    answer
+        .chars()
+        .map(|c| if c == '9' { '0' } else { '9' })
+        .collect()
+}
+
+#[tokio::test]
+async fn each_device_kind_logs_in_and_wrong_answers_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"), "", "");
+    let admin = daemon.client(Role::Admin).await;
+    let gateway = daemon.client(Role::Gateway).await;
+
+    // DSC+: PIN and challenge into the card.
+    let (dsc, _) = enroll(
+        &admin,
+        "jdoe",
+        DeviceKind::DscPlus,
+        Some(DSC_KEY),
+        Some("4821"),
+    )
+    .await;
+    let (id, text) = challenge(&gateway, "jdoe", dsc).await;
+    assert_eq!(
+        verify(&gateway, id, &dsc_answer("4821", &text)).await,
+        Verdict::Accepted {
+            user: user("jdoe"),
+            device: dsc,
+            kind: DeviceKind::DscPlus
+        }
+    );
+    let (id, text) = challenge(&gateway, "jdoe", dsc).await;
+    assert_eq!(
+        verify(&gateway, id, &dsc_answer("1111", &text)).await,
+        Verdict::Rejected { attempts_left: 2 },
+        "wrong PIN"
+    );
+    assert_eq!(
+        verify(&gateway, id, &wrong(&dsc_answer("4821", &text))).await,
+        Verdict::Rejected { attempts_left: 1 }
+    );
+
+    // Security code card with a server-generated secret.
+    let (scc, secret) = enroll(&admin, "jdoe", DeviceKind::Scc, None, None).await;
+    let card = CodeCard::new(&secret.unwrap(), 224).unwrap();
+    let (id, text) = challenge(&gateway, "jdoe", scc).await;
+    let ChallengeText::CardPositions(a, b) = text else {
+        panic!("{text:?}")
+    };
+    let answer = card
+        .response(card.challenge(a, b).unwrap())
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        verify(&gateway, id, &wrong(&answer)).await,
+        Verdict::Rejected { attempts_left: 2 }
+    );
+    assert!(matches!(
+        verify(&gateway, id, &answer).await,
+        Verdict::Accepted {
+            kind: DeviceKind::Scc,
+            ..
+        }
+    ));
+
+    // IB Key, offline challenge/response.
+    let (ibkey, secret) = enroll(&admin, "jdoe", DeviceKind::IbKey, None, None).await;
+    let app = Ocra::new(
+        "OCRA-1:HOTP-SHA256-8:QN06".parse::<Suite>().unwrap(),
+        &secret.unwrap(),
+    );
+    let (id, text) = challenge(&gateway, "jdoe", ibkey).await;
+    let answer = app
+        .respond(&OcraInput {
+            question: question(&text),
+            ..OcraInput::default()
+        })
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        verify(&gateway, id, &wrong(&answer)).await,
+        Verdict::Rejected { attempts_left: 2 }
+    );
+    assert!(matches!(
+        verify(&gateway, id, &answer).await,
+        Verdict::Accepted {
+            kind: DeviceKind::IbKey,
+            ..
+        }
+    ));
+
+    // The selection list shows all three.
+    let Reply::Devices(list) = gateway
+        .call(Operation::Devices { user: user("jdoe") })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        list.iter().map(|d| d.device).collect::<Vec<_>>(),
+        vec![dsc, scc, ibkey]
+    );
+    assert_eq!(daemon.stop(), Some(0));
+}
+
+#[tokio::test]
+async fn a_challenge_verified_by_16_tasks_at_once_is_accepted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(
+        &dir.path().join("data"),
+        "",
+        "[challenges]\nper-user-per-minute = 1000\n",
+    );
+    let admin = daemon.client(Role::Admin).await;
+    let gateway = std::sync::Arc::new(daemon.client(Role::Gateway).await);
+    let (dsc, _) = enroll(
+        &admin,
+        "jdoe",
+        DeviceKind::DscPlus,
+        Some(DSC_KEY),
+        Some("4821"),
+    )
+    .await;
+    for _ in 0..5 {
+        let (id, text) = challenge(&gateway, "jdoe", dsc).await;
+        let answer = dsc_answer("4821", &text);
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let gateway = std::sync::Arc::clone(&gateway);
+                let answer = answer.clone();
+                tokio::spawn(async move { verify(&gateway, id, &answer).await })
+            })
+            .collect();
+        let mut accepted = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Verdict::Accepted { .. } => accepted += 1,
+                Verdict::UnknownChallenge => {}
+                other => panic!("unexpected verdict {other:?}"),
+            }
+        }
+        assert_eq!(accepted, 1);
+    }
+}
+
+#[tokio::test]
+async fn lockout_clears_by_itself_and_by_unlock_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"), "", FAST_LOCKOUT);
+    let admin = daemon.client(Role::Admin).await;
+    let gateway = daemon.client(Role::Gateway).await;
+    let (dsc, _) = enroll(
+        &admin,
+        "jdoe",
+        DeviceKind::DscPlus,
+        Some(DSC_KEY),
+        Some("4821"),
+    )
+    .await;
+
+    let (id, text) = challenge(&gateway, "jdoe", dsc).await;
+    let bad = wrong(&dsc_answer("4821", &text));
+    assert_eq!(
+        verify(&gateway, id, &bad).await,
+        Verdict::Rejected { attempts_left: 2 }
+    );
+    assert_eq!(
+        verify(&gateway, id, &bad).await,
+        Verdict::Rejected { attempts_left: 1 }
+    );
+    assert_eq!(
+        verify(&gateway, id, &bad).await,
+        Verdict::LockedOut {
+            retry_after: Duration::from_secs(1)
+        }
+    );
+    let (id, text) = challenge(&gateway, "jdoe", dsc).await;
+    assert!(matches!(
+        verify(&gateway, id, &dsc_answer("4821", &text)).await,
+        Verdict::LockedOut { .. }
+    ));
+
+    // Clears by itself.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(matches!(
+        verify(&gateway, id, &dsc_answer("4821", &text)).await,
+        Verdict::Accepted { .. }
+    ));
+
+    // Lock again, then restart: the lockout is still there.
+    let (id, text) = challenge(&gateway, "jdoe", dsc).await;
+    let bad = wrong(&dsc_answer("4821", &text));
+    for _ in 0..2 {
+        verify(&gateway, id, &bad).await;
+    }
+    assert!(matches!(
+        verify(&gateway, id, &bad).await,
+        Verdict::LockedOut { .. }
+    ));
+    drop((admin, gateway));
+    let daemon = daemon.restart();
+    let admin = daemon.client(Role::Admin).await;
+    let gateway = daemon.client(Role::Gateway).await;
+    let Reply::Devices(list) = gateway
+        .call(Operation::Devices { user: user("jdoe") })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(list.len(), 1, "the device survived the restart");
+    assert!(list[0].locked_for > Duration::ZERO, "so did its lockout");
+    let (id, text) = challenge(&gateway, "jdoe", dsc).await;
+    assert!(matches!(
+        verify(&gateway, id, &dsc_answer("4821", &text)).await,
+        Verdict::LockedOut { .. }
+    ));
+
+    // An operator clears it.
+    assert_eq!(
+        admin
+            .call(Operation::Unlock {
+                user: user("jdoe"),
+                device: Some(dsc)
+            })
+            .await
+            .unwrap(),
+        Reply::Done
+    );
+    assert!(matches!(
+        verify(&gateway, id, &dsc_answer("4821", &text)).await,
+        Verdict::Accepted { .. }
+    ));
+}
+
+#[tokio::test]
+async fn roles_and_certificates_are_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"), "", "");
+    let gateway = daemon.client(Role::Gateway).await;
+    let enroll = Operation::Enroll(EnrollRequest {
+        user: user("mallory"),
+        kind: DeviceKind::Scc,
+        secret: None,
+        pin: None,
+        label: String::new(),
+    });
+    let Reply::Error { code, .. } = gateway.call(enroll).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(code, ErrorCode::Forbidden);
+    let carrier = daemon.client(Role::Carrier).await;
+    let Reply::Error { code, .. } = carrier
+        .call(Operation::Devices { user: user("jdoe") })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(code, ErrorCode::Forbidden);
+
+    // No client certificate: refused in the handshake.
+    let roots = {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in pki::load_certs(&daemon.ca()).unwrap() {
+            roots.add(cert).unwrap();
+        }
+        roots
+    };
+    let mut anonymous = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    anonymous.alpn_protocols = vec![b"sls/1".to_vec()];
+    assert!(refused(Client::connect_with(daemon.quic, anonymous).await).await);
+
+    // A gateway certificate from another CA: refused too.
+    let other = tempfile::tempdir().unwrap();
+    let other_pki = pki::PkiPaths::new(other.path());
+    other_pki.ensure().unwrap();
+    let foreign = pki::client_tls(
+        &daemon.ca(),
+        &other_pki.client_cert(Role::Gateway),
+        &other_pki.client_key(Role::Gateway),
+    )
+    .unwrap();
+    assert!(refused(Client::connect_with(daemon.quic, foreign).await).await);
+
+    // The legitimate clients still work.
+    assert_eq!(
+        gateway
+            .call(Operation::Devices { user: user("jdoe") })
+            .await
+            .unwrap(),
+        Reply::Devices(vec![])
+    );
+}
+
+/// Whether a connection attempt ended up refused: in TLS 1.3 the client may
+/// finish its handshake before the server rejects its certificate, so the
+/// refusal can show on the first request instead.
+async fn refused(connected: Result<Client, ClientError>) -> bool {
+    match connected {
+        Err(_) => true,
+        Ok(client) => tokio::time::timeout(Duration::from_secs(5), client.call(Operation::Stats))
+            .await
+            .map_or(true, |reply| reply.is_err()),
+    }
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_frames_do_not_stop_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"), "max-frame = 256", "");
+    let gateway = daemon.client(Role::Gateway).await;
+    let mut stream = gateway.stream().await.unwrap();
+
+    // A body that does not parse: an error reply with its id, stream goes on.
+    stream
+        .send_raw(&[0, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 42, 0x01, 0xff])
+        .await
+        .unwrap();
+    let Response { id, reply } = stream.receive().await.unwrap();
+    assert_eq!(id, 42);
+    assert!(
+        matches!(
+            reply,
+            Reply::Error {
+                code: ErrorCode::Malformed,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    // An unknown operation.
+    stream
+        .send_raw(&[0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 43, 0x99])
+        .await
+        .unwrap();
+    let Response { id, reply } = stream.receive().await.unwrap();
+    assert_eq!(id, 43);
+    assert!(matches!(
+        reply,
+        Reply::Error {
+            code: ErrorCode::UnknownOperation,
+            ..
+        }
+    ));
+    // Same stream, a good request.
+    assert_eq!(
+        stream
+            .call(Operation::Devices { user: user("jdoe") })
+            .await
+            .unwrap(),
+        Reply::Devices(vec![])
+    );
+
+    // A frame over the limit breaks only its own stream.
+    let mut broken = gateway.stream().await.unwrap();
+    broken.send_raw(&[0, 0, 1, 1]).await.unwrap();
+    broken.send_raw(&[0; 257]).await.ok();
+    assert!(
+        broken.receive().await.is_err(),
+        "the oversized stream is closed"
+    );
+    assert_eq!(
+        stream
+            .call(Operation::Devices { user: user("jdoe") })
+            .await
+            .unwrap(),
+        Reply::Devices(vec![])
+    );
+    let other = daemon.client(Role::Gateway).await;
+    assert_eq!(
+        other
+            .call(Operation::Devices { user: user("jdoe") })
+            .await
+            .unwrap(),
+        Reply::Devices(vec![])
+    );
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_all_answered_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"), "", "");
+    let gateway = daemon.client(Role::Gateway).await;
+    let mut stream = gateway.stream().await.unwrap();
+    let operations = (0..2000)
+        .map(|i| Operation::Devices {
+            user: user(&format!("user{i}")),
+        })
+        .collect();
+    let ids = stream.send_batch(operations).await.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..ids.len() {
+        let response = stream.receive().await.unwrap();
+        assert_eq!(response.reply, Reply::Devices(vec![]));
+        assert!(seen.insert(response.id));
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ids);
+}
+
+#[tokio::test]
+async fn metrics_are_served_in_prometheus_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"), "", "");
+    let gateway = daemon.client(Role::Gateway).await;
+    gateway
+        .call(Operation::Devices { user: user("jdoe") })
+        .await
+        .unwrap();
+    let text = tokio::task::spawn_blocking({
+        let addr = daemon.metrics;
+        move || {
+            use std::io::{Read, Write};
+            let mut socket = std::net::TcpStream::connect(addr).unwrap();
+            socket
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut text = String::new();
+            socket.read_to_string(&mut text).unwrap();
+            text
+        }
+    })
+    .await
+    .unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(
+        text.contains("sls_requests_total{operation=\"devices\",outcome=\"ok\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("sls_request_seconds"), "{text}");
+}
+
+#[test]
+fn a_request_frame_is_what_protocol_md_says() {
+    // The client writes exactly the documented bytes (see PROTOCOL.md).
+    let frame = Request {
+        id: 1,
+        operation: Operation::Devices { user: user("jdoe") },
+    }
+    .to_frame();
+    assert_eq!(
+        frame,
+        [
+            0, 0, 0, 15, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 4, b'j', b'd', b'o', b'e'
+        ]
+    );
+}
