@@ -6,6 +6,8 @@
 //!
 //! - [`token`]: single emulated tokens (`sls-sim token ...`).
 //! - [`client`]: a client of the daemon's QUIC protocol.
+//! - [`bench`]: `sls-sim bench`, a load run of complete logins.
 
+pub mod bench;
 pub mod client;
 pub mod token;

@@ -21,6 +21,34 @@ enum Command {
     /// Print the code a token or phone app would show (only the code, on stdout).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Load a daemon with complete DSC+ logins over QUIC and report
+    /// throughput and latency. Starts its own `slsd` unless --addr is given.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// How long to load, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    duration: std::time::Duration,
+    /// Users in the fleet, one DSC+ card each.
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// QUIC connections.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Streams per connection.
+    #[arg(long, default_value_t = 4)]
+    streams: usize,
+    /// Logins in flight per stream (pipelined).
+    #[arg(long, default_value_t = 64)]
+    depth: usize,
+    /// A running daemon to load instead of starting one.
+    #[arg(long, requires = "data_dir")]
+    addr: Option<std::net::SocketAddr>,
+    /// That daemon's data directory (for its CA and admin/gateway certificates).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +173,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Token(command) => run_token(command),
+        Command::Bench(args) => {
+            return match run_bench(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     match result {
         Ok(code) => {
@@ -162,6 +199,73 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    let plan = sls_sim::bench::BenchPlan {
+        users: args.users,
+        connections: args.connections,
+        streams: args.streams,
+        depth: args.depth,
+        duration: args.duration,
+    };
+    let scratch = tempfile::tempdir()?;
+    let (daemon, target) = match (args.addr, args.data_dir) {
+        (Some(addr), Some(data_dir)) => (None, sls_sim::bench::Target { addr, data_dir }),
+        _ => {
+            let slsd = std::env::current_exe()?
+                .parent()
+                .map(|dir| dir.join("slsd"))
+                .ok_or_else(|| anyhow::anyhow!("cannot locate slsd next to sls-sim"))?;
+            let data_dir = scratch.path().join("data");
+            let (child, addr) = sls_sim::bench::start_daemon(&slsd, &data_dir)
+                .map_err(|e| anyhow::anyhow!("starting {}: {e}", slsd.display()))?;
+            (Some(child), sls_sim::bench::Target { addr, data_dir })
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let before = daemon.as_ref().map(|d| cpu_seconds(d.id()));
+    let own_before = cpu_seconds(std::process::id());
+    let report = runtime.block_on(sls_sim::bench::run(&target, &plan));
+    let own = cpu_seconds(std::process::id()) - own_before;
+    let daemon_cpu = daemon
+        .as_ref()
+        .zip(before)
+        .map(|(d, b)| cpu_seconds(d.id()) - b);
+    if let Some(mut child) = daemon {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let _ = child.wait();
+    }
+    let report = report?;
+    println!("{}", report.render(&plan));
+    match daemon_cpu {
+        Some(d) => println!("cpu seconds: client {own:.1}, daemon {d:.1} (enrolment included)"),
+        None => println!("cpu seconds: client {own:.1}"),
+    }
+    Ok(())
+}
+
+/// User + system CPU seconds of a process, from /proc (0 elsewhere).
+fn cpu_seconds(pid: u32) -> f64 {
+    // Fields 14 and 15 of /proc/PID/stat, in clock ticks of 1/100 s (the
+    // Linux USER_HZ on every mainstream architecture).
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn run_token(command: TokenCommand) -> Result<Code, TokenError> {
