@@ -18,7 +18,7 @@ use rand::CryptoRng;
 use crate::clock::Timestamp;
 use crate::config::Config;
 use crate::identity::{ChallengeId, DeviceId, Username};
-use crate::otp::generate::{Alphabet, CodeSpec};
+use crate::otp::generate::Alphabet;
 use crate::otp::ocra::{OcraInput, QuestionFormat};
 use crate::ratelimit::{Decision, Gcra, Rate};
 use crate::store::challenges::{ChallengeTable, Disposition, InsertError, OpenChallenge, Question};
@@ -123,6 +123,7 @@ pub struct Engine {
     registry: Arc<Registry>,
     challenges: ChallengeTable,
     user_limits: UserLimits,
+    alphabets: QuestionAlphabets,
     counters: Counters,
 }
 
@@ -140,6 +141,7 @@ impl Engine {
         Self {
             challenges: ChallengeTable::new(config.challenges.capacity, CHALLENGE_SHARDS),
             user_limits: UserLimits::new(config.challenges.per_user_per_minute),
+            alphabets: QuestionAlphabets::new(),
             counters: Counters::default(),
             config,
             registry,
@@ -232,21 +234,15 @@ impl Engine {
             Verifier::Ocra { ocra, .. } => {
                 let suite = ocra.suite();
                 let alphabet = match suite.question_format() {
-                    QuestionFormat::Numeric => Alphabet::digits(),
-                    QuestionFormat::Hex => alphabet_or_digits("0123456789ABCDEF"),
-                    QuestionFormat::Alphanumeric => {
-                        alphabet_or_digits("ABCDEFGHJKLMNPQRSTUVWXYZ23456789")
-                    }
+                    QuestionFormat::Numeric => &self.alphabets.numeric,
+                    QuestionFormat::Hex => &self.alphabets.hex,
+                    QuestionFormat::Alphanumeric => &self.alphabets.alphanumeric,
                 };
-                let spec = match CodeSpec::new(alphabet, usize::from(suite.question_len())) {
-                    Ok(spec) => spec,
-                    Err(e) => return Reply::error(ErrorCode::Internal, e.to_string()),
-                };
-                let digits = spec.generate(rng).as_str().to_owned();
-                (
-                    Question::Ocra(digits.clone()),
-                    ChallengeText::Question(digits),
-                )
+                let text = alphabet
+                    .generate(rng, usize::from(suite.question_len()))
+                    .as_str()
+                    .to_owned();
+                (Question::Ocra(text.clone()), ChallengeText::Question(text))
             }
             Verifier::Card(card) => {
                 let pick = card.random_challenge(rng);
@@ -467,9 +463,24 @@ impl Engine {
     }
 }
 
-/// A fixed alphabet known to be valid, or digits if it somehow is not.
-fn alphabet_or_digits(symbols: &str) -> Alphabet {
-    Alphabet::new(symbols).unwrap_or_else(|_| Alphabet::digits())
+/// The alphabets questions are drawn from, by OCRA question format.
+struct QuestionAlphabets {
+    numeric: Alphabet,
+    hex: Alphabet,
+    /// Letters and digits a person reads without confusion (no I, O, 0, 1).
+    alphanumeric: Alphabet,
+}
+
+impl QuestionAlphabets {
+    fn new() -> Self {
+        // Both literals pass `Alphabet::new`'s checks; digits stand in if not.
+        let or_digits = |symbols| Alphabet::new(symbols).unwrap_or_else(|_| Alphabet::digits());
+        Self {
+            numeric: Alphabet::digits(),
+            hex: or_digits("0123456789ABCDEF"),
+            alphanumeric: or_digits("ABCDEFGHJKLMNPQRSTUVWXYZ23456789"),
+        }
+    }
 }
 
 /// Checks an answer against the device, in constant time.

@@ -40,3 +40,93 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .install_recorder()
         .map_err(|e| e.to_string())
 }
+
+/// Operation labels of [`REQUESTS`] and [`REQUEST_SECONDS`].
+pub const OPERATIONS: [&str; 9] = [
+    "devices",
+    "challenge",
+    "verify",
+    "enroll",
+    "revoke",
+    "list_devices",
+    "unlock",
+    "stats",
+    "invalid",
+];
+
+/// Outcome labels of [`REQUESTS`].
+pub const OUTCOMES: [&str; 13] = [
+    "ok",
+    "accepted",
+    "rejected",
+    "expired",
+    "locked_out",
+    "unknown_challenge",
+    "forbidden",
+    "rate_limited",
+    "not_found",
+    "too_many_challenges",
+    "invalid_argument",
+    "malformed",
+    "error",
+];
+
+/// Per-request metric handles, made once per label pair on first use.
+///
+/// The `counter!`/`histogram!` macros build and hash a labelled key (with
+/// allocations) on every call; on the request path that showed in the
+/// daemon's profile, so the handles are kept instead.
+#[derive(Debug)]
+pub struct RequestMetrics {
+    counts: Vec<std::sync::OnceLock<metrics::Counter>>,
+    latency: Vec<std::sync::OnceLock<metrics::Histogram>>,
+}
+
+impl Default for RequestMetrics {
+    fn default() -> Self {
+        Self {
+            counts: (0..OPERATIONS.len() * OUTCOMES.len())
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+            latency: (0..OPERATIONS.len())
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+        }
+    }
+}
+
+impl RequestMetrics {
+    /// Counts one request of `operation` that ended in `outcome` (names
+    /// from [`OPERATIONS`] and [`OUTCOMES`]; others count as "invalid"/"error").
+    pub fn count(&self, operation: &'static str, outcome: &'static str) {
+        let op = index_of(&OPERATIONS, operation);
+        let out = index_of(&OUTCOMES, outcome);
+        if let (Some(slot), Some(&op_name), Some(&out_name)) = (
+            self.counts.get(op * OUTCOMES.len() + out),
+            OPERATIONS.get(op),
+            OUTCOMES.get(out),
+        ) {
+            slot.get_or_init(
+                || metrics::counter!(REQUESTS, "operation" => op_name, "outcome" => out_name),
+            )
+            .increment(1);
+        }
+    }
+
+    /// Records how long a request of `operation` took.
+    pub fn latency(&self, operation: &'static str, seconds: f64) {
+        let op = index_of(&OPERATIONS, operation);
+        if let (Some(slot), Some(&name)) = (self.latency.get(op), OPERATIONS.get(op)) {
+            slot.get_or_init(|| metrics::histogram!(REQUEST_SECONDS, "operation" => name))
+                .record(seconds);
+        }
+    }
+}
+
+/// Position of `name` in `names`, or the last position (the catch-all).
+fn index_of(names: &[&str], name: &str) -> usize {
+    names
+        .iter()
+        .position(|n| *n == name)
+        .unwrap_or(names.len().saturating_sub(1))
+}

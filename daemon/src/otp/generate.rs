@@ -78,6 +78,16 @@ impl Alphabet {
         self.symbols.is_empty()
     }
 
+    /// A code of `length` symbols (at most [`MAX_CODE_LEN`]), each uniform
+    /// and independent.
+    pub fn generate<R: CryptoRng + ?Sized>(&self, rng: &mut R, length: usize) -> Code {
+        let mut code = Code::empty();
+        for _ in 0..length.min(MAX_CODE_LEN) {
+            code.push(self.draw(rng));
+        }
+        code
+    }
+
     /// One symbol, uniformly.
     fn draw<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> u8 {
         let index = self.pick.sample(rng) as usize;
@@ -110,11 +120,7 @@ impl CodeSpec {
 
     /// A fresh code: `length` symbols, each uniform and independent.
     pub fn generate<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Code {
-        let mut code = Code::empty();
-        for _ in 0..self.length {
-            code.push(self.alphabet.draw(rng));
-        }
-        code
+        self.alphabet.generate(rng, self.length)
     }
 }
 

@@ -37,6 +37,7 @@ struct Shared {
     engine: Engine,
     committer: Committer,
     request_rate: Rate,
+    metrics: crate::metrics::RequestMetrics,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -117,6 +118,7 @@ pub async fn serve(
             config.server.requests_per_connection_per_second,
         ),
         config: Arc::clone(&config),
+        metrics: crate::metrics::RequestMetrics::default(),
     });
 
     let endpoint = endpoint(&config, &pki)?;

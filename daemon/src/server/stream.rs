@@ -18,7 +18,7 @@ use rand_chacha::ChaCha20Rng;
 use tokio::sync::{mpsc, watch};
 
 use super::Shared;
-use crate::clock;
+use crate::clock::{self, Timestamp};
 use crate::engine::Role;
 use crate::ratelimit::{Decision, Gcra};
 use crate::wire::{self, DecodeError, ErrorCode, Reply, Request, Response};
@@ -84,11 +84,15 @@ pub(super) async fn serve_stream(
 
         let mut out = Vec::new();
         let mut consumed = 0;
+        // One clock reading per read: the requests of one read arrived together.
+        let now = clock::now();
+        let arrived = Instant::now();
         let broken = loop {
             let rest = buffer.get(consumed..).unwrap_or(&[]);
             match wire::split_frame(rest, max_frame) {
                 Ok(Some((body, used))) => {
-                    handle(&shared, &connection, body, &mut rng, &mut out, &queue);
+                    let at = (now, arrived);
+                    handle(&shared, &connection, body, at, &mut rng, &mut out, &queue);
                     consumed += used;
                 }
                 Ok(None) => break false,
@@ -118,11 +122,11 @@ fn handle(
     shared: &Arc<Shared>,
     connection: &ConnectionState,
     body: &[u8],
+    (now, started): (Timestamp, Instant),
     rng: &mut ChaCha20Rng,
     out: &mut Vec<u8>,
     queue: &mpsc::Sender<Vec<u8>>,
 ) {
-    let started = Instant::now();
     let request = match Request::decode(body) {
         Ok(request) => request,
         Err(error) => {
@@ -133,13 +137,11 @@ fn handle(
                 DecodeError::UnknownOperation(_) => ErrorCode::UnknownOperation,
                 _ => ErrorCode::Malformed,
             };
-            metrics::counter!(crate::metrics::REQUESTS, "operation" => "invalid", "outcome" => "malformed")
-                .increment(1);
+            shared.metrics.count("invalid", "malformed");
             encode(out, id, Reply::error(code, error.to_string()));
             return;
         }
     };
-    let now = clock::now();
     let limit = shared.request_rate;
     let decision = connection
         .limiter
@@ -152,6 +154,9 @@ fn handle(
             retry_after,
             message: "too many requests on this connection".into(),
         };
+        shared
+            .metrics
+            .count(request.operation.name(), "rate_limited");
         encode(out, request.id, reply);
         return;
     }
@@ -165,8 +170,9 @@ fn handle(
     match outcome.persist {
         None => {
             encode(out, request.id, outcome.reply);
-            metrics::histogram!(crate::metrics::REQUEST_SECONDS, "operation" => operation)
-                .record(started.elapsed().as_secs_f64());
+            shared
+                .metrics
+                .latency(operation, started.elapsed().as_secs_f64());
         }
         Some((device, state)) => {
             // The reply depends on this change: send it once it is durable.
@@ -174,6 +180,7 @@ fn handle(
             let queue = queue.clone();
             let id = request.id;
             let reply = outcome.reply;
+            let shared = Arc::clone(shared);
             tokio::spawn(async move {
                 let reply = match committed.await {
                     Ok(Ok(())) => reply,
@@ -182,8 +189,9 @@ fn handle(
                 let mut out = Vec::new();
                 encode(&mut out, id, reply);
                 let _ = queue.send(out).await;
-                metrics::histogram!(crate::metrics::REQUEST_SECONDS, "operation" => operation)
-                    .record(started.elapsed().as_secs_f64());
+                shared
+                    .metrics
+                    .latency(operation, started.elapsed().as_secs_f64());
             });
         }
     }
