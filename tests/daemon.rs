@@ -553,3 +553,66 @@ fn a_request_frame_is_what_protocol_md_says() {
         ]
     );
 }
+
+#[tokio::test]
+async fn connection_limits_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(
+        &dir.path().join("data"),
+        "max-connections = 1\nrequests-per-connection-per-second = 5",
+        "",
+    );
+    let gateway = daemon.client(Role::Gateway).await;
+    // Five requests per second with a burst of five: the sixth at once is refused.
+    let mut stream = gateway.stream().await.unwrap();
+    let ids = stream
+        .send_batch(
+            (0..6)
+                .map(|_| Operation::Devices { user: user("jdoe") })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let mut limited = 0;
+    for _ in &ids {
+        match stream.receive().await.unwrap().reply {
+            Reply::Devices(_) => {}
+            Reply::Error {
+                code: ErrorCode::RateLimited,
+                retry_after,
+                ..
+            } => {
+                assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_millis(200));
+                limited += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(limited, 1);
+    // A second connection is refused while the first is open.
+    let (cert, key) = daemon.cert(Role::Gateway);
+    let second = Client::connect(daemon.quic, &daemon.ca(), &cert, &key).await;
+    assert!(second.is_err(), "max-connections = 1");
+}
+
+#[tokio::test]
+async fn challenges_expire_over_the_wire() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"), "", "[challenges]\nttl = \"1s\"\n");
+    let admin = daemon.client(Role::Admin).await;
+    let gateway = daemon.client(Role::Gateway).await;
+    let (dsc, _) = enroll(
+        &admin,
+        "jdoe",
+        DeviceKind::DscPlus,
+        Some(DSC_KEY),
+        Some("4821"),
+    )
+    .await;
+    let (id, text) = challenge(&gateway, "jdoe", dsc).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        verify(&gateway, id, &dsc_answer("4821", &text)).await,
+        Verdict::Expired
+    );
+}
