@@ -82,7 +82,9 @@ pub(super) async fn serve_stream(
         };
         buffer.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
 
-        let mut out = Vec::new();
+        // Replies are about the size of requests; sized up front so that
+        // encoding a read's replies does not reallocate as it grows.
+        let mut out = Vec::with_capacity(buffer.len() + buffer.len() / 2);
         let mut consumed = 0;
         // One clock reading per read: the requests of one read arrived together.
         let now = clock::now();
