@@ -616,3 +616,44 @@ async fn challenges_expire_over_the_wire() {
         Verdict::Expired
     );
 }
+
+#[tokio::test]
+async fn streams_per_connection_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(
+        &dir.path().join("data"),
+        "max-streams-per-connection = 2",
+        "",
+    );
+    let gateway = daemon.client(Role::Gateway).await;
+    let mut first = gateway.stream().await.unwrap();
+    let mut second = gateway.stream().await.unwrap();
+    // Streams exist for the server once they carry data.
+    for stream in [&mut first, &mut second] {
+        assert_eq!(
+            stream
+                .call(Operation::Devices { user: user("jdoe") })
+                .await
+                .unwrap(),
+            Reply::Devices(vec![])
+        );
+    }
+    let third = tokio::time::timeout(Duration::from_millis(500), gateway.stream()).await;
+    assert!(third.is_err(), "a third concurrent stream must wait");
+    first.finish();
+    assert!(
+        first.receive().await.is_err(),
+        "the server finishes the stream after its last reply"
+    );
+    let mut third = tokio::time::timeout(Duration::from_secs(5), gateway.stream())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        third
+            .call(Operation::Devices { user: user("jdoe") })
+            .await
+            .unwrap(),
+        Reply::Devices(vec![])
+    );
+}

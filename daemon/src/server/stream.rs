@@ -52,8 +52,19 @@ pub(super) async fn serve_stream(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (queue, mut queued) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let (reset, mut reset_requested) = tokio::sync::oneshot::channel::<()>();
     let writer = tokio::spawn(async move {
-        while let Some(mut batch) = queued.recv().await {
+        loop {
+            let mut batch = tokio::select! {
+                batch = queued.recv() => match batch {
+                    Some(batch) => batch,
+                    None => break,
+                },
+                _ = &mut reset_requested => {
+                    let _ = send.reset(FRAMING_ERROR);
+                    return;
+                }
+            };
             // Gather whatever else is ready into the same write.
             while let Ok(more) = queued.try_recv() {
                 batch.extend_from_slice(&more);
@@ -109,9 +120,11 @@ pub(super) async fn serve_stream(
             break;
         }
         if broken {
+            // The rest of the stream cannot be framed: stop reading it and
+            // reset our side with the framing error code.
             let _ = recv.stop(FRAMING_ERROR);
-            drop(queue);
-            writer.abort();
+            let _ = reset.send(());
+            let _ = writer.await;
             return;
         }
     }
