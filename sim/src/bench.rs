@@ -288,47 +288,53 @@ async fn drive_stream(
     for (id, member) in stream.send_batch(operations).await?.into_iter().zip(first) {
         in_flight.insert(id, (Step::Challenge { member }, sent_at));
     }
+    let mut ready = Vec::with_capacity(depth);
+    let mut next_batch: Vec<(Operation, Step)> = Vec::with_capacity(depth);
     while !in_flight.is_empty() {
-        let response = stream.receive().await?;
-        let Some((step, sent)) = in_flight.remove(&response.id) else {
-            part.errors += 1;
-            continue;
-        };
-        part.requests += 1;
-        let _ = part
-            .latency
-            .record(sent.elapsed().as_micros().max(1) as u64);
-        let next = match (step, response.reply) {
-            (
-                Step::Challenge { member },
-                Reply::Challenge {
-                    challenge, text, ..
-                },
-            ) => Some((answer(cards, member, challenge, &text)?, Step::Verify)),
-            (Step::Verify, Reply::Verdict(verdict)) => {
-                match verdict {
-                    Verdict::Accepted { .. } => part.logins += 1,
-                    _ => part.rejected += 1,
-                }
-                if Instant::now() < deadline {
-                    let member = pick();
-                    let op = Operation::Challenge {
-                        user: members[member].user.clone(),
-                        device: members[member].device,
-                    };
-                    Some((op, Step::Challenge { member }))
-                } else {
-                    None
-                }
-            }
-            (_, _) => {
+        ready.clear();
+        stream.receive_ready(&mut ready).await?;
+        let received = Instant::now();
+        for response in ready.drain(..) {
+            let Some((step, sent)) = in_flight.remove(&response.id) else {
                 part.errors += 1;
-                None
+                continue;
+            };
+            part.requests += 1;
+            let _ = part
+                .latency
+                .record(received.duration_since(sent).as_micros().max(1) as u64);
+            match (step, response.reply) {
+                (
+                    Step::Challenge { member },
+                    Reply::Challenge {
+                        challenge, text, ..
+                    },
+                ) => {
+                    next_batch.push((answer(cards, member, challenge, &text)?, Step::Verify));
+                }
+                (Step::Verify, Reply::Verdict(verdict)) => {
+                    match verdict {
+                        Verdict::Accepted { .. } => part.logins += 1,
+                        _ => part.rejected += 1,
+                    }
+                    if received < deadline {
+                        let member = pick();
+                        let op = Operation::Challenge {
+                            user: members[member].user.clone(),
+                            device: members[member].device,
+                        };
+                        next_batch.push((op, Step::Challenge { member }));
+                    }
+                }
+                (_, _) => part.errors += 1,
             }
-        };
-        if let Some((operation, step)) = next {
-            let id = stream.send(operation).await?;
-            in_flight.insert(id, (step, Instant::now()));
+        }
+        if !next_batch.is_empty() {
+            let (operations, steps): (Vec<_>, Vec<_>) = next_batch.drain(..).unzip();
+            let sent_at = Instant::now();
+            for (id, step) in stream.send_batch(operations).await?.into_iter().zip(steps) {
+                in_flight.insert(id, (step, sent_at));
+            }
         }
     }
     stream.finish();

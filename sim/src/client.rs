@@ -162,6 +162,21 @@ impl Stream {
         }
     }
 
+    /// Reads at least one reply, and every other reply already received,
+    /// into `out` (so a pipelining caller can answer them in one write).
+    pub async fn receive_ready(&mut self, out: &mut Vec<Response>) -> Result<(), ClientError> {
+        out.push(self.receive().await?);
+        let mut consumed = 0;
+        while let Some((body, used)) =
+            wire::split_frame(self.buffer.get(consumed..).unwrap_or(&[]), MAX_REPLY)?
+        {
+            out.push(Response::decode(body)?);
+            consumed += used;
+        }
+        self.buffer.drain(..consumed);
+        Ok(())
+    }
+
     /// Sends one request and reads its reply (nothing else in flight).
     pub async fn call(&mut self, operation: Operation) -> Result<Reply, ClientError> {
         let sent = self.send(operation).await?;
