@@ -47,6 +47,18 @@ async fn enroll(
     }
 }
 
+/// Enrols `name`'s DSC+ card (key DSC_KEY, PIN 4821).
+async fn enroll_dsc(admin: &Client, name: &str) -> (DeviceId, Option<SecretKey>) {
+    enroll(
+        admin,
+        name,
+        DeviceKind::DscPlus,
+        Some(DSC_KEY),
+        Some("4821"),
+    )
+    .await
+}
+
 async fn challenge(gateway: &Client, name: &str, device: DeviceId) -> (ChallengeId, ChallengeText) {
     match gateway
         .call(Operation::Challenge {
@@ -113,14 +125,7 @@ async fn each_device_kind_logs_in_and_wrong_answers_are_rejected() {
     let gateway = daemon.client(Role::Gateway).await;
 
     // DSC+: PIN and challenge into the card.
-    let (dsc, _) = enroll(
-        &admin,
-        "jdoe",
-        DeviceKind::DscPlus,
-        Some(DSC_KEY),
-        Some("4821"),
-    )
-    .await;
+    let (dsc, _) = enroll_dsc(&admin, "jdoe").await;
     let (id, text) = challenge(&gateway, "jdoe", dsc).await;
     assert_eq!(
         verify(&gateway, id, &dsc_answer("4821", &text)).await,
@@ -215,14 +220,7 @@ async fn a_challenge_verified_by_16_tasks_at_once_is_accepted_once() {
     );
     let admin = daemon.client(Role::Admin).await;
     let gateway = std::sync::Arc::new(daemon.client(Role::Gateway).await);
-    let (dsc, _) = enroll(
-        &admin,
-        "jdoe",
-        DeviceKind::DscPlus,
-        Some(DSC_KEY),
-        Some("4821"),
-    )
-    .await;
+    let (dsc, _) = enroll_dsc(&admin, "jdoe").await;
     for _ in 0..5 {
         let (id, text) = challenge(&gateway, "jdoe", dsc).await;
         let answer = dsc_answer("4821", &text);
@@ -251,14 +249,7 @@ async fn lockout_clears_by_itself_and_by_unlock_and_survives_restart() {
     let daemon = Daemon::start(&dir.path().join("data"), "", FAST_LOCKOUT);
     let admin = daemon.client(Role::Admin).await;
     let gateway = daemon.client(Role::Gateway).await;
-    let (dsc, _) = enroll(
-        &admin,
-        "jdoe",
-        DeviceKind::DscPlus,
-        Some(DSC_KEY),
-        Some("4821"),
-    )
-    .await;
+    let (dsc, _) = enroll_dsc(&admin, "jdoe").await;
 
     let (id, text) = challenge(&gateway, "jdoe", dsc).await;
     let bad = wrong(&dsc_answer("4821", &text));
@@ -601,14 +592,7 @@ async fn challenges_expire_over_the_wire() {
     let daemon = Daemon::start(&dir.path().join("data"), "", "[challenges]\nttl = \"1s\"\n");
     let admin = daemon.client(Role::Admin).await;
     let gateway = daemon.client(Role::Gateway).await;
-    let (dsc, _) = enroll(
-        &admin,
-        "jdoe",
-        DeviceKind::DscPlus,
-        Some(DSC_KEY),
-        Some("4821"),
-    )
-    .await;
+    let (dsc, _) = enroll_dsc(&admin, "jdoe").await;
     let (id, text) = challenge(&gateway, "jdoe", dsc).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(

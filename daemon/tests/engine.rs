@@ -122,6 +122,38 @@ fn open(dir: &std::path::Path, config: Config) -> Engine {
     Engine::new(Arc::new(config), Arc::new(registry))
 }
 
+/// Enrols a security code card for "jdoe" straight through the engine.
+fn enroll_card(engine: &Engine, rng: &mut ChaCha20Rng) -> DeviceId {
+    let enroll = EnrollRequest {
+        user: Username::new("jdoe").unwrap(),
+        kind: DeviceKind::Scc,
+        secret: None,
+        pin: None,
+        label: String::new(),
+    };
+    match engine
+        .handle(Role::Admin, Operation::Enroll(enroll), T0, rng)
+        .reply
+    {
+        Reply::Enrolled { device, .. } => device,
+        other => panic!("enrol failed: {other:?}"),
+    }
+}
+
+/// Asks "jdoe"'s challenge for `device` at `now`.
+fn ask_challenge(
+    engine: &Engine,
+    rng: &mut ChaCha20Rng,
+    device: DeviceId,
+    now: Timestamp,
+) -> Reply {
+    let operation = Operation::Challenge {
+        user: Username::new("jdoe").unwrap(),
+        device,
+    };
+    engine.handle(Role::Gateway, operation, now, rng).reply
+}
+
 /// What a DSC+ with `key` and `pin` shows for `question`.
 fn dsc_plus(key: &str, pin: &str, text: &ChallengeText) -> String {
     let ChallengeText::Question(question) = text else {
@@ -524,36 +556,13 @@ fn enrolment_refuses_what_the_kind_does_not_take() {
 #[test]
 fn challenge_issuance_is_rate_limited_per_user() {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config::from_toml("[challenges]\nper-user-per-minute = 3\n").unwrap();
-    let engine = open(dir.path(), config);
+    let engine = open(
+        dir.path(),
+        Config::from_toml("[challenges]\nper-user-per-minute = 3\n").unwrap(),
+    );
     let mut rng = ChaCha20Rng::seed_from_u64(3);
-    let user = Username::new("jdoe").unwrap();
-    let enroll = EnrollRequest {
-        user: user.clone(),
-        kind: DeviceKind::Scc,
-        secret: None,
-        pin: None,
-        label: String::new(),
-    };
-    let Reply::Enrolled { device, .. } = engine
-        .handle(Role::Admin, Operation::Enroll(enroll), T0, &mut rng)
-        .reply
-    else {
-        panic!()
-    };
-    let mut ask = |now| {
-        engine
-            .handle(
-                Role::Gateway,
-                Operation::Challenge {
-                    user: user.clone(),
-                    device,
-                },
-                now,
-                &mut rng,
-            )
-            .reply
-    };
+    let device = enroll_card(&engine, &mut rng);
+    let mut ask = |now| ask_challenge(&engine, &mut rng, device, now);
     for _ in 0..3 {
         assert!(matches!(ask(T0), Reply::Challenge { .. }));
     }
@@ -576,33 +585,8 @@ fn the_challenge_table_refuses_past_its_capacity() {
         Config::from_toml("[challenges]\ncapacity = 2\nper-user-per-minute = 100\n").unwrap(),
     );
     let mut rng = ChaCha20Rng::seed_from_u64(4);
-    let user = Username::new("jdoe").unwrap();
-    let enroll = EnrollRequest {
-        user: user.clone(),
-        kind: DeviceKind::Scc,
-        secret: None,
-        pin: None,
-        label: String::new(),
-    };
-    let Reply::Enrolled { device, .. } = engine
-        .handle(Role::Admin, Operation::Enroll(enroll), T0, &mut rng)
-        .reply
-    else {
-        panic!()
-    };
-    let mut ask = |now| {
-        engine
-            .handle(
-                Role::Gateway,
-                Operation::Challenge {
-                    user: user.clone(),
-                    device,
-                },
-                now,
-                &mut rng,
-            )
-            .reply
-    };
+    let device = enroll_card(&engine, &mut rng);
+    let mut ask = |now| ask_challenge(&engine, &mut rng, device, now);
     assert!(matches!(ask(T0), Reply::Challenge { .. }));
     assert!(matches!(ask(T0), Reply::Challenge { .. }));
     assert!(matches!(

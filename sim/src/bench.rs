@@ -78,6 +78,18 @@ pub struct BenchReport {
 }
 
 impl BenchReport {
+    fn empty() -> Self {
+        Self {
+            cores: 0,
+            elapsed: Duration::ZERO,
+            requests: 0,
+            logins: 0,
+            rejected: 0,
+            errors: 0,
+            latency: new_histogram(),
+        }
+    }
+
     pub fn requests_per_sec(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
@@ -214,15 +226,8 @@ pub async fn run(target: &Target, plan: &BenchPlan) -> Result<BenchReport, Bench
             }));
         }
     }
-    let mut report = BenchReport {
-        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        elapsed: Duration::ZERO,
-        requests: 0,
-        logins: 0,
-        rejected: 0,
-        errors: 0,
-        latency: new_histogram(),
-    };
+    let mut report = BenchReport::empty();
+    report.cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     for task in tasks {
         match task.await {
             Ok(Ok(part)) => {
@@ -260,15 +265,7 @@ async fn drive_stream(
     deadline: Instant,
 ) -> Result<BenchReport, BenchError> {
     let mut stream = client.stream().await?;
-    let mut part = BenchReport {
-        cores: 0,
-        elapsed: Duration::ZERO,
-        requests: 0,
-        logins: 0,
-        rejected: 0,
-        errors: 0,
-        latency: new_histogram(),
-    };
+    let mut part = BenchReport::empty();
     let mut in_flight: HashMap<u64, (Step, Instant)> = HashMap::with_capacity(depth * 2);
     let mut next_member = offset;
     let mut pick = || {

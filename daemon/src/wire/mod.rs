@@ -51,6 +51,16 @@ pub enum DecodeError {
     },
 }
 
+impl DecodeError {
+    /// A field that parsed but is not acceptable.
+    pub(crate) fn invalid(field: &'static str, problem: impl Into<String>) -> Self {
+        Self::Invalid {
+            field,
+            problem: problem.into(),
+        }
+    }
+}
+
 /// Why a stream's framing broke; the stream must be closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {

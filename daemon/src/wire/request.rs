@@ -157,7 +157,7 @@ impl Request {
                 response: {
                     let text = r.str("response")?;
                     if text.len() > MAX_CODE_LEN {
-                        return Err(invalid(
+                        return Err(DecodeError::invalid(
                             "response",
                             format!("longer than {MAX_CODE_LEN} bytes"),
                         ));
@@ -229,32 +229,26 @@ impl Request {
     }
 }
 
-fn invalid(field: &'static str, problem: impl Into<String>) -> DecodeError {
-    DecodeError::Invalid {
-        field,
-        problem: problem.into(),
-    }
-}
-
 fn user(r: &mut Reader<'_>) -> Result<Username, DecodeError> {
-    Username::new(r.str("user")?).map_err(|e| invalid("user", e.to_string()))
+    Username::new(r.str("user")?).map_err(|e| DecodeError::invalid("user", e.to_string()))
 }
 
 fn enroll(r: &mut Reader<'_>) -> Result<EnrollRequest, DecodeError> {
     let user = user(r)?;
     let kind_code = r.u8("kind")?;
     let kind = DeviceKind::from_code(kind_code)
-        .ok_or_else(|| invalid("kind", format!("unknown device kind {kind_code}")))?;
+        .ok_or_else(|| DecodeError::invalid("kind", format!("unknown device kind {kind_code}")))?;
     let secret = match r.bytes("secret")? {
         [] => None,
         bytes => Some(
-            SecretKey::from_bytes(bytes.to_vec()).map_err(|e| invalid("secret", e.to_string()))?,
+            SecretKey::from_bytes(bytes.to_vec())
+                .map_err(|e| DecodeError::invalid("secret", e.to_string()))?,
         ),
     };
     let pin = match r.str("pin")? {
         "" => None,
         text if text.chars().count() > MAX_PIN_LEN => {
-            return Err(invalid(
+            return Err(DecodeError::invalid(
                 "pin",
                 format!("longer than {MAX_PIN_LEN} characters"),
             ));
@@ -263,7 +257,7 @@ fn enroll(r: &mut Reader<'_>) -> Result<EnrollRequest, DecodeError> {
     };
     let label = r.str("label")?;
     if label.len() > MAX_LABEL_LEN {
-        return Err(invalid(
+        return Err(DecodeError::invalid(
             "label",
             format!("longer than {MAX_LABEL_LEN} bytes"),
         ));

@@ -204,7 +204,10 @@ impl Response {
                     1 => ChallengeText::Question(r.str("question")?.to_owned()),
                     2 => ChallengeText::CardPositions(r.u16("position")?, r.u16("position")?),
                     other => {
-                        return Err(invalid("challenge form", format!("unknown form {other}")));
+                        return Err(DecodeError::invalid(
+                            "challenge form",
+                            format!("unknown form {other}"),
+                        ));
                     }
                 },
                 expires_in: Duration::from_millis(r.u64("expires in")?),
@@ -212,7 +215,7 @@ impl Response {
             0x03 => Reply::Verdict(match r.u8("verdict")? {
                 0 => Verdict::Accepted {
                     user: Username::new(r.str("user")?)
-                        .map_err(|e| invalid("user", e.to_string()))?,
+                        .map_err(|e| DecodeError::invalid("user", e.to_string()))?,
                     device: DeviceId(r.u64("device")?),
                     kind: kind(&mut r)?,
                 },
@@ -224,7 +227,12 @@ impl Response {
                     retry_after: Duration::from_millis(r.u64("retry after")?),
                 },
                 4 => Verdict::UnknownChallenge,
-                other => return Err(invalid("verdict", format!("unknown verdict {other}"))),
+                other => {
+                    return Err(DecodeError::invalid(
+                        "verdict",
+                        format!("unknown verdict {other}"),
+                    ));
+                }
             }),
             0x20 => Reply::Enrolled {
                 device: DeviceId(r.u64("device")?),
@@ -232,7 +240,7 @@ impl Response {
                     [] => None,
                     bytes => Some(
                         SecretKey::from_bytes(bytes.to_vec())
-                            .map_err(|e| invalid("secret", e.to_string()))?,
+                            .map_err(|e| DecodeError::invalid("secret", e.to_string()))?,
                     ),
                 },
             },
@@ -252,7 +260,7 @@ impl Response {
                 let code = r.u16("error code")?;
                 Reply::Error {
                     code: ErrorCode::from_code(code).ok_or_else(|| {
-                        invalid("error code", format!("unknown error code {code}"))
+                        DecodeError::invalid("error code", format!("unknown error code {code}"))
                     })?,
                     retry_after: Duration::from_millis(r.u64("retry after")?),
                     message: r.str("message")?.to_owned(),
@@ -349,15 +357,8 @@ impl Response {
     }
 }
 
-fn invalid(field: &'static str, problem: impl Into<String>) -> DecodeError {
-    DecodeError::Invalid {
-        field,
-        problem: problem.into(),
-    }
-}
-
 fn kind(r: &mut Reader<'_>) -> Result<DeviceKind, DecodeError> {
     let code = r.u8("kind")?;
     DeviceKind::from_code(code)
-        .ok_or_else(|| invalid("kind", format!("unknown device kind {code}")))
+        .ok_or_else(|| DecodeError::invalid("kind", format!("unknown device kind {code}")))
 }
