@@ -3,28 +3,24 @@
 use std::fmt;
 
 use subtle::{Choice, ConstantTimeEq};
-use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+use zeroize::Zeroizing;
+
+use super::wiped::WipedBytes;
 
 /// The longest code: an untruncated HMAC-SHA512 written in hex.
 pub const MAX_CODE_LEN: usize = 128;
 
 /// A one-time code as the device shows it: ASCII, at most [`MAX_CODE_LEN`]
-/// characters, held on the stack and zeroized on drop.
+/// characters, held on the stack and zeroized on drop (`WipedBytes`).
 ///
 /// `Display` writes the code (the emulator prints it); `Debug` does not,
 /// since an expected response is a secret until it has been used.
 #[derive(Clone)]
-pub struct Code {
-    bytes: [u8; MAX_CODE_LEN],
-    len: usize,
-}
+pub struct Code(WipedBytes<MAX_CODE_LEN>);
 
 impl Code {
     pub(crate) fn empty() -> Self {
-        Self {
-            bytes: [0; MAX_CODE_LEN],
-            len: 0,
-        }
+        Self(WipedBytes::new())
     }
 
     /// `value` written as exactly `digits` decimal digits, zero-padded on
@@ -54,11 +50,8 @@ impl Code {
 
     /// Appends `value` as `digits` decimal digits.
     pub(crate) fn push_decimal(&mut self, value: u64, digits: usize) {
-        let end = self.len + digits.min(DECIMAL_MAX);
-        if let Some(slot) = self.bytes.get_mut(self.len..end) {
-            write_decimal(value, slot);
-            self.len = end;
-        }
+        self.0
+            .push_with(digits.min(DECIMAL_MAX), |slot| write_decimal(value, slot));
     }
 
     /// Appends another code (a card response is two codes in a row).
@@ -71,14 +64,11 @@ impl Code {
     /// Appends one ASCII byte; silently stops at [`MAX_CODE_LEN`], which
     /// every producer in this module stays within by construction.
     pub(crate) fn push(&mut self, byte: u8) {
-        if let Some(slot) = self.bytes.get_mut(self.len) {
-            *slot = byte;
-            self.len += 1;
-        }
+        self.0.push(byte);
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        self.bytes.get(..self.len).unwrap_or(&[])
+        self.0.as_bytes()
     }
 
     pub fn as_str(&self) -> &str {
@@ -87,11 +77,11 @@ impl Code {
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.0.len() == 0
     }
 
     /// Whether `given` is this code, in constant time (see [`codes_match`]).
@@ -99,26 +89,6 @@ impl Code {
         codes_match(self.as_bytes(), given).into()
     }
 }
-
-// Only `bytes[..len]` is ever written (`push` is the one writer), so wiping
-// that prefix wipes the code; the volatile writes cost per byte, and a
-// verification drops a code every time.
-impl Zeroize for Code {
-    fn zeroize(&mut self) {
-        if let Some(used) = self.bytes.get_mut(..self.len) {
-            used.zeroize();
-        }
-        self.len = 0;
-    }
-}
-
-impl Drop for Code {
-    fn drop(&mut self) {
-        self.zeroize();
-    }
-}
-
-impl ZeroizeOnDrop for Code {}
 
 impl fmt::Display for Code {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -129,7 +99,7 @@ impl fmt::Display for Code {
 impl fmt::Debug for Code {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Code")
-            .field("len", &self.len)
+            .field("len", &self.0.len())
             .finish_non_exhaustive()
     }
 }

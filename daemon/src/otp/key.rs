@@ -9,6 +9,8 @@ use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+use super::wiped::WipedBytes;
+
 /// The longest key accepted, in bytes. Longer than any hash block (SHA-512's
 /// is 128 bytes) buys nothing: HMAC would hash it down first.
 pub const MAX_KEY_LEN: usize = 128;
@@ -214,53 +216,32 @@ impl fmt::Debug for HmacKey {
     }
 }
 
-/// A hash or HMAC output (at most 64 bytes), held on the stack.
+/// A hash or HMAC output (at most 64 bytes), held on the stack and wiped
+/// on drop.
 #[derive(Clone)]
-pub struct MacOutput {
-    bytes: [u8; 64],
-    len: usize,
-}
+pub struct MacOutput(WipedBytes<64>);
 
 impl MacOutput {
     /// Holds a copy of `bytes` (at most 64 are kept).
     pub fn from_bytes(bytes: &[u8]) -> Self {
-        let mut out = Self {
-            bytes: [0; 64],
-            len: bytes.len().min(64),
-        };
-        for (slot, byte) in out.bytes.iter_mut().zip(bytes) {
-            *slot = *byte;
-        }
-        out
+        let mut out = WipedBytes::new();
+        out.push_with(bytes.len().min(64), |slot| {
+            for (to, from) in slot.iter_mut().zip(bytes) {
+                *to = *from;
+            }
+        });
+        Self(out)
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        self.bytes.get(..self.len).unwrap_or(&[])
+        self.0.as_bytes()
     }
 }
-
-// As for `Code`: only the first `len` bytes are ever written.
-impl Zeroize for MacOutput {
-    fn zeroize(&mut self) {
-        if let Some(used) = self.bytes.get_mut(..self.len) {
-            used.zeroize();
-        }
-        self.len = 0;
-    }
-}
-
-impl Drop for MacOutput {
-    fn drop(&mut self) {
-        self.zeroize();
-    }
-}
-
-impl ZeroizeOnDrop for MacOutput {}
 
 impl fmt::Debug for MacOutput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MacOutput")
-            .field("len", &self.len)
+            .field("len", &self.0.len())
             .finish_non_exhaustive()
     }
 }

@@ -20,6 +20,7 @@ pub mod hotp;
 mod key;
 pub mod ocra;
 pub mod totp;
+mod wiped;
 
 pub use code::{Code, MAX_CODE_LEN, codes_match};
 pub use key::{HashAlgorithm, HmacKey, KeyError, MAX_KEY_LEN, MacOutput, SecretKey};
