@@ -55,7 +55,10 @@ pub(super) async fn serve_stream(
     let (reset, mut reset_requested) = tokio::sync::oneshot::channel::<()>();
     let writer = tokio::spawn(async move {
         loop {
+            // Replies already queued go out before a reset, so requests
+            // handled before the framing broke still get their answers.
             let mut batch = tokio::select! {
+                biased;
                 batch = queued.recv() => match batch {
                     Some(batch) => batch,
                     None => break,
