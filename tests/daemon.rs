@@ -452,13 +452,30 @@ async fn malformed_and_oversized_frames_do_not_stop_the_service() {
     );
 
     // A frame over the limit breaks only its own stream.
+    // A request before it in the same write is still answered.
     let mut broken = gateway.stream().await.unwrap();
-    broken.send_raw(&[0, 0, 1, 1]).await.unwrap();
-    broken.send_raw(&[0; 257]).await.ok();
+    let mut bytes = Request {
+        id: 7,
+        operation: Operation::Devices { user: user("jdoe") },
+    }
+    .to_frame();
+    bytes.extend_from_slice(&[0, 0, 1, 1]);
+    bytes.extend_from_slice(&[0; 257]);
+    broken.send_raw(&bytes).await.ok();
+    let answered = broken.receive().await.unwrap();
+    assert_eq!((answered.id, answered.reply), (7, Reply::Devices(vec![])));
     assert!(
-        broken.receive().await.is_err(),
-        "the oversized stream is closed"
+        matches!(broken.receive().await, Err(ClientError::Closed)),
+        "then the server finishes the stream"
     );
+    // The client's side was stopped with the framing code.
+    let stopped = broken.send_raw(&[0; 8]).await;
+    match stopped {
+        Err(ClientError::Write(quinn::WriteError::Stopped(code))) => {
+            assert_eq!(code.into_inner(), 1)
+        }
+        other => panic!("writes to a stopped stream fail with code 1, got {other:?}"),
+    }
     assert_eq!(
         stream
             .call(Operation::Devices { user: user("jdoe") })

@@ -52,22 +52,8 @@ pub(super) async fn serve_stream(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (queue, mut queued) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
-    let (reset, mut reset_requested) = tokio::sync::oneshot::channel::<()>();
     let writer = tokio::spawn(async move {
-        loop {
-            // Replies already queued go out before a reset, so requests
-            // handled before the framing broke still get their answers.
-            let mut batch = tokio::select! {
-                biased;
-                batch = queued.recv() => match batch {
-                    Some(batch) => batch,
-                    None => break,
-                },
-                _ = &mut reset_requested => {
-                    let _ = send.reset(FRAMING_ERROR);
-                    return;
-                }
-            };
+        while let Some(mut batch) = queued.recv().await {
             // Gather whatever else is ready into the same write.
             while let Ok(more) = queued.try_recv() {
                 batch.extend_from_slice(&more);
@@ -123,12 +109,13 @@ pub(super) async fn serve_stream(
             break;
         }
         if broken {
-            // The rest of the stream cannot be framed: stop reading it and
-            // reset our side with the framing error code.
+            // The rest of the stream cannot be framed: refuse it (STOP_SENDING
+            // with the framing code). Our side still delivers the replies to
+            // the requests before the bad frame, then finishes: a reset
+            // would let QUIC discard them, and a Verify may have consumed
+            // its challenge.
             let _ = recv.stop(FRAMING_ERROR);
-            let _ = reset.send(());
-            let _ = writer.await;
-            return;
+            break;
         }
     }
     drop(queue);

@@ -12,8 +12,8 @@
 //! frame without copying or allocating (or says more bytes are needed), then
 //! [`Request::decode`] / [`Response::decode`] parse the body. A body that
 //! does not parse gets an error reply and the stream goes on, since framing
-//! is intact; a length over the limit cannot be skipped safely and ends the
-//! stream.
+//! is intact; a length over the limit cannot be skipped safely and ends
+//! reading of the stream.
 
 pub(crate) mod codec;
 pub mod request;
