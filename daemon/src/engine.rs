@@ -55,11 +55,16 @@ impl Role {
     }
 }
 
-/// A reply, and the durable change that must be committed before it is sent.
+/// A reply, and the device whose failure state must be committed before
+/// the reply is sent.
+///
+/// Only the device is named, not a snapshot of its state: the committer
+/// writes the state as it is when it commits, so concurrent changes to one
+/// device can never be written out of order.
 #[derive(Debug)]
 pub struct Outcome {
     pub reply: Reply,
-    pub persist: Option<(DeviceId, FailureState)>,
+    pub persist: Option<DeviceId>,
 }
 
 impl From<Reply> for Outcome {
@@ -305,7 +310,7 @@ impl Engine {
             if answer_is_right(&device, &open.question, answer, now) {
                 let persist = (*failures != FailureState::default()).then(|| {
                     *failures = FailureState::default();
-                    (device.id, *failures)
+                    device.id
                 });
                 let verdict = Verdict::Accepted {
                     user: open.user.clone(),
@@ -339,7 +344,7 @@ impl Engine {
                 Verdict::Rejected { attempts_left } if attempts_left > 0 => Disposition::Keep,
                 _ => Disposition::Remove,
             };
-            ((verdict, Some((device.id, *failures))), disposition)
+            ((verdict, Some(device.id)), disposition)
         });
         let (verdict, persist) = resolved.unwrap_or((Verdict::UnknownChallenge, None));
         let counter = match verdict {

@@ -179,9 +179,9 @@ fn handle(
                 .metrics
                 .latency(operation, started.elapsed().as_secs_f64());
         }
-        Some((device, state)) => {
+        Some(device) => {
             // The reply depends on this change: send it once it is durable.
-            let committed = shared.committer.submit(device, state);
+            let committed = shared.committer.submit(device);
             let queue = queue.clone();
             let id = request.id;
             let reply = outcome.reply;

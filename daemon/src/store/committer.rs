@@ -1,14 +1,17 @@
 //! Group commit of failure states: many writers, one transaction (one
 //! fsync) per batch.
 //!
-//! Writers hand a change to [`Committer::submit`] and wait on the returned
-//! receiver; a dedicated thread takes the first waiting change, gathers
-//! more for up to `commit-interval` or until `commit-batch` are waiting,
-//! commits them together, then wakes every writer of the batch with the
-//! outcome. A burst of wrong answers thus becomes a few commits, not one
+//! Writers name a device whose failure state changed ([`Committer::submit`])
+//! and wait on the returned receiver; a dedicated thread takes the first
+//! waiting device, gathers more for up to `commit-interval` or until
+//! `commit-batch` are waiting, writes each device's state *as it is now* in
+//! one transaction, then wakes every writer of the batch. Writing the
+//! current state rather than a snapshot taken by the writer means two
+//! changes to one device can never reach the disk in the wrong order. A burst of wrong answers thus becomes a few commits, not one
 //! per answer, and no answer that depends on a change is sent before the
 //! change is durable.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
@@ -24,7 +27,6 @@ pub type CommitResult = Result<(), String>;
 
 struct Pending {
     device: DeviceId,
-    state: FailureState,
     done: oneshot::Sender<CommitResult>,
 }
 
@@ -49,14 +51,11 @@ impl Committer {
         Ok(Self { queue })
     }
 
-    /// Queues a failure state for commit; the receiver says when it is durable.
-    pub fn submit(&self, device: DeviceId, state: FailureState) -> oneshot::Receiver<CommitResult> {
+    /// Queues the device's failure state for commit; the receiver says
+    /// when the state (at least as new as when this was called) is durable.
+    pub fn submit(&self, device: DeviceId) -> oneshot::Receiver<CommitResult> {
         let (done, receiver) = oneshot::channel();
-        if let Err(mpsc::SendError(pending)) = self.queue.send(Pending {
-            device,
-            state,
-            done,
-        }) {
+        if let Err(mpsc::SendError(pending)) = self.queue.send(Pending { device, done }) {
             let _ = pending
                 .done
                 .send(Err("the commit thread has stopped".into()));
@@ -78,13 +77,16 @@ fn run(registry: &Registry, incoming: &mpsc::Receiver<Pending>, interval: Durati
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
-        // Later states of one device replace earlier ones in the batch;
-        // the order of submission is the order of the engine's changes.
+        // Each device once, with its state as it is now. A device revoked
+        // meanwhile has nothing left to write.
+        let mut seen = HashSet::with_capacity(waiting.len());
         let mut latest: Vec<(DeviceId, FailureState)> = Vec::with_capacity(waiting.len());
         for pending in &waiting {
-            match latest.iter_mut().find(|(d, _)| *d == pending.device) {
-                Some(slot) => slot.1 = pending.state,
-                None => latest.push((pending.device, pending.state)),
+            if !seen.insert(pending.device) {
+                continue;
+            }
+            if let Some(device) = registry.device(pending.device) {
+                latest.push((pending.device, *device.failures()));
             }
         }
         let outcome = registry.save_failures(&latest).map_err(|e| e.to_string());
