@@ -22,6 +22,7 @@ use slsd::wire::request::{Answer, Pin};
 use slsd::wire::{ChallengeText, EnrollRequest, Operation, Reply, Verdict};
 
 use crate::client::{Client, ClientError};
+use crate::daemon::LocalDaemon;
 use crate::token::{DscPlus, TokenError};
 
 /// What a load run does.
@@ -358,42 +359,9 @@ fn answer(
 /// raised so that the run measures the service, not its throttles.
 pub const BENCH_DAEMON_CONFIG: &str = "[server]\nlisten = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\nrequests-per-connection-per-second = 10000000\nmax-streams-per-connection = 1024\n[challenges]\nper-user-per-minute = 1000000\n";
 
-/// Starts `slsd` (next to this executable) on a fresh data directory and
-/// returns the child with the address it listens on.
-pub fn start_daemon(
-    slsd: &Path,
-    data_dir: &Path,
-) -> std::io::Result<(std::process::Child, SocketAddr)> {
-    use std::io::{BufRead, BufReader};
+/// Starts `slsd` on a fresh data directory with [`BENCH_DAEMON_CONFIG`].
+pub fn start_daemon(slsd: &Path, data_dir: &Path) -> std::io::Result<LocalDaemon> {
     let config = data_dir.with_extension("toml");
     std::fs::write(&config, BENCH_DAEMON_CONFIG)?;
-    let mut child = std::process::Command::new(slsd)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| std::io::Error::other("no stdout"))?;
-    let mut addr = None;
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        if let Some(rest) = line.strip_prefix("slsd: listening on ") {
-            addr = rest.split(' ').next().and_then(|a| a.parse().ok());
-        }
-        if line == "slsd: ready" {
-            break;
-        }
-    }
-    match addr {
-        Some(addr) => Ok((child, addr)),
-        None => {
-            let _ = child.kill();
-            Err(std::io::Error::other("slsd did not say where it listens"))
-        }
-    }
+    LocalDaemon::spawn(slsd, &config, data_dir)
 }

@@ -7,7 +7,9 @@
 //! - [`token`]: single emulated tokens (`sls-sim token ...`).
 //! - [`client`]: a client of the daemon's QUIC protocol.
 //! - [`bench`]: `sls-sim bench`, a load run of complete logins.
+//! - [`daemon`]: a local `slsd serve` child process.
 
 pub mod bench;
 pub mod client;
+pub mod daemon;
 pub mod token;

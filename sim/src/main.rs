@@ -218,28 +218,23 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
                 .map(|dir| dir.join("slsd"))
                 .ok_or_else(|| anyhow::anyhow!("cannot locate slsd next to sls-sim"))?;
             let data_dir = scratch.path().join("data");
-            let (child, addr) = sls_sim::bench::start_daemon(&slsd, &data_dir)
+            let daemon = sls_sim::bench::start_daemon(&slsd, &data_dir)
                 .map_err(|e| anyhow::anyhow!("starting {}: {e}", slsd.display()))?;
-            (Some(child), sls_sim::bench::Target { addr, data_dir })
+            let addr = daemon.quic;
+            (Some(daemon), sls_sim::bench::Target { addr, data_dir })
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let before = daemon.as_ref().map(|d| cpu_seconds(d.id()));
+    let pid = daemon.as_ref().and_then(sls_sim::daemon::LocalDaemon::pid);
+    let before = pid.map(cpu_seconds);
     let own_before = cpu_seconds(std::process::id());
     let report = runtime.block_on(sls_sim::bench::run(&target, &plan));
     let own = cpu_seconds(std::process::id()) - own_before;
-    let daemon_cpu = daemon
-        .as_ref()
-        .zip(before)
-        .map(|(d, b)| cpu_seconds(d.id()) - b);
-    if let Some(mut child) = daemon {
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let _ = child.wait();
+    let daemon_cpu = pid.zip(before).map(|(pid, b)| cpu_seconds(pid) - b);
+    if let Some(mut daemon) = daemon {
+        daemon.stop();
     }
     let report = report?;
     println!("{}", report.render(&plan));
