@@ -4,9 +4,12 @@
 //! The simulator's load generator and the end-to-end tests use it; it is
 //! also the reference for client authors next to PROTOCOL.md.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::{mpsc, oneshot};
 
 use slsd::server::pki;
 use slsd::wire::{self, DecodeError, FrameError, Operation, Reply, Request, Response};
@@ -35,6 +38,8 @@ pub enum ClientError {
     Decode(#[from] DecodeError),
     #[error("binding a local socket: {0}")]
     Bind(std::io::Error),
+    #[error("the stream failed: {0}")]
+    Broken(String),
     #[error("reply {got} does not answer request {sent}")]
     Mismatch { sent: u64, got: u64 },
 }
@@ -87,10 +92,15 @@ impl Client {
         let (send, recv) = self.connection.open_bi().await?;
         Ok(Stream {
             send,
-            recv,
-            buffer: Vec::new(),
+            replies: ReplyReader::new(recv),
             next_id: 1,
         })
+    }
+
+    /// Opens a stream shared by many concurrent callers (see [`Pipeline`]).
+    pub async fn pipeline(&self, queue: usize) -> Result<Pipeline, ClientError> {
+        let (send, recv) = self.connection.open_bi().await?;
+        Ok(Pipeline::start(send, ReplyReader::new(recv), queue))
     }
 
     /// One request on a fresh stream, and its reply.
@@ -108,8 +118,7 @@ impl Client {
 #[derive(Debug)]
 pub struct Stream {
     send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    buffer: Vec<u8>,
+    replies: ReplyReader,
     next_id: u64,
 }
 
@@ -148,33 +157,13 @@ impl Stream {
 
     /// Reads the next reply, whichever request it answers.
     pub async fn receive(&mut self) -> Result<Response, ClientError> {
-        loop {
-            if let Some((body, used)) = wire::split_frame(&self.buffer, MAX_REPLY)? {
-                let response = Response::decode(body)?;
-                self.buffer.drain(..used);
-                return Ok(response);
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            match self.recv.read(&mut chunk).await? {
-                Some(n) => self.buffer.extend_from_slice(chunk.get(..n).unwrap_or(&[])),
-                None => return Err(ClientError::Closed),
-            }
-        }
+        self.replies.next().await
     }
 
     /// Reads at least one reply, and every other reply already received,
     /// into `out` (so a pipelining caller can answer them in one write).
     pub async fn receive_ready(&mut self, out: &mut Vec<Response>) -> Result<(), ClientError> {
-        out.push(self.receive().await?);
-        let mut consumed = 0;
-        while let Some((body, used)) =
-            wire::split_frame(self.buffer.get(consumed..).unwrap_or(&[]), MAX_REPLY)?
-        {
-            out.push(Response::decode(body)?);
-            consumed += used;
-        }
-        self.buffer.drain(..consumed);
-        Ok(())
+        self.replies.ready(out).await
     }
 
     /// Sends one request and reads its reply (nothing else in flight).
@@ -193,5 +182,148 @@ impl Stream {
     /// Says no more requests will come on this stream.
     pub fn finish(&mut self) {
         let _ = self.send.finish();
+    }
+}
+
+/// The reading half of a stream: reply frames out of a byte buffer.
+#[derive(Debug)]
+struct ReplyReader {
+    recv: quinn::RecvStream,
+    buffer: Vec<u8>,
+}
+
+impl ReplyReader {
+    fn new(recv: quinn::RecvStream) -> Self {
+        Self {
+            recv,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// The next reply, whichever request it answers.
+    async fn next(&mut self) -> Result<Response, ClientError> {
+        loop {
+            if let Some((body, used)) = wire::split_frame(&self.buffer, MAX_REPLY)? {
+                let response = Response::decode(body)?;
+                self.buffer.drain(..used);
+                return Ok(response);
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.recv.read(&mut chunk).await? {
+                Some(n) => self.buffer.extend_from_slice(chunk.get(..n).unwrap_or(&[])),
+                None => return Err(ClientError::Closed),
+            }
+        }
+    }
+
+    /// At least one reply, and every other whole reply already buffered.
+    async fn ready(&mut self, out: &mut Vec<Response>) -> Result<(), ClientError> {
+        out.push(self.next().await?);
+        let mut consumed = 0;
+        while let Some((body, used)) =
+            wire::split_frame(self.buffer.get(consumed..).unwrap_or(&[]), MAX_REPLY)?
+        {
+            out.push(Response::decode(body)?);
+            consumed += used;
+        }
+        self.buffer.drain(..consumed);
+        Ok(())
+    }
+}
+
+type ReplySender = oneshot::Sender<Result<Reply, ClientError>>;
+type Waiting = Arc<Mutex<HashMap<u64, ReplySender>>>;
+
+/// One stream shared by many concurrent callers: each [`Pipeline::call`]
+/// is written as soon as the stream can take it (requests queued meanwhile
+/// leave in one write) and its reply is routed back by request id, so
+/// thousands of logins can be in flight on one stream without any of them
+/// waiting for another's reply.
+///
+/// Cheap to clone; the stream closes when the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    queue: mpsc::Sender<(Operation, ReplySender)>,
+}
+
+impl Pipeline {
+    fn start(send: quinn::SendStream, replies: ReplyReader, queue: usize) -> Self {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let waiting: Waiting = Arc::default();
+        tokio::spawn(write_requests(send, rx, Arc::clone(&waiting)));
+        tokio::spawn(route_replies(replies, waiting));
+        Self { queue: tx }
+    }
+
+    /// Sends `operation` and waits for its reply.
+    pub async fn call(&self, operation: Operation) -> Result<Reply, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.queue
+            .send((operation, tx))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)?
+    }
+}
+
+/// Takes whatever requests are queued, registers their reply slots, and
+/// writes them in one write.
+async fn write_requests(
+    mut send: quinn::SendStream,
+    mut queue: mpsc::Receiver<(Operation, ReplySender)>,
+    waiting: Waiting,
+) {
+    let mut next_id = 1u64;
+    let mut batch = Vec::new();
+    let mut bytes = Vec::new();
+    while queue.recv_many(&mut batch, 1024).await > 0 {
+        bytes.clear();
+        {
+            let mut slots = waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            for (operation, reply) in batch.drain(..) {
+                let request = Request {
+                    id: next_id,
+                    operation,
+                };
+                wire::write_frame(&mut bytes, |body| request.encode_body(body));
+                slots.insert(next_id, reply);
+                next_id += 1;
+            }
+        }
+        if let Err(error) = send.write_all(&bytes).await {
+            fail_all(&waiting, &ClientError::Write(error));
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+/// Hands each reply to the caller waiting for it.
+async fn route_replies(mut replies: ReplyReader, waiting: Waiting) {
+    let mut ready = Vec::new();
+    loop {
+        ready.clear();
+        if let Err(error) = replies.ready(&mut ready).await {
+            fail_all(&waiting, &error);
+            return;
+        }
+        let mut slots = waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        for response in ready.drain(..) {
+            if let Some(slot) = slots.remove(&response.id) {
+                let _ = slot.send(Ok(response.reply));
+            }
+        }
+    }
+}
+
+/// Answers every waiting caller with the stream's failure.
+fn fail_all(waiting: &Waiting, error: &ClientError) {
+    let message = error.to_string();
+    for (_, slot) in waiting
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .drain()
+    {
+        let _ = slot.send(Err(ClientError::Broken(message.clone())));
     }
 }

@@ -9,7 +9,13 @@
 //! - [`bench`]: `sls-sim bench`, a load run of complete logins.
 //! - [`daemon`]: a local `slsd serve` child process.
 
+mod attack;
 pub mod bench;
 pub mod client;
 pub mod daemon;
+pub mod device;
+pub mod fleet;
+pub mod load;
+mod plot;
+pub mod report;
 pub mod token;

@@ -1,7 +1,21 @@
 //! `sls-sim`: the command line of the simulator.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand::rand_core::UnwrapErr;
+use rand_chacha::ChaCha8Rng;
+use sls_sim::bench;
+use sls_sim::daemon::LocalDaemon;
+use sls_sim::fleet::{self, DeviceMix, Fleet, FleetPlan};
+use sls_sim::load::{FlowMix, LoadPlan, Pace, Target};
+use sls_sim::report::Report;
+use slsd::engine::Role;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sls_sim::token::{self, DscPlus, OcraRequest, PinEntry, TokenError};
@@ -21,34 +35,131 @@ enum Command {
     /// Print the code a token or phone app would show (only the code, on stdout).
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Load a daemon with complete DSC+ logins over QUIC and report
-    /// throughput and latency. Starts its own `slsd` unless --addr is given.
+    /// Fleets of emulated users and devices.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+    /// Drive a fleet's logins (and an attacker fleet) against a running
+    /// daemon and report throughput, latency and the invariants.
+    Load(LoadArgs),
+    /// One command that shows what sls does here: starts `slsd` (unless
+    /// --addr is given), creates a fleet, runs a load with attackers
+    /// beside it, prints the report and cleans up.
     Bench(BenchArgs),
 }
 
+#[derive(Debug, Subcommand)]
+enum FleetCommand {
+    /// Enrol a fleet through the admin role and save its keys (mode 0600).
+    Create(FleetCreateArgs),
+}
+
+/// Where a running daemon is.
 #[derive(Debug, Args)]
-struct BenchArgs {
-    /// How long to load, e.g. 10s.
-    #[arg(long, default_value = "10s", value_parser = humantime_serde::re::humantime::parse_duration)]
-    duration: std::time::Duration,
-    /// Users in the fleet, one DSC+ card each.
+struct DaemonArgs {
+    /// The daemon's QUIC address.
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    addr: std::net::SocketAddr,
+    /// The daemon's data directory (its CA and role certificates).
+    #[arg(long, default_value = "slsd-data")]
+    data_dir: PathBuf,
+}
+
+/// How a fleet is made.
+#[derive(Debug, Args)]
+struct FleetShape {
+    /// Users to enrol.
     #[arg(long, default_value_t = 1000)]
     users: usize,
-    /// QUIC connections.
+    /// Device kinds and their shares, e.g. dscplus=40,ibkey=40,scc=20.
+    #[arg(long = "mix", default_value = "dscplus=45,ibkey=40,scc=15")]
+    devices: DeviceMix,
+    /// Percent of users who also hold a device of a second kind.
+    #[arg(long, default_value_t = 10)]
+    second_device: u32,
+    /// Percent of IB Key users whose phone app also serves another user.
+    #[arg(long, default_value_t = 20)]
+    shared_phones: u32,
+    /// Enrolments in flight at once.
+    #[arg(long, default_value_t = 64)]
+    parallel: usize,
+}
+
+#[derive(Debug, Args)]
+struct FleetCreateArgs {
+    #[command(flatten)]
+    shape: FleetShape,
+    /// Usernames are PREFIX-0, PREFIX-1, ... (default: sim and a random tag).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// The fleet file to write.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+/// How a load runs.
+#[derive(Debug, Args)]
+struct LoadShape {
+    /// How long to load, e.g. 30s.
+    #[arg(long, default_value = "10s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    duration: Duration,
+    /// Open loop: logins started per second, whatever the daemon does.
+    #[arg(long, conflicts_with = "concurrency")]
+    rate: Option<f64>,
+    /// Closed loop: logins in flight at once [default: 256].
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// QUIC connections of the gateway.
     #[arg(long, default_value_t = 1)]
     connections: usize,
     /// Streams per connection.
     #[arg(long, default_value_t = 4)]
     streams: usize,
-    /// Logins in flight per stream (pipelined).
-    #[arg(long, default_value_t = 64)]
-    depth: usize,
+    /// Flows and their shares (login; withdrawal, sms and push once the
+    /// daemon has them).
+    #[arg(long = "flows", default_value = "login=100")]
+    flows: FlowMix,
+    /// Attacker tasks beside the load (every tenth user is their target).
+    #[arg(long, default_value_t = 4)]
+    attackers: usize,
+    /// Seed of who logs in when and of the attackers' guesses.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Also write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also draw throughput, p99 and the latency histogram as SVG.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct LoadArgs {
+    /// The fleet file `fleet create` wrote.
+    #[arg(long)]
+    fleet: PathBuf,
+    #[command(flatten)]
+    load: LoadShape,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+    /// The daemon's pid, to report its CPU seconds.
+    #[arg(long)]
+    daemon_pid: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    shape: FleetShape,
+    #[command(flatten)]
+    load: LoadShape,
     /// A running daemon to load instead of starting one.
     #[arg(long, requires = "data_dir")]
     addr: Option<std::net::SocketAddr>,
-    /// That daemon's data directory (for its CA and admin/gateway certificates).
+    /// That daemon's data directory (for its CA and certificates).
     #[arg(long)]
-    data_dir: Option<std::path::PathBuf>,
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -173,8 +284,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Token(command) => run_token(command),
-        Command::Bench(args) => {
-            return match run_bench(args) {
+        command => {
+            let result = match command {
+                Command::Fleet(command) => run_fleet(command),
+                Command::Load(args) => run_load(args),
+                Command::Bench(args) => run_bench(args),
+                Command::Token(_) => Ok(()),
+            };
+            return match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("error: {error:#}");
@@ -201,66 +318,157 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
-    let plan = sls_sim::bench::BenchPlan {
-        users: args.users,
-        connections: args.connections,
-        streams: args.streams,
-        depth: args.depth,
-        duration: args.duration,
+/// Runs an async command on a multi-threaded runtime.
+fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
+}
+
+fn profiles() -> anyhow::Result<DeviceProfiles> {
+    Ok(DeviceProfiles::defaults()?)
+}
+
+/// A fleet enrolled through `target`'s admin role, with a progress bar.
+async fn create_fleet(
+    target: &Target,
+    shape: &FleetShape,
+    prefix: String,
+) -> anyhow::Result<Fleet> {
+    let plan = FleetPlan {
+        users: shape.users,
+        mix: shape.devices.clone(),
+        second_device: shape.second_device,
+        shared_phones: shape.shared_phones,
+        prefix,
+        parallel: shape.parallel,
     };
+    plan.check()?;
+    let admin = target
+        .client(Role::Admin)
+        .await
+        .with_context(|| format!("connecting to {} as admin", target.addr))?;
+    let bar = ProgressBar::new(shape.users as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "enrolling {bar:40} {pos}/{len} users ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let ticks = bar.clone();
+    let mut rng = ChaCha8Rng::from_rng(&mut UnwrapErr(rand::rngs::SysRng));
+    let fleet = fleet::create(&admin, &plan, &profiles()?, &mut rng, move |n| {
+        ticks.inc(n as u64)
+    })
+    .await;
+    bar.finish_and_clear();
+    admin.close();
+    Ok(fleet?)
+}
+
+fn load_plan(shape: &LoadShape) -> LoadPlan {
+    LoadPlan {
+        duration: shape.duration,
+        pace: match (shape.rate, shape.concurrency) {
+            (Some(rate), _) => Pace::Rate(rate),
+            (None, users) => Pace::Concurrency(users.unwrap_or(256)),
+        },
+        connections: shape.connections,
+        streams: shape.streams,
+        flows: shape.flows.clone(),
+        attackers: shape.attackers,
+        live: true,
+        seed: shape.seed.unwrap_or_else(rand::random),
+    }
+}
+
+/// Prints the report, writes its files, and fails if an invariant broke.
+fn finish(report: &Report, shape: &LoadShape, plan: &LoadPlan) -> anyhow::Result<()> {
+    print!("{}", report.render());
+    println!("seed: {}", plan.seed);
+    if let Some(path) = &shape.json {
+        report
+            .write_json(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &shape.plot {
+        report
+            .plot(path)
+            .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
+    }
+    if !report.invariant_violations.is_empty() {
+        anyhow::bail!(
+            "{} invariant violation(s); the first: {}",
+            report.invariant_violations.len(),
+            report.invariant_violations[0]
+        );
+    }
+    Ok(())
+}
+
+fn run_fleet(command: FleetCommand) -> anyhow::Result<()> {
+    let FleetCommand::Create(args) = command;
+    let target = Target {
+        addr: args.daemon.addr,
+        certs: args.daemon.data_dir,
+    };
+    let prefix = args
+        .prefix
+        .unwrap_or_else(|| format!("sim{:04x}", rand::random::<u16>()));
+    let fleet = block_on(create_fleet(&target, &args.shape, prefix))?;
+    fleet.save(&args.out)?;
+    println!("{fleet}; saved to {} (mode 0600)", args.out.display());
+    Ok(())
+}
+
+fn run_load(args: LoadArgs) -> anyhow::Result<()> {
+    let fleet = Fleet::load(&args.fleet)?;
+    let target = Target {
+        addr: args.daemon.addr,
+        certs: args.daemon.data_dir,
+    };
+    let plan = load_plan(&args.load);
+    let report = block_on(async {
+        Ok(bench::measure(&target, &fleet, &profiles()?, &plan, args.daemon_pid).await?)
+    })?;
+    finish(&report, &args.load, &plan)
+}
+
+fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;
-    let (daemon, target) = match (args.addr, args.data_dir) {
-        (Some(addr), Some(data_dir)) => (None, sls_sim::bench::Target { addr, data_dir }),
+    let (mut daemon, target) = match (args.addr, args.data_dir) {
+        (Some(addr), Some(certs)) => (None, Target { addr, certs }),
         _ => {
             let slsd = std::env::current_exe()?
                 .parent()
                 .map(|dir| dir.join("slsd"))
                 .ok_or_else(|| anyhow::anyhow!("cannot locate slsd next to sls-sim"))?;
             let data_dir = scratch.path().join("data");
-            let daemon = sls_sim::bench::start_daemon(&slsd, &data_dir)
-                .map_err(|e| anyhow::anyhow!("starting {}: {e}", slsd.display()))?;
+            let daemon = bench::start_daemon(&slsd, &data_dir)
+                .with_context(|| format!("starting {}", slsd.display()))?;
             let addr = daemon.quic;
-            (Some(daemon), sls_sim::bench::Target { addr, data_dir })
+            (
+                Some(daemon),
+                Target {
+                    addr,
+                    certs: data_dir,
+                },
+            )
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let pid = daemon.as_ref().and_then(sls_sim::daemon::LocalDaemon::pid);
-    let before = pid.map(cpu_seconds);
-    let own_before = cpu_seconds(std::process::id());
-    let report = runtime.block_on(sls_sim::bench::run(&target, &plan));
-    let own = cpu_seconds(std::process::id()) - own_before;
-    let daemon_cpu = pid.zip(before).map(|(pid, b)| cpu_seconds(pid) - b);
-    if let Some(mut daemon) = daemon {
+    let pid = daemon.as_ref().and_then(LocalDaemon::pid);
+    let plan = load_plan(&args.load);
+    let prefix = format!("bench{:04x}", rand::random::<u16>());
+    let report = block_on(async {
+        let fleet = create_fleet(&target, &args.shape, prefix).await?;
+        eprintln!("fleet: {fleet}");
+        Ok(bench::measure(&target, &fleet, &profiles()?, &plan, pid).await?)
+    });
+    if let Some(daemon) = daemon.as_mut() {
         daemon.stop();
     }
-    let report = report?;
-    println!("{}", report.render(&plan));
-    match daemon_cpu {
-        Some(d) => println!("cpu seconds: client {own:.1}, daemon {d:.1} (enrolment included)"),
-        None => println!("cpu seconds: client {own:.1}"),
-    }
-    Ok(())
-}
-
-/// User + system CPU seconds of a process, from /proc (0 elsewhere).
-fn cpu_seconds(pid: u32) -> f64 {
-    // Fields 14 and 15 of /proc/PID/stat, in clock ticks of 1/100 s (the
-    // Linux USER_HZ on every mainstream architecture).
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
+    finish(&report?, &args.load, &plan)
 }
 
 fn run_token(command: TokenCommand) -> Result<Code, TokenError> {

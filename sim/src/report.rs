@@ -1,0 +1,613 @@
+//! What a load run measured: the recorder the flows write into while they
+//! run, and the report made from it at the end — as text, as JSON (field
+//! names are a contract with scripts) and as an SVG plot.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// The protocol operations a run times separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Op {
+    Devices,
+    Challenge,
+    Verify,
+}
+
+impl Op {
+    const ALL: [Self; 3] = [Self::Devices, Self::Challenge, Self::Verify];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Devices => "devices",
+            Self::Challenge => "challenge",
+            Self::Verify => "verify",
+        }
+    }
+}
+
+/// 1 µs to 60 s at 3 significant digits: the whole-run histograms.
+fn fine_histogram() -> Histogram<u64> {
+    new_histogram(3)
+}
+
+/// The same range at 2 digits: one per second of the timeline, kept small.
+fn coarse_histogram() -> Histogram<u64> {
+    new_histogram(2)
+}
+
+fn new_histogram(digits: u8) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, digits)
+        .or_else(|_| Histogram::new(digits))
+        .unwrap_or_else(|_| unreachable_histogram())
+}
+
+#[allow(clippy::panic)] // constant, valid bounds
+fn unreachable_histogram() -> Histogram<u64> {
+    panic!("histogram bounds are valid")
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+/// One second of the run.
+#[derive(Clone)]
+struct Second {
+    requests: u64,
+    logins: u64,
+    errors: u64,
+    latency: Histogram<u64>,
+}
+
+impl Second {
+    fn new() -> Self {
+        Self {
+            requests: 0,
+            logins: 0,
+            errors: 0,
+            latency: coarse_histogram(),
+        }
+    }
+}
+
+/// One second of a run, summed over its parts.
+#[derive(Debug)]
+pub struct LiveSecond {
+    pub requests: u64,
+    pub errors: u64,
+    pub latency: Histogram<u64>,
+}
+
+impl Default for LiveSecond {
+    fn default() -> Self {
+        Self {
+            requests: 0,
+            errors: 0,
+            latency: coarse_histogram(),
+        }
+    }
+}
+
+/// What one attack strategy did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AttackTally {
+    /// Requests the strategy sent.
+    pub requests: u64,
+    /// Attempts the daemon could have accepted (it checked the answer).
+    pub evaluated: u64,
+    pub accepts: u64,
+    /// The sum of each evaluated attempt's chance of being right.
+    pub expected_accepts: f64,
+    /// Attempts refused before any check (rate limit, lockout, unknown).
+    pub refused: u64,
+}
+
+/// Counts and histograms of part of a run; parts are merged at the end.
+#[derive(Clone)]
+pub struct Recorder {
+    start: Instant,
+    requests: [u64; 3],
+    latency: [Histogram<u64>; 3],
+    all: Histogram<u64>,
+    login: Histogram<u64>,
+    logins: u64,
+    verdicts: BTreeMap<String, u64>,
+    errors: BTreeMap<String, u64>,
+    attacks: BTreeMap<&'static str, AttackTally>,
+    victim_verdicts: BTreeMap<&'static str, u64>,
+    timeline: Vec<Second>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("requests", &self.requests)
+            .field("logins", &self.logins)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Recorder {
+    pub fn new(start: Instant) -> Self {
+        Self {
+            start,
+            requests: [0; 3],
+            latency: [fine_histogram(), fine_histogram(), fine_histogram()],
+            all: fine_histogram(),
+            login: fine_histogram(),
+            logins: 0,
+            verdicts: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            attacks: BTreeMap::new(),
+            victim_verdicts: BTreeMap::new(),
+            timeline: Vec::new(),
+        }
+    }
+
+    fn second(&mut self, at: Instant) -> &mut Second {
+        let index = at.saturating_duration_since(self.start).as_secs() as usize;
+        if self.timeline.len() <= index {
+            self.timeline.resize_with(index + 1, Second::new);
+        }
+        let last = self.timeline.len() - 1;
+        &mut self.timeline[index.min(last)]
+    }
+
+    /// A legitimate request of `op`, from when it was due to when its
+    /// reply came.
+    pub fn request(&mut self, op: Op, due: Instant, done: Instant) {
+        let us = micros(done.saturating_duration_since(due));
+        let i = op as usize;
+        self.requests[i] += 1;
+        let _ = self.latency[i].record(us);
+        let _ = self.all.record(us);
+        let second = self.second(done);
+        second.requests += 1;
+        let _ = second.latency.record(us);
+    }
+
+    /// A completed, accepted login, from when it was due.
+    pub fn login(&mut self, due: Instant, done: Instant) {
+        self.logins += 1;
+        let _ = self
+            .login
+            .record(micros(done.saturating_duration_since(due)));
+        self.second(done).logins += 1;
+    }
+
+    /// The verdict a legitimate answer got.
+    pub fn verdict(&mut self, name: &str) {
+        *self.verdicts.entry(name.to_owned()).or_default() += 1;
+    }
+
+    /// A failed request of the legitimate load, by kind.
+    pub fn error(&mut self, kind: String, at: Instant) {
+        *self.errors.entry(kind).or_default() += 1;
+        self.second(at).errors += 1;
+    }
+
+    /// The tally of one attack strategy.
+    pub fn attack(&mut self, strategy: &'static str) -> &mut AttackTally {
+        self.attacks.entry(strategy).or_default()
+    }
+
+    /// The verdict a target's own login got (attacks may have locked it).
+    pub fn victim_verdict(&mut self, name: &'static str) {
+        *self.victim_verdicts.entry(name).or_default() += 1;
+    }
+
+    /// Adds `other` (another part of the same run) into this one.
+    pub fn merge(&mut self, other: &Self) {
+        for i in 0..3 {
+            self.requests[i] += other.requests[i];
+            let _ = self.latency[i].add(&other.latency[i]);
+        }
+        let _ = self.all.add(&other.all);
+        let _ = self.login.add(&other.login);
+        self.logins += other.logins;
+        for (k, v) in &other.verdicts {
+            *self.verdicts.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.errors {
+            *self.errors.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.attacks {
+            let mine = self.attacks.entry(k).or_default();
+            mine.requests += v.requests;
+            mine.evaluated += v.evaluated;
+            mine.accepts += v.accepts;
+            mine.expected_accepts += v.expected_accepts;
+            mine.refused += v.refused;
+        }
+        for (k, v) in &other.victim_verdicts {
+            *self.victim_verdicts.entry(k).or_default() += v;
+        }
+        if self.timeline.len() < other.timeline.len() {
+            self.timeline.resize_with(other.timeline.len(), Second::new);
+        }
+        for (mine, theirs) in self.timeline.iter_mut().zip(&other.timeline) {
+            mine.requests += theirs.requests;
+            mine.logins += theirs.logins;
+            mine.errors += theirs.errors;
+            let _ = mine.latency.add(&theirs.latency);
+        }
+    }
+
+    /// Adds second `index` of this part into `sum` (requests, errors,
+    /// latency), for the live line.
+    pub fn add_second(&self, index: usize, sum: &mut LiveSecond) {
+        if let Some(s) = self.timeline.get(index) {
+            sum.requests += s.requests;
+            sum.errors += s.errors;
+            let _ = sum.latency.add(&s.latency);
+        }
+    }
+
+    /// The report of a run that lasted `elapsed`.
+    pub fn report(&self, elapsed: Duration, setup: RunSetup) -> Report {
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        let requests: u64 = self.requests.iter().sum();
+        let attacker_accepts = self.attacks.values().map(|a| a.accepts).sum();
+        let attacker_expected_accepts = self.attacks.values().map(|a| a.expected_accepts).sum();
+        Report {
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            mode: setup.mode,
+            duration_s: secs,
+            connections: setup.connections,
+            users: setup.users,
+            requests,
+            requests_per_sec: requests as f64 / secs,
+            logins: self.logins,
+            logins_per_sec: self.logins as f64 / secs,
+            latency_us: Percentiles::of(&self.all),
+            login_latency_us: Percentiles::of(&self.login),
+            operations: Op::ALL
+                .iter()
+                .map(|&op| {
+                    let i = op as usize;
+                    (
+                        op.name().to_owned(),
+                        OperationReport {
+                            count: self.requests[i],
+                            per_sec: self.requests[i] as f64 / secs,
+                            latency_us: Percentiles::of(&self.latency[i]),
+                        },
+                    )
+                })
+                .collect(),
+            verdicts: self.verdicts.clone(),
+            errors: self.errors.values().sum(),
+            errors_by_kind: self.errors.clone(),
+            attacker_requests: self.attacks.values().map(|a| a.requests).sum(),
+            attacker_accepts,
+            attacker_expected_accepts,
+            attacks: self
+                .attacks
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+            victim_verdicts: self
+                .victim_verdicts
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+            invariant_violations: setup.violations,
+            client_cpu_s: setup.client_cpu_s,
+            daemon_cpu_s: setup.daemon_cpu_s,
+            timeline: self
+                .timeline
+                .iter()
+                .enumerate()
+                .map(|(i, s)| TimelinePoint {
+                    second: i as u64,
+                    requests: s.requests,
+                    logins: s.logins,
+                    errors: s.errors,
+                    p99_us: s.latency.value_at_quantile(0.99),
+                })
+                .collect(),
+            latency_histogram: histogram_buckets(&self.all),
+        }
+    }
+}
+
+/// What the report says about the run beyond the recorder's numbers.
+#[derive(Debug, Clone, Default)]
+pub struct RunSetup {
+    pub mode: String,
+    pub connections: usize,
+    pub users: usize,
+    pub violations: Vec<String>,
+    pub client_cpu_s: Option<f64>,
+    pub daemon_cpu_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OperationReport {
+    pub count: u64,
+    pub per_sec: f64,
+    pub latency_us: Percentiles,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelinePoint {
+    pub second: u64,
+    pub requests: u64,
+    pub logins: u64,
+    pub errors: u64,
+    pub p99_us: u64,
+}
+
+/// Request latencies in buckets doubling from 1 µs: (upper bound µs, count).
+fn histogram_buckets(h: &Histogram<u64>) -> Vec<(u64, u64)> {
+    let mut buckets = Vec::new();
+    let mut low = 0u64;
+    let mut high = 1u64;
+    while low <= h.max() && !h.is_empty() {
+        buckets.push((high, h.count_between(low + 1, high)));
+        low = high;
+        high = high.saturating_mul(2);
+    }
+    buckets
+}
+
+/// The whole report. The top-level field names are a contract: scripts
+/// read `requests_per_sec`, `logins_per_sec`, `latency_us`, `verdicts`,
+/// `errors`, `attacker_accepts`, `attacker_expected_accepts`,
+/// `invariant_violations` and `cores`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub cores: usize,
+    pub mode: String,
+    pub duration_s: f64,
+    pub connections: usize,
+    pub users: usize,
+    pub requests: u64,
+    pub requests_per_sec: f64,
+    pub logins: u64,
+    pub logins_per_sec: f64,
+    /// Per request; the first request of a login from when it was due.
+    pub latency_us: Percentiles,
+    /// Per accepted login, from when it was due to its verdict.
+    pub login_latency_us: Percentiles,
+    pub operations: BTreeMap<String, OperationReport>,
+    /// Verdicts on legitimate answers.
+    pub verdicts: BTreeMap<String, u64>,
+    pub errors: u64,
+    pub errors_by_kind: BTreeMap<String, u64>,
+    pub attacker_requests: u64,
+    pub attacker_accepts: u64,
+    pub attacker_expected_accepts: f64,
+    pub attacks: BTreeMap<String, AttackTally>,
+    /// Verdicts on the targets' own logins.
+    pub victim_verdicts: BTreeMap<String, u64>,
+    pub invariant_violations: Vec<String>,
+    pub client_cpu_s: Option<f64>,
+    pub daemon_cpu_s: Option<f64>,
+    pub timeline: Vec<TimelinePoint>,
+    /// (upper bound µs, requests) in doubling buckets.
+    pub latency_histogram: Vec<(u64, u64)>,
+}
+
+impl Report {
+    /// The report for people.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let p = |p: &Percentiles| {
+            format!(
+                "p50 {}  p90 {}  p99 {}  p999 {}  max {}",
+                p.p50, p.p90, p.p99, p.p999, p.max
+            )
+        };
+        let _ = writeln!(
+            out,
+            "machine: {} cores (client and daemon share them when the daemon is local)",
+            self.cores
+        );
+        let _ = writeln!(
+            out,
+            "load: {}, {} connections, {} users, {:.1} s",
+            self.mode, self.connections, self.users, self.duration_s
+        );
+        let _ = writeln!(
+            out,
+            "requests: {} ({:.0}/s); logins accepted: {} ({:.0}/s)",
+            self.requests, self.requests_per_sec, self.logins, self.logins_per_sec
+        );
+        let _ = writeln!(out, "latency per request (us): {}", p(&self.latency_us));
+        let _ = writeln!(
+            out,
+            "latency per login   (us): {}",
+            p(&self.login_latency_us)
+        );
+        for (name, op) in &self.operations {
+            let _ = writeln!(
+                out,
+                "  {name:<10} {:>10} ({:.0}/s)  {}",
+                op.count,
+                op.per_sec,
+                p(&op.latency_us)
+            );
+        }
+        let verdicts: Vec<String> = self
+            .verdicts
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(out, "verdicts: {}", verdicts.join(", "));
+        let errors: Vec<String> = self
+            .errors_by_kind
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "errors: {}{}",
+            self.errors,
+            if errors.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", errors.join(", "))
+            }
+        );
+        if self.attacker_requests > 0 {
+            let _ = writeln!(
+                out,
+                "attackers: {} requests, accepted {} (expected by chance {:.2e})",
+                self.attacker_requests, self.attacker_accepts, self.attacker_expected_accepts
+            );
+            let victims: Vec<String> = self
+                .victim_verdicts
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = writeln!(out, "  targets' own logins: {}", victims.join(", "));
+            for (name, a) in &self.attacks {
+                let _ = writeln!(
+                    out,
+                    "  {name:<18} {:>8} sent, {:>8} checked, {:>8} refused, {} accepted (expected {:.2e})",
+                    a.requests, a.evaluated, a.refused, a.accepts, a.expected_accepts
+                );
+            }
+        }
+        match (self.client_cpu_s, self.daemon_cpu_s) {
+            (Some(c), Some(d)) => {
+                let _ = writeln!(out, "cpu seconds: client {c:.1}, daemon {d:.1}");
+            }
+            (Some(c), None) => {
+                let _ = writeln!(out, "cpu seconds: client {c:.1}");
+            }
+            _ => {}
+        }
+        if self.invariant_violations.is_empty() {
+            let _ = writeln!(out, "invariants: all held");
+        } else {
+            let _ = writeln!(
+                out,
+                "invariants: {} VIOLATED",
+                self.invariant_violations.len()
+            );
+            for v in self.invariant_violations.iter().take(10) {
+                let _ = writeln!(out, "  - {v}");
+            }
+        }
+        out
+    }
+
+    /// Writes the report as JSON.
+    pub fn write_json(&self, path: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(path, json)
+    }
+
+    /// Draws throughput and p99 over time and the latency histogram.
+    pub fn plot(&self, path: &Path) -> Result<(), String> {
+        crate::plot::draw(self, path)
+    }
+}
+
+/// The chance of at least `k` successes when `expected` are expected by
+/// chance (Poisson): how surprising a number of attacker accepts is.
+pub fn chance_of_at_least(k: u64, expected: f64) -> f64 {
+    if k == 0 {
+        return 1.0;
+    }
+    let mut term = (-expected).exp();
+    let mut below = 0.0;
+    for i in 0..k {
+        below += term;
+        term *= expected / (i + 1) as f64;
+    }
+    (1.0 - below).max(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_merge_into_one_report() {
+        let start = Instant::now();
+        let mut a = Recorder::new(start);
+        let mut b = Recorder::new(start);
+        a.request(Op::Challenge, start, start + Duration::from_micros(100));
+        b.request(Op::Verify, start, start + Duration::from_millis(1500));
+        b.login(start, start + Duration::from_millis(1500));
+        b.verdict("accepted");
+        a.error("challenge: RateLimited".into(), start);
+        b.attack("guess").evaluated += 2;
+        a.merge(&b);
+        let report = a.report(Duration::from_secs(2), RunSetup::default());
+        assert_eq!(report.requests, 2);
+        assert_eq!(report.logins, 1);
+        assert_eq!(report.requests_per_sec, 1.0);
+        assert_eq!(report.verdicts["accepted"], 1);
+        assert_eq!(report.errors, 1);
+        assert_eq!(report.attacks["guess"].evaluated, 2);
+        assert_eq!(report.timeline.len(), 2);
+        assert_eq!(report.timeline[1].logins, 1);
+        assert!(report.latency_us.max >= 1_500_000);
+        let counted: u64 = report.latency_histogram.iter().map(|b| b.1).sum();
+        assert_eq!(counted, 2);
+    }
+
+    #[test]
+    fn json_has_the_fields_scripts_rely_on() {
+        let report =
+            Recorder::new(Instant::now()).report(Duration::from_secs(1), RunSetup::default());
+        let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+        for field in [
+            "requests_per_sec",
+            "logins_per_sec",
+            "verdicts",
+            "errors",
+            "attacker_accepts",
+            "attacker_expected_accepts",
+            "invariant_violations",
+            "cores",
+        ] {
+            assert!(json.get(field).is_some(), "{field}");
+        }
+        for p in ["p50", "p99", "p999", "max"] {
+            assert!(json["latency_us"].get(p).is_some(), "{p}");
+        }
+        assert!(json["invariant_violations"].as_array().unwrap().is_empty());
+    }
+
+    #[test]
+    fn poisson_tail() {
+        assert_eq!(chance_of_at_least(0, 0.5), 1.0);
+        assert!((chance_of_at_least(1, 1e-4) - 1e-4).abs() < 1e-8);
+        assert!((chance_of_at_least(1, 1.0) - (1.0 - (-1.0f64).exp())).abs() < 1e-12);
+        assert!(chance_of_at_least(3, 1e-3) < 1e-9);
+    }
+}
