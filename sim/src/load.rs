@@ -534,15 +534,24 @@ async fn login(
         Ok(Reply::Devices(listed)) => listed,
         other => return shared.error(part, Op::Devices, &other, got),
     };
+    // As a login page would: offer the devices that are not locked out (a
+    // lockout left by an earlier attack is not this login's failure).
     let usable: Vec<&(DeviceId, EmulatedDevice)> = holder
         .devices
         .iter()
-        .filter(|(id, _)| listed.iter().any(|entry| entry.device == *id))
+        .filter(|(id, _)| {
+            listed
+                .iter()
+                .any(|entry| entry.device == *id && entry.locked_for.is_zero())
+        })
         .collect();
     let Some(&(device, emulated)) = usable.get(pick % usable.len().max(1)) else {
-        return shared.record(part, |r| {
-            r.error("devices: none of the fleet's listed".into(), got)
-        });
+        let kind = if listed.iter().any(|entry| !entry.locked_for.is_zero()) {
+            "devices: every device locked out"
+        } else {
+            "devices: none of the fleet's listed"
+        };
+        return shared.record(part, |r| r.error(kind.into(), got));
     };
     let device = *device;
 

@@ -45,6 +45,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid().expect("the daemon runs")
+    }
+
     /// Stops with SIGTERM and returns the exit code.
     pub fn stop(mut self) -> Option<i32> {
         self.process.stop()

@@ -1,0 +1,285 @@
+//! The simulator against a real daemon: `fleet create`, `load` with the
+//! attacker fleet beside it, `bench`, and the invariant checks failing
+//! when the service (here, a tampered fleet) breaks them.
+
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+
+use serde_json::Value;
+use support::daemon::Daemon;
+use support::sls_sim;
+
+/// Limits raised so that a short run is not throttled by its own load, and
+/// a short lockout so that targets come out of it during the run.
+const LOAD_CONFIG: &str = "[challenges]\nper-user-per-minute = 100000\n[lockout]\nfailures = 3\nfirst = \"1s\"\nmax = \"4s\"\n";
+
+fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).expect("the JSON report")).expect("valid JSON")
+}
+
+fn create_fleet(daemon: &Daemon, users: &str, out: &Path) -> Output {
+    let addr = daemon.quic.to_string();
+    sls_sim(&[
+        "fleet",
+        "create",
+        "--users",
+        users,
+        "--mix",
+        "dscplus=40,ibkey=40,scc=20",
+        "--second-device",
+        "20",
+        "--out",
+        out.to_str().unwrap(),
+        "--addr",
+        &addr,
+        "--data-dir",
+        daemon.data_dir.to_str().unwrap(),
+    ])
+}
+
+fn load(daemon: &Daemon, fleet: &Path, report: &Path, extra: &[&str]) -> Output {
+    let addr = daemon.quic.to_string();
+    let pid = daemon.pid().to_string();
+    let mut args = vec![
+        "load",
+        "--fleet",
+        fleet.to_str().unwrap(),
+        "--addr",
+        &addr,
+        "--data-dir",
+        daemon.data_dir.to_str().unwrap(),
+        "--daemon-pid",
+        &pid,
+        "--json",
+        report.to_str().unwrap(),
+        "--seed",
+        "7",
+    ];
+    args.extend_from_slice(extra);
+    sls_sim(&args)
+}
+
+#[test]
+fn a_fleet_is_enrolled_and_its_load_keeps_every_invariant() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"), "", LOAD_CONFIG);
+    let fleet = dir.path().join("fleet.json");
+
+    let created = create_fleet(&daemon, "200", &fleet);
+    assert!(created.status.success(), "{}", text(&created));
+    let summary = String::from_utf8_lossy(&created.stdout);
+    assert!(summary.contains("200 users"), "{summary}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&fleet).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the fleet file holds keys");
+    }
+    let saved = json(&fleet);
+    let members = saved["members"].as_array().unwrap();
+    assert_eq!(members.len(), 200);
+    assert!(
+        members
+            .iter()
+            .any(|m| m["devices"].as_array().unwrap().len() == 2)
+    );
+
+    // Open loop, 400 logins a second for 4 seconds, with attackers.
+    let report_path = dir.path().join("report.json");
+    let plot = dir.path().join("report.svg");
+    let run = load(
+        &daemon,
+        &fleet,
+        &report_path,
+        &[
+            "--rate",
+            "400",
+            "--duration",
+            "4s",
+            "--attackers",
+            "2",
+            "--plot",
+            plot.to_str().unwrap(),
+        ],
+    );
+    assert!(run.status.success(), "{}", text(&run));
+    let report = json(&report_path);
+    assert_eq!(report["invariant_violations"], Value::Array(vec![]));
+    assert_eq!(report["errors"], 0, "{report:#}");
+    // Every legitimate answer was accepted, and the schedule was kept.
+    let verdicts = report["verdicts"].as_object().unwrap();
+    assert_eq!(verdicts.len(), 1, "{verdicts:?}");
+    let logins = report["logins"].as_u64().unwrap();
+    assert_eq!(verdicts["accepted"].as_u64().unwrap(), logins);
+    assert!(
+        (1400..=1600).contains(&logins),
+        "{logins} logins of 1600 due"
+    );
+    // The attackers ran every strategy and met lockouts.
+    let attacks = report["attacks"].as_object().unwrap();
+    for strategy in [
+        "guess",
+        "wrong_pin",
+        "foreign_answer",
+        "foreign_device",
+        "replay",
+    ] {
+        assert!(
+            attacks[strategy]["requests"].as_u64().unwrap() > 0,
+            "{strategy} never ran: {attacks:?}"
+        );
+    }
+    assert!(
+        report["victim_verdicts"]["locked_out"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{report:#}"
+    );
+    assert!(report["attacker_expected_accepts"].as_f64().unwrap() > 0.0);
+    assert!(report["daemon_cpu_s"].as_f64().is_some());
+    for field in ["p50", "p99", "p999", "max"] {
+        assert!(report["latency_us"][field].as_u64().unwrap() > 0, "{field}");
+    }
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("p99"),
+        "{}",
+        &svg[..100]
+    );
+
+    // Closed loop on the same fleet.
+    let run = load(
+        &daemon,
+        &fleet,
+        &report_path,
+        &[
+            "--concurrency",
+            "32",
+            "--duration",
+            "2s",
+            "--attackers",
+            "0",
+        ],
+    );
+    assert!(run.status.success(), "{}", text(&run));
+    let report = json(&report_path);
+    assert!(report["logins"].as_u64().unwrap() > 0);
+    assert_eq!(report["invariant_violations"], Value::Array(vec![]));
+    assert_eq!(report["attacker_requests"], 0);
+}
+
+#[test]
+fn a_broken_invariant_fails_the_run_and_names_the_violation() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"), "", LOAD_CONFIG);
+    let fleet = dir.path().join("fleet.json");
+    let created = create_fleet(&daemon, "20", &fleet);
+    assert!(created.status.success(), "{}", text(&created));
+
+    // The users forget their PINs: their right-looking DSC+ answers are
+    // wrong, which the run must report as refused legitimate answers.
+    let mut saved = json(&fleet);
+    for member in saved["members"].as_array_mut().unwrap() {
+        for device in member["devices"].as_array_mut().unwrap() {
+            if let Some(pin) = device.get_mut("pin") {
+                let wrong: String = pin
+                    .as_str()
+                    .unwrap()
+                    .chars()
+                    .map(|c| if c == '0' { '1' } else { '0' })
+                    .collect();
+                *pin = Value::String(wrong);
+            }
+        }
+    }
+    std::fs::write(&fleet, serde_json::to_vec(&saved).unwrap()).unwrap();
+
+    let report_path = dir.path().join("report.json");
+    let run = load(
+        &daemon,
+        &fleet,
+        &report_path,
+        &["--rate", "100", "--duration", "1s", "--attackers", "0"],
+    );
+    assert!(!run.status.success(), "{}", text(&run));
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("invariant violation"),
+        "{}",
+        text(&run)
+    );
+    let report = json(&report_path);
+    let violations = report["invariant_violations"].as_array().unwrap();
+    assert!(!violations.is_empty());
+    assert!(
+        violations[0].as_str().unwrap().contains("was refused"),
+        "{violations:?}"
+    );
+}
+
+#[test]
+fn bench_starts_its_own_daemon_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let report_path = dir.path().join("bench.json");
+    let run = sls_sim(&[
+        "bench",
+        "--duration",
+        "2s",
+        "--users",
+        "100",
+        "--json",
+        report_path.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("invariants: all held"), "{stdout}");
+    let report = json(&report_path);
+    assert!(report["requests_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(report["cores"].as_u64().unwrap() >= 1);
+    assert!(report["attacker_requests"].as_u64().unwrap() > 0);
+    assert!(report["daemon_cpu_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn fleet_and_load_refuse_flows_the_daemon_cannot_serve() {
+    let run = sls_sim(&[
+        "fleet",
+        "create",
+        "--users",
+        "10",
+        "--mix",
+        "sms=10",
+        "--out",
+        "/dev/null",
+    ]);
+    assert!(!run.status.success());
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("--mix"),
+        "{}",
+        text(&run)
+    );
+    let run = sls_sim(&[
+        "load",
+        "--fleet",
+        "/nonexistent",
+        "--flows",
+        "login=90,withdrawal=10",
+    ]);
+    assert!(!run.status.success());
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("withdrawal"),
+        "{}",
+        text(&run)
+    );
+}
