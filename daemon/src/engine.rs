@@ -7,13 +7,13 @@
 //! depends on (a failure count, a lockout) is handed back in
 //! [`Outcome::persist`] for the caller to commit before it sends the reply.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
+use std::hash::Hasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rand::CryptoRng;
+use siphasher::sip::SipHasher13;
 
 use crate::clock::Timestamp;
 use crate::config::Config;
@@ -81,18 +81,19 @@ impl From<Reply> for Outcome {
 ///
 /// Every username is limited — known or not, so the limit reveals nothing
 /// — and memory stays fixed however many names an attacker invents. The
-/// hash key is random per process, so nobody can aim at another user's
-/// bucket; two users sharing a bucket share its allowance.
+/// hash key (SipHash) is drawn from the engine's random source at start, so
+/// nobody can aim at another user's bucket; two users sharing a bucket
+/// share its allowance.
 struct UserLimits {
-    hasher: RandomState,
+    key: [u8; 16],
     buckets: Box<[Mutex<Gcra>]>,
     rate: Rate,
 }
 
 impl UserLimits {
-    fn new(per_minute: u32) -> Self {
+    fn new(per_minute: u32, key: [u8; 16]) -> Self {
         Self {
-            hasher: RandomState::new(),
+            key,
             buckets: (0..USER_LIMIT_BUCKETS)
                 .map(|_| Mutex::new(Gcra::default()))
                 .collect(),
@@ -101,7 +102,9 @@ impl UserLimits {
     }
 
     fn check(&self, user: &Username, now: Timestamp) -> Decision {
-        let index = (self.hasher.hash_one(user.as_str()) as usize) % self.buckets.len();
+        let mut hasher = SipHasher13::new_with_key(&self.key);
+        hasher.write(user.as_str().as_bytes());
+        let index = (hasher.finish() as usize) % self.buckets.len();
         match self.buckets.get(index) {
             Some(bucket) => bucket
                 .lock()
@@ -142,10 +145,18 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    pub fn new(config: Arc<Config>, registry: Arc<Registry>) -> Self {
+    /// An engine over `registry`; `rng` keys the per-user limiter's hash
+    /// (the server passes the OS generator, replayable runs a seeded one).
+    pub fn new<R: CryptoRng + ?Sized>(
+        config: Arc<Config>,
+        registry: Arc<Registry>,
+        rng: &mut R,
+    ) -> Self {
+        let mut key = [0u8; 16];
+        rng.fill_bytes(&mut key);
         Self {
             challenges: ChallengeTable::new(config.challenges.capacity, CHALLENGE_SHARDS),
-            user_limits: UserLimits::new(config.challenges.per_user_per_minute),
+            user_limits: UserLimits::new(config.challenges.per_user_per_minute, key),
             alphabets: QuestionAlphabets::new(),
             counters: Counters::default(),
             config,
@@ -187,9 +198,8 @@ impl Engine {
             .into();
         }
         match operation {
-            Operation::Devices { user } | Operation::ListDevices { user } => {
-                self.devices(&user, now).into()
-            }
+            Operation::Devices { user } => self.devices(&user, now, false).into(),
+            Operation::ListDevices { user } => self.devices(&user, now, true).into(),
             Operation::Challenge { user, device } => self.challenge(&user, device, now, rng).into(),
             Operation::Verify {
                 challenge,
@@ -202,11 +212,14 @@ impl Engine {
         }
     }
 
-    fn devices(&self, user: &Username, now: Timestamp) -> Reply {
+    /// A user's devices; a login (`with_expired` false) is offered only
+    /// those still valid, an operator sees all.
+    fn devices(&self, user: &Username, now: Timestamp, with_expired: bool) -> Reply {
         let entries = self
             .registry
             .devices_of(user)
             .iter()
+            .filter(|d| with_expired || !d.expired_at(now))
             .map(|d| DeviceEntry {
                 device: d.id,
                 kind: d.kind,
@@ -235,6 +248,9 @@ impl Engine {
         let Some(device) = self.registry.device(device).filter(|d| &d.user == user) else {
             return Reply::error(ErrorCode::NotFound, "no such device for this user");
         };
+        if device.expired_at(now) {
+            return Reply::error(ErrorCode::NotFound, "the device's validity has ended");
+        }
         let (question, text) = match &device.verifier {
             Verifier::Ocra { ocra, .. } => {
                 let suite = ocra.suite();
@@ -299,6 +315,9 @@ impl Engine {
                 // Revoked since the challenge was issued.
                 return ((Verdict::UnknownChallenge, None), Disposition::Remove);
             };
+            if device.expired_at(now) {
+                return ((Verdict::Expired, None), Disposition::Remove);
+            }
             let mut failures = device.failures();
             if failures.locked_until > now {
                 let retry_after = now.until(failures.locked_until);

@@ -119,7 +119,7 @@ fn open(dir: &std::path::Path, config: Config) -> Engine {
     let cipher = SecretCipher::load_or_create(&dir.join("secrets.key"), &mut rng).unwrap();
     let registry =
         Registry::open(&dir.join("registry.redb"), cipher, config.devices.clone()).unwrap();
-    Engine::new(Arc::new(config), Arc::new(registry))
+    Engine::new(Arc::new(config), Arc::new(registry), &mut rng)
 }
 
 /// Enrols a security code card for "jdoe" straight through the engine.
@@ -631,4 +631,72 @@ fn a_challenge_is_accepted_at_most_once_under_concurrent_verifies() {
         });
         assert_eq!(accepted, 1, "round {round}");
     }
+}
+
+#[test]
+fn an_online_card_stops_working_when_its_validity_ends() {
+    const DAY: u64 = 24 * 3600;
+    let mut world = World::new();
+    let (card, secret) = world.enroll("jdoe", DeviceKind::OnlineScc, None, None);
+    let (dsc, _) = world.enroll("jdoe", DeviceKind::DscPlus, Some(DSC_KEY), Some("1234"));
+    let card_key = CodeCard::new(&secret.unwrap(), 224).unwrap();
+    let answer = |text: &ChallengeText| match text {
+        ChallengeText::CardPositions(a, b) => card_key.codes_at(&[*a, *b]).unwrap().to_string(),
+        other => panic!("a card gets positions, not {other:?}"),
+    };
+    let listed = |world: &mut World, now| match world.gateway(
+        Operation::Devices {
+            user: Username::new("jdoe").unwrap(),
+        },
+        now,
+    ) {
+        Reply::Devices(list) => list.iter().map(|d| d.device).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+
+    // Usable on its 20th day.
+    let day20 = later(20 * DAY);
+    let (challenge, text) = world.challenge("jdoe", card, day20);
+    let verdict = world.verify(challenge, &answer(&text), day20);
+    assert!(matches!(verdict, Verdict::Accepted { .. }), "{verdict:?}");
+    assert_eq!(listed(&mut world, day20), vec![card, dsc]);
+
+    // A challenge issued 10 s before the end is refused after it.
+    let end = later(21 * DAY);
+    let (challenge, text) = world.challenge("jdoe", card, Timestamp(end.0 - 10_000));
+    assert_eq!(
+        world.verify(challenge, &answer(&text), end),
+        Verdict::Expired
+    );
+    // After 21 days the login no longer offers it and it gets no challenge;
+    // the user's other device still works and the operator still sees both.
+    assert_eq!(listed(&mut world, end), vec![dsc]);
+    let refused = world.gateway(
+        Operation::Challenge {
+            user: Username::new("jdoe").unwrap(),
+            device: card,
+        },
+        end,
+    );
+    assert!(
+        matches!(&refused, Reply::Error { code: ErrorCode::NotFound, message, .. } if message.contains("validity")),
+        "{refused:?}"
+    );
+    let (challenge, text) = world.challenge("jdoe", dsc, end);
+    let verdict = world.verify(challenge, &dsc_plus(DSC_KEY, "1234", &text), end);
+    assert!(matches!(verdict, Verdict::Accepted { .. }), "{verdict:?}");
+    let all = match world
+        .call(
+            Role::Admin,
+            Operation::ListDevices {
+                user: Username::new("jdoe").unwrap(),
+            },
+            end,
+        )
+        .reply
+    {
+        Reply::Devices(list) => list.len(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(all, 2);
 }

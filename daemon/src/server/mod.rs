@@ -110,7 +110,11 @@ pub async fn serve(
     )
     .map_err(ServeError::Committer)?;
     let shared = Arc::new(Shared {
-        engine: Engine::new(Arc::clone(&config), Arc::clone(&registry)),
+        engine: Engine::new(
+            Arc::clone(&config),
+            Arc::clone(&registry),
+            &mut UnwrapErr(SysRng),
+        ),
         committer,
         request_rate: Rate::new(
             config.server.requests_per_connection_per_second,

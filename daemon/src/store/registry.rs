@@ -130,11 +130,19 @@ pub struct Device {
     pub kind: DeviceKind,
     pub label: String,
     pub created: Timestamp,
+    /// When the device stops working: its kind's validity after activation
+    /// (Online Security Code Cards, temporary codes), as configured now.
+    pub expires: Option<Timestamp>,
     pub verifier: Verifier,
     failures: Mutex<FailureState>,
 }
 
 impl Device {
+    /// Whether the device's validity has ended at `now`.
+    pub fn expired_at(&self, now: Timestamp) -> bool {
+        self.expires.is_some_and(|end| end <= now)
+    }
+
     /// The failure state, locked for reading and changing.
     pub fn failures(&self) -> MutexGuard<'_, FailureState> {
         // Every change is a whole-value assignment; a poisoned lock holds a
@@ -316,6 +324,7 @@ impl Registry {
             kind,
             label: label.to_owned(),
             created: now,
+            expires: self.expiry(kind, now),
             verifier,
             failures: Mutex::new(FailureState::default()),
         });
@@ -516,9 +525,20 @@ impl Registry {
             kind,
             label,
             created,
+            expires: self.expiry(kind, created),
             verifier,
             failures: Mutex::new(failures),
         })
+    }
+}
+
+impl Registry {
+    /// The end of a device's validity, if its kind has one.
+    fn expiry(&self, kind: DeviceKind, created: Timestamp) -> Option<Timestamp> {
+        self.profiles
+            .get(kind)
+            .validity
+            .map(|validity| created.plus(validity))
     }
 }
 
