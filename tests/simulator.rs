@@ -283,3 +283,54 @@ fn fleet_and_load_refuse_flows_the_daemon_cannot_serve() {
         text(&run)
     );
 }
+
+#[test]
+fn an_in_process_scenario_covers_weeks_and_replays_from_its_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.json");
+    let again = dir.path().join("again.json");
+    let run = sls_sim(&[
+        "load",
+        "--in-process",
+        "--seed",
+        "2027",
+        "--duration",
+        "5weeks",
+        "--users",
+        "100",
+        "--json",
+        first.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("sls-sim replay --seed 2027"), "{stdout}");
+    let report = json(&first);
+    assert_eq!(report["invariant_violations"], Value::Array(vec![]));
+    assert!(report["simulated_days"].as_f64().unwrap() >= 35.0);
+    // Challenges answered too late were refused.
+    assert!(report["late_answers_expired"].as_u64().unwrap() > 0);
+    // Online cards stopped working after their 21 days.
+    assert!(report["expired_devices_refused"].as_u64().unwrap() > 0);
+    // Lockouts grew from the first length to the cap.
+    let lockouts = report["lockouts_by_seconds"].as_object().unwrap();
+    for length in ["60", "120", "3600"] {
+        assert!(lockouts.contains_key(length), "{lockouts:?}");
+    }
+    assert!(report["attacker_guesses"].as_u64().unwrap() > 1000);
+    assert!(report["logins_accepted"].as_u64().unwrap() > 1000);
+
+    let run = sls_sim(&[
+        "replay",
+        "--seed",
+        "2027",
+        "--duration",
+        "5weeks",
+        "--users",
+        "100",
+        "--json",
+        again.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run));
+    assert_eq!(json(&again)["digest"], report["digest"]);
+    assert_eq!(json(&again)["requests"], report["requests"]);
+}

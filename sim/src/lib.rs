@@ -18,4 +18,5 @@ pub mod fleet;
 pub mod load;
 mod plot;
 pub mod report;
+pub mod scenario;
 pub mod token;

@@ -15,6 +15,7 @@ use sls_sim::daemon::LocalDaemon;
 use sls_sim::fleet::{self, DeviceMix, Fleet, FleetPlan};
 use sls_sim::load::{FlowMix, LoadPlan, Pace, Target};
 use sls_sim::report::Report;
+use sls_sim::scenario::{self, ScenarioPlan};
 use slsd::engine::Role;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -45,6 +46,25 @@ enum Command {
     /// --addr is given), creates a fleet, runs a load with attackers
     /// beside it, prints the report and cleans up.
     Bench(BenchArgs),
+    /// Run an in-process scenario again from its seed (same replies, same
+    /// digest).
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// The seed an earlier run printed.
+    #[arg(long)]
+    seed: u64,
+    /// Simulated time, as the earlier run had it.
+    #[arg(long, default_value = "5weeks", value_parser = humantime_serde::re::humantime::parse_duration)]
+    duration: Duration,
+    /// Users, as the earlier run had them.
+    #[arg(long, default_value_t = 200)]
+    users: usize,
+    /// Also write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,9 +121,10 @@ struct FleetCreateArgs {
 /// How a load runs.
 #[derive(Debug, Args)]
 struct LoadShape {
-    /// How long to load, e.g. 30s.
-    #[arg(long, default_value = "10s", value_parser = humantime_serde::re::humantime::parse_duration)]
-    duration: Duration,
+    /// How long to load, e.g. 30s [default: 10s; with --in-process,
+    /// simulated time: 5weeks].
+    #[arg(long, value_parser = humantime_serde::re::humantime::parse_duration)]
+    duration: Option<Duration>,
     /// Open loop: logins started per second, whatever the daemon does.
     #[arg(long, conflicts_with = "concurrency")]
     rate: Option<f64>,
@@ -137,8 +158,16 @@ struct LoadShape {
 #[derive(Debug, Args)]
 struct LoadArgs {
     /// The fleet file `fleet create` wrote.
+    #[arg(long, required_unless_present = "in_process")]
+    fleet: Option<PathBuf>,
+    /// Drive the daemon's engine in this process on a virtual clock with a
+    /// seeded generator instead of a daemon over QUIC: weeks in seconds,
+    /// replayable with `sls-sim replay --seed S`.
     #[arg(long)]
-    fleet: PathBuf,
+    in_process: bool,
+    /// Users of an in-process run.
+    #[arg(long, default_value_t = 200, requires = "in_process")]
+    users: usize,
     #[command(flatten)]
     load: LoadShape,
     #[command(flatten)]
@@ -289,6 +318,9 @@ fn main() -> ExitCode {
                 Command::Fleet(command) => run_fleet(command),
                 Command::Load(args) => run_load(args),
                 Command::Bench(args) => run_bench(args),
+                Command::Replay(args) => {
+                    run_scenario(args.seed, args.duration, args.users, args.json.as_deref())
+                }
                 Command::Token(_) => Ok(()),
             };
             return match result {
@@ -369,7 +401,7 @@ async fn create_fleet(
 
 fn load_plan(shape: &LoadShape) -> LoadPlan {
     LoadPlan {
-        duration: shape.duration,
+        duration: shape.duration.unwrap_or(Duration::from_secs(10)),
         pace: match (shape.rate, shape.concurrency) {
             (Some(rate), _) => Pace::Rate(rate),
             (None, users) => Pace::Concurrency(users.unwrap_or(256)),
@@ -422,8 +454,45 @@ fn run_fleet(command: FleetCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An in-process scenario: print its report, fail on a broken invariant.
+fn run_scenario(
+    seed: u64,
+    duration: Duration,
+    users: usize,
+    json: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let plan = ScenarioPlan::new(seed, duration, users)?;
+    let started = std::time::Instant::now();
+    let report = scenario::run(&plan)?;
+    print!("{}", report.render());
+    println!(
+        "ran in {:.1} s; replay with: sls-sim replay --seed {seed} --duration {}s --users {users}",
+        started.elapsed().as_secs_f64(),
+        duration.as_secs()
+    );
+    if let Some(path) = json {
+        let text = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(first) = report.invariant_violations.first() {
+        anyhow::bail!(
+            "{} invariant violation(s); the first: {first}",
+            report.invariant_violations.len()
+        );
+    }
+    Ok(())
+}
+
 fn run_load(args: LoadArgs) -> anyhow::Result<()> {
-    let fleet = Fleet::load(&args.fleet)?;
+    let Some(fleet) = args.fleet.as_ref().filter(|_| !args.in_process) else {
+        let duration = args
+            .load
+            .duration
+            .unwrap_or(Duration::from_secs(5 * 7 * 86_400));
+        let seed = args.load.seed.unwrap_or_else(rand::random);
+        return run_scenario(seed, duration, args.users, args.load.json.as_deref());
+    };
+    let fleet = Fleet::load(fleet)?;
     let target = Target {
         addr: args.daemon.addr,
         certs: args.daemon.data_dir,
