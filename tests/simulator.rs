@@ -273,7 +273,7 @@ fn fleet_and_load_refuse_flows_the_daemon_cannot_serve() {
         "load",
         "--fleet",
         "/nonexistent",
-        "--flows",
+        "--mix",
         "login=90,withdrawal=10",
     ]);
     assert!(!run.status.success());
@@ -284,14 +284,10 @@ fn fleet_and_load_refuse_flows_the_daemon_cannot_serve() {
     );
 }
 
-#[test]
-fn an_in_process_scenario_covers_weeks_and_replays_from_its_seed() {
-    let dir = tempfile::tempdir().unwrap();
-    let first = dir.path().join("first.json");
-    let again = dir.path().join("again.json");
-    let run = sls_sim(&[
-        "load",
-        "--in-process",
+/// `sls-sim load --in-process` or `sls-sim replay`, five weeks, 100 users.
+fn scenario(command: &[&str], report: &Path) -> Output {
+    let mut args = command.to_vec();
+    args.extend_from_slice(&[
         "--seed",
         "2027",
         "--duration",
@@ -299,8 +295,17 @@ fn an_in_process_scenario_covers_weeks_and_replays_from_its_seed() {
         "--users",
         "100",
         "--json",
-        first.to_str().unwrap(),
+        report.to_str().unwrap(),
     ]);
+    sls_sim(&args)
+}
+
+#[test]
+fn an_in_process_scenario_covers_weeks_and_replays_from_its_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.json");
+    let again = dir.path().join("again.json");
+    let run = scenario(&["load", "--in-process"], &first);
     assert!(run.status.success(), "{}", text(&run));
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(stdout.contains("sls-sim replay --seed 2027"), "{stdout}");
@@ -319,17 +324,7 @@ fn an_in_process_scenario_covers_weeks_and_replays_from_its_seed() {
     assert!(report["attacker_guesses"].as_u64().unwrap() > 1000);
     assert!(report["logins_accepted"].as_u64().unwrap() > 1000);
 
-    let run = sls_sim(&[
-        "replay",
-        "--seed",
-        "2027",
-        "--duration",
-        "5weeks",
-        "--users",
-        "100",
-        "--json",
-        again.to_str().unwrap(),
-    ]);
+    let run = scenario(&["replay"], &again);
     assert!(run.status.success(), "{}", text(&run));
     assert_eq!(json(&again)["digest"], report["digest"]);
     assert_eq!(json(&again)["requests"], report["requests"]);

@@ -84,15 +84,15 @@ struct DaemonArgs {
     data_dir: PathBuf,
 }
 
+/// The fleet's device kinds unless `--mix` (`--devices` for bench) says.
+const DEVICE_MIX: &str = "dscplus=45,ibkey=40,scc=15";
+
 /// How a fleet is made.
 #[derive(Debug, Args)]
 struct FleetShape {
     /// Users to enrol.
     #[arg(long, default_value_t = 1000)]
     users: usize,
-    /// Device kinds and their shares, e.g. dscplus=40,ibkey=40,scc=20.
-    #[arg(long = "mix", default_value = "dscplus=45,ibkey=40,scc=15")]
-    devices: DeviceMix,
     /// Percent of users who also hold a device of a second kind.
     #[arg(long, default_value_t = 10)]
     second_device: u32,
@@ -108,6 +108,9 @@ struct FleetShape {
 struct FleetCreateArgs {
     #[command(flatten)]
     shape: FleetShape,
+    /// Device kinds and their shares, e.g. dscplus=40,ibkey=40,scc=20.
+    #[arg(long, default_value = DEVICE_MIX)]
+    mix: DeviceMix,
     /// Usernames are PREFIX-0, PREFIX-1, ... (default: sim and a random tag).
     #[arg(long)]
     prefix: Option<String>,
@@ -137,10 +140,6 @@ struct LoadShape {
     /// Streams per connection.
     #[arg(long, default_value_t = 4)]
     streams: usize,
-    /// Flows and their shares (login; withdrawal, sms and push once the
-    /// daemon has them).
-    #[arg(long = "flows", default_value = "login=100")]
-    flows: FlowMix,
     /// Attacker tasks beside the load (every tenth user is their target).
     #[arg(long, default_value_t = 4)]
     attackers: usize,
@@ -170,6 +169,10 @@ struct LoadArgs {
     users: usize,
     #[command(flatten)]
     load: LoadShape,
+    /// Flows and their shares (login; withdrawal, sms and push once the
+    /// daemon has them).
+    #[arg(long, default_value = "login=100")]
+    mix: FlowMix,
     #[command(flatten)]
     daemon: DaemonArgs,
     /// The daemon's pid, to report its CPU seconds.
@@ -181,8 +184,15 @@ struct LoadArgs {
 struct BenchArgs {
     #[command(flatten)]
     shape: FleetShape,
+    /// The fleet's device kinds and their shares.
+    #[arg(long, default_value = DEVICE_MIX)]
+    devices: DeviceMix,
     #[command(flatten)]
     load: LoadShape,
+    /// Flows and their shares (login; withdrawal, sms and push once the
+    /// daemon has them).
+    #[arg(long, default_value = "login=100")]
+    mix: FlowMix,
     /// A running daemon to load instead of starting one.
     #[arg(long, requires = "data_dir")]
     addr: Option<std::net::SocketAddr>,
@@ -366,11 +376,12 @@ fn profiles() -> anyhow::Result<DeviceProfiles> {
 async fn create_fleet(
     target: &Target,
     shape: &FleetShape,
+    mix: &DeviceMix,
     prefix: String,
 ) -> anyhow::Result<Fleet> {
     let plan = FleetPlan {
         users: shape.users,
-        mix: shape.devices.clone(),
+        mix: mix.clone(),
         second_device: shape.second_device,
         shared_phones: shape.shared_phones,
         prefix,
@@ -399,7 +410,7 @@ async fn create_fleet(
     Ok(fleet?)
 }
 
-fn load_plan(shape: &LoadShape) -> LoadPlan {
+fn load_plan(shape: &LoadShape, flows: &FlowMix) -> LoadPlan {
     LoadPlan {
         duration: shape.duration.unwrap_or(Duration::from_secs(10)),
         pace: match (shape.rate, shape.concurrency) {
@@ -408,7 +419,7 @@ fn load_plan(shape: &LoadShape) -> LoadPlan {
         },
         connections: shape.connections,
         streams: shape.streams,
-        flows: shape.flows.clone(),
+        flows: flows.clone(),
         attackers: shape.attackers,
         live: true,
         seed: shape.seed.unwrap_or_else(rand::random),
@@ -448,7 +459,7 @@ fn run_fleet(command: FleetCommand) -> anyhow::Result<()> {
     let prefix = args
         .prefix
         .unwrap_or_else(|| format!("sim{:04x}", rand::random::<u16>()));
-    let fleet = block_on(create_fleet(&target, &args.shape, prefix))?;
+    let fleet = block_on(create_fleet(&target, &args.shape, &args.mix, prefix))?;
     fleet.save(&args.out)?;
     println!("{fleet}; saved to {} (mode 0600)", args.out.display());
     Ok(())
@@ -497,7 +508,7 @@ fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         addr: args.daemon.addr,
         certs: args.daemon.data_dir,
     };
-    let plan = load_plan(&args.load);
+    let plan = load_plan(&args.load, &args.mix);
     let report = block_on(async {
         Ok(bench::measure(&target, &fleet, &profiles()?, &plan, args.daemon_pid).await?)
     })?;
@@ -527,10 +538,10 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
     let pid = daemon.as_ref().and_then(LocalDaemon::pid);
-    let plan = load_plan(&args.load);
+    let plan = load_plan(&args.load, &args.mix);
     let prefix = format!("bench{:04x}", rand::random::<u16>());
     let report = block_on(async {
-        let fleet = create_fleet(&target, &args.shape, prefix).await?;
+        let fleet = create_fleet(&target, &args.shape, &args.devices, prefix).await?;
         eprintln!("fleet: {fleet}");
         Ok(bench::measure(&target, &fleet, &profiles()?, &plan, pid).await?)
     });

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use plotters::coord::types::{RangedCoordf64, RangedCoordu64};
 use plotters::prelude::*;
 
 use crate::report::Report;
@@ -25,28 +26,14 @@ pub fn draw(report: &Report, path: &Path) -> Result<(), String> {
     let requests = points(&|p| p.requests as f64);
     let logins = points(&|p| p.logins as f64);
     let top = requests.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
-    let mut chart = ChartBuilder::on(throughput)
-        .caption("throughput (per second)", ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0..seconds, 0.0..top)
-        .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc("second of the run")
-        .draw()
-        .map_err(|e| e.to_string())?;
-    chart
-        .draw_series(LineSeries::new(requests, &BLUE))
-        .map_err(|e| e.to_string())?
-        .label("requests")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-    chart
-        .draw_series(LineSeries::new(logins, &GREEN))
-        .map_err(|e| e.to_string())?
-        .label("logins")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
+    let mut chart = timeline(throughput, "throughput (per second)", seconds, top)?;
+    for (series, name, colour) in [(requests, "requests", BLUE), (logins, "logins", GREEN)] {
+        chart
+            .draw_series(LineSeries::new(series, &colour))
+            .map_err(|e| e.to_string())?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+    }
     chart
         .configure_series_labels()
         .border_style(BLACK)
@@ -55,19 +42,7 @@ pub fn draw(report: &Report, path: &Path) -> Result<(), String> {
 
     let tail = points(&|p| p.p99_us as f64 / 1000.0);
     let top = tail.iter().map(|p| p.1).fold(0.1, f64::max) * 1.1;
-    let mut chart = ChartBuilder::on(p99)
-        .caption("p99 latency per request (ms)", ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0..seconds, 0.0..top)
-        .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc("second of the run")
-        .draw()
-        .map_err(|e| e.to_string())?;
-    chart
+    timeline(p99, "p99 latency per request (ms)", seconds, top)?
         .draw_series(LineSeries::new(tail, &RED))
         .map_err(|e| e.to_string())?;
 
@@ -93,4 +68,30 @@ pub fn draw(report: &Report, path: &Path) -> Result<(), String> {
         }))
         .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())
+}
+
+type Panel<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+type TimelineChart<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordu64, RangedCoordf64>>;
+
+/// A panel with seconds of the run across and `0..top` up.
+fn timeline<'a, 'b>(
+    panel: &'a Panel<'b>,
+    caption: &str,
+    seconds: u64,
+    top: f64,
+) -> Result<TimelineChart<'a, 'b>, String> {
+    let mut chart = ChartBuilder::on(panel)
+        .caption(caption, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0..seconds, 0.0..top)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("second of the run")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(chart)
 }

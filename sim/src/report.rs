@@ -247,12 +247,19 @@ impl Recorder {
         }
     }
 
+    /// Attacker accepts, and how many chance alone would give.
+    pub fn attacker_accepts(&self) -> (u64, f64) {
+        (
+            self.attacks.values().map(|a| a.accepts).sum(),
+            self.attacks.values().map(|a| a.expected_accepts).sum(),
+        )
+    }
+
     /// The report of a run that lasted `elapsed`.
     pub fn report(&self, elapsed: Duration, setup: RunSetup) -> Report {
         let secs = elapsed.as_secs_f64().max(1e-9);
         let requests: u64 = self.requests.iter().sum();
-        let attacker_accepts = self.attacks.values().map(|a| a.accepts).sum();
-        let attacker_expected_accepts = self.attacks.values().map(|a| a.expected_accepts).sum();
+        let (attacker_accepts, attacker_expected_accepts) = self.attacker_accepts();
         Report {
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             mode: setup.mode,
