@@ -16,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(suite) = text.parse::<Suite>() else {
         return;
     };
-    assert_eq!(suite.to_string(), text, "a parsed suite prints back as written");
+    assert_eq!(
+        suite.to_string(),
+        text,
+        "a parsed suite prints back as written"
+    );
 
     let question = fields
         .next()

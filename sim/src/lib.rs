@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod device;
 pub mod fleet;
 pub mod load;
+pub mod model;
 mod plot;
 pub mod report;
 pub mod scenario;

@@ -3,10 +3,10 @@
 //! randomness, so weeks of logins, attacks, lockouts and device expiries
 //! run in seconds and the same seed replays the same run, reply for reply.
 //!
-//! Every reply is compared with a reference model — a few lines per rule,
-//! written from the specification, not from the engine: what `Devices`
-//! must list, when a challenge must be refused, which verdict an answer
-//! must get, how long each lockout must last. Any difference is an
+//! Every reply is compared with a reference model written from the
+//! specification, not from the engine: what `Devices` must list, when a
+//! challenge must be refused, and (`model::verify`) which verdict an answer
+//! must get and how long each lockout must last. Any difference is an
 //! invariant violation. A digest of every reply proves a replay identical.
 //!
 //! Durability is not modelled here (failure states are not committed to
@@ -32,6 +32,7 @@ use slsd::wire::request::Answer;
 use slsd::wire::{ChallengeText, DeviceEntry, EnrollRequest, ErrorCode, Operation, Reply, Verdict};
 
 use crate::device::EmulatedDevice;
+use crate::model;
 
 /// Monday 2027-01-04 00:00 UTC: where the virtual clock starts.
 const EPOCH: Timestamp = Timestamp(1_798_934_400_000);
@@ -137,21 +138,11 @@ impl ScenarioReport {
     }
 }
 
-/// The model's view of a device's failures: the rule as DESIGN.md states
-/// it (a timed throttle that doubles with each lockout, up to a cap, and
-/// clears on success).
-#[derive(Debug, Clone, Copy, Default)]
-struct ModelFailures {
-    consecutive: u32,
-    lockouts: u32,
-    locked_until: u64,
-}
-
 struct ModelDevice {
     id: DeviceId,
     emulated: EmulatedDevice,
     expires: Option<u64>,
-    failures: ModelFailures,
+    failures: model::Failures,
 }
 
 struct ModelUser {
@@ -319,7 +310,7 @@ impl World {
                     id: device,
                     emulated,
                     expires,
-                    failures: ModelFailures::default(),
+                    failures: model::Failures::default(),
                 });
             }
             self.users.push(ModelUser {
@@ -376,10 +367,7 @@ impl World {
             u.devices
                 .iter()
                 .filter(|d| d.expires.is_none_or(|end| end > now.0))
-                .map(|d| {
-                    let locked = d.failures.locked_until.saturating_sub(now.0);
-                    (d.id, Duration::from_millis(locked))
-                })
+                .map(|d| (d.id, d.failures.locked_for(now.0)))
                 .collect()
         })
     }
@@ -636,55 +624,36 @@ impl World {
             .emulated
             .answer(&open.text, now.0 / 1000)
             .is_ok_and(|code| code.as_str() == answer);
-        // The model's verdict, and whether the challenge stays open.
-        let f = &mut device.failures;
-        let (expected, stays) = if swept {
-            (Verdict::UnknownChallenge, false)
-        } else if open.expires_at <= now.0 || device.expires.is_some_and(|end| end <= now.0) {
-            (Verdict::Expired, false)
-        } else if f.locked_until > now.0 {
-            let retry_after = Duration::from_millis(f.locked_until - now.0);
-            (Verdict::LockedOut { retry_after }, true)
-        } else if right {
-            *f = ModelFailures::default();
-            let verdict = Verdict::Accepted {
-                user: name.clone(),
-                device: device.id,
-                kind: device.emulated.kind(),
-            };
-            (verdict, false)
-        } else {
-            open.attempts_left = open.attempts_left.saturating_sub(1);
-            f.consecutive += 1;
-            if f.consecutive >= lockout.failures {
-                let length = lockout
-                    .first
-                    .saturating_mul(1 << f.lockouts.min(20))
-                    .min(lockout.max);
-                f.lockouts += 1;
-                f.consecutive = 0;
-                f.locked_until = now.plus(length).0;
-                *self
-                    .report
-                    .lockouts_by_seconds
-                    .entry(length.as_secs())
-                    .or_default() += 1;
-                (
-                    Verdict::LockedOut {
-                        retry_after: length,
-                    },
-                    false,
-                )
-            } else {
-                let left = open.attempts_left;
-                (
-                    Verdict::Rejected {
-                        attempts_left: left,
-                    },
-                    left > 0,
-                )
-            }
+        let mut challenge = model::Challenge {
+            expires_at: open.expires_at,
+            attempts_left: open.attempts_left,
         };
+        let attempt = model::Attempt {
+            right,
+            swept,
+            device_expired: device.expires.is_some_and(|end| end <= now.0),
+            now: now.0,
+        };
+        let holder = model::Holder {
+            user: &name,
+            device: device.id,
+            kind: device.emulated.kind(),
+        };
+        let (expected, stays, locked) = model::verify(
+            &lockout,
+            &mut device.failures,
+            &mut challenge,
+            attempt,
+            &holder,
+        );
+        open.attempts_left = challenge.attempts_left;
+        if let Some(length) = locked {
+            *self
+                .report
+                .lockouts_by_seconds
+                .entry(length.as_secs())
+                .or_default() += 1;
+        }
         if got != expected {
             let id = device.id;
             self.violation(

@@ -1,0 +1,188 @@
+//! Arbitrary typed requests and responses, within the documented field
+//! limits, encode and decode back to themselves, alone and as frames.
+#![no_main]
+
+use std::time::Duration;
+
+use libfuzzer_sys::arbitrary::{Result, Unstructured};
+use libfuzzer_sys::fuzz_target;
+use slsd::identity::{ChallengeId, DeviceId, Username};
+use slsd::otp::{MAX_CODE_LEN, SecretKey};
+use slsd::profile::DeviceKind;
+use slsd::wire::request::{Answer, MAX_LABEL_LEN, MAX_PIN_LEN, Pin};
+use slsd::wire::{
+    ChallengeText, DeviceEntry, EnrollRequest, ErrorCode, MAX_FRAME_LIMIT, Operation, Reply,
+    Request, Response, StatEntry, Verdict, split_frame,
+};
+
+fuzz_target!(|data: &[u8]| {
+    let mut u = Unstructured::new(data);
+    if let Ok(request) = request(&mut u) {
+        let frame = request.to_frame();
+        let (body, used) = split_frame(&frame, MAX_FRAME_LIMIT)
+            .expect("a frame we wrote is well-formed")
+            .expect("and whole");
+        assert_eq!(used, frame.len());
+        assert_eq!(Request::decode(body).expect("decodes"), request);
+    }
+    if let Ok(response) = response(&mut u) {
+        let frame = response.to_frame();
+        if frame.len() - 4 <= MAX_FRAME_LIMIT as usize {
+            let (body, _) = split_frame(&frame, MAX_FRAME_LIMIT).unwrap().unwrap();
+            assert_eq!(Response::decode(body).expect("decodes"), response);
+        }
+    }
+});
+
+/// Text of `max` bytes at most from the characters `alphabet`, or any
+/// UTF-8 when `alphabet` is empty.
+fn text(u: &mut Unstructured<'_>, min: usize, max: usize, alphabet: &[u8]) -> Result<String> {
+    let len = u.int_in_range(min..=max)?;
+    if alphabet.is_empty() {
+        let s: String = u.arbitrary()?;
+        let mut end = s.len().min(max);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        return Ok(s[..end].to_owned());
+    }
+    (0..len)
+        .map(|_| Ok(char::from(*u.choose(alphabet)?)))
+        .collect()
+}
+
+const NAME: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._@-";
+
+fn username(u: &mut Unstructured<'_>) -> Result<Username> {
+    let name = text(u, 1, 64, NAME)?;
+    Ok(Username::new(&name).expect("names from the allowed alphabet"))
+}
+
+fn kind(u: &mut Unstructured<'_>) -> Result<DeviceKind> {
+    Ok(*u.choose(&DeviceKind::ALL)?)
+}
+
+/// A device id as the protocol carries it: ids start at 1 (0 on the wire
+/// means "none" in `Unlock`).
+fn device(u: &mut Unstructured<'_>) -> Result<DeviceId> {
+    Ok(DeviceId(u.int_in_range(1..=u64::MAX)?))
+}
+
+fn request(u: &mut Unstructured<'_>) -> Result<Request> {
+    let operation = match u.int_in_range(0..=7)? {
+        0 => Operation::Devices { user: username(u)? },
+        1 => Operation::Challenge {
+            user: username(u)?,
+            device: device(u)?,
+        },
+        2 => Operation::Verify {
+            challenge: ChallengeId(u.arbitrary()?),
+            response: Answer::new(&text(u, 0, MAX_CODE_LEN, b"")?),
+        },
+        3 => Operation::Enroll(EnrollRequest {
+            user: username(u)?,
+            kind: kind(u)?,
+            secret: if u.arbitrary()? {
+                let len = u.int_in_range(1..=128)?;
+                Some(SecretKey::from_bytes(u.bytes(len)?.to_vec()).expect("1..=128 bytes"))
+            } else {
+                None
+            },
+            pin: if u.arbitrary()? {
+                Some(Pin::new(&text(u, 1, MAX_PIN_LEN, b"0123456789")?))
+            } else {
+                None
+            },
+            label: text(u, 0, MAX_LABEL_LEN, b"")?,
+        }),
+        4 => Operation::Revoke { device: device(u)? },
+        5 => Operation::ListDevices { user: username(u)? },
+        6 => Operation::Unlock {
+            user: username(u)?,
+            device: if u.arbitrary()? {
+                Some(device(u)?)
+            } else {
+                None
+            },
+        },
+        _ => Operation::Stats,
+    };
+    Ok(Request {
+        id: u.arbitrary()?,
+        operation,
+    })
+}
+
+fn millis(u: &mut Unstructured<'_>) -> Result<Duration> {
+    Ok(Duration::from_millis(u.arbitrary()?))
+}
+
+fn response(u: &mut Unstructured<'_>) -> Result<Response> {
+    let reply = match u.int_in_range(0..=6)? {
+        0 => Reply::Devices(
+            (0..u.int_in_range(0..=8)?)
+                .map(|_| {
+                    Ok(DeviceEntry {
+                        device: device(u)?,
+                        kind: kind(u)?,
+                        label: text(u, 0, MAX_LABEL_LEN, b"")?,
+                        locked_for: millis(u)?,
+                    })
+                })
+                .collect::<Result<_>>()?,
+        ),
+        1 => Reply::Challenge {
+            challenge: ChallengeId(u.arbitrary()?),
+            text: if u.arbitrary()? {
+                ChallengeText::Question(text(u, 4, 64, b"0123456789ABCDEF")?)
+            } else {
+                ChallengeText::CardPositions(u.arbitrary()?, u.arbitrary()?)
+            },
+            expires_in: millis(u)?,
+        },
+        2 => Reply::Verdict(match u.int_in_range(0..=4)? {
+            0 => Verdict::Accepted {
+                user: username(u)?,
+                device: device(u)?,
+                kind: kind(u)?,
+            },
+            1 => Verdict::Rejected {
+                attempts_left: u.arbitrary()?,
+            },
+            2 => Verdict::Expired,
+            3 => Verdict::LockedOut {
+                retry_after: millis(u)?,
+            },
+            _ => Verdict::UnknownChallenge,
+        }),
+        3 => Reply::Enrolled {
+            device: device(u)?,
+            secret: if u.arbitrary()? {
+                let len = u.int_in_range(1..=128)?;
+                Some(SecretKey::from_bytes(u.bytes(len)?.to_vec()).expect("1..=128 bytes"))
+            } else {
+                None
+            },
+        },
+        4 => Reply::Done,
+        5 => Reply::Stats(
+            (0..u.int_in_range(0..=8)?)
+                .map(|_| {
+                    Ok(StatEntry {
+                        name: text(u, 1, 32, b"abcdefghijklmnopqrstuvwxyz_")?,
+                        value: u.arbitrary()?,
+                    })
+                })
+                .collect::<Result<_>>()?,
+        ),
+        _ => Reply::Error {
+            code: *u.choose(&ErrorCode::ALL)?,
+            retry_after: millis(u)?,
+            message: text(u, 0, 200, b"")?,
+        },
+    };
+    Ok(Response {
+        id: u.arbitrary()?,
+        reply,
+    })
+}

@@ -1,0 +1,169 @@
+//! The reference model of a verification: what the rules say a `Verify`
+//! must answer, written from the specification (DESIGN.md, "Bound
+//! guessing") and not from the engine, so that comparing the two finds
+//! where either is wrong.
+//!
+//! The in-process scenario (`scenario.rs`) and the `engine_ops` fuzz target
+//! both check the engine against it.
+
+use std::time::Duration;
+
+use slsd::config::LockoutConfig;
+use slsd::identity::{DeviceId, Username};
+use slsd::profile::DeviceKind;
+use slsd::wire::Verdict;
+
+/// A device's failures as the model counts them: a timed throttle that
+/// doubles with each lockout, up to a cap, and clears on success.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Failures {
+    pub consecutive: u32,
+    pub lockouts: u32,
+    /// Milliseconds since the epoch.
+    pub locked_until: u64,
+}
+
+impl Failures {
+    /// How long the device is still locked at `now` (zero if it is not).
+    pub fn locked_for(&self, now: u64) -> Duration {
+        Duration::from_millis(self.locked_until.saturating_sub(now))
+    }
+}
+
+/// An open challenge as the model sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Challenge {
+    /// Milliseconds since the epoch.
+    pub expires_at: u64,
+    pub attempts_left: u8,
+}
+
+/// What the facts of one `Verify` are.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    /// The answer is the device's answer to the challenge.
+    pub right: bool,
+    /// The sweeper ran after the challenge expired (it is forgotten).
+    pub swept: bool,
+    /// The device's validity has ended.
+    pub device_expired: bool,
+    pub now: u64,
+}
+
+/// Who a right answer is accepted for.
+#[derive(Debug, Clone)]
+pub struct Holder<'a> {
+    pub user: &'a Username,
+    pub device: DeviceId,
+    pub kind: DeviceKind,
+}
+
+/// The verdict the rules require, whether the challenge stays open, and
+/// the length of a lockout this attempt starts. Updates `failures` and
+/// `challenge` as the attempt must.
+pub fn verify(
+    rules: &LockoutConfig,
+    failures: &mut Failures,
+    challenge: &mut Challenge,
+    attempt: Attempt,
+    holder: &Holder<'_>,
+) -> (Verdict, bool, Option<Duration>) {
+    let now = attempt.now;
+    if attempt.swept {
+        return (Verdict::UnknownChallenge, false, None);
+    }
+    if challenge.expires_at <= now || attempt.device_expired {
+        return (Verdict::Expired, false, None);
+    }
+    if failures.locked_until > now {
+        let retry_after = failures.locked_for(now);
+        return (Verdict::LockedOut { retry_after }, true, None);
+    }
+    if attempt.right {
+        *failures = Failures::default();
+        let verdict = Verdict::Accepted {
+            user: holder.user.clone(),
+            device: holder.device,
+            kind: holder.kind,
+        };
+        return (verdict, false, None);
+    }
+    challenge.attempts_left = challenge.attempts_left.saturating_sub(1);
+    failures.consecutive += 1;
+    if failures.consecutive >= rules.failures {
+        let length = rules
+            .first
+            .saturating_mul(1 << failures.lockouts.min(20))
+            .min(rules.max);
+        failures.lockouts += 1;
+        failures.consecutive = 0;
+        failures.locked_until = now + u64::try_from(length.as_millis()).unwrap_or(u64::MAX / 2);
+        let verdict = Verdict::LockedOut {
+            retry_after: length,
+        };
+        return (verdict, false, Some(length));
+    }
+    let left = challenge.attempts_left;
+    (
+        Verdict::Rejected {
+            attempts_left: left,
+        },
+        left > 0,
+        None,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lockouts_double_to_the_cap_and_clear_on_success() {
+        let rules = LockoutConfig {
+            failures: 2,
+            first: Duration::from_secs(10),
+            max: Duration::from_secs(25),
+        };
+        let user = Username::new("u").unwrap();
+        let holder = Holder {
+            user: &user,
+            device: DeviceId(1),
+            kind: DeviceKind::Scc,
+        };
+        let mut f = Failures::default();
+        let mut now = 0;
+        let mut lengths = Vec::new();
+        for _ in 0..6 {
+            let mut c = Challenge {
+                expires_at: now + 1_000,
+                attempts_left: 3,
+            };
+            let wrong = Attempt {
+                right: false,
+                swept: false,
+                device_expired: false,
+                now,
+            };
+            let (v, stays, _) = verify(&rules, &mut f, &mut c, wrong, &holder);
+            assert_eq!(v, Verdict::Rejected { attempts_left: 2 });
+            assert!(stays);
+            let (_, _, locked) = verify(&rules, &mut f, &mut c, wrong, &holder);
+            lengths.push(locked.unwrap().as_secs());
+            now = f.locked_until;
+        }
+        assert_eq!(lengths, [10, 20, 25, 25, 25, 25]);
+        let mut c = Challenge {
+            expires_at: now + 1_000,
+            attempts_left: 3,
+        };
+        let right = Attempt {
+            right: true,
+            swept: false,
+            device_expired: false,
+            now,
+        };
+        let (v, _, _) = verify(&rules, &mut f, &mut c, right, &holder);
+        assert!(matches!(v, Verdict::Accepted { .. }));
+        assert_eq!(f, Failures::default());
+    }
+}
