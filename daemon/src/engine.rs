@@ -30,8 +30,6 @@ use crate::wire::{
 
 /// Shards of the open-challenge table.
 const CHALLENGE_SHARDS: usize = 256;
-/// Buckets of the per-user challenge rate limiter (see [`UserLimits`]).
-const USER_LIMIT_BUCKETS: usize = 1 << 16;
 
 /// Who is calling, as named by the client certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -91,10 +89,10 @@ struct UserLimits {
 }
 
 impl UserLimits {
-    fn new(per_minute: u32, key: [u8; 16]) -> Self {
+    fn new(per_minute: u32, buckets: usize, key: [u8; 16]) -> Self {
         Self {
             key,
-            buckets: (0..USER_LIMIT_BUCKETS)
+            buckets: (0..buckets.max(1))
                 .map(|_| Mutex::new(Gcra::default()))
                 .collect(),
             rate: Rate::new(per_minute, Duration::from_secs(60), per_minute),
@@ -156,7 +154,11 @@ impl Engine {
         rng.fill_bytes(&mut key);
         Self {
             challenges: ChallengeTable::new(config.challenges.capacity, CHALLENGE_SHARDS),
-            user_limits: UserLimits::new(config.challenges.per_user_per_minute, key),
+            user_limits: UserLimits::new(
+                config.challenges.per_user_per_minute,
+                config.challenges.user_limit_buckets,
+                key,
+            ),
             alphabets: QuestionAlphabets::new(),
             counters: Counters::default(),
             config,

@@ -578,6 +578,37 @@ fn challenge_issuance_is_rate_limited_per_user() {
 }
 
 #[test]
+fn users_sharing_a_limiter_bucket_share_its_allowance() {
+    // One bucket: every name lands in it. "jdoe" uses the allowance up and
+    // a name nobody enrolled is refused too (unknown users are limited).
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(
+        dir.path(),
+        Config::from_toml("[challenges]\nper-user-per-minute = 2\nuser-limit-buckets = 1\n")
+            .unwrap(),
+    );
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let device = enroll_card(&engine, &mut rng);
+    for _ in 0..2 {
+        assert!(matches!(
+            ask_challenge(&engine, &mut rng, device, T0),
+            Reply::Challenge { .. }
+        ));
+    }
+    let stranger = Operation::Challenge {
+        user: Username::new("stranger").unwrap(),
+        device,
+    };
+    assert!(matches!(
+        engine.handle(Role::Gateway, stranger, T0, &mut rng).reply,
+        Reply::Error {
+            code: ErrorCode::RateLimited,
+            ..
+        }
+    ));
+}
+
+#[test]
 fn the_challenge_table_refuses_past_its_capacity() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(

@@ -59,6 +59,8 @@ pub struct ChallengeConfig {
     pub attempts: u8,
     pub capacity: usize,
     pub per_user_per_minute: u32,
+    /// Buckets of the per-user limiter (fixed memory: 16 bytes each).
+    pub user_limit_buckets: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -190,6 +192,11 @@ impl Config {
             "challenges.per-user-per-minute",
             "must be at least 1",
         )?;
+        check(
+            (1..=16_777_216).contains(&c.user_limit_buckets),
+            "challenges.user-limit-buckets",
+            "must be 1..=16777216",
+        )?;
         let l = &self.lockout;
         check(
             (1..=1000).contains(&l.failures),
@@ -259,6 +266,10 @@ mod tests {
         assert_eq!(
             error("[server]\nmax-frame = 1000000"),
             "server.max-frame: must be 64..=65536 bytes"
+        );
+        assert_eq!(
+            error("[challenges]\nuser-limit-buckets = 0"),
+            "challenges.user-limit-buckets: must be 1..=16777216"
         );
         assert_eq!(
             error("[lockout]\nfirst = \"2h\""),
