@@ -514,7 +514,7 @@ async fn pipelined_requests_are_all_answered_by_id() {
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), ids);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_served_in_prometheus_format() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(&dir.path().join("data"), "", "");
@@ -523,21 +523,7 @@ async fn metrics_are_served_in_prometheus_format() {
         .call(Operation::Devices { user: user("jdoe") })
         .await
         .unwrap();
-    let text = tokio::task::spawn_blocking({
-        let addr = daemon.metrics;
-        move || {
-            use std::io::{Read, Write};
-            let mut socket = std::net::TcpStream::connect(addr).unwrap();
-            socket
-                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-                .unwrap();
-            let mut text = String::new();
-            socket.read_to_string(&mut text).unwrap();
-            text
-        }
-    })
-    .await
-    .unwrap();
+    let text = tokio::task::block_in_place(|| daemon.metrics_text());
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     assert!(
         text.contains("sls_requests_total{operation=\"devices\",outcome=\"ok\"} 1"),

@@ -73,6 +73,18 @@ impl Daemon {
         self.data_dir.join("ca.pem")
     }
 
+    /// The Prometheus text of `/metrics` (blocking; call it off the runtime).
+    pub fn metrics_text(&self) -> String {
+        use std::io::{Read, Write};
+        let mut socket = std::net::TcpStream::connect(self.metrics).unwrap();
+        socket
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        socket.read_to_string(&mut text).unwrap();
+        text
+    }
+
     /// A client with `role`'s certificate.
     pub async fn client(&self, role: Role) -> Client {
         let (cert, key) = self.cert(role);

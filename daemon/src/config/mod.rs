@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub requests_per_connection_per_second: u32,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// A connection that has not finished its handshake by then is dropped.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -167,6 +170,11 @@ impl Config {
             "must be at least 1",
         )?;
         check(
+            (Duration::from_millis(100)..=Duration::from_secs(60)).contains(&s.handshake_timeout),
+            "server.handshake-timeout",
+            "must be 100ms..=60s",
+        )?;
+        check(
             s.shutdown_grace <= Duration::from_secs(600),
             "server.shutdown-grace",
             "must be at most 10 minutes",
@@ -266,6 +274,10 @@ mod tests {
         assert_eq!(
             error("[server]\nmax-frame = 1000000"),
             "server.max-frame: must be 64..=65536 bytes"
+        );
+        assert_eq!(
+            error("[server]\nhandshake-timeout = \"2m\""),
+            "server.handshake-timeout: must be 100ms..=60s"
         );
         assert_eq!(
             error("[challenges]\nuser-limit-buckets = 0"),

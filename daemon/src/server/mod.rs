@@ -230,12 +230,20 @@ async fn serve_connection(
     in_flight: Arc<()>,
 ) {
     let remote = incoming.remote_address();
+    let handshake_timeout = shared.config.server.handshake_timeout;
     let connection = match incoming.accept() {
-        Ok(connecting) => match connecting.await {
-            Ok(connection) => connection,
-            Err(error) => {
+        Ok(connecting) => match tokio::time::timeout(handshake_timeout, connecting).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => {
                 tracing::debug!(%remote, %error, "handshake failed");
                 metrics::counter!(crate::metrics::REJECTED_HANDSHAKES, "reason" => "handshake")
+                    .increment(1);
+                return;
+            }
+            // Dropping the handshake frees the slot at once.
+            Err(_) => {
+                tracing::debug!(%remote, "handshake timed out");
+                metrics::counter!(crate::metrics::REJECTED_HANDSHAKES, "reason" => "timeout")
                     .increment(1);
                 return;
             }
