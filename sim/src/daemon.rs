@@ -69,6 +69,15 @@ impl LocalDaemon {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Kills the process outright (SIGKILL: no shutdown, no flush), as a
+    /// crash or power loss would, and reaps it.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit; kills it if it takes longer
     /// than 20 s. Returns the exit code (None if killed or already stopped).
     pub fn stop(&mut self) -> Option<i32> {

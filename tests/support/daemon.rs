@@ -45,6 +45,13 @@ impl Daemon {
         }
     }
 
+    /// Kills the daemon with SIGKILL and starts it again on the same data
+    /// directory and configuration.
+    pub fn crash_and_restart(mut self) -> Self {
+        self.process.crash();
+        Self::start_with(&self.data_dir, &self.config)
+    }
+
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
         self.process.pid().expect("the daemon runs")

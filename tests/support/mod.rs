@@ -34,6 +34,24 @@ pub fn binary(name: &str) -> PathBuf {
         build
             .current_dir(workspace())
             .args(["build", "--quiet", "--bins", "--workspace"]);
+        // Cargo sets these for this test crate; a build script that watches
+        // one (ring's watches CARGO_MANIFEST_DIR) would see it change and
+        // rebuild half the tree on every test run.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            let per_crate = [
+                "CARGO_MANIFEST_",
+                "CARGO_PKG_",
+                "CARGO_CRATE_",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_BIN_",
+                "CARGO_RUSTC_CURRENT_DIR",
+            ];
+            if per_crate.iter().any(|prefix| name.starts_with(prefix)) {
+                build.env_remove(name.as_ref());
+            }
+        }
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
         }
