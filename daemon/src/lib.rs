@@ -32,4 +32,5 @@ pub mod profile;
 pub mod ratelimit;
 pub mod server;
 pub mod store;
+mod sync;
 pub mod wire;

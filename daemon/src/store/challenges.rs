@@ -6,12 +6,12 @@
 //! the limit" hold under concurrent verifies of the same id.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::PoisonError;
 
 use crate::clock::Timestamp;
 use crate::identity::{ChallengeId, DeviceId, Username};
 use crate::otp::card::CardChallenge;
+use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
 
 /// What was asked, kept until it is answered or expires.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,281 @@
+//! Loom models of the concurrent invariants, run against the real engine
+//! and challenge table (their locks and atomics are loom's under
+//! `--cfg sls_loom`, see `daemon/src/sync.rs`):
+//!
+//! ```sh
+//! RUSTFLAGS="--cfg sls_loom" LOOM_MAX_PREEMPTIONS=3 \
+//!     cargo test -p slsd --release --test loom --target-dir target/loom
+//! ```
+//!
+//! - a challenge verified by two threads at once is accepted once;
+//! - wrong answers racing on one challenge never get more checks than its
+//!   attempts;
+//! - failures racing on one device through two challenges lock it exactly
+//!   once when they reach the limit;
+//! - the sweeper racing with a verification never lets an expired
+//!   challenge be accepted and never loses a live one;
+//! - inserts racing for the last slot never overfill the table.
+#![cfg(sls_loom)]
+
+use std::sync::Arc;
+
+use loom::thread;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use slsd::clock::Timestamp;
+use slsd::config::Config;
+use slsd::engine::{Engine, Role};
+use slsd::identity::{ChallengeId, DeviceId, Username};
+use slsd::otp::SecretKey;
+use slsd::otp::card::CodeCard;
+use slsd::profile::DeviceKind;
+use slsd::store::challenges::{ChallengeTable, InsertError, OpenChallenge, Question};
+use slsd::store::registry::{FailureState, NewDevice, Registry};
+use slsd::store::sealed::SecretCipher;
+use slsd::wire::request::Answer;
+use slsd::wire::{ChallengeText, Operation, Reply, Verdict};
+
+const T0: Timestamp = Timestamp(1_800_000_000_000);
+const KEY: [u8; 32] = [9; 32];
+
+/// A registry with one security code card for "jdoe", made once per test
+/// (outside the model: it is not what is being explored).
+struct Fixture {
+    _dir: tempfile::TempDir,
+    registry: Arc<Registry>,
+    device: DeviceId,
+    card: CodeCard,
+    config: Config,
+}
+
+fn fixture(config: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let config = Config::from_toml(config).unwrap();
+    let cipher = SecretCipher::load_or_create(&dir.path().join("secrets.key"), &mut rng).unwrap();
+    let registry = Registry::open(
+        &dir.path().join("registry.redb"),
+        cipher,
+        config.devices.clone(),
+    )
+    .unwrap();
+    let user = Username::new("jdoe").unwrap();
+    let (device, _) = registry
+        .enroll(
+            &mut rng,
+            NewDevice {
+                user: &user,
+                kind: DeviceKind::Scc,
+                secret: Some(SecretKey::from_bytes(KEY.to_vec()).unwrap()),
+                pin: None,
+                label: "",
+            },
+            T0,
+        )
+        .unwrap();
+    Fixture {
+        _dir: dir,
+        registry: Arc::new(registry),
+        device,
+        card: CodeCard::new(&SecretKey::from_bytes(KEY.to_vec()).unwrap(), 224).unwrap(),
+        config,
+    }
+}
+
+impl Fixture {
+    /// A fresh engine over the registry, the card's failures cleared.
+    fn engine(&self) -> Arc<Engine> {
+        if let Some(device) = self.registry.device(self.device) {
+            *device.failures() = FailureState::default();
+        }
+        Arc::new(Engine::new(
+            Arc::new(self.config.clone()),
+            Arc::clone(&self.registry),
+            &mut ChaCha20Rng::seed_from_u64(2),
+        ))
+    }
+
+    /// A challenge for the card, and its right answer.
+    fn challenge(&self, engine: &Engine, now: Timestamp) -> (ChallengeId, String) {
+        let operation = Operation::Challenge {
+            user: Username::new("jdoe").unwrap(),
+            device: self.device,
+        };
+        let Reply::Challenge {
+            challenge,
+            text: ChallengeText::CardPositions(a, b),
+            ..
+        } = engine
+            .handle(
+                Role::Gateway,
+                operation,
+                now,
+                &mut ChaCha20Rng::seed_from_u64(now.0),
+            )
+            .reply
+        else {
+            panic!("a card challenge")
+        };
+        (challenge, self.card.codes_at(&[a, b]).unwrap().to_string())
+    }
+}
+
+fn verify(engine: &Engine, challenge: ChallengeId, answer: &str, now: Timestamp) -> Verdict {
+    let operation = Operation::Verify {
+        challenge,
+        response: Answer::new(answer),
+    };
+    match engine
+        .handle(
+            Role::Gateway,
+            operation,
+            now,
+            &mut ChaCha20Rng::seed_from_u64(0),
+        )
+        .reply
+    {
+        Reply::Verdict(verdict) => verdict,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Runs `f` on two loom threads and returns both results.
+fn both<T: Send + 'static>(
+    engine: &Arc<Engine>,
+    f: impl Fn(&Engine, usize) -> T + Send + Sync + 'static,
+) -> (T, T) {
+    let f = Arc::new(f);
+    let (e, g) = (Arc::clone(engine), Arc::clone(&f));
+    let other = thread::spawn(move || g(&e, 1));
+    let mine = f(engine, 0);
+    (mine, other.join().unwrap())
+}
+
+#[test]
+fn a_challenge_verified_twice_at_once_is_accepted_once() {
+    let fixture = Arc::new(fixture("[challenges]\nuser-limit-buckets = 1\n"));
+    loom::model(move || {
+        let engine = fixture.engine();
+        let (id, right) = fixture.challenge(&engine, T0);
+        let (a, b) = both(&engine, move |engine, _| verify(engine, id, &right, T0));
+        let accepted = [&a, &b]
+            .iter()
+            .filter(|v| matches!(v, Verdict::Accepted { .. }))
+            .count();
+        assert_eq!(accepted, 1, "{a:?} {b:?}");
+        assert!(matches!(a, Verdict::UnknownChallenge) || matches!(b, Verdict::UnknownChallenge));
+    });
+}
+
+#[test]
+fn racing_wrong_answers_never_get_more_checks_than_attempts() {
+    let fixture = Arc::new(fixture(
+        "[challenges]\nattempts = 1\nuser-limit-buckets = 1\n[lockout]\nfailures = 10\n",
+    ));
+    loom::model(move || {
+        let engine = fixture.engine();
+        let (id, _) = fixture.challenge(&engine, T0);
+        let (a, b) = both(&engine, move |engine, _| verify(engine, id, "000000", T0));
+        // One attempt: one check (Rejected with none left), then it is gone.
+        let checked = [&a, &b]
+            .iter()
+            .filter(|v| matches!(v, Verdict::Rejected { .. }))
+            .count();
+        assert_eq!(checked, 1, "{a:?} {b:?}");
+        let failures = fixture
+            .registry
+            .device(fixture.device)
+            .unwrap()
+            .failures()
+            .consecutive;
+        assert_eq!(failures, 1);
+    });
+}
+
+#[test]
+fn racing_failures_on_one_device_lock_it_exactly_once() {
+    let fixture = Arc::new(fixture(
+        "[challenges]\nuser-limit-buckets = 1\n[lockout]\nfailures = 2\nfirst = \"60s\"\n",
+    ));
+    loom::model(move || {
+        let engine = fixture.engine();
+        let first = fixture.challenge(&engine, T0).0;
+        let second = fixture.challenge(&engine, Timestamp(T0.0 + 1)).0;
+        let ids = [first, second];
+        let (a, b) = both(&engine, move |engine, n| {
+            verify(engine, ids[n], "000000", T0)
+        });
+        let locked = [&a, &b]
+            .iter()
+            .filter(|v| matches!(v, Verdict::LockedOut { .. }))
+            .count();
+        let rejected = [&a, &b]
+            .iter()
+            .filter(|v| matches!(v, Verdict::Rejected { .. }))
+            .count();
+        assert_eq!((locked, rejected), (1, 1), "{a:?} {b:?}");
+        let state = *fixture.registry.device(fixture.device).unwrap().failures();
+        assert_eq!(state.lockouts, 1);
+        assert_eq!(state.consecutive, 0);
+        assert!(state.locked_until > T0);
+    });
+}
+
+#[test]
+fn the_sweeper_never_lets_an_expired_challenge_in_nor_loses_a_live_one() {
+    let fixture = Arc::new(fixture(
+        "[challenges]\nttl = \"1s\"\nuser-limit-buckets = 1\n",
+    ));
+    loom::model(move || {
+        let engine = fixture.engine();
+        // One challenge expires at T0 + 1 s, the other lives until T0 + 2 s.
+        let (expiring, expiring_answer) = fixture.challenge(&engine, T0);
+        let live_from = Timestamp(T0.0 + 1_000);
+        let (live, live_answer) = fixture.challenge(&engine, live_from);
+        let at = Timestamp(T0.0 + 1_000);
+        let (swept, verdicts) = both(&engine, move |engine, n| {
+            if n == 0 {
+                (engine.sweep(at), None)
+            } else {
+                let late = verify(engine, expiring, &expiring_answer, at);
+                let in_time = verify(engine, live, &live_answer, at);
+                (0, Some((late, in_time)))
+            }
+        });
+        let (late, in_time) = verdicts.1.or(swept.1).unwrap();
+        assert!(
+            matches!(late, Verdict::Expired | Verdict::UnknownChallenge),
+            "an expired challenge got {late:?}"
+        );
+        assert!(
+            matches!(in_time, Verdict::Accepted { .. }),
+            "a live challenge got {in_time:?}"
+        );
+    });
+}
+
+#[test]
+fn racing_inserts_never_overfill_the_table() {
+    loom::model(|| {
+        let table = Arc::new(ChallengeTable::new(1, 2));
+        let open = |n: u64| OpenChallenge {
+            user: Username::new("jdoe").unwrap(),
+            device: DeviceId(1),
+            question: Question::Ocra(n.to_string()),
+            expires_at: T0,
+            attempts_left: 3,
+        };
+        let other = {
+            let table = Arc::clone(&table);
+            thread::spawn(move || table.insert(ChallengeId(2), open(2)))
+        };
+        let mine = table.insert(ChallengeId(1), open(1));
+        let theirs = other.join().unwrap();
+        let full = [mine, theirs]
+            .iter()
+            .filter(|r| **r == Err(InsertError::Full))
+            .count();
+        assert_eq!(full, 1, "{mine:?} {theirs:?}");
+        assert_eq!(table.len(), 1);
+    });
+}
