@@ -72,6 +72,26 @@ async fn enrolments(admin: Client, ack: Arc<Mutex<Acknowledged>>) {
     }
 }
 
+/// A challenge for `name`'s `device`; `None` once the daemon is gone.
+async fn ask(
+    gateway: &Client,
+    name: &str,
+    device: DeviceId,
+) -> Option<(ChallengeId, ChallengeText)> {
+    match gateway
+        .call(Operation::Challenge {
+            user: user(name),
+            device,
+        })
+        .await
+    {
+        Ok(Reply::Challenge {
+            challenge, text, ..
+        }) => Some((challenge, text)),
+        _ => None,
+    }
+}
+
 /// Wrong answers on each target until it locks.
 async fn lockouts(
     gateway: Client,
@@ -80,13 +100,7 @@ async fn lockouts(
 ) {
     for (name, device) in targets {
         loop {
-            let Ok(Reply::Challenge { challenge, .. }) = gateway
-                .call(Operation::Challenge {
-                    user: user(&name),
-                    device,
-                })
-                .await
-            else {
+            let Some((challenge, _)) = ask(&gateway, &name, device).await else {
                 return;
             };
             match gateway
@@ -109,15 +123,7 @@ async fn lockouts(
 
 async fn logins(gateway: Client, name: String, device: DeviceId, ack: Arc<Mutex<Acknowledged>>) {
     loop {
-        let Ok(Reply::Challenge {
-            challenge, text, ..
-        }) = gateway
-            .call(Operation::Challenge {
-                user: user(&name),
-                device,
-            })
-            .await
-        else {
+        let Some((challenge, text)) = ask(&gateway, &name, device).await else {
             return;
         };
         let right = answer(&text);
