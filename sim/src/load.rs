@@ -249,11 +249,7 @@ impl Shared {
 
 /// `devices: RateLimited`, `verify: transport`, ...
 pub(crate) fn error_kind(op: Op, result: &Result<Reply, ClientError>) -> String {
-    let op = match op {
-        Op::Devices => "devices",
-        Op::Challenge => "challenge",
-        Op::Verify => "verify",
-    };
+    let op = op.name();
     match result {
         Ok(Reply::Error { code, .. }) => format!("{op}: {code:?}"),
         Ok(_) => format!("{op}: unexpected reply"),

@@ -482,8 +482,8 @@ fn run_scenario(
         duration.as_secs()
     );
     if let Some(path) = json {
-        let text = serde_json::to_vec_pretty(&report)?;
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        sls_sim::report::write_json(&report, path)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(first) = report.invariant_violations.first() {
         anyhow::bail!(

@@ -20,7 +20,8 @@ pub enum Op {
 impl Op {
     const ALL: [Self; 3] = [Self::Devices, Self::Challenge, Self::Verify];
 
-    fn name(self) -> &'static str {
+    /// The name in reports and error kinds.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Devices => "devices",
             Self::Challenge => "challenge",
@@ -532,14 +533,19 @@ impl Report {
 
     /// Writes the report as JSON.
     pub fn write_json(&self, path: &Path) -> std::io::Result<()> {
-        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(path, json)
+        write_json(self, path)
     }
 
     /// Draws throughput and p99 over time and the latency histogram.
     pub fn plot(&self, path: &Path) -> Result<(), String> {
         crate::plot::draw(self, path)
     }
+}
+
+/// Writes any report (a load run's, an in-process run's) as pretty JSON.
+pub fn write_json(report: &impl Serialize, path: &Path) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
+    std::fs::write(path, json)
 }
 
 /// The chance of at least `k` successes when `expected` are expected by
