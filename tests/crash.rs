@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sls_sim::client::Client;
+use sls_sim::token::DscPlus;
 use slsd::engine::Role;
 use slsd::identity::{ChallengeId, DeviceId, Username};
 use slsd::otp::SecretKey;
-use slsd::otp::ocra::{Ocra, OcraInput, Suite};
-use slsd::profile::DeviceKind;
+use slsd::profile::{DeviceKind, DeviceProfiles};
 use slsd::wire::request::{Answer, Pin};
-use slsd::wire::{ChallengeText, EnrollRequest, Operation, Reply, Verdict};
+use slsd::wire::{ChallengeText, DeviceEntry, EnrollRequest, Operation, Reply, Verdict};
 use support::daemon::Daemon;
 
 const KEY: [u8; 32] = [0x42; 32];
@@ -36,20 +36,29 @@ fn enroll(name: &str) -> Operation {
     })
 }
 
-/// What the card shows for `text`.
+/// What the card shows for `text` (the simulator's DSC+).
 fn answer(text: &ChallengeText) -> String {
     let ChallengeText::Question(question) = text else {
         panic!("a DSC+ gets a question")
     };
-    let suite: Suite = "OCRA-1:HOTP-SHA256-8:QN06-PSHA1".parse().unwrap();
-    let pin_hash = suite.hash_pin(PIN).unwrap();
-    let ocra = Ocra::new(suite, &SecretKey::from_bytes(KEY.to_vec()).unwrap());
-    let input = OcraInput {
-        question,
-        pin_hash: Some(pin_hash.as_bytes()),
-        ..OcraInput::default()
-    };
-    ocra.respond(&input).unwrap().to_string()
+    let key = SecretKey::from_bytes(KEY.to_vec()).unwrap();
+    DscPlus::new(&key, &DeviceProfiles::defaults().unwrap())
+        .unwrap()
+        .respond(PIN, question)
+        .unwrap()
+        .to_string()
+}
+
+/// `name`'s devices as the operator lists them.
+async fn listed(admin: &Client, name: &str) -> Vec<DeviceEntry> {
+    match admin
+        .call(Operation::ListDevices { user: user(name) })
+        .await
+        .unwrap()
+    {
+        Reply::Devices(devices) => devices,
+        other => panic!("ListDevices answered {other:?}"),
+    }
 }
 
 /// What the daemon acknowledged before it died.
@@ -200,26 +209,16 @@ async fn nothing_acknowledged_is_lost_to_a_sigkill() {
 
     let admin = daemon.client(Role::Admin).await;
     for (name, device) in &ack.enrolled {
-        let Reply::Devices(devices) = admin
-            .call(Operation::ListDevices { user: user(name) })
-            .await
-            .unwrap()
-        else {
-            panic!("list")
-        };
         assert!(
-            devices.iter().any(|d| d.device == *device),
+            listed(&admin, name)
+                .await
+                .iter()
+                .any(|d| d.device == *device),
             "acknowledged enrolment of {name} lost"
         );
     }
     for (name, device) in &ack.locked {
-        let Reply::Devices(devices) = admin
-            .call(Operation::ListDevices { user: user(name) })
-            .await
-            .unwrap()
-        else {
-            panic!("list")
-        };
+        let devices = listed(&admin, name).await;
         let entry = devices.iter().find(|d| d.device == *device).unwrap();
         assert!(
             entry.locked_for > Duration::from_secs(60),

@@ -20,7 +20,6 @@ use sls_sim::client::{Client, Pipeline};
 use slsd::engine::Role;
 use slsd::identity::{DeviceId, Username};
 use slsd::profile::DeviceKind;
-use slsd::server::pki;
 use slsd::wire::request::{Answer, Pin};
 use slsd::wire::{EnrollRequest, ErrorCode, Operation, Reply, Verdict};
 use support::daemon::Daemon;
@@ -179,11 +178,6 @@ fn assert_memory_bounded(daemon: &Daemon, before_kb: u64, attack: &str) {
     );
 }
 
-fn gateway_tls(daemon: &Daemon) -> rustls::ClientConfig {
-    let (cert, key) = daemon.cert(Role::Gateway);
-    pki::client_tls(&daemon.ca(), &cert, &key).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_that_never_finish_do_not_hold_the_service() {
     let _turn = TURN.lock().await;
@@ -200,8 +194,9 @@ async fn handshakes_that_never_finish_do_not_hold_the_service() {
     // 500 handshakes that are started and never answered: a real client's
     // first packet (its Initial, caught on a socket of ours) is sent to the
     // daemon from a fresh socket, which then never reads or answers.
-    let crypto =
-        Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(gateway_tls(&daemon)).unwrap());
+    let crypto = Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(daemon.tls(Role::Gateway)).unwrap(),
+    );
     let catcher = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     // Sixteen silent sockets (each Initial is a new connection by its own
     // connection id), kept open so no port-unreachable ends anything early.
@@ -244,7 +239,7 @@ async fn handshakes_that_never_finish_do_not_hold_the_service() {
     // Their slots came back after the handshake timeout: a new gateway
     // connects although thousands of handshakes were started against a cap
     // of 64.
-    let late = Client::connect_with(daemon.quic, gateway_tls(&daemon))
+    let late = Client::connect_with(daemon.quic, daemon.tls(Role::Gateway))
         .await
         .expect("a new connection after the half-open ones timed out");
     assert!(matches!(
@@ -378,7 +373,7 @@ async fn ten_thousand_connections_come_and_go() {
     let probe = Probe::start(&daemon).await;
 
     let started = Instant::now();
-    let tls = gateway_tls(&daemon);
+    let tls = daemon.tls(Role::Gateway);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut workers = tokio::task::JoinSet::new();
     // Eight at a time: the client's handshakes share the daemon's two cores.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use sls_sim::client::Client;
 use sls_sim::daemon::LocalDaemon;
 use slsd::engine::Role;
+use slsd::server::pki;
 
 use super::binary;
 
@@ -92,10 +93,15 @@ impl Daemon {
         text
     }
 
+    /// The TLS configuration of a client with `role`'s certificate.
+    pub fn tls(&self, role: Role) -> rustls::ClientConfig {
+        let (cert, key) = self.cert(role);
+        pki::client_tls(&self.ca(), &cert, &key).expect("client TLS")
+    }
+
     /// A client with `role`'s certificate.
     pub async fn client(&self, role: Role) -> Client {
-        let (cert, key) = self.cert(role);
-        Client::connect(self.quic, &self.ca(), &cert, &key)
+        Client::connect_with(self.quic, self.tls(role))
             .await
             .expect("connect")
     }
