@@ -530,9 +530,7 @@ impl Registry {
             failures: Mutex::new(failures),
         })
     }
-}
 
-impl Registry {
     /// The end of a device's validity, if its kind has one.
     fn expiry(&self, kind: DeviceKind, created: Timestamp) -> Option<Timestamp> {
         self.profiles
