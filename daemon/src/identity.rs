@@ -1,4 +1,4 @@
-//! The names things go by: users, devices, challenges. Parsed once at the
+//! The names things go by: users, devices, challenges, codes, pushes. Parsed once at the
 //! edge (wire, admin input) into these types, then trusted.
 
 use std::fmt;
@@ -59,15 +59,31 @@ impl fmt::Display for DeviceId {
     }
 }
 
-/// An open challenge's handle: random, so that one gateway cannot guess
-/// another's challenges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ChallengeId(pub u64);
+/// Declares a random 64-bit handle: unguessable, printed in hex.
+macro_rules! random_handle {
+    ($($(#[$doc:meta])* $name:ident;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub struct $name(pub u64);
 
-impl fmt::Display for ChallengeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
-    }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:016x}", self.0)
+            }
+        }
+    )*};
+}
+
+random_handle! {
+    /// An open challenge's handle: random, so that one gateway cannot guess
+    /// another's challenges.
+    ChallengeId;
+    /// A live SMS/voice code's handle (the code itself is never a handle).
+    CodeId;
+    /// A push approval session.
+    PushId;
+    /// One message handed to the carrier channel.
+    MessageId;
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! - [`profile`]: the device kinds of the Secure Login System as data
 //!   (suites, code lengths, security levels, withdrawal limits).
 //! - [`identity`]: usernames, device and challenge ids.
+//! - [`phone`]: phone numbers and delivery channels.
 //! - [`wire`]: the frame codec of the QUIC protocol. Pure: bytes in, typed
 //!   requests out, and back.
 
@@ -28,6 +29,7 @@ pub mod engine;
 pub mod identity;
 pub mod metrics;
 pub mod otp;
+pub mod phone;
 pub mod profile;
 pub mod ratelimit;
 pub mod server;

@@ -20,6 +20,13 @@ pub const CONNECTIONS: &str = "sls_connections";
 pub const REJECTED_HANDSHAKES: &str = "sls_rejected_handshakes_total";
 /// Changes committed together in one durable transaction.
 pub const COMMIT_BATCH: &str = "sls_commit_batch_size";
+/// Phone proofs (subscription, approval) that did not verify, by `operation`.
+pub const BAD_PROOFS: &str = "sls_bad_proofs_total";
+/// Live SMS/voice codes, unanswered pushes, messages awaiting a carrier
+/// acknowledgement, connected bridges and phones right now.
+pub const LIVE_CODES: &str = "sls_live_codes";
+pub const PENDING_PUSHES: &str = "sls_pending_pushes";
+pub const OUTBOX: &str = "sls_outbox";
 
 /// Installs the Prometheus recorder for this process.
 pub fn install() -> Result<PrometheusHandle, String> {
@@ -42,26 +49,42 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 /// Operation labels of [`REQUESTS`] and [`REQUEST_SECONDS`].
-pub const OPERATIONS: [&str; 9] = [
+pub const OPERATIONS: [&str; 21] = [
     "devices",
     "challenge",
     "verify",
+    "send_code",
+    "verify_code",
+    "code_status",
+    "push",
+    "await_push",
     "enroll",
     "revoke",
     "list_devices",
     "unlock",
     "stats",
+    "enroll_phone",
+    "bind_push_key",
+    "carrier_subscribe",
+    "ack",
+    "phone_subscribe",
+    "approve",
+    "deny",
     "invalid",
 ];
 
 /// Outcome labels of [`REQUESTS`].
-pub const OUTCOMES: [&str; 13] = [
+pub const OUTCOMES: [&str; 17] = [
     "ok",
     "accepted",
     "rejected",
     "expired",
     "locked_out",
     "unknown_challenge",
+    "denied",
+    "no_verified_number",
+    "delivery_unavailable",
+    "phone_unreachable",
     "forbidden",
     "rate_limited",
     "not_found",

@@ -35,6 +35,9 @@ pub struct Config {
     pub challenges: ChallengeConfig,
     pub lockout: LockoutConfig,
     pub store: StoreConfig,
+    pub sms: SmsConfig,
+    pub carrier: CarrierConfig,
+    pub push: PushConfig,
     pub devices: DeviceProfiles,
 }
 
@@ -84,6 +87,42 @@ pub struct StoreConfig {
     pub commit_batch: usize,
 }
 
+/// SMS and voice codes. The code's length and alphabet are the `sms`
+/// device profile's (`[devices.sms.check]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SmsConfig {
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub resend_interval: Duration,
+    pub max_sends: u8,
+    pub max_checks: u8,
+    pub sends_per_number_per_hour: u32,
+    pub sends_per_prefix_per_minute: u32,
+    pub capacity: usize,
+}
+
+/// The carrier channel: delivery bridges and the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CarrierConfig {
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    pub max_attempts: u8,
+    pub outbox: usize,
+}
+
+/// IB Key push approval.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PushConfig {
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    pub pending_per_user: u8,
+    pub capacity: usize,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -91,6 +130,9 @@ struct RawConfig {
     challenges: ChallengeConfig,
     lockout: LockoutConfig,
     store: StoreConfig,
+    sms: SmsConfig,
+    carrier: CarrierConfig,
+    push: PushConfig,
     devices: toml::Table,
 }
 
@@ -132,6 +174,9 @@ impl Config {
             challenges: raw.challenges,
             lockout: raw.lockout,
             store: raw.store,
+            sms: raw.sms,
+            carrier: raw.carrier,
+            push: raw.push,
         };
         config.validate()?;
         Ok(config)
@@ -232,6 +277,81 @@ impl Config {
             "store.commit-batch",
             "must be 1..=1000000",
         )?;
+        self.validate_delivery(check)
+    }
+
+    fn validate_delivery(
+        &self,
+        check: fn(bool, &'static str, &str) -> Result<(), ConfigError>,
+    ) -> Result<(), ConfigError> {
+        let sms = &self.sms;
+        check(
+            (Duration::from_secs(10)..=Duration::from_secs(3600)).contains(&sms.ttl),
+            "sms.ttl",
+            "must be 10s..=1h",
+        )?;
+        check(
+            sms.resend_interval <= sms.ttl,
+            "sms.resend-interval",
+            "must be at most sms.ttl",
+        )?;
+        check(
+            (1..=20).contains(&sms.max_sends),
+            "sms.max-sends",
+            "must be 1..=20",
+        )?;
+        check(
+            (1..=10).contains(&sms.max_checks),
+            "sms.max-checks",
+            "must be 1..=10",
+        )?;
+        check(
+            sms.sends_per_number_per_hour >= 1,
+            "sms.sends-per-number-per-hour",
+            "must be at least 1",
+        )?;
+        check(
+            sms.sends_per_prefix_per_minute >= 1,
+            "sms.sends-per-prefix-per-minute",
+            "must be at least 1",
+        )?;
+        check(
+            (1..=100_000_000).contains(&sms.capacity),
+            "sms.capacity",
+            "must be 1..=100000000",
+        )?;
+        let carrier = &self.carrier;
+        check(
+            (Duration::from_millis(100)..=Duration::from_secs(600)).contains(&carrier.ack_timeout),
+            "carrier.ack-timeout",
+            "must be 100ms..=10m",
+        )?;
+        check(
+            (1..=10).contains(&carrier.max_attempts),
+            "carrier.max-attempts",
+            "must be 1..=10",
+        )?;
+        check(
+            (1..=10_000_000).contains(&carrier.outbox),
+            "carrier.outbox",
+            "must be 1..=10000000",
+        )?;
+        let push = &self.push;
+        check(
+            (Duration::from_secs(1)..=Duration::from_secs(600)).contains(&push.ttl),
+            "push.ttl",
+            "must be 1s..=10m",
+        )?;
+        check(
+            (1..=20).contains(&push.pending_per_user),
+            "push.pending-per-user",
+            "must be 1..=20",
+        )?;
+        check(
+            (1..=100_000_000).contains(&push.capacity),
+            "push.capacity",
+            "must be 1..=100000000",
+        )?;
         Ok(())
     }
 }
@@ -282,6 +402,18 @@ mod tests {
         assert_eq!(
             error("[challenges]\nuser-limit-buckets = 0"),
             "challenges.user-limit-buckets: must be 1..=16777216"
+        );
+        assert_eq!(
+            error("[sms]\nresend-interval = \"1h\"\nttl = \"5m\""),
+            "sms.resend-interval: must be at most sms.ttl"
+        );
+        assert_eq!(
+            error("[carrier]\noutbox = 0"),
+            "carrier.outbox: must be 1..=10000000"
+        );
+        assert_eq!(
+            error("[push]\npending-per-user = 0"),
+            "push.pending-per-user: must be 1..=20"
         );
         assert_eq!(
             error("[lockout]\nfirst = \"2h\""),

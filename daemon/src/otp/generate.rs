@@ -110,6 +110,14 @@ impl CodeSpec {
         Ok(Self { alphabet, length })
     }
 
+    /// Six decimal digits: the usual SMS code.
+    pub fn six_digits() -> Self {
+        Self {
+            alphabet: Alphabet::digits(),
+            length: 6,
+        }
+    }
+
     pub fn alphabet(&self) -> &Alphabet {
         &self.alphabet
     }

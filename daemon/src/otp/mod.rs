@@ -9,6 +9,7 @@
 //! - [`ocra`]: RFC 6287 in general — suite parser, data-input layout, responses.
 //! - [`card`]: security code cards (codes derived from a per-card secret).
 //! - [`generate`]: random codes for SMS and temporary access.
+//! - [`push`]: Ed25519 proofs of IB Key push approval (ring).
 //! - [`Code`] and [`codes_match`]: a computed code and its constant-time check.
 //! - [`SecretKey`] and [`HmacKey`]: zeroizing key material and the precomputed
 //!   per-key HMAC state that makes verification a single HMAC pass.
@@ -19,6 +20,7 @@ pub mod generate;
 pub mod hotp;
 mod key;
 pub mod ocra;
+pub mod push;
 pub mod totp;
 mod wiped;
 

@@ -11,7 +11,7 @@ mod stream;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +38,9 @@ struct Shared {
     committer: Committer,
     request_rate: Rate,
     metrics: crate::metrics::RequestMetrics,
+    /// Connection and stream numbers, for subscriptions.
+    next_connection: AtomicU64,
+    next_stream: AtomicU64,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -123,6 +126,8 @@ pub async fn serve(
         ),
         config: Arc::clone(&config),
         metrics: crate::metrics::RequestMetrics::default(),
+        next_connection: AtomicU64::new(1),
+        next_stream: AtomicU64::new(1),
     });
 
     let endpoint = endpoint(&config, &pki)?;
@@ -267,9 +272,19 @@ async fn serve_connection(
         return;
     };
     tracing::debug!(%remote, role = role.as_str(), "connected");
+    let mut binding = [0u8; crate::otp::push::BINDING_LEN];
+    if connection
+        .export_keying_material(&mut binding, crate::otp::push::BINDING_LABEL, b"")
+        .is_err()
+    {
+        connection.close(NO_ROLE, b"no TLS exporter");
+        return;
+    }
     let state = Arc::new(ConnectionState {
         role,
         limiter: Mutex::new(Gcra::default()),
+        id: shared.next_connection.fetch_add(1, Ordering::Relaxed),
+        binding,
     });
     let mut stop = stopping.clone();
     loop {
@@ -289,16 +304,25 @@ async fn serve_connection(
     }
 }
 
-/// Drops expired challenges every second and reports how many are open.
+/// Every 100 ms, fails over unacknowledged messages and expires pushes;
+/// every second, drops expired challenges and codes and reports gauges.
 async fn sweep(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for round in 0u64.. {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stopping.changed() => return,
         }
-        shared.engine.sweep(clock::now());
-        metrics::gauge!(crate::metrics::OPEN_CHALLENGES)
-            .set(shared.engine.open_challenges() as f64);
+        let now = clock::now();
+        shared.engine.tick(now);
+        if round % 10 == 0 {
+            shared.engine.sweep(now);
+            let gauges = shared.engine.gauges();
+            metrics::gauge!(crate::metrics::OPEN_CHALLENGES).set(gauges.open_challenges as f64);
+            metrics::gauge!(crate::metrics::LIVE_CODES).set(gauges.live_codes as f64);
+            metrics::gauge!(crate::metrics::PENDING_PUSHES).set(gauges.pending_pushes as f64);
+            metrics::gauge!(crate::metrics::OUTBOX).set(gauges.outbox as f64);
+        }
     }
 }

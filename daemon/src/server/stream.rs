@@ -19,7 +19,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::Shared;
 use crate::clock::{self, Timestamp};
-use crate::engine::Role;
+use crate::engine::{Caller, Role, Sink, StreamId};
+use crate::otp::push::BINDING_LEN;
 use crate::ratelimit::{Decision, Gcra};
 use crate::wire::{self, DecodeError, ErrorCode, Reply, Request, Response};
 
@@ -40,6 +41,47 @@ const READ_CHUNK: usize = 64 * 1024;
 pub(super) struct ConnectionState {
     pub role: Role,
     pub limiter: Mutex<Gcra>,
+    /// Unique for the life of the process.
+    pub id: u64,
+    /// The TLS exporter value phones sign to subscribe (see `otp::push`).
+    pub binding: [u8; BINDING_LEN],
+}
+
+/// The engine's handle on a stream's writer. Weak, so that a subscription
+/// or a waiting `AwaitPush` never keeps a finished stream's writer alive.
+struct StreamSink {
+    queue: mpsc::WeakSender<Vec<u8>>,
+}
+
+impl Sink for StreamSink {
+    fn offer(&self, frame: Vec<u8>) -> bool {
+        self.queue
+            .upgrade()
+            .is_some_and(|queue| queue.try_send(frame).is_ok())
+    }
+
+    fn deliver(&self, frame: Vec<u8>) {
+        let Some(queue) = self.queue.upgrade() else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(frame)) = queue.try_send(frame) {
+            // The gateway is behind on reading: wait for room rather than
+            // drop a verdict. Bounded by the pushes that can be pending.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { queue.send(frame).await });
+            }
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.queue.upgrade().is_none_or(|queue| queue.is_closed())
+    }
+}
+
+/// This stream, as requests see it.
+struct StreamContext {
+    id: StreamId,
+    sink: Arc<dyn Sink>,
 }
 
 /// Serves one bidirectional stream until the client finishes it, the
@@ -52,6 +94,16 @@ pub(super) async fn serve_stream(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (queue, mut queued) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let stream = StreamContext {
+        id: StreamId(
+            shared
+                .next_stream
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        ),
+        sink: Arc::new(StreamSink {
+            queue: queue.downgrade(),
+        }),
+    };
     let writer = tokio::spawn(async move {
         while let Some(mut batch) = queued.recv().await {
             // Gather whatever else is ready into the same write.
@@ -94,7 +146,8 @@ pub(super) async fn serve_stream(
             match wire::split_frame(rest, max_frame) {
                 Ok(Some((body, used))) => {
                     let at = (now, arrived);
-                    handle(&shared, &connection, body, at, &mut rng, &mut out, &queue);
+                    let context = (&*connection, &stream);
+                    handle(&shared, context, body, at, &mut rng, &mut out, &queue);
                     consumed += used;
                 }
                 Ok(None) => break false,
@@ -118,6 +171,8 @@ pub(super) async fn serve_stream(
             break;
         }
     }
+    // Subscriptions of this stream end; a bridge's messages fail over.
+    shared.engine.stream_closed(stream.id, clock::now());
     drop(queue);
     let _ = writer.await;
 }
@@ -125,7 +180,7 @@ pub(super) async fn serve_stream(
 /// Handles one frame body: decode, limit, run the engine, queue the reply.
 fn handle(
     shared: &Arc<Shared>,
-    connection: &ConnectionState,
+    (connection, stream): (&ConnectionState, &StreamContext),
     body: &[u8],
     (now, started): (Timestamp, Instant),
     rng: &mut ChaCha20Rng,
@@ -166,9 +221,21 @@ fn handle(
         return;
     }
     let operation = request.operation.name();
-    let outcome = shared
+    let caller = Caller {
+        role: connection.role,
+        connection: connection.id,
+        stream: stream.id,
+        binding: &connection.binding,
+        sink: Some(&stream.sink),
+        request: request.id,
+    };
+    let Some(outcome) = shared
         .engine
-        .handle(connection.role, request.operation, now, rng);
+        .handle_from(&caller, request.operation, now, rng)
+    else {
+        // Answered later, on this stream, by the engine (AwaitPush).
+        return;
+    };
     let label = outcome_label(&outcome.reply);
     metrics::counter!(crate::metrics::REQUESTS, "operation" => operation, "outcome" => label)
         .increment(1);
@@ -215,7 +282,11 @@ fn outcome_label(reply: &Reply) -> &'static str {
         Reply::Verdict(Verdict::Expired) => "expired",
         Reply::Verdict(Verdict::LockedOut { .. }) => "locked_out",
         Reply::Verdict(Verdict::UnknownChallenge) => "unknown_challenge",
+        Reply::Verdict(Verdict::Denied) => "denied",
         Reply::Error { code, .. } => match code {
+            ErrorCode::NoVerifiedNumber => "no_verified_number",
+            ErrorCode::DeliveryUnavailable => "delivery_unavailable",
+            ErrorCode::PhoneUnreachable => "phone_unreachable",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::NotFound => "not_found",

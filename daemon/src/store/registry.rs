@@ -21,13 +21,19 @@ use crate::clock::Timestamp;
 use crate::identity::{DeviceId, Username};
 use crate::otp::card::CodeCard;
 use crate::otp::ocra::Ocra;
+use crate::otp::push::PushKey;
 use crate::otp::{MacOutput, SecretKey};
+use crate::phone::PhoneNumber;
 use crate::profile::{Check, DeviceKind, DeviceProfiles};
 use crate::wire::codec::{Put, Reader};
 
 const DEVICES: TableDefinition<u64, &[u8]> = TableDefinition::new("devices");
 const FAILURES: TableDefinition<u64, &[u8]> = TableDefinition::new("failures");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The verified number of each SMS device, sealed (it is personal data).
+const PHONES: TableDefinition<u64, &[u8]> = TableDefinition::new("phones");
+/// The push public key of IB Key devices that have one.
+const PUSH_KEYS: TableDefinition<u64, &[u8]> = TableDefinition::new("push-keys");
 const NEXT_DEVICE_ID: &str = "next-device-id";
 /// Version byte of the device record layout.
 const RECORD_V1: u8 = 1;
@@ -111,6 +117,8 @@ pub enum Verifier {
         pin_hash: Option<MacOutput>,
     },
     Card(CodeCard),
+    /// Codes sent by SMS or voice to this verified number.
+    Phone(PhoneNumber),
 }
 
 impl fmt::Debug for Verifier {
@@ -118,6 +126,7 @@ impl fmt::Debug for Verifier {
         match self {
             Self::Ocra { ocra, .. } => write!(f, "Verifier::Ocra({})", ocra.suite()),
             Self::Card(card) => write!(f, "Verifier::Card({} positions)", card.positions()),
+            Self::Phone(number) => write!(f, "Verifier::Phone({number:?})"),
         }
     }
 }
@@ -135,6 +144,8 @@ pub struct Device {
     pub expires: Option<Timestamp>,
     pub verifier: Verifier,
     failures: Mutex<FailureState>,
+    /// The key push approvals are signed with (IB Key devices).
+    push_key: Mutex<Option<PushKey>>,
 }
 
 impl Device {
@@ -148,6 +159,41 @@ impl Device {
         // Every change is a whole-value assignment; a poisoned lock holds a
         // consistent value.
         self.failures.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The public key this device signs push approvals with, if bound.
+    pub fn push_key(&self) -> Option<PushKey> {
+        *self.push_key.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The verified number of an SMS device.
+    pub fn phone(&self) -> Option<&PhoneNumber> {
+        match &self.verifier {
+            Verifier::Phone(number) => Some(number),
+            _ => None,
+        }
+    }
+
+    fn new(
+        id: DeviceId,
+        user: Username,
+        kind: DeviceKind,
+        label: String,
+        created: Timestamp,
+        expires: Option<Timestamp>,
+        verifier: Verifier,
+    ) -> Self {
+        Self {
+            id,
+            user,
+            kind,
+            label,
+            created,
+            expires,
+            verifier,
+            failures: Mutex::new(FailureState::default()),
+            push_key: Mutex::new(None),
+        }
     }
 }
 
@@ -198,6 +244,8 @@ impl Registry {
             txn.open_table(DEVICES)?;
             txn.open_table(FAILURES)?;
             txn.open_table(META)?;
+            txn.open_table(PHONES)?;
+            txn.open_table(PUSH_KEYS)?;
             txn.commit()?;
         }
         let registry = Self {
@@ -214,6 +262,8 @@ impl Registry {
     fn load(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_read()?;
         let failures_table = txn.open_table(FAILURES)?;
+        let phones = txn.open_table(PHONES)?;
+        let push_keys = txn.open_table(PUSH_KEYS)?;
         let mut devices = HashMap::new();
         let mut by_user: HashMap<Username, Vec<DeviceId>> = HashMap::new();
         for entry in txn.open_table(DEVICES)?.iter()? {
@@ -228,7 +278,22 @@ impl Registry {
                 }
                 None => FailureState::default(),
             };
-            let device = self.decode_device(id, record.value(), failures)?;
+            let phone = match phones.get(id.0)? {
+                Some(sealed) => Some(self.open_phone(id, sealed.value())?),
+                None => None,
+            };
+            let device = self.decode_device(id, record.value(), phone)?;
+            *device.failures() = failures;
+            if let Some(key) = push_keys.get(id.0)? {
+                let key = key.value().try_into().map_err(|_| StoreError::Corrupt {
+                    device: id.0,
+                    problem: "push key".into(),
+                })?;
+                *device
+                    .push_key
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(PushKey(key));
+            }
             by_user.entry(device.user.clone()).or_default().push(id);
             devices.insert(id, Arc::new(device));
         }
@@ -299,46 +364,131 @@ impl Registry {
         // Build the verifier first: it checks the key against the kind.
         let verifier = self.verifier(kind, &secret, pin_hash)?;
 
-        let txn = self.db.begin_write().map_err(StoreError::from)?;
-        let id = {
-            let mut meta = txn.open_table(META).map_err(StoreError::from)?;
-            let id = meta
-                .get(NEXT_DEVICE_ID)
-                .map_err(StoreError::from)?
-                .map_or(1, |v| v.value())
-                .max(1);
-            meta.insert(NEXT_DEVICE_ID, id + 1)
-                .map_err(StoreError::from)?;
-            DeviceId(id)
+        let id = self.insert(|txn, id| {
+            let record =
+                self.encode_device(rng, id, user, kind, label, now, Some(&secret), &verifier)?;
+            txn.open_table(DEVICES)?.insert(id.0, record.as_slice())?;
+            Ok(())
+        })?;
+        self.index(Device::new(
+            id,
+            user.clone(),
+            kind,
+            label.to_owned(),
+            now,
+            self.expiry(kind, now),
+            verifier,
+        ));
+        Ok((id, generated.then_some(secret)))
+    }
+
+    /// Registers a verified phone number for a user: an SMS device. One
+    /// number per user; a second is refused until the first is revoked.
+    pub fn enroll_phone<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        user: &Username,
+        number: PhoneNumber,
+        label: &str,
+        now: Timestamp,
+    ) -> Result<DeviceId, EnrollError> {
+        if let Some(existing) = self.devices_of(user).iter().find(|d| d.phone().is_some()) {
+            return Err(EnrollError::Invalid(format!(
+                "the user already has a verified number (device {}); revoke it first",
+                existing.id
+            )));
+        }
+        let kind = DeviceKind::Sms;
+        let verifier = Verifier::Phone(number);
+        let id = self.insert(|txn, id| {
+            let record = self.encode_device(rng, id, user, kind, label, now, None, &verifier)?;
+            txn.open_table(DEVICES)?.insert(id.0, record.as_slice())?;
+            if let Verifier::Phone(number) = &verifier {
+                let sealed =
+                    self.cipher
+                        .seal(rng, number.to_string().as_bytes(), &context(id, "phone"))?;
+                txn.open_table(PHONES)?.insert(id.0, sealed.as_slice())?;
+            }
+            Ok(())
+        })?;
+        self.index(Device::new(
+            id,
+            user.clone(),
+            kind,
+            label.to_owned(),
+            now,
+            self.expiry(kind, now),
+            verifier,
+        ));
+        Ok(id)
+    }
+
+    /// Sets the push key of an IB Key device. `Ok(false)`: no such device.
+    pub fn bind_push_key(&self, id: DeviceId, key: PushKey) -> Result<bool, EnrollError> {
+        let Some(device) = self.device(id) else {
+            return Ok(false);
         };
-        let record = self.encode_device(rng, id, user, kind, label, now, &secret, &verifier)?;
-        txn.open_table(DEVICES)
+        if device.kind != DeviceKind::IbKey {
+            return Err(EnrollError::Invalid(format!(
+                "push keys are for IB Key devices, not {}",
+                device.kind
+            )));
+        }
+        let txn = self.db.begin_write().map_err(StoreError::from)?;
+        txn.open_table(PUSH_KEYS)
             .map_err(StoreError::from)?
-            .insert(id.0, record.as_slice())
+            .insert(id.0, key.0.as_slice())
             .map_err(StoreError::from)?;
         txn.commit().map_err(StoreError::from)?;
+        *device
+            .push_key
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(key);
+        Ok(true)
+    }
 
-        let device = Arc::new(Device {
-            id,
-            user: user.clone(),
-            kind,
-            label: label.to_owned(),
-            created: now,
-            expires: self.expiry(kind, now),
-            verifier,
-            failures: Mutex::new(FailureState::default()),
-        });
+    /// Allocates a device id and writes what `write` puts in the same
+    /// transaction; committed (fsync) before it returns.
+    fn insert(
+        &self,
+        write: impl FnOnce(&redb::WriteTransaction, DeviceId) -> Result<(), StoreError>,
+    ) -> Result<DeviceId, StoreError> {
+        let txn = self.db.begin_write()?;
+        let id = {
+            let mut meta = txn.open_table(META)?;
+            let id = meta.get(NEXT_DEVICE_ID)?.map_or(1, |v| v.value()).max(1);
+            meta.insert(NEXT_DEVICE_ID, id + 1)?;
+            DeviceId(id)
+        };
+        write(&txn, id)?;
+        txn.commit()?;
+        Ok(id)
+    }
+
+    /// Makes a stored device visible to readers.
+    fn index(&self, device: Device) {
+        let (id, user) = (device.id, device.user.clone());
         self.devices
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, device);
+            .insert(id, Arc::new(device));
         self.by_user
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .entry(user.clone())
+            .entry(user)
             .or_default()
             .push(id);
-        Ok((id, generated.then_some(secret)))
+    }
+
+    fn open_phone(&self, id: DeviceId, sealed: &[u8]) -> Result<PhoneNumber, StoreError> {
+        let text = self.cipher.open(sealed, &context(id, "phone"))?;
+        std::str::from_utf8(&text)
+            .ok()
+            .and_then(|text| PhoneNumber::parse(text).ok())
+            .ok_or_else(|| StoreError::Corrupt {
+                device: id.0,
+                problem: "phone number".into(),
+            })
     }
 
     /// Removes a device for good; false if there was none.
@@ -346,6 +496,8 @@ impl Registry {
         let txn = self.db.begin_write()?;
         let existed = txn.open_table(DEVICES)?.remove(id.0)?.is_some();
         txn.open_table(FAILURES)?.remove(id.0)?;
+        txn.open_table(PHONES)?.remove(id.0)?;
+        txn.open_table(PUSH_KEYS)?.remove(id.0)?;
         txn.commit()?;
         let removed = self
             .devices
@@ -454,12 +606,17 @@ impl Registry {
         kind: DeviceKind,
         label: &str,
         now: Timestamp,
-        secret: &SecretKey,
+        secret: Option<&SecretKey>,
         verifier: &Verifier,
     ) -> Result<Vec<u8>, StoreError> {
-        let sealed_secret =
-            self.cipher
-                .seal(rng, secret.expose_secret(), &context(id, "secret"))?;
+        // SMS devices hold no key: their secret field stays empty.
+        let sealed_secret = match secret {
+            Some(secret) => {
+                self.cipher
+                    .seal(rng, secret.expose_secret(), &context(id, "secret"))?
+            }
+            None => Vec::new(),
+        };
         let sealed_pin = match verifier {
             Verifier::Ocra {
                 pin_hash: Some(hash),
@@ -484,7 +641,7 @@ impl Registry {
         &self,
         id: DeviceId,
         record: &[u8],
-        failures: FailureState,
+        phone: Option<PhoneNumber>,
     ) -> Result<Device, StoreError> {
         let corrupt = |problem: &str| StoreError::Corrupt {
             device: id.0,
@@ -507,6 +664,18 @@ impl Registry {
         let sealed_pin = r.bytes("pin hash").map_err(|e| corrupt(&e.to_string()))?;
         r.finish().map_err(|e| corrupt(&e.to_string()))?;
 
+        if kind == DeviceKind::Sms {
+            let phone = phone.ok_or_else(|| corrupt("SMS device without a number"))?;
+            return Ok(Device::new(
+                id,
+                user,
+                kind,
+                label,
+                created,
+                self.expiry(kind, created),
+                Verifier::Phone(phone),
+            ));
+        }
         let secret = self.cipher.open(sealed_secret, &context(id, "secret"))?;
         let secret = SecretKey::from_bytes(secret.to_vec()).map_err(|e| corrupt(&e.to_string()))?;
         let pin_hash = match sealed_pin {
@@ -519,16 +688,15 @@ impl Registry {
         let verifier = self
             .verifier(kind, &secret, pin_hash)
             .map_err(|e| corrupt(&e.to_string()))?;
-        Ok(Device {
+        Ok(Device::new(
             id,
             user,
             kind,
             label,
             created,
-            expires: self.expiry(kind, created),
+            self.expiry(kind, created),
             verifier,
-            failures: Mutex::new(failures),
-        })
+        ))
     }
 
     /// The end of a device's validity, if its kind has one.

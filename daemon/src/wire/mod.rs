@@ -19,8 +19,10 @@ pub(crate) mod codec;
 pub mod request;
 mod response;
 
-pub use request::{EnrollRequest, Operation, Request};
-pub use response::{ChallengeText, DeviceEntry, ErrorCode, Reply, Response, StatEntry, Verdict};
+pub use request::{DeliveryReport, EnrollRequest, Operation, Request};
+pub use response::{
+    ChallengeText, DeliveryState, DeviceEntry, ErrorCode, Reply, Response, StatEntry, Verdict,
+};
 
 /// ALPN protocol id: the protocol and its version.
 pub const ALPN: &[u8] = b"sls/1";

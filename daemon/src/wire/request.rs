@@ -6,14 +6,19 @@ use zeroize::Zeroizing;
 
 use super::DecodeError;
 use super::codec::{Put, Reader};
-use crate::identity::{ChallengeId, DeviceId, Username};
+use crate::engine::Role;
+use crate::identity::{ChallengeId, CodeId, DeviceId, MessageId, PushId, Username};
+use crate::otp::push::{PUBLIC_KEY_LEN, PushKey, SIGNATURE_LEN, Signature};
 use crate::otp::{MAX_CODE_LEN, SecretKey};
+use crate::phone::{Channel, PhoneNumber};
 use crate::profile::DeviceKind;
 
 /// The longest device label, in bytes.
 pub const MAX_LABEL_LEN: usize = 64;
 /// The longest PIN, in characters.
 pub const MAX_PIN_LEN: usize = 16;
+/// The longest failure reason a carrier bridge may report, in bytes.
+pub const MAX_REASON_LEN: usize = 200;
 
 /// One request: the client's id for it, and the operation.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +40,16 @@ pub enum Operation {
         challenge: ChallengeId,
         response: Answer,
     },
+    /// Send (or re-send) the user's live code by SMS or voice call.
+    SendCode { user: Username, channel: Channel },
+    /// Check a code the user received by SMS or voice.
+    VerifyCode { user: Username, code: Answer },
+    /// Where the last delivery of a code stands.
+    CodeStatus { code: CodeId },
+    /// Ask the user's phone to approve this login.
+    Push { user: Username, device: DeviceId },
+    /// Wait for the phone's answer to a push (answered when it comes).
+    AwaitPush { push: PushId },
     // Admin role.
     /// Register a device for a user.
     Enroll(EnrollRequest),
@@ -49,6 +64,41 @@ pub enum Operation {
     },
     /// Counters of the running service.
     Stats,
+    /// Register a verified phone number for a user (an SMS device).
+    EnrollPhone {
+        user: Username,
+        number: PhoneNumber,
+        label: String,
+    },
+    /// Set the public key an IB Key device signs push approvals with.
+    BindPushKey { device: DeviceId, key: PushKey },
+    // Carrier role.
+    /// Start receiving outbound messages on this stream.
+    CarrierSubscribe,
+    /// Report what became of one message.
+    Ack {
+        message: MessageId,
+        report: DeliveryReport,
+    },
+    // Phone role.
+    /// Start receiving push notices for a device on this stream; `proof`
+    /// signs the connection's binding with the device key.
+    PhoneSubscribe { device: DeviceId, proof: Signature },
+    /// Approve a push with the number the user picked.
+    Approve {
+        push: PushId,
+        chosen: u8,
+        proof: Signature,
+    },
+    /// Refuse a push ("this was not me").
+    Deny { push: PushId },
+}
+
+/// A carrier bridge's account of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryReport {
+    Delivered,
+    Failed { reason: String },
 }
 
 impl Operation {
@@ -61,8 +111,20 @@ impl Operation {
             Self::Enroll(_) => 0x20,
             Self::Revoke { .. } => 0x21,
             Self::ListDevices { .. } => 0x22,
+            Self::SendCode { .. } => 0x04,
+            Self::VerifyCode { .. } => 0x05,
+            Self::CodeStatus { .. } => 0x06,
+            Self::Push { .. } => 0x07,
+            Self::AwaitPush { .. } => 0x08,
             Self::Unlock { .. } => 0x23,
             Self::Stats => 0x24,
+            Self::EnrollPhone { .. } => 0x25,
+            Self::BindPushKey { .. } => 0x26,
+            Self::CarrierSubscribe => 0x40,
+            Self::Ack { .. } => 0x41,
+            Self::PhoneSubscribe { .. } => 0x60,
+            Self::Approve { .. } => 0x61,
+            Self::Deny { .. } => 0x62,
         }
     }
 
@@ -77,12 +139,30 @@ impl Operation {
             Self::ListDevices { .. } => "list_devices",
             Self::Unlock { .. } => "unlock",
             Self::Stats => "stats",
+            Self::SendCode { .. } => "send_code",
+            Self::VerifyCode { .. } => "verify_code",
+            Self::CodeStatus { .. } => "code_status",
+            Self::Push { .. } => "push",
+            Self::AwaitPush { .. } => "await_push",
+            Self::EnrollPhone { .. } => "enroll_phone",
+            Self::BindPushKey { .. } => "bind_push_key",
+            Self::CarrierSubscribe => "carrier_subscribe",
+            Self::Ack { .. } => "ack",
+            Self::PhoneSubscribe { .. } => "phone_subscribe",
+            Self::Approve { .. } => "approve",
+            Self::Deny { .. } => "deny",
         }
     }
 
-    /// Whether the gateway role may call it (the rest are admin's).
-    pub fn is_gateway(&self) -> bool {
-        self.code() < 0x20
+    /// The only role that may call it: operation codes are grouped by role
+    /// (gateway 0x01–0x1f, admin 0x20–0x3f, carrier 0x40–0x5f, phone 0x60–).
+    pub fn role(&self) -> Role {
+        match self.code() {
+            0x00..0x20 => Role::Gateway,
+            0x20..0x40 => Role::Admin,
+            0x40..0x60 => Role::Carrier,
+            _ => Role::Phone,
+        }
     }
 }
 
@@ -154,16 +234,7 @@ impl Request {
             },
             0x03 => Operation::Verify {
                 challenge: ChallengeId(r.u64("challenge id")?),
-                response: {
-                    let text = r.str("response")?;
-                    if text.len() > MAX_CODE_LEN {
-                        return Err(DecodeError::invalid(
-                            "response",
-                            format!("longer than {MAX_CODE_LEN} bytes"),
-                        ));
-                    }
-                    Answer::new(text)
-                },
+                response: answer(&mut r, "response")?,
             },
             0x20 => Operation::Enroll(enroll(&mut r)?),
             0x21 => Operation::Revoke {
@@ -180,6 +251,76 @@ impl Request {
                 },
             },
             0x24 => Operation::Stats,
+            0x04 => Operation::SendCode {
+                user: user(&mut r)?,
+                channel: {
+                    let code = r.u8("channel")?;
+                    Channel::from_code(code).ok_or_else(|| {
+                        DecodeError::invalid("channel", format!("unknown channel {code}"))
+                    })?
+                },
+            },
+            0x05 => Operation::VerifyCode {
+                user: user(&mut r)?,
+                code: answer(&mut r, "code")?,
+            },
+            0x06 => Operation::CodeStatus {
+                code: CodeId(r.u64("code id")?),
+            },
+            0x07 => Operation::Push {
+                user: user(&mut r)?,
+                device: DeviceId(r.u64("device")?),
+            },
+            0x08 => Operation::AwaitPush {
+                push: PushId(r.u64("push id")?),
+            },
+            0x25 => Operation::EnrollPhone {
+                user: user(&mut r)?,
+                number: PhoneNumber::parse(r.str("number")?)
+                    .map_err(|e| DecodeError::invalid("number", e.to_string()))?,
+                label: label(&mut r)?,
+            },
+            0x26 => Operation::BindPushKey {
+                device: DeviceId(r.u64("device")?),
+                key: PushKey(fixed::<PUBLIC_KEY_LEN>(&mut r, "public key")?),
+            },
+            0x40 => Operation::CarrierSubscribe,
+            0x41 => Operation::Ack {
+                message: MessageId(r.u64("message id")?),
+                report: match r.u8("report")? {
+                    0 => DeliveryReport::Delivered,
+                    1 => {
+                        let reason = r.str("reason")?;
+                        if reason.len() > MAX_REASON_LEN {
+                            return Err(DecodeError::invalid(
+                                "reason",
+                                format!("longer than {MAX_REASON_LEN} bytes"),
+                            ));
+                        }
+                        DeliveryReport::Failed {
+                            reason: reason.to_owned(),
+                        }
+                    }
+                    other => {
+                        return Err(DecodeError::invalid(
+                            "report",
+                            format!("unknown report {other}"),
+                        ));
+                    }
+                },
+            },
+            0x60 => Operation::PhoneSubscribe {
+                device: DeviceId(r.u64("device")?),
+                proof: Signature(fixed::<SIGNATURE_LEN>(&mut r, "proof")?),
+            },
+            0x61 => Operation::Approve {
+                push: PushId(r.u64("push id")?),
+                chosen: r.u8("chosen number")?,
+                proof: Signature(fixed::<SIGNATURE_LEN>(&mut r, "proof")?),
+            },
+            0x62 => Operation::Deny {
+                push: PushId(r.u64("push id")?),
+            },
             other => return Err(DecodeError::UnknownOperation(other)),
         };
         r.finish()?;
@@ -217,7 +358,57 @@ impl Request {
                 out.put_bytes(user.as_str().as_bytes());
                 out.put_u64(device.map_or(0, |d| d.0));
             }
-            Operation::Stats => {}
+            Operation::Stats | Operation::CarrierSubscribe => {}
+            Operation::SendCode { user, channel } => {
+                out.put_bytes(user.as_str().as_bytes());
+                out.put_u8(channel.code());
+            }
+            Operation::VerifyCode { user, code } => {
+                out.put_bytes(user.as_str().as_bytes());
+                out.put_bytes(code.as_bytes());
+            }
+            Operation::CodeStatus { code } => out.put_u64(code.0),
+            Operation::Push { user, device } => {
+                out.put_bytes(user.as_str().as_bytes());
+                out.put_u64(device.0);
+            }
+            Operation::AwaitPush { push } | Operation::Deny { push } => out.put_u64(push.0),
+            Operation::EnrollPhone {
+                user,
+                number,
+                label,
+            } => {
+                out.put_bytes(user.as_str().as_bytes());
+                out.put_bytes(number.to_string().as_bytes());
+                out.put_bytes(label.as_bytes());
+            }
+            Operation::BindPushKey { device, key } => {
+                out.put_u64(device.0);
+                out.put_bytes(&key.0);
+            }
+            Operation::Ack { message, report } => {
+                out.put_u64(message.0);
+                match report {
+                    DeliveryReport::Delivered => out.put_u8(0),
+                    DeliveryReport::Failed { reason } => {
+                        out.put_u8(1);
+                        out.put_bytes(reason.as_bytes());
+                    }
+                }
+            }
+            Operation::PhoneSubscribe { device, proof } => {
+                out.put_u64(device.0);
+                out.put_bytes(&proof.0);
+            }
+            Operation::Approve {
+                push,
+                chosen,
+                proof,
+            } => {
+                out.put_u64(push.0);
+                out.put_u8(*chosen);
+                out.put_bytes(&proof.0);
+            }
         }
     }
 
@@ -255,6 +446,16 @@ fn enroll(r: &mut Reader<'_>) -> Result<EnrollRequest, DecodeError> {
         }
         text => Some(Pin::new(text)),
     };
+    Ok(EnrollRequest {
+        user,
+        kind,
+        secret,
+        pin,
+        label: label(r)?,
+    })
+}
+
+fn label(r: &mut Reader<'_>) -> Result<String, DecodeError> {
     let label = r.str("label")?;
     if label.len() > MAX_LABEL_LEN {
         return Err(DecodeError::invalid(
@@ -262,11 +463,24 @@ fn enroll(r: &mut Reader<'_>) -> Result<EnrollRequest, DecodeError> {
             format!("longer than {MAX_LABEL_LEN} bytes"),
         ));
     }
-    Ok(EnrollRequest {
-        user,
-        kind,
-        secret,
-        pin,
-        label: label.to_owned(),
-    })
+    Ok(label.to_owned())
+}
+
+/// A typed answer or code, at most [`MAX_CODE_LEN`] bytes.
+fn answer(r: &mut Reader<'_>, field: &'static str) -> Result<Answer, DecodeError> {
+    let text = r.str(field)?;
+    if text.len() > MAX_CODE_LEN {
+        return Err(DecodeError::invalid(
+            field,
+            format!("longer than {MAX_CODE_LEN} bytes"),
+        ));
+    }
+    Ok(Answer::new(text))
+}
+
+/// A byte string of exactly `N` bytes.
+fn fixed<const N: usize>(r: &mut Reader<'_>, field: &'static str) -> Result<[u8; N], DecodeError> {
+    r.bytes(field)?
+        .try_into()
+        .map_err(|_| DecodeError::invalid(field, format!("must be {N} bytes")))
 }

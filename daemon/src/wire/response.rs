@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use super::DecodeError;
 use super::codec::{Put, Reader};
-use crate::identity::{ChallengeId, DeviceId, Username};
+use crate::identity::{ChallengeId, CodeId, DeviceId, MessageId, PushId, Username};
 use crate::otp::SecretKey;
+use crate::phone::{Channel, PhoneNumber};
 use crate::profile::DeviceKind;
 
 /// One response: the id of the request it answers, and the reply.
@@ -38,6 +39,44 @@ pub enum Reply {
     Done,
     /// To `Stats`.
     Stats(Vec<StatEntry>),
+    /// To `SendCode`: the code is on its way.
+    CodeSent {
+        code: CodeId,
+        expires_in: Duration,
+        /// When the next SMS may be requested (zero: now).
+        resend_after: Duration,
+    },
+    /// To `CodeStatus`.
+    CodeStatus {
+        channel: Channel,
+        /// Deliveries of this code so far.
+        sends: u8,
+        delivery: DeliveryState,
+    },
+    /// To `Push`: the login shows `match_number`.
+    PushSent {
+        push: PushId,
+        match_number: u8,
+        expires_in: Duration,
+    },
+    /// To `CarrierSubscribe` and `PhoneSubscribe`.
+    Subscribed,
+    /// To a carrier bridge, on its subscription: deliver this.
+    Message {
+        message: MessageId,
+        to: PhoneNumber,
+        channel: Channel,
+        text: String,
+    },
+    /// To a phone, on its subscription: a login asks for approval.
+    PushNotice {
+        push: PushId,
+        user: Username,
+        device: DeviceId,
+        /// The numbers the phone offers; one is the login's.
+        choices: [u8; 3],
+        expires_in: Duration,
+    },
     /// Any request that could not be carried out.
     Error {
         code: ErrorCode,
@@ -82,6 +121,20 @@ pub enum Verdict {
         retry_after: Duration,
     },
     UnknownChallenge,
+    /// The user refused the push on the phone.
+    Denied,
+}
+
+/// Where the last delivery of a code stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Handed to a bridge, not yet acknowledged.
+    Pending,
+    Delivered,
+    /// Every bridge tried failed or did not answer; the reason is the last.
+    Failed {
+        reason: String,
+    },
 }
 
 /// A named counter.
@@ -114,10 +167,17 @@ pub enum ErrorCode {
     Internal,
     /// The service is stopping.
     ShuttingDown,
+    /// The user has no verified phone number to send a code to.
+    NoVerifiedNumber,
+    /// No carrier bridge is connected (or none took the message).
+    DeliveryUnavailable,
+    /// The phone of the device is not connected: fall back to
+    /// challenge/response.
+    PhoneUnreachable,
 }
 
 impl ErrorCode {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 13] = [
         Self::Malformed,
         Self::UnknownOperation,
         Self::Forbidden,
@@ -128,6 +188,9 @@ impl ErrorCode {
         Self::InvalidArgument,
         Self::Internal,
         Self::ShuttingDown,
+        Self::NoVerifiedNumber,
+        Self::DeliveryUnavailable,
+        Self::PhoneUnreachable,
     ];
 
     pub fn code(self) -> u16 {
@@ -142,6 +205,9 @@ impl ErrorCode {
             Self::InvalidArgument => 8,
             Self::Internal => 9,
             Self::ShuttingDown => 10,
+            Self::NoVerifiedNumber => 11,
+            Self::DeliveryUnavailable => 12,
+            Self::PhoneUnreachable => 13,
         }
     }
 
@@ -164,6 +230,12 @@ impl Reply {
             Self::Enrolled { .. } => 0x20,
             Self::Done => 0x21,
             Self::Stats(_) => 0x24,
+            Self::CodeSent { .. } => 0x04,
+            Self::CodeStatus { .. } => 0x06,
+            Self::PushSent { .. } => 0x07,
+            Self::Subscribed => 0x40,
+            Self::Message { .. } => 0x41,
+            Self::PushNotice { .. } => 0x42,
             Self::Error { .. } => 0x7f,
         }
     }
@@ -227,6 +299,7 @@ impl Response {
                     retry_after: Duration::from_millis(r.u64("retry after")?),
                 },
                 4 => Verdict::UnknownChallenge,
+                5 => Verdict::Denied,
                 other => {
                     return Err(DecodeError::invalid(
                         "verdict",
@@ -256,6 +329,49 @@ impl Response {
                 }
                 Reply::Stats(stats)
             }
+            0x04 => Reply::CodeSent {
+                code: CodeId(r.u64("code id")?),
+                expires_in: Duration::from_millis(r.u64("expires in")?),
+                resend_after: Duration::from_millis(r.u64("resend after")?),
+            },
+            0x06 => Reply::CodeStatus {
+                channel: channel(&mut r)?,
+                sends: r.u8("sends")?,
+                delivery: match r.u8("delivery")? {
+                    0 => DeliveryState::Pending,
+                    1 => DeliveryState::Delivered,
+                    2 => DeliveryState::Failed {
+                        reason: r.str("reason")?.to_owned(),
+                    },
+                    other => {
+                        return Err(DecodeError::invalid(
+                            "delivery",
+                            format!("unknown delivery state {other}"),
+                        ));
+                    }
+                },
+            },
+            0x07 => Reply::PushSent {
+                push: PushId(r.u64("push id")?),
+                match_number: r.u8("match number")?,
+                expires_in: Duration::from_millis(r.u64("expires in")?),
+            },
+            0x40 => Reply::Subscribed,
+            0x41 => Reply::Message {
+                message: MessageId(r.u64("message id")?),
+                to: PhoneNumber::parse(r.str("to")?)
+                    .map_err(|e| DecodeError::invalid("to", e.to_string()))?,
+                channel: channel(&mut r)?,
+                text: r.str("text")?.to_owned(),
+            },
+            0x42 => Reply::PushNotice {
+                push: PushId(r.u64("push id")?),
+                user: Username::new(r.str("user")?)
+                    .map_err(|e| DecodeError::invalid("user", e.to_string()))?,
+                device: DeviceId(r.u64("device")?),
+                choices: [r.u8("choice")?, r.u8("choice")?, r.u8("choice")?],
+                expires_in: Duration::from_millis(r.u64("expires in")?),
+            },
             0x7f => {
                 let code = r.u16("error code")?;
                 Reply::Error {
@@ -323,7 +439,69 @@ impl Response {
                     out.put_u64(millis(*retry_after));
                 }
                 Verdict::UnknownChallenge => out.put_u8(4),
+                Verdict::Denied => out.put_u8(5),
             },
+            Reply::CodeSent {
+                code,
+                expires_in,
+                resend_after,
+            } => {
+                out.put_u64(code.0);
+                out.put_u64(millis(*expires_in));
+                out.put_u64(millis(*resend_after));
+            }
+            Reply::CodeStatus {
+                channel,
+                sends,
+                delivery,
+            } => {
+                out.put_u8(channel.code());
+                out.put_u8(*sends);
+                match delivery {
+                    DeliveryState::Pending => out.put_u8(0),
+                    DeliveryState::Delivered => out.put_u8(1),
+                    DeliveryState::Failed { reason } => {
+                        out.put_u8(2);
+                        out.put_bytes(reason.as_bytes());
+                    }
+                }
+            }
+            Reply::PushSent {
+                push,
+                match_number,
+                expires_in,
+            } => {
+                out.put_u64(push.0);
+                out.put_u8(*match_number);
+                out.put_u64(millis(*expires_in));
+            }
+            Reply::Subscribed => {}
+            Reply::Message {
+                message,
+                to,
+                channel,
+                text,
+            } => {
+                out.put_u64(message.0);
+                out.put_bytes(to.to_string().as_bytes());
+                out.put_u8(channel.code());
+                out.put_bytes(text.as_bytes());
+            }
+            Reply::PushNotice {
+                push,
+                user,
+                device,
+                choices,
+                expires_in,
+            } => {
+                out.put_u64(push.0);
+                out.put_bytes(user.as_str().as_bytes());
+                out.put_u64(device.0);
+                for choice in choices {
+                    out.put_u8(*choice);
+                }
+                out.put_u64(millis(*expires_in));
+            }
             Reply::Enrolled { device, secret } => {
                 out.put_u64(device.0);
                 out.put_bytes(secret.as_ref().map_or(&[], SecretKey::expose_secret));
@@ -355,6 +533,12 @@ impl Response {
         super::write_frame(&mut out, |body| self.encode_body(body));
         out
     }
+}
+
+fn channel(r: &mut Reader<'_>) -> Result<Channel, DecodeError> {
+    let code = r.u8("channel")?;
+    Channel::from_code(code)
+        .ok_or_else(|| DecodeError::invalid("channel", format!("unknown channel {code}")))
 }
 
 fn kind(r: &mut Reader<'_>) -> Result<DeviceKind, DecodeError> {

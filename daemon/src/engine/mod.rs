@@ -1,6 +1,10 @@
 //! The verification state machine: request → role check → rate limit →
 //! verify → store → reply.
 //!
+//! Challenge/response lives here; SMS and voice codes in [`sms`], IB Key
+//! push approval in [`push`], the carrier channel's bridges and outbox in
+//! [`relay`].
+//!
 //! Deterministic given its inputs: time comes in as a [`Timestamp`] and
 //! randomness as a `CryptoRng`, so tests and fuzzers drive it on a virtual
 //! clock. It does no network I/O and never waits: a change the reply
@@ -15,11 +19,16 @@ use std::time::Duration;
 use rand::CryptoRng;
 use siphasher::sip::SipHasher13;
 
+mod push;
+mod relay;
+mod sms;
+
 use crate::clock::Timestamp;
 use crate::config::Config;
 use crate::identity::{ChallengeId, DeviceId, Username};
 use crate::otp::generate::Alphabet;
 use crate::otp::ocra::{OcraInput, QuestionFormat};
+use crate::otp::push::BINDING_LEN;
 use crate::ratelimit::{Decision, Gcra, Rate};
 use crate::store::challenges::{ChallengeTable, Disposition, InsertError, OpenChallenge, Question};
 use crate::store::registry::{Device, EnrollError, FailureState, NewDevice, Registry, Verifier};
@@ -53,6 +62,75 @@ impl Role {
     }
 }
 
+/// A stream of the server, as the engine knows it: where frames for a
+/// subscription or a pending `AwaitPush` are written.
+pub trait Sink: Send + Sync {
+    /// Queues a frame if there is room now; false if the stream is full or
+    /// gone (a message then goes to another bridge, a push is reported
+    /// unreachable).
+    fn offer(&self, frame: Vec<u8>) -> bool;
+    /// Queues a frame that must not be dropped while the stream lives (a
+    /// verdict a gateway waits for).
+    fn deliver(&self, frame: Vec<u8>);
+    /// Whether the stream has ended.
+    fn is_closed(&self) -> bool;
+}
+
+/// Names one stream of one connection, unique for the life of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StreamId(pub u64);
+
+/// Who sends a request, and where later frames for it go.
+#[derive(Clone, Copy)]
+pub struct Caller<'a> {
+    pub role: Role,
+    /// The connection, unique for the life of the process.
+    pub connection: u64,
+    pub stream: StreamId,
+    /// The connection's TLS exporter value (what phone proofs sign).
+    pub binding: &'a [u8; BINDING_LEN],
+    /// The stream's writer; `None` for callers without one (tests driving
+    /// the engine directly), who cannot subscribe or wait.
+    pub sink: Option<&'a Arc<dyn Sink>>,
+    /// The request's id: subscription frames and late verdicts carry it.
+    pub request: u64,
+}
+
+impl std::fmt::Debug for Caller<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("role", &self.role)
+            .field("connection", &self.connection)
+            .field("stream", &self.stream)
+            .field("request", &self.request)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Caller<'static> {
+    /// A caller with no stream and no connection binding.
+    pub fn detached(role: Role) -> Self {
+        const NO_BINDING: [u8; BINDING_LEN] = [0; BINDING_LEN];
+        Self {
+            role,
+            connection: 0,
+            stream: StreamId(0),
+            binding: &NO_BINDING,
+            sink: None,
+            request: 0,
+        }
+    }
+}
+
+/// Sizes of the ephemeral tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gauges {
+    pub open_challenges: usize,
+    pub live_codes: usize,
+    pub pending_pushes: usize,
+    pub outbox: usize,
+}
+
 /// A reply, and the device whose failure state must be committed before
 /// the reply is sent.
 ///
@@ -74,42 +152,56 @@ impl From<Reply> for Outcome {
     }
 }
 
-/// Per-user challenge issuance limits, in a fixed array of GCRA buckets
-/// picked by a keyed hash of the username.
+/// Rate limits by key (a username, a phone number, a country code), in a
+/// fixed array of GCRA buckets picked by a keyed hash of the key.
 ///
-/// Every username is limited — known or not, so the limit reveals nothing
-/// — and memory stays fixed however many names an attacker invents. The
-/// hash key (SipHash) is drawn from the engine's random source at start, so
-/// nobody can aim at another user's bucket; two users sharing a bucket
-/// share its allowance.
-struct UserLimits {
+/// Every key is limited — a known username or not, so the limit reveals
+/// nothing — and memory stays fixed however many keys an attacker invents.
+/// The hash key (SipHash) is drawn from the engine's random source at
+/// start, so nobody can aim at another key's bucket; two keys sharing a
+/// bucket share its allowance.
+struct KeyedLimits {
     key: [u8; 16],
     buckets: Box<[Mutex<Gcra>]>,
     rate: Rate,
 }
 
-impl UserLimits {
-    fn new(per_minute: u32, buckets: usize, key: [u8; 16]) -> Self {
+impl KeyedLimits {
+    fn new(rate: Rate, buckets: usize, key: [u8; 16]) -> Self {
         Self {
             key,
             buckets: (0..buckets.max(1))
                 .map(|_| Mutex::new(Gcra::default()))
                 .collect(),
-            rate: Rate::new(per_minute, Duration::from_secs(60), per_minute),
+            rate,
         }
     }
 
-    fn check(&self, user: &Username, now: Timestamp) -> Decision {
+    fn check(&self, key: &[u8], now: Timestamp) -> Decision {
         let mut hasher = SipHasher13::new_with_key(&self.key);
-        hasher.write(user.as_str().as_bytes());
-        let index = (hasher.finish() as usize) % self.buckets.len();
-        match self.buckets.get(index) {
+        hasher.write(key);
+        self.check_index(hasher.finish() as usize, now)
+    }
+
+    /// The bucket `index` (modulo the bucket count), for keys that are
+    /// small numbers already (country codes: one bucket each).
+    fn check_index(&self, index: usize, now: Timestamp) -> Decision {
+        match self.buckets.get(index % self.buckets.len()) {
             Some(bucket) => bucket
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .check(self.rate, now),
             None => Decision::Allow,
         }
+    }
+}
+
+/// The per-user issuance limit of challenges, codes and pushes.
+struct UserLimits(KeyedLimits);
+
+impl UserLimits {
+    fn check(&self, user: &Username, now: Timestamp) -> Decision {
+        self.0.check(user.as_str().as_bytes(), now)
     }
 }
 
@@ -121,6 +213,8 @@ struct Counters {
     expired: AtomicU64,
     locked_out: AtomicU64,
     lockouts: AtomicU64,
+    codes_sent: AtomicU64,
+    pushes: AtomicU64,
 }
 
 /// The engine: shared by every connection.
@@ -129,6 +223,12 @@ pub struct Engine {
     registry: Arc<Registry>,
     challenges: ChallengeTable,
     user_limits: UserLimits,
+    /// SMS and voice sends per phone number and per country code.
+    number_limits: KeyedLimits,
+    prefix_limits: KeyedLimits,
+    codes: sms::CodeTable,
+    outbox: relay::Outbox,
+    pushes: push::PushTable,
     alphabets: QuestionAlphabets,
     counters: Counters,
 }
@@ -150,15 +250,39 @@ impl Engine {
         registry: Arc<Registry>,
         rng: &mut R,
     ) -> Self {
-        let mut key = [0u8; 16];
-        rng.fill_bytes(&mut key);
+        let mut key = || {
+            let mut key = [0u8; 16];
+            rng.fill_bytes(&mut key);
+            key
+        };
+        let per_user = config.challenges.per_user_per_minute;
+        let buckets = config.challenges.user_limit_buckets;
+        let per_number = config.sms.sends_per_number_per_hour;
+        let per_prefix = config.sms.sends_per_prefix_per_minute;
+        let minute = Duration::from_secs(60);
+        let user_limits = UserLimits(KeyedLimits::new(
+            Rate::new(per_user, minute, per_user),
+            buckets,
+            key(),
+        ));
+        let number_limits = KeyedLimits::new(
+            Rate::new(per_number, Duration::from_secs(3600), per_number),
+            buckets,
+            key(),
+        );
+        // One bucket per country calling code (1..=999).
+        let prefix_limits =
+            KeyedLimits::new(Rate::new(per_prefix, minute, per_prefix), 1000, key());
+        let mut code_key = [0u8; 32];
+        rng.fill_bytes(&mut code_key);
         Self {
             challenges: ChallengeTable::new(config.challenges.capacity, CHALLENGE_SHARDS),
-            user_limits: UserLimits::new(
-                config.challenges.per_user_per_minute,
-                config.challenges.user_limit_buckets,
-                key,
-            ),
+            user_limits,
+            number_limits,
+            prefix_limits,
+            codes: sms::CodeTable::new(code_key, Self::sms_code_spec(&config), config.sms.capacity),
+            outbox: relay::Outbox::new(config.carrier.clone()),
+            pushes: push::PushTable::default(),
             alphabets: QuestionAlphabets::new(),
             counters: Counters::default(),
             config,
@@ -174,12 +298,37 @@ impl Engine {
         self.challenges.len()
     }
 
-    /// Drops expired challenges; call it every few seconds.
-    pub fn sweep(&self, now: Timestamp) -> usize {
-        self.challenges.sweep(now)
+    /// The sizes of the ephemeral tables, for gauges.
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            open_challenges: self.challenges.len(),
+            live_codes: self.codes.len(),
+            pending_pushes: self.pushes.pending(),
+            outbox: self.outbox.in_flight(),
+        }
     }
 
-    /// Handles one operation from a caller of `role`.
+    /// Drops expired challenges and codes; call it every second or so.
+    pub fn sweep(&self, now: Timestamp) -> usize {
+        self.challenges.sweep(now) + self.codes.sweep(now)
+    }
+
+    /// Fails over unacknowledged messages and expires pushes (waiting
+    /// gateways learn `Expired`); call it every 100 ms or so.
+    pub fn tick(&self, now: Timestamp) {
+        self.codes.update(self.outbox.sweep(now));
+        self.pushes.sweep(now);
+    }
+
+    /// A stream ended: its subscriptions end, and a bridge's unacknowledged
+    /// messages go to the other bridges.
+    pub fn stream_closed(&self, stream: StreamId, now: Timestamp) {
+        self.pushes.stream_closed(stream);
+        self.codes.update(self.outbox.stream_closed(stream, now));
+    }
+
+    /// Handles one operation from a caller of `role` that has no stream
+    /// (it cannot subscribe, and `AwaitPush` answers only a settled push).
     pub fn handle<R: CryptoRng + ?Sized>(
         &self,
         role: Role,
@@ -187,19 +336,32 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Outcome {
-        let needed = if operation.is_gateway() {
-            Role::Gateway
-        } else {
-            Role::Admin
-        };
-        if role != needed {
-            return Reply::error(
-                ErrorCode::Forbidden,
-                format!("{} needs the {} role", operation.name(), needed.as_str()),
-            )
-            .into();
+        self.handle_from(&Caller::detached(role), operation, now, rng)
+            .unwrap_or_else(|| {
+                Reply::error(ErrorCode::InvalidArgument, "this operation needs a stream").into()
+            })
+    }
+
+    /// Handles one operation. `None`: the answer will be written to the
+    /// caller's sink later (`AwaitPush` on a push not yet answered).
+    pub fn handle_from<R: CryptoRng + ?Sized>(
+        &self,
+        caller: &Caller<'_>,
+        operation: Operation,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Option<Outcome> {
+        let needed = operation.role();
+        if caller.role != needed {
+            return Some(
+                Reply::error(
+                    ErrorCode::Forbidden,
+                    format!("{} needs the {} role", operation.name(), needed.as_str()),
+                )
+                .into(),
+            );
         }
-        match operation {
+        Some(match operation {
             Operation::Devices { user } => self.devices(&user, now, false).into(),
             Operation::ListDevices { user } => self.devices(&user, now, true).into(),
             Operation::Challenge { user, device } => self.challenge(&user, device, now, rng).into(),
@@ -211,7 +373,79 @@ impl Engine {
             Operation::Revoke { device } => self.revoke(device).into(),
             Operation::Unlock { user, device } => self.unlock(&user, device).into(),
             Operation::Stats => self.stats().into(),
+            Operation::SendCode { user, channel } => {
+                self.send_code(&user, channel, now, rng).into()
+            }
+            Operation::VerifyCode { user, code } => self.verify_code(&user, &code, now),
+            Operation::CodeStatus { code } => self.code_status(code).into(),
+            Operation::Push { user, device } => self.push(&user, device, now, rng).into(),
+            Operation::AwaitPush { push } => {
+                return self.await_push(caller, push, now).map(Into::into);
+            }
+            Operation::EnrollPhone {
+                user,
+                number,
+                label,
+            } => self.enroll_phone(&user, number, &label, now, rng).into(),
+            Operation::BindPushKey { device, key } => self.bind_push_key(device, key).into(),
+            Operation::CarrierSubscribe => match caller.sink {
+                Some(sink) => {
+                    self.outbox.subscribe(
+                        caller.stream,
+                        caller.connection,
+                        caller.request,
+                        Arc::clone(sink),
+                    );
+                    Reply::Subscribed.into()
+                }
+                None => {
+                    Reply::error(ErrorCode::InvalidArgument, "subscribing needs a stream").into()
+                }
+            },
+            Operation::Ack { message, report } => {
+                match self.outbox.ack(caller.connection, message, report, now) {
+                    Some(change) => {
+                        self.codes.update(vec![change]);
+                        Reply::Done.into()
+                    }
+                    None => Reply::error(
+                        ErrorCode::NotFound,
+                        "no such message in flight on this connection",
+                    )
+                    .into(),
+                }
+            }
+            Operation::PhoneSubscribe { device, proof } => {
+                self.phone_subscribe(caller, device, &proof).into()
+            }
+            Operation::Approve {
+                push,
+                chosen,
+                proof,
+            } => self.answer_push(caller, push, Some((chosen, &proof)), now),
+            Operation::Deny { push } => self.answer_push(caller, push, None, now),
+        })
+    }
+
+    /// Counts a wrong answer on a device; `Some(length)` when it locks the
+    /// device (each lockout doubles the next, up to `lockout.max`).
+    fn record_failure(&self, failures: &mut FailureState, now: Timestamp) -> Option<Duration> {
+        let lockout = &self.config.lockout;
+        failures.consecutive += 1;
+        if failures.consecutive < lockout.failures {
+            return None;
         }
+        let doublings = failures.lockouts.min(20);
+        let length = lockout
+            .first
+            .saturating_mul(1 << doublings)
+            .min(lockout.max);
+        failures.lockouts = failures.lockouts.saturating_add(1);
+        failures.consecutive = 0;
+        failures.locked_until = now.plus(length);
+        self.counters.lockouts.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::LOCKOUTS).increment(1);
+        Some(length)
     }
 
     /// A user's devices; a login (`with_expired` false) is offered only
@@ -274,6 +508,12 @@ impl Engine {
                     ChallengeText::CardPositions(pick.first(), pick.second()),
                 )
             }
+            Verifier::Phone(_) => {
+                return Reply::error(
+                    ErrorCode::InvalidArgument,
+                    "an SMS device is not challenged: use SendCode",
+                );
+            }
         };
         let ttl = self.config.challenges.ttl;
         let open = OpenChallenge {
@@ -308,7 +548,6 @@ impl Engine {
     }
 
     fn verify(&self, id: ChallengeId, answer: &Answer, now: Timestamp) -> Outcome {
-        let lockout = &self.config.lockout;
         let resolved = self.challenges.resolve(id, |open| {
             if open.expires_at <= now {
                 return ((Verdict::Expired, None), Disposition::Remove);
@@ -341,25 +580,13 @@ impl Engine {
                 return ((verdict, persist), Disposition::Remove);
             }
             open.attempts_left = open.attempts_left.saturating_sub(1);
-            failures.consecutive += 1;
-            let verdict = if failures.consecutive >= lockout.failures {
-                let doublings = failures.lockouts.min(20);
-                let length = lockout
-                    .first
-                    .saturating_mul(1 << doublings)
-                    .min(lockout.max);
-                failures.lockouts = failures.lockouts.saturating_add(1);
-                failures.consecutive = 0;
-                failures.locked_until = now.plus(length);
-                self.counters.lockouts.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(crate::metrics::LOCKOUTS).increment(1);
-                Verdict::LockedOut {
+            let verdict = match self.record_failure(&mut failures, now) {
+                Some(length) => Verdict::LockedOut {
                     retry_after: length,
-                }
-            } else {
-                Verdict::Rejected {
+                },
+                None => Verdict::Rejected {
                     attempts_left: open.attempts_left,
-                }
+                },
             };
             let disposition = match verdict {
                 Verdict::Rejected { attempts_left } if attempts_left > 0 => Disposition::Keep,
@@ -373,7 +600,7 @@ impl Engine {
             Verdict::Rejected { .. } => &self.counters.rejected,
             Verdict::Expired => &self.counters.expired,
             Verdict::LockedOut { .. } => &self.counters.locked_out,
-            Verdict::UnknownChallenge => &self.counters.rejected,
+            Verdict::UnknownChallenge | Verdict::Denied => &self.counters.rejected,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         Outcome {
@@ -408,14 +635,38 @@ impl Engine {
                 tracing::info!(%user, %device, %kind, "device enrolled");
                 Reply::Enrolled { device, secret }
             }
-            Err(EnrollError::Invalid(problem)) => Reply::error(ErrorCode::InvalidArgument, problem),
-            Err(EnrollError::Store(error)) => {
-                tracing::error!(%error, "enrolment failed");
-                Reply::error(
-                    ErrorCode::Internal,
-                    "the registry could not store the device",
-                )
+            Err(error) => enroll_error(error),
+        }
+    }
+
+    fn enroll_phone<R: CryptoRng + ?Sized>(
+        &self,
+        user: &Username,
+        number: crate::phone::PhoneNumber,
+        label: &str,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Reply {
+        match self.registry.enroll_phone(rng, user, number, label, now) {
+            Ok(device) => {
+                tracing::info!(%user, %device, "phone number enrolled");
+                Reply::Enrolled {
+                    device,
+                    secret: None,
+                }
             }
+            Err(error) => enroll_error(error),
+        }
+    }
+
+    fn bind_push_key(&self, device: DeviceId, key: crate::otp::push::PushKey) -> Reply {
+        match self.registry.bind_push_key(device, key) {
+            Ok(true) => {
+                tracing::info!(%device, "push key bound");
+                Reply::Done
+            }
+            Ok(false) => Reply::error(ErrorCode::NotFound, "no such device"),
+            Err(error) => enroll_error(error),
         }
     }
 
@@ -476,6 +727,13 @@ impl Engine {
             ("verify_expired", read(&c.expired)),
             ("verify_locked_out", read(&c.locked_out)),
             ("lockouts", read(&c.lockouts)),
+            ("codes_sent", read(&c.codes_sent)),
+            ("live_codes", self.codes.len() as u64),
+            ("carrier_bridges", self.outbox.bridges() as u64),
+            ("outbox", self.outbox.in_flight() as u64),
+            ("pushes_sent", read(&c.pushes)),
+            ("pending_pushes", self.pushes.pending() as u64),
+            ("phones_connected", self.pushes.phones_connected() as u64),
         ];
         Reply::Stats(
             entries
@@ -486,6 +744,19 @@ impl Engine {
                 })
                 .collect(),
         )
+    }
+}
+
+fn enroll_error(error: EnrollError) -> Reply {
+    match error {
+        EnrollError::Invalid(problem) => Reply::error(ErrorCode::InvalidArgument, problem),
+        EnrollError::Store(error) => {
+            tracing::error!(%error, "registry change failed");
+            Reply::error(
+                ErrorCode::Internal,
+                "the registry could not store the change",
+            )
+        }
     }
 }
 
@@ -527,7 +798,8 @@ fn answer_is_right(device: &Device, question: &Question, answer: &Answer, now: T
         (Verifier::Card(card), Question::Card(pick)) => {
             card.verify(*pick, answer.as_bytes()).unwrap_or(false)
         }
-        // A question of the other kind cannot be answered by this device.
+        // A question of the other kind cannot be answered by this device
+        // (nor can an SMS device answer a challenge: it has none).
         _ => false,
     }
 }

@@ -1,0 +1,395 @@
+//! IB Key push approval ("seamless authentication"): phones subscribe with
+//! a proof of their device key, a login asks (`Push`), the phone approves
+//! with the number the login shows or denies, and the gateway learns the
+//! verdict (`AwaitPush`).
+//!
+//! A waiting gateway costs an entry in its push session, not a task: the
+//! verdict is written to the gateway's stream when the phone answers or the
+//! push expires (the tick that expires pushes runs every 100 ms).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use rand::{CryptoRng, RngExt};
+
+use super::{Caller, Engine, Outcome, Sink, StreamId};
+use crate::clock::Timestamp;
+use crate::identity::{DeviceId, PushId, Username};
+use crate::otp::push::{self, Signature};
+use crate::profile::DeviceKind;
+use crate::ratelimit::Decision;
+use crate::store::registry::FailureState;
+use crate::wire::{ErrorCode, Reply, Response, Verdict};
+
+/// A subscribed phone, for one device.
+struct PhoneLink {
+    connection: u64,
+    stream: StreamId,
+    request: u64,
+    sink: Arc<dyn Sink>,
+}
+
+struct PushSession {
+    user: Username,
+    device: DeviceId,
+    match_number: u8,
+    expires_at: Timestamp,
+    /// Set when the phone answered; kept until a gateway collects it.
+    verdict: Option<Verdict>,
+    /// The gateway stream and request waiting for the verdict. One only:
+    /// a verdict is handed out once.
+    waiter: Option<(Arc<dyn Sink>, u64)>,
+}
+
+#[derive(Default)]
+struct Sessions {
+    pushes: HashMap<PushId, PushSession>,
+    /// Unanswered pushes per user.
+    pending: HashMap<Username, u8>,
+}
+
+impl Sessions {
+    fn settle(&mut self, user: &Username) {
+        if let Some(count) = self.pending.get_mut(user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.pending.remove(user);
+            }
+        }
+    }
+}
+
+/// Push sessions and the phones subscribed for devices.
+#[derive(Default)]
+pub(super) struct PushTable {
+    sessions: Mutex<Sessions>,
+    phones: Mutex<HashMap<DeviceId, PhoneLink>>,
+}
+
+impl PushTable {
+    fn sessions(&self) -> MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn phones(&self) -> MutexGuard<'_, HashMap<DeviceId, PhoneLink>> {
+        self.phones.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn pending(&self) -> usize {
+        self.sessions().pushes.len()
+    }
+
+    pub(super) fn phones_connected(&self) -> usize {
+        self.phones().len()
+    }
+
+    pub(super) fn stream_closed(&self, stream: StreamId) {
+        self.phones().retain(|_, link| link.stream != stream);
+    }
+
+    /// Drops expired pushes; waiting gateways learn `Expired`.
+    pub(super) fn sweep(&self, now: Timestamp) {
+        let mut sessions = self.sessions();
+        let expired: Vec<PushId> = sessions
+            .pushes
+            .iter()
+            .filter(|(_, s)| s.expires_at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            let Some(session) = sessions.pushes.remove(&id) else {
+                continue;
+            };
+            if session.verdict.is_none() {
+                sessions.settle(&session.user);
+            }
+            if let Some((sink, request)) = session.waiter {
+                answer(&sink, request, Verdict::Expired);
+            }
+        }
+    }
+
+    fn linked_to(&self, device: DeviceId, connection: u64) -> bool {
+        self.phones()
+            .get(&device)
+            .is_some_and(|link| link.connection == connection)
+    }
+}
+
+/// Writes a verdict to a waiting gateway's stream.
+fn answer(sink: &Arc<dyn Sink>, request: u64, verdict: Verdict) {
+    let frame = Response {
+        id: request,
+        reply: Reply::Verdict(verdict),
+    }
+    .to_frame();
+    sink.deliver(frame);
+}
+
+impl Engine {
+    pub(super) fn phone_subscribe(
+        &self,
+        caller: &Caller<'_>,
+        device: DeviceId,
+        proof: &Signature,
+    ) -> Reply {
+        let Some(sink) = caller.sink else {
+            return Reply::error(ErrorCode::InvalidArgument, "subscribing needs a stream");
+        };
+        let key = self
+            .registry
+            .device(device)
+            .filter(|d| d.kind == DeviceKind::IbKey)
+            .and_then(|d| d.push_key());
+        let Some(key) = key else {
+            return Reply::error(ErrorCode::NotFound, "no IB Key device with a push key");
+        };
+        if !key.verifies(&push::subscribe_message(caller.binding, device), proof) {
+            metrics::counter!(crate::metrics::BAD_PROOFS, "operation" => "phone_subscribe")
+                .increment(1);
+            return Reply::error(
+                ErrorCode::Forbidden,
+                "the proof does not verify with the device key",
+            );
+        }
+        // The newest subscription wins: one phone per device.
+        self.pushes.phones().insert(
+            device,
+            PhoneLink {
+                connection: caller.connection,
+                stream: caller.stream,
+                request: caller.request,
+                sink: Arc::clone(sink),
+            },
+        );
+        Reply::Subscribed
+    }
+
+    pub(super) fn push<R: CryptoRng + ?Sized>(
+        &self,
+        user: &Username,
+        device: DeviceId,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Reply {
+        if let Decision::Deny { retry_after } = self.user_limits.check(user, now) {
+            return Reply::Error {
+                code: ErrorCode::RateLimited,
+                retry_after,
+                message: "too many challenges and pushes for this user".into(),
+            };
+        }
+        let device = self
+            .registry
+            .device(device)
+            .filter(|d| &d.user == user && d.kind == DeviceKind::IbKey && !d.expired_at(now))
+            .filter(|d| d.push_key().is_some());
+        let Some(device) = device else {
+            return Reply::error(
+                ErrorCode::NotFound,
+                "no IB Key device with push for this user",
+            );
+        };
+        let locked_until = device.failures().locked_until;
+        if locked_until > now {
+            return Reply::Error {
+                code: ErrorCode::RateLimited,
+                retry_after: now.until(locked_until),
+                message: "the device is locked out".into(),
+            };
+        }
+        let push_config = &self.config.push;
+        let mut sessions = self.pushes.sessions();
+        if sessions.pending.get(user).copied().unwrap_or(0) >= push_config.pending_per_user {
+            let soonest = sessions
+                .pushes
+                .values()
+                .filter(|s| &s.user == user && s.verdict.is_none())
+                .map(|s| s.expires_at)
+                .min()
+                .unwrap_or(now);
+            return Reply::Error {
+                code: ErrorCode::RateLimited,
+                retry_after: now.until(soonest),
+                message: "too many unanswered pushes for this user".into(),
+            };
+        }
+        if sessions.pushes.len() >= push_config.capacity {
+            return Reply::error(ErrorCode::Busy, "the push table is full");
+        }
+        let mut id = PushId(rng.next_u64());
+        while sessions.pushes.contains_key(&id) {
+            id = PushId(rng.next_u64());
+        }
+        let match_number: u8 = rng.random_range(10..100);
+        let mut choices = [match_number; 3];
+        for i in 1..3 {
+            let mut decoy = rng.random_range(10..100);
+            while choices[..i].contains(&decoy) {
+                decoy = rng.random_range(10..100);
+            }
+            choices[i] = decoy;
+        }
+        choices.swap(0, rng.random_range(0..3));
+
+        let delivered = {
+            let phones = self.pushes.phones();
+            phones.get(&device.id).is_some_and(|link| {
+                let notice = Response {
+                    id: link.request,
+                    reply: Reply::PushNotice {
+                        push: id,
+                        user: user.clone(),
+                        device: device.id,
+                        choices,
+                        expires_in: push_config.ttl,
+                    },
+                };
+                link.sink.offer(notice.to_frame())
+            })
+        };
+        if !delivered {
+            return Reply::error(
+                ErrorCode::PhoneUnreachable,
+                "the phone is not connected; use challenge/response",
+            );
+        }
+        sessions.pushes.insert(
+            id,
+            PushSession {
+                user: user.clone(),
+                device: device.id,
+                match_number,
+                expires_at: now.plus(push_config.ttl),
+                verdict: None,
+                waiter: None,
+            },
+        );
+        *sessions.pending.entry(user.clone()).or_default() += 1;
+        self.counters.pushes.fetch_add(1, Relaxed);
+        Reply::PushSent {
+            push: id,
+            match_number,
+            expires_in: push_config.ttl,
+        }
+    }
+
+    /// `None`: the verdict will be written to the caller's stream later.
+    pub(super) fn await_push(
+        &self,
+        caller: &Caller<'_>,
+        id: PushId,
+        now: Timestamp,
+    ) -> Option<Reply> {
+        let mut sessions = self.pushes.sessions();
+        let Some(session) = sessions.pushes.get_mut(&id) else {
+            return Some(Reply::Verdict(Verdict::UnknownChallenge));
+        };
+        if let Some(verdict) = session.verdict.take() {
+            sessions.pushes.remove(&id);
+            return Some(Reply::Verdict(verdict));
+        }
+        if session.expires_at <= now {
+            let user = session.user.clone();
+            sessions.pushes.remove(&id);
+            sessions.settle(&user);
+            return Some(Reply::Verdict(Verdict::Expired));
+        }
+        let Some(sink) = caller.sink else {
+            return Some(Reply::error(
+                ErrorCode::InvalidArgument,
+                "waiting on a push needs a stream",
+            ));
+        };
+        // A waiter whose stream has gone may be replaced (a gateway that
+        // reconnected); a live one may not.
+        if session.waiter.as_ref().is_some_and(|(s, _)| !s.is_closed()) {
+            return Some(Reply::error(
+                ErrorCode::Busy,
+                "another caller already waits on this push",
+            ));
+        }
+        session.waiter = Some((Arc::clone(sink), caller.request));
+        None
+    }
+
+    /// The phone's answer: `chosen` with a proof approves, `None` denies.
+    pub(super) fn answer_push(
+        &self,
+        caller: &Caller<'_>,
+        id: PushId,
+        approval: Option<(u8, &Signature)>,
+        now: Timestamp,
+    ) -> Outcome {
+        let mut sessions = self.pushes.sessions();
+        let Some(session) = sessions.pushes.get_mut(&id) else {
+            return Reply::error(ErrorCode::NotFound, "no such push").into();
+        };
+        if session.verdict.is_some() || session.expires_at <= now {
+            return Reply::error(ErrorCode::NotFound, "the push was answered or expired").into();
+        }
+        if !self.pushes.linked_to(session.device, caller.connection) {
+            return Reply::error(
+                ErrorCode::Forbidden,
+                "this connection has not subscribed for the push's device",
+            )
+            .into();
+        }
+        let Some(device) = self.registry.device(session.device) else {
+            return Reply::error(ErrorCode::NotFound, "the device was revoked").into();
+        };
+        let mut persist = None;
+        let verdict = match approval {
+            None => Verdict::Denied,
+            Some((chosen, proof)) => {
+                let mut failures = device.failures();
+                let message = push::approve_message(id, device.id, chosen);
+                let signed = device
+                    .push_key()
+                    .is_some_and(|k| k.verifies(&message, proof));
+                if failures.locked_until > now {
+                    Verdict::LockedOut {
+                        retry_after: now.until(failures.locked_until),
+                    }
+                } else if signed & (chosen == session.match_number) {
+                    if *failures != FailureState::default() {
+                        *failures = FailureState::default();
+                        persist = Some(device.id);
+                    }
+                    Verdict::Accepted {
+                        user: session.user.clone(),
+                        device: device.id,
+                        kind: device.kind,
+                    }
+                } else {
+                    if !signed {
+                        metrics::counter!(crate::metrics::BAD_PROOFS, "operation" => "approve")
+                            .increment(1);
+                    }
+                    persist = Some(device.id);
+                    match self.record_failure(&mut failures, now) {
+                        Some(length) => Verdict::LockedOut {
+                            retry_after: length,
+                        },
+                        None => Verdict::Rejected { attempts_left: 0 },
+                    }
+                }
+            }
+        };
+        let user = session.user.clone();
+        match session.waiter.take() {
+            Some((sink, request)) if !sink.is_closed() => {
+                sessions.pushes.remove(&id);
+                answer(&sink, request, verdict.clone());
+            }
+            _ => session.verdict = Some(verdict.clone()),
+        }
+        sessions.settle(&user);
+        let reply = match approval {
+            None => Reply::Done,
+            Some(_) => Reply::Verdict(verdict),
+        };
+        Outcome { reply, persist }
+    }
+}

@@ -1,0 +1,361 @@
+//! SMS and voice codes: `SendCode`, `VerifyCode`, `CodeStatus`.
+//!
+//! A user has at most one live code. The code is never stored: it is
+//! derived from its random id with a key drawn when the engine starts
+//! (HMAC-SHA256 seeding the code generator), so the table holds nothing
+//! secret, a resend or a voice call delivers the same code, and a restart
+//! makes every live code worthless (they are ephemeral by design).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use hmac::{Hmac, KeyInit, Mac};
+use rand::{CryptoRng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use super::relay::{DispatchError, Outbound, StatusChange};
+use super::{Engine, Outcome};
+use crate::clock::Timestamp;
+use crate::identity::{CodeId, DeviceId, Username};
+use crate::otp::Code;
+use crate::otp::generate::CodeSpec;
+use crate::phone::Channel;
+use crate::profile::{Check, DeviceKind};
+use crate::ratelimit::Decision;
+use crate::store::registry::FailureState;
+use crate::wire::request::Answer;
+use crate::wire::{DeliveryState, ErrorCode, Reply, Verdict};
+
+/// One user's live code.
+struct CodeSession {
+    code: CodeId,
+    device: DeviceId,
+    expires_at: Timestamp,
+    last_send: Timestamp,
+    /// The first voice call of a code skips the resend interval.
+    voice_used: bool,
+    sends: u8,
+    checks_left: u8,
+    channel: Channel,
+    delivery: DeliveryState,
+}
+
+#[derive(Default)]
+struct Sessions {
+    by_user: HashMap<Username, CodeSession>,
+    users: HashMap<CodeId, Username>,
+}
+
+impl Sessions {
+    fn remove(&mut self, user: &Username) {
+        if let Some(session) = self.by_user.remove(user) {
+            self.users.remove(&session.code);
+        }
+    }
+}
+
+/// Live codes, by user and by code id.
+pub(super) struct CodeTable {
+    key: Zeroizing<[u8; 32]>,
+    spec: CodeSpec,
+    capacity: usize,
+    sessions: Mutex<Sessions>,
+}
+
+impl CodeTable {
+    pub(super) fn new(key: [u8; 32], spec: CodeSpec, capacity: usize) -> Self {
+        Self {
+            key: Zeroizing::new(key),
+            spec,
+            capacity,
+            sessions: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.lock().by_user.len()
+    }
+
+    /// The code of `id`: the same every time, unknowable without the key.
+    fn code(&self, id: CodeId) -> Code {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key[..])
+            .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default()));
+        mac.update(b"sls/1 sms code ");
+        mac.update(&id.0.to_be_bytes());
+        let seed: [u8; 32] = mac.finalize().into_bytes().into();
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        self.spec.generate(&mut rng)
+    }
+
+    pub(super) fn sweep(&self, now: Timestamp) -> usize {
+        let mut sessions = self.lock();
+        let expired: Vec<Username> = sessions
+            .by_user
+            .iter()
+            .filter(|(_, s)| s.expires_at <= now)
+            .map(|(user, _)| user.clone())
+            .collect();
+        for user in &expired {
+            sessions.remove(user);
+        }
+        expired.len()
+    }
+
+    /// Records what became of a code's last delivery.
+    pub(super) fn update(&self, changes: Vec<StatusChange>) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut sessions = self.lock();
+        for (code, delivery) in changes {
+            let Some(user) = sessions.users.get(&code).cloned() else {
+                continue;
+            };
+            if let Some(session) = sessions.by_user.get_mut(&user) {
+                session.delivery = delivery;
+            }
+        }
+    }
+}
+
+/// The message the carrier delivers.
+fn message_text(code: &Code, ttl: Duration) -> Zeroizing<String> {
+    Zeroizing::new(format!(
+        "Your sls security code is {}. It expires in {} minutes. Never share it.",
+        code.as_str(),
+        ttl.as_secs().div_ceil(60)
+    ))
+}
+
+impl Engine {
+    /// The spec of SMS codes: the `sms` device profile's random code
+    /// (six digits if a configuration made it something else).
+    pub(super) fn sms_code_spec(config: &crate::config::Config) -> CodeSpec {
+        match &config.devices.get(DeviceKind::Sms).check {
+            Check::RandomCode(spec) => spec.clone(),
+            _ => CodeSpec::six_digits(),
+        }
+    }
+
+    pub(super) fn send_code<R: CryptoRng + ?Sized>(
+        &self,
+        user: &Username,
+        channel: Channel,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Reply {
+        let sms = &self.config.sms;
+        let Some(device) = self
+            .registry
+            .devices_of(user)
+            .into_iter()
+            .find(|d| d.phone().is_some() && !d.expired_at(now))
+        else {
+            return Reply::error(
+                ErrorCode::NoVerifiedNumber,
+                "no verified phone number to send a code to",
+            );
+        };
+        let Some(to) = device.phone().cloned() else {
+            return Reply::error(ErrorCode::NoVerifiedNumber, "no verified phone number");
+        };
+        let locked_until = device.failures().locked_until;
+        if locked_until > now {
+            return rate_limited(now.until(locked_until), "the SMS device is locked out");
+        }
+        if self.outbox.bridges() == 0 {
+            return Reply::error(
+                ErrorCode::DeliveryUnavailable,
+                "no carrier bridge is connected",
+            );
+        }
+        let mut sessions = self.codes.lock();
+        let live = sessions
+            .by_user
+            .get(user)
+            .filter(|s| s.expires_at > now && s.device == device.id);
+        let (code, expires_at, fresh) = match live {
+            Some(session) => {
+                if session.sends >= sms.max_sends {
+                    return rate_limited(
+                        now.until(session.expires_at),
+                        "this code was sent as often as allowed; ask again when it expires",
+                    );
+                }
+                let first_call = channel == Channel::Voice && !session.voice_used;
+                let next = session.last_send.plus(sms.resend_interval);
+                if !first_call && next > now {
+                    return rate_limited(
+                        now.until(next),
+                        "a new code may be requested only every resend interval",
+                    );
+                }
+                (session.code, session.expires_at, false)
+            }
+            None => {
+                if let Decision::Deny { retry_after } = self.user_limits.check(user, now) {
+                    return rate_limited(retry_after, "too many codes for this user");
+                }
+                if sessions.by_user.len() >= self.codes.capacity {
+                    return Reply::error(ErrorCode::Busy, "the code table is full");
+                }
+                let mut id = CodeId(rng.next_u64());
+                while sessions.users.contains_key(&id) {
+                    id = CodeId(rng.next_u64());
+                }
+                (id, now.plus(sms.ttl), true)
+            }
+        };
+        if let Decision::Deny { retry_after } =
+            self.number_limits.check(to.to_string().as_bytes(), now)
+        {
+            return rate_limited(retry_after, "too many codes sent to this number");
+        }
+        if let Decision::Deny { retry_after } = self
+            .prefix_limits
+            .check_index(usize::from(to.country()), now)
+        {
+            return rate_limited(retry_after, "too many codes sent to this country code");
+        }
+        let text = message_text(&self.codes.code(code), sms.ttl);
+        let outbound = Outbound {
+            code,
+            to,
+            channel,
+            text,
+        };
+        match self.outbox.dispatch(outbound, now, rng) {
+            Ok(_) => {}
+            Err(DispatchError::NoBridge) => {
+                return Reply::error(
+                    ErrorCode::DeliveryUnavailable,
+                    "no carrier bridge took the message",
+                );
+            }
+            Err(DispatchError::Full) => {
+                return Reply::error(ErrorCode::Busy, "the carrier outbox is full");
+            }
+        }
+        if fresh {
+            // Replaces the user's expired code, if the sweeper has not yet.
+            sessions.remove(user);
+            sessions.users.insert(code, user.clone());
+        }
+        let session = sessions
+            .by_user
+            .entry(user.clone())
+            .or_insert_with(|| CodeSession {
+                code,
+                device: device.id,
+                expires_at,
+                last_send: now,
+                voice_used: false,
+                sends: 0,
+                checks_left: sms.max_checks,
+                channel,
+                delivery: DeliveryState::Pending,
+            });
+        session.sends = session.sends.saturating_add(1);
+        session.last_send = now;
+        session.voice_used |= channel == Channel::Voice;
+        session.channel = channel;
+        session.delivery = DeliveryState::Pending;
+        self.counters.codes_sent.fetch_add(1, Relaxed);
+        Reply::CodeSent {
+            code,
+            expires_in: now.until(expires_at),
+            resend_after: sms.resend_interval,
+        }
+    }
+
+    pub(super) fn verify_code(&self, user: &Username, given: &Answer, now: Timestamp) -> Outcome {
+        let mut sessions = self.codes.lock();
+        let Some(session) = sessions.by_user.get_mut(user) else {
+            // Same work as a real check, so timing does not tell whether
+            // the user exists or has a code.
+            let _ = self.codes.code(CodeId(0)).matches(given.as_bytes());
+            return Reply::Verdict(Verdict::UnknownChallenge).into();
+        };
+        if session.expires_at <= now {
+            sessions.remove(user);
+            return Reply::Verdict(Verdict::Expired).into();
+        }
+        let Some(device) = self.registry.device(session.device) else {
+            sessions.remove(user);
+            return Reply::Verdict(Verdict::UnknownChallenge).into();
+        };
+        let mut failures = device.failures();
+        if failures.locked_until > now {
+            let retry_after = now.until(failures.locked_until);
+            return Reply::Verdict(Verdict::LockedOut { retry_after }).into();
+        }
+        if self.codes.code(session.code).matches(given.as_bytes()) {
+            let persist = (*failures != FailureState::default()).then(|| {
+                *failures = FailureState::default();
+                device.id
+            });
+            drop(failures);
+            sessions.remove(user);
+            self.counters.accepted.fetch_add(1, Relaxed);
+            return Outcome {
+                reply: Reply::Verdict(Verdict::Accepted {
+                    user: user.clone(),
+                    device: device.id,
+                    kind: device.kind,
+                }),
+                persist,
+            };
+        }
+        session.checks_left = session.checks_left.saturating_sub(1);
+        let checks_left = session.checks_left;
+        let verdict = match self.record_failure(&mut failures, now) {
+            Some(length) => Verdict::LockedOut {
+                retry_after: length,
+            },
+            None => Verdict::Rejected {
+                attempts_left: checks_left,
+            },
+        };
+        drop(failures);
+        if !matches!(verdict, Verdict::Rejected { attempts_left } if attempts_left > 0) {
+            sessions.remove(user);
+        }
+        self.counters.rejected.fetch_add(1, Relaxed);
+        Outcome {
+            reply: Reply::Verdict(verdict),
+            persist: Some(device.id),
+        }
+    }
+
+    pub(super) fn code_status(&self, code: CodeId) -> Reply {
+        let sessions = self.codes.lock();
+        let session = sessions
+            .users
+            .get(&code)
+            .and_then(|user| sessions.by_user.get(user));
+        match session {
+            Some(s) => Reply::CodeStatus {
+                channel: s.channel,
+                sends: s.sends,
+                delivery: s.delivery.clone(),
+            },
+            None => Reply::error(ErrorCode::NotFound, "no such live code"),
+        }
+    }
+}
+
+fn rate_limited(retry_after: Duration, message: &str) -> Reply {
+    Reply::Error {
+        code: ErrorCode::RateLimited,
+        retry_after,
+        message: message.into(),
+    }
+}
