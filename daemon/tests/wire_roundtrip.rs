@@ -5,14 +5,29 @@
 use std::time::Duration;
 
 use proptest::prelude::*;
-use slsd::identity::{ChallengeId, DeviceId, Username};
+use slsd::identity::{ChallengeId, CodeId, DeviceId, MessageId, PushId, Username};
 use slsd::otp::SecretKey;
+use slsd::otp::push::{PushKey, Signature};
+use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
 use slsd::wire::request::{Answer, Pin};
 use slsd::wire::{
-    ChallengeText, DecodeError, DeviceEntry, EnrollRequest, ErrorCode, Operation, Reply, Request,
-    Response, StatEntry, Verdict, split_frame,
+    ChallengeText, DecodeError, DeliveryReport, DeliveryState, DeviceEntry, EnrollRequest,
+    ErrorCode, Operation, Reply, Request, Response, StatEntry, Verdict, split_frame,
 };
+
+fn phone() -> impl Strategy<Value = PhoneNumber> {
+    (2u16..=999, "[2-9][0-9]{3,10}")
+        .prop_map(|(cc, national)| PhoneNumber::new(cc, &national).unwrap())
+}
+
+fn channel() -> impl Strategy<Value = Channel> {
+    prop_oneof![Just(Channel::Sms), Just(Channel::Voice)]
+}
+
+fn signature() -> impl Strategy<Value = Signature> {
+    prop::collection::vec(any::<u8>(), 64).prop_map(|b| Signature(b.try_into().unwrap()))
+}
 
 fn username() -> impl Strategy<Value = Username> {
     "[A-Za-z0-9._@-]{1,64}".prop_map(|s| Username::new(&s).unwrap())
@@ -63,6 +78,48 @@ fn operation() -> impl Strategy<Value = Operation> {
             device: d.map(DeviceId),
         }),
         Just(Operation::Stats),
+        (username(), channel()).prop_map(|(user, channel)| Operation::SendCode { user, channel }),
+        (username(), "[0-9A-Z]{0,128}").prop_map(|(user, code)| Operation::VerifyCode {
+            user,
+            code: Answer::new(&code)
+        }),
+        any::<u64>().prop_map(|c| Operation::CodeStatus { code: CodeId(c) }),
+        (username(), 1u64..).prop_map(|(user, d)| Operation::Push {
+            user,
+            device: DeviceId(d)
+        }),
+        any::<u64>().prop_map(|p| Operation::AwaitPush { push: PushId(p) }),
+        (username(), phone(), "[a-z ]{0,64}").prop_map(|(user, number, label)| {
+            Operation::EnrollPhone {
+                user,
+                number,
+                label,
+            }
+        }),
+        (1u64.., any::<[u8; 32]>()).prop_map(|(d, key)| Operation::BindPushKey {
+            device: DeviceId(d),
+            key: PushKey(key)
+        }),
+        Just(Operation::CarrierSubscribe),
+        (any::<u64>(), prop::option::of("\\PC{0,50}")).prop_map(|(m, reason)| Operation::Ack {
+            message: MessageId(m),
+            report: match reason {
+                None => DeliveryReport::Delivered,
+                Some(reason) => DeliveryReport::Failed { reason },
+            },
+        }),
+        (1u64.., signature()).prop_map(|(d, proof)| Operation::PhoneSubscribe {
+            device: DeviceId(d),
+            proof
+        }),
+        (any::<u64>(), any::<u8>(), signature()).prop_map(|(p, chosen, proof)| {
+            Operation::Approve {
+                push: PushId(p),
+                chosen,
+                proof,
+            }
+        }),
+        any::<u64>().prop_map(|p| Operation::Deny { push: PushId(p) }),
     ]
 }
 
@@ -86,6 +143,12 @@ fn reply() -> impl Strategy<Value = Reply> {
         Just(Verdict::Expired),
         millis().prop_map(|retry_after| Verdict::LockedOut { retry_after }),
         Just(Verdict::UnknownChallenge),
+        Just(Verdict::Denied),
+    ];
+    let delivery = prop_oneof![
+        Just(DeliveryState::Pending),
+        Just(DeliveryState::Delivered),
+        "\\PC{0,40}".prop_map(|reason| DeliveryState::Failed { reason }),
     ];
     prop_oneof![
         prop::collection::vec(entry, 0..8).prop_map(Reply::Devices),
@@ -117,6 +180,45 @@ fn reply() -> impl Strategy<Value = Reply> {
             0..8
         )
         .prop_map(Reply::Stats),
+        (any::<u64>(), millis(), millis()).prop_map(|(c, expires_in, resend_after)| {
+            Reply::CodeSent {
+                code: CodeId(c),
+                expires_in,
+                resend_after,
+            }
+        }),
+        (channel(), any::<u8>(), delivery).prop_map(|(channel, sends, delivery)| {
+            Reply::CodeStatus {
+                channel,
+                sends,
+                delivery,
+            }
+        }),
+        (any::<u64>(), any::<u8>(), millis()).prop_map(|(p, match_number, expires_in)| {
+            Reply::PushSent {
+                push: PushId(p),
+                match_number,
+                expires_in,
+            }
+        }),
+        Just(Reply::Subscribed),
+        (any::<u64>(), phone(), channel(), "\\PC{0,80}").prop_map(|(m, to, channel, text)| {
+            Reply::Message {
+                message: MessageId(m),
+                to,
+                channel,
+                text,
+            }
+        }),
+        (any::<u64>(), username(), 1u64.., any::<[u8; 3]>(), millis()).prop_map(
+            |(p, user, d, choices, expires_in)| Reply::PushNotice {
+                push: PushId(p),
+                user,
+                device: DeviceId(d),
+                choices,
+                expires_in,
+            }
+        ),
         (
             prop::sample::select(ErrorCode::ALL.to_vec()),
             millis(),
@@ -239,4 +341,46 @@ fn debug_output_hides_answers_pins_and_keys() {
         response: Answer::new("65347737"),
     };
     assert!(!format!("{verify:?}").contains("65347737"));
+}
+
+#[test]
+fn bad_phone_numbers_and_proofs_name_the_rule() {
+    let mut body = Vec::new();
+    Request {
+        id: 1,
+        operation: Operation::EnrollPhone {
+            user: Username::new("jdoe").unwrap(),
+            number: PhoneNumber::parse("+41 446681800").unwrap(),
+            label: String::new(),
+        },
+    }
+    .encode_body(&mut body);
+    // Put the trunk prefix back in: "+41 4466…" becomes "+41 0466…".
+    let at = body.windows(4).position(|w| w == b"+41 ").unwrap() + 4;
+    body[at] = b'0';
+    match Request::decode(&body) {
+        Err(DecodeError::Invalid { field, problem }) => {
+            assert_eq!(field, "number");
+            assert!(problem.contains("without the trunk prefix 0"), "{problem}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A proof of the wrong length.
+    let mut body = vec![
+        0, 0, 0, 0, 0, 0, 0, 1, 0x60, 0, 0, 0, 0, 0, 0, 0, 7, 0, 3, 1, 2, 3,
+    ];
+    assert_eq!(
+        Request::decode(&body),
+        Err(DecodeError::Invalid {
+            field: "proof",
+            problem: "must be 64 bytes".into()
+        })
+    );
+    body.truncate(17);
+    assert_eq!(Request::decode(&body), Err(DecodeError::Truncated("proof")));
+    assert_eq!(
+        format!("{:?}", Signature([9; 64])),
+        "Signature(..)",
+        "proofs are not printed"
+    );
 }
