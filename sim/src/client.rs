@@ -109,6 +109,17 @@ impl Client {
         stream.call(operation).await
     }
 
+    /// The connection's TLS exporter value under `label` (RFC 8446 §7.5):
+    /// the same on both ends, different on every connection. Phones sign it
+    /// to subscribe.
+    pub fn binding(&self, label: &[u8]) -> Result<[u8; 32], ClientError> {
+        let mut out = [0u8; 32];
+        self.connection
+            .export_keying_material(&mut out, label, b"")
+            .map_err(|_| ClientError::Broken("no TLS exporter".into()))?;
+        Ok(out)
+    }
+
     pub fn close(&self) {
         self.connection.close(0u32.into(), b"done");
     }

@@ -1,22 +1,26 @@
 //! sls-sim — the simulator of sls, as a library.
 //!
-//! It plays the other side of the daemon: hardware cards, phone apps and
-//! (in later versions) an SMS carrier and fleets of users under load. Every
+//! It plays the other side of the daemon: hardware cards, phone apps, an SMS
+//! carrier and fleets of users under load. Every
 //! emulated device computes with the daemon's own `slsd::otp` code.
 //!
 //! - [`token`]: single emulated tokens (`sls-sim token ...`).
 //! - [`client`]: a client of the daemon's QUIC protocol.
+//! - [`carrier`]: SMS/voice delivery bridges and the phones' inboxes.
+//! - [`phone`]: IB Key phone apps answering push notices.
 //! - [`bench`]: `sls-sim bench`, a load run of complete logins.
 //! - [`daemon`]: a local `slsd serve` child process.
 
 mod attack;
 pub mod bench;
+pub mod carrier;
 pub mod client;
 pub mod daemon;
 pub mod device;
 pub mod fleet;
 pub mod load;
 pub mod model;
+pub mod phone;
 mod plot;
 pub mod report;
 pub mod scenario;

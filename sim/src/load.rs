@@ -263,6 +263,7 @@ pub(crate) fn verdict_name(verdict: &Verdict) -> &'static str {
         Verdict::Rejected { .. } => "rejected",
         Verdict::Expired => "expired",
         Verdict::LockedOut { .. } => "locked_out",
+        Verdict::Denied => "denied",
         Verdict::UnknownChallenge => "unknown_challenge",
     }
 }
