@@ -176,7 +176,10 @@ impl Bridge {
     }
 
     pub fn set_behaviour(&self, behaviour: Behaviour) {
-        *self.behaviour.lock().unwrap_or_else(PoisonError::into_inner) = behaviour;
+        *self
+            .behaviour
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = behaviour;
     }
 
     /// Disconnects (the daemon fails its messages over to other bridges).

@@ -201,19 +201,25 @@ impl Engine {
         }
         let push_config = &self.config.push;
         let mut sessions = self.pushes.sessions();
-        if sessions.pending.get(user).copied().unwrap_or(0) >= push_config.pending_per_user {
-            let soonest = sessions
+        let limit = push_config.pending_per_user;
+        // The count is kept as pushes come and go; when it is at the limit,
+        // pushes that expired since the last sweep are not held against
+        // the user.
+        if sessions.pending.get(user).copied().unwrap_or(0) >= limit {
+            let live: Vec<Timestamp> = sessions
                 .pushes
                 .values()
-                .filter(|s| &s.user == user && s.verdict.is_none())
+                .filter(|s| &s.user == user && s.verdict.is_none() && s.expires_at > now)
                 .map(|s| s.expires_at)
-                .min()
-                .unwrap_or(now);
-            return Reply::Error {
-                code: ErrorCode::RateLimited,
-                retry_after: now.until(soonest),
-                message: "too many unanswered pushes for this user".into(),
-            };
+                .collect();
+            if live.len() >= usize::from(limit) {
+                let soonest = live.into_iter().min().unwrap_or(now);
+                return Reply::Error {
+                    code: ErrorCode::RateLimited,
+                    retry_after: now.until(soonest),
+                    message: "too many unanswered pushes for this user".into(),
+                };
+            }
         }
         if sessions.pushes.len() >= push_config.capacity {
             return Reply::error(ErrorCode::Busy, "the push table is full");
@@ -266,7 +272,8 @@ impl Engine {
                 waiter: None,
             },
         );
-        *sessions.pending.entry(user.clone()).or_default() += 1;
+        let pending = sessions.pending.entry(user.clone()).or_default();
+        *pending = pending.saturating_add(1);
         self.counters.pushes.fetch_add(1, Relaxed);
         Reply::PushSent {
             push: id,
