@@ -229,14 +229,13 @@ impl Engine {
             id = PushId(rng.next_u64());
         }
         let match_number: u8 = rng.random_range(10..100);
-        let mut choices = [match_number; 3];
-        for i in 1..3 {
-            let mut decoy = rng.random_range(10..100);
-            while choices[..i].contains(&decoy) {
-                decoy = rng.random_range(10..100);
-            }
-            choices[i] = decoy;
+        // Two decoys, distinct from the number and from each other.
+        let first = 10 + (match_number - 10 + rng.random_range(1..90)) % 90;
+        let mut second = rng.random_range(10..100);
+        while second == match_number || second == first {
+            second = rng.random_range(10..100);
         }
+        let mut choices = [match_number, first, second];
         choices.swap(0, rng.random_range(0..3));
 
         let delivered = {
