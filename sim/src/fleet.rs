@@ -1,7 +1,10 @@
 //! Fleets: many users, each holding one or more emulated devices, enrolled
 //! through the daemon's admin API and saved to a file a load run reads.
 //!
-//! The file holds device keys and PINs — it is a fleet of test users, but
+//! IB Key devices get a push key (the daemon is told the public half);
+//! a share of users get a verified phone number, their SMS device.
+//!
+//! The file holds device keys, push keys and PINs — it is a fleet of test users, but
 //! it is treated like the secrets it holds: written with mode 0600 and its
 //! contents never printed.
 
@@ -17,6 +20,8 @@ use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 use slsd::identity::{DeviceId, Username};
 use slsd::otp::SecretKey;
+use slsd::otp::push::PushSigner;
+use slsd::phone::PhoneNumber;
 use slsd::profile::{DeviceKind, DeviceProfiles};
 use slsd::wire::request::Pin;
 use slsd::wire::{EnrollRequest, Operation, Reply};
@@ -152,6 +157,9 @@ pub struct FleetPlan {
     /// Percent of IB Key users whose app also serves the previous IB Key
     /// user ("add user": one phone, several users).
     pub shared_phones: u32,
+    /// Percent of users with a verified phone number (SMS as a second
+    /// factor beside their device).
+    pub phone_numbers: u32,
     /// Usernames are `<prefix>-<n>`.
     pub prefix: String,
     /// Enrolments in flight at once.
@@ -166,6 +174,7 @@ impl FleetPlan {
         for (flag, value) in [
             ("second-device", self.second_device),
             ("shared-phones", self.shared_phones),
+            ("phone-numbers", self.phone_numbers),
         ] {
             if value > 100 {
                 return Err(FleetError::Share { flag, value });
@@ -184,6 +193,8 @@ pub struct FleetDevice {
     pin: Option<Zeroizing<String>>,
     /// The phone an IB Key app runs on (several users may share one).
     pub phone: Option<u32>,
+    /// The seed of an IB Key's push key (the daemon holds the public key).
+    push_seed: Option<Zeroizing<[u8; 32]>>,
 }
 
 impl fmt::Debug for FleetDevice {
@@ -211,6 +222,20 @@ impl FleetDevice {
     pub fn pin(&self) -> Option<&str> {
         self.pin.as_deref().map(String::as_str)
     }
+
+    /// The key an IB Key app signs push approvals with.
+    pub fn push_signer(&self) -> Option<PushSigner> {
+        self.push_seed
+            .as_deref()
+            .map(|seed| PushSigner::from_seed(*seed))
+    }
+}
+
+/// A verified phone number, registered as the user's SMS device.
+#[derive(Debug, Clone)]
+pub struct SmsNumber {
+    pub device: DeviceId,
+    pub number: PhoneNumber,
 }
 
 /// A user of the fleet and the devices they hold.
@@ -218,6 +243,7 @@ impl FleetDevice {
 pub struct Member {
     pub user: Username,
     pub devices: Vec<FleetDevice>,
+    pub sms: Option<SmsNumber>,
 }
 
 /// A fleet: its members and the phones their apps run on.
@@ -235,6 +261,7 @@ impl fmt::Display for Fleet {
             *kinds.entry(device.kind).or_default() += 1;
         }
         let several = self.members.iter().filter(|m| m.devices.len() > 1).count();
+        let numbers = self.members.iter().filter(|m| m.sms.is_some()).count();
         write!(
             f,
             "{} users, {} devices (",
@@ -246,7 +273,7 @@ impl fmt::Display for Fleet {
         }
         write!(
             f,
-            "), {several} users with several devices, {} phones",
+            "), {several} users with several devices, {} phones, {numbers} verified numbers",
             self.phones
         )
     }
@@ -256,6 +283,16 @@ impl fmt::Display for Fleet {
 struct Planned {
     user: Username,
     devices: Vec<(DeviceKind, Option<u32>)>,
+    number: Option<PhoneNumber>,
+}
+
+/// What the holder of a planned device knows: its PIN and push key seed.
+type DeviceSecrets = (Option<String>, Option<[u8; 32]>);
+
+/// The `n`th member's phone number: Swiss mobile numbers, one each.
+fn phone_number(n: usize) -> Result<PhoneNumber, FleetError> {
+    PhoneNumber::new(41, &format!("79{:07}", n % 10_000_000))
+        .map_err(|e| FleetError::Mix(format!("phone number: {e}")))
 }
 
 /// Decides who gets what: kinds by the mix (shuffled), second devices and
@@ -308,7 +345,16 @@ fn plan_members<R: Rng + ?Sized>(
                 (kind, phone)
             })
             .collect();
-        members.push(Planned { user, devices });
+        let number = if rng.random_range(0..100) < plan.phone_numbers {
+            Some(phone_number(n)?)
+        } else {
+            None
+        };
+        members.push(Planned {
+            user,
+            devices,
+            number,
+        });
     }
     Ok(members)
 }
@@ -331,13 +377,22 @@ pub async fn create<R: Rng + ?Sized>(
         .filter_map(|(_, phone)| *phone)
         .max()
         .map_or(0, |last| last + 1);
-    // PINs for the kinds that take one, drawn here so the run is seeded.
-    let pins: Vec<Vec<Option<String>>> = planned
+    // PINs for the kinds that take one and push keys for IB Key apps,
+    // drawn here so the run is seeded.
+    let pins: Vec<Vec<DeviceSecrets>> = planned
         .iter()
         .map(|p| {
             p.devices
                 .iter()
-                .map(|(kind, _)| pin_digits(*kind, profiles).map(|n| random_pin(rng, n)))
+                .map(|(kind, _)| {
+                    let pin = pin_digits(*kind, profiles).map(|n| random_pin(rng, n));
+                    let seed = (*kind == DeviceKind::IbKey).then(|| {
+                        let mut seed = [0u8; 32];
+                        rng.fill_bytes(&mut seed);
+                        seed
+                    });
+                    (pin, seed)
+                })
                 .collect()
         })
         .collect();
@@ -363,7 +418,7 @@ pub async fn create<R: Rng + ?Sized>(
                     return Ok::<_, FleetError>(done);
                 };
                 let mut devices = Vec::with_capacity(member.devices.len());
-                for (&(kind, phone), pin) in member.devices.iter().zip(pins) {
+                for (&(kind, phone), (pin, seed)) in member.devices.iter().zip(pins) {
                     let reply = pipeline
                         .call(Operation::Enroll(EnrollRequest {
                             user: member.user.clone(),
@@ -383,19 +438,55 @@ pub async fn create<R: Rng + ?Sized>(
                             reply: format!("{reply:?}"),
                         });
                     };
+                    if let Some(seed) = seed {
+                        let key = PushSigner::from_seed(*seed).public();
+                        let reply = pipeline
+                            .call(Operation::BindPushKey { device, key })
+                            .await?;
+                        if reply != Reply::Done {
+                            return Err(FleetError::Enroll {
+                                user: member.user.to_string(),
+                                reply: format!("{reply:?}"),
+                            });
+                        }
+                    }
                     devices.push(FleetDevice {
                         id: device,
                         kind,
                         secret,
                         pin: pin.clone().map(Zeroizing::new),
                         phone,
+                        push_seed: seed.map(Zeroizing::new),
                     });
                 }
+                let sms = match &member.number {
+                    Some(number) => {
+                        let reply = pipeline
+                            .call(Operation::EnrollPhone {
+                                user: member.user.clone(),
+                                number: number.clone(),
+                                label: "sim mobile".into(),
+                            })
+                            .await?;
+                        let Reply::Enrolled { device, .. } = reply else {
+                            return Err(FleetError::Enroll {
+                                user: member.user.to_string(),
+                                reply: format!("{reply:?}"),
+                            });
+                        };
+                        Some(SmsNumber {
+                            device,
+                            number: number.clone(),
+                        })
+                    }
+                    None => None,
+                };
                 done.push((
                     index,
                     Member {
                         user: member.user.clone(),
                         devices,
+                        sms,
                     },
                 ));
                 progress(1);
@@ -454,6 +545,9 @@ struct FleetFile {
 struct MemberFile {
     user: String,
     devices: Vec<DeviceFile>,
+    /// The SMS device and its verified number (`+41 791234567`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sms: Option<(u64, String)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -466,6 +560,9 @@ struct DeviceFile {
     pin: Option<Zeroizing<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     phone: Option<u32>,
+    /// The push key's seed, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    push_seed: Option<Zeroizing<String>>,
 }
 
 impl Fleet {
@@ -492,8 +589,13 @@ impl Fleet {
                             secret: Zeroizing::new(hex::encode(d.secret.expose_secret())),
                             pin: d.pin.clone(),
                             phone: d.phone,
+                            push_seed: d
+                                .push_seed
+                                .as_deref()
+                                .map(|seed| Zeroizing::new(hex::encode(seed))),
                         })
                         .collect(),
+                    sms: m.sms.as_ref().map(|s| (s.device.0, s.number.to_string())),
                 })
                 .collect(),
         };
@@ -530,15 +632,37 @@ impl Fleet {
                 let kind: DeviceKind = d.kind.parse().map_err(|e| bad(format!("{e}")))?;
                 let secret = SecretKey::from_hex(&d.secret)
                     .map_err(|e| bad(format!("device {}: {e}", d.id)))?;
+                let push_seed = match d.push_seed {
+                    Some(text) => {
+                        let bytes = Zeroizing::new(
+                            hex::decode(text.as_bytes())
+                                .map_err(|e| bad(format!("device {}: push seed: {e}", d.id)))?,
+                        );
+                        let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                            bad(format!("device {}: a push seed is 32 bytes", d.id))
+                        })?;
+                        Some(Zeroizing::new(seed))
+                    }
+                    None => None,
+                };
                 devices.push(FleetDevice {
                     id: DeviceId(d.id),
                     kind,
                     secret,
                     pin: d.pin,
                     phone: d.phone,
+                    push_seed,
                 });
             }
-            members.push(Member { user, devices });
+            let sms = match m.sms {
+                Some((device, number)) => Some(SmsNumber {
+                    device: DeviceId(device),
+                    number: PhoneNumber::parse(&number)
+                        .map_err(|e| bad(format!("{}: {number}: {e}", m.user)))?,
+                }),
+                None => None,
+            };
+            members.push(Member { user, devices, sms });
         }
         if members.is_empty() {
             return Err(bad("it has no members".into()));
@@ -627,6 +751,7 @@ mod tests {
             mix: "dscplus=50,ibkey=50".parse().unwrap(),
             second_device: 20,
             shared_phones: 30,
+            phone_numbers: 40,
             prefix: "t".into(),
             parallel: 1,
         };
@@ -647,6 +772,10 @@ mod tests {
             + 1;
         // 30% of apps serve the previous user as well.
         assert!(phones < ib_keys * 80 / 100 && phones > ib_keys * 60 / 100);
+        let numbers: Vec<_> = members.iter().filter_map(|m| m.number.as_ref()).collect();
+        assert!((320..480).contains(&numbers.len()), "{}", numbers.len());
+        let distinct: std::collections::HashSet<_> = numbers.iter().collect();
+        assert_eq!(distinct.len(), numbers.len(), "one number per user");
         assert!(
             members
                 .iter()
@@ -661,6 +790,7 @@ mod tests {
             mix: DeviceMix::default(),
             second_device: 101,
             shared_phones: 0,
+            phone_numbers: 0,
             prefix: "t".into(),
             parallel: 1,
         };
@@ -679,13 +809,28 @@ mod tests {
         let fleet = Fleet {
             members: vec![Member {
                 user: Username::new("u-1").unwrap(),
-                devices: vec![FleetDevice {
-                    id: DeviceId(9),
-                    kind: DeviceKind::DscPlus,
-                    secret: SecretKey::from_bytes(vec![3; 32]).unwrap(),
-                    pin: Some(Zeroizing::new("1234".into())),
-                    phone: None,
-                }],
+                devices: vec![
+                    FleetDevice {
+                        id: DeviceId(9),
+                        kind: DeviceKind::DscPlus,
+                        secret: SecretKey::from_bytes(vec![3; 32]).unwrap(),
+                        pin: Some(Zeroizing::new("1234".into())),
+                        phone: None,
+                        push_seed: None,
+                    },
+                    FleetDevice {
+                        id: DeviceId(10),
+                        kind: DeviceKind::IbKey,
+                        secret: SecretKey::from_bytes(vec![4; 32]).unwrap(),
+                        pin: None,
+                        phone: Some(0),
+                        push_seed: Some(Zeroizing::new([5; 32])),
+                    },
+                ],
+                sms: Some(SmsNumber {
+                    device: DeviceId(11),
+                    number: PhoneNumber::parse("+41 791234567").unwrap(),
+                }),
             }],
             phones: 0,
         };
@@ -701,6 +846,15 @@ mod tests {
         assert_eq!(back.members[0].user.as_str(), "u-1");
         assert_eq!(back.members[0].devices[0].pin(), Some("1234"));
         assert_eq!(back.members[0].devices[0].secret.expose_secret(), &[3; 32]);
+        assert_eq!(
+            back.members[0].devices[1].push_signer().unwrap().public(),
+            PushSigner::from_seed([5; 32]).public()
+        );
+        let sms = back.members[0].sms.as_ref().unwrap();
+        assert_eq!(
+            (sms.device, sms.number.to_string()),
+            (DeviceId(11), "+41 791234567".into())
+        );
         assert!(!format!("{back:?}").contains("1234"));
 
         std::fs::write(&path, "{\"format\":\"other\",\"phones\":0,\"members\":[]}").unwrap();

@@ -9,6 +9,11 @@
 //! queue) or closed-loop (`Pace::Concurrency`: a fixed number of users
 //! each start their next login when the last one ends).
 //!
+//! Beside challenge/response logins, a run may mix SMS logins (send a code,
+//! read it from the phone's inbox behind emulated carrier bridges, verify
+//! it) and push logins (push, the emulated user picks the shown number on
+//! an emulated IB Key app, await the verdict): `--mix login=80,sms=10,push=10`.
+//!
 //! Users whose number ends in 9 are the attackers' targets (when there are
 //! attackers); the others log in legitimately and no attack touches them,
 //! so every one of their answers must be accepted.
@@ -17,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,16 +30,20 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use slsd::engine::Role;
 use slsd::identity::{ChallengeId, DeviceId, Username};
-use slsd::profile::DeviceProfiles;
+use slsd::otp::push::PushSigner;
+use slsd::phone::Channel;
+use slsd::profile::{DeviceKind, DeviceProfiles};
 use slsd::wire::request::Answer;
 use slsd::wire::{ChallengeText, Operation, Reply, Verdict};
 use tokio::sync::Notify;
 
 use crate::attack;
+use crate::carrier::{self, Bridge, Inbox};
 use crate::client::{Client, ClientError, Pipeline};
 use crate::device::{DeviceError, EmulatedDevice};
-use crate::fleet::Fleet;
-use crate::report::{LiveSecond, Op, Recorder, Report, RunSetup, chance_of_at_least};
+use crate::fleet::{Fleet, SmsNumber};
+use crate::phone::{Matcher, PhoneApp};
+use crate::report::{Flow, LiveSecond, Op, Recorder, Report, RunSetup, chance_of_at_least};
 
 /// Logins started but not finished, in open-loop mode, past which new
 /// arrivals are dropped (and counted as errors) rather than queued without
@@ -46,6 +55,12 @@ const MAX_VIOLATIONS: usize = 100;
 const OBSERVED: usize = 4096;
 /// How long logins still in flight at the deadline may take to finish.
 const DRAIN: Duration = Duration::from_secs(10);
+/// Carrier bridges a run with SMS logins connects.
+const BRIDGES: usize = 2;
+/// Phone app connections at most; the fleet's phones are spread over them.
+const PHONE_APPS: usize = 64;
+/// Other users an SMS or push login tries when its pick is mid-login.
+const PROBES: usize = 8;
 /// Below this chance of seeing as many attacker accepts by luck, the
 /// accepts are a broken invariant, not luck.
 pub const SURPRISE: f64 = 1e-3;
@@ -81,15 +96,38 @@ pub enum Pace {
     Concurrency(usize),
 }
 
-/// The flows a run mixes, as `--mix login=90,withdrawal=5,sms=5` gives them.
+/// The flows a run mixes, as `--mix login=80,sms=10,push=10` gives them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowMix {
     pub login: u32,
+    pub sms: u32,
+    pub push: u32,
 }
 
 impl Default for FlowMix {
     fn default() -> Self {
-        Self { login: 100 }
+        Self {
+            login: 100,
+            sms: 0,
+            push: 0,
+        }
+    }
+}
+
+impl FlowMix {
+    fn total(&self) -> u32 {
+        self.login + self.sms + self.push
+    }
+
+    /// The flow of a roll in `0..total()`.
+    fn pick(&self, roll: u32) -> Flow {
+        if roll < self.login {
+            Flow::Login
+        } else if roll < self.login + self.sms {
+            Flow::Sms
+        } else {
+            Flow::Push
+        }
     }
 }
 
@@ -97,7 +135,11 @@ impl FromStr for FlowMix {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let mut login = 0;
+        let mut mix = Self {
+            login: 0,
+            sms: 0,
+            push: 0,
+        };
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, share) = part
                 .split_once('=')
@@ -106,26 +148,30 @@ impl FromStr for FlowMix {
                 .trim()
                 .parse()
                 .map_err(|_| format!("--mix: {name}: {share:?} is not a whole number"))?;
+            if share > 1000 {
+                return Err(format!("--mix: {name}: shares are 0..=1000"));
+            }
             match name.trim() {
-                "login" => login = share,
-                flow @ ("withdrawal" | "sms" | "push") if share > 0 => {
-                    return Err(format!(
-                        "--mix: {flow}: the daemon has no {flow} operation yet; \
-                         only login flows can run"
-                    ));
+                "login" => mix.login = share,
+                "sms" => mix.sms = share,
+                "push" => mix.push = share,
+                "withdrawal" if share > 0 => {
+                    return Err(
+                        "--mix: withdrawal: the daemon has no withdrawal operation yet".into(),
+                    );
                 }
-                "withdrawal" | "sms" | "push" => {}
+                "withdrawal" => {}
                 other => {
                     return Err(format!(
-                        "--mix: unknown flow {other:?} (expected login, withdrawal, sms or push)"
+                        "--mix: unknown flow {other:?} (expected login, sms, push or withdrawal)"
                     ));
                 }
             }
         }
-        if login == 0 {
-            return Err("--mix: give login a share above 0".into());
+        if mix.total() == 0 {
+            return Err("--mix: give at least one flow a share above 0".into());
         }
-        Ok(Self { login })
+        Ok(mix)
     }
 }
 
@@ -161,6 +207,13 @@ pub enum LoadError {
 pub(crate) struct Holder {
     pub user: Username,
     pub devices: Vec<(DeviceId, EmulatedDevice)>,
+    /// The verified number, for SMS logins.
+    pub sms: Option<SmsNumber>,
+    /// The IB Key device push logins use.
+    pub push: Option<DeviceId>,
+    /// In an SMS or push login now (one at a time per user: both have one
+    /// live code or a bounded number of pending pushes).
+    pub busy: AtomicBool,
 }
 
 /// A lockout the attackers saw: the daemon said it was in force when
@@ -178,6 +231,12 @@ pub(crate) struct Shared {
     pub members: Vec<Holder>,
     pub legit: Vec<usize>,
     pub victims: Vec<usize>,
+    /// Legitimate users with a verified number / with push.
+    sms_users: Vec<usize>,
+    push_users: Vec<usize>,
+    inbox: Arc<Inbox>,
+    matcher: Arc<Matcher>,
+    flows: FlowMix,
     recorders: Vec<Mutex<Recorder>>,
     /// Correct answers of finished logins, for replay attacks.
     pub observed: Mutex<VecDeque<(ChallengeId, Answer)>>,
@@ -308,9 +367,17 @@ pub async fn run(
                 .iter()
                 .map(|d| Ok((d.id, d.emulate(profiles)?)))
                 .collect::<Result<Vec<_>, DeviceError>>()?;
+            let push = m
+                .devices
+                .iter()
+                .find(|d| d.kind == DeviceKind::IbKey && d.push_signer().is_some())
+                .map(|d| d.id);
             Ok(Holder {
                 user: m.user.clone(),
                 devices,
+                sms: m.sms.clone(),
+                push,
+                busy: AtomicBool::new(false),
             })
         })
         .collect::<Result<Vec<_>, DeviceError>>()?;
@@ -323,6 +390,38 @@ pub async fn run(
         (0..members.len()).partition(|i| i % 10 != 9)
     } else {
         ((0..members.len()).collect(), Vec::new())
+    };
+    let sms_users: Vec<usize> = legit
+        .iter()
+        .copied()
+        .filter(|&i| members.get(i).is_some_and(|m| m.sms.is_some()))
+        .collect();
+    let push_users: Vec<usize> = legit
+        .iter()
+        .copied()
+        .filter(|&i| members.get(i).is_some_and(|m| m.push.is_some()))
+        .collect();
+    if plan.flows.sms > 0 && sms_users.is_empty() {
+        return Err(LoadError::Plan(
+            "--mix sms needs users with a verified number (fleet create --phone-numbers)".into(),
+        ));
+    }
+    if plan.flows.push > 0 && push_users.is_empty() {
+        return Err(LoadError::Plan(
+            "--mix push needs IB Key users with push keys".into(),
+        ));
+    }
+    let inbox = Arc::new(Inbox::default());
+    let matcher = Arc::new(Matcher::default());
+    let bridges = if plan.flows.sms > 0 {
+        start_bridges(target, &inbox).await?
+    } else {
+        Vec::new()
+    };
+    let phones = if plan.flows.push > 0 {
+        start_phones(target, fleet, &matcher).await?
+    } else {
+        Vec::new()
     };
     let (clients, pipelines) = gateway_channels(target, plan).await?;
     let attack_channel = if plan.attackers > 0 {
@@ -339,6 +438,11 @@ pub async fn run(
         members,
         legit,
         victims,
+        sms_users,
+        push_users,
+        inbox,
+        matcher,
+        flows: plan.flows.clone(),
         recorders: (0..parts)
             .map(|_| Mutex::new(Recorder::new(start)))
             .collect(),
@@ -413,12 +517,62 @@ pub async fn run(
     if let Some((_, client)) = attack_channel {
         client.close();
     }
+    for bridge in bridges {
+        bridge.stop();
+    }
+    for phone in phones {
+        phone.stop();
+    }
     Ok(Outcome {
         recorder,
         elapsed,
         violations,
         users: shared.members.len(),
     })
+}
+
+/// Carrier bridges that deliver every message to the inbox.
+async fn start_bridges(target: &Target, inbox: &Arc<Inbox>) -> Result<Vec<Bridge>, LoadError> {
+    let mut bridges = Vec::with_capacity(BRIDGES);
+    for _ in 0..BRIDGES {
+        let client = target.client(Role::Carrier).await?;
+        bridges.push(Bridge::start(client, carrier::Behaviour::Deliver, Arc::clone(inbox)).await?);
+    }
+    Ok(bridges)
+}
+
+/// Phone apps subscribed for every IB Key device with a push key; the
+/// fleet's phones are spread over at most [`PHONE_APPS`] connections, a
+/// phone's users staying together.
+async fn start_phones(
+    target: &Target,
+    fleet: &Fleet,
+    matcher: &Arc<Matcher>,
+) -> Result<Vec<PhoneApp>, LoadError> {
+    let mut groups: Vec<Vec<(DeviceId, Arc<PushSigner>)>> = vec![Vec::new(); PHONE_APPS];
+    for device in fleet.members.iter().flat_map(|m| &m.devices) {
+        if let (Some(signer), Some(group)) = (
+            device.push_signer(),
+            groups.get_mut(device.phone.unwrap_or(0) as usize % PHONE_APPS),
+        ) {
+            group.push((device.id, Arc::new(signer)));
+        }
+    }
+    let mut apps = Vec::new();
+    for group in groups.into_iter().filter(|g| !g.is_empty()) {
+        let client = target.client(Role::Phone).await?;
+        let app = PhoneApp::connect(client, Arc::clone(matcher)).await?;
+        for chunk in group.chunks(256) {
+            let replies = app.subscribe(chunk).await?;
+            if let Some(refused) = replies.iter().find(|r| **r != Reply::Subscribed) {
+                return Err(LoadError::Plan(format!(
+                    "a phone could not subscribe: {refused:?}"
+                )));
+            }
+        }
+        apps.push(app);
+    }
+    Ok(apps)
 }
 
 /// `connections` gateway connections with `streams` pipelined streams each.
@@ -459,20 +613,15 @@ async fn drive(shared: &Arc<Shared>, pipelines: &[Pipeline], plan: &LoadPlan) {
                     shared.record(part, |r| r.error("client: backlog full".into(), due));
                     continue;
                 }
-                let (Some(&member), Some(pipeline)) = (
-                    shared
-                        .legit
-                        .get(rng.random_range(0..shared.legit.len().max(1))),
-                    pipelines.get(part),
-                ) else {
+                let Some(pipeline) = pipelines.get(part) else {
                     break;
                 };
-                let pick = rng.random_range(0..64usize);
+                let roll = Roll::draw(&mut rng, &shared.flows);
                 shared.in_flight.fetch_add(1, Ordering::AcqRel);
                 let shared = Arc::clone(shared);
                 let pipeline = pipeline.clone();
                 tokio::spawn(async move {
-                    login(&shared, &pipeline, part, member, pick, due).await;
+                    one_flow(&shared, &pipeline, part, roll, due).await;
                     if shared.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
                         shared.idle.notify_waiters();
                     }
@@ -491,14 +640,8 @@ async fn drive(shared: &Arc<Shared>, pipelines: &[Pipeline], plan: &LoadPlan) {
                 let mut rng = ChaCha8Rng::seed_from_u64(plan.seed.wrapping_add(u as u64 + 1));
                 tasks.push(tokio::spawn(async move {
                     while Instant::now() < shared.deadline {
-                        let Some(&member) = shared
-                            .legit
-                            .get(rng.random_range(0..shared.legit.len().max(1)))
-                        else {
-                            break;
-                        };
-                        let pick = rng.random_range(0..64usize);
-                        login(&shared, &pipeline, part, member, pick, Instant::now()).await;
+                        let roll = Roll::draw(&mut rng, &shared.flows);
+                        one_flow(&shared, &pipeline, part, roll, Instant::now()).await;
                     }
                 }));
             }
@@ -506,6 +649,175 @@ async fn drive(shared: &Arc<Shared>, pipelines: &[Pipeline], plan: &LoadPlan) {
                 let _ = task.await;
             }
         }
+    }
+}
+
+/// The random choices of one flow: which flow, which user, which device.
+#[derive(Debug, Clone, Copy)]
+struct Roll {
+    flow: Flow,
+    member: usize,
+    pick: usize,
+}
+
+impl Roll {
+    fn draw(rng: &mut ChaCha8Rng, flows: &FlowMix) -> Self {
+        Self {
+            flow: flows.pick(rng.random_range(0..flows.total().max(1))),
+            member: rng.random_range(0..1 << 30),
+            pick: rng.random_range(0..64usize),
+        }
+    }
+}
+
+/// Runs the rolled flow for the rolled user.
+async fn one_flow(shared: &Shared, gateway: &Pipeline, part: usize, roll: Roll, due: Instant) {
+    let list = match roll.flow {
+        Flow::Login => {
+            let member = shared
+                .legit
+                .get(roll.member % shared.legit.len().max(1))
+                .copied();
+            if let Some(member) = member {
+                login(shared, gateway, part, member, roll.pick, due).await;
+            }
+            return;
+        }
+        Flow::Sms => &shared.sms_users,
+        Flow::Push => &shared.push_users,
+    };
+    // One SMS or push login per user at a time: take the first free user
+    // from the rolled one on.
+    let claimed = (0..PROBES)
+        .filter_map(|probe| list.get((roll.member + probe) % list.len().max(1)).copied())
+        .find(|&m| {
+            shared.members.get(m).is_some_and(|h| {
+                h.busy
+                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            })
+        });
+    let Some(member) = claimed else {
+        return shared.record(part, |r| {
+            r.error("client: every picked user busy".into(), due)
+        });
+    };
+    match roll.flow {
+        Flow::Sms => sms_login(shared, gateway, part, member, due).await,
+        _ => push_login(shared, gateway, part, member, due).await,
+    }
+    if let Some(holder) = shared.members.get(member) {
+        holder.busy.store(false, Ordering::Release);
+    }
+}
+
+/// An SMS login: send a code, read it off the phone, verify it.
+async fn sms_login(shared: &Shared, gateway: &Pipeline, part: usize, member: usize, due: Instant) {
+    let Some(holder) = shared.members.get(member) else {
+        return;
+    };
+    let Some(sms) = &holder.sms else { return };
+    let user = &holder.user;
+    // A text left over from an earlier login that failed half way is not
+    // this login's code.
+    while shared.inbox.pending(&sms.number) > 0 {
+        let _ = shared.inbox.next(&sms.number, Duration::ZERO).await;
+    }
+    let result = gateway
+        .call(Operation::SendCode {
+            user: user.clone(),
+            channel: Channel::Sms,
+        })
+        .await;
+    let got = Instant::now();
+    shared.record(part, |r| r.request(Op::SendCode, due, got));
+    let expires_in = match result {
+        Ok(Reply::CodeSent { expires_in, .. }) => expires_in,
+        other => return shared.error(part, Op::SendCode, &other, got),
+    };
+    let Some(text) = shared.inbox.next(&sms.number, expires_in).await else {
+        return shared.violation(format!(
+            "{user}: the code sent to {:?} never arrived",
+            sms.number
+        ));
+    };
+    let Some(code) = text.code() else {
+        return shared.violation(format!("{user}: a text without a code"));
+    };
+    let sent = Instant::now();
+    let result = gateway
+        .call(Operation::VerifyCode {
+            user: user.clone(),
+            code: Answer::new(&code),
+        })
+        .await;
+    let got = Instant::now();
+    shared.record(part, |r| r.request(Op::VerifyCode, sent, got));
+    let verdict = match result {
+        Ok(Reply::Verdict(verdict)) => verdict,
+        other => return shared.error(part, Op::VerifyCode, &other, got),
+    };
+    shared.record(part, |r| r.verdict(verdict_name(&verdict)));
+    match verdict {
+        Verdict::Accepted {
+            user: named,
+            device,
+            kind: DeviceKind::Sms,
+        } if named == *user && device == sms.device => {
+            shared.record(part, |r| r.login(Flow::Sms, due, got));
+        }
+        other => shared.violation(format!(
+            "{user}: the code the phone received was refused: {other:?}"
+        )),
+    }
+}
+
+/// A push login: push, show the number, the phone approves, await.
+async fn push_login(shared: &Shared, gateway: &Pipeline, part: usize, member: usize, due: Instant) {
+    let Some(holder) = shared.members.get(member) else {
+        return;
+    };
+    let Some(device) = holder.push else { return };
+    let user = &holder.user;
+    let result = gateway
+        .call(Operation::Push {
+            user: user.clone(),
+            device,
+        })
+        .await;
+    let got = Instant::now();
+    shared.record(part, |r| r.request(Op::Push, due, got));
+    let (push, match_number, expires_in) = match result {
+        Ok(Reply::PushSent {
+            push,
+            match_number,
+            expires_in,
+        }) => (push, match_number, expires_in),
+        other => return shared.error(part, Op::Push, &other, got),
+    };
+    shared.matcher.shown(push, match_number);
+    let sent = Instant::now();
+    let result = gateway.call(Operation::AwaitPush { push }).await;
+    let got = Instant::now();
+    shared.record(part, |r| r.request(Op::AwaitPush, sent, got));
+    let verdict = match result {
+        Ok(Reply::Verdict(verdict)) => verdict,
+        other => return shared.error(part, Op::AwaitPush, &other, got),
+    };
+    shared.record(part, |r| r.verdict(verdict_name(&verdict)));
+    match verdict {
+        Verdict::Accepted {
+            user: named,
+            device: by,
+            kind: DeviceKind::IbKey,
+        } if named == *user && by == device => {
+            shared.record(part, |r| r.login(Flow::Push, due, got));
+        }
+        // The phone approves every push with the shown number at once.
+        refused if got < sent + expires_in => shared.violation(format!(
+            "{user}: the push the phone approved was refused: {refused:?}"
+        )),
+        _ => {}
     }
 }
 
@@ -599,7 +911,7 @@ async fn login(
             device: by,
             ..
         } if named == *user && by == device => {
-            shared.record(part, |r| r.login(due, got));
+            shared.record(part, |r| r.login(Flow::Login, due, got));
             let mut observed = lock(&shared.observed);
             if observed.len() == OBSERVED {
                 observed.pop_front();

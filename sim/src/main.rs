@@ -99,6 +99,9 @@ struct FleetShape {
     /// Percent of IB Key users whose phone app also serves another user.
     #[arg(long, default_value_t = 20)]
     shared_phones: u32,
+    /// Percent of users with a verified phone number (SMS logins).
+    #[arg(long, default_value_t = 50)]
+    phone_numbers: u32,
     /// Enrolments in flight at once.
     #[arg(long, default_value_t = 64)]
     parallel: usize,
@@ -169,8 +172,9 @@ struct LoadArgs {
     users: usize,
     #[command(flatten)]
     load: LoadShape,
-    /// Flows and their shares (login; withdrawal, sms and push once the
-    /// daemon has them).
+    /// Flows and their shares: login (challenge/response), sms (a code
+    /// through the emulated carrier), push (IB Key approval on emulated
+    /// phones); withdrawal once the daemon has it.
     #[arg(long, default_value = "login=100")]
     mix: FlowMix,
     #[command(flatten)]
@@ -189,8 +193,9 @@ struct BenchArgs {
     devices: DeviceMix,
     #[command(flatten)]
     load: LoadShape,
-    /// Flows and their shares (login; withdrawal, sms and push once the
-    /// daemon has them).
+    /// Flows and their shares: login (challenge/response), sms (a code
+    /// through the emulated carrier), push (IB Key approval on emulated
+    /// phones); withdrawal once the daemon has it.
     #[arg(long, default_value = "login=100")]
     mix: FlowMix,
     /// A running daemon to load instead of starting one.
@@ -384,6 +389,7 @@ async fn create_fleet(
         mix: mix.clone(),
         second_device: shape.second_device,
         shared_phones: shape.shared_phones,
+        phone_numbers: shape.phone_numbers,
         prefix,
         parallel: shape.parallel,
     };

@@ -15,10 +15,25 @@ pub enum Op {
     Devices,
     Challenge,
     Verify,
+    SendCode,
+    VerifyCode,
+    Push,
+    AwaitPush,
 }
 
+/// Operations counted.
+const OPS: usize = 7;
+
 impl Op {
-    const ALL: [Self; 3] = [Self::Devices, Self::Challenge, Self::Verify];
+    const ALL: [Self; OPS] = [
+        Self::Devices,
+        Self::Challenge,
+        Self::Verify,
+        Self::SendCode,
+        Self::VerifyCode,
+        Self::Push,
+        Self::AwaitPush,
+    ];
 
     /// The name in reports and error kinds.
     pub fn name(self) -> &'static str {
@@ -26,6 +41,35 @@ impl Op {
             Self::Devices => "devices",
             Self::Challenge => "challenge",
             Self::Verify => "verify",
+            Self::SendCode => "send_code",
+            Self::VerifyCode => "verify_code",
+            Self::Push => "push",
+            Self::AwaitPush => "await_push",
+        }
+    }
+}
+
+/// The kinds of login a run mixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Challenge/response with the user's device.
+    Login,
+    /// A code by SMS, read from the phone's inbox.
+    Sms,
+    /// IB Key push approval with number matching.
+    Push,
+}
+
+const FLOWS: usize = 3;
+
+impl Flow {
+    pub const ALL: [Self; FLOWS] = [Self::Login, Self::Sms, Self::Push];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Login => "login",
+            Self::Sms => "sms",
+            Self::Push => "push",
         }
     }
 }
@@ -111,11 +155,12 @@ pub struct AttackTally {
 #[derive(Clone)]
 pub struct Recorder {
     start: Instant,
-    requests: [u64; 3],
-    latency: [Histogram<u64>; 3],
+    requests: [u64; OPS],
+    latency: [Histogram<u64>; OPS],
     all: Histogram<u64>,
     login: Histogram<u64>,
     logins: u64,
+    flows: [(u64, Histogram<u64>); FLOWS],
     verdicts: BTreeMap<String, u64>,
     errors: BTreeMap<String, u64>,
     attacks: BTreeMap<&'static str, AttackTally>,
@@ -136,11 +181,12 @@ impl Recorder {
     pub fn new(start: Instant) -> Self {
         Self {
             start,
-            requests: [0; 3],
-            latency: [fine_histogram(), fine_histogram(), fine_histogram()],
+            requests: [0; OPS],
+            latency: std::array::from_fn(|_| fine_histogram()),
             all: fine_histogram(),
             login: fine_histogram(),
             logins: 0,
+            flows: std::array::from_fn(|_| (0, fine_histogram())),
             verdicts: BTreeMap::new(),
             errors: BTreeMap::new(),
             attacks: BTreeMap::new(),
@@ -171,12 +217,14 @@ impl Recorder {
         let _ = second.latency.record(us);
     }
 
-    /// A completed, accepted login, from when it was due.
-    pub fn login(&mut self, due: Instant, done: Instant) {
+    /// A completed, accepted login of `flow`, from when it was due.
+    pub fn login(&mut self, flow: Flow, due: Instant, done: Instant) {
+        let us = micros(done.saturating_duration_since(due));
         self.logins += 1;
-        let _ = self
-            .login
-            .record(micros(done.saturating_duration_since(due)));
+        let _ = self.login.record(us);
+        let (count, histogram) = &mut self.flows[flow as usize];
+        *count += 1;
+        let _ = histogram.record(us);
         self.second(done).logins += 1;
     }
 
@@ -203,9 +251,13 @@ impl Recorder {
 
     /// Adds `other` (another part of the same run) into this one.
     pub fn merge(&mut self, other: &Self) {
-        for i in 0..3 {
+        for i in 0..OPS {
             self.requests[i] += other.requests[i];
             let _ = self.latency[i].add(&other.latency[i]);
+        }
+        for (mine, theirs) in self.flows.iter_mut().zip(&other.flows) {
+            mine.0 += theirs.0;
+            let _ = mine.1.add(&theirs.1);
         }
         let _ = self.all.add(&other.all);
         let _ = self.login.add(&other.login);
@@ -273,8 +325,24 @@ impl Recorder {
             logins_per_sec: self.logins as f64 / secs,
             latency_us: Percentiles::of(&self.all),
             login_latency_us: Percentiles::of(&self.login),
+            flows: Flow::ALL
+                .iter()
+                .filter(|&&flow| self.flows[flow as usize].0 > 0)
+                .map(|&flow| {
+                    let (count, histogram) = &self.flows[flow as usize];
+                    (
+                        flow.name().to_owned(),
+                        OperationReport {
+                            count: *count,
+                            per_sec: *count as f64 / secs,
+                            latency_us: Percentiles::of(histogram),
+                        },
+                    )
+                })
+                .collect(),
             operations: Op::ALL
                 .iter()
+                .filter(|&&op| self.requests[op as usize] > 0)
                 .map(|&op| {
                     let i = op as usize;
                     (
@@ -406,6 +474,8 @@ pub struct Report {
     pub latency_us: Percentiles,
     /// Per accepted login, from when it was due to its verdict.
     pub login_latency_us: Percentiles,
+    /// Accepted logins and their latency, by flow (login, sms, push).
+    pub flows: BTreeMap<String, OperationReport>,
     pub operations: BTreeMap<String, OperationReport>,
     /// Verdicts on legitimate answers.
     pub verdicts: BTreeMap<String, u64>,
@@ -457,10 +527,19 @@ impl Report {
             "latency per login   (us): {}",
             p(&self.login_latency_us)
         );
+        for (name, flow) in &self.flows {
+            let _ = writeln!(
+                out,
+                "  {name:<5} logins {:>8} ({:.0}/s)  {}",
+                flow.count,
+                flow.per_sec,
+                p(&flow.latency_us)
+            );
+        }
         for (name, op) in &self.operations {
             let _ = writeln!(
                 out,
-                "  {name:<10} {:>10} ({:.0}/s)  {}",
+                "  {name:<12} {:>10} ({:.0}/s)  {}",
                 op.count,
                 op.per_sec,
                 p(&op.latency_us)
@@ -574,7 +653,7 @@ mod tests {
         let mut b = Recorder::new(start);
         a.request(Op::Challenge, start, start + Duration::from_micros(100));
         b.request(Op::Verify, start, start + Duration::from_millis(1500));
-        b.login(start, start + Duration::from_millis(1500));
+        b.login(Flow::Login, start, start + Duration::from_millis(1500));
         b.verdict("accepted");
         a.error("challenge: RateLimited".into(), start);
         b.attack("guess").evaluated += 2;
