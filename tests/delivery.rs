@@ -713,3 +713,54 @@ async fn each_role_calls_only_its_own_operations() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_restart_makes_every_live_code_worthless() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"), "", CONFIG);
+    let admin = daemon.client(Role::Admin).await;
+    let ivy = number("+49 15112345678");
+    let device = enroll_phone(&admin, "ivy", "+49 15112345678").await;
+    let inbox = Arc::new(Inbox::default());
+    let bridge_before = bridge(&daemon, carrier::Behaviour::Deliver, &inbox).await;
+    let gateway = daemon.client(Role::Gateway).await;
+    assert!(matches!(
+        send(&gateway, "ivy", Channel::Sms).await,
+        Reply::CodeSent { .. }
+    ));
+    let code = inbox
+        .next(&ivy, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .code()
+        .unwrap();
+    bridge_before.stop();
+
+    // Codes are ephemeral: after a crash the old one is unknown, never
+    // accepted; the number (durable) still works for a new code.
+    let daemon = daemon.crash_and_restart();
+    let gateway = daemon.client(Role::Gateway).await;
+    assert_eq!(
+        verify_code(&gateway, "ivy", &code).await,
+        Reply::Verdict(Verdict::UnknownChallenge)
+    );
+    let _bridge = bridge(&daemon, carrier::Behaviour::Deliver, &inbox).await;
+    assert!(matches!(
+        send(&gateway, "ivy", Channel::Sms).await,
+        Reply::CodeSent { .. }
+    ));
+    let fresh = inbox
+        .next(&ivy, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .code()
+        .unwrap();
+    assert_eq!(
+        verify_code(&gateway, "ivy", &fresh).await,
+        Reply::Verdict(Verdict::Accepted {
+            user: user("ivy"),
+            device,
+            kind: DeviceKind::Sms
+        })
+    );
+}

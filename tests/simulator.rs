@@ -238,6 +238,8 @@ fn bench_starts_its_own_daemon_and_reports() {
         "2s",
         "--users",
         "100",
+        "--mix",
+        "login=60,sms=20,push=20",
         "--json",
         report_path.to_str().unwrap(),
     ]);
@@ -249,10 +251,31 @@ fn bench_starts_its_own_daemon_and_reports() {
     assert!(report["cores"].as_u64().unwrap() >= 1);
     assert!(report["attacker_requests"].as_u64().unwrap() > 0);
     assert!(report["daemon_cpu_s"].as_f64().unwrap() > 0.0);
+    // SMS codes went through the emulated carrier, pushes through the
+    // emulated phones, and every one of them was accepted.
+    for flow in ["login", "sms", "push"] {
+        assert!(
+            report["flows"][flow]["count"].as_u64().unwrap() > 0,
+            "{flow}: {}",
+            report["flows"]
+        );
+    }
+    for op in ["send_code", "verify_code", "push", "await_push"] {
+        assert!(
+            report["operations"][op]["count"].as_u64().unwrap() > 0,
+            "{op}"
+        );
+    }
+    assert_eq!(
+        report["errors"].as_u64(),
+        Some(0),
+        "{}",
+        report["errors_by_kind"]
+    );
 }
 
 #[test]
-fn fleet_and_load_refuse_flows_the_daemon_cannot_serve() {
+fn fleet_and_load_refuse_mixes_they_cannot_run() {
     let run = sls_sim(&[
         "fleet",
         "create",

@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -35,7 +35,7 @@ use slsd::phone::Channel;
 use slsd::profile::{DeviceKind, DeviceProfiles};
 use slsd::wire::request::Answer;
 use slsd::wire::{ChallengeText, Operation, Reply, Verdict};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::attack;
 use crate::carrier::{self, Bridge, Inbox};
@@ -59,8 +59,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 const BRIDGES: usize = 2;
 /// Phone app connections at most; the fleet's phones are spread over them.
 const PHONE_APPS: usize = 64;
-/// Other users an SMS or push login tries when its pick is mid-login.
-const PROBES: usize = 8;
+
 /// Below this chance of seeing as many attacker accepts by luck, the
 /// accepts are a broken invariant, not luck.
 pub const SURPRISE: f64 = 1e-3;
@@ -211,9 +210,6 @@ pub(crate) struct Holder {
     pub sms: Option<SmsNumber>,
     /// The IB Key device push logins use.
     pub push: Option<DeviceId>,
-    /// In an SMS or push login now (one at a time per user: both have one
-    /// live code or a bounded number of pending pushes).
-    pub busy: AtomicBool,
 }
 
 /// A lockout the attackers saw: the daemon said it was in force when
@@ -231,9 +227,13 @@ pub(crate) struct Shared {
     pub members: Vec<Holder>,
     pub legit: Vec<usize>,
     pub victims: Vec<usize>,
-    /// Legitimate users with a verified number / with push.
-    sms_users: Vec<usize>,
-    push_users: Vec<usize>,
+    /// Legitimate users with a verified number / with push, not in an SMS
+    /// or push login now: one such login per user at a time, since a user
+    /// has one live code and a bounded number of pending pushes. A login
+    /// waits for a permit (there are as many as users), takes the
+    /// longest-idle user and puts them back at the end.
+    sms_users: (Semaphore, Mutex<VecDeque<usize>>),
+    push_users: (Semaphore, Mutex<VecDeque<usize>>),
     inbox: Arc<Inbox>,
     matcher: Arc<Matcher>,
     flows: FlowMix,
@@ -377,7 +377,6 @@ pub async fn run(
                 devices,
                 sms: m.sms.clone(),
                 push,
-                busy: AtomicBool::new(false),
             })
         })
         .collect::<Result<Vec<_>, DeviceError>>()?;
@@ -391,12 +390,12 @@ pub async fn run(
     } else {
         ((0..members.len()).collect(), Vec::new())
     };
-    let sms_users: Vec<usize> = legit
+    let sms_users: VecDeque<usize> = legit
         .iter()
         .copied()
         .filter(|&i| members.get(i).is_some_and(|m| m.sms.is_some()))
         .collect();
-    let push_users: Vec<usize> = legit
+    let push_users: VecDeque<usize> = legit
         .iter()
         .copied()
         .filter(|&i| members.get(i).is_some_and(|m| m.push.is_some()))
@@ -438,8 +437,8 @@ pub async fn run(
         members,
         legit,
         victims,
-        sms_users,
-        push_users,
+        sms_users: (Semaphore::new(sms_users.len()), Mutex::new(sms_users)),
+        push_users: (Semaphore::new(push_users.len()), Mutex::new(push_users)),
         inbox,
         matcher,
         flows: plan.flows.clone(),
@@ -686,29 +685,18 @@ async fn one_flow(shared: &Shared, gateway: &Pipeline, part: usize, roll: Roll, 
         Flow::Sms => &shared.sms_users,
         Flow::Push => &shared.push_users,
     };
-    // One SMS or push login per user at a time: take the first free user
-    // from the rolled one on.
-    let claimed = (0..PROBES)
-        .filter_map(|probe| list.get((roll.member + probe) % list.len().max(1)).copied())
-        .find(|&m| {
-            shared.members.get(m).is_some_and(|h| {
-                h.busy
-                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-            })
-        });
-    let Some(member) = claimed else {
-        return shared.record(part, |r| {
-            r.error("client: every picked user busy".into(), due)
-        });
+    let (permits, list) = list;
+    let Ok(_permit) = permits.acquire().await else {
+        return;
+    };
+    let Some(member) = lock(list).pop_front() else {
+        return;
     };
     match roll.flow {
         Flow::Sms => sms_login(shared, gateway, part, member, due).await,
         _ => push_login(shared, gateway, part, member, due).await,
     }
-    if let Some(holder) = shared.members.get(member) {
-        holder.busy.store(false, Ordering::Release);
-    }
+    lock(list).push_back(member);
 }
 
 /// An SMS login: send a code, read it off the phone, verify it.

@@ -64,14 +64,13 @@ impl Role {
 
 /// A stream of the server, as the engine knows it: where frames for a
 /// subscription or a pending `AwaitPush` are written.
+///
+/// Frames are never dropped while the stream lives: a stream whose reader
+/// is behind makes them wait, which the tables that hand out frames bound
+/// (the outbox, pending pushes).
 pub trait Sink: Send + Sync {
-    /// Queues a frame if there is room now; false if the stream is full or
-    /// gone (a message then goes to another bridge, a push is reported
-    /// unreachable).
-    fn offer(&self, frame: Vec<u8>) -> bool;
-    /// Queues a frame that must not be dropped while the stream lives (a
-    /// verdict a gateway waits for).
-    fn deliver(&self, frame: Vec<u8>);
+    /// Queues a frame; false if the stream has ended.
+    fn deliver(&self, frame: Vec<u8>) -> bool;
     /// Whether the stream has ended.
     fn is_closed(&self) -> bool;
 }

@@ -124,7 +124,8 @@ fn answer(sink: &Arc<dyn Sink>, request: u64, verdict: Verdict) {
         reply: Reply::Verdict(verdict),
     }
     .to_frame();
-    sink.deliver(frame);
+    // A gateway whose stream has ended cannot be told; the push is spent.
+    let _ = sink.deliver(frame);
 }
 
 impl Engine {
@@ -251,7 +252,7 @@ impl Engine {
                         expires_in: push_config.ttl,
                     },
                 };
-                link.sink.offer(notice.to_frame())
+                link.sink.deliver(notice.to_frame())
             })
         };
         if !delivered {
@@ -328,37 +329,53 @@ impl Engine {
         approval: Option<(u8, &Signature)>,
         now: Timestamp,
     ) -> Outcome {
-        let mut sessions = self.pushes.sessions();
-        let Some(session) = sessions.pushes.get_mut(&id) else {
-            return Reply::error(ErrorCode::NotFound, "no such push").into();
+        // Checked under the lock, the signature outside it (an Ed25519
+        // verification is the costliest step of a push), then the push is
+        // settled under the lock again: the first answer wins.
+        let (device, match_number) = {
+            let sessions = self.pushes.sessions();
+            let Some(session) = sessions.pushes.get(&id) else {
+                return Reply::error(ErrorCode::NotFound, "no such push").into();
+            };
+            if session.verdict.is_some() || session.expires_at <= now {
+                return Reply::error(ErrorCode::NotFound, "the push was answered or expired")
+                    .into();
+            }
+            if !self.pushes.linked_to(session.device, caller.connection) {
+                return Reply::error(
+                    ErrorCode::Forbidden,
+                    "this connection has not subscribed for the push's device",
+                )
+                .into();
+            }
+            (session.device, session.match_number)
         };
-        if session.verdict.is_some() || session.expires_at <= now {
-            return Reply::error(ErrorCode::NotFound, "the push was answered or expired").into();
-        }
-        if !self.pushes.linked_to(session.device, caller.connection) {
-            return Reply::error(
-                ErrorCode::Forbidden,
-                "this connection has not subscribed for the push's device",
-            )
-            .into();
-        }
-        let Some(device) = self.registry.device(session.device) else {
+        let Some(device) = self.registry.device(device) else {
             return Reply::error(ErrorCode::NotFound, "the device was revoked").into();
         };
+        let signed = approval.map(|(chosen, proof)| {
+            let message = push::approve_message(id, device.id, chosen);
+            device
+                .push_key()
+                .is_some_and(|k| k.verifies(&message, proof))
+        });
+        let mut sessions = self.pushes.sessions();
+        let Some(session) = sessions
+            .pushes
+            .get_mut(&id)
+            .filter(|s| s.verdict.is_none() && s.expires_at > now)
+        else {
+            return Reply::error(ErrorCode::NotFound, "the push was answered or expired").into();
+        };
         let mut persist = None;
-        let verdict = match approval {
-            None => Verdict::Denied,
-            Some((chosen, proof)) => {
+        let verdict = match (approval, signed) {
+            (Some((chosen, _)), Some(signed)) => {
                 let mut failures = device.failures();
-                let message = push::approve_message(id, device.id, chosen);
-                let signed = device
-                    .push_key()
-                    .is_some_and(|k| k.verifies(&message, proof));
                 if failures.locked_until > now {
                     Verdict::LockedOut {
                         retry_after: now.until(failures.locked_until),
                     }
-                } else if signed & (chosen == session.match_number) {
+                } else if signed & (chosen == match_number) {
                     if *failures != FailureState::default() {
                         *failures = FailureState::default();
                         persist = Some(device.id);
@@ -382,6 +399,7 @@ impl Engine {
                     }
                 }
             }
+            _ => Verdict::Denied,
         };
         let user = session.user.clone();
         match session.waiter.take() {

@@ -131,8 +131,8 @@ impl Outbox {
         sent.map(|()| id).map_err(|_| DispatchError::NoBridge)
     }
 
-    /// Offers the message to the least loaded bridge not in `tried`, and
-    /// records it in flight; gives the message back if no bridge took it.
+    /// Hands the message to the least loaded live bridge not in `tried`,
+    /// and records it in flight; gives the message back if there is none.
     fn send(
         &self,
         state: &mut State,
@@ -167,7 +167,7 @@ impl Outbox {
                 },
             }
             .to_frame();
-            if bridge.sink.offer(frame) {
+            if bridge.sink.deliver(frame) {
                 bridge.in_flight += 1;
                 tried.push(bridge.stream);
                 let bridge = bridge.stream;

@@ -54,21 +54,23 @@ struct StreamSink {
 }
 
 impl Sink for StreamSink {
-    fn offer(&self, frame: Vec<u8>) -> bool {
-        self.queue
-            .upgrade()
-            .is_some_and(|queue| queue.try_send(frame).is_ok())
-    }
-
-    fn deliver(&self, frame: Vec<u8>) {
+    fn deliver(&self, frame: Vec<u8>) -> bool {
         let Some(queue) = self.queue.upgrade() else {
-            return;
+            return false;
         };
-        if let Err(mpsc::error::TrySendError::Full(frame)) = queue.try_send(frame) {
-            // The gateway is behind on reading: wait for room rather than
-            // drop a verdict. Bounded by the pushes that can be pending.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move { queue.send(frame).await });
+        match queue.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                // The reader is behind: wait for room rather than drop the
+                // frame. The outbox and the push table bound how many wait.
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => {
+                        runtime.spawn(async move { queue.send(frame).await });
+                        true
+                    }
+                    Err(_) => false,
+                }
             }
         }
     }
