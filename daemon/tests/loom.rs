@@ -14,7 +14,10 @@
 //!   once when they reach the limit;
 //! - the sweeper racing with a verification never lets an expired
 //!   challenge be accepted and never loses a live one;
-//! - inserts racing for the last slot never overfill the table.
+//! - inserts racing for the last slot never overfill the table;
+//! - an SMS code entered twice at once is accepted once;
+//! - a phone's approval racing with the gateway's `AwaitPush` reaches the
+//!   gateway exactly once (no lost or doubled verdict).
 #![cfg(sls_loom)]
 
 use std::sync::Arc;
@@ -24,16 +27,18 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use slsd::clock::Timestamp;
 use slsd::config::Config;
-use slsd::engine::{Engine, Role};
+use slsd::engine::{Caller, Engine, Role, Sink, StreamId};
 use slsd::identity::{ChallengeId, DeviceId, Username};
 use slsd::otp::SecretKey;
 use slsd::otp::card::CodeCard;
+use slsd::otp::push::{self as push_proof, PushSigner};
+use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
 use slsd::store::challenges::{ChallengeTable, InsertError, OpenChallenge, Question};
 use slsd::store::registry::{FailureState, NewDevice, Registry};
 use slsd::store::sealed::SecretCipher;
 use slsd::wire::request::Answer;
-use slsd::wire::{ChallengeText, Operation, Reply, Verdict};
+use slsd::wire::{ChallengeText, Operation, Reply, Response, Verdict};
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
 const KEY: [u8; 32] = [9; 32];
@@ -277,5 +282,195 @@ fn racing_inserts_never_overfill_the_table() {
             .count();
         assert_eq!(full, 1, "{mine:?} {theirs:?}");
         assert_eq!(table.len(), 1);
+    });
+}
+
+/// A stream's writer, as the engine sees it: collects frames.
+#[derive(Default)]
+struct Collect(loom::sync::Mutex<Vec<Vec<u8>>>);
+
+impl Sink for Collect {
+    fn deliver(&self, frame: Vec<u8>) -> bool {
+        self.0.lock().unwrap().push(frame);
+        true
+    }
+
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
+impl Collect {
+    fn replies(&self) -> Vec<Reply> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|frame| Response::decode(&frame[4..]).unwrap().reply)
+            .collect()
+    }
+}
+
+const BINDING: [u8; 32] = [7; 32];
+
+fn caller<'a>(role: Role, stream: u64, sink: &'a Arc<dyn Sink>, request: u64) -> Caller<'a> {
+    Caller {
+        role,
+        connection: stream,
+        stream: StreamId(stream),
+        binding: &BINDING,
+        sink: Some(sink),
+        request,
+    }
+}
+
+fn call(engine: &Engine, caller: &Caller<'_>, operation: Operation) -> Option<Reply> {
+    engine
+        .handle_from(caller, operation, T0, &mut ChaCha20Rng::seed_from_u64(3))
+        .map(|outcome| outcome.reply)
+}
+
+#[test]
+fn an_sms_code_entered_twice_at_once_is_accepted_once() {
+    let fixture = Arc::new(fixture("[challenges]\nuser-limit-buckets = 1\n"));
+    let user = Username::new("jdoe").unwrap();
+    fixture
+        .registry
+        .enroll_phone(
+            &mut ChaCha20Rng::seed_from_u64(4),
+            &user,
+            PhoneNumber::parse("+41 791234567").unwrap(),
+            "",
+            T0,
+        )
+        .unwrap();
+    loom::model(move || {
+        let engine = fixture.engine();
+        let carrier = Arc::new(Collect::default());
+        let sink: Arc<dyn Sink> = carrier.clone();
+        let bridge = caller(Role::Carrier, 1, &sink, 1);
+        assert_eq!(
+            call(&engine, &bridge, Operation::CarrierSubscribe),
+            Some(Reply::Subscribed)
+        );
+        let send = Operation::SendCode {
+            user: Username::new("jdoe").unwrap(),
+            channel: Channel::Sms,
+        };
+        let sent = engine.handle(Role::Gateway, send, T0, &mut ChaCha20Rng::seed_from_u64(5));
+        assert!(
+            matches!(sent.reply, Reply::CodeSent { .. }),
+            "{:?}",
+            sent.reply
+        );
+        let Some(Reply::Message { text, .. }) = carrier.replies().pop() else {
+            panic!("nothing handed to the bridge");
+        };
+        let code: String = text.split("code is ").nth(1).unwrap()[..6].to_owned();
+        let (a, b) = both(&engine, move |engine, _| {
+            let operation = Operation::VerifyCode {
+                user: Username::new("jdoe").unwrap(),
+                code: Answer::new(&code),
+            };
+            let reply = engine
+                .handle(
+                    Role::Gateway,
+                    operation,
+                    T0,
+                    &mut ChaCha20Rng::seed_from_u64(0),
+                )
+                .reply;
+            match reply {
+                Reply::Verdict(verdict) => verdict,
+                other => panic!("{other:?}"),
+            }
+        });
+        let accepted = [&a, &b]
+            .iter()
+            .filter(|v| matches!(v, Verdict::Accepted { .. }))
+            .count();
+        assert_eq!(accepted, 1, "{a:?} {b:?}");
+    });
+}
+
+#[test]
+fn an_approval_racing_with_await_push_reaches_the_gateway_once() {
+    let fixture = Arc::new(fixture("[challenges]\nuser-limit-buckets = 1\n"));
+    let user = Username::new("jdoe").unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(6);
+    let (device, _) = fixture
+        .registry
+        .enroll(
+            &mut rng,
+            NewDevice {
+                user: &user,
+                kind: DeviceKind::IbKey,
+                secret: None,
+                pin: None,
+                label: "",
+            },
+            T0,
+        )
+        .unwrap();
+    let signer = Arc::new(PushSigner::from_seed([3; 32]));
+    fixture
+        .registry
+        .bind_push_key(device, signer.public())
+        .unwrap();
+    loom::model(move || {
+        let engine = fixture.engine();
+        let phone_stream = Arc::new(Collect::default());
+        let phone_sink: Arc<dyn Sink> = phone_stream.clone();
+        let phone = caller(Role::Phone, 1, &phone_sink, 1);
+        let proof = signer.sign(&push_proof::subscribe_message(&BINDING, device));
+        let subscribe = Operation::PhoneSubscribe { device, proof };
+        assert_eq!(call(&engine, &phone, subscribe), Some(Reply::Subscribed));
+        let push = Operation::Push {
+            user: Username::new("jdoe").unwrap(),
+            device,
+        };
+        let sent = engine.handle(Role::Gateway, push, T0, &mut ChaCha20Rng::seed_from_u64(8));
+        let Reply::PushSent {
+            push: id,
+            match_number,
+            ..
+        } = sent.reply
+        else {
+            panic!("{:?}", sent.reply);
+        };
+        let gateway_stream = Arc::new(Collect::default());
+        let approve_signer = Arc::clone(&signer);
+        let engine_for_phone = Arc::clone(&engine);
+        let phone_sink_2 = Arc::clone(&phone_sink);
+        let phone_thread = thread::spawn(move || {
+            let phone = caller(Role::Phone, 1, &phone_sink_2, 2);
+            let proof = approve_signer.sign(&push_proof::approve_message(id, device, match_number));
+            let approve = Operation::Approve {
+                push: id,
+                chosen: match_number,
+                proof,
+            };
+            call(&engine_for_phone, &phone, approve)
+        });
+        let gateway_sink: Arc<dyn Sink> = gateway_stream.clone();
+        let gateway = caller(Role::Gateway, 2, &gateway_sink, 9);
+        let immediate = call(&engine, &gateway, Operation::AwaitPush { push: id });
+        let phone_reply = phone_thread.join().unwrap();
+        assert!(matches!(
+            phone_reply,
+            Some(Reply::Verdict(Verdict::Accepted { .. }))
+        ));
+        let mut verdicts: Vec<Reply> = gateway_stream.replies();
+        verdicts.extend(immediate);
+        assert_eq!(verdicts.len(), 1, "{verdicts:?}");
+        assert!(matches!(
+            verdicts[0],
+            Reply::Verdict(Verdict::Accepted { .. })
+        ));
+        // The verdict was handed out: the push is spent.
+        assert_eq!(
+            call(&engine, &gateway, Operation::AwaitPush { push: id }),
+            Some(Reply::Verdict(Verdict::UnknownChallenge))
+        );
     });
 }

@@ -281,7 +281,7 @@ impl Engine {
             prefix_limits,
             codes: sms::CodeTable::new(code_key, Self::sms_code_spec(&config), config.sms.capacity),
             outbox: relay::Outbox::new(config.carrier.clone()),
-            pushes: push::PushTable::default(),
+            pushes: push::PushTable::new(),
             alphabets: QuestionAlphabets::new(),
             counters: Counters::default(),
             config,

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
 
 use rand::{CryptoRng, RngExt};
 
@@ -20,6 +20,7 @@ use crate::otp::push::{self, Signature};
 use crate::profile::DeviceKind;
 use crate::ratelimit::Decision;
 use crate::store::registry::FailureState;
+use crate::sync::{Mutex, MutexGuard};
 use crate::wire::{ErrorCode, Reply, Response, Verdict};
 
 /// A subscribed phone, for one device.
@@ -60,14 +61,21 @@ impl Sessions {
     }
 }
 
-/// Push sessions and the phones subscribed for devices.
-#[derive(Default)]
+/// Push sessions and the phones subscribed for devices. The locks are
+/// `crate::sync`'s, so the loom models explore them.
 pub(super) struct PushTable {
     sessions: Mutex<Sessions>,
     phones: Mutex<HashMap<DeviceId, PhoneLink>>,
 }
 
 impl PushTable {
+    pub(super) fn new() -> Self {
+        Self {
+            sessions: Mutex::new(Sessions::default()),
+            phones: Mutex::new(HashMap::new()),
+        }
+    }
+
     fn sessions(&self) -> MutexGuard<'_, Sessions> {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }

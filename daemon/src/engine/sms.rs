@@ -5,10 +5,12 @@
 //! (HMAC-SHA256 seeding the code generator), so the table holds nothing
 //! secret, a resend or a voice call delivers the same code, and a restart
 //! makes every live code worthless (they are ephemeral by design).
+//!
+//! The table's lock is `crate::sync`'s, so the loom models explore it.
 
 use std::collections::HashMap;
+use std::sync::PoisonError;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -27,6 +29,7 @@ use crate::phone::Channel;
 use crate::profile::{Check, DeviceKind};
 use crate::ratelimit::Decision;
 use crate::store::registry::FailureState;
+use crate::sync::{Mutex, MutexGuard};
 use crate::wire::request::Answer;
 use crate::wire::{DeliveryState, ErrorCode, Reply, Verdict};
 
@@ -72,7 +75,7 @@ impl CodeTable {
             key: Zeroizing::new(key),
             spec,
             capacity,
-            sessions: Mutex::default(),
+            sessions: Mutex::new(Sessions::default()),
         }
     }
 
