@@ -1,12 +1,15 @@
 //! A sequence of arbitrary operations — challenges (for one's own device
 //! or another user's), right and wrong answers, replays of accepted
-//! answers, time passing, the sweeper, unlocks — against the real engine
-//! over a real registry, each reply checked against the reference model
+//! answers, SMS codes sent and entered right or wrong, pushes approved
+//! with the right or a wrong number or proof, denied or awaited, time
+//! passing, the sweeper, unlocks — against the real engine over a real
+//! registry, each verdict checked against the reference model
 //! (`sls_sim::model`): no wrong answer is accepted, nothing is accepted
-//! twice, attempts and lockouts follow the rules.
+//! twice, attempts and lockouts follow the rules, a resend is the same
+//! code, every push verdict reaches the gateway exactly once.
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
@@ -16,16 +19,70 @@ use sls_sim::device::EmulatedDevice;
 use sls_sim::model::{self, Attempt, Failures, Holder};
 use slsd::clock::Timestamp;
 use slsd::config::Config;
-use slsd::engine::{Engine, Role};
-use slsd::identity::{ChallengeId, DeviceId, Username};
+use slsd::engine::{Caller, Engine, Role, Sink, StreamId};
+use slsd::identity::{ChallengeId, DeviceId, PushId, Username};
 use slsd::otp::SecretKey;
+use slsd::otp::push::{self, PushSigner};
+use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
 use slsd::store::registry::{FailureState, Registry};
 use slsd::store::sealed::SecretCipher;
 use slsd::wire::request::{Answer, Pin};
-use slsd::wire::{ChallengeText, EnrollRequest, ErrorCode, Operation, Reply, Verdict};
+use slsd::wire::{ChallengeText, EnrollRequest, ErrorCode, Operation, Reply, Response, Verdict};
 
-const CONFIG: &str = "[challenges]\nttl = \"30s\"\nattempts = 3\nper-user-per-minute = 100000\nuser-limit-buckets = 64\n[lockout]\nfailures = 3\nfirst = \"10s\"\nmax = \"40s\"\n";
+const CONFIG: &str = "[challenges]\nttl = \"30s\"\nattempts = 3\nper-user-per-minute = 100000\nuser-limit-buckets = 64\n[lockout]\nfailures = 3\nfirst = \"10s\"\nmax = \"40s\"\n[sms]\nttl = \"60s\"\nresend-interval = \"0s\"\nmax-sends = 20\nmax-checks = 3\nsends-per-number-per-hour = 1000000\nsends-per-prefix-per-minute = 1000000\n[push]\nttl = \"20s\"\npending-per-user = 3\n";
+/// Alice's verified number.
+const ALICE_NUMBER: &str = "+41 791234567";
+/// The seed of bob's IB Key push key.
+const PUSH_SEED: [u8; 32] = [9; 32];
+/// The TLS exporter value the phone's connection would have.
+const BINDING: [u8; 32] = [7; 32];
+
+/// A stream's writer: collects frames.
+#[derive(Default)]
+struct Collect(Mutex<Vec<Reply>>);
+
+impl Sink for Collect {
+    fn deliver(&self, frame: Vec<u8>) -> bool {
+        let reply = Response::decode(&frame[4..])
+            .expect("the engine writes whole frames")
+            .reply;
+        self.0.lock().unwrap().push(reply);
+        true
+    }
+
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
+impl Collect {
+    fn take(&self) -> Vec<Reply> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+/// Alice's live SMS code as the model knows it.
+struct Sms {
+    code: String,
+    state: model::Challenge,
+    sends: u8,
+    alive: bool,
+}
+
+/// A push as the model knows it.
+struct Push {
+    id: PushId,
+    match_number: u8,
+    choices: [u8; 3],
+    expires_at: u64,
+    /// The phone's answer, until a gateway collects it.
+    answered: Option<Verdict>,
+    /// A gateway waits on it (its verdict will be written to the stream).
+    waiting: bool,
+    /// Its verdict reached the gateway (or it is gone).
+    done: bool,
+}
 const START: u64 = 1_800_000_000_000;
 const USERS: [&str; 2] = ["alice", "bob"];
 /// (owner, kind, PIN): alice holds a DSC+ and a card, bob an IB Key.
@@ -52,6 +109,14 @@ struct Open {
 
 struct World {
     engine: Engine,
+    carrier: Arc<Collect>,
+    phone: Arc<Collect>,
+    gateway: Arc<Collect>,
+    sinks: [Arc<dyn Sink>; 3],
+    sms_device: DeviceId,
+    sms_failures: Failures,
+    sms: Option<Sms>,
+    pushes: Vec<Push>,
     rng: ChaCha20Rng,
     config: Config,
     users: Vec<Username>,
@@ -80,6 +145,7 @@ struct Fixture {
     registry: Arc<Registry>,
     devices: Vec<(DeviceId, EmulatedDevice)>,
     users: Vec<Username>,
+    sms_device: DeviceId,
 }
 
 fn fixture() -> &'static Fixture {
@@ -122,6 +188,19 @@ fn fixture() -> &'static Fixture {
             let emulated = EmulatedDevice::new(kind, &secret, pin, &config.devices).unwrap();
             devices.push((id, emulated));
         }
+        let sms_device = registry
+            .enroll_phone(
+                &mut rng,
+                &users[0],
+                PhoneNumber::parse(ALICE_NUMBER).unwrap(),
+                "",
+                Timestamp(START),
+            )
+            .expect("alice's number");
+        let ib_key = devices[2].0;
+        registry
+            .bind_push_key(ib_key, PushSigner::from_seed(PUSH_SEED).public())
+            .expect("bob's push key");
         // The database stays open; its directory entry can go now, so no
         // run leaves files behind.
         drop(scratch);
@@ -130,6 +209,7 @@ fn fixture() -> &'static Fixture {
             registry,
             devices,
             users,
+            sms_device,
         }
     })
 }
@@ -147,8 +227,9 @@ impl World {
         );
         // Lockouts left by the previous run cleared in memory (an Unlock
         // would commit to the database each time).
-        for (id, _) in &fixture.devices {
-            if let Some(device) = fixture.registry.device(*id) {
+        let ids = fixture.devices.iter().map(|(id, _)| *id);
+        for id in ids.chain([fixture.sms_device]) {
+            if let Some(device) = fixture.registry.device(id) {
                 *device.failures() = FailureState::default();
             }
         }
@@ -162,8 +243,22 @@ impl World {
                 failures: Failures::default(),
             })
             .collect();
-        Self {
+        let (carrier, phone, gateway) = (
+            Arc::new(Collect::default()),
+            Arc::new(Collect::default()),
+            Arc::new(Collect::default()),
+        );
+        let sinks: [Arc<dyn Sink>; 3] = [carrier.clone(), phone.clone(), gateway.clone()];
+        let mut world = Self {
             engine,
+            carrier,
+            phone,
+            gateway,
+            sinks,
+            sms_device: fixture.sms_device,
+            sms_failures: Failures::default(),
+            sms: None,
+            pushes: Vec::new(),
             rng,
             config,
             users: fixture.users.clone(),
@@ -172,7 +267,37 @@ impl World {
             accepted: Vec::new(),
             now: START,
             last_sweep: 0,
-        }
+        };
+        let bridge = world.stream(Role::Carrier, 0, Operation::CarrierSubscribe);
+        assert_eq!(bridge, Some(Reply::Subscribed));
+        let ib_key = world.devices[2].id;
+        let proof =
+            PushSigner::from_seed(PUSH_SEED).sign(&push::subscribe_message(&BINDING, ib_key));
+        let subscribe = Operation::PhoneSubscribe {
+            device: ib_key,
+            proof,
+        };
+        assert_eq!(
+            world.stream(Role::Phone, 1, subscribe),
+            Some(Reply::Subscribed)
+        );
+        world
+    }
+
+    /// A call from a stream (0: the carrier's, 1: the phone's, 2: the
+    /// gateway's); `None` when the answer comes later on the stream.
+    fn stream(&mut self, role: Role, stream: usize, operation: Operation) -> Option<Reply> {
+        let caller = Caller {
+            role,
+            connection: stream as u64 + 1,
+            stream: StreamId(stream as u64 + 1),
+            binding: &BINDING,
+            sink: Some(&self.sinks[stream]),
+            request: 1,
+        };
+        self.engine
+            .handle_from(&caller, operation, Timestamp(self.now), &mut self.rng)
+            .map(|outcome| outcome.reply)
     }
 
     fn call(&mut self, role: Role, operation: Operation) -> Reply {
@@ -182,7 +307,17 @@ impl World {
     }
 
     fn step(&mut self, u: &mut Unstructured<'_>) -> Result<()> {
-        match u.int_in_range(0..=6)? {
+        match u.int_in_range(0..=11)? {
+            7 => self.send_code(),
+            op @ (8 | 9) => self.enter_code(op == 8),
+            10 => self.push(),
+            11 if !self.pushes.is_empty() => {
+                let index = u.choose_index(self.pushes.len())?;
+                match u.int_in_range(0..=4)? {
+                    4 => self.await_push(index),
+                    how => self.answer_push(index, how),
+                }
+            }
             0 => {
                 let user = u.int_in_range(0..=1)?;
                 let device = u.choose_index(self.devices.len())?;
@@ -245,7 +380,28 @@ impl World {
             4 => self.now += u.int_in_range(0..=120_000)?,
             5 => {
                 self.engine.sweep(Timestamp(self.now));
+                self.engine.tick(Timestamp(self.now));
                 self.last_sweep = self.now;
+                // Expired pushes are gone; a waiting gateway learns it.
+                let now = self.now;
+                let expired = self.gateway.take();
+                let mut told = 0;
+                for p in self
+                    .pushes
+                    .iter_mut()
+                    .filter(|p| !p.done && p.expires_at <= now)
+                {
+                    if p.waiting {
+                        told += 1;
+                    }
+                    p.done = true;
+                }
+                assert_eq!(expired.len(), told, "{expired:?}");
+                assert!(
+                    expired
+                        .iter()
+                        .all(|r| *r == Reply::Verdict(Verdict::Expired))
+                );
             }
             6 => {
                 let user = u.int_in_range(0..=1)?;
@@ -259,6 +415,9 @@ impl World {
                 assert_eq!(reply, Reply::Done);
                 for device in self.devices.iter_mut().filter(|d| d.owner == user) {
                     device.failures = Failures::default();
+                }
+                if user == 0 {
+                    self.sms_failures = Failures::default();
                 }
             }
             _ => {}
@@ -327,6 +486,302 @@ impl World {
         open.alive = stays;
         if matches!(got, Verdict::Accepted { .. }) {
             self.accepted.push((id, answer));
+        }
+    }
+}
+
+impl World {
+    fn send_code(&mut self) {
+        let operation = Operation::SendCode {
+            user: self.users[0].clone(),
+            channel: Channel::Sms,
+        };
+        let reply = self.call(Role::Gateway, operation);
+        if self.sms_failures.locked_until > self.now {
+            assert!(
+                matches!(
+                    reply,
+                    Reply::Error {
+                        code: ErrorCode::RateLimited,
+                        ..
+                    }
+                ),
+                "a locked SMS device was sent a code: {reply:?}"
+            );
+            return;
+        }
+        let live = self
+            .sms
+            .as_ref()
+            .filter(|s| s.alive && s.state.expires_at > self.now);
+        if live.is_some_and(|s| s.sends >= self.config.sms.max_sends) {
+            assert!(matches!(
+                reply,
+                Reply::Error {
+                    code: ErrorCode::RateLimited,
+                    ..
+                }
+            ));
+            return;
+        }
+        assert!(
+            matches!(reply, Reply::CodeSent { .. }),
+            "SendCode: {reply:?}"
+        );
+        let Some(Reply::Message { text, .. }) = self.carrier.take().pop() else {
+            panic!("the bridge was handed nothing");
+        };
+        let code: String = text
+            .split("code is ")
+            .nth(1)
+            .expect("the text carries the code")
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        match self
+            .sms
+            .as_mut()
+            .filter(|s| s.alive && s.state.expires_at > self.now)
+        {
+            Some(sms) => {
+                assert_eq!(
+                    sms.code, code,
+                    "a resend while the code lives is the same code"
+                );
+                sms.sends += 1;
+            }
+            None => {
+                self.sms = Some(Sms {
+                    code,
+                    state: model::Challenge {
+                        expires_at: self.now + self.config.sms.ttl.as_millis() as u64,
+                        attempts_left: self.config.sms.max_checks,
+                    },
+                    sends: 1,
+                    alive: true,
+                });
+            }
+        }
+    }
+
+    fn enter_code(&mut self, right: bool) {
+        let entered = match &self.sms {
+            Some(sms) if right => sms.code.clone(),
+            Some(sms) => {
+                let mut bytes = sms.code.clone().into_bytes();
+                bytes[0] = b'0' + (bytes[0] - b'0' + 1) % 10;
+                String::from_utf8(bytes).unwrap()
+            }
+            None => "000000".into(),
+        };
+        let operation = Operation::VerifyCode {
+            user: self.users[0].clone(),
+            code: Answer::new(&entered),
+        };
+        let Reply::Verdict(got) = self.call(Role::Gateway, operation) else {
+            panic!("VerifyCode answered with no verdict");
+        };
+        let Some(sms) = self.sms.as_mut().filter(|s| s.alive) else {
+            assert_eq!(got, Verdict::UnknownChallenge, "no live code, yet {got:?}");
+            return;
+        };
+        let holder = Holder {
+            user: &self.users[0],
+            device: self.sms_device,
+            kind: DeviceKind::Sms,
+        };
+        let attempt = Attempt {
+            right,
+            swept: self.last_sweep >= sms.state.expires_at,
+            device_expired: false,
+            now: self.now,
+        };
+        let (expected, stays, _) = model::verify(
+            &self.config.lockout,
+            &mut self.sms_failures,
+            &mut sms.state,
+            attempt,
+            &holder,
+        );
+        assert_eq!(
+            got, expected,
+            "VerifyCode: the engine and the model disagree"
+        );
+        sms.alive = stays;
+    }
+
+    fn push(&mut self) {
+        let ib_key = self.devices[2].id;
+        let operation = Operation::Push {
+            user: self.users[1].clone(),
+            device: ib_key,
+        };
+        let reply = self.call(Role::Gateway, operation);
+        let now = self.now;
+        let pending = self
+            .pushes
+            .iter()
+            .filter(|p| !p.done && p.answered.is_none() && p.expires_at > now)
+            .count();
+        if self.devices[2].failures.locked_until > now
+            || pending >= usize::from(self.config.push.pending_per_user)
+        {
+            assert!(
+                matches!(
+                    reply,
+                    Reply::Error {
+                        code: ErrorCode::RateLimited,
+                        ..
+                    }
+                ),
+                "Push: {reply:?}"
+            );
+            return;
+        }
+        let Reply::PushSent {
+            push: id,
+            match_number,
+            ..
+        } = reply
+        else {
+            panic!("Push: {reply:?}");
+        };
+        let Some(Reply::PushNotice { push, choices, .. }) = self.phone.take().pop() else {
+            panic!("the phone got no notice");
+        };
+        assert_eq!(push, id);
+        assert!(
+            choices.contains(&match_number),
+            "the shown number is a choice"
+        );
+        self.pushes.push(Push {
+            id,
+            match_number,
+            choices,
+            expires_at: now + self.config.push.ttl.as_millis() as u64,
+            answered: None,
+            waiting: false,
+            done: false,
+        });
+    }
+
+    /// The phone answers: 0 right, 1 a wrong number, 2 a bad proof, 3 deny.
+    fn answer_push(&mut self, index: usize, how: u8) {
+        let device = self.devices[2].id;
+        let (id, shown, choices) = {
+            let p = &self.pushes[index];
+            (p.id, p.match_number, p.choices)
+        };
+        let chosen = match how {
+            1 => choices.into_iter().find(|c| *c != shown).unwrap(),
+            _ => shown,
+        };
+        let signer = PushSigner::from_seed(if how == 2 { [1; 32] } else { PUSH_SEED });
+        let operation = match how {
+            3 => Operation::Deny { push: id },
+            _ => Operation::Approve {
+                push: id,
+                chosen,
+                proof: signer.sign(&push::approve_message(id, device, chosen)),
+            },
+        };
+        let reply = self
+            .stream(Role::Phone, 1, operation)
+            .expect("answered at once");
+        let now = self.now;
+        let p = &mut self.pushes[index];
+        if p.done || p.answered.is_some() || p.expires_at <= now {
+            assert!(
+                matches!(
+                    reply,
+                    Reply::Error {
+                        code: ErrorCode::NotFound,
+                        ..
+                    }
+                ),
+                "a spent push answered: {reply:?}"
+            );
+            return;
+        }
+        let verdict = if how == 3 {
+            assert_eq!(reply, Reply::Done);
+            Verdict::Denied
+        } else {
+            let holder = Holder {
+                user: &self.users[1],
+                device,
+                kind: DeviceKind::IbKey,
+            };
+            let attempt = Attempt {
+                right: how == 0,
+                swept: false,
+                device_expired: false,
+                now,
+            };
+            let mut state = model::Challenge {
+                expires_at: p.expires_at,
+                attempts_left: 1,
+            };
+            let failures = &mut self.devices[2].failures;
+            let (expected, _, _) =
+                model::verify(&self.config.lockout, failures, &mut state, attempt, &holder);
+            assert_eq!(
+                reply,
+                Reply::Verdict(expected.clone()),
+                "Approve: engine and model disagree"
+            );
+            expected
+        };
+        if p.waiting {
+            assert_eq!(
+                self.gateway.take(),
+                vec![Reply::Verdict(verdict)],
+                "the waiting gateway"
+            );
+            p.done = true;
+        } else {
+            p.answered = Some(verdict);
+        }
+    }
+
+    fn await_push(&mut self, index: usize) {
+        let id = self.pushes[index].id;
+        let got = self.stream(Role::Gateway, 2, Operation::AwaitPush { push: id });
+        let now = self.now;
+        let swept = self.last_sweep;
+        let p = &mut self.pushes[index];
+        if p.done {
+            // Handed out, or swept after expiry.
+            assert_eq!(got, Some(Reply::Verdict(Verdict::UnknownChallenge)));
+        } else if let Some(verdict) = p.answered.take() {
+            assert_eq!(got, Some(Reply::Verdict(verdict)), "a settled push");
+            p.done = true;
+        } else if p.expires_at <= now {
+            let expected = if swept >= p.expires_at {
+                Verdict::UnknownChallenge
+            } else {
+                Verdict::Expired
+            };
+            assert_eq!(got, Some(Reply::Verdict(expected)));
+            if p.waiting {
+                // The earlier wait is still registered; it is not told.
+                p.waiting = false;
+            }
+            p.done = true;
+        } else if p.waiting {
+            assert!(
+                matches!(
+                    got,
+                    Some(Reply::Error {
+                        code: ErrorCode::Busy,
+                        ..
+                    })
+                ),
+                "a second waiter: {got:?}"
+            );
+        } else {
+            assert_eq!(got, None, "a pending push is answered later");
+            p.waiting = true;
         }
     }
 }

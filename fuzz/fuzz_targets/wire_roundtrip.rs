@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use slsd::identity::{ChallengeId, DeviceId, Username};
+use slsd::identity::{ChallengeId, CodeId, DeviceId, MessageId, PushId, Username};
+use slsd::otp::push::{PushKey, Signature};
 use slsd::otp::{MAX_CODE_LEN, SecretKey};
+use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
-use slsd::wire::request::{Answer, MAX_LABEL_LEN, MAX_PIN_LEN, Pin};
+use slsd::wire::request::{Answer, MAX_LABEL_LEN, MAX_PIN_LEN, MAX_REASON_LEN, Pin};
 use slsd::wire::{
-    ChallengeText, DeviceEntry, EnrollRequest, ErrorCode, MAX_FRAME_LIMIT, Operation, Reply,
-    Request, Response, StatEntry, Verdict, split_frame,
+    ChallengeText, DeliveryReport, DeliveryState, DeviceEntry, EnrollRequest, ErrorCode,
+    MAX_FRAME_LIMIT, Operation, Reply, Request, Response, StatEntry, Verdict, split_frame,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -68,8 +70,79 @@ fn device(u: &mut Unstructured<'_>) -> Result<DeviceId> {
     Ok(DeviceId(u.int_in_range(1..=u64::MAX)?))
 }
 
+/// A phone number that follows the rules: a country code and a national
+/// number of 4 and more digits, not starting with a trunk prefix.
+fn phone(u: &mut Unstructured<'_>) -> Result<PhoneNumber> {
+    let country: u16 = u.int_in_range(2..=999)?;
+    let room = 15 - country.to_string().len();
+    let national = format!(
+        "{}{}",
+        u.int_in_range(2..=9u8)?,
+        text(u, 3, room - 1, b"0123456789")?
+    );
+    Ok(PhoneNumber::new(country, &national).expect("a number within the rules"))
+}
+
+fn channel(u: &mut Unstructured<'_>) -> Result<Channel> {
+    Ok(if u.arbitrary()? {
+        Channel::Sms
+    } else {
+        Channel::Voice
+    })
+}
+
 fn request(u: &mut Unstructured<'_>) -> Result<Request> {
-    let operation = match u.int_in_range(0..=7)? {
+    let operation = match u.int_in_range(0..=19)? {
+        8 => Operation::SendCode {
+            user: username(u)?,
+            channel: channel(u)?,
+        },
+        9 => Operation::VerifyCode {
+            user: username(u)?,
+            code: Answer::new(&text(u, 0, MAX_CODE_LEN, b"")?),
+        },
+        10 => Operation::CodeStatus {
+            code: CodeId(u.arbitrary()?),
+        },
+        11 => Operation::Push {
+            user: username(u)?,
+            device: device(u)?,
+        },
+        12 => Operation::AwaitPush {
+            push: PushId(u.arbitrary()?),
+        },
+        13 => Operation::EnrollPhone {
+            user: username(u)?,
+            number: phone(u)?,
+            label: text(u, 0, MAX_LABEL_LEN, b"")?,
+        },
+        14 => Operation::BindPushKey {
+            device: device(u)?,
+            key: PushKey(u.arbitrary()?),
+        },
+        15 => Operation::CarrierSubscribe,
+        16 => Operation::Ack {
+            message: MessageId(u.arbitrary()?),
+            report: if u.arbitrary()? {
+                DeliveryReport::Delivered
+            } else {
+                DeliveryReport::Failed {
+                    reason: text(u, 0, MAX_REASON_LEN, b"")?,
+                }
+            },
+        },
+        17 => Operation::PhoneSubscribe {
+            device: device(u)?,
+            proof: Signature(u.arbitrary()?),
+        },
+        18 => Operation::Approve {
+            push: PushId(u.arbitrary()?),
+            chosen: u.arbitrary()?,
+            proof: Signature(u.arbitrary()?),
+        },
+        19 => Operation::Deny {
+            push: PushId(u.arbitrary()?),
+        },
         0 => Operation::Devices { user: username(u)? },
         1 => Operation::Challenge {
             user: username(u)?,
@@ -118,7 +191,42 @@ fn millis(u: &mut Unstructured<'_>) -> Result<Duration> {
 }
 
 fn response(u: &mut Unstructured<'_>) -> Result<Response> {
-    let reply = match u.int_in_range(0..=6)? {
+    let reply = match u.int_in_range(0..=12)? {
+        7 => Reply::CodeSent {
+            code: CodeId(u.arbitrary()?),
+            expires_in: millis(u)?,
+            resend_after: millis(u)?,
+        },
+        8 => Reply::CodeStatus {
+            channel: channel(u)?,
+            sends: u.arbitrary()?,
+            delivery: match u.int_in_range(0..=2)? {
+                0 => DeliveryState::Pending,
+                1 => DeliveryState::Delivered,
+                _ => DeliveryState::Failed {
+                    reason: text(u, 0, MAX_REASON_LEN, b"")?,
+                },
+            },
+        },
+        9 => Reply::PushSent {
+            push: PushId(u.arbitrary()?),
+            match_number: u.arbitrary()?,
+            expires_in: millis(u)?,
+        },
+        10 => Reply::Subscribed,
+        11 => Reply::Message {
+            message: MessageId(u.arbitrary()?),
+            to: phone(u)?,
+            channel: channel(u)?,
+            text: text(u, 0, 200, b"")?,
+        },
+        12 => Reply::PushNotice {
+            push: PushId(u.arbitrary()?),
+            user: username(u)?,
+            device: device(u)?,
+            choices: u.arbitrary()?,
+            expires_in: millis(u)?,
+        },
         0 => Reply::Devices(
             (0..u.int_in_range(0..=8)?)
                 .map(|_| {
@@ -140,7 +248,8 @@ fn response(u: &mut Unstructured<'_>) -> Result<Response> {
             },
             expires_in: millis(u)?,
         },
-        2 => Reply::Verdict(match u.int_in_range(0..=4)? {
+        2 => Reply::Verdict(match u.int_in_range(0..=5)? {
+            5 => Verdict::Denied,
             0 => Verdict::Accepted {
                 user: username(u)?,
                 device: device(u)?,
