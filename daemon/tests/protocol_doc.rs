@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use slsd::identity::{ChallengeId, DeviceId, Username};
+use slsd::identity::{ChallengeId, CodeId, DeviceId, MessageId, PushId, Username};
+use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
 use slsd::wire::request::Answer;
 use slsd::wire::{
-    ChallengeText, DeviceEntry, EnrollRequest, ErrorCode, Operation, Reply, Request, Response,
-    Verdict, split_frame,
+    ChallengeText, DeliveryReport, DeviceEntry, EnrollRequest, ErrorCode, Operation, Reply,
+    Request, Response, Verdict, split_frame,
 };
 
 enum Example {
@@ -27,6 +28,83 @@ fn examples() -> BTreeMap<&'static str, Example> {
     let req = |id, operation| Example::Request(Request { id, operation });
     let resp = |id, reply| Example::Response(Response { id, reply });
     BTreeMap::from([
+        (
+            "send-code-request",
+            req(
+                5,
+                Operation::SendCode {
+                    user: jdoe(),
+                    channel: Channel::Sms,
+                },
+            ),
+        ),
+        (
+            "code-sent-reply",
+            resp(
+                5,
+                Reply::CodeSent {
+                    code: CodeId(0x0102_0304_0506_0708),
+                    expires_in: Duration::from_secs(300),
+                    resend_after: Duration::from_secs(120),
+                },
+            ),
+        ),
+        (
+            "carrier-message",
+            resp(
+                1,
+                Reply::Message {
+                    message: MessageId(0x0a0b_0c0d_0e0f_1011),
+                    to: PhoneNumber::parse("+41 791234567").unwrap(),
+                    channel: Channel::Sms,
+                    text: "code 123456".into(),
+                },
+            ),
+        ),
+        (
+            "ack-request",
+            req(
+                2,
+                Operation::Ack {
+                    message: MessageId(0x0a0b_0c0d_0e0f_1011),
+                    report: DeliveryReport::Delivered,
+                },
+            ),
+        ),
+        (
+            "push-request",
+            req(
+                6,
+                Operation::Push {
+                    user: jdoe(),
+                    device: DeviceId(8),
+                },
+            ),
+        ),
+        (
+            "push-sent-reply",
+            resp(
+                6,
+                Reply::PushSent {
+                    push: PushId(0x1111_2222_3333_4444),
+                    match_number: 42,
+                    expires_in: Duration::from_secs(60),
+                },
+            ),
+        ),
+        (
+            "push-notice",
+            resp(
+                1,
+                Reply::PushNotice {
+                    push: PushId(0x1111_2222_3333_4444),
+                    user: jdoe(),
+                    device: DeviceId(8),
+                    choices: [17, 42, 93],
+                    expires_in: Duration::from_secs(60),
+                },
+            ),
+        ),
         (
             "devices-request",
             req(1, Operation::Devices { user: jdoe() }),
@@ -176,6 +254,18 @@ fn hex_dump(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[test]
+#[ignore = "prints the frames of the examples, for writing PROTOCOL.md"]
+fn print_examples() {
+    for (name, example) in examples() {
+        let frame = match example {
+            Example::Request(r) => r.to_frame(),
+            Example::Response(r) => r.to_frame(),
+        };
+        println!("{name}: {}", hex_dump(&frame));
+    }
 }
 
 #[test]
