@@ -366,7 +366,7 @@ fn an_sms_code_entered_twice_at_once_is_accepted_once() {
         let Some(Reply::Message { text, .. }) = carrier.replies().pop() else {
             panic!("nothing handed to the bridge");
         };
-        let code: String = text.split("code is ").nth(1).unwrap()[..6].to_owned();
+        let code: String = text.as_str().split("code is ").nth(1).unwrap()[..6].to_owned();
         let (a, b) = both(&engine, move |engine, _| {
             let operation = Operation::VerifyCode {
                 user: Username::new("jdoe").unwrap(),

@@ -57,7 +57,7 @@ fn examples() -> BTreeMap<&'static str, Example> {
                     message: MessageId(0x0a0b_0c0d_0e0f_1011),
                     to: PhoneNumber::parse("+41 791234567").unwrap(),
                     channel: Channel::Sms,
-                    text: "code 123456".into(),
+                    text: Answer::new("code 123456"),
                 },
             ),
         ),

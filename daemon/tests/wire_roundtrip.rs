@@ -207,7 +207,7 @@ fn reply() -> impl Strategy<Value = Reply> {
                 message: MessageId(m),
                 to,
                 channel,
-                text,
+                text: Answer::new(&text),
             }
         }),
         (any::<u64>(), username(), 1u64.., any::<[u8; 3]>(), millis()).prop_map(
@@ -341,6 +341,23 @@ fn debug_output_hides_answers_pins_and_keys() {
         response: Answer::new("65347737"),
     };
     assert!(!format!("{verify:?}").contains("65347737"));
+    // A carrier message carries the code; the number shows its last digits.
+    let message = Reply::Message {
+        message: MessageId(1),
+        to: PhoneNumber::parse("+41 791234567").unwrap(),
+        channel: Channel::Sms,
+        text: Answer::new("Your sls security code is 480213."),
+    };
+    let shown = format!("{message:?}");
+    assert!(
+        !shown.contains("480213") && !shown.contains("7912345"),
+        "{shown}"
+    );
+    let code = Operation::VerifyCode {
+        user: Username::new("jdoe").unwrap(),
+        code: Answer::new("480213"),
+    };
+    assert!(!format!("{code:?}").contains("480213"));
 }
 
 #[test]

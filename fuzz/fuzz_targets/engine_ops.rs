@@ -532,6 +532,7 @@ impl World {
             panic!("the bridge was handed nothing");
         };
         let code: String = text
+            .as_str()
             .split("code is ")
             .nth(1)
             .expect("the text carries the code")

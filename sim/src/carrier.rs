@@ -219,7 +219,7 @@ fn handle(
                 Received {
                     message,
                     channel,
-                    text,
+                    text: text.as_str().to_owned(),
                 },
             );
             DeliveryReport::Delivered

@@ -19,6 +19,7 @@ use crate::clock::Timestamp;
 use crate::config::CarrierConfig;
 use crate::identity::{CodeId, MessageId};
 use crate::phone::{Channel, PhoneNumber};
+use crate::wire::request::Answer;
 use crate::wire::{DeliveryReport, DeliveryState, Reply, Response};
 
 /// Why a message could not be handed to any bridge.
@@ -163,7 +164,7 @@ impl Outbox {
                     message: id,
                     to: message.to.clone(),
                     channel: message.channel,
-                    text: message.text.to_string(),
+                    text: Answer::new(&message.text),
                 },
             }
             .to_frame();

@@ -8,6 +8,7 @@ use crate::identity::{ChallengeId, CodeId, DeviceId, MessageId, PushId, Username
 use crate::otp::SecretKey;
 use crate::phone::{Channel, PhoneNumber};
 use crate::profile::DeviceKind;
+use crate::wire::request::Answer;
 
 /// One response: the id of the request it answers, and the reply.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,12 +62,13 @@ pub enum Reply {
     },
     /// To `CarrierSubscribe` and `PhoneSubscribe`.
     Subscribed,
-    /// To a carrier bridge, on its subscription: deliver this.
+    /// To a carrier bridge, on its subscription: deliver this. The text
+    /// carries the code, so it is wiped on drop and never printed.
     Message {
         message: MessageId,
         to: PhoneNumber,
         channel: Channel,
-        text: String,
+        text: Answer,
     },
     /// To a phone, on its subscription: a login asks for approval.
     PushNotice {
@@ -362,7 +364,7 @@ impl Response {
                 to: PhoneNumber::parse(r.str("to")?)
                     .map_err(|e| DecodeError::invalid("to", e.to_string()))?,
                 channel: channel(&mut r)?,
-                text: r.str("text")?.to_owned(),
+                text: Answer::new(r.str("text")?),
             },
             0x42 => Reply::PushNotice {
                 push: PushId(r.u64("push id")?),
