@@ -31,9 +31,9 @@ pub(super) enum DispatchError {
     Full,
 }
 
-/// What a bridge's acknowledgement (or its silence) did to a code's
-/// delivery.
-pub(super) type StatusChange = (CodeId, DeliveryState);
+/// What a bridge's acknowledgement (or its silence) did to the delivery of
+/// one message of a code.
+pub(super) type StatusChange = (CodeId, MessageId, DeliveryState);
 
 /// One message to send.
 pub(super) struct Outbound {
@@ -205,7 +205,7 @@ impl Outbox {
         let flight = state.messages.remove(&id)?;
         release(&mut state, flight.bridge);
         Some(match report {
-            DeliveryReport::Delivered => (flight.message.code, DeliveryState::Delivered),
+            DeliveryReport::Delivered => (flight.message.code, id, DeliveryState::Delivered),
             DeliveryReport::Failed { reason } => {
                 self.fail_over(&mut state, id, flight, reason, now)
             }
@@ -267,8 +267,8 @@ impl Outbox {
     ) -> StatusChange {
         let code = flight.message.code;
         match self.send(state, id, flight.message, flight.tried, now) {
-            Ok(()) => (code, DeliveryState::Pending),
-            Err(_) => (code, DeliveryState::Failed { reason }),
+            Ok(()) => (code, id, DeliveryState::Pending),
+            Err(_) => (code, id, DeliveryState::Failed { reason }),
         }
     }
 }

@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 use super::relay::{DispatchError, Outbound, StatusChange};
 use super::{Engine, Outcome};
 use crate::clock::Timestamp;
-use crate::identity::{CodeId, DeviceId, Username};
+use crate::identity::{CodeId, DeviceId, MessageId, Username};
 use crate::otp::Code;
 use crate::otp::generate::CodeSpec;
 use crate::phone::Channel;
@@ -44,6 +44,8 @@ struct CodeSession {
     sends: u8,
     checks_left: u8,
     channel: Channel,
+    /// The last message sent, and how its delivery stands.
+    message: MessageId,
     delivery: DeliveryState,
 }
 
@@ -112,29 +114,35 @@ impl CodeTable {
         expired.len()
     }
 
-    /// Records what became of a code's last delivery.
+    /// Records what became of a code's messages; only the last message
+    /// sent counts (an earlier SMS failing after the voice call went
+    /// through does not make the code undelivered).
     pub(super) fn update(&self, changes: Vec<StatusChange>) {
         if changes.is_empty() {
             return;
         }
         let mut sessions = self.lock();
-        for (code, delivery) in changes {
+        for (code, message, delivery) in changes {
             let Some(user) = sessions.users.get(&code).cloned() else {
                 continue;
             };
-            if let Some(session) = sessions.by_user.get_mut(&user) {
+            if let Some(session) = sessions
+                .by_user
+                .get_mut(&user)
+                .filter(|s| s.message == message)
+            {
                 session.delivery = delivery;
             }
         }
     }
 }
 
-/// The message the carrier delivers.
-fn message_text(code: &Code, ttl: Duration) -> Zeroizing<String> {
+/// The message the carrier delivers, saying how long the code has left.
+fn message_text(code: &Code, left: Duration) -> Zeroizing<String> {
     Zeroizing::new(format!(
         "Your sls security code is {}. It expires in {} minutes. Never share it.",
         code.as_str(),
-        ttl.as_secs().div_ceil(60)
+        left.as_secs().div_ceil(60).max(1)
     ))
 }
 
@@ -228,15 +236,15 @@ impl Engine {
         {
             return rate_limited(retry_after, "too many codes sent to this country code");
         }
-        let text = message_text(&self.codes.code(code), sms.ttl);
+        let text = message_text(&self.codes.code(code), now.until(expires_at));
         let outbound = Outbound {
             code,
             to,
             channel,
             text,
         };
-        match self.outbox.dispatch(outbound, now, rng) {
-            Ok(_) => {}
+        let message = match self.outbox.dispatch(outbound, now, rng) {
+            Ok(message) => message,
             Err(DispatchError::NoBridge) => {
                 return Reply::error(
                     ErrorCode::DeliveryUnavailable,
@@ -246,7 +254,7 @@ impl Engine {
             Err(DispatchError::Full) => {
                 return Reply::error(ErrorCode::Busy, "the carrier outbox is full");
             }
-        }
+        };
         if fresh {
             // Replaces the user's expired code, if the sweeper has not yet.
             sessions.remove(user);
@@ -264,12 +272,14 @@ impl Engine {
                 sends: 0,
                 checks_left: sms.max_checks,
                 channel,
+                message,
                 delivery: DeliveryState::Pending,
             });
         session.sends = session.sends.saturating_add(1);
         session.last_send = now;
         session.voice_used |= channel == Channel::Voice;
         session.channel = channel;
+        session.message = message;
         session.delivery = DeliveryState::Pending;
         self.counters.codes_sent.fetch_add(1, Relaxed);
         Reply::CodeSent {

@@ -1,0 +1,365 @@
+//! SMS codes, the carrier outbox and push sessions in the engine, on a
+//! virtual clock with collecting sinks for the bridges, phones and
+//! gateways: every configured bound of them, and the delivery status.
+
+use std::sync::{Arc, Mutex};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use slsd::clock::Timestamp;
+use slsd::config::Config;
+use slsd::engine::{Caller, Engine, Role, Sink, StreamId};
+use slsd::identity::{CodeId, DeviceId, MessageId, Username};
+use slsd::otp::push::{self, PushSigner};
+use slsd::phone::{Channel, PhoneNumber};
+use slsd::profile::DeviceKind;
+use slsd::store::registry::Registry;
+use slsd::store::sealed::SecretCipher;
+use slsd::wire::request::Answer;
+use slsd::wire::{
+    DeliveryReport, DeliveryState, EnrollRequest, ErrorCode, Operation, Reply, Response, Verdict,
+};
+
+const T0: Timestamp = Timestamp(1_800_000_000_000);
+const BINDING: [u8; 32] = [7; 32];
+
+#[derive(Default)]
+struct Collect(Mutex<Vec<Reply>>);
+
+impl Sink for Collect {
+    fn deliver(&self, frame: Vec<u8>) -> bool {
+        let reply = Response::decode(&frame[4..]).unwrap().reply;
+        self.0.lock().unwrap().push(reply);
+        true
+    }
+
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
+impl Collect {
+    fn take(&self) -> Vec<Reply> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    engine: Engine,
+    rng: ChaCha20Rng,
+}
+
+impl World {
+    fn new(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let config = Config::from_toml(config).unwrap();
+        let cipher = SecretCipher::load_or_create(&dir.path().join("k"), &mut rng).unwrap();
+        let registry =
+            Registry::open(&dir.path().join("r.redb"), cipher, config.devices.clone()).unwrap();
+        let engine = Engine::new(Arc::new(config), Arc::new(registry), &mut rng);
+        Self {
+            _dir: dir,
+            engine,
+            rng,
+        }
+    }
+
+    fn call(&mut self, role: Role, operation: Operation, now: Timestamp) -> Reply {
+        self.engine
+            .handle(role, operation, now, &mut self.rng)
+            .reply
+    }
+
+    /// A call from stream `stream` (its connection has the same number).
+    fn from(
+        &mut self,
+        role: Role,
+        stream: u64,
+        sink: &Arc<dyn Sink>,
+        operation: Operation,
+        now: Timestamp,
+    ) -> Option<Reply> {
+        let caller = Caller {
+            role,
+            connection: stream,
+            stream: StreamId(stream),
+            binding: &BINDING,
+            sink: Some(sink),
+            request: 1,
+        };
+        self.engine
+            .handle_from(&caller, operation, now, &mut self.rng)
+            .map(|o| o.reply)
+    }
+
+    fn bridge(&mut self, stream: u64) -> Arc<Collect> {
+        let collect = Arc::new(Collect::default());
+        let sink: Arc<dyn Sink> = collect.clone();
+        let reply = self.from(
+            Role::Carrier,
+            stream,
+            &sink,
+            Operation::CarrierSubscribe,
+            T0,
+        );
+        assert_eq!(reply, Some(Reply::Subscribed));
+        collect
+    }
+
+    fn phone_user(&mut self, name: &str, number: &str) {
+        let operation = Operation::EnrollPhone {
+            user: Username::new(name).unwrap(),
+            number: PhoneNumber::parse(number).unwrap(),
+            label: String::new(),
+        };
+        assert!(matches!(
+            self.call(Role::Admin, operation, T0),
+            Reply::Enrolled { .. }
+        ));
+    }
+
+    fn send(&mut self, name: &str, channel: Channel, now: Timestamp) -> Reply {
+        let operation = Operation::SendCode {
+            user: Username::new(name).unwrap(),
+            channel,
+        };
+        self.call(Role::Gateway, operation, now)
+    }
+
+    fn status(&mut self, code: CodeId, now: Timestamp) -> Reply {
+        self.call(Role::Gateway, Operation::CodeStatus { code }, now)
+    }
+}
+
+fn at(seconds: u64) -> Timestamp {
+    Timestamp(T0.0 + seconds * 1000)
+}
+
+/// The message id and text of the only message a bridge was handed.
+fn handed(bridge: &Collect) -> (MessageId, String) {
+    match bridge.take().as_slice() {
+        [Reply::Message { message, text, .. }] => (*message, text.as_str().to_owned()),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn ack(world: &mut World, stream: u64, message: MessageId, report: DeliveryReport, now: Timestamp) {
+    let sink: Arc<dyn Sink> = Arc::new(Collect::default());
+    let reply = world.from(
+        Role::Carrier,
+        stream,
+        &sink,
+        Operation::Ack { message, report },
+        now,
+    );
+    assert_eq!(reply, Some(Reply::Done));
+}
+
+#[test]
+fn codes_expire_with_their_ttl_and_the_table_is_bounded() {
+    let mut world = World::new("[sms]\nttl = \"60s\"\nresend-interval = \"30s\"\ncapacity = 1\n");
+    world.phone_user("ann", "+41 791111111");
+    world.phone_user("ben", "+41 792222222");
+    let bridge = world.bridge(1);
+    assert!(matches!(
+        world.send("ann", Channel::Sms, T0),
+        Reply::CodeSent { .. }
+    ));
+    let (_, text) = handed(&bridge);
+    assert!(text.contains("expires in 1 minutes"), "{text}");
+    // One live code fits: the next user's is refused until it is gone.
+    let full = world.send("ben", Channel::Sms, T0);
+    assert!(
+        matches!(
+            full,
+            Reply::Error {
+                code: ErrorCode::Busy,
+                ..
+            }
+        ),
+        "{full:?}"
+    );
+    let code: String = text.split("code is ").nth(1).unwrap()[..6].to_owned();
+    let late = Operation::VerifyCode {
+        user: Username::new("ann").unwrap(),
+        code: Answer::new(&code),
+    };
+    assert_eq!(
+        world.call(Role::Gateway, late, at(60)),
+        Reply::Verdict(Verdict::Expired),
+        "a code entered after its TTL"
+    );
+    assert!(matches!(
+        world.send("ben", Channel::Sms, at(60)),
+        Reply::CodeSent { .. }
+    ));
+}
+
+#[test]
+fn the_outbox_is_bounded_and_a_message_is_tried_on_max_attempts_bridges() {
+    let mut world = World::new("[carrier]\noutbox = 1\nack-timeout = \"5s\"\nmax-attempts = 2\n");
+    world.phone_user("ann", "+41 791111111");
+    world.phone_user("ben", "+41 792222222");
+    let bridges = [world.bridge(1), world.bridge(2), world.bridge(3)];
+    let Reply::CodeSent { code, .. } = world.send("ann", Channel::Sms, T0) else {
+        panic!("not sent");
+    };
+    // The one message slot is taken until ann's message is settled.
+    let full = world.send("ben", Channel::Sms, T0);
+    assert!(
+        matches!(
+            full,
+            Reply::Error {
+                code: ErrorCode::Busy,
+                ..
+            }
+        ),
+        "{full:?}"
+    );
+    // Nobody answers: after the timeout the second bridge gets it...
+    world.engine.tick(at(5));
+    let handed_to: Vec<usize> = bridges
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| !b.take().is_empty())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(handed_to.len(), 2, "first and second bridge: {handed_to:?}");
+    assert!(matches!(
+        world.status(code, at(5)),
+        Reply::CodeStatus {
+            delivery: DeliveryState::Pending,
+            ..
+        }
+    ));
+    // ... and after two bridges the message is given up.
+    world.engine.tick(at(10));
+    assert!(bridges.iter().all(|b| b.take().is_empty()), "no third try");
+    let Reply::CodeStatus {
+        delivery: DeliveryState::Failed { reason },
+        ..
+    } = world.status(code, at(10))
+    else {
+        panic!("not failed");
+    };
+    assert!(reason.contains("in time"), "{reason}");
+    assert!(matches!(
+        world.send("ben", Channel::Sms, at(10)),
+        Reply::CodeSent { .. }
+    ));
+}
+
+#[test]
+fn the_status_is_the_last_messages() {
+    let mut world = World::new("[carrier]\nack-timeout = \"5s\"\nmax-attempts = 1\n");
+    world.phone_user("ann", "+41 791111111");
+    let bridge = world.bridge(1);
+    let Reply::CodeSent { code, .. } = world.send("ann", Channel::Sms, T0) else {
+        panic!("not sent");
+    };
+    let (sms, _) = handed(&bridge);
+    // The text does not come; the voice call does.
+    let Reply::CodeSent { code: same, .. } = world.send("ann", Channel::Voice, at(1)) else {
+        panic!("voice refused");
+    };
+    assert_eq!(same, code);
+    let (call, _) = handed(&bridge);
+    ack(&mut world, 1, call, DeliveryReport::Delivered, at(2));
+    // The lost SMS is given up later: the code was still delivered.
+    let failed = DeliveryReport::Failed {
+        reason: "handset unreachable".into(),
+    };
+    ack(&mut world, 1, sms, failed, at(3));
+    assert_eq!(
+        world.status(code, at(3)),
+        Reply::CodeStatus {
+            channel: Channel::Voice,
+            sends: 2,
+            delivery: DeliveryState::Delivered
+        }
+    );
+    // A bridge acknowledges only what it was handed, on its connection.
+    let sink: Arc<dyn Sink> = Arc::new(Collect::default());
+    let other = world.from(
+        Role::Carrier,
+        9,
+        &sink,
+        Operation::Ack {
+            message: call,
+            report: DeliveryReport::Delivered,
+        },
+        at(3),
+    );
+    assert!(matches!(
+        other,
+        Some(Reply::Error {
+            code: ErrorCode::NotFound,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn the_push_table_is_bounded() {
+    let mut world = World::new("[push]\ncapacity = 1\nttl = \"10s\"\n");
+    let signer = PushSigner::from_seed([4; 32]);
+    let mut devices = Vec::new();
+    for name in ["ann", "ben"] {
+        let request = EnrollRequest {
+            user: Username::new(name).unwrap(),
+            kind: DeviceKind::IbKey,
+            secret: None,
+            pin: None,
+            label: String::new(),
+        };
+        let Reply::Enrolled { device, .. } =
+            world.call(Role::Admin, Operation::Enroll(request), T0)
+        else {
+            panic!("enrol");
+        };
+        let bind = Operation::BindPushKey {
+            device,
+            key: signer.public(),
+        };
+        assert_eq!(world.call(Role::Admin, bind, T0), Reply::Done);
+        devices.push(device);
+    }
+    let phone = Arc::new(Collect::default());
+    let sink: Arc<dyn Sink> = phone.clone();
+    for &device in &devices {
+        let proof = signer.sign(&push::subscribe_message(&BINDING, device));
+        let subscribe = Operation::PhoneSubscribe { device, proof };
+        assert_eq!(
+            world.from(Role::Phone, 1, &sink, subscribe, T0),
+            Some(Reply::Subscribed)
+        );
+    }
+    let push = |name: &str, device: DeviceId| Operation::Push {
+        user: Username::new(name).unwrap(),
+        device,
+    };
+    assert!(matches!(
+        world.call(Role::Gateway, push("ann", devices[0]), T0),
+        Reply::PushSent { .. }
+    ));
+    let full = world.call(Role::Gateway, push("ben", devices[1]), T0);
+    assert!(
+        matches!(
+            full,
+            Reply::Error {
+                code: ErrorCode::Busy,
+                ..
+            }
+        ),
+        "{full:?}"
+    );
+    // Once the first push expires (the tick drops it), there is room.
+    world.engine.tick(at(10));
+    assert!(matches!(
+        world.call(Role::Gateway, push("ben", devices[1]), at(10)),
+        Reply::PushSent { .. }
+    ));
+    assert_eq!(phone.take().len(), 2, "two notices");
+}
