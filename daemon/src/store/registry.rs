@@ -710,6 +710,6 @@ impl Registry {
 
 fn not_keyed(kind: DeviceKind) -> EnrollError {
     EnrollError::Invalid(format!(
-        "{kind} devices hold no key and are not enrolled this way"
+        "{kind} devices hold no key and are not enrolled this way (a verified number: EnrollPhone)"
     ))
 }
