@@ -218,7 +218,7 @@ fn response(u: &mut Unstructured<'_>) -> Result<Response> {
             message: MessageId(u.arbitrary()?),
             to: phone(u)?,
             channel: channel(u)?,
-            text: text(u, 0, 200, b"")?,
+            text: Answer::new(&text(u, 0, 200, b"")?),
         },
         12 => Reply::PushNotice {
             push: PushId(u.arbitrary()?),
