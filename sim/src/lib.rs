@@ -6,6 +6,7 @@
 //!
 //! - [`token`]: single emulated tokens (`sls-sim token ...`).
 //! - [`client`]: a client of the daemon's QUIC protocol.
+//! - [`cluster`]: a real Redis Cluster on loopback for multi-node runs.
 //! - [`carrier`]: SMS/voice delivery bridges and the phones' inboxes.
 //! - [`phone`]: IB Key phone apps answering push notices.
 //! - [`bench`]: `sls-sim bench`, a load run of complete logins.
@@ -15,6 +16,7 @@ mod attack;
 pub mod bench;
 pub mod carrier;
 pub mod client;
+pub mod cluster;
 pub mod daemon;
 pub mod device;
 pub mod fleet;

@@ -8,8 +8,12 @@
 //!   index for the hot path.
 //! - [`committer`]: group commit of the hot durable write (failure states).
 //! - [`sealed`]: at-rest encryption of secrets under the key file.
+//! - [`redis`]: the atomic primitives of shared state on a Redis/Valkey
+//!   Cluster, for deployments of several nodes (not yet used by the
+//!   engine).
 
 pub mod challenges;
 pub mod committer;
+pub mod redis;
 pub mod registry;
 pub mod sealed;

@@ -1,0 +1,361 @@
+//! The shared-state backend on a Redis (or Valkey) Cluster: the atomic
+//! primitives the engine's state needs, each touching one hash slot.
+//!
+//! - `put_new`: put-with-TTL, only if absent (a random id that collides is
+//!   told so, never overwritten);
+//! - `consume`: get and delete at once (`GETDEL`), so exactly one caller
+//!   of many gets a value;
+//! - `take_attempt`: spend one attempt of a record's budget, deleting the
+//!   record when none is left;
+//! - `read` / `swap`: a versioned record and its compare-and-swap, for
+//!   state that is read, decided on in Rust, and written back (failure
+//!   counters and lockouts, code and push sessions);
+//! - `add_if_under`: add to a counter only if the sum stays within a limit
+//!   (withdrawal ledgers, send quotas).
+//!
+//! Keys are `sls:{TAG}:...`: the hash tag keeps every key an operation
+//! touches in one slot. A write marked durable is followed, on the same
+//! master, by `WAIT` for the configured number of replicas; a write that
+//! is not replicated in time is an error, not a silent success.
+
+use std::time::Duration;
+
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Cmd, Value};
+
+/// Why a shared-state operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("a durable write reached {acknowledged} of {wanted} replicas in time")]
+    NotReplicated { acknowledged: i64, wanted: i64 },
+    #[error("redis answered {0}, which sls does not expect")]
+    Unexpected(String),
+}
+
+/// How durable writes wait for replication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durability {
+    /// Replicas that must acknowledge a durable write (0: do not wait).
+    pub replicas: u32,
+    /// How long to wait for them.
+    pub timeout: Duration,
+}
+
+/// A key: `sls:{tag}:rest`. Keys with the same tag share a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key(String);
+
+impl Key {
+    pub fn new(tag: &str, rest: &str) -> Self {
+        Self(format!("sls:{{{tag}}}:{rest}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The outcome of a compare-and-swap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Swap {
+    /// Written; the record's new version.
+    Done(u64),
+    /// The record was not at the expected version.
+    Conflict,
+}
+
+/// A versioned record as read: version 0 means absent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub version: u64,
+    pub value: Option<Vec<u8>>,
+}
+
+/// `KEYS[1]` the record, `ARGV[1]` the attempts field. Spends one attempt;
+/// answers what is left, or -1 if the record is gone.
+const TAKE_ATTEMPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local left = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+if left <= 0 then redis.call('DEL', KEYS[1]) end
+if left < 0 then return -1 end
+return left
+";
+
+/// `KEYS[1]` the record, `ARGV[1]` the expected version, `ARGV[2]` the
+/// value, `ARGV[3]` the TTL in ms (0: none). Answers the new version, or
+/// -1 when the version did not match.
+const SWAP: &str = r"
+local version = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if version ~= tonumber(ARGV[1]) then return -1 end
+version = version + 1
+redis.call('HSET', KEYS[1], 'v', version, 'd', ARGV[2])
+if tonumber(ARGV[3]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+else
+  redis.call('PERSIST', KEYS[1])
+end
+return version
+";
+
+/// `KEYS[1]` the counter, `ARGV[1]` the amount, `ARGV[2]` the limit,
+/// `ARGV[3]` the TTL in ms set when the counter is created. Answers the
+/// new total, or -1 when it would pass the limit (nothing is added).
+const ADD_IF_UNDER: &str = r"
+local total = tonumber(redis.call('GET', KEYS[1]) or '0') + tonumber(ARGV[1])
+if total > tonumber(ARGV[2]) then return -1 end
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('SET', KEYS[1], total, 'KEEPTTL')
+if existed == 0 and tonumber(ARGV[3]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return total
+";
+
+/// A connection to the cluster, shared by every task of a node (cheap to
+/// clone: one multiplexed connection per cluster node underneath).
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: ClusterConnection,
+    durability: Durability,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn int(value: &Value) -> Result<i64, RedisError> {
+    match value {
+        Value::Int(n) => Ok(*n),
+        other => Err(RedisError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+impl RedisStore {
+    /// Connects to the cluster that any of `urls` (`redis://host:port`)
+    /// belongs to.
+    pub async fn connect(urls: &[String], durability: Durability) -> Result<Self, RedisError> {
+        let client = ClusterClientBuilder::new(urls.to_vec())
+            .retries(6)
+            .connection_timeout(Duration::from_secs(2))
+            .response_timeout(Duration::from_secs(2))
+            .build()?;
+        let connection = client.get_async_connection().await?;
+        Ok(Self {
+            connection,
+            durability,
+        })
+    }
+
+    /// Runs `command` on `key`'s master; when `durable`, then waits for
+    /// replication on the same connection.
+    async fn run(&self, key: &Key, command: Cmd, durable: bool) -> Result<Value, RedisError> {
+        let mut connection = self.connection.clone();
+        if !durable || self.durability.replicas == 0 {
+            return Ok(connection.route_command(command, route(key)).await?);
+        }
+        let mut pipeline = redis::pipe();
+        pipeline.add_command(command);
+        pipeline
+            .cmd("WAIT")
+            .arg(self.durability.replicas)
+            .arg(millis(self.durability.timeout));
+        let mut values = connection
+            .route_pipeline(pipeline, 0, 2, single(key))
+            .await?
+            .into_iter();
+        let (Some(answer), Some(acknowledged)) = (values.next(), values.next()) else {
+            return Err(RedisError::Unexpected("a short pipeline reply".into()));
+        };
+        let acknowledged = int(&acknowledged)?;
+        let wanted = i64::from(self.durability.replicas);
+        if acknowledged < wanted {
+            return Err(RedisError::NotReplicated {
+                acknowledged,
+                wanted,
+            });
+        }
+        Ok(answer)
+    }
+
+    /// Puts `value` under `key` for `ttl` unless the key exists; false if it
+    /// did.
+    pub async fn put_new(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Duration,
+        durable: bool,
+    ) -> Result<bool, RedisError> {
+        let mut command = redis::cmd("SET");
+        command
+            .arg(key.as_str())
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl).max(1));
+        match self.run(key, command, durable).await? {
+            Value::Okay => Ok(true),
+            Value::Nil => Ok(false),
+            other => Err(RedisError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, RedisError> {
+        let mut command = redis::cmd("GET");
+        command.arg(key.as_str());
+        bytes(self.run(key, command, false).await?)
+    }
+
+    /// Gets and deletes `key` at once: of many callers, one gets the value.
+    pub async fn consume(&self, key: &Key, durable: bool) -> Result<Option<Vec<u8>>, RedisError> {
+        let mut command = redis::cmd("GETDEL");
+        command.arg(key.as_str());
+        bytes(self.run(key, command, durable).await?)
+    }
+
+    /// Puts a record with an attempts budget: `field` = `attempts`, plus
+    /// `data`, for `ttl`; false if the key exists.
+    pub async fn put_budget(
+        &self,
+        key: &Key,
+        data: &[u8],
+        attempts: u8,
+        ttl: Duration,
+    ) -> Result<bool, RedisError> {
+        let mut command = redis::cmd("EVAL");
+        command
+            .arg(
+                "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end \
+                 redis.call('HSET', KEYS[1], 'a', ARGV[1], 'd', ARGV[2]) \
+                 redis.call('PEXPIRE', KEYS[1], ARGV[3]) return 1",
+            )
+            .arg(1)
+            .arg(key.as_str())
+            .arg(attempts)
+            .arg(data)
+            .arg(millis(ttl).max(1));
+        Ok(int(&self.run(key, command, false).await?)? == 1)
+    }
+
+    /// The data of a budgeted record, if it is there.
+    pub async fn read_budget(&self, key: &Key) -> Result<Option<(u8, Vec<u8>)>, RedisError> {
+        let mut command = redis::cmd("HMGET");
+        command.arg(key.as_str()).arg("a").arg("d");
+        match self.run(key, command, false).await? {
+            Value::Array(values) => match values.as_slice() {
+                [Value::BulkString(a), Value::BulkString(d)] => {
+                    let attempts = std::str::from_utf8(a)
+                        .ok()
+                        .and_then(|a| a.parse().ok())
+                        .ok_or_else(|| RedisError::Unexpected("attempts".into()))?;
+                    Ok(Some((attempts, d.clone())))
+                }
+                _ => Ok(None),
+            },
+            other => Err(RedisError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Spends one attempt of a budgeted record: `Some(left)`, the record
+    /// deleted at 0; `None` if it is gone (used up, consumed or expired).
+    pub async fn take_attempt(&self, key: &Key) -> Result<Option<u8>, RedisError> {
+        let mut command = redis::cmd("EVAL");
+        command.arg(TAKE_ATTEMPT).arg(1).arg(key.as_str()).arg("a");
+        let left = int(&self.run(key, command, false).await?)?;
+        Ok(u8::try_from(left).ok())
+    }
+
+    /// A versioned record.
+    pub async fn read(&self, key: &Key) -> Result<Versioned, RedisError> {
+        let mut command = redis::cmd("HMGET");
+        command.arg(key.as_str()).arg("v").arg("d");
+        match self.run(key, command, false).await? {
+            Value::Array(values) => match values.as_slice() {
+                [Value::BulkString(v), Value::BulkString(d)] => Ok(Versioned {
+                    version: std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or_else(|| RedisError::Unexpected("version".into()))?,
+                    value: Some(d.clone()),
+                }),
+                _ => Ok(Versioned {
+                    version: 0,
+                    value: None,
+                }),
+            },
+            other => Err(RedisError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Writes `value` if the record is still at `expected` (0: absent).
+    pub async fn swap(
+        &self,
+        key: &Key,
+        expected: u64,
+        value: &[u8],
+        ttl: Option<Duration>,
+        durable: bool,
+    ) -> Result<Swap, RedisError> {
+        let mut command = redis::cmd("EVAL");
+        command
+            .arg(SWAP)
+            .arg(1)
+            .arg(key.as_str())
+            .arg(expected)
+            .arg(value)
+            .arg(ttl.map_or(0, |t| millis(t).max(1)));
+        let version = int(&self.run(key, command, durable).await?)?;
+        Ok(u64::try_from(version).map_or(Swap::Conflict, Swap::Done))
+    }
+
+    /// Adds `amount` to the counter if the total stays within `limit`;
+    /// `Some(total)`, or `None` when it would not (nothing added). A new
+    /// counter lives `ttl`.
+    pub async fn add_if_under(
+        &self,
+        key: &Key,
+        amount: u64,
+        limit: u64,
+        ttl: Option<Duration>,
+        durable: bool,
+    ) -> Result<Option<u64>, RedisError> {
+        let mut command = redis::cmd("EVAL");
+        command
+            .arg(ADD_IF_UNDER)
+            .arg(1)
+            .arg(key.as_str())
+            .arg(amount)
+            .arg(limit)
+            .arg(ttl.map_or(0, |t| millis(t).max(1)));
+        let total = int(&self.run(key, command, durable).await?)?;
+        Ok(u64::try_from(total).ok())
+    }
+}
+
+fn single(key: &Key) -> SingleNodeRoutingInfo {
+    SingleNodeRoutingInfo::SpecificNode(Route::with_key(key.as_str(), SlotAddr::Master))
+}
+
+fn route(key: &Key) -> redis::cluster_routing::RoutingInfo {
+    redis::cluster_routing::RoutingInfo::SingleNode(single(key))
+}
+
+fn bytes(value: Value) -> Result<Option<Vec<u8>>, RedisError> {
+    match value {
+        Value::Nil => Ok(None),
+        Value::BulkString(bytes) => Ok(Some(bytes)),
+        other => Err(RedisError::Unexpected(format!("{other:?}"))),
+    }
+}

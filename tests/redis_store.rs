@@ -1,0 +1,219 @@
+//! The shared-state primitives (`slsd::store::redis`) against a real Redis
+//! Cluster of three masters and three replicas on loopback: each promise
+//! under concurrency, durable writes that wait for a replica, and a master
+//! killed under them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sls_sim::cluster::Cluster;
+use slsd::store::redis::{Durability, Key, RedisError, RedisStore, Swap};
+
+const NO_WAIT: Durability = Durability {
+    replicas: 0,
+    timeout: Duration::ZERO,
+};
+const ONE_REPLICA: Durability = Durability {
+    replicas: 1,
+    timeout: Duration::from_secs(2),
+};
+
+async fn store(cluster: &Cluster, durability: Durability) -> Arc<RedisStore> {
+    Arc::new(
+        RedisStore::connect(&cluster.urls(), durability)
+            .await
+            .unwrap(),
+    )
+}
+
+/// Runs `n` copies of `f` at once and collects their results.
+async fn race<T: Send + 'static, F>(n: usize, f: impl Fn(usize) -> F) -> Vec<T>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(f(i))).collect();
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(task.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_primitive_keeps_its_promise_under_concurrency() {
+    let cluster = Cluster::start(3, 1).unwrap();
+    let store = store(&cluster, NO_WAIT).await;
+
+    // Put-with-TTL, only if absent; gone after its TTL.
+    let key = Key::new("u:jdoe", "c:1");
+    assert!(
+        store
+            .put_new(&key, b"open", Duration::from_millis(300), false)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .put_new(&key, b"other", Duration::from_secs(9), false)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get(&key).await.unwrap().as_deref(),
+        Some(&b"open"[..])
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(store.get(&key).await.unwrap(), None);
+
+    // Consume-once: of 32 racing callers, one gets the value.
+    let key = Key::new("u:jdoe", "c:2");
+    store
+        .put_new(&key, b"answer", Duration::from_secs(9), false)
+        .await
+        .unwrap();
+    let got = race(32, |_| {
+        let (store, key) = (Arc::clone(&store), key.clone());
+        async move { store.consume(&key, false).await.unwrap() }
+    })
+    .await;
+    assert_eq!(got.iter().filter(|g| g.is_some()).count(), 1);
+
+    // An attempts budget of 3 spent by 16 racing callers: 3 get one.
+    let key = Key::new("u:jdoe", "c:3");
+    assert!(
+        store
+            .put_budget(&key, b"question", 3, Duration::from_secs(9))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.read_budget(&key).await.unwrap(),
+        Some((3, b"question".to_vec()))
+    );
+    let mut left: Vec<u8> = race(16, |_| {
+        let (store, key) = (Arc::clone(&store), key.clone());
+        async move { store.take_attempt(&key).await.unwrap() }
+    })
+    .await
+    .into_iter()
+    .flatten()
+    .collect();
+    left.sort();
+    assert_eq!(left, vec![0, 1, 2]);
+    assert_eq!(store.read_budget(&key).await.unwrap(), None, "used up");
+
+    // Compare-and-swap: 8 writers × 20 increments by read-modify-swap lose
+    // none.
+    let key = Key::new("d:7", "failures");
+    race(8, |_| {
+        let (store, key) = (Arc::clone(&store), key.clone());
+        async move {
+            let mut done = 0;
+            while done < 20 {
+                let record = store.read(&key).await.unwrap();
+                let n: u64 = record
+                    .value
+                    .map_or(0, |v| String::from_utf8(v).unwrap().parse().unwrap());
+                let next = (n + 1).to_string();
+                if let Swap::Done(_) = store
+                    .swap(&key, record.version, next.as_bytes(), None, false)
+                    .await
+                    .unwrap()
+                {
+                    done += 1;
+                }
+            }
+        }
+    })
+    .await;
+    let record = store.read(&key).await.unwrap();
+    assert_eq!(record.value.as_deref(), Some(&b"160"[..]));
+    assert_eq!(record.version, 160);
+    assert_eq!(
+        store.swap(&key, 3, b"stale", None, false).await.unwrap(),
+        Swap::Conflict
+    );
+
+    // A ledger never passes its limit: 16 racing adds of 100 under 1000.
+    let key = Key::new("u:jdoe", "ledger:day");
+    let totals = race(16, |_| {
+        let (store, key) = (Arc::clone(&store), key.clone());
+        async move {
+            store
+                .add_if_under(&key, 100, 1000, Some(Duration::from_secs(60)), false)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    assert_eq!(totals.iter().filter(|t| t.is_some()).count(), 10);
+    assert_eq!(totals.iter().flatten().max(), Some(&1000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_writes_wait_for_a_replica_and_survive_a_master_crash() {
+    let mut cluster = Cluster::start(3, 1).unwrap();
+    let store = store(&cluster, ONE_REPLICA).await;
+    // More replicas than exist: the write is reported, not pretended.
+    let greedy = RedisStore::connect(
+        &cluster.urls(),
+        Durability {
+            replicas: 3,
+            timeout: Duration::from_millis(100),
+        },
+    )
+    .await
+    .unwrap();
+    let key = Key::new("d:1", "enrolment");
+    match greedy.swap(&key, 0, b"x", None, true).await {
+        Err(RedisError::NotReplicated {
+            acknowledged: 1,
+            wanted: 3,
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+
+    // 300 acknowledged durable writes, spread over every master.
+    let mut written = Vec::new();
+    for n in 0..300u32 {
+        let key = Key::new(&format!("d:{n}"), "enrolment");
+        let value = format!("device {n}");
+        // d:1 already holds the greedy write (it reached the master), so
+        // version 0 no longer matches there; every other key is fresh.
+        match store
+            .swap(&key, 0, value.as_bytes(), None, true)
+            .await
+            .unwrap()
+        {
+            Swap::Done(_) => written.push((key, value)),
+            Swap::Conflict => assert_eq!(n, 1, "only d:1 was written before"),
+        }
+    }
+
+    // A master dies; its replica takes over.
+    let masters = cluster.masters().unwrap();
+    cluster.kill(masters[0]);
+    cluster.wait_until_healthy().unwrap();
+
+    // Nothing acknowledged is lost, and the store works on.
+    for (key, value) in &written {
+        let mut tries = 0;
+        let record = loop {
+            match store.read(key).await {
+                Ok(record) => break record,
+                // The client learns the new topology on its first errors.
+                Err(_) if tries < 20 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(error) => panic!("{error}"),
+            }
+        };
+        assert_eq!(record.value.as_deref(), Some(value.as_bytes()), "{key:?}");
+    }
+    let key = Key::new("d:after", "enrolment");
+    assert_eq!(
+        store.swap(&key, 0, b"later", None, false).await.unwrap(),
+        Swap::Done(1)
+    );
+}
