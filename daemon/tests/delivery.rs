@@ -363,3 +363,36 @@ fn the_push_table_is_bounded() {
     ));
     assert_eq!(phone.take().len(), 2, "two notices");
 }
+
+#[test]
+fn racing_enrolments_give_a_user_one_number() {
+    let world = World::new("");
+    // Twenty users, each with sixteen enrolments released at once.
+    for round in 0..20u64 {
+        let user = format!("user{round}");
+        let start = std::sync::Barrier::new(16);
+        let enrolled = std::thread::scope(|scope| {
+            let tasks: Vec<_> = (0..16u64)
+                .map(|n| {
+                    let (engine, user, start) = (&world.engine, &user, &start);
+                    scope.spawn(move || {
+                        let operation = Operation::EnrollPhone {
+                            user: Username::new(user).unwrap(),
+                            number: PhoneNumber::parse(&format!("+41 7911111{n:02}")).unwrap(),
+                            label: String::new(),
+                        };
+                        let mut rng = ChaCha20Rng::seed_from_u64(n);
+                        start.wait();
+                        engine.handle(Role::Admin, operation, T0, &mut rng).reply
+                    })
+                })
+                .collect();
+            tasks
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .filter(|r| matches!(r, Reply::Enrolled { .. }))
+                .count()
+        });
+        assert_eq!(enrolled, 1, "{user}");
+    }
+}

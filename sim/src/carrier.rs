@@ -30,12 +30,22 @@ pub enum Behaviour {
     Fail(String),
 }
 
-/// A message as the phone shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A message as the phone shows it. `Debug` leaves the text (and its
+/// code) out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Received {
     pub message: MessageId,
     pub channel: Channel,
     pub text: String,
+}
+
+impl std::fmt::Debug for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Received")
+            .field("message", &self.message)
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Received {

@@ -215,6 +215,9 @@ pub struct Registry {
     profiles: DeviceProfiles,
     devices: RwLock<HashMap<DeviceId, Arc<Device>>>,
     by_user: RwLock<HashMap<Username, Vec<DeviceId>>>,
+    /// Held from a per-user rule's check to the index update, so that two
+    /// racing enrolments cannot both pass it (one number per user).
+    enrolling: Mutex<()>,
 }
 
 impl fmt::Debug for Registry {
@@ -254,6 +257,7 @@ impl Registry {
             profiles,
             devices: RwLock::new(HashMap::new()),
             by_user: RwLock::new(HashMap::new()),
+            enrolling: Mutex::new(()),
         };
         registry.load()?;
         Ok(registry)
@@ -392,6 +396,10 @@ impl Registry {
         label: &str,
         now: Timestamp,
     ) -> Result<DeviceId, EnrollError> {
+        let _enrolling = self
+            .enrolling
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(existing) = self.devices_of(user).iter().find(|d| d.phone().is_some()) {
             return Err(EnrollError::Invalid(format!(
                 "the user already has a verified number (device {}); revoke it first",
