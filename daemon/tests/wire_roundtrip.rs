@@ -401,3 +401,107 @@ fn bad_phone_numbers_and_proofs_name_the_rule() {
         "proofs are not printed"
     );
 }
+
+/// One of each operation.
+fn one_of_each() -> Vec<Operation> {
+    let user = || Username::new("jdoe").unwrap();
+    let proof = Signature([0; 64]);
+    vec![
+        Operation::Devices { user: user() },
+        Operation::Challenge {
+            user: user(),
+            device: DeviceId(1),
+        },
+        Operation::Verify {
+            challenge: ChallengeId(1),
+            response: Answer::new("1"),
+        },
+        Operation::SendCode {
+            user: user(),
+            channel: Channel::Sms,
+        },
+        Operation::VerifyCode {
+            user: user(),
+            code: Answer::new("1"),
+        },
+        Operation::CodeStatus { code: CodeId(1) },
+        Operation::Push {
+            user: user(),
+            device: DeviceId(1),
+        },
+        Operation::AwaitPush { push: PushId(1) },
+        Operation::Enroll(EnrollRequest {
+            user: user(),
+            kind: DeviceKind::Scc,
+            secret: None,
+            pin: None,
+            label: String::new(),
+        }),
+        Operation::Revoke {
+            device: DeviceId(1),
+        },
+        Operation::ListDevices { user: user() },
+        Operation::Unlock {
+            user: user(),
+            device: None,
+        },
+        Operation::Stats,
+        Operation::EnrollPhone {
+            user: user(),
+            number: PhoneNumber::parse("+41 446681800").unwrap(),
+            label: String::new(),
+        },
+        Operation::BindPushKey {
+            device: DeviceId(1),
+            key: PushKey([0; 32]),
+        },
+        Operation::CarrierSubscribe,
+        Operation::Ack {
+            message: MessageId(1),
+            report: DeliveryReport::Delivered,
+        },
+        Operation::PhoneSubscribe {
+            device: DeviceId(1),
+            proof,
+        },
+        Operation::Approve {
+            push: PushId(1),
+            chosen: 1,
+            proof,
+        },
+        Operation::Deny { push: PushId(1) },
+    ]
+}
+
+#[test]
+fn every_operation_has_a_code_a_role_and_a_metric_label() {
+    use slsd::engine::Role;
+    let operations = one_of_each();
+    let mut codes: Vec<u8> = operations.iter().map(Operation::code).collect();
+    codes.sort();
+    codes.dedup();
+    assert_eq!(codes.len(), operations.len(), "codes are distinct");
+    for operation in &operations {
+        assert!(
+            slsd::metrics::OPERATIONS.contains(&operation.name()),
+            "{} has no metric label",
+            operation.name()
+        );
+        let expected = match operation.code() {
+            0x01..=0x1f => Role::Gateway,
+            0x20..=0x3f => Role::Admin,
+            0x40..=0x5f => Role::Carrier,
+            _ => Role::Phone,
+        };
+        assert_eq!(operation.role(), expected, "{}", operation.name());
+        // And it travels.
+        let request = Request {
+            id: 7,
+            operation: operation.clone(),
+        };
+        let frame = request.to_frame();
+        assert_eq!(Request::decode(&frame[4..]).unwrap(), request);
+    }
+    // Every label but the catch-all names an operation.
+    assert_eq!(slsd::metrics::OPERATIONS.len(), operations.len() + 1);
+}
