@@ -27,7 +27,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use slsd::clock::Timestamp;
 use slsd::config::Config;
-use slsd::engine::{Caller, Engine, Role, Sink, StreamId};
+use slsd::engine::{Caller, Engine, ReplyLog, Role, Sink, StreamId};
 use slsd::identity::{ChallengeId, DeviceId, Username};
 use slsd::otp::SecretKey;
 use slsd::otp::card::CodeCard;
@@ -38,7 +38,7 @@ use slsd::store::challenges::{ChallengeTable, InsertError, OpenChallenge, Questi
 use slsd::store::registry::{FailureState, NewDevice, Registry};
 use slsd::store::sealed::SecretCipher;
 use slsd::wire::request::Answer;
-use slsd::wire::{ChallengeText, Operation, Reply, Response, Verdict};
+use slsd::wire::{ChallengeText, Operation, Reply, Verdict};
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
 const KEY: [u8; 32] = [9; 32];
@@ -285,32 +285,6 @@ fn racing_inserts_never_overfill_the_table() {
     });
 }
 
-/// A stream's writer, as the engine sees it: collects frames.
-#[derive(Default)]
-struct Collect(loom::sync::Mutex<Vec<Vec<u8>>>);
-
-impl Sink for Collect {
-    fn deliver(&self, frame: Vec<u8>) -> bool {
-        self.0.lock().unwrap().push(frame);
-        true
-    }
-
-    fn is_closed(&self) -> bool {
-        false
-    }
-}
-
-impl Collect {
-    fn replies(&self) -> Vec<Reply> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|frame| Response::decode(&frame[4..]).unwrap().reply)
-            .collect()
-    }
-}
-
 const BINDING: [u8; 32] = [7; 32];
 
 fn caller<'a>(role: Role, stream: u64, sink: &'a Arc<dyn Sink>, request: u64) -> Caller<'a> {
@@ -346,7 +320,7 @@ fn an_sms_code_entered_twice_at_once_is_accepted_once() {
         .unwrap();
     loom::model(move || {
         let engine = fixture.engine();
-        let carrier = Arc::new(Collect::default());
+        let carrier = Arc::new(ReplyLog::default());
         let sink: Arc<dyn Sink> = carrier.clone();
         let bridge = caller(Role::Carrier, 1, &sink, 1);
         assert_eq!(
@@ -363,7 +337,7 @@ fn an_sms_code_entered_twice_at_once_is_accepted_once() {
             "{:?}",
             sent.reply
         );
-        let Some(Reply::Message { text, .. }) = carrier.replies().pop() else {
+        let Some(Reply::Message { text, .. }) = carrier.take().pop() else {
             panic!("nothing handed to the bridge");
         };
         let code: String = text.as_str().split("code is ").nth(1).unwrap()[..6].to_owned();
@@ -419,7 +393,7 @@ fn an_approval_racing_with_await_push_reaches_the_gateway_once() {
         .unwrap();
     loom::model(move || {
         let engine = fixture.engine();
-        let phone_stream = Arc::new(Collect::default());
+        let phone_stream = Arc::new(ReplyLog::default());
         let phone_sink: Arc<dyn Sink> = phone_stream.clone();
         let phone = caller(Role::Phone, 1, &phone_sink, 1);
         let proof = signer.sign(&push_proof::subscribe_message(&BINDING, device));
@@ -438,7 +412,7 @@ fn an_approval_racing_with_await_push_reaches_the_gateway_once() {
         else {
             panic!("{:?}", sent.reply);
         };
-        let gateway_stream = Arc::new(Collect::default());
+        let gateway_stream = Arc::new(ReplyLog::default());
         let approve_signer = Arc::clone(&signer);
         let engine_for_phone = Arc::clone(&engine);
         let phone_sink_2 = Arc::clone(&phone_sink);
@@ -460,7 +434,7 @@ fn an_approval_racing_with_await_push_reaches_the_gateway_once() {
             phone_reply,
             Some(Reply::Verdict(Verdict::Accepted { .. }))
         ));
-        let mut verdicts: Vec<Reply> = gateway_stream.replies();
+        let mut verdicts: Vec<Reply> = gateway_stream.take();
         verdicts.extend(immediate);
         assert_eq!(verdicts.len(), 1, "{verdicts:?}");
         assert!(matches!(

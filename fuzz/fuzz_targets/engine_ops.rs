@@ -9,7 +9,7 @@
 //! code, every push verdict reaches the gateway exactly once.
 #![no_main]
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
@@ -19,7 +19,7 @@ use sls_sim::device::EmulatedDevice;
 use sls_sim::model::{self, Attempt, Failures, Holder};
 use slsd::clock::Timestamp;
 use slsd::config::Config;
-use slsd::engine::{Caller, Engine, Role, Sink, StreamId};
+use slsd::engine::{Caller, Engine, ReplyLog, Role, Sink, StreamId};
 use slsd::identity::{ChallengeId, DeviceId, PushId, Username};
 use slsd::otp::SecretKey;
 use slsd::otp::push::{self, PushSigner};
@@ -28,7 +28,7 @@ use slsd::profile::DeviceKind;
 use slsd::store::registry::{FailureState, Registry};
 use slsd::store::sealed::SecretCipher;
 use slsd::wire::request::{Answer, Pin};
-use slsd::wire::{ChallengeText, EnrollRequest, ErrorCode, Operation, Reply, Response, Verdict};
+use slsd::wire::{ChallengeText, EnrollRequest, ErrorCode, Operation, Reply, Verdict};
 
 const CONFIG: &str = "[challenges]\nttl = \"30s\"\nattempts = 3\nper-user-per-minute = 100000\nuser-limit-buckets = 64\n[lockout]\nfailures = 3\nfirst = \"10s\"\nmax = \"40s\"\n[sms]\nttl = \"60s\"\nresend-interval = \"0s\"\nmax-sends = 20\nmax-checks = 3\nsends-per-number-per-hour = 1000000\nsends-per-prefix-per-minute = 1000000\n[push]\nttl = \"20s\"\npending-per-user = 3\n";
 /// Alice's verified number.
@@ -37,30 +37,6 @@ const ALICE_NUMBER: &str = "+41 791234567";
 const PUSH_SEED: [u8; 32] = [9; 32];
 /// The TLS exporter value the phone's connection would have.
 const BINDING: [u8; 32] = [7; 32];
-
-/// A stream's writer: collects frames.
-#[derive(Default)]
-struct Collect(Mutex<Vec<Reply>>);
-
-impl Sink for Collect {
-    fn deliver(&self, frame: Vec<u8>) -> bool {
-        let reply = Response::decode(&frame[4..])
-            .expect("the engine writes whole frames")
-            .reply;
-        self.0.lock().unwrap().push(reply);
-        true
-    }
-
-    fn is_closed(&self) -> bool {
-        false
-    }
-}
-
-impl Collect {
-    fn take(&self) -> Vec<Reply> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
 
 /// Alice's live SMS code as the model knows it.
 struct Sms {
@@ -109,9 +85,9 @@ struct Open {
 
 struct World {
     engine: Engine,
-    carrier: Arc<Collect>,
-    phone: Arc<Collect>,
-    gateway: Arc<Collect>,
+    carrier: Arc<ReplyLog>,
+    phone: Arc<ReplyLog>,
+    gateway: Arc<ReplyLog>,
     sinks: [Arc<dyn Sink>; 3],
     sms_device: DeviceId,
     sms_failures: Failures,
@@ -244,9 +220,9 @@ impl World {
             })
             .collect();
         let (carrier, phone, gateway) = (
-            Arc::new(Collect::default()),
-            Arc::new(Collect::default()),
-            Arc::new(Collect::default()),
+            Arc::new(ReplyLog::default()),
+            Arc::new(ReplyLog::default()),
+            Arc::new(ReplyLog::default()),
         );
         let sinks: [Arc<dyn Sink>; 3] = [carrier.clone(), phone.clone(), gateway.clone()];
         let mut world = Self {

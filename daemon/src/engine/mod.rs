@@ -75,6 +75,48 @@ pub trait Sink: Send + Sync {
     fn is_closed(&self) -> bool;
 }
 
+/// A sink that keeps the replies written to it, for callers that drive the
+/// engine in-process (tests, fuzzing, loom models) and read what a bridge,
+/// phone or waiting gateway would have received.
+#[derive(Debug)]
+pub struct ReplyLog(crate::sync::Mutex<Vec<Reply>>);
+
+impl Default for ReplyLog {
+    fn default() -> Self {
+        Self(crate::sync::Mutex::new(Vec::new()))
+    }
+}
+
+impl ReplyLog {
+    /// The replies written since the last call.
+    pub fn take(&self) -> Vec<Reply> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl Sink for ReplyLog {
+    fn deliver(&self, frame: Vec<u8>) -> bool {
+        // The engine writes whole, well-formed frames; one that is not is
+        // kept as an `Internal` error naming the problem, so that whatever
+        // compares the replies fails on it.
+        let reply = match crate::wire::split_frame(&frame, crate::wire::MAX_FRAME_LIMIT) {
+            Ok(Some((body, _))) => crate::wire::Response::decode(body)
+                .map(|response| response.reply)
+                .unwrap_or_else(|e| Reply::error(ErrorCode::Internal, format!("bad frame: {e}"))),
+            other => Reply::error(ErrorCode::Internal, format!("bad frame: {other:?}")),
+        };
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(reply);
+        true
+    }
+
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
 /// Names one stream of one connection, unique for the life of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StreamId(pub u64);
@@ -274,12 +316,17 @@ impl Engine {
             KeyedLimits::new(Rate::new(per_prefix, minute, per_prefix), 1000, key());
         let mut code_key = [0u8; 32];
         rng.fill_bytes(&mut code_key);
+        let code_key = crate::otp::SecretKey::from_array(code_key);
         Self {
             challenges: ChallengeTable::new(config.challenges.capacity, CHALLENGE_SHARDS),
             user_limits,
             number_limits,
             prefix_limits,
-            codes: sms::CodeTable::new(code_key, Self::sms_code_spec(&config), config.sms.capacity),
+            codes: sms::CodeTable::new(
+                &code_key,
+                Self::sms_code_spec(&config),
+                config.sms.capacity,
+            ),
             outbox: relay::Outbox::new(config.carrier.clone()),
             pushes: push::PushTable::new(),
             alphabets: QuestionAlphabets::new(),
@@ -473,11 +520,7 @@ impl Engine {
         rng: &mut R,
     ) -> Reply {
         if let Decision::Deny { retry_after } = self.user_limits.check(user, now) {
-            return Reply::Error {
-                code: ErrorCode::RateLimited,
-                retry_after,
-                message: "too many challenges for this user".into(),
-            };
+            return Reply::rate_limited(retry_after, "too many challenges for this user");
         }
         // An unknown user and another user's device answer the same way.
         let Some(device) = self.registry.device(device).filter(|d| &d.user == user) else {

@@ -183,11 +183,10 @@ impl Engine {
         rng: &mut R,
     ) -> Reply {
         if let Decision::Deny { retry_after } = self.user_limits.check(user, now) {
-            return Reply::Error {
-                code: ErrorCode::RateLimited,
+            return Reply::rate_limited(
                 retry_after,
-                message: "too many challenges and pushes for this user".into(),
-            };
+                "too many challenges and pushes for this user",
+            );
         }
         let device = self
             .registry
@@ -202,11 +201,7 @@ impl Engine {
         };
         let locked_until = device.failures().locked_until;
         if locked_until > now {
-            return Reply::Error {
-                code: ErrorCode::RateLimited,
-                retry_after: now.until(locked_until),
-                message: "the device is locked out".into(),
-            };
+            return Reply::rate_limited(now.until(locked_until), "the device is locked out");
         }
         let push_config = &self.config.push;
         let mut sessions = self.pushes.sessions();
@@ -223,11 +218,10 @@ impl Engine {
                 .collect();
             if live.len() >= usize::from(limit) {
                 let soonest = live.into_iter().min().unwrap_or(now);
-                return Reply::Error {
-                    code: ErrorCode::RateLimited,
-                    retry_after: now.until(soonest),
-                    message: "too many unanswered pushes for this user".into(),
-                };
+                return Reply::rate_limited(
+                    now.until(soonest),
+                    "too many unanswered pushes for this user",
+                );
             }
         }
         if sessions.pushes.len() >= push_config.capacity {

@@ -13,18 +13,16 @@ use std::sync::PoisonError;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use hmac::{Hmac, KeyInit, Mac};
 use rand::{CryptoRng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::relay::{DispatchError, Outbound, StatusChange};
 use super::{Engine, Outcome};
 use crate::clock::Timestamp;
 use crate::identity::{CodeId, DeviceId, MessageId, Username};
-use crate::otp::Code;
 use crate::otp::generate::CodeSpec;
+use crate::otp::{Code, HashAlgorithm, HmacKey, SecretKey};
 use crate::phone::Channel;
 use crate::profile::{Check, DeviceKind};
 use crate::ratelimit::Decision;
@@ -65,16 +63,17 @@ impl Sessions {
 
 /// Live codes, by user and by code id.
 pub(super) struct CodeTable {
-    key: Zeroizing<[u8; 32]>,
+    /// HMAC-SHA256 under the engine's code key, its key schedule run once.
+    key: HmacKey,
     spec: CodeSpec,
     capacity: usize,
     sessions: Mutex<Sessions>,
 }
 
 impl CodeTable {
-    pub(super) fn new(key: [u8; 32], spec: CodeSpec, capacity: usize) -> Self {
+    pub(super) fn new(key: &SecretKey, spec: CodeSpec, capacity: usize) -> Self {
         Self {
-            key: Zeroizing::new(key),
+            key: HmacKey::new(HashAlgorithm::Sha256, key),
             spec,
             capacity,
             sessions: Mutex::new(Sessions::default()),
@@ -91,12 +90,15 @@ impl CodeTable {
 
     /// The code of `id`: the same every time, unknowable without the key.
     fn code(&self, id: CodeId) -> Code {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key[..])
-            .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default()));
-        mac.update(b"sls/1 sms code ");
-        mac.update(&id.0.to_be_bytes());
-        let seed: [u8; 32] = mac.finalize().into_bytes().into();
-        let mut rng = ChaCha20Rng::from_seed(seed);
+        let mac = self.key.mac(&[b"sls/1 sms code ", &id.0.to_be_bytes()]);
+        // A SHA-256 MAC is 32 bytes; a made-up seed would be far worse
+        // than this unreachable panic (it would make codes guessable).
+        #[allow(clippy::expect_used)]
+        let seed = mac
+            .as_bytes()
+            .first_chunk::<32>()
+            .expect("HMAC-SHA256 is 32 bytes");
+        let mut rng = ChaCha20Rng::from_seed(*seed);
         self.spec.generate(&mut rng)
     }
 
@@ -180,7 +182,7 @@ impl Engine {
         };
         let locked_until = device.failures().locked_until;
         if locked_until > now {
-            return rate_limited(now.until(locked_until), "the SMS device is locked out");
+            return Reply::rate_limited(now.until(locked_until), "the SMS device is locked out");
         }
         if self.outbox.bridges() == 0 {
             return Reply::error(
@@ -196,7 +198,7 @@ impl Engine {
         let (code, expires_at, fresh) = match live {
             Some(session) => {
                 if session.sends >= sms.max_sends {
-                    return rate_limited(
+                    return Reply::rate_limited(
                         now.until(session.expires_at),
                         "this code was sent as often as allowed; ask again when it expires",
                     );
@@ -204,7 +206,7 @@ impl Engine {
                 let first_call = channel == Channel::Voice && !session.voice_used;
                 let next = session.last_send.plus(sms.resend_interval);
                 if !first_call && next > now {
-                    return rate_limited(
+                    return Reply::rate_limited(
                         now.until(next),
                         "a new code may be requested only every resend interval",
                     );
@@ -213,7 +215,7 @@ impl Engine {
             }
             None => {
                 if let Decision::Deny { retry_after } = self.user_limits.check(user, now) {
-                    return rate_limited(retry_after, "too many codes for this user");
+                    return Reply::rate_limited(retry_after, "too many codes for this user");
                 }
                 if sessions.by_user.len() >= self.codes.capacity {
                     return Reply::error(ErrorCode::Busy, "the code table is full");
@@ -228,13 +230,13 @@ impl Engine {
         if let Decision::Deny { retry_after } =
             self.number_limits.check(to.to_string().as_bytes(), now)
         {
-            return rate_limited(retry_after, "too many codes sent to this number");
+            return Reply::rate_limited(retry_after, "too many codes sent to this number");
         }
         if let Decision::Deny { retry_after } = self
             .prefix_limits
             .check_index(usize::from(to.country()), now)
         {
-            return rate_limited(retry_after, "too many codes sent to this country code");
+            return Reply::rate_limited(retry_after, "too many codes sent to this country code");
         }
         let text = message_text(&self.codes.code(code), now.until(expires_at));
         let outbound = Outbound {
@@ -362,13 +364,5 @@ impl Engine {
             },
             None => Reply::error(ErrorCode::NotFound, "no such live code"),
         }
-    }
-}
-
-fn rate_limited(retry_after: Duration, message: &str) -> Reply {
-    Reply::Error {
-        code: ErrorCode::RateLimited,
-        retry_after,
-        message: message.into(),
     }
 }

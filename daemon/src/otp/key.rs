@@ -53,6 +53,16 @@ impl SecretKey {
         }
     }
 
+    /// Takes a key of a length fixed at compile time (1 to
+    /// [`MAX_KEY_LEN`] bytes, checked when this compiles); the array is
+    /// wiped.
+    pub fn from_array<const N: usize>(mut bytes: [u8; N]) -> Self {
+        const { assert!(N >= 1 && N <= MAX_KEY_LEN) };
+        let key = Self(bytes.as_slice().into());
+        bytes.zeroize();
+        key
+    }
+
     /// Parses a key written in hexadecimal (either case).
     pub fn from_hex(text: &str) -> Result<Self, KeyError> {
         let bytes = hex::decode(text.trim()).map_err(KeyError::NotHex)?;
@@ -259,6 +269,12 @@ mod tests {
             assert!(!text.contains("49"), "{text}");
         }
         assert_eq!(format!("{key:?}"), "SecretKey { len: 20, .. }");
+    }
+
+    #[test]
+    fn a_fixed_size_key_is_the_same_key() {
+        let key = SecretKey::from_array([7u8; 32]);
+        assert_eq!(key, SecretKey::from_bytes(vec![7; 32]).unwrap());
     }
 
     #[test]

@@ -211,11 +211,7 @@ fn handle(
         .unwrap_or_else(PoisonError::into_inner)
         .check(limit, now);
     if let Decision::Deny { retry_after } = decision {
-        let reply = Reply::Error {
-            code: ErrorCode::RateLimited,
-            retry_after,
-            message: "too many requests on this connection".into(),
-        };
+        let reply = Reply::rate_limited(retry_after, "too many requests on this connection");
         shared
             .metrics
             .count(request.operation.name(), "rate_limited");

@@ -208,6 +208,16 @@ pub struct NewDevice<'a> {
     pub label: &'a str,
 }
 
+/// What a new device's record holds besides its verifier.
+struct Stored<'a> {
+    user: &'a Username,
+    kind: DeviceKind,
+    label: &'a str,
+    now: Timestamp,
+    /// The key, sealed into the record; `None` for kinds without one (SMS).
+    secret: Option<&'a SecretKey>,
+}
+
 /// The registry of devices.
 pub struct Registry {
     db: Database,
@@ -368,21 +378,14 @@ impl Registry {
         // Build the verifier first: it checks the key against the kind.
         let verifier = self.verifier(kind, &secret, pin_hash)?;
 
-        let id = self.insert(|txn, id| {
-            let record =
-                self.encode_device(rng, id, user, kind, label, now, Some(&secret), &verifier)?;
-            txn.open_table(DEVICES)?.insert(id.0, record.as_slice())?;
-            Ok(())
-        })?;
-        self.index(Device::new(
-            id,
-            user.clone(),
+        let new = Stored {
+            user,
             kind,
-            label.to_owned(),
+            label,
             now,
-            self.expiry(kind, now),
-            verifier,
-        ));
+            secret: Some(&secret),
+        };
+        let id = self.add(rng, new, verifier, |_, _, _| Ok(()))?;
         Ok((id, generated.then_some(secret)))
     }
 
@@ -406,28 +409,21 @@ impl Registry {
                 existing.id
             )));
         }
-        let kind = DeviceKind::Sms;
-        let verifier = Verifier::Phone(number);
-        let id = self.insert(|txn, id| {
-            let record = self.encode_device(rng, id, user, kind, label, now, None, &verifier)?;
-            txn.open_table(DEVICES)?.insert(id.0, record.as_slice())?;
-            if let Verifier::Phone(number) = &verifier {
-                let sealed =
-                    self.cipher
-                        .seal(rng, number.to_string().as_bytes(), &context(id, "phone"))?;
-                txn.open_table(PHONES)?.insert(id.0, sealed.as_slice())?;
-            }
+        let text = number.to_string();
+        let new = Stored {
+            user,
+            kind: DeviceKind::Sms,
+            label,
+            now,
+            secret: None,
+        };
+        let id = self.add(rng, new, Verifier::Phone(number), |txn, id, rng| {
+            let sealed = self
+                .cipher
+                .seal(rng, text.as_bytes(), &context(id, "phone"))?;
+            txn.open_table(PHONES)?.insert(id.0, sealed.as_slice())?;
             Ok(())
         })?;
-        self.index(Device::new(
-            id,
-            user.clone(),
-            kind,
-            label.to_owned(),
-            now,
-            self.expiry(kind, now),
-            verifier,
-        ));
         Ok(id)
     }
 
@@ -455,11 +451,15 @@ impl Registry {
         Ok(true)
     }
 
-    /// Allocates a device id and writes what `write` puts in the same
-    /// transaction; committed (fsync) before it returns.
-    fn insert(
+    /// Allocates a device id, writes the device's record and what `also`
+    /// adds in one transaction, commits (fsync), then shows the device to
+    /// readers.
+    fn add<R: CryptoRng + ?Sized>(
         &self,
-        write: impl FnOnce(&redb::WriteTransaction, DeviceId) -> Result<(), StoreError>,
+        rng: &mut R,
+        new: Stored<'_>,
+        verifier: Verifier,
+        also: impl FnOnce(&redb::WriteTransaction, DeviceId, &mut R) -> Result<(), StoreError>,
     ) -> Result<DeviceId, StoreError> {
         let txn = self.db.begin_write()?;
         let id = {
@@ -468,8 +468,19 @@ impl Registry {
             meta.insert(NEXT_DEVICE_ID, id + 1)?;
             DeviceId(id)
         };
-        write(&txn, id)?;
+        let record = self.encode_device(rng, id, &new, &verifier)?;
+        txn.open_table(DEVICES)?.insert(id.0, record.as_slice())?;
+        also(&txn, id, rng)?;
         txn.commit()?;
+        self.index(Device::new(
+            id,
+            new.user.clone(),
+            new.kind,
+            new.label.to_owned(),
+            new.now,
+            self.expiry(new.kind, new.now),
+            verifier,
+        ));
         Ok(id)
     }
 
@@ -605,20 +616,15 @@ impl Registry {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn encode_device<R: CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
         id: DeviceId,
-        user: &Username,
-        kind: DeviceKind,
-        label: &str,
-        now: Timestamp,
-        secret: Option<&SecretKey>,
+        new: &Stored<'_>,
         verifier: &Verifier,
     ) -> Result<Vec<u8>, StoreError> {
         // SMS devices hold no key: their secret field stays empty.
-        let sealed_secret = match secret {
+        let sealed_secret = match new.secret {
             Some(secret) => {
                 self.cipher
                     .seal(rng, secret.expose_secret(), &context(id, "secret"))?
@@ -636,10 +642,10 @@ impl Registry {
         };
         let mut out = Vec::new();
         out.put_u8(RECORD_V1);
-        out.put_bytes(user.as_str().as_bytes());
-        out.put_u8(kind.code());
-        out.put_bytes(label.as_bytes());
-        out.put_u64(now.0);
+        out.put_bytes(new.user.as_str().as_bytes());
+        out.put_u8(new.kind.code());
+        out.put_bytes(new.label.as_bytes());
+        out.put_u64(new.now.0);
         out.put_bytes(&sealed_secret);
         out.put_bytes(&sealed_pin);
         Ok(out)

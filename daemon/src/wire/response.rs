@@ -250,6 +250,15 @@ impl Reply {
             message: message.into(),
         }
     }
+
+    /// `RateLimited`, saying when a retry can succeed.
+    pub fn rate_limited(retry_after: Duration, message: impl Into<String>) -> Self {
+        Self::Error {
+            code: ErrorCode::RateLimited,
+            retry_after,
+            message: message.into(),
+        }
+    }
 }
 
 impl Response {
