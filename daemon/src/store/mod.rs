@@ -15,5 +15,6 @@
 pub mod challenges;
 pub mod committer;
 pub mod redis;
+pub mod records;
 pub mod registry;
 pub mod sealed;

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use rand::CryptoRng;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::records::{DeviceCodec, Stored, context};
 use super::sealed::{SealError, SecretCipher};
 use crate::clock::Timestamp;
 use crate::identity::{DeviceId, Username};
@@ -24,7 +25,7 @@ use crate::otp::ocra::Ocra;
 use crate::otp::push::PushKey;
 use crate::otp::{MacOutput, SecretKey};
 use crate::phone::PhoneNumber;
-use crate::profile::{Check, DeviceKind, DeviceProfiles};
+use crate::profile::{DeviceKind, DeviceProfiles};
 use crate::wire::codec::{Put, Reader};
 
 const DEVICES: TableDefinition<u64, &[u8]> = TableDefinition::new("devices");
@@ -35,10 +36,6 @@ const PHONES: TableDefinition<u64, &[u8]> = TableDefinition::new("phones");
 /// The push public key of IB Key devices that have one.
 const PUSH_KEYS: TableDefinition<u64, &[u8]> = TableDefinition::new("push-keys");
 const NEXT_DEVICE_ID: &str = "next-device-id";
-/// Version byte of the device record layout.
-const RECORD_V1: u8 = 1;
-/// Bytes of a generated card secret.
-const CARD_SECRET_BYTES: usize = 32;
 
 /// A database or at-rest-encryption failure.
 #[derive(Debug, thiserror::Error)]
@@ -174,7 +171,7 @@ impl Device {
         }
     }
 
-    fn new(
+    pub(super) fn new(
         id: DeviceId,
         user: Username,
         kind: DeviceKind,
@@ -208,21 +205,10 @@ pub struct NewDevice<'a> {
     pub label: &'a str,
 }
 
-/// What a new device's record holds besides its verifier.
-struct Stored<'a> {
-    user: &'a Username,
-    kind: DeviceKind,
-    label: &'a str,
-    now: Timestamp,
-    /// The key, sealed into the record; `None` for kinds without one (SMS).
-    secret: Option<&'a SecretKey>,
-}
-
 /// The registry of devices.
 pub struct Registry {
     db: Database,
-    cipher: SecretCipher,
-    profiles: DeviceProfiles,
+    codec: DeviceCodec,
     devices: RwLock<HashMap<DeviceId, Arc<Device>>>,
     by_user: RwLock<HashMap<Username, Vec<DeviceId>>>,
     /// Held from a per-user rule's check to the index update, so that two
@@ -236,11 +222,6 @@ impl fmt::Debug for Registry {
             .field("devices", &self.len())
             .finish_non_exhaustive()
     }
-}
-
-/// The additional data a device's sealed values are bound to.
-fn context(device: DeviceId, what: &str) -> Vec<u8> {
-    format!("sls/1 device {} {what}", device.0).into_bytes()
 }
 
 impl Registry {
@@ -263,8 +244,7 @@ impl Registry {
         }
         let registry = Self {
             db,
-            cipher,
-            profiles,
+            codec: DeviceCodec::new(cipher, profiles),
             devices: RwLock::new(HashMap::new()),
             by_user: RwLock::new(HashMap::new()),
             enrolling: Mutex::new(()),
@@ -293,10 +273,10 @@ impl Registry {
                 None => FailureState::default(),
             };
             let phone = match phones.get(id.0)? {
-                Some(sealed) => Some(self.open_phone(id, sealed.value())?),
+                Some(sealed) => Some(self.codec.open_phone(id, sealed.value())?),
                 None => None,
             };
-            let device = self.decode_device(id, record.value(), phone)?;
+            let device = self.codec.decode_device(id, record.value(), phone)?;
             *device.failures() = failures;
             if let Some(key) = push_keys.get(id.0)? {
                 let key = key.value().try_into().map_err(|_| StoreError::Corrupt {
@@ -365,19 +345,7 @@ impl Registry {
             pin,
             label,
         } = new;
-        let generated = secret.is_none();
-        let secret = match secret {
-            Some(secret) => secret,
-            None => {
-                let mut bytes = vec![0u8; self.secret_len(kind)?];
-                rng.fill_bytes(&mut bytes);
-                SecretKey::from_bytes(bytes).map_err(|e| EnrollError::Invalid(e.to_string()))?
-            }
-        };
-        let pin_hash = self.pin_hash(kind, pin)?;
-        // Build the verifier first: it checks the key against the kind.
-        let verifier = self.verifier(kind, &secret, pin_hash)?;
-
+        let (secret, generated, verifier) = self.codec.prepare(rng, kind, secret, pin)?;
         let new = Stored {
             user,
             kind,
@@ -419,6 +387,7 @@ impl Registry {
         };
         let id = self.add(rng, new, Verifier::Phone(number), |txn, id, rng| {
             let sealed = self
+                .codec
                 .cipher
                 .seal(rng, text.as_bytes(), &context(id, "phone"))?;
             txn.open_table(PHONES)?.insert(id.0, sealed.as_slice())?;
@@ -468,7 +437,7 @@ impl Registry {
             meta.insert(NEXT_DEVICE_ID, id + 1)?;
             DeviceId(id)
         };
-        let record = self.encode_device(rng, id, &new, &verifier)?;
+        let record = self.codec.encode_device(rng, id, &new, &verifier)?;
         txn.open_table(DEVICES)?.insert(id.0, record.as_slice())?;
         also(&txn, id, rng)?;
         txn.commit()?;
@@ -478,7 +447,7 @@ impl Registry {
             new.kind,
             new.label.to_owned(),
             new.now,
-            self.expiry(new.kind, new.now),
+            self.codec.expiry(new.kind, new.now),
             verifier,
         ));
         Ok(id)
@@ -497,17 +466,6 @@ impl Registry {
             .entry(user)
             .or_default()
             .push(id);
-    }
-
-    fn open_phone(&self, id: DeviceId, sealed: &[u8]) -> Result<PhoneNumber, StoreError> {
-        let text = self.cipher.open(sealed, &context(id, "phone"))?;
-        std::str::from_utf8(&text)
-            .ok()
-            .and_then(|text| PhoneNumber::parse(text).ok())
-            .ok_or_else(|| StoreError::Corrupt {
-                device: id.0,
-                problem: "phone number".into(),
-            })
     }
 
     /// Removes a device for good; false if there was none.
@@ -551,179 +509,4 @@ impl Registry {
         txn.commit()?;
         Ok(())
     }
-
-    fn secret_len(&self, kind: DeviceKind) -> Result<usize, EnrollError> {
-        match &self.profiles.get(kind).check {
-            Check::Ocra { suite, .. } => Ok(suite.hash().output_len()),
-            Check::CodeCard { .. } => Ok(CARD_SECRET_BYTES),
-            Check::RandomCode(_) => Err(not_keyed(kind)),
-        }
-    }
-
-    fn pin_hash(
-        &self,
-        kind: DeviceKind,
-        pin: Option<&str>,
-    ) -> Result<Option<MacOutput>, EnrollError> {
-        match (&self.profiles.get(kind).check, pin) {
-            (
-                Check::Ocra {
-                    suite,
-                    pin_digits: Some(digits),
-                },
-                Some(pin),
-            ) => {
-                if pin.len() != usize::from(*digits) || !pin.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(EnrollError::Invalid(format!(
-                        "a {kind} PIN is exactly {digits} digits"
-                    )));
-                }
-                Ok(suite.hash_pin(pin))
-            }
-            (
-                Check::Ocra {
-                    pin_digits: Some(_),
-                    ..
-                },
-                None,
-            ) => Err(EnrollError::Invalid(format!("a {kind} needs its PIN"))),
-            (_, Some(_)) => Err(EnrollError::Invalid(format!("a {kind} takes no PIN"))),
-            (_, None) => Ok(None),
-        }
-    }
-
-    fn verifier(
-        &self,
-        kind: DeviceKind,
-        secret: &SecretKey,
-        pin_hash: Option<MacOutput>,
-    ) -> Result<Verifier, EnrollError> {
-        match &self.profiles.get(kind).check {
-            Check::Ocra { suite, .. } if suite.uses_counter() || suite.session_len().is_some() => {
-                Err(EnrollError::Invalid(format!(
-                    "the {kind} suite {suite} needs a counter (C) or session information (S), which login challenges do not carry"
-                )))
-            }
-            Check::Ocra { suite, .. } => Ok(Verifier::Ocra {
-                ocra: Ocra::new(Arc::clone(suite), secret),
-                pin_hash,
-            }),
-            Check::CodeCard { positions } => Ok(Verifier::Card(
-                CodeCard::new(secret, *positions)
-                    .map_err(|e| EnrollError::Invalid(e.to_string()))?,
-            )),
-            Check::RandomCode(_) => Err(not_keyed(kind)),
-        }
-    }
-
-    fn encode_device<R: CryptoRng + ?Sized>(
-        &self,
-        rng: &mut R,
-        id: DeviceId,
-        new: &Stored<'_>,
-        verifier: &Verifier,
-    ) -> Result<Vec<u8>, StoreError> {
-        // SMS devices hold no key: their secret field stays empty.
-        let sealed_secret = match new.secret {
-            Some(secret) => {
-                self.cipher
-                    .seal(rng, secret.expose_secret(), &context(id, "secret"))?
-            }
-            None => Vec::new(),
-        };
-        let sealed_pin = match verifier {
-            Verifier::Ocra {
-                pin_hash: Some(hash),
-                ..
-            } => self
-                .cipher
-                .seal(rng, hash.as_bytes(), &context(id, "pin-hash"))?,
-            _ => Vec::new(),
-        };
-        let mut out = Vec::new();
-        out.put_u8(RECORD_V1);
-        out.put_bytes(new.user.as_str().as_bytes());
-        out.put_u8(new.kind.code());
-        out.put_bytes(new.label.as_bytes());
-        out.put_u64(new.now.0);
-        out.put_bytes(&sealed_secret);
-        out.put_bytes(&sealed_pin);
-        Ok(out)
-    }
-
-    fn decode_device(
-        &self,
-        id: DeviceId,
-        record: &[u8],
-        phone: Option<PhoneNumber>,
-    ) -> Result<Device, StoreError> {
-        let corrupt = |problem: &str| StoreError::Corrupt {
-            device: id.0,
-            problem: problem.to_owned(),
-        };
-        let mut r = Reader::new(record);
-        if r.u8("version").map_err(|e| corrupt(&e.to_string()))? != RECORD_V1 {
-            return Err(corrupt("unknown record version"));
-        }
-        let user = r.str("user").map_err(|e| corrupt(&e.to_string()))?;
-        let user = Username::new(user).map_err(|e| corrupt(&e.to_string()))?;
-        let kind = r.u8("kind").map_err(|e| corrupt(&e.to_string()))?;
-        let kind = DeviceKind::from_code(kind).ok_or_else(|| corrupt("unknown kind"))?;
-        let label = r
-            .str("label")
-            .map_err(|e| corrupt(&e.to_string()))?
-            .to_owned();
-        let created = Timestamp(r.u64("created").map_err(|e| corrupt(&e.to_string()))?);
-        let sealed_secret = r.bytes("secret").map_err(|e| corrupt(&e.to_string()))?;
-        let sealed_pin = r.bytes("pin hash").map_err(|e| corrupt(&e.to_string()))?;
-        r.finish().map_err(|e| corrupt(&e.to_string()))?;
-
-        if kind == DeviceKind::Sms {
-            let phone = phone.ok_or_else(|| corrupt("SMS device without a number"))?;
-            return Ok(Device::new(
-                id,
-                user,
-                kind,
-                label,
-                created,
-                self.expiry(kind, created),
-                Verifier::Phone(phone),
-            ));
-        }
-        let secret = self.cipher.open(sealed_secret, &context(id, "secret"))?;
-        let secret = SecretKey::from_bytes(secret.to_vec()).map_err(|e| corrupt(&e.to_string()))?;
-        let pin_hash = match sealed_pin {
-            [] => None,
-            sealed => {
-                let hash = self.cipher.open(sealed, &context(id, "pin-hash"))?;
-                Some(MacOutput::from_bytes(&hash))
-            }
-        };
-        let verifier = self
-            .verifier(kind, &secret, pin_hash)
-            .map_err(|e| corrupt(&e.to_string()))?;
-        Ok(Device::new(
-            id,
-            user,
-            kind,
-            label,
-            created,
-            self.expiry(kind, created),
-            verifier,
-        ))
-    }
-
-    /// The end of a device's validity, if its kind has one.
-    fn expiry(&self, kind: DeviceKind, created: Timestamp) -> Option<Timestamp> {
-        self.profiles
-            .get(kind)
-            .validity
-            .map(|validity| created.plus(validity))
-    }
-}
-
-fn not_keyed(kind: DeviceKind) -> EnrollError {
-    EnrollError::Invalid(format!(
-        "{kind} devices hold no key and are not enrolled this way (a verified number: EnrollPhone)"
-    ))
 }
