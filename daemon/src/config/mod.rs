@@ -85,6 +85,23 @@ pub struct StoreConfig {
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
     pub commit_batch: usize,
+    pub backend: Backend,
+    pub redis_urls: Vec<String>,
+    pub redis_wait_replicas: u32,
+    #[serde(with = "humantime_serde")]
+    pub redis_wait_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+}
+
+/// Where state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// This node alone: sharded memory and the embedded database.
+    Embedded,
+    /// Several nodes sharing a Redis (or Valkey) Cluster.
+    Redis,
 }
 
 /// SMS and voice codes. The code's length and alphabet are the `sms`
@@ -276,6 +293,37 @@ impl Config {
             (1..=1_000_000).contains(&st.commit_batch),
             "store.commit-batch",
             "must be 1..=1000000",
+        )?;
+        if st.backend == Backend::Redis {
+            check(
+                !st.redis_urls.is_empty(),
+                "store.redis-urls",
+                "must name at least one node when the backend is redis",
+            )?;
+        }
+        check(
+            st.redis_urls.iter().all(|url| {
+                url.strip_prefix("redis://")
+                    .or_else(|| url.strip_prefix("rediss://"))
+                    .is_some_and(|rest| !rest.is_empty())
+            }),
+            "store.redis-urls",
+            "each must be redis://host:port (or rediss://)",
+        )?;
+        check(
+            st.redis_wait_replicas <= 5,
+            "store.redis-wait-replicas",
+            "must be 0..=5",
+        )?;
+        check(
+            (Duration::from_millis(1)..=Duration::from_secs(10)).contains(&st.redis_wait_timeout),
+            "store.redis-wait-timeout",
+            "must be 1ms..=10s",
+        )?;
+        check(
+            (Duration::from_millis(10)..=Duration::from_secs(60)).contains(&st.cache_ttl),
+            "store.cache-ttl",
+            "must be 10ms..=60s",
         )?;
         self.validate_delivery(check)
     }

@@ -48,6 +48,12 @@ impl CardChallenge {
     pub fn second(self) -> u16 {
         self.second
     }
+
+    /// Two positions read back from a stored challenge; `None` if they are
+    /// the same. Whether they are on the card is checked when it verifies.
+    pub fn from_stored(first: u16, second: u16) -> Option<Self> {
+        (first != second).then_some(Self { first, second })
+    }
 }
 
 impl fmt::Display for CardChallenge {

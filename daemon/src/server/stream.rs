@@ -285,6 +285,8 @@ fn outcome_label(reply: &Reply) -> &'static str {
             ErrorCode::NoVerifiedNumber => "no_verified_number",
             ErrorCode::DeliveryUnavailable => "delivery_unavailable",
             ErrorCode::PhoneUnreachable => "phone_unreachable",
+            ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::Unsupported => "unsupported",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::NotFound => "not_found",

@@ -11,6 +11,7 @@ use std::sync::PoisonError;
 use crate::clock::Timestamp;
 use crate::identity::{ChallengeId, DeviceId, Username};
 use crate::otp::card::CardChallenge;
+use crate::wire::codec::{Put, Reader};
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
 
 /// What was asked, kept until it is answered or expires.
@@ -22,6 +23,56 @@ pub struct OpenChallenge {
     pub expires_at: Timestamp,
     pub attempts_left: u8,
 }
+
+impl OpenChallenge {
+    /// The record a shared store keeps (without the attempts, which the
+    /// store counts itself).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.put_bytes(self.user.as_str().as_bytes());
+        out.put_u64(self.device.0);
+        out.put_u64(self.expires_at.0);
+        match &self.question {
+            Question::Ocra(text) => {
+                out.put_u8(QUESTION_OCRA);
+                out.put_bytes(text.as_bytes());
+            }
+            Question::Card(pick) => {
+                out.put_u8(QUESTION_CARD);
+                out.put_u16(pick.first());
+                out.put_u16(pick.second());
+            }
+        }
+        out
+    }
+
+    /// A stored record with its attempts left; `None` if it does not parse.
+    pub fn decode(bytes: &[u8], attempts_left: u8) -> Option<Self> {
+        let mut r = Reader::new(bytes);
+        let user = Username::new(r.str("user").ok()?).ok()?;
+        let device = DeviceId(r.u64("device").ok()?);
+        let expires_at = Timestamp(r.u64("expires at").ok()?);
+        let question = match r.u8("question").ok()? {
+            QUESTION_OCRA => Question::Ocra(r.str("text").ok()?.to_owned()),
+            QUESTION_CARD => Question::Card(CardChallenge::from_stored(
+                r.u16("first").ok()?,
+                r.u16("second").ok()?,
+            )?),
+            _ => return None,
+        };
+        r.finish().ok()?;
+        Some(Self {
+            user,
+            device,
+            question,
+            expires_at,
+            attempts_left,
+        })
+    }
+}
+
+const QUESTION_OCRA: u8 = 1;
+const QUESTION_CARD: u8 = 2;
 
 /// The question shown to the user.
 #[derive(Debug, Clone, PartialEq, Eq)]

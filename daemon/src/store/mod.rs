@@ -8,9 +8,12 @@
 //!   index for the hot path.
 //! - [`committer`]: group commit of the hot durable write (failure states).
 //! - [`sealed`]: at-rest encryption of secrets under the key file.
+//! - [`records`]: how a device record is laid out and sealed, for both.
 //! - [`redis`]: the atomic primitives of shared state on a Redis/Valkey
-//!   Cluster, for deployments of several nodes (not yet used by the
-//!   engine).
+//!   Cluster.
+//! - [`shared`]: the state of a deployment of several nodes on those
+//!   primitives (`store.backend = "redis"`): devices with a per-node cache,
+//!   failure states, open challenges, issuance counts.
 
 pub mod challenges;
 pub mod committer;
@@ -18,3 +21,4 @@ pub mod redis;
 pub mod records;
 pub mod registry;
 pub mod sealed;
+pub mod shared;

@@ -189,6 +189,72 @@ impl RedisStore {
         Ok(answer)
     }
 
+    /// Puts `value` under `key` for good (no expiry), replacing what was there.
+    pub async fn put(&self, key: &Key, value: &[u8], durable: bool) -> Result<(), RedisError> {
+        let mut command = redis::cmd("SET");
+        command.arg(key.as_str()).arg(value);
+        match self.run(key, command, durable).await? {
+            Value::Okay => Ok(()),
+            other => Err(RedisError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Deletes `keys` (all in `keys[0]`'s slot); how many existed.
+    pub async fn delete(&self, keys: &[&Key], durable: bool) -> Result<u64, RedisError> {
+        let Some(first) = keys.first() else {
+            return Ok(0);
+        };
+        let mut command = redis::cmd("DEL");
+        for key in keys {
+            command.arg(key.as_str());
+        }
+        let deleted = int(&self.run(first, command, durable).await?)?;
+        Ok(u64::try_from(deleted).unwrap_or(0))
+    }
+
+    /// Adds one to a counter that never expires; the new value.
+    pub async fn increment(&self, key: &Key, durable: bool) -> Result<u64, RedisError> {
+        let mut command = redis::cmd("INCR");
+        command.arg(key.as_str());
+        let value = int(&self.run(key, command, durable).await?)?;
+        u64::try_from(value).map_err(|_| RedisError::Unexpected(format!("INCR gave {value}")))
+    }
+
+    /// Adds `member` to the set at `key`.
+    pub async fn set_add(&self, key: &Key, member: &[u8], durable: bool) -> Result<(), RedisError> {
+        let mut command = redis::cmd("SADD");
+        command.arg(key.as_str()).arg(member);
+        int(&self.run(key, command, durable).await?).map(drop)
+    }
+
+    /// Removes `member` from the set at `key`.
+    pub async fn set_remove(
+        &self,
+        key: &Key,
+        member: &[u8],
+        durable: bool,
+    ) -> Result<(), RedisError> {
+        let mut command = redis::cmd("SREM");
+        command.arg(key.as_str()).arg(member);
+        int(&self.run(key, command, durable).await?).map(drop)
+    }
+
+    /// The members of the set at `key` (none if it is absent).
+    pub async fn members(&self, key: &Key) -> Result<Vec<Vec<u8>>, RedisError> {
+        let mut command = redis::cmd("SMEMBERS");
+        command.arg(key.as_str());
+        match self.run(key, command, false).await? {
+            Value::Array(values) | Value::Set(values) => values
+                .into_iter()
+                .map(|value| match value {
+                    Value::BulkString(bytes) => Ok(bytes),
+                    other => Err(RedisError::Unexpected(format!("{other:?}"))),
+                })
+                .collect(),
+            other => Err(RedisError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Puts `value` under `key` for `ttl` unless the key exists; false if it
     /// did.
     pub async fn put_new(

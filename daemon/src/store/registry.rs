@@ -46,6 +46,8 @@ pub enum StoreError {
     Seal(#[from] SealError),
     #[error("stored record of device {device} is damaged: {problem}")]
     Corrupt { device: u64, problem: String },
+    #[error(transparent)]
+    Shared(#[from] super::redis::RedisError),
 }
 
 macro_rules! database_errors {
@@ -86,14 +88,14 @@ pub struct FailureState {
 }
 
 impl FailureState {
-    fn encode(&self) -> Vec<u8> {
+    pub(super) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16);
         out.put_u64(u64::from(self.consecutive) << 32 | u64::from(self.lockouts));
         out.put_u64(self.locked_until.0);
         out
     }
 
-    fn decode(bytes: &[u8]) -> Option<Self> {
+    pub(super) fn decode(bytes: &[u8]) -> Option<Self> {
         let mut r = Reader::new(bytes);
         let counts = r.u64("counts").ok()?;
         let locked_until = Timestamp(r.u64("locked until").ok()?);

@@ -176,10 +176,15 @@ pub enum ErrorCode {
     /// The phone of the device is not connected: fall back to
     /// challenge/response.
     PhoneUnreachable,
+    /// The shared store did not answer, or did not replicate a write in
+    /// time (a failover under way): start the login again.
+    StoreUnavailable,
+    /// The deployment's store does not offer this operation.
+    Unsupported,
 }
 
 impl ErrorCode {
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 15] = [
         Self::Malformed,
         Self::UnknownOperation,
         Self::Forbidden,
@@ -193,6 +198,8 @@ impl ErrorCode {
         Self::NoVerifiedNumber,
         Self::DeliveryUnavailable,
         Self::PhoneUnreachable,
+        Self::StoreUnavailable,
+        Self::Unsupported,
     ];
 
     pub fn code(self) -> u16 {
@@ -210,6 +217,8 @@ impl ErrorCode {
             Self::NoVerifiedNumber => 11,
             Self::DeliveryUnavailable => 12,
             Self::PhoneUnreachable => 13,
+            Self::StoreUnavailable => 14,
+            Self::Unsupported => 15,
         }
     }
 
