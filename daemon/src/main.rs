@@ -24,6 +24,11 @@ enum Command {
         /// Where certificates, keys and the database live.
         #[arg(long, default_value = "slsd-data")]
         data_dir: std::path::PathBuf,
+        /// Share state with other nodes on a Redis or Valkey Cluster: any of
+        /// its nodes, comma-separated (`redis://127.0.0.1:7000,...`). Sets
+        /// `store.backend = "redis"` and `store.redis-urls`.
+        #[arg(long, value_name = "URLS")]
+        store: Option<String>,
     },
     /// List the device kinds and how each is checked (built-in profiles).
     Profiles,
@@ -43,7 +48,11 @@ enum ConfigCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, data_dir } => serve(config.as_deref(), &data_dir),
+        Command::Serve {
+            config,
+            data_dir,
+            store,
+        } => serve(config.as_deref(), &data_dir, store.as_deref()),
         Command::Profiles => print_profiles(),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", slsd::config::DEFAULT_TOML);
@@ -94,8 +103,17 @@ fn load_config(file: Option<&std::path::Path>) -> anyhow::Result<slsd::config::C
     slsd::config::Config::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
 }
 
-fn serve(config: Option<&std::path::Path>, data_dir: &std::path::Path) -> anyhow::Result<()> {
-    let config = load_config(config)?;
+fn serve(
+    config: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+    store: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut config = load_config(config)?;
+    if let Some(urls) = store {
+        config = config
+            .with_redis_store(urls.split(',').map(str::trim).map(str::to_owned).collect())
+            .map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

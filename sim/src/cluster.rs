@@ -40,6 +40,8 @@ pub struct Node {
 pub struct Cluster {
     dir: tempfile::TempDir,
     pub nodes: Vec<Node>,
+    /// Masters it was started with: a healthy cluster has as many live.
+    masters: usize,
 }
 
 fn free_port() -> Result<u16, ClusterError> {
@@ -94,7 +96,11 @@ impl Cluster {
                 child: Some(child),
             });
         }
-        let cluster = Self { dir, nodes };
+        let cluster = Self {
+            dir,
+            nodes,
+            masters,
+        };
         for node in &cluster.nodes {
             cluster.wait_for(node.port, "PING", "PONG")?;
         }
@@ -121,13 +127,7 @@ impl Cluster {
         }
         // Replicas sync after the slots are assigned; a write that waits
         // for a replica needs them online.
-        if replicas_per_master > 0 {
-            let linked = format!("connected_slaves:{replicas_per_master}");
-            for port in cluster.masters()? {
-                cluster.wait_for(port, "INFO replication", &linked)?;
-                cluster.wait_for(port, "INFO replication", "state=online")?;
-            }
-        }
+        cluster.wait_for_replicas(replicas_per_master)?;
         Ok(cluster)
     }
 
@@ -177,9 +177,41 @@ impl Cluster {
         }
     }
 
-    /// Waits until the surviving nodes agree the cluster serves every slot
-    /// again (a replica took over a killed master).
+    /// Starts a killed server again on its port and directory: it rejoins
+    /// the cluster as a replica of the node that took over from it.
+    pub fn restart(&mut self, port: u16) -> Result<(), ClusterError> {
+        let dir = self.dir.path().to_path_buf();
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.port == port)
+            && node.child.is_none()
+        {
+            node.child = Some(spawn_server(&dir, port)?);
+        }
+        self.wait_for(port, "PING", "PONG")
+    }
+
+    /// Waits until every master has `replicas` replicas online (after a
+    /// restarted node has synced).
+    pub fn wait_for_replicas(&self, replicas: usize) -> Result<(), ClusterError> {
+        let linked = format!("connected_slaves:{replicas}");
+        for port in self.masters()? {
+            self.wait_for(port, "INFO replication", &linked)?;
+            if replicas > 0 {
+                self.wait_for(port, "INFO replication", "state=online")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until a live master serves every slot again (a replica took
+    /// over a killed master) and the surviving nodes agree on it.
     pub fn wait_until_healthy(&self) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + READY_WITHIN;
+        while self.masters()?.len() < self.masters {
+            if Instant::now() > deadline {
+                return Err(ClusterError::Form("no replica took over".into()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         for node in self.nodes.iter().filter(|n| n.child.is_some()) {
             self.wait_for(node.port, "CLUSTER INFO", "cluster_state:ok")?;
         }

@@ -199,6 +199,15 @@ impl Config {
         Ok(config)
     }
 
+    /// This configuration with its state on the Redis Cluster that `urls`
+    /// name, checked like a file's.
+    pub fn with_redis_store(mut self, urls: Vec<String>) -> Result<Self, ConfigError> {
+        self.store.backend = Backend::Redis;
+        self.store.redis_urls = urls;
+        self.validate()?;
+        Ok(self)
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         fn check(ok: bool, key: &'static str, problem: &str) -> Result<(), ConfigError> {
             if ok {

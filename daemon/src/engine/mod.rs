@@ -21,6 +21,7 @@ use siphasher::sip::SipHasher13;
 
 mod push;
 mod relay;
+mod shared;
 mod sms;
 
 use crate::clock::Timestamp;
@@ -272,6 +273,8 @@ pub struct Engine {
     pushes: push::PushTable,
     alphabets: QuestionAlphabets,
     counters: Counters,
+    /// The deployment's shared store, when it has one (`shared.rs`).
+    shared: Option<crate::store::shared::SharedStore>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -331,9 +334,17 @@ impl Engine {
             pushes: push::PushTable::new(),
             alphabets: QuestionAlphabets::new(),
             counters: Counters::default(),
+            shared: None,
             config,
             registry,
         }
+    }
+
+    /// Keeps state in `store`, shared with the deployment's other nodes,
+    /// instead of this node's memory and database.
+    pub fn with_shared(mut self, store: crate::store::shared::SharedStore) -> Self {
+        self.shared = Some(store);
+        self
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -354,9 +365,11 @@ impl Engine {
         }
     }
 
-    /// Drops expired challenges and codes; call it every second or so.
+    /// Drops expired challenges and codes (and aged cached devices of a
+    /// shared store); call it every second or so.
     pub fn sweep(&self, now: Timestamp) -> usize {
-        self.challenges.sweep(now) + self.codes.sweep(now)
+        let cached = self.shared.as_ref().map_or(0, |store| store.sweep());
+        self.challenges.sweep(now) + self.codes.sweep(now) + cached
     }
 
     /// Fails over unacknowledged messages and expires pushes (waiting
@@ -397,15 +410,8 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Option<Outcome> {
-        let needed = operation.role();
-        if caller.role != needed {
-            return Some(
-                Reply::error(
-                    ErrorCode::Forbidden,
-                    format!("{} needs the {} role", operation.name(), needed.as_str()),
-                )
-                .into(),
-            );
+        if let Some(refusal) = forbidden(caller.role, &operation) {
+            return Some(refusal.into());
         }
         Some(match operation {
             Operation::Devices { user } => self.devices(&user, now, false).into(),
@@ -476,22 +482,16 @@ impl Engine {
     /// Counts a wrong answer on a device; `Some(length)` when it locks the
     /// device (each lockout doubles the next, up to `lockout.max`).
     fn record_failure(&self, failures: &mut FailureState, now: Timestamp) -> Option<Duration> {
-        let lockout = &self.config.lockout;
-        failures.consecutive += 1;
-        if failures.consecutive < lockout.failures {
-            return None;
+        let locked = next_failure(&self.config.lockout, failures, now);
+        if locked.is_some() {
+            self.count_lockout();
         }
-        let doublings = failures.lockouts.min(20);
-        let length = lockout
-            .first
-            .saturating_mul(1 << doublings)
-            .min(lockout.max);
-        failures.lockouts = failures.lockouts.saturating_add(1);
-        failures.consecutive = 0;
-        failures.locked_until = now.plus(length);
+        locked
+    }
+
+    fn count_lockout(&self) {
         self.counters.lockouts.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(crate::metrics::LOCKOUTS).increment(1);
-        Some(length)
     }
 
     /// A user's devices; a login (`with_expired` false) is offered only
@@ -529,33 +529,9 @@ impl Engine {
         if device.expired_at(now) {
             return Reply::error(ErrorCode::NotFound, "the device's validity has ended");
         }
-        let (question, text) = match &device.verifier {
-            Verifier::Ocra { ocra, .. } => {
-                let suite = ocra.suite();
-                let alphabet = match suite.question_format() {
-                    QuestionFormat::Numeric => &self.alphabets.numeric,
-                    QuestionFormat::Hex => &self.alphabets.hex,
-                    QuestionFormat::Alphanumeric => &self.alphabets.alphanumeric,
-                };
-                let text = alphabet
-                    .generate(rng, usize::from(suite.question_len()))
-                    .as_str()
-                    .to_owned();
-                (Question::Ocra(text.clone()), ChallengeText::Question(text))
-            }
-            Verifier::Card(card) => {
-                let pick = card.random_challenge(rng);
-                (
-                    Question::Card(pick),
-                    ChallengeText::CardPositions(pick.first(), pick.second()),
-                )
-            }
-            Verifier::Phone(_) => {
-                return Reply::error(
-                    ErrorCode::InvalidArgument,
-                    "an SMS device is not challenged: use SendCode",
-                );
-            }
+        let (question, text) = match self.question_for(&device, rng) {
+            Ok(question) => question,
+            Err(refusal) => return refusal,
         };
         let ttl = self.config.challenges.ttl;
         let open = OpenChallenge {
@@ -589,54 +565,104 @@ impl Engine {
         Reply::error(ErrorCode::Busy, "could not allocate a challenge id")
     }
 
+    /// A new question for `device`, and how the login shows it; a refusal
+    /// for devices that are not challenged.
+    fn question_for<R: CryptoRng + ?Sized>(
+        &self,
+        device: &Device,
+        rng: &mut R,
+    ) -> Result<(Question, ChallengeText), Reply> {
+        Ok(match &device.verifier {
+            Verifier::Ocra { ocra, .. } => {
+                let suite = ocra.suite();
+                let alphabet = match suite.question_format() {
+                    QuestionFormat::Numeric => &self.alphabets.numeric,
+                    QuestionFormat::Hex => &self.alphabets.hex,
+                    QuestionFormat::Alphanumeric => &self.alphabets.alphanumeric,
+                };
+                let text = alphabet
+                    .generate(rng, usize::from(suite.question_len()))
+                    .as_str()
+                    .to_owned();
+                (Question::Ocra(text.clone()), ChallengeText::Question(text))
+            }
+            Verifier::Card(card) => {
+                let pick = card.random_challenge(rng);
+                (
+                    Question::Card(pick),
+                    ChallengeText::CardPositions(pick.first(), pick.second()),
+                )
+            }
+            Verifier::Phone(_) => {
+                return Err(Reply::error(
+                    ErrorCode::InvalidArgument,
+                    "an SMS device is not challenged: use SendCode",
+                ));
+            }
+        })
+    }
+
     fn verify(&self, id: ChallengeId, answer: &Answer, now: Timestamp) -> Outcome {
         let resolved = self.challenges.resolve(id, |open| {
-            if open.expires_at <= now {
-                return ((Verdict::Expired, None), Disposition::Remove);
-            }
             let Some(device) = self.registry.device(open.device) else {
                 // Revoked since the challenge was issued.
                 return ((Verdict::UnknownChallenge, None), Disposition::Remove);
             };
-            if device.expired_at(now) {
-                return ((Verdict::Expired, None), Disposition::Remove);
-            }
             let mut failures = device.failures();
-            if failures.locked_until > now {
-                let retry_after = now.until(failures.locked_until);
-                return (
+            match self.judge(open, &device, &failures, answer, now) {
+                Judgement::Expired => ((Verdict::Expired, None), Disposition::Remove),
+                Judgement::LockedOut(retry_after) => (
                     (Verdict::LockedOut { retry_after }, None),
                     Disposition::Keep,
-                );
+                ),
+                Judgement::Right => {
+                    let persist = (*failures != FailureState::default()).then(|| {
+                        *failures = FailureState::default();
+                        device.id
+                    });
+                    ((accepted(open, &device), persist), Disposition::Remove)
+                }
+                Judgement::Wrong => {
+                    open.attempts_left = open.attempts_left.saturating_sub(1);
+                    let locked = self.record_failure(&mut failures, now);
+                    let verdict = wrong_answer(locked, open.attempts_left);
+                    let disposition = disposition_after(&verdict);
+                    ((verdict, Some(device.id)), disposition)
+                }
             }
-            if answer_is_right(&device, &open.question, answer, now) {
-                let persist = (*failures != FailureState::default()).then(|| {
-                    *failures = FailureState::default();
-                    device.id
-                });
-                let verdict = Verdict::Accepted {
-                    user: open.user.clone(),
-                    device: device.id,
-                    kind: device.kind,
-                };
-                return ((verdict, persist), Disposition::Remove);
-            }
-            open.attempts_left = open.attempts_left.saturating_sub(1);
-            let verdict = match self.record_failure(&mut failures, now) {
-                Some(length) => Verdict::LockedOut {
-                    retry_after: length,
-                },
-                None => Verdict::Rejected {
-                    attempts_left: open.attempts_left,
-                },
-            };
-            let disposition = match verdict {
-                Verdict::Rejected { attempts_left } if attempts_left > 0 => Disposition::Keep,
-                _ => Disposition::Remove,
-            };
-            ((verdict, Some(device.id)), disposition)
         });
         let (verdict, persist) = resolved.unwrap_or((Verdict::UnknownChallenge, None));
+        self.count_verdict(&verdict);
+        Outcome {
+            reply: Reply::Verdict(verdict),
+            persist,
+        }
+    }
+
+    /// Looks at an answer to an open challenge of `device` whose failure
+    /// state is `failures`; changes nothing.
+    fn judge(
+        &self,
+        open: &OpenChallenge,
+        device: &Device,
+        failures: &FailureState,
+        answer: &Answer,
+        now: Timestamp,
+    ) -> Judgement {
+        if open.expires_at <= now || device.expired_at(now) {
+            return Judgement::Expired;
+        }
+        if failures.locked_until > now {
+            return Judgement::LockedOut(now.until(failures.locked_until));
+        }
+        if answer_is_right(device, &open.question, answer, now) {
+            Judgement::Right
+        } else {
+            Judgement::Wrong
+        }
+    }
+
+    fn count_verdict(&self, verdict: &Verdict) {
         let counter = match verdict {
             Verdict::Accepted { .. } => &self.counters.accepted,
             Verdict::Rejected { .. } => &self.counters.rejected,
@@ -645,10 +671,6 @@ impl Engine {
             Verdict::UnknownChallenge | Verdict::Denied => &self.counters.rejected,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        Outcome {
-            reply: Reply::Verdict(verdict),
-            persist,
-        }
     }
 
     fn enroll<R: CryptoRng + ?Sized>(
@@ -789,9 +811,27 @@ impl Engine {
     }
 }
 
+/// The refusal of an operation that is not the caller's role's.
+fn forbidden(role: Role, operation: &Operation) -> Option<Reply> {
+    let needed = operation.role();
+    (role != needed).then(|| {
+        Reply::error(
+            ErrorCode::Forbidden,
+            format!("{} needs the {} role", operation.name(), needed.as_str()),
+        )
+    })
+}
+
 fn enroll_error(error: EnrollError) -> Reply {
     match error {
         EnrollError::Invalid(problem) => Reply::error(ErrorCode::InvalidArgument, problem),
+        EnrollError::Store(error @ crate::store::registry::StoreError::Shared(_)) => {
+            tracing::warn!(%error, "shared store failed");
+            Reply::error(
+                ErrorCode::StoreUnavailable,
+                "the shared store did not answer or did not replicate in time",
+            )
+        }
         EnrollError::Store(error) => {
             tracing::error!(%error, "registry change failed");
             Reply::error(
@@ -800,6 +840,36 @@ fn enroll_error(error: EnrollError) -> Reply {
             )
         }
     }
+}
+
+/// A wrong answer's change to a device's failure state; `Some(length)` when
+/// it locks the device (each lockout doubles the next, up to `lockout.max`).
+fn next_failure(
+    lockout: &crate::config::LockoutConfig,
+    failures: &mut FailureState,
+    now: Timestamp,
+) -> Option<Duration> {
+    failures.consecutive += 1;
+    if failures.consecutive < lockout.failures {
+        return None;
+    }
+    let doublings = failures.lockouts.min(20);
+    let length = lockout
+        .first
+        .saturating_mul(1 << doublings)
+        .min(lockout.max);
+    failures.lockouts = failures.lockouts.saturating_add(1);
+    failures.consecutive = 0;
+    failures.locked_until = now.plus(length);
+    Some(length)
+}
+
+/// What a verify finds about an open challenge before anything changes.
+enum Judgement {
+    Expired,
+    LockedOut(Duration),
+    Right,
+    Wrong,
 }
 
 /// The alphabets questions are drawn from, by OCRA question format.
@@ -819,6 +889,31 @@ impl QuestionAlphabets {
             hex: or_digits("0123456789ABCDEF"),
             alphanumeric: or_digits("ABCDEFGHJKLMNPQRSTUVWXYZ23456789"),
         }
+    }
+}
+
+fn accepted(open: &OpenChallenge, device: &Device) -> Verdict {
+    Verdict::Accepted {
+        user: open.user.clone(),
+        device: device.id,
+        kind: device.kind,
+    }
+}
+
+/// The verdict on a wrong answer: the lockout it caused, or the attempts
+/// the challenge has left.
+fn wrong_answer(locked: Option<Duration>, attempts_left: u8) -> Verdict {
+    match locked {
+        Some(retry_after) => Verdict::LockedOut { retry_after },
+        None => Verdict::Rejected { attempts_left },
+    }
+}
+
+/// Whether a challenge stays open after a wrong answer.
+fn disposition_after(verdict: &Verdict) -> Disposition {
+    match verdict {
+        Verdict::Rejected { attempts_left } if *attempts_left > 0 => Disposition::Keep,
+        _ => Disposition::Remove,
     }
 }
 

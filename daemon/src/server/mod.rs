@@ -20,12 +20,16 @@ use rand::rngs::SysRng;
 use tokio::sync::watch;
 
 use crate::clock;
+use crate::config::Backend;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::ratelimit::{Gcra, Rate};
 use crate::store::committer::Committer;
+use crate::store::records::DeviceCodec;
+use crate::store::redis::{Durability, RedisStore};
 use crate::store::registry::Registry;
 use crate::store::sealed::SecretCipher;
+use crate::store::shared::SharedStore;
 use pki::PkiPaths;
 use stream::{ConnectionState, NO_ROLE, SHUTTING_DOWN};
 
@@ -69,6 +73,25 @@ pub enum ServeError {
     },
     #[error("starting the commit thread: {0}")]
     Committer(std::io::Error),
+    #[error("the shared store: {0}")]
+    Shared(#[from] crate::store::redis::RedisError),
+}
+
+/// Connects to the deployment's Redis Cluster. Device secrets are sealed
+/// under the data directory's key file, which every node of the deployment
+/// must share (README: running several nodes).
+async fn connect_shared(config: &Config, data_dir: &Path) -> Result<SharedStore, ServeError> {
+    let store = &config.store;
+    let durability = Durability {
+        replicas: store.redis_wait_replicas,
+        timeout: store.redis_wait_timeout,
+    };
+    let redis = RedisStore::connect(&store.redis_urls, durability).await?;
+    let cipher =
+        SecretCipher::load_or_create(&data_dir.join("secrets.key"), &mut UnwrapErr(SysRng))?;
+    let codec = DeviceCodec::new(cipher, config.devices.clone());
+    tracing::info!(nodes = ?store.redis_urls, "state is shared on the Redis Cluster");
+    Ok(SharedStore::new(redis, codec, store.cache_ttl))
 }
 
 /// Where a started server can be reached.
@@ -112,12 +135,16 @@ pub async fn serve(
         config.store.commit_batch,
     )
     .map_err(ServeError::Committer)?;
+    let mut engine = Engine::new(
+        Arc::clone(&config),
+        Arc::clone(&registry),
+        &mut UnwrapErr(SysRng),
+    );
+    if config.store.backend == Backend::Redis {
+        engine = engine.with_shared(connect_shared(&config, data_dir).await?);
+    }
     let shared = Arc::new(Shared {
-        engine: Engine::new(
-            Arc::clone(&config),
-            Arc::clone(&registry),
-            &mut UnwrapErr(SysRng),
-        ),
+        engine,
         committer,
         request_rate: Rate::new(
             config.server.requests_per_connection_per_second,

@@ -219,6 +219,30 @@ fn handle(
         return;
     }
     let operation = request.operation.name();
+    if shared.engine.is_shared() {
+        // The shared store answers over the network: each request is a
+        // task of its own, so the requests behind it are not held up.
+        let shared = Arc::clone(shared);
+        let queue = queue.clone();
+        let role = connection.role;
+        let mut rng = ChaCha20Rng::from_rng(rng);
+        tokio::spawn(async move {
+            let reply = shared
+                .engine
+                .handle_shared(role, request.operation, now, &mut rng)
+                .await;
+            let label = outcome_label(&reply);
+            metrics::counter!(crate::metrics::REQUESTS, "operation" => operation, "outcome" => label)
+                .increment(1);
+            let mut out = Vec::new();
+            encode(&mut out, request.id, reply);
+            let _ = queue.send(out).await;
+            shared
+                .metrics
+                .latency(operation, started.elapsed().as_secs_f64());
+        });
+        return;
+    }
     let caller = Caller {
         role: connection.role,
         connection: connection.id,

@@ -11,8 +11,8 @@ use std::sync::PoisonError;
 use crate::clock::Timestamp;
 use crate::identity::{ChallengeId, DeviceId, Username};
 use crate::otp::card::CardChallenge;
-use crate::wire::codec::{Put, Reader};
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::wire::codec::{Put, Reader};
 
 /// What was asked, kept until it is answered or expires.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,8 +17,8 @@
 
 pub mod challenges;
 pub mod committer;
-pub mod redis;
 pub mod records;
+pub mod redis;
 pub mod registry;
 pub mod sealed;
 pub mod shared;

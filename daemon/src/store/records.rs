@@ -80,7 +80,11 @@ impl DeviceCodec {
         Ok((secret, generated, verifier))
     }
 
-    pub(super) fn open_phone(&self, id: DeviceId, sealed: &[u8]) -> Result<PhoneNumber, StoreError> {
+    pub(super) fn open_phone(
+        &self,
+        id: DeviceId,
+        sealed: &[u8],
+    ) -> Result<PhoneNumber, StoreError> {
         let text = self.cipher.open(sealed, &context(id, "phone"))?;
         std::str::from_utf8(&text)
             .ok()

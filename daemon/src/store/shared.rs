@@ -259,7 +259,11 @@ impl SharedStore {
                 return Ok(None);
             }
             let key = failures_key(id);
-            if let Swap::Done(_) = self.redis.swap(&key, version, &after.encode(), None, true).await? {
+            if let Swap::Done(_) = self
+                .redis
+                .swap(&key, version, &after.encode(), None, true)
+                .await?
+            {
                 return Ok(Some(answer));
             }
         }
@@ -301,11 +305,8 @@ impl SharedStore {
     /// Uses a challenge up: true for the one caller that did. Durable, so
     /// a failover cannot bring an answered challenge back.
     pub async fn use_up(&self, id: ChallengeId) -> Result<bool, StoreError> {
-        Ok(self
-            .redis
-            .consume(&challenge_key(id), true)
-            .await?
-            .is_some())
+        // DEL is atomic: of many callers, one deletes the record.
+        Ok(self.redis.delete(&[&challenge_key(id)], true).await? == 1)
     }
 
     /// Spends one attempt; `Some(left)` (the challenge is gone at 0), or
