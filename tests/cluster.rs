@@ -459,3 +459,82 @@ async fn a_master_killed_under_load_fails_over_and_loses_no_enrolment() {
         ));
     }
 }
+
+#[test]
+fn the_simulators_load_and_attackers_pass_against_two_nodes() {
+    let deployment = deploy("[challenges]\nper-user-per-minute = 100000\n");
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = dir.path().join("fleet.json");
+    let report = dir.path().join("report.json");
+    let nodes = format!("{},{}", deployment.a.quic, deployment.b.quic);
+    let certs = deployment.a.data_dir.to_str().unwrap().to_owned();
+    // SMS and push are not shared between nodes yet: no numbers.
+    let created = support::sls_sim(&[
+        "fleet",
+        "create",
+        "--users",
+        "200",
+        "--mix",
+        "dscplus=40,ibkey=40,scc=20",
+        "--phone-numbers",
+        "0",
+        "--out",
+        fleet.to_str().unwrap(),
+        "--addr",
+        &nodes,
+        "--data-dir",
+        &certs,
+    ]);
+    succeeded(&created);
+    // Two connections, one per node: each login is verified by the node
+    // that did not issue its challenge.
+    let run = support::sls_sim(&[
+        "load",
+        "--fleet",
+        fleet.to_str().unwrap(),
+        "--addr",
+        &nodes,
+        "--data-dir",
+        &certs,
+        "--connections",
+        "2",
+        "--rate",
+        "300",
+        "--duration",
+        "4s",
+        "--attackers",
+        "2",
+        "--json",
+        report.to_str().unwrap(),
+        "--seed",
+        "7",
+    ]);
+    succeeded(&run);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(report["invariant_violations"], serde_json::json!([]));
+    assert_eq!(report["errors"], 0, "{report:#}");
+    let logins = report["logins"].as_u64().unwrap();
+    assert_eq!(report["verdicts"]["accepted"].as_u64().unwrap(), logins);
+    assert!(
+        (1000..=1201).contains(&logins),
+        "{logins} logins of 1200 due"
+    );
+    assert!(
+        report["victim_verdicts"]["locked_out"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "the attackers met lockouts: {report:#}"
+    );
+}
+
+fn succeeded(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

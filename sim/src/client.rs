@@ -42,6 +42,8 @@ pub enum ClientError {
     Broken(String),
     #[error("reply {got} does not answer request {sent}")]
     Mismatch { sent: u64, got: u64 },
+    #[error("no daemon address was given")]
+    NoAddress,
 }
 
 /// A connection to one daemon.

@@ -64,20 +64,37 @@ const PHONE_APPS: usize = 64;
 /// accepts are a broken invariant, not luck.
 pub const SURPRISE: f64 = 1e-3;
 
-/// Where the daemon is and which certificates reach it.
+/// Where the daemon's nodes are and which certificates reach them.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub addr: SocketAddr,
+    /// One node, or the nodes of a deployment sharing a store: connections
+    /// go to each in turn.
+    pub addrs: Vec<SocketAddr>,
     /// The daemon's data directory, or any directory holding `ca.pem` and
     /// the role certificates.
     pub certs: PathBuf,
+    next: Arc<AtomicUsize>,
 }
 
 impl Target {
+    pub fn new(addrs: Vec<SocketAddr>, certs: PathBuf) -> Self {
+        Self {
+            addrs,
+            certs,
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// A client of the next node in turn.
     pub async fn client(&self, role: Role) -> Result<Client, ClientError> {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let addr = self
+            .addrs
+            .get(turn % self.addrs.len().max(1))
+            .ok_or(ClientError::NoAddress)?;
         let name = role.as_str();
         Client::connect(
-            self.addr,
+            *addr,
             &self.certs.join("ca.pem"),
             &self.certs.join(format!("{name}.pem")),
             &self.certs.join(format!("{name}.key")),
@@ -619,8 +636,9 @@ async fn drive(shared: &Arc<Shared>, pipelines: &[Pipeline], plan: &LoadPlan) {
                 shared.in_flight.fetch_add(1, Ordering::AcqRel);
                 let shared = Arc::clone(shared);
                 let pipeline = pipeline.clone();
+                let verifier = verifier_of(pipelines, part, plan, &pipeline);
                 tokio::spawn(async move {
-                    one_flow(&shared, &pipeline, part, roll, due).await;
+                    one_flow(&shared, (&pipeline, &verifier), part, roll, due).await;
                     if shared.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
                         shared.idle.notify_waiters();
                     }
@@ -636,11 +654,13 @@ async fn drive(shared: &Arc<Shared>, pipelines: &[Pipeline], plan: &LoadPlan) {
                 };
                 let shared = Arc::clone(shared);
                 let pipeline = pipeline.clone();
+                let verifier = verifier_of(pipelines, part, plan, &pipeline);
                 let mut rng = ChaCha8Rng::seed_from_u64(plan.seed.wrapping_add(u as u64 + 1));
                 tasks.push(tokio::spawn(async move {
                     while Instant::now() < shared.deadline {
                         let roll = Roll::draw(&mut rng, &shared.flows);
-                        one_flow(&shared, &pipeline, part, roll, Instant::now()).await;
+                        let channels = (&pipeline, &verifier);
+                        one_flow(&shared, channels, part, roll, Instant::now()).await;
                     }
                 }));
             }
@@ -649,6 +669,16 @@ async fn drive(shared: &Arc<Shared>, pipelines: &[Pipeline], plan: &LoadPlan) {
             }
         }
     }
+}
+
+/// Where a login started on pipeline `part` sends its answer: the same
+/// stream of the next connection, which is on the next node when the
+/// target has several, so every login of a multi-node run is verified by a
+/// node other than the one that issued its challenge. One connection: the
+/// same pipeline.
+fn verifier_of(pipelines: &[Pipeline], part: usize, plan: &LoadPlan, own: &Pipeline) -> Pipeline {
+    let next = (part + plan.streams.max(1)) % pipelines.len().max(1);
+    pipelines.get(next).unwrap_or(own).clone()
 }
 
 /// The random choices of one flow: which flow, which user, which device.
@@ -670,7 +700,13 @@ impl Roll {
 }
 
 /// Runs the rolled flow for the rolled user.
-async fn one_flow(shared: &Shared, gateway: &Pipeline, part: usize, roll: Roll, due: Instant) {
+async fn one_flow(
+    shared: &Shared,
+    (gateway, verifier): (&Pipeline, &Pipeline),
+    part: usize,
+    roll: Roll,
+    due: Instant,
+) {
     let list = match roll.flow {
         Flow::Login => {
             let member = shared
@@ -678,7 +714,7 @@ async fn one_flow(shared: &Shared, gateway: &Pipeline, part: usize, roll: Roll, 
                 .get(roll.member % shared.legit.len().max(1))
                 .copied();
             if let Some(member) = member {
-                login(shared, gateway, part, member, roll.pick, due).await;
+                login(shared, (gateway, verifier), part, member, roll.pick, due).await;
             }
             return;
         }
@@ -813,7 +849,7 @@ async fn push_login(shared: &Shared, gateway: &Pipeline, part: usize, member: us
 /// among the user's devices.
 async fn login(
     shared: &Shared,
-    gateway: &Pipeline,
+    (gateway, verifier): (&Pipeline, &Pipeline),
     part: usize,
     member: usize,
     pick: usize,
@@ -880,7 +916,7 @@ async fn login(
     let answer = Answer::new(code.as_str());
 
     let sent = Instant::now();
-    let result = gateway
+    let result = verifier
         .call(Operation::Verify {
             challenge,
             response: answer.clone(),

@@ -76,9 +76,11 @@ enum FleetCommand {
 /// Where a running daemon is.
 #[derive(Debug, Args)]
 struct DaemonArgs {
-    /// The daemon's QUIC address.
-    #[arg(long, default_value = "127.0.0.1:4433")]
-    addr: std::net::SocketAddr,
+    /// The daemon's QUIC address; several nodes sharing a store,
+    /// comma-separated (connections go to each in turn, and each login is
+    /// verified on another node than the one that issued its challenge).
+    #[arg(long, default_value = "127.0.0.1:4433", value_delimiter = ',')]
+    addr: Vec<std::net::SocketAddr>,
     /// The daemon's data directory (its CA and role certificates).
     #[arg(long, default_value = "slsd-data")]
     data_dir: PathBuf,
@@ -198,9 +200,10 @@ struct BenchArgs {
     /// phones); withdrawal once the daemon has it.
     #[arg(long, default_value = "login=100")]
     mix: FlowMix,
-    /// A running daemon to load instead of starting one.
-    #[arg(long, requires = "data_dir")]
-    addr: Option<std::net::SocketAddr>,
+    /// A running daemon to load instead of starting one (several nodes
+    /// sharing a store: comma-separated).
+    #[arg(long, requires = "data_dir", value_delimiter = ',')]
+    addr: Vec<std::net::SocketAddr>,
     /// That daemon's data directory (for its CA and certificates).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -397,7 +400,7 @@ async fn create_fleet(
     let admin = target
         .client(Role::Admin)
         .await
-        .with_context(|| format!("connecting to {} as admin", target.addr))?;
+        .with_context(|| format!("connecting to {:?} as admin", target.addrs))?;
     let bar = ProgressBar::new(shape.users as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -458,10 +461,7 @@ fn finish(report: &Report, shape: &LoadShape, plan: &LoadPlan) -> anyhow::Result
 
 fn run_fleet(command: FleetCommand) -> anyhow::Result<()> {
     let FleetCommand::Create(args) = command;
-    let target = Target {
-        addr: args.daemon.addr,
-        certs: args.daemon.data_dir,
-    };
+    let target = Target::new(args.daemon.addr, args.daemon.data_dir);
     let prefix = args
         .prefix
         .unwrap_or_else(|| format!("sim{:04x}", rand::random::<u16>()));
@@ -510,10 +510,7 @@ fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         return run_scenario(seed, duration, args.users, args.load.json.as_deref());
     };
     let fleet = Fleet::load(fleet)?;
-    let target = Target {
-        addr: args.daemon.addr,
-        certs: args.daemon.data_dir,
-    };
+    let target = Target::new(args.daemon.addr, args.daemon.data_dir);
     let plan = load_plan(&args.load, &args.mix);
     let report = block_on(async {
         Ok(bench::measure(&target, &fleet, &profiles()?, &plan, args.daemon_pid).await?)
@@ -524,7 +521,7 @@ fn run_load(args: LoadArgs) -> anyhow::Result<()> {
 fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;
     let (mut daemon, target) = match (args.addr, args.data_dir) {
-        (Some(addr), Some(certs)) => (None, Target { addr, certs }),
+        (addrs, Some(certs)) if !addrs.is_empty() => (None, Target::new(addrs, certs)),
         _ => {
             let slsd = std::env::current_exe()?
                 .parent()
@@ -534,13 +531,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             let daemon = bench::start_daemon(&slsd, &data_dir)
                 .with_context(|| format!("starting {}", slsd.display()))?;
             let addr = daemon.quic;
-            (
-                Some(daemon),
-                Target {
-                    addr,
-                    certs: data_dir,
-                },
-            )
+            (Some(daemon), Target::new(vec![addr], data_dir))
         }
     };
     let pid = daemon.as_ref().and_then(LocalDaemon::pid);

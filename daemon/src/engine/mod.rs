@@ -724,14 +724,7 @@ impl Engine {
     }
 
     fn bind_push_key(&self, device: DeviceId, key: crate::otp::push::PushKey) -> Reply {
-        match self.registry.bind_push_key(device, key) {
-            Ok(true) => {
-                tracing::info!(%device, "push key bound");
-                Reply::Done
-            }
-            Ok(false) => Reply::error(ErrorCode::NotFound, "no such device"),
-            Err(error) => enroll_error(error),
-        }
+        push_key_bound(device, self.registry.bind_push_key(device, key))
     }
 
     fn revoke(&self, device: DeviceId) -> Reply {
@@ -820,6 +813,18 @@ fn forbidden(role: Role, operation: &Operation) -> Option<Reply> {
             format!("{} needs the {} role", operation.name(), needed.as_str()),
         )
     })
+}
+
+/// The reply to `BindPushKey`, from either store.
+fn push_key_bound(device: DeviceId, bound: Result<bool, EnrollError>) -> Reply {
+    match bound {
+        Ok(true) => {
+            tracing::info!(%device, "push key bound");
+            Reply::Done
+        }
+        Ok(false) => Reply::error(ErrorCode::NotFound, "no such device"),
+        Err(error) => enroll_error(error),
+    }
 }
 
 fn enroll_error(error: EnrollError) -> Reply {

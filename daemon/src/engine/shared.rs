@@ -12,7 +12,7 @@
 //! the reply is sent.
 //!
 //! Offered here: `Devices`, `ListDevices`, `Challenge`, `Verify`,
-//! `Enroll`, `Revoke`, `Unlock`, `Stats`. SMS codes, push approval and the
+//! `Enroll`, `BindPushKey`, `Revoke`, `Unlock`, `Stats`. SMS codes, push approval and the
 //! carrier and phone channels are not yet shared between nodes and answer
 //! `Unsupported`.
 
@@ -21,7 +21,8 @@ use std::sync::atomic::Ordering;
 use rand::CryptoRng;
 
 use super::{
-    Engine, Judgement, Role, accepted, enroll_error, forbidden, next_failure, wrong_answer,
+    Engine, Judgement, Role, accepted, enroll_error, forbidden, next_failure, push_key_bound,
+    wrong_answer,
 };
 use crate::clock::Timestamp;
 use crate::identity::{ChallengeId, DeviceId, Username};
@@ -68,6 +69,9 @@ impl Engine {
                 return self.shared_enroll(store, request, now, rng).await;
             }
             Operation::Revoke { device } => shared_revoke(store, device).await,
+            Operation::BindPushKey { device, key } => {
+                return push_key_bound(device, store.bind_push_key(device, key).await);
+            }
             Operation::Unlock { user, device } => shared_unlock(store, &user, device).await,
             Operation::Stats => Ok(self.stats()),
             _ => Ok(Reply::error(

@@ -165,6 +165,11 @@ impl Device {
         *self.push_key.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Sets the push key, as read from a store.
+    pub(super) fn set_push_key(&self, key: Option<PushKey>) {
+        *self.push_key.lock().unwrap_or_else(PoisonError::into_inner) = key;
+    }
+
     /// The verified number of an SMS device.
     pub fn phone(&self) -> Option<&PhoneNumber> {
         match &self.verifier {

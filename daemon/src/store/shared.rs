@@ -17,7 +17,7 @@
 //! on every node.
 //!
 //! Keys, one hash tag per thing so every operation stays in one slot:
-//! `sls:{d<id>}:device` and `:failures`, `sls:{u:<user>}:devices` (the
+//! `sls:{d<id>}:device`, `:failures` and `:push-key`, `sls:{u:<user>}:devices` (the
 //! user's device ids) and `:issued:<minute>`, `sls:{c<id>}:challenge`,
 //! `sls:{meta}:next-device`.
 
@@ -34,6 +34,8 @@ use super::registry::{Device, EnrollError, FailureState, NewDevice, StoreError};
 use crate::clock::Timestamp;
 use crate::identity::{ChallengeId, DeviceId, Username};
 use crate::otp::SecretKey;
+use crate::otp::push::PushKey;
+use crate::profile::DeviceKind;
 use crate::ratelimit::Decision;
 
 /// How long past its expiry a challenge record is kept, so that a late
@@ -74,6 +76,10 @@ fn device_key(id: DeviceId) -> Key {
 
 fn failures_key(id: DeviceId) -> Key {
     Key::new(&format!("d{}", id.0), "failures")
+}
+
+fn push_key_key(id: DeviceId) -> Key {
+    Key::new(&format!("d{}", id.0), "push-key")
 }
 
 fn user_key(user: &Username) -> Key {
@@ -120,7 +126,17 @@ impl SharedStore {
             self.forget(id);
             return Ok(None);
         };
-        let device = Arc::new(self.codec.decode_device(id, &record, None)?);
+        let device = self.codec.decode_device(id, &record, None)?;
+        if device.kind == DeviceKind::IbKey
+            && let Some(key) = self.redis.get(&push_key_key(id)).await?
+        {
+            let key = key.try_into().map_err(|_| StoreError::Corrupt {
+                device: id.0,
+                problem: "push key".into(),
+            })?;
+            device.set_push_key(Some(PushKey(key)));
+        }
+        let device = Arc::new(device);
         self.remember(Arc::clone(&device), read_at);
         Ok(Some(device))
     }
@@ -210,6 +226,25 @@ impl SharedStore {
         Ok((id, generated.then_some(secret)))
     }
 
+    /// Sets the push key of an IB Key device; `Ok(false)`: no such device.
+    pub async fn bind_push_key(&self, id: DeviceId, key: PushKey) -> Result<bool, EnrollError> {
+        let Some(device) = self.device(id).await? else {
+            return Ok(false);
+        };
+        if device.kind != DeviceKind::IbKey {
+            return Err(EnrollError::Invalid(format!(
+                "push keys are for IB Key devices, not {}",
+                device.kind
+            )));
+        }
+        self.redis
+            .put(&push_key_key(id), &key.0, true)
+            .await
+            .map_err(StoreError::from)?;
+        self.forget(id);
+        Ok(true)
+    }
+
     /// Removes a device for good; false if there was none. Other nodes stop
     /// using it when their cached copy ages out (`store.cache-ttl`).
     pub async fn revoke(&self, id: DeviceId) -> Result<bool, StoreError> {
@@ -219,7 +254,10 @@ impl SharedStore {
         self.forget(id);
         let deleted = self
             .redis
-            .delete(&[&device_key(id), &failures_key(id)], true)
+            .delete(
+                &[&device_key(id), &failures_key(id), &push_key_key(id)],
+                true,
+            )
             .await?;
         self.redis
             .set_remove(&user_key(&device.user), id.0.to_string().as_bytes(), true)
