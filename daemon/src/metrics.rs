@@ -27,6 +27,9 @@ pub const BAD_PROOFS: &str = "sls_bad_proofs_total";
 pub const LIVE_CODES: &str = "sls_live_codes";
 pub const PENDING_PUSHES: &str = "sls_pending_pushes";
 pub const OUTBOX: &str = "sls_outbox";
+/// Round trips to the shared store (redis backend), by `durable` ("yes":
+/// the write waited for replicas in the same round trip).
+pub const STORE_ROUND_TRIPS: &str = "sls_store_round_trips_total";
 
 /// Installs the Prometheus recorder for this process.
 pub fn install() -> Result<PrometheusHandle, String> {

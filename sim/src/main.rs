@@ -49,6 +49,20 @@ enum Command {
     /// Run an in-process scenario again from its seed (same replies, same
     /// digest).
     Replay(ReplayArgs),
+    /// Run a Redis Cluster on loopback ports in a temporary directory, to
+    /// try several `slsd` nodes on one machine; prints the `--store`
+    /// argument and runs until interrupted (Ctrl-C), then tears it down.
+    Cluster(ClusterArgs),
+}
+
+#[derive(Debug, Args)]
+struct ClusterArgs {
+    /// Masters (each serves a third of the slots with 3).
+    #[arg(long, default_value_t = 3)]
+    masters: usize,
+    /// Replicas of each master.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
 }
 
 #[derive(Debug, Args)]
@@ -336,6 +350,7 @@ fn main() -> ExitCode {
                 Command::Fleet(command) => run_fleet(command),
                 Command::Load(args) => run_load(args),
                 Command::Bench(args) => run_bench(args),
+                Command::Cluster(args) => run_cluster(&args),
                 Command::Replay(args) => {
                     run_scenario(args.seed, args.duration, args.users, args.json.as_deref())
                 }
@@ -546,6 +561,28 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         daemon.stop();
     }
     finish(&report?, &args.load, &plan)
+}
+
+fn run_cluster(args: &ClusterArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=16).contains(&args.masters) && args.replicas <= 4,
+        "--masters must be 1..=16 and --replicas 0..=4"
+    );
+    let cluster = sls_sim::cluster::Cluster::start(args.masters, args.replicas)?;
+    println!(
+        "cluster: {} masters with {} replica(s) each, in {}",
+        args.masters,
+        args.replicas,
+        cluster.dir().display()
+    );
+    println!("slsd serve --store {}", cluster.urls().join(","));
+    block_on(async {
+        tokio::signal::ctrl_c().await?;
+        Ok(())
+    })?;
+    drop(cluster);
+    println!("cluster: stopped");
+    Ok(())
 }
 
 fn run_token(command: TokenCommand) -> Result<Code, TokenError> {

@@ -485,5 +485,39 @@ mod tests {
             error("[devices.scc.check]\npositions = 1").starts_with("devices.scc.check.positions")
         );
         assert!(error("not toml at all").contains("expected"));
+        assert_eq!(
+            error("[store]\nbackend = \"redis\""),
+            "store.redis-urls: must name at least one node when the backend is redis"
+        );
+        assert_eq!(
+            error("[store]\nredis-urls = [\"127.0.0.1:7000\"]"),
+            "store.redis-urls: each must be redis://host:port (or rediss://)"
+        );
+        assert_eq!(
+            error("[store]\nredis-wait-replicas = 6"),
+            "store.redis-wait-replicas: must be 0..=5"
+        );
+        assert_eq!(
+            error("[store]\nredis-wait-timeout = \"0s\""),
+            "store.redis-wait-timeout: must be 1ms..=10s"
+        );
+        assert_eq!(
+            error("[store]\ncache-ttl = \"2m\""),
+            "store.cache-ttl: must be 10ms..=60s"
+        );
+        assert!(error("[store]\nbackend = \"memcached\"").contains("memcached"));
+    }
+
+    #[test]
+    fn the_store_flag_switches_to_redis_and_is_checked() {
+        let urls = vec!["redis://127.0.0.1:7000".to_owned()];
+        let config = Config::default().with_redis_store(urls.clone()).unwrap();
+        assert_eq!(config.store.backend, Backend::Redis);
+        assert_eq!(config.store.redis_urls, urls);
+        assert_eq!(Config::default().store.backend, Backend::Embedded);
+        let error = Config::default()
+            .with_redis_store(vec!["localhost".into()])
+            .unwrap_err();
+        assert!(error.to_string().starts_with("store.redis-urls"), "{error}");
     }
 }

@@ -3,13 +3,15 @@
 //!
 //! Challenge/response lives here; SMS and voice codes in [`sms`], IB Key
 //! push approval in [`push`], the carrier channel's bridges and outbox in
-//! [`relay`].
+//! [`relay`]; the same operations on a store shared by several nodes in
+//! [`shared`].
 //!
 //! Deterministic given its inputs: time comes in as a [`Timestamp`] and
 //! randomness as a `CryptoRng`, so tests and fuzzers drive it on a virtual
-//! clock. It does no network I/O and never waits: a change the reply
-//! depends on (a failure count, a lockout) is handed back in
-//! [`Outcome::persist`] for the caller to commit before it sends the reply.
+//! clock. On the embedded store it does no network I/O and never waits: a
+//! change the reply depends on (a failure count, a lockout) is handed back
+//! in [`Outcome::persist`] for the caller to commit before it sends the
+//! reply.
 
 use std::hash::Hasher;
 use std::sync::atomic::{AtomicU64, Ordering};

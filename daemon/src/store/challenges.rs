@@ -211,6 +211,42 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_challenge_reads_back_with_the_attempts_the_store_counts() {
+        let ocra = challenge(77);
+        assert_eq!(
+            OpenChallenge::decode(&ocra.encode(), 2),
+            Some(OpenChallenge {
+                attempts_left: 2,
+                ..ocra
+            })
+        );
+        let card = crate::otp::card::CodeCard::new(
+            &crate::otp::SecretKey::from_bytes(vec![7; 32]).unwrap(),
+            20,
+        )
+        .unwrap();
+        let card = OpenChallenge {
+            question: Question::Card(card.challenge(3, 17).unwrap()),
+            ..challenge(78)
+        };
+        assert_eq!(OpenChallenge::decode(&card.encode(), 3), Some(card.clone()));
+        // Damaged records read as nothing, never as another challenge.
+        let bytes = card.encode();
+        for cut in 0..bytes.len() {
+            assert_eq!(
+                OpenChallenge::decode(&bytes[..cut], 3),
+                None,
+                "cut at {cut}"
+            );
+        }
+        let mut unknown = challenge(1).encode();
+        let tag = unknown.len() - 9; // the question tag before "123456"
+        assert_eq!(unknown[tag], QUESTION_OCRA);
+        unknown[tag] = 9;
+        assert_eq!(OpenChallenge::decode(&unknown, 3), None);
+    }
+
+    #[test]
     fn capacity_is_a_hard_bound() {
         let table = ChallengeTable::new(3, 4);
         table.insert(ChallengeId(0), challenge(10)).unwrap();

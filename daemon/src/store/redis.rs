@@ -163,8 +163,10 @@ impl RedisStore {
     async fn run(&self, key: &Key, command: Cmd, durable: bool) -> Result<Value, RedisError> {
         let mut connection = self.connection.clone();
         if !durable || self.durability.replicas == 0 {
+            metrics::counter!(crate::metrics::STORE_ROUND_TRIPS, "durable" => "no").increment(1);
             return Ok(connection.route_command(command, route(key)).await?);
         }
+        metrics::counter!(crate::metrics::STORE_ROUND_TRIPS, "durable" => "yes").increment(1);
         let mut pipeline = redis::pipe();
         pipeline.add_command(command);
         pipeline
