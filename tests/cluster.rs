@@ -11,15 +11,19 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sls_sim::carrier::{self, Bridge, Inbox};
 use sls_sim::client::Client;
 use sls_sim::cluster::Cluster;
 use sls_sim::token::DscPlus;
 use slsd::engine::Role;
-use slsd::identity::{ChallengeId, DeviceId, Username};
+use slsd::identity::{ChallengeId, CodeId, DeviceId, Username};
 use slsd::otp::SecretKey;
+use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::{DeviceKind, DeviceProfiles};
 use slsd::wire::request::{Answer, Pin};
-use slsd::wire::{ChallengeText, EnrollRequest, ErrorCode, Operation, Reply, Verdict};
+use slsd::wire::{
+    ChallengeText, DeliveryState, EnrollRequest, ErrorCode, Operation, Reply, Verdict,
+};
 use support::daemon::Daemon;
 
 const DSC_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -457,6 +461,173 @@ async fn a_master_killed_under_load_fails_over_and_loses_no_enrolment() {
             verify(&gateway_b, id, &right).await,
             Verdict::Accepted { .. }
         ));
+    }
+}
+
+/// Polls `CodeStatus` on `gateway` until the delivery is `want` (or 5 s).
+async fn status_until(gateway: &Client, code: CodeId, want: DeliveryState) -> Reply {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = gateway.call(Operation::CodeStatus { code }).await.unwrap();
+        if matches!(&reply, Reply::CodeStatus { delivery, .. } if *delivery == want) {
+            return reply;
+        }
+        assert!(Instant::now() < deadline, "status stayed {reply:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn send(gateway: &Client, name: &str, channel: Channel) -> Reply {
+    gateway
+        .call(Operation::SendCode {
+            user: user(name),
+            channel,
+        })
+        .await
+        .unwrap()
+}
+
+async fn verify_code(gateway: &Client, name: &str, code: &str) -> Reply {
+    gateway
+        .call(Operation::VerifyCode {
+            user: user(name),
+            code: Answer::new(code),
+        })
+        .await
+        .unwrap()
+}
+
+fn error_code(reply: &Reply) -> Option<ErrorCode> {
+    match reply {
+        Reply::Error { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sms_code_sent_by_one_node_goes_out_through_a_bridge_on_the_other() {
+    let deployment = deploy("[sms]\nresend-interval = \"2s\"\n");
+    let admin_a = deployment.a.client(Role::Admin).await;
+    let admin_b = deployment.b.client(Role::Admin).await;
+    let gateway_a = deployment.a.client(Role::Gateway).await;
+    let gateway_b = deployment.b.client(Role::Gateway).await;
+    let alice_number = PhoneNumber::parse("+41 446681800").unwrap();
+    let enroll = |number: &str| Operation::EnrollPhone {
+        user: user("alice"),
+        number: PhoneNumber::parse(number).unwrap(),
+        label: String::new(),
+    };
+    let Reply::Enrolled { device: phone, .. } =
+        admin_a.call(enroll("+41 446681800")).await.unwrap()
+    else {
+        panic!("phone enrolment")
+    };
+    // One number per user across the deployment.
+    let again = admin_b.call(enroll("+41 446681801")).await.unwrap();
+    assert_eq!(
+        error_code(&again),
+        Some(ErrorCode::InvalidArgument),
+        "{again:?}"
+    );
+
+    // No bridge on any node: refused at once.
+    let reply = send(&gateway_a, "alice", Channel::Sms).await;
+    assert_eq!(error_code(&reply), Some(ErrorCode::DeliveryUnavailable));
+
+    // The bridge is on B; A sends; the code arrives; B accepts it once.
+    let inbox = Arc::new(Inbox::default());
+    let bridge = Bridge::start(
+        deployment.b.client(Role::Carrier).await,
+        carrier::Behaviour::Deliver,
+        Arc::clone(&inbox),
+    )
+    .await
+    .unwrap();
+    let sent = {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            // B says it has a bridge within its first relay rounds.
+            match send(&gateway_a, "alice", Channel::Sms).await {
+                Reply::CodeSent { code, .. } => break code,
+                reply if error_code(&reply) == Some(ErrorCode::DeliveryUnavailable) => {
+                    assert!(Instant::now() < deadline, "B's bridge never counted");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let text = inbox
+        .next(&alice_number, Duration::from_secs(5))
+        .await
+        .expect("the SMS arrives");
+    let code = text.code().unwrap();
+    // Both nodes see it delivered.
+    status_until(&gateway_b, sent, DeliveryState::Delivered).await;
+    assert_eq!(
+        status_until(&gateway_a, sent, DeliveryState::Delivered).await,
+        Reply::CodeStatus {
+            channel: Channel::Sms,
+            sends: 1,
+            delivery: DeliveryState::Delivered,
+        }
+    );
+    // The resend interval holds on the other node; the voice call goes out
+    // at once with the same code.
+    let reply = send(&gateway_b, "alice", Channel::Sms).await;
+    assert_eq!(
+        error_code(&reply),
+        Some(ErrorCode::RateLimited),
+        "{reply:?}"
+    );
+    let Reply::CodeSent { code: voice, .. } = send(&gateway_b, "alice", Channel::Voice).await
+    else {
+        panic!("voice refused")
+    };
+    assert_eq!(voice, sent);
+    let call = inbox
+        .next(&alice_number, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(call.channel, Channel::Voice);
+    assert_eq!(call.code().unwrap(), code);
+
+    // A wrong code on A costs a check on B's view too; the right code is
+    // accepted once, whichever node gets it first.
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    assert_eq!(
+        verify_code(&gateway_a, "alice", wrong).await,
+        Reply::Verdict(Verdict::Rejected { attempts_left: 2 })
+    );
+    let (on_a, on_b) = tokio::join!(
+        verify_code(&gateway_a, "alice", &code),
+        verify_code(&gateway_b, "alice", &code)
+    );
+    let accepted = [&on_a, &on_b]
+        .iter()
+        .filter(
+            |r| matches!(r, Reply::Verdict(Verdict::Accepted { device, .. }) if *device == phone),
+        )
+        .count();
+    assert_eq!(accepted, 1, "{on_a:?} {on_b:?}");
+    assert_eq!(
+        verify_code(&gateway_b, "alice", &code).await,
+        Reply::Verdict(Verdict::UnknownChallenge)
+    );
+
+    // The bridge leaves: the next send is refused within the claim's life.
+    bridge.stop();
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let reply = send(&gateway_a, "alice", Channel::Sms).await;
+        if error_code(&reply) == Some(ErrorCode::DeliveryUnavailable) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still sending without a bridge: {reply:?}"
+        );
     }
 }
 

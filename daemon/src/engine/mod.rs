@@ -275,8 +275,14 @@ pub struct Engine {
     pushes: push::PushTable,
     alphabets: QuestionAlphabets,
     counters: Counters,
-    /// The deployment's shared store, when it has one (`shared.rs`).
+    /// The deployment's shared store, when it has one (`shared/`).
     shared: Option<crate::store::shared::SharedStore>,
+    /// On a shared store: delivery changes from timeouts and disconnects,
+    /// waiting for the next relay round to write them.
+    relay_changes: Mutex<Vec<relay::StatusChange>>,
+    /// On a shared store: when this node last said it has bridges (0: it
+    /// has not, or has withdrawn it).
+    bridges_announced: AtomicU64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -337,16 +343,39 @@ impl Engine {
             alphabets: QuestionAlphabets::new(),
             counters: Counters::default(),
             shared: None,
+            relay_changes: Mutex::new(Vec::new()),
+            bridges_announced: AtomicU64::new(0),
             config,
             registry,
         }
     }
 
     /// Keeps state in `store`, shared with the deployment's other nodes,
-    /// instead of this node's memory and database.
-    pub fn with_shared(mut self, store: crate::store::shared::SharedStore) -> Self {
+    /// instead of this node's memory and database; SMS codes are derived
+    /// with `code_key`, the deployment's (`SharedStore::sms_code_key`).
+    pub fn with_shared(
+        mut self,
+        store: crate::store::shared::SharedStore,
+        code_key: &crate::otp::SecretKey,
+    ) -> Self {
+        let spec = Self::sms_code_spec(&self.config);
+        self.codes = sms::CodeTable::new(code_key, spec, self.config.sms.capacity);
         self.shared = Some(store);
         self
+    }
+
+    /// What a bridge's report, a timeout or a disconnect did to deliveries:
+    /// into the code table, or on a shared store into the queue the next
+    /// relay round writes.
+    fn delivery_changed(&self, changes: Vec<relay::StatusChange>) {
+        if self.shared.is_some() {
+            self.relay_changes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(changes);
+        } else {
+            self.codes.update(changes);
+        }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -377,7 +406,7 @@ impl Engine {
     /// Fails over unacknowledged messages and expires pushes (waiting
     /// gateways learn `Expired`); call it every 100 ms or so.
     pub fn tick(&self, now: Timestamp) {
-        self.codes.update(self.outbox.sweep(now));
+        self.delivery_changed(self.outbox.sweep(now));
         self.pushes.sweep(now);
     }
 
@@ -385,7 +414,7 @@ impl Engine {
     /// messages go to the other bridges.
     pub fn stream_closed(&self, stream: StreamId, now: Timestamp) {
         self.pushes.stream_closed(stream);
-        self.codes.update(self.outbox.stream_closed(stream, now));
+        self.delivery_changed(self.outbox.stream_closed(stream, now));
     }
 
     /// Handles one operation from a caller of `role` that has no stream
@@ -442,20 +471,7 @@ impl Engine {
                 label,
             } => self.enroll_phone(&user, number, &label, now, rng).into(),
             Operation::BindPushKey { device, key } => self.bind_push_key(device, key).into(),
-            Operation::CarrierSubscribe => match caller.sink {
-                Some(sink) => {
-                    self.outbox.subscribe(
-                        caller.stream,
-                        caller.connection,
-                        caller.request,
-                        Arc::clone(sink),
-                    );
-                    Reply::Subscribed.into()
-                }
-                None => {
-                    Reply::error(ErrorCode::InvalidArgument, "subscribing needs a stream").into()
-                }
-            },
+            Operation::CarrierSubscribe => self.carrier_subscribe(caller).into(),
             Operation::Ack { message, report } => {
                 match self.outbox.ack(caller.connection, message, report, now) {
                     Some(change) => {
@@ -479,6 +495,22 @@ impl Engine {
             } => self.answer_push(caller, push, Some((chosen, &proof)), now),
             Operation::Deny { push } => self.answer_push(caller, push, None, now),
         })
+    }
+
+    /// Makes the caller's stream a carrier bridge: messages go to it.
+    fn carrier_subscribe(&self, caller: &Caller<'_>) -> Reply {
+        match caller.sink {
+            Some(sink) => {
+                self.outbox.subscribe(
+                    caller.stream,
+                    caller.connection,
+                    caller.request,
+                    Arc::clone(sink),
+                );
+                Reply::Subscribed
+            }
+            None => Reply::error(ErrorCode::InvalidArgument, "subscribing needs a stream"),
+        }
     }
 
     /// Counts a wrong answer on a device; `Some(length)` when it locks the
@@ -713,16 +745,10 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Reply {
-        match self.registry.enroll_phone(rng, user, number, label, now) {
-            Ok(device) => {
-                tracing::info!(%user, %device, "phone number enrolled");
-                Reply::Enrolled {
-                    device,
-                    secret: None,
-                }
-            }
-            Err(error) => enroll_error(error),
-        }
+        phone_enrolled(
+            user,
+            self.registry.enroll_phone(rng, user, number, label, now),
+        )
     }
 
     fn bind_push_key(&self, device: DeviceId, key: crate::otp::push::PushKey) -> Reply {
@@ -817,6 +843,20 @@ fn forbidden(role: Role, operation: &Operation) -> Option<Reply> {
     })
 }
 
+/// The reply to `EnrollPhone`, from either store.
+fn phone_enrolled(user: &Username, enrolled: Result<DeviceId, EnrollError>) -> Reply {
+    match enrolled {
+        Ok(device) => {
+            tracing::info!(%user, %device, "phone number enrolled");
+            Reply::Enrolled {
+                device,
+                secret: None,
+            }
+        }
+        Err(error) => enroll_error(error),
+    }
+}
+
 /// The reply to `BindPushKey`, from either store.
 fn push_key_bound(device: DeviceId, bound: Result<bool, EnrollError>) -> Reply {
     match bound {
@@ -900,8 +940,12 @@ impl QuestionAlphabets {
 }
 
 fn accepted(open: &OpenChallenge, device: &Device) -> Verdict {
+    accepted_by(&open.user, device)
+}
+
+fn accepted_by(user: &Username, device: &Device) -> Verdict {
     Verdict::Accepted {
-        user: open.user.clone(),
+        user: user.clone(),
         device: device.id,
         kind: device.kind,
     }

@@ -19,6 +19,7 @@ use crate::clock::Timestamp;
 use crate::config::CarrierConfig;
 use crate::identity::{CodeId, MessageId};
 use crate::phone::{Channel, PhoneNumber};
+use crate::wire::codec::{Put, Reader};
 use crate::wire::request::Answer;
 use crate::wire::{DeliveryReport, DeliveryState, Reply, Response};
 
@@ -41,6 +42,43 @@ pub(super) struct Outbound {
     pub to: PhoneNumber,
     pub channel: Channel,
     pub text: Zeroizing<String>,
+}
+
+impl Outbound {
+    /// The message as queued on a shared store for a node with a bridge
+    /// (the store seals it), with its id and when it is of no more use.
+    pub(super) fn encode(&self, id: MessageId, until: Timestamp) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(160));
+        out.put_u64(id.0);
+        out.put_u64(self.code.0);
+        out.put_u64(until.0);
+        out.put_bytes(self.to.to_string().as_bytes());
+        out.put_u8(self.channel.code());
+        out.put_bytes(self.text.as_bytes());
+        out
+    }
+
+    /// A queued message; `None` if it does not parse.
+    pub(super) fn decode(bytes: &[u8]) -> Option<(MessageId, Timestamp, Self)> {
+        let mut r = Reader::new(bytes);
+        let id = MessageId(r.u64("message").ok()?);
+        let code = CodeId(r.u64("code").ok()?);
+        let until = Timestamp(r.u64("until").ok()?);
+        let to = PhoneNumber::parse(r.str("to").ok()?).ok()?;
+        let channel = Channel::from_code(r.u8("channel").ok()?)?;
+        let text = Zeroizing::new(r.str("text").ok()?.to_owned());
+        r.finish().ok()?;
+        Some((
+            id,
+            until,
+            Self {
+                code,
+                to,
+                channel,
+                text,
+            },
+        ))
+    }
 }
 
 struct Bridge {
@@ -117,6 +155,21 @@ impl Outbox {
         now: Timestamp,
         rng: &mut R,
     ) -> Result<MessageId, DispatchError> {
+        let mut id = MessageId(rng.next_u64());
+        while self.lock().messages.contains_key(&id) {
+            id = MessageId(rng.next_u64());
+        }
+        self.dispatch_as(id, message, now).map(|()| id)
+    }
+
+    /// Hands a message whose id was drawn elsewhere (another node queued
+    /// it) to a bridge.
+    pub(super) fn dispatch_as(
+        &self,
+        id: MessageId,
+        message: Outbound,
+        now: Timestamp,
+    ) -> Result<(), DispatchError> {
         let mut state = self.lock();
         if state.bridges.is_empty() {
             return Err(DispatchError::NoBridge);
@@ -124,12 +177,11 @@ impl Outbox {
         if state.messages.len() >= self.config.outbox {
             return Err(DispatchError::Full);
         }
-        let mut id = MessageId(rng.next_u64());
-        while state.messages.contains_key(&id) {
-            id = MessageId(rng.next_u64());
+        if state.messages.contains_key(&id) {
+            return Ok(());
         }
         let sent = self.send(&mut state, id, message, Vec::new(), now);
-        sent.map(|()| id).map_err(|_| DispatchError::NoBridge)
+        sent.map_err(|_| DispatchError::NoBridge)
     }
 
     /// Hands the message to the least loaded live bridge not in `tried`,

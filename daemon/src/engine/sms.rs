@@ -28,23 +28,146 @@ use crate::profile::{Check, DeviceKind};
 use crate::ratelimit::Decision;
 use crate::store::registry::FailureState;
 use crate::sync::{Mutex, MutexGuard};
+use crate::wire::codec::{Put, Reader};
 use crate::wire::request::Answer;
 use crate::wire::{DeliveryState, ErrorCode, Reply, Verdict};
 
 /// One user's live code.
-struct CodeSession {
-    code: CodeId,
-    device: DeviceId,
-    expires_at: Timestamp,
-    last_send: Timestamp,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct CodeSession {
+    pub(super) code: CodeId,
+    pub(super) device: DeviceId,
+    pub(super) expires_at: Timestamp,
+    pub(super) last_send: Timestamp,
     /// The first voice call of a code skips the resend interval.
-    voice_used: bool,
-    sends: u8,
-    checks_left: u8,
-    channel: Channel,
+    pub(super) voice_used: bool,
+    pub(super) sends: u8,
+    pub(super) checks_left: u8,
+    pub(super) channel: Channel,
     /// The last message sent, and how its delivery stands.
-    message: MessageId,
-    delivery: DeliveryState,
+    pub(super) message: MessageId,
+    pub(super) delivery: DeliveryState,
+}
+
+impl CodeSession {
+    /// A code about to be sent for the first time.
+    pub(super) fn new(
+        code: CodeId,
+        device: DeviceId,
+        expires_at: Timestamp,
+        checks: u8,
+        channel: Channel,
+        message: MessageId,
+        now: Timestamp,
+    ) -> Self {
+        Self {
+            code,
+            device,
+            expires_at,
+            last_send: now,
+            voice_used: false,
+            sends: 0,
+            checks_left: checks,
+            channel,
+            message,
+            delivery: DeliveryState::Pending,
+        }
+    }
+
+    /// Refuses a send of a live code that the rules do not allow yet: past
+    /// the sends per code, or within the resend interval (the code's first
+    /// voice call excepted).
+    pub(super) fn may_send(
+        &self,
+        channel: Channel,
+        now: Timestamp,
+        sms: &crate::config::SmsConfig,
+    ) -> Result<(), Reply> {
+        if self.sends >= sms.max_sends {
+            return Err(Reply::rate_limited(
+                now.until(self.expires_at),
+                "this code was sent as often as allowed; ask again when it expires",
+            ));
+        }
+        let first_call = channel == Channel::Voice && !self.voice_used;
+        let next = self.last_send.plus(sms.resend_interval);
+        if !first_call && next > now {
+            return Err(Reply::rate_limited(
+                now.until(next),
+                "a new code may be requested only every resend interval",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts a send of `message` on `channel`.
+    pub(super) fn sent(&mut self, channel: Channel, message: MessageId, now: Timestamp) {
+        self.sends = self.sends.saturating_add(1);
+        self.last_send = now;
+        self.voice_used |= channel == Channel::Voice;
+        self.channel = channel;
+        self.message = message;
+        self.delivery = DeliveryState::Pending;
+    }
+
+    /// The record a shared store keeps.
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.put_u64(self.code.0);
+        out.put_u64(self.device.0);
+        out.put_u64(self.expires_at.0);
+        out.put_u64(self.last_send.0);
+        out.put_u8(u8::from(self.voice_used));
+        out.put_u8(self.sends);
+        out.put_u8(self.checks_left);
+        out.put_u8(self.channel.code());
+        out.put_u64(self.message.0);
+        match &self.delivery {
+            DeliveryState::Pending => out.put_u8(0),
+            DeliveryState::Delivered => out.put_u8(1),
+            DeliveryState::Failed { reason } => {
+                out.put_u8(2);
+                out.put_bytes(reason.as_bytes());
+            }
+        }
+        out
+    }
+
+    /// A stored record; `None` if it does not parse (or is the empty record
+    /// of a session that ended).
+    pub(super) fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(bytes);
+        let code = CodeId(r.u64("code").ok()?);
+        let device = DeviceId(r.u64("device").ok()?);
+        let expires_at = Timestamp(r.u64("expires at").ok()?);
+        let last_send = Timestamp(r.u64("last send").ok()?);
+        let voice_used = r.u8("voice used").ok()? == 1;
+        let sends = r.u8("sends").ok()?;
+        let checks_left = r.u8("checks left").ok()?;
+        let channel = Channel::from_code(r.u8("channel").ok()?)?;
+        let message = MessageId(r.u64("message").ok()?);
+        let delivery = match r.u8("delivery").ok()? {
+            0 => DeliveryState::Pending,
+            1 => DeliveryState::Delivered,
+            2 => DeliveryState::Failed {
+                reason: r.str("reason").ok()?.to_owned(),
+            },
+            _ => return None,
+        };
+        r.finish().ok()?;
+        Some(Self {
+            code,
+            device,
+            expires_at,
+            last_send,
+            voice_used,
+            sends,
+            checks_left,
+            channel,
+            message,
+            delivery,
+        })
+    }
 }
 
 #[derive(Default)]
@@ -89,7 +212,7 @@ impl CodeTable {
     }
 
     /// The code of `id`: the same every time, unknowable without the key.
-    fn code(&self, id: CodeId) -> Code {
+    pub(super) fn code(&self, id: CodeId) -> Code {
         let mac = self.key.mac(&[b"sls/1 sms code ", &id.0.to_be_bytes()]);
         // A SHA-256 MAC is 32 bytes; a made-up seed would be far worse
         // than this unreachable panic (it would make codes guessable).
@@ -140,7 +263,7 @@ impl CodeTable {
 }
 
 /// The message the carrier delivers, saying how long the code has left.
-fn message_text(code: &Code, left: Duration) -> Zeroizing<String> {
+pub(super) fn message_text(code: &Code, left: Duration) -> Zeroizing<String> {
     Zeroizing::new(format!(
         "Your sls security code is {}. It expires in {} minutes. Never share it.",
         code.as_str(),
@@ -197,19 +320,8 @@ impl Engine {
             .filter(|s| s.expires_at > now && s.device == device.id);
         let (code, expires_at, fresh) = match live {
             Some(session) => {
-                if session.sends >= sms.max_sends {
-                    return Reply::rate_limited(
-                        now.until(session.expires_at),
-                        "this code was sent as often as allowed; ask again when it expires",
-                    );
-                }
-                let first_call = channel == Channel::Voice && !session.voice_used;
-                let next = session.last_send.plus(sms.resend_interval);
-                if !first_call && next > now {
-                    return Reply::rate_limited(
-                        now.until(next),
-                        "a new code may be requested only every resend interval",
-                    );
+                if let Err(refusal) = session.may_send(channel, now, sms) {
+                    return refusal;
                 }
                 (session.code, session.expires_at, false)
             }
@@ -262,27 +374,21 @@ impl Engine {
             sessions.remove(user);
             sessions.users.insert(code, user.clone());
         }
-        let session = sessions
+        sessions
             .by_user
             .entry(user.clone())
-            .or_insert_with(|| CodeSession {
-                code,
-                device: device.id,
-                expires_at,
-                last_send: now,
-                voice_used: false,
-                sends: 0,
-                checks_left: sms.max_checks,
-                channel,
-                message,
-                delivery: DeliveryState::Pending,
-            });
-        session.sends = session.sends.saturating_add(1);
-        session.last_send = now;
-        session.voice_used |= channel == Channel::Voice;
-        session.channel = channel;
-        session.message = message;
-        session.delivery = DeliveryState::Pending;
+            .or_insert_with(|| {
+                CodeSession::new(
+                    code,
+                    device.id,
+                    expires_at,
+                    sms.max_checks,
+                    channel,
+                    message,
+                    now,
+                )
+            })
+            .sent(channel, message, now);
         self.counters.codes_sent.fetch_add(1, Relaxed);
         Reply::CodeSent {
             code,
@@ -321,11 +427,7 @@ impl Engine {
             sessions.remove(user);
             self.counters.accepted.fetch_add(1, Relaxed);
             return Outcome {
-                reply: Reply::Verdict(Verdict::Accepted {
-                    user: user.clone(),
-                    device: device.id,
-                    kind: device.kind,
-                }),
+                reply: Reply::Verdict(super::accepted_by(user, &device)),
                 persist,
             };
         }

@@ -80,7 +80,10 @@ pub enum ServeError {
 /// Connects to the deployment's Redis Cluster. Device secrets are sealed
 /// under the data directory's key file, which every node of the deployment
 /// must share (README: running several nodes).
-async fn connect_shared(config: &Config, data_dir: &Path) -> Result<SharedStore, ServeError> {
+async fn connect_shared(
+    config: &Config,
+    data_dir: &Path,
+) -> Result<(SharedStore, crate::otp::SecretKey), ServeError> {
     let store = &config.store;
     let durability = Durability {
         replicas: store.redis_wait_replicas,
@@ -91,8 +94,13 @@ async fn connect_shared(config: &Config, data_dir: &Path) -> Result<SharedStore,
         SecretCipher::load_or_create(&data_dir.join("secrets.key"), &mut UnwrapErr(SysRng))?;
     let codec = DeviceCodec::new(cipher, config.devices.clone());
     tracing::info!(nodes = ?store.redis_urls, "state is shared on the Redis Cluster");
-    Ok(SharedStore::new(redis, codec, store.cache_ttl))
+    let shared = SharedStore::new(redis, codec, store.cache_ttl);
+    let code_key = shared.sms_code_key(&mut UnwrapErr(SysRng)).await?;
+    Ok((shared, code_key))
 }
+
+/// How often a node on a shared store relays the carrier channel.
+const RELAY_EVERY: Duration = Duration::from_millis(10);
 
 /// Where a started server can be reached.
 #[derive(Debug, Clone)]
@@ -141,7 +149,8 @@ pub async fn serve(
         &mut UnwrapErr(SysRng),
     );
     if config.store.backend == Backend::Redis {
-        engine = engine.with_shared(connect_shared(&config, data_dir).await?);
+        let (store, code_key) = connect_shared(&config, data_dir).await?;
+        engine = engine.with_shared(store, &code_key);
     }
     let shared = Arc::new(Shared {
         engine,
@@ -188,6 +197,10 @@ pub async fn serve(
         stopping.clone(),
     ));
     let sweeper = tokio::spawn(sweep(Arc::clone(&shared), stopping.clone()));
+    let relay = shared
+        .engine
+        .is_shared()
+        .then(|| tokio::spawn(relay(Arc::clone(&shared), stopping.clone())));
     // Every connection and stream task holds a clone; the count says when
     // the in-flight work is done.
     let in_flight = Arc::new(());
@@ -230,6 +243,9 @@ pub async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     let _ = background.await;
     let _ = sweeper.await;
+    if let Some(relay) = relay {
+        let _ = relay.await;
+    }
     // Dropping the last committer handle lets the commit thread finish what
     // was queued; the registry (and the database) close after it.
     drop(shared);
@@ -333,6 +349,24 @@ async fn serve_connection(
 
 /// Every 100 ms, fails over unacknowledged messages and expires pushes;
 /// every second, drops expired challenges and codes and reports gauges.
+/// On a shared store: this node's part of the carrier channel, every few
+/// milliseconds (see `engine/shared/sms.rs`). A store error is logged and
+/// the next round tries again.
+async fn relay(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
+    let node = format!("{:016x}", rand::random::<u64>());
+    let mut tick = tokio::time::interval(RELAY_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopping.changed() => return,
+        }
+        if let Err(error) = shared.engine.shared_relay(&node, clock::now()).await {
+            tracing::warn!(%error, "carrier relay round failed");
+        }
+    }
+}
+
 async fn sweep(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -224,12 +224,21 @@ fn handle(
         // task of its own, so the requests behind it are not held up.
         let shared = Arc::clone(shared);
         let queue = queue.clone();
-        let role = connection.role;
+        let (role, connection, binding) = (connection.role, connection.id, connection.binding);
+        let (stream, sink) = (stream.id, Arc::clone(&stream.sink));
         let mut rng = ChaCha20Rng::from_rng(rng);
         tokio::spawn(async move {
+            let caller = Caller {
+                role,
+                connection,
+                stream,
+                binding: &binding,
+                sink: Some(&sink),
+                request: request.id,
+            };
             let reply = shared
                 .engine
-                .handle_shared(role, request.operation, now, &mut rng)
+                .handle_shared(&caller, request.operation, now, &mut rng)
                 .await;
             let label = outcome_label(&reply);
             metrics::counter!(crate::metrics::REQUESTS, "operation" => operation, "outcome" => label)

@@ -80,6 +80,19 @@ impl DeviceCodec {
         Ok((secret, generated, verifier))
     }
 
+    /// A device's verified number, sealed (it is personal data).
+    pub(super) fn seal_phone<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        id: DeviceId,
+        number: &PhoneNumber,
+    ) -> Result<Vec<u8>, StoreError> {
+        let text = number.to_string();
+        Ok(self
+            .cipher
+            .seal(rng, text.as_bytes(), &context(id, "phone"))?)
+    }
+
     pub(super) fn open_phone(
         &self,
         id: DeviceId,

@@ -201,6 +201,23 @@ impl RedisStore {
         }
     }
 
+    /// Puts `value` under `key` for good unless the key exists; false if it
+    /// did.
+    pub async fn put_if_absent(
+        &self,
+        key: &Key,
+        value: &[u8],
+        durable: bool,
+    ) -> Result<bool, RedisError> {
+        let mut command = redis::cmd("SET");
+        command.arg(key.as_str()).arg(value).arg("NX");
+        match self.run(key, command, durable).await? {
+            Value::Okay => Ok(true),
+            Value::Nil => Ok(false),
+            other => Err(RedisError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Deletes `keys` (all in `keys[0]`'s slot); how many existed.
     pub async fn delete(&self, keys: &[&Key], durable: bool) -> Result<u64, RedisError> {
         let Some(first) = keys.first() else {
@@ -253,6 +270,63 @@ impl RedisStore {
                     other => Err(RedisError::Unexpected(format!("{other:?}"))),
                 })
                 .collect(),
+            other => Err(RedisError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Appends `value` to the list at `key` (a queue: `pop_front` takes
+    /// the oldest).
+    pub async fn push_back(&self, key: &Key, value: &[u8]) -> Result<(), RedisError> {
+        let mut command = redis::cmd("LPUSH");
+        command.arg(key.as_str()).arg(value);
+        int(&self.run(key, command, false).await?).map(drop)
+    }
+
+    /// Takes up to `count` of the oldest values of the list at `key`; each
+    /// value goes to one caller only.
+    pub async fn pop_front(&self, key: &Key, count: usize) -> Result<Vec<Vec<u8>>, RedisError> {
+        let mut command = redis::cmd("RPOP");
+        command.arg(key.as_str()).arg(count.max(1));
+        match self.run(key, command, false).await? {
+            Value::Nil => Ok(Vec::new()),
+            Value::Array(values) => values
+                .into_iter()
+                .map(|value| match value {
+                    Value::BulkString(bytes) => Ok(bytes),
+                    other => Err(RedisError::Unexpected(format!("{other:?}"))),
+                })
+                .collect(),
+            other => Err(RedisError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Sets `field` of the hash at `key` to `value`; `None` removes it.
+    pub async fn set_field(
+        &self,
+        key: &Key,
+        field: &str,
+        value: Option<u64>,
+    ) -> Result<(), RedisError> {
+        let mut command = redis::cmd(if value.is_some() { "HSET" } else { "HDEL" });
+        command.arg(key.as_str()).arg(field);
+        if let Some(value) = value {
+            command.arg(value);
+        }
+        int(&self.run(key, command, false).await?).map(drop)
+    }
+
+    /// The numeric values of the hash at `key`.
+    pub async fn field_values(&self, key: &Key) -> Result<Vec<u64>, RedisError> {
+        let mut command = redis::cmd("HVALS");
+        command.arg(key.as_str());
+        match self.run(key, command, false).await? {
+            Value::Array(values) => Ok(values
+                .iter()
+                .filter_map(|value| match value {
+                    Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+                    _ => None,
+                })
+                .collect()),
             other => Err(RedisError::Unexpected(format!("{other:?}"))),
         }
     }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use rand::CryptoRng;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::records::{DeviceCodec, Stored, context};
+use super::records::{DeviceCodec, Stored};
 use super::sealed::{SealError, SecretCipher};
 use crate::clock::Timestamp;
 use crate::identity::{DeviceId, Username};
@@ -384,7 +384,6 @@ impl Registry {
                 existing.id
             )));
         }
-        let text = number.to_string();
         let new = Stored {
             user,
             kind: DeviceKind::Sms,
@@ -392,11 +391,9 @@ impl Registry {
             now,
             secret: None,
         };
+        let sealed_number = number.clone();
         let id = self.add(rng, new, Verifier::Phone(number), |txn, id, rng| {
-            let sealed = self
-                .codec
-                .cipher
-                .seal(rng, text.as_bytes(), &context(id, "phone"))?;
+            let sealed = self.codec.seal_phone(rng, id, &sealed_number)?;
             txn.open_table(PHONES)?.insert(id.0, sealed.as_slice())?;
             Ok(())
         })?;

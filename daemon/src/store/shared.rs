@@ -30,11 +30,12 @@ use rand::CryptoRng;
 use super::challenges::OpenChallenge;
 use super::records::{DeviceCodec, Stored};
 use super::redis::{Key, RedisStore, Swap};
-use super::registry::{Device, EnrollError, FailureState, NewDevice, StoreError};
+use super::registry::{Device, EnrollError, FailureState, NewDevice, StoreError, Verifier};
 use crate::clock::Timestamp;
-use crate::identity::{ChallengeId, DeviceId, Username};
+use crate::identity::{ChallengeId, CodeId, DeviceId, Username};
 use crate::otp::SecretKey;
 use crate::otp::push::PushKey;
+use crate::phone::PhoneNumber;
 use crate::profile::DeviceKind;
 use crate::ratelimit::Decision;
 
@@ -43,6 +44,8 @@ use crate::ratelimit::Decision;
 const EXPIRED_GRACE: Duration = Duration::from_secs(60);
 /// The per-user issuance window.
 const MINUTE_MS: u64 = 60_000;
+/// What a queued message's sealing is bound to.
+const OUTBOX_CONTEXT: &[u8] = b"sls/1 outbox message";
 /// Compare-and-swap rounds before a failure-state change gives up (each
 /// conflict means another node changed the same device meanwhile).
 const SWAP_ROUNDS: usize = 16;
@@ -86,12 +89,39 @@ fn user_key(user: &Username) -> Key {
     Key::new(&format!("u:{user}"), "devices")
 }
 
-fn issued_key(user: &Username, window: u64) -> Key {
-    Key::new(&format!("u:{user}"), &format!("issued:{window}"))
-}
-
 fn challenge_key(id: ChallengeId) -> Key {
     Key::new(&format!("c{:016x}", id.0), "challenge")
+}
+
+fn phone_key(id: DeviceId) -> Key {
+    Key::new(&format!("d{}", id.0), "phone")
+}
+
+/// The SMS device a user's one verified number belongs to.
+fn phone_claim_key(user: &Username) -> Key {
+    Key::new(&format!("u:{user}"), "phone")
+}
+
+fn sms_session_key(user: &Username) -> Key {
+    Key::new(&format!("u:{user}"), "sms")
+}
+
+fn code_user_key(code: CodeId) -> Key {
+    Key::new(&format!("k{:016x}", code.0), "user")
+}
+
+fn sms_code_key_key() -> Key {
+    Key::new("meta", "sms-code-key")
+}
+
+/// Messages waiting for a node with a carrier bridge.
+fn outbox_key() -> Key {
+    Key::new("carrier", "outbox")
+}
+
+/// Nodes with carrier bridges, each with the moment its claim ends.
+fn bridges_key() -> Key {
+    Key::new("carrier", "bridges")
 }
 
 fn next_device_key() -> Key {
@@ -126,7 +156,11 @@ impl SharedStore {
             self.forget(id);
             return Ok(None);
         };
-        let device = self.codec.decode_device(id, &record, None)?;
+        let phone = match self.redis.get(&phone_key(id)).await? {
+            Some(sealed) => Some(self.codec.open_phone(id, &sealed)?),
+            None => None,
+        };
+        let device = self.codec.decode_device(id, &record, phone)?;
         if device.kind == DeviceKind::IbKey
             && let Some(key) = self.redis.get(&push_key_key(id)).await?
         {
@@ -224,6 +258,188 @@ impl SharedStore {
             .await
             .map_err(StoreError::from)?;
         Ok((id, generated.then_some(secret)))
+    }
+
+    /// Registers a verified number for a user: an SMS device. One number
+    /// per user, across the deployment: the user's claim on a number is
+    /// taken (`SET NX`, durable) before the device is written.
+    pub async fn enroll_phone<R: CryptoRng + Send + ?Sized>(
+        &self,
+        rng: &mut R,
+        user: &Username,
+        number: PhoneNumber,
+        label: &str,
+        now: Timestamp,
+    ) -> Result<DeviceId, EnrollError> {
+        let id = DeviceId(
+            self.redis
+                .increment(&next_device_key(), true)
+                .await
+                .map_err(StoreError::from)?,
+        );
+        let claim = phone_claim_key(user);
+        let claimed = self
+            .redis
+            .put_if_absent(&claim, id.0.to_string().as_bytes(), true)
+            .await
+            .map_err(StoreError::from)?;
+        if !claimed {
+            let existing = self
+                .redis
+                .get(&claim)
+                .await
+                .map_err(StoreError::from)?
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                .unwrap_or_default();
+            return Err(EnrollError::Invalid(format!(
+                "the user already has a verified number (device {existing}); revoke it first"
+            )));
+        }
+        let stored = Stored {
+            user,
+            kind: DeviceKind::Sms,
+            label,
+            now,
+            secret: None,
+        };
+        let record =
+            self.codec
+                .encode_device(rng, id, &stored, &Verifier::Phone(number.clone()))?;
+        let sealed = self.codec.seal_phone(rng, id, &number)?;
+        self.redis
+            .put(&phone_key(id), &sealed, true)
+            .await
+            .map_err(StoreError::from)?;
+        self.redis
+            .put(&device_key(id), &record, true)
+            .await
+            .map_err(StoreError::from)?;
+        self.redis
+            .set_add(&user_key(user), id.0.to_string().as_bytes(), true)
+            .await
+            .map_err(StoreError::from)?;
+        Ok(id)
+    }
+
+    /// The key SMS codes are derived with, the same on every node: made by
+    /// the first node that asks, kept sealed under the key file.
+    pub async fn sms_code_key<R: CryptoRng + Send + ?Sized>(
+        &self,
+        rng: &mut R,
+    ) -> Result<SecretKey, StoreError> {
+        const CONTEXT: &[u8] = b"sls/1 sms code key";
+        let key = sms_code_key_key();
+        for _ in 0..SWAP_ROUNDS {
+            if let Some(sealed) = self.redis.read(&key).await?.value {
+                let bytes = self.codec.cipher.open(&sealed, CONTEXT)?;
+                return SecretKey::from_bytes(bytes.to_vec())
+                    .map_err(|e| StoreError::Database(format!("the SMS code key: {e}")));
+            }
+            let mut fresh = zeroize::Zeroizing::new([0u8; 32]);
+            rng.fill_bytes(fresh.as_mut());
+            let sealed = self.codec.cipher.seal(rng, fresh.as_ref(), CONTEXT)?;
+            // Another node may make one at the same moment: the first wins
+            // and both read it back.
+            self.redis.swap(&key, 0, &sealed, None, true).await?;
+        }
+        Err(StoreError::Database(
+            "the SMS code key could not be made".into(),
+        ))
+    }
+
+    /// A user's SMS code session as stored, with its version.
+    pub async fn sms_session(&self, user: &Username) -> Result<(u64, Vec<u8>), StoreError> {
+        let record = self.redis.read(&sms_session_key(user)).await?;
+        Ok((record.version, record.value.unwrap_or_default()))
+    }
+
+    /// Writes a user's SMS session if it is still at `version`; empty
+    /// `session` ends it (the version keeps counting). Durable: a used-up
+    /// code must not come back in a failover.
+    pub async fn swap_sms_session(
+        &self,
+        user: &Username,
+        version: u64,
+        session: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = sms_session_key(user);
+        let ttl = ttl + EXPIRED_GRACE;
+        Ok(matches!(
+            self.redis
+                .swap(&key, version, session, Some(ttl), true)
+                .await?,
+            Swap::Done(_)
+        ))
+    }
+
+    /// Remembers whose a code is, for `CodeStatus` and delivery reports.
+    pub async fn index_code(
+        &self,
+        code: CodeId,
+        user: &Username,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let key = code_user_key(code);
+        self.redis
+            .put_new(&key, user.as_str().as_bytes(), ttl + EXPIRED_GRACE, false)
+            .await?;
+        Ok(())
+    }
+
+    /// The user a live code was sent for.
+    pub async fn code_user(&self, code: CodeId) -> Result<Option<Username>, StoreError> {
+        Ok(self
+            .redis
+            .get(&code_user_key(code))
+            .await?
+            .and_then(|bytes| Username::new(std::str::from_utf8(&bytes).ok()?).ok()))
+    }
+
+    /// Queues a message for whichever node has a carrier bridge; sealed,
+    /// since it carries a code.
+    pub async fn enqueue_message<R: CryptoRng + Send + ?Sized>(
+        &self,
+        rng: &mut R,
+        message: &[u8],
+    ) -> Result<(), StoreError> {
+        let sealed = self.codec.cipher.seal(rng, message, OUTBOX_CONTEXT)?;
+        Ok(self.redis.push_back(&outbox_key(), &sealed).await?)
+    }
+
+    /// Takes up to `count` queued messages (each goes to one node only).
+    pub async fn take_messages(
+        &self,
+        count: usize,
+    ) -> Result<Vec<zeroize::Zeroizing<Vec<u8>>>, StoreError> {
+        let sealed = self.redis.pop_front(&outbox_key(), count).await?;
+        sealed
+            .iter()
+            .map(|bytes| Ok(self.codec.cipher.open(bytes, OUTBOX_CONTEXT)?))
+            .collect()
+    }
+
+    /// Says this node has carrier bridges until `until` (or, `None`, no
+    /// longer has any).
+    pub async fn announce_bridges(
+        &self,
+        node: &str,
+        until: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        Ok(self
+            .redis
+            .set_field(&bridges_key(), node, until.map(|t| t.0))
+            .await?)
+    }
+
+    /// Whether some node has a carrier bridge at `now`.
+    pub async fn bridges_anywhere(&self, now: Timestamp) -> Result<bool, StoreError> {
+        Ok(self
+            .redis
+            .field_values(&bridges_key())
+            .await?
+            .into_iter()
+            .any(|until| until > now.0))
     }
 
     /// Sets the push key of an IB Key device; `Ok(false)`: no such device.
@@ -353,25 +569,69 @@ impl SharedStore {
         Ok(self.redis.take_attempt(&challenge_key(id)).await?)
     }
 
-    /// Counts one issuance (challenge) for the user in the current minute,
-    /// across the deployment; denied past `per_minute`.
+    /// Counts one issuance (challenge, code, push) for the user in the
+    /// current minute, across the deployment; denied past `per_minute`.
     pub async fn count_issuance(
         &self,
         user: &Username,
         now: Timestamp,
         per_minute: u32,
     ) -> Result<Decision, StoreError> {
-        let window = now.0 / MINUTE_MS;
-        let key = issued_key(user, window);
-        let ttl = Duration::from_millis(MINUTE_MS) + EXPIRED_GRACE;
+        let tag = format!("u:{user}");
+        self.count_in_window(&tag, "issued", now, MINUTE_MS, per_minute)
+            .await
+    }
+
+    /// Counts one send to a phone number (per hour) and to its country
+    /// code (per minute), across the deployment.
+    pub async fn count_send(
+        &self,
+        number: &PhoneNumber,
+        now: Timestamp,
+        per_number_per_hour: u32,
+        per_prefix_per_minute: u32,
+    ) -> Result<Result<(), (Duration, &'static str)>, StoreError> {
+        let tag = format!("n:{number}");
+        if let Decision::Deny { retry_after } = self
+            .count_in_window(&tag, "sent", now, 60 * MINUTE_MS, per_number_per_hour)
+            .await?
+        {
+            return Ok(Err((retry_after, "too many codes sent to this number")));
+        }
+        let tag = format!("cc:{}", number.country());
+        if let Decision::Deny { retry_after } = self
+            .count_in_window(&tag, "sent", now, MINUTE_MS, per_prefix_per_minute)
+            .await?
+        {
+            return Ok(Err((
+                retry_after,
+                "too many codes sent to this country code",
+            )));
+        }
+        Ok(Ok(()))
+    }
+
+    /// A fixed-window counter: one more in the window of `window_ms` that
+    /// `now` falls in, unless `limit` are counted already.
+    async fn count_in_window(
+        &self,
+        tag: &str,
+        what: &str,
+        now: Timestamp,
+        window_ms: u64,
+        limit: u32,
+    ) -> Result<Decision, StoreError> {
+        let window = now.0 / window_ms;
+        let key = Key::new(tag, &format!("{what}:{window}"));
+        let ttl = Duration::from_millis(window_ms) + EXPIRED_GRACE;
         let counted = self
             .redis
-            .add_if_under(&key, 1, u64::from(per_minute), Some(ttl), false)
+            .add_if_under(&key, 1, u64::from(limit), Some(ttl), false)
             .await?;
         Ok(match counted {
             Some(_) => Decision::Allow,
             None => Decision::Deny {
-                retry_after: Duration::from_millis((window + 1) * MINUTE_MS - now.0),
+                retry_after: Duration::from_millis((window + 1) * window_ms - now.0),
             },
         })
     }

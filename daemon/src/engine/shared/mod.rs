@@ -12,17 +12,20 @@
 //! the reply is sent.
 //!
 //! Offered here: `Devices`, `ListDevices`, `Challenge`, `Verify`,
-//! `Enroll`, `BindPushKey`, `Revoke`, `Unlock`, `Stats`. SMS codes, push approval and the
-//! carrier and phone channels are not yet shared between nodes and answer
+//! `Enroll`, `EnrollPhone`, `BindPushKey`, `Revoke`, `Unlock`, `Stats`;
+//! SMS and voice codes and the carrier channel in [`sms`]. Push approval
+//! and the phone channel are not yet shared between nodes and answer
 //! `Unsupported`.
+
+mod sms;
 
 use std::sync::atomic::Ordering;
 
 use rand::CryptoRng;
 
 use super::{
-    Engine, Judgement, Role, accepted, enroll_error, forbidden, next_failure, push_key_bound,
-    wrong_answer,
+    Caller, Engine, Judgement, accepted, enroll_error, forbidden, next_failure, phone_enrolled,
+    push_key_bound, wrong_answer,
 };
 use crate::clock::Timestamp;
 use crate::identity::{ChallengeId, DeviceId, Username};
@@ -43,12 +46,12 @@ impl Engine {
     /// caller runs it as a task of its own.
     pub async fn handle_shared<R: CryptoRng + Send + ?Sized>(
         &self,
-        role: Role,
+        caller: &Caller<'_>,
         operation: Operation,
         now: Timestamp,
         rng: &mut R,
     ) -> Reply {
-        if let Some(refusal) = forbidden(role, &operation) {
+        if let Some(refusal) = forbidden(caller.role, &operation) {
             return refusal;
         }
         let Some(store) = &self.shared else {
@@ -74,6 +77,25 @@ impl Engine {
             }
             Operation::Unlock { user, device } => shared_unlock(store, &user, device).await,
             Operation::Stats => Ok(self.stats()),
+            Operation::EnrollPhone {
+                user,
+                number,
+                label,
+            } => {
+                let enrolled = store.enroll_phone(rng, &user, number, &label, now).await;
+                return phone_enrolled(&user, enrolled);
+            }
+            Operation::SendCode { user, channel } => {
+                self.shared_send_code(store, &user, channel, now, rng).await
+            }
+            Operation::VerifyCode { user, code } => {
+                self.shared_verify_code(store, &user, &code, now).await
+            }
+            Operation::CodeStatus { code } => self.shared_code_status(store, code).await,
+            Operation::CarrierSubscribe => Ok(self.carrier_subscribe(caller)),
+            Operation::Ack { message, report } => {
+                self.shared_ack(store, caller, message, report, now).await
+            }
             _ => Ok(Reply::error(
                 ErrorCode::Unsupported,
                 format!("{name} is not available on the redis store yet"),

@@ -1,0 +1,360 @@
+//! SMS and voice codes, and the carrier channel, on the shared store.
+//!
+//! A user's code session is a versioned record every node reads and
+//! changes by compare-and-swap, under the same rules as on the embedded
+//! store (`CodeSession::may_send`, checks per code, lockout). The code is
+//! derived from its id with a key every node shares (`sms_code_key`, made
+//! once and kept sealed in the store), so any node can check it and a
+//! resend or voice call repeats it.
+//!
+//! Bridges connect to any node. A send queues its message, sealed, on the
+//! store; each node that has bridges takes queued messages every relay
+//! round (`Engine::shared_relay`, every few milliseconds) and hands them to
+//! its own bridges with the usual failover. Delivery reports and failovers
+//! are written back to the code's session, where `CodeStatus` reads them
+//! on any node. A node with bridges says so in the store (renewed every
+//! second, good for three), so a send with no bridge anywhere is refused
+//! at once (`DeliveryUnavailable`).
+
+use std::sync::PoisonError;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use rand::CryptoRng;
+
+use super::super::relay::{DispatchError, Outbound, StatusChange};
+use super::super::sms::{CodeSession, message_text};
+use super::super::{Engine, accepted_by, next_failure, wrong_answer};
+use super::Caller;
+use crate::clock::Timestamp;
+use crate::identity::{CodeId, MessageId, Username};
+use crate::phone::Channel;
+use crate::ratelimit::Decision;
+use crate::store::registry::{FailureState, StoreError};
+use crate::store::shared::SharedStore;
+use crate::wire::request::Answer;
+use crate::wire::{DeliveryReport, DeliveryState, ErrorCode, Reply, Verdict};
+
+/// Compare-and-swap rounds on one session before giving up (`Busy`).
+const SESSION_ROUNDS: usize = 8;
+/// How long a node's claim to have bridges lasts; renewed every second.
+const BRIDGE_CLAIM: Duration = Duration::from_secs(3);
+const BRIDGE_RENEWAL_MS: u64 = 1000;
+/// Queued messages a node takes per relay round.
+const TAKE_PER_ROUND: usize = 64;
+
+impl Engine {
+    pub(super) async fn shared_send_code<R: CryptoRng + Send + ?Sized>(
+        &self,
+        store: &SharedStore,
+        user: &Username,
+        channel: Channel,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Result<Reply, StoreError> {
+        let sms = &self.config.sms;
+        let Some(device) = store
+            .devices_of(user)
+            .await?
+            .into_iter()
+            .find(|d| d.phone().is_some() && !d.expired_at(now))
+        else {
+            return Ok(Reply::error(
+                ErrorCode::NoVerifiedNumber,
+                "no verified phone number to send a code to",
+            ));
+        };
+        let Some(to) = device.phone().cloned() else {
+            return Ok(Reply::error(
+                ErrorCode::NoVerifiedNumber,
+                "no verified phone number",
+            ));
+        };
+        let (_, failures) = store.failures(device.id).await?;
+        if failures.locked_until > now {
+            return Ok(Reply::rate_limited(
+                now.until(failures.locked_until),
+                "the SMS device is locked out",
+            ));
+        }
+        if !store.bridges_anywhere(now).await? {
+            return Ok(Reply::error(
+                ErrorCode::DeliveryUnavailable,
+                "no carrier bridge is connected",
+            ));
+        }
+        let (version, record) = store.sms_session(user).await?;
+        let live =
+            CodeSession::decode(&record).filter(|s| s.expires_at > now && s.device == device.id);
+        let message = MessageId(rng.next_u64());
+        let mut session = match live {
+            Some(session) => {
+                if let Err(refusal) = session.may_send(channel, now, sms) {
+                    return Ok(refusal);
+                }
+                session
+            }
+            None => {
+                let per_minute = self.config.challenges.per_user_per_minute;
+                if let Decision::Deny { retry_after } =
+                    store.count_issuance(user, now, per_minute).await?
+                {
+                    return Ok(Reply::rate_limited(
+                        retry_after,
+                        "too many codes for this user",
+                    ));
+                }
+                let code = CodeId(rng.next_u64());
+                let expires_at = now.plus(sms.ttl);
+                CodeSession::new(
+                    code,
+                    device.id,
+                    expires_at,
+                    sms.max_checks,
+                    channel,
+                    message,
+                    now,
+                )
+            }
+        };
+        let per_number = sms.sends_per_number_per_hour;
+        let per_prefix = sms.sends_per_prefix_per_minute;
+        if let Err((retry_after, why)) = store.count_send(&to, now, per_number, per_prefix).await? {
+            return Ok(Reply::rate_limited(retry_after, why));
+        }
+        let fresh = session.sends == 0;
+        session.sent(channel, message, now);
+        let left = now.until(session.expires_at);
+        if !store
+            .swap_sms_session(user, version, &session.encode(), left)
+            .await?
+        {
+            return Ok(Reply::error(
+                ErrorCode::Busy,
+                "another send for this user is under way; retry",
+            ));
+        }
+        if fresh {
+            store.index_code(session.code, user, left).await?;
+        }
+        let outbound = Outbound {
+            code: session.code,
+            to,
+            channel,
+            text: message_text(&self.codes.code(session.code), left),
+        };
+        store
+            .enqueue_message(rng, &outbound.encode(message, session.expires_at))
+            .await?;
+        self.counters.codes_sent.fetch_add(1, Relaxed);
+        Ok(Reply::CodeSent {
+            code: session.code,
+            expires_in: left,
+            resend_after: sms.resend_interval,
+        })
+    }
+
+    pub(super) async fn shared_verify_code(
+        &self,
+        store: &SharedStore,
+        user: &Username,
+        given: &Answer,
+        now: Timestamp,
+    ) -> Result<Reply, StoreError> {
+        for _ in 0..SESSION_ROUNDS {
+            let (version, record) = store.sms_session(user).await?;
+            let Some(mut session) = CodeSession::decode(&record) else {
+                // Same work as a real check, so timing does not tell whether
+                // the user exists or has a code.
+                let _ = self.codes.code(CodeId(0)).matches(given.as_bytes());
+                return Ok(Reply::Verdict(Verdict::UnknownChallenge));
+            };
+            let left = now.until(session.expires_at);
+            if session.expires_at <= now {
+                store.swap_sms_session(user, version, &[], left).await?;
+                return Ok(Reply::Verdict(Verdict::Expired));
+            }
+            let Some(device) = store.device(session.device).await? else {
+                store.swap_sms_session(user, version, &[], left).await?;
+                return Ok(Reply::Verdict(Verdict::UnknownChallenge));
+            };
+            let (_, failures) = store.failures(device.id).await?;
+            if failures.locked_until > now {
+                let retry_after = now.until(failures.locked_until);
+                return Ok(Reply::Verdict(Verdict::LockedOut { retry_after }));
+            }
+            if self.codes.code(session.code).matches(given.as_bytes()) {
+                // Of every node checking this code, one ends the session.
+                if !store.swap_sms_session(user, version, &[], left).await? {
+                    continue;
+                }
+                if failures != FailureState::default() {
+                    store
+                        .update_failures(device.id, |state| *state = FailureState::default())
+                        .await?;
+                }
+                self.counters.accepted.fetch_add(1, Relaxed);
+                return Ok(Reply::Verdict(accepted_by(user, &device)));
+            }
+            session.checks_left = session.checks_left.saturating_sub(1);
+            let checks_left = session.checks_left;
+            let kept = if checks_left > 0 {
+                session.encode()
+            } else {
+                Vec::new()
+            };
+            if !store.swap_sms_session(user, version, &kept, left).await? {
+                continue;
+            }
+            let lockout = &self.config.lockout;
+            let locked = store
+                .update_failures(device.id, |state| next_failure(lockout, state, now))
+                .await?
+                .flatten();
+            if locked.is_some() {
+                self.count_lockout();
+                // A locked device's code is of no further use.
+                let (version, _) = store.sms_session(user).await?;
+                store.swap_sms_session(user, version, &[], left).await?;
+            }
+            self.counters.rejected.fetch_add(1, Relaxed);
+            return Ok(Reply::Verdict(wrong_answer(locked, checks_left)));
+        }
+        Ok(Reply::error(
+            ErrorCode::Busy,
+            "the code's session kept changing; retry",
+        ))
+    }
+
+    pub(super) async fn shared_code_status(
+        &self,
+        store: &SharedStore,
+        code: CodeId,
+    ) -> Result<Reply, StoreError> {
+        let session = match store.code_user(code).await? {
+            Some(user) => CodeSession::decode(&store.sms_session(&user).await?.1),
+            None => None,
+        };
+        Ok(match session.filter(|s| s.code == code) {
+            Some(s) => Reply::CodeStatus {
+                channel: s.channel,
+                sends: s.sends,
+                delivery: s.delivery,
+            },
+            None => Reply::error(ErrorCode::NotFound, "no such live code"),
+        })
+    }
+
+    pub(super) async fn shared_ack(
+        &self,
+        store: &SharedStore,
+        caller: &Caller<'_>,
+        message: MessageId,
+        report: DeliveryReport,
+        now: Timestamp,
+    ) -> Result<Reply, StoreError> {
+        match self.outbox.ack(caller.connection, message, report, now) {
+            Some(change) => {
+                self.shared_delivery(store, change, now).await?;
+                Ok(Reply::Done)
+            }
+            None => Ok(Reply::error(
+                ErrorCode::NotFound,
+                "no such message in flight on this connection",
+            )),
+        }
+    }
+
+    /// Writes what became of a message into its code's session; only the
+    /// code's last message counts.
+    async fn shared_delivery(
+        &self,
+        store: &SharedStore,
+        (code, message, delivery): StatusChange,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let Some(user) = store.code_user(code).await? else {
+            return Ok(());
+        };
+        for _ in 0..SESSION_ROUNDS {
+            let (version, record) = store.sms_session(&user).await?;
+            let Some(mut session) =
+                CodeSession::decode(&record).filter(|s| s.code == code && s.message == message)
+            else {
+                return Ok(());
+            };
+            session.delivery = delivery.clone();
+            let left = now.until(session.expires_at);
+            if store
+                .swap_sms_session(&user, version, &session.encode(), left)
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// One round of this node's part in the shared carrier channel: write
+    /// the delivery changes of failovers and timeouts, renew (or withdraw)
+    /// its claim to have bridges, and hand queued messages to its bridges.
+    /// The server calls it every few milliseconds; `node` names this
+    /// process.
+    pub async fn shared_relay(&self, node: &str, now: Timestamp) -> Result<(), StoreError> {
+        let Some(store) = &self.shared else {
+            return Ok(());
+        };
+        let changes = std::mem::take(
+            &mut *self
+                .relay_changes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for change in changes {
+            self.shared_delivery(store, change, now).await?;
+        }
+        let bridges = self.outbox.bridges();
+        let renewed = self.bridges_announced.load(Relaxed);
+        if bridges > 0 && now.0 >= renewed.saturating_add(BRIDGE_RENEWAL_MS) {
+            store
+                .announce_bridges(node, Some(now.plus(BRIDGE_CLAIM)))
+                .await?;
+            self.bridges_announced.store(now.0, Relaxed);
+        } else if bridges == 0 && renewed != 0 {
+            store.announce_bridges(node, None).await?;
+            self.bridges_announced.store(0, Relaxed);
+        }
+        if bridges == 0 {
+            return Ok(());
+        }
+        for queued in store.take_messages(TAKE_PER_ROUND).await? {
+            let Some((id, until, outbound)) = Outbound::decode(&queued) else {
+                tracing::warn!("a queued message did not parse; dropped");
+                continue;
+            };
+            let code = outbound.code;
+            let failed = |reason: &str| {
+                (
+                    code,
+                    id,
+                    DeliveryState::Failed {
+                        reason: reason.into(),
+                    },
+                )
+            };
+            let outcome = if until <= now {
+                Err("the code expired before a bridge took the message")
+            } else {
+                match self.outbox.dispatch_as(id, outbound, now) {
+                    Ok(()) => Ok(()),
+                    Err(DispatchError::NoBridge) => Err("no carrier bridge took the message"),
+                    Err(DispatchError::Full) => Err("the carrier outbox is full"),
+                }
+            };
+            if let Err(reason) = outcome {
+                self.shared_delivery(store, failed(reason), now).await?;
+            }
+        }
+        Ok(())
+    }
+}
