@@ -12,12 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sls_sim::carrier::{self, Bridge, Inbox};
-use sls_sim::client::Client;
+use sls_sim::client::{Client, ClientError};
 use sls_sim::cluster::Cluster;
+use sls_sim::phone::{self, Matcher, PhoneApp};
 use sls_sim::token::DscPlus;
 use slsd::engine::Role;
 use slsd::identity::{ChallengeId, CodeId, DeviceId, Username};
 use slsd::otp::SecretKey;
+use slsd::otp::push::PushSigner;
 use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::{DeviceKind, DeviceProfiles};
 use slsd::wire::request::{Answer, Pin};
@@ -33,9 +35,10 @@ const CACHE_TTL: Duration = Duration::from_millis(500);
 /// Two nodes on one cluster; node B shares node A's CA, certificates and
 /// key file, as a deployment's nodes do.
 struct Deployment {
-    cluster: Cluster,
+    // Dropped in this order: the nodes stop before the cluster goes.
     a: Daemon,
     b: Daemon,
+    cluster: Cluster,
     _dir: tempfile::TempDir,
 }
 
@@ -54,9 +57,9 @@ fn deploy(more: &str) -> Deployment {
     share_identity(&dir.path().join("a"), &dir.path().join("b"));
     let b = Daemon::start(&dir.path().join("b"), "", &sections);
     Deployment {
-        cluster,
         a,
         b,
+        cluster,
         _dir: dir,
     }
 }
@@ -631,6 +634,188 @@ async fn an_sms_code_sent_by_one_node_goes_out_through_a_bridge_on_the_other() {
     }
 }
 
+/// Enrols an IB Key for `name` and binds a push key; returns the signer.
+async fn enroll_ib_key(admin: &Client, name: &str, seed: u8) -> (DeviceId, Arc<PushSigner>) {
+    let request = EnrollRequest {
+        user: user(name),
+        kind: DeviceKind::IbKey,
+        secret: None,
+        pin: None,
+        label: "phone".into(),
+    };
+    let Reply::Enrolled { device, .. } = admin.call(Operation::Enroll(request)).await.unwrap()
+    else {
+        panic!("enrol")
+    };
+    let signer = Arc::new(PushSigner::from_seed([seed; 32]));
+    let bind = Operation::BindPushKey {
+        device,
+        key: signer.public(),
+    };
+    assert_eq!(admin.call(bind).await.unwrap(), Reply::Done);
+    (device, signer)
+}
+
+async fn ask_push(gateway: &Client, name: &str, device: DeviceId) -> Result<Reply, ClientError> {
+    gateway
+        .call(Operation::Push {
+            user: user(name),
+            device,
+        })
+        .await
+}
+
+/// Pushes on `asker`, shows the number to the phone's person, and waits
+/// for the verdict on `waiter`.
+async fn push_and_wait(
+    asker: &Client,
+    waiter: &Client,
+    matcher: &Matcher,
+    name: &str,
+    device: DeviceId,
+) -> Verdict {
+    let reply = ask_push(asker, name, device).await.unwrap();
+    let Reply::PushSent {
+        push, match_number, ..
+    } = reply
+    else {
+        panic!("push refused: {reply:?}")
+    };
+    matcher.shown(push, match_number);
+    match waiter.call(Operation::AwaitPush { push }).await.unwrap() {
+        Reply::Verdict(verdict) => verdict,
+        other => panic!("await: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_asked_on_one_node_is_approved_by_a_phone_on_the_other() {
+    let deployment = deploy(
+        "[challenges]\nper-user-per-minute = 1000\n[push]\nttl = \"3s\"\npending-per-user = 2\n",
+    );
+    let admin = deployment.a.client(Role::Admin).await;
+    let gateway_a = deployment.a.client(Role::Gateway).await;
+    let gateway_b = deployment.b.client(Role::Gateway).await;
+    let (gina, gina_key) = enroll_ib_key(&admin, "gina", 1).await;
+    let push = |gateway| ask_push(gateway, "gina", gina);
+
+    // No phone on any node: the login falls back at once, on either node.
+    for gateway in [&gateway_a, &gateway_b] {
+        let reply = push(gateway).await.unwrap();
+        assert_eq!(error_code(&reply), Some(ErrorCode::PhoneUnreachable));
+    }
+
+    // The phone is on B. A asks; the phone approves on B; A's gateway
+    // waiting on A hears it, and so does one waiting on B.
+    let matcher = Arc::new(Matcher::default());
+    let app = PhoneApp::connect(deployment.b.client(Role::Phone).await, Arc::clone(&matcher))
+        .await
+        .unwrap();
+    let replies = app
+        .subscribe(&[(gina, Arc::clone(&gina_key))])
+        .await
+        .unwrap();
+    assert_eq!(replies, vec![Reply::Subscribed]);
+    let accepted = Verdict::Accepted {
+        user: user("gina"),
+        device: gina,
+        kind: DeviceKind::IbKey,
+    };
+    assert_eq!(
+        push_and_wait(&gateway_a, &gateway_a, &matcher, "gina", gina).await,
+        accepted
+    );
+    assert_eq!(
+        push_and_wait(&gateway_a, &gateway_b, &matcher, "gina", gina).await,
+        accepted
+    );
+    app.set_behaviour(gina, phone::Behaviour::Deny);
+    assert_eq!(
+        push_and_wait(&gateway_b, &gateway_a, &matcher, "gina", gina).await,
+        Verdict::Denied
+    );
+    // A wrong number counts toward the lockout.
+    app.set_behaviour(gina, phone::Behaviour::WrongNumber);
+    assert_eq!(
+        push_and_wait(&gateway_a, &gateway_a, &matcher, "gina", gina).await,
+        Verdict::Rejected { attempts_left: 0 }
+    );
+
+    // A verdict is handed out once: the second waiter of an answered push
+    // finds nothing.
+    app.set_behaviour(gina, phone::Behaviour::Approve);
+    let Reply::PushSent {
+        push: id,
+        match_number,
+        ..
+    } = push(&gateway_a).await.unwrap()
+    else {
+        panic!("push")
+    };
+    matcher.shown(id, match_number);
+    let first = gateway_b
+        .call(Operation::AwaitPush { push: id })
+        .await
+        .unwrap();
+    assert_eq!(first, Reply::Verdict(accepted.clone()));
+    let second = gateway_a
+        .call(Operation::AwaitPush { push: id })
+        .await
+        .unwrap();
+    assert_eq!(second, Reply::Verdict(Verdict::UnknownChallenge));
+
+    // Unanswered pushes expire for a gateway waiting on the other node,
+    // and count against the user on both nodes until then.
+    app.set_behaviour(gina, phone::Behaviour::Ignore);
+    let started = Instant::now();
+    assert_eq!(
+        push_and_wait(&gateway_a, &gateway_b, &matcher, "gina", gina).await,
+        Verdict::Expired
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert!(matches!(
+        push(&gateway_a).await.unwrap(),
+        Reply::PushSent { .. }
+    ));
+    assert!(matches!(
+        push(&gateway_b).await.unwrap(),
+        Reply::PushSent { .. }
+    ));
+    let fatigue = push(&gateway_a).await.unwrap();
+    assert!(
+        matches!(&fatigue, Reply::Error { code: ErrorCode::RateLimited, message, .. }
+            if message.contains("unanswered pushes")),
+        "{fatigue:?}"
+    );
+
+    // Only the subscribed connection may answer.
+    let other = deployment.a.client(Role::Phone).await;
+    let Reply::PushSent { push: id, .. } = ({
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        push(&gateway_a).await.unwrap()
+    }) else {
+        panic!("push")
+    };
+    let reply = other.call(Operation::Deny { push: id }).await.unwrap();
+    assert_eq!(error_code(&reply), Some(ErrorCode::Forbidden), "{reply:?}");
+
+    // The phone leaves: pushes are refused at once again.
+    app.stop();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let reply = push(&gateway_a).await.unwrap();
+        if error_code(&reply) == Some(ErrorCode::PhoneUnreachable) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{reply:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[test]
 fn the_simulators_load_and_attackers_pass_against_two_nodes() {
     let deployment = deploy("[challenges]\nper-user-per-minute = 100000\n");
@@ -639,7 +824,6 @@ fn the_simulators_load_and_attackers_pass_against_two_nodes() {
     let report = dir.path().join("report.json");
     let nodes = format!("{},{}", deployment.a.quic, deployment.b.quic);
     let certs = deployment.a.data_dir.to_str().unwrap().to_owned();
-    // SMS and push are not shared between nodes yet: no numbers.
     let created = support::sls_sim(&[
         "fleet",
         "create",
@@ -647,8 +831,6 @@ fn the_simulators_load_and_attackers_pass_against_two_nodes() {
         "200",
         "--mix",
         "dscplus=40,ibkey=40,scc=20",
-        "--phone-numbers",
-        "0",
         "--out",
         fleet.to_str().unwrap(),
         "--addr",
@@ -658,7 +840,8 @@ fn the_simulators_load_and_attackers_pass_against_two_nodes() {
     ]);
     succeeded(&created);
     // Two connections, one per node: each login is verified by the node
-    // that did not issue its challenge.
+    // that did not issue its challenge. SMS and push logins go through
+    // bridges and phone apps spread over both nodes.
     let run = support::sls_sim(&[
         "load",
         "--fleet",
@@ -675,6 +858,8 @@ fn the_simulators_load_and_attackers_pass_against_two_nodes() {
         "4s",
         "--attackers",
         "2",
+        "--mix",
+        "login=60,sms=20,push=20",
         "--json",
         report.to_str().unwrap(),
         "--seed",

@@ -283,6 +283,13 @@ pub struct Engine {
     /// On a shared store: when this node last said it has bridges (0: it
     /// has not, or has withdrawn it).
     bridges_announced: AtomicU64,
+    /// On a shared store: this node's name in it, when it last renewed its
+    /// phones' links, the devices whose phones left since the last relay
+    /// round, and the gateways waiting here on pushes.
+    node: String,
+    links_renewed: AtomicU64,
+    relay_unlinks: Mutex<Vec<DeviceId>>,
+    push_waiters: Mutex<shared::Waiters>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -345,6 +352,10 @@ impl Engine {
             shared: None,
             relay_changes: Mutex::new(Vec::new()),
             bridges_announced: AtomicU64::new(0),
+            node: String::new(),
+            links_renewed: AtomicU64::new(0),
+            relay_unlinks: Mutex::new(Vec::new()),
+            push_waiters: Mutex::new(shared::Waiters::new()),
             config,
             registry,
         }
@@ -352,15 +363,18 @@ impl Engine {
 
     /// Keeps state in `store`, shared with the deployment's other nodes,
     /// instead of this node's memory and database; SMS codes are derived
-    /// with `code_key`, the deployment's (`SharedStore::sms_code_key`).
+    /// with `code_key`, the deployment's (`SharedStore::sms_code_key`);
+    /// `node` names this process to the others (unique, e.g. random).
     pub fn with_shared(
         mut self,
         store: crate::store::shared::SharedStore,
         code_key: &crate::otp::SecretKey,
+        node: String,
     ) -> Self {
         let spec = Self::sms_code_spec(&self.config);
         self.codes = sms::CodeTable::new(code_key, spec, self.config.sms.capacity);
         self.shared = Some(store);
+        self.node = node;
         self
     }
 
@@ -408,12 +422,21 @@ impl Engine {
     pub fn tick(&self, now: Timestamp) {
         self.delivery_changed(self.outbox.sweep(now));
         self.pushes.sweep(now);
+        if self.shared.is_some() {
+            self.expire_waiters(now);
+        }
     }
 
     /// A stream ended: its subscriptions end, and a bridge's unacknowledged
     /// messages go to the other bridges.
     pub fn stream_closed(&self, stream: StreamId, now: Timestamp) {
-        self.pushes.stream_closed(stream);
+        let gone = self.pushes.stream_closed(stream);
+        if self.shared.is_some() {
+            self.relay_unlinks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(gone);
+        }
         self.delivery_changed(self.outbox.stream_closed(stream, now));
     }
 

@@ -92,8 +92,48 @@ impl PushTable {
         self.phones().len()
     }
 
-    pub(super) fn stream_closed(&self, stream: StreamId) {
-        self.phones().retain(|_, link| link.stream != stream);
+    /// The stream's phones are gone; the devices they served.
+    pub(super) fn stream_closed(&self, stream: StreamId) -> Vec<DeviceId> {
+        let mut gone = Vec::new();
+        self.phones().retain(|device, link| {
+            let keep = link.stream != stream;
+            if !keep {
+                gone.push(*device);
+            }
+            keep
+        });
+        gone
+    }
+
+    /// The devices whose phones are subscribed here.
+    pub(super) fn linked_devices(&self) -> Vec<DeviceId> {
+        self.phones().keys().copied().collect()
+    }
+
+    /// Shows a push to the device's phone; false if none is subscribed here
+    /// (or its stream has ended).
+    pub(super) fn notify(
+        &self,
+        device: DeviceId,
+        push: PushId,
+        user: &Username,
+        choices: [u8; 3],
+        expires_in: std::time::Duration,
+    ) -> bool {
+        let phones = self.phones();
+        phones.get(&device).is_some_and(|link| {
+            let notice = Response {
+                id: link.request,
+                reply: Reply::PushNotice {
+                    push,
+                    user: user.clone(),
+                    device,
+                    choices,
+                    expires_in,
+                },
+            };
+            link.sink.deliver(notice.to_frame())
+        })
     }
 
     /// Drops expired pushes; waiting gateways learn `Expired`.
@@ -118,7 +158,7 @@ impl PushTable {
         }
     }
 
-    fn linked_to(&self, device: DeviceId, connection: u64) -> bool {
+    pub(super) fn linked_to(&self, device: DeviceId, connection: u64) -> bool {
         self.phones()
             .get(&device)
             .is_some_and(|link| link.connection == connection)
@@ -126,7 +166,7 @@ impl PushTable {
 }
 
 /// Writes a verdict to a waiting gateway's stream.
-fn answer(sink: &Arc<dyn Sink>, request: u64, verdict: Verdict) {
+pub(super) fn answer(sink: &Arc<dyn Sink>, request: u64, verdict: Verdict) {
     let frame = Response {
         id: request,
         reply: Reply::Verdict(verdict),
@@ -136,6 +176,20 @@ fn answer(sink: &Arc<dyn Sink>, request: u64, verdict: Verdict) {
     let _ = sink.deliver(frame);
 }
 
+/// A match number (10–99) and the three choices the phone shows: it and
+/// two decoys, distinct from it and from each other, in random order.
+pub(super) fn draw_choices<R: CryptoRng + ?Sized>(rng: &mut R) -> (u8, [u8; 3]) {
+    let match_number: u8 = rng.random_range(10..100);
+    let first = 10 + (match_number - 10 + rng.random_range(1..90)) % 90;
+    let mut second = rng.random_range(10..100);
+    while second == match_number || second == first {
+        second = rng.random_range(10..100);
+    }
+    let mut choices = [match_number, first, second];
+    choices.swap(0, rng.random_range(0..3));
+    (match_number, choices)
+}
+
 impl Engine {
     pub(super) fn phone_subscribe(
         &self,
@@ -143,24 +197,45 @@ impl Engine {
         device: DeviceId,
         proof: &Signature,
     ) -> Reply {
-        let Some(sink) = caller.sink else {
-            return Reply::error(ErrorCode::InvalidArgument, "subscribing needs a stream");
-        };
         let key = self
             .registry
             .device(device)
             .filter(|d| d.kind == DeviceKind::IbKey)
             .and_then(|d| d.push_key());
+        match self.subscribe_phone(caller, device, key, proof) {
+            Ok(()) => Reply::Subscribed,
+            Err(refusal) => refusal,
+        }
+    }
+
+    /// Links the caller's stream to `device` once its proof verifies with
+    /// the device's push key (`None`: the device has none).
+    pub(super) fn subscribe_phone(
+        &self,
+        caller: &Caller<'_>,
+        device: DeviceId,
+        key: Option<push::PushKey>,
+        proof: &Signature,
+    ) -> Result<(), Reply> {
+        let Some(sink) = caller.sink else {
+            return Err(Reply::error(
+                ErrorCode::InvalidArgument,
+                "subscribing needs a stream",
+            ));
+        };
         let Some(key) = key else {
-            return Reply::error(ErrorCode::NotFound, "no IB Key device with a push key");
+            return Err(Reply::error(
+                ErrorCode::NotFound,
+                "no IB Key device with a push key",
+            ));
         };
         if !key.verifies(&push::subscribe_message(caller.binding, device), proof) {
             metrics::counter!(crate::metrics::BAD_PROOFS, "operation" => "phone_subscribe")
                 .increment(1);
-            return Reply::error(
+            return Err(Reply::error(
                 ErrorCode::Forbidden,
                 "the proof does not verify with the device key",
-            );
+            ));
         }
         // The newest subscription wins: one phone per device.
         self.pushes.phones().insert(
@@ -172,7 +247,7 @@ impl Engine {
                 sink: Arc::clone(sink),
             },
         );
-        Reply::Subscribed
+        Ok(())
     }
 
     pub(super) fn push<R: CryptoRng + ?Sized>(
@@ -231,32 +306,11 @@ impl Engine {
         while sessions.pushes.contains_key(&id) {
             id = PushId(rng.next_u64());
         }
-        let match_number: u8 = rng.random_range(10..100);
-        // Two decoys, distinct from the number and from each other.
-        let first = 10 + (match_number - 10 + rng.random_range(1..90)) % 90;
-        let mut second = rng.random_range(10..100);
-        while second == match_number || second == first {
-            second = rng.random_range(10..100);
-        }
-        let mut choices = [match_number, first, second];
-        choices.swap(0, rng.random_range(0..3));
+        let (match_number, choices) = draw_choices(rng);
 
-        let delivered = {
-            let phones = self.pushes.phones();
-            phones.get(&device.id).is_some_and(|link| {
-                let notice = Response {
-                    id: link.request,
-                    reply: Reply::PushNotice {
-                        push: id,
-                        user: user.clone(),
-                        device: device.id,
-                        choices,
-                        expires_in: push_config.ttl,
-                    },
-                };
-                link.sink.deliver(notice.to_frame())
-            })
-        };
+        let delivered = self
+            .pushes
+            .notify(device.id, id, user, choices, push_config.ttl);
         if !delivered {
             return Reply::error(
                 ErrorCode::PhoneUnreachable,

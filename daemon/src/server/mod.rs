@@ -150,7 +150,8 @@ pub async fn serve(
     );
     if config.store.backend == Backend::Redis {
         let (store, code_key) = connect_shared(&config, data_dir).await?;
-        engine = engine.with_shared(store, &code_key);
+        let node = format!("{:016x}", rand::random::<u64>());
+        engine = engine.with_shared(store, &code_key, node);
     }
     let shared = Arc::new(Shared {
         engine,
@@ -353,7 +354,6 @@ async fn serve_connection(
 /// milliseconds (see `engine/shared/sms.rs`). A store error is logged and
 /// the next round tries again.
 async fn relay(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
-    let node = format!("{:016x}", rand::random::<u64>());
     let mut tick = tokio::time::interval(RELAY_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -361,7 +361,7 @@ async fn relay(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stopping.changed() => return,
         }
-        if let Err(error) = shared.engine.shared_relay(&node, clock::now()).await {
+        if let Err(error) = shared.engine.shared_relay(clock::now()).await {
             tracing::warn!(%error, "carrier relay round failed");
         }
     }

@@ -236,10 +236,14 @@ fn handle(
                 sink: Some(&sink),
                 request: request.id,
             };
-            let reply = shared
+            let Some(reply) = shared
                 .engine
                 .handle_shared(&caller, request.operation, now, &mut rng)
-                .await;
+                .await
+            else {
+                // Answered later, on this stream (AwaitPush).
+                return;
+            };
             let label = outcome_label(&reply);
             metrics::counter!(crate::metrics::REQUESTS, "operation" => operation, "outcome" => label)
                 .increment(1);

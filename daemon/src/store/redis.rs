@@ -115,6 +115,27 @@ end
 return total
 ";
 
+/// `KEYS[1]` the key, `ARGV[1]` the value it must hold to be deleted.
+const DELETE_IF: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// `KEYS[1]` a sorted set of held things, `ARGV[1]` now (ms), `ARGV[2]`
+/// the limit, `ARGV[3]` the member, `ARGV[4]` when it lapses (ms). Drops
+/// lapsed members, then holds the new one if fewer than the limit are
+/// held: answers 0, or the soonest lapse when at the limit.
+const HOLD: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  local soonest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return tonumber(soonest[2])
+end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+return 0
+";
+
 /// A connection to the cluster, shared by every task of a node (cheap to
 /// clone: one multiplexed connection per cluster node underneath).
 #[derive(Clone)]
@@ -201,6 +222,25 @@ impl RedisStore {
         }
     }
 
+    /// Puts `value` under `key` for `ttl`, replacing what was there.
+    pub async fn put_with_ttl(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), RedisError> {
+        let mut command = redis::cmd("SET");
+        command
+            .arg(key.as_str())
+            .arg(value)
+            .arg("PX")
+            .arg(millis(ttl).max(1));
+        match self.run(key, command, false).await? {
+            Value::Okay => Ok(()),
+            other => Err(RedisError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Puts `value` under `key` for good unless the key exists; false if it
     /// did.
     pub async fn put_if_absent(
@@ -216,6 +256,44 @@ impl RedisStore {
             Value::Nil => Ok(false),
             other => Err(RedisError::Unexpected(format!("{other:?}"))),
         }
+    }
+
+    /// Deletes `key` if it holds `value`; whether it did.
+    pub async fn delete_if(&self, key: &Key, value: &[u8]) -> Result<bool, RedisError> {
+        let mut command = redis::cmd("EVAL");
+        command.arg(DELETE_IF).arg(1).arg(key.as_str()).arg(value);
+        Ok(int(&self.run(key, command, false).await?)? == 1)
+    }
+
+    /// Holds `member` in the bounded set at `key` until `until_ms`, unless
+    /// `limit` unlapsed members are held at `now_ms`: then `Some(soonest)`,
+    /// when the first of them lapses.
+    pub async fn hold(
+        &self,
+        key: &Key,
+        member: &[u8],
+        limit: u32,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> Result<Option<u64>, RedisError> {
+        let mut command = redis::cmd("EVAL");
+        command
+            .arg(HOLD)
+            .arg(1)
+            .arg(key.as_str())
+            .arg(now_ms)
+            .arg(limit)
+            .arg(member)
+            .arg(until_ms);
+        let soonest = int(&self.run(key, command, false).await?)?;
+        Ok(u64::try_from(soonest).ok().filter(|s| *s > 0))
+    }
+
+    /// Lets go of `member` of the bounded set at `key`.
+    pub async fn release(&self, key: &Key, member: &[u8]) -> Result<(), RedisError> {
+        let mut command = redis::cmd("ZREM");
+        command.arg(key.as_str()).arg(member);
+        int(&self.run(key, command, false).await?).map(drop)
     }
 
     /// Deletes `keys` (all in `keys[0]`'s slot); how many existed.

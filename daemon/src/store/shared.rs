@@ -17,9 +17,13 @@
 //! on every node.
 //!
 //! Keys, one hash tag per thing so every operation stays in one slot:
-//! `sls:{d<id>}:device`, `:failures` and `:push-key`, `sls:{u:<user>}:devices` (the
-//! user's device ids) and `:issued:<minute>`, `sls:{c<id>}:challenge`,
-//! `sls:{meta}:next-device`.
+//! `sls:{d<id>}:device`, `:failures`, `:push-key`, `:phone` (sealed
+//! number) and `:phone-link` (the node its phone is on);
+//! `sls:{u:<user>}:devices` (the user's device ids), `:issued:<minute>`,
+//! `:phone`, `:sms` (the code session) and `:pushes` (unanswered);
+//! `sls:{c<id>}:challenge`; `sls:{k<code>}:user`; `sls:{p<id>}:push`;
+//! `sls:{carrier}:outbox` and `:bridges`; `sls:{n:<node>}:inbox`;
+//! `sls:{meta}:next-device` and `:sms-code-key`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -32,7 +36,7 @@ use super::records::{DeviceCodec, Stored};
 use super::redis::{Key, RedisStore, Swap};
 use super::registry::{Device, EnrollError, FailureState, NewDevice, StoreError, Verifier};
 use crate::clock::Timestamp;
-use crate::identity::{ChallengeId, CodeId, DeviceId, Username};
+use crate::identity::{ChallengeId, CodeId, DeviceId, PushId, Username};
 use crate::otp::SecretKey;
 use crate::otp::push::PushKey;
 use crate::phone::PhoneNumber;
@@ -122,6 +126,26 @@ fn outbox_key() -> Key {
 /// Nodes with carrier bridges, each with the moment its claim ends.
 fn bridges_key() -> Key {
     Key::new("carrier", "bridges")
+}
+
+fn push_key(id: PushId) -> Key {
+    Key::new(&format!("p{:016x}", id.0), "push")
+}
+
+/// The node a device's phone is subscribed on.
+fn phone_link_key(device: DeviceId) -> Key {
+    Key::new(&format!("d{}", device.0), "phone-link")
+}
+
+/// A user's unanswered pushes, each until it expires.
+fn pending_pushes_key(user: &Username) -> Key {
+    Key::new(&format!("u:{user}"), "pushes")
+}
+
+/// What other nodes hand this node: push notices for its phones, word that
+/// a push it waits on was answered.
+fn inbox_key(node: &str) -> Key {
+    Key::new(&format!("n:{node}"), "inbox")
 }
 
 fn next_device_key() -> Key {
@@ -440,6 +464,97 @@ impl SharedStore {
             .await?
             .into_iter()
             .any(|until| until > now.0))
+    }
+
+    /// A push session as stored, with its version (0 and empty: none).
+    pub async fn push_session(&self, id: PushId) -> Result<(u64, Vec<u8>), StoreError> {
+        let record = self.redis.read(&push_key(id)).await?;
+        Ok((record.version, record.value.unwrap_or_default()))
+    }
+
+    /// Writes a push session if it is still at `version`; empty `session`
+    /// ends it. Durable: an answered push must not come back unanswered in
+    /// a failover.
+    pub async fn swap_push_session(
+        &self,
+        id: PushId,
+        version: u64,
+        session: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let ttl = ttl + EXPIRED_GRACE;
+        Ok(matches!(
+            self.redis
+                .swap(&push_key(id), version, session, Some(ttl), true)
+                .await?,
+            Swap::Done(_)
+        ))
+    }
+
+    /// Says a device's phone is subscribed on `node`, for `ttl` (renewed
+    /// while it stays).
+    pub async fn link_phone(
+        &self,
+        device: DeviceId,
+        node: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        Ok(self
+            .redis
+            .put_with_ttl(&phone_link_key(device), node.as_bytes(), ttl)
+            .await?)
+    }
+
+    /// Withdraws the link if it is still `node`'s.
+    pub async fn unlink_phone(&self, device: DeviceId, node: &str) -> Result<(), StoreError> {
+        self.redis
+            .delete_if(&phone_link_key(device), node.as_bytes())
+            .await?;
+        Ok(())
+    }
+
+    /// The node a device's phone is subscribed on, if any.
+    pub async fn phone_node(&self, device: DeviceId) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .redis
+            .get(&phone_link_key(device))
+            .await?
+            .and_then(|node| String::from_utf8(node).ok()))
+    }
+
+    /// Counts a push as unanswered for its user until `until`, unless
+    /// `limit` are already: then `Err(soonest)`, when one of them lapses.
+    pub async fn hold_push(
+        &self,
+        user: &Username,
+        id: PushId,
+        limit: u8,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<Result<(), Timestamp>, StoreError> {
+        let key = pending_pushes_key(user);
+        let member = id.0.to_be_bytes();
+        let held = self
+            .redis
+            .hold(&key, &member, u32::from(limit), now.0, until.0)
+            .await?;
+        Ok(held.map_or(Ok(()), |soonest| Err(Timestamp(soonest))))
+    }
+
+    /// The push is answered: no longer held against its user.
+    pub async fn release_push(&self, user: &Username, id: PushId) -> Result<(), StoreError> {
+        let key = pending_pushes_key(user);
+        Ok(self.redis.release(&key, &id.0.to_be_bytes()).await?)
+    }
+
+    /// Hands `item` to `node` (its next relay round takes it).
+    pub async fn send_to_node(&self, node: &str, item: &[u8]) -> Result<(), StoreError> {
+        Ok(self.redis.push_back(&inbox_key(node), item).await?)
+    }
+
+    /// What other nodes handed this node.
+    pub async fn node_inbox(&self, node: &str, count: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self.redis.pop_front(&inbox_key(node), count).await?)
     }
 
     /// Sets the push key of an IB Key device; `Ok(false)`: no such device.

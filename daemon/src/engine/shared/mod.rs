@@ -13,11 +13,14 @@
 //!
 //! Offered here: `Devices`, `ListDevices`, `Challenge`, `Verify`,
 //! `Enroll`, `EnrollPhone`, `BindPushKey`, `Revoke`, `Unlock`, `Stats`;
-//! SMS and voice codes and the carrier channel in [`sms`]. Push approval
-//! and the phone channel are not yet shared between nodes and answer
-//! `Unsupported`.
+//! SMS and voice codes and the carrier channel in [`sms`], push approval
+//! and the phone channel in [`push`]. Every operation is offered on both
+//! stores.
 
+mod push;
 mod sms;
+
+pub(super) use push::Waiters;
 
 use std::sync::atomic::Ordering;
 
@@ -43,19 +46,24 @@ impl Engine {
     }
 
     /// Handles one operation on the shared store. Awaits the store; the
-    /// caller runs it as a task of its own.
+    /// caller runs it as a task of its own. `None`: the answer will be
+    /// written to the caller's sink later (`AwaitPush` on a push not yet
+    /// answered).
     pub async fn handle_shared<R: CryptoRng + Send + ?Sized>(
         &self,
         caller: &Caller<'_>,
         operation: Operation,
         now: Timestamp,
         rng: &mut R,
-    ) -> Reply {
+    ) -> Option<Reply> {
         if let Some(refusal) = forbidden(caller.role, &operation) {
-            return refusal;
+            return Some(refusal);
         }
         let Some(store) = &self.shared else {
-            return Reply::error(ErrorCode::Internal, "this node has no shared store");
+            return Some(Reply::error(
+                ErrorCode::Internal,
+                "this node has no shared store",
+            ));
         };
         let name = operation.name();
         let result = match operation {
@@ -69,11 +77,14 @@ impl Engine {
                 response,
             } => self.shared_verify(store, challenge, &response, now).await,
             Operation::Enroll(request) => {
-                return self.shared_enroll(store, request, now, rng).await;
+                return Some(self.shared_enroll(store, request, now, rng).await);
             }
             Operation::Revoke { device } => shared_revoke(store, device).await,
             Operation::BindPushKey { device, key } => {
-                return push_key_bound(device, store.bind_push_key(device, key).await);
+                return Some(push_key_bound(
+                    device,
+                    store.bind_push_key(device, key).await,
+                ));
             }
             Operation::Unlock { user, device } => shared_unlock(store, &user, device).await,
             Operation::Stats => Ok(self.stats()),
@@ -83,7 +94,7 @@ impl Engine {
                 label,
             } => {
                 let enrolled = store.enroll_phone(rng, &user, number, &label, now).await;
-                return phone_enrolled(&user, enrolled);
+                return Some(phone_enrolled(&user, enrolled));
             }
             Operation::SendCode { user, channel } => {
                 self.shared_send_code(store, &user, channel, now, rng).await
@@ -96,18 +107,41 @@ impl Engine {
             Operation::Ack { message, report } => {
                 self.shared_ack(store, caller, message, report, now).await
             }
-            _ => Ok(Reply::error(
-                ErrorCode::Unsupported,
-                format!("{name} is not available on the redis store yet"),
-            )),
+            Operation::PhoneSubscribe { device, proof } => {
+                self.shared_phone_subscribe(store, caller, device, &proof)
+                    .await
+            }
+            Operation::Push { user, device } => {
+                self.shared_push(store, &user, device, now, rng).await
+            }
+            Operation::AwaitPush { push } => {
+                match self.shared_await_push(store, caller, push, now).await {
+                    Ok(None) => return None,
+                    Ok(Some(reply)) => Ok(reply),
+                    Err(error) => Err(error),
+                }
+            }
+            Operation::Approve {
+                push,
+                chosen,
+                proof,
+            } => {
+                let approval = Some((chosen, &proof));
+                self.shared_answer_push(store, caller, push, approval, now)
+                    .await
+            }
+            Operation::Deny { push } => {
+                self.shared_answer_push(store, caller, push, None, now)
+                    .await
+            }
         };
-        result.unwrap_or_else(|error| {
+        Some(result.unwrap_or_else(|error| {
             tracing::warn!(%error, operation = name, "shared store failed");
             Reply::error(
                 ErrorCode::StoreUnavailable,
                 "the shared store did not answer or did not replicate in time",
             )
-        })
+        }))
     }
 
     async fn shared_devices(

@@ -39,7 +39,8 @@ use crate::wire::{DeliveryReport, DeliveryState, ErrorCode, Reply, Verdict};
 const SESSION_ROUNDS: usize = 8;
 /// How long a node's claim to have bridges lasts; renewed every second.
 const BRIDGE_CLAIM: Duration = Duration::from_secs(3);
-const BRIDGE_RENEWAL_MS: u64 = 1000;
+/// How often a node renews its claims (bridges, phone links).
+const RENEWAL_MS: u64 = 1000;
 /// Queued messages a node takes per relay round.
 const TAKE_PER_ROUND: usize = 64;
 
@@ -295,15 +296,28 @@ impl Engine {
         Ok(())
     }
 
-    /// One round of this node's part in the shared carrier channel: write
-    /// the delivery changes of failovers and timeouts, renew (or withdraw)
-    /// its claim to have bridges, and hand queued messages to its bridges.
-    /// The server calls it every few milliseconds; `node` names this
-    /// process.
-    pub async fn shared_relay(&self, node: &str, now: Timestamp) -> Result<(), StoreError> {
+    /// One round of this node's part in the channels shared between nodes:
+    /// its phones' links, notices and waiting gateways (`push.rs`); then
+    /// the delivery changes of failovers and timeouts, its claim to have
+    /// bridges (renewed or withdrawn), and queued messages handed to its
+    /// bridges. The server calls it every few milliseconds.
+    pub async fn shared_relay(&self, now: Timestamp) -> Result<(), StoreError> {
         let Some(store) = &self.shared else {
             return Ok(());
         };
+        let node = self.node.as_str();
+        let gone = std::mem::take(
+            &mut *self
+                .relay_unlinks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let renewed = self.links_renewed.load(Relaxed);
+        let renew = now.0 >= renewed.saturating_add(RENEWAL_MS);
+        if renew {
+            self.links_renewed.store(now.0, Relaxed);
+        }
+        self.relay_pushes(store, now, renew, gone).await?;
         let changes = std::mem::take(
             &mut *self
                 .relay_changes
@@ -315,7 +329,7 @@ impl Engine {
         }
         let bridges = self.outbox.bridges();
         let renewed = self.bridges_announced.load(Relaxed);
-        if bridges > 0 && now.0 >= renewed.saturating_add(BRIDGE_RENEWAL_MS) {
+        if bridges > 0 && now.0 >= renewed.saturating_add(RENEWAL_MS) {
             store
                 .announce_bridges(node, Some(now.plus(BRIDGE_CLAIM)))
                 .await?;

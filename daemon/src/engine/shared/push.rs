@@ -1,0 +1,557 @@
+//! IB Key push approval on the shared store.
+//!
+//! A phone subscribes on any node, which records in the store that the
+//! device's phone is on it (renewed every second, good for three, and
+//! withdrawn when the phone leaves). A push asked on any node is a
+//! versioned session in the store; its notice is handed to the phone's
+//! node (that node's inbox in the store, taken every relay round). The
+//! phone answers on its node, which checks the number and the Ed25519
+//! proof, settles the session by compare-and-swap (the first answer wins)
+//! and, if a gateway waits on another node, tells that node. `AwaitPush`
+//! on any node takes a settled verdict at once (taking it ends the
+//! session, so it is handed out once) or registers a local waiter and
+//! names its node in the session.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use rand::CryptoRng;
+
+use super::super::push::{answer, draw_choices};
+use super::super::{Caller, Engine, Sink, next_failure};
+use crate::clock::Timestamp;
+use crate::identity::{DeviceId, PushId, Username};
+use crate::otp::push::{self, Signature};
+use crate::profile::DeviceKind;
+use crate::ratelimit::Decision;
+use crate::store::registry::{FailureState, StoreError};
+use crate::store::shared::SharedStore;
+use crate::wire::codec::{Put, Reader};
+use crate::wire::{ErrorCode, Reply, Response, Verdict};
+
+/// How long a node's word that a phone is on it lasts; renewed every second.
+pub(super) const PHONE_LINK: Duration = Duration::from_secs(3);
+/// Compare-and-swap rounds on one push before giving up (`Busy`).
+const PUSH_ROUNDS: usize = 8;
+
+const NOTICE: u8 = 1;
+const SETTLED: u8 = 2;
+
+/// A gateway stream waiting here for a push's verdict.
+pub(in crate::engine) struct Waiter {
+    sink: Arc<dyn Sink>,
+    request: u64,
+    expires_at: Timestamp,
+}
+
+/// The gateways waiting on this node, by push.
+pub(in crate::engine) type Waiters = HashMap<PushId, Waiter>;
+
+/// A push session as the store keeps it.
+struct SharedPush {
+    user: Username,
+    device: DeviceId,
+    match_number: u8,
+    expires_at: Timestamp,
+    verdict: Option<Verdict>,
+    /// The node a gateway waits on, if any.
+    waiter: Option<String>,
+}
+
+impl SharedPush {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96);
+        out.put_bytes(self.user.as_str().as_bytes());
+        out.put_u64(self.device.0);
+        out.put_u8(self.match_number);
+        out.put_u64(self.expires_at.0);
+        // A verdict travels in its wire form: one codec, already tested.
+        let verdict = self.verdict.clone().map_or_else(Vec::new, |verdict| {
+            Response {
+                id: 0,
+                reply: Reply::Verdict(verdict),
+            }
+            .to_frame()
+        });
+        out.put_bytes(&verdict);
+        out.put_bytes(self.waiter.as_deref().unwrap_or("").as_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(bytes);
+        let user = Username::new(r.str("user").ok()?).ok()?;
+        let device = DeviceId(r.u64("device").ok()?);
+        let match_number = r.u8("match number").ok()?;
+        let expires_at = Timestamp(r.u64("expires at").ok()?);
+        let verdict = match r.bytes("verdict").ok()? {
+            [] => None,
+            frame => {
+                let (body, _) = crate::wire::split_frame(frame, crate::wire::MAX_FRAME_LIMIT)
+                    .ok()
+                    .flatten()?;
+                match Response::decode(body).ok()?.reply {
+                    Reply::Verdict(verdict) => Some(verdict),
+                    _ => return None,
+                }
+            }
+        };
+        let waiter = match r.str("waiter").ok()? {
+            "" => None,
+            node => Some(node.to_owned()),
+        };
+        r.finish().ok()?;
+        Some(Self {
+            user,
+            device,
+            match_number,
+            expires_at,
+            verdict,
+            waiter,
+        })
+    }
+}
+
+/// What one node hands another through the store.
+enum Handed {
+    /// Show this push on the device's phone.
+    Notice {
+        push: PushId,
+        user: Username,
+        device: DeviceId,
+        choices: [u8; 3],
+        expires_at: Timestamp,
+    },
+    /// The push a gateway waits on here was answered.
+    Settled(PushId),
+}
+
+impl Handed {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        match self {
+            Self::Notice {
+                push,
+                user,
+                device,
+                choices,
+                expires_at,
+            } => {
+                out.put_u8(NOTICE);
+                out.put_u64(push.0);
+                out.put_bytes(user.as_str().as_bytes());
+                out.put_u64(device.0);
+                out.extend_from_slice(choices);
+                out.put_u64(expires_at.0);
+            }
+            Self::Settled(push) => {
+                out.put_u8(SETTLED);
+                out.put_u64(push.0);
+            }
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(bytes);
+        let handed = match r.u8("kind").ok()? {
+            NOTICE => Self::Notice {
+                push: PushId(r.u64("push").ok()?),
+                user: Username::new(r.str("user").ok()?).ok()?,
+                device: DeviceId(r.u64("device").ok()?),
+                choices: [
+                    r.u8("choice").ok()?,
+                    r.u8("choice").ok()?,
+                    r.u8("choice").ok()?,
+                ],
+                expires_at: Timestamp(r.u64("expires at").ok()?),
+            },
+            SETTLED => Self::Settled(PushId(r.u64("push").ok()?)),
+            _ => return None,
+        };
+        r.finish().ok()?;
+        Some(handed)
+    }
+}
+
+impl Engine {
+    fn waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
+        self.push_waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) async fn shared_phone_subscribe(
+        &self,
+        store: &SharedStore,
+        caller: &Caller<'_>,
+        device: DeviceId,
+        proof: &Signature,
+    ) -> Result<Reply, StoreError> {
+        let key = store
+            .device(device)
+            .await?
+            .filter(|d| d.kind == DeviceKind::IbKey)
+            .and_then(|d| d.push_key());
+        if let Err(refusal) = self.subscribe_phone(caller, device, key, proof) {
+            return Ok(refusal);
+        }
+        store.link_phone(device, &self.node, PHONE_LINK).await?;
+        Ok(Reply::Subscribed)
+    }
+
+    pub(super) async fn shared_push<R: CryptoRng + Send + ?Sized>(
+        &self,
+        store: &SharedStore,
+        user: &Username,
+        device: DeviceId,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Result<Reply, StoreError> {
+        let per_minute = self.config.challenges.per_user_per_minute;
+        if let Decision::Deny { retry_after } = store.count_issuance(user, now, per_minute).await? {
+            return Ok(Reply::rate_limited(
+                retry_after,
+                "too many challenges and pushes for this user",
+            ));
+        }
+        let device = store
+            .device(device)
+            .await?
+            .filter(|d| &d.user == user && d.kind == DeviceKind::IbKey && !d.expired_at(now))
+            .filter(|d| d.push_key().is_some());
+        let Some(device) = device else {
+            return Ok(Reply::error(
+                ErrorCode::NotFound,
+                "no IB Key device with push for this user",
+            ));
+        };
+        let (_, failures) = store.failures(device.id).await?;
+        if failures.locked_until > now {
+            return Ok(Reply::rate_limited(
+                now.until(failures.locked_until),
+                "the device is locked out",
+            ));
+        }
+        let Some(node) = store.phone_node(device.id).await? else {
+            return Ok(Reply::error(
+                ErrorCode::PhoneUnreachable,
+                "the phone is not connected; use challenge/response",
+            ));
+        };
+        let ttl = self.config.push.ttl;
+        let expires_at = now.plus(ttl);
+        let id = PushId(rng.next_u64());
+        let limit = self.config.push.pending_per_user;
+        if let Err(soonest) = store.hold_push(user, id, limit, now, expires_at).await? {
+            return Ok(Reply::rate_limited(
+                now.until(soonest),
+                "too many unanswered pushes for this user",
+            ));
+        }
+        let (match_number, choices) = draw_choices(rng);
+        let session = SharedPush {
+            user: user.clone(),
+            device: device.id,
+            match_number,
+            expires_at,
+            verdict: None,
+            waiter: None,
+        };
+        if !store
+            .swap_push_session(id, 0, &session.encode(), ttl)
+            .await?
+        {
+            store.release_push(user, id).await?;
+            return Ok(Reply::error(
+                ErrorCode::Busy,
+                "could not allocate a push id",
+            ));
+        }
+        let notice = Handed::Notice {
+            push: id,
+            user: user.clone(),
+            device: device.id,
+            choices,
+            expires_at,
+        };
+        store.send_to_node(&node, &notice.encode()).await?;
+        self.counters.pushes.fetch_add(1, Relaxed);
+        Ok(Reply::PushSent {
+            push: id,
+            match_number,
+            expires_in: ttl,
+        })
+    }
+
+    /// `None`: the verdict will be written to the caller's stream later.
+    pub(super) async fn shared_await_push(
+        &self,
+        store: &SharedStore,
+        caller: &Caller<'_>,
+        id: PushId,
+        now: Timestamp,
+    ) -> Result<Option<Reply>, StoreError> {
+        for _ in 0..PUSH_ROUNDS {
+            let (version, record) = store.push_session(id).await?;
+            let Some(mut session) = SharedPush::decode(&record) else {
+                return Ok(Some(Reply::Verdict(Verdict::UnknownChallenge)));
+            };
+            let left = now.until(session.expires_at);
+            if let Some(verdict) = session.verdict.take() {
+                // Taking the verdict ends the session: it is handed out once.
+                if !store.swap_push_session(id, version, &[], left).await? {
+                    continue;
+                }
+                return Ok(Some(Reply::Verdict(verdict)));
+            }
+            if session.expires_at <= now {
+                store.swap_push_session(id, version, &[], left).await?;
+                store.release_push(&session.user, id).await?;
+                return Ok(Some(Reply::Verdict(Verdict::Expired)));
+            }
+            let Some(sink) = caller.sink else {
+                return Ok(Some(Reply::error(
+                    ErrorCode::InvalidArgument,
+                    "waiting on a push needs a stream",
+                )));
+            };
+            {
+                let mut waiters = self.waiters();
+                // A waiter whose stream has gone may be replaced (a gateway
+                // that reconnected); a live one may not.
+                if waiters.get(&id).is_some_and(|w| !w.sink.is_closed()) {
+                    return Ok(Some(Reply::error(
+                        ErrorCode::Busy,
+                        "another caller already waits on this push",
+                    )));
+                }
+                // Registered before the session names this node, so word of
+                // an answer can never arrive before the waiter.
+                waiters.insert(
+                    id,
+                    Waiter {
+                        sink: Arc::clone(sink),
+                        request: caller.request,
+                        expires_at: session.expires_at,
+                    },
+                );
+            }
+            session.waiter = Some(self.node.clone());
+            if store
+                .swap_push_session(id, version, &session.encode(), left)
+                .await?
+            {
+                return Ok(None);
+            }
+            self.waiters().remove(&id);
+        }
+        Ok(Some(Reply::error(
+            ErrorCode::Busy,
+            "the push kept changing; retry",
+        )))
+    }
+
+    /// The phone's answer: `chosen` with a proof approves, `None` denies.
+    pub(super) async fn shared_answer_push(
+        &self,
+        store: &SharedStore,
+        caller: &Caller<'_>,
+        id: PushId,
+        approval: Option<(u8, &Signature)>,
+        now: Timestamp,
+    ) -> Result<Reply, StoreError> {
+        let (_, record) = store.push_session(id).await?;
+        let Some(session) = SharedPush::decode(&record) else {
+            return Ok(Reply::error(ErrorCode::NotFound, "no such push"));
+        };
+        if session.verdict.is_some() || session.expires_at <= now {
+            return Ok(Reply::error(
+                ErrorCode::NotFound,
+                "the push was answered or expired",
+            ));
+        }
+        if !self.pushes.linked_to(session.device, caller.connection) {
+            return Ok(Reply::error(
+                ErrorCode::Forbidden,
+                "this connection has not subscribed for the push's device",
+            ));
+        }
+        let Some(device) = store.device(session.device).await? else {
+            return Ok(Reply::error(ErrorCode::NotFound, "the device was revoked"));
+        };
+        let signed = approval.map(|(chosen, proof)| {
+            let message = push::approve_message(id, device.id, chosen);
+            device
+                .push_key()
+                .is_some_and(|k| k.verifies(&message, proof))
+        });
+        let (_, failures) = store.failures(device.id).await?;
+        let right = match (approval, signed) {
+            (Some((chosen, _)), Some(signed)) => Some(signed & (chosen == session.match_number)),
+            _ => None,
+        };
+        let verdict = match right {
+            None => Verdict::Denied,
+            Some(_) if failures.locked_until > now => Verdict::LockedOut {
+                retry_after: now.until(failures.locked_until),
+            },
+            Some(true) => Verdict::Accepted {
+                user: session.user.clone(),
+                device: device.id,
+                kind: device.kind,
+            },
+            Some(false) => {
+                if signed == Some(false) {
+                    metrics::counter!(crate::metrics::BAD_PROOFS, "operation" => "approve")
+                        .increment(1);
+                }
+                // A wrong number or proof from the device's own phone
+                // counts toward its lockout even if another answer settles
+                // the push first.
+                let lockout = &self.config.lockout;
+                let locked = store
+                    .update_failures(device.id, |state| next_failure(lockout, state, now))
+                    .await?
+                    .flatten();
+                match locked {
+                    Some(retry_after) => {
+                        self.count_lockout();
+                        Verdict::LockedOut { retry_after }
+                    }
+                    None => Verdict::Rejected { attempts_left: 0 },
+                }
+            }
+        };
+        let Some(waiter) = self.settle(store, id, &verdict, now).await? else {
+            return Ok(Reply::error(
+                ErrorCode::NotFound,
+                "the push was answered or expired",
+            ));
+        };
+        if matches!(verdict, Verdict::Accepted { .. }) && failures != FailureState::default() {
+            store
+                .update_failures(device.id, |state| *state = FailureState::default())
+                .await?;
+        }
+        store.release_push(&session.user, id).await?;
+        if let Some(node) = waiter {
+            store
+                .send_to_node(&node, &Handed::Settled(id).encode())
+                .await?;
+        }
+        Ok(match approval {
+            None => Reply::Done,
+            Some(_) => Reply::Verdict(verdict),
+        })
+    }
+
+    /// Writes the verdict into an unanswered push: `Some(waiter node)` if
+    /// this answer was first, `None` if another was (or the push is gone).
+    async fn settle(
+        &self,
+        store: &SharedStore,
+        id: PushId,
+        verdict: &Verdict,
+        now: Timestamp,
+    ) -> Result<Option<Option<String>>, StoreError> {
+        for _ in 0..PUSH_ROUNDS {
+            let (version, record) = store.push_session(id).await?;
+            let Some(mut session) =
+                SharedPush::decode(&record).filter(|s| s.verdict.is_none() && s.expires_at > now)
+            else {
+                return Ok(None);
+            };
+            session.verdict = Some(verdict.clone());
+            let left = now.until(session.expires_at);
+            if store
+                .swap_push_session(id, version, &session.encode(), left)
+                .await?
+            {
+                return Ok(Some(session.waiter));
+            }
+        }
+        Ok(None)
+    }
+
+    /// This node's part of push approval in a relay round: renew the links
+    /// of its phones (every `renew` round), withdraw those that left, show
+    /// notices to its phones, and hand verdicts to its waiting gateways.
+    pub(super) async fn relay_pushes(
+        &self,
+        store: &SharedStore,
+        now: Timestamp,
+        renew: bool,
+        gone: Vec<DeviceId>,
+    ) -> Result<(), StoreError> {
+        for device in gone {
+            store.unlink_phone(device, &self.node).await?;
+        }
+        if renew {
+            for device in self.pushes.linked_devices() {
+                store.link_phone(device, &self.node, PHONE_LINK).await?;
+            }
+        }
+        for item in store.node_inbox(&self.node, 256).await? {
+            match Handed::decode(&item) {
+                Some(Handed::Notice {
+                    push,
+                    user,
+                    device,
+                    choices,
+                    expires_at,
+                }) => {
+                    // A phone that left meanwhile misses it; the push expires.
+                    self.pushes
+                        .notify(device, push, &user, choices, now.until(expires_at));
+                }
+                Some(Handed::Settled(push)) => self.hand_verdict(store, push, now).await?,
+                None => tracing::warn!("a handed item did not parse; dropped"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a settled push's verdict to the gateway waiting here.
+    async fn hand_verdict(
+        &self,
+        store: &SharedStore,
+        id: PushId,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let Some(waiter) = self.waiters().remove(&id) else {
+            return Ok(());
+        };
+        for _ in 0..PUSH_ROUNDS {
+            let (version, record) = store.push_session(id).await?;
+            let Some(verdict) = SharedPush::decode(&record).and_then(|s| s.verdict) else {
+                // Taken by another caller: nothing is left to hand out.
+                return Ok(());
+            };
+            let left = now.until(waiter.expires_at);
+            if store.swap_push_session(id, version, &[], left).await? {
+                answer(&waiter.sink, waiter.request, verdict);
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells gateways waiting here on pushes that expired.
+    pub(in crate::engine) fn expire_waiters(&self, now: Timestamp) {
+        let expired: Vec<Waiter> = {
+            let mut waiters = self.waiters();
+            let ids: Vec<PushId> = waiters
+                .iter()
+                .filter(|(_, w)| w.expires_at <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter().filter_map(|id| waiters.remove(id)).collect()
+        };
+        for waiter in expired {
+            answer(&waiter.sink, waiter.request, Verdict::Expired);
+        }
+    }
+}
