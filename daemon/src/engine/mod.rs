@@ -843,9 +843,13 @@ impl Engine {
             ("pending_pushes", self.pushes.pending() as u64),
             ("phones_connected", self.pushes.phones_connected() as u64),
         ];
+        // On a shared store the device count and the tables live in the
+        // store, not here: this node's counters and connections only.
+        let in_store = ["devices", "open_challenges", "live_codes", "pending_pushes"];
         Reply::Stats(
             entries
                 .into_iter()
+                .filter(|(name, _)| self.shared.is_none() || !in_store.contains(name))
                 .map(|(name, value)| StatEntry {
                     name: name.into(),
                     value,

@@ -350,19 +350,31 @@ async fn serve_connection(
 
 /// Every 100 ms, fails over unacknowledged messages and expires pushes;
 /// every second, drops expired challenges and codes and reports gauges.
-/// On a shared store: this node's part of the carrier channel, every few
-/// milliseconds (see `engine/shared/sms.rs`). A store error is logged and
-/// the next round tries again.
+/// On a shared store: this node's part of the channels shared between
+/// nodes (carrier messages, push notices and verdicts; see
+/// `engine/shared/`), every few milliseconds. A round that fails is tried
+/// again by the next.
 async fn relay(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(RELAY_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Said once when rounds start failing and once when they work again,
+    // not a hundred times a second.
+    let mut failing = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stopping.changed() => return,
         }
-        if let Err(error) = shared.engine.shared_relay(clock::now()).await {
-            tracing::warn!(%error, "carrier relay round failed");
+        match shared.engine.shared_relay(clock::now()).await {
+            Err(error) if !failing => {
+                tracing::warn!(%error, "relay rounds are failing");
+                failing = true;
+            }
+            Ok(()) if failing => {
+                tracing::info!("relay rounds work again");
+                failing = false;
+            }
+            _ => {}
         }
     }
 }

@@ -323,7 +323,6 @@ fn outcome_label(reply: &Reply) -> &'static str {
             ErrorCode::DeliveryUnavailable => "delivery_unavailable",
             ErrorCode::PhoneUnreachable => "phone_unreachable",
             ErrorCode::StoreUnavailable => "store_unavailable",
-            ErrorCode::Unsupported => "unsupported",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::NotFound => "not_found",

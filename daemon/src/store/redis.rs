@@ -353,10 +353,21 @@ impl RedisStore {
     }
 
     /// Appends `value` to the list at `key` (a queue: `pop_front` takes
-    /// the oldest).
-    pub async fn push_back(&self, key: &Key, value: &[u8]) -> Result<(), RedisError> {
-        let mut command = redis::cmd("LPUSH");
-        command.arg(key.as_str()).arg(value);
+    /// the oldest); the list goes, whole, `ttl` after the last append (so
+    /// a queue nobody takes from any more does not stay for ever).
+    pub async fn push_back(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), RedisError> {
+        let mut command = redis::cmd("EVAL");
+        command
+            .arg("redis.call('LPUSH', KEYS[1], ARGV[1]) return redis.call('PEXPIRE', KEYS[1], ARGV[2])")
+            .arg(1)
+            .arg(key.as_str())
+            .arg(value)
+            .arg(millis(ttl).max(1));
         int(&self.run(key, command, false).await?).map(drop)
     }
 

@@ -48,6 +48,9 @@ use crate::ratelimit::Decision;
 const EXPIRED_GRACE: Duration = Duration::from_secs(60);
 /// The per-user issuance window.
 const MINUTE_MS: u64 = 60_000;
+/// How long a queue (the carrier outbox, a node's inbox) outlives its last
+/// item: a node that died leaves no queue behind for long.
+const QUEUE_TTL: Duration = Duration::from_secs(3600);
 /// What a queued message's sealing is bound to.
 const OUTBOX_CONTEXT: &[u8] = b"sls/1 outbox message";
 /// Compare-and-swap rounds before a failure-state change gives up (each
@@ -428,7 +431,10 @@ impl SharedStore {
         message: &[u8],
     ) -> Result<(), StoreError> {
         let sealed = self.codec.cipher.seal(rng, message, OUTBOX_CONTEXT)?;
-        Ok(self.redis.push_back(&outbox_key(), &sealed).await?)
+        Ok(self
+            .redis
+            .push_back(&outbox_key(), &sealed, QUEUE_TTL)
+            .await?)
     }
 
     /// Takes up to `count` queued messages (each goes to one node only).
@@ -549,7 +555,10 @@ impl SharedStore {
 
     /// Hands `item` to `node` (its next relay round takes it).
     pub async fn send_to_node(&self, node: &str, item: &[u8]) -> Result<(), StoreError> {
-        Ok(self.redis.push_back(&inbox_key(node), item).await?)
+        Ok(self
+            .redis
+            .push_back(&inbox_key(node), item, QUEUE_TTL)
+            .await?)
     }
 
     /// What other nodes handed this node.

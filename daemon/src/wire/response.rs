@@ -179,12 +179,10 @@ pub enum ErrorCode {
     /// The shared store did not answer, or did not replicate a write in
     /// time (a failover under way): start the login again.
     StoreUnavailable,
-    /// The deployment's store does not offer this operation.
-    Unsupported,
 }
 
 impl ErrorCode {
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 14] = [
         Self::Malformed,
         Self::UnknownOperation,
         Self::Forbidden,
@@ -199,7 +197,6 @@ impl ErrorCode {
         Self::DeliveryUnavailable,
         Self::PhoneUnreachable,
         Self::StoreUnavailable,
-        Self::Unsupported,
     ];
 
     pub fn code(self) -> u16 {
@@ -218,7 +215,6 @@ impl ErrorCode {
             Self::DeliveryUnavailable => 12,
             Self::PhoneUnreachable => 13,
             Self::StoreUnavailable => 14,
-            Self::Unsupported => 15,
         }
     }
 
