@@ -11,11 +11,10 @@
 //! reply depends on are replicated (`store.redis-wait-replicas`) before
 //! the reply is sent.
 //!
-//! Offered here: `Devices`, `ListDevices`, `Challenge`, `Verify`,
-//! `Enroll`, `EnrollPhone`, `BindPushKey`, `Revoke`, `Unlock`, `Stats`;
-//! SMS and voice codes and the carrier channel in [`sms`], push approval
-//! and the phone channel in [`push`]. Every operation is offered on both
-//! stores.
+//! Here: challenge/response, devices, enrolment, revocation and unlocking;
+//! SMS and voice codes and the carrier channel in [`sms`]; push approval
+//! and the phone channel in [`push`]. Every operation of the protocol
+//! works on either store.
 
 mod push;
 mod sms;
