@@ -3,12 +3,14 @@
 //! accepted once however many nodes verify it, failures on both nodes add
 //! up to one lockout, the per-user issuance limit holds across nodes, a
 //! revoke on one node stops the other within the cache TTL, and a master
-//! killed under load fails over without losing an acknowledged enrolment.
+//! killed under load fails over without losing an acknowledged enrolment;
+//! SMS codes and push approvals cross from node to node; the simulator's
+//! flows and attackers pass against both nodes.
 
 mod support;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use sls_sim::carrier::{self, Bridge, Inbox};
@@ -35,14 +37,21 @@ const CACHE_TTL: Duration = Duration::from_millis(500);
 /// Two nodes on one cluster; node B shares node A's CA, certificates and
 /// key file, as a deployment's nodes do.
 struct Deployment {
-    // Dropped in this order: the nodes stop before the cluster goes.
+    // Dropped in this order: the nodes stop before the cluster goes, and
+    // the next test's turn comes after both.
     a: Daemon,
     b: Daemon,
     cluster: Cluster,
     _dir: tempfile::TempDir,
+    _turn: MutexGuard<'static, ()>,
 }
 
+/// The tests take turns: each runs six Redis servers and two nodes, and
+/// several at once on two cores would spoil each other's timings.
+static TURN: Mutex<()> = Mutex::new(());
+
 fn deploy(more: &str) -> Deployment {
+    let turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
     let cluster = Cluster::start(3, 1).expect("a Redis Cluster (apt-get install redis-server)");
     let dir = tempfile::tempdir().unwrap();
     let urls: Vec<String> = cluster.urls().iter().map(|u| format!("{u:?}")).collect();
@@ -61,6 +70,7 @@ fn deploy(more: &str) -> Deployment {
         b,
         cluster,
         _dir: dir,
+        _turn: turn,
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sls_sim::cluster::Cluster;
-use slsd::store::redis::{Durability, Key, RedisError, RedisStore, Swap};
+use slsd::store::redis::{Change, Durability, Key, RedisError, RedisStore, Swap};
 
 const NO_WAIT: Durability = Durability {
     replicas: 0,
@@ -65,46 +65,110 @@ async fn each_primitive_keeps_its_promise_under_concurrency() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(store.get(&key).await.unwrap(), None);
 
-    // Consume-once: of 32 racing callers, one gets the value.
+    // Several records of one slot changed together: of 32 racing callers
+    // deleting a record at version 1, one does.
     let key = Key::new("u:jdoe", "c:2");
-    store
-        .put_new(&key, b"answer", Duration::from_secs(9), false)
-        .await
-        .unwrap();
-    let got = race(32, |_| {
-        let (store, key) = (Arc::clone(&store), key.clone());
-        async move { store.consume(&key, false).await.unwrap() }
-    })
-    .await;
-    assert_eq!(got.iter().filter(|g| g.is_some()).count(), 1);
-
-    // An attempts budget of 3 spent by 16 racing callers: 3 get one.
-    let key = Key::new("u:jdoe", "c:3");
     assert!(
         store
-            .put_budget(&key, b"question", 3, Duration::from_secs(9))
+            .transact(&[(&key, 0, Change::Set(b"answer".to_vec(), None))], false)
             .await
             .unwrap()
     );
-    assert_eq!(
-        store.read_budget(&key).await.unwrap(),
-        Some((3, b"question".to_vec()))
-    );
-    let mut left: Vec<u8> = race(16, |_| {
+    let won = race(32, |_| {
         let (store, key) = (Arc::clone(&store), key.clone());
-        async move { store.take_attempt(&key).await.unwrap() }
+        async move {
+            store
+                .transact(&[(&key, 1, Change::Delete)], false)
+                .await
+                .unwrap()
+        }
     })
-    .await
-    .into_iter()
-    .flatten()
-    .collect();
-    left.sort();
-    assert_eq!(left, vec![0, 1, 2]);
-    assert_eq!(store.read_budget(&key).await.unwrap(), None, "used up");
+    .await;
+    assert_eq!(won.iter().filter(|w| **w).count(), 1);
+    assert_eq!(store.read(&key).await.unwrap().version, 0, "deleted");
+
+    // Two records moved in lockstep by 8 writers x 20 read-decide-write
+    // rounds: no round is lost and neither record ever gets ahead, because
+    // a round whose read went stale writes nothing.
+    let (left, right) = (Key::new("u:jdoe", "f:1"), Key::new("u:jdoe", "c:3"));
+    race(8, |_| {
+        let (store, left, right) = (Arc::clone(&store), left.clone(), right.clone());
+        async move {
+            let mut done = 0;
+            while done < 20 {
+                let records = store.read_many(&[&left, &right]).await.unwrap();
+                let count = |i: usize| -> u64 {
+                    records[i].value.as_ref().map_or(0, |v| {
+                        String::from_utf8(v.clone()).unwrap().parse().unwrap()
+                    })
+                };
+                assert_eq!(count(0), count(1), "one record got ahead");
+                let next = (count(0) + 1).to_string().into_bytes();
+                let changes = [
+                    (&left, records[0].version, Change::Set(next.clone(), None)),
+                    (&right, records[1].version, Change::Set(next, None)),
+                ];
+                if store.transact(&changes, false).await.unwrap() {
+                    done += 1;
+                }
+            }
+        }
+    })
+    .await;
+    let records = store.read_many(&[&left, &right]).await.unwrap();
+    for record in &records {
+        assert_eq!(record.value.as_deref(), Some(&b"160"[..]));
+        assert_eq!(record.version, 160);
+    }
+    // A version that moved on fails the whole change; the record that
+    // still matched is not written either.
+    let changes = [
+        (&left, 160, Change::Set(b"x".to_vec(), None)),
+        (&right, 159, Change::Set(b"y".to_vec(), None)),
+    ];
+    assert!(!store.transact(&changes, false).await.unwrap());
+    assert_eq!(
+        store.read(&left).await.unwrap().value.as_deref(),
+        Some(&b"160"[..])
+    );
+
+    // A bounded hold: 3 of 10 racing holders get in; lapsed ones free
+    // their places; a released one too. (Times are Unix milliseconds: the
+    // set itself expires with its last member.)
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let key = Key::new("u:jdoe", "pushes");
+    let held = race(10, |i| {
+        let (store, key) = (Arc::clone(&store), key.clone());
+        async move {
+            let until = now + if i % 2 == 0 { 1_000 } else { 2_000 };
+            store.hold(&key, &[i as u8], 3, now, until).await.unwrap()
+        }
+    })
+    .await;
+    assert_eq!(held.iter().filter(|h| h.is_none()).count(), 3);
+    assert!(
+        held.iter()
+            .flatten()
+            .all(|soonest| [now + 1_000, now + 2_000].contains(soonest))
+    );
+    // 2.5 s on, every one has lapsed: three new ones fit again.
+    let later = now + 2_500;
+    for i in 20..23u8 {
+        let held = store.hold(&key, &[i], 3, later, later + 60_000).await;
+        assert_eq!(held.unwrap(), None);
+    }
+    let full = store.hold(&key, &[30], 3, later, later + 60_000).await;
+    assert_eq!(full.unwrap(), Some(later + 60_000));
+    store.release(&key, &[20]).await.unwrap();
+    let freed = store.hold(&key, &[30], 3, later, later + 60_000).await;
+    assert_eq!(freed.unwrap(), None);
 
     // Compare-and-swap: 8 writers × 20 increments by read-modify-swap lose
     // none.
-    let key = Key::new("d:7", "failures");
+    let key = Key::new("d:7", "record");
     race(8, |_| {
         let (store, key) = (Arc::clone(&store), key.clone());
         async move {

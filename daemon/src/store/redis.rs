@@ -3,15 +3,19 @@
 //!
 //! - `put_new`: put-with-TTL, only if absent (a random id that collides is
 //!   told so, never overwritten);
-//! - `consume`: get and delete at once (`GETDEL`), so exactly one caller
-//!   of many gets a value;
-//! - `take_attempt`: spend one attempt of a record's budget, deleting the
-//!   record when none is left;
-//! - `read` / `swap`: a versioned record and its compare-and-swap, for
-//!   state that is read, decided on in Rust, and written back (failure
-//!   counters and lockouts, code and push sessions);
+//! - `read` / `swap`: a versioned record and its compare-and-swap;
+//! - `read_many` / `transact`: several versioned records of one slot read
+//!   at one moment, and changed together only if none changed since — for
+//!   state that is read, decided on in Rust, and written back (a challenge
+//!   and its device's failure state; a code or push session and the
+//!   failure state), so that of two nodes deciding at once one wins and
+//!   the other decides again on what it finds;
 //! - `add_if_under`: add to a counter only if the sum stays within a limit
-//!   (withdrawal ledgers, send quotas).
+//!   (issuance and send quotas, withdrawal ledgers);
+//! - `hold` / `release`: a bounded set of things held until they lapse
+//!   (unanswered pushes per user);
+//! - queues (`push_back` / `pop_front`) and small sets and hashes for
+//!   device indexes and node presence.
 //!
 //! Keys are `sls:{TAG}:...`: the hash tag keeps every key an operation
 //! touches in one slot. A write marked durable is followed, on the same
@@ -68,22 +72,24 @@ pub enum Swap {
     Conflict,
 }
 
+/// What a transaction does to one versioned record whose version it
+/// checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Only check the version.
+    Keep,
+    /// Write this value (the version goes up by one), for this long.
+    Set(Vec<u8>, Option<Duration>),
+    /// Delete the record.
+    Delete,
+}
+
 /// A versioned record as read: version 0 means absent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Versioned {
     pub version: u64,
     pub value: Option<Vec<u8>>,
 }
-
-/// `KEYS[1]` the record, `ARGV[1]` the attempts field. Spends one attempt;
-/// answers what is left, or -1 if the record is gone.
-const TAKE_ATTEMPT: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local left = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
-if left <= 0 then redis.call('DEL', KEYS[1]) end
-if left < 0 then return -1 end
-return left
-";
 
 /// `KEYS[1]` the record, `ARGV[1]` the expected version, `ARGV[2]` the
 /// value, `ARGV[3]` the TTL in ms (0: none). Answers the new version, or
@@ -115,6 +121,41 @@ end
 return total
 ";
 
+/// `KEYS` versioned records of one slot. Answers, per key, its version
+/// ("0" when absent) and value.
+const READ_MANY: &str = r"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local r = redis.call('HMGET', key, 'v', 'd')
+  out[i] = {r[1] or '0', r[2] or ''}
+end
+return out
+";
+
+/// `KEYS` versioned records of one slot; `ARGV`, four per key: the
+/// version it must be at, what to do (`k` keep, `s` set, `d` delete), the
+/// value to set and its TTL in ms (0: none). All or nothing: answers 1
+/// when every version matched and the writes were made, 0 otherwise.
+const TRANSACT: &str = r"
+for i, key in ipairs(KEYS) do
+  local version = tonumber(redis.call('HGET', key, 'v') or '0')
+  if version ~= tonumber(ARGV[(i - 1) * 4 + 1]) then return 0 end
+end
+for i, key in ipairs(KEYS) do
+  local base = (i - 1) * 4
+  local op = ARGV[base + 2]
+  if op == 's' then
+    local version = tonumber(redis.call('HGET', key, 'v') or '0') + 1
+    redis.call('HSET', key, 'v', version, 'd', ARGV[base + 3])
+    local ttl = tonumber(ARGV[base + 4])
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
+  elseif op == 'd' then
+    redis.call('DEL', key)
+  end
+end
+return 1
+";
+
 /// `KEYS[1]` the key, `ARGV[1]` the value it must hold to be deleted.
 const DELETE_IF: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -132,7 +173,12 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
   return tonumber(soonest[2])
 end
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
-redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+-- The set lives as long as its longest-held member.
+if redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+else
+  redis.call('PEXPIREAT', KEYS[1], ARGV[4], 'GT')
+end
 return 0
 ";
 
@@ -449,65 +495,6 @@ impl RedisStore {
         bytes(self.run(key, command, false).await?)
     }
 
-    /// Gets and deletes `key` at once: of many callers, one gets the value.
-    pub async fn consume(&self, key: &Key, durable: bool) -> Result<Option<Vec<u8>>, RedisError> {
-        let mut command = redis::cmd("GETDEL");
-        command.arg(key.as_str());
-        bytes(self.run(key, command, durable).await?)
-    }
-
-    /// Puts a record with an attempts budget: `field` = `attempts`, plus
-    /// `data`, for `ttl`; false if the key exists.
-    pub async fn put_budget(
-        &self,
-        key: &Key,
-        data: &[u8],
-        attempts: u8,
-        ttl: Duration,
-    ) -> Result<bool, RedisError> {
-        let mut command = redis::cmd("EVAL");
-        command
-            .arg(
-                "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end \
-                 redis.call('HSET', KEYS[1], 'a', ARGV[1], 'd', ARGV[2]) \
-                 redis.call('PEXPIRE', KEYS[1], ARGV[3]) return 1",
-            )
-            .arg(1)
-            .arg(key.as_str())
-            .arg(attempts)
-            .arg(data)
-            .arg(millis(ttl).max(1));
-        Ok(int(&self.run(key, command, false).await?)? == 1)
-    }
-
-    /// The data of a budgeted record, if it is there.
-    pub async fn read_budget(&self, key: &Key) -> Result<Option<(u8, Vec<u8>)>, RedisError> {
-        let mut command = redis::cmd("HMGET");
-        command.arg(key.as_str()).arg("a").arg("d");
-        match self.run(key, command, false).await? {
-            Value::Array(values) => match values.as_slice() {
-                [Value::BulkString(a), Value::BulkString(d)] => {
-                    let attempts = std::str::from_utf8(a)
-                        .ok()
-                        .and_then(|a| a.parse().ok())
-                        .ok_or_else(|| RedisError::Unexpected("attempts".into()))?;
-                    Ok(Some((attempts, d.clone())))
-                }
-                _ => Ok(None),
-            },
-            other => Err(RedisError::Unexpected(format!("{other:?}"))),
-        }
-    }
-
-    /// Spends one attempt of a budgeted record: `Some(left)`, the record
-    /// deleted at 0; `None` if it is gone (used up, consumed or expired).
-    pub async fn take_attempt(&self, key: &Key) -> Result<Option<u8>, RedisError> {
-        let mut command = redis::cmd("EVAL");
-        command.arg(TAKE_ATTEMPT).arg(1).arg(key.as_str()).arg("a");
-        let left = int(&self.run(key, command, false).await?)?;
-        Ok(u8::try_from(left).ok())
-    }
-
     /// A versioned record.
     pub async fn read(&self, key: &Key) -> Result<Versioned, RedisError> {
         let mut command = redis::cmd("HMGET");
@@ -528,6 +515,72 @@ impl RedisStore {
             },
             other => Err(RedisError::Unexpected(format!("{other:?}"))),
         }
+    }
+
+    /// Several versioned records of one slot (all keys share a tag), read
+    /// at one moment.
+    pub async fn read_many(&self, keys: &[&Key]) -> Result<Vec<Versioned>, RedisError> {
+        let Some(first) = keys.first() else {
+            return Ok(Vec::new());
+        };
+        let mut command = redis::cmd("EVAL");
+        command.arg(READ_MANY).arg(keys.len());
+        for key in keys {
+            command.arg(key.as_str());
+        }
+        let Value::Array(records) = self.run(first, command, false).await? else {
+            return Err(RedisError::Unexpected("read_many".into()));
+        };
+        records
+            .into_iter()
+            .map(|record| match record {
+                Value::Array(pair) => match pair.as_slice() {
+                    [Value::BulkString(v), Value::BulkString(d)] => {
+                        let version = std::str::from_utf8(v)
+                            .ok()
+                            .and_then(|v| v.parse().ok())
+                            .ok_or_else(|| RedisError::Unexpected("version".into()))?;
+                        Ok(Versioned {
+                            version,
+                            value: (version > 0).then(|| d.clone()),
+                        })
+                    }
+                    other => Err(RedisError::Unexpected(format!("{other:?}"))),
+                },
+                other => Err(RedisError::Unexpected(format!("{other:?}"))),
+            })
+            .collect()
+    }
+
+    /// Compare-and-swap on several versioned records of one slot at once:
+    /// each `(key, expected version, change)`. True when every version
+    /// matched and every change was made; false (nothing changed) if one
+    /// did not.
+    pub async fn transact(
+        &self,
+        changes: &[(&Key, u64, Change)],
+        durable: bool,
+    ) -> Result<bool, RedisError> {
+        let Some((first, _, _)) = changes.first() else {
+            return Ok(true);
+        };
+        let mut command = redis::cmd("EVAL");
+        command.arg(TRANSACT).arg(changes.len());
+        for (key, _, _) in changes {
+            command.arg(key.as_str());
+        }
+        for (_, version, change) in changes {
+            command.arg(*version);
+            match change {
+                Change::Keep => command.arg("k").arg("").arg(0),
+                Change::Set(value, ttl) => command
+                    .arg("s")
+                    .arg(value.as_slice())
+                    .arg(ttl.map_or(0, |t| millis(t).max(1))),
+                Change::Delete => command.arg("d").arg("").arg(0),
+            };
+        }
+        Ok(int(&self.run(first, command, durable).await?)? == 1)
     }
 
     /// Writes `value` if the record is still at `expected` (0: absent).

@@ -88,7 +88,8 @@ pub struct FailureState {
 }
 
 impl FailureState {
-    pub(super) fn encode(&self) -> Vec<u8> {
+    /// The stored form (a shared store's record, the database's value).
+    pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16);
         out.put_u64(u64::from(self.consecutive) << 32 | u64::from(self.lockouts));
         out.put_u64(self.locked_until.0);

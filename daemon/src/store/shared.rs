@@ -31,9 +31,8 @@ use std::time::{Duration, Instant};
 
 use rand::CryptoRng;
 
-use super::challenges::OpenChallenge;
 use super::records::{DeviceCodec, Stored};
-use super::redis::{Key, RedisStore, Swap};
+use super::redis::{Change, Key, RedisStore, Versioned};
 use super::registry::{Device, EnrollError, FailureState, NewDevice, StoreError, Verifier};
 use crate::clock::Timestamp;
 use crate::identity::{ChallengeId, CodeId, DeviceId, PushId, Username};
@@ -45,7 +44,7 @@ use crate::ratelimit::Decision;
 
 /// How long past its expiry a challenge record is kept, so that a late
 /// answer hears `Expired` rather than `UnknownChallenge`.
-const EXPIRED_GRACE: Duration = Duration::from_secs(60);
+pub const EXPIRED_GRACE: Duration = Duration::from_secs(60);
 /// The per-user issuance window.
 const MINUTE_MS: u64 = 60_000;
 /// How long a queue (the carrier outbox, a node's inbox) outlives its last
@@ -84,20 +83,12 @@ fn device_key(id: DeviceId) -> Key {
     Key::new(&format!("d{}", id.0), "device")
 }
 
-fn failures_key(id: DeviceId) -> Key {
-    Key::new(&format!("d{}", id.0), "failures")
-}
-
 fn push_key_key(id: DeviceId) -> Key {
     Key::new(&format!("d{}", id.0), "push-key")
 }
 
 fn user_key(user: &Username) -> Key {
     Key::new(&format!("u:{user}"), "devices")
-}
-
-fn challenge_key(id: ChallengeId) -> Key {
-    Key::new(&format!("c{:016x}", id.0), "challenge")
 }
 
 fn phone_key(id: DeviceId) -> Key {
@@ -107,14 +98,6 @@ fn phone_key(id: DeviceId) -> Key {
 /// The SMS device a user's one verified number belongs to.
 fn phone_claim_key(user: &Username) -> Key {
     Key::new(&format!("u:{user}"), "phone")
-}
-
-fn sms_session_key(user: &Username) -> Key {
-    Key::new(&format!("u:{user}"), "sms")
-}
-
-fn code_user_key(code: CodeId) -> Key {
-    Key::new(&format!("k{:016x}", code.0), "user")
 }
 
 fn sms_code_key_key() -> Key {
@@ -129,10 +112,6 @@ fn outbox_key() -> Key {
 /// Nodes with carrier bridges, each with the moment its claim ends.
 fn bridges_key() -> Key {
     Key::new("carrier", "bridges")
-}
-
-fn push_key(id: PushId) -> Key {
-    Key::new(&format!("p{:016x}", id.0), "push")
 }
 
 /// The node a device's phone is subscribed on.
@@ -151,8 +130,61 @@ fn inbox_key(node: &str) -> Key {
     Key::new(&format!("n:{node}"), "inbox")
 }
 
+/// One of a user's versioned records. All of a user's records share a
+/// slot, so a decision that touches several (a challenge and its device's
+/// failure state) reads them together and changes them together, or not
+/// at all, whichever node makes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserRecord {
+    /// The failure state (consecutive failures, lockout) of a device.
+    Failures(DeviceId),
+    /// An open challenge, with its attempts left.
+    Challenge(ChallengeId),
+    /// The user's SMS code session.
+    Sms,
+    /// A push session.
+    Push(PushId),
+}
+
+fn user_record_key(user: &Username, record: UserRecord) -> Key {
+    let tag = format!("u:{user}");
+    match record {
+        UserRecord::Failures(device) => Key::new(&tag, &format!("f:{}", device.0)),
+        UserRecord::Challenge(id) => Key::new(&tag, &format!("c:{:016x}", id.0)),
+        UserRecord::Sms => Key::new(&tag, "sms"),
+        UserRecord::Push(id) => Key::new(&tag, &format!("p:{:016x}", id.0)),
+    }
+}
+
+/// A random handle a client holds, whose records live with a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handle {
+    Challenge(ChallengeId),
+    Code(CodeId),
+    Push(PushId),
+}
+
+fn handle_key(handle: Handle) -> Key {
+    match handle {
+        Handle::Challenge(id) => Key::new(&format!("c{:016x}", id.0), "owner"),
+        Handle::Code(id) => Key::new(&format!("k{:016x}", id.0), "owner"),
+        Handle::Push(id) => Key::new(&format!("p{:016x}", id.0), "owner"),
+    }
+}
+
 fn next_device_key() -> Key {
     Key::new("meta", "next-device")
+}
+
+/// A failure-state record as read (absent: never failed).
+pub fn failure_state(device: DeviceId, record: &Versioned) -> Result<FailureState, StoreError> {
+    match &record.value {
+        Some(bytes) => FailureState::decode(bytes).ok_or_else(|| StoreError::Corrupt {
+            device: device.0,
+            problem: "failure state".into(),
+        }),
+        None => Ok(FailureState::default()),
+    }
 }
 
 impl SharedStore {
@@ -374,55 +406,6 @@ impl SharedStore {
         ))
     }
 
-    /// A user's SMS code session as stored, with its version.
-    pub async fn sms_session(&self, user: &Username) -> Result<(u64, Vec<u8>), StoreError> {
-        let record = self.redis.read(&sms_session_key(user)).await?;
-        Ok((record.version, record.value.unwrap_or_default()))
-    }
-
-    /// Writes a user's SMS session if it is still at `version`; empty
-    /// `session` ends it (the version keeps counting). Durable: a used-up
-    /// code must not come back in a failover.
-    pub async fn swap_sms_session(
-        &self,
-        user: &Username,
-        version: u64,
-        session: &[u8],
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        let key = sms_session_key(user);
-        let ttl = ttl + EXPIRED_GRACE;
-        Ok(matches!(
-            self.redis
-                .swap(&key, version, session, Some(ttl), true)
-                .await?,
-            Swap::Done(_)
-        ))
-    }
-
-    /// Remembers whose a code is, for `CodeStatus` and delivery reports.
-    pub async fn index_code(
-        &self,
-        code: CodeId,
-        user: &Username,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let key = code_user_key(code);
-        self.redis
-            .put_new(&key, user.as_str().as_bytes(), ttl + EXPIRED_GRACE, false)
-            .await?;
-        Ok(())
-    }
-
-    /// The user a live code was sent for.
-    pub async fn code_user(&self, code: CodeId) -> Result<Option<Username>, StoreError> {
-        Ok(self
-            .redis
-            .get(&code_user_key(code))
-            .await?
-            .and_then(|bytes| Username::new(std::str::from_utf8(&bytes).ok()?).ok()))
-    }
-
     /// Queues a message for whichever node has a carrier bridge; sealed,
     /// since it carries a code.
     pub async fn enqueue_message<R: CryptoRng + Send + ?Sized>(
@@ -470,31 +453,6 @@ impl SharedStore {
             .await?
             .into_iter()
             .any(|until| until > now.0))
-    }
-
-    /// A push session as stored, with its version (0 and empty: none).
-    pub async fn push_session(&self, id: PushId) -> Result<(u64, Vec<u8>), StoreError> {
-        let record = self.redis.read(&push_key(id)).await?;
-        Ok((record.version, record.value.unwrap_or_default()))
-    }
-
-    /// Writes a push session if it is still at `version`; empty `session`
-    /// ends it. Durable: an answered push must not come back unanswered in
-    /// a failover.
-    pub async fn swap_push_session(
-        &self,
-        id: PushId,
-        version: u64,
-        session: &[u8],
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        let ttl = ttl + EXPIRED_GRACE;
-        Ok(matches!(
-            self.redis
-                .swap(&push_key(id), version, session, Some(ttl), true)
-                .await?,
-            Swap::Done(_)
-        ))
     }
 
     /// Says a device's phone is subscribed on `node`, for `ttl` (renewed
@@ -592,13 +550,15 @@ impl SharedStore {
             return Ok(false);
         };
         self.forget(id);
-        let deleted = self
-            .redis
-            .delete(
-                &[&device_key(id), &failures_key(id), &push_key_key(id)],
-                true,
-            )
-            .await?;
+        let keys = [&device_key(id), &push_key_key(id), &phone_key(id)];
+        let deleted = self.redis.delete(&keys, true).await?;
+        let failures = user_record_key(&device.user, UserRecord::Failures(id));
+        self.redis.delete(&[&failures], true).await?;
+        if device.kind == DeviceKind::Sms {
+            // The user may now register another number.
+            let claim = phone_claim_key(&device.user);
+            self.redis.delete(&[&claim], true).await?;
+        }
         self.redis
             .set_remove(&user_key(&device.user), id.0.to_string().as_bytes(), true)
             .await?;
@@ -606,17 +566,53 @@ impl SharedStore {
         Ok(deleted > 0)
     }
 
+    /// Some of a user's records, read at one moment (version 0: absent).
+    pub async fn read_user(
+        &self,
+        user: &Username,
+        records: &[UserRecord],
+    ) -> Result<Vec<Versioned>, StoreError> {
+        let keys: Vec<Key> = records.iter().map(|r| user_record_key(user, *r)).collect();
+        let keys: Vec<&Key> = keys.iter().collect();
+        Ok(self.redis.read_many(&keys).await?)
+    }
+
+    /// Changes some of a user's records at once if each is still at the
+    /// version given; false (nothing changed) if one is not. `durable`: the
+    /// change reaches the replicas before this answers (whatever a reply
+    /// depends on: a used-up challenge, a failure count, a settled push).
+    pub async fn write_user(
+        &self,
+        user: &Username,
+        changes: &[(UserRecord, u64, Change)],
+        durable: bool,
+    ) -> Result<bool, StoreError> {
+        let keys: Vec<Key> = changes
+            .iter()
+            .map(|(record, _, _)| user_record_key(user, *record))
+            .collect();
+        let changes: Vec<(&Key, u64, Change)> = keys
+            .iter()
+            .zip(changes)
+            .map(|(key, (_, version, change))| (key, *version, change.clone()))
+            .collect();
+        Ok(self.redis.transact(&changes, durable).await?)
+    }
+
     /// A device's failure state and its version (0: never failed).
-    pub async fn failures(&self, id: DeviceId) -> Result<(u64, FailureState), StoreError> {
-        let record = self.redis.read(&failures_key(id)).await?;
-        let state = match &record.value {
-            Some(bytes) => FailureState::decode(bytes).ok_or_else(|| StoreError::Corrupt {
-                device: id.0,
-                problem: "failure state".into(),
-            })?,
-            None => FailureState::default(),
-        };
-        Ok((record.version, state))
+    pub async fn failures(
+        &self,
+        user: &Username,
+        device: DeviceId,
+    ) -> Result<(u64, FailureState), StoreError> {
+        let records = self
+            .read_user(user, &[UserRecord::Failures(device)])
+            .await?;
+        let record = records.first().cloned().unwrap_or(Versioned {
+            version: 0,
+            value: None,
+        });
+        Ok((record.version, failure_state(device, &record)?))
     }
 
     /// Changes a device's failure state with `change`, applied to the state
@@ -626,71 +622,68 @@ impl SharedStore {
     /// is written).
     pub async fn update_failures<T>(
         &self,
-        id: DeviceId,
+        user: &Username,
+        device: DeviceId,
         mut change: impl FnMut(&mut FailureState) -> T,
     ) -> Result<Option<T>, StoreError> {
         for _ in 0..SWAP_ROUNDS {
-            let (version, before) = self.failures(id).await?;
+            let (version, before) = self.failures(user, device).await?;
             let mut after = before;
             let answer = change(&mut after);
             if after == before {
                 return Ok(None);
             }
-            let key = failures_key(id);
-            if let Swap::Done(_) = self
-                .redis
-                .swap(&key, version, &after.encode(), None, true)
-                .await?
-            {
+            let write = (
+                UserRecord::Failures(device),
+                version,
+                Change::Set(after.encode(), None),
+            );
+            if self.write_user(user, &[write], true).await? {
                 return Ok(Some(answer));
             }
         }
         Err(StoreError::Database(format!(
-            "the failure state of device {id} kept changing under {SWAP_ROUNDS} attempts"
+            "the failure state of device {device} kept changing under {SWAP_ROUNDS} attempts"
         )))
     }
 
-    /// Opens a challenge for its TTL (plus a grace to tell late answers it
-    /// expired); false if the id is taken. Not replicated before the answer:
-    /// a challenge lost in a failover is one the user asks for again.
-    pub async fn open_challenge(
+    /// Takes a random handle for `user` (and a device) for `ttl` (plus a
+    /// grace, so that late answers hear `Expired`); false if it is taken.
+    pub async fn claim_handle(
         &self,
-        id: ChallengeId,
-        open: &OpenChallenge,
+        handle: Handle,
+        user: &Username,
+        device: Option<DeviceId>,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
+        let owner = match device {
+            Some(device) => format!("{user} {}", device.0),
+            None => user.to_string(),
+        };
         Ok(self
             .redis
-            .put_budget(
-                &challenge_key(id),
-                &open.encode(),
-                open.attempts_left,
+            .put_new(
+                &handle_key(handle),
+                owner.as_bytes(),
                 ttl + EXPIRED_GRACE,
+                false,
             )
             .await?)
     }
 
-    /// An open challenge with its attempts left, if it is there.
-    pub async fn challenge(&self, id: ChallengeId) -> Result<Option<OpenChallenge>, StoreError> {
-        let Some((attempts, record)) = self.redis.read_budget(&challenge_key(id)).await? else {
+    /// Whose a handle is: the user, and the device if one was named.
+    pub async fn handle_owner(
+        &self,
+        handle: Handle,
+    ) -> Result<Option<(Username, Option<DeviceId>)>, StoreError> {
+        let Some(owner) = self.redis.get(&handle_key(handle)).await? else {
             return Ok(None);
         };
-        OpenChallenge::decode(&record, attempts)
-            .map(Some)
-            .ok_or_else(|| StoreError::Database(format!("challenge {id} is damaged")))
-    }
-
-    /// Uses a challenge up: true for the one caller that did. Durable, so
-    /// a failover cannot bring an answered challenge back.
-    pub async fn use_up(&self, id: ChallengeId) -> Result<bool, StoreError> {
-        // DEL is atomic: of many callers, one deletes the record.
-        Ok(self.redis.delete(&[&challenge_key(id)], true).await? == 1)
-    }
-
-    /// Spends one attempt; `Some(left)` (the challenge is gone at 0), or
-    /// `None` if it was gone already.
-    pub async fn spend_attempt(&self, id: ChallengeId) -> Result<Option<u8>, StoreError> {
-        Ok(self.redis.take_attempt(&challenge_key(id)).await?)
+        let owner = String::from_utf8_lossy(&owner);
+        let mut parts = owner.split(' ');
+        let user = parts.next().and_then(|u| Username::new(u).ok());
+        let device = parts.next().and_then(|d| d.parse().ok()).map(DeviceId);
+        Ok(user.map(|user| (user, device)))
     }
 
     /// Counts one issuance (challenge, code, push) for the user in the

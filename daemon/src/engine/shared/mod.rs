@@ -21,20 +21,25 @@ mod sms;
 
 pub(super) use push::Waiters;
 
+/// Rounds of read, judge and write on one user's records before giving up
+/// (`Busy`): each lost round means another node changed them meanwhile.
+const CHANGE_ROUNDS: usize = 8;
+
 use std::sync::atomic::Ordering;
 
 use rand::CryptoRng;
 
 use super::{
-    Caller, Engine, Judgement, accepted, enroll_error, forbidden, next_failure, phone_enrolled,
-    push_key_bound, wrong_answer,
+    Caller, Engine, Judgement, accepted, disposition_after, enroll_error, forbidden, next_failure,
+    phone_enrolled, push_key_bound, wrong_answer,
 };
 use crate::clock::Timestamp;
 use crate::identity::{ChallengeId, DeviceId, Username};
 use crate::ratelimit::Decision;
-use crate::store::challenges::OpenChallenge;
+use crate::store::challenges::{Disposition, OpenChallenge};
+use crate::store::redis::Change;
 use crate::store::registry::{FailureState, NewDevice, StoreError};
-use crate::store::shared::SharedStore;
+use crate::store::shared::{EXPIRED_GRACE, Handle, SharedStore, UserRecord, failure_state};
 use crate::wire::request::Answer;
 use crate::wire::{DeviceEntry, EnrollRequest, ErrorCode, Operation, Reply, Verdict};
 
@@ -150,12 +155,18 @@ impl Engine {
         now: Timestamp,
         with_expired: bool,
     ) -> Result<Reply, StoreError> {
-        let mut entries = Vec::new();
-        for device in store.devices_of(user).await? {
-            if !with_expired && device.expired_at(now) {
-                continue;
-            }
-            let (_, failures) = store.failures(device.id).await?;
+        let devices: Vec<_> = store
+            .devices_of(user)
+            .await?
+            .into_iter()
+            .filter(|d| with_expired || !d.expired_at(now))
+            .collect();
+        // Every failure state in one read: they live with the user.
+        let records: Vec<UserRecord> = devices.iter().map(|d| UserRecord::Failures(d.id)).collect();
+        let states = store.read_user(user, &records).await?;
+        let mut entries = Vec::with_capacity(devices.len());
+        for (device, record) in devices.iter().zip(&states) {
+            let failures = failure_state(device.id, record)?;
             entries.push(DeviceEntry {
                 device: device.id,
                 kind: device.kind,
@@ -209,7 +220,18 @@ impl Engine {
         // Ids are random 64-bit numbers; a collision is retried, twice.
         for _ in 0..3 {
             let id = ChallengeId(rng.next_u64());
-            if store.open_challenge(id, &open, ttl).await? {
+            let handle = Handle::Challenge(id);
+            if !store
+                .claim_handle(handle, user, Some(device.id), ttl)
+                .await?
+            {
+                continue;
+            }
+            // Not replicated before the answer: a challenge lost in a
+            // failover is one the user asks for again.
+            let record = Change::Set(open.encode(), Some(ttl + EXPIRED_GRACE));
+            let opened = (UserRecord::Challenge(id), 0, record);
+            if store.write_user(user, &[opened], false).await? {
                 self.counters.issued.fetch_add(1, Ordering::Relaxed);
                 return Ok(Reply::Challenge {
                     challenge: id,
@@ -232,62 +254,93 @@ impl Engine {
         now: Timestamp,
     ) -> Result<Reply, StoreError> {
         let verdict = self.shared_verdict(store, id, answer, now).await?;
-        self.count_verdict(&verdict);
-        Ok(Reply::Verdict(verdict))
+        if let Some(verdict) = &verdict {
+            self.count_verdict(verdict);
+        }
+        Ok(verdict.map_or_else(
+            || Reply::error(ErrorCode::Busy, "the challenge kept changing; retry"),
+            Reply::Verdict,
+        ))
     }
 
+    /// Reads the challenge and its device's failure state together, judges
+    /// the answer, and writes the outcome to both at once if neither
+    /// changed meanwhile (another verify, on any node, of this challenge
+    /// or another of the device's); otherwise judges again on what changed.
+    /// `None`: it kept changing.
     async fn shared_verdict(
         &self,
         store: &SharedStore,
         id: ChallengeId,
         answer: &Answer,
         now: Timestamp,
-    ) -> Result<Verdict, StoreError> {
-        let Some(open) = store.challenge(id).await? else {
-            return Ok(Verdict::UnknownChallenge);
+    ) -> Result<Option<Verdict>, StoreError> {
+        let Some((user, Some(device_id))) = store.handle_owner(Handle::Challenge(id)).await? else {
+            return Ok(Some(Verdict::UnknownChallenge));
         };
-        let Some(device) = store.device(open.device).await? else {
-            // Revoked since the challenge was issued.
-            store.use_up(id).await?;
-            return Ok(Verdict::UnknownChallenge);
-        };
-        let (_, failures) = store.failures(device.id).await?;
-        match self.judge(&open, &device, &failures, answer, now) {
-            Judgement::Expired => {
-                store.use_up(id).await?;
-                Ok(Verdict::Expired)
-            }
-            Judgement::LockedOut(retry_after) => Ok(Verdict::LockedOut { retry_after }),
-            Judgement::Right => {
-                // Of every verify of this challenge, on any node, one uses
-                // it up; the others find it gone.
-                if !store.use_up(id).await? {
-                    return Ok(Verdict::UnknownChallenge);
+        let challenge = UserRecord::Challenge(id);
+        let failures_of = UserRecord::Failures(device_id);
+        for _ in 0..CHANGE_ROUNDS {
+            let records = store.read_user(&user, &[challenge, failures_of]).await?;
+            let [record, failures_record] = records.as_slice() else {
+                return Err(StoreError::Database("a short read".into()));
+            };
+            let Some(open) = record.value.as_deref().and_then(OpenChallenge::decode) else {
+                return Ok(Some(Verdict::UnknownChallenge));
+            };
+            let used_up = (challenge, record.version, Change::Delete);
+            let Some(device) = store.device(open.device).await? else {
+                // Revoked since the challenge was issued.
+                store.write_user(&user, &[used_up], true).await?;
+                return Ok(Some(Verdict::UnknownChallenge));
+            };
+            let failures = failure_state(device.id, failures_record)?;
+            let seen = failures_record.version;
+            let (verdict, changes) = match self.judge(&open, &device, &failures, answer, now) {
+                Judgement::Expired => (Verdict::Expired, vec![used_up]),
+                Judgement::LockedOut(retry_after) => {
+                    return Ok(Some(Verdict::LockedOut { retry_after }));
                 }
-                if failures != FailureState::default() {
-                    store
-                        .update_failures(device.id, |state| *state = FailureState::default())
-                        .await?;
+                Judgement::Right => {
+                    // Used up, and the failures cleared, only if no other
+                    // verify changed either meanwhile.
+                    let cleared = if failures == FailureState::default() {
+                        Change::Keep
+                    } else {
+                        Change::Set(FailureState::default().encode(), None)
+                    };
+                    let changes = vec![used_up, (failures_of, seen, cleared)];
+                    (accepted(&open, &device), changes)
                 }
-                Ok(accepted(&open, &device))
-            }
-            Judgement::Wrong => {
-                let Some(attempts_left) = store.spend_attempt(id).await? else {
-                    return Ok(Verdict::UnknownChallenge);
-                };
-                let lockout = &self.config.lockout;
-                let locked = store
-                    .update_failures(device.id, |state| next_failure(lockout, state, now))
-                    .await?
-                    .flatten();
-                if locked.is_some() {
+                Judgement::Wrong => {
+                    let mut after = failures;
+                    let locked = next_failure(&self.config.lockout, &mut after, now);
+                    let mut open = open;
+                    open.attempts_left = open.attempts_left.saturating_sub(1);
+                    let verdict = wrong_answer(locked, open.attempts_left);
+                    let kept = match disposition_after(&verdict) {
+                        Disposition::Keep => {
+                            let ttl = now.until(open.expires_at) + EXPIRED_GRACE;
+                            Change::Set(open.encode(), Some(ttl))
+                        }
+                        Disposition::Remove => Change::Delete,
+                    };
+                    let failed = Change::Set(after.encode(), None);
+                    let changes = vec![
+                        (challenge, record.version, kept),
+                        (failures_of, seen, failed),
+                    ];
+                    (verdict, changes)
+                }
+            };
+            if store.write_user(&user, &changes, true).await? {
+                if matches!(verdict, Verdict::LockedOut { .. }) {
                     self.count_lockout();
-                    // A locked device's challenge is of no further use.
-                    store.use_up(id).await?;
                 }
-                Ok(wrong_answer(locked, attempts_left))
+                return Ok(Some(verdict));
             }
         }
+        Ok(None)
     }
 
     async fn shared_enroll<R: CryptoRng + Send + ?Sized>(
@@ -349,7 +402,7 @@ async fn shared_unlock(
     }
     for d in &devices {
         store
-            .update_failures(d.id, |state| *state = FailureState::default())
+            .update_failures(user, d.id, |state| *state = FailureState::default())
             .await?;
     }
     tracing::info!(%user, devices = devices.len(), "lockouts cleared");

@@ -20,14 +20,15 @@ use std::time::Duration;
 use rand::CryptoRng;
 
 use super::super::push::{answer, draw_choices};
-use super::super::{Caller, Engine, Sink, next_failure};
+use super::super::{Caller, Engine, Sink, accepted_by, next_failure};
 use crate::clock::Timestamp;
 use crate::identity::{DeviceId, PushId, Username};
 use crate::otp::push::{self, Signature};
 use crate::profile::DeviceKind;
 use crate::ratelimit::Decision;
+use crate::store::redis::Change;
 use crate::store::registry::{FailureState, StoreError};
-use crate::store::shared::SharedStore;
+use crate::store::shared::{EXPIRED_GRACE, Handle, SharedStore, UserRecord, failure_state};
 use crate::wire::codec::{Put, Reader};
 use crate::wire::{ErrorCode, Reply, Response, Verdict};
 
@@ -176,6 +177,29 @@ impl Handed {
     }
 }
 
+/// A push session written back, kept until a minute past its expiry.
+fn kept(session: &SharedPush, left: Duration) -> Change {
+    Change::Set(session.encode(), Some(left + EXPIRED_GRACE))
+}
+
+/// An ended session (empty, so its version keeps counting).
+fn ended() -> Change {
+    Change::Set(Vec::new(), Some(EXPIRED_GRACE))
+}
+
+/// A push session and its version; `None` if there is none (or it ended).
+async fn read_push(
+    store: &SharedStore,
+    user: &Username,
+    id: PushId,
+) -> Result<Option<(u64, SharedPush)>, StoreError> {
+    let records = store.read_user(user, &[UserRecord::Push(id)]).await?;
+    Ok(records.first().and_then(|record| {
+        let session = record.value.as_deref().and_then(SharedPush::decode)?;
+        Some((record.version, session))
+    }))
+}
+
 impl Engine {
     fn waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
         self.push_waiters
@@ -228,7 +252,7 @@ impl Engine {
                 "no IB Key device with push for this user",
             ));
         };
-        let (_, failures) = store.failures(device.id).await?;
+        let (_, failures) = store.failures(user, device.id).await?;
         if failures.locked_until > now {
             return Ok(Reply::rate_limited(
                 now.until(failures.locked_until),
@@ -260,10 +284,11 @@ impl Engine {
             verdict: None,
             waiter: None,
         };
-        if !store
-            .swap_push_session(id, 0, &session.encode(), ttl)
-            .await?
-        {
+        let claimed = store
+            .claim_handle(Handle::Push(id), user, Some(device.id), ttl)
+            .await?;
+        let opened = (UserRecord::Push(id), 0, kept(&session, ttl));
+        if !claimed || !store.write_user(user, &[opened], false).await? {
             store.release_push(user, id).await?;
             return Ok(Reply::error(
                 ErrorCode::Busy,
@@ -294,21 +319,28 @@ impl Engine {
         id: PushId,
         now: Timestamp,
     ) -> Result<Option<Reply>, StoreError> {
+        let Some((user, _)) = store.handle_owner(Handle::Push(id)).await? else {
+            return Ok(Some(Reply::Verdict(Verdict::UnknownChallenge)));
+        };
+        let record_of = UserRecord::Push(id);
         for _ in 0..PUSH_ROUNDS {
-            let (version, record) = store.push_session(id).await?;
-            let Some(mut session) = SharedPush::decode(&record) else {
+            let Some((version, mut session)) = read_push(store, &user, id).await? else {
                 return Ok(Some(Reply::Verdict(Verdict::UnknownChallenge)));
             };
-            let left = now.until(session.expires_at);
             if let Some(verdict) = session.verdict.take() {
                 // Taking the verdict ends the session: it is handed out once.
-                if !store.swap_push_session(id, version, &[], left).await? {
+                if !store
+                    .write_user(&user, &[(record_of, version, ended())], true)
+                    .await?
+                {
                     continue;
                 }
                 return Ok(Some(Reply::Verdict(verdict)));
             }
             if session.expires_at <= now {
-                store.swap_push_session(id, version, &[], left).await?;
+                store
+                    .write_user(&user, &[(record_of, version, ended())], true)
+                    .await?;
                 store.release_push(&session.user, id).await?;
                 return Ok(Some(Reply::Verdict(Verdict::Expired)));
             }
@@ -340,10 +372,9 @@ impl Engine {
                 );
             }
             session.waiter = Some(self.node.clone());
-            if store
-                .swap_push_session(id, version, &session.encode(), left)
-                .await?
-            {
+            let left = now.until(session.expires_at);
+            let named = (record_of, version, kept(&session, left));
+            if store.write_user(&user, &[named], true).await? {
                 return Ok(None);
             }
             self.waiters().remove(&id);
@@ -363,117 +394,108 @@ impl Engine {
         approval: Option<(u8, &Signature)>,
         now: Timestamp,
     ) -> Result<Reply, StoreError> {
-        let (_, record) = store.push_session(id).await?;
-        let Some(session) = SharedPush::decode(&record) else {
+        let Some((user, Some(device_id))) = store.handle_owner(Handle::Push(id)).await? else {
             return Ok(Reply::error(ErrorCode::NotFound, "no such push"));
         };
-        if session.verdict.is_some() || session.expires_at <= now {
-            return Ok(Reply::error(
-                ErrorCode::NotFound,
-                "the push was answered or expired",
-            ));
-        }
-        if !self.pushes.linked_to(session.device, caller.connection) {
+        if !self.pushes.linked_to(device_id, caller.connection) {
             return Ok(Reply::error(
                 ErrorCode::Forbidden,
                 "this connection has not subscribed for the push's device",
             ));
         }
-        let Some(device) = store.device(session.device).await? else {
+        let Some(device) = store.device(device_id).await? else {
             return Ok(Reply::error(ErrorCode::NotFound, "the device was revoked"));
         };
+        // The Ed25519 check, the costliest step, once, outside the rounds.
         let signed = approval.map(|(chosen, proof)| {
             let message = push::approve_message(id, device.id, chosen);
             device
                 .push_key()
                 .is_some_and(|k| k.verifies(&message, proof))
         });
-        let (_, failures) = store.failures(device.id).await?;
-        let right = match (approval, signed) {
-            (Some((chosen, _)), Some(signed)) => Some(signed & (chosen == session.match_number)),
-            _ => None,
-        };
-        let verdict = match right {
-            None => Verdict::Denied,
-            Some(_) if failures.locked_until > now => Verdict::LockedOut {
-                retry_after: now.until(failures.locked_until),
-            },
-            Some(true) => Verdict::Accepted {
-                user: session.user.clone(),
-                device: device.id,
-                kind: device.kind,
-            },
-            Some(false) => {
-                if signed == Some(false) {
-                    metrics::counter!(crate::metrics::BAD_PROOFS, "operation" => "approve")
-                        .increment(1);
-                }
-                // A wrong number or proof from the device's own phone
-                // counts toward its lockout even if another answer settles
-                // the push first.
-                let lockout = &self.config.lockout;
-                let locked = store
-                    .update_failures(device.id, |state| next_failure(lockout, state, now))
-                    .await?
-                    .flatten();
-                match locked {
-                    Some(retry_after) => {
-                        self.count_lockout();
-                        Verdict::LockedOut { retry_after }
-                    }
-                    None => Verdict::Rejected { attempts_left: 0 },
-                }
-            }
-        };
-        let Some(waiter) = self.settle(store, id, &verdict, now).await? else {
-            return Ok(Reply::error(
-                ErrorCode::NotFound,
-                "the push was answered or expired",
-            ));
-        };
-        if matches!(verdict, Verdict::Accepted { .. }) && failures != FailureState::default() {
-            store
-                .update_failures(device.id, |state| *state = FailureState::default())
-                .await?;
+        if signed == Some(false) {
+            metrics::counter!(crate::metrics::BAD_PROOFS, "operation" => "approve").increment(1);
         }
-        store.release_push(&session.user, id).await?;
-        if let Some(node) = waiter {
-            store
-                .send_to_node(&node, &Handed::Settled(id).encode())
-                .await?;
-        }
-        Ok(match approval {
-            None => Reply::Done,
-            Some(_) => Reply::Verdict(verdict),
-        })
-    }
-
-    /// Writes the verdict into an unanswered push: `Some(waiter node)` if
-    /// this answer was first, `None` if another was (or the push is gone).
-    async fn settle(
-        &self,
-        store: &SharedStore,
-        id: PushId,
-        verdict: &Verdict,
-        now: Timestamp,
-    ) -> Result<Option<Option<String>>, StoreError> {
+        let record_of = UserRecord::Push(id);
+        let failures_of = UserRecord::Failures(device_id);
         for _ in 0..PUSH_ROUNDS {
-            let (version, record) = store.push_session(id).await?;
-            let Some(mut session) =
-                SharedPush::decode(&record).filter(|s| s.verdict.is_none() && s.expires_at > now)
-            else {
-                return Ok(None);
+            // The push and the device's failure state, read and settled
+            // together: the first answer wins, and a wrong one counts
+            // toward the lockout only if it is that answer.
+            let records = store.read_user(&user, &[record_of, failures_of]).await?;
+            let [record, failures_record] = records.as_slice() else {
+                return Err(StoreError::Database("a short read".into()));
             };
+            let Some(mut session) = record.value.as_deref().and_then(SharedPush::decode) else {
+                return Ok(Reply::error(ErrorCode::NotFound, "no such push"));
+            };
+            if session.verdict.is_some() || session.expires_at <= now {
+                return Ok(Reply::error(
+                    ErrorCode::NotFound,
+                    "the push was answered or expired",
+                ));
+            }
+            let failures = failure_state(device_id, failures_record)?;
+            let right = match (approval, signed) {
+                (Some((chosen, _)), Some(signed)) => {
+                    Some(signed & (chosen == session.match_number))
+                }
+                _ => None,
+            };
+            let (verdict, failures_change) = match right {
+                None => (Verdict::Denied, Change::Keep),
+                Some(_) if failures.locked_until > now => (
+                    Verdict::LockedOut {
+                        retry_after: now.until(failures.locked_until),
+                    },
+                    Change::Keep,
+                ),
+                Some(true) => {
+                    let cleared = if failures == FailureState::default() {
+                        Change::Keep
+                    } else {
+                        Change::Set(FailureState::default().encode(), None)
+                    };
+                    (accepted_by(&session.user, &device), cleared)
+                }
+                Some(false) => {
+                    let mut after = failures;
+                    let verdict = match next_failure(&self.config.lockout, &mut after, now) {
+                        Some(retry_after) => Verdict::LockedOut { retry_after },
+                        None => Verdict::Rejected { attempts_left: 0 },
+                    };
+                    (verdict, Change::Set(after.encode(), None))
+                }
+            };
+            let counts_lockout = matches!(failures_change, Change::Set(..))
+                && matches!(verdict, Verdict::LockedOut { .. });
             session.verdict = Some(verdict.clone());
             let left = now.until(session.expires_at);
-            if store
-                .swap_push_session(id, version, &session.encode(), left)
-                .await?
-            {
-                return Ok(Some(session.waiter));
+            let changes = [
+                (record_of, record.version, kept(&session, left)),
+                (failures_of, failures_record.version, failures_change),
+            ];
+            if !store.write_user(&user, &changes, true).await? {
+                continue;
             }
+            if counts_lockout {
+                self.count_lockout();
+            }
+            store.release_push(&session.user, id).await?;
+            if let Some(node) = session.waiter {
+                store
+                    .send_to_node(&node, &Handed::Settled(id).encode())
+                    .await?;
+            }
+            return Ok(match approval {
+                None => Reply::Done,
+                Some(_) => Reply::Verdict(verdict),
+            });
         }
-        Ok(None)
+        Ok(Reply::error(
+            ErrorCode::Busy,
+            "the push kept changing; retry",
+        ))
     }
 
     /// This node's part of push approval in a relay round: renew the links
@@ -507,7 +529,7 @@ impl Engine {
                     self.pushes
                         .notify(device, push, &user, choices, now.until(expires_at));
                 }
-                Some(Handed::Settled(push)) => self.hand_verdict(store, push, now).await?,
+                Some(Handed::Settled(push)) => self.hand_verdict(store, push).await?,
                 None => tracing::warn!("a handed item did not parse; dropped"),
             }
         }
@@ -515,23 +537,23 @@ impl Engine {
     }
 
     /// Takes a settled push's verdict to the gateway waiting here.
-    async fn hand_verdict(
-        &self,
-        store: &SharedStore,
-        id: PushId,
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
+    async fn hand_verdict(&self, store: &SharedStore, id: PushId) -> Result<(), StoreError> {
         let Some(waiter) = self.waiters().remove(&id) else {
             return Ok(());
         };
+        let Some((user, _)) = store.handle_owner(Handle::Push(id)).await? else {
+            return Ok(());
+        };
         for _ in 0..PUSH_ROUNDS {
-            let (version, record) = store.push_session(id).await?;
-            let Some(verdict) = SharedPush::decode(&record).and_then(|s| s.verdict) else {
+            let Some((version, session)) = read_push(store, &user, id).await? else {
+                return Ok(());
+            };
+            let Some(verdict) = session.verdict else {
                 // Taken by another caller: nothing is left to hand out.
                 return Ok(());
             };
-            let left = now.until(waiter.expires_at);
-            if store.swap_push_session(id, version, &[], left).await? {
+            let taken = (UserRecord::Push(id), version, ended());
+            if store.write_user(&user, &[taken], true).await? {
                 answer(&waiter.sink, waiter.request, verdict);
                 return Ok(());
             }

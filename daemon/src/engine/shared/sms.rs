@@ -30,8 +30,9 @@ use crate::clock::Timestamp;
 use crate::identity::{CodeId, MessageId, Username};
 use crate::phone::Channel;
 use crate::ratelimit::Decision;
+use crate::store::redis::Change;
 use crate::store::registry::{FailureState, StoreError};
-use crate::store::shared::SharedStore;
+use crate::store::shared::{EXPIRED_GRACE, Handle, SharedStore, UserRecord, failure_state};
 use crate::wire::request::Answer;
 use crate::wire::{DeliveryReport, DeliveryState, ErrorCode, Reply, Verdict};
 
@@ -43,6 +44,17 @@ const BRIDGE_CLAIM: Duration = Duration::from_secs(3);
 const RENEWAL_MS: u64 = 1000;
 /// Queued messages a node takes per relay round.
 const TAKE_PER_ROUND: usize = 64;
+
+/// A session written back, kept until a minute past its expiry.
+fn kept(session: &CodeSession, left: Duration) -> Change {
+    Change::Set(session.encode(), Some(left + EXPIRED_GRACE))
+}
+
+/// An ended session: an empty record, so that its version keeps counting
+/// (a writer that read the old session cannot mistake a new one for it).
+fn ended() -> Change {
+    Change::Set(Vec::new(), Some(EXPIRED_GRACE))
+}
 
 impl Engine {
     pub(super) async fn shared_send_code<R: CryptoRng + Send + ?Sized>(
@@ -71,7 +83,13 @@ impl Engine {
                 "no verified phone number",
             ));
         };
-        let (_, failures) = store.failures(device.id).await?;
+        let records = store
+            .read_user(user, &[UserRecord::Sms, UserRecord::Failures(device.id)])
+            .await?;
+        let [session_record, failures_record] = records.as_slice() else {
+            return Err(StoreError::Database("a short read".into()));
+        };
+        let failures = failure_state(device.id, failures_record)?;
         if failures.locked_until > now {
             return Ok(Reply::rate_limited(
                 now.until(failures.locked_until),
@@ -84,9 +102,12 @@ impl Engine {
                 "no carrier bridge is connected",
             ));
         }
-        let (version, record) = store.sms_session(user).await?;
-        let live =
-            CodeSession::decode(&record).filter(|s| s.expires_at > now && s.device == device.id);
+        let version = session_record.version;
+        let live = session_record
+            .value
+            .as_deref()
+            .and_then(CodeSession::decode)
+            .filter(|s| s.expires_at > now && s.device == device.id);
         let message = MessageId(rng.next_u64());
         let mut session = match live {
             Some(session) => {
@@ -126,17 +147,22 @@ impl Engine {
         let fresh = session.sends == 0;
         session.sent(channel, message, now);
         let left = now.until(session.expires_at);
-        if !store
-            .swap_sms_session(user, version, &session.encode(), left)
-            .await?
+        if fresh
+            && !store
+                .claim_handle(Handle::Code(session.code), user, None, left)
+                .await?
         {
+            return Ok(Reply::error(
+                ErrorCode::Busy,
+                "could not allocate a code id",
+            ));
+        }
+        let write = (UserRecord::Sms, version, kept(&session, left));
+        if !store.write_user(user, &[write], true).await? {
             return Ok(Reply::error(
                 ErrorCode::Busy,
                 "another send for this user is under way; retry",
             ));
-        }
-        if fresh {
-            store.index_code(session.code, user, left).await?;
         }
         let outbound = Outbound {
             code: session.code,
@@ -162,64 +188,92 @@ impl Engine {
         given: &Answer,
         now: Timestamp,
     ) -> Result<Reply, StoreError> {
+        let records = store.read_user(user, &[UserRecord::Sms]).await?;
+        let Some(device_id) = records
+            .first()
+            .and_then(|r| r.value.as_deref())
+            .and_then(CodeSession::decode)
+            .map(|s| s.device)
+        else {
+            // Same work as a real check, so timing does not tell whether
+            // the user exists or has a code.
+            let _ = self.codes.code(CodeId(0)).matches(given.as_bytes());
+            return Ok(Reply::Verdict(Verdict::UnknownChallenge));
+        };
+        let failures_of = UserRecord::Failures(device_id);
         for _ in 0..SESSION_ROUNDS {
-            let (version, record) = store.sms_session(user).await?;
-            let Some(mut session) = CodeSession::decode(&record) else {
-                // Same work as a real check, so timing does not tell whether
-                // the user exists or has a code.
-                let _ = self.codes.code(CodeId(0)).matches(given.as_bytes());
+            // The session and its device's failure state, read and written
+            // together: a lockout reached on another node counts here.
+            let records = store
+                .read_user(user, &[UserRecord::Sms, failures_of])
+                .await?;
+            let [record, failures_record] = records.as_slice() else {
+                return Err(StoreError::Database("a short read".into()));
+            };
+            let Some(mut session) = record
+                .value
+                .as_deref()
+                .and_then(CodeSession::decode)
+                .filter(|s| s.device == device_id)
+            else {
                 return Ok(Reply::Verdict(Verdict::UnknownChallenge));
             };
-            let left = now.until(session.expires_at);
+            let end = (UserRecord::Sms, record.version, ended());
             if session.expires_at <= now {
-                store.swap_sms_session(user, version, &[], left).await?;
+                store
+                    .write_user(user, std::slice::from_ref(&end), true)
+                    .await?;
                 return Ok(Reply::Verdict(Verdict::Expired));
             }
-            let Some(device) = store.device(session.device).await? else {
-                store.swap_sms_session(user, version, &[], left).await?;
+            let Some(device) = store.device(device_id).await? else {
+                store
+                    .write_user(user, std::slice::from_ref(&end), true)
+                    .await?;
                 return Ok(Reply::Verdict(Verdict::UnknownChallenge));
             };
-            let (_, failures) = store.failures(device.id).await?;
+            let failures = failure_state(device_id, failures_record)?;
             if failures.locked_until > now {
                 let retry_after = now.until(failures.locked_until);
                 return Ok(Reply::Verdict(Verdict::LockedOut { retry_after }));
             }
+            let seen = failures_record.version;
             if self.codes.code(session.code).matches(given.as_bytes()) {
                 // Of every node checking this code, one ends the session.
-                if !store.swap_sms_session(user, version, &[], left).await? {
+                let cleared = if failures == FailureState::default() {
+                    Change::Keep
+                } else {
+                    Change::Set(FailureState::default().encode(), None)
+                };
+                let changes = [end, (failures_of, seen, cleared)];
+                if !store.write_user(user, &changes, true).await? {
                     continue;
-                }
-                if failures != FailureState::default() {
-                    store
-                        .update_failures(device.id, |state| *state = FailureState::default())
-                        .await?;
                 }
                 self.counters.accepted.fetch_add(1, Relaxed);
                 return Ok(Reply::Verdict(accepted_by(user, &device)));
             }
             session.checks_left = session.checks_left.saturating_sub(1);
-            let checks_left = session.checks_left;
-            let kept = if checks_left > 0 {
-                session.encode()
+            let mut after = failures;
+            let locked = next_failure(&self.config.lockout, &mut after, now);
+            let verdict = wrong_answer(locked, session.checks_left);
+            let left = now.until(session.expires_at);
+            // A code out of checks, or of a locked device, is of no more use.
+            let session_change = if locked.is_none() && session.checks_left > 0 {
+                kept(&session, left)
             } else {
-                Vec::new()
+                ended()
             };
-            if !store.swap_sms_session(user, version, &kept, left).await? {
+            let changes = [
+                (UserRecord::Sms, record.version, session_change),
+                (failures_of, seen, Change::Set(after.encode(), None)),
+            ];
+            if !store.write_user(user, &changes, true).await? {
                 continue;
             }
-            let lockout = &self.config.lockout;
-            let locked = store
-                .update_failures(device.id, |state| next_failure(lockout, state, now))
-                .await?
-                .flatten();
             if locked.is_some() {
                 self.count_lockout();
-                // A locked device's code is of no further use.
-                let (version, _) = store.sms_session(user).await?;
-                store.swap_sms_session(user, version, &[], left).await?;
             }
             self.counters.rejected.fetch_add(1, Relaxed);
-            return Ok(Reply::Verdict(wrong_answer(locked, checks_left)));
+            return Ok(Reply::Verdict(verdict));
         }
         Ok(Reply::error(
             ErrorCode::Busy,
@@ -232,8 +286,13 @@ impl Engine {
         store: &SharedStore,
         code: CodeId,
     ) -> Result<Reply, StoreError> {
-        let session = match store.code_user(code).await? {
-            Some(user) => CodeSession::decode(&store.sms_session(&user).await?.1),
+        let session = match store.handle_owner(Handle::Code(code)).await? {
+            Some((user, _)) => store
+                .read_user(&user, &[UserRecord::Sms])
+                .await?
+                .first()
+                .and_then(|r| r.value.as_deref())
+                .and_then(CodeSession::decode),
             None => None,
         };
         Ok(match session.filter(|s| s.code == code) {
@@ -274,22 +333,26 @@ impl Engine {
         (code, message, delivery): StatusChange,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        let Some(user) = store.code_user(code).await? else {
+        let Some((user, _)) = store.handle_owner(Handle::Code(code)).await? else {
             return Ok(());
         };
         for _ in 0..SESSION_ROUNDS {
-            let (version, record) = store.sms_session(&user).await?;
-            let Some(mut session) =
-                CodeSession::decode(&record).filter(|s| s.code == code && s.message == message)
+            let records = store.read_user(&user, &[UserRecord::Sms]).await?;
+            let Some(record) = records.first() else {
+                return Ok(());
+            };
+            let Some(mut session) = record
+                .value
+                .as_deref()
+                .and_then(CodeSession::decode)
+                .filter(|s| s.code == code && s.message == message)
             else {
                 return Ok(());
             };
             session.delivery = delivery.clone();
             let left = now.until(session.expires_at);
-            if store
-                .swap_sms_session(&user, version, &session.encode(), left)
-                .await?
-            {
+            let write = (UserRecord::Sms, record.version, kept(&session, left));
+            if store.write_user(&user, &[write], true).await? {
                 return Ok(());
             }
         }
