@@ -1,12 +1,17 @@
 //! The state of a deployment of several nodes, kept in a Redis (or
 //! Valkey) Cluster through the primitives of [`super::redis`]: devices,
-//! failure counts and lockouts, open challenges, per-user issuance.
+//! failure counts and lockouts, open challenges, SMS code and push
+//! sessions, per-user issuance, and what nodes hand each other.
 //!
-//! Every node can verify any user: a challenge issued by one node is a
-//! record any node reads; using it up is one `GETDEL` (one caller of many
-//! gets it) and a wrong answer spends one attempt of the record's budget
-//! atomically; failure states are versioned records changed by
-//! compare-and-swap, so failures on different nodes add up to one lockout.
+//! Every node can verify any user. A user's versioned records (the failure
+//! state of each device, open challenges, the code session, push
+//! sessions: [`UserRecord`]) share one slot, so a decision reads the ones
+//! it needs at one moment and writes them back together only if none
+//! changed meanwhile ([`SharedStore::write_user`]); of two nodes deciding
+//! at once, one wins and the other decides again on what it finds. That
+//! is what makes a challenge accepted once, and an answer judged before a
+//! lockout unable to be accepted after it, across nodes. The random ids
+//! clients hold (challenge, code, push) map to their user ([`Handle`]).
 //!
 //! Device records are the embedded registry's records (`records.rs`),
 //! secrets sealed by the node under the deployment's key file before they
@@ -17,13 +22,13 @@
 //! on every node.
 //!
 //! Keys, one hash tag per thing so every operation stays in one slot:
-//! `sls:{d<id>}:device`, `:failures`, `:push-key`, `:phone` (sealed
-//! number) and `:phone-link` (the node its phone is on);
-//! `sls:{u:<user>}:devices` (the user's device ids), `:issued:<minute>`,
-//! `:phone`, `:sms` (the code session) and `:pushes` (unanswered);
-//! `sls:{c<id>}:challenge`; `sls:{k<code>}:user`; `sls:{p<id>}:push`;
-//! `sls:{carrier}:outbox` and `:bridges`; `sls:{n:<node>}:inbox`;
-//! `sls:{meta}:next-device` and `:sms-code-key`.
+//! `sls:{d<id>}:device`, `:push-key`, `:phone` (sealed number) and
+//! `:phone-link` (the node its phone is on); `sls:{u:<user>}:devices` (the
+//! user's device ids), `:f:<device>`, `:c:<challenge>`, `:sms`,
+//! `:p:<push>`, `:issued:<minute>`, `:phone` (its one number's device) and
+//! `:pushes` (unanswered); `sls:{c<id>}:owner`, `sls:{k<id>}:owner`,
+//! `sls:{p<id>}:owner`; `sls:{carrier}:outbox` and `:bridges`;
+//! `sls:{n:<node>}:inbox`; `sls:{meta}:next-device` and `:sms-code-key`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};

@@ -3,13 +3,13 @@
 //! answer, lockout arithmetic and replies — with state that every node of
 //! the deployment reads and changes atomically.
 //!
-//! A verify reads the challenge and the device's failure state, judges the
-//! answer in Rust (secrets never leave the node), then makes its decision
-//! stick with one atomic step: a right answer uses the challenge up (of
-//! two nodes verifying at once, one gets it), a wrong one spends one of
-//! its attempts and adds a failure by compare-and-swap. The changes a
-//! reply depends on are replicated (`store.redis-wait-replicas`) before
-//! the reply is sent.
+//! A verify reads the challenge and the device's failure state together,
+//! judges the answer in Rust (secrets never leave the node), then writes
+//! its outcome to both at once — the challenge used up and the failures
+//! cleared, or an attempt spent and a failure counted — only if neither
+//! changed meanwhile; otherwise it judges again on what another node
+//! decided. The changes a reply depends on are replicated
+//! (`store.redis-wait-replicas`) before the reply is sent.
 //!
 //! Here: challenge/response, devices, enrolment, revocation and unlocking;
 //! SMS and voice codes and the carrier channel in [`sms`]; push approval
