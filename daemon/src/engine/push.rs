@@ -105,11 +105,6 @@ impl PushTable {
         gone
     }
 
-    /// The devices whose phones are subscribed here.
-    pub(super) fn linked_devices(&self) -> Vec<DeviceId> {
-        self.phones().keys().copied().collect()
-    }
-
     /// Shows a push to the device's phone; false if none is subscribed here
     /// (or its stream has ended).
     pub(super) fn notify(

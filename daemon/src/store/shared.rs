@@ -28,7 +28,7 @@
 //! `:p:<push>`, `:issued:<minute>`, `:phone` (its one number's device) and
 //! `:pushes` (unanswered); `sls:{c<id>}:owner`, `sls:{k<id>}:owner`,
 //! `sls:{p<id>}:owner`; `sls:{carrier}:outbox` and `:bridges`;
-//! `sls:{n:<node>}:inbox`; `sls:{meta}:next-device` and `:sms-code-key`.
+//! `sls:{n:<node>}:inbox` and `:alive`; `sls:{meta}:next-device` and `:sms-code-key`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -175,6 +175,11 @@ fn handle_key(handle: Handle) -> Key {
         Handle::Code(id) => Key::new(&format!("k{:016x}", id.0), "owner"),
         Handle::Push(id) => Key::new(&format!("p{:016x}", id.0), "owner"),
     }
+}
+
+/// Present while a node is alive (renewed every second, good for three).
+fn alive_key(node: &str) -> Key {
+    Key::new(&format!("n:{node}"), "alive")
 }
 
 fn next_device_key() -> Key {
@@ -460,17 +465,13 @@ impl SharedStore {
             .any(|until| until > now.0))
     }
 
-    /// Says a device's phone is subscribed on `node`, for `ttl` (renewed
-    /// while it stays).
-    pub async fn link_phone(
-        &self,
-        device: DeviceId,
-        node: &str,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
+    /// Says a device's phone is subscribed on `node` (until another node
+    /// says so, or `unlink_phone`; a link to a node that stopped saying it
+    /// is alive counts for nothing).
+    pub async fn link_phone(&self, device: DeviceId, node: &str) -> Result<(), StoreError> {
         Ok(self
             .redis
-            .put_with_ttl(&phone_link_key(device), node.as_bytes(), ttl)
+            .put(&phone_link_key(device), node.as_bytes(), false)
             .await?)
     }
 
@@ -482,13 +483,18 @@ impl SharedStore {
         Ok(())
     }
 
-    /// The node a device's phone is subscribed on, if any.
+    /// Says `node` is alive for `ttl` (renewed while it is).
+    pub async fn node_alive(&self, node: &str, ttl: Duration) -> Result<(), StoreError> {
+        Ok(self.redis.put_with_ttl(&alive_key(node), b"1", ttl).await?)
+    }
+
+    /// The live node a device's phone is subscribed on, if any.
     pub async fn phone_node(&self, device: DeviceId) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .redis
-            .get(&phone_link_key(device))
-            .await?
-            .and_then(|node| String::from_utf8(node).ok()))
+        let Some(node) = self.redis.get(&phone_link_key(device)).await? else {
+            return Ok(None);
+        };
+        let node = String::from_utf8_lossy(&node).into_owned();
+        Ok(self.redis.get(&alive_key(&node)).await?.map(|_| node))
     }
 
     /// Counts a push as unanswered for its user until `until`, unless
@@ -555,7 +561,12 @@ impl SharedStore {
             return Ok(false);
         };
         self.forget(id);
-        let keys = [&device_key(id), &push_key_key(id), &phone_key(id)];
+        let keys = [
+            &device_key(id),
+            &push_key_key(id),
+            &phone_key(id),
+            &phone_link_key(id),
+        ];
         let deleted = self.redis.delete(&keys, true).await?;
         let failures = user_record_key(&device.user, UserRecord::Failures(id));
         self.redis.delete(&[&failures], true).await?;

@@ -1,16 +1,19 @@
 //! IB Key push approval on the shared store.
 //!
 //! A phone subscribes on any node, which records in the store that the
-//! device's phone is on it (renewed every second, good for three, and
-//! withdrawn when the phone leaves). A push asked on any node is a
+//! device's phone is on it (withdrawn when the phone leaves; worth nothing
+//! once the node stops saying it is alive, which it renews every second,
+//! good for three). A push asked on any node is a
 //! versioned session in the store; its notice is handed to the phone's
 //! node (that node's inbox in the store, taken every relay round). The
 //! phone answers on its node, which checks the number and the Ed25519
-//! proof, settles the session by compare-and-swap (the first answer wins)
-//! and, if a gateway waits on another node, tells that node. `AwaitPush`
-//! on any node takes a settled verdict at once (taking it ends the
-//! session, so it is handed out once) or registers a local waiter and
-//! names its node in the session.
+//! proof and settles the session together with the device's failure state
+//! (the first answer wins). `AwaitPush` on any node takes a settled
+//! verdict at once, or registers a local waiter and names its node in the
+//! session; an answer that finds a waiter named takes the verdict for it
+//! in the same write and hands it to that node's inbox. Either way taking
+//! the verdict ends the session, so it is handed out once. (A gateway
+//! whose node dies while it waits learns nothing; it asks again.)
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -32,13 +35,14 @@ use crate::store::shared::{EXPIRED_GRACE, Handle, SharedStore, UserRecord, failu
 use crate::wire::codec::{Put, Reader};
 use crate::wire::{ErrorCode, Reply, Response, Verdict};
 
-/// How long a node's word that a phone is on it lasts; renewed every second.
-pub(super) const PHONE_LINK: Duration = Duration::from_secs(3);
+/// How long a node's word that it is alive lasts (its phones' links count
+/// only while it does); renewed every second.
+const NODE_ALIVE: Duration = Duration::from_secs(3);
 /// Compare-and-swap rounds on one push before giving up (`Busy`).
 const PUSH_ROUNDS: usize = 8;
 
 const NOTICE: u8 = 1;
-const SETTLED: u8 = 2;
+const VERDICT: u8 = 2;
 
 /// A gateway stream waiting here for a push's verdict.
 pub(in crate::engine) struct Waiter {
@@ -49,6 +53,25 @@ pub(in crate::engine) struct Waiter {
 
 /// The gateways waiting on this node, by push.
 pub(in crate::engine) type Waiters = HashMap<PushId, Waiter>;
+
+/// A verdict in its wire form: one codec, already tested.
+fn verdict_frame(verdict: &Verdict) -> Vec<u8> {
+    Response {
+        id: 0,
+        reply: Reply::Verdict(verdict.clone()),
+    }
+    .to_frame()
+}
+
+fn verdict_from_frame(frame: &[u8]) -> Option<Verdict> {
+    let (body, _) = crate::wire::split_frame(frame, crate::wire::MAX_FRAME_LIMIT)
+        .ok()
+        .flatten()?;
+    match Response::decode(body).ok()?.reply {
+        Reply::Verdict(verdict) => Some(verdict),
+        _ => None,
+    }
+}
 
 /// A push session as the store keeps it.
 struct SharedPush {
@@ -68,15 +91,7 @@ impl SharedPush {
         out.put_u64(self.device.0);
         out.put_u8(self.match_number);
         out.put_u64(self.expires_at.0);
-        // A verdict travels in its wire form: one codec, already tested.
-        let verdict = self.verdict.clone().map_or_else(Vec::new, |verdict| {
-            Response {
-                id: 0,
-                reply: Reply::Verdict(verdict),
-            }
-            .to_frame()
-        });
-        out.put_bytes(&verdict);
+        out.put_bytes(&self.verdict.as_ref().map_or_else(Vec::new, verdict_frame));
         out.put_bytes(self.waiter.as_deref().unwrap_or("").as_bytes());
         out
     }
@@ -89,15 +104,7 @@ impl SharedPush {
         let expires_at = Timestamp(r.u64("expires at").ok()?);
         let verdict = match r.bytes("verdict").ok()? {
             [] => None,
-            frame => {
-                let (body, _) = crate::wire::split_frame(frame, crate::wire::MAX_FRAME_LIMIT)
-                    .ok()
-                    .flatten()?;
-                match Response::decode(body).ok()?.reply {
-                    Reply::Verdict(verdict) => Some(verdict),
-                    _ => return None,
-                }
-            }
+            frame => Some(verdict_from_frame(frame)?),
         };
         let waiter = match r.str("waiter").ok()? {
             "" => None,
@@ -125,8 +132,9 @@ enum Handed {
         choices: [u8; 3],
         expires_at: Timestamp,
     },
-    /// The push a gateway waits on here was answered.
-    Settled(PushId),
+    /// The verdict for the gateway waiting here on the push (taken from
+    /// the session as it was settled: handed out once).
+    Verdict(PushId, Verdict),
 }
 
 impl Handed {
@@ -147,9 +155,10 @@ impl Handed {
                 out.extend_from_slice(choices);
                 out.put_u64(expires_at.0);
             }
-            Self::Settled(push) => {
-                out.put_u8(SETTLED);
+            Self::Verdict(push, verdict) => {
+                out.put_u8(VERDICT);
                 out.put_u64(push.0);
+                out.put_bytes(&verdict_frame(verdict));
             }
         }
         out
@@ -169,7 +178,10 @@ impl Handed {
                 ],
                 expires_at: Timestamp(r.u64("expires at").ok()?),
             },
-            SETTLED => Self::Settled(PushId(r.u64("push").ok()?)),
+            VERDICT => Self::Verdict(
+                PushId(r.u64("push").ok()?),
+                verdict_from_frame(r.bytes("verdict").ok()?)?,
+            ),
             _ => return None,
         };
         r.finish().ok()?;
@@ -222,7 +234,9 @@ impl Engine {
         if let Err(refusal) = self.subscribe_phone(caller, device, key, proof) {
             return Ok(refusal);
         }
-        store.link_phone(device, &self.node, PHONE_LINK).await?;
+        // Alive first, so the link never points to a node not yet alive.
+        store.node_alive(&self.node, NODE_ALIVE).await?;
+        store.link_phone(device, &self.node).await?;
         Ok(Reply::Subscribed)
     }
 
@@ -469,10 +483,19 @@ impl Engine {
             };
             let counts_lockout = matches!(failures_change, Change::Set(..))
                 && matches!(verdict, Verdict::LockedOut { .. });
-            session.verdict = Some(verdict.clone());
-            let left = now.until(session.expires_at);
+            // With a gateway waiting, the verdict is taken for it here, in
+            // the same write (the session ends), and handed to its node;
+            // otherwise it stays in the session for an `AwaitPush` to take.
+            let waiter = session.waiter.take();
+            let session_change = match &waiter {
+                Some(_) => ended(),
+                None => {
+                    session.verdict = Some(verdict.clone());
+                    kept(&session, now.until(session.expires_at))
+                }
+            };
             let changes = [
-                (record_of, record.version, kept(&session, left)),
+                (record_of, record.version, session_change),
                 (failures_of, failures_record.version, failures_change),
             ];
             if !store.write_user(&user, &changes, true).await? {
@@ -482,10 +505,9 @@ impl Engine {
                 self.count_lockout();
             }
             store.release_push(&session.user, id).await?;
-            if let Some(node) = session.waiter {
-                store
-                    .send_to_node(&node, &Handed::Settled(id).encode())
-                    .await?;
+            if let Some(node) = waiter {
+                let handed = Handed::Verdict(id, verdict.clone());
+                store.send_to_node(&node, &handed.encode()).await?;
             }
             return Ok(match approval {
                 None => Reply::Done,
@@ -498,8 +520,8 @@ impl Engine {
         ))
     }
 
-    /// This node's part of push approval in a relay round: renew the links
-    /// of its phones (every `renew` round), withdraw those that left, show
+    /// This node's part of push approval in a relay round: say it is alive
+    /// (every `renew` round), withdraw the links of phones that left, show
     /// notices to its phones, and hand verdicts to its waiting gateways.
     pub(super) async fn relay_pushes(
         &self,
@@ -512,9 +534,7 @@ impl Engine {
             store.unlink_phone(device, &self.node).await?;
         }
         if renew {
-            for device in self.pushes.linked_devices() {
-                store.link_phone(device, &self.node, PHONE_LINK).await?;
-            }
+            store.node_alive(&self.node, NODE_ALIVE).await?;
         }
         for item in store.node_inbox(&self.node, 256).await? {
             match Handed::decode(&item) {
@@ -529,33 +549,13 @@ impl Engine {
                     self.pushes
                         .notify(device, push, &user, choices, now.until(expires_at));
                 }
-                Some(Handed::Settled(push)) => self.hand_verdict(store, push).await?,
+                Some(Handed::Verdict(push, verdict)) => {
+                    // A gateway that left meanwhile cannot be told.
+                    if let Some(waiter) = self.waiters().remove(&push) {
+                        answer(&waiter.sink, waiter.request, verdict);
+                    }
+                }
                 None => tracing::warn!("a handed item did not parse; dropped"),
-            }
-        }
-        Ok(())
-    }
-
-    /// Takes a settled push's verdict to the gateway waiting here.
-    async fn hand_verdict(&self, store: &SharedStore, id: PushId) -> Result<(), StoreError> {
-        let Some(waiter) = self.waiters().remove(&id) else {
-            return Ok(());
-        };
-        let Some((user, _)) = store.handle_owner(Handle::Push(id)).await? else {
-            return Ok(());
-        };
-        for _ in 0..PUSH_ROUNDS {
-            let Some((version, session)) = read_push(store, &user, id).await? else {
-                return Ok(());
-            };
-            let Some(verdict) = session.verdict else {
-                // Taken by another caller: nothing is left to hand out.
-                return Ok(());
-            };
-            let taken = (UserRecord::Push(id), version, ended());
-            if store.write_user(&user, &[taken], true).await? {
-                answer(&waiter.sink, waiter.request, verdict);
-                return Ok(());
             }
         }
         Ok(())
