@@ -258,6 +258,21 @@ impl RedisStore {
         Ok(answer)
     }
 
+    /// The values of `keys` (all in `keys[0]`'s slot), in order.
+    pub async fn get_many(&self, keys: &[&Key]) -> Result<Vec<Option<Vec<u8>>>, RedisError> {
+        let Some(first) = keys.first() else {
+            return Ok(Vec::new());
+        };
+        let mut command = redis::cmd("MGET");
+        for key in keys {
+            command.arg(key.as_str());
+        }
+        match self.run(first, command, false).await? {
+            Value::Array(values) => values.into_iter().map(bytes).collect(),
+            other => Err(RedisError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Puts `value` under `key` for good (no expiry), replacing what was there.
     pub async fn put(&self, key: &Key, value: &[u8], durable: bool) -> Result<(), RedisError> {
         let mut command = redis::cmd("SET");

@@ -221,18 +221,23 @@ impl SharedStore {
             return Ok(Some(Arc::clone(&cached.device)));
         }
         let read_at = Instant::now();
-        let Some(record) = self.redis.get(&device_key(id)).await? else {
+        // The record, its sealed number and its push key: one slot, one read.
+        let keys = [&device_key(id), &phone_key(id), &push_key_key(id)];
+        let mut values = self.redis.get_many(&keys).await?.into_iter();
+        let (Some(record), phone, push_key) = (
+            values.next().flatten(),
+            values.next().flatten(),
+            values.next().flatten(),
+        ) else {
             self.forget(id);
             return Ok(None);
         };
-        let phone = match self.redis.get(&phone_key(id)).await? {
+        let phone = match phone {
             Some(sealed) => Some(self.codec.open_phone(id, &sealed)?),
             None => None,
         };
         let device = self.codec.decode_device(id, &record, phone)?;
-        if device.kind == DeviceKind::IbKey
-            && let Some(key) = self.redis.get(&push_key_key(id)).await?
-        {
+        if let Some(key) = push_key.filter(|_| device.kind == DeviceKind::IbKey) {
             let key = key.try_into().map_err(|_| StoreError::Corrupt {
                 device: id.0,
                 problem: "push key".into(),
