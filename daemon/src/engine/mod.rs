@@ -661,6 +661,10 @@ impl Engine {
 
     fn verify(&self, id: ChallengeId, answer: &Answer, now: Timestamp) -> Outcome {
         let resolved = self.challenges.resolve(id, |open| {
+            // Expired whether or not its device is still there.
+            if open.expires_at <= now {
+                return ((Verdict::Expired, None), Disposition::Remove);
+            }
             let Some(device) = self.registry.device(open.device) else {
                 // Revoked since the challenge was issued.
                 return ((Verdict::UnknownChallenge, None), Disposition::Remove);

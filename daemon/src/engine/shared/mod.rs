@@ -289,6 +289,11 @@ impl Engine {
                 return Ok(Some(Verdict::UnknownChallenge));
             };
             let used_up = (challenge, record.version, Change::Delete);
+            // Expired whether or not its device is still there.
+            if open.expires_at <= now {
+                store.write_user(&user, &[used_up], true).await?;
+                return Ok(Some(Verdict::Expired));
+            }
             let Some(device) = store.device(open.device).await? else {
                 // Revoked since the challenge was issued.
                 store.write_user(&user, &[used_up], true).await?;
