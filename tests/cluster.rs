@@ -51,13 +51,18 @@ struct Deployment {
 static TURN: Mutex<()> = Mutex::new(());
 
 fn deploy(more: &str) -> Deployment {
+    deploy_with("", more)
+}
+
+/// A deployment with more `[store]` keys (`store`) and tables (`more`).
+fn deploy_with(store: &str, more: &str) -> Deployment {
     let turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
     let cluster = Cluster::start(3, 1).expect("a Redis Cluster (apt-get install redis-server)");
     let dir = tempfile::tempdir().unwrap();
     let urls: Vec<String> = cluster.urls().iter().map(|u| format!("{u:?}")).collect();
     let sections = format!(
         "[store]\nbackend = \"redis\"\nredis-urls = [{}]\nredis-wait-replicas = 1\n\
-         redis-wait-timeout = \"2s\"\ncache-ttl = \"{}ms\"\n\
+         redis-wait-timeout = \"2s\"\ncache-ttl = \"{}ms\"\n{store}\n\
          [lockout]\nfailures = 3\nfirst = \"1s\"\nmax = \"4s\"\n{more}",
         urls.join(", "),
         CACHE_TTL.as_millis()
@@ -213,6 +218,37 @@ async fn any_node_verifies_any_user_and_a_challenge_is_accepted_once() {
         }
         assert_eq!(accepted, 1, "round {round}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_on_the_store_are_bounded() {
+    // One request at a time may wait on the store: of 64 sent at once on
+    // one connection, the ones that find it taken are told `Busy` at once.
+    let deployment = deploy_with("redis-in-flight = 1", "");
+    let gateway = Arc::new(deployment.a.client(Role::Gateway).await);
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let gateway = Arc::clone(&gateway);
+            tokio::spawn(async move {
+                gateway
+                    .call(Operation::Devices { user: user("jdoe") })
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let (mut answered, mut busy) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Reply::Devices(list) => {
+                assert!(list.is_empty());
+                answered += 1;
+            }
+            reply if error_code(&reply) == Some(ErrorCode::Busy) => busy += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(answered > 0 && busy > 0, "answered {answered}, busy {busy}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,6 +92,7 @@ pub struct StoreConfig {
     pub redis_wait_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
+    pub redis_in_flight: usize,
 }
 
 /// Where state lives.
@@ -334,6 +335,11 @@ impl Config {
             "store.cache-ttl",
             "must be 10ms..=60s",
         )?;
+        check(
+            (1..=1_000_000).contains(&st.redis_in_flight),
+            "store.redis-in-flight",
+            "must be 1..=1000000",
+        )?;
         self.validate_delivery(check)
     }
 
@@ -506,6 +512,10 @@ mod tests {
             "store.cache-ttl: must be 10ms..=60s"
         );
         assert!(error("[store]\nbackend = \"memcached\"").contains("memcached"));
+        assert_eq!(
+            error("[store]\nredis-in-flight = 0"),
+            "store.redis-in-flight: must be 1..=1000000"
+        );
     }
 
     #[test]

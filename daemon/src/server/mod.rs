@@ -45,6 +45,9 @@ struct Shared {
     /// Connection and stream numbers, for subscriptions.
     next_connection: AtomicU64,
     next_stream: AtomicU64,
+    /// On a shared store: requests waiting on it at once
+    /// (`store.redis-in-flight`); one more is answered `Busy`.
+    store_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -99,7 +102,7 @@ async fn connect_shared(
     Ok((shared, code_key))
 }
 
-/// How often a node on a shared store relays the carrier channel.
+/// How often a node on a shared store runs a relay round.
 const RELAY_EVERY: Duration = Duration::from_millis(10);
 
 /// Where a started server can be reached.
@@ -165,6 +168,7 @@ pub async fn serve(
         metrics: crate::metrics::RequestMetrics::default(),
         next_connection: AtomicU64::new(1),
         next_stream: AtomicU64::new(1),
+        store_slots: Arc::new(tokio::sync::Semaphore::new(config.store.redis_in_flight)),
     });
 
     let endpoint = endpoint(&config, &pki)?;
@@ -348,8 +352,6 @@ async fn serve_connection(
     }
 }
 
-/// Every 100 ms, fails over unacknowledged messages and expires pushes;
-/// every second, drops expired challenges and codes and reports gauges.
 /// On a shared store: this node's part of the channels shared between
 /// nodes (carrier messages, push notices and verdicts; see
 /// `engine/shared/`), every few milliseconds. A round that fails is tried
@@ -379,6 +381,8 @@ async fn relay(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
     }
 }
 
+/// Every 100 ms, fails over unacknowledged messages and expires pushes;
+/// every second, drops expired challenges and codes and reports gauges.
 async fn sweep(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

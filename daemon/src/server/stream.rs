@@ -221,7 +221,14 @@ fn handle(
     let operation = request.operation.name();
     if shared.engine.is_shared() {
         // The shared store answers over the network: each request is a
-        // task of its own, so the requests behind it are not held up.
+        // task of its own, so the requests behind it are not held up; how
+        // many wait on the store at once is bounded.
+        let Ok(slot) = Arc::clone(&shared.store_slots).try_acquire_owned() else {
+            shared.metrics.count(operation, "busy");
+            let reply = Reply::error(ErrorCode::Busy, "too many requests wait on the store");
+            encode(out, request.id, reply);
+            return;
+        };
         let shared = Arc::clone(shared);
         let queue = queue.clone();
         let (role, connection, binding) = (connection.role, connection.id, connection.binding);
@@ -247,6 +254,7 @@ fn handle(
             let label = outcome_label(&reply);
             metrics::counter!(crate::metrics::REQUESTS, "operation" => operation, "outcome" => label)
                 .increment(1);
+            drop(slot);
             let mut out = Vec::new();
             encode(&mut out, request.id, reply);
             let _ = queue.send(out).await;
