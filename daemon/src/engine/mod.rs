@@ -586,18 +586,11 @@ impl Engine {
         if device.expired_at(now) {
             return Reply::error(ErrorCode::NotFound, "the device's validity has ended");
         }
-        let (question, text) = match self.question_for(&device, rng) {
-            Ok(question) => question,
+        let (open, text) = match self.open_challenge(user, &device, now, rng) {
+            Ok(opened) => opened,
             Err(refusal) => return refusal,
         };
         let ttl = self.config.challenges.ttl;
-        let open = OpenChallenge {
-            user: user.clone(),
-            device: device.id,
-            question,
-            expires_at: now.plus(ttl),
-            attempts_left: self.config.challenges.attempts,
-        };
         // Ids are random 64-bit numbers; a collision is retried, twice.
         for _ in 0..3 {
             let id = ChallengeId(rng.next_u64());
@@ -620,6 +613,27 @@ impl Engine {
             }
         }
         Reply::error(ErrorCode::Busy, "could not allocate a challenge id")
+    }
+
+    /// A new challenge for `user`'s `device` as either store keeps it, and
+    /// how the login shows it; a refusal for devices that are not
+    /// challenged.
+    fn open_challenge<R: CryptoRng + ?Sized>(
+        &self,
+        user: &Username,
+        device: &Device,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Result<(OpenChallenge, ChallengeText), Reply> {
+        let (question, text) = self.question_for(device, rng)?;
+        let open = OpenChallenge {
+            user: user.clone(),
+            device: device.id,
+            question,
+            expires_at: now.plus(self.config.challenges.ttl),
+            attempts_left: self.config.challenges.attempts,
+        };
+        Ok((open, text))
     }
 
     /// A new question for `device`, and how the login shows it; a refusal

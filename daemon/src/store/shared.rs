@@ -293,6 +293,23 @@ impl SharedStore {
         Ok(devices)
     }
 
+    /// A new device id from the cluster-wide counter.
+    async fn next_device_id(&self) -> Result<DeviceId, StoreError> {
+        Ok(DeviceId(
+            self.redis.increment(&next_device_key(), true).await?,
+        ))
+    }
+
+    /// Writes a new device's record, then lists it among the user's
+    /// devices, each durable before the next.
+    async fn add(&self, id: DeviceId, user: &Username, record: &[u8]) -> Result<(), StoreError> {
+        self.redis.put(&device_key(id), record, true).await?;
+        self.redis
+            .set_add(&user_key(user), id.0.to_string().as_bytes(), true)
+            .await?;
+        Ok(())
+    }
+
     /// Registers a device: the id from a cluster-wide counter, the sealed
     /// record, then the user's index, each durable before the next.
     pub async fn enroll<R: CryptoRng + Send + ?Sized>(
@@ -309,12 +326,7 @@ impl SharedStore {
             label,
         } = new;
         let (secret, generated, verifier) = self.codec.prepare(rng, kind, secret, pin)?;
-        let id = DeviceId(
-            self.redis
-                .increment(&next_device_key(), true)
-                .await
-                .map_err(StoreError::from)?,
-        );
+        let id = self.next_device_id().await?;
         let stored = Stored {
             user,
             kind,
@@ -323,14 +335,7 @@ impl SharedStore {
             secret: Some(&secret),
         };
         let record = self.codec.encode_device(rng, id, &stored, &verifier)?;
-        self.redis
-            .put(&device_key(id), &record, true)
-            .await
-            .map_err(StoreError::from)?;
-        self.redis
-            .set_add(&user_key(user), id.0.to_string().as_bytes(), true)
-            .await
-            .map_err(StoreError::from)?;
+        self.add(id, user, &record).await?;
         Ok((id, generated.then_some(secret)))
     }
 
@@ -345,12 +350,7 @@ impl SharedStore {
         label: &str,
         now: Timestamp,
     ) -> Result<DeviceId, EnrollError> {
-        let id = DeviceId(
-            self.redis
-                .increment(&next_device_key(), true)
-                .await
-                .map_err(StoreError::from)?,
-        );
+        let id = self.next_device_id().await?;
         let claim = phone_claim_key(user);
         let claimed = self
             .redis
@@ -384,14 +384,7 @@ impl SharedStore {
             .put(&phone_key(id), &sealed, true)
             .await
             .map_err(StoreError::from)?;
-        self.redis
-            .put(&device_key(id), &record, true)
-            .await
-            .map_err(StoreError::from)?;
-        self.redis
-            .set_add(&user_key(user), id.0.to_string().as_bytes(), true)
-            .await
-            .map_err(StoreError::from)?;
+        self.add(id, user, &record).await?;
         Ok(id)
     }
 

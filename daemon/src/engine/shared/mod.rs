@@ -148,6 +148,23 @@ impl Engine {
         }))
     }
 
+    /// Counts one issuance (challenge, code, push) for the user across the
+    /// deployment (`challenges.per-user-per-minute`); the refusal, saying
+    /// `why`, when the user is past it.
+    async fn shared_issuance(
+        &self,
+        store: &SharedStore,
+        user: &Username,
+        now: Timestamp,
+        why: &str,
+    ) -> Result<Option<Reply>, StoreError> {
+        let per_minute = self.config.challenges.per_user_per_minute;
+        Ok(match store.count_issuance(user, now, per_minute).await? {
+            Decision::Deny { retry_after } => Some(Reply::rate_limited(retry_after, why)),
+            Decision::Allow => None,
+        })
+    }
+
     async fn shared_devices(
         &self,
         store: &SharedStore,
@@ -185,12 +202,11 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Result<Reply, StoreError> {
-        let per_minute = self.config.challenges.per_user_per_minute;
-        if let Decision::Deny { retry_after } = store.count_issuance(user, now, per_minute).await? {
-            return Ok(Reply::rate_limited(
-                retry_after,
-                "too many challenges for this user",
-            ));
+        if let Some(refusal) = self
+            .shared_issuance(store, user, now, "too many challenges for this user")
+            .await?
+        {
+            return Ok(refusal);
         }
         // An unknown user and another user's device answer the same way.
         let Some(device) = store.device(device).await?.filter(|d| &d.user == user) else {
@@ -205,18 +221,11 @@ impl Engine {
                 "the device's validity has ended",
             ));
         }
-        let (question, text) = match self.question_for(&device, rng) {
-            Ok(question) => question,
+        let (open, text) = match self.open_challenge(user, &device, now, rng) {
+            Ok(opened) => opened,
             Err(refusal) => return Ok(refusal),
         };
         let ttl = self.config.challenges.ttl;
-        let open = OpenChallenge {
-            user: user.clone(),
-            device: device.id,
-            question,
-            expires_at: now.plus(ttl),
-            attempts_left: self.config.challenges.attempts,
-        };
         // Ids are random 64-bit numbers; a collision is retried, twice.
         for _ in 0..3 {
             let id = ChallengeId(rng.next_u64());

@@ -28,7 +28,6 @@ use crate::clock::Timestamp;
 use crate::identity::{DeviceId, PushId, Username};
 use crate::otp::push::{self, Signature};
 use crate::profile::DeviceKind;
-use crate::ratelimit::Decision;
 use crate::store::redis::Change;
 use crate::store::registry::{FailureState, StoreError};
 use crate::store::shared::{EXPIRED_GRACE, Handle, SharedStore, UserRecord, failure_state};
@@ -248,12 +247,9 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Result<Reply, StoreError> {
-        let per_minute = self.config.challenges.per_user_per_minute;
-        if let Decision::Deny { retry_after } = store.count_issuance(user, now, per_minute).await? {
-            return Ok(Reply::rate_limited(
-                retry_after,
-                "too many challenges and pushes for this user",
-            ));
+        let why = "too many challenges and pushes for this user";
+        if let Some(refusal) = self.shared_issuance(store, user, now, why).await? {
+            return Ok(refusal);
         }
         let device = store
             .device(device)

@@ -29,7 +29,6 @@ use super::Caller;
 use crate::clock::Timestamp;
 use crate::identity::{CodeId, MessageId, Username};
 use crate::phone::Channel;
-use crate::ratelimit::Decision;
 use crate::store::redis::Change;
 use crate::store::registry::{FailureState, StoreError};
 use crate::store::shared::{EXPIRED_GRACE, Handle, SharedStore, UserRecord, failure_state};
@@ -117,14 +116,9 @@ impl Engine {
                 session
             }
             None => {
-                let per_minute = self.config.challenges.per_user_per_minute;
-                if let Decision::Deny { retry_after } =
-                    store.count_issuance(user, now, per_minute).await?
-                {
-                    return Ok(Reply::rate_limited(
-                        retry_after,
-                        "too many codes for this user",
-                    ));
+                let why = "too many codes for this user";
+                if let Some(refusal) = self.shared_issuance(store, user, now, why).await? {
+                    return Ok(refusal);
                 }
                 let code = CodeId(rng.next_u64());
                 let expires_at = now.plus(sms.ttl);
