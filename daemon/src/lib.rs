@@ -9,6 +9,8 @@
 //!   (suites, code lengths, security levels, withdrawal limits).
 //! - [`identity`]: usernames, device and challenge ids.
 //! - [`phone`]: phone numbers and delivery channels.
+//! - [`policy`]: the lifecycle rules (app PINs, business days, withdrawal
+//!   limits, device sharing). Pure.
 //! - [`wire`]: the frame codec of the QUIC protocol. Pure: bytes in, typed
 //!   requests out, and back.
 
@@ -30,6 +32,7 @@ pub mod identity;
 pub mod metrics;
 pub mod otp;
 pub mod phone;
+pub mod policy;
 pub mod profile;
 pub mod ratelimit;
 pub mod server;

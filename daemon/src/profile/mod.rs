@@ -35,6 +35,15 @@ pub enum DeviceKind {
 }
 
 impl DeviceKind {
+    /// Kinds a person holds in their hand (cards and tokens), as opposed
+    /// to the phone app, SMS and codes or cards issued online.
+    pub fn is_physical(self) -> bool {
+        matches!(
+            self,
+            Self::DscPlus | Self::Scc | Self::LegacyDsc | Self::Gold | Self::Platinum
+        )
+    }
+
     pub const ALL: [Self; 9] = [
         Self::DscPlus,
         Self::Scc,
