@@ -38,6 +38,8 @@ pub struct Config {
     pub sms: SmsConfig,
     pub carrier: CarrierConfig,
     pub push: PushConfig,
+    pub lifecycle: LifecycleConfig,
+    pub withdrawals: WithdrawalConfig,
     pub devices: DeviceProfiles,
 }
 
@@ -141,6 +143,45 @@ pub struct PushConfig {
     pub capacity: usize,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LifecycleConfig {
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    pub token_attempts: u8,
+    pub token_capacity: usize,
+    pub temporary_code_uses: u32,
+    #[serde(with = "humantime_serde")]
+    pub replacement_auto_activation: Duration,
+    pub share_needs_approval: bool,
+    /// Residence (ISO 3166 alpha-2, upper case) → the regulation.
+    pub opt_out_forbidden: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WithdrawalConfig {
+    #[serde(deserialize_with = "holidays")]
+    pub holidays: crate::policy::calendar::BusinessCalendar,
+    pub ledger_days: u32,
+}
+
+fn holidays<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<crate::policy::calendar::BusinessCalendar, D::Error> {
+    use crate::policy::calendar::Day;
+    let days: Vec<String> = Deserialize::deserialize(deserializer)?;
+    let parsed = days
+        .iter()
+        .map(|text| {
+            Day::parse(text).ok_or_else(|| {
+                serde::de::Error::custom(format!("holiday {text:?} is not a date YYYY-MM-DD"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(crate::policy::calendar::BusinessCalendar::new(parsed))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -151,6 +192,8 @@ struct RawConfig {
     sms: SmsConfig,
     carrier: CarrierConfig,
     push: PushConfig,
+    lifecycle: LifecycleConfig,
+    withdrawals: WithdrawalConfig,
     devices: toml::Table,
 }
 
@@ -195,6 +238,8 @@ impl Config {
             sms: raw.sms,
             carrier: raw.carrier,
             push: raw.push,
+            lifecycle: raw.lifecycle,
+            withdrawals: raw.withdrawals,
         };
         config.validate()?;
         Ok(config)
@@ -415,6 +460,44 @@ impl Config {
             "push.capacity",
             "must be 1..=100000000",
         )?;
+        let life = &self.lifecycle;
+        check(
+            (Duration::from_secs(30)..=Duration::from_secs(86_400)).contains(&life.token_ttl),
+            "lifecycle.token-ttl",
+            "must be 30s..=1day",
+        )?;
+        check(
+            (1..=10).contains(&life.token_attempts),
+            "lifecycle.token-attempts",
+            "must be 1..=10",
+        )?;
+        check(
+            (1..=10_000_000).contains(&life.token_capacity),
+            "lifecycle.token-capacity",
+            "must be 1..=10000000",
+        )?;
+        check(
+            (1..=1000).contains(&life.temporary_code_uses),
+            "lifecycle.temporary-code-uses",
+            "must be 1..=1000",
+        )?;
+        check(
+            life.replacement_auto_activation <= Duration::from_secs(366 * 86_400),
+            "lifecycle.replacement-auto-activation",
+            "must be at most 366 days",
+        )?;
+        check(
+            life.opt_out_forbidden
+                .keys()
+                .all(|code| code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase())),
+            "lifecycle.opt-out-forbidden",
+            "keys must be ISO 3166 alpha-2 codes in upper case (HK, IN)",
+        )?;
+        check(
+            (7..=3660).contains(&self.withdrawals.ledger_days),
+            "withdrawals.ledger-days",
+            "must be 7..=3660",
+        )?;
         Ok(())
     }
 }
@@ -516,6 +599,39 @@ mod tests {
             error("[store]\nredis-in-flight = 0"),
             "store.redis-in-flight: must be 1..=1000000"
         );
+        assert_eq!(
+            error("[lifecycle]\ntoken-ttl = \"1s\""),
+            "lifecycle.token-ttl: must be 30s..=1day"
+        );
+        assert_eq!(
+            error("[lifecycle]\ntoken-attempts = 0"),
+            "lifecycle.token-attempts: must be 1..=10"
+        );
+        assert_eq!(
+            error("[lifecycle]\ntoken-capacity = 0"),
+            "lifecycle.token-capacity: must be 1..=10000000"
+        );
+        assert_eq!(
+            error("[lifecycle]\ntemporary-code-uses = 0"),
+            "lifecycle.temporary-code-uses: must be 1..=1000"
+        );
+        assert_eq!(
+            error("[lifecycle]\nreplacement-auto-activation = \"400days\""),
+            "lifecycle.replacement-auto-activation: must be at most 366 days"
+        );
+        assert_eq!(
+            error("[lifecycle]\nopt-out-forbidden = { hk = \"x\" }"),
+            "lifecycle.opt-out-forbidden: keys must be ISO 3166 alpha-2 codes in upper case (HK, IN)"
+        );
+        assert_eq!(
+            error("[withdrawals]\nledger-days = 1"),
+            "withdrawals.ledger-days: must be 7..=3660"
+        );
+        assert!(error("[withdrawals]\nholidays = [\"2026-13-01\"]").contains("2026-13-01"));
+        let holiday = Config::from_toml("[withdrawals]\nholidays = [\"2026-11-26\"]").unwrap();
+        let thanksgiving = crate::policy::calendar::Day::parse("2026-11-26").unwrap();
+        assert!(!holiday.withdrawals.holidays.is_business_day(thanksgiving));
+        assert!(Config::default().withdrawals.holidays.is_business_day(thanksgiving));
     }
 
     #[test]
