@@ -172,7 +172,7 @@ async fn any_node_verifies_any_user_and_a_challenge_is_accepted_once() {
     let device = enroll_dsc(&admin_a, "jdoe").await.unwrap();
 
     // Enrolled on A, listed and challenged on B, answered on A.
-    let Reply::Devices(list) = gateway_b
+    let Reply::Devices { devices: list, .. } = gateway_b
         .call(Operation::Devices { user: user("jdoe") })
         .await
         .unwrap()
@@ -240,7 +240,7 @@ async fn requests_waiting_on_the_store_are_bounded() {
     let (mut answered, mut busy) = (0, 0);
     for task in tasks {
         match task.await.unwrap() {
-            Reply::Devices(list) => {
+            Reply::Devices { devices: list, .. } => {
                 assert!(list.is_empty());
                 answered += 1;
             }
@@ -283,7 +283,7 @@ async fn failures_on_both_nodes_add_up_to_one_lockout() {
         Verdict::LockedOut { .. }
     ));
     for gateway in [&gateway_a, &gateway_b] {
-        let Reply::Devices(list) = gateway
+        let Reply::Devices { devices: list, .. } = gateway
             .call(Operation::Devices { user: user("jdoe") })
             .await
             .unwrap()
@@ -495,7 +495,7 @@ async fn a_master_killed_under_load_fails_over_and_loses_no_enrolment() {
     // Every acknowledged enrolment is there, on both nodes, and works.
     for (name, device) in enrolled.iter() {
         for gateway in [&gateway_a, &gateway_b] {
-            let Reply::Devices(list) = gateway
+            let Reply::Devices { devices: list, .. } = gateway
                 .call(Operation::Devices { user: user(name) })
                 .await
                 .unwrap()

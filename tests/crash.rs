@@ -56,7 +56,7 @@ async fn listed(admin: &Client, name: &str) -> Vec<DeviceEntry> {
         .await
         .unwrap()
     {
-        Reply::Devices(devices) => devices,
+        Reply::Devices { devices, .. } => devices,
         other => panic!("ListDevices answered {other:?}"),
     }
 }

@@ -196,7 +196,7 @@ async fn each_device_kind_logs_in_and_wrong_answers_are_rejected() {
     ));
 
     // The selection list shows all three.
-    let Reply::Devices(list) = gateway
+    let Reply::Devices { devices: list, .. } = gateway
         .call(Operation::Devices { user: user("jdoe") })
         .await
         .unwrap()
@@ -294,7 +294,7 @@ async fn lockout_clears_by_itself_and_by_unlock_and_survives_restart() {
     let daemon = daemon.restart();
     let admin = daemon.client(Role::Admin).await;
     let gateway = daemon.client(Role::Gateway).await;
-    let Reply::Devices(list) = gateway
+    let Reply::Devices { devices: list, .. } = gateway
         .call(Operation::Devices { user: user("jdoe") })
         .await
         .unwrap()
@@ -388,7 +388,10 @@ async fn roles_and_certificates_are_enforced() {
             .call(Operation::Devices { user: user("jdoe") })
             .await
             .unwrap(),
-        Reply::Devices(vec![])
+        Reply::Devices {
+            required: true,
+            devices: vec![]
+        }
     );
 }
 
@@ -448,7 +451,10 @@ async fn malformed_and_oversized_frames_do_not_stop_the_service() {
             .call(Operation::Devices { user: user("jdoe") })
             .await
             .unwrap(),
-        Reply::Devices(vec![])
+        Reply::Devices {
+            required: true,
+            devices: vec![]
+        }
     );
 
     // A frame over the limit breaks only its own stream.
@@ -463,7 +469,16 @@ async fn malformed_and_oversized_frames_do_not_stop_the_service() {
     bytes.extend_from_slice(&[0; 257]);
     broken.send_raw(&bytes).await.ok();
     let answered = broken.receive().await.unwrap();
-    assert_eq!((answered.id, answered.reply), (7, Reply::Devices(vec![])));
+    assert_eq!(
+        (answered.id, answered.reply),
+        (
+            7,
+            Reply::Devices {
+                required: true,
+                devices: vec![]
+            }
+        )
+    );
     assert!(
         matches!(broken.receive().await, Err(ClientError::Closed)),
         "then the server finishes the stream"
@@ -481,7 +496,10 @@ async fn malformed_and_oversized_frames_do_not_stop_the_service() {
             .call(Operation::Devices { user: user("jdoe") })
             .await
             .unwrap(),
-        Reply::Devices(vec![])
+        Reply::Devices {
+            required: true,
+            devices: vec![]
+        }
     );
     let other = daemon.client(Role::Gateway).await;
     assert_eq!(
@@ -489,7 +507,10 @@ async fn malformed_and_oversized_frames_do_not_stop_the_service() {
             .call(Operation::Devices { user: user("jdoe") })
             .await
             .unwrap(),
-        Reply::Devices(vec![])
+        Reply::Devices {
+            required: true,
+            devices: vec![]
+        }
     );
 }
 
@@ -508,7 +529,13 @@ async fn pipelined_requests_are_all_answered_by_id() {
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..ids.len() {
         let response = stream.receive().await.unwrap();
-        assert_eq!(response.reply, Reply::Devices(vec![]));
+        assert_eq!(
+            response.reply,
+            Reply::Devices {
+                required: true,
+                devices: vec![]
+            }
+        );
         assert!(seen.insert(response.id));
     }
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), ids);
@@ -570,7 +597,7 @@ async fn connection_limits_hold() {
     let mut limited = 0;
     for _ in &ids {
         match stream.receive().await.unwrap().reply {
-            Reply::Devices(_) => {}
+            Reply::Devices { .. } => {}
             Reply::Error {
                 code: ErrorCode::RateLimited,
                 retry_after,
@@ -622,7 +649,10 @@ async fn streams_per_connection_are_capped() {
                 .call(Operation::Devices { user: user("jdoe") })
                 .await
                 .unwrap(),
-            Reply::Devices(vec![])
+            Reply::Devices {
+                required: true,
+                devices: vec![]
+            }
         );
     }
     let third = tokio::time::timeout(Duration::from_millis(500), gateway.stream()).await;
@@ -641,6 +671,9 @@ async fn streams_per_connection_are_capped() {
             .call(Operation::Devices { user: user("jdoe") })
             .await
             .unwrap(),
-        Reply::Devices(vec![])
+        Reply::Devices {
+            required: true,
+            devices: vec![]
+        }
     );
 }

@@ -96,7 +96,7 @@ async fn assert_durable(daemon: Daemon, device: DeviceId) {
     // worker for it.
     let daemon = tokio::task::block_in_place(|| daemon.restart());
     let admin = daemon.client(Role::Admin).await;
-    let Reply::Devices(devices) = admin
+    let Reply::Devices { devices, .. } = admin
         .call(Operation::ListDevices { user: user("jdoe") })
         .await
         .unwrap()
@@ -136,7 +136,7 @@ impl Probe {
                     })
                     .await
                 {
-                    Ok(Reply::Devices(_)) => samples.push(sent.elapsed()),
+                    Ok(Reply::Devices { .. }) => samples.push(sent.elapsed()),
                     _ => failures += 1,
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -244,7 +244,7 @@ async fn handshakes_that_never_finish_do_not_hold_the_service() {
         .expect("a new connection after the half-open ones timed out");
     assert!(matches!(
         late.call(Operation::Devices { user: user("x") }).await,
-        Ok(Reply::Devices(_))
+        Ok(Reply::Devices { .. })
     ));
     assert_durable(daemon, device).await;
 }
@@ -341,7 +341,7 @@ async fn a_flooding_connection_is_throttled_and_others_are_not() {
         }
         while let Some(done) = calls.join_next().await {
             match done.unwrap().unwrap() {
-                Reply::Devices(_) => served += 1,
+                Reply::Devices { .. } => served += 1,
                 Reply::Error {
                     code: ErrorCode::RateLimited,
                     ..
@@ -383,7 +383,7 @@ async fn ten_thousand_connections_come_and_go() {
             let mut answered = 0;
             while next.fetch_add(1, Ordering::Relaxed) < 10_000 {
                 let client = Client::connect_with(addr, tls.clone()).await.unwrap();
-                if let Ok(Reply::Devices(_)) = client
+                if let Ok(Reply::Devices { .. }) = client
                     .call(Operation::Devices {
                         user: user("churn"),
                     })

@@ -84,6 +84,10 @@ random_handle! {
     PushId;
     /// One message handed to the carrier channel.
     MessageId;
+    /// A request to share a device (pending or in effect).
+    ShareId;
+    /// An IB Key activation under way (its SMS token or device challenge).
+    ActivationId;
 }
 
 #[cfg(test)]

@@ -393,7 +393,7 @@ fn devices_survive_restart_and_revoke_is_final() {
     let (dsc, _) = w.enroll("jdoe", DeviceKind::DscPlus, Some(DSC_KEY), Some("4821"));
     let (card, _) = w.enroll("jdoe", DeviceKind::Scc, None, None);
     let mut w = w.restart();
-    let Reply::Devices(list) = w.gateway(
+    let Reply::Devices { devices: list, .. } = w.gateway(
         Operation::Devices {
             user: Username::new("jdoe").unwrap(),
         },
@@ -423,7 +423,7 @@ fn devices_survive_restart_and_revoke_is_final() {
         Verdict::UnknownChallenge
     );
     let mut w = w.restart();
-    let Reply::Devices(list) = w.gateway(
+    let Reply::Devices { devices: list, .. } = w.gateway(
         Operation::Devices {
             user: Username::new("jdoe").unwrap(),
         },
@@ -458,7 +458,10 @@ fn unknown_users_look_like_users_without_devices() {
             },
             T0
         ),
-        Reply::Devices(vec![])
+        Reply::Devices {
+            required: true,
+            devices: vec![]
+        }
     );
     let nobody = w.gateway(
         Operation::Challenge {
@@ -681,7 +684,7 @@ fn an_online_card_stops_working_when_its_validity_ends() {
         },
         now,
     ) {
-        Reply::Devices(list) => list.iter().map(|d| d.device).collect::<Vec<_>>(),
+        Reply::Devices { devices: list, .. } => list.iter().map(|d| d.device).collect::<Vec<_>>(),
         other => panic!("{other:?}"),
     };
 
@@ -726,7 +729,7 @@ fn an_online_card_stops_working_when_its_validity_ends() {
         )
         .reply
     {
-        Reply::Devices(list) => list.len(),
+        Reply::Devices { devices: list, .. } => list.len(),
         other => panic!("{other:?}"),
     };
     assert_eq!(all, 2);

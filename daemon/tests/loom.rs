@@ -34,6 +34,7 @@ use slsd::otp::card::CodeCard;
 use slsd::otp::push::{self as push_proof, PushSigner};
 use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
+use slsd::store::accounts::Actor;
 use slsd::store::challenges::{ChallengeTable, InsertError, OpenChallenge, Question};
 use slsd::store::registry::{FailureState, NewDevice, Registry};
 use slsd::store::sealed::SecretCipher;
@@ -76,6 +77,7 @@ fn fixture(config: &str) -> Fixture {
                 label: "",
             },
             T0,
+            Actor::SYSTEM,
         )
         .unwrap();
     Fixture {
@@ -316,6 +318,7 @@ fn an_sms_code_entered_twice_at_once_is_accepted_once() {
             PhoneNumber::parse("+41 791234567").unwrap(),
             "",
             T0,
+            Actor::SYSTEM,
         )
         .unwrap();
     loom::model(move || {
@@ -384,12 +387,13 @@ fn an_approval_racing_with_await_push_reaches_the_gateway_once() {
                 label: "",
             },
             T0,
+            Actor::SYSTEM,
         )
         .unwrap();
     let signer = Arc::new(PushSigner::from_seed([3; 32]));
     fixture
         .registry
-        .bind_push_key(device, signer.public())
+        .bind_push_key(&mut rng, device, signer.public(), T0, Actor::SYSTEM)
         .unwrap();
     loom::model(move || {
         let engine = fixture.engine();

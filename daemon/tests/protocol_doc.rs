@@ -113,12 +113,17 @@ fn examples() -> BTreeMap<&'static str, Example> {
             "devices-reply",
             resp(
                 1,
-                Reply::Devices(vec![DeviceEntry {
-                    device: DeviceId(7),
-                    kind: DeviceKind::DscPlus,
-                    label: "card".into(),
-                    locked_for: Duration::ZERO,
-                }]),
+                Reply::Devices {
+                    required: true,
+                    devices: vec![DeviceEntry {
+                        device: DeviceId(7),
+                        kind: DeviceKind::DscPlus,
+                        label: "card".into(),
+                        locked_for: Duration::ZERO,
+                        status: slsd::wire::DeviceStatus::Active,
+                        owner: None,
+                    }],
+                },
             ),
         ),
         (

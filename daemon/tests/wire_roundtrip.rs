@@ -5,15 +5,17 @@
 use std::time::Duration;
 
 use proptest::prelude::*;
-use slsd::identity::{ChallengeId, CodeId, DeviceId, MessageId, PushId, Username};
+use slsd::clock::Timestamp;
+use slsd::identity::{ChallengeId, CodeId, DeviceId, MessageId, PushId, ShareId, Username};
 use slsd::otp::SecretKey;
 use slsd::otp::push::{PushKey, Signature};
 use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
 use slsd::wire::request::{Answer, Pin};
 use slsd::wire::{
-    ChallengeText, DecodeError, DeliveryReport, DeliveryState, DeviceEntry, EnrollRequest,
-    ErrorCode, Operation, Reply, Request, Response, StatEntry, Verdict, split_frame,
+    AuditRecord, ChallengeText, DecodeError, DeliveryReport, DeliveryState, DeviceEntry,
+    DeviceStatus, EnrollRequest, ErrorCode, Identification, Operation, PendingActivation, Refusal,
+    Reply, Request, Response, ShareEntry, StatEntry, Verdict, split_frame,
 };
 
 fn phone() -> impl Strategy<Value = PhoneNumber> {
@@ -120,19 +122,96 @@ fn operation() -> impl Strategy<Value = Operation> {
             }
         }),
         any::<u64>().prop_map(|p| Operation::Deny { push: PushId(p) }),
+        (username(), any::<u64>(), any::<u64>(), "[ -~]{0,128}").prop_map(
+            |(user, amount_cents, c, r)| Operation::AuthorizeWithdrawal {
+                user,
+                amount_cents,
+                challenge: ChallengeId(c),
+                response: Answer::new(&r),
+            }
+        ),
+        (
+            username(),
+            "[A-Z]{2}",
+            "[0-9-]{1,10}",
+            "[A-Z]{1,3}",
+            "\\PC{1,20}"
+        )
+            .prop_map(
+                |(user, residence, date_of_birth, citizenship, id_document)| {
+                    Operation::SetIdentity {
+                        user,
+                        identity: Identification {
+                            residence,
+                            date_of_birth,
+                            citizenship,
+                            id_document,
+                        },
+                    }
+                }
+            ),
+        (username(), any::<bool>())
+            .prop_map(|(user, opted_out)| Operation::SetOptOut { user, opted_out }),
+        (username(), username(), 1u64.., any::<u64>(), "[ -~]{0,128}").prop_map(
+            |(requesting_user, owner_user, d, c, r)| Operation::ShareDevice {
+                requesting_user,
+                owner_user,
+                device: DeviceId(d),
+                challenge: ChallengeId(c),
+                response: Answer::new(&r),
+            }
+        ),
+        (any::<u64>(), any::<bool>()).prop_map(|(id, approve)| Operation::DecideShare {
+            share: ShareId(id),
+            approve
+        }),
+        any::<u64>().prop_map(|id| Operation::CancelShare { share: ShareId(id) }),
+        Just(Operation::Shares),
+        username().prop_map(|user| Operation::IssueTemporaryCode { user }),
+        (1u64.., prop::option::of("[0-9]{4}"), "\\PC{0,20}").prop_map(|(d, pin, label)| {
+            Operation::OrderReplacement {
+                lost: DeviceId(d),
+                pin: pin.map(|p| Pin::new(&p)),
+                label,
+            }
+        }),
+        (1u64.., any::<u64>()).prop_map(|(d, t)| Operation::ShipReplacement {
+            device: DeviceId(d),
+            shipped_at: Timestamp(t)
+        }),
+        Just(Operation::PendingActivations),
+        (any::<u64>(), any::<u16>())
+            .prop_map(|(after, limit)| Operation::AuditLog { after, limit }),
     ]
 }
 
 fn reply() -> impl Strategy<Value = Reply> {
-    let entry =
-        (1u64.., kind(), "\\PC{0,20}", millis()).prop_map(|(d, kind, label, locked_for)| {
-            DeviceEntry {
-                device: DeviceId(d),
-                kind,
-                label,
-                locked_for,
-            }
+    let status = prop_oneof![
+        Just(DeviceStatus::Active),
+        Just(DeviceStatus::Expired),
+        Just(DeviceStatus::Ordered),
+        any::<u64>().prop_map(|t| DeviceStatus::Shipped {
+            activates_at: Timestamp(t)
+        }),
+        Just(DeviceStatus::Suspended),
+    ];
+    let entry = (
+        1u64..,
+        kind(),
+        "\\PC{0,20}",
+        millis(),
+        status,
+        prop::option::of(username()),
+    )
+        .prop_map(|(d, kind, label, locked_for, status, owner)| DeviceEntry {
+            device: DeviceId(d),
+            kind,
+            label,
+            locked_for,
+            status,
+            owner,
         });
+    let limit = prop_oneof![Just(None), (0u64..u64::MAX).prop_map(Some)];
     let verdict = prop_oneof![
         (username(), 1u64.., kind()).prop_map(|(user, d, kind)| Verdict::Accepted {
             user,
@@ -151,12 +230,98 @@ fn reply() -> impl Strategy<Value = Reply> {
         "\\PC{0,40}".prop_map(|reason| DeliveryState::Failed { reason }),
     ];
     prop_oneof![
-        prop::collection::vec(entry, 0..8).prop_map(Reply::Devices),
+        (any::<bool>(), prop::collection::vec(entry, 0..8))
+            .prop_map(|(required, devices)| Reply::Devices { required, devices }),
+        (1u64.., kind(), limit.clone(), limit.clone()).prop_map(|(d, kind, today, five)| {
+            Reply::WithdrawalApproved {
+                device: DeviceId(d),
+                kind,
+                remaining_today: today,
+                remaining_5d: five,
+            }
+        }),
+        (
+            kind(),
+            limit.clone(),
+            limit,
+            prop::collection::vec(kind(), 0..9)
+        )
+            .prop_map(
+                |(device_kind, today, five, kinds_that_allow)| Reply::OverLimit {
+                    device_kind,
+                    remaining_today: today,
+                    remaining_5d: five,
+                    kinds_that_allow,
+                }
+            ),
+        (prop::sample::select(Refusal::ALL.to_vec()), "\\PC{0,60}")
+            .prop_map(|(reason, message)| Reply::Refused { reason, message }),
+        (any::<u64>(), any::<bool>()).prop_map(|(id, active)| Reply::Share {
+            share: ShareId(id),
+            active
+        }),
+        prop::collection::vec(
+            (any::<u64>(), username(), username(), 1u64.., any::<bool>()).prop_map(
+                |(id, requesting_user, owner_user, d, active)| ShareEntry {
+                    share: ShareId(id),
+                    requesting_user,
+                    owner_user,
+                    device: DeviceId(d),
+                    active,
+                }
+            ),
+            0..6
+        )
+        .prop_map(Reply::Shares),
+        (1u64.., "[0-9]{8}", millis(), any::<u16>()).prop_map(|(d, code, expires_in, uses)| {
+            Reply::TemporaryCode {
+                device: DeviceId(d),
+                code: Answer::new(&code),
+                expires_in,
+                uses,
+            }
+        }),
+        prop::collection::vec(
+            (1u64.., username(), 1u64.., any::<u64>(), any::<u64>()).prop_map(
+                |(d, user, r, shipped, activates)| PendingActivation {
+                    device: DeviceId(d),
+                    user,
+                    replaces: DeviceId(r),
+                    shipped_at: Timestamp(shipped),
+                    activates_at: Timestamp(activates),
+                }
+            ),
+            0..6
+        )
+        .prop_map(Reply::PendingActivations),
+        prop::collection::vec(
+            (
+                any::<u64>(),
+                any::<u64>(),
+                "[a-z]{1,8}",
+                "[a-z-]{1,20}",
+                prop::option::of(username()),
+                prop::option::of(1u64..),
+                "\\PC{0,40}"
+            )
+                .prop_map(|(seq, at, actor, action, user, d, detail)| AuditRecord {
+                    seq,
+                    at: Timestamp(at),
+                    actor,
+                    action,
+                    user,
+                    device: d.map(DeviceId),
+                    detail,
+                }),
+            0..6
+        )
+        .prop_map(Reply::Audit),
         (
             any::<u64>(),
             prop_oneof![
                 "[0-9]{4,64}".prop_map(ChallengeText::Question),
                 (any::<u16>(), any::<u16>()).prop_map(|(a, b)| ChallengeText::CardPositions(a, b)),
+                Just(ChallengeText::EnterCode),
             ],
             millis()
         )

@@ -25,6 +25,7 @@ use slsd::otp::SecretKey;
 use slsd::otp::push::{self, PushSigner};
 use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
+use slsd::store::accounts::Actor;
 use slsd::store::registry::{FailureState, Registry};
 use slsd::store::sealed::SecretCipher;
 use slsd::wire::request::{Answer, Pin};
@@ -171,11 +172,18 @@ fn fixture() -> &'static Fixture {
                 PhoneNumber::parse(ALICE_NUMBER).unwrap(),
                 "",
                 Timestamp(START),
+                Actor::SYSTEM,
             )
             .expect("alice's number");
         let ib_key = devices[2].0;
         registry
-            .bind_push_key(ib_key, PushSigner::from_seed(PUSH_SEED).public())
+            .bind_push_key(
+                &mut rng,
+                ib_key,
+                PushSigner::from_seed(PUSH_SEED).public(),
+                Timestamp(START),
+                Actor::SYSTEM,
+            )
             .expect("bob's push key");
         // The database stays open; its directory entry can go now, so no
         // run leaves files behind.

@@ -227,18 +227,21 @@ fn response(u: &mut Unstructured<'_>) -> Result<Response> {
             choices: u.arbitrary()?,
             expires_in: millis(u)?,
         },
-        0 => Reply::Devices(
-            (0..u.int_in_range(0..=8)?)
+        0 => Reply::Devices {
+            required: u.arbitrary()?,
+            devices: (0..u.int_in_range(0..=8)?)
                 .map(|_| {
                     Ok(DeviceEntry {
                         device: device(u)?,
                         kind: kind(u)?,
                         label: text(u, 0, MAX_LABEL_LEN, b"")?,
                         locked_for: millis(u)?,
+                        status: slsd::wire::DeviceStatus::Active,
+                        owner: None,
                     })
                 })
                 .collect::<Result<_>>()?,
-        ),
+        },
         1 => Reply::Challenge {
             challenge: ChallengeId(u.arbitrary()?),
             text: if u.arbitrary()? {

@@ -865,7 +865,7 @@ async fn login(
     let got = Instant::now();
     shared.record(part, |r| r.request(Op::Devices, due, got));
     let listed = match result {
-        Ok(Reply::Devices(listed)) => listed,
+        Ok(Reply::Devices { devices, .. }) => devices,
         other => return shared.error(part, Op::Devices, &other, got),
     };
     // As a login page would: offer the devices that are not locked out (a
@@ -963,6 +963,7 @@ pub(crate) fn shown(text: &ChallengeText) -> String {
     match text {
         ChallengeText::Question(q) => q.clone(),
         ChallengeText::CardPositions(a, b) => format!("positions {a} and {b}"),
+        ChallengeText::EnterCode => "enter your code".to_owned(),
     }
 }
 

@@ -384,7 +384,7 @@ impl World {
             Operation::Devices { user: name.clone() },
             now,
         ) {
-            Reply::Devices(list) => list,
+            Reply::Devices { devices, .. } => devices,
             other => return self.violation(now, format!("{name}: Devices answered {other:?}")),
         };
         let expected = self.model_devices(user, now);

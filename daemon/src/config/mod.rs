@@ -631,7 +631,12 @@ mod tests {
         let holiday = Config::from_toml("[withdrawals]\nholidays = [\"2026-11-26\"]").unwrap();
         let thanksgiving = crate::policy::calendar::Day::parse("2026-11-26").unwrap();
         assert!(!holiday.withdrawals.holidays.is_business_day(thanksgiving));
-        assert!(Config::default().withdrawals.holidays.is_business_day(thanksgiving));
+        assert!(
+            Config::default()
+                .withdrawals
+                .holidays
+                .is_business_day(thanksgiving)
+        );
     }
 
     #[test]

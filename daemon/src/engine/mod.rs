@@ -21,6 +21,7 @@ use std::time::Duration;
 use rand::CryptoRng;
 use siphasher::sip::SipHasher13;
 
+mod lifecycle;
 mod push;
 mod relay;
 mod shared;
@@ -36,9 +37,7 @@ use crate::ratelimit::{Decision, Gcra, Rate};
 use crate::store::challenges::{ChallengeTable, Disposition, InsertError, OpenChallenge, Question};
 use crate::store::registry::{Device, EnrollError, FailureState, NewDevice, Registry, Verifier};
 use crate::wire::request::Answer;
-use crate::wire::{
-    ChallengeText, DeviceEntry, EnrollRequest, ErrorCode, Operation, Reply, StatEntry, Verdict,
-};
+use crate::wire::{ChallengeText, EnrollRequest, ErrorCode, Operation, Reply, StatEntry, Verdict};
 
 /// Shards of the open-challenge table.
 const CHALLENGE_SHARDS: usize = 256;
@@ -468,16 +467,70 @@ impl Engine {
             return Some(refusal.into());
         }
         Some(match operation {
-            Operation::Devices { user } => self.devices(&user, now, false).into(),
-            Operation::ListDevices { user } => self.devices(&user, now, true).into(),
+            Operation::Devices { user } => self.device_list(&user, now, false).into(),
+            Operation::ListDevices { user } => self.device_list(&user, now, true).into(),
             Operation::Challenge { user, device } => self.challenge(&user, device, now, rng).into(),
             Operation::Verify {
                 challenge,
                 response,
-            } => self.verify(challenge, &response, now),
-            Operation::Enroll(request) => self.enroll(request, now, rng).into(),
-            Operation::Revoke { device } => self.revoke(device).into(),
-            Operation::Unlock { user, device } => self.unlock(&user, device).into(),
+            } => self.verify(challenge, &response, now, rng),
+            Operation::Enroll(request) => self.enroll(caller, request, now, rng).into(),
+            Operation::Revoke { device } => self.revoke(caller, device, now, rng).into(),
+            Operation::Unlock { user, device } => {
+                self.unlock(caller, &user, device, now, rng).into()
+            }
+            Operation::AuthorizeWithdrawal {
+                user,
+                amount_cents,
+                challenge,
+                response,
+            } => self.authorize_withdrawal(
+                caller,
+                &user,
+                amount_cents,
+                challenge,
+                &response,
+                now,
+                rng,
+            ),
+            Operation::SetIdentity { user, identity } => {
+                self.set_identity(caller, &user, &identity, now, rng).into()
+            }
+            Operation::SetOptOut { user, opted_out } => {
+                self.set_opt_out(caller, &user, opted_out, now, rng).into()
+            }
+            Operation::ShareDevice {
+                requesting_user,
+                owner_user,
+                device,
+                challenge,
+                response,
+            } => self.share_device(
+                caller,
+                &requesting_user,
+                &owner_user,
+                device,
+                challenge,
+                &response,
+                now,
+                rng,
+            ),
+            Operation::DecideShare { share, approve } => {
+                self.decide_share(caller, share, approve, now, rng).into()
+            }
+            Operation::CancelShare { share } => self.cancel_share(caller, share, now, rng).into(),
+            Operation::Shares => self.list_shares().into(),
+            Operation::IssueTemporaryCode { user } => {
+                self.issue_temporary_code(caller, &user, now, rng).into()
+            }
+            Operation::OrderReplacement { lost, pin, label } => self
+                .order_replacement(caller, lost, pin.as_ref(), &label, now, rng)
+                .into(),
+            Operation::ShipReplacement { device, shipped_at } => self
+                .ship_replacement(caller, device, shipped_at, now, rng)
+                .into(),
+            Operation::PendingActivations => self.pending_activations(now).into(),
+            Operation::AuditLog { after, limit } => self.audit_log(after, limit).into(),
             Operation::Stats => self.stats().into(),
             Operation::SendCode { user, channel } => {
                 self.send_code(&user, channel, now, rng).into()
@@ -492,8 +545,12 @@ impl Engine {
                 user,
                 number,
                 label,
-            } => self.enroll_phone(&user, number, &label, now, rng).into(),
-            Operation::BindPushKey { device, key } => self.bind_push_key(device, key).into(),
+            } => self
+                .enroll_phone(caller, &user, number, &label, now, rng)
+                .into(),
+            Operation::BindPushKey { device, key } => {
+                self.bind_push_key(caller, device, key, now, rng).into()
+            }
             Operation::CarrierSubscribe => self.carrier_subscribe(caller).into(),
             Operation::Ack { message, report } => {
                 match self.outbox.ack(caller.connection, message, report, now) {
@@ -551,24 +608,6 @@ impl Engine {
         metrics::counter!(crate::metrics::LOCKOUTS).increment(1);
     }
 
-    /// A user's devices; a login (`with_expired` false) is offered only
-    /// those still valid, an operator sees all.
-    fn devices(&self, user: &Username, now: Timestamp, with_expired: bool) -> Reply {
-        let entries = self
-            .registry
-            .devices_of(user)
-            .iter()
-            .filter(|d| with_expired || !d.expired_at(now))
-            .map(|d| DeviceEntry {
-                device: d.id,
-                kind: d.kind,
-                label: d.label.clone(),
-                locked_for: now.until(d.failures().locked_until),
-            })
-            .collect();
-        Reply::Devices(entries)
-    }
-
     fn challenge<R: CryptoRng + ?Sized>(
         &self,
         user: &Username,
@@ -579,13 +618,33 @@ impl Engine {
         if let Decision::Deny { retry_after } = self.user_limits.check(user, now) {
             return Reply::rate_limited(retry_after, "too many challenges for this user");
         }
-        // An unknown user and another user's device answer the same way.
-        let Some(device) = self.registry.device(device).filter(|d| &d.user == user) else {
-            return Reply::error(ErrorCode::NotFound, "no such device for this user");
+        // An unknown user and another user's device answer the same way. A
+        // shipped replacement may be challenged before it activates itself:
+        // the right answer activates it.
+        let shipped = || {
+            self.registry.device(device).filter(|d| {
+                &d.user == user
+                    && !d.expired_at(now)
+                    && matches!(
+                        d.life().activation,
+                        crate::store::accounts::Activation::Shipped { .. }
+                    )
+            })
         };
-        if device.expired_at(now) {
-            return Reply::error(ErrorCode::NotFound, "the device's validity has ended");
-        }
+        let Some(device) = self.login_device(user, device, now).or_else(shipped) else {
+            let expired = self
+                .registry
+                .device(device)
+                .is_some_and(|d| &d.user == user && d.expired_at(now));
+            return Reply::error(
+                ErrorCode::NotFound,
+                if expired {
+                    "the device's validity has ended"
+                } else {
+                    "no such device for this user, or it cannot be used now"
+                },
+            );
+        };
         let (open, text) = match self.open_challenge(user, &device, now, rng) {
             Ok(opened) => opened,
             Err(refusal) => return refusal,
@@ -664,6 +723,7 @@ impl Engine {
                     ChallengeText::CardPositions(pick.first(), pick.second()),
                 )
             }
+            Verifier::Code(_) => (Question::Code, ChallengeText::EnterCode),
             Verifier::Phone(_) => {
                 return Err(Reply::error(
                     ErrorCode::InvalidArgument,
@@ -673,7 +733,13 @@ impl Engine {
         })
     }
 
-    fn verify(&self, id: ChallengeId, answer: &Answer, now: Timestamp) -> Outcome {
+    fn verify<R: CryptoRng + ?Sized>(
+        &self,
+        id: ChallengeId,
+        answer: &Answer,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Outcome {
         let resolved = self.challenges.resolve(id, |open| {
             // Expired whether or not its device is still there.
             if open.expires_at <= now {
@@ -707,6 +773,7 @@ impl Engine {
             }
         });
         let (verdict, persist) = resolved.unwrap_or((Verdict::UnknownChallenge, None));
+        let verdict = self.after_accept(verdict, now, rng);
         self.count_verdict(&verdict);
         Outcome {
             reply: Reply::Verdict(verdict),
@@ -750,6 +817,7 @@ impl Engine {
 
     fn enroll<R: CryptoRng + ?Sized>(
         &self,
+        caller: &Caller<'_>,
         request: EnrollRequest,
         now: Timestamp,
         rng: &mut R,
@@ -769,7 +837,7 @@ impl Engine {
             pin,
             label: &label,
         };
-        match self.registry.enroll(rng, new, now) {
+        match self.registry.enroll(rng, new, now, Self::actor(caller)) {
             Ok((device, secret)) => {
                 tracing::info!(%user, %device, %kind, "device enrolled");
                 Reply::Enrolled { device, secret }
@@ -780,6 +848,7 @@ impl Engine {
 
     fn enroll_phone<R: CryptoRng + ?Sized>(
         &self,
+        caller: &Caller<'_>,
         user: &Username,
         number: crate::phone::PhoneNumber,
         label: &str,
@@ -788,16 +857,34 @@ impl Engine {
     ) -> Reply {
         phone_enrolled(
             user,
-            self.registry.enroll_phone(rng, user, number, label, now),
+            self.registry
+                .enroll_phone(rng, user, number, label, now, Self::actor(caller)),
         )
     }
 
-    fn bind_push_key(&self, device: DeviceId, key: crate::otp::push::PushKey) -> Reply {
-        push_key_bound(device, self.registry.bind_push_key(device, key))
+    fn bind_push_key<R: CryptoRng + ?Sized>(
+        &self,
+        caller: &Caller<'_>,
+        device: DeviceId,
+        key: crate::otp::push::PushKey,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Reply {
+        push_key_bound(
+            device,
+            self.registry
+                .bind_push_key(rng, device, key, now, Self::actor(caller)),
+        )
     }
 
-    fn revoke(&self, device: DeviceId) -> Reply {
-        match self.registry.revoke(device) {
+    fn revoke<R: CryptoRng + ?Sized>(
+        &self,
+        caller: &Caller<'_>,
+        device: DeviceId,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Reply {
+        match self.registry.revoke(rng, device, now, Self::actor(caller)) {
             Ok(true) => {
                 tracing::info!(%device, "device revoked");
                 Reply::Done
@@ -813,7 +900,14 @@ impl Engine {
         }
     }
 
-    fn unlock(&self, user: &Username, device: Option<DeviceId>) -> Reply {
+    fn unlock<R: CryptoRng + ?Sized>(
+        &self,
+        caller: &Caller<'_>,
+        user: &Username,
+        device: Option<DeviceId>,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Reply {
         let devices: Vec<_> = self
             .registry
             .devices_of(user)
@@ -823,19 +917,19 @@ impl Engine {
         if devices.is_empty() && device.is_some() {
             return Reply::error(ErrorCode::NotFound, "no such device for this user");
         }
-        let cleared: Vec<_> = devices
-            .iter()
-            .map(|d| (d.id, FailureState::default()))
-            .collect();
-        if let Err(error) = self.registry.save_failures(&cleared) {
+        let cleared = self.registry.change(rng, now, Self::actor(caller), |c| {
+            for d in &devices {
+                c.set_failures(d.id, FailureState::default())?;
+            }
+            let detail = format!("{} devices", devices.len());
+            c.audit("unlock", Some(user), device, detail)
+        });
+        if let Err(error) = cleared {
             tracing::error!(%error, "unlock failed");
             return Reply::error(
                 ErrorCode::Internal,
                 "the registry could not clear the lockout",
             );
-        }
-        for d in &devices {
-            *d.failures() = FailureState::default();
         }
         tracing::info!(%user, devices = devices.len(), "lockouts cleared");
         Reply::Done
@@ -1030,6 +1124,9 @@ fn answer_is_right(device: &Device, question: &Question, answer: &Answer, now: T
         }
         (Verifier::Card(card), Question::Card(pick)) => {
             card.verify(*pick, answer.as_bytes()).unwrap_or(false)
+        }
+        (Verifier::Code(code), Question::Code) => {
+            crate::otp::codes_match(code.expose_secret(), answer.as_bytes()).into()
         }
         // A question of the other kind cannot be answered by this device
         // (nor can an SMS device answer a challenge: it has none).

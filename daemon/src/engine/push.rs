@@ -259,9 +259,8 @@ impl Engine {
             );
         }
         let device = self
-            .registry
-            .device(device)
-            .filter(|d| &d.user == user && d.kind == DeviceKind::IbKey && !d.expired_at(now))
+            .login_device(user, device, now)
+            .filter(|d| d.kind == DeviceKind::IbKey)
             .filter(|d| d.push_key().is_some());
         let Some(device) = device else {
             return Reply::error(

@@ -290,10 +290,9 @@ impl Engine {
     ) -> Reply {
         let sms = &self.config.sms;
         let Some(device) = self
-            .registry
-            .devices_of(user)
+            .login_devices(user, now)
             .into_iter()
-            .find(|d| d.phone().is_some() && !d.expired_at(now))
+            .find(|d| d.phone().is_some())
         else {
             return Reply::error(
                 ErrorCode::NoVerifiedNumber,

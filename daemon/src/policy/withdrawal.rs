@@ -68,19 +68,23 @@ pub fn kinds_that_allow(
 mod tests {
     use super::*;
 
+    fn usd(dollars: u64) -> u64 {
+        dollars * 100
+    }
+
     #[test]
     fn headroom_is_the_limit_less_what_was_withdrawn() {
         let profiles = DeviceProfiles::defaults().unwrap();
         let scc = profiles.get(DeviceKind::Scc).withdrawal_limit;
         let spent = Withdrawn {
-            today: 150_000_00,
-            five_days: 550_000_00,
+            today: usd(150_000),
+            five_days: usd(550_000),
         };
         let left = headroom(scc, spent);
-        assert_eq!(left.today, Some(50_000_00));
-        assert_eq!(left.five_days, Some(50_000_00));
-        assert!(left.allows(50_000_00));
-        assert!(!left.allows(50_000_01));
+        assert_eq!(left.today, Some(usd(50_000)));
+        assert_eq!(left.five_days, Some(usd(50_000)));
+        assert!(left.allows(usd(50_000)));
+        assert!(!left.allows(usd(50_000) + 1));
         let dsc_plus = headroom(profiles.get(DeviceKind::DscPlus).withdrawal_limit, spent);
         assert_eq!(dsc_plus.today, None);
         assert!(dsc_plus.allows(u64::MAX));
@@ -88,7 +92,7 @@ mod tests {
         let over = headroom(
             scc,
             Withdrawn {
-                today: 300_000_00,
+                today: usd(300_000),
                 five_days: 0,
             },
         );
@@ -101,15 +105,15 @@ mod tests {
         let none = Withdrawn::default();
         // 300,000 USD: over SCC, SMS, temporary and Online SCC; legacy DSC,
         // Gold and Platinum allow it but are no longer issued.
-        let kinds = kinds_that_allow(&profiles, none, 300_000_00, &[]);
+        let kinds = kinds_that_allow(&profiles, none, usd(300_000), &[]);
         assert_eq!(kinds, vec![DeviceKind::DscPlus, DeviceKind::IbKey]);
         // A user holding a Gold device hears of it too.
-        let kinds = kinds_that_allow(&profiles, none, 300_000_00, &[DeviceKind::Gold]);
+        let kinds = kinds_that_allow(&profiles, none, usd(300_000), &[DeviceKind::Gold]);
         assert_eq!(
             kinds,
             vec![DeviceKind::DscPlus, DeviceKind::Gold, DeviceKind::IbKey]
         );
-        let small = kinds_that_allow(&profiles, none, 100_00, &[]);
+        let small = kinds_that_allow(&profiles, none, usd(100), &[]);
         assert_eq!(small.first(), Some(&DeviceKind::DscPlus));
         assert!(small.contains(&DeviceKind::Scc));
     }

@@ -382,7 +382,10 @@ async fn relay(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
 }
 
 /// Every 100 ms, fails over unacknowledged messages and expires pushes;
-/// every second, drops expired challenges and codes and reports gauges.
+/// every second, drops expired challenges and codes and reports gauges;
+/// every minute, activates replacement cards whose time has come (a due
+/// card counts as active at once; this records it and retires the card it
+/// replaces).
 async fn sweep(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -400,6 +403,9 @@ async fn sweep(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
             metrics::gauge!(crate::metrics::LIVE_CODES).set(gauges.live_codes as f64);
             metrics::gauge!(crate::metrics::PENDING_PUSHES).set(gauges.pending_pushes as f64);
             metrics::gauge!(crate::metrics::OUTBOX).set(gauges.outbox as f64);
+        }
+        if round % 600 == 0 {
+            shared.engine.activate_due(now, &mut UnwrapErr(SysRng));
         }
     }
 }

@@ -42,6 +42,7 @@ impl OpenChallenge {
                 out.put_u16(pick.first());
                 out.put_u16(pick.second());
             }
+            Question::Code => out.put_u8(QUESTION_CODE),
         }
         out
     }
@@ -59,6 +60,7 @@ impl OpenChallenge {
                 r.u16("first").ok()?,
                 r.u16("second").ok()?,
             )?),
+            QUESTION_CODE => Question::Code,
             _ => return None,
         };
         r.finish().ok()?;
@@ -74,6 +76,7 @@ impl OpenChallenge {
 
 const QUESTION_OCRA: u8 = 1;
 const QUESTION_CARD: u8 = 2;
+const QUESTION_CODE: u8 = 3;
 
 /// The question shown to the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +85,8 @@ pub enum Question {
     Ocra(String),
     /// Two positions of a code card.
     Card(CardChallenge),
+    /// No question: the user types the code they hold (temporary codes).
+    Code,
 }
 
 /// What to do with a challenge after looking at it.

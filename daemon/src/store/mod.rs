@@ -6,6 +6,9 @@
 //! - [`registry`]: devices, sealed secrets and PIN hashes, failure counts
 //!   and lockouts, durable in an embedded redb database, with an in-memory
 //!   index for the hot path.
+//! - [`accounts`]: the lifecycle side of the registry (users, activation
+//!   states, shares, the withdrawal ledger, the audit log) and
+//!   `Registry::change`, the one way the registry changes.
 //! - [`committer`]: group commit of the hot durable write (failure states).
 //! - [`sealed`]: at-rest encryption of secrets under the key file.
 //! - [`records`]: how a device record is laid out and sealed, for both.
@@ -15,6 +18,7 @@
 //!   primitives (`store.backend = "redis"`): devices with a per-node cache,
 //!   failure states, open challenges, issuance counts.
 
+pub mod accounts;
 pub mod challenges;
 pub mod committer;
 pub mod records;

@@ -64,6 +64,11 @@ impl DeviceCodec {
         secret: Option<SecretKey>,
         pin: Option<&str>,
     ) -> Result<(SecretKey, bool, Verifier), EnrollError> {
+        if kind == DeviceKind::Temporary {
+            return Err(EnrollError::Invalid(
+                "temporary codes are issued with IssueTemporaryCode".into(),
+            ));
+        }
         let generated = secret.is_none();
         let secret = match secret {
             Some(secret) => secret,
@@ -168,6 +173,10 @@ impl DeviceCodec {
                 CodeCard::new(secret, *positions)
                     .map_err(|e| EnrollError::Invalid(e.to_string()))?,
             )),
+            // A temporary code is kept (sealed) as the device's secret.
+            Check::RandomCode(_) if kind == DeviceKind::Temporary => {
+                Ok(Verifier::Code(secret.clone()))
+            }
             Check::RandomCode(_) => Err(not_keyed(kind)),
         }
     }

@@ -16,10 +16,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use rand::CryptoRng;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::records::{DeviceCodec, Stored};
+use super::accounts::{
+    self, AUDIT, Actor, DEVICE_LIFE, DeviceLife, LEDGER, SHARES, Share, USERS, UserRecord,
+};
+use super::records::DeviceCodec;
 use super::sealed::{SealError, SecretCipher};
 use crate::clock::Timestamp;
-use crate::identity::{DeviceId, Username};
+use crate::identity::{DeviceId, ShareId, Username};
 use crate::otp::card::CodeCard;
 use crate::otp::ocra::Ocra;
 use crate::otp::push::PushKey;
@@ -28,14 +31,14 @@ use crate::phone::PhoneNumber;
 use crate::profile::{DeviceKind, DeviceProfiles};
 use crate::wire::codec::{Put, Reader};
 
-const DEVICES: TableDefinition<u64, &[u8]> = TableDefinition::new("devices");
-const FAILURES: TableDefinition<u64, &[u8]> = TableDefinition::new("failures");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(super) const DEVICES: TableDefinition<u64, &[u8]> = TableDefinition::new("devices");
+pub(super) const FAILURES: TableDefinition<u64, &[u8]> = TableDefinition::new("failures");
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The verified number of each SMS device, sealed (it is personal data).
-const PHONES: TableDefinition<u64, &[u8]> = TableDefinition::new("phones");
+pub(super) const PHONES: TableDefinition<u64, &[u8]> = TableDefinition::new("phones");
 /// The push public key of IB Key devices that have one.
-const PUSH_KEYS: TableDefinition<u64, &[u8]> = TableDefinition::new("push-keys");
-const NEXT_DEVICE_ID: &str = "next-device-id";
+pub(super) const PUSH_KEYS: TableDefinition<u64, &[u8]> = TableDefinition::new("push-keys");
+pub(super) const NEXT_DEVICE_ID: &str = "next-device-id";
 
 /// A database or at-rest-encryption failure.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +122,8 @@ pub enum Verifier {
     Card(CodeCard),
     /// Codes sent by SMS or voice to this verified number.
     Phone(PhoneNumber),
+    /// A code issued by an operator and typed as it is (temporary codes).
+    Code(SecretKey),
 }
 
 impl fmt::Debug for Verifier {
@@ -127,6 +132,7 @@ impl fmt::Debug for Verifier {
             Self::Ocra { ocra, .. } => write!(f, "Verifier::Ocra({})", ocra.suite()),
             Self::Card(card) => write!(f, "Verifier::Card({} positions)", card.positions()),
             Self::Phone(number) => write!(f, "Verifier::Phone({number:?})"),
+            Self::Code(_) => f.write_str("Verifier::Code(..)"),
         }
     }
 }
@@ -146,6 +152,8 @@ pub struct Device {
     failures: Mutex<FailureState>,
     /// The key push approvals are signed with (IB Key devices).
     push_key: Mutex<Option<PushKey>>,
+    /// Activation state, temporary-code uses, app PIN (`accounts`).
+    life: Mutex<DeviceLife>,
 }
 
 impl Device {
@@ -164,6 +172,22 @@ impl Device {
     /// The public key this device signs push approvals with, if bound.
     pub fn push_key(&self) -> Option<PushKey> {
         *self.push_key.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The lifecycle state (activation, uses left, app PIN).
+    pub fn life(&self) -> DeviceLife {
+        self.life_mut().clone()
+    }
+
+    pub(super) fn life_mut(&self) -> MutexGuard<'_, DeviceLife> {
+        self.life.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the device can be used at `now`: activated, and its
+    /// validity not ended.
+    pub fn usable_at(&self, now: Timestamp) -> bool {
+        let life = self.life_mut();
+        !self.expired_at(now) && life.activation.is_active(now) && life.uses_left != Some(0)
     }
 
     /// Sets the push key, as read from a store.
@@ -198,6 +222,7 @@ impl Device {
             verifier,
             failures: Mutex::new(FailureState::default()),
             push_key: Mutex::new(None),
+            life: Mutex::new(DeviceLife::default()),
         }
     }
 }
@@ -215,13 +240,16 @@ pub struct NewDevice<'a> {
 
 /// The registry of devices.
 pub struct Registry {
-    db: Database,
-    codec: DeviceCodec,
+    pub(super) db: Database,
+    pub(super) codec: DeviceCodec,
     devices: RwLock<HashMap<DeviceId, Arc<Device>>>,
     by_user: RwLock<HashMap<Username, Vec<DeviceId>>>,
-    /// Held from a per-user rule's check to the index update, so that two
-    /// racing enrolments cannot both pass it (one number per user).
-    enrolling: Mutex<()>,
+    users: RwLock<HashMap<Username, UserRecord>>,
+    shares: RwLock<HashMap<ShareId, Share>>,
+    /// Held for the whole of a change (`Registry::change`), so that a rule
+    /// checked inside it (one number per user, a withdrawal limit) still
+    /// holds when it commits.
+    changing: Mutex<()>,
 }
 
 impl fmt::Debug for Registry {
@@ -248,6 +276,11 @@ impl Registry {
             txn.open_table(META)?;
             txn.open_table(PHONES)?;
             txn.open_table(PUSH_KEYS)?;
+            txn.open_table(USERS)?;
+            txn.open_table(DEVICE_LIFE)?;
+            txn.open_table(SHARES)?;
+            txn.open_table(LEDGER)?;
+            txn.open_table(AUDIT)?;
             txn.commit()?;
         }
         let registry = Self {
@@ -255,7 +288,9 @@ impl Registry {
             codec: DeviceCodec::new(cipher, profiles),
             devices: RwLock::new(HashMap::new()),
             by_user: RwLock::new(HashMap::new()),
-            enrolling: Mutex::new(()),
+            users: RwLock::new(HashMap::new()),
+            shares: RwLock::new(HashMap::new()),
+            changing: Mutex::new(()),
         };
         registry.load()?;
         Ok(registry)
@@ -266,6 +301,7 @@ impl Registry {
         let failures_table = txn.open_table(FAILURES)?;
         let phones = txn.open_table(PHONES)?;
         let push_keys = txn.open_table(PUSH_KEYS)?;
+        let lives = txn.open_table(DEVICE_LIFE)?;
         let mut devices = HashMap::new();
         let mut by_user: HashMap<Username, Vec<DeviceId>> = HashMap::new();
         for entry in txn.open_table(DEVICES)?.iter()? {
@@ -296,12 +332,87 @@ impl Registry {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) = Some(PushKey(key));
             }
+            if let Some(life) = lives.get(id.0)? {
+                *device.life_mut() =
+                    accounts::decode_life(life.value()).ok_or_else(|| StoreError::Corrupt {
+                        device: id.0,
+                        problem: "lifecycle state".into(),
+                    })?;
+            }
             by_user.entry(device.user.clone()).or_default().push(id);
             devices.insert(id, Arc::new(device));
         }
+        let mut users = HashMap::new();
+        for entry in txn.open_table(USERS)?.iter()? {
+            let (name, record) = entry?;
+            let user = Username::new(name.value()).map_err(|e| StoreError::Corrupt {
+                device: 0,
+                problem: format!("user name: {e}"),
+            })?;
+            let record = self.decode_user(&user, record.value())?;
+            users.insert(user, record);
+        }
+        let mut shares = HashMap::new();
+        for entry in txn.open_table(SHARES)?.iter()? {
+            let (id, record) = entry?;
+            let id = ShareId(id.value());
+            let share =
+                accounts::decode_share(id, record.value()).ok_or_else(|| StoreError::Corrupt {
+                    device: 0,
+                    problem: format!("share {id}"),
+                })?;
+            shares.insert(id, share);
+        }
         *self.devices.write().unwrap_or_else(PoisonError::into_inner) = devices;
         *self.by_user.write().unwrap_or_else(PoisonError::into_inner) = by_user;
+        *self.users.write().unwrap_or_else(PoisonError::into_inner) = users;
+        *self.shares.write().unwrap_or_else(PoisonError::into_inner) = shares;
         Ok(())
+    }
+
+    pub(super) fn lock_changes(&self) -> MutexGuard<'_, ()> {
+        self.changing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn users_mut(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<Username, UserRecord>> {
+        self.users.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn shares_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ShareId, Share>> {
+        self.shares.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What sls keeps about `user` (the default for a user it has none of).
+    pub fn user(&self, user: &Username) -> UserRecord {
+        self.users
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(user)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every share, pending or in effect.
+    pub fn shares(&self) -> Vec<Share> {
+        let mut shares: Vec<_> = self
+            .shares
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        shares.sort_by_key(|s| (s.created, s.id.0));
+        shares
+    }
+
+    pub fn share(&self, id: ShareId) -> Option<Share> {
+        self.shares
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned()
     }
 
     /// Devices registered.
@@ -322,6 +433,16 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
             .get(&id)
             .cloned()
+    }
+
+    /// Every device (for sweeps over lifecycle states; rare).
+    pub fn all_devices(&self) -> Vec<Arc<Device>> {
+        self.devices
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The user's devices, oldest first; empty for an unknown user.
@@ -345,24 +466,9 @@ impl Registry {
         rng: &mut R,
         new: NewDevice<'_>,
         now: Timestamp,
+        actor: Actor,
     ) -> Result<(DeviceId, Option<SecretKey>), EnrollError> {
-        let NewDevice {
-            user,
-            kind,
-            secret,
-            pin,
-            label,
-        } = new;
-        let (secret, generated, verifier) = self.codec.prepare(rng, kind, secret, pin)?;
-        let new = Stored {
-            user,
-            kind,
-            label,
-            now,
-            secret: Some(&secret),
-        };
-        let id = self.add(rng, new, verifier, |_, _, _| Ok(()))?;
-        Ok((id, generated.then_some(secret)))
+        self.change(rng, now, actor, |c| c.enroll(new))
     }
 
     /// Registers a verified phone number for a user: an SMS device. One
@@ -374,35 +480,20 @@ impl Registry {
         number: PhoneNumber,
         label: &str,
         now: Timestamp,
+        actor: Actor,
     ) -> Result<DeviceId, EnrollError> {
-        let _enrolling = self
-            .enrolling
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(existing) = self.devices_of(user).iter().find(|d| d.phone().is_some()) {
-            return Err(EnrollError::Invalid(format!(
-                "the user already has a verified number (device {}); revoke it first",
-                existing.id
-            )));
-        }
-        let new = Stored {
-            user,
-            kind: DeviceKind::Sms,
-            label,
-            now,
-            secret: None,
-        };
-        let sealed_number = number.clone();
-        let id = self.add(rng, new, Verifier::Phone(number), |txn, id, rng| {
-            let sealed = self.codec.seal_phone(rng, id, &sealed_number)?;
-            txn.open_table(PHONES)?.insert(id.0, sealed.as_slice())?;
-            Ok(())
-        })?;
-        Ok(id)
+        self.change(rng, now, actor, |c| c.add_phone(user, number, label))
     }
 
     /// Sets the push key of an IB Key device. `Ok(false)`: no such device.
-    pub fn bind_push_key(&self, id: DeviceId, key: PushKey) -> Result<bool, EnrollError> {
+    pub fn bind_push_key<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        id: DeviceId,
+        key: PushKey,
+        now: Timestamp,
+        actor: Actor,
+    ) -> Result<bool, EnrollError> {
         let Some(device) = self.device(id) else {
             return Ok(false);
         };
@@ -412,54 +503,15 @@ impl Registry {
                 device.kind
             )));
         }
-        let txn = self.db.begin_write().map_err(StoreError::from)?;
-        txn.open_table(PUSH_KEYS)
-            .map_err(StoreError::from)?
-            .insert(id.0, key.0.as_slice())
-            .map_err(StoreError::from)?;
-        txn.commit().map_err(StoreError::from)?;
-        *device
-            .push_key
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(key);
-        Ok(true)
+        self.change(rng, now, actor, |c| -> Result<_, EnrollError> {
+            c.set_push_key(id, key)?;
+            c.audit("bind-push-key", Some(&device.user), Some(id), "")?;
+            Ok(true)
+        })
     }
 
-    /// Allocates a device id, writes the device's record and what `also`
-    /// adds in one transaction, commits (fsync), then shows the device to
-    /// readers.
-    fn add<R: CryptoRng + ?Sized>(
-        &self,
-        rng: &mut R,
-        new: Stored<'_>,
-        verifier: Verifier,
-        also: impl FnOnce(&redb::WriteTransaction, DeviceId, &mut R) -> Result<(), StoreError>,
-    ) -> Result<DeviceId, StoreError> {
-        let txn = self.db.begin_write()?;
-        let id = {
-            let mut meta = txn.open_table(META)?;
-            let id = meta.get(NEXT_DEVICE_ID)?.map_or(1, |v| v.value()).max(1);
-            meta.insert(NEXT_DEVICE_ID, id + 1)?;
-            DeviceId(id)
-        };
-        let record = self.codec.encode_device(rng, id, &new, &verifier)?;
-        txn.open_table(DEVICES)?.insert(id.0, record.as_slice())?;
-        also(&txn, id, rng)?;
-        txn.commit()?;
-        self.index(Device::new(
-            id,
-            new.user.clone(),
-            new.kind,
-            new.label.to_owned(),
-            new.now,
-            self.codec.expiry(new.kind, new.now),
-            verifier,
-        ));
-        Ok(id)
-    }
-
-    /// Makes a stored device visible to readers.
-    fn index(&self, device: Device) {
+    /// Makes a device stored by a change visible to readers.
+    pub(super) fn index(&self, device: Device) {
         let (id, user) = (device.id, device.user.clone());
         self.devices
             .write()
@@ -473,14 +525,8 @@ impl Registry {
             .push(id);
     }
 
-    /// Removes a device for good; false if there was none.
-    pub fn revoke(&self, id: DeviceId) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write()?;
-        let existed = txn.open_table(DEVICES)?.remove(id.0)?.is_some();
-        txn.open_table(FAILURES)?.remove(id.0)?;
-        txn.open_table(PHONES)?.remove(id.0)?;
-        txn.open_table(PUSH_KEYS)?.remove(id.0)?;
-        txn.commit()?;
+    /// Hides a device removed by a change.
+    pub(super) fn unindex(&self, id: DeviceId) {
         let removed = self
             .devices
             .write()
@@ -495,7 +541,29 @@ impl Registry {
                 }
             }
         }
-        Ok(existed)
+    }
+
+    /// Removes a device for good; false if there was none.
+    pub fn revoke<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        id: DeviceId,
+        now: Timestamp,
+        actor: Actor,
+    ) -> Result<bool, StoreError> {
+        let Some(device) = self.device(id) else {
+            return Ok(false);
+        };
+        self.change(rng, now, actor, |c| {
+            c.remove_device(id)?;
+            c.audit(
+                "revoke",
+                Some(&device.user),
+                Some(id),
+                device.kind.to_string(),
+            )?;
+            Ok(true)
+        })
     }
 
     /// Writes failure states in one transaction (one fsync for the batch).

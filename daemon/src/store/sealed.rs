@@ -32,8 +32,9 @@ pub enum SealError {
     Seal,
 }
 
-/// The deployment's at-rest key, ready to seal and open.
-pub struct SecretCipher(XChaCha20Poly1305);
+/// The deployment's at-rest key, ready to seal and open, and a key derived
+/// from it for digests of personal data and PINs (`digest`).
+pub struct SecretCipher(XChaCha20Poly1305, Zeroizing<[u8; KEY_BYTES]>);
 
 impl fmt::Debug for SecretCipher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -43,7 +44,20 @@ impl fmt::Debug for SecretCipher {
 
 impl SecretCipher {
     pub fn new(key: &[u8; KEY_BYTES]) -> Self {
-        Self(XChaCha20Poly1305::new(&Key::from(*key)))
+        let digest_key = keyed_digest(key, b"sls/1 digest key", &[]);
+        Self(
+            XChaCha20Poly1305::new(&Key::from(*key)),
+            Zeroizing::new(digest_key),
+        )
+    }
+
+    /// HMAC-SHA256 of `parts` (each length-prefixed, so no two lists give
+    /// the same input) under a key derived from the key file, bound to
+    /// `purpose`. Identification data and app PINs are kept only as such
+    /// digests: a copy of the database without the key file cannot test
+    /// guesses against them.
+    pub fn digest(&self, purpose: &str, parts: &[&[u8]]) -> [u8; 32] {
+        keyed_digest(self.1.as_slice(), purpose.as_bytes(), parts)
     }
 
     /// Loads the key file at `path`, creating it (mode 0600, from `rng`)
@@ -118,11 +132,37 @@ impl SecretCipher {
     }
 }
 
+fn keyed_digest(key: &[u8], purpose: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    use hmac::{KeyInit as _, Mac};
+    // HMAC takes keys of any length; the error arm cannot happen.
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(key) else {
+        return [0; 32];
+    };
+    mac.update(&(purpose.len() as u64).to_be_bytes());
+    mac.update(purpose);
+    for part in parts {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
+
+    #[test]
+    fn digests_depend_on_key_purpose_and_every_part() {
+        let cipher = SecretCipher::new(&[7; 32]);
+        let other = SecretCipher::new(&[8; 32]);
+        let d = cipher.digest("identity", &[b"1970-01-01", b"CH"]);
+        assert_eq!(d, cipher.digest("identity", &[b"1970-01-01", b"CH"]));
+        assert_ne!(d, other.digest("identity", &[b"1970-01-01", b"CH"]));
+        assert_ne!(d, cipher.digest("pin", &[b"1970-01-01", b"CH"]));
+        assert_ne!(d, cipher.digest("identity", &[b"1970-01-0", b"1CH"]));
+    }
 
     #[test]
     fn sealed_secrets_open_only_with_their_key_and_context() {

@@ -19,9 +19,10 @@ pub(crate) mod codec;
 pub mod request;
 mod response;
 
-pub use request::{DeliveryReport, EnrollRequest, Operation, Request};
+pub use request::{DeliveryReport, EnrollRequest, Identification, Operation, Request};
 pub use response::{
-    ChallengeText, DeliveryState, DeviceEntry, ErrorCode, Reply, Response, StatEntry, Verdict,
+    AuditRecord, ChallengeText, DeliveryState, DeviceEntry, DeviceStatus, ErrorCode,
+    PendingActivation, Refusal, Reply, Response, ShareEntry, StatEntry, Verdict,
 };
 
 /// ALPN protocol id: the protocol and its version.

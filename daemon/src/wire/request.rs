@@ -6,8 +6,9 @@ use zeroize::Zeroizing;
 
 use super::DecodeError;
 use super::codec::{Put, Reader};
+use crate::clock::Timestamp;
 use crate::engine::Role;
-use crate::identity::{ChallengeId, CodeId, DeviceId, MessageId, PushId, Username};
+use crate::identity::{ChallengeId, CodeId, DeviceId, MessageId, PushId, ShareId, Username};
 use crate::otp::push::{PUBLIC_KEY_LEN, PushKey, SIGNATURE_LEN, Signature};
 use crate::otp::{MAX_CODE_LEN, SecretKey};
 use crate::phone::{Channel, PhoneNumber};
@@ -19,6 +20,8 @@ pub const MAX_LABEL_LEN: usize = 64;
 pub const MAX_PIN_LEN: usize = 16;
 /// The longest failure reason a carrier bridge may report, in bytes.
 pub const MAX_REASON_LEN: usize = 200;
+/// The longest field of identification data, in bytes.
+pub const MAX_IDENTITY_FIELD_LEN: usize = 64;
 
 /// One request: the client's id for it, and the operation.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +53,14 @@ pub enum Operation {
     Push { user: Username, device: DeviceId },
     /// Wait for the phone's answer to a push (answered when it comes).
     AwaitPush { push: PushId },
+    /// Check the second factor as `Verify` does, then the amount against
+    /// the withdrawal limits of the device kind that answered.
+    AuthorizeWithdrawal {
+        user: Username,
+        amount_cents: u64,
+        challenge: ChallengeId,
+        response: Answer,
+    },
     // Admin role.
     /// Register a device for a user.
     Enroll(EnrollRequest),
@@ -72,6 +83,49 @@ pub enum Operation {
     },
     /// Set the public key an IB Key device signs push approvals with.
     BindPushKey { device: DeviceId, key: PushKey },
+    /// Record a user's identification data (kept only as a keyed digest)
+    /// and country of residence.
+    SetIdentity {
+        user: Username,
+        identity: Identification,
+    },
+    /// Opt a user out of the Secure Login System (`true`) or back in.
+    SetOptOut { user: Username, opted_out: bool },
+    /// The requesting user starts using the owner's physical device;
+    /// `challenge`/`response` prove the device is at hand (a challenge
+    /// opened for the owner and that device).
+    ShareDevice {
+        requesting_user: Username,
+        owner_user: Username,
+        device: DeviceId,
+        challenge: ChallengeId,
+        response: Answer,
+    },
+    /// Compliance approves or rejects a pending share.
+    DecideShare { share: ShareId, approve: bool },
+    /// Ends a share (pending or in effect); the requester's own devices
+    /// work again.
+    CancelShare { share: ShareId },
+    /// Every share, pending or in effect.
+    Shares,
+    /// A temporary code for a user whose device is lost.
+    IssueTemporaryCode { user: Username },
+    /// Orders a replacement DSC+ for a lost one; it ships inactive.
+    OrderReplacement {
+        lost: DeviceId,
+        pin: Option<Pin>,
+        label: String,
+    },
+    /// The replacement was shipped: it activates itself after
+    /// `lifecycle.replacement-auto-activation` unless activated earlier.
+    ShipReplacement {
+        device: DeviceId,
+        shipped_at: Timestamp,
+    },
+    /// Replacements shipped and not yet active, with when each activates.
+    PendingActivations,
+    /// The audit log after entry `after`, at most `limit` entries.
+    AuditLog { after: u64, limit: u16 },
     // Carrier role.
     /// Start receiving outbound messages on this stream.
     CarrierSubscribe,
@@ -120,6 +174,18 @@ impl Operation {
             Self::Stats => 0x24,
             Self::EnrollPhone { .. } => 0x25,
             Self::BindPushKey { .. } => 0x26,
+            Self::AuthorizeWithdrawal { .. } => 0x09,
+            Self::SetIdentity { .. } => 0x29,
+            Self::SetOptOut { .. } => 0x2a,
+            Self::ShareDevice { .. } => 0x2b,
+            Self::DecideShare { .. } => 0x2c,
+            Self::CancelShare { .. } => 0x2d,
+            Self::Shares => 0x2e,
+            Self::IssueTemporaryCode { .. } => 0x2f,
+            Self::OrderReplacement { .. } => 0x30,
+            Self::ShipReplacement { .. } => 0x31,
+            Self::PendingActivations => 0x32,
+            Self::AuditLog { .. } => 0x33,
             Self::CarrierSubscribe => 0x40,
             Self::Ack { .. } => 0x41,
             Self::PhoneSubscribe { .. } => 0x60,
@@ -146,6 +212,18 @@ impl Operation {
             Self::AwaitPush { .. } => "await_push",
             Self::EnrollPhone { .. } => "enroll_phone",
             Self::BindPushKey { .. } => "bind_push_key",
+            Self::AuthorizeWithdrawal { .. } => "authorize_withdrawal",
+            Self::SetIdentity { .. } => "set_identity",
+            Self::SetOptOut { .. } => "set_opt_out",
+            Self::ShareDevice { .. } => "share_device",
+            Self::DecideShare { .. } => "decide_share",
+            Self::CancelShare { .. } => "cancel_share",
+            Self::Shares => "shares",
+            Self::IssueTemporaryCode { .. } => "issue_temporary_code",
+            Self::OrderReplacement { .. } => "order_replacement",
+            Self::ShipReplacement { .. } => "ship_replacement",
+            Self::PendingActivations => "pending_activations",
+            Self::AuditLog { .. } => "audit_log",
             Self::CarrierSubscribe => "carrier_subscribe",
             Self::Ack { .. } => "ack",
             Self::PhoneSubscribe { .. } => "phone_subscribe",
@@ -176,6 +254,28 @@ pub struct EnrollRequest {
     /// The PIN of devices whose suite binds one (DSC+, legacy DSC).
     pub pin: Option<Pin>,
     pub label: String,
+}
+
+/// A user's identification data, as an operator enters it. sls keeps
+/// only a keyed digest of it (and the residence, which the opt-out rule
+/// needs); `Debug` shows the residence only.
+#[derive(Clone, PartialEq)]
+pub struct Identification {
+    /// ISO 3166 alpha-2, upper case.
+    pub residence: String,
+    /// `YYYY-MM-DD`.
+    pub date_of_birth: String,
+    pub citizenship: String,
+    /// Document type and number, as printed.
+    pub id_document: String,
+}
+
+impl fmt::Debug for Identification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identification")
+            .field("residence", &self.residence)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A typed answer to a challenge: wiped on drop, never printed.
@@ -288,6 +388,52 @@ impl Request {
                 device: DeviceId(r.u64("device")?),
                 key: PushKey(fixed::<PUBLIC_KEY_LEN>(&mut r, "public key")?),
             },
+            0x09 => Operation::AuthorizeWithdrawal {
+                user: user(&mut r)?,
+                amount_cents: r.u64("amount")?,
+                challenge: ChallengeId(r.u64("challenge id")?),
+                response: answer(&mut r, "response")?,
+            },
+            0x29 => Operation::SetIdentity {
+                user: user(&mut r)?,
+                identity: identification(&mut r)?,
+            },
+            0x2a => Operation::SetOptOut {
+                user: user(&mut r)?,
+                opted_out: flag(&mut r, "opted out")?,
+            },
+            0x2b => Operation::ShareDevice {
+                requesting_user: user(&mut r)?,
+                owner_user: user(&mut r)?,
+                device: DeviceId(r.u64("device")?),
+                challenge: ChallengeId(r.u64("challenge id")?),
+                response: answer(&mut r, "response")?,
+            },
+            0x2c => Operation::DecideShare {
+                share: ShareId(r.u64("share id")?),
+                approve: flag(&mut r, "approve")?,
+            },
+            0x2d => Operation::CancelShare {
+                share: ShareId(r.u64("share id")?),
+            },
+            0x2e => Operation::Shares,
+            0x2f => Operation::IssueTemporaryCode {
+                user: user(&mut r)?,
+            },
+            0x30 => Operation::OrderReplacement {
+                lost: DeviceId(r.u64("lost device")?),
+                pin: pin(&mut r)?,
+                label: label(&mut r)?,
+            },
+            0x31 => Operation::ShipReplacement {
+                device: DeviceId(r.u64("device")?),
+                shipped_at: Timestamp(r.u64("shipped at")?),
+            },
+            0x32 => Operation::PendingActivations,
+            0x33 => Operation::AuditLog {
+                after: r.u64("after")?,
+                limit: r.u16("limit")?,
+            },
             0x40 => Operation::CarrierSubscribe,
             0x41 => Operation::Ack {
                 message: MessageId(r.u64("message id")?),
@@ -362,7 +508,68 @@ impl Request {
                 out.put_bytes(user.as_str().as_bytes());
                 out.put_u64(device.map_or(0, |d| d.0));
             }
-            Operation::Stats | Operation::CarrierSubscribe => {}
+            Operation::Stats
+            | Operation::CarrierSubscribe
+            | Operation::Shares
+            | Operation::PendingActivations => {}
+            Operation::AuthorizeWithdrawal {
+                user,
+                amount_cents,
+                challenge,
+                response,
+            } => {
+                out.put_bytes(user.as_str().as_bytes());
+                out.put_u64(*amount_cents);
+                out.put_u64(challenge.0);
+                out.put_bytes(response.as_bytes());
+            }
+            Operation::SetIdentity { user, identity } => {
+                out.put_bytes(user.as_str().as_bytes());
+                for field in [
+                    &identity.residence,
+                    &identity.date_of_birth,
+                    &identity.citizenship,
+                    &identity.id_document,
+                ] {
+                    out.put_bytes(field.as_bytes());
+                }
+            }
+            Operation::SetOptOut { user, opted_out } => {
+                out.put_bytes(user.as_str().as_bytes());
+                out.put_u8(u8::from(*opted_out));
+            }
+            Operation::ShareDevice {
+                requesting_user,
+                owner_user,
+                device,
+                challenge,
+                response,
+            } => {
+                out.put_bytes(requesting_user.as_str().as_bytes());
+                out.put_bytes(owner_user.as_str().as_bytes());
+                out.put_u64(device.0);
+                out.put_u64(challenge.0);
+                out.put_bytes(response.as_bytes());
+            }
+            Operation::DecideShare { share, approve } => {
+                out.put_u64(share.0);
+                out.put_u8(u8::from(*approve));
+            }
+            Operation::CancelShare { share } => out.put_u64(share.0),
+            Operation::IssueTemporaryCode { user } => out.put_bytes(user.as_str().as_bytes()),
+            Operation::OrderReplacement { lost, pin, label } => {
+                out.put_u64(lost.0);
+                out.put_bytes(pin.as_ref().map_or("", Pin::as_str).as_bytes());
+                out.put_bytes(label.as_bytes());
+            }
+            Operation::ShipReplacement { device, shipped_at } => {
+                out.put_u64(device.0);
+                out.put_u64(shipped_at.0);
+            }
+            Operation::AuditLog { after, limit } => {
+                out.put_u64(*after);
+                out.put_u16(*limit);
+            }
             Operation::SendCode { user, channel } => {
                 out.put_bytes(user.as_str().as_bytes());
                 out.put_u8(channel.code());
@@ -440,7 +647,18 @@ fn enroll(r: &mut Reader<'_>) -> Result<EnrollRequest, DecodeError> {
                 .map_err(|e| DecodeError::invalid("secret", e.to_string()))?,
         ),
     };
-    let pin = match r.str("pin")? {
+    Ok(EnrollRequest {
+        user,
+        kind,
+        secret,
+        pin: pin(r)?,
+        label: label(r)?,
+    })
+}
+
+/// A PIN, or none (empty).
+fn pin(r: &mut Reader<'_>) -> Result<Option<Pin>, DecodeError> {
+    Ok(match r.str("pin")? {
         "" => None,
         text if text.chars().count() > MAX_PIN_LEN => {
             return Err(DecodeError::invalid(
@@ -449,13 +667,44 @@ fn enroll(r: &mut Reader<'_>) -> Result<EnrollRequest, DecodeError> {
             ));
         }
         text => Some(Pin::new(text)),
+    })
+}
+
+/// A yes/no byte: 0 or 1, nothing else.
+fn flag(r: &mut Reader<'_>, field: &'static str) -> Result<bool, DecodeError> {
+    match r.u8(field)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(DecodeError::invalid(
+            field,
+            format!("must be 0 or 1, not {other}"),
+        )),
+    }
+}
+
+fn identification(r: &mut Reader<'_>) -> Result<Identification, DecodeError> {
+    let mut field = |name: &'static str| -> Result<String, DecodeError> {
+        let text = r.str(name)?;
+        if text.is_empty() || text.len() > MAX_IDENTITY_FIELD_LEN {
+            return Err(DecodeError::invalid(
+                name,
+                format!("must be 1 to {MAX_IDENTITY_FIELD_LEN} bytes"),
+            ));
+        }
+        Ok(text.to_owned())
     };
-    Ok(EnrollRequest {
-        user,
-        kind,
-        secret,
-        pin,
-        label: label(r)?,
+    let residence = field("residence")?;
+    if residence.len() != 2 || !residence.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(DecodeError::invalid(
+            "residence",
+            "must be an ISO 3166 alpha-2 code in upper case",
+        ));
+    }
+    Ok(Identification {
+        residence,
+        date_of_birth: field("date of birth")?,
+        citizenship: field("citizenship")?,
+        id_document: field("id document")?,
     })
 }
 

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use super::DecodeError;
 use super::codec::{Put, Reader};
-use crate::identity::{ChallengeId, CodeId, DeviceId, MessageId, PushId, Username};
+use crate::clock::Timestamp;
+use crate::identity::{ChallengeId, CodeId, DeviceId, MessageId, PushId, ShareId, Username};
 use crate::otp::SecretKey;
 use crate::phone::{Channel, PhoneNumber};
 use crate::profile::DeviceKind;
@@ -20,8 +21,12 @@ pub struct Response {
 /// Replies, by tag.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
-    /// To `Devices` and `ListDevices`.
-    Devices(Vec<DeviceEntry>),
+    /// To `Devices` and `ListDevices`: whether the user must pass a second
+    /// factor at login (false once opted out), and the devices.
+    Devices {
+        required: bool,
+        devices: Vec<DeviceEntry>,
+    },
     /// To `Challenge`.
     Challenge {
         challenge: ChallengeId,
@@ -79,6 +84,42 @@ pub enum Reply {
         choices: [u8; 3],
         expires_in: Duration,
     },
+    /// To `AuthorizeWithdrawal`: approved and booked; what is left under
+    /// the limits of the kind that answered (`None`: unlimited), in cents.
+    WithdrawalApproved {
+        device: DeviceId,
+        kind: DeviceKind,
+        remaining_today: Option<u64>,
+        remaining_5d: Option<u64>,
+    },
+    /// To `AuthorizeWithdrawal`: the second factor passed but the amount is
+    /// over the limits of the kind that answered; nothing was booked.
+    OverLimit {
+        device_kind: DeviceKind,
+        remaining_today: Option<u64>,
+        remaining_5d: Option<u64>,
+        /// Kinds whose limits would allow the amount, most secure first.
+        kinds_that_allow: Vec<DeviceKind>,
+    },
+    /// A rule of the Secure Login System refuses the request; the message
+    /// carries the page's wording or names the regulation.
+    Refused { reason: Refusal, message: String },
+    /// To `ShareDevice` and `DecideShare`.
+    Share { share: ShareId, active: bool },
+    /// To `Shares`.
+    Shares(Vec<ShareEntry>),
+    /// To `IssueTemporaryCode`: the code (shown once, to give the user),
+    /// how long it lasts and how many logins it allows.
+    TemporaryCode {
+        device: DeviceId,
+        code: Answer,
+        expires_in: Duration,
+        uses: u16,
+    },
+    /// To `PendingActivations`.
+    PendingActivations(Vec<PendingActivation>),
+    /// To `AuditLog`.
+    Audit(Vec<AuditRecord>),
     /// Any request that could not be carried out.
     Error {
         code: ErrorCode,
@@ -96,6 +137,109 @@ pub struct DeviceEntry {
     pub label: String,
     /// Zero unless the device is locked out.
     pub locked_for: Duration,
+    pub status: DeviceStatus,
+    /// Whose device it is, when it is another user's (a share).
+    pub owner: Option<Username>,
+}
+
+/// Where a device stands in its lifecycle. A login (`Devices`) is offered
+/// only `Active` ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceStatus {
+    Active,
+    /// Its validity has ended (Online SCC, temporary code).
+    Expired,
+    /// A replacement ordered, not shipped.
+    Ordered,
+    /// A replacement shipped; activates itself at `activates_at`.
+    Shipped {
+        activates_at: Timestamp,
+    },
+    /// The user uses a shared device; their own are suspended until the
+    /// share ends.
+    Suspended,
+}
+
+/// Why a rule refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// "Less secure device": a share of a device less secure than one of
+    /// the participants' own.
+    LessSecureDevice,
+    /// "Different identification information".
+    DifferentIdentification,
+    /// A participant of a share holds a temporary device.
+    TemporaryDevice,
+    /// Only physical devices are shared (IB Key adds users instead).
+    NotShareable,
+    /// Regulation of the user's residence forbids opting out.
+    OptOutForbidden,
+}
+
+impl Refusal {
+    pub const ALL: [Self; 5] = [
+        Self::LessSecureDevice,
+        Self::DifferentIdentification,
+        Self::TemporaryDevice,
+        Self::NotShareable,
+        Self::OptOutForbidden,
+    ];
+
+    pub fn code(self) -> u8 {
+        match self {
+            Self::LessSecureDevice => 1,
+            Self::DifferentIdentification => 2,
+            Self::TemporaryDevice => 3,
+            Self::NotShareable => 4,
+            Self::OptOutForbidden => 5,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LessSecureDevice => "less-secure-device",
+            Self::DifferentIdentification => "different-identification",
+            Self::TemporaryDevice => "temporary-device",
+            Self::NotShareable => "not-shareable",
+            Self::OptOutForbidden => "opt-out-forbidden",
+        }
+    }
+}
+
+/// A share as listed to operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareEntry {
+    pub share: ShareId,
+    pub requesting_user: Username,
+    pub owner_user: Username,
+    pub device: DeviceId,
+    pub active: bool,
+}
+
+/// A shipped replacement not yet active.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingActivation {
+    pub device: DeviceId,
+    pub user: Username,
+    pub replaces: DeviceId,
+    pub shipped_at: Timestamp,
+    pub activates_at: Timestamp,
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub at: Timestamp,
+    pub actor: String,
+    pub action: String,
+    pub user: Option<Username>,
+    pub device: Option<DeviceId>,
+    pub detail: String,
 }
 
 /// What the login page shows the user.
@@ -105,6 +249,9 @@ pub enum ChallengeText {
     Question(String),
     /// Two positions of a security code card.
     CardPositions(u16, u16),
+    /// Nothing to show: the user types the code they hold (a temporary
+    /// code).
+    EnterCode,
 }
 
 /// The outcome of a `Verify`.
@@ -179,10 +326,13 @@ pub enum ErrorCode {
     /// The shared store did not answer, or did not replicate a write in
     /// time (a failover under way): start the login again.
     StoreUnavailable,
+    /// This deployment cannot carry out the operation (the device
+    /// lifecycle on a shared store).
+    Unsupported,
 }
 
 impl ErrorCode {
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Malformed,
         Self::UnknownOperation,
         Self::Forbidden,
@@ -197,6 +347,7 @@ impl ErrorCode {
         Self::DeliveryUnavailable,
         Self::PhoneUnreachable,
         Self::StoreUnavailable,
+        Self::Unsupported,
     ];
 
     pub fn code(self) -> u16 {
@@ -215,6 +366,7 @@ impl ErrorCode {
             Self::DeliveryUnavailable => 12,
             Self::PhoneUnreachable => 13,
             Self::StoreUnavailable => 14,
+            Self::Unsupported => 15,
         }
     }
 
@@ -231,7 +383,15 @@ fn millis(duration: Duration) -> u64 {
 impl Reply {
     pub fn tag(&self) -> u8 {
         match self {
-            Self::Devices(_) => 0x01,
+            Self::Devices { .. } => 0x01,
+            Self::WithdrawalApproved { .. } => 0x09,
+            Self::OverLimit { .. } => 0x0a,
+            Self::Refused { .. } => 0x0b,
+            Self::Share { .. } => 0x2b,
+            Self::Shares(_) => 0x2e,
+            Self::TemporaryCode { .. } => 0x2f,
+            Self::PendingActivations(_) => 0x32,
+            Self::Audit(_) => 0x33,
             Self::Challenge { .. } => 0x02,
             Self::Verdict(_) => 0x03,
             Self::Enrolled { .. } => 0x20,
@@ -274,23 +434,126 @@ impl Response {
         let tag = r.u8("reply tag")?;
         let reply = match tag {
             0x01 => {
+                let required = flag(&mut r, "required")?;
                 let count = r.u16("device count")?;
-                let mut devices = Vec::with_capacity(usize::from(count).min(body.len() / 19));
+                let mut devices = Vec::with_capacity(usize::from(count).min(body.len() / 21));
                 for _ in 0..count {
                     devices.push(DeviceEntry {
                         device: DeviceId(r.u64("device")?),
                         kind: kind(&mut r)?,
                         label: r.str("label")?.to_owned(),
                         locked_for: Duration::from_millis(r.u64("locked for")?),
+                        status: match r.u8("status")? {
+                            0 => DeviceStatus::Active,
+                            1 => DeviceStatus::Expired,
+                            2 => DeviceStatus::Ordered,
+                            3 => DeviceStatus::Shipped {
+                                activates_at: Timestamp(r.u64("activates at")?),
+                            },
+                            4 => DeviceStatus::Suspended,
+                            other => {
+                                return Err(DecodeError::invalid(
+                                    "status",
+                                    format!("unknown device status {other}"),
+                                ));
+                            }
+                        },
+                        owner: optional_user(&mut r, "owner")?,
                     });
                 }
-                Reply::Devices(devices)
+                Reply::Devices { required, devices }
+            }
+            0x09 => Reply::WithdrawalApproved {
+                device: DeviceId(r.u64("device")?),
+                kind: kind(&mut r)?,
+                remaining_today: limit(&mut r, "remaining today")?,
+                remaining_5d: limit(&mut r, "remaining in five days")?,
+            },
+            0x0a => Reply::OverLimit {
+                device_kind: kind(&mut r)?,
+                remaining_today: limit(&mut r, "remaining today")?,
+                remaining_5d: limit(&mut r, "remaining in five days")?,
+                kinds_that_allow: {
+                    let count = r.u8("kind count")?;
+                    let mut kinds = Vec::with_capacity(usize::from(count));
+                    for _ in 0..count {
+                        kinds.push(kind(&mut r)?);
+                    }
+                    kinds
+                },
+            },
+            0x0b => Reply::Refused {
+                reason: {
+                    let code = r.u8("refusal")?;
+                    Refusal::from_code(code).ok_or_else(|| {
+                        DecodeError::invalid("refusal", format!("unknown refusal {code}"))
+                    })?
+                },
+                message: r.str("message")?.to_owned(),
+            },
+            0x2b => Reply::Share {
+                share: ShareId(r.u64("share id")?),
+                active: flag(&mut r, "active")?,
+            },
+            0x2e => {
+                let count = r.u16("share count")?;
+                let mut shares = Vec::with_capacity(usize::from(count).min(body.len() / 23));
+                for _ in 0..count {
+                    shares.push(ShareEntry {
+                        share: ShareId(r.u64("share id")?),
+                        requesting_user: username(&mut r, "requesting user")?,
+                        owner_user: username(&mut r, "owner user")?,
+                        device: DeviceId(r.u64("device")?),
+                        active: flag(&mut r, "active")?,
+                    });
+                }
+                Reply::Shares(shares)
+            }
+            0x2f => Reply::TemporaryCode {
+                device: DeviceId(r.u64("device")?),
+                code: Answer::new(r.str("code")?),
+                expires_in: Duration::from_millis(r.u64("expires in")?),
+                uses: r.u16("uses")?,
+            },
+            0x32 => {
+                let count = r.u16("activation count")?;
+                let mut pending = Vec::with_capacity(usize::from(count).min(body.len() / 34));
+                for _ in 0..count {
+                    pending.push(PendingActivation {
+                        device: DeviceId(r.u64("device")?),
+                        user: username(&mut r, "user")?,
+                        replaces: DeviceId(r.u64("replaces")?),
+                        shipped_at: Timestamp(r.u64("shipped at")?),
+                        activates_at: Timestamp(r.u64("activates at")?),
+                    });
+                }
+                Reply::PendingActivations(pending)
+            }
+            0x33 => {
+                let count = r.u16("entry count")?;
+                let mut entries = Vec::with_capacity(usize::from(count).min(body.len() / 32));
+                for _ in 0..count {
+                    entries.push(AuditRecord {
+                        seq: r.u64("seq")?,
+                        at: Timestamp(r.u64("at")?),
+                        actor: r.str("actor")?.to_owned(),
+                        action: r.str("action")?.to_owned(),
+                        user: optional_user(&mut r, "user")?,
+                        device: match r.u64("device")? {
+                            0 => None,
+                            id => Some(DeviceId(id)),
+                        },
+                        detail: r.str("detail")?.to_owned(),
+                    });
+                }
+                Reply::Audit(entries)
             }
             0x02 => Reply::Challenge {
                 challenge: ChallengeId(r.u64("challenge id")?),
                 text: match r.u8("challenge form")? {
                     1 => ChallengeText::Question(r.str("question")?.to_owned()),
                     2 => ChallengeText::CardPositions(r.u16("position")?, r.u16("position")?),
+                    3 => ChallengeText::EnterCode,
                     other => {
                         return Err(DecodeError::invalid(
                             "challenge form",
@@ -409,7 +672,8 @@ impl Response {
         out.put_u64(self.id);
         out.put_u8(self.reply.tag());
         match &self.reply {
-            Reply::Devices(devices) => {
+            Reply::Devices { required, devices } => {
+                out.put_u8(u8::from(*required));
                 let count = u16::try_from(devices.len()).unwrap_or(u16::MAX);
                 out.put_u16(count);
                 for d in devices.iter().take(usize::from(count)) {
@@ -417,6 +681,97 @@ impl Response {
                     out.put_u8(d.kind.code());
                     out.put_bytes(d.label.as_bytes());
                     out.put_u64(millis(d.locked_for));
+                    match d.status {
+                        DeviceStatus::Active => out.put_u8(0),
+                        DeviceStatus::Expired => out.put_u8(1),
+                        DeviceStatus::Ordered => out.put_u8(2),
+                        DeviceStatus::Shipped { activates_at } => {
+                            out.put_u8(3);
+                            out.put_u64(activates_at.0);
+                        }
+                        DeviceStatus::Suspended => out.put_u8(4),
+                    }
+                    out.put_bytes(d.owner.as_ref().map_or("", Username::as_str).as_bytes());
+                }
+            }
+            Reply::WithdrawalApproved {
+                device,
+                kind,
+                remaining_today,
+                remaining_5d,
+            } => {
+                out.put_u64(device.0);
+                out.put_u8(kind.code());
+                out.put_u64(remaining_today.unwrap_or(u64::MAX));
+                out.put_u64(remaining_5d.unwrap_or(u64::MAX));
+            }
+            Reply::OverLimit {
+                device_kind,
+                remaining_today,
+                remaining_5d,
+                kinds_that_allow,
+            } => {
+                out.put_u8(device_kind.code());
+                out.put_u64(remaining_today.unwrap_or(u64::MAX));
+                out.put_u64(remaining_5d.unwrap_or(u64::MAX));
+                let count = u8::try_from(kinds_that_allow.len()).unwrap_or(u8::MAX);
+                out.put_u8(count);
+                for kind in kinds_that_allow.iter().take(usize::from(count)) {
+                    out.put_u8(kind.code());
+                }
+            }
+            Reply::Refused { reason, message } => {
+                out.put_u8(reason.code());
+                out.put_bytes(message.as_bytes());
+            }
+            Reply::Share { share, active } => {
+                out.put_u64(share.0);
+                out.put_u8(u8::from(*active));
+            }
+            Reply::Shares(shares) => {
+                let count = u16::try_from(shares.len()).unwrap_or(u16::MAX);
+                out.put_u16(count);
+                for s in shares.iter().take(usize::from(count)) {
+                    out.put_u64(s.share.0);
+                    out.put_bytes(s.requesting_user.as_str().as_bytes());
+                    out.put_bytes(s.owner_user.as_str().as_bytes());
+                    out.put_u64(s.device.0);
+                    out.put_u8(u8::from(s.active));
+                }
+            }
+            Reply::TemporaryCode {
+                device,
+                code,
+                expires_in,
+                uses,
+            } => {
+                out.put_u64(device.0);
+                out.put_bytes(code.as_bytes());
+                out.put_u64(millis(*expires_in));
+                out.put_u16(*uses);
+            }
+            Reply::PendingActivations(pending) => {
+                let count = u16::try_from(pending.len()).unwrap_or(u16::MAX);
+                out.put_u16(count);
+                for p in pending.iter().take(usize::from(count)) {
+                    out.put_u64(p.device.0);
+                    out.put_bytes(p.user.as_str().as_bytes());
+                    out.put_u64(p.replaces.0);
+                    out.put_u64(p.shipped_at.0);
+                    out.put_u64(p.activates_at.0);
+                }
+            }
+            Reply::Audit(entries) => {
+                let count = u16::try_from(entries.len()).unwrap_or(u16::MAX);
+                out.put_u16(count);
+                for e in entries.iter().take(usize::from(count)) {
+                    out.put_u64(e.seq);
+                    out.put_u64(e.at.0);
+                    out.put_bytes(e.actor.as_bytes());
+                    out.put_bytes(e.action.as_bytes());
+                    out.put_bytes(e.user.as_ref().map_or("", Username::as_str).as_bytes());
+                    out.put_u64(e.device.map_or(0, |d| d.0));
+                    out.put_bytes(e.detail.as_bytes());
                 }
             }
             Reply::Challenge {
@@ -435,6 +790,7 @@ impl Response {
                         out.put_u16(*a);
                         out.put_u16(*b);
                     }
+                    ChallengeText::EnterCode => out.put_u8(3),
                 }
                 out.put_u64(millis(*expires_in));
             }
@@ -555,6 +911,39 @@ fn channel(r: &mut Reader<'_>) -> Result<Channel, DecodeError> {
     let code = r.u8("channel")?;
     Channel::from_code(code)
         .ok_or_else(|| DecodeError::invalid("channel", format!("unknown channel {code}")))
+}
+
+fn flag(r: &mut Reader<'_>, field: &'static str) -> Result<bool, DecodeError> {
+    match r.u8(field)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(DecodeError::invalid(
+            field,
+            format!("must be 0 or 1, not {other}"),
+        )),
+    }
+}
+
+fn username(r: &mut Reader<'_>, field: &'static str) -> Result<Username, DecodeError> {
+    Username::new(r.str(field)?).map_err(|e| DecodeError::invalid(field, e.to_string()))
+}
+
+/// A username, or none (empty).
+fn optional_user(r: &mut Reader<'_>, field: &'static str) -> Result<Option<Username>, DecodeError> {
+    match r.str(field)? {
+        "" => Ok(None),
+        name => Username::new(name)
+            .map(Some)
+            .map_err(|e| DecodeError::invalid(field, e.to_string())),
+    }
+}
+
+/// An amount in cents; all ones is unlimited.
+fn limit(r: &mut Reader<'_>, field: &'static str) -> Result<Option<u64>, DecodeError> {
+    Ok(match r.u64(field)? {
+        u64::MAX => None,
+        cents => Some(cents),
+    })
 }
 
 fn kind(r: &mut Reader<'_>) -> Result<DeviceKind, DecodeError> {

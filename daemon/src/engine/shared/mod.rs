@@ -138,6 +138,24 @@ impl Engine {
                 self.shared_answer_push(store, caller, push, None, now)
                     .await
             }
+            // The device lifecycle (identification, opt-out, shares,
+            // temporary codes, replacements, the withdrawal ledger, the
+            // audit log) lives in the embedded registry only so far.
+            Operation::AuthorizeWithdrawal { .. }
+            | Operation::SetIdentity { .. }
+            | Operation::SetOptOut { .. }
+            | Operation::ShareDevice { .. }
+            | Operation::DecideShare { .. }
+            | Operation::CancelShare { .. }
+            | Operation::Shares
+            | Operation::IssueTemporaryCode { .. }
+            | Operation::OrderReplacement { .. }
+            | Operation::ShipReplacement { .. }
+            | Operation::PendingActivations
+            | Operation::AuditLog { .. } => Ok(Reply::error(
+                ErrorCode::Unsupported,
+                format!("{name} is not available on the shared store yet: use the embedded store"),
+            )),
         };
         Some(result.unwrap_or_else(|error| {
             tracing::warn!(%error, operation = name, "shared store failed");
@@ -189,9 +207,19 @@ impl Engine {
                 kind: device.kind,
                 label: device.label.clone(),
                 locked_for: now.until(failures.locked_until),
+                status: if device.expired_at(now) {
+                    crate::wire::DeviceStatus::Expired
+                } else {
+                    crate::wire::DeviceStatus::Active
+                },
+                owner: None,
             });
         }
-        Ok(Reply::Devices(entries))
+        // Opting out is kept on the embedded store only (for now).
+        Ok(Reply::Devices {
+            required: true,
+            devices: entries,
+        })
     }
 
     async fn shared_challenge<R: CryptoRng + Send + ?Sized>(
