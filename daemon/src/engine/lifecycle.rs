@@ -48,10 +48,7 @@ impl Engine {
 
     /// The active share through which `user` uses another user's device.
     fn active_share_of(&self, user: &Username) -> Option<Share> {
-        self.registry
-            .shares()
-            .into_iter()
-            .find(|s| &s.requester == user && s.state == ShareState::Active)
+        self.registry.active_share_of(user)
     }
 
     /// The devices `user` may log in with at `now`: their own usable ones,

@@ -407,6 +407,17 @@ impl Registry {
         shares
     }
 
+    /// The share in effect through which `user` uses another's device.
+    /// (Scans the shares, which are few; the login path calls it.)
+    pub fn active_share_of(&self, user: &Username) -> Option<Share> {
+        self.shares
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .find(|s| &s.requester == user && s.state == super::accounts::ShareState::Active)
+            .cloned()
+    }
+
     pub fn share(&self, id: ShareId) -> Option<Share> {
         self.shares
             .read()
