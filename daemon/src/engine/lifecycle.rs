@@ -21,8 +21,7 @@ use crate::store::accounts::{Activation, Actor, DeviceLife, Share, ShareState, U
 use crate::store::registry::{Device, EnrollError, NewDevice, StoreError};
 use crate::wire::request::{Answer, Identification, Pin};
 use crate::wire::{
-    AuditRecord, DeviceEntry, DeviceStatus, ErrorCode, PendingActivation, Refusal, Reply,
-    ShareEntry, Verdict,
+    DeviceEntry, DeviceStatus, ErrorCode, PendingActivation, Refusal, Reply, ShareEntry, Verdict,
 };
 
 /// The reply to a registry change that failed in the store.
@@ -628,20 +627,7 @@ impl Engine {
 
     pub(super) fn audit_log(&self, after: u64, limit: u16) -> Reply {
         match self.registry.audit_log(after, usize::from(limit)) {
-            Ok(entries) => Reply::Audit(
-                entries
-                    .into_iter()
-                    .map(|e| AuditRecord {
-                        seq: e.seq,
-                        at: e.at,
-                        actor: e.actor,
-                        action: e.action,
-                        user: e.user,
-                        device: e.device,
-                        detail: e.detail,
-                    })
-                    .collect(),
-            ),
+            Ok(entries) => Reply::Audit(entries),
             Err(error) => store_failed(&error),
         }
     }

@@ -27,6 +27,7 @@ use crate::phone::PhoneNumber;
 use crate::policy::calendar::Day;
 use crate::policy::withdrawal::Withdrawn;
 use crate::profile::DeviceKind;
+use crate::wire::AuditRecord;
 use crate::wire::codec::{Put, Reader};
 
 pub(super) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -47,19 +48,6 @@ pub struct Actor(pub &'static str);
 
 impl Actor {
     pub const SYSTEM: Self = Self("system");
-}
-
-/// One entry of the audit log. Never holds a secret: no keys, PINs,
-/// codes, numbers or identification data.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditEntry {
-    pub seq: u64,
-    pub at: Timestamp,
-    pub actor: String,
-    pub action: String,
-    pub user: Option<Username>,
-    pub device: Option<DeviceId>,
-    pub detail: String,
 }
 
 /// What sls keeps about a user besides devices.
@@ -467,7 +455,7 @@ impl<R: CryptoRng + ?Sized> Change<'_, R> {
     ) -> Result<(), StoreError> {
         let mut table = self.txn.open_table(AUDIT)?;
         let seq = table.last()?.map_or(1, |(key, _)| key.value() + 1);
-        let entry = AuditEntry {
+        let entry = AuditRecord {
             seq,
             at: self.now,
             actor: self.actor.0.to_owned(),
@@ -568,7 +556,7 @@ impl Registry {
 
     /// The audit log after entry `after`, oldest first, at most `limit`
     /// (and at most [`MAX_AUDIT_PAGE`]) entries.
-    pub fn audit_log(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+    pub fn audit_log(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(AUDIT)?;
         let mut entries = Vec::new();
@@ -780,7 +768,7 @@ pub(super) fn decode_share(id: ShareId, bytes: &[u8]) -> Option<Share> {
     })
 }
 
-fn encode_audit(entry: &AuditEntry) -> Vec<u8> {
+fn encode_audit(entry: &AuditRecord) -> Vec<u8> {
     let mut out = vec![1u8];
     out.put_u64(entry.at.0);
     out.put_bytes(entry.actor.as_bytes());
@@ -791,7 +779,7 @@ fn encode_audit(entry: &AuditEntry) -> Vec<u8> {
     out
 }
 
-fn decode_audit(seq: u64, bytes: &[u8]) -> Option<AuditEntry> {
+fn decode_audit(seq: u64, bytes: &[u8]) -> Option<AuditRecord> {
     let mut r = Reader::new(bytes);
     if r.u8("version").ok()? != 1 {
         return None;
@@ -809,7 +797,7 @@ fn decode_audit(seq: u64, bytes: &[u8]) -> Option<AuditEntry> {
     };
     let detail = r.str("detail").ok()?.to_owned();
     r.finish().ok()?;
-    Some(AuditEntry {
+    Some(AuditRecord {
         seq,
         at,
         actor,
@@ -845,7 +833,7 @@ mod tests {
             created: Timestamp(5),
         };
         assert_eq!(decode_share(ShareId(7), &encode_share(&share)), Some(share));
-        let entry = AuditEntry {
+        let entry = AuditRecord {
             seq: 1,
             at: Timestamp(1),
             actor: "admin".into(),

@@ -29,6 +29,18 @@ impl<'a> Reader<'a> {
         Ok(b)
     }
 
+    /// A yes/no byte: 0 or 1, nothing else (so the encoding stays canonical).
+    pub(crate) fn flag(&mut self, field: &'static str) -> Result<bool, DecodeError> {
+        match self.u8(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(DecodeError::invalid(
+                field,
+                format!("must be 0 or 1, not {other}"),
+            )),
+        }
+    }
+
     pub(crate) fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
         Ok(u16::from_be_bytes(self.array(field)?))
     }

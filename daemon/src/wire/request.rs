@@ -400,7 +400,7 @@ impl Request {
             },
             0x2a => Operation::SetOptOut {
                 user: user(&mut r)?,
-                opted_out: flag(&mut r, "opted out")?,
+                opted_out: r.flag("opted out")?,
             },
             0x2b => Operation::ShareDevice {
                 requesting_user: user(&mut r)?,
@@ -411,7 +411,7 @@ impl Request {
             },
             0x2c => Operation::DecideShare {
                 share: ShareId(r.u64("share id")?),
-                approve: flag(&mut r, "approve")?,
+                approve: r.flag("approve")?,
             },
             0x2d => Operation::CancelShare {
                 share: ShareId(r.u64("share id")?),
@@ -668,18 +668,6 @@ fn pin(r: &mut Reader<'_>) -> Result<Option<Pin>, DecodeError> {
         }
         text => Some(Pin::new(text)),
     })
-}
-
-/// A yes/no byte: 0 or 1, nothing else.
-fn flag(r: &mut Reader<'_>, field: &'static str) -> Result<bool, DecodeError> {
-    match r.u8(field)? {
-        0 => Ok(false),
-        1 => Ok(true),
-        other => Err(DecodeError::invalid(
-            field,
-            format!("must be 0 or 1, not {other}"),
-        )),
-    }
 }
 
 fn identification(r: &mut Reader<'_>) -> Result<Identification, DecodeError> {

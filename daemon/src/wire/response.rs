@@ -230,7 +230,9 @@ pub struct PendingActivation {
     pub activates_at: Timestamp,
 }
 
-/// One entry of the audit log.
+/// One entry of the audit log (as the registry keeps it and `AuditLog`
+/// lists it). Never holds a secret: no keys, PINs, codes, numbers or
+/// identification data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {
     pub seq: u64,
@@ -434,7 +436,7 @@ impl Response {
         let tag = r.u8("reply tag")?;
         let reply = match tag {
             0x01 => {
-                let required = flag(&mut r, "required")?;
+                let required = r.flag("required")?;
                 let count = r.u16("device count")?;
                 let mut devices = Vec::with_capacity(usize::from(count).min(body.len() / 21));
                 for _ in 0..count {
@@ -493,7 +495,7 @@ impl Response {
             },
             0x2b => Reply::Share {
                 share: ShareId(r.u64("share id")?),
-                active: flag(&mut r, "active")?,
+                active: r.flag("active")?,
             },
             0x2e => {
                 let count = r.u16("share count")?;
@@ -504,7 +506,7 @@ impl Response {
                         requesting_user: username(&mut r, "requesting user")?,
                         owner_user: username(&mut r, "owner user")?,
                         device: DeviceId(r.u64("device")?),
-                        active: flag(&mut r, "active")?,
+                        active: r.flag("active")?,
                     });
                 }
                 Reply::Shares(shares)
@@ -565,8 +567,7 @@ impl Response {
             },
             0x03 => Reply::Verdict(match r.u8("verdict")? {
                 0 => Verdict::Accepted {
-                    user: Username::new(r.str("user")?)
-                        .map_err(|e| DecodeError::invalid("user", e.to_string()))?,
+                    user: username(&mut r, "user")?,
                     device: DeviceId(r.u64("device")?),
                     kind: kind(&mut r)?,
                 },
@@ -645,8 +646,7 @@ impl Response {
             },
             0x42 => Reply::PushNotice {
                 push: PushId(r.u64("push id")?),
-                user: Username::new(r.str("user")?)
-                    .map_err(|e| DecodeError::invalid("user", e.to_string()))?,
+                user: username(&mut r, "user")?,
                 device: DeviceId(r.u64("device")?),
                 choices: [r.u8("choice")?, r.u8("choice")?, r.u8("choice")?],
                 expires_in: Duration::from_millis(r.u64("expires in")?),
@@ -911,17 +911,6 @@ fn channel(r: &mut Reader<'_>) -> Result<Channel, DecodeError> {
     let code = r.u8("channel")?;
     Channel::from_code(code)
         .ok_or_else(|| DecodeError::invalid("channel", format!("unknown channel {code}")))
-}
-
-fn flag(r: &mut Reader<'_>, field: &'static str) -> Result<bool, DecodeError> {
-    match r.u8(field)? {
-        0 => Ok(false),
-        1 => Ok(true),
-        other => Err(DecodeError::invalid(
-            field,
-            format!("must be 0 or 1, not {other}"),
-        )),
-    }
 }
 
 fn username(r: &mut Reader<'_>, field: &'static str) -> Result<Username, DecodeError> {
