@@ -52,7 +52,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 /// Operation labels of [`REQUESTS`] and [`REQUEST_SECONDS`].
-pub const OPERATIONS: [&str; 21] = [
+pub const OPERATIONS: [&str; 37] = [
     "devices",
     "challenge",
     "verify",
@@ -73,11 +73,27 @@ pub const OPERATIONS: [&str; 21] = [
     "phone_subscribe",
     "approve",
     "deny",
+    "authorize_withdrawal",
+    "start_activation",
+    "set_identity",
+    "set_opt_out",
+    "share_device",
+    "decide_share",
+    "cancel_share",
+    "shares",
+    "issue_temporary_code",
+    "order_replacement",
+    "ship_replacement",
+    "pending_activations",
+    "audit_log",
+    "start_phone_verification",
+    "confirm_phone",
+    "complete_activation",
     "invalid",
 ];
 
 /// Outcome labels of [`REQUESTS`].
-pub const OUTCOMES: [&str; 17] = [
+pub const OUTCOMES: [&str; 21] = [
     "ok",
     "accepted",
     "rejected",
@@ -85,9 +101,13 @@ pub const OUTCOMES: [&str; 17] = [
     "locked_out",
     "unknown_challenge",
     "denied",
+    "refused",
+    "over_limit",
     "no_verified_number",
     "delivery_unavailable",
     "phone_unreachable",
+    "store_unavailable",
+    "unsupported",
     "forbidden",
     "rate_limited",
     "not_found",

@@ -6,16 +6,19 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use slsd::clock::Timestamp;
-use slsd::identity::{ChallengeId, CodeId, DeviceId, MessageId, PushId, ShareId, Username};
+use slsd::identity::{
+    ActivationId, ChallengeId, CodeId, DeviceId, MessageId, PushId, ShareId, Username,
+};
 use slsd::otp::SecretKey;
 use slsd::otp::push::{PushKey, Signature};
 use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
 use slsd::wire::request::{Answer, Pin};
 use slsd::wire::{
-    AuditRecord, ChallengeText, DecodeError, DeliveryReport, DeliveryState, DeviceEntry,
-    DeviceStatus, EnrollRequest, ErrorCode, Identification, Operation, PendingActivation, Refusal,
-    Reply, Request, Response, ShareEntry, StatEntry, Verdict, split_frame,
+    ActivationRoute, AuditRecord, ChallengeText, DecodeError, DeliveryReport, DeliveryState,
+    DeviceEntry, DeviceStatus, EnrollRequest, ErrorCode, Identification, Operation,
+    PendingActivation, Refusal, Reply, Request, Response, ShareEntry, StatEntry, Verdict,
+    split_frame,
 };
 
 fn phone() -> impl Strategy<Value = PhoneNumber> {
@@ -182,10 +185,36 @@ fn operation() -> impl Strategy<Value = Operation> {
         Just(Operation::PendingActivations),
         (any::<u64>(), any::<u16>())
             .prop_map(|(after, limit)| Operation::AuditLog { after, limit }),
+        username().prop_map(|user| Operation::StartActivation { user }),
+        (username(), phone())
+            .prop_map(|(user, number)| Operation::StartPhoneVerification { user, number }),
+        (username(), "[0-9]{0,12}").prop_map(|(user, c)| Operation::ConfirmPhone {
+            user,
+            code: Answer::new(&c)
+        }),
+        (
+            any::<u64>(),
+            "[0-9]{0,12}",
+            any::<[u8; 32]>(),
+            "[0-9a-z]{1,16}",
+            prop::option::of((1u64.., signature()))
+        )
+            .prop_map(|(a, t, key, pin, previous)| Operation::CompleteActivation {
+                activation: ActivationId(a),
+                token: Answer::new(&t),
+                key: PushKey(key),
+                pin: Pin::new(&pin),
+                previous: previous.map(|(d, proof)| (DeviceId(d), proof)),
+            }),
     ]
 }
 
 fn reply() -> impl Strategy<Value = Reply> {
+    let text = prop_oneof![
+        "[0-9]{4,64}".prop_map(ChallengeText::Question),
+        (any::<u16>(), any::<u16>()).prop_map(|(a, b)| ChallengeText::CardPositions(a, b)),
+        Just(ChallengeText::EnterCode),
+    ];
     let status = prop_oneof![
         Just(DeviceStatus::Active),
         Just(DeviceStatus::Expired),
@@ -319,17 +348,40 @@ fn reply() -> impl Strategy<Value = Reply> {
         (
             any::<u64>(),
             prop_oneof![
-                "[0-9]{4,64}".prop_map(ChallengeText::Question),
-                (any::<u16>(), any::<u16>()).prop_map(|(a, b)| ChallengeText::CardPositions(a, b)),
-                Just(ChallengeText::EnterCode),
+                Just(ActivationRoute::Sms),
+                (1u64.., text.clone()).prop_map(|(d, text)| ActivationRoute::Device {
+                    device: DeviceId(d),
+                    text
+                }),
             ],
             millis()
         )
-            .prop_map(|(c, text, expires_in)| Reply::Challenge {
-                challenge: ChallengeId(c),
-                text,
+            .prop_map(|(a, route, expires_in)| Reply::ActivationStarted {
+                activation: ActivationId(a),
+                route,
                 expires_in
             }),
+        millis().prop_map(|expires_in| Reply::VerificationSent { expires_in }),
+        prop::option::of(1u64..).prop_map(|d| Reply::PhoneConfirmed {
+            sms_device: d.map(DeviceId)
+        }),
+        (
+            username(),
+            1u64..,
+            prop::collection::vec(any::<u8>(), 1..=64),
+            prop::option::of(1u64..)
+        )
+            .prop_map(|(user, d, s, r)| Reply::Activated {
+                user,
+                device: DeviceId(d),
+                secret: SecretKey::from_bytes(s).unwrap(),
+                replaced: r.map(DeviceId),
+            }),
+        (any::<u64>(), text, millis()).prop_map(|(c, text, expires_in)| Reply::Challenge {
+            challenge: ChallengeId(c),
+            text,
+            expires_in
+        }),
         verdict.prop_map(Reply::Verdict),
         (
             1u64..,
@@ -635,6 +687,66 @@ fn one_of_each() -> Vec<Operation> {
             proof,
         },
         Operation::Deny { push: PushId(1) },
+        Operation::AuthorizeWithdrawal {
+            user: user(),
+            amount_cents: 1,
+            challenge: ChallengeId(1),
+            response: Answer::new("1"),
+        },
+        Operation::StartActivation { user: user() },
+        Operation::SetIdentity {
+            user: user(),
+            identity: Identification {
+                residence: "CH".into(),
+                date_of_birth: "1980-01-01".into(),
+                citizenship: "CH".into(),
+                id_document: "P 1".into(),
+            },
+        },
+        Operation::SetOptOut {
+            user: user(),
+            opted_out: true,
+        },
+        Operation::ShareDevice {
+            requesting_user: user(),
+            owner_user: user(),
+            device: DeviceId(1),
+            challenge: ChallengeId(1),
+            response: Answer::new("1"),
+        },
+        Operation::DecideShare {
+            share: ShareId(1),
+            approve: true,
+        },
+        Operation::CancelShare { share: ShareId(1) },
+        Operation::Shares,
+        Operation::IssueTemporaryCode { user: user() },
+        Operation::OrderReplacement {
+            lost: DeviceId(1),
+            pin: None,
+            label: String::new(),
+        },
+        Operation::ShipReplacement {
+            device: DeviceId(1),
+            shipped_at: Timestamp(1),
+        },
+        Operation::PendingActivations,
+        Operation::AuditLog { after: 0, limit: 1 },
+        Operation::StartPhoneVerification {
+            user: user(),
+            number: PhoneNumber::parse("+41 446681800").unwrap(),
+        },
+        Operation::ConfirmPhone {
+            user: user(),
+            code: Answer::new("1"),
+        },
+        Operation::CompleteActivation {
+            activation: ActivationId(1),
+            token: Answer::new("1"),
+            key: PushKey([0; 32]),
+            pin: Pin::new("1"),
+            previous: Some((DeviceId(1), proof)),
+        },
     ]
 }
 

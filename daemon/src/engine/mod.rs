@@ -21,6 +21,7 @@ use std::time::Duration;
 use rand::CryptoRng;
 use siphasher::sip::SipHasher13;
 
+mod activation;
 mod lifecycle;
 mod push;
 mod relay;
@@ -270,6 +271,8 @@ pub struct Engine {
     number_limits: KeyedLimits,
     prefix_limits: KeyedLimits,
     codes: sms::CodeTable,
+    /// Phone confirm codes and IB Key activation tokens.
+    tokens: activation::TokenTable,
     outbox: relay::Outbox,
     pushes: push::PushTable,
     alphabets: QuestionAlphabets,
@@ -339,6 +342,7 @@ impl Engine {
             user_limits,
             number_limits,
             prefix_limits,
+            tokens: activation::TokenTable::new(config.lifecycle.token_capacity),
             codes: sms::CodeTable::new(
                 &code_key,
                 Self::sms_code_spec(&config),
@@ -413,7 +417,7 @@ impl Engine {
     /// shared store); call it every second or so.
     pub fn sweep(&self, now: Timestamp) -> usize {
         let cached = self.shared.as_ref().map_or(0, |store| store.sweep());
-        self.challenges.sweep(now) + self.codes.sweep(now) + cached
+        self.challenges.sweep(now) + self.codes.sweep(now) + self.tokens.sweep(now) + cached
     }
 
     /// Fails over unacknowledged messages and expires pushes (waiting
@@ -530,6 +534,22 @@ impl Engine {
                 .ship_replacement(caller, device, shipped_at, now, rng)
                 .into(),
             Operation::PendingActivations => self.pending_activations(now).into(),
+            Operation::StartPhoneVerification { user, number } => self
+                .start_phone_verification(&user, number, now, rng)
+                .into(),
+            Operation::ConfirmPhone { user, code } => {
+                self.confirm_phone(caller, &user, &code, now, rng).into()
+            }
+            Operation::StartActivation { user } => self.start_activation(&user, now, rng).into(),
+            Operation::CompleteActivation {
+                activation,
+                token,
+                key,
+                pin,
+                previous,
+            } => {
+                self.complete_activation(caller, activation, &token, key, &pin, previous, now, rng)
+            }
             Operation::AuditLog { after, limit } => self.audit_log(after, limit).into(),
             Operation::Stats => self.stats().into(),
             Operation::SendCode { user, channel } => {

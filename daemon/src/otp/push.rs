@@ -11,7 +11,7 @@ use std::fmt;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use zeroize::Zeroizing;
 
-use crate::identity::{DeviceId, PushId};
+use crate::identity::{ActivationId, DeviceId, PushId};
 
 /// Bytes of a public key.
 pub const PUBLIC_KEY_LEN: usize = 32;
@@ -58,6 +58,15 @@ pub fn approve_message(push: PushId, device: DeviceId, chosen: u8) -> Vec<u8> {
     message.extend_from_slice(&push.0.to_be_bytes());
     message.extend_from_slice(&device.0.to_be_bytes());
     message.push(chosen);
+    message
+}
+
+/// What the app signs with its old binding's key to reactivate the same
+/// phone: the activation under way and the old device.
+pub fn reactivate_message(activation: ActivationId, device: DeviceId) -> Vec<u8> {
+    let mut message = b"sls/1 reactivate ".to_vec();
+    message.extend_from_slice(&activation.0.to_be_bytes());
+    message.extend_from_slice(&device.0.to_be_bytes());
     message
 }
 

@@ -326,11 +326,14 @@ fn outcome_label(reply: &Reply) -> &'static str {
         Reply::Verdict(Verdict::LockedOut { .. }) => "locked_out",
         Reply::Verdict(Verdict::UnknownChallenge) => "unknown_challenge",
         Reply::Verdict(Verdict::Denied) => "denied",
+        Reply::Refused { .. } => "refused",
+        Reply::OverLimit { .. } => "over_limit",
         Reply::Error { code, .. } => match code {
             ErrorCode::NoVerifiedNumber => "no_verified_number",
             ErrorCode::DeliveryUnavailable => "delivery_unavailable",
             ErrorCode::PhoneUnreachable => "phone_unreachable",
             ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::Unsupported => "unsupported",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::NotFound => "not_found",
@@ -339,5 +342,40 @@ fn outcome_label(reply: &Reply) -> &'static str {
             _ => "error",
         },
         _ => "ok",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Refusal, Verdict};
+
+    #[test]
+    fn every_outcome_label_is_a_declared_metric_label() {
+        let mut replies = vec![
+            Reply::Done,
+            Reply::Verdict(Verdict::Rejected { attempts_left: 1 }),
+            Reply::Verdict(Verdict::Expired),
+            Reply::Verdict(Verdict::UnknownChallenge),
+            Reply::Verdict(Verdict::Denied),
+            Reply::Refused {
+                reason: Refusal::WeakPin,
+                message: String::new(),
+            },
+            Reply::OverLimit {
+                device_kind: crate::profile::DeviceKind::Scc,
+                remaining_today: None,
+                remaining_5d: None,
+                kinds_that_allow: Vec::new(),
+            },
+        ];
+        replies.extend(ErrorCode::ALL.map(|code| Reply::error(code, "")));
+        for reply in &replies {
+            let label = outcome_label(reply);
+            assert!(
+                crate::metrics::OUTCOMES.contains(&label),
+                "{label} (for {reply:?}) is not in OUTCOMES"
+            );
+        }
     }
 }

@@ -21,8 +21,8 @@ mod response;
 
 pub use request::{DeliveryReport, EnrollRequest, Identification, Operation, Request};
 pub use response::{
-    AuditRecord, ChallengeText, DeliveryState, DeviceEntry, DeviceStatus, ErrorCode,
-    PendingActivation, Refusal, Reply, Response, ShareEntry, StatEntry, Verdict,
+    ActivationRoute, AuditRecord, ChallengeText, DeliveryState, DeviceEntry, DeviceStatus,
+    ErrorCode, PendingActivation, Refusal, Reply, Response, ShareEntry, StatEntry, Verdict,
 };
 
 /// ALPN protocol id: the protocol and its version.

@@ -8,7 +8,9 @@ use super::DecodeError;
 use super::codec::{Put, Reader};
 use crate::clock::Timestamp;
 use crate::engine::Role;
-use crate::identity::{ChallengeId, CodeId, DeviceId, MessageId, PushId, ShareId, Username};
+use crate::identity::{
+    ActivationId, ChallengeId, CodeId, DeviceId, MessageId, PushId, ShareId, Username,
+};
 use crate::otp::push::{PUBLIC_KEY_LEN, PushKey, SIGNATURE_LEN, Signature};
 use crate::otp::{MAX_CODE_LEN, SecretKey};
 use crate::phone::{Channel, PhoneNumber};
@@ -61,6 +63,11 @@ pub enum Operation {
         challenge: ChallengeId,
         response: Answer,
     },
+    /// Start binding an IB Key app to a user (the gateway has checked the
+    /// password): sls sends an activation token by SMS to the number on
+    /// record or, when the user holds an active physical device, opens a
+    /// challenge on that device instead.
+    StartActivation { user: Username },
     // Admin role.
     /// Register a device for a user.
     Enroll(EnrollRequest),
@@ -126,6 +133,11 @@ pub enum Operation {
     PendingActivations,
     /// The audit log after entry `after`, at most `limit` entries.
     AuditLog { after: u64, limit: u16 },
+    /// Send a confirm code by SMS to a number being added to a user.
+    StartPhoneVerification { user: Username, number: PhoneNumber },
+    /// Check the confirm code: the number goes on record, and a user with
+    /// no active security device is enrolled in SMS with it.
+    ConfirmPhone { user: Username, code: Answer },
     // Carrier role.
     /// Start receiving outbound messages on this stream.
     CarrierSubscribe,
@@ -146,6 +158,16 @@ pub enum Operation {
     },
     /// Refuse a push ("this was not me").
     Deny { push: PushId },
+    /// Complete an activation with the token (or the physical device's
+    /// response), the app's device key and PIN; `previous` proves the old
+    /// binding (a signature by its key) when the same phone reactivates.
+    CompleteActivation {
+        activation: ActivationId,
+        token: Answer,
+        key: PushKey,
+        pin: Pin,
+        previous: Option<(DeviceId, Signature)>,
+    },
 }
 
 /// A carrier bridge's account of one message.
@@ -175,6 +197,7 @@ impl Operation {
             Self::EnrollPhone { .. } => 0x25,
             Self::BindPushKey { .. } => 0x26,
             Self::AuthorizeWithdrawal { .. } => 0x09,
+            Self::StartActivation { .. } => 0x0a,
             Self::SetIdentity { .. } => 0x29,
             Self::SetOptOut { .. } => 0x2a,
             Self::ShareDevice { .. } => 0x2b,
@@ -186,11 +209,14 @@ impl Operation {
             Self::ShipReplacement { .. } => 0x31,
             Self::PendingActivations => 0x32,
             Self::AuditLog { .. } => 0x33,
+            Self::StartPhoneVerification { .. } => 0x34,
+            Self::ConfirmPhone { .. } => 0x35,
             Self::CarrierSubscribe => 0x40,
             Self::Ack { .. } => 0x41,
             Self::PhoneSubscribe { .. } => 0x60,
             Self::Approve { .. } => 0x61,
             Self::Deny { .. } => 0x62,
+            Self::CompleteActivation { .. } => 0x63,
         }
     }
 
@@ -213,6 +239,7 @@ impl Operation {
             Self::EnrollPhone { .. } => "enroll_phone",
             Self::BindPushKey { .. } => "bind_push_key",
             Self::AuthorizeWithdrawal { .. } => "authorize_withdrawal",
+            Self::StartActivation { .. } => "start_activation",
             Self::SetIdentity { .. } => "set_identity",
             Self::SetOptOut { .. } => "set_opt_out",
             Self::ShareDevice { .. } => "share_device",
@@ -224,11 +251,14 @@ impl Operation {
             Self::ShipReplacement { .. } => "ship_replacement",
             Self::PendingActivations => "pending_activations",
             Self::AuditLog { .. } => "audit_log",
+            Self::StartPhoneVerification { .. } => "start_phone_verification",
+            Self::ConfirmPhone { .. } => "confirm_phone",
             Self::CarrierSubscribe => "carrier_subscribe",
             Self::Ack { .. } => "ack",
             Self::PhoneSubscribe { .. } => "phone_subscribe",
             Self::Approve { .. } => "approve",
             Self::Deny { .. } => "deny",
+            Self::CompleteActivation { .. } => "complete_activation",
         }
     }
 
@@ -380,8 +410,7 @@ impl Request {
             },
             0x25 => Operation::EnrollPhone {
                 user: user(&mut r)?,
-                number: PhoneNumber::parse(r.str("number")?)
-                    .map_err(|e| DecodeError::invalid("number", e.to_string()))?,
+                number: number(&mut r)?,
                 label: label(&mut r)?,
             },
             0x26 => Operation::BindPushKey {
@@ -393,6 +422,9 @@ impl Request {
                 amount_cents: r.u64("amount")?,
                 challenge: ChallengeId(r.u64("challenge id")?),
                 response: answer(&mut r, "response")?,
+            },
+            0x0a => Operation::StartActivation {
+                user: user(&mut r)?,
             },
             0x29 => Operation::SetIdentity {
                 user: user(&mut r)?,
@@ -434,6 +466,14 @@ impl Request {
                 after: r.u64("after")?,
                 limit: r.u16("limit")?,
             },
+            0x34 => Operation::StartPhoneVerification {
+                user: user(&mut r)?,
+                number: number(&mut r)?,
+            },
+            0x35 => Operation::ConfirmPhone {
+                user: user(&mut r)?,
+                code: answer(&mut r, "code")?,
+            },
             0x40 => Operation::CarrierSubscribe,
             0x41 => Operation::Ack {
                 message: MessageId(r.u64("message id")?),
@@ -470,6 +510,28 @@ impl Request {
             },
             0x62 => Operation::Deny {
                 push: PushId(r.u64("push id")?),
+            },
+            0x63 => Operation::CompleteActivation {
+                activation: ActivationId(r.u64("activation id")?),
+                token: answer(&mut r, "token")?,
+                key: PushKey(fixed::<PUBLIC_KEY_LEN>(&mut r, "public key")?),
+                pin: pin(&mut r)?
+                    .ok_or_else(|| DecodeError::invalid("pin", "must not be empty"))?,
+                previous: match r.u64("previous device")? {
+                    0 => {
+                        if !r.bytes("previous proof")?.is_empty() {
+                            return Err(DecodeError::invalid(
+                                "previous proof",
+                                "must be empty without a previous device",
+                            ));
+                        }
+                        None
+                    }
+                    device => Some((
+                        DeviceId(device),
+                        Signature(fixed::<SIGNATURE_LEN>(&mut r, "previous proof")?),
+                    )),
+                },
             },
             other => return Err(DecodeError::UnknownOperation(other)),
         };
@@ -556,7 +618,13 @@ impl Request {
                 out.put_u8(u8::from(*approve));
             }
             Operation::CancelShare { share } => out.put_u64(share.0),
-            Operation::IssueTemporaryCode { user } => out.put_bytes(user.as_str().as_bytes()),
+            Operation::IssueTemporaryCode { user } | Operation::StartActivation { user } => {
+                out.put_bytes(user.as_str().as_bytes());
+            }
+            Operation::StartPhoneVerification { user, number } => {
+                out.put_bytes(user.as_str().as_bytes());
+                out.put_bytes(number.to_string().as_bytes());
+            }
             Operation::OrderReplacement { lost, pin, label } => {
                 out.put_u64(lost.0);
                 out.put_bytes(pin.as_ref().map_or("", Pin::as_str).as_bytes());
@@ -574,7 +642,7 @@ impl Request {
                 out.put_bytes(user.as_str().as_bytes());
                 out.put_u8(channel.code());
             }
-            Operation::VerifyCode { user, code } => {
+            Operation::VerifyCode { user, code } | Operation::ConfirmPhone { user, code } => {
                 out.put_bytes(user.as_str().as_bytes());
                 out.put_bytes(code.as_bytes());
             }
@@ -620,6 +688,20 @@ impl Request {
                 out.put_u8(*chosen);
                 out.put_bytes(&proof.0);
             }
+            Operation::CompleteActivation {
+                activation,
+                token,
+                key,
+                pin,
+                previous,
+            } => {
+                out.put_u64(activation.0);
+                out.put_bytes(token.as_bytes());
+                out.put_bytes(&key.0);
+                out.put_bytes(pin.as_str().as_bytes());
+                out.put_u64(previous.map_or(0, |(device, _)| device.0));
+                out.put_bytes(previous.as_ref().map_or(&[], |(_, proof)| &proof.0));
+            }
         }
     }
 
@@ -633,6 +715,10 @@ impl Request {
 
 fn user(r: &mut Reader<'_>) -> Result<Username, DecodeError> {
     Username::new(r.str("user")?).map_err(|e| DecodeError::invalid("user", e.to_string()))
+}
+
+fn number(r: &mut Reader<'_>) -> Result<PhoneNumber, DecodeError> {
+    PhoneNumber::parse(r.str("number")?).map_err(|e| DecodeError::invalid("number", e.to_string()))
 }
 
 fn enroll(r: &mut Reader<'_>) -> Result<EnrollRequest, DecodeError> {

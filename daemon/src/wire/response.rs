@@ -5,7 +5,9 @@ use std::time::Duration;
 use super::DecodeError;
 use super::codec::{Put, Reader};
 use crate::clock::Timestamp;
-use crate::identity::{ChallengeId, CodeId, DeviceId, MessageId, PushId, ShareId, Username};
+use crate::identity::{
+    ActivationId, ChallengeId, CodeId, DeviceId, MessageId, PushId, ShareId, Username,
+};
 use crate::otp::SecretKey;
 use crate::phone::{Channel, PhoneNumber};
 use crate::profile::DeviceKind;
@@ -118,6 +120,26 @@ pub enum Reply {
     },
     /// To `PendingActivations`.
     PendingActivations(Vec<PendingActivation>),
+    /// An activation is under way: the app submits `activation` with the
+    /// token sent by SMS, or with the physical device's answer to `text`.
+    ActivationStarted {
+        activation: ActivationId,
+        route: ActivationRoute,
+        expires_in: Duration,
+    },
+    /// A confirm code went out by SMS to the number being added.
+    VerificationSent { expires_in: Duration },
+    /// The number is on record; `sms_device` when it was also enrolled as
+    /// the user's second factor (the user had no active security device).
+    PhoneConfirmed { sms_device: Option<DeviceId> },
+    /// The app is bound: its device, the key for offline challenge/response
+    /// (shown once), and the user's previous phone binding it replaced.
+    Activated {
+        user: Username,
+        device: DeviceId,
+        secret: SecretKey,
+        replaced: Option<DeviceId>,
+    },
     /// To `AuditLog`.
     Audit(Vec<AuditRecord>),
     /// Any request that could not be carried out.
@@ -144,6 +166,18 @@ pub struct DeviceEntry {
 
 /// Where a device stands in its lifecycle. A login (`Devices`) is offered
 /// only `Active` ones.
+/// How an activation is proven.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActivationRoute {
+    /// A token went by SMS to the number on record.
+    Sms,
+    /// The user's physical device answers this challenge instead.
+    Device {
+        device: DeviceId,
+        text: ChallengeText,
+    },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceStatus {
     Active,
@@ -174,15 +208,17 @@ pub enum Refusal {
     NotShareable,
     /// Regulation of the user's residence forbids opting out.
     OptOutForbidden,
+    WeakPin,
 }
 
 impl Refusal {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::LessSecureDevice,
         Self::DifferentIdentification,
         Self::TemporaryDevice,
         Self::NotShareable,
         Self::OptOutForbidden,
+        Self::WeakPin,
     ];
 
     pub fn code(self) -> u8 {
@@ -192,6 +228,7 @@ impl Refusal {
             Self::TemporaryDevice => 3,
             Self::NotShareable => 4,
             Self::OptOutForbidden => 5,
+            Self::WeakPin => 6,
         }
     }
 
@@ -206,6 +243,7 @@ impl Refusal {
             Self::TemporaryDevice => "temporary-device",
             Self::NotShareable => "not-shareable",
             Self::OptOutForbidden => "opt-out-forbidden",
+            Self::WeakPin => "weak-pin",
         }
     }
 }
@@ -394,6 +432,10 @@ impl Reply {
             Self::TemporaryCode { .. } => 0x2f,
             Self::PendingActivations(_) => 0x32,
             Self::Audit(_) => 0x33,
+            Self::ActivationStarted { .. } => 0x0c,
+            Self::VerificationSent { .. } => 0x34,
+            Self::PhoneConfirmed { .. } => 0x35,
+            Self::Activated { .. } => 0x63,
             Self::Challenge { .. } => 0x02,
             Self::Verdict(_) => 0x03,
             Self::Enrolled { .. } => 0x20,
@@ -550,19 +592,45 @@ impl Response {
                 }
                 Reply::Audit(entries)
             }
-            0x02 => Reply::Challenge {
-                challenge: ChallengeId(r.u64("challenge id")?),
-                text: match r.u8("challenge form")? {
-                    1 => ChallengeText::Question(r.str("question")?.to_owned()),
-                    2 => ChallengeText::CardPositions(r.u16("position")?, r.u16("position")?),
-                    3 => ChallengeText::EnterCode,
+            0x0c => Reply::ActivationStarted {
+                activation: ActivationId(r.u64("activation id")?),
+                route: match r.u8("route")? {
+                    1 => ActivationRoute::Sms,
+                    2 => ActivationRoute::Device {
+                        device: DeviceId(r.u64("device")?),
+                        text: challenge_text(&mut r)?,
+                    },
                     other => {
                         return Err(DecodeError::invalid(
-                            "challenge form",
-                            format!("unknown form {other}"),
+                            "route",
+                            format!("unknown route {other}"),
                         ));
                     }
                 },
+                expires_in: Duration::from_millis(r.u64("expires in")?),
+            },
+            0x34 => Reply::VerificationSent {
+                expires_in: Duration::from_millis(r.u64("expires in")?),
+            },
+            0x35 => Reply::PhoneConfirmed {
+                sms_device: match r.u64("sms device")? {
+                    0 => None,
+                    id => Some(DeviceId(id)),
+                },
+            },
+            0x63 => Reply::Activated {
+                user: username(&mut r, "user")?,
+                device: DeviceId(r.u64("device")?),
+                secret: SecretKey::from_bytes(r.bytes("secret")?.to_vec())
+                    .map_err(|e| DecodeError::invalid("secret", e.to_string()))?,
+                replaced: match r.u64("replaced")? {
+                    0 => None,
+                    id => Some(DeviceId(id)),
+                },
+            },
+            0x02 => Reply::Challenge {
+                challenge: ChallengeId(r.u64("challenge id")?),
+                text: challenge_text(&mut r)?,
                 expires_in: Duration::from_millis(r.u64("expires in")?),
             },
             0x03 => Reply::Verdict(match r.u8("verdict")? {
@@ -780,19 +848,37 @@ impl Response {
                 expires_in,
             } => {
                 out.put_u64(challenge.0);
-                match text {
-                    ChallengeText::Question(q) => {
-                        out.put_u8(1);
-                        out.put_bytes(q.as_bytes());
-                    }
-                    ChallengeText::CardPositions(a, b) => {
+                put_challenge_text(out, text);
+                out.put_u64(millis(*expires_in));
+            }
+            Reply::ActivationStarted {
+                activation,
+                route,
+                expires_in,
+            } => {
+                out.put_u64(activation.0);
+                match route {
+                    ActivationRoute::Sms => out.put_u8(1),
+                    ActivationRoute::Device { device, text } => {
                         out.put_u8(2);
-                        out.put_u16(*a);
-                        out.put_u16(*b);
+                        out.put_u64(device.0);
+                        put_challenge_text(out, text);
                     }
-                    ChallengeText::EnterCode => out.put_u8(3),
                 }
                 out.put_u64(millis(*expires_in));
+            }
+            Reply::VerificationSent { expires_in } => out.put_u64(millis(*expires_in)),
+            Reply::PhoneConfirmed { sms_device } => out.put_u64(sms_device.map_or(0, |d| d.0)),
+            Reply::Activated {
+                user,
+                device,
+                secret,
+                replaced,
+            } => {
+                out.put_bytes(user.as_str().as_bytes());
+                out.put_u64(device.0);
+                out.put_bytes(secret.expose_secret());
+                out.put_u64(replaced.map_or(0, |d| d.0));
             }
             Reply::Verdict(verdict) => match verdict {
                 Verdict::Accepted { user, device, kind } => {
@@ -904,6 +990,35 @@ impl Response {
         let mut out = Vec::new();
         super::write_frame(&mut out, |body| self.encode_body(body));
         out
+    }
+}
+
+fn challenge_text(r: &mut Reader<'_>) -> Result<ChallengeText, DecodeError> {
+    Ok(match r.u8("challenge form")? {
+        1 => ChallengeText::Question(r.str("question")?.to_owned()),
+        2 => ChallengeText::CardPositions(r.u16("position")?, r.u16("position")?),
+        3 => ChallengeText::EnterCode,
+        other => {
+            return Err(DecodeError::invalid(
+                "challenge form",
+                format!("unknown form {other}"),
+            ));
+        }
+    })
+}
+
+fn put_challenge_text(out: &mut Vec<u8>, text: &ChallengeText) {
+    match text {
+        ChallengeText::Question(q) => {
+            out.put_u8(1);
+            out.put_bytes(q.as_bytes());
+        }
+        ChallengeText::CardPositions(a, b) => {
+            out.put_u8(2);
+            out.put_u16(*a);
+            out.put_u16(*b);
+        }
+        ChallengeText::EnterCode => out.put_u8(3),
     }
 }
 

@@ -139,8 +139,9 @@ impl Engine {
                     .await
             }
             // The device lifecycle (identification, opt-out, shares,
-            // temporary codes, replacements, the withdrawal ledger, the
-            // audit log) lives in the embedded registry only so far.
+            // temporary codes, replacements, the withdrawal ledger, phone
+            // verification, IB Key activation, the audit log) lives in the
+            // embedded registry only so far.
             Operation::AuthorizeWithdrawal { .. }
             | Operation::SetIdentity { .. }
             | Operation::SetOptOut { .. }
@@ -152,7 +153,11 @@ impl Engine {
             | Operation::OrderReplacement { .. }
             | Operation::ShipReplacement { .. }
             | Operation::PendingActivations
-            | Operation::AuditLog { .. } => Ok(Reply::error(
+            | Operation::AuditLog { .. }
+            | Operation::StartPhoneVerification { .. }
+            | Operation::ConfirmPhone { .. }
+            | Operation::StartActivation { .. }
+            | Operation::CompleteActivation { .. } => Ok(Reply::error(
                 ErrorCode::Unsupported,
                 format!("{name} is not available on the shared store yet: use the embedded store"),
             )),

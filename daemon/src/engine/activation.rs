@@ -1,0 +1,578 @@
+//! Phone numbers and IB Key activation: adding a number with a confirm
+//! code sent by SMS, and binding the phone app to a user with an activation
+//! token sent by SMS to the number on record (or the answer of the user's
+//! physical device instead).
+//!
+//! Tokens live in memory only: they are short-lived (`lifecycle.token-ttl`),
+//! single-use, attempt-limited (`lifecycle.token-attempts`) and bounded in
+//! number (`lifecycle.token-capacity`). A restart loses them, which only
+//! means the user asks for a new one. What they unlock is written as one
+//! `Registry::change` with its audit entries.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rand::CryptoRng;
+
+use super::relay::{DispatchError, Outbound};
+use super::{Caller, Engine, Outcome};
+use crate::clock::Timestamp;
+use crate::identity::{ActivationId, ChallengeId, CodeId, DeviceId, Username};
+use crate::otp::Code;
+use crate::otp::push::{PushKey, Signature, reactivate_message};
+use crate::phone::{Channel, PhoneNumber};
+use crate::policy::pin::check_app_pin;
+use crate::profile::DeviceKind;
+use crate::ratelimit::Decision;
+use crate::store::accounts::DeviceLife;
+use crate::store::registry::{Device, EnrollError, NewDevice};
+use crate::wire::request::{Answer, Pin};
+use crate::wire::{ActivationRoute, ErrorCode, Refusal, Reply, Verdict};
+
+/// A number being added to a user, waiting for its confirm code.
+struct PendingNumber {
+    number: PhoneNumber,
+    code: Code,
+    expires_at: Timestamp,
+    attempts_left: u8,
+}
+
+/// How a pending activation is proven.
+enum Proof {
+    /// The token sent by SMS.
+    Sms(Code),
+    /// The answer to a challenge opened on the user's physical device
+    /// (checked by `verify`, with its own attempts and lockouts).
+    Device {
+        device: DeviceId,
+        challenge: ChallengeId,
+    },
+}
+
+struct PendingActivation {
+    user: Username,
+    proof: Proof,
+    expires_at: Timestamp,
+    attempts_left: u8,
+}
+
+#[derive(Default)]
+struct Pending {
+    numbers: HashMap<Username, PendingNumber>,
+    activations: HashMap<ActivationId, PendingActivation>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.numbers.len() + self.activations.len()
+    }
+}
+
+/// The confirm codes and activation tokens waiting for an answer.
+pub(super) struct TokenTable {
+    pending: Mutex<Pending>,
+    capacity: usize,
+}
+
+/// What checking a token against a typed answer decided.
+enum Checked {
+    Right,
+    Wrong { attempts_left: u8 },
+    Expired,
+}
+
+/// Checks `given` against a single-use token in constant time; a wrong
+/// answer spends an attempt.
+fn check_token(
+    code: &Code,
+    expires_at: Timestamp,
+    attempts_left: &mut u8,
+    given: &Answer,
+    now: Timestamp,
+) -> Checked {
+    if expires_at <= now {
+        return Checked::Expired;
+    }
+    if code.matches(given.as_bytes()) {
+        return Checked::Right;
+    }
+    *attempts_left = attempts_left.saturating_sub(1);
+    Checked::Wrong {
+        attempts_left: *attempts_left,
+    }
+}
+
+impl TokenTable {
+    pub(super) fn new(capacity: usize) -> Self {
+        Self {
+            pending: Mutex::new(Pending::default()),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Drops expired tokens; how many went.
+    pub(super) fn sweep(&self, now: Timestamp) -> usize {
+        let mut pending = self.lock();
+        let before = pending.len();
+        pending.numbers.retain(|_, p| p.expires_at > now);
+        pending.activations.retain(|_, p| p.expires_at > now);
+        before - pending.len()
+    }
+}
+
+/// The digits of every number `user` has on record, for the PIN rule.
+fn phone_digits(engine: &Engine, user: &Username) -> Vec<String> {
+    let record = engine.registry.user(user).number;
+    let devices = engine.registry.devices_of(user);
+    record
+        .iter()
+        .chain(devices.iter().filter_map(|d| d.phone()))
+        .map(|n| format!("{}{}", n.country(), n.national()))
+        .collect()
+}
+
+impl Engine {
+    /// The number sls sends activation tokens to: the confirmed one, or
+    /// the user's SMS device's.
+    fn number_on_record(&self, user: &Username) -> Option<PhoneNumber> {
+        self.registry.user(user).number.or_else(|| {
+            self.registry
+                .devices_of(user)
+                .iter()
+                .find_map(|d| d.phone().cloned())
+        })
+    }
+
+    /// Sends `text` to `to` by SMS through a carrier bridge, within the
+    /// per-number and per-country limits that keep SMS pumping away.
+    fn send_token<R: CryptoRng + ?Sized>(
+        &self,
+        to: PhoneNumber,
+        text: String,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Result<(), Reply> {
+        if self.outbox.bridges() == 0 {
+            return Err(Reply::error(
+                ErrorCode::DeliveryUnavailable,
+                "no carrier bridge is connected",
+            ));
+        }
+        if let Decision::Deny { retry_after } =
+            self.number_limits.check(to.to_string().as_bytes(), now)
+        {
+            return Err(Reply::rate_limited(
+                retry_after,
+                "too many codes sent to this number",
+            ));
+        }
+        if let Decision::Deny { retry_after } = self
+            .prefix_limits
+            .check_index(usize::from(to.country()), now)
+        {
+            return Err(Reply::rate_limited(
+                retry_after,
+                "too many codes sent to this country code",
+            ));
+        }
+        let outbound = Outbound {
+            // Not an SMS login code: no `CodeStatus` follows it.
+            code: CodeId(rng.next_u64()),
+            to,
+            channel: Channel::Sms,
+            text: text.into(),
+        };
+        match self.outbox.dispatch(outbound, now, rng) {
+            Ok(_) => Ok(()),
+            Err(DispatchError::NoBridge) => Err(Reply::error(
+                ErrorCode::DeliveryUnavailable,
+                "no carrier bridge took the message",
+            )),
+            Err(DispatchError::Full) => {
+                Err(Reply::error(ErrorCode::Busy, "the carrier outbox is full"))
+            }
+        }
+    }
+
+    fn token_text(&self, what: &str, code: &Code) -> String {
+        format!(
+            "Your sls {what} is {}. It expires in {} minutes. Never share it.",
+            code.as_str(),
+            self.config
+                .lifecycle
+                .token_ttl
+                .as_secs()
+                .div_ceil(60)
+                .max(1)
+        )
+    }
+
+    fn tokens_full(&self) -> Reply {
+        Reply::error(ErrorCode::Busy, "the activation token table is full")
+    }
+
+    pub(super) fn start_phone_verification<R: CryptoRng + ?Sized>(
+        &self,
+        user: &Username,
+        number: PhoneNumber,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Reply {
+        if let Decision::Deny { retry_after } = self.user_limits.check(user, now) {
+            return Reply::rate_limited(retry_after, "too many codes for this user");
+        }
+        let life = &self.config.lifecycle;
+        {
+            let pending = self.tokens.lock();
+            if !pending.numbers.contains_key(user) && pending.len() >= self.tokens.capacity {
+                return self.tokens_full();
+            }
+        }
+        let code = Self::sms_code_spec(&self.config).generate(rng);
+        let text = self.token_text("confirm code", &code);
+        if let Err(refusal) = self.send_token(number.clone(), text, now, rng) {
+            return refusal;
+        }
+        // A new start replaces the user's earlier code.
+        self.tokens.lock().numbers.insert(
+            user.clone(),
+            PendingNumber {
+                number,
+                code,
+                expires_at: now.plus(life.token_ttl),
+                attempts_left: life.token_attempts,
+            },
+        );
+        Reply::VerificationSent {
+            expires_in: life.token_ttl,
+        }
+    }
+
+    pub(super) fn confirm_phone<R: CryptoRng + ?Sized>(
+        &self,
+        caller: &Caller<'_>,
+        user: &Username,
+        given: &Answer,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Reply {
+        let number = {
+            let mut pending = self.tokens.lock();
+            let Some(entry) = pending.numbers.get_mut(user) else {
+                return Reply::error(
+                    ErrorCode::NotFound,
+                    "no phone verification is under way for this user",
+                );
+            };
+            let checked = check_token(
+                &entry.code,
+                entry.expires_at,
+                &mut entry.attempts_left,
+                given,
+                now,
+            );
+            match checked {
+                Checked::Right => pending.numbers.remove(user).map(|p| p.number),
+                Checked::Expired => {
+                    pending.numbers.remove(user);
+                    return Reply::Verdict(Verdict::Expired);
+                }
+                Checked::Wrong { attempts_left } => {
+                    if attempts_left == 0 {
+                        pending.numbers.remove(user);
+                    }
+                    return Reply::Verdict(Verdict::Rejected { attempts_left });
+                }
+            }
+        };
+        let Some(number) = number else {
+            return Reply::error(ErrorCode::Internal, "the verification vanished");
+        };
+        let has_device = self
+            .registry
+            .devices_of(user)
+            .iter()
+            .any(|d| d.usable_at(now));
+        let changed = self.registry.change(rng, now, Self::actor(caller), |c| {
+            let mut record = c.registry().user(user);
+            record.number = Some(number.clone());
+            c.set_user(user, record)?;
+            c.audit("confirm-phone", Some(user), None, "number on record")?;
+            if has_device {
+                Ok::<_, EnrollError>(None)
+            } else {
+                c.add_phone(user, number, "SMS").map(Some)
+            }
+        });
+        match changed {
+            Ok(sms_device) => Reply::PhoneConfirmed { sms_device },
+            Err(error) => super::enroll_error(error),
+        }
+    }
+
+    pub(super) fn start_activation<R: CryptoRng + ?Sized>(
+        &self,
+        user: &Username,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Reply {
+        let life = &self.config.lifecycle;
+        if self.tokens.len() >= self.tokens.capacity {
+            return self.tokens_full();
+        }
+        // A physical device the user holds proves the activation instead of
+        // an SMS token: the strongest one, whose challenge the user answers.
+        let physical = self
+            .login_devices(user, now)
+            .into_iter()
+            .filter(|d| d.kind.is_physical())
+            .max_by_key(|d| self.config.devices.get(d.kind).security);
+        let (proof, route, expires_in) = match physical {
+            Some(device) => match self.challenge(user, device.id, now, rng) {
+                Reply::Challenge {
+                    challenge,
+                    text,
+                    expires_in,
+                } => (
+                    Proof::Device {
+                        device: device.id,
+                        challenge,
+                    },
+                    ActivationRoute::Device {
+                        device: device.id,
+                        text,
+                    },
+                    expires_in.min(life.token_ttl),
+                ),
+                refusal => return refusal,
+            },
+            None => {
+                let Some(number) = self.number_on_record(user) else {
+                    return Reply::error(
+                        ErrorCode::NoVerifiedNumber,
+                        "no number on record and no physical device: \
+                         the operator can issue temporary access",
+                    );
+                };
+                if let Decision::Deny { retry_after } = self.user_limits.check(user, now) {
+                    return Reply::rate_limited(retry_after, "too many codes for this user");
+                }
+                let code = Self::sms_code_spec(&self.config).generate(rng);
+                let text = self.token_text("IB Key activation code", &code);
+                if let Err(refusal) = self.send_token(number, text, now, rng) {
+                    return refusal;
+                }
+                (Proof::Sms(code), ActivationRoute::Sms, life.token_ttl)
+            }
+        };
+        let mut pending = self.tokens.lock();
+        let mut activation = ActivationId(rng.next_u64());
+        while pending.activations.contains_key(&activation) {
+            activation = ActivationId(rng.next_u64());
+        }
+        pending.activations.insert(
+            activation,
+            PendingActivation {
+                user: user.clone(),
+                proof,
+                expires_at: now.plus(expires_in),
+                attempts_left: life.token_attempts,
+            },
+        );
+        Reply::ActivationStarted {
+            activation,
+            route,
+            expires_in,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn complete_activation<R: CryptoRng + ?Sized>(
+        &self,
+        caller: &Caller<'_>,
+        activation: ActivationId,
+        token: &Answer,
+        key: PushKey,
+        pin: &Pin,
+        previous: Option<(DeviceId, Signature)>,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Outcome {
+        let (user, device_proof) = {
+            let pending = self.tokens.lock();
+            match pending.activations.get(&activation) {
+                Some(p) => (
+                    p.user.clone(),
+                    match p.proof {
+                        Proof::Device { device, challenge } => Some((device, challenge)),
+                        Proof::Sms(_) => None,
+                    },
+                ),
+                None => {
+                    return Reply::error(ErrorCode::NotFound, "no such activation under way")
+                        .into();
+                }
+            }
+        };
+        // The PIN and the old binding are checked before the token is
+        // spent, so a weak PIN costs the user no new SMS.
+        if let Err(rule) = check_app_pin(pin.as_str(), &phone_digits(self, &user)) {
+            return Reply::Refused {
+                reason: Refusal::WeakPin,
+                message: rule.to_string(),
+            }
+            .into();
+        }
+        let reactivated = match previous {
+            Some((old, proof)) => match self.old_binding(&user, old, activation, &proof) {
+                Ok(device) => Some(device),
+                Err(refusal) => return refusal.into(),
+            },
+            None => None,
+        };
+        let mut outcome = Outcome::from(Reply::Done);
+        let route = match device_proof {
+            Some((device, challenge)) => {
+                outcome = self.verify(challenge, token, now, rng);
+                match &outcome.reply {
+                    Reply::Verdict(Verdict::Accepted { device: d, .. }) if *d == device => {}
+                    _ => return outcome,
+                }
+                // The challenge accepts once, so only one completion gets here.
+                self.tokens.lock().activations.remove(&activation);
+                format!("by device {device}")
+            }
+            None => {
+                let mut pending = self.tokens.lock();
+                let Some(entry) = pending.activations.get_mut(&activation) else {
+                    return Reply::error(ErrorCode::NotFound, "no such activation under way")
+                        .into();
+                };
+                let Proof::Sms(code) = &entry.proof else {
+                    return Reply::error(ErrorCode::Internal, "the activation changed").into();
+                };
+                match check_token(code, entry.expires_at, &mut entry.attempts_left, token, now) {
+                    Checked::Right => {
+                        pending.activations.remove(&activation);
+                    }
+                    Checked::Expired => {
+                        pending.activations.remove(&activation);
+                        return Reply::Verdict(Verdict::Expired).into();
+                    }
+                    Checked::Wrong { attempts_left } => {
+                        if attempts_left == 0 {
+                            pending.activations.remove(&activation);
+                        }
+                        return Reply::Verdict(Verdict::Rejected { attempts_left }).into();
+                    }
+                }
+                "by SMS token".to_owned()
+            }
+        };
+        outcome.reply = self.bind_app(caller, &user, key, pin, reactivated, &route, now, rng);
+        outcome
+    }
+
+    /// The user's IB Key device `old`, if `proof` is its key's signature
+    /// over this activation.
+    fn old_binding(
+        &self,
+        user: &Username,
+        old: DeviceId,
+        activation: ActivationId,
+        proof: &Signature,
+    ) -> Result<DeviceId, Reply> {
+        let device = self
+            .registry
+            .device(old)
+            .filter(|d| &d.user == user && d.kind == DeviceKind::IbKey);
+        let verifies = device
+            .as_ref()
+            .and_then(|d| d.push_key())
+            .is_some_and(|key| key.verifies(&reactivate_message(activation, old), proof));
+        if verifies {
+            Ok(old)
+        } else {
+            Err(Reply::error(
+                ErrorCode::Forbidden,
+                "the proof of the old binding does not verify",
+            ))
+        }
+    }
+
+    /// Enrols the app as the user's IB Key and retires every other IB Key
+    /// binding of that user, in one change: one active phone per user.
+    #[allow(clippy::too_many_arguments)]
+    fn bind_app<R: CryptoRng + ?Sized>(
+        &self,
+        caller: &Caller<'_>,
+        user: &Username,
+        key: PushKey,
+        pin: &Pin,
+        reactivated: Option<DeviceId>,
+        route: &str,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Reply {
+        let old: Vec<Arc<Device>> = self
+            .registry
+            .devices_of(user)
+            .into_iter()
+            .filter(|d| d.kind == DeviceKind::IbKey)
+            .collect();
+        let changed = self.registry.change(rng, now, Self::actor(caller), |c| {
+            let (device, secret) = c.enroll(NewDevice {
+                user,
+                kind: DeviceKind::IbKey,
+                secret: None,
+                pin: None,
+                label: "IB Key",
+            })?;
+            c.set_push_key(device, key)?;
+            let app_pin = c.registry().app_pin_digest(device, pin.as_str());
+            c.set_life(
+                device,
+                DeviceLife {
+                    app_pin: Some(app_pin),
+                    ..DeviceLife::default()
+                },
+            )?;
+            let what = match reactivated {
+                Some(old) => format!("{route}, reactivating device {old} (same phone)"),
+                None => route.to_owned(),
+            };
+            c.audit("activate-ib-key", Some(user), Some(device), what)?;
+            for d in &old {
+                c.remove_device(d.id)?;
+                c.audit(
+                    "deactivate-ib-key",
+                    Some(user),
+                    Some(d.id),
+                    format!("replaced by device {device}"),
+                )?;
+            }
+            Ok::<_, EnrollError>((device, secret))
+        });
+        match changed {
+            Ok((device, Some(secret))) => {
+                tracing::info!(%user, %device, "IB Key activated");
+                Reply::Activated {
+                    user: user.clone(),
+                    device,
+                    secret,
+                    replaced: old.first().map(|d| d.id),
+                }
+            }
+            Ok((_, None)) => Reply::error(ErrorCode::Internal, "no key was generated"),
+            Err(error) => super::enroll_error(error),
+        }
+    }
+}
