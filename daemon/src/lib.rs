@@ -13,6 +13,8 @@
 //!   limits, device sharing). Pure.
 //! - [`wire`]: the frame codec of the QUIC protocol. Pure: bytes in, typed
 //!   requests out, and back.
+//! - [`client`]: a client of that protocol (`slsd admin`, the simulator
+//!   and the end-to-end tests use it).
 
 // Daemon code must not panic on input: no unwrap/expect/indexing outside tests.
 #![cfg_attr(
@@ -25,6 +27,7 @@
     )
 )]
 
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod engine;

@@ -5,7 +5,7 @@
 //! emulated device computes with the daemon's own `slsd::otp` code.
 //!
 //! - [`token`]: single emulated tokens (`sls-sim token ...`).
-//! - [`client`]: a client of the daemon's QUIC protocol.
+//! - [`client`]: the daemon's protocol client (`slsd::client`, re-exported).
 //! - [`cluster`]: a real Redis Cluster on loopback for multi-node runs.
 //! - [`carrier`]: SMS/voice delivery bridges and the phones' inboxes.
 //! - [`phone`]: IB Key phone apps answering push notices.
@@ -15,7 +15,7 @@
 mod attack;
 pub mod bench;
 pub mod carrier;
-pub mod client;
+pub use slsd::client;
 pub mod cluster;
 pub mod daemon;
 pub mod device;

@@ -1,6 +1,8 @@
 //! `slsd`: the sls daemon's command line. Thin by design: parse the command
 //! line, call into the library, map errors to an exit code.
 
+mod admin;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +37,8 @@ enum Command {
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Operate a running daemon: every admin operation (`slsd admin help`).
+    Admin(admin::AdminArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Config(ConfigCommand::Check { file }) => check_config(&file),
+        Command::Admin(args) => admin::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

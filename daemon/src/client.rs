@@ -1,8 +1,8 @@
 //! A Rust client of the sls protocol: connect with a role certificate,
 //! open streams, pipeline requests, read replies.
 //!
-//! The simulator's load generator and the end-to-end tests use it; it is
-//! also the reference for client authors next to PROTOCOL.md.
+//! `slsd admin`, the simulator's load generator and the end-to-end tests
+//! use it; it is also the reference for client authors next to PROTOCOL.md.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{mpsc, oneshot};
 
-use slsd::server::pki;
-use slsd::wire::{self, DecodeError, FrameError, Operation, Reply, Request, Response};
+use crate::server::pki;
+use crate::wire::{self, DecodeError, FrameError, Operation, Reply, Request, Response};
 
 /// The largest reply frame the client accepts.
 const MAX_REPLY: u32 = wire::MAX_FRAME_LIMIT;

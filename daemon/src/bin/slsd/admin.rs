@@ -1,0 +1,575 @@
+//! `slsd admin <operation>`: every admin-role operation from the command
+//! line, over QUIC with the admin certificate of the data directory.
+//!
+//! Each reply becomes one JSON value (`--json` prints it as is); the human
+//! output is that same value laid out as `key: value` lines and one line
+//! per list entry, so both outputs always say the same thing. An error
+//! reply, a rejected code or a refusal is one line on stderr and a
+//! non-zero exit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, anyhow, bail};
+use serde_json::{Map, Value, json};
+use slsd::client::Client;
+use slsd::clock::Timestamp;
+use slsd::engine::Role;
+use slsd::identity::{ChallengeId, DeviceId, ShareId, Username};
+use slsd::otp::SecretKey;
+use slsd::otp::push::PushKey;
+use slsd::phone::PhoneNumber;
+use slsd::policy::calendar::Day;
+use slsd::profile::DeviceKind;
+use slsd::server::pki::{self, PkiPaths};
+use slsd::wire::request::{Answer, Pin};
+use slsd::wire::{DeviceStatus, EnrollRequest, Identification, Operation, Reply, Verdict};
+
+/// Talk to a running daemon as its operator.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// The daemon's data directory: its CA and admin certificate are used.
+    #[arg(long, default_value = "slsd-data")]
+    data_dir: PathBuf,
+    /// The daemon's configuration file, for its address (`server.listen`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The daemon's QUIC address [default: server.listen of --config, or
+    /// 127.0.0.1:4433].
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// Print the reply as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    operation: AdminOperation,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum AdminOperation {
+    /// Register a device for a user (a key is generated unless --secret).
+    Enroll {
+        #[arg(value_parser = username)]
+        user: Username,
+        /// dsc-plus, scc, online-scc, ib-key, temporary, legacy-dsc, gold, platinum.
+        #[arg(value_parser = kind)]
+        kind: DeviceKind,
+        /// The device's key, in hex.
+        #[arg(long, value_parser = secret)]
+        secret: Option<SecretKey>,
+        /// The PIN of devices whose suite binds one (DSC+, legacy DSC).
+        #[arg(long)]
+        pin: Option<String>,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Withdraw a device for good.
+    Revoke { device: u64 },
+    /// Every device of a user, with its state.
+    Devices {
+        #[arg(value_parser = username)]
+        user: Username,
+    },
+    /// Clear the lockouts of a user (one device, or all).
+    Unlock {
+        #[arg(value_parser = username)]
+        user: Username,
+        #[arg(long)]
+        device: Option<u64>,
+    },
+    /// Counters of the running service.
+    Stats,
+    /// Register a verified number as the user's SMS device.
+    EnrollPhone {
+        #[arg(value_parser = username)]
+        user: Username,
+        /// `+<country> <national number>`, e.g. "+41 446681800".
+        #[arg(value_parser = number)]
+        number: PhoneNumber,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Set the push public key (32 bytes, hex) of an IB Key device.
+    BindPushKey {
+        device: u64,
+        #[arg(value_parser = push_key)]
+        key: PushKey,
+    },
+    /// Send a confirm code by SMS to a number being added to a user.
+    VerifyPhone {
+        #[arg(value_parser = username)]
+        user: Username,
+        #[arg(value_parser = number)]
+        number: PhoneNumber,
+    },
+    /// Check the confirm code the user received.
+    ConfirmPhone {
+        #[arg(value_parser = username)]
+        user: Username,
+        code: String,
+    },
+    /// Record a user's identification data (sls keeps only a digest).
+    SetIdentity {
+        #[arg(value_parser = username)]
+        user: Username,
+        /// Country of residence, ISO 3166 alpha-2 (e.g. CH).
+        #[arg(long)]
+        residence: String,
+        /// YYYY-MM-DD.
+        #[arg(long)]
+        date_of_birth: String,
+        #[arg(long)]
+        citizenship: String,
+        /// Document type and number, as printed.
+        #[arg(long)]
+        id_document: String,
+    },
+    /// Opt a user out of the Secure Login System.
+    OptOut {
+        #[arg(value_parser = username)]
+        user: Username,
+    },
+    /// Opt a user back in.
+    OptIn {
+        #[arg(value_parser = username)]
+        user: Username,
+    },
+    /// Let a user use another user's physical device, proven by a challenge
+    /// opened for the owner and that device and its answer.
+    Share {
+        #[arg(value_parser = username)]
+        requesting_user: Username,
+        #[arg(value_parser = username)]
+        owner_user: Username,
+        device: u64,
+        /// The challenge id (hex), as the gateway got it.
+        #[arg(long, value_parser = handle)]
+        challenge: u64,
+        #[arg(long)]
+        response: String,
+    },
+    /// Approve a pending share (compliance).
+    ApproveShare {
+        #[arg(value_parser = handle)]
+        share: u64,
+    },
+    /// Reject a pending share.
+    RejectShare {
+        #[arg(value_parser = handle)]
+        share: u64,
+    },
+    /// End a share; the requester's own devices work again.
+    CancelShare {
+        #[arg(value_parser = handle)]
+        share: u64,
+    },
+    /// Every share, pending or in effect.
+    Shares,
+    /// Issue a temporary code for a user whose device is lost.
+    TemporaryCode {
+        #[arg(value_parser = username)]
+        user: Username,
+    },
+    /// Order a replacement DSC+ for a lost physical device.
+    OrderReplacement {
+        lost: u64,
+        #[arg(long)]
+        pin: Option<String>,
+        #[arg(long, default_value = "replacement DSC+")]
+        label: String,
+    },
+    /// Record that a replacement was shipped (it activates itself later).
+    ShipReplacement {
+        device: u64,
+        /// YYYY-MM-DD (midnight UTC) or milliseconds since the epoch
+        /// [default: now].
+        #[arg(long, value_parser = moment)]
+        shipped_at: Option<Timestamp>,
+    },
+    /// Replacements shipped and not yet active.
+    PendingActivations,
+    /// The audit log of registry changes.
+    Audit {
+        /// Entries after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u16,
+    },
+}
+
+fn username(text: &str) -> Result<Username, String> {
+    Username::new(text).map_err(|e| e.to_string())
+}
+
+fn kind(text: &str) -> Result<DeviceKind, String> {
+    text.parse::<DeviceKind>().map_err(|e| e.to_string())
+}
+
+fn secret(text: &str) -> Result<SecretKey, String> {
+    SecretKey::from_hex(text).map_err(|e| e.to_string())
+}
+
+fn number(text: &str) -> Result<PhoneNumber, String> {
+    PhoneNumber::parse(text).map_err(|e| e.to_string())
+}
+
+fn push_key(text: &str) -> Result<PushKey, String> {
+    let bytes = hex::decode(text).map_err(|e| e.to_string())?;
+    bytes
+        .try_into()
+        .map(PushKey)
+        .map_err(|_| "a push key is 32 bytes (64 hex digits)".to_owned())
+}
+
+/// A share or challenge id as sls prints it (16 hex digits).
+fn handle(text: &str) -> Result<u64, String> {
+    u64::from_str_radix(text.trim_start_matches("0x"), 16)
+        .map_err(|_| format!("{text:?} is not a hex id"))
+}
+
+fn moment(text: &str) -> Result<Timestamp, String> {
+    if let Ok(millis) = text.parse::<u64>() {
+        return Ok(Timestamp(millis));
+    }
+    Day::parse(text)
+        .map(|day| Timestamp(u64::from(day.0) * 86_400_000))
+        .ok_or_else(|| format!("{text:?} is neither YYYY-MM-DD nor milliseconds"))
+}
+
+impl AdminOperation {
+    fn into_operation(self) -> Operation {
+        match self {
+            Self::Enroll {
+                user,
+                kind,
+                secret,
+                pin,
+                label,
+            } => Operation::Enroll(EnrollRequest {
+                user,
+                kind,
+                secret,
+                pin: pin.as_deref().map(Pin::new),
+                label,
+            }),
+            Self::Revoke { device } => Operation::Revoke {
+                device: DeviceId(device),
+            },
+            Self::Devices { user } => Operation::ListDevices { user },
+            Self::Unlock { user, device } => Operation::Unlock {
+                user,
+                device: device.map(DeviceId),
+            },
+            Self::Stats => Operation::Stats,
+            Self::EnrollPhone {
+                user,
+                number,
+                label,
+            } => Operation::EnrollPhone {
+                user,
+                number,
+                label,
+            },
+            Self::BindPushKey { device, key } => Operation::BindPushKey {
+                device: DeviceId(device),
+                key,
+            },
+            Self::VerifyPhone { user, number } => {
+                Operation::StartPhoneVerification { user, number }
+            }
+            Self::ConfirmPhone { user, code } => Operation::ConfirmPhone {
+                user,
+                code: Answer::new(&code),
+            },
+            Self::SetIdentity {
+                user,
+                residence,
+                date_of_birth,
+                citizenship,
+                id_document,
+            } => Operation::SetIdentity {
+                user,
+                identity: Identification {
+                    residence,
+                    date_of_birth,
+                    citizenship,
+                    id_document,
+                },
+            },
+            Self::OptOut { user } => Operation::SetOptOut {
+                user,
+                opted_out: true,
+            },
+            Self::OptIn { user } => Operation::SetOptOut {
+                user,
+                opted_out: false,
+            },
+            Self::Share {
+                requesting_user,
+                owner_user,
+                device,
+                challenge,
+                response,
+            } => Operation::ShareDevice {
+                requesting_user,
+                owner_user,
+                device: DeviceId(device),
+                challenge: ChallengeId(challenge),
+                response: Answer::new(&response),
+            },
+            Self::ApproveShare { share } => Operation::DecideShare {
+                share: ShareId(share),
+                approve: true,
+            },
+            Self::RejectShare { share } => Operation::DecideShare {
+                share: ShareId(share),
+                approve: false,
+            },
+            Self::CancelShare { share } => Operation::CancelShare {
+                share: ShareId(share),
+            },
+            Self::Shares => Operation::Shares,
+            Self::TemporaryCode { user } => Operation::IssueTemporaryCode { user },
+            Self::OrderReplacement { lost, pin, label } => Operation::OrderReplacement {
+                lost: DeviceId(lost),
+                pin: pin.as_deref().map(Pin::new),
+                label,
+            },
+            Self::ShipReplacement { device, shipped_at } => Operation::ShipReplacement {
+                device: DeviceId(device),
+                shipped_at: shipped_at.unwrap_or_else(slsd::clock::now),
+            },
+            Self::PendingActivations => Operation::PendingActivations,
+            Self::Audit { after, limit } => Operation::AuditLog { after, limit },
+        }
+    }
+}
+
+/// The daemon's address: `--addr`, else `server.listen` of `--config`
+/// (an unspecified address means this machine), else the default.
+fn address(args: &AdminArgs) -> anyhow::Result<SocketAddr> {
+    if let Some(addr) = args.addr {
+        return Ok(addr);
+    }
+    let config = match &args.config {
+        Some(file) => {
+            let text =
+                std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
+            slsd::config::Config::from_toml(&text)
+                .map_err(|e| anyhow!("{}: {e}", file.display()))?
+        }
+        None => slsd::config::Config::default(),
+    };
+    let mut addr = config.server.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok(addr)
+}
+
+pub fn run(args: AdminArgs) -> anyhow::Result<()> {
+    let addr = address(&args)?;
+    let paths = PkiPaths::new(&args.data_dir);
+    if !paths.ca_cert().exists() {
+        bail!(
+            "{}: not a data directory of slsd (no {}); pass --data-dir",
+            args.data_dir.display(),
+            paths.ca_cert().display()
+        );
+    }
+    let tls = pki::client_tls(
+        &paths.ca_cert(),
+        &paths.client_cert(Role::Admin),
+        &paths.client_key(Role::Admin),
+    )
+    .map_err(|e| anyhow!("admin certificate in {}: {e}", args.data_dir.display()))?;
+    let json = args.json;
+    let operation = args.operation.into_operation();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let reply = runtime.block_on(async {
+        let client = Client::connect_with(addr, tls)
+            .await
+            .map_err(|e| anyhow!("cannot reach slsd at {addr}: {e}"))?;
+        let reply = client
+            .call(operation)
+            .await
+            .map_err(|e| anyhow!("slsd at {addr}: {e}"))?;
+        client.close();
+        anyhow::Ok(reply)
+    })?;
+    let value = describe(&reply)?;
+    if json {
+        println!("{value}");
+    } else {
+        print!("{}", human(&value));
+    }
+    Ok(())
+}
+
+/// A moment as UTC date and time (RFC 3339).
+fn time(at: Timestamp) -> String {
+    let seconds = at.0 / 1000 % 86_400;
+    format!(
+        "{}T{:02}:{:02}:{:02}Z",
+        Day::of(at).iso(),
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
+    )
+}
+
+fn device_status(status: DeviceStatus) -> String {
+    match status {
+        DeviceStatus::Active => "active".into(),
+        DeviceStatus::Expired => "expired".into(),
+        DeviceStatus::Ordered => "ordered".into(),
+        DeviceStatus::Shipped { activates_at } => {
+            format!("shipped, activates {}", time(activates_at))
+        }
+        DeviceStatus::Suspended => "suspended".into(),
+    }
+}
+
+/// The reply as one JSON value; a failure (error, rejected code, refusal)
+/// as the one line to print.
+fn describe(reply: &Reply) -> anyhow::Result<Value> {
+    Ok(match reply {
+        Reply::Done => json!({ "result": "done" }),
+        Reply::Enrolled { device, secret } => {
+            let mut out = json!({ "device": device.0 });
+            if let Some(secret) = secret {
+                // Shown once: the operator hands it to the device.
+                out["secret"] = json!(hex::encode(secret.expose_secret()));
+            }
+            out
+        }
+        Reply::Devices { required, devices } => json!({
+            "second_factor_required": required,
+            "devices": devices.iter().map(|d| json!({
+                "device": d.device.0,
+                "kind": d.kind.to_string(),
+                "label": d.label,
+                "status": device_status(d.status),
+                "locked_for_s": d.locked_for.as_secs(),
+                "owner": d.owner.as_ref().map(Username::to_string),
+            })).collect::<Vec<_>>(),
+        }),
+        Reply::Stats(stats) => Value::Object(
+            stats
+                .iter()
+                .map(|s| (s.name.clone(), json!(s.value)))
+                .collect::<Map<_, _>>(),
+        ),
+        Reply::VerificationSent { expires_in } => {
+            json!({ "result": "confirm code sent", "expires_in_s": expires_in.as_secs() })
+        }
+        Reply::PhoneConfirmed { sms_device } => json!({
+            "result": "number confirmed",
+            "sms_device": sms_device.map(|d| d.0),
+        }),
+        Reply::Share { share, active } => json!({
+            "share": share.to_string(),
+            "state": if *active { "active" } else { "pending approval" },
+        }),
+        Reply::Shares(shares) => json!({
+            "shares": shares.iter().map(|s| json!({
+                "share": s.share.to_string(),
+                "requesting_user": s.requesting_user.to_string(),
+                "owner_user": s.owner_user.to_string(),
+                "device": s.device.0,
+                "state": if s.active { "active" } else { "pending approval" },
+            })).collect::<Vec<_>>(),
+        }),
+        Reply::TemporaryCode {
+            device,
+            code,
+            expires_in,
+            uses,
+        } => json!({
+            "device": device.0,
+            // Shown once: the operator reads it to the user.
+            "code": code.as_str(),
+            "expires_in_s": expires_in.as_secs(),
+            "uses": uses,
+        }),
+        Reply::PendingActivations(pending) => json!({
+            "pending_activations": pending.iter().map(|p| json!({
+                "device": p.device.0,
+                "user": p.user.to_string(),
+                "replaces": p.replaces.0,
+                "shipped_at": time(p.shipped_at),
+                "activates_at": time(p.activates_at),
+            })).collect::<Vec<_>>(),
+        }),
+        Reply::Audit(entries) => json!({
+            "audit": entries.iter().map(|e| json!({
+                "seq": e.seq,
+                "at": time(e.at),
+                "actor": e.actor,
+                "action": e.action,
+                "user": e.user.as_ref().map(Username::to_string),
+                "device": e.device.map(|d| d.0),
+                "detail": e.detail,
+            })).collect::<Vec<_>>(),
+        }),
+        Reply::Verdict(Verdict::Rejected { attempts_left }) => {
+            bail!("wrong code: {attempts_left} attempts left")
+        }
+        Reply::Verdict(Verdict::Expired) => bail!("the code has expired"),
+        Reply::Verdict(Verdict::LockedOut { retry_after }) => {
+            bail!("locked out: retry in {} s", retry_after.as_secs())
+        }
+        Reply::Verdict(Verdict::UnknownChallenge) => bail!("no such challenge"),
+        Reply::Verdict(verdict) => json!({ "verdict": format!("{verdict:?}") }),
+        Reply::Refused { reason, message } => bail!("refused ({}): {message}", reason.as_str()),
+        Reply::Error { code, message, .. } => bail!("{code:?}: {message}"),
+        // Replies of other roles never answer an admin operation.
+        other => bail!("unexpected reply {other:?}"),
+    })
+}
+
+/// `key: value` lines; a list of records as one line per record.
+fn human(value: &Value) -> String {
+    let mut out = String::new();
+    let Value::Object(fields) = value else {
+        return format!("{value}\n");
+    };
+    for (key, field) in fields {
+        match field {
+            Value::Array(items) => {
+                out.push_str(&format!("{key}: {}\n", items.len()));
+                for item in items {
+                    out.push_str("  ");
+                    out.push_str(&inline(item));
+                    out.push('\n');
+                }
+            }
+            other => out.push_str(&format!("{key}: {}\n", scalar(other))),
+        }
+    }
+    out
+}
+
+fn inline(value: &Value) -> String {
+    match value {
+        Value::Object(fields) => fields
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| format!("{k}={}", scalar(v)))
+            .collect::<Vec<_>>()
+            .join("  "),
+        other => scalar(other),
+    }
+}
+
+fn scalar(value: &Value) -> String {
+    match value {
+        Value::String(text) if text.contains(' ') => format!("{text:?}"),
+        Value::String(text) => text.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,133 @@
+//! `slsd admin`: every operation reaches the running daemon with the admin
+//! certificate of its data directory; the output is readable or JSON, and
+//! a failure is one line on stderr with a non-zero exit.
+
+mod support;
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use slsd::policy::calendar::Day;
+use support::daemon::Daemon;
+
+fn admin(daemon: &Daemon, args: &[&str]) -> Output {
+    Command::new(support::binary("slsd"))
+        .arg("admin")
+        .arg("--data-dir")
+        .arg(&daemon.data_dir)
+        .arg("--addr")
+        .arg(daemon.quic.to_string())
+        .args(args)
+        .output()
+        .expect("run slsd admin")
+}
+
+/// The JSON a successful `--json` run prints.
+fn json(daemon: &Daemon, args: &[&str]) -> Value {
+    let mut with_json = args.to_vec();
+    with_json.push("--json");
+    let output = admin(daemon, &with_json);
+    serde_json::from_str(&support::stdout_ok(&output)).expect("JSON on stdout")
+}
+
+/// The one stderr line of a failing run.
+fn failure(daemon: &Daemon, args: &[&str]) -> String {
+    let output = admin(daemon, args);
+    assert!(!output.status.success(), "{args:?} succeeded");
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    stderr.trim_end().to_owned()
+}
+
+#[test]
+fn admin_operations_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"), "", "");
+
+    let enrolled = json(&daemon, &["enroll", "alice", "scc", "--label", "card"]);
+    let card = enrolled["device"].as_u64().unwrap();
+    assert_eq!(enrolled["secret"].as_str().unwrap().len() % 2, 0, "hex key");
+    let human = support::stdout_ok(&admin(&daemon, &["devices", "alice"]));
+    assert!(human.contains("second_factor_required: true"), "{human}");
+    assert!(
+        human.contains(&format!("device={card}")) && human.contains("status=active"),
+        "{human}"
+    );
+
+    // Identification, and the opt-out refused for a Hong Kong resident.
+    let identity = [
+        "--residence",
+        "HK",
+        "--date-of-birth",
+        "1980-04-02",
+        "--citizenship",
+        "CN",
+        "--id-document",
+        "P 1",
+    ];
+    let mut set = vec!["set-identity", "alice"];
+    set.extend(identity);
+    assert_eq!(json(&daemon, &set)["result"], "done");
+    let refused = failure(&daemon, &["opt-out", "alice"]);
+    assert!(
+        refused.starts_with("error: refused (opt-out-forbidden)") && refused.contains("SFC"),
+        "{refused}"
+    );
+
+    // A temporary code, listed among the devices; revoked again.
+    let temporary = json(&daemon, &["temporary-code", "bob"]);
+    assert_eq!(temporary["uses"], 5);
+    let code_device = temporary["device"].as_u64().unwrap().to_string();
+    assert_eq!(
+        json(&daemon, &["devices", "bob"])["devices"][0]["kind"],
+        "temporary"
+    );
+    assert_eq!(json(&daemon, &["revoke", &code_device])["result"], "done");
+    let gone = failure(&daemon, &["revoke", &code_device]);
+    assert_eq!(gone, "error: NotFound: no such device");
+
+    // A replacement card, shipped yesterday: it activates itself 21 days
+    // after shipment.
+    let ordered = json(
+        &daemon,
+        &["order-replacement", &card.to_string(), "--pin", "4821"],
+    );
+    let new = ordered["device"].as_u64().unwrap().to_string();
+    let yesterday = Day(Day::of(slsd::clock::now()).0 - 1);
+    let shipped = yesterday.iso();
+    let ship = ["ship-replacement", new.as_str(), "--shipped-at", &shipped];
+    assert_eq!(json(&daemon, &ship)["result"], "done");
+    let pending = json(&daemon, &["pending-activations"]);
+    let activates = Day(yesterday.0 + 21).iso();
+    assert_eq!(
+        pending["pending_activations"][0]["activates_at"],
+        format!("{activates}T00:00:00Z")
+    );
+
+    // Shares and stats answer; the audit log lists what was done, in order.
+    assert_eq!(json(&daemon, &["shares"])["shares"], Value::Array(vec![]));
+    assert!(json(&daemon, &["stats"])["devices"].as_u64().is_some());
+    let audit = json(&daemon, &["audit", "--limit", "500"]);
+    let actions: Vec<&str> = audit["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions.first(), Some(&"enroll"));
+    assert!(actions.contains(&"issue-temporary-code") && actions.contains(&"ship-replacement"));
+    assert!(audit["audit"][0]["actor"] == "admin");
+
+    // Bad input and an unreachable daemon: one line, non-zero exit.
+    let usage = admin(&daemon, &["revoke", "many"]);
+    assert_eq!(usage.status.code(), Some(2));
+    let missing = Command::new(support::binary("slsd"))
+        .args(["admin", "--data-dir"])
+        .arg(dir.path().join("nowhere"))
+        .arg("stats")
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not a data directory of slsd"));
+}
