@@ -5,7 +5,8 @@
 //! revoke on one node stops the other within the cache TTL, and a master
 //! killed under load fails over without losing an acknowledged enrolment;
 //! SMS codes and push approvals cross from node to node; the simulator's
-//! flows and attackers pass against both nodes.
+//! flows and attackers pass against both nodes; withdrawals on both nodes
+//! never together pass a limit, and the audit log is one for both.
 
 mod support;
 
@@ -939,4 +940,113 @@ fn succeeded(output: &std::process::Output) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withdrawals_on_both_nodes_never_together_pass_a_limit_and_are_audited_once() {
+    // The DSC+ limited to 200,000 USD a day for this test.
+    let deployment = deploy(
+        "[challenges]\nper-user-per-minute = 1000\n\
+         [devices.dsc-plus]\nwithdrawal-limit = { per-day = 200_000, per-five-business-days = 600_000 }\n",
+    );
+    let admin_b = deployment.b.client(Role::Admin).await;
+    let admin = deployment.a.client(Role::Admin).await;
+    let gateway_a = Arc::new(deployment.a.client(Role::Gateway).await);
+    let gateway_b = Arc::new(deployment.b.client(Role::Gateway).await);
+    let device = enroll_dsc(&admin, "jdoe").await.unwrap();
+
+    // 16 withdrawals of 20,000 USD at once, half on each node (each
+    // answering a challenge the other node issued): exactly 10 fit.
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let (issuer, checker) = if i % 2 == 0 {
+            (&gateway_a, &gateway_b)
+        } else {
+            (&gateway_b, &gateway_a)
+        };
+        let (challenge, answer) = open(issuer, "jdoe", device).await;
+        let checker = Arc::clone(checker);
+        tasks.push(tokio::spawn(async move {
+            checker
+                .call(Operation::AuthorizeWithdrawal {
+                    user: user("jdoe"),
+                    amount_cents: 2_000_000,
+                    challenge,
+                    response: Answer::new(&answer),
+                })
+                .await
+                .unwrap()
+        }));
+    }
+    let mut approved = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Reply::WithdrawalApproved { .. } => approved += 1,
+            Reply::OverLimit {
+                device_kind: DeviceKind::DscPlus,
+                ..
+            } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(approved, 10);
+    // Either node sees the same ledger: nothing left today.
+    let (challenge, answer) = open(&gateway_b, "jdoe", device).await;
+    let over = gateway_b
+        .call(Operation::AuthorizeWithdrawal {
+            user: user("jdoe"),
+            amount_cents: 1,
+            challenge,
+            response: Answer::new(&answer),
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            over,
+            Reply::OverLimit {
+                remaining_today: Some(0),
+                remaining_5d: Some(40_000_000),
+                ..
+            }
+        ),
+        "{over:?}"
+    );
+    // One audit log for the deployment, read from either node: the
+    // enrolment and the ten withdrawals, numbered without gaps.
+    for admin in [&admin, &admin_b] {
+        let Reply::Audit(entries) = admin
+            .call(Operation::AuditLog {
+                after: 0,
+                limit: 100,
+            })
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions[0], "enroll");
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|a| **a == "withdrawal-approved")
+                .count(),
+            10
+        );
+        assert_eq!(entries.len(), 11);
+        let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=11).collect::<Vec<_>>());
+        let Reply::Audit(rest) = admin
+            .call(Operation::AuditLog {
+                after: 10,
+                limit: 100,
+            })
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(rest, entries[10..].to_vec());
+    }
 }

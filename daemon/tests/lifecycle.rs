@@ -318,6 +318,29 @@ fn withdrawals_follow_the_limits_of_the_device_that_confirmed_them() {
         ),
         "{big:?}"
     );
+    // No amount of nothing, nor one past what every store counts exactly.
+    for cents in [0, slsd::engine::MAX_WITHDRAWAL_CENTS + 1] {
+        let (challenge, response) = w.login("amy", dsc, T0);
+        let refused = w.gateway(
+            Operation::AuthorizeWithdrawal {
+                user: user("amy"),
+                amount_cents: cents,
+                challenge,
+                response,
+            },
+            T0,
+        );
+        assert!(
+            matches!(
+                refused,
+                Reply::Error {
+                    code: ErrorCode::InvalidArgument,
+                    ..
+                }
+            ),
+            "{cents}: {refused:?}"
+        );
+    }
     // A wrong answer is a verdict, and nothing is booked.
     let (challenge, _) = w.challenge("amy", card, T0);
     let wrong = w.gateway(

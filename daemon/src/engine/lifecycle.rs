@@ -643,9 +643,8 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> super::Outcome {
-        if amount == 0 {
-            return Reply::error(ErrorCode::InvalidArgument, "the amount must be above zero")
-                .into();
+        if let Some(refusal) = super::invalid_amount(amount) {
+            return refusal.into();
         }
         let mut outcome = self.verify(challenge, response, now, rng);
         let (device, kind) = match &outcome.reply {

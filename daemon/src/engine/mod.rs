@@ -991,6 +991,21 @@ impl Engine {
     }
 }
 
+/// The largest amount one withdrawal may ask for, in cents (10 billion
+/// USD): far above any limit, and exact in every store's arithmetic
+/// (Lua's numbers are doubles).
+pub const MAX_WITHDRAWAL_CENTS: u64 = 1_000_000_000_000;
+
+/// The refusal of an amount no withdrawal can have.
+fn invalid_amount(amount: u64) -> Option<Reply> {
+    (amount == 0 || amount > MAX_WITHDRAWAL_CENTS).then(|| {
+        Reply::error(
+            ErrorCode::InvalidArgument,
+            format!("the amount must be 1 to {MAX_WITHDRAWAL_CENTS} cents"),
+        )
+    })
+}
+
 /// The refusal of an operation that is not the caller's role's.
 fn forbidden(role: Role, operation: &Operation) -> Option<Reply> {
     let needed = operation.role();

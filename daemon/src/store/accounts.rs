@@ -768,7 +768,7 @@ pub(super) fn decode_share(id: ShareId, bytes: &[u8]) -> Option<Share> {
     })
 }
 
-fn encode_audit(entry: &AuditRecord) -> Vec<u8> {
+pub(super) fn encode_audit(entry: &AuditRecord) -> Vec<u8> {
     let mut out = vec![1u8];
     out.put_u64(entry.at.0);
     out.put_bytes(entry.actor.as_bytes());
@@ -779,7 +779,7 @@ fn encode_audit(entry: &AuditRecord) -> Vec<u8> {
     out
 }
 
-fn decode_audit(seq: u64, bytes: &[u8]) -> Option<AuditRecord> {
+pub(super) fn decode_audit(seq: u64, bytes: &[u8]) -> Option<AuditRecord> {
     let mut r = Reader::new(bytes);
     if r.u8("version").ok()? != 1 {
         return None;

@@ -121,6 +121,37 @@ end
 return total
 ";
 
+/// `KEYS[1]` today's total, `KEYS[2..]` the other days of the window
+/// (one slot); `ARGV[1]` the amount, `ARGV[2]` the day's limit and
+/// `ARGV[3]` the window's (-1: none), `ARGV[4]` the TTL in ms of a new
+/// day. Adds the amount to today if both totals stay within their limits.
+/// Answers {1 booked / 0 not, today's total before, the window's before}.
+const BOOK_UNDER_LIMITS: &str = r"
+local today = tonumber(redis.call('GET', KEYS[1]) or '0')
+local window = today
+for i = 2, #KEYS do
+  window = window + tonumber(redis.call('GET', KEYS[i]) or '0')
+end
+local amount = tonumber(ARGV[1])
+local day_limit = tonumber(ARGV[2])
+local window_limit = tonumber(ARGV[3])
+if (day_limit >= 0 and today + amount > day_limit)
+  or (window_limit >= 0 and window + amount > window_limit) then
+  return {0, today, window}
+end
+redis.call('INCRBY', KEYS[1], amount)
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+return {1, today, window}
+";
+
+/// `KEYS[1]` a sequence counter, `KEYS[2]` its log (one slot); `ARGV[1]`
+/// the entry. Appends it; answers its sequence number (its index + 1).
+const APPEND_LOG: &str = r"
+local seq = redis.call('INCR', KEYS[1])
+redis.call('RPUSH', KEYS[2], ARGV[1])
+return seq
+";
+
 /// `KEYS` versioned records of one slot. Answers, per key, its version
 /// ("0" when absent) and value.
 const READ_MANY: &str = r"
@@ -401,16 +432,7 @@ impl RedisStore {
     pub async fn members(&self, key: &Key) -> Result<Vec<Vec<u8>>, RedisError> {
         let mut command = redis::cmd("SMEMBERS");
         command.arg(key.as_str());
-        match self.run(key, command, false).await? {
-            Value::Array(values) | Value::Set(values) => values
-                .into_iter()
-                .map(|value| match value {
-                    Value::BulkString(bytes) => Ok(bytes),
-                    other => Err(RedisError::Unexpected(format!("{other:?}"))),
-                })
-                .collect(),
-            other => Err(RedisError::Unexpected(format!("{other:?}"))),
-        }
+        byte_strings(self.run(key, command, false).await?)
     }
 
     /// Appends `value` to the list at `key` (a queue: `pop_front` takes
@@ -437,17 +459,7 @@ impl RedisStore {
     pub async fn pop_front(&self, key: &Key, count: usize) -> Result<Vec<Vec<u8>>, RedisError> {
         let mut command = redis::cmd("RPOP");
         command.arg(key.as_str()).arg(count.max(1));
-        match self.run(key, command, false).await? {
-            Value::Nil => Ok(Vec::new()),
-            Value::Array(values) => values
-                .into_iter()
-                .map(|value| match value {
-                    Value::BulkString(bytes) => Ok(bytes),
-                    other => Err(RedisError::Unexpected(format!("{other:?}"))),
-                })
-                .collect(),
-            other => Err(RedisError::Unexpected(format!("{other:?}"))),
-        }
+        byte_strings(self.run(key, command, false).await?)
     }
 
     /// Sets `field` of the hash at `key` to `value`; `None` removes it.
@@ -619,6 +631,79 @@ impl RedisStore {
         Ok(u64::try_from(version).map_or(Swap::Conflict, Swap::Done))
     }
 
+    /// Adds `amount` to the counter `today` if it and the sum of `today`
+    /// and `earlier` (counters of the same slot) stay within their limits
+    /// (`None`: no limit). Answers whether it was added, and both totals
+    /// before. A new counter lives `ttl`.
+    pub async fn add_under_limits(
+        &self,
+        today: &Key,
+        earlier: &[Key],
+        amount: u64,
+        limits: (Option<u64>, Option<u64>),
+        ttl: Duration,
+    ) -> Result<(bool, u64, u64), RedisError> {
+        let limit = |l: Option<u64>| l.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let mut command = redis::cmd("EVAL");
+        command
+            .arg(BOOK_UNDER_LIMITS)
+            .arg(1 + earlier.len())
+            .arg(today.as_str());
+        for key in earlier {
+            command.arg(key.as_str());
+        }
+        command
+            .arg(amount)
+            .arg(limit(limits.0))
+            .arg(limit(limits.1))
+            .arg(millis(ttl).max(1));
+        match self.run(today, command, true).await? {
+            Value::Array(values) => match values.as_slice() {
+                [booked, day, window] => {
+                    let count = |v: &Value| int(v).map(|n| u64::try_from(n).unwrap_or(0));
+                    Ok((int(booked)? == 1, count(day)?, count(window)?))
+                }
+                other => Err(RedisError::Unexpected(format!("{other:?}"))),
+            },
+            other => Err(RedisError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Appends `entry` to the log at `log`, numbered by `counter` (same
+    /// slot); its sequence number, from 1.
+    pub async fn append_log(
+        &self,
+        counter: &Key,
+        log: &Key,
+        entry: &[u8],
+    ) -> Result<u64, RedisError> {
+        let mut command = redis::cmd("EVAL");
+        command
+            .arg(APPEND_LOG)
+            .arg(2)
+            .arg(counter.as_str())
+            .arg(log.as_str())
+            .arg(entry);
+        let seq = int(&self.run(counter, command, true).await?)?;
+        u64::try_from(seq).map_err(|_| RedisError::Unexpected(format!("sequence {seq}")))
+    }
+
+    /// Up to `count` entries of the list at `key` from index `start`.
+    pub async fn range(
+        &self,
+        key: &Key,
+        start: u64,
+        count: usize,
+    ) -> Result<Vec<Vec<u8>>, RedisError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let stop = start.saturating_add(count as u64 - 1);
+        let mut command = redis::cmd("LRANGE");
+        command.arg(key.as_str()).arg(start).arg(stop);
+        byte_strings(self.run(key, command, false).await?)
+    }
+
     /// Adds `amount` to the counter if the total stays within `limit`;
     /// `Some(total)`, or `None` when it would not (nothing added). A new
     /// counter lives `ttl`.
@@ -649,6 +734,21 @@ fn single(key: &Key) -> SingleNodeRoutingInfo {
 
 fn route(key: &Key) -> redis::cluster_routing::RoutingInfo {
     redis::cluster_routing::RoutingInfo::SingleNode(single(key))
+}
+
+/// A list or set of byte strings (nil: none).
+fn byte_strings(value: Value) -> Result<Vec<Vec<u8>>, RedisError> {
+    match value {
+        Value::Nil => Ok(Vec::new()),
+        Value::Array(values) | Value::Set(values) => values
+            .into_iter()
+            .map(|value| match value {
+                Value::BulkString(bytes) => Ok(bytes),
+                other => Err(RedisError::Unexpected(format!("{other:?}"))),
+            })
+            .collect(),
+        other => Err(RedisError::Unexpected(format!("{other:?}"))),
+    }
 }
 
 fn bytes(value: Value) -> Result<Option<Vec<u8>>, RedisError> {

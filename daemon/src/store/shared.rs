@@ -26,9 +26,11 @@
 //! `:phone-link` (the node its phone is on); `sls:{u:<user>}:devices` (the
 //! user's device ids), `:f:<device>`, `:c:<challenge>`, `:sms`,
 //! `:p:<push>`, `:issued:<minute>`, `:phone` (its one number's device) and
-//! `:pushes` (unanswered); `sls:{c<id>}:owner`, `sls:{k<id>}:owner`,
+//! `:pushes` (unanswered), `:w:<day>` (cents withdrawn on a UTC day);
+//! `sls:{c<id>}:owner`, `sls:{k<id>}:owner`,
 //! `sls:{p<id>}:owner`; `sls:{carrier}:outbox` and `:bridges`;
-//! `sls:{n:<node>}:inbox` and `:alive`; `sls:{meta}:next-device` and `:sms-code-key`.
+//! `sls:{n:<node>}:inbox` and `:alive`; `sls:{meta}:next-device` and `:sms-code-key`;
+//! `sls:{audit}:seq` and `:log` (the audit log, numbered from 1).
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -36,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use rand::CryptoRng;
 
+use super::accounts::{MAX_AUDIT_PAGE, decode_audit, encode_audit};
 use super::records::{DeviceCodec, Stored};
 use super::redis::{Change, Key, RedisStore, Versioned};
 use super::registry::{Device, EnrollError, FailureState, NewDevice, StoreError, Verifier};
@@ -44,8 +47,11 @@ use crate::identity::{ChallengeId, CodeId, DeviceId, PushId, Username};
 use crate::otp::SecretKey;
 use crate::otp::push::PushKey;
 use crate::phone::PhoneNumber;
+use crate::policy::calendar::Day;
+use crate::policy::withdrawal::Withdrawn;
 use crate::profile::DeviceKind;
 use crate::ratelimit::Decision;
+use crate::wire::AuditRecord;
 
 /// How long past its expiry a challenge record is kept, so that a late
 /// answer hears `Expired` rather than `UnknownChallenge`.
@@ -578,6 +584,67 @@ impl SharedStore {
             .await?;
         self.forget(id);
         Ok(deleted > 0)
+    }
+
+    /// Books `amount` cents for `user` on `today` if what they withdrew
+    /// today and since `window_start` still leaves room under `limits`
+    /// (cents per day and per window; `None`: none), in one step on the
+    /// user's slot, so concurrent requests on any node never together pass
+    /// a limit. Answers whether it was booked and what was withdrawn
+    /// before. A day's total is kept `keep_days`.
+    pub async fn book_withdrawal(
+        &self,
+        user: &Username,
+        window_start: Day,
+        today: Day,
+        amount: u64,
+        limits: (Option<u64>, Option<u64>),
+        keep_days: u32,
+    ) -> Result<(bool, Withdrawn), StoreError> {
+        let tag = format!("u:{user}");
+        let day_key = |day: u32| Key::new(&tag, &format!("w:{day}"));
+        let earlier: Vec<Key> = (window_start.0..today.0).map(day_key).collect();
+        let keep = Duration::from_secs(u64::from(keep_days) * 86_400);
+        let (booked, today, five_days) = self
+            .redis
+            .add_under_limits(&day_key(today.0), &earlier, amount, limits, keep)
+            .await?;
+        Ok((booked, Withdrawn { today, five_days }))
+    }
+
+    /// Appends an entry to the deployment's audit log (its `seq` is
+    /// assigned here).
+    pub async fn audit(&self, entry: &AuditRecord) -> Result<u64, StoreError> {
+        let encoded = encode_audit(entry);
+        Ok(self
+            .redis
+            .append_log(
+                &Key::new("audit", "seq"),
+                &Key::new("audit", "log"),
+                &encoded,
+            )
+            .await?)
+    }
+
+    /// The audit log after entry `after`, at most `limit` entries.
+    pub async fn audit_log(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let raw = self
+            .redis
+            .range(&Key::new("audit", "log"), after, limit.min(MAX_AUDIT_PAGE))
+            .await?;
+        raw.iter()
+            .zip(after + 1..)
+            .map(|(bytes, seq)| {
+                decode_audit(seq, bytes).ok_or_else(|| StoreError::Corrupt {
+                    device: 0,
+                    problem: format!("audit entry {seq}"),
+                })
+            })
+            .collect()
     }
 
     /// Some of a user's records, read at one moment (version 0: absent).

@@ -30,18 +30,20 @@ use std::sync::atomic::Ordering;
 use rand::CryptoRng;
 
 use super::{
-    Caller, Engine, Judgement, accepted, disposition_after, enroll_error, forbidden, next_failure,
-    phone_enrolled, push_key_bound, wrong_answer,
+    Caller, Engine, Judgement, accepted, disposition_after, enroll_error, forbidden,
+    invalid_amount, next_failure, phone_enrolled, push_key_bound, wrong_answer,
 };
 use crate::clock::Timestamp;
 use crate::identity::{ChallengeId, DeviceId, Username};
+use crate::policy::calendar::Day;
+use crate::policy::withdrawal::{headroom, kinds_that_allow};
 use crate::ratelimit::Decision;
 use crate::store::challenges::{Disposition, OpenChallenge};
 use crate::store::redis::Change;
 use crate::store::registry::{FailureState, NewDevice, StoreError};
 use crate::store::shared::{EXPIRED_GRACE, Handle, SharedStore, UserRecord, failure_state};
 use crate::wire::request::Answer;
-use crate::wire::{DeviceEntry, EnrollRequest, ErrorCode, Operation, Reply, Verdict};
+use crate::wire::{AuditRecord, DeviceEntry, EnrollRequest, ErrorCode, Operation, Reply, Verdict};
 
 impl Engine {
     /// Whether this engine keeps its state in a shared store.
@@ -70,6 +72,7 @@ impl Engine {
             ));
         };
         let name = operation.name();
+        let mut audited = audit_subject(&operation);
         let result = match operation {
             Operation::Devices { user } => self.shared_devices(store, &user, now, false).await,
             Operation::ListDevices { user } => self.shared_devices(store, &user, now, true).await,
@@ -80,16 +83,21 @@ impl Engine {
                 challenge,
                 response,
             } => self.shared_verify(store, challenge, &response, now).await,
-            Operation::Enroll(request) => {
-                return Some(self.shared_enroll(store, request, now, rng).await);
-            }
-            Operation::Revoke { device } => shared_revoke(store, device).await,
-            Operation::BindPushKey { device, key } => {
-                return Some(push_key_bound(
-                    device,
-                    store.bind_push_key(device, key).await,
-                ));
-            }
+            Operation::Enroll(request) => Ok(self.shared_enroll(store, request, now, rng).await),
+            Operation::Revoke { device } => match store.device(device).await {
+                Ok(found) => {
+                    // The audit entry names whose device it was.
+                    if let Some(subject) = audited.as_mut() {
+                        subject.user = found.map(|d| d.user.clone());
+                    }
+                    shared_revoke(store, device).await
+                }
+                Err(error) => Err(error),
+            },
+            Operation::BindPushKey { device, key } => Ok(push_key_bound(
+                device,
+                store.bind_push_key(device, key).await,
+            )),
             Operation::Unlock { user, device } => shared_unlock(store, &user, device).await,
             Operation::Stats => Ok(self.stats()),
             Operation::EnrollPhone {
@@ -98,7 +106,7 @@ impl Engine {
                 label,
             } => {
                 let enrolled = store.enroll_phone(rng, &user, number, &label, now).await;
-                return Some(phone_enrolled(&user, enrolled));
+                Ok(phone_enrolled(&user, enrolled))
             }
             Operation::SendCode { user, channel } => {
                 self.shared_send_code(store, &user, channel, now, rng).await
@@ -138,12 +146,31 @@ impl Engine {
                 self.shared_answer_push(store, caller, push, None, now)
                     .await
             }
-            // The device lifecycle (identification, opt-out, shares,
-            // temporary codes, replacements, the withdrawal ledger, phone
-            // verification, IB Key activation, the audit log) lives in the
-            // embedded registry only so far.
-            Operation::AuthorizeWithdrawal { .. }
-            | Operation::SetIdentity { .. }
+            Operation::AuthorizeWithdrawal {
+                user,
+                amount_cents,
+                challenge,
+                response,
+            } => {
+                self.shared_authorize_withdrawal(
+                    store,
+                    caller,
+                    &user,
+                    amount_cents,
+                    challenge,
+                    &response,
+                    now,
+                )
+                .await
+            }
+            Operation::AuditLog { after, limit } => store
+                .audit_log(after, usize::from(limit))
+                .await
+                .map(Reply::Audit),
+            // The rest of the device lifecycle (identification, opt-out,
+            // shares, temporary codes, replacements, phone verification,
+            // IB Key activation) lives in the embedded registry only so far.
+            Operation::SetIdentity { .. }
             | Operation::SetOptOut { .. }
             | Operation::ShareDevice { .. }
             | Operation::DecideShare { .. }
@@ -153,7 +180,6 @@ impl Engine {
             | Operation::OrderReplacement { .. }
             | Operation::ShipReplacement { .. }
             | Operation::PendingActivations
-            | Operation::AuditLog { .. }
             | Operation::StartPhoneVerification { .. }
             | Operation::ConfirmPhone { .. }
             | Operation::StartActivation { .. }
@@ -161,6 +187,14 @@ impl Engine {
                 ErrorCode::Unsupported,
                 format!("{name} is not available on the shared store yet: use the embedded store"),
             )),
+        };
+        // Registry changes are audited once they are made.
+        let result = match (result, audited) {
+            (Ok(reply), Some(subject)) => self
+                .audit_change(store, caller, subject, &reply, now)
+                .await
+                .map(|()| reply),
+            (result, _) => result,
         };
         Some(result.unwrap_or_else(|error| {
             tracing::warn!(%error, operation = name, "shared store failed");
@@ -418,6 +452,153 @@ impl Engine {
             }
             Err(error) => enroll_error(error),
         }
+    }
+}
+
+/// What an audit entry of a registry change says, known before the change
+/// (an enrolled device's id comes from its reply).
+struct AuditSubject {
+    action: &'static str,
+    user: Option<Username>,
+    device: Option<DeviceId>,
+    detail: String,
+}
+
+/// The audit entry an operation makes when it succeeds, if it changes the
+/// registry (the same actions as the embedded registry's).
+fn audit_subject(operation: &Operation) -> Option<AuditSubject> {
+    let subject = |action, user: Option<&Username>, device, detail: String| AuditSubject {
+        action,
+        user: user.cloned(),
+        device,
+        detail,
+    };
+    Some(match operation {
+        Operation::Enroll(request) => subject(
+            "enroll",
+            Some(&request.user),
+            None,
+            request.kind.to_string(),
+        ),
+        Operation::EnrollPhone { user, .. } => {
+            subject("enroll-phone", Some(user), None, String::new())
+        }
+        Operation::BindPushKey { device, .. } => {
+            subject("bind-push-key", None, Some(*device), String::new())
+        }
+        Operation::Revoke { device } => subject("revoke", None, Some(*device), String::new()),
+        Operation::Unlock { user, device } => subject("unlock", Some(user), *device, String::new()),
+        _ => return None,
+    })
+}
+
+impl Engine {
+    /// Appends the audit entry of a change that succeeded (`Enrolled` or
+    /// `Done`); a refused change is not one.
+    async fn audit_change(
+        &self,
+        store: &SharedStore,
+        caller: &Caller<'_>,
+        subject: AuditSubject,
+        reply: &Reply,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let device = match reply {
+            Reply::Enrolled { device, .. } => Some(*device),
+            Reply::Done => subject.device,
+            _ => return Ok(()),
+        };
+        let entry = AuditRecord {
+            seq: 0,
+            at: now,
+            actor: Self::actor(caller).0.to_owned(),
+            action: subject.action.to_owned(),
+            user: subject.user,
+            device,
+            detail: subject.detail,
+        };
+        store.audit(&entry).await.map(drop)
+    }
+
+    /// `AuthorizeWithdrawal` on the shared store: the answer is verified
+    /// as by `Verify` (on any node), then the amount is booked on the
+    /// user's slot in one step against both limits.
+    #[allow(clippy::too_many_arguments)]
+    async fn shared_authorize_withdrawal(
+        &self,
+        store: &SharedStore,
+        caller: &Caller<'_>,
+        user: &Username,
+        amount: u64,
+        challenge: ChallengeId,
+        response: &Answer,
+        now: Timestamp,
+    ) -> Result<Reply, StoreError> {
+        if let Some(refusal) = invalid_amount(amount) {
+            return Ok(refusal);
+        }
+        let (device, kind) = match self.shared_verify(store, challenge, response, now).await? {
+            Reply::Verdict(Verdict::Accepted {
+                user: answered,
+                device,
+                kind,
+            }) if &answered == user => (device, kind),
+            Reply::Verdict(Verdict::Accepted { .. }) => {
+                return Ok(Reply::error(
+                    ErrorCode::InvalidArgument,
+                    "the challenge was issued for another user",
+                ));
+            }
+            other => return Ok(other),
+        };
+        let today = Day::of(now);
+        let start = self.config.withdrawals.holidays.window_start(today, 5);
+        let limit = self.config.devices.get(kind).withdrawal_limit;
+        let cents = |dollars: Option<u64>| dollars.map(|d| d.saturating_mul(100));
+        let limits = (cents(limit.per_day), cents(limit.per_five_business_days));
+        let (booked, withdrawn) = store
+            .book_withdrawal(
+                user,
+                start,
+                today,
+                amount,
+                limits,
+                self.config.withdrawals.ledger_days,
+            )
+            .await?;
+        let left = headroom(limit, withdrawn);
+        if !booked {
+            let holds: Vec<_> = store
+                .devices_of(user)
+                .await?
+                .iter()
+                .map(|d| d.kind)
+                .collect();
+            return Ok(Reply::OverLimit {
+                device_kind: kind,
+                remaining_today: left.today,
+                remaining_5d: left.five_days,
+                kinds_that_allow: kinds_that_allow(&self.config.devices, withdrawn, amount, &holds),
+            });
+        }
+        // Booked first: if the audit entry cannot be written the request
+        // fails, and the amount still counts (the safe side of a limit).
+        let entry = AuditRecord {
+            seq: 0,
+            at: now,
+            actor: Self::actor(caller).0.to_owned(),
+            action: "withdrawal-approved".into(),
+            user: Some(user.clone()),
+            device: Some(device),
+            detail: format!("{amount} cents with {kind} on {}", today.iso()),
+        };
+        store.audit(&entry).await?;
+        Ok(Reply::WithdrawalApproved {
+            device,
+            kind,
+            remaining_today: left.today.map(|l| l - amount),
+            remaining_5d: left.five_days.map(|l| l - amount),
+        })
     }
 }
 
