@@ -69,16 +69,21 @@ impl Engine {
         }
     }
 
-    /// `device` if `user` may log in with it at `now`.
+    /// `device` if `user` may log in with it at `now` (what
+    /// `login_devices` would list, without listing: the login path).
     pub(super) fn login_device(
         &self,
         user: &Username,
         device: DeviceId,
         now: Timestamp,
     ) -> Option<Arc<Device>> {
-        self.login_devices(user, now)
-            .into_iter()
-            .find(|d| d.id == device)
+        let allowed = |d: &Device| match self.active_share_of(user) {
+            Some(share) => share.device == d.id,
+            None => &d.user == user,
+        };
+        self.registry
+            .device(device)
+            .filter(|d| allowed(d) && d.usable_at(now))
     }
 
     /// The answer to `Devices` (a login: usable devices only) and
