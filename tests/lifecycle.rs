@@ -72,8 +72,13 @@ struct World {
 
 impl World {
     async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// With more configuration tables.
+    async fn start_with(sections: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let daemon = Daemon::start(&dir.path().join("data"), "", CONFIG);
+        let daemon = Daemon::start(&dir.path().join("data"), "", &format!("{CONFIG}{sections}"));
         Self::connect(dir, daemon).await
     }
 
@@ -1005,4 +1010,37 @@ async fn a_restart_in_the_middle_of_a_lifecycle_loses_nothing() {
     ));
     let after = w.audit_actions().await;
     assert_eq!(after[..before.len()], before[..], "the audit log is kept");
+}
+
+#[tokio::test]
+async fn registry_changes_waiting_at_once_are_bounded() {
+    // One change at a time may wait for its commit: of 32 enrolments sent
+    // in one write, those that find it taken are told `Busy` at once.
+    let w = World::start_with("[store]\nchanges-in-flight = 1\n").await;
+    let enrolments = (0..32)
+        .map(|i| {
+            Operation::Enroll(EnrollRequest {
+                user: user(&format!("u{i}")),
+                kind: DeviceKind::Scc,
+                secret: None,
+                pin: None,
+                label: String::new(),
+            })
+        })
+        .collect();
+    let mut stream = w.admin.stream().await.unwrap();
+    let ids = stream.send_batch(enrolments).await.unwrap();
+    let (mut enrolled, mut busy) = (0, 0);
+    for _ in &ids {
+        match stream.receive().await.unwrap().reply {
+            Reply::Enrolled { .. } => enrolled += 1,
+            reply if error_code(&reply) == Some(ErrorCode::Busy) => busy += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(enrolled > 0 && busy > 0, "enrolled {enrolled}, busy {busy}");
+    // The refused ones change nothing; the next change and login work.
+    let mut w = w;
+    let card = w.enroll("late", DeviceKind::Scc).await;
+    assert!(w.logs_in("late", card).await);
 }

@@ -239,7 +239,7 @@ fn bench_starts_its_own_daemon_and_reports() {
         "--users",
         "100",
         "--mix",
-        "login=60,sms=20,push=20",
+        "login=50,sms=20,push=20,withdrawal=10",
         "--json",
         report_path.to_str().unwrap(),
     ]);
@@ -252,15 +252,22 @@ fn bench_starts_its_own_daemon_and_reports() {
     assert!(report["attacker_requests"].as_u64().unwrap() > 0);
     assert!(report["daemon_cpu_s"].as_f64().unwrap() > 0.0);
     // SMS codes went through the emulated carrier, pushes through the
-    // emulated phones, and every one of them was accepted.
-    for flow in ["login", "sms", "push"] {
+    // emulated phones, withdrawals were confirmed, and every one of them
+    // was accepted.
+    for flow in ["login", "sms", "push", "withdrawal"] {
         assert!(
             report["flows"][flow]["count"].as_u64().unwrap() > 0,
             "{flow}: {}",
             report["flows"]
         );
     }
-    for op in ["send_code", "verify_code", "push", "await_push"] {
+    for op in [
+        "send_code",
+        "verify_code",
+        "push",
+        "await_push",
+        "authorize_withdrawal",
+    ] {
         assert!(
             report["operations"][op]["count"].as_u64().unwrap() > 0,
             "{op}"
@@ -297,11 +304,11 @@ fn fleet_and_load_refuse_mixes_they_cannot_run() {
         "--fleet",
         "/nonexistent",
         "--mix",
-        "login=90,withdrawal=10",
+        "login=90,refund=10",
     ]);
     assert!(!run.status.success());
     assert!(
-        String::from_utf8_lossy(&run.stderr).contains("withdrawal"),
+        String::from_utf8_lossy(&run.stderr).contains("unknown flow \"refund\""),
         "{}",
         text(&run)
     );

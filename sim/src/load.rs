@@ -118,6 +118,7 @@ pub struct FlowMix {
     pub login: u32,
     pub sms: u32,
     pub push: u32,
+    pub withdrawal: u32,
 }
 
 impl Default for FlowMix {
@@ -126,13 +127,14 @@ impl Default for FlowMix {
             login: 100,
             sms: 0,
             push: 0,
+            withdrawal: 0,
         }
     }
 }
 
 impl FlowMix {
     fn total(&self) -> u32 {
-        self.login + self.sms + self.push
+        self.login + self.sms + self.push + self.withdrawal
     }
 
     /// The flow of a roll in `0..total()`.
@@ -141,8 +143,10 @@ impl FlowMix {
             Flow::Login
         } else if roll < self.login + self.sms {
             Flow::Sms
-        } else {
+        } else if roll < self.login + self.sms + self.push {
             Flow::Push
+        } else {
+            Flow::Withdrawal
         }
     }
 }
@@ -155,6 +159,7 @@ impl FromStr for FlowMix {
             login: 0,
             sms: 0,
             push: 0,
+            withdrawal: 0,
         };
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, share) = part
@@ -171,12 +176,7 @@ impl FromStr for FlowMix {
                 "login" => mix.login = share,
                 "sms" => mix.sms = share,
                 "push" => mix.push = share,
-                "withdrawal" if share > 0 => {
-                    return Err(
-                        "--mix: withdrawal: the daemon has no withdrawal operation yet".into(),
-                    );
-                }
-                "withdrawal" => {}
+                "withdrawal" => mix.withdrawal = share,
                 other => {
                     return Err(format!(
                         "--mix: unknown flow {other:?} (expected login, sms, push or withdrawal)"
@@ -708,13 +708,25 @@ async fn one_flow(
     due: Instant,
 ) {
     let list = match roll.flow {
-        Flow::Login => {
+        Flow::Login | Flow::Withdrawal => {
             let member = shared
                 .legit
                 .get(roll.member % shared.legit.len().max(1))
                 .copied();
+            // 1 to 5,000 USD, drawn from the roll: some users reach their
+            // kind's limit during a long run, which is part of the test.
+            let amount =
+                (roll.flow == Flow::Withdrawal).then(|| (roll.member as u64 % 5_000 + 1) * 100);
             if let Some(member) = member {
-                login(shared, (gateway, verifier), part, member, roll.pick, due).await;
+                login(
+                    shared,
+                    (gateway, verifier),
+                    part,
+                    (member, amount),
+                    roll.pick,
+                    due,
+                )
+                .await;
             }
             return;
         }
@@ -847,11 +859,13 @@ async fn push_login(shared: &Shared, gateway: &Pipeline, part: usize, member: us
 
 /// One legitimate login of member `member`, due at `due`; `pick` chooses
 /// among the user's devices.
+/// A challenge/response login, or with `amount` (cents) a withdrawal
+/// confirmed by one: `AuthorizeWithdrawal` instead of `Verify`.
 async fn login(
     shared: &Shared,
     (gateway, verifier): (&Pipeline, &Pipeline),
     part: usize,
-    member: usize,
+    (member, amount): (usize, Option<u64>),
     pick: usize,
     due: Instant,
 ) {
@@ -916,17 +930,49 @@ async fn login(
     let answer = Answer::new(code.as_str());
 
     let sent = Instant::now();
-    let result = verifier
-        .call(Operation::Verify {
-            challenge,
-            response: answer.clone(),
-        })
-        .await;
+    let (op, flow, result) = match amount {
+        None => {
+            let verify = Operation::Verify {
+                challenge,
+                response: answer.clone(),
+            };
+            (Op::Verify, Flow::Login, verifier.call(verify).await)
+        }
+        Some(amount_cents) => {
+            let withdraw = Operation::AuthorizeWithdrawal {
+                user: user.clone(),
+                amount_cents,
+                challenge,
+                response: answer.clone(),
+            };
+            (
+                Op::AuthorizeWithdrawal,
+                Flow::Withdrawal,
+                verifier.call(withdraw).await,
+            )
+        }
+    };
     let got = Instant::now();
-    shared.record(part, |r| r.request(Op::Verify, sent, got));
+    shared.record(part, |r| r.request(op, sent, got));
     let verdict = match result {
         Ok(Reply::Verdict(verdict)) => verdict,
-        other => return shared.error(part, Op::Verify, &other, got),
+        // The answer was accepted; the amount decided the rest.
+        Ok(Reply::WithdrawalApproved {
+            device: by, kind, ..
+        }) => Verdict::Accepted {
+            user: user.clone(),
+            device: by,
+            kind,
+        },
+        Ok(Reply::OverLimit { device_kind, .. }) => {
+            shared.record(part, |r| r.verdict("over_limit"));
+            Verdict::Accepted {
+                user: user.clone(),
+                device,
+                kind: device_kind,
+            }
+        }
+        other => return shared.error(part, op, &other, got),
     };
     shared.record(part, |r| r.verdict(verdict_name(&verdict)));
     match verdict {
@@ -935,7 +981,7 @@ async fn login(
             device: by,
             ..
         } if named == *user && by == device => {
-            shared.record(part, |r| r.login(Flow::Login, due, got));
+            shared.record(part, |r| r.login(flow, due, got));
             let mut observed = lock(&shared.observed);
             if observed.len() == OBSERVED {
                 observed.pop_front();

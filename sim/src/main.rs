@@ -190,7 +190,7 @@ struct LoadArgs {
     load: LoadShape,
     /// Flows and their shares: login (challenge/response), sms (a code
     /// through the emulated carrier), push (IB Key approval on emulated
-    /// phones); withdrawal once the daemon has it.
+    /// phones), withdrawal (a challenge/response confirming an amount).
     #[arg(long, default_value = "login=100")]
     mix: FlowMix,
     #[command(flatten)]
@@ -211,7 +211,7 @@ struct BenchArgs {
     load: LoadShape,
     /// Flows and their shares: login (challenge/response), sms (a code
     /// through the emulated carrier), push (IB Key approval on emulated
-    /// phones); withdrawal once the daemon has it.
+    /// phones), withdrawal (a challenge/response confirming an amount).
     #[arg(long, default_value = "login=100")]
     mix: FlowMix,
     /// A running daemon to load instead of starting one (several nodes

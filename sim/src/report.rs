@@ -19,10 +19,11 @@ pub enum Op {
     VerifyCode,
     Push,
     AwaitPush,
+    AuthorizeWithdrawal,
 }
 
 /// Operations counted.
-const OPS: usize = 7;
+const OPS: usize = 8;
 
 impl Op {
     const ALL: [Self; OPS] = [
@@ -33,6 +34,7 @@ impl Op {
         Self::VerifyCode,
         Self::Push,
         Self::AwaitPush,
+        Self::AuthorizeWithdrawal,
     ];
 
     /// The name in reports and error kinds.
@@ -45,6 +47,7 @@ impl Op {
             Self::VerifyCode => "verify_code",
             Self::Push => "push",
             Self::AwaitPush => "await_push",
+            Self::AuthorizeWithdrawal => "authorize_withdrawal",
         }
     }
 }
@@ -58,18 +61,22 @@ pub enum Flow {
     Sms,
     /// IB Key push approval with number matching.
     Push,
+    /// Challenge/response confirming a withdrawal (`AuthorizeWithdrawal`
+    /// instead of `Verify`); approved or over the limit both complete it.
+    Withdrawal,
 }
 
-const FLOWS: usize = 3;
+const FLOWS: usize = 4;
 
 impl Flow {
-    pub const ALL: [Self; FLOWS] = [Self::Login, Self::Sms, Self::Push];
+    pub const ALL: [Self; FLOWS] = [Self::Login, Self::Sms, Self::Push, Self::Withdrawal];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Login => "login",
             Self::Sms => "sms",
             Self::Push => "push",
+            Self::Withdrawal => "withdrawal",
         }
     }
 }

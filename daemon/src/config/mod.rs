@@ -95,6 +95,7 @@ pub struct StoreConfig {
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
     pub redis_in_flight: usize,
+    pub changes_in_flight: usize,
 }
 
 /// Where state lives.
@@ -385,6 +386,11 @@ impl Config {
             "store.redis-in-flight",
             "must be 1..=1000000",
         )?;
+        check(
+            (1..=100_000).contains(&st.changes_in_flight),
+            "store.changes-in-flight",
+            "must be 1..=100000",
+        )?;
         self.validate_delivery(check)
     }
 
@@ -598,6 +604,10 @@ mod tests {
         assert_eq!(
             error("[store]\nredis-in-flight = 0"),
             "store.redis-in-flight: must be 1..=1000000"
+        );
+        assert_eq!(
+            error("[store]\nchanges-in-flight = 0"),
+            "store.changes-in-flight: must be 1..=100000"
         );
         assert_eq!(
             error("[lifecycle]\ntoken-ttl = \"1s\""),

@@ -1006,6 +1006,32 @@ fn invalid_amount(amount: u64) -> Option<Reply> {
     })
 }
 
+/// Whether an operation may write the registry on the embedded store (a
+/// commit, with fsync, before its reply): the server runs those off the
+/// threads that answer logins. `Verify` is not one: its rare writes (a
+/// temporary code's use, a replacement's activation) stay on the hot path.
+pub fn changes_registry(operation: &Operation) -> bool {
+    matches!(
+        operation,
+        Operation::Enroll(_)
+            | Operation::Revoke { .. }
+            | Operation::Unlock { .. }
+            | Operation::EnrollPhone { .. }
+            | Operation::BindPushKey { .. }
+            | Operation::AuthorizeWithdrawal { .. }
+            | Operation::SetIdentity { .. }
+            | Operation::SetOptOut { .. }
+            | Operation::ShareDevice { .. }
+            | Operation::DecideShare { .. }
+            | Operation::CancelShare { .. }
+            | Operation::IssueTemporaryCode { .. }
+            | Operation::OrderReplacement { .. }
+            | Operation::ShipReplacement { .. }
+            | Operation::ConfirmPhone { .. }
+            | Operation::CompleteActivation { .. }
+    )
+}
+
 /// The refusal of an operation that is not the caller's role's.
 fn forbidden(role: Role, operation: &Operation) -> Option<Reply> {
     let needed = operation.role();

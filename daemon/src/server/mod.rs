@@ -48,6 +48,8 @@ struct Shared {
     /// On a shared store: requests waiting on it at once
     /// (`store.redis-in-flight`); one more is answered `Busy`.
     store_slots: Arc<tokio::sync::Semaphore>,
+    /// Registry changes waiting for their commit on the blocking pool.
+    change_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -169,6 +171,7 @@ pub async fn serve(
         next_connection: AtomicU64::new(1),
         next_stream: AtomicU64::new(1),
         store_slots: Arc::new(tokio::sync::Semaphore::new(config.store.redis_in_flight)),
+        change_slots: Arc::new(tokio::sync::Semaphore::new(config.store.changes_in_flight)),
     });
 
     let endpoint = endpoint(&config, &pki)?;

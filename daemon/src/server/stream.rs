@@ -4,8 +4,9 @@
 //! until a frame is complete), handles each request at once, and queues the
 //! encoded replies of one read together for the writer task, which sends
 //! them in one write. A reply that waits for a durable commit is sent by a
-//! small task when the commit is done, so it never holds up the requests
-//! behind it: replies may leave out of order, paired by request id.
+//! small task when the commit is done, and a registry change (enrolment,
+//! withdrawal, share...) runs on the blocking pool, so neither holds up the
+//! requests behind it: replies may leave out of order, paired by request id.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -19,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::Shared;
 use crate::clock::{self, Timestamp};
-use crate::engine::{Caller, Role, Sink, StreamId};
+use crate::engine::{Caller, Role, Sink, StreamId, changes_registry};
 use crate::otp::push::BINDING_LEN;
 use crate::ratelimit::{Decision, Gcra};
 use crate::wire::{self, DecodeError, ErrorCode, Reply, Request, Response};
@@ -264,6 +265,49 @@ fn handle(
         });
         return;
     }
+    if changes_registry(&request.operation) {
+        // A registry change commits (fsync) before its reply, one at a time:
+        // it runs on the blocking pool so that the logins behind it, on
+        // this stream and every other, are not held up; how many wait at
+        // once is bounded.
+        let Ok(slot) = Arc::clone(&shared.change_slots).try_acquire_owned() else {
+            shared.metrics.count(operation, "busy");
+            let reply = Reply::error(ErrorCode::Busy, "too many registry changes are waiting");
+            encode(out, request.id, reply);
+            return;
+        };
+        let shared = Arc::clone(shared);
+        let queue = queue.clone();
+        let (role, connection, binding) = (connection.role, connection.id, connection.binding);
+        let (stream, sink) = (stream.id, Arc::clone(&stream.sink));
+        let mut rng = ChaCha20Rng::from_rng(rng);
+        let id = request.id;
+        tokio::spawn(async move {
+            let worker = Arc::clone(&shared);
+            let ran = tokio::task::spawn_blocking(move || {
+                let caller = Caller {
+                    role,
+                    connection,
+                    stream,
+                    binding: &binding,
+                    sink: Some(&sink),
+                    request: id,
+                };
+                worker
+                    .engine
+                    .handle_from(&caller, request.operation, now, &mut rng)
+            })
+            .await;
+            drop(slot);
+            let outcome = match ran {
+                Ok(Some(outcome)) => outcome,
+                Ok(None) => return,
+                Err(_) => Reply::error(ErrorCode::Internal, "the change failed").into(),
+            };
+            send_outcome(&shared, &queue, (id, operation, started), outcome).await;
+        });
+        return;
+    }
     let caller = Caller {
         role: connection.role,
         connection: connection.id,
@@ -279,37 +323,51 @@ fn handle(
         // Answered later, on this stream, by the engine (AwaitPush).
         return;
     };
-    let label = outcome_label(&outcome.reply);
+    if outcome.persist.is_none() {
+        count_outcome(operation, &outcome.reply);
+        encode(out, request.id, outcome.reply);
+        shared
+            .metrics
+            .latency(operation, started.elapsed().as_secs_f64());
+        return;
+    }
+    let shared = Arc::clone(shared);
+    let queue = queue.clone();
+    let id = request.id;
+    tokio::spawn(async move {
+        send_outcome(&shared, &queue, (id, operation, started), outcome).await;
+    });
+}
+
+fn count_outcome(operation: &'static str, reply: &Reply) {
+    let label = outcome_label(reply);
     metrics::counter!(crate::metrics::REQUESTS, "operation" => operation, "outcome" => label)
         .increment(1);
-    match outcome.persist {
-        None => {
-            encode(out, request.id, outcome.reply);
-            shared
-                .metrics
-                .latency(operation, started.elapsed().as_secs_f64());
-        }
-        Some(device) => {
-            // The reply depends on this change: send it once it is durable.
-            let committed = shared.committer.submit(device);
-            let queue = queue.clone();
-            let id = request.id;
-            let reply = outcome.reply;
-            let shared = Arc::clone(shared);
-            tokio::spawn(async move {
-                let reply = match committed.await {
-                    Ok(Ok(())) => reply,
-                    _ => Reply::error(ErrorCode::Internal, "the change could not be stored"),
-                };
-                let mut out = Vec::new();
-                encode(&mut out, id, reply);
-                let _ = queue.send(out).await;
-                shared
-                    .metrics
-                    .latency(operation, started.elapsed().as_secs_f64());
-            });
-        }
-    }
+}
+
+/// Sends an outcome's reply from a task of its own: once the failure state
+/// it depends on is durable, if it has one.
+async fn send_outcome(
+    shared: &Shared,
+    queue: &mpsc::Sender<Vec<u8>>,
+    (id, operation, started): (u64, &'static str, Instant),
+    outcome: crate::engine::Outcome,
+) {
+    count_outcome(operation, &outcome.reply);
+    let reply = match outcome.persist {
+        None => outcome.reply,
+        // The reply depends on this change: send it once it is durable.
+        Some(device) => match shared.committer.submit(device).await {
+            Ok(Ok(())) => outcome.reply,
+            _ => Reply::error(ErrorCode::Internal, "the change could not be stored"),
+        },
+    };
+    let mut out = Vec::new();
+    encode(&mut out, id, reply);
+    let _ = queue.send(out).await;
+    shared
+        .metrics
+        .latency(operation, started.elapsed().as_secs_f64());
 }
 
 fn encode(out: &mut Vec<u8>, id: u64, reply: Reply) {
