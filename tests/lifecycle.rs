@@ -1044,3 +1044,36 @@ async fn registry_changes_waiting_at_once_are_bounded() {
     let card = w.enroll("late", DeviceKind::Scc).await;
     assert!(w.logs_in("late", card).await);
 }
+
+#[tokio::test]
+async fn an_online_code_card_is_a_kind_of_its_own_with_the_lowest_limits() {
+    let mut w = World::start().await;
+    let online = w.enroll("nina", DeviceKind::OnlineScc).await;
+    let Reply::Devices { devices, .. } = w.gateway(Operation::Devices { user: user("nina") }).await
+    else {
+        panic!()
+    };
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].kind, DeviceKind::OnlineScc);
+    // 200,000 USD a day, as a code card: one cent more is over the limit.
+    let over = w.withdraw("nina", online, 20_000_001).await;
+    assert!(
+        matches!(
+            over,
+            Reply::OverLimit {
+                device_kind: DeviceKind::OnlineScc,
+                remaining_today: Some(20_000_000),
+                remaining_5d: Some(60_000_000),
+                ..
+            }
+        ),
+        "{over:?}"
+    );
+    assert!(matches!(
+        w.withdraw("nina", online, 20_000_000).await,
+        Reply::WithdrawalApproved {
+            remaining_today: Some(0),
+            ..
+        }
+    ));
+}
