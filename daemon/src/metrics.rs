@@ -93,7 +93,7 @@ pub const OPERATIONS: [&str; 37] = [
 ];
 
 /// Outcome labels of [`REQUESTS`].
-pub const OUTCOMES: [&str; 21] = [
+pub const OUTCOMES: [&str; 22] = [
     "ok",
     "accepted",
     "rejected",
@@ -112,6 +112,7 @@ pub const OUTCOMES: [&str; 21] = [
     "rate_limited",
     "not_found",
     "too_many_challenges",
+    "busy",
     "invalid_argument",
     "malformed",
     "error",

@@ -220,48 +220,28 @@ fn handle(
         return;
     }
     let operation = request.operation.name();
+    let id = request.id;
     if shared.engine.is_shared() {
         // The shared store answers over the network: each request is a
         // task of its own, so the requests behind it are not held up; how
         // many wait on the store at once is bounded.
-        let Ok(slot) = Arc::clone(&shared.store_slots).try_acquire_owned() else {
-            shared.metrics.count(operation, "busy");
-            let reply = Reply::error(ErrorCode::Busy, "too many requests wait on the store");
-            encode(out, request.id, reply);
+        let Some(slot) = take_slot(shared, &shared.store_slots, (id, operation), out) else {
             return;
         };
-        let shared = Arc::clone(shared);
-        let queue = queue.clone();
-        let (role, connection, binding) = (connection.role, connection.id, connection.binding);
-        let (stream, sink) = (stream.id, Arc::clone(&stream.sink));
+        let (shared, queue) = (Arc::clone(shared), queue.clone());
+        let owned = OwnedCaller::of(connection, stream, id);
         let mut rng = ChaCha20Rng::from_rng(rng);
         tokio::spawn(async move {
-            let caller = Caller {
-                role,
-                connection,
-                stream,
-                binding: &binding,
-                sink: Some(&sink),
-                request: request.id,
-            };
             let Some(reply) = shared
                 .engine
-                .handle_shared(&caller, request.operation, now, &mut rng)
+                .handle_shared(&owned.caller(), request.operation, now, &mut rng)
                 .await
             else {
                 // Answered later, on this stream (AwaitPush).
                 return;
             };
-            let label = outcome_label(&reply);
-            metrics::counter!(crate::metrics::REQUESTS, "operation" => operation, "outcome" => label)
-                .increment(1);
             drop(slot);
-            let mut out = Vec::new();
-            encode(&mut out, request.id, reply);
-            let _ = queue.send(out).await;
-            shared
-                .metrics
-                .latency(operation, started.elapsed().as_secs_f64());
+            send_outcome(&shared, &queue, (id, operation, started), reply.into()).await;
         });
         return;
     }
@@ -270,32 +250,18 @@ fn handle(
         // it runs on the blocking pool so that the logins behind it, on
         // this stream and every other, are not held up; how many wait at
         // once is bounded.
-        let Ok(slot) = Arc::clone(&shared.change_slots).try_acquire_owned() else {
-            shared.metrics.count(operation, "busy");
-            let reply = Reply::error(ErrorCode::Busy, "too many registry changes are waiting");
-            encode(out, request.id, reply);
+        let Some(slot) = take_slot(shared, &shared.change_slots, (id, operation), out) else {
             return;
         };
-        let shared = Arc::clone(shared);
-        let queue = queue.clone();
-        let (role, connection, binding) = (connection.role, connection.id, connection.binding);
-        let (stream, sink) = (stream.id, Arc::clone(&stream.sink));
+        let (shared, queue) = (Arc::clone(shared), queue.clone());
+        let owned = OwnedCaller::of(connection, stream, id);
         let mut rng = ChaCha20Rng::from_rng(rng);
-        let id = request.id;
         tokio::spawn(async move {
             let worker = Arc::clone(&shared);
             let ran = tokio::task::spawn_blocking(move || {
-                let caller = Caller {
-                    role,
-                    connection,
-                    stream,
-                    binding: &binding,
-                    sink: Some(&sink),
-                    request: id,
-                };
                 worker
                     .engine
-                    .handle_from(&caller, request.operation, now, &mut rng)
+                    .handle_from(&owned.caller(), request.operation, now, &mut rng)
             })
             .await;
             drop(slot);
@@ -337,6 +303,61 @@ fn handle(
     tokio::spawn(async move {
         send_outcome(&shared, &queue, (id, operation, started), outcome).await;
     });
+}
+
+/// A caller's identity, owned, for a request answered by a task of its own.
+struct OwnedCaller {
+    role: Role,
+    connection: u64,
+    stream: StreamId,
+    binding: [u8; BINDING_LEN],
+    sink: Arc<dyn Sink>,
+    request: u64,
+}
+
+impl OwnedCaller {
+    fn of(connection: &ConnectionState, stream: &StreamContext, request: u64) -> Self {
+        Self {
+            role: connection.role,
+            connection: connection.id,
+            stream: stream.id,
+            binding: connection.binding,
+            sink: Arc::clone(&stream.sink),
+            request,
+        }
+    }
+
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            role: self.role,
+            connection: self.connection,
+            stream: self.stream,
+            binding: &self.binding,
+            sink: Some(&self.sink),
+            request: self.request,
+        }
+    }
+}
+
+/// A place among the requests allowed to wait at once on `slots`; when
+/// none is free the request is answered `Busy` at once.
+fn take_slot(
+    shared: &Shared,
+    slots: &Arc<tokio::sync::Semaphore>,
+    (id, operation): (u64, &'static str),
+    out: &mut Vec<u8>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let taken = Arc::clone(slots).try_acquire_owned().ok();
+    if taken.is_none() {
+        shared.metrics.count(operation, "busy");
+        let why = if shared.engine.is_shared() {
+            "too many requests wait on the store"
+        } else {
+            "too many registry changes are waiting"
+        };
+        encode(out, id, Reply::error(ErrorCode::Busy, why));
+    }
+    taken
 }
 
 fn count_outcome(operation: &'static str, reply: &Reply) {
@@ -396,6 +417,7 @@ fn outcome_label(reply: &Reply) -> &'static str {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::NotFound => "not_found",
             ErrorCode::TooManyChallenges => "too_many_challenges",
+            ErrorCode::Busy => "busy",
             ErrorCode::InvalidArgument => "invalid_argument",
             _ => "error",
         },
