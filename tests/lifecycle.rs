@@ -853,7 +853,8 @@ async fn opting_out_is_refused_in_hong_kong_and_india_and_reversible_elsewhere()
 
 #[tokio::test]
 async fn withdrawal_limits_by_device_and_16_concurrent_withdrawals_stay_under_the_limit() {
-    let mut w = World::start().await;
+    // Two changes run at once: the others wait their turn, none is refused.
+    let mut w = World::start_with("[store]\nchange-workers = 2\n").await;
     let card = w.enroll("jo", DeviceKind::Scc).await;
     let dsc = w.enroll("jo", DeviceKind::DscPlus).await;
 

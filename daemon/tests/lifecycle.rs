@@ -1076,3 +1076,54 @@ fn the_lifecycle_operations_are_the_admin_role_s() {
         "{reply:?}"
     );
 }
+
+#[test]
+fn concurrent_changes_share_their_fsyncs_and_all_survive_a_restart() {
+    let mut w = World::new("");
+    let dsc = w.enroll("amy", DeviceKind::DscPlus);
+    let logins: Vec<_> = (0..400).map(|_| w.login("amy", dsc, T0)).collect();
+    let engine = Arc::clone(&w.engine);
+    let (changes_before, flushes_before) = engine.registry().change_counts();
+    let handles: Vec<_> = logins
+        .chunks(25)
+        .map(<[_]>::to_vec)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let engine = Arc::clone(&engine);
+            std::thread::spawn(move || {
+                let mut rng = ChaCha20Rng::seed_from_u64(200 + i as u64);
+                chunk
+                    .into_iter()
+                    .filter(|(challenge, response)| {
+                        let op = Operation::AuthorizeWithdrawal {
+                            user: user("amy"),
+                            amount_cents: USD,
+                            challenge: *challenge,
+                            response: response.clone(),
+                        };
+                        let reply = engine.handle(Role::Gateway, op, T0, &mut rng).reply;
+                        matches!(reply, Reply::WithdrawalApproved { .. })
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let approved: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(approved, 400);
+    let (changes, flushes) = engine.registry().change_counts();
+    assert_eq!(changes - changes_before, 400);
+    assert!(
+        flushes - flushes_before < 400,
+        "16 threads at once: some fsyncs carry several changes ({} for 400)",
+        flushes - flushes_before
+    );
+    // Every acknowledged change is on disk.
+    drop(engine);
+    let w = w.restart();
+    let booked = w
+        .engine
+        .registry()
+        .withdrawn_on(&user("amy"), Day::of(T0))
+        .unwrap();
+    assert_eq!(booked, 400 * USD);
+}

@@ -96,6 +96,7 @@ pub struct StoreConfig {
     pub cache_ttl: Duration,
     pub redis_in_flight: usize,
     pub changes_in_flight: usize,
+    pub change_workers: usize,
 }
 
 /// Where state lives.
@@ -391,6 +392,11 @@ impl Config {
             "store.changes-in-flight",
             "must be 1..=100000",
         )?;
+        check(
+            (1..=1024).contains(&st.change_workers),
+            "store.change-workers",
+            "must be 1..=1024",
+        )?;
         self.validate_delivery(check)
     }
 
@@ -608,6 +614,10 @@ mod tests {
         assert_eq!(
             error("[store]\nchanges-in-flight = 0"),
             "store.changes-in-flight: must be 1..=100000"
+        );
+        assert_eq!(
+            error("[store]\nchange-workers = 0"),
+            "store.change-workers: must be 1..=1024"
         );
         assert_eq!(
             error("[lifecycle]\ntoken-ttl = \"1s\""),

@@ -958,6 +958,7 @@ impl Engine {
     fn stats(&self) -> Reply {
         let c = &self.counters;
         let read = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (changes, flushes) = self.registry.change_counts();
         let entries = [
             ("devices", self.registry.len() as u64),
             ("open_challenges", self.challenges.len() as u64),
@@ -974,10 +975,19 @@ impl Engine {
             ("pushes_sent", read(&c.pushes)),
             ("pending_pushes", self.pushes.pending() as u64),
             ("phones_connected", self.pushes.phones_connected() as u64),
+            ("registry_changes", changes),
+            ("registry_flushes", flushes),
         ];
         // On a shared store the device count and the tables live in the
         // store, not here: this node's counters and connections only.
-        let in_store = ["devices", "open_challenges", "live_codes", "pending_pushes"];
+        let in_store = [
+            "devices",
+            "open_challenges",
+            "live_codes",
+            "pending_pushes",
+            "registry_changes",
+            "registry_flushes",
+        ];
         Reply::Stats(
             entries
                 .into_iter()

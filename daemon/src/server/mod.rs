@@ -50,6 +50,8 @@ struct Shared {
     store_slots: Arc<tokio::sync::Semaphore>,
     /// Registry changes waiting for their commit on the blocking pool.
     change_slots: Arc<tokio::sync::Semaphore>,
+    /// Registry changes running at once on the blocking pool.
+    change_workers: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -137,11 +139,14 @@ pub async fn serve(
     }
     let cipher =
         SecretCipher::load_or_create(&data_dir.join("secrets.key"), &mut UnwrapErr(SysRng))?;
-    let registry = Arc::new(Registry::open(
-        &data_dir.join("registry.redb"),
-        cipher,
-        config.devices.clone(),
-    )?);
+    let registry = Arc::new(
+        Registry::open(
+            &data_dir.join("registry.redb"),
+            cipher,
+            config.devices.clone(),
+        )?
+        .with_commit_interval(config.store.commit_interval),
+    );
     let committer = Committer::start(
         Arc::clone(&registry),
         config.store.commit_interval,
@@ -172,6 +177,7 @@ pub async fn serve(
         next_stream: AtomicU64::new(1),
         store_slots: Arc::new(tokio::sync::Semaphore::new(config.store.redis_in_flight)),
         change_slots: Arc::new(tokio::sync::Semaphore::new(config.store.changes_in_flight)),
+        change_workers: Arc::new(tokio::sync::Semaphore::new(config.store.change_workers)),
     });
 
     let endpoint = endpoint(&config, &pki)?;

@@ -257,6 +257,9 @@ fn handle(
         let owned = OwnedCaller::of(connection, stream, id);
         let mut rng = ChaCha20Rng::from_rng(rng);
         tokio::spawn(async move {
+            let Ok(_running) = Arc::clone(&shared.change_workers).acquire_owned().await else {
+                return;
+            };
             let worker = Arc::clone(&shared);
             let ran = tokio::task::spawn_blocking(move || {
                 worker

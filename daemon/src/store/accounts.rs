@@ -472,9 +472,10 @@ impl<R: CryptoRng + ?Sized> Change<'_, R> {
 
 impl Registry {
     /// Runs `f` as one change: its writes and audit entries commit together
-    /// (fsync) or not at all, then memory shows them. Changes run one at a
-    /// time. A change that wrote no audit entry is refused (every registry
-    /// change is audited).
+    /// or not at all, then memory shows them, and it returns once they are
+    /// on disk (fsync, shared with the changes committed meanwhile:
+    /// `flush.rs`). Changes run one at a time. A change that wrote no audit
+    /// entry is refused (every registry change is audited).
     pub fn change<R, T, E>(
         &self,
         rng: &mut R,
@@ -486,8 +487,16 @@ impl Registry {
         R: CryptoRng + ?Sized,
         E: From<StoreError>,
     {
-        let _serial = self.lock_changes();
-        let txn = self.db.begin_write().map_err(StoreError::from)?;
+        let ticket = self.flusher.enter();
+        let serial = self.lock_changes();
+        let mut txn = self.db.begin_write().map_err(StoreError::from)?;
+        // With others under way: durable through the group flush below,
+        // before the caller replies (`flush.rs`).
+        let alone = ticket.alone();
+        if !alone {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| StoreError::Database(e.to_string()))?;
+        }
         let mut change = Change {
             registry: self,
             txn,
@@ -517,9 +526,13 @@ impl Registry {
             );
         }
         txn.commit().map_err(StoreError::from)?;
+        let seq = ticket.committed(alone);
         for effect in effects {
             self.apply(effect);
         }
+        // The next change may run while this one waits for the disk.
+        drop(serial);
+        self.flusher.wait_durable(&self.db, seq)?;
         Ok(value)
     }
 

@@ -21,6 +21,7 @@
 pub mod accounts;
 pub mod challenges;
 pub mod committer;
+mod flush;
 pub mod records;
 pub mod redis;
 pub mod registry;

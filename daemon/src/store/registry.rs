@@ -250,6 +250,8 @@ pub struct Registry {
     /// checked inside it (one number per user, a withdrawal limit) still
     /// holds when it commits.
     changing: Mutex<()>,
+    /// Makes committed changes durable, many per fsync.
+    pub(super) flusher: super::flush::Flusher,
 }
 
 impl fmt::Debug for Registry {
@@ -291,9 +293,24 @@ impl Registry {
             users: RwLock::new(HashMap::new()),
             shares: RwLock::new(HashMap::new()),
             changing: Mutex::new(()),
+            // `store.commit-interval`'s default; `with_commit_interval` sets it.
+            flusher: super::flush::Flusher::new(std::time::Duration::from_millis(2)),
         };
         registry.load()?;
         Ok(registry)
+    }
+
+    /// Changes committed and flushes (fsyncs) that made them durable,
+    /// since the registry was opened.
+    pub fn change_counts(&self) -> (u64, u64) {
+        self.flusher.counts()
+    }
+
+    /// How long a flush waits for the changes under way to commit and
+    /// ride along (`store.commit-interval`).
+    pub fn with_commit_interval(mut self, interval: std::time::Duration) -> Self {
+        self.flusher = super::flush::Flusher::new(interval);
+        self
     }
 
     fn load(&self) -> Result<(), StoreError> {
