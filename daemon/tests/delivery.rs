@@ -1,8 +1,10 @@
 //! SMS codes, the carrier outbox and push sessions in the engine, on a
 //! virtual clock with collecting sinks for the bridges, phones and
-//! gateways: every configured bound of them, and the delivery status.
+//! gateways: every configured bound of them, and the delivery status;
+//! phone confirm codes and IB Key activation tokens, their expiry and bound.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -154,7 +156,7 @@ fn codes_expire_with_their_ttl_and_the_table_is_bounded() {
         Reply::CodeSent { .. }
     ));
     let (_, text) = handed(&bridge);
-    assert!(text.contains("expires in 1 minutes"), "{text}");
+    assert!(text.contains("expires in 1 minute."), "{text}");
     // One live code fits: the next user's is refused until it is gone.
     let full = world.send("ben", Channel::Sms, T0);
     assert_eq!(error_code(&full), Some(ErrorCode::Busy), "{full:?}");
@@ -352,4 +354,89 @@ fn racing_enrolments_give_a_user_one_number() {
         });
         assert_eq!(enrolled, 1, "{user}");
     }
+}
+
+/// The code in a message's text ("... code is 123456. ...").
+fn code_in(text: &str) -> String {
+    let (_, rest) = text.split_once("code is ").expect("a code");
+    rest.chars().take_while(char::is_ascii_digit).collect()
+}
+
+#[test]
+fn confirm_codes_and_activation_tokens_expire_and_their_table_is_bounded() {
+    let mut world = World::new(
+        "[lifecycle]\ntoken-ttl = \"60s\"\ntoken-capacity = 2\n\
+         [challenges]\nper-user-per-minute = 100\n",
+    );
+    let bridge = world.bridge(1);
+    let user = |name: &str| Username::new(name).unwrap();
+    let start = |name: &str, to: &str| Operation::StartPhoneVerification {
+        user: user(name),
+        number: PhoneNumber::parse(to).unwrap(),
+    };
+    let confirm = |name: &str, code: &str| Operation::ConfirmPhone {
+        user: user(name),
+        code: Answer::new(code),
+    };
+    assert_eq!(
+        world.call(Role::Admin, start("ann", "+41 791110001"), T0),
+        Reply::VerificationSent {
+            expires_in: Duration::from_secs(60)
+        }
+    );
+    let (_, text) = handed(&bridge);
+    assert!(text.contains("expires in 1 minute."), "{text}");
+    // The right code after its time is expired, and gone.
+    let late = at(60);
+    assert_eq!(
+        world.call(Role::Admin, confirm("ann", &code_in(&text)), late),
+        Reply::Verdict(Verdict::Expired)
+    );
+    assert!(matches!(
+        world.call(Role::Admin, confirm("ann", &code_in(&text)), late),
+        Reply::Error {
+            code: ErrorCode::NotFound,
+            ..
+        }
+    ));
+
+    // Two tokens at most: a third user's is refused, nothing is sent; a
+    // user's new code replaces their old one without counting twice.
+    world.call(Role::Admin, start("bob", "+41 791110002"), T0);
+    world.phone_user("cid", "+41 791110003");
+    let activation = Operation::StartActivation { user: user("cid") };
+    assert!(matches!(
+        world.call(Role::Gateway, activation.clone(), T0),
+        Reply::ActivationStarted { .. }
+    ));
+    bridge.take();
+    let full = world.call(Role::Admin, start("dee", "+41 791110004"), T0);
+    assert!(
+        matches!(
+            &full,
+            Reply::Error {
+                code: ErrorCode::Busy,
+                ..
+            }
+        ),
+        "{full:?}"
+    );
+    assert!(matches!(
+        world.call(Role::Gateway, activation.clone(), T0),
+        Reply::Error {
+            code: ErrorCode::Busy,
+            ..
+        }
+    ));
+    assert!(bridge.take().is_empty(), "nothing sent when refused");
+    assert!(matches!(
+        world.call(Role::Admin, start("bob", "+41 791110002"), at(1)),
+        Reply::VerificationSent { .. }
+    ));
+    // Once the sweeper drops the expired ones, there is room again.
+    world.engine.sweep(at(61));
+    assert!(matches!(
+        world.call(Role::Gateway, activation, at(61)),
+        Reply::ActivationStarted { .. }
+    ));
 }

@@ -13,8 +13,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rand::CryptoRng;
+use zeroize::Zeroizing;
 
 use super::relay::{DispatchError, Outbound};
+use super::sms::code_text;
 use super::{Caller, Engine, Outcome};
 use crate::clock::Timestamp;
 use crate::identity::{ActivationId, ChallengeId, CodeId, DeviceId, Username};
@@ -156,7 +158,7 @@ impl Engine {
     fn send_token<R: CryptoRng + ?Sized>(
         &self,
         to: PhoneNumber,
-        text: String,
+        text: Zeroizing<String>,
         now: Timestamp,
         rng: &mut R,
     ) -> Result<(), Reply> {
@@ -188,7 +190,7 @@ impl Engine {
             code: CodeId(rng.next_u64()),
             to,
             channel: Channel::Sms,
-            text: text.into(),
+            text,
         };
         match self.outbox.dispatch(outbound, now, rng) {
             Ok(_) => Ok(()),
@@ -200,19 +202,6 @@ impl Engine {
                 Err(Reply::error(ErrorCode::Busy, "the carrier outbox is full"))
             }
         }
-    }
-
-    fn token_text(&self, what: &str, code: &Code) -> String {
-        format!(
-            "Your sls {what} is {}. It expires in {} minutes. Never share it.",
-            code.as_str(),
-            self.config
-                .lifecycle
-                .token_ttl
-                .as_secs()
-                .div_ceil(60)
-                .max(1)
-        )
     }
 
     fn tokens_full(&self) -> Reply {
@@ -230,27 +219,30 @@ impl Engine {
             return Reply::rate_limited(retry_after, "too many codes for this user");
         }
         let life = &self.config.lifecycle;
+        let code = Self::sms_code_spec(&self.config).generate(rng);
+        let text = code_text("confirm code", &code, life.token_ttl);
         {
-            let pending = self.tokens.lock();
+            // Kept before it is sent, so the table's bound holds however
+            // many start at once. A new start replaces the user's earlier
+            // code.
+            let mut pending = self.tokens.lock();
             if !pending.numbers.contains_key(user) && pending.len() >= self.tokens.capacity {
                 return self.tokens_full();
             }
+            pending.numbers.insert(
+                user.clone(),
+                PendingNumber {
+                    number: number.clone(),
+                    code,
+                    expires_at: now.plus(life.token_ttl),
+                    attempts_left: life.token_attempts,
+                },
+            );
         }
-        let code = Self::sms_code_spec(&self.config).generate(rng);
-        let text = self.token_text("confirm code", &code);
-        if let Err(refusal) = self.send_token(number.clone(), text, now, rng) {
+        if let Err(refusal) = self.send_token(number, text, now, rng) {
+            self.tokens.lock().numbers.remove(user);
             return refusal;
         }
-        // A new start replaces the user's earlier code.
-        self.tokens.lock().numbers.insert(
-            user.clone(),
-            PendingNumber {
-                number,
-                code,
-                expires_at: now.plus(life.token_ttl),
-                attempts_left: life.token_attempts,
-            },
-        );
         Reply::VerificationSent {
             expires_in: life.token_ttl,
         }
@@ -325,9 +317,6 @@ impl Engine {
         rng: &mut R,
     ) -> Reply {
         let life = &self.config.lifecycle;
-        if self.tokens.len() >= self.tokens.capacity {
-            return self.tokens_full();
-        }
         // A physical device the user holds proves the activation instead of
         // an SMS token: the strongest one, whose challenge the user answers.
         let physical = self
@@ -335,7 +324,7 @@ impl Engine {
             .into_iter()
             .filter(|d| d.kind.is_physical())
             .max_by_key(|d| self.config.devices.get(d.kind).security);
-        let (proof, route, expires_in) = match physical {
+        let (proof, route, expires_in, sms) = match physical {
             Some(device) => match self.challenge(user, device.id, now, rng) {
                 Reply::Challenge {
                     challenge,
@@ -351,6 +340,7 @@ impl Engine {
                         text,
                     },
                     expires_in.min(life.token_ttl),
+                    None,
                 ),
                 refusal => return refusal,
             },
@@ -366,27 +356,39 @@ impl Engine {
                     return Reply::rate_limited(retry_after, "too many codes for this user");
                 }
                 let code = Self::sms_code_spec(&self.config).generate(rng);
-                let text = self.token_text("IB Key activation code", &code);
-                if let Err(refusal) = self.send_token(number, text, now, rng) {
-                    return refusal;
-                }
-                (Proof::Sms(code), ActivationRoute::Sms, life.token_ttl)
+                let text = code_text("IB Key activation code", &code, life.token_ttl);
+                let sms = Some((number, text));
+                (Proof::Sms(code), ActivationRoute::Sms, life.token_ttl, sms)
             }
         };
-        let mut pending = self.tokens.lock();
-        let mut activation = ActivationId(rng.next_u64());
-        while pending.activations.contains_key(&activation) {
-            activation = ActivationId(rng.next_u64());
+        let activation = {
+            // Kept before the token is sent, so the bound holds however
+            // many start at once.
+            let mut pending = self.tokens.lock();
+            if pending.len() >= self.tokens.capacity {
+                return self.tokens_full();
+            }
+            let mut activation = ActivationId(rng.next_u64());
+            while pending.activations.contains_key(&activation) {
+                activation = ActivationId(rng.next_u64());
+            }
+            pending.activations.insert(
+                activation,
+                PendingActivation {
+                    user: user.clone(),
+                    proof,
+                    expires_at: now.plus(expires_in),
+                    attempts_left: life.token_attempts,
+                },
+            );
+            activation
+        };
+        if let Some((number, text)) = sms
+            && let Err(refusal) = self.send_token(number, text, now, rng)
+        {
+            self.tokens.lock().activations.remove(&activation);
+            return refusal;
         }
-        pending.activations.insert(
-            activation,
-            PendingActivation {
-                user: user.clone(),
-                proof,
-                expires_at: now.plus(expires_in),
-                attempts_left: life.token_attempts,
-            },
-        );
         Reply::ActivationStarted {
             activation,
             route,

@@ -970,6 +970,7 @@ impl Engine {
             ("lockouts", read(&c.lockouts)),
             ("codes_sent", read(&c.codes_sent)),
             ("live_codes", self.codes.len() as u64),
+            ("pending_tokens", self.tokens.len() as u64),
             ("carrier_bridges", self.outbox.bridges() as u64),
             ("outbox", self.outbox.in_flight() as u64),
             ("pushes_sent", read(&c.pushes)),

@@ -264,10 +264,16 @@ impl CodeTable {
 
 /// The message the carrier delivers, saying how long the code has left.
 pub(super) fn message_text(code: &Code, left: Duration) -> Zeroizing<String> {
+    code_text("security code", code, left)
+}
+
+/// "Your sls {what} is {code}. It expires in N minutes. Never share it."
+pub(super) fn code_text(what: &str, code: &Code, left: Duration) -> Zeroizing<String> {
+    let minutes = left.as_secs().div_ceil(60).max(1);
+    let unit = if minutes == 1 { "minute" } else { "minutes" };
     Zeroizing::new(format!(
-        "Your sls security code is {}. It expires in {} minutes. Never share it.",
+        "Your sls {what} is {}. It expires in {minutes} {unit}. Never share it.",
         code.as_str(),
-        left.as_secs().div_ceil(60).max(1)
     ))
 }
 
