@@ -15,7 +15,7 @@ use crate::clock::Timestamp;
 use crate::identity::{ChallengeId, DeviceId, ShareId, Username};
 use crate::policy::calendar::Day;
 use crate::policy::sharing::{Participant, ShareRefusal, check_share};
-use crate::policy::withdrawal::{headroom, kinds_that_allow};
+use crate::policy::withdrawal::{Withdrawn, headroom, kinds_that_allow};
 use crate::profile::{DeviceKind, SecurityLevel};
 use crate::store::accounts::{Activation, Actor, DeviceLife, Share, ShareState, UserRecord};
 use crate::store::registry::{Device, EnrollError, NewDevice, StoreError};
@@ -652,24 +652,17 @@ impl Engine {
             return refusal.into();
         }
         let mut outcome = self.verify(challenge, response, now, rng);
-        let (device, kind) = match &outcome.reply {
-            Reply::Verdict(Verdict::Accepted {
-                user: answered,
-                device,
-                kind,
-            }) if answered == user => (*device, *kind),
-            Reply::Verdict(Verdict::Accepted { .. }) => {
-                outcome.reply = Reply::error(
-                    ErrorCode::InvalidArgument,
-                    "the challenge was issued for another user",
-                );
+        let (device, kind) = match withdrawal_device(&outcome.reply, user) {
+            Ok(answered) => answered,
+            Err(refusal) => {
+                if let Some(refusal) = refusal {
+                    outcome.reply = refusal;
+                }
                 return outcome;
             }
-            _ => return outcome,
         };
         let today = Day::of(now);
         let start = self.config.withdrawals.holidays.window_start(today, 5);
-        let limit = self.config.devices.get(kind).withdrawal_limit;
         let keep = self.config.withdrawals.ledger_days;
         let holds: Vec<_> = self
             .registry
@@ -679,38 +672,79 @@ impl Engine {
             .collect();
         let decided = self.registry.change(rng, now, Self::actor(caller), |c| {
             let withdrawn = c.withdrawn(user, start, today)?;
-            let left = headroom(limit, withdrawn);
-            if !left.allows(amount) {
-                return Ok(Reply::OverLimit {
-                    device_kind: kind,
-                    remaining_today: left.today,
-                    remaining_5d: left.five_days,
-                    kinds_that_allow: kinds_that_allow(
-                        &self.config.devices,
-                        withdrawn,
-                        amount,
-                        &holds,
-                    ),
-                });
+            let decision = self.withdrawal_decision((device, kind), amount, withdrawn, &holds);
+            if matches!(decision, Reply::WithdrawalApproved { .. }) {
+                c.book_withdrawal(user, today, amount, keep)?;
+                c.audit(
+                    "withdrawal-approved",
+                    Some(user),
+                    Some(device),
+                    withdrawal_detail(amount, kind, today),
+                )?;
             }
-            c.book_withdrawal(user, today, amount, keep)?;
-            c.audit(
-                "withdrawal-approved",
-                Some(user),
-                Some(device),
-                format!("{amount} cents with {kind} on {}", today.iso()),
-            )?;
-            Ok::<_, StoreError>(Reply::WithdrawalApproved {
-                device,
-                kind,
-                remaining_today: left.today.map(|l| l - amount),
-                remaining_5d: left.five_days.map(|l| l - amount),
-            })
+            Ok::<_, StoreError>(decision)
         });
         outcome.reply = decided.unwrap_or_else(|e| store_failed(&e));
         outcome
     }
+
+    /// What a withdrawal of `amount` cents confirmed with `device` of
+    /// `kind` gets, the user having withdrawn `withdrawn` and holding
+    /// devices of the kinds `holds`: approved, with what is left after it,
+    /// or over the limit, with what is left and the kinds that would do.
+    pub(super) fn withdrawal_decision(
+        &self,
+        (device, kind): (DeviceId, DeviceKind),
+        amount: u64,
+        withdrawn: Withdrawn,
+        holds: &[DeviceKind],
+    ) -> Reply {
+        let left = headroom(self.config.devices.get(kind).withdrawal_limit, withdrawn);
+        if left.allows(amount) {
+            Reply::WithdrawalApproved {
+                device,
+                kind,
+                remaining_today: left.today.map(|l| l - amount),
+                remaining_5d: left.five_days.map(|l| l - amount),
+            }
+        } else {
+            Reply::OverLimit {
+                device_kind: kind,
+                remaining_today: left.today,
+                remaining_5d: left.five_days,
+                kinds_that_allow: kinds_that_allow(&self.config.devices, withdrawn, amount, holds),
+            }
+        }
+    }
 }
+
+/// The device that confirmed a withdrawal for `user`, from the verdict on
+/// its answer; otherwise `Err`: the refusal to send instead, or `None` to
+/// send the verdict as it is.
+pub(super) fn withdrawal_device(
+    verdict: &Reply,
+    user: &Username,
+) -> Result<(DeviceId, DeviceKind), Option<Reply>> {
+    match verdict {
+        Reply::Verdict(Verdict::Accepted {
+            user: answered,
+            device,
+            kind,
+        }) if answered == user => Ok((*device, *kind)),
+        Reply::Verdict(Verdict::Accepted { .. }) => Err(Some(Reply::error(
+            ErrorCode::InvalidArgument,
+            "the challenge was issued for another user",
+        ))),
+        _ => Err(None),
+    }
+}
+
+/// The audit detail of an approved withdrawal.
+pub(super) fn withdrawal_detail(amount: u64, kind: DeviceKind, day: Day) -> String {
+    format!("{amount} cents with {kind} on {}", day.iso())
+}
+
+impl Engine {}
 
 /// Makes a replacement active and retires the card it replaces.
 fn activate<R: CryptoRng + ?Sized>(

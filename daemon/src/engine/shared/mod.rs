@@ -29,6 +29,7 @@ use std::sync::atomic::Ordering;
 
 use rand::CryptoRng;
 
+use super::lifecycle::{withdrawal_detail, withdrawal_device};
 use super::{
     Caller, Engine, Judgement, accepted, disposition_after, enroll_error, forbidden,
     invalid_amount, next_failure, phone_enrolled, push_key_bound, wrong_answer,
@@ -36,7 +37,6 @@ use super::{
 use crate::clock::Timestamp;
 use crate::identity::{ChallengeId, DeviceId, Username};
 use crate::policy::calendar::Day;
-use crate::policy::withdrawal::{headroom, kinds_that_allow};
 use crate::ratelimit::Decision;
 use crate::store::challenges::{Disposition, OpenChallenge};
 use crate::store::redis::Change;
@@ -537,19 +537,10 @@ impl Engine {
         if let Some(refusal) = invalid_amount(amount) {
             return Ok(refusal);
         }
-        let (device, kind) = match self.shared_verify(store, challenge, response, now).await? {
-            Reply::Verdict(Verdict::Accepted {
-                user: answered,
-                device,
-                kind,
-            }) if &answered == user => (device, kind),
-            Reply::Verdict(Verdict::Accepted { .. }) => {
-                return Ok(Reply::error(
-                    ErrorCode::InvalidArgument,
-                    "the challenge was issued for another user",
-                ));
-            }
-            other => return Ok(other),
+        let verdict = self.shared_verify(store, challenge, response, now).await?;
+        let (device, kind) = match withdrawal_device(&verdict, user) {
+            Ok(answered) => answered,
+            Err(refusal) => return Ok(refusal.unwrap_or(verdict)),
         };
         let today = Day::of(now);
         let start = self.config.withdrawals.holidays.window_start(today, 5);
@@ -566,39 +557,35 @@ impl Engine {
                 self.config.withdrawals.ledger_days,
             )
             .await?;
-        let left = headroom(limit, withdrawn);
-        if !booked {
-            let holds: Vec<_> = store
+        // The kinds the user holds matter only to a refusal.
+        let holds: Vec<_> = if booked {
+            Vec::new()
+        } else {
+            store
                 .devices_of(user)
                 .await?
                 .iter()
                 .map(|d| d.kind)
-                .collect();
-            return Ok(Reply::OverLimit {
-                device_kind: kind,
-                remaining_today: left.today,
-                remaining_5d: left.five_days,
-                kinds_that_allow: kinds_that_allow(&self.config.devices, withdrawn, amount, &holds),
-            });
-        }
-        // Booked first: if the audit entry cannot be written the request
-        // fails, and the amount still counts (the safe side of a limit).
-        let entry = AuditRecord {
-            seq: 0,
-            at: now,
-            actor: Self::actor(caller).0.to_owned(),
-            action: "withdrawal-approved".into(),
-            user: Some(user.clone()),
-            device: Some(device),
-            detail: format!("{amount} cents with {kind} on {}", today.iso()),
+                .collect()
         };
-        store.audit(&entry).await?;
-        Ok(Reply::WithdrawalApproved {
-            device,
-            kind,
-            remaining_today: left.today.map(|l| l - amount),
-            remaining_5d: left.five_days.map(|l| l - amount),
-        })
+        // The store decided with the same limits; this says it in a reply.
+        let decision = self.withdrawal_decision((device, kind), amount, withdrawn, &holds);
+        if booked {
+            // Booked first: if the audit entry cannot be written the
+            // request fails, and the amount still counts (the safe side of
+            // a limit).
+            let entry = AuditRecord {
+                seq: 0,
+                at: now,
+                actor: Self::actor(caller).0.to_owned(),
+                action: "withdrawal-approved".into(),
+                user: Some(user.clone()),
+                device: Some(device),
+                detail: withdrawal_detail(amount, kind, today),
+            };
+            store.audit(&entry).await?;
+        }
+        Ok(decision)
     }
 }
 
