@@ -105,6 +105,28 @@ fn admin_operations_from_the_command_line() {
         format!("{activates}T00:00:00Z")
     );
 
+    // Phone numbers, push keys, lockouts.
+    let phone = json(&daemon, &["enroll-phone", "carol", "+41 446681800"]);
+    assert!(phone["device"].as_u64().is_some());
+    let ib = json(&daemon, &["enroll", "carol", "ib-key"])["device"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let key = "ab".repeat(32);
+    assert_eq!(
+        json(&daemon, &["bind-push-key", &ib, &key])["result"],
+        "done"
+    );
+    assert_eq!(json(&daemon, &["unlock", "carol"])["result"], "done");
+    // No carrier bridge is connected: the confirm code cannot go out.
+    let undelivered = failure(&daemon, &["verify-phone", "dave", "+41 446681801"]);
+    assert!(
+        undelivered.starts_with("error: DeliveryUnavailable"),
+        "{undelivered}"
+    );
+    let unknown = failure(&daemon, &["approve-share", "00000000000000ff"]);
+    assert!(unknown.starts_with("error: NotFound"), "{unknown}");
+
     // Shares and stats answer; the audit log lists what was done, in order.
     assert_eq!(json(&daemon, &["shares"])["shares"], Value::Array(vec![]));
     assert!(json(&daemon, &["stats"])["devices"].as_u64().is_some());
@@ -116,7 +138,15 @@ fn admin_operations_from_the_command_line() {
         .map(|e| e["action"].as_str().unwrap())
         .collect();
     assert_eq!(actions.first(), Some(&"enroll"));
-    assert!(actions.contains(&"issue-temporary-code") && actions.contains(&"ship-replacement"));
+    for action in [
+        "issue-temporary-code",
+        "ship-replacement",
+        "enroll-phone",
+        "bind-push-key",
+        "unlock",
+    ] {
+        assert!(actions.contains(&action), "{action}: {actions:?}");
+    }
     assert!(audit["audit"][0]["actor"] == "admin");
 
     // Bad input and an unreachable daemon: one line, non-zero exit.

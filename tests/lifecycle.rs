@@ -712,6 +712,23 @@ async fn sharing_a_physical_device_follows_the_rules() {
         Reply::Done
     );
     assert!(w.logs_in("spouse", own_card).await);
+    // Compliance may reject a request instead: nothing changes.
+    let Reply::Share { share: id, .. } = share(&w, "spouse", owner_dsc).await else {
+        panic!("not pending")
+    };
+    let reject = Operation::DecideShare {
+        share: id,
+        approve: false,
+    };
+    assert_eq!(
+        w.admin(reject).await,
+        Reply::Share {
+            share: id,
+            active: false
+        }
+    );
+    assert_eq!(w.admin(Operation::Shares).await, Reply::Shares(Vec::new()));
+    assert!(w.logs_in("spouse", own_card).await);
 
     // A less secure device than the requester's own is refused.
     let spouse_dsc = w.enroll("spouse", DeviceKind::DscPlus).await;
