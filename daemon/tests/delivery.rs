@@ -3,9 +3,12 @@
 //! gateways: every configured bound of them, and the delivery status;
 //! phone confirm codes and IB Key activation tokens, their expiry and bound.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::open_engine;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use slsd::clock::Timestamp;
@@ -15,8 +18,6 @@ use slsd::identity::{CodeId, DeviceId, MessageId, Username};
 use slsd::otp::push::{self, PushSigner};
 use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
-use slsd::store::registry::Registry;
-use slsd::store::sealed::SecretCipher;
 use slsd::wire::request::Answer;
 use slsd::wire::{
     DeliveryReport, DeliveryState, EnrollRequest, ErrorCode, Operation, Reply, Verdict,
@@ -34,16 +35,11 @@ struct World {
 impl World {
     fn new(config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut rng = ChaCha20Rng::seed_from_u64(5);
-        let config = Config::from_toml(config).unwrap();
-        let cipher = SecretCipher::load_or_create(&dir.path().join("k"), &mut rng).unwrap();
-        let registry =
-            Registry::open(&dir.path().join("r.redb"), cipher, config.devices.clone()).unwrap();
-        let engine = Engine::new(Arc::new(config), Arc::new(registry), &mut rng);
+        let engine = open_engine(dir.path(), Config::from_toml(config).unwrap());
         Self {
             _dir: dir,
             engine,
-            rng,
+            rng: ChaCha20Rng::seed_from_u64(5),
         }
     }
 

@@ -2,9 +2,11 @@
 //! temporary directory: the login flows, limits and durability that the
 //! QUIC end-to-end tests then check over the network.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
+use common::open_engine;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use slsd::clock::Timestamp;
@@ -15,8 +17,6 @@ use slsd::otp::SecretKey;
 use slsd::otp::card::CodeCard;
 use slsd::otp::ocra::{Ocra, OcraInput, Suite};
 use slsd::profile::DeviceKind;
-use slsd::store::registry::Registry;
-use slsd::store::sealed::SecretCipher;
 use slsd::wire::request::{Answer, Pin};
 use slsd::wire::{ChallengeText, EnrollRequest, ErrorCode, Operation, Reply, Verdict};
 
@@ -36,7 +36,7 @@ fn config() -> Config {
 impl World {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let engine = open(dir.path(), config());
+        let engine = open_engine(dir.path(), config());
         Self {
             dir,
             engine,
@@ -48,7 +48,7 @@ impl World {
     fn restart(self) -> Self {
         let Self { dir, engine, rng } = self;
         drop(engine);
-        let engine = open(dir.path(), config());
+        let engine = open_engine(dir.path(), config());
         Self { dir, engine, rng }
     }
 
@@ -112,14 +112,6 @@ impl World {
             other => panic!("verify failed: {other:?}"),
         }
     }
-}
-
-fn open(dir: &std::path::Path, config: Config) -> Engine {
-    let mut rng = ChaCha20Rng::seed_from_u64(5);
-    let cipher = SecretCipher::load_or_create(&dir.join("secrets.key"), &mut rng).unwrap();
-    let registry =
-        Registry::open(&dir.join("registry.redb"), cipher, config.devices.clone()).unwrap();
-    Engine::new(Arc::new(config), Arc::new(registry), &mut rng)
 }
 
 /// Enrols a security code card for "jdoe" straight through the engine.
@@ -559,7 +551,7 @@ fn enrolment_refuses_what_the_kind_does_not_take() {
 #[test]
 fn challenge_issuance_is_rate_limited_per_user() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = open(
+    let engine = open_engine(
         dir.path(),
         Config::from_toml("[challenges]\nper-user-per-minute = 3\n").unwrap(),
     );
@@ -585,7 +577,7 @@ fn users_sharing_a_limiter_bucket_share_its_allowance() {
     // One bucket: every name lands in it. "jdoe" uses the allowance up and
     // a name nobody enrolled is refused too (unknown users are limited).
     let dir = tempfile::tempdir().unwrap();
-    let engine = open(
+    let engine = open_engine(
         dir.path(),
         Config::from_toml("[challenges]\nper-user-per-minute = 2\nuser-limit-buckets = 1\n")
             .unwrap(),
@@ -614,7 +606,7 @@ fn users_sharing_a_limiter_bucket_share_its_allowance() {
 #[test]
 fn the_challenge_table_refuses_past_its_capacity() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = open(
+    let engine = open_engine(
         dir.path(),
         Config::from_toml("[challenges]\ncapacity = 2\nper-user-per-minute = 100\n").unwrap(),
     );

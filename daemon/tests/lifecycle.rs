@@ -3,9 +3,12 @@
 //! codes, opt-out, shares, replacement cards, the audit log — and that all
 //! of it survives a restart.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::open_engine;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use slsd::clock::Timestamp;
@@ -17,8 +20,6 @@ use slsd::otp::card::CodeCard;
 use slsd::otp::ocra::{Ocra, OcraInput, Suite};
 use slsd::policy::calendar::Day;
 use slsd::profile::DeviceKind;
-use slsd::store::registry::Registry;
-use slsd::store::sealed::SecretCipher;
 use slsd::wire::request::{Answer, Pin};
 use slsd::wire::{
     ChallengeText, DeviceStatus, EnrollRequest, ErrorCode, Identification, Operation, Refusal,
@@ -55,18 +56,10 @@ struct World {
     cards: Vec<(DeviceId, SecretKey)>,
 }
 
-fn open(dir: &std::path::Path, config: Config) -> Engine {
-    let mut rng = ChaCha20Rng::seed_from_u64(5);
-    let cipher = SecretCipher::load_or_create(&dir.join("secrets.key"), &mut rng).unwrap();
-    let registry =
-        Registry::open(&dir.join("registry.redb"), cipher, config.devices.clone()).unwrap();
-    Engine::new(Arc::new(config), Arc::new(registry), &mut rng)
-}
-
 impl World {
     fn new(extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Arc::new(open(dir.path(), config(extra)));
+        let engine = Arc::new(open_engine(dir.path(), config(extra)));
         Self {
             dir,
             engine,
@@ -85,7 +78,7 @@ impl World {
             cards,
         } = self;
         drop(engine);
-        let engine = Arc::new(open(dir.path(), config(&extra)));
+        let engine = Arc::new(open_engine(dir.path(), config(&extra)));
         Self {
             dir,
             engine,
