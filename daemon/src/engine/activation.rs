@@ -288,12 +288,12 @@ impl Engine {
         let Some(number) = number else {
             return Reply::error(ErrorCode::Internal, "the verification vanished");
         };
-        let has_device = self
-            .registry
-            .devices_of(user)
-            .iter()
-            .any(|d| d.usable_at(now));
         let changed = self.registry.change(rng, now, Self::actor(caller), |c| {
+            let has_device = c
+                .registry()
+                .devices_of(user)
+                .iter()
+                .any(|d| d.usable_at(now));
             let mut record = c.registry().user(user);
             record.number = Some(number.clone());
             c.set_user(user, record)?;
@@ -524,13 +524,15 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Reply {
-        let old: Vec<Arc<Device>> = self
-            .registry
-            .devices_of(user)
-            .into_iter()
-            .filter(|d| d.kind == DeviceKind::IbKey)
-            .collect();
         let changed = self.registry.change(rng, now, Self::actor(caller), |c| {
+            // Read inside the change: two activations of one user at once
+            // still leave one phone.
+            let old: Vec<Arc<Device>> = c
+                .registry()
+                .devices_of(user)
+                .into_iter()
+                .filter(|d| d.kind == DeviceKind::IbKey)
+                .collect();
             let (device, secret) = c.enroll(NewDevice {
                 user,
                 kind: DeviceKind::IbKey,
@@ -561,19 +563,19 @@ impl Engine {
                     format!("replaced by device {device}"),
                 )?;
             }
-            Ok::<_, EnrollError>((device, secret))
+            Ok::<_, EnrollError>((device, secret, old.first().map(|d| d.id)))
         });
         match changed {
-            Ok((device, Some(secret))) => {
+            Ok((device, Some(secret), replaced)) => {
                 tracing::info!(%user, %device, "IB Key activated");
                 Reply::Activated {
                     user: user.clone(),
                     device,
                     secret,
-                    replaced: old.first().map(|d| d.id),
+                    replaced,
                 }
             }
-            Ok((_, None)) => Reply::error(ErrorCode::Internal, "no key was generated"),
+            Ok((_, None, _)) => Reply::error(ErrorCode::Internal, "no key was generated"),
             Err(error) => super::enroll_error(error),
         }
     }
