@@ -246,10 +246,10 @@ fn handle(
         return;
     }
     if changes_registry(&request.operation) {
-        // A registry change commits (fsync) before its reply, one at a time:
-        // it runs on the blocking pool so that the logins behind it, on
-        // this stream and every other, are not held up; how many wait at
-        // once is bounded.
+        // A registry change is on disk before its reply (changes run one at
+        // a time and share their fsyncs): it runs on the blocking pool so
+        // that the logins behind it, on this stream and every other, are
+        // not held up; how many run and how many wait are bounded.
         let Some(slot) = take_slot(shared, &shared.change_slots, (id, operation), out) else {
             return;
         };
@@ -257,7 +257,7 @@ fn handle(
         let owned = OwnedCaller::of(connection, stream, id);
         let mut rng = ChaCha20Rng::from_rng(rng);
         tokio::spawn(async move {
-            let Ok(_running) = Arc::clone(&shared.change_workers).acquire_owned().await else {
+            let Ok(running) = Arc::clone(&shared.change_workers).acquire_owned().await else {
                 return;
             };
             let worker = Arc::clone(&shared);
@@ -267,7 +267,7 @@ fn handle(
                     .handle_from(&owned.caller(), request.operation, now, &mut rng)
             })
             .await;
-            drop(slot);
+            drop((running, slot));
             let outcome = match ran {
                 Ok(Some(outcome)) => outcome,
                 Ok(None) => return,
