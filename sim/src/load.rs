@@ -858,9 +858,8 @@ async fn push_login(shared: &Shared, gateway: &Pipeline, part: usize, member: us
 }
 
 /// One legitimate login of member `member`, due at `due`; `pick` chooses
-/// among the user's devices.
-/// A challenge/response login, or with `amount` (cents) a withdrawal
-/// confirmed by one: `AuthorizeWithdrawal` instead of `Verify`.
+/// among the user's devices. With `amount` (cents) it confirms a
+/// withdrawal: `AuthorizeWithdrawal` instead of `Verify`.
 async fn login(
     shared: &Shared,
     (gateway, verifier): (&Pipeline, &Pipeline),

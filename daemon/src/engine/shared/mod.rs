@@ -11,10 +11,13 @@
 //! decided. The changes a reply depends on are replicated
 //! (`store.redis-wait-replicas`) before the reply is sent.
 //!
-//! Here: challenge/response, devices, enrolment, revocation and unlocking;
-//! SMS and voice codes and the carrier channel in [`sms`]; push approval
-//! and the phone channel in [`push`]. Every operation of the protocol
-//! works on either store.
+//! Here: challenge/response, devices, enrolment, revocation and unlocking,
+//! withdrawals (the ledger on the user's slot) and the deployment's audit
+//! log; SMS and voice codes and the carrier channel in [`sms`]; push
+//! approval and the phone channel in [`push`]. The rest of the device
+//! lifecycle (identification, opt-out, shares, temporary codes,
+//! replacements, phone verification, IB Key activation) answers
+//! `Unsupported` here for now.
 
 mod push;
 mod sms;
