@@ -6,7 +6,8 @@
 //! killed under load fails over without losing an acknowledged enrolment;
 //! SMS codes and push approvals cross from node to node; the simulator's
 //! flows and attackers pass against both nodes; withdrawals on both nodes
-//! never together pass a limit, and the audit log is one for both.
+//! never together pass a limit, and the audit log is one for both; an
+//! opt-out set on one node holds on the other.
 
 mod support;
 
@@ -1049,4 +1050,69 @@ async fn withdrawals_on_both_nodes_never_together_pass_a_limit_and_are_audited_o
         };
         assert_eq!(rest, entries[10..].to_vec());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opting_out_on_one_node_holds_on_the_other_and_hong_kong_is_refused() {
+    let deployment = deploy("");
+    let admin_a = deployment.a.client(Role::Admin).await;
+    let admin_b = deployment.b.client(Role::Admin).await;
+    let gateway_b = deployment.b.client(Role::Gateway).await;
+    enroll_dsc(&admin_a, "jdoe").await.unwrap();
+    let identity = |residence: &str| slsd::wire::Identification {
+        residence: residence.into(),
+        date_of_birth: "1980-04-02".into(),
+        citizenship: "CH".into(),
+        id_document: "P 1".into(),
+    };
+    let set = |name: &str, residence: &str| Operation::SetIdentity {
+        user: user(name),
+        identity: identity(residence),
+    };
+    let opt = |name: &str, opted_out| Operation::SetOptOut {
+        user: user(name),
+        opted_out,
+    };
+    let required = |reply: Reply| match reply {
+        Reply::Devices { required, .. } => required,
+        other => panic!("{other:?}"),
+    };
+    let devices = || Operation::Devices { user: user("jdoe") };
+
+    assert_eq!(admin_a.call(set("jdoe", "CH")).await.unwrap(), Reply::Done);
+    assert!(required(gateway_b.call(devices()).await.unwrap()));
+    assert_eq!(admin_a.call(opt("jdoe", true)).await.unwrap(), Reply::Done);
+    assert!(!required(gateway_b.call(devices()).await.unwrap()));
+    assert_eq!(admin_b.call(opt("jdoe", false)).await.unwrap(), Reply::Done);
+    assert!(required(gateway_b.call(devices()).await.unwrap()));
+
+    // A Hong Kong resident, recorded on one node, is refused on the other.
+    assert_eq!(admin_a.call(set("hk", "HK")).await.unwrap(), Reply::Done);
+    let refused = admin_b.call(opt("hk", true)).await.unwrap();
+    assert!(
+        matches!(&refused, Reply::Refused { reason: slsd::wire::Refusal::OptOutForbidden, message } if message.contains("SFC")),
+        "{refused:?}"
+    );
+    let Reply::Audit(entries) = admin_b
+        .call(Operation::AuditLog {
+            after: 0,
+            limit: 100,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "enroll",
+            "set-identity",
+            "opt-out",
+            "opt-in",
+            "set-identity"
+        ]
+    );
+    assert!(entries.iter().all(|e| !e.detail.contains("P 1")));
 }

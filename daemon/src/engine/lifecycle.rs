@@ -217,11 +217,9 @@ impl Engine {
         rng: &mut R,
     ) -> Reply {
         let digest = self.registry.identity_digest(identity);
-        let residence: [u8; 2] = match identity.residence.as_bytes().try_into() {
+        let residence = match residence_code(identity) {
             Ok(code) => code,
-            Err(_) => {
-                return Reply::error(ErrorCode::InvalidArgument, "residence must be 2 letters");
-            }
+            Err(refusal) => return refusal,
         };
         let changed = self.registry.change(rng, now, Self::actor(caller), |c| {
             let record = UserRecord {
@@ -250,25 +248,41 @@ impl Engine {
     ) -> Reply {
         let changed = self.registry.change(rng, now, Self::actor(caller), |c| {
             let record = c.registry().user(user);
-            let residence = record
-                .residence
-                .map(|r| String::from_utf8_lossy(&r).into_owned());
-            let forbidden = residence
-                .as_ref()
-                .and_then(|r| self.config.lifecycle.opt_out_forbidden.get(r).map(|reg| (r, reg)));
-            if let (true, Some((residence, regulation))) = (opted_out, forbidden) {
-                return Ok(Reply::Refused {
-                    reason: Refusal::OptOutForbidden,
-                    message: format!(
-                        "users residing in {residence} cannot opt out of the Secure Login System: {regulation}"
-                    ),
-                });
+            if let Some(refusal) = self.opt_out_refusal(&record, opted_out) {
+                return Ok(refusal);
             }
-            c.set_user(user, UserRecord { opted_out, ..record })?;
-            c.audit(if opted_out { "opt-out" } else { "opt-in" }, Some(user), None, "")?;
+            c.set_user(
+                user,
+                UserRecord {
+                    opted_out,
+                    ..record
+                },
+            )?;
+            c.audit(
+                if opted_out { "opt-out" } else { "opt-in" },
+                Some(user),
+                None,
+                "",
+            )?;
             Ok::<_, StoreError>(Reply::Done)
         });
         changed.unwrap_or_else(|e| store_failed(&e))
+    }
+
+    /// The refusal of opting out a user whose residence forbids it
+    /// (`lifecycle.opt-out-forbidden`, naming the regulation).
+    pub(super) fn opt_out_refusal(&self, record: &UserRecord, opting_out: bool) -> Option<Reply> {
+        if !opting_out {
+            return None;
+        }
+        let residence = String::from_utf8_lossy(&record.residence?).into_owned();
+        let regulation = self.config.lifecycle.opt_out_forbidden.get(&residence)?;
+        Some(Reply::Refused {
+            reason: Refusal::OptOutForbidden,
+            message: format!(
+                "users residing in {residence} cannot opt out of the Secure Login System: {regulation}"
+            ),
+        })
     }
 
     /// A participant of a share as the rules see them.
@@ -716,6 +730,15 @@ impl Engine {
             }
         }
     }
+}
+
+/// The residence of identification data as kept: two letters.
+pub(super) fn residence_code(identity: &Identification) -> Result<[u8; 2], Reply> {
+    identity
+        .residence
+        .as_bytes()
+        .try_into()
+        .map_err(|_| Reply::error(ErrorCode::InvalidArgument, "residence must be 2 letters"))
 }
 
 /// The device that confirmed a withdrawal for `user`, from the verdict on

@@ -15,7 +15,7 @@ use std::fmt;
 use rand::CryptoRng;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
-use super::records::Stored;
+use super::records::{DeviceCodec, Stored};
 use super::registry::{
     Device, EnrollError, FailureState, NewDevice, Registry, StoreError, Verifier,
 };
@@ -340,7 +340,7 @@ impl<R: CryptoRng + ?Sized> Change<'_, R> {
 
     pub fn set_user(&mut self, user: &Username, record: UserRecord) -> Result<(), StoreError> {
         self.wrote = true;
-        let bytes = self.registry.encode_user(self.rng, user, &record)?;
+        let bytes = self.registry.codec.encode_user(self.rng, user, &record)?;
         self.txn
             .open_table(USERS)?
             .insert(user.as_str(), bytes.as_slice())?;
@@ -592,15 +592,7 @@ impl Registry {
     /// The keyed digest of identification data: what sharing compares.
     /// Fields are compared as written, ignoring case and surrounding space.
     pub fn identity_digest(&self, identity: &crate::wire::Identification) -> [u8; 32] {
-        let norm = |text: &str| text.trim().to_uppercase();
-        let fields = [
-            norm(&identity.date_of_birth),
-            norm(&identity.citizenship),
-            norm(&identity.residence),
-            norm(&identity.id_document),
-        ];
-        let parts: Vec<&[u8]> = fields.iter().map(|f| f.as_bytes()).collect();
-        self.codec.cipher.digest("sls/1 identification", &parts)
+        self.codec.identity_digest(identity)
     }
 
     /// The keyed digest of an IB Key app PIN, bound to its device.
@@ -616,7 +608,24 @@ impl Registry {
         let table = txn.open_table(LEDGER)?;
         Ok(table.get((user.as_str(), day.0))?.map_or(0, |v| v.value()))
     }
+}
 
+impl DeviceCodec {
+    /// The keyed digest of identification data: what sharing compares.
+    /// Fields are compared as written, ignoring case and surrounding space.
+    pub(super) fn identity_digest(&self, identity: &crate::wire::Identification) -> [u8; 32] {
+        let norm = |text: &str| text.trim().to_uppercase();
+        let fields = [
+            norm(&identity.date_of_birth),
+            norm(&identity.citizenship),
+            norm(&identity.residence),
+            norm(&identity.id_document),
+        ];
+        let parts: Vec<&[u8]> = fields.iter().map(|f| f.as_bytes()).collect();
+        self.cipher.digest("sls/1 identification", &parts)
+    }
+
+    /// A user record as either store keeps it, the number sealed.
     pub(super) fn encode_user<R: CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
@@ -628,7 +637,7 @@ impl Registry {
         out.put_bytes(record.residence.as_ref().map_or(&[][..], |r| r.as_slice()));
         out.put_bytes(record.identity.as_ref().map_or(&[][..], |d| d.as_slice()));
         let sealed = match &record.number {
-            Some(number) => self.codec.cipher.seal(
+            Some(number) => self.cipher.seal(
                 rng,
                 number.to_string().as_bytes(),
                 &user_context(user, "number"),
@@ -664,10 +673,7 @@ impl Registry {
         let number = match r.bytes("number").map_err(|_| corrupt())? {
             [] => None,
             sealed => {
-                let text = self
-                    .codec
-                    .cipher
-                    .open(sealed, &user_context(user, "number"))?;
+                let text = self.cipher.open(sealed, &user_context(user, "number"))?;
                 let text = std::str::from_utf8(&text).map_err(|_| corrupt())?;
                 Some(PhoneNumber::parse(text).map_err(|_| corrupt())?)
             }

@@ -366,7 +366,7 @@ impl Registry {
                 device: 0,
                 problem: format!("user name: {e}"),
             })?;
-            let record = self.decode_user(&user, record.value())?;
+            let record = self.codec.decode_user(&user, record.value())?;
             users.insert(user, record);
         }
         let mut shares = HashMap::new();

@@ -26,7 +26,8 @@
 //! `:phone-link` (the node its phone is on); `sls:{u:<user>}:devices` (the
 //! user's device ids), `:f:<device>`, `:c:<challenge>`, `:sms`,
 //! `:p:<push>`, `:issued:<minute>`, `:phone` (its one number's device) and
-//! `:pushes` (unanswered), `:w:<day>` (cents withdrawn on a UTC day);
+//! `:pushes` (unanswered), `:w:<day>` (cents withdrawn on a UTC day),
+//! `:account` (residence, identification digest, opt-out; the number sealed);
 //! `sls:{c<id>}:owner`, `sls:{k<id>}:owner`,
 //! `sls:{p<id>}:owner`; `sls:{carrier}:outbox` and `:bridges`;
 //! `sls:{n:<node>}:inbox` and `:alive`; `sls:{meta}:next-device` and `:sms-code-key`;
@@ -38,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use rand::CryptoRng;
 
-use super::accounts::{MAX_AUDIT_PAGE, decode_audit, encode_audit};
+use super::accounts::{MAX_AUDIT_PAGE, UserRecord as Account, decode_audit, encode_audit};
 use super::records::{DeviceCodec, Stored};
 use super::redis::{Change, Key, RedisStore, Versioned};
 use super::registry::{Device, EnrollError, FailureState, NewDevice, StoreError, Verifier};
@@ -155,6 +156,9 @@ pub enum UserRecord {
     Sms,
     /// A push session.
     Push(PushId),
+    /// What sls keeps about the user besides devices: residence, the
+    /// identification digest, opt-out (`accounts::UserRecord`).
+    Account,
 }
 
 fn user_record_key(user: &Username, record: UserRecord) -> Key {
@@ -164,6 +168,7 @@ fn user_record_key(user: &Username, record: UserRecord) -> Key {
         UserRecord::Challenge(id) => Key::new(&tag, &format!("c:{:016x}", id.0)),
         UserRecord::Sms => Key::new(&tag, "sms"),
         UserRecord::Push(id) => Key::new(&tag, &format!("p:{:016x}", id.0)),
+        UserRecord::Account => Key::new(&tag, "account"),
     }
 }
 
@@ -645,6 +650,56 @@ impl SharedStore {
                 })
             })
             .collect()
+    }
+
+    /// The keyed digest of identification data (as the embedded registry
+    /// makes it: the deployment's nodes share the key file).
+    pub fn identity_digest(&self, identity: &crate::wire::Identification) -> [u8; 32] {
+        self.codec.identity_digest(identity)
+    }
+
+    /// The account record of `user` as read (absent: the default).
+    pub fn account(&self, user: &Username, record: &Versioned) -> Result<Account, StoreError> {
+        match &record.value {
+            Some(bytes) => self.codec.decode_user(user, bytes),
+            None => Ok(Account::default()),
+        }
+    }
+
+    /// Changes the account record of `user`: `decide` sees it as it is in
+    /// the store and answers the new record (`None`: leave it) and what to
+    /// reply; decided again when another node changed it meanwhile. `None`
+    /// when it kept changing.
+    pub async fn update_account<R, T>(
+        &self,
+        rng: &mut R,
+        user: &Username,
+        mut decide: impl FnMut(Account) -> (Option<Account>, T) + Send,
+    ) -> Result<Option<T>, StoreError>
+    where
+        R: CryptoRng + Send + ?Sized,
+        T: Send,
+    {
+        for _ in 0..SWAP_ROUNDS {
+            let read = self.read_user(user, &[UserRecord::Account]).await?;
+            let Some(current) = read.into_iter().next() else {
+                return Err(StoreError::Database("no account record read".into()));
+            };
+            let (next, answer) = decide(self.account(user, &current)?);
+            let Some(next) = next else {
+                return Ok(Some(answer));
+            };
+            let bytes = self.codec.encode_user(rng, user, &next)?;
+            let change = [(
+                UserRecord::Account,
+                current.version,
+                Change::Set(bytes, None),
+            )];
+            if self.write_user(user, &change, true).await? {
+                return Ok(Some(answer));
+            }
+        }
+        Ok(None)
     }
 
     /// Some of a user's records, read at one moment (version 0: absent).

@@ -12,12 +12,12 @@
 //! (`store.redis-wait-replicas`) before the reply is sent.
 //!
 //! Here: challenge/response, devices, enrolment, revocation and unlocking,
-//! withdrawals (the ledger on the user's slot) and the deployment's audit
-//! log; SMS and voice codes and the carrier channel in [`sms`]; push
-//! approval and the phone channel in [`push`]. The rest of the device
-//! lifecycle (identification, opt-out, shares, temporary codes,
-//! replacements, phone verification, IB Key activation) answers
-//! `Unsupported` here for now.
+//! identification and opt-out (the user's account record), withdrawals
+//! (the ledger on the user's slot) and the deployment's audit log; SMS and
+//! voice codes and the carrier channel in [`sms`]; push approval and the
+//! phone channel in [`push`]. The rest of the device lifecycle (shares,
+//! temporary codes, replacements, phone verification, IB Key activation)
+//! answers `Unsupported` here for now.
 
 mod push;
 mod sms;
@@ -32,7 +32,7 @@ use std::sync::atomic::Ordering;
 
 use rand::CryptoRng;
 
-use super::lifecycle::{withdrawal_detail, withdrawal_device};
+use super::lifecycle::{residence_code, withdrawal_detail, withdrawal_device};
 use super::{
     Caller, Engine, Judgement, accepted, disposition_after, enroll_error, forbidden,
     invalid_amount, next_failure, phone_enrolled, push_key_bound, wrong_answer,
@@ -41,6 +41,7 @@ use crate::clock::Timestamp;
 use crate::identity::{ChallengeId, DeviceId, Username};
 use crate::policy::calendar::Day;
 use crate::ratelimit::Decision;
+use crate::store::accounts::UserRecord as Account;
 use crate::store::challenges::{Disposition, OpenChallenge};
 use crate::store::redis::Change;
 use crate::store::registry::{FailureState, NewDevice, StoreError};
@@ -170,12 +171,38 @@ impl Engine {
                 .audit_log(after, usize::from(limit))
                 .await
                 .map(Reply::Audit),
-            // The rest of the device lifecycle (identification, opt-out,
-            // shares, temporary codes, replacements, phone verification,
-            // IB Key activation) lives in the embedded registry only so far.
-            Operation::SetIdentity { .. }
-            | Operation::SetOptOut { .. }
-            | Operation::ShareDevice { .. }
+            Operation::SetIdentity { user, identity } => match residence_code(&identity) {
+                Ok(residence) => {
+                    let identity = Some(store.identity_digest(&identity));
+                    let set = |account: Account| {
+                        let next = Account {
+                            residence: Some(residence),
+                            identity,
+                            ..account
+                        };
+                        (Some(next), Reply::Done)
+                    };
+                    kept_changing(store.update_account(rng, &user, set).await)
+                }
+                Err(refusal) => Ok(refusal),
+            },
+            Operation::SetOptOut { user, opted_out } => {
+                let set = |account: Account| match self.opt_out_refusal(&account, opted_out) {
+                    Some(refusal) => (None, refusal),
+                    None => (
+                        Some(Account {
+                            opted_out,
+                            ..account
+                        }),
+                        Reply::Done,
+                    ),
+                };
+                kept_changing(store.update_account(rng, &user, set).await)
+            }
+            // The rest of the device lifecycle (shares, temporary codes,
+            // replacements, phone verification, IB Key activation) lives in
+            // the embedded registry only so far.
+            Operation::ShareDevice { .. }
             | Operation::DecideShare { .. }
             | Operation::CancelShare { .. }
             | Operation::Shares
@@ -238,9 +265,16 @@ impl Engine {
             .into_iter()
             .filter(|d| with_expired || !d.expired_at(now))
             .collect();
-        // Every failure state in one read: they live with the user.
-        let records: Vec<UserRecord> = devices.iter().map(|d| UserRecord::Failures(d.id)).collect();
-        let states = store.read_user(user, &records).await?;
+        // Every failure state, and the account (opt-out), in one read: they
+        // live with the user.
+        let mut records: Vec<UserRecord> =
+            devices.iter().map(|d| UserRecord::Failures(d.id)).collect();
+        records.push(UserRecord::Account);
+        let mut states = store.read_user(user, &records).await?;
+        let account = match states.pop() {
+            Some(record) => store.account(user, &record)?,
+            None => Account::default(),
+        };
         let mut entries = Vec::with_capacity(devices.len());
         for (device, record) in devices.iter().zip(&states) {
             let failures = failure_state(device.id, record)?;
@@ -257,9 +291,8 @@ impl Engine {
                 owner: None,
             });
         }
-        // Opting out is kept on the embedded store only (for now).
         Ok(Reply::Devices {
-            required: true,
+            required: !account.opted_out,
             devices: entries,
         })
     }
@@ -491,6 +524,16 @@ fn audit_subject(operation: &Operation) -> Option<AuditSubject> {
         }
         Operation::Revoke { device } => subject("revoke", None, Some(*device), String::new()),
         Operation::Unlock { user, device } => subject("unlock", Some(user), *device, String::new()),
+        Operation::SetIdentity { user, identity } => subject(
+            "set-identity",
+            Some(user),
+            None,
+            format!("residence {}", identity.residence),
+        ),
+        Operation::SetOptOut { user, opted_out } => {
+            let action = if *opted_out { "opt-out" } else { "opt-in" };
+            subject(action, Some(user), None, String::new())
+        }
         _ => return None,
     })
 }
@@ -590,6 +633,13 @@ impl Engine {
         }
         Ok(decision)
     }
+}
+
+/// The reply of a change that another node kept changing first.
+fn kept_changing(decided: Result<Option<Reply>, StoreError>) -> Result<Reply, StoreError> {
+    decided.map(|reply| {
+        reply.unwrap_or_else(|| Reply::error(ErrorCode::Busy, "the record kept changing; retry"))
+    })
 }
 
 async fn shared_revoke(store: &SharedStore, device: DeviceId) -> Result<Reply, StoreError> {
