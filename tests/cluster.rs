@@ -943,6 +943,15 @@ fn succeeded(output: &std::process::Output) {
     );
 }
 
+/// The deployment's audit log after entry `after`, as a node lists it.
+async fn audit_log(admin: &Client, after: u64) -> Vec<slsd::wire::AuditRecord> {
+    let listing = Operation::AuditLog { after, limit: 100 };
+    match admin.call(listing).await.unwrap() {
+        Reply::Audit(entries) => entries,
+        other => panic!("audit log: {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn withdrawals_on_both_nodes_never_together_pass_a_limit_and_are_audited_once() {
     // The DSC+ limited to 200,000 USD a day for this test.
@@ -1016,16 +1025,7 @@ async fn withdrawals_on_both_nodes_never_together_pass_a_limit_and_are_audited_o
     // One audit log for the deployment, read from either node: the
     // enrolment and the ten withdrawals, numbered without gaps.
     for admin in [&admin, &admin_b] {
-        let Reply::Audit(entries) = admin
-            .call(Operation::AuditLog {
-                after: 0,
-                limit: 100,
-            })
-            .await
-            .unwrap()
-        else {
-            panic!()
-        };
+        let entries = audit_log(admin, 0).await;
         let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
         assert_eq!(actions[0], "enroll");
         assert_eq!(
@@ -1038,17 +1038,7 @@ async fn withdrawals_on_both_nodes_never_together_pass_a_limit_and_are_audited_o
         assert_eq!(entries.len(), 11);
         let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=11).collect::<Vec<_>>());
-        let Reply::Audit(rest) = admin
-            .call(Operation::AuditLog {
-                after: 10,
-                limit: 100,
-            })
-            .await
-            .unwrap()
-        else {
-            panic!()
-        };
-        assert_eq!(rest, entries[10..].to_vec());
+        assert_eq!(audit_log(admin, 10).await, entries[10..].to_vec());
     }
 }
 
@@ -1093,16 +1083,7 @@ async fn opting_out_on_one_node_holds_on_the_other_and_hong_kong_is_refused() {
         matches!(&refused, Reply::Refused { reason: slsd::wire::Refusal::OptOutForbidden, message } if message.contains("SFC")),
         "{refused:?}"
     );
-    let Reply::Audit(entries) = admin_b
-        .call(Operation::AuditLog {
-            after: 0,
-            limit: 100,
-        })
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let entries = audit_log(&admin_b, 0).await;
     let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(
         actions,
