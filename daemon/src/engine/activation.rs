@@ -83,6 +83,24 @@ enum Checked {
     Expired,
 }
 
+impl Checked {
+    /// Whether the token is done with: used, expired, or out of attempts.
+    fn used_up(&self) -> bool {
+        !matches!(self, Self::Wrong { attempts_left } if *attempts_left > 0)
+    }
+
+    /// The reply to a wrong or late answer; `None` when it was right.
+    fn refusal(&self) -> Option<Reply> {
+        match self {
+            Self::Right => None,
+            Self::Wrong { attempts_left } => Some(Reply::Verdict(Verdict::Rejected {
+                attempts_left: *attempts_left,
+            })),
+            Self::Expired => Some(Reply::Verdict(Verdict::Expired)),
+        }
+    }
+}
+
 /// Checks `given` against a single-use token in constant time; a wrong
 /// answer spends an attempt.
 fn check_token(
@@ -271,19 +289,11 @@ impl Engine {
                 given,
                 now,
             );
-            match checked {
-                Checked::Right => pending.numbers.remove(user).map(|p| p.number),
-                Checked::Expired => {
-                    pending.numbers.remove(user);
-                    return Reply::Verdict(Verdict::Expired);
-                }
-                Checked::Wrong { attempts_left } => {
-                    if attempts_left == 0 {
-                        pending.numbers.remove(user);
-                    }
-                    return Reply::Verdict(Verdict::Rejected { attempts_left });
-                }
+            let spent = checked.used_up().then(|| pending.numbers.remove(user));
+            if let Some(refusal) = checked.refusal() {
+                return refusal;
             }
+            spent.flatten().map(|p| p.number)
         };
         let Some(number) = number else {
             return Reply::error(ErrorCode::Internal, "the verification vanished");
@@ -440,17 +450,16 @@ impl Engine {
             },
             None => None,
         };
-        let mut outcome = Outcome::from(Reply::Done);
-        let route = match device_proof {
+        let (mut outcome, route) = match device_proof {
             Some((device, challenge)) => {
-                outcome = self.verify(challenge, token, now, rng);
+                let outcome = self.verify(challenge, token, now, rng);
                 match &outcome.reply {
                     Reply::Verdict(Verdict::Accepted { device: d, .. }) if *d == device => {}
                     _ => return outcome,
                 }
                 // The challenge accepts once, so only one completion gets here.
                 self.tokens.lock().activations.remove(&activation);
-                format!("by device {device}")
+                (outcome, format!("by device {device}"))
             }
             None => {
                 let mut pending = self.tokens.lock();
@@ -461,22 +470,15 @@ impl Engine {
                 let Proof::Sms(code) = &entry.proof else {
                     return Reply::error(ErrorCode::Internal, "the activation changed").into();
                 };
-                match check_token(code, entry.expires_at, &mut entry.attempts_left, token, now) {
-                    Checked::Right => {
-                        pending.activations.remove(&activation);
-                    }
-                    Checked::Expired => {
-                        pending.activations.remove(&activation);
-                        return Reply::Verdict(Verdict::Expired).into();
-                    }
-                    Checked::Wrong { attempts_left } => {
-                        if attempts_left == 0 {
-                            pending.activations.remove(&activation);
-                        }
-                        return Reply::Verdict(Verdict::Rejected { attempts_left }).into();
-                    }
+                let checked =
+                    check_token(code, entry.expires_at, &mut entry.attempts_left, token, now);
+                if checked.used_up() {
+                    pending.activations.remove(&activation);
                 }
-                "by SMS token".to_owned()
+                if let Some(refusal) = checked.refusal() {
+                    return refusal.into();
+                }
+                (Outcome::from(Reply::Done), "by SMS token".to_owned())
             }
         };
         outcome.reply = self.bind_app(caller, &user, key, pin, reactivated, &route, now, rng);

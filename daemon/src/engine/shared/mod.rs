@@ -554,13 +554,25 @@ impl Engine {
             Reply::Done => subject.device,
             _ => return Ok(()),
         };
+        self.append_audit(store, caller, AuditSubject { device, ..subject }, now)
+            .await
+    }
+
+    /// Appends `subject` to the deployment's audit log, by `caller`.
+    async fn append_audit(
+        &self,
+        store: &SharedStore,
+        caller: &Caller<'_>,
+        subject: AuditSubject,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
         let entry = AuditRecord {
             seq: 0,
             at: now,
             actor: Self::actor(caller).0.to_owned(),
             action: subject.action.to_owned(),
             user: subject.user,
-            device,
+            device: subject.device,
             detail: subject.detail,
         };
         store.audit(&entry).await.map(drop)
@@ -620,16 +632,13 @@ impl Engine {
             // Booked first: if the audit entry cannot be written the
             // request fails, and the amount still counts (the safe side of
             // a limit).
-            let entry = AuditRecord {
-                seq: 0,
-                at: now,
-                actor: Self::actor(caller).0.to_owned(),
-                action: "withdrawal-approved".into(),
+            let subject = AuditSubject {
+                action: "withdrawal-approved",
                 user: Some(user.clone()),
                 device: Some(device),
                 detail: withdrawal_detail(amount, kind, today),
             };
-            store.audit(&entry).await?;
+            self.append_audit(store, caller, subject, now).await?;
         }
         Ok(decision)
     }
