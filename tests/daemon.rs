@@ -677,3 +677,99 @@ async fn streams_per_connection_are_capped() {
         }
     );
 }
+
+/// Runs `slsd serve` with `args` on `data_dir` until it is ready, stops it
+/// with SIGTERM, and returns what it logged on stderr (a file, as under a
+/// service manager, not a terminal).
+fn serve_and_collect_logs(data_dir: &std::path::Path, args: &[&str]) -> String {
+    use std::io::BufRead;
+    let config = data_dir.with_extension("toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let log = data_dir.with_extension("log");
+    let mut child = std::process::Command::new(support::binary("slsd"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    for line in stdout.lines() {
+        if line.unwrap() == "slsd: ready" {
+            break;
+        }
+    }
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    std::fs::read_to_string(&log).unwrap()
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn the_data_directory_is_private_and_logs_to_a_file_have_no_colour_codes() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // An operator's directory, made with the usual umask.
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let logs = serve_and_collect_logs(&data, &[]);
+    assert_eq!(mode(&data), 0o700);
+    let mut files = 0;
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        files += 1;
+    }
+    // CA, server and four role certificates with keys, the key file, the database.
+    assert!(files >= 14, "{files} files");
+    assert!(
+        logs.contains("mode tightened") && logs.contains("was=755"),
+        "the fix is logged: {logs}"
+    );
+    assert!(logs.contains("serving"), "{logs}");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "no ANSI codes in a file: {logs:?}"
+    );
+
+    // A file made open after the first start is found again at the next.
+    let db = data.join("registry.redb");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let logs = serve_and_collect_logs(&data, &["--log-format", "json"]);
+    assert_eq!(mode(&db), 0o600);
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert!(lines.iter().any(|l| {
+        l["level"] == "WARN"
+            && l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("mode tightened"))
+            && l["fields"]["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("registry.redb"))
+    }));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "serving" && l["level"] == "INFO")
+    );
+}

@@ -106,6 +106,18 @@ async fn connect_shared(
     Ok((shared, code_key))
 }
 
+/// Says which paths of the data directory were open to other users.
+fn log_tightened(changed: Vec<crate::store::datadir::Tightened>) {
+    for t in changed {
+        tracing::warn!(
+            path = %t.path.display(),
+            was = format_args!("{:o}", t.was),
+            now = format_args!("{:o}", t.now),
+            "data directory path was readable by others: mode tightened"
+        );
+    }
+}
+
 /// How often a node on a shared store runs a relay round.
 const RELAY_EVERY: Duration = Duration::from_millis(10);
 
@@ -129,10 +141,11 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let config = Arc::new(config);
-    std::fs::create_dir_all(data_dir).map_err(|source| ServeError::DataDir {
+    let data_dir_error = |source| ServeError::DataDir {
         path: data_dir.into(),
         source,
-    })?;
+    };
+    log_tightened(crate::store::datadir::secure(data_dir).map_err(data_dir_error)?);
     let pki = PkiPaths::new(data_dir);
     if pki.ensure()? {
         tracing::info!(dir = %data_dir.display(), "created a local CA and certificates");
@@ -147,6 +160,8 @@ pub async fn serve(
         )?
         .with_commit_interval(config.store.commit_interval),
     );
+    // The database and the files made on first start take the umask's mode.
+    log_tightened(crate::store::datadir::secure(data_dir).map_err(data_dir_error)?);
     let committer = Committer::start(
         Arc::clone(&registry),
         config.store.commit_interval,

@@ -9,6 +9,7 @@
 //! - [`accounts`]: the lifecycle side of the registry (users, activation
 //!   states, shares, the withdrawal ledger, the audit log) and
 //!   `Registry::change`, the one way the registry changes.
+//! - [`datadir`]: the data directory is the service's alone (0700/0600).
 //! - [`committer`]: group commit of the hot durable write (failure states).
 //! - [`sealed`]: at-rest encryption of secrets under the key file.
 //! - [`records`]: how a device record is laid out and sealed, for both.
@@ -21,6 +22,7 @@
 pub mod accounts;
 pub mod challenges;
 pub mod committer;
+pub mod datadir;
 mod flush;
 pub mod records;
 pub mod redis;

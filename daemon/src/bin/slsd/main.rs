@@ -31,6 +31,11 @@ enum Command {
         /// `store.backend = "redis"` and `store.redis-urls`.
         #[arg(long, value_name = "URLS")]
         store: Option<String>,
+        /// How log lines are written to stderr: `text` for people (coloured
+        /// only when stderr is a terminal), `json` (one object per line)
+        /// for log shippers.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// List the device kinds and how each is checked (built-in profiles).
     Profiles,
@@ -39,6 +44,12 @@ enum Command {
     Config(ConfigCommand),
     /// Operate a running daemon: every admin operation (`slsd admin help`).
     Admin(admin::AdminArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,7 +67,11 @@ fn main() -> ExitCode {
             config,
             data_dir,
             store,
-        } => serve(config.as_deref(), &data_dir, store.as_deref()),
+            log_format,
+        } => {
+            init_logs(log_format);
+            serve(config.as_deref(), &data_dir, store.as_deref())
+        }
         Command::Profiles => print_profiles(),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", slsd::config::DEFAULT_TOML);
@@ -108,6 +123,22 @@ fn load_config(file: Option<&std::path::Path>) -> anyhow::Result<slsd::config::C
     slsd::config::Config::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
 }
 
+/// Log lines on stderr, filtered by `RUST_LOG` (default `info`). Colour
+/// codes only on a terminal: in a file or the journal they are noise.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+}
+
 fn serve(
     config: Option<&std::path::Path>,
     data_dir: &std::path::Path,
@@ -119,13 +150,6 @@ fn serve(
             .with_redis_store(urls.split(',').map(str::trim).map(str::to_owned).collect())
             .map_err(|e| anyhow::anyhow!("--store: {e}"))?;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let metrics = match slsd::metrics::install() {
         Ok(handle) => Some(handle),
         Err(error) => {
