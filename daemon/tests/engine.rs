@@ -30,7 +30,7 @@ struct World {
 }
 
 fn config() -> Config {
-    Config::from_toml("[challenges]\nttl = \"30s\"\nattempts = 3\nper-user-per-minute = 1000\n[lockout]\nfailures = 5\nfirst = \"60s\"\nmax = \"200s\"\n").unwrap()
+    Config::from_toml("[challenges]\nttl = \"30s\"\nattempts = 3\nper-user-per-minute = 1000\n[lockout]\nfailures = 5\nfirst = \"60s\"\nmax = \"200s\"\ndecay-after = \"1h\"\n").unwrap()
 }
 
 impl World {
@@ -111,6 +111,32 @@ impl World {
             Reply::Verdict(v) => v,
             other => panic!("verify failed: {other:?}"),
         }
+    }
+}
+
+impl World {
+    /// One wrong answer to a fresh challenge of "jdoe"'s DSC+ `device`.
+    fn fail_once(&mut self, device: DeviceId, now: Timestamp) -> Verdict {
+        let (id, text) = self.challenge("jdoe", device, now);
+        let right = dsc_plus(DSC_KEY, "4821", &text);
+        self.verify(id, &wrong(&right), now)
+    }
+
+    /// Wrong answers until the device locks; the lockout's length.
+    fn fail_until_locked(&mut self, device: DeviceId, now: Timestamp) -> Duration {
+        loop {
+            match self.fail_once(device, now) {
+                Verdict::LockedOut { retry_after } => return retry_after,
+                Verdict::Rejected { .. } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    fn right_answer(&mut self, device: DeviceId, now: Timestamp) -> Verdict {
+        let (id, text) = self.challenge("jdoe", device, now);
+        let right = dsc_plus(DSC_KEY, "4821", &text);
+        self.verify(id, &right, now)
     }
 }
 
@@ -725,4 +751,152 @@ fn an_online_card_stops_working_when_its_validity_ends() {
         other => panic!("{other:?}"),
     };
     assert_eq!(all, 2);
+}
+
+#[test]
+fn lockout_escalation_decays_in_quiet_periods_and_resets_on_success() {
+    let mut w = World::new();
+    let (device, _) = w.enroll("jdoe", DeviceKind::DscPlus, Some(DSC_KEY), Some("4821"));
+    let hour = 3600;
+    assert_eq!(w.fail_until_locked(device, T0), Duration::from_secs(60));
+    assert_eq!(
+        w.fail_until_locked(device, later(60)),
+        Duration::from_secs(120)
+    );
+    // Without decay the next would be 240 s, capped at 200 s. One quiet
+    // hour after the lockout ended takes one doubling off.
+    let mut now = 60 + 120 + hour;
+    assert_eq!(
+        w.fail_until_locked(device, later(now)),
+        Duration::from_secs(120)
+    );
+    now += 120;
+    assert_eq!(
+        w.fail_until_locked(device, later(now)),
+        Duration::from_secs(200)
+    );
+    // Five quiet hours: the escalation starts over.
+    now += 200 + 5 * hour;
+    assert_eq!(
+        w.fail_until_locked(device, later(now)),
+        Duration::from_secs(60)
+    );
+
+    // Four wrong answers, then an hour's quiet: the count starts over, so
+    // four more do not lock the device.
+    now += 60 + 5 * hour;
+    for _ in 0..4 {
+        assert!(matches!(
+            w.fail_once(device, later(now)),
+            Verdict::Rejected { .. }
+        ));
+    }
+    now += hour;
+    for _ in 0..4 {
+        assert!(matches!(
+            w.fail_once(device, later(now)),
+            Verdict::Rejected { .. }
+        ));
+    }
+    assert!(matches!(
+        w.fail_once(device, later(now)),
+        Verdict::LockedOut { .. }
+    ));
+
+    // A right answer clears the escalation at once.
+    now += 60;
+    assert_eq!(
+        w.fail_until_locked(device, later(now)),
+        Duration::from_secs(120)
+    );
+    now += 120;
+    assert!(matches!(
+        w.right_answer(device, later(now)),
+        Verdict::Accepted { .. }
+    ));
+    assert_eq!(
+        w.fail_until_locked(device, later(now)),
+        Duration::from_secs(60)
+    );
+}
+
+#[test]
+fn a_hundred_wrong_answers_without_a_right_one_need_an_operator() {
+    let mut w = World::new();
+    let (device, _) = w.enroll("jdoe", DeviceKind::DscPlus, Some(DSC_KEY), Some("4821"));
+    let (card, card_secret) = w.enroll("jdoe", DeviceKind::Scc, None, None);
+    let card_secret = CodeCard::new(&card_secret.unwrap(), 224).unwrap();
+    let mut now = T0;
+    let mut failures = 0;
+    let last = loop {
+        let verdict = w.fail_once(device, now);
+        failures += 1;
+        match verdict {
+            Verdict::Rejected { .. } => {}
+            Verdict::LockedOut { retry_after } if retry_after == Duration::MAX => break failures,
+            // A timed lockout: wait it out, as a patient guesser would.
+            Verdict::LockedOut { retry_after } => now = now.plus(retry_after),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(last, 100, "the default lockout.hard-limit");
+
+    // A year later it is still locked, and says so; the right answer too.
+    let year = now.plus(Duration::from_secs(365 * 86_400));
+    assert_eq!(
+        w.right_answer(device, year),
+        Verdict::LockedOut {
+            retry_after: Duration::MAX
+        }
+    );
+    let devices = w.gateway(
+        Operation::Devices {
+            user: Username::new("jdoe").unwrap(),
+        },
+        year,
+    );
+    let Reply::Devices { devices, .. } = devices else {
+        panic!("{devices:?}")
+    };
+    let locked: Vec<_> = devices.iter().map(|d| (d.device, d.locked_for)).collect();
+    assert_eq!(
+        locked,
+        vec![(device, Duration::MAX), (card, Duration::ZERO)]
+    );
+
+    // It survives a restart.
+    let state = *w.engine.registry().device(device).unwrap().failures();
+    w.engine
+        .registry()
+        .save_failures(&[(device, state)])
+        .unwrap();
+    let mut w = w.restart();
+    assert_eq!(
+        w.right_answer(device, year),
+        Verdict::LockedOut {
+            retry_after: Duration::MAX
+        }
+    );
+
+    // The owner logs in with the other device meanwhile.
+    let (id, text) = w.challenge("jdoe", card, year);
+    let ChallengeText::CardPositions(a, b) = text else {
+        panic!("{text:?}")
+    };
+    let codes = card_secret.challenge(a, b).unwrap();
+    let answer = card_secret.response(codes).unwrap().to_string();
+    assert!(matches!(
+        w.verify(id, &answer, year),
+        Verdict::Accepted { device, .. } if device == card
+    ));
+    // An operator unlocks it.
+    let unlock = Operation::Unlock {
+        user: Username::new("jdoe").unwrap(),
+        device: Some(device),
+    };
+    assert_eq!(w.call(Role::Admin, unlock, year).reply, Reply::Done);
+    assert!(matches!(
+        w.right_answer(device, year),
+        Verdict::Accepted { .. }
+    ));
 }

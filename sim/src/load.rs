@@ -300,7 +300,10 @@ impl Shared {
     }
 
     pub fn saw_lock(&self, device: DeviceId, sent: Instant, seen: Instant, retry: Duration) {
-        let until = sent + retry;
+        // A device that waits for an operator says `Duration::MAX`: a
+        // century is forever for a load run.
+        const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
+        let until = sent + retry.min(FOREVER);
         let mut locks = lock(&self.locks);
         let entry = locks.entry(device).or_insert(SeenLock { seen, until });
         if until > entry.until {

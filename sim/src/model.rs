@@ -14,19 +14,46 @@ use slsd::profile::DeviceKind;
 use slsd::wire::Verdict;
 
 /// A device's failures as the model counts them: a timed throttle that
-/// doubles with each lockout, up to a cap, and clears on success.
+/// doubles with each lockout, up to a cap, steps down by one doubling per
+/// quiet period, clears on success, and past the hard limit of wrong
+/// answers without a right one waits for an operator.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Failures {
     pub consecutive: u32,
     pub lockouts: u32,
     /// Milliseconds since the epoch.
     pub locked_until: u64,
+    /// When the last wrong answer came (milliseconds since the epoch).
+    pub last_failure: u64,
+    /// Wrong answers since the last right one.
+    pub since_success: u32,
+    /// Locked until an operator unlocks it.
+    pub needs_operator: bool,
 }
 
 impl Failures {
     /// How long the device is still locked at `now` (zero if it is not).
     pub fn locked_for(&self, now: u64) -> Duration {
+        if self.needs_operator {
+            return Duration::MAX;
+        }
         Duration::from_millis(self.locked_until.saturating_sub(now))
+    }
+
+    fn is_locked(&self, now: u64) -> bool {
+        self.needs_operator || self.locked_until > now
+    }
+
+    /// The quiet periods since the later of the last failure and the end of
+    /// the last lockout: each forgets the consecutive count and one doubling.
+    fn quiet_periods(&mut self, rules: &LockoutConfig, now: u64) {
+        let period = u64::try_from(rules.decay_after.as_millis()).unwrap_or(u64::MAX);
+        let mut quiet_since = self.last_failure.max(self.locked_until);
+        while quiet_since.saturating_add(period) <= now && self.lockouts + self.consecutive > 0 {
+            self.consecutive = 0;
+            self.lockouts = self.lockouts.saturating_sub(1);
+            quiet_since += period;
+        }
     }
 }
 
@@ -75,7 +102,7 @@ pub fn verify(
     if challenge.expires_at <= now || attempt.device_expired {
         return (Verdict::Expired, false, None);
     }
-    if failures.locked_until > now {
+    if failures.is_locked(now) {
         let retry_after = failures.locked_for(now);
         return (Verdict::LockedOut { retry_after }, true, None);
     }
@@ -89,7 +116,19 @@ pub fn verify(
         return (verdict, false, None);
     }
     challenge.attempts_left = challenge.attempts_left.saturating_sub(1);
+    failures.quiet_periods(rules, now);
+    failures.last_failure = now;
+    failures.since_success += 1;
     failures.consecutive += 1;
+    if failures.since_success >= rules.hard_limit {
+        failures.needs_operator = true;
+        failures.lockouts += 1;
+        failures.consecutive = 0;
+        let verdict = Verdict::LockedOut {
+            retry_after: Duration::MAX,
+        };
+        return (verdict, false, Some(Duration::MAX));
+    }
     if failures.consecutive >= rules.failures {
         let length = rules
             .first
@@ -123,6 +162,8 @@ mod tests {
             failures: 2,
             first: Duration::from_secs(10),
             max: Duration::from_secs(25),
+            decay_after: Duration::from_secs(3600),
+            hard_limit: 100,
         };
         let user = Username::new("u").unwrap();
         let holder = Holder {

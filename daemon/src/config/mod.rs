@@ -79,6 +79,12 @@ pub struct LockoutConfig {
     pub first: Duration,
     #[serde(with = "humantime_serde")]
     pub max: Duration,
+    /// Each such quiet period takes one doubling off the escalation.
+    #[serde(with = "humantime_serde")]
+    pub decay_after: Duration,
+    /// Wrong answers without a right one that lock a device until an
+    /// operator unlocks it.
+    pub hard_limit: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -326,9 +332,9 @@ impl Config {
         )?;
         let l = &self.lockout;
         check(
-            (1..=1000).contains(&l.failures),
+            (1..=100).contains(&l.failures),
             "lockout.failures",
-            "must be 1..=1000",
+            "must be 1..=100",
         )?;
         check(
             l.first >= Duration::from_millis(1),
@@ -339,6 +345,16 @@ impl Config {
             l.max >= l.first,
             "lockout.max",
             "must be at least lockout.first",
+        )?;
+        check(
+            (Duration::from_secs(1)..=Duration::from_secs(30 * 86_400)).contains(&l.decay_after),
+            "lockout.decay-after",
+            "must be 1s..=30days",
+        )?;
+        check(
+            (l.failures..=100).contains(&l.hard_limit),
+            "lockout.hard-limit",
+            "must be lockout.failures..=100 (NIST SP 800-63B)",
         )?;
         let st = &self.store;
         check(

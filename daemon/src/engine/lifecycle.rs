@@ -95,7 +95,7 @@ impl Engine {
             device: d.id,
             kind: d.kind,
             label: d.label.clone(),
-            locked_for: now.until(d.failures().locked_until),
+            locked_for: d.failures().locked_for(now),
             status,
             owner,
         };

@@ -268,9 +268,9 @@ impl Engine {
                 "no IB Key device with push for this user",
             );
         };
-        let locked_until = device.failures().locked_until;
-        if locked_until > now {
-            return Reply::rate_limited(now.until(locked_until), "the device is locked out");
+        let failures = *device.failures();
+        if failures.locked_until > now {
+            return Reply::rate_limited(failures.locked_for(now), "the device is locked out");
         }
         let push_config = &self.config.push;
         let mut sessions = self.pushes.sessions();
@@ -423,7 +423,7 @@ impl Engine {
                 let mut failures = device.failures();
                 if failures.locked_until > now {
                     Verdict::LockedOut {
-                        retry_after: now.until(failures.locked_until),
+                        retry_after: failures.locked_for(now),
                     }
                 } else if signed & (chosen == match_number) {
                     if *failures != FailureState::default() {

@@ -308,9 +308,9 @@ impl Engine {
         let Some(to) = device.phone().cloned() else {
             return Reply::error(ErrorCode::NoVerifiedNumber, "no verified phone number");
         };
-        let locked_until = device.failures().locked_until;
-        if locked_until > now {
-            return Reply::rate_limited(now.until(locked_until), "the SMS device is locked out");
+        let failures = *device.failures();
+        if failures.locked_until > now {
+            return Reply::rate_limited(failures.locked_for(now), "the SMS device is locked out");
         }
         if self.outbox.bridges() == 0 {
             return Reply::error(
@@ -420,7 +420,7 @@ impl Engine {
         };
         let mut failures = device.failures();
         if failures.locked_until > now {
-            let retry_after = now.until(failures.locked_until);
+            let retry_after = failures.locked_for(now);
             return Reply::Verdict(Verdict::LockedOut { retry_after }).into();
         }
         if self.codes.code(session.code).matches(given.as_bytes()) {

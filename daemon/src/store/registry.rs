@@ -84,30 +84,73 @@ pub enum EnrollError {
 pub struct FailureState {
     /// Wrong answers since the last right one or the last lockout.
     pub consecutive: u32,
-    /// Lockouts since the last right answer (each doubles the next).
+    /// The lockout escalation: each doubles the next. A right answer
+    /// clears it; quiet periods without failures step it down.
     pub lockouts: u32,
-    /// Locked until this moment (in the past when not locked).
+    /// Locked until this moment (in the past when not locked;
+    /// [`LOCKED_UNTIL_UNLOCKED`] when only an operator can unlock it).
     pub locked_until: Timestamp,
+    /// When the last wrong answer came (0: none since the last right one).
+    pub last_failure: Timestamp,
+    /// Wrong answers since the last right one, lockouts or not: the hard
+    /// cap (`lockout.hard-limit`) counts these.
+    pub since_success: u32,
 }
+
+/// `locked_until` of a device that reached `lockout.hard-limit`: locked
+/// until an operator unlocks it.
+pub const LOCKED_UNTIL_UNLOCKED: Timestamp = Timestamp(u64::MAX);
 
 impl FailureState {
     /// The stored form (a shared store's record, the database's value).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16);
+        let mut out = Vec::with_capacity(32);
         out.put_u64(u64::from(self.consecutive) << 32 | u64::from(self.lockouts));
         out.put_u64(self.locked_until.0);
+        out.put_u64(self.last_failure.0);
+        out.put_u64(u64::from(self.since_success));
         out
     }
 
+    /// How long the device stays locked from `now` (zero when it is not);
+    /// `Duration::MAX` when only an operator can unlock it, which the wire
+    /// carries as the largest number of milliseconds.
+    pub fn locked_for(&self, now: Timestamp) -> std::time::Duration {
+        if self.needs_operator() {
+            std::time::Duration::MAX
+        } else {
+            now.until(self.locked_until)
+        }
+    }
+
+    /// Whether the device reached the hard cap and waits for an operator.
+    pub fn needs_operator(&self) -> bool {
+        self.locked_until == LOCKED_UNTIL_UNLOCKED
+    }
+
+    /// Reads the stored form, and the 16-byte form of earlier versions
+    /// (no time of the last failure: the decay counts from the lock's end;
+    /// the failures since success were the consecutive ones).
     pub(super) fn decode(bytes: &[u8]) -> Option<Self> {
         let mut r = Reader::new(bytes);
         let counts = r.u64("counts").ok()?;
         let locked_until = Timestamp(r.u64("locked until").ok()?);
+        let consecutive = (counts >> 32) as u32;
+        let (last_failure, since_success) = if bytes.len() == 16 {
+            (Timestamp(0), consecutive)
+        } else {
+            (
+                Timestamp(r.u64("last failure").ok()?),
+                u32::try_from(r.u64("failures since success").ok()?).ok()?,
+            )
+        };
         r.finish().ok()?;
         Some(Self {
-            consecutive: (counts >> 32) as u32,
+            consecutive,
             lockouts: (counts & 0xffff_ffff) as u32,
             locked_until,
+            last_failure,
+            since_success,
         })
     }
 }
@@ -609,5 +652,36 @@ impl Registry {
         }
         txn.commit()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_states_round_trip_and_the_earlier_form_still_reads() {
+        let state = FailureState {
+            consecutive: 3,
+            lockouts: 2,
+            locked_until: Timestamp(1_800_000_000_000),
+            last_failure: Timestamp(1_799_999_000_000),
+            since_success: 13,
+        };
+        assert_eq!(FailureState::decode(&state.encode()), Some(state));
+        // The 16-byte record of versions before the decay and the hard cap.
+        let mut old = Vec::new();
+        old.put_u64(3 << 32 | 2);
+        old.put_u64(1_800_000_000_000);
+        assert_eq!(
+            FailureState::decode(&old),
+            Some(FailureState {
+                last_failure: Timestamp(0),
+                since_success: 3,
+                ..state
+            })
+        );
+        assert_eq!(FailureState::decode(&old[..15]), None);
+        assert_eq!(FailureState::decode(&state.encode()[..31]), None);
     }
 }

@@ -282,7 +282,7 @@ impl Engine {
                 device: device.id,
                 kind: device.kind,
                 label: device.label.clone(),
-                locked_for: now.until(failures.locked_until),
+                locked_for: failures.locked_for(now),
                 status: if device.expired_at(now) {
                     crate::wire::DeviceStatus::Expired
                 } else {

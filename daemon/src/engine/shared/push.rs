@@ -265,7 +265,7 @@ impl Engine {
         let (_, failures) = store.failures(user, device.id).await?;
         if failures.locked_until > now {
             return Ok(Reply::rate_limited(
-                now.until(failures.locked_until),
+                failures.locked_for(now),
                 "the device is locked out",
             ));
         }
@@ -456,7 +456,7 @@ impl Engine {
                 None => (Verdict::Denied, Change::Keep),
                 Some(_) if failures.locked_until > now => (
                     Verdict::LockedOut {
-                        retry_after: now.until(failures.locked_until),
+                        retry_after: failures.locked_for(now),
                     },
                     Change::Keep,
                 ),

@@ -91,7 +91,7 @@ impl Engine {
         let failures = failure_state(device.id, failures_record)?;
         if failures.locked_until > now {
             return Ok(Reply::rate_limited(
-                now.until(failures.locked_until),
+                failures.locked_for(now),
                 "the SMS device is locked out",
             ));
         }
@@ -227,7 +227,7 @@ impl Engine {
             };
             let failures = failure_state(device_id, failures_record)?;
             if failures.locked_until > now {
-                let retry_after = now.until(failures.locked_until);
+                let retry_after = failures.locked_for(now);
                 return Ok(Reply::Verdict(Verdict::LockedOut { retry_after }));
             }
             let seen = failures_record.version;
