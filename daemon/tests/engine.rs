@@ -572,6 +572,29 @@ fn enrolment_refuses_what_the_kind_does_not_take() {
         assert_eq!(code, ErrorCode::InvalidArgument);
         assert!(got.contains(message), "{got}");
     }
+    // Keys shorter than 128 bits are refused; 16 bytes are enough.
+    for (kind, pin) in [(DeviceKind::DscPlus, Some("4821")), (DeviceKind::Scc, None)] {
+        for (bytes, accepted) in [(1, false), (15, false), (16, true)] {
+            let request = EnrollRequest {
+                user: Username::new("keys").unwrap(),
+                kind,
+                secret: Some(SecretKey::from_bytes(vec![7; bytes]).unwrap()),
+                pin: pin.map(Pin::new),
+                label: String::new(),
+            };
+            match w.call(Role::Admin, Operation::Enroll(request), T0).reply {
+                Reply::Enrolled { .. } if accepted => {}
+                Reply::Error { code, message, .. } if !accepted => {
+                    assert_eq!(code, ErrorCode::InvalidArgument);
+                    assert!(
+                        message.contains("at least 16 bytes (128 bits)"),
+                        "{message}"
+                    );
+                }
+                other => panic!("{kind} with {bytes} bytes: {other:?}"),
+            }
+        }
+    }
 }
 
 #[test]

@@ -183,7 +183,13 @@ pub struct DeviceProfile {
     pub validity: Option<Duration>,
     /// Whether new devices of this kind are still handed out.
     pub issued: bool,
+    /// The shortest key an enrolment may bring (default 16 bytes, 128 bits:
+    /// RFC 4226 §4 requires it and recommends 160).
+    pub min_key_bytes: usize,
 }
+
+/// The shortest enrolled key unless a profile says otherwise: 128 bits.
+pub const MIN_KEY_BYTES: usize = 16;
 
 /// A profile that cannot be used, named by its configuration key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -290,6 +296,8 @@ struct RawProfile {
     validity: Option<Duration>,
     check: RawCheck,
     withdrawal_limit: RawLimit,
+    #[serde(default)]
+    min_key_bytes: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -372,8 +380,16 @@ impl RawProfile {
                 Check::RandomCode(CodeSpec::new(alphabet, length).map_err(code)?)
             }
         };
+        let min_key_bytes = self.min_key_bytes.unwrap_or(MIN_KEY_BYTES);
+        if !(1..=64).contains(&min_key_bytes) {
+            return Err(ProfileError::Invalid {
+                kind,
+                problem: "min-key-bytes must be 1..=64".into(),
+            });
+        }
         Ok(DeviceProfile {
             kind,
+            min_key_bytes,
             name: self.name,
             security: self.security,
             check,

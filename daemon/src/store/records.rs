@@ -71,7 +71,17 @@ impl DeviceCodec {
         }
         let generated = secret.is_none();
         let secret = match secret {
-            Some(secret) => secret,
+            Some(secret) => {
+                let least = self.profiles.get(kind).min_key_bytes;
+                if secret.len() < least {
+                    return Err(EnrollError::Invalid(format!(
+                        "a {kind} key is at least {least} bytes ({} bits); this one has {}",
+                        least * 8,
+                        secret.len()
+                    )));
+                }
+                secret
+            }
             None => {
                 let mut bytes = vec![0u8; self.secret_len(kind)?];
                 rng.fill_bytes(&mut bytes);
