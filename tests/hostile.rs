@@ -408,3 +408,87 @@ async fn ten_thousand_connections_come_and_go() {
     assert_memory_bounded(&daemon, before, "connection churn");
     assert_durable(daemon, device).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_flooding_registry_changes_leaves_the_operators_their_slots() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    // One waiting registry change per role, and one worker: the phone's
+    // flood keeps its own slot full the whole time.
+    let daemon = Daemon::start(
+        &dir.path().join("data"),
+        "",
+        "[store]\nchanges-in-flight = 1\nchange-workers = 1\n",
+    );
+    let phone = daemon.client(Role::Phone).await;
+    let flood: Pipeline = phone.pipeline(4096).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooding = {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            let signer = slsd::otp::push::PushSigner::from_seed([3; 32]);
+            let (mut busy, mut other) = (0u64, 0u64);
+            let mut next = 1u64;
+            while !stop.load(Ordering::Relaxed) {
+                let mut calls = tokio::task::JoinSet::new();
+                for _ in 0..500 {
+                    next += 1;
+                    let operation = Operation::CompleteActivation {
+                        activation: slsd::identity::ActivationId(next),
+                        token: Answer::new("123456"),
+                        key: signer.public(),
+                        pin: Pin::new("2580"),
+                        previous: None,
+                    };
+                    let flood = flood.clone();
+                    calls.spawn(async move { flood.call(operation).await });
+                }
+                while let Some(done) = calls.join_next().await {
+                    match done.unwrap().unwrap() {
+                        Reply::Error {
+                            code: ErrorCode::Busy,
+                            ..
+                        } => busy += 1,
+                        _ => other += 1,
+                    }
+                }
+            }
+            (busy, other)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Meanwhile an operator enrols 40 users, one after another.
+    let admin = daemon.client(Role::Admin).await;
+    let mut refused = 0;
+    for n in 0..40 {
+        let reply = admin
+            .call(Operation::Enroll(EnrollRequest {
+                user: user(&format!("staff{n}")),
+                kind: DeviceKind::Scc,
+                secret: None,
+                pin: None,
+                label: "card".into(),
+            }))
+            .await
+            .unwrap();
+        match reply {
+            Reply::Enrolled { .. } => {}
+            Reply::Error {
+                code: ErrorCode::Busy,
+                ..
+            } => refused += 1,
+            other => panic!("enrol answered {other:?}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (busy, other) = flooding.await.unwrap();
+    eprintln!("phone flood: {busy} Busy, {other} answered; operator: {refused} of 40 Busy");
+    assert!(
+        busy > 0,
+        "the phone's own slot was full: the flood met Busy"
+    );
+    assert_eq!(
+        refused, 0,
+        "the operator's enrolments never wait behind the phone's"
+    );
+}

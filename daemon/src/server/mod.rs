@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::clock;
 use crate::config::Backend;
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::engine::{Engine, Role};
 use crate::ratelimit::{Gcra, Rate};
 use crate::store::committer::Committer;
 use crate::store::records::DeviceCodec;
@@ -48,8 +48,11 @@ struct Shared {
     /// On a shared store: requests waiting on it at once
     /// (`store.redis-in-flight`); one more is answered `Busy`.
     store_slots: Arc<tokio::sync::Semaphore>,
-    /// Registry changes waiting for their commit on the blocking pool.
-    change_slots: Arc<tokio::sync::Semaphore>,
+    /// Registry changes waiting for their commit on the blocking pool, a
+    /// pool per role (`Role::ALL`'s order): a flood from one role (a phone
+    /// with made-up activation ids) never takes another's (an operator's
+    /// enrolments).
+    change_slots: [Arc<tokio::sync::Semaphore>; 4],
     /// Registry changes running at once on the blocking pool.
     change_workers: Arc<tokio::sync::Semaphore>,
 }
@@ -129,6 +132,16 @@ pub struct Started {
     pub pki: PkiPaths,
 }
 
+impl Shared {
+    /// The registry-change slots of `role`.
+    fn change_slots(&self, role: Role) -> &Arc<tokio::sync::Semaphore> {
+        let index = Role::ALL.iter().position(|r| *r == role).unwrap_or(0);
+        // `change_slots` has one pool per entry of `Role::ALL`.
+        #[allow(clippy::indexing_slicing)]
+        &self.change_slots[index]
+    }
+}
+
 /// Runs the daemon until `shutdown` resolves, then stops gracefully: no
 /// new connections or requests, in-flight requests finish (bounded by
 /// `server.shutdown-grace`), the commit thread drains, the database closes.
@@ -145,6 +158,7 @@ pub async fn serve(
         path: data_dir.into(),
         source,
     };
+    // What was open before this start is worth a warning each.
     log_tightened(crate::store::datadir::secure(data_dir).map_err(data_dir_error)?);
     let pki = PkiPaths::new(data_dir);
     if pki.ensure()? {
@@ -160,8 +174,11 @@ pub async fn serve(
         )?
         .with_commit_interval(config.store.commit_interval),
     );
-    // The database and the files made on first start take the umask's mode.
-    log_tightened(crate::store::datadir::secure(data_dir).map_err(data_dir_error)?);
+    // The database and the files made on a first start take the umask's
+    // mode (in a directory nobody else can enter): tightened quietly.
+    for t in crate::store::datadir::secure(data_dir).map_err(data_dir_error)? {
+        tracing::debug!(path = %t.path.display(), "new file made private");
+    }
     let committer = Committer::start(
         Arc::clone(&registry),
         config.store.commit_interval,
@@ -191,7 +208,8 @@ pub async fn serve(
         next_connection: AtomicU64::new(1),
         next_stream: AtomicU64::new(1),
         store_slots: Arc::new(tokio::sync::Semaphore::new(config.store.redis_in_flight)),
-        change_slots: Arc::new(tokio::sync::Semaphore::new(config.store.changes_in_flight)),
+        change_slots: Role::ALL
+            .map(|_| Arc::new(tokio::sync::Semaphore::new(config.store.changes_in_flight))),
         change_workers: Arc::new(tokio::sync::Semaphore::new(config.store.change_workers)),
     });
 

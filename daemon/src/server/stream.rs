@@ -250,7 +250,12 @@ fn handle(
         // a time and share their fsyncs): it runs on the blocking pool so
         // that the logins behind it, on this stream and every other, are
         // not held up; how many run and how many wait are bounded.
-        let Some(slot) = take_slot(shared, &shared.change_slots, (id, operation), out) else {
+        let Some(slot) = take_slot(
+            shared,
+            shared.change_slots(connection.role),
+            (id, operation),
+            out,
+        ) else {
             return;
         };
         let (shared, queue) = (Arc::clone(shared), queue.clone());
