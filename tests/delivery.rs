@@ -764,3 +764,80 @@ async fn a_restart_makes_every_live_code_worthless() {
         })
     );
 }
+
+#[tokio::test]
+async fn bad_subscription_proofs_are_throttled_and_do_not_tell_which_devices_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(
+        &dir.path().join("data"),
+        "failed-proofs-per-connection-per-minute = 5",
+        CONFIG,
+    );
+    let admin = daemon.client(Role::Admin).await;
+    let (ib_key, key) = enroll_ib_key(&admin, "ivy", 4).await;
+    let card = match admin
+        .call(Operation::Enroll(EnrollRequest {
+            user: user("ivy"),
+            kind: DeviceKind::Scc,
+            secret: None,
+            pin: None,
+            label: "card".into(),
+        }))
+        .await
+        .unwrap()
+    {
+        Reply::Enrolled { device, .. } => device,
+        other => panic!("{other:?}"),
+    };
+    let impostor = Arc::new(PushSigner::from_seed([9; 32]));
+    let app = PhoneApp::connect(
+        daemon.client(Role::Phone).await,
+        Arc::new(Matcher::default()),
+    )
+    .await
+    .unwrap();
+    // An IB Key with someone else's proof, a code card, and no device at
+    // all: one answer, word for word.
+    let replies = app
+        .subscribe(&[
+            (ib_key, Arc::clone(&impostor)),
+            (card, Arc::clone(&impostor)),
+            (DeviceId(999_999), Arc::clone(&impostor)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(error_code(&replies[0]), Some(ErrorCode::Forbidden));
+    assert!(
+        replies.iter().all(|r| *r == replies[0]),
+        "one refusal for all three: {replies:?}"
+    );
+    // Two more failures use up the connection's five; then even the right
+    // proof is not checked on this connection.
+    let more = app
+        .subscribe(&[
+            (DeviceId(1_000_000), Arc::clone(&impostor)),
+            (DeviceId(1_000_001), Arc::clone(&impostor)),
+            (ib_key, Arc::clone(&key)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(error_code(&more[0]), Some(ErrorCode::Forbidden));
+    assert_eq!(error_code(&more[1]), Some(ErrorCode::Forbidden));
+    assert_eq!(
+        error_code(&more[2]),
+        Some(ErrorCode::RateLimited),
+        "{more:?}"
+    );
+    assert!(retry_after(&more[2]) > Duration::from_secs(1));
+    // Another connection with the right proof is served.
+    let other = PhoneApp::connect(
+        daemon.client(Role::Phone).await,
+        Arc::new(Matcher::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        other.subscribe(&[(ib_key, key)]).await.unwrap(),
+        vec![Reply::Subscribed]
+    );
+}

@@ -52,6 +52,7 @@ pub struct ServerConfig {
     pub max_connections: u32,
     pub max_streams_per_connection: u32,
     pub requests_per_connection_per_second: u32,
+    pub failed_proofs_per_connection_per_minute: u32,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// A connection that has not finished its handshake by then is dropped.
@@ -303,6 +304,11 @@ impl Config {
             s.shutdown_grace <= Duration::from_secs(600),
             "server.shutdown-grace",
             "must be at most 10 minutes",
+        )?;
+        check(
+            (1..=100_000).contains(&self.server.failed_proofs_per_connection_per_minute),
+            "server.failed-proofs-per-connection-per-minute",
+            "must be 1..=100000",
         )?;
         let c = &self.challenges;
         check(

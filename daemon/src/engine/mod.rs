@@ -292,6 +292,10 @@ pub struct Engine {
     links_renewed: AtomicU64,
     relay_unlinks: Mutex<Vec<DeviceId>>,
     push_waiters: Mutex<shared::Waiters>,
+    /// A push key nobody holds the private half of: subscriptions for
+    /// devices without a key are checked against it, so they cost what a
+    /// real one costs.
+    decoy_push_key: crate::otp::push::PushKey,
 }
 
 impl std::fmt::Debug for Engine {
@@ -334,6 +338,9 @@ impl Engine {
         // One bucket per country calling code (1..=999).
         let prefix_limits =
             KeyedLimits::new(Rate::new(per_prefix, minute, per_prefix), 1000, key());
+        let mut decoy_seed = [0u8; 32];
+        rng.fill_bytes(&mut decoy_seed);
+        let decoy_push_key = crate::otp::push::PushSigner::from_seed(decoy_seed).public();
         let mut code_key = [0u8; 32];
         rng.fill_bytes(&mut code_key);
         let code_key = crate::otp::SecretKey::from_array(code_key);
@@ -359,6 +366,7 @@ impl Engine {
             links_renewed: AtomicU64::new(0),
             relay_unlinks: Mutex::new(Vec::new()),
             push_waiters: Mutex::new(shared::Waiters::new()),
+            decoy_push_key,
             config,
             registry,
         }

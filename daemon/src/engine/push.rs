@@ -185,7 +185,17 @@ pub(super) fn draw_choices<R: CryptoRng + ?Sized>(rng: &mut R) -> (u8, [u8; 3]) 
     (match_number, choices)
 }
 
+/// The one refusal of a subscription whose proof does not verify, whether
+/// or not the device exists.
+const BAD_SUBSCRIBE_PROOF: &str = "the proof does not verify for this device";
+
 impl Engine {
+    /// Whether a reply is the refusal of a subscription's proof (what the
+    /// server's per-connection limit of failed proofs counts).
+    pub fn is_bad_proof(reply: &Reply) -> bool {
+        matches!(reply, Reply::Error { code: ErrorCode::Forbidden, message, .. } if message == BAD_SUBSCRIBE_PROOF)
+    }
+
     pub(super) fn phone_subscribe(
         &self,
         caller: &Caller<'_>,
@@ -218,19 +228,19 @@ impl Engine {
                 "subscribing needs a stream",
             ));
         };
-        let Some(key) = key else {
-            return Err(Reply::error(
-                ErrorCode::NotFound,
-                "no IB Key device with a push key",
-            ));
+        // A device that is not an IB Key with a push key is answered as a
+        // bad proof is, after the same Ed25519 work against a key nobody
+        // holds: neither the answer nor its time tells which device ids
+        // are IB Keys.
+        let (key, exists) = match key {
+            Some(key) => (key, true),
+            None => (self.decoy_push_key, false),
         };
-        if !key.verifies(&push::subscribe_message(caller.binding, device), proof) {
+        let verified = key.verifies(&push::subscribe_message(caller.binding, device), proof);
+        if !(verified && exists) {
             metrics::counter!(crate::metrics::BAD_PROOFS, "operation" => "phone_subscribe")
                 .increment(1);
-            return Err(Reply::error(
-                ErrorCode::Forbidden,
-                "the proof does not verify with the device key",
-            ));
+            return Err(Reply::error(ErrorCode::Forbidden, BAD_SUBSCRIBE_PROOF));
         }
         // The newest subscription wins: one phone per device.
         self.pushes.phones().insert(

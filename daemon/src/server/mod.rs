@@ -41,6 +41,8 @@ struct Shared {
     engine: Engine,
     committer: Committer,
     request_rate: Rate,
+    /// Failed subscription proofs one connection may make.
+    proof_failure_rate: Rate,
     metrics: crate::metrics::RequestMetrics,
     /// Connection and stream numbers, for subscriptions.
     next_connection: AtomicU64,
@@ -202,6 +204,11 @@ pub async fn serve(
             config.server.requests_per_connection_per_second,
             Duration::from_secs(1),
             config.server.requests_per_connection_per_second,
+        ),
+        proof_failure_rate: Rate::new(
+            config.server.failed_proofs_per_connection_per_minute,
+            Duration::from_secs(60),
+            config.server.failed_proofs_per_connection_per_minute,
         ),
         config: Arc::clone(&config),
         metrics: crate::metrics::RequestMetrics::default(),
@@ -373,6 +380,7 @@ async fn serve_connection(
     let state = Arc::new(ConnectionState {
         role,
         limiter: Mutex::new(Gcra::default()),
+        proof_failures: Mutex::new(Gcra::default()),
         id: shared.next_connection.fetch_add(1, Ordering::Relaxed),
         binding,
     });

@@ -20,10 +20,10 @@ use tokio::sync::{mpsc, watch};
 
 use super::Shared;
 use crate::clock::{self, Timestamp};
-use crate::engine::{Caller, Role, Sink, StreamId, changes_registry};
+use crate::engine::{Caller, Engine, Role, Sink, StreamId, changes_registry};
 use crate::otp::push::BINDING_LEN;
 use crate::ratelimit::{Decision, Gcra};
-use crate::wire::{self, DecodeError, ErrorCode, Reply, Request, Response};
+use crate::wire::{self, DecodeError, ErrorCode, Operation, Reply, Request, Response};
 
 /// QUIC application error code: the stream's framing broke.
 pub const FRAMING_ERROR: VarInt = VarInt::from_u32(1);
@@ -42,6 +42,10 @@ const READ_CHUNK: usize = 64 * 1024;
 pub(super) struct ConnectionState {
     pub role: Role,
     pub limiter: Mutex<Gcra>,
+    /// Subscriptions refused for a bad proof (each cost an Ed25519
+    /// verification): past `server.failed-proofs-per-connection-per-minute`
+    /// the connection's subscriptions are answered `RateLimited` unchecked.
+    pub proof_failures: Mutex<Gcra>,
     /// Unique for the life of the process.
     pub id: u64,
     /// The TLS exporter value phones sign to subscribe (see `otp::push`).
@@ -149,7 +153,7 @@ pub(super) async fn serve_stream(
             match wire::split_frame(rest, max_frame) {
                 Ok(Some((body, used))) => {
                     let at = (now, arrived);
-                    let context = (&*connection, &stream);
+                    let context = (&connection, &stream);
                     handle(&shared, context, body, at, &mut rng, &mut out, &queue);
                     consumed += used;
                 }
@@ -183,7 +187,7 @@ pub(super) async fn serve_stream(
 /// Handles one frame body: decode, limit, run the engine, queue the reply.
 fn handle(
     shared: &Arc<Shared>,
-    (connection, stream): (&ConnectionState, &StreamContext),
+    (connection, stream): (&Arc<ConnectionState>, &StreamContext),
     body: &[u8],
     (now, started): (Timestamp, Instant),
     rng: &mut ChaCha20Rng,
@@ -221,6 +225,17 @@ fn handle(
     }
     let operation = request.operation.name();
     let id = request.id;
+    let checks_proof = matches!(request.operation, Operation::PhoneSubscribe { .. });
+    if checks_proof {
+        // Only failures are counted, so look without spending.
+        let mut trial = *lock(&connection.proof_failures);
+        if let Decision::Deny { retry_after } = trial.check(shared.proof_failure_rate, now) {
+            shared.metrics.count(operation, "rate_limited");
+            let why = "too many failed proofs on this connection";
+            encode(out, id, Reply::rate_limited(retry_after, why));
+            return;
+        }
+    }
     if shared.engine.is_shared() {
         // The shared store answers over the network: each request is a
         // task of its own, so the requests behind it are not held up; how
@@ -231,6 +246,7 @@ fn handle(
         let (shared, queue) = (Arc::clone(shared), queue.clone());
         let owned = OwnedCaller::of(connection, stream, id);
         let mut rng = ChaCha20Rng::from_rng(rng);
+        let connection = Arc::clone(connection);
         tokio::spawn(async move {
             let Some(reply) = shared
                 .engine
@@ -241,6 +257,9 @@ fn handle(
                 return;
             };
             drop(slot);
+            if checks_proof {
+                count_proof(&shared, &connection, &reply, now);
+            }
             send_outcome(&shared, &queue, (id, operation, started), reply.into()).await;
         });
         return;
@@ -297,6 +316,9 @@ fn handle(
         // Answered later, on this stream, by the engine (AwaitPush).
         return;
     };
+    if checks_proof {
+        count_proof(shared, connection, &outcome.reply, now);
+    }
     if outcome.persist.is_none() {
         count_outcome(operation, &outcome.reply);
         encode(out, request.id, outcome.reply);
@@ -311,6 +333,17 @@ fn handle(
     tokio::spawn(async move {
         send_outcome(&shared, &queue, (id, operation, started), outcome).await;
     });
+}
+
+/// Counts a subscription refused for its proof against its connection.
+fn count_proof(shared: &Shared, connection: &ConnectionState, reply: &Reply, now: Timestamp) {
+    if Engine::is_bad_proof(reply) {
+        let _ = lock(&connection.proof_failures).check(shared.proof_failure_rate, now);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A caller's identity, owned, for a request answered by a task of its own.
