@@ -26,7 +26,6 @@ use crate::phone::{Channel, PhoneNumber};
 use crate::policy::pin::check_app_pin;
 use crate::profile::DeviceKind;
 use crate::ratelimit::Decision;
-use crate::store::accounts::DeviceLife;
 use crate::store::registry::{Device, EnrollError, NewDevice};
 use crate::wire::request::{Answer, Pin};
 use crate::wire::{ActivationRoute, ErrorCode, Refusal, Reply, Verdict};
@@ -434,22 +433,9 @@ impl Engine {
                 }
             }
         };
-        // The PIN and the old binding are checked before the token is
-        // spent, so a weak PIN costs the user no new SMS.
-        if let Err(rule) = check_app_pin(pin.as_str(), &phone_digits(self, &user)) {
-            return Reply::Refused {
-                reason: Refusal::WeakPin,
-                message: rule.to_string(),
-            }
-            .into();
-        }
-        let reactivated = match previous {
-            Some((old, proof)) => match self.old_binding(&user, old, activation, &proof) {
-                Ok(device) => Some(device),
-                Err(refusal) => return refusal.into(),
-            },
-            None => None,
-        };
+        // The token first: nothing about the user (the PIN rules look at
+        // the number on record) is judged for a caller who has not proven
+        // it received the token, and every wrong one spends an attempt.
         let (mut outcome, route) = match device_proof {
             Some((device, challenge)) => {
                 let outcome = self.verify(challenge, token, now, rng);
@@ -457,7 +443,8 @@ impl Engine {
                     Reply::Verdict(Verdict::Accepted { device: d, .. }) if *d == device => {}
                     _ => return outcome,
                 }
-                // The challenge accepts once, so only one completion gets here.
+                // The challenge accepts once, so only one completion gets
+                // here; whatever is refused below starts over (no SMS).
                 self.tokens.lock().activations.remove(&activation);
                 (outcome, format!("by device {device}"))
             }
@@ -472,7 +459,7 @@ impl Engine {
                 };
                 let checked =
                     check_token(code, entry.expires_at, &mut entry.attempts_left, token, now);
-                if checked.used_up() {
+                if checked.used_up() && !matches!(checked, Checked::Right) {
                     pending.activations.remove(&activation);
                 }
                 if let Some(refusal) = checked.refusal() {
@@ -481,7 +468,38 @@ impl Engine {
                 (Outcome::from(Reply::Done), "by SMS token".to_owned())
             }
         };
-        outcome.reply = self.bind_app(caller, &user, key, pin, reactivated, &route, now, rng);
+        // Then the PIN rules and the old binding. A refusal here spends an
+        // attempt of an SMS token (a weak PIN may be chosen again, a few
+        // times, without a new SMS).
+        let judged = check_app_pin(pin.as_str(), &phone_digits(self, &user))
+            .map_err(|rule| Reply::Refused {
+                reason: Refusal::WeakPin,
+                message: rule.to_string(),
+            })
+            .and_then(|()| match previous {
+                Some((old, proof)) => self.old_binding(&user, old, activation, &proof).map(Some),
+                None => Ok(None),
+            });
+        let mut pending = self.tokens.lock();
+        let reactivated = match judged {
+            Ok(reactivated) => reactivated,
+            Err(refusal) => {
+                if let Some(entry) = pending.activations.get_mut(&activation) {
+                    entry.attempts_left = entry.attempts_left.saturating_sub(1);
+                    if entry.attempts_left == 0 {
+                        pending.activations.remove(&activation);
+                    }
+                }
+                return refusal.into();
+            }
+        };
+        // Single use: of completions racing with the right token, the one
+        // that takes it binds.
+        if device_proof.is_none() && pending.activations.remove(&activation).is_none() {
+            return Reply::error(ErrorCode::NotFound, "no such activation under way").into();
+        }
+        drop(pending);
+        outcome.reply = self.bind_app(caller, &user, key, reactivated, &route, now, rng);
         outcome
     }
 
@@ -520,7 +538,6 @@ impl Engine {
         caller: &Caller<'_>,
         user: &Username,
         key: PushKey,
-        pin: &Pin,
         reactivated: Option<DeviceId>,
         route: &str,
         now: Timestamp,
@@ -543,14 +560,6 @@ impl Engine {
                 label: "IB Key",
             })?;
             c.set_push_key(device, key)?;
-            let app_pin = c.registry().app_pin_digest(device, pin.as_str());
-            c.set_life(
-                device,
-                DeviceLife {
-                    app_pin: Some(app_pin),
-                    ..DeviceLife::default()
-                },
-            )?;
             let what = match reactivated {
                 Some(old) => format!("{route}, reactivating device {old} (same phone)"),
                 None => route.to_owned(),

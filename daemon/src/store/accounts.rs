@@ -113,8 +113,6 @@ pub struct DeviceLife {
     pub activation: Activation,
     /// Uses left of a temporary code.
     pub uses_left: Option<u32>,
-    /// Keyed digest of an IB Key app's PIN (reactivation proves it).
-    pub app_pin: Option<[u8; 32]>,
 }
 
 impl fmt::Debug for DeviceLife {
@@ -122,7 +120,6 @@ impl fmt::Debug for DeviceLife {
         f.debug_struct("DeviceLife")
             .field("activation", &self.activation)
             .field("uses_left", &self.uses_left)
-            .field("app_pin", &self.app_pin.map(|_| ".."))
             .finish()
     }
 }
@@ -595,13 +592,6 @@ impl Registry {
         self.codec.identity_digest(identity)
     }
 
-    /// The keyed digest of an IB Key app PIN, bound to its device.
-    pub fn app_pin_digest(&self, device: DeviceId, pin: &str) -> [u8; 32] {
-        self.codec
-            .cipher
-            .digest("sls/1 app pin", &[&device.0.to_be_bytes(), pin.as_bytes()])
-    }
-
     /// The cents approved for `user` on `day` (for reports and tests).
     pub fn withdrawn_on(&self, user: &Username, day: Day) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
@@ -712,7 +702,9 @@ pub(super) fn encode_life(life: &DeviceLife) -> Vec<u8> {
         }
     }
     out.put_u64(life.uses_left.map_or(u64::MAX, u64::from));
-    out.put_bytes(life.app_pin.as_ref().map_or(&[][..], |p| p.as_slice()));
+    // Where earlier versions kept a digest of the IB Key app's PIN: the
+    // PIN stays on the phone, so the field is written empty.
+    out.put_bytes(&[]);
     out
 }
 
@@ -737,15 +729,12 @@ pub(super) fn decode_life(bytes: &[u8]) -> Option<DeviceLife> {
         u64::MAX => None,
         uses => Some(u32::try_from(uses).ok()?),
     };
-    let app_pin = match r.bytes("app pin").ok()? {
-        [] => None,
-        digest => Some(digest.try_into().ok()?),
-    };
+    // An app PIN digest an earlier version kept is dropped unread.
+    r.bytes("app pin").ok()?;
     r.finish().ok()?;
     Some(DeviceLife {
         activation,
         uses_left,
-        app_pin,
     })
 }
 
@@ -840,7 +829,6 @@ mod tests {
                 activates_at: Timestamp(20),
             },
             uses_left: Some(3),
-            app_pin: Some([9; 32]),
         };
         assert_eq!(decode_life(&encode_life(&life)), Some(life));
         let share = Share {
