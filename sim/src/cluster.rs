@@ -15,7 +15,7 @@ const READY_WITHIN: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error(
-        "{0} not found: install the Redis server (Debian/Ubuntu: apt-get install redis-server)"
+        "{0} not found: run the tests with `cargo xtask test`, which fetches it, or install the Redis server (Debian/Ubuntu: apt-get install redis-server)"
     )]
     Missing(&'static str),
     #[error("{what}: {source}")]
