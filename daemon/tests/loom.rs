@@ -36,7 +36,7 @@ use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
 use slsd::store::accounts::Actor;
 use slsd::store::challenges::{ChallengeTable, InsertError, OpenChallenge, Question};
-use slsd::store::registry::{FailureState, NewDevice, Registry};
+use slsd::store::registry::{NewDevice, Registry};
 use slsd::store::sealed::SecretCipher;
 use slsd::wire::request::Answer;
 use slsd::wire::{ChallengeText, Operation, Reply, Verdict};
@@ -47,8 +47,7 @@ const KEY: [u8; 32] = [9; 32];
 /// A registry with one security code card for "jdoe", made once per test
 /// (outside the model: it is not what is being explored).
 struct Fixture {
-    _dir: tempfile::TempDir,
-    registry: Arc<Registry>,
+    dir: tempfile::TempDir,
     device: DeviceId,
     card: CodeCard,
     config: Config,
@@ -56,48 +55,74 @@ struct Fixture {
 
 fn fixture(config: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = ChaCha20Rng::seed_from_u64(1);
     let config = Config::from_toml(config).unwrap();
-    let cipher = SecretCipher::load_or_create(&dir.path().join("secrets.key"), &mut rng).unwrap();
-    let registry = Registry::open(
-        &dir.path().join("registry.redb"),
-        cipher,
-        config.devices.clone(),
-    )
-    .unwrap();
-    let user = Username::new("jdoe").unwrap();
-    let (device, _) = registry
-        .enroll(
-            &mut rng,
-            NewDevice {
-                user: &user,
-                kind: DeviceKind::Scc,
-                secret: Some(SecretKey::from_bytes(KEY.to_vec()).unwrap()),
-                pin: None,
-                label: "",
-            },
-            T0,
-            Actor::SYSTEM,
-        )
-        .unwrap();
-    Fixture {
-        _dir: dir,
-        registry: Arc::new(registry),
-        device,
+    let mut fixture = Fixture {
+        dir,
+        device: DeviceId(0),
         card: CodeCard::new(&SecretKey::from_bytes(KEY.to_vec()).unwrap(), 224).unwrap(),
         config,
-    }
+    };
+    fixture.device = fixture.setup(|registry, rng| {
+        let user = Username::new("jdoe").unwrap();
+        let new = NewDevice {
+            user: &user,
+            kind: DeviceKind::Scc,
+            secret: Some(SecretKey::from_bytes(KEY.to_vec()).unwrap()),
+            pin: None,
+            label: "",
+        };
+        registry.enroll(rng, new, T0, Actor::SYSTEM).unwrap().0
+    });
+    fixture
 }
 
 impl Fixture {
-    /// A fresh engine over the registry, the card's failures cleared.
+    /// The registry, opened anew. Under loom its devices' locks are loom's,
+    /// which exist only inside a model: open it there.
+    fn registry(&self) -> Registry {
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let cipher =
+            SecretCipher::load_or_create(&self.dir.path().join("secrets.key"), &mut rng).unwrap();
+        Registry::open(
+            &self.dir.path().join("registry.redb"),
+            cipher,
+            self.config.devices.clone(),
+        )
+        .unwrap()
+    }
+
+    /// Changes the registry before a model (enrolments): in a model of one
+    /// thread, which loom runs once.
+    fn setup<T: Send + 'static>(
+        &self,
+        change: impl Fn(&Registry, &mut ChaCha20Rng) -> T + Send + Sync + 'static,
+    ) -> T {
+        let result = Arc::new(std::sync::Mutex::new(None));
+        let (out, dir, config) = (
+            Arc::clone(&result),
+            self.dir.path().to_path_buf(),
+            self.config.clone(),
+        );
+        loom::model(move || {
+            let mut rng = ChaCha20Rng::seed_from_u64(4);
+            let cipher =
+                SecretCipher::load_or_create(&dir.join("secrets.key"), &mut rng).unwrap();
+            let registry =
+                Registry::open(&dir.join("registry.redb"), cipher, config.devices.clone())
+                    .unwrap();
+            *out.lock().unwrap() = Some(change(&registry, &mut rng));
+        });
+        let taken = result.lock().unwrap().take();
+        taken.expect("the setup ran")
+    }
+
+    /// A fresh engine over the registry, opened inside the model so that
+    /// the devices' failure locks are loom's (nothing is persisted between
+    /// runs: the card starts with no failures).
     fn engine(&self) -> Arc<Engine> {
-        if let Some(device) = self.registry.device(self.device) {
-            *device.failures() = FailureState::default();
-        }
         Arc::new(Engine::new(
             Arc::new(self.config.clone()),
-            Arc::clone(&self.registry),
+            Arc::new(self.registry()),
             &mut ChaCha20Rng::seed_from_u64(2),
         ))
     }
@@ -189,8 +214,8 @@ fn racing_wrong_answers_never_get_more_checks_than_attempts() {
             .filter(|v| matches!(v, Verdict::Rejected { .. }))
             .count();
         assert_eq!(checked, 1, "{a:?} {b:?}");
-        let failures = fixture
-            .registry
+        let failures = engine
+            .registry()
             .device(fixture.device)
             .unwrap()
             .failures()
@@ -221,7 +246,7 @@ fn racing_failures_on_one_device_lock_it_exactly_once() {
             .filter(|v| matches!(v, Verdict::Rejected { .. }))
             .count();
         assert_eq!((locked, rejected), (1, 1), "{a:?} {b:?}");
-        let state = *fixture.registry.device(fixture.device).unwrap().failures();
+        let state = *engine.registry().device(fixture.device).unwrap().failures();
         assert_eq!(state.lockouts, 1);
         assert_eq!(state.consecutive, 0);
         assert!(state.locked_until > T0);
@@ -309,18 +334,13 @@ fn call(engine: &Engine, caller: &Caller<'_>, operation: Operation) -> Option<Re
 #[test]
 fn an_sms_code_entered_twice_at_once_is_accepted_once() {
     let fixture = Arc::new(fixture("[challenges]\nuser-limit-buckets = 1\n"));
-    let user = Username::new("jdoe").unwrap();
-    fixture
-        .registry
-        .enroll_phone(
-            &mut ChaCha20Rng::seed_from_u64(4),
-            &user,
-            PhoneNumber::parse("+41 791234567").unwrap(),
-            "",
-            T0,
-            Actor::SYSTEM,
-        )
-        .unwrap();
+    fixture.setup(|registry, rng| {
+        let user = Username::new("jdoe").unwrap();
+        let number = PhoneNumber::parse("+41 791234567").unwrap();
+        registry
+            .enroll_phone(rng, &user, number, "", T0, Actor::SYSTEM)
+            .unwrap();
+    });
     loom::model(move || {
         let engine = fixture.engine();
         let carrier = Arc::new(ReplyLog::default());
@@ -373,28 +393,23 @@ fn an_sms_code_entered_twice_at_once_is_accepted_once() {
 #[test]
 fn an_approval_racing_with_await_push_reaches_the_gateway_once() {
     let fixture = Arc::new(fixture("[challenges]\nuser-limit-buckets = 1\n"));
-    let user = Username::new("jdoe").unwrap();
-    let mut rng = ChaCha20Rng::seed_from_u64(6);
-    let (device, _) = fixture
-        .registry
-        .enroll(
-            &mut rng,
-            NewDevice {
-                user: &user,
-                kind: DeviceKind::IbKey,
-                secret: None,
-                pin: None,
-                label: "",
-            },
-            T0,
-            Actor::SYSTEM,
-        )
-        .unwrap();
     let signer = Arc::new(PushSigner::from_seed([3; 32]));
-    fixture
-        .registry
-        .bind_push_key(&mut rng, device, signer.public(), T0, Actor::SYSTEM)
-        .unwrap();
+    let key = signer.public();
+    let device = fixture.setup(move |registry, rng| {
+        let user = Username::new("jdoe").unwrap();
+        let new = NewDevice {
+            user: &user,
+            kind: DeviceKind::IbKey,
+            secret: None,
+            pin: None,
+            label: "",
+        };
+        let (device, _) = registry.enroll(rng, new, T0, Actor::SYSTEM).unwrap();
+        registry
+            .bind_push_key(rng, device, key, T0, Actor::SYSTEM)
+            .unwrap();
+        device
+    });
     loom::model(move || {
         let engine = fixture.engine();
         let phone_stream = Arc::new(ReplyLog::default());

@@ -192,7 +192,9 @@ pub struct Device {
     /// (Online Security Code Cards, temporary codes), as configured now.
     pub expires: Option<Timestamp>,
     pub verifier: Verifier,
-    failures: Mutex<FailureState>,
+    /// `crate::sync`'s lock, so the loom models see it: every decision on
+    /// a device's failures is made under it.
+    failures: crate::sync::Mutex<FailureState>,
     /// The key push approvals are signed with (IB Key devices).
     push_key: Mutex<Option<PushKey>>,
     /// Activation state, temporary-code uses, app PIN (`accounts`).
@@ -206,7 +208,7 @@ impl Device {
     }
 
     /// The failure state, locked for reading and changing.
-    pub fn failures(&self) -> MutexGuard<'_, FailureState> {
+    pub fn failures(&self) -> crate::sync::MutexGuard<'_, FailureState> {
         // Every change is a whole-value assignment; a poisoned lock holds a
         // consistent value.
         self.failures.lock().unwrap_or_else(PoisonError::into_inner)
@@ -263,7 +265,7 @@ impl Device {
             created,
             expires,
             verifier,
-            failures: Mutex::new(FailureState::default()),
+            failures: crate::sync::Mutex::new(FailureState::default()),
             push_key: Mutex::new(None),
             life: Mutex::new(DeviceLife::default()),
         }
