@@ -492,3 +492,172 @@ async fn a_phone_flooding_registry_changes_leaves_the_operators_their_slots() {
         "the operator's enrolments never wait behind the phone's"
     );
 }
+
+/// The daemon's RSS every 250 ms until `stop`; the largest seen.
+fn watch_rss(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while !stop.load(Ordering::Relaxed) {
+            peak = peak.max(rss_kb(pid));
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        peak
+    })
+}
+
+/// What a client that never reads its replies may make the daemon hold,
+/// with the default windows and write queues (ARCHITECTURE.md works it out).
+const NON_READER_BOUND_KB: u64 = 64 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_their_replies_are_not_buffered_without_bound() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The stall timeout is set past the attack, so that the windows and
+    // write queues alone must bound it.
+    let daemon = Daemon::start(
+        &dir.path().join("data"),
+        "write-stall-timeout = \"60s\"",
+        "",
+    );
+    let device = durable_state(&daemon).await;
+    let before = rss_kb(daemon.pid());
+    let probe = Probe::start(&daemon).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = watch_rss(daemon.pid(), Arc::clone(&stop));
+
+    // Eight connections with the phone certificate send requests their
+    // role may not make (each answered Forbidden, a reply longer than the
+    // request) on 64 streams each, as fast as the daemon takes them, and
+    // never read a reply.
+    let mut attackers = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    for _ in 0..8 {
+        let client = daemon.client(Role::Phone).await;
+        for _ in 0..64 {
+            let mut stream = client.stream().await.unwrap();
+            let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
+            tasks.spawn(async move {
+                let batch: Vec<_> = (0..64)
+                    .map(|_| Operation::Devices {
+                        user: user("someone"),
+                    })
+                    .collect();
+                while !stop.load(Ordering::Relaxed) {
+                    let send = stream.send_batch(batch.clone());
+                    match tokio::time::timeout(Duration::from_millis(500), send).await {
+                        Ok(Ok(_)) => {
+                            sent.fetch_add(64, Ordering::Relaxed);
+                        }
+                        Ok(Err(_)) => break,
+                        // Held back by flow control: the daemon stopped
+                        // reading this stream.
+                        Err(_) => {}
+                    }
+                }
+                stream
+            });
+        }
+        attackers.push(client);
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    stop.store(true, Ordering::Relaxed);
+    let peak = tokio::task::spawn_blocking(move || peak.join().unwrap())
+        .await
+        .unwrap();
+    eprintln!(
+        "non-reading clients: {} requests sent in 30 s, daemon RSS {before} kB before, peak {peak} kB",
+        sent.load(Ordering::Relaxed)
+    );
+    probe.finish("clients that never read").await;
+    assert!(
+        peak < before + NON_READER_BOUND_KB,
+        "RSS grew from {before} kB to a peak of {peak} kB"
+    );
+    while tasks.join_next().await.is_some() {}
+    drop(attackers);
+    assert_durable(daemon, device).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_floods_and_stalled_readers_lose_their_connection() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(
+        &dir.path().join("data"),
+        "malformed-frames-per-connection = 20\nwrite-stall-timeout = \"1s\"\nrequests-per-connection-per-second = 5",
+        "",
+    );
+    // Malformed bodies are answered, and count toward the connection's
+    // rate (5 a second, burst 5): ten at once get five errors and five
+    // RateLimited.
+    let flooder = daemon.client(Role::Gateway).await;
+    let mut stream = flooder.stream().await.unwrap();
+    let garbage = [0u8, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1, 0xee];
+    for _ in 0..10 {
+        stream.send_raw(&garbage).await.unwrap();
+    }
+    let mut replies = Vec::new();
+    for _ in 0..10 {
+        replies.push(match stream.receive().await.unwrap().reply {
+            Reply::Error { code, .. } => code,
+            other => panic!("{other:?}"),
+        });
+    }
+    assert_eq!(
+        replies,
+        [
+            [ErrorCode::UnknownOperation; 5],
+            [ErrorCode::RateLimited; 5]
+        ]
+        .concat()
+    );
+    // Past twenty in all, the connection is closed (code 4).
+    for _ in 0..11 {
+        if stream.send_raw(&garbage).await.is_err() {
+            break;
+        }
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if stream.receive().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection was closed");
+    let reason = flooder.close_reason();
+    assert!(
+        reason.as_deref().is_some_and(|r| r.contains("malformed")),
+        "{reason:?}"
+    );
+
+    let reader_less = daemon.client(Role::Gateway).await;
+    let mut stream = reader_less.stream().await.unwrap();
+    // Requests whose replies are never read: once the client's window is
+    // full the daemon's writes make no progress, and a second later the
+    // connection is closed (code 5).
+    let started = Instant::now();
+    let batch: Vec<_> = (0..512)
+        .map(|_| Operation::Devices {
+            user: user("someone-with-a-long-name-to-make-replies-longer"),
+        })
+        .collect();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(30) {
+        if stream.send_batch(batch.clone()).await.is_err() {
+            closed = true;
+            break;
+        }
+        if reader_less.close_reason().is_some() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a client that never reads is closed");
+    let reason = reader_less.close_reason().unwrap_or_default();
+    assert!(reason.contains("not being read"), "{reason}");
+    eprintln!("stalled reader closed after {:?}", started.elapsed());
+}

@@ -125,6 +125,18 @@ impl Client {
     pub fn close(&self) {
         self.connection.close(0u32.into(), b"done");
     }
+
+    /// Why the connection ended, once it has: the server's reason text for
+    /// an application close (`"too many malformed frames"`), else how it
+    /// ended.
+    pub fn close_reason(&self) -> Option<String> {
+        self.connection.close_reason().map(|error| match error {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                String::from_utf8_lossy(&close.reason).into_owned()
+            }
+            other => other.to_string(),
+        })
+    }
 }
 
 /// One stream: write requests (pipelined or not) and read replies.

@@ -18,6 +18,9 @@ pub const OPEN_CHALLENGES: &str = "sls_open_challenges";
 pub const CONNECTIONS: &str = "sls_connections";
 /// Connections refused during or right after the handshake, by `reason`.
 pub const REJECTED_HANDSHAKES: &str = "sls_rejected_handshakes_total";
+/// Connections the daemon closed for misbehaving, by `reason`
+/// (`malformed`, `write_stalled`).
+pub const CLOSED_CONNECTIONS: &str = "sls_closed_connections_total";
 /// Changes committed together in one durable transaction.
 pub const COMMIT_BATCH: &str = "sls_commit_batch_size";
 /// Phone proofs (subscription, approval) that did not verify, by `operation`.

@@ -105,11 +105,9 @@ impl Fixture {
         );
         loom::model(move || {
             let mut rng = ChaCha20Rng::seed_from_u64(4);
-            let cipher =
-                SecretCipher::load_or_create(&dir.join("secrets.key"), &mut rng).unwrap();
+            let cipher = SecretCipher::load_or_create(&dir.join("secrets.key"), &mut rng).unwrap();
             let registry =
-                Registry::open(&dir.join("registry.redb"), cipher, config.devices.clone())
-                    .unwrap();
+                Registry::open(&dir.join("registry.redb"), cipher, config.devices.clone()).unwrap();
             *out.lock().unwrap() = Some(change(&registry, &mut rng));
         });
         let taken = result.lock().unwrap().take();

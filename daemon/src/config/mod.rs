@@ -58,6 +58,22 @@ pub struct ServerConfig {
     /// A connection that has not finished its handshake by then is dropped.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// QUIC flow control: bytes a client may send on one stream, and on
+    /// all of a connection's streams, ahead of the daemon reading them.
+    pub stream_receive_window: u32,
+    pub receive_window: u32,
+    /// Bytes the daemon keeps in flight (sent, unacknowledged) on one
+    /// connection.
+    pub send_window: u32,
+    /// Encoded replies waiting for one stream's writer; past it the stream
+    /// is not read until they leave.
+    pub write_queue_bytes: u32,
+    /// A stream whose replies make no progress for this long (its client
+    /// does not read) closes its connection.
+    #[serde(with = "humantime_serde")]
+    pub write_stall_timeout: Duration,
+    /// Malformed request bodies one connection may send; the next closes it.
+    pub malformed_frames_per_connection: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -304,6 +320,39 @@ impl Config {
             s.shutdown_grace <= Duration::from_secs(600),
             "server.shutdown-grace",
             "must be at most 10 minutes",
+        )?;
+        // The daemon reads a frame into its own buffer as it arrives, so the
+        // windows need not hold a whole frame; they bound what waits in QUIC.
+        check(
+            (1024..=16 << 20).contains(&s.stream_receive_window),
+            "server.stream-receive-window",
+            "must be 1 KiB..=16 MiB",
+        )?;
+        check(
+            (s.stream_receive_window..=256 << 20).contains(&s.receive_window),
+            "server.receive-window",
+            "must be stream-receive-window..=256 MiB",
+        )?;
+        check(
+            (4096..=256 << 20).contains(&s.send_window),
+            "server.send-window",
+            "must be 4 KiB..=256 MiB",
+        )?;
+        check(
+            (4096..=64 << 20).contains(&s.write_queue_bytes),
+            "server.write-queue-bytes",
+            "must be 4 KiB..=64 MiB",
+        )?;
+        check(
+            (Duration::from_millis(100)..=Duration::from_secs(600))
+                .contains(&s.write_stall_timeout),
+            "server.write-stall-timeout",
+            "must be 100ms..=10m",
+        )?;
+        check(
+            s.malformed_frames_per_connection <= 1_000_000,
+            "server.malformed-frames-per-connection",
+            "must be at most 1000000",
         )?;
         check(
             (1..=100_000).contains(&self.server.failed_proofs_per_connection_per_minute),
@@ -579,6 +628,51 @@ mod tests {
             error("[server]\nhandshake-timeout = \"2m\""),
             "server.handshake-timeout: must be 100ms..=60s"
         );
+        // The bounds this round added, each with its range.
+        for (text, message) in [
+            (
+                "[server]\nstream-receive-window = 512",
+                "server.stream-receive-window: must be 1 KiB..=16 MiB",
+            ),
+            (
+                "[server]\nreceive-window = 2048",
+                "server.receive-window: must be stream-receive-window..=256 MiB",
+            ),
+            (
+                "[server]\nsend-window = 1000000000",
+                "server.send-window: must be 4 KiB..=256 MiB",
+            ),
+            (
+                "[server]\nwrite-queue-bytes = 100",
+                "server.write-queue-bytes: must be 4 KiB..=64 MiB",
+            ),
+            (
+                "[server]\nwrite-stall-timeout = \"10ms\"",
+                "server.write-stall-timeout: must be 100ms..=10m",
+            ),
+            (
+                "[server]\nmalformed-frames-per-connection = 2000000",
+                "server.malformed-frames-per-connection: must be at most 1000000",
+            ),
+            (
+                "[server]\nfailed-proofs-per-connection-per-minute = 0",
+                "server.failed-proofs-per-connection-per-minute: must be 1..=100000",
+            ),
+            (
+                "[lockout]\ndecay-after = \"100ms\"",
+                "lockout.decay-after: must be 1s..=30days",
+            ),
+            (
+                "[lockout]\nhard-limit = 101",
+                "lockout.hard-limit: must be lockout.failures..=100 (NIST SP 800-63B)",
+            ),
+            (
+                "[lockout]\nfailures = 6\nhard-limit = 5",
+                "lockout.hard-limit: must be lockout.failures..=100 (NIST SP 800-63B)",
+            ),
+        ] {
+            assert_eq!(error(text), message, "{text}");
+        }
         assert_eq!(
             error("[challenges]\nuser-limit-buckets = 0"),
             "challenges.user-limit-buckets: must be 1..=16777216"

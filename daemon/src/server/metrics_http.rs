@@ -12,14 +12,28 @@ use tokio::sync::watch;
 /// The most request bytes read before answering.
 const MAX_REQUEST: usize = 4096;
 
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+
 pub(super) async fn serve(
     listener: TcpListener,
     handle: Option<PrometheusHandle>,
     mut stopping: watch::Receiver<bool>,
 ) {
+    // The exporter keeps every histogram sample until it is folded into
+    // the buckets, which a scrape or an upkeep does: without this, a daemon
+    // nobody scrapes holds 8 bytes per request forever.
+    let mut upkeep = tokio::time::interval(UPKEEP_EVERY);
+    upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
+            _ = upkeep.tick() => {
+                if let Some(handle) = &handle {
+                    handle.run_upkeep();
+                }
+                continue;
+            }
             _ = stopping.changed() => return,
         };
         let Ok((mut socket, _)) = accepted else {

@@ -317,7 +317,13 @@ fn endpoint(config: &Config, pki: &PkiPaths) -> Result<quinn::Endpoint, ServeErr
         .max_concurrent_bidi_streams(config.server.max_streams_per_connection.into())
         .max_concurrent_uni_streams(0u32.into())
         .max_idle_timeout(Some(quinn::VarInt::from_u32(30_000).into()))
-        .keep_alive_interval(None);
+        .keep_alive_interval(None)
+        // Sized to the frame limit, not quinn's defaults (1.25 MB a stream,
+        // unbounded a connection, 10 MB in flight): what a client can make
+        // the daemon hold is what the configuration says.
+        .stream_receive_window(config.server.stream_receive_window.into())
+        .receive_window(config.server.receive_window.into())
+        .send_window(u64::from(config.server.send_window));
     server.transport_config(Arc::new(transport));
     quinn::Endpoint::server(server, config.server.listen).map_err(|source| ServeError::Bind {
         addr: config.server.listen,
@@ -383,6 +389,8 @@ async fn serve_connection(
         proof_failures: Mutex::new(Gcra::default()),
         id: shared.next_connection.fetch_add(1, Ordering::Relaxed),
         binding,
+        quic: connection.clone(),
+        malformed: std::sync::atomic::AtomicU32::new(0),
     });
     let mut stop = stopping.clone();
     loop {

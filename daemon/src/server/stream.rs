@@ -31,12 +31,58 @@ pub const FRAMING_ERROR: VarInt = VarInt::from_u32(1);
 pub const NO_ROLE: VarInt = VarInt::from_u32(2);
 /// QUIC application error code: the server is shutting down.
 pub const SHUTTING_DOWN: VarInt = VarInt::from_u32(3);
+/// QUIC application error code: more malformed frames than
+/// `server.malformed-frames-per-connection`.
+pub const MISBEHAVING: VarInt = VarInt::from_u32(4);
+/// QUIC application error code: a stream's replies made no progress for
+/// `server.write-stall-timeout` (the client does not read them).
+pub const WRITE_STALLED: VarInt = VarInt::from_u32(5);
 
-/// Encoded replies waiting for the writer; bounded so that a client that
-/// stops reading stops being read (QUIC flow control then holds it back).
-const WRITE_QUEUE: usize = 64;
+/// Batches of encoded replies waiting for the writer, at most; what bounds
+/// them in bytes is the stream's write budget (`server.write-queue-bytes`).
+const WRITE_BATCHES: usize = 64;
 /// Bytes read from the stream at a time.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Encoded replies on their way to the writer, holding their share of the
+/// stream's write budget until they are written.
+struct Queued {
+    bytes: Vec<u8>,
+    _budget: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Where a stream's replies go: its writer's queue, bounded in bytes.
+#[derive(Clone)]
+struct Writer {
+    queue: mpsc::Sender<Queued>,
+    budget: Arc<tokio::sync::Semaphore>,
+    /// The budget's size: a batch larger than it waits for all of it.
+    cap: usize,
+}
+
+impl Writer {
+    /// Queues `bytes` once the budget has room; false if the stream ended.
+    async fn send(&self, bytes: Vec<u8>) -> bool {
+        let Ok(budget) = Arc::clone(&self.budget)
+            .acquire_many_owned(permits(bytes.capacity(), self.cap))
+            .await
+        else {
+            return false;
+        };
+        self.queue
+            .send(Queued {
+                bytes,
+                _budget: budget,
+            })
+            .await
+            .is_ok()
+    }
+}
+
+/// The permits `len` bytes take from a budget of `cap`.
+fn permits(len: usize, cap: usize) -> u32 {
+    u32::try_from(len.clamp(1, cap.max(1))).unwrap_or(u32::MAX)
+}
 
 /// Per-connection state shared by its streams.
 pub(super) struct ConnectionState {
@@ -50,12 +96,18 @@ pub(super) struct ConnectionState {
     pub id: u64,
     /// The TLS exporter value phones sign to subscribe (see `otp::push`).
     pub binding: [u8; BINDING_LEN],
+    /// The connection, to close it when it misbehaves.
+    pub quic: quinn::Connection,
+    /// Malformed request bodies so far.
+    pub malformed: std::sync::atomic::AtomicU32,
 }
 
 /// The engine's handle on a stream's writer. Weak, so that a subscription
 /// or a waiting `AwaitPush` never keeps a finished stream's writer alive.
 struct StreamSink {
-    queue: mpsc::WeakSender<Vec<u8>>,
+    queue: mpsc::WeakSender<Queued>,
+    budget: Arc<tokio::sync::Semaphore>,
+    cap: usize,
 }
 
 impl Sink for StreamSink {
@@ -63,25 +115,46 @@ impl Sink for StreamSink {
         let Some(queue) = self.queue.upgrade() else {
             return false;
         };
-        match queue.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-            Err(mpsc::error::TrySendError::Full(frame)) => {
-                // The reader is behind: wait for room rather than drop the
-                // frame. The outbox and the push table bound how many wait.
-                match tokio::runtime::Handle::try_current() {
-                    Ok(runtime) => {
-                        runtime.spawn(async move { queue.send(frame).await });
-                        true
-                    }
-                    Err(_) => false,
+        let wanted = permits(frame.capacity(), self.cap);
+        if let Ok(budget) = Arc::clone(&self.budget).try_acquire_many_owned(wanted) {
+            match queue.try_send(Queued {
+                bytes: frame,
+                _budget: budget,
+            }) {
+                Ok(()) => return true,
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                Err(mpsc::error::TrySendError::Full(queued)) => {
+                    return spawn_send(queue, queued.bytes, &self.budget, self.cap);
                 }
             }
         }
+        spawn_send(queue, frame, &self.budget, self.cap)
     }
 
     fn is_closed(&self) -> bool {
         self.queue.upgrade().is_none_or(|queue| queue.is_closed())
+    }
+}
+
+/// The reader is behind: the frame waits for room rather than being
+/// dropped. The outbox and the push table bound how many wait.
+fn spawn_send(
+    queue: mpsc::Sender<Queued>,
+    frame: Vec<u8>,
+    budget: &Arc<tokio::sync::Semaphore>,
+    cap: usize,
+) -> bool {
+    let writer = Writer {
+        queue,
+        budget: Arc::clone(budget),
+        cap,
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(async move { writer.send(frame).await });
+            true
+        }
+        Err(_) => false,
     }
 }
 
@@ -100,7 +173,13 @@ pub(super) async fn serve_stream(
     mut recv: RecvStream,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (queue, mut queued) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let (queue, mut queued) = mpsc::channel::<Queued>(WRITE_BATCHES);
+    let cap = shared.config.server.write_queue_bytes as usize;
+    let writer = Writer {
+        queue,
+        budget: Arc::new(tokio::sync::Semaphore::new(cap)),
+        cap,
+    };
     let stream = StreamContext {
         id: StreamId(
             shared
@@ -108,17 +187,32 @@ pub(super) async fn serve_stream(
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         ),
         sink: Arc::new(StreamSink {
-            queue: queue.downgrade(),
+            queue: writer.queue.downgrade(),
+            budget: Arc::clone(&writer.budget),
+            cap,
         }),
     };
-    let writer = tokio::spawn(async move {
-        while let Some(mut batch) = queued.recv().await {
-            // Gather whatever else is ready into the same write.
+    let stall = shared.config.server.write_stall_timeout;
+    let quic = connection.quic.clone();
+    let writing = tokio::spawn(async move {
+        while let Some(first) = queued.recv().await {
+            // Gather whatever else is ready into the same write; the
+            // budget they hold is given back once it is written.
+            let mut batch = vec![first];
             while let Ok(more) = queued.try_recv() {
-                batch.extend_from_slice(&more);
+                batch.push(more);
             }
-            if send.write_all(&batch).await.is_err() {
-                return;
+            let bytes: Vec<u8> = batch.iter().flat_map(|q| q.bytes.iter().copied()).collect();
+            match tokio::time::timeout(stall, send.write_all(&bytes)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::debug!("a stream's replies made no progress: closing its connection");
+                    metrics::counter!(crate::metrics::CLOSED_CONNECTIONS, "reason" => "write_stalled")
+                        .increment(1);
+                    quic.close(WRITE_STALLED, b"replies are not being read");
+                    return;
+                }
             }
         }
         let _ = send.finish();
@@ -128,18 +222,20 @@ pub(super) async fn serve_stream(
     // a system call per draw; see the verify bench).
     let mut rng = ChaCha20Rng::from_rng(&mut UnwrapErr(SysRng));
     let max_frame = shared.config.server.max_frame;
-    let mut buffer: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-    let mut chunk = vec![0u8; READ_CHUNK];
+    // Only the part of a frame that has not arrived whole waits here; an
+    // idle stream holds no buffer.
+    let mut buffer: Vec<u8> = Vec::new();
     loop {
         let read = tokio::select! {
-            read = recv.read(&mut chunk) => read,
+            read = recv.read_chunk(READ_CHUNK, true) => read,
             _ = shutdown.changed() => break,
         };
-        let n = match read {
-            Ok(Some(n)) => n,
+        let chunk = match read {
+            Ok(Some(chunk)) => chunk.bytes,
             Ok(None) | Err(_) => break,
         };
-        buffer.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+        buffer.extend_from_slice(&chunk);
+        drop(chunk);
 
         // Replies are about the size of requests; sized up front so that
         // encoding a read's replies does not reallocate as it grows.
@@ -154,7 +250,7 @@ pub(super) async fn serve_stream(
                 Ok(Some((body, used))) => {
                     let at = (now, arrived);
                     let context = (&connection, &stream);
-                    handle(&shared, context, body, at, &mut rng, &mut out, &queue);
+                    handle(&shared, context, body, at, &mut rng, &mut out, &writer);
                     consumed += used;
                 }
                 Ok(None) => break false,
@@ -165,7 +261,14 @@ pub(super) async fn serve_stream(
             }
         };
         buffer.drain(..consumed);
-        if !out.is_empty() && queue.send(out).await.is_err() {
+        if buffer.is_empty() {
+            buffer = Vec::new();
+        }
+        // The budget counts what the batch holds, not only what it says.
+        out.shrink_to_fit();
+        // Waits while the stream's earlier replies fill its write budget:
+        // a client that does not read stops being read.
+        if !out.is_empty() && !writer.send(out).await {
             break;
         }
         if broken {
@@ -180,8 +283,8 @@ pub(super) async fn serve_stream(
     }
     // Subscriptions of this stream end; a bridge's messages fail over.
     shared.engine.stream_closed(stream.id, clock::now());
-    drop(queue);
-    let _ = writer.await;
+    drop(writer);
+    let _ = writing.await;
 }
 
 /// Handles one frame body: decode, limit, run the engine, queue the reply.
@@ -192,8 +295,10 @@ fn handle(
     (now, started): (Timestamp, Instant),
     rng: &mut ChaCha20Rng,
     out: &mut Vec<u8>,
-    queue: &mpsc::Sender<Vec<u8>>,
+    writer: &Writer,
 ) {
+    // Every frame, well-formed or not, counts toward the connection's rate.
+    let decision = lock(&connection.limiter).check(shared.request_rate, now);
     let request = match Request::decode(body) {
         Ok(request) => request,
         Err(error) => {
@@ -205,16 +310,27 @@ fn handle(
                 _ => ErrorCode::Malformed,
             };
             shared.metrics.count("invalid", "malformed");
-            encode(out, id, Reply::error(code, error.to_string()));
+            let seen = connection
+                .malformed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if seen >= shared.config.server.malformed_frames_per_connection {
+                metrics::counter!(crate::metrics::CLOSED_CONNECTIONS, "reason" => "malformed")
+                    .increment(1);
+                connection
+                    .quic
+                    .close(MISBEHAVING, b"too many malformed frames");
+                return;
+            }
+            let reply = match decision {
+                Decision::Deny { retry_after } => {
+                    Reply::rate_limited(retry_after, "too many requests on this connection")
+                }
+                Decision::Allow => Reply::error(code, error.to_string()),
+            };
+            encode(out, id, reply);
             return;
         }
     };
-    let limit = shared.request_rate;
-    let decision = connection
-        .limiter
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .check(limit, now);
     if let Decision::Deny { retry_after } = decision {
         let reply = Reply::rate_limited(retry_after, "too many requests on this connection");
         shared
@@ -243,7 +359,7 @@ fn handle(
         let Some(slot) = take_slot(shared, &shared.store_slots, (id, operation), out) else {
             return;
         };
-        let (shared, queue) = (Arc::clone(shared), queue.clone());
+        let (shared, writer) = (Arc::clone(shared), writer.clone());
         let owned = OwnedCaller::of(connection, stream, id);
         let mut rng = ChaCha20Rng::from_rng(rng);
         let connection = Arc::clone(connection);
@@ -260,7 +376,7 @@ fn handle(
             if checks_proof {
                 count_proof(&shared, &connection, &reply, now);
             }
-            send_outcome(&shared, &queue, (id, operation, started), reply.into()).await;
+            send_outcome(&shared, &writer, (id, operation, started), reply.into()).await;
         });
         return;
     }
@@ -277,7 +393,7 @@ fn handle(
         ) else {
             return;
         };
-        let (shared, queue) = (Arc::clone(shared), queue.clone());
+        let (shared, writer) = (Arc::clone(shared), writer.clone());
         let owned = OwnedCaller::of(connection, stream, id);
         let mut rng = ChaCha20Rng::from_rng(rng);
         tokio::spawn(async move {
@@ -297,7 +413,7 @@ fn handle(
                 Ok(None) => return,
                 Err(_) => Reply::error(ErrorCode::Internal, "the change failed").into(),
             };
-            send_outcome(&shared, &queue, (id, operation, started), outcome).await;
+            send_outcome(&shared, &writer, (id, operation, started), outcome).await;
         });
         return;
     }
@@ -328,10 +444,10 @@ fn handle(
         return;
     }
     let shared = Arc::clone(shared);
-    let queue = queue.clone();
+    let writer = writer.clone();
     let id = request.id;
     tokio::spawn(async move {
-        send_outcome(&shared, &queue, (id, operation, started), outcome).await;
+        send_outcome(&shared, &writer, (id, operation, started), outcome).await;
     });
 }
 
@@ -411,7 +527,7 @@ fn count_outcome(operation: &'static str, reply: &Reply) {
 /// it depends on is durable, if it has one.
 async fn send_outcome(
     shared: &Shared,
-    queue: &mpsc::Sender<Vec<u8>>,
+    writer: &Writer,
     (id, operation, started): (u64, &'static str, Instant),
     outcome: crate::engine::Outcome,
 ) {
@@ -426,7 +542,7 @@ async fn send_outcome(
     };
     let mut out = Vec::new();
     encode(&mut out, id, reply);
-    let _ = queue.send(out).await;
+    let _ = writer.send(out).await;
     shared
         .metrics
         .latency(operation, started.elapsed().as_secs_f64());
