@@ -610,10 +610,21 @@ async fn connection_limits_hold() {
         }
     }
     assert_eq!(limited, 1);
-    // A second connection is refused while the first is open.
+    // A second connection is closed once its role is known, while the
+    // first is open (code 6, "too many connections").
     let (cert, key) = daemon.cert(Role::Gateway);
     let second = Client::connect(daemon.quic, &daemon.ca(), &cert, &key).await;
-    assert!(second.is_err(), "max-connections = 1");
+    let refused = match second {
+        Err(_) => true,
+        Ok(second) => {
+            let call = second.call(Operation::Devices { user: user("jdoe") }).await;
+            call.is_err()
+                && second
+                    .close_reason()
+                    .is_some_and(|r| r.contains("too many connections"))
+        }
+    };
+    assert!(refused, "max-connections = 1");
 }
 
 #[tokio::test]
@@ -772,4 +783,43 @@ fn the_data_directory_is_private_and_logs_to_a_file_have_no_colour_codes() {
             .iter()
             .any(|l| l["fields"]["message"] == "serving" && l["level"] == "INFO")
     );
+}
+
+#[tokio::test]
+async fn phones_cannot_take_the_gateways_connection_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(
+        &dir.path().join("data"),
+        "max-connections = 4\nmax-phone-connections = 2",
+        "",
+    );
+    let mut phones = Vec::new();
+    let mut refused = 0;
+    for _ in 0..4 {
+        let phone = daemon.client(Role::Phone).await;
+        // A phone's first request: Deny of a push that does not exist.
+        let answered = phone
+            .call(Operation::Deny {
+                push: slsd::identity::PushId(1),
+            })
+            .await;
+        if answered.is_err() {
+            assert_eq!(
+                phone.close_reason().as_deref(),
+                Some("too many connections")
+            );
+            refused += 1;
+        }
+        phones.push(phone);
+    }
+    assert_eq!(refused, 2, "the phones' quota is two");
+    // Two slots are left, and they are the gateways'.
+    for _ in 0..2 {
+        let gateway = daemon.client(Role::Gateway).await;
+        assert!(matches!(
+            gateway.call(Operation::Devices { user: user("x") }).await,
+            Ok(Reply::Devices { .. })
+        ));
+        phones.push(gateway);
+    }
 }

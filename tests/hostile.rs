@@ -191,21 +191,16 @@ async fn handshakes_that_never_finish_do_not_hold_the_service() {
     let before = rss_kb(daemon.pid());
     let probe = Probe::start(&daemon).await;
 
-    // 500 handshakes that are started and never answered: a real client's
-    // first packet (its Initial, caught on a socket of ours) is sent to the
-    // daemon from a fresh socket, which then never reads or answers.
+    // Handshakes that are started and never answered: real clients' first
+    // packets (Initials, caught on a socket of ours, each a new connection
+    // by its own connection id) sent to the daemon from sockets that never
+    // read or answer, about a thousand a second.
     let crypto = Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(daemon.tls(Role::Gateway)).unwrap(),
     );
     let catcher = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    // Sixteen silent sockets (each Initial is a new connection by its own
-    // connection id), kept open so no port-unreachable ends anything early.
-    let silent: Vec<std::net::UdpSocket> = (0..16)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let mut sent = 0;
-    let attack = Instant::now();
-    while sent < 500 || attack.elapsed() < Duration::from_secs(2) {
+    let mut initials = Vec::new();
+    for _ in 0..256 {
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         endpoint.set_default_client_config(quinn::ClientConfig::new(crypto.clone()));
         let connecting = endpoint
@@ -216,22 +211,74 @@ async fn handshakes_that_never_finish_do_not_hold_the_service() {
             caught = catcher.recv_from(&mut initial) => caught.unwrap(),
             _ = connecting => panic!("nobody answers the client"),
         };
-        silent[sent % silent.len()]
-            .send_to(&initial[..len], daemon.quic)
-            .unwrap();
-        sent += 1;
+        initial.truncate(len);
+        initials.push(initial);
         drop(endpoint);
     }
+    let flooding = Arc::new(AtomicBool::new(true));
+    let target = daemon.quic;
+    let flood = {
+        let flooding = Arc::clone(&flooding);
+        std::thread::spawn(move || {
+            // Sixteen silent sockets, kept open so no port-unreachable
+            // ends anything early.
+            let silent: Vec<std::net::UdpSocket> = (0..16)
+                .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+                .collect();
+            let started = Instant::now();
+            let mut sent = 0usize;
+            while flooding.load(Ordering::Relaxed) {
+                let initial = &initials[sent % initials.len()];
+                silent[sent % silent.len()]
+                    .send_to(initial, target)
+                    .unwrap();
+                sent += 1;
+                if sent.is_multiple_of(10) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            (sent, started.elapsed())
+        })
+    };
+    // During the flood, thirteen new gateway connections, one every 200 ms,
+    // each with a request.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut connected = 0;
+    for _ in 0..13 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let attempt = async {
+            let gateway = Client::connect_with(daemon.quic, daemon.tls(Role::Gateway)).await?;
+            gateway.call(Operation::Devices { user: user("x") }).await
+        };
+        match tokio::time::timeout(Duration::from_secs(3), attempt).await {
+            Ok(Ok(Reply::Devices { .. })) => connected += 1,
+            other => eprintln!("a gateway during the flood: {other:?}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    flooding.store(false, Ordering::Relaxed);
+    let (sent, took) = tokio::task::spawn_blocking(move || flood.join().unwrap())
+        .await
+        .unwrap();
     eprintln!(
-        "half-open handshakes: {sent} sent in {:?}",
-        attack.elapsed()
+        "half-open handshakes: {sent} Initials in {took:?} ({:.0}/s); {connected} of 13 new gateways connected during the flood",
+        sent as f64 / took.as_secs_f64()
+    );
+    assert!(
+        sent as f64 / took.as_secs_f64() > 500.0,
+        "a flood, not a trickle"
+    );
+    assert!(
+        connected >= 12,
+        "{connected} of 13 gateways connected during the flood"
     );
     probe.finish("half-open handshakes").await;
     assert_memory_bounded(&daemon, before, "half-open handshakes");
-    // They reached the daemon: the cap refused most, the rest timed out.
+    // They reached the daemon: beyond the first handshakes, each was sent a
+    // Retry, and the handshakes it did start timed out.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let metrics = tokio::task::block_in_place(|| daemon.metrics_text());
-    for reason in ["connection_limit", "timeout"] {
+    for reason in ["retry", "timeout"] {
         let line = format!("sls_rejected_handshakes_total{{reason=\"{reason}\"}}");
         assert!(metrics.contains(&line), "no {line} in\n{metrics}");
     }

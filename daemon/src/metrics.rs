@@ -16,7 +16,11 @@ pub const LOCKOUTS: &str = "sls_lockouts_total";
 pub const OPEN_CHALLENGES: &str = "sls_open_challenges";
 /// QUIC connections open right now.
 pub const CONNECTIONS: &str = "sls_connections";
-/// Connections refused during or right after the handshake, by `reason`.
+/// Handshakes under way (not yet holding a connection slot).
+pub const HANDSHAKES: &str = "sls_handshakes";
+/// Connections refused during or right after the handshake, by `reason`
+/// (`retry`: sent a QUIC Retry; `handshakes`, `address`: the handshake
+/// budget; `connection_limit`: no connection slot for the role).
 pub const REJECTED_HANDSHAKES: &str = "sls_rejected_handshakes_total";
 /// Connections the daemon closed for misbehaving, by `reason`
 /// (`malformed`, `write_stalled`).

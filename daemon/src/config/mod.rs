@@ -74,6 +74,30 @@ pub struct ServerConfig {
     pub write_stall_timeout: Duration,
     /// Malformed request bodies one connection may send; the next closes it.
     pub malformed_frames_per_connection: u32,
+    /// Handshakes under way at once, in all and from one IP address, and
+    /// how many may be under way before unvalidated peers get a Retry.
+    pub max_handshakes: u32,
+    pub handshakes_per_address: u32,
+    pub handshakes_before_retry: u32,
+    /// Established connections per role (within `max-connections`).
+    pub max_gateway_connections: u32,
+    pub max_admin_connections: u32,
+    pub max_carrier_connections: u32,
+    pub max_phone_connections: u32,
+}
+
+impl ServerConfig {
+    /// The connection quota of `role` (never more than `max-connections`).
+    pub fn max_connections_of(&self, role: crate::engine::Role) -> u32 {
+        use crate::engine::Role;
+        let quota = match role {
+            Role::Gateway => self.max_gateway_connections,
+            Role::Admin => self.max_admin_connections,
+            Role::Carrier => self.max_carrier_connections,
+            Role::Phone => self.max_phone_connections,
+        };
+        quota.min(self.max_connections)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -349,6 +373,33 @@ impl Config {
             "server.write-stall-timeout",
             "must be 100ms..=10m",
         )?;
+        check(
+            (1..=100_000).contains(&s.max_handshakes),
+            "server.max-handshakes",
+            "must be 1..=100000",
+        )?;
+        check(
+            (1..=s.max_handshakes).contains(&s.handshakes_per_address),
+            "server.handshakes-per-address",
+            "must be 1..=max-handshakes",
+        )?;
+        check(
+            s.handshakes_before_retry <= s.max_handshakes,
+            "server.handshakes-before-retry",
+            "must be at most max-handshakes (0: always validate addresses)",
+        )?;
+        for role in crate::engine::Role::ALL {
+            check(
+                s.max_connections_of(role) >= 1,
+                match role {
+                    crate::engine::Role::Gateway => "server.max-gateway-connections",
+                    crate::engine::Role::Admin => "server.max-admin-connections",
+                    crate::engine::Role::Carrier => "server.max-carrier-connections",
+                    crate::engine::Role::Phone => "server.max-phone-connections",
+                },
+                "must be at least 1",
+            )?;
+        }
         check(
             s.malformed_frames_per_connection <= 1_000_000,
             "server.malformed-frames-per-connection",

@@ -5,13 +5,14 @@
 //! bytes into requests (`wire`), asks the `engine`, commits what the engine
 //! says must be durable (`store::committer`), and sends the reply.
 
+mod admission;
 mod metrics_http;
 pub mod pki;
 mod stream;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ use crate::store::registry::Registry;
 use crate::store::sealed::SecretCipher;
 use crate::store::shared::SharedStore;
 use pki::PkiPaths;
-use stream::{ConnectionState, NO_ROLE, SHUTTING_DOWN};
+use stream::{ConnectionState, NO_ROLE, SHUTTING_DOWN, TOO_MANY_CONNECTIONS};
 
 pub use pki::role_name;
 
@@ -57,6 +58,8 @@ struct Shared {
     change_slots: [Arc<tokio::sync::Semaphore>; 4],
     /// Registry changes running at once on the blocking pool.
     change_workers: Arc<tokio::sync::Semaphore>,
+    /// Established connections, in all and per role.
+    connections: Arc<admission::Connections>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -109,6 +112,19 @@ async fn connect_shared(
     let shared = SharedStore::new(redis, codec, store.cache_ttl);
     let code_key = shared.sms_code_key(&mut UnwrapErr(SysRng)).await?;
     Ok((shared, code_key))
+}
+
+/// Runs `f` when dropped (however the connection's task ends).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 /// Says which paths of the data directory were open to other users.
@@ -218,6 +234,7 @@ pub async fn serve(
         change_slots: Role::ALL
             .map(|_| Arc::new(tokio::sync::Semaphore::new(config.store.changes_in_flight))),
         change_workers: Arc::new(tokio::sync::Semaphore::new(config.store.change_workers)),
+        connections: admission::Connections::new(&config.server),
     });
 
     let endpoint = endpoint(&config, &pki)?;
@@ -258,7 +275,7 @@ pub async fn serve(
     // Every connection and stream task holds a clone; the count says when
     // the in-flight work is done.
     let in_flight = Arc::new(());
-    let connections = Arc::new(AtomicUsize::new(0));
+    let handshakes = admission::Handshakes::new(&config.server);
 
     tokio::pin!(shutdown);
     loop {
@@ -267,23 +284,38 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let Some(incoming) = incoming else { break };
-        if connections.load(Ordering::Relaxed) >= config.server.max_connections as usize {
-            metrics::counter!(crate::metrics::REJECTED_HANDSHAKES, "reason" => "connection_limit")
-                .increment(1);
-            incoming.refuse();
-            continue;
-        }
+        let admitted = handshakes.admit(
+            incoming.remote_address().ip(),
+            incoming.remote_address_validated(),
+            incoming.may_retry(),
+        );
+        metrics::gauge!(crate::metrics::HANDSHAKES).set(handshakes.under_way() as f64);
+        let ticket = match admitted {
+            admission::Admit::Handshake(ticket) => ticket,
+            admission::Admit::Retry => {
+                metrics::counter!(crate::metrics::REJECTED_HANDSHAKES, "reason" => "retry")
+                    .increment(1);
+                if let Err(error) = incoming.retry() {
+                    error.into_incoming().refuse();
+                }
+                continue;
+            }
+            admission::Admit::Refuse(why) => {
+                metrics::counter!(crate::metrics::REJECTED_HANDSHAKES, "reason" => why)
+                    .increment(1);
+                incoming.refuse();
+                continue;
+            }
+        };
         let shared = Arc::clone(&shared);
         let stopping = stopping.clone();
         let token = Arc::clone(&in_flight);
-        let connections = Arc::clone(&connections);
-        tokio::spawn(async move {
-            connections.fetch_add(1, Ordering::Relaxed);
-            metrics::gauge!(crate::metrics::CONNECTIONS).increment(1.0);
-            serve_connection(shared, incoming, stopping, token).await;
-            connections.fetch_sub(1, Ordering::Relaxed);
-            metrics::gauge!(crate::metrics::CONNECTIONS).decrement(1.0);
-        });
+        tokio::spawn(serve_connection(
+            shared,
+            (incoming, ticket),
+            stopping,
+            token,
+        ));
     }
 
     tracing::info!("shutting down: no new connections or requests");
@@ -333,7 +365,7 @@ fn endpoint(config: &Config, pki: &PkiPaths) -> Result<quinn::Endpoint, ServeErr
 
 async fn serve_connection(
     shared: Arc<Shared>,
-    incoming: quinn::Incoming,
+    (incoming, ticket): (quinn::Incoming, admission::HandshakeTicket),
     stopping: watch::Receiver<bool>,
     in_flight: Arc<()>,
 ) {
@@ -369,11 +401,21 @@ async fn serve_connection(
                 .ok()
         })
         .and_then(|chain| chain.first().and_then(pki::role_of));
+    // The handshake is done: its place goes back to the next one.
+    drop(ticket);
     let Some(role) = role else {
         metrics::counter!(crate::metrics::REJECTED_HANDSHAKES, "reason" => "no_role").increment(1);
         connection.close(NO_ROLE, b"client certificate names no role");
         return;
     };
+    let Some(_slot) = shared.connections.admit(role) else {
+        metrics::counter!(crate::metrics::REJECTED_HANDSHAKES, "reason" => "connection_limit")
+            .increment(1);
+        connection.close(TOO_MANY_CONNECTIONS, b"too many connections");
+        return;
+    };
+    metrics::gauge!(crate::metrics::CONNECTIONS).increment(1.0);
+    let _gauge = scopeguard(|| metrics::gauge!(crate::metrics::CONNECTIONS).decrement(1.0));
     tracing::debug!(%remote, role = role.as_str(), "connected");
     let mut binding = [0u8; crate::otp::push::BINDING_LEN];
     if connection

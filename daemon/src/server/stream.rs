@@ -38,6 +38,10 @@ pub const MISBEHAVING: VarInt = VarInt::from_u32(4);
 /// `server.write-stall-timeout` (the client does not read them).
 pub const WRITE_STALLED: VarInt = VarInt::from_u32(5);
 
+/// QUIC application error code: every connection slot, or the role's, is
+/// taken (`server.max-connections`, `server.max-<role>-connections`).
+pub const TOO_MANY_CONNECTIONS: VarInt = VarInt::from_u32(6);
+
 /// Batches of encoded replies waiting for the writer, at most; what bounds
 /// them in bytes is the stream's write budget (`server.write-queue-bytes`).
 const WRITE_BATCHES: usize = 64;
