@@ -206,8 +206,18 @@ pub(super) async fn serve_stream(
             while let Ok(more) = queued.try_recv() {
                 batch.push(more);
             }
-            let bytes: Vec<u8> = batch.iter().flat_map(|q| q.bytes.iter().copied()).collect();
-            match tokio::time::timeout(stall, send.write_all(&bytes)).await {
+            let joined;
+            let bytes: &[u8] = match batch.as_slice() {
+                [one] => &one.bytes,
+                _ => {
+                    joined = batch.iter().fold(Vec::new(), |mut all, q| {
+                        all.extend_from_slice(&q.bytes);
+                        all
+                    });
+                    &joined
+                }
+            };
+            match tokio::time::timeout(stall, send.write_all(bytes)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return,
                 Err(_) => {
@@ -268,8 +278,11 @@ pub(super) async fn serve_stream(
         if buffer.is_empty() {
             buffer = Vec::new();
         }
-        // The budget counts what the batch holds, not only what it says.
-        out.shrink_to_fit();
+        // The budget counts what a batch holds, not only what it says: give
+        // back room well beyond what was written.
+        if out.capacity() > 2 * out.len() + 1024 {
+            out.shrink_to_fit();
+        }
         // Waits while the stream's earlier replies fill its write budget:
         // a client that does not read stops being read.
         if !out.is_empty() && !writer.send(out).await {
