@@ -841,3 +841,73 @@ async fn bad_subscription_proofs_are_throttled_and_do_not_tell_which_devices_exi
         vec![Reply::Subscribed]
     );
 }
+
+#[tokio::test]
+async fn a_graceful_shutdown_answers_waiting_and_new_requests_then_closes_with_code_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"), "shutdown-grace = \"3s\"", CONFIG);
+    let admin = daemon.client(Role::Admin).await;
+    let gateway = daemon.client(Role::Gateway).await;
+    let (device, key) = enroll_ib_key(&admin, "kim", 5).await;
+    let app = PhoneApp::connect(
+        daemon.client(Role::Phone).await,
+        Arc::new(Matcher::default()),
+    )
+    .await
+    .unwrap();
+    app.set_behaviour(device, phone::Behaviour::Ignore);
+    assert_eq!(
+        app.subscribe(&[(device, key)]).await.unwrap(),
+        vec![Reply::Subscribed]
+    );
+    let Reply::PushSent { push, .. } = push(&gateway, "kim", device).await else {
+        panic!("push")
+    };
+    // One stream waits on the push; another is idle, after one answer.
+    let mut waiting = gateway.stream().await.unwrap();
+    waiting.send(Operation::AwaitPush { push }).await.unwrap();
+    let mut idle = gateway.stream().await.unwrap();
+    assert!(matches!(
+        idle.call(Operation::Devices { user: user("kim") }).await,
+        Ok(Reply::Devices { .. })
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let sigterm = Instant::now();
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(daemon.pid().to_string())
+        .status()
+        .unwrap();
+    // The waiting gateway hears ShuttingDown, at once.
+    let heard = tokio::time::timeout(Duration::from_secs(2), waiting.receive())
+        .await
+        .expect("the waiting AwaitPush is answered")
+        .unwrap();
+    assert_eq!(error_code(&heard.reply), Some(ErrorCode::ShuttingDown));
+    // A new request on the idle stream, and on a new stream, too.
+    let again = idle
+        .call(Operation::Devices { user: user("kim") })
+        .await
+        .unwrap();
+    assert_eq!(error_code(&again), Some(ErrorCode::ShuttingDown));
+    let mut fresh = gateway.stream().await.unwrap();
+    let fresh_reply = fresh
+        .call(Operation::Devices { user: user("kim") })
+        .await
+        .unwrap();
+    assert_eq!(error_code(&fresh_reply), Some(ErrorCode::ShuttingDown));
+    // Nothing else is in flight: the connection closes with code 3.
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while idle.receive().await.is_ok() {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection closed");
+    assert!(
+        sigterm.elapsed() < Duration::from_secs(4),
+        "within the grace"
+    );
+    assert_eq!(gateway.close_reason().as_deref(), Some("shutting down"));
+    assert_eq!(gateway.close_code(), Some(3));
+    assert_eq!(daemon.stop(), Some(0), "a clean exit");
+}

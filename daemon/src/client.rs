@@ -126,6 +126,15 @@ impl Client {
         self.connection.close(0u32.into(), b"done");
     }
 
+    /// The QUIC application error code the peer closed the connection
+    /// with, once it has (PROTOCOL.md lists the server's).
+    pub fn close_code(&self) -> Option<u64> {
+        match self.connection.close_reason()? {
+            quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
+            _ => None,
+        }
+    }
+
     /// Why the connection ended, once it has: the server's reason text for
     /// an application close (`"too many malformed frames"`), else how it
     /// ended.

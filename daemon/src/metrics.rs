@@ -100,7 +100,7 @@ pub const OPERATIONS: [&str; 37] = [
 ];
 
 /// Outcome labels of [`REQUESTS`].
-pub const OUTCOMES: [&str; 22] = [
+pub const OUTCOMES: [&str; 23] = [
     "ok",
     "accepted",
     "rejected",
@@ -122,6 +122,7 @@ pub const OUTCOMES: [&str; 22] = [
     "busy",
     "invalid_argument",
     "malformed",
+    "shutting_down",
     "error",
 ];
 

@@ -438,6 +438,15 @@ impl Engine {
         }
     }
 
+    /// The server is stopping: every gateway waiting on a push hears
+    /// `Error { ShuttingDown }` now, not nothing when the connection closes.
+    pub fn shutting_down(&self) {
+        self.pushes.release_waiters();
+        if self.shared.is_some() {
+            self.release_shared_waiters();
+        }
+    }
+
     /// A stream ended: its subscriptions end, and a bridge's unacknowledged
     /// messages go to the other bridges.
     pub fn stream_closed(&self, stream: StreamId, now: Timestamp) {

@@ -153,6 +153,18 @@ impl PushTable {
         }
     }
 
+    /// Tells every gateway waiting on a push that the server is stopping
+    /// (`Error { ShuttingDown }`); the pushes stay, for another node or a
+    /// restart cannot answer them anyway (they are ephemeral).
+    pub(super) fn release_waiters(&self) {
+        let mut sessions = self.sessions();
+        for session in sessions.pushes.values_mut() {
+            if let Some((sink, request)) = session.waiter.take() {
+                shutting_down(&sink, request);
+            }
+        }
+    }
+
     pub(super) fn linked_to(&self, device: DeviceId, connection: u64) -> bool {
         self.phones()
             .get(&device)
@@ -168,6 +180,16 @@ pub(super) fn answer(sink: &Arc<dyn Sink>, request: u64, verdict: Verdict) {
     }
     .to_frame();
     // A gateway whose stream has ended cannot be told; the push is spent.
+    let _ = sink.deliver(frame);
+}
+
+/// Writes `Error { ShuttingDown }` to a waiting gateway's stream.
+pub(super) fn shutting_down(sink: &Arc<dyn Sink>, request: u64) {
+    let frame = Response {
+        id: request,
+        reply: Reply::error(ErrorCode::ShuttingDown, "the server is stopping"),
+    }
+    .to_frame();
     let _ = sink.deliver(frame);
 }
 

@@ -60,6 +60,11 @@ struct Shared {
     change_workers: Arc<tokio::sync::Semaphore>,
     /// Established connections, in all and per role.
     connections: Arc<admission::Connections>,
+    /// The server is draining: new requests are answered ShuttingDown.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Requests answered by a task of their own, not yet answered: the
+    /// drain waits for them.
+    requests_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -235,6 +240,8 @@ pub async fn serve(
             .map(|_| Arc::new(tokio::sync::Semaphore::new(config.store.changes_in_flight))),
         change_workers: Arc::new(tokio::sync::Semaphore::new(config.store.change_workers)),
         connections: admission::Connections::new(&config.server),
+        stopping: std::sync::atomic::AtomicBool::new(false),
+        requests_in_flight: std::sync::atomic::AtomicUsize::new(0),
     });
 
     let endpoint = endpoint(&config, &pki)?;
@@ -308,25 +315,40 @@ pub async fn serve(
             }
         };
         let shared = Arc::clone(&shared);
-        let stopping = stopping.clone();
         let token = Arc::clone(&in_flight);
-        tokio::spawn(serve_connection(
-            shared,
-            (incoming, ticket),
-            stopping,
-            token,
-        ));
+        tokio::spawn(serve_connection(shared, (incoming, ticket), token));
     }
 
+    // Draining: no new connections; every new request on the open ones is
+    // answered ShuttingDown, gateways waiting on a push hear it now, and
+    // the requests already under way finish (up to the grace). Then each
+    // connection is closed with code 3.
     tracing::info!("shutting down: no new connections or requests");
     endpoint.set_server_config(None);
+    shared.stopping.store(true, Ordering::SeqCst);
+    shared.engine.shutting_down();
     let _ = stop.send(true);
     let deadline = tokio::time::Instant::now() + config.server.shutdown_grace;
-    while Arc::strong_count(&in_flight) > 1 && tokio::time::Instant::now() < deadline {
+    while shared.requests_in_flight.load(Ordering::SeqCst) > 0
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // A push wait that was under way when the drain began has registered by
+    // now: it hears ShuttingDown too.
+    shared.engine.shutting_down();
+    // The last replies queued leave before the close, which would drop them.
+    let linger = deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .min(Duration::from_millis(100));
+    tokio::time::sleep(linger).await;
     endpoint.close(SHUTTING_DOWN, b"shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    // Streams end with their connections.
+    let streams_end = tokio::time::Instant::now() + Duration::from_secs(1);
+    while Arc::strong_count(&in_flight) > 1 && tokio::time::Instant::now() < streams_end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let _ = background.await;
     let _ = sweeper.await;
     if let Some(relay) = relay {
@@ -366,7 +388,6 @@ fn endpoint(config: &Config, pki: &PkiPaths) -> Result<quinn::Endpoint, ServeErr
 async fn serve_connection(
     shared: Arc<Shared>,
     (incoming, ticket): (quinn::Incoming, admission::HandshakeTicket),
-    stopping: watch::Receiver<bool>,
     in_flight: Arc<()>,
 ) {
     let remote = incoming.remote_address();
@@ -434,19 +455,14 @@ async fn serve_connection(
         quic: connection.clone(),
         malformed: std::sync::atomic::AtomicU32::new(0),
     });
-    let mut stop = stopping.clone();
-    loop {
-        let accepted = tokio::select! {
-            accepted = connection.accept_bi() => accepted,
-            _ = stop.changed() => break,
-        };
-        let Ok((send, recv)) = accepted else { break };
+    // Until the connection closes: while the server drains, streams are
+    // still accepted, and their requests answered ShuttingDown.
+    while let Ok((send, recv)) = connection.accept_bi().await {
         let shared = Arc::clone(&shared);
         let state = Arc::clone(&state);
-        let stopping = stopping.clone();
         let token = Arc::clone(&in_flight);
         tokio::spawn(async move {
-            stream::serve_stream(shared, state, send, recv, stopping).await;
+            stream::serve_stream(shared, state, send, recv).await;
             drop(token);
         });
     }

@@ -16,7 +16,7 @@ use rand::SeedableRng;
 use rand::rand_core::UnwrapErr;
 use rand::rngs::SysRng;
 use rand_chacha::ChaCha20Rng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::Shared;
 use crate::clock::{self, Timestamp};
@@ -175,7 +175,6 @@ pub(super) async fn serve_stream(
     connection: Arc<ConnectionState>,
     mut send: SendStream,
     mut recv: RecvStream,
-    mut shutdown: watch::Receiver<bool>,
 ) {
     let (queue, mut queued) = mpsc::channel::<Queued>(WRITE_BATCHES);
     let cap = shared.config.server.write_queue_bytes as usize;
@@ -240,11 +239,7 @@ pub(super) async fn serve_stream(
     // idle stream holds no buffer.
     let mut buffer: Vec<u8> = Vec::new();
     loop {
-        let read = tokio::select! {
-            read = recv.read_chunk(READ_CHUNK, true) => read,
-            _ = shutdown.changed() => break,
-        };
-        let chunk = match read {
+        let chunk = match recv.read_chunk(READ_CHUNK, true).await {
             Ok(Some(chunk)) => chunk.bytes,
             Ok(None) | Err(_) => break,
         };
@@ -356,6 +351,14 @@ fn handle(
         encode(out, request.id, reply);
         return;
     }
+    if shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        shared
+            .metrics
+            .count(request.operation.name(), "shutting_down");
+        let reply = Reply::error(ErrorCode::ShuttingDown, "the server is stopping");
+        encode(out, request.id, reply);
+        return;
+    }
     let operation = request.operation.name();
     let id = request.id;
     let checks_proof = matches!(request.operation, Operation::PhoneSubscribe { .. });
@@ -380,7 +383,9 @@ fn handle(
         let owned = OwnedCaller::of(connection, stream, id);
         let mut rng = ChaCha20Rng::from_rng(rng);
         let connection = Arc::clone(connection);
+        let counted = InFlight::start(&shared);
         tokio::spawn(async move {
+            let _counted = counted;
             let Some(reply) = shared
                 .engine
                 .handle_shared(&owned.caller(), request.operation, now, &mut rng)
@@ -413,7 +418,9 @@ fn handle(
         let (shared, writer) = (Arc::clone(shared), writer.clone());
         let owned = OwnedCaller::of(connection, stream, id);
         let mut rng = ChaCha20Rng::from_rng(rng);
+        let counted = InFlight::start(&shared);
         tokio::spawn(async move {
+            let _counted = counted;
             let Ok(running) = Arc::clone(&shared.change_workers).acquire_owned().await else {
                 return;
             };
@@ -463,9 +470,33 @@ fn handle(
     let shared = Arc::clone(shared);
     let writer = writer.clone();
     let id = request.id;
+    let counted = InFlight::start(&shared);
     tokio::spawn(async move {
         send_outcome(&shared, &writer, (id, operation, started), outcome).await;
+        drop(counted);
     });
+}
+
+/// A request answered by a task of its own, counted until its reply is
+/// queued (or it waits on the engine for a push): the drain at shutdown
+/// waits for these.
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn start(shared: &Arc<Shared>) -> Self {
+        shared
+            .requests_in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(Arc::clone(shared))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .requests_in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Counts a subscription refused for its proof against its connection.
@@ -593,6 +624,7 @@ fn outcome_label(reply: &Reply) -> &'static str {
             ErrorCode::TooManyChallenges => "too_many_challenges",
             ErrorCode::Busy => "busy",
             ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::ShuttingDown => "shutting_down",
             _ => "error",
         },
         _ => "ok",

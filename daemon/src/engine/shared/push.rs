@@ -558,6 +558,14 @@ impl Engine {
     }
 
     /// Tells gateways waiting here on pushes that expired.
+    /// Tells every gateway waiting here that the server is stopping.
+    pub(in crate::engine) fn release_shared_waiters(&self) {
+        let waiting: Vec<Waiter> = self.waiters().drain().map(|(_, w)| w).collect();
+        for waiter in waiting {
+            super::super::push::shutting_down(&waiter.sink, waiter.request);
+        }
+    }
+
     pub(in crate::engine) fn expire_waiters(&self, now: Timestamp) {
         let expired: Vec<Waiter> = {
             let mut waiters = self.waiters();
