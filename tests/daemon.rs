@@ -823,3 +823,66 @@ async fn phones_cannot_take_the_gateways_connection_slots() {
         phones.push(gateway);
     }
 }
+
+#[tokio::test]
+async fn a_connection_has_an_issuance_quota_below_its_request_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(
+        &dir.path().join("data"),
+        "issuance-per-connection-per-second = 2",
+        "",
+    );
+    let first = daemon.client(Role::Gateway).await;
+    let mut stream = first.stream().await.unwrap();
+    let challenges = (0..3)
+        .map(|n| Operation::Challenge {
+            user: user(&format!("nobody{n}")),
+            device: DeviceId(1),
+        })
+        .collect();
+    stream.send_batch(challenges).await.unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(match stream.receive().await.unwrap().reply {
+            Reply::Error { code, message, .. } => (code, message),
+            other => panic!("{other:?}"),
+        });
+    }
+    let limited: Vec<_> = answers
+        .iter()
+        .filter(|(code, _)| *code == ErrorCode::RateLimited)
+        .collect();
+    assert_eq!(limited.len(), 1, "{answers:?}");
+    assert!(limited[0].1.contains("on this connection"), "{answers:?}");
+    let not_found = answers
+        .iter()
+        .filter(|(code, _)| *code == ErrorCode::NotFound)
+        .count();
+    assert_eq!(not_found, 2, "{answers:?}");
+    // Other requests on it, and other connections, are not held back.
+    assert!(matches!(
+        stream
+            .call(Operation::Devices { user: user("x") })
+            .await
+            .unwrap(),
+        Reply::Devices { .. }
+    ));
+    let second = daemon.client(Role::Gateway).await;
+    let reply = second
+        .call(Operation::Challenge {
+            user: user("nobody9"),
+            device: DeviceId(1),
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            reply,
+            Reply::Error {
+                code: ErrorCode::NotFound,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+}

@@ -198,20 +198,42 @@ async fn each_primitive_keeps_its_promise_under_concurrency() {
         Swap::Conflict
     );
 
-    // A ledger never passes its limit: 16 racing adds of 100 under 1000.
-    let key = Key::new("u:jdoe", "ledger:day");
-    let totals = race(16, |_| {
+    // A GCRA limiter of 10 a minute (burst 10), as one node keeps it:
+    // 16 racing events at one moment, exactly 10 allowed; the refused are
+    // told when the next would be; a tenth of a minute later, one more.
+    let key = Key::new("u:jdoe", "issued");
+    let rate = slsd::ratelimit::Rate::new(10, Duration::from_secs(60), 10);
+    let now = slsd::clock::Timestamp(1_800_000_000_000);
+    let decisions = race(16, |_| {
         let (store, key) = (Arc::clone(&store), key.clone());
-        async move {
-            store
-                .add_if_under(&key, 100, 1000, Some(Duration::from_secs(60)), false)
-                .await
-                .unwrap()
-        }
+        async move { store.gcra(&key, rate, now).await.unwrap() }
     })
     .await;
-    assert_eq!(totals.iter().filter(|t| t.is_some()).count(), 10);
-    assert_eq!(totals.iter().flatten().max(), Some(&1000));
+    let allowed = decisions
+        .iter()
+        .filter(|d| **d == slsd::ratelimit::Decision::Allow)
+        .count();
+    assert_eq!(allowed, 10);
+    let mut local = slsd::ratelimit::Gcra::default();
+    for _ in 0..10 {
+        local.check(rate, now);
+    }
+    assert_eq!(
+        decisions
+            .iter()
+            .find(|d| **d != slsd::ratelimit::Decision::Allow),
+        Some(&local.check(rate, now)),
+        "the store's answer is one node's"
+    );
+    let later = slsd::clock::Timestamp(now.0 + 6_000);
+    assert_eq!(
+        store.gcra(&key, rate, later).await.unwrap(),
+        slsd::ratelimit::Decision::Allow
+    );
+    assert!(matches!(
+        store.gcra(&key, rate, later).await.unwrap(),
+        slsd::ratelimit::Decision::Deny { .. }
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

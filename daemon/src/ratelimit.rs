@@ -37,6 +37,19 @@ impl Rate {
     }
 }
 
+impl Rate {
+    /// Microseconds between events at the steady rate.
+    pub fn interval_micros(&self) -> u64 {
+        self.interval_micros
+    }
+
+    /// How far ahead of now the theoretical arrival time may run, in
+    /// microseconds (the burst).
+    pub fn tolerance_micros(&self) -> u64 {
+        self.tolerance_micros
+    }
+}
+
 /// One limiter's state: the theoretical arrival time, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Gcra {

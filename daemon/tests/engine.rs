@@ -622,34 +622,103 @@ fn challenge_issuance_is_rate_limited_per_user() {
 }
 
 #[test]
-fn users_sharing_a_limiter_bucket_share_its_allowance() {
-    // One bucket: every name lands in it. "jdoe" uses the allowance up and
-    // a name nobody enrolled is refused too (unknown users are limited).
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open_engine(
-        dir.path(),
-        Config::from_toml("[challenges]\nper-user-per-minute = 2\nuser-limit-buckets = 1\n")
-            .unwrap(),
+fn unknown_names_cannot_drain_an_enrolled_users_allowance() {
+    // The attack: one caller asks challenges for random names, as fast as
+    // it likes. With one bucket for names nobody enrolled, every unknown
+    // name is refused soon, and still twenty enrolled users each get
+    // their whole allowance, first challenge included.
+    let first_refused = drain_attack(
+        "[challenges]\nper-user-per-minute = 2\nuser-limit-buckets = 1\n",
+        10_000,
+        Some(2),
     );
+    assert_eq!(first_refused, 0, "every enrolled user's first challenge");
+    // The same at the default configuration (65,536 buckets of 10 a
+    // minute for unknown names): a million random names first.
+    let first_refused = drain_attack("", 1_000_000, None);
+    eprintln!(
+        "after 1,000,000 challenges for random names: {first_refused} of 20 enrolled users' first challenge refused"
+    );
+    assert_eq!(first_refused, 0, "every enrolled user's first challenge");
+}
+
+/// Asks challenges for `names` random names, then three for each of 20
+/// enrolled users (the first two must be issued at a per-user limit of 2,
+/// or at least the first); returns how many users' first was refused.
+/// `allowed`: how many of the random names' challenges may get past the
+/// limit (to NotFound), when known.
+fn drain_attack(config: &str, names: usize, allowed: Option<usize>) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_engine(dir.path(), Config::from_toml(config).unwrap());
     let mut rng = ChaCha20Rng::seed_from_u64(3);
-    let device = enroll_card(&engine, &mut rng);
-    for _ in 0..2 {
-        assert!(matches!(
-            ask_challenge(&engine, &mut rng, device, T0),
-            Reply::Challenge { .. }
-        ));
+    let mut users = Vec::new();
+    for n in 0..20 {
+        let enroll = EnrollRequest {
+            user: Username::new(&format!("user{n}")).unwrap(),
+            kind: DeviceKind::Scc,
+            secret: None,
+            pin: None,
+            label: String::new(),
+        };
+        let Reply::Enrolled { device, .. } = engine
+            .handle(Role::Admin, Operation::Enroll(enroll), T0, &mut rng)
+            .reply
+        else {
+            panic!("enrol")
+        };
+        users.push((Username::new(&format!("user{n}")).unwrap(), device));
     }
-    let stranger = Operation::Challenge {
-        user: Username::new("stranger").unwrap(),
-        device,
+    let challenge = |engine: &Engine, rng: &mut ChaCha20Rng, user: &Username, device| {
+        let operation = Operation::Challenge {
+            user: user.clone(),
+            device,
+        };
+        engine.handle(Role::Gateway, operation, T0, rng).reply
     };
-    assert!(matches!(
-        engine.handle(Role::Gateway, stranger, T0, &mut rng).reply,
-        Reply::Error {
-            code: ErrorCode::RateLimited,
-            ..
+    let mut limited = 0;
+    for n in 0..names {
+        let name = Username::new(&format!("nobody{n}")).unwrap();
+        match challenge(&engine, &mut rng, &name, DeviceId(1)) {
+            Reply::Error {
+                code: ErrorCode::RateLimited,
+                ..
+            } => limited += 1,
+            Reply::Error {
+                code: ErrorCode::NotFound,
+                ..
+            } => {}
+            other => panic!("{other:?}"),
         }
-    ));
+    }
+    if let Some(allowed) = allowed {
+        assert_eq!(
+            limited,
+            names - allowed,
+            "unknown names share one small budget"
+        );
+    }
+    let mut first_refused = 0;
+    for (user, device) in &users {
+        match challenge(&engine, &mut rng, user, *device) {
+            Reply::Challenge { .. } => {}
+            _ => first_refused += 1,
+        }
+        if allowed.is_some() {
+            // Each has the whole allowance of two, and no more.
+            assert!(matches!(
+                challenge(&engine, &mut rng, user, *device),
+                Reply::Challenge { .. }
+            ));
+            assert!(matches!(
+                challenge(&engine, &mut rng, user, *device),
+                Reply::Error {
+                    code: ErrorCode::RateLimited,
+                    ..
+                }
+            ));
+        }
+    }
+    first_refused
 }
 
 #[test]

@@ -53,6 +53,7 @@ pub struct ServerConfig {
     pub max_streams_per_connection: u32,
     pub requests_per_connection_per_second: u32,
     pub failed_proofs_per_connection_per_minute: u32,
+    pub issuance_per_connection_per_second: u32,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// A connection that has not finished its handshake by then is dropped.
@@ -404,6 +405,12 @@ impl Config {
             s.malformed_frames_per_connection <= 1_000_000,
             "server.malformed-frames-per-connection",
             "must be at most 1000000",
+        )?;
+        check(
+            (1..=self.server.requests_per_connection_per_second.max(1))
+                .contains(&self.server.issuance_per_connection_per_second),
+            "server.issuance-per-connection-per-second",
+            "must be 1..=requests-per-connection-per-second",
         )?;
         check(
             (1..=100_000).contains(&self.server.failed_proofs_per_connection_per_minute),

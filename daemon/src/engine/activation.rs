@@ -232,7 +232,7 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Reply {
-        if let Decision::Deny { retry_after } = self.user_limits.check(user, now) {
+        if let Decision::Deny { retry_after } = self.issuance(user, now) {
             return Reply::rate_limited(retry_after, "too many codes for this user");
         }
         let life = &self.config.lifecycle;
@@ -361,7 +361,7 @@ impl Engine {
                          the operator can issue temporary access",
                     );
                 };
-                if let Decision::Deny { retry_after } = self.user_limits.check(user, now) {
+                if let Decision::Deny { retry_after } = self.issuance(user, now) {
                     return Reply::rate_limited(retry_after, "too many codes for this user");
                 }
                 let code = Self::sms_code_spec(&self.config).generate(rng);

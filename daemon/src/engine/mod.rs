@@ -241,11 +241,72 @@ impl KeyedLimits {
 }
 
 /// The per-user issuance limit of challenges, codes and pushes.
-struct UserLimits(KeyedLimits);
+///
+/// A user with devices has a limiter of their own, so nobody else's
+/// requests can spend their allowance; its state lives while it holds
+/// anything back (idle ones are swept). Names without devices — unknown
+/// ones among them — draw from a separate fixed array of buckets
+/// (`KeyedLimits`): however many names an attacker invents, memory stays
+/// fixed, and what they drain is only the budget of names nobody logs in
+/// with. Both answer the same way (a rate limit with `retry_after`, or on
+/// to the same `NotFound` an unknown user gets), and both cost a hash and
+/// a map lookup, so the limit does not tell which names exist.
+struct UserLimits {
+    rate: Rate,
+    key: [u8; 16],
+    enrolled: Box<[Mutex<std::collections::HashMap<Username, Gcra>>]>,
+    unknown: KeyedLimits,
+}
+
+/// Shards of the enrolled users' limiters.
+const USER_LIMIT_SHARDS: usize = 64;
 
 impl UserLimits {
-    fn check(&self, user: &Username, now: Timestamp) -> Decision {
-        self.0.check(user.as_str().as_bytes(), now)
+    fn new(rate: Rate, buckets: usize, key: [u8; 16], unknown_key: [u8; 16]) -> Self {
+        Self {
+            rate,
+            key,
+            enrolled: (0..USER_LIMIT_SHARDS)
+                .map(|_| Mutex::new(std::collections::HashMap::new()))
+                .collect(),
+            unknown: KeyedLimits::new(rate, buckets, unknown_key),
+        }
+    }
+
+    /// One issuance for `user` at `now`; `enrolled` says whether the user
+    /// has devices (the registry's index).
+    fn check(&self, user: &Username, enrolled: bool, now: Timestamp) -> Decision {
+        if !enrolled {
+            return self.unknown.check(user.as_str().as_bytes(), now);
+        }
+        let mut hasher = SipHasher13::new_with_key(&self.key);
+        hasher.write(user.as_str().as_bytes());
+        let shard = hasher.finish() as usize % self.enrolled.len().max(1);
+        let Some(shard) = self.enrolled.get(shard) else {
+            return Decision::Allow;
+        };
+        let mut limiters = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        match limiters.get_mut(user) {
+            Some(limiter) => limiter.check(self.rate, now),
+            None => {
+                let mut limiter = Gcra::default();
+                let decision = limiter.check(self.rate, now);
+                limiters.insert(user.clone(), limiter);
+                decision
+            }
+        }
+    }
+
+    /// Forgets the limiters that hold nothing back any more.
+    fn sweep(&self, now: Timestamp) -> usize {
+        let mut swept = 0;
+        for shard in self.enrolled.iter() {
+            let mut limiters = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = limiters.len();
+            limiters.retain(|_, limiter| !limiter.is_idle(now));
+            swept += before - limiters.len();
+        }
+        swept
     }
 }
 
@@ -325,11 +386,8 @@ impl Engine {
         let per_number = config.sms.sends_per_number_per_hour;
         let per_prefix = config.sms.sends_per_prefix_per_minute;
         let minute = Duration::from_secs(60);
-        let user_limits = UserLimits(KeyedLimits::new(
-            Rate::new(per_user, minute, per_user),
-            buckets,
-            key(),
-        ));
+        let user_limits =
+            UserLimits::new(Rate::new(per_user, minute, per_user), buckets, key(), key());
         let number_limits = KeyedLimits::new(
             Rate::new(per_number, Duration::from_secs(3600), per_number),
             buckets,
@@ -425,6 +483,7 @@ impl Engine {
     /// shared store); call it every second or so.
     pub fn sweep(&self, now: Timestamp) -> usize {
         let cached = self.shared.as_ref().map_or(0, |store| store.sweep());
+        self.user_limits.sweep(now);
         self.challenges.sweep(now) + self.codes.sweep(now) + self.tokens.sweep(now) + cached
     }
 
@@ -640,6 +699,13 @@ impl Engine {
         locked
     }
 
+    /// One issuance (challenge, code, push, token) for `user`, from their
+    /// own limiter if they have devices.
+    fn issuance(&self, user: &Username, now: Timestamp) -> Decision {
+        let enrolled = self.registry.has_devices(user);
+        self.user_limits.check(user, enrolled, now)
+    }
+
     fn count_lockout(&self) {
         self.counters.lockouts.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(crate::metrics::LOCKOUTS).increment(1);
@@ -652,7 +718,7 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Reply {
-        if let Decision::Deny { retry_after } = self.user_limits.check(user, now) {
+        if let Decision::Deny { retry_after } = self.issuance(user, now) {
             return Reply::rate_limited(retry_after, "too many challenges for this user");
         }
         // An unknown user and another user's device answer the same way. A

@@ -284,7 +284,7 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Reply {
-        if let Decision::Deny { retry_after } = self.user_limits.check(user, now) {
+        if let Decision::Deny { retry_after } = self.issuance(user, now) {
             return Reply::rate_limited(
                 retry_after,
                 "too many challenges and pushes for this user",

@@ -331,7 +331,7 @@ impl Engine {
                 (session.code, session.expires_at, false)
             }
             None => {
-                if let Decision::Deny { retry_after } = self.user_limits.check(user, now) {
+                if let Decision::Deny { retry_after } = self.issuance(user, now) {
                     return Reply::rate_limited(retry_after, "too many codes for this user");
                 }
                 if sessions.by_user.len() >= self.codes.capacity {

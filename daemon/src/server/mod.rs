@@ -44,6 +44,8 @@ struct Shared {
     request_rate: Rate,
     /// Failed subscription proofs one connection may make.
     proof_failure_rate: Rate,
+    /// Issuances (challenges, codes, pushes, tokens) one connection may ask.
+    issuance_rate: Rate,
     metrics: crate::metrics::RequestMetrics,
     /// Connection and stream numbers, for subscriptions.
     next_connection: AtomicU64,
@@ -230,6 +232,11 @@ pub async fn serve(
             config.server.failed_proofs_per_connection_per_minute,
             Duration::from_secs(60),
             config.server.failed_proofs_per_connection_per_minute,
+        ),
+        issuance_rate: Rate::new(
+            config.server.issuance_per_connection_per_second,
+            Duration::from_secs(1),
+            config.server.issuance_per_connection_per_second,
         ),
         config: Arc::clone(&config),
         metrics: crate::metrics::RequestMetrics::default(),
@@ -450,6 +457,7 @@ async fn serve_connection(
         role,
         limiter: Mutex::new(Gcra::default()),
         proof_failures: Mutex::new(Gcra::default()),
+        issuance: Mutex::new(Gcra::default()),
         id: shared.next_connection.fetch_add(1, Ordering::Relaxed),
         binding,
         quic: connection.clone(),

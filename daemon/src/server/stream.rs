@@ -96,6 +96,9 @@ pub(super) struct ConnectionState {
     /// verification): past `server.failed-proofs-per-connection-per-minute`
     /// the connection's subscriptions are answered `RateLimited` unchecked.
     pub proof_failures: Mutex<Gcra>,
+    /// Challenges, codes, pushes and tokens issued on this connection
+    /// (`server.issuance-per-connection-per-second`).
+    pub issuance: Mutex<Gcra>,
     /// Unique for the life of the process.
     pub id: u64,
     /// The TLS exporter value phones sign to subscribe (see `otp::push`).
@@ -351,6 +354,18 @@ fn handle(
         encode(out, request.id, reply);
         return;
     }
+    if issues(&request.operation) {
+        if let Decision::Deny { retry_after } =
+            lock(&connection.issuance).check(shared.issuance_rate, now)
+        {
+            shared
+                .metrics
+                .count(request.operation.name(), "rate_limited");
+            let why = "too many challenges, codes and pushes on this connection";
+            encode(out, request.id, Reply::rate_limited(retry_after, why));
+            return;
+        }
+    }
     if shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
         shared
             .metrics
@@ -497,6 +512,19 @@ impl Drop for InFlight {
             .requests_in_flight
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// Whether an operation issues something a user is limited in (and so
+/// counts toward the connection's issuance quota too).
+fn issues(operation: &Operation) -> bool {
+    matches!(
+        operation,
+        Operation::Challenge { .. }
+            | Operation::Push { .. }
+            | Operation::SendCode { .. }
+            | Operation::StartActivation { .. }
+            | Operation::StartPhoneVerification { .. }
+    )
 }
 
 /// Counts a subscription refused for its proof against its connection.

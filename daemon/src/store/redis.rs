@@ -10,8 +10,8 @@
 //!   and its device's failure state; a code or push session and the
 //!   failure state), so that of two nodes deciding at once one wins and
 //!   the other decides again on what it finds;
-//! - `add_if_under`: add to a counter only if the sum stays within a limit
-//!   (issuance and send quotas, withdrawal ledgers);
+//! - `gcra`: one event against a GCRA limiter (`ratelimit`'s arithmetic:
+//!   issuance and send quotas, as one node keeps them);
 //! - `hold` / `release`: a bounded set of things held until they lapse
 //!   (unanswered pushes per user);
 //! - queues (`push_back` / `pop_front`) and small sets and hashes for
@@ -107,18 +107,20 @@ end
 return version
 ";
 
-/// `KEYS[1]` the counter, `ARGV[1]` the amount, `ARGV[2]` the limit,
-/// `ARGV[3]` the TTL in ms set when the counter is created. Answers the
-/// new total, or -1 when it would pass the limit (nothing is added).
-const ADD_IF_UNDER: &str = r"
-local total = tonumber(redis.call('GET', KEYS[1]) or '0') + tonumber(ARGV[1])
-if total > tonumber(ARGV[2]) then return -1 end
-local existed = redis.call('EXISTS', KEYS[1])
-redis.call('SET', KEYS[1], total, 'KEEPTTL')
-if existed == 0 and tonumber(ARGV[3]) > 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-end
-return total
+/// GCRA (`ratelimit::Gcra::check`, the same arithmetic on the store):
+/// `KEYS[1]` the theoretical arrival time in µs, `ARGV[1]` now in µs,
+/// `ARGV[2]` the interval and `ARGV[3]` the tolerance in µs. Answers 0 and
+/// records the event when it is allowed, else the µs until it would be
+/// (nothing recorded). The key lives as long as it holds anything back.
+/// (µs since the epoch stay below 2^53, exact in Lua's doubles.)
+const GCRA: &str = r"
+local now = tonumber(ARGV[1])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+local allow_at = tat - tonumber(ARGV[3])
+if allow_at > now then return allow_at - now end
+local next = tat + tonumber(ARGV[2])
+redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', math.max(1, math.ceil((next - now) / 1000)))
+return 0
 ";
 
 /// `KEYS[1]` today's total, `KEYS[2..]` the other days of the window
@@ -704,27 +706,29 @@ impl RedisStore {
         byte_strings(self.run(key, command, false).await?)
     }
 
-    /// Adds `amount` to the counter if the total stays within `limit`;
-    /// `Some(total)`, or `None` when it would not (nothing added). A new
-    /// counter lives `ttl`.
-    pub async fn add_if_under(
+    /// One event against the GCRA limiter at `key` (see [`GCRA`]): allowed,
+    /// or how long until it would be.
+    pub async fn gcra(
         &self,
         key: &Key,
-        amount: u64,
-        limit: u64,
-        ttl: Option<Duration>,
-        durable: bool,
-    ) -> Result<Option<u64>, RedisError> {
+        rate: crate::ratelimit::Rate,
+        now: crate::clock::Timestamp,
+    ) -> Result<crate::ratelimit::Decision, RedisError> {
         let mut command = redis::cmd("EVAL");
         command
-            .arg(ADD_IF_UNDER)
+            .arg(GCRA)
             .arg(1)
             .arg(key.as_str())
-            .arg(amount)
-            .arg(limit)
-            .arg(ttl.map_or(0, |t| millis(t).max(1)));
-        let total = int(&self.run(key, command, durable).await?)?;
-        Ok(u64::try_from(total).ok())
+            .arg(now.0.saturating_mul(1000))
+            .arg(rate.interval_micros())
+            .arg(rate.tolerance_micros());
+        let wait = int(&self.run(key, command, false).await?)?;
+        Ok(match u64::try_from(wait) {
+            Ok(0) | Err(_) => crate::ratelimit::Decision::Allow,
+            Ok(micros) => crate::ratelimit::Decision::Deny {
+                retry_after: Duration::from_micros(micros),
+            },
+        })
     }
 }
 

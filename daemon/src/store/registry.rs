@@ -519,6 +519,15 @@ impl Registry {
     }
 
     /// The user's devices, oldest first; empty for an unknown user.
+    /// Whether `user` has any device (revoked ones are gone).
+    pub fn has_devices(&self, user: &Username) -> bool {
+        self.by_user
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(user)
+            .is_some_and(|ids| !ids.is_empty())
+    }
+
     pub fn devices_of(&self, user: &Username) -> Vec<Arc<Device>> {
         let ids = self
             .by_user

@@ -51,14 +51,12 @@ use crate::phone::PhoneNumber;
 use crate::policy::calendar::Day;
 use crate::policy::withdrawal::Withdrawn;
 use crate::profile::DeviceKind;
-use crate::ratelimit::Decision;
+use crate::ratelimit::{Decision, Rate};
 use crate::wire::AuditRecord;
 
 /// How long past its expiry a challenge record is kept, so that a late
 /// answer hears `Expired` rather than `UnknownChallenge`.
 pub const EXPIRED_GRACE: Duration = Duration::from_secs(60);
-/// The per-user issuance window.
-const MINUTE_MS: u64 = 60_000;
 /// How long a queue (the carrier outbox, a node's inbox) outlives its last
 /// item: a node that died leaves no queue behind for long.
 const QUEUE_TTL: Duration = Duration::from_secs(3600);
@@ -822,17 +820,18 @@ impl SharedStore {
         Ok(user.map(|user| (user, device)))
     }
 
-    /// Counts one issuance (challenge, code, push) for the user in the
-    /// current minute, across the deployment; denied past `per_minute`.
+    /// One issuance (challenge, code, push) for the user across the
+    /// deployment, by the same GCRA as one node's (`ratelimit`): each user
+    /// has a limiter of their own in their slot.
     pub async fn count_issuance(
         &self,
         user: &Username,
         now: Timestamp,
         per_minute: u32,
     ) -> Result<Decision, StoreError> {
-        let tag = format!("u:{user}");
-        self.count_in_window(&tag, "issued", now, MINUTE_MS, per_minute)
-            .await
+        let rate = Rate::new(per_minute, Duration::from_secs(60), per_minute);
+        let key = Key::new(&format!("u:{user}"), "issued");
+        Ok(self.redis.gcra(&key, rate, now).await?)
     }
 
     /// Counts one send to a phone number (per hour) and to its country
@@ -844,48 +843,21 @@ impl SharedStore {
         per_number_per_hour: u32,
         per_prefix_per_minute: u32,
     ) -> Result<Result<(), (Duration, &'static str)>, StoreError> {
-        let tag = format!("n:{number}");
-        if let Decision::Deny { retry_after } = self
-            .count_in_window(&tag, "sent", now, 60 * MINUTE_MS, per_number_per_hour)
-            .await?
-        {
+        let hour = Duration::from_secs(3600);
+        let minute = Duration::from_secs(60);
+        let per_number = Rate::new(per_number_per_hour, hour, per_number_per_hour);
+        let key = Key::new(&format!("n:{number}"), "sent");
+        if let Decision::Deny { retry_after } = self.redis.gcra(&key, per_number, now).await? {
             return Ok(Err((retry_after, "too many codes sent to this number")));
         }
-        let tag = format!("cc:{}", number.country());
-        if let Decision::Deny { retry_after } = self
-            .count_in_window(&tag, "sent", now, MINUTE_MS, per_prefix_per_minute)
-            .await?
-        {
+        let per_prefix = Rate::new(per_prefix_per_minute, minute, per_prefix_per_minute);
+        let key = Key::new(&format!("cc:{}", number.country()), "sent");
+        if let Decision::Deny { retry_after } = self.redis.gcra(&key, per_prefix, now).await? {
             return Ok(Err((
                 retry_after,
                 "too many codes sent to this country code",
             )));
         }
         Ok(Ok(()))
-    }
-
-    /// A fixed-window counter: one more in the window of `window_ms` that
-    /// `now` falls in, unless `limit` are counted already.
-    async fn count_in_window(
-        &self,
-        tag: &str,
-        what: &str,
-        now: Timestamp,
-        window_ms: u64,
-        limit: u32,
-    ) -> Result<Decision, StoreError> {
-        let window = now.0 / window_ms;
-        let key = Key::new(tag, &format!("{what}:{window}"));
-        let ttl = Duration::from_millis(window_ms) + EXPIRED_GRACE;
-        let counted = self
-            .redis
-            .add_if_under(&key, 1, u64::from(limit), Some(ttl), false)
-            .await?;
-        Ok(match counted {
-            Some(_) => Decision::Allow,
-            None => Decision::Deny {
-                retry_after: Duration::from_millis((window + 1) * window_ms - now.0),
-            },
-        })
     }
 }
