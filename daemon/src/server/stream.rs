@@ -354,17 +354,15 @@ fn handle(
         encode(out, request.id, reply);
         return;
     }
-    if issues(&request.operation) {
-        if let Decision::Deny { retry_after } =
-            lock(&connection.issuance).check(shared.issuance_rate, now)
-        {
-            shared
-                .metrics
-                .count(request.operation.name(), "rate_limited");
-            let why = "too many challenges, codes and pushes on this connection";
-            encode(out, request.id, Reply::rate_limited(retry_after, why));
-            return;
-        }
+    let quota = issues(&request.operation)
+        .then(|| lock(&connection.issuance).check(shared.issuance_rate, now));
+    if let Some(Decision::Deny { retry_after }) = quota {
+        shared
+            .metrics
+            .count(request.operation.name(), "rate_limited");
+        let why = "too many challenges, codes and pushes on this connection";
+        encode(out, request.id, Reply::rate_limited(retry_after, why));
+        return;
     }
     if shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
         shared
