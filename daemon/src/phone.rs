@@ -89,6 +89,39 @@ impl PhoneNumber {
     pub fn national(&self) -> &str {
         &self.national
     }
+
+    /// The number's range: the first [`RANGE_DIGITS`] digits of the
+    /// international number, country code included (fewer for a shorter
+    /// number). Premium ranges are sold by such prefixes.
+    pub fn range(&self) -> String {
+        let mut digits = self.country.to_string();
+        digits.push_str(&self.national);
+        digits.truncate(RANGE_DIGITS);
+        digits
+    }
+}
+
+/// Digits of the international number that name its range.
+pub const RANGE_DIGITS: usize = 6;
+
+/// The delivery quotas a number is counted against (`sms.*`), on either
+/// store, in the order they are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendLimit {
+    Number,
+    Range,
+    Country,
+}
+
+impl SendLimit {
+    /// What a refusal says.
+    pub fn refusal(self) -> &'static str {
+        match self {
+            Self::Number => "too many codes sent to this number",
+            Self::Range => "too many codes sent to this number range",
+            Self::Country => "too many codes sent to this country code",
+        }
+    }
 }
 
 impl fmt::Display for PhoneNumber {

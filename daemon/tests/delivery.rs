@@ -436,3 +436,57 @@ fn confirm_codes_and_activation_tokens_expire_and_their_table_is_bounded() {
         Reply::ActivationStarted { .. }
     ));
 }
+
+#[test]
+fn a_flood_to_one_number_range_is_refused_and_other_ranges_and_countries_go_on() {
+    let mut w = World::new(
+        "[sms]\nsends-per-range-per-minute = 3\nsends-per-prefix-per-minute = 100\nallowed-country-codes = [41, 44]\n",
+    );
+    let _bridge = w.bridge(1);
+    // Five numbers of one range (+44 7000 0...): pumping through many
+    // numbers, each under its own limit.
+    for n in 0..5 {
+        w.phone_user(&format!("pump{n}"), &format!("+44 70000{n}1234"));
+    }
+    let mut refused = Vec::new();
+    for n in 0..5 {
+        match w.send(&format!("pump{n}"), Channel::Sms, T0) {
+            Reply::CodeSent { .. } => {}
+            Reply::Error {
+                code: ErrorCode::RateLimited,
+                message,
+                ..
+            } => refused.push(message),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        refused,
+        vec!["too many codes sent to this number range"; 2],
+        "three a minute to the range"
+    );
+    // The rest of the country is not starved, nor is another country.
+    w.phone_user("londoner", "+44 7911123456");
+    assert!(matches!(
+        w.send("londoner", Channel::Sms, T0),
+        Reply::CodeSent { .. }
+    ));
+    w.phone_user("zurich", "+41 791234567");
+    assert!(matches!(
+        w.send("zurich", Channel::Sms, T0),
+        Reply::CodeSent { .. }
+    ));
+    // A country not on the allow-list gets nothing sent, ever.
+    w.phone_user("abroad", "+882 1234567");
+    let reply = w.send("abroad", Channel::Sms, T0);
+    assert_eq!(
+        error_code(&reply),
+        Some(ErrorCode::InvalidArgument),
+        "{reply:?}"
+    );
+    // A minute later the range has room again.
+    assert!(matches!(
+        w.send("pump3", Channel::Sms, at(60)),
+        Reply::CodeSent { .. }
+    ));
+}

@@ -170,7 +170,20 @@ pub struct SmsConfig {
     pub max_checks: u8,
     pub sends_per_number_per_hour: u32,
     pub sends_per_prefix_per_minute: u32,
+    /// Sends per number range (the first `RANGE_DIGITS` digits of the
+    /// international number) per minute.
+    pub sends_per_range_per_minute: u32,
+    /// Country calling codes SMS and voice may go to; empty: any.
+    pub allowed_country_codes: Vec<u16>,
     pub capacity: usize,
+}
+
+impl SmsConfig {
+    /// Whether codes may be sent to `number`'s country.
+    pub fn allows(&self, number: &crate::phone::PhoneNumber) -> bool {
+        self.allowed_country_codes.is_empty()
+            || self.allowed_country_codes.contains(&number.country())
+    }
 }
 
 /// The carrier channel: delivery bridges and the outbox.
@@ -563,6 +576,18 @@ impl Config {
             sms.sends_per_prefix_per_minute >= 1,
             "sms.sends-per-prefix-per-minute",
             "must be at least 1",
+        )?;
+        check(
+            sms.sends_per_range_per_minute >= 1,
+            "sms.sends-per-range-per-minute",
+            "must be at least 1",
+        )?;
+        check(
+            sms.allowed_country_codes
+                .iter()
+                .all(|c| (1..=999).contains(c)),
+            "sms.allowed-country-codes",
+            "country calling codes are 1..=999",
         )?;
         check(
             (1..=100_000_000).contains(&sms.capacity),

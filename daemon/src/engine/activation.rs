@@ -185,23 +185,7 @@ impl Engine {
                 "no carrier bridge is connected",
             ));
         }
-        if let Decision::Deny { retry_after } =
-            self.number_limits.check(to.to_string().as_bytes(), now)
-        {
-            return Err(Reply::rate_limited(
-                retry_after,
-                "too many codes sent to this number",
-            ));
-        }
-        if let Decision::Deny { retry_after } = self
-            .prefix_limits
-            .check_index(usize::from(to.country()), now)
-        {
-            return Err(Reply::rate_limited(
-                retry_after,
-                "too many codes sent to this country code",
-            ));
-        }
+        self.send_quota(&to, now)?;
         let outbound = Outbound {
             // Not an SMS login code: no `CodeStatus` follows it.
             code: CodeId(rng.next_u64()),

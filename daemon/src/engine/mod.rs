@@ -330,6 +330,7 @@ pub struct Engine {
     user_limits: UserLimits,
     /// SMS and voice sends per phone number and per country code.
     number_limits: KeyedLimits,
+    range_limits: KeyedLimits,
     prefix_limits: KeyedLimits,
     codes: sms::CodeTable,
     /// Phone confirm codes and IB Key activation tokens.
@@ -393,6 +394,9 @@ impl Engine {
             buckets,
             key(),
         );
+        let per_range = config.sms.sends_per_range_per_minute;
+        let range_limits =
+            KeyedLimits::new(Rate::new(per_range, minute, per_range), buckets, key());
         // One bucket per country calling code (1..=999).
         let prefix_limits =
             KeyedLimits::new(Rate::new(per_prefix, minute, per_prefix), 1000, key());
@@ -406,6 +410,7 @@ impl Engine {
             challenges: ChallengeTable::new(config.challenges.capacity, CHALLENGE_SHARDS),
             user_limits,
             number_limits,
+            range_limits,
             prefix_limits,
             tokens: activation::TokenTable::new(config.lifecycle.token_capacity),
             codes: sms::CodeTable::new(

@@ -23,7 +23,7 @@ use crate::clock::Timestamp;
 use crate::identity::{CodeId, DeviceId, MessageId, Username};
 use crate::otp::generate::CodeSpec;
 use crate::otp::{Code, HashAlgorithm, HmacKey, SecretKey};
-use crate::phone::Channel;
+use crate::phone::{Channel, PhoneNumber, SendLimit};
 use crate::profile::{Check, DeviceKind};
 use crate::ratelimit::Decision;
 use crate::store::registry::FailureState;
@@ -277,7 +277,49 @@ pub(super) fn code_text(what: &str, code: &Code, left: Duration) -> Zeroizing<St
     ))
 }
 
+/// The refusal of a number outside `sms.allowed-country-codes`, on either
+/// store.
+pub(super) fn country_refused(sms: &crate::config::SmsConfig, to: &PhoneNumber) -> Option<Reply> {
+    (!sms.allows(to)).then(|| {
+        Reply::error(
+            ErrorCode::InvalidArgument,
+            format!("codes are not sent to country code +{} here", to.country()),
+        )
+    })
+}
+
 impl Engine {
+    /// One delivery to `to` against this node's quotas: its country must
+    /// be allowed, then the number's, its range's and its country code's
+    /// limits must have room (SMS pumping goes through many numbers of a
+    /// premium range).
+    pub(super) fn send_quota(&self, to: &PhoneNumber, now: Timestamp) -> Result<(), Reply> {
+        if let Some(refusal) = country_refused(&self.config.sms, to) {
+            return Err(refusal);
+        }
+        let checks = [
+            (
+                self.number_limits.check(to.to_string().as_bytes(), now),
+                SendLimit::Number,
+            ),
+            (
+                self.range_limits.check(to.range().as_bytes(), now),
+                SendLimit::Range,
+            ),
+            (
+                self.prefix_limits
+                    .check_index(usize::from(to.country()), now),
+                SendLimit::Country,
+            ),
+        ];
+        for (decision, limit) in checks {
+            if let Decision::Deny { retry_after } = decision {
+                return Err(Reply::rate_limited(retry_after, limit.refusal()));
+            }
+        }
+        Ok(())
+    }
+
     /// The spec of SMS codes: the `sms` device profile's random code
     /// (six digits if a configuration made it something else).
     pub(super) fn sms_code_spec(config: &crate::config::Config) -> CodeSpec {
@@ -344,16 +386,8 @@ impl Engine {
                 (id, now.plus(sms.ttl), true)
             }
         };
-        if let Decision::Deny { retry_after } =
-            self.number_limits.check(to.to_string().as_bytes(), now)
-        {
-            return Reply::rate_limited(retry_after, "too many codes sent to this number");
-        }
-        if let Decision::Deny { retry_after } = self
-            .prefix_limits
-            .check_index(usize::from(to.country()), now)
-        {
-            return Reply::rate_limited(retry_after, "too many codes sent to this country code");
+        if let Err(refusal) = self.send_quota(&to, now) {
+            return refusal;
         }
         let text = message_text(&self.codes.code(code), now.until(expires_at));
         let outbound = Outbound {

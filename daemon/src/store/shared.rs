@@ -47,7 +47,7 @@ use crate::clock::Timestamp;
 use crate::identity::{ChallengeId, CodeId, DeviceId, PushId, Username};
 use crate::otp::SecretKey;
 use crate::otp::push::PushKey;
-use crate::phone::PhoneNumber;
+use crate::phone::{PhoneNumber, SendLimit};
 use crate::policy::calendar::Day;
 use crate::policy::withdrawal::Withdrawn;
 use crate::profile::DeviceKind;
@@ -834,29 +834,40 @@ impl SharedStore {
         Ok(self.redis.gcra(&key, rate, now).await?)
     }
 
-    /// Counts one send to a phone number (per hour) and to its country
-    /// code (per minute), across the deployment.
+    /// Counts one send to a phone number (per hour), to its range and to
+    /// its country code (per minute), across the deployment, by the same
+    /// GCRA as one node's; the first limit without room is the refusal.
     pub async fn count_send(
         &self,
         number: &PhoneNumber,
         now: Timestamp,
-        per_number_per_hour: u32,
-        per_prefix_per_minute: u32,
-    ) -> Result<Result<(), (Duration, &'static str)>, StoreError> {
+        sms: &crate::config::SmsConfig,
+    ) -> Result<Result<(), (Duration, SendLimit)>, StoreError> {
         let hour = Duration::from_secs(3600);
         let minute = Duration::from_secs(60);
-        let per_number = Rate::new(per_number_per_hour, hour, per_number_per_hour);
-        let key = Key::new(&format!("n:{number}"), "sent");
-        if let Decision::Deny { retry_after } = self.redis.gcra(&key, per_number, now).await? {
-            return Ok(Err((retry_after, "too many codes sent to this number")));
-        }
-        let per_prefix = Rate::new(per_prefix_per_minute, minute, per_prefix_per_minute);
-        let key = Key::new(&format!("cc:{}", number.country()), "sent");
-        if let Decision::Deny { retry_after } = self.redis.gcra(&key, per_prefix, now).await? {
-            return Ok(Err((
-                retry_after,
-                "too many codes sent to this country code",
-            )));
+        let per = |n: u32, period| Rate::new(n, period, n);
+        let quotas = [
+            (
+                format!("n:{number}"),
+                per(sms.sends_per_number_per_hour, hour),
+                SendLimit::Number,
+            ),
+            (
+                format!("r:{}", number.range()),
+                per(sms.sends_per_range_per_minute, minute),
+                SendLimit::Range,
+            ),
+            (
+                format!("cc:{}", number.country()),
+                per(sms.sends_per_prefix_per_minute, minute),
+                SendLimit::Country,
+            ),
+        ];
+        for (tag, rate, limit) in quotas {
+            let key = Key::new(&tag, "sent");
+            if let Decision::Deny { retry_after } = self.redis.gcra(&key, rate, now).await? {
+                return Ok(Err((retry_after, limit)));
+            }
         }
         Ok(Ok(()))
     }

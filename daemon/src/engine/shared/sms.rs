@@ -133,10 +133,11 @@ impl Engine {
                 )
             }
         };
-        let per_number = sms.sends_per_number_per_hour;
-        let per_prefix = sms.sends_per_prefix_per_minute;
-        if let Err((retry_after, why)) = store.count_send(&to, now, per_number, per_prefix).await? {
-            return Ok(Reply::rate_limited(retry_after, why));
+        if let Some(refusal) = super::super::sms::country_refused(sms, &to) {
+            return Ok(refusal);
+        }
+        if let Err((retry_after, limit)) = store.count_send(&to, now, sms).await? {
+            return Ok(Reply::rate_limited(retry_after, limit.refusal()));
         }
         let fresh = session.sends == 0;
         session.sent(channel, message, now);
