@@ -289,9 +289,13 @@ struct Planned {
 /// What the holder of a planned device knows: its PIN and push key seed.
 type DeviceSecrets = (Option<String>, Option<[u8; 32]>);
 
-/// The `n`th member's phone number: Swiss mobile numbers, one each.
+/// The `n`th member's phone number: Swiss mobile numbers, one each,
+/// spread over the number ranges as a real user base is (the daemon limits
+/// sends per range: `sms.sends-per-range-per-minute`). Multiplying by a
+/// number coprime to 10^7 permutes 0..10^7, so numbers stay distinct.
 fn phone_number(n: usize) -> Result<PhoneNumber, FleetError> {
-    PhoneNumber::new(41, &format!("79{:07}", n % 10_000_000))
+    let spread = (n as u64 % 10_000_000) * 7_919_993 % 10_000_000;
+    PhoneNumber::new(41, &format!("79{spread:07}"))
         .map_err(|e| FleetError::Mix(format!("phone number: {e}")))
 }
 

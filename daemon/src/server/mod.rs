@@ -234,9 +234,9 @@ pub async fn serve(
             config.server.failed_proofs_per_connection_per_minute,
         ),
         issuance_rate: Rate::new(
-            config.server.issuance_per_connection_per_second,
+            config.server.issuance_per_second(),
             Duration::from_secs(1),
-            config.server.issuance_per_connection_per_second,
+            config.server.issuance_per_second(),
         ),
         config: Arc::clone(&config),
         metrics: crate::metrics::RequestMetrics::default(),
