@@ -409,17 +409,22 @@ async fn a_number_is_confirmed_by_sms_and_enrols_sms_for_a_user_without_devices(
     );
 }
 
+/// A six-digit token that is not `token`.
+fn wrong_token(token: &str) -> &'static str {
+    if token == "000000" {
+        "000001"
+    } else {
+        "000000"
+    }
+}
+
 #[tokio::test]
 async fn an_activation_id_alone_does_not_reveal_the_number_on_record() {
     let w = World::start().await;
     w.enroll_phone("alice", "+41 791234567").await;
     let (activation, _) = w.start_activation("alice").await;
     let token = w.code_sent_to("+41 791234567").await;
-    let wrong = if token == "000000" {
-        "000001"
-    } else {
-        "000000"
-    };
+    let wrong = wrong_token(&token);
     let key = PushSigner::from_seed([1; 32]);
     // A phone certificate and the activation id, but not the token: every
     // PIN made of the number's digits is answered the same way, and the
@@ -461,11 +466,7 @@ async fn ib_key_activation_by_sms_token_with_pin_rules_add_user_and_one_phone_pe
     let (activation, route) = w.start_activation("alice").await;
     assert_eq!(route, ActivationRoute::Sms);
     let token = w.code_sent_to("+41 791234567").await;
-    let wrong = if token == "000000" {
-        "000001"
-    } else {
-        "000000"
-    };
+    let wrong = wrong_token(&token);
     // The token is checked first: with a wrong one, even the user's own
     // phone digits as the PIN get only Rejected (the PIN rules, which look
     // at the number on record, are judged for token holders alone).
@@ -569,11 +570,7 @@ async fn ib_key_activation_by_sms_token_with_pin_rules_add_user_and_one_phone_pe
     // Three wrong tokens use the activation up.
     let (activation, _) = w.start_activation("alice").await;
     let token = w.code_sent_to("+41 791234567").await;
-    let wrong = if token == "000000" {
-        "000001"
-    } else {
-        "000000"
-    };
+    let wrong = wrong_token(&token);
     for _ in 0..3 {
         w.complete(activation, wrong, &second, "7g3k", None).await;
     }
