@@ -46,7 +46,7 @@ pub const TOO_MANY_CONNECTIONS: VarInt = VarInt::from_u32(6);
 /// them in bytes is the stream's write budget (`server.write-queue-bytes`).
 const WRITE_BATCHES: usize = 64;
 /// Bytes read from the stream at a time.
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 8 * 1024;
 
 /// Encoded replies on their way to the writer, holding their share of the
 /// stream's write budget until they are written.
