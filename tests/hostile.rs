@@ -199,22 +199,28 @@ async fn handshakes_that_never_finish_do_not_hold_the_service() {
         quinn::crypto::rustls::QuicClientConfig::try_from(daemon.tls(Role::Gateway)).unwrap(),
     );
     let catcher = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let mut initials = Vec::new();
-    for _ in 0..256 {
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        endpoint.set_default_client_config(quinn::ClientConfig::new(crypto.clone()));
-        let connecting = endpoint
-            .connect(catcher.local_addr().unwrap(), "localhost")
-            .unwrap();
-        let mut initial = vec![0u8; 2048];
-        let (len, _) = tokio::select! {
-            caught = catcher.recv_from(&mut initial) => caught.unwrap(),
-            _ = connecting => panic!("nobody answers the client"),
-        };
-        initial.truncate(len);
-        initials.push(initial);
-        drop(endpoint);
+    // One client endpoint starts 4,000 connections to the catcher: 4,000
+    // distinct Initials (each its own connection id), so the flood keeps
+    // starting new handshakes for its whole length.
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(crypto.clone()));
+    let mut pending = Vec::new();
+    for _ in 0..4000 {
+        pending.push(
+            endpoint
+                .connect(catcher.local_addr().unwrap(), "localhost")
+                .unwrap(),
+        );
     }
+    let mut initials = std::collections::HashSet::new();
+    while initials.len() < pending.len() {
+        let mut initial = vec![0u8; 2048];
+        let (len, _) = catcher.recv_from(&mut initial).await.unwrap();
+        initial.truncate(len);
+        initials.insert(initial);
+    }
+    drop((pending, endpoint));
+    let initials: Vec<Vec<u8>> = initials.into_iter().collect();
     let flooding = Arc::new(AtomicBool::new(true));
     let target = daemon.quic;
     let flood = {
