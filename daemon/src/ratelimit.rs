@@ -38,6 +38,11 @@ impl Rate {
 }
 
 impl Rate {
+    /// `events` per `period`, with a burst of as many.
+    pub fn per(events: u32, period: Duration) -> Self {
+        Self::new(events, period, events)
+    }
+
     /// Microseconds between events at the steady rate.
     pub fn interval_micros(&self) -> u64 {
         self.interval_micros

@@ -120,6 +120,14 @@ pub struct ChallengeConfig {
     pub user_limit_buckets: usize,
 }
 
+impl ChallengeConfig {
+    /// The per-user issuance rate (challenges, codes, pushes), on either
+    /// store.
+    pub fn issuance_rate(&self) -> crate::ratelimit::Rate {
+        crate::ratelimit::Rate::per(self.per_user_per_minute, Duration::from_secs(60))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct LockoutConfig {
@@ -186,6 +194,17 @@ pub struct SmsConfig {
 }
 
 impl SmsConfig {
+    /// The rate of deliveries `limit` allows, on either store.
+    pub fn send_rate(&self, limit: crate::phone::SendLimit) -> crate::ratelimit::Rate {
+        use crate::phone::SendLimit;
+        let (events, period) = match limit {
+            SendLimit::Number => (self.sends_per_number_per_hour, Duration::from_secs(3600)),
+            SendLimit::Range => (self.sends_per_range_per_minute, Duration::from_secs(60)),
+            SendLimit::Country => (self.sends_per_prefix_per_minute, Duration::from_secs(60)),
+        };
+        crate::ratelimit::Rate::per(events, period)
+    }
+
     /// Whether codes may be sent to `number`'s country.
     pub fn allows(&self, number: &crate::phone::PhoneNumber) -> bool {
         self.allowed_country_codes.is_empty()

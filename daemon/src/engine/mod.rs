@@ -34,6 +34,7 @@ use crate::identity::{ChallengeId, DeviceId, Username};
 use crate::otp::generate::Alphabet;
 use crate::otp::ocra::{OcraInput, QuestionFormat};
 use crate::otp::push::BINDING_LEN;
+use crate::phone::SendLimit;
 use crate::ratelimit::{Decision, Gcra, Rate};
 use crate::store::challenges::{ChallengeTable, Disposition, InsertError, OpenChallenge, Question};
 use crate::store::registry::{Device, EnrollError, FailureState, NewDevice, Registry, Verifier};
@@ -54,6 +55,16 @@ pub enum Role {
 
 impl Role {
     pub const ALL: [Self; 4] = [Self::Gateway, Self::Admin, Self::Carrier, Self::Phone];
+
+    /// This role's place in [`Self::ALL`], for per-role arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Self::Gateway => 0,
+            Self::Admin => 1,
+            Self::Carrier => 2,
+            Self::Phone => 3,
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -222,9 +233,7 @@ impl KeyedLimits {
     }
 
     fn check(&self, key: &[u8], now: Timestamp) -> Decision {
-        let mut hasher = SipHasher13::new_with_key(&self.key);
-        hasher.write(key);
-        self.check_index(hasher.finish() as usize, now)
+        self.check_index(keyed_hash(&self.key, key), now)
     }
 
     /// The bucket `index` (modulo the bucket count), for keys that are
@@ -238,6 +247,14 @@ impl KeyedLimits {
             None => Decision::Allow,
         }
     }
+}
+
+/// SipHash of `bytes` under `key`: where a name lands among buckets or
+/// shards, which nobody without the key can aim at.
+fn keyed_hash(key: &[u8; 16], bytes: &[u8]) -> usize {
+    let mut hasher = SipHasher13::new_with_key(key);
+    hasher.write(bytes);
+    hasher.finish() as usize
 }
 
 /// The per-user issuance limit of challenges, codes and pushes.
@@ -279,9 +296,7 @@ impl UserLimits {
         if !enrolled {
             return self.unknown.check(user.as_str().as_bytes(), now);
         }
-        let mut hasher = SipHasher13::new_with_key(&self.key);
-        hasher.write(user.as_str().as_bytes());
-        let shard = hasher.finish() as usize % self.enrolled.len().max(1);
+        let shard = keyed_hash(&self.key, user.as_str().as_bytes()) % self.enrolled.len().max(1);
         let Some(shard) = self.enrolled.get(shard) else {
             return Decision::Allow;
         };
@@ -382,24 +397,13 @@ impl Engine {
             rng.fill_bytes(&mut key);
             key
         };
-        let per_user = config.challenges.per_user_per_minute;
         let buckets = config.challenges.user_limit_buckets;
-        let per_number = config.sms.sends_per_number_per_hour;
-        let per_prefix = config.sms.sends_per_prefix_per_minute;
-        let minute = Duration::from_secs(60);
-        let user_limits =
-            UserLimits::new(Rate::new(per_user, minute, per_user), buckets, key(), key());
-        let number_limits = KeyedLimits::new(
-            Rate::new(per_number, Duration::from_secs(3600), per_number),
-            buckets,
-            key(),
-        );
-        let per_range = config.sms.sends_per_range_per_minute;
-        let range_limits =
-            KeyedLimits::new(Rate::new(per_range, minute, per_range), buckets, key());
+        let user_limits = UserLimits::new(config.challenges.issuance_rate(), buckets, key(), key());
+        let send_rate = |limit| config.sms.send_rate(limit);
+        let number_limits = KeyedLimits::new(send_rate(SendLimit::Number), buckets, key());
+        let range_limits = KeyedLimits::new(send_rate(SendLimit::Range), buckets, key());
         // One bucket per country calling code (1..=999).
-        let prefix_limits =
-            KeyedLimits::new(Rate::new(per_prefix, minute, per_prefix), 1000, key());
+        let prefix_limits = KeyedLimits::new(send_rate(SendLimit::Country), 1000, key());
         let mut decoy_seed = [0u8; 32];
         rng.fill_bytes(&mut decoy_seed);
         let decoy_push_key = crate::otp::push::PushSigner::from_seed(decoy_seed).public();

@@ -54,7 +54,7 @@ struct Shared {
     /// (`store.redis-in-flight`); one more is answered `Busy`.
     store_slots: Arc<tokio::sync::Semaphore>,
     /// Registry changes waiting for their commit on the blocking pool, a
-    /// pool per role (`Role::ALL`'s order): a flood from one role (a phone
+    /// pool per role (by `Role::index`): a flood from one role (a phone
     /// with made-up activation ids) never takes another's (an operator's
     /// enrolments).
     change_slots: [Arc<tokio::sync::Semaphore>; 4],
@@ -121,19 +121,6 @@ async fn connect_shared(
     Ok((shared, code_key))
 }
 
-/// Runs `f` when dropped (however the connection's task ends).
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
-}
-
 /// Says which paths of the data directory were open to other users.
 fn log_tightened(changed: Vec<crate::store::datadir::Tightened>) {
     for t in changed {
@@ -155,16 +142,6 @@ pub struct Started {
     pub quic: SocketAddr,
     pub metrics: SocketAddr,
     pub pki: PkiPaths,
-}
-
-impl Shared {
-    /// The registry-change slots of `role`.
-    fn change_slots(&self, role: Role) -> &Arc<tokio::sync::Semaphore> {
-        let index = Role::ALL.iter().position(|r| *r == role).unwrap_or(0);
-        // `change_slots` has one pool per entry of `Role::ALL`.
-        #[allow(clippy::indexing_slicing)]
-        &self.change_slots[index]
-    }
 }
 
 /// Runs the daemon until `shutdown` resolves, then stops gracefully: no
@@ -223,21 +200,15 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         engine,
         committer,
-        request_rate: Rate::new(
+        request_rate: Rate::per(
             config.server.requests_per_connection_per_second,
             Duration::from_secs(1),
-            config.server.requests_per_connection_per_second,
         ),
-        proof_failure_rate: Rate::new(
+        proof_failure_rate: Rate::per(
             config.server.failed_proofs_per_connection_per_minute,
             Duration::from_secs(60),
-            config.server.failed_proofs_per_connection_per_minute,
         ),
-        issuance_rate: Rate::new(
-            config.server.issuance_per_second(),
-            Duration::from_secs(1),
-            config.server.issuance_per_second(),
-        ),
+        issuance_rate: Rate::per(config.server.issuance_per_second(), Duration::from_secs(1)),
         config: Arc::clone(&config),
         metrics: crate::metrics::RequestMetrics::default(),
         next_connection: AtomicU64::new(1),
@@ -442,8 +413,6 @@ async fn serve_connection(
         connection.close(TOO_MANY_CONNECTIONS, b"too many connections");
         return;
     };
-    metrics::gauge!(crate::metrics::CONNECTIONS).increment(1.0);
-    let _gauge = scopeguard(|| metrics::gauge!(crate::metrics::CONNECTIONS).decrement(1.0));
     tracing::debug!(%remote, role = role.as_str(), "connected");
     let mut binding = [0u8; crate::otp::push::BINDING_LEN];
     if connection

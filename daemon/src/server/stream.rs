@@ -81,6 +81,24 @@ impl Writer {
             .await
             .is_ok()
     }
+
+    /// Queues `bytes` if the budget and the queue have room now: `Ok(true)`
+    /// queued, `Ok(false)` the stream ended, `Err(bytes)` no room.
+    fn try_send(&self, bytes: Vec<u8>) -> Result<bool, Vec<u8>> {
+        let wanted = permits(bytes.capacity(), self.cap);
+        let Ok(budget) = Arc::clone(&self.budget).try_acquire_many_owned(wanted) else {
+            return Err(bytes);
+        };
+        let queued = Queued {
+            bytes,
+            _budget: budget,
+        };
+        match self.queue.try_send(queued) {
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Closed(_)) => Ok(false),
+            Err(mpsc::error::TrySendError::Full(queued)) => Err(queued.bytes),
+        }
+    }
 }
 
 /// The permits `len` bytes take from a budget of `cap`.
@@ -122,46 +140,28 @@ impl Sink for StreamSink {
         let Some(queue) = self.queue.upgrade() else {
             return false;
         };
-        let wanted = permits(frame.capacity(), self.cap);
-        if let Ok(budget) = Arc::clone(&self.budget).try_acquire_many_owned(wanted) {
-            match queue.try_send(Queued {
-                bytes: frame,
-                _budget: budget,
-            }) {
-                Ok(()) => return true,
-                Err(mpsc::error::TrySendError::Closed(_)) => return false,
-                Err(mpsc::error::TrySendError::Full(queued)) => {
-                    return spawn_send(queue, queued.bytes, &self.budget, self.cap);
+        let writer = Writer {
+            queue,
+            budget: Arc::clone(&self.budget),
+            cap: self.cap,
+        };
+        match writer.try_send(frame) {
+            Ok(queued) => queued,
+            // The reader is behind: the frame waits for room rather than
+            // being dropped. The outbox and the push table bound how many
+            // wait.
+            Err(frame) => match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move { writer.send(frame).await });
+                    true
                 }
-            }
+                Err(_) => false,
+            },
         }
-        spawn_send(queue, frame, &self.budget, self.cap)
     }
 
     fn is_closed(&self) -> bool {
         self.queue.upgrade().is_none_or(|queue| queue.is_closed())
-    }
-}
-
-/// The reader is behind: the frame waits for room rather than being
-/// dropped. The outbox and the push table bound how many wait.
-fn spawn_send(
-    queue: mpsc::Sender<Queued>,
-    frame: Vec<u8>,
-    budget: &Arc<tokio::sync::Semaphore>,
-    cap: usize,
-) -> bool {
-    let writer = Writer {
-        queue,
-        budget: Arc::clone(budget),
-        cap,
-    };
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => {
-            runtime.spawn(async move { writer.send(frame).await });
-            true
-        }
-        Err(_) => false,
     }
 }
 
@@ -346,43 +346,30 @@ fn handle(
             return;
         }
     };
+    let operation = request.operation.name();
+    let id = request.id;
+    let mut answer_now = |label, reply| refuse(shared, out, (id, operation), label, reply);
     if let Decision::Deny { retry_after } = decision {
-        let reply = Reply::rate_limited(retry_after, "too many requests on this connection");
-        shared
-            .metrics
-            .count(request.operation.name(), "rate_limited");
-        encode(out, request.id, reply);
-        return;
+        let why = "too many requests on this connection";
+        return answer_now("rate_limited", Reply::rate_limited(retry_after, why));
     }
     let quota = issues(&request.operation)
         .then(|| lock(&connection.issuance).check(shared.issuance_rate, now));
     if let Some(Decision::Deny { retry_after }) = quota {
-        shared
-            .metrics
-            .count(request.operation.name(), "rate_limited");
         let why = "too many challenges, codes and pushes on this connection";
-        encode(out, request.id, Reply::rate_limited(retry_after, why));
-        return;
+        return answer_now("rate_limited", Reply::rate_limited(retry_after, why));
     }
     if shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
-        shared
-            .metrics
-            .count(request.operation.name(), "shutting_down");
-        let reply = Reply::error(ErrorCode::ShuttingDown, "the server is stopping");
-        encode(out, request.id, reply);
-        return;
+        let why = "the server is stopping";
+        return answer_now("shutting_down", Reply::error(ErrorCode::ShuttingDown, why));
     }
-    let operation = request.operation.name();
-    let id = request.id;
     let checks_proof = matches!(request.operation, Operation::PhoneSubscribe { .. });
     if checks_proof {
         // Only failures are counted, so look without spending.
         let mut trial = *lock(&connection.proof_failures);
         if let Decision::Deny { retry_after } = trial.check(shared.proof_failure_rate, now) {
-            shared.metrics.count(operation, "rate_limited");
             let why = "too many failed proofs on this connection";
-            encode(out, id, Reply::rate_limited(retry_after, why));
-            return;
+            return answer_now("rate_limited", Reply::rate_limited(retry_after, why));
         }
     }
     if shared.engine.is_shared() {
@@ -420,12 +407,9 @@ fn handle(
         // a time and share their fsyncs): it runs on the blocking pool so
         // that the logins behind it, on this stream and every other, are
         // not held up; how many run and how many wait are bounded.
-        let Some(slot) = take_slot(
-            shared,
-            shared.change_slots(connection.role),
-            (id, operation),
-            out,
-        ) else {
+        let slots = shared.change_slots.get(connection.role.index());
+        let Some(slot) = slots.and_then(|slots| take_slot(shared, slots, (id, operation), out))
+        else {
             return;
         };
         let (shared, writer) = (Arc::clone(shared), writer.clone());
@@ -580,15 +564,32 @@ fn take_slot(
 ) -> Option<tokio::sync::OwnedSemaphorePermit> {
     let taken = Arc::clone(slots).try_acquire_owned().ok();
     if taken.is_none() {
-        shared.metrics.count(operation, "busy");
         let why = if shared.engine.is_shared() {
             "too many requests wait on the store"
         } else {
             "too many registry changes are waiting"
         };
-        encode(out, id, Reply::error(ErrorCode::Busy, why));
+        refuse(
+            shared,
+            out,
+            (id, operation),
+            "busy",
+            Reply::error(ErrorCode::Busy, why),
+        );
     }
     taken
+}
+
+/// Answers a request at once without running it, counted under `label`.
+fn refuse(
+    shared: &Shared,
+    out: &mut Vec<u8>,
+    (id, operation): (u64, &'static str),
+    label: &'static str,
+    reply: Reply,
+) {
+    shared.metrics.count(operation, label);
+    encode(out, id, reply);
 }
 
 fn count_outcome(operation: &'static str, reply: &Reply) {

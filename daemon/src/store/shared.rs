@@ -827,9 +827,8 @@ impl SharedStore {
         &self,
         user: &Username,
         now: Timestamp,
-        per_minute: u32,
+        rate: Rate,
     ) -> Result<Decision, StoreError> {
-        let rate = Rate::new(per_minute, Duration::from_secs(60), per_minute);
         let key = Key::new(&format!("u:{user}"), "issued");
         Ok(self.redis.gcra(&key, rate, now).await?)
     }
@@ -843,28 +842,14 @@ impl SharedStore {
         now: Timestamp,
         sms: &crate::config::SmsConfig,
     ) -> Result<Result<(), (Duration, SendLimit)>, StoreError> {
-        let hour = Duration::from_secs(3600);
-        let minute = Duration::from_secs(60);
-        let per = |n: u32, period| Rate::new(n, period, n);
         let quotas = [
-            (
-                format!("n:{number}"),
-                per(sms.sends_per_number_per_hour, hour),
-                SendLimit::Number,
-            ),
-            (
-                format!("r:{}", number.range()),
-                per(sms.sends_per_range_per_minute, minute),
-                SendLimit::Range,
-            ),
-            (
-                format!("cc:{}", number.country()),
-                per(sms.sends_per_prefix_per_minute, minute),
-                SendLimit::Country,
-            ),
+            (format!("n:{number}"), SendLimit::Number),
+            (format!("r:{}", number.range()), SendLimit::Range),
+            (format!("cc:{}", number.country()), SendLimit::Country),
         ];
-        for (tag, rate, limit) in quotas {
+        for (tag, limit) in quotas {
             let key = Key::new(&tag, "sent");
+            let rate = sms.send_rate(limit);
             if let Decision::Deny { retry_after } = self.redis.gcra(&key, rate, now).await? {
                 return Ok(Err((retry_after, limit)));
             }

@@ -245,8 +245,8 @@ impl Engine {
         now: Timestamp,
         why: &str,
     ) -> Result<Option<Reply>, StoreError> {
-        let per_minute = self.config.challenges.per_user_per_minute;
-        Ok(match store.count_issuance(user, now, per_minute).await? {
+        let rate = self.config.challenges.issuance_rate();
+        Ok(match store.count_issuance(user, now, rate).await? {
             Decision::Deny { retry_after } => Some(Reply::rate_limited(retry_after, why)),
             Decision::Allow => None,
         })
