@@ -492,6 +492,7 @@ async fn a_phone_flooding_registry_changes_leaves_the_operators_their_slots() {
                         key: signer.public(),
                         pin: Pin::new("2580"),
                         previous: None,
+                        sms_token: None,
                     };
                     let flood = flood.clone();
                     calls.spawn(async move { flood.call(operation).await });

@@ -286,6 +286,27 @@ impl World {
             pin: Pin::new(pin),
             previous: previous
                 .map(|(old, key)| (old, key.sign(&reactivate_message(activation, old)))),
+            sms_token: None,
+        };
+        self.phone.call(operation).await.unwrap()
+    }
+
+    /// Completes an activation proven by a code card's answer and the SMS
+    /// token sent beside it.
+    async fn complete_with_sms(
+        &self,
+        activation: ActivationId,
+        answer: &str,
+        sms_token: Option<&str>,
+        signer: &PushSigner,
+    ) -> Reply {
+        let operation = Operation::CompleteActivation {
+            activation,
+            token: Answer::new(answer),
+            key: signer.public(),
+            pin: Pin::new("7g3k"),
+            previous: None,
+            sms_token: sms_token.map(Answer::new),
         };
         self.phone.call(operation).await.unwrap()
     }
@@ -598,16 +619,18 @@ async fn ib_key_activation_by_sms_token_with_pin_rules_add_user_and_one_phone_pe
 #[tokio::test]
 async fn a_physical_device_answers_instead_of_an_sms_token() {
     let mut w = World::start().await;
-    let card = w.enroll("frank", DeviceKind::Scc).await;
+    let dsc = w.enroll("frank", DeviceKind::DscPlus).await;
     let (activation, route) = w.start_activation("frank").await;
     let ActivationRoute::Device { device, text } = route else {
         panic!("{route:?}")
     };
-    assert_eq!(device, card);
+    assert_eq!(device, dsc);
     let signer = PushSigner::from_seed([3; 32]);
-    let answer = w.answer(card, &text);
+    let answer = w.answer(dsc, &text);
     // A wrong answer counts against the card, as at login.
-    let reply = w.complete(activation, "AAAA", &signer, "7g3k", None).await;
+    let reply = w
+        .complete(activation, "00000000", &signer, "7g3k", None)
+        .await;
     assert!(
         matches!(reply, Reply::Verdict(Verdict::Rejected { .. })),
         "{reply:?}"
@@ -627,9 +650,62 @@ async fn a_physical_device_answers_instead_of_an_sms_token() {
     assert!(required);
     assert_eq!(
         devices,
-        vec![(card, DeviceStatus::Active), (app, DeviceStatus::Active)]
+        vec![(dsc, DeviceStatus::Active), (app, DeviceStatus::Active)]
     );
-    assert!(w.logs_in("frank", card).await);
+    assert!(w.logs_in("frank", dsc).await);
+}
+
+/// One observed code-card login must not bind an IB Key (a higher level,
+/// which would revoke the owner's app): a card proves an activation only
+/// with the SMS token sent beside its challenge.
+#[tokio::test]
+async fn a_code_card_activates_an_app_only_with_the_sms_token_as_well() {
+    let mut w = World::start().await;
+    let card = w.enroll("fay", DeviceKind::Scc).await;
+    // No number on record: the card alone is not enough.
+    let reply = w
+        .gateway(Operation::StartActivation { user: user("fay") })
+        .await;
+    assert_eq!(
+        error_code(&reply),
+        Some(ErrorCode::NoVerifiedNumber),
+        "{reply:?}"
+    );
+    w.admin(Operation::StartPhoneVerification {
+        user: user("fay"),
+        number: number("+41 791110077"),
+    })
+    .await;
+    let code = w.code_sent_to("+41 791110077").await;
+    w.admin(Operation::ConfirmPhone {
+        user: user("fay"),
+        code: Answer::new(&code),
+    })
+    .await;
+
+    let (activation, route) = w.start_activation("fay").await;
+    let ActivationRoute::DeviceAndSms { device, text } = route else {
+        panic!("{route:?}")
+    };
+    assert_eq!(device, card);
+    let token = w.code_sent_to("+41 791110077").await;
+    let observed = w.answer(card, &text);
+    let signer = PushSigner::from_seed([4; 32]);
+    // The card's answer without the token, or with a wrong one, binds
+    // nothing; each spends one of the token's attempts.
+    for (sms, left) in [(None, 2), (Some(wrong_token(&token)), 1)] {
+        assert_eq!(
+            w.complete_with_sms(activation, observed.as_str(), sms, &signer)
+                .await,
+            Reply::Verdict(Verdict::Rejected {
+                attempts_left: left
+            })
+        );
+    }
+    let reply = w
+        .complete_with_sms(activation, observed.as_str(), Some(&token), &signer)
+        .await;
+    assert!(matches!(reply, Reply::Activated { .. }), "{reply:?}");
 }
 
 #[tokio::test]

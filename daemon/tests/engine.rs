@@ -29,14 +29,32 @@ struct World {
     rng: ChaCha20Rng,
 }
 
+const CONFIG: &str = "[challenges]\nttl = \"30s\"\nattempts = 3\nper-user-per-minute = 1000\n[lockout]\nfailures = 5\nfirst = \"60s\"\nmax = \"200s\"\ndecay-after = \"1h\"\n";
+
 fn config() -> Config {
-    Config::from_toml("[challenges]\nttl = \"30s\"\nattempts = 3\nper-user-per-minute = 1000\n[lockout]\nfailures = 5\nfirst = \"60s\"\nmax = \"200s\"\ndecay-after = \"1h\"\n").unwrap()
+    Config::from_toml(CONFIG).unwrap()
 }
 
 impl World {
     fn new() -> Self {
+        Self::with("")
+    }
+
+    /// A world whose configuration adds `extra` (whole sections) to the
+    /// tests' one.
+    fn with(extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let engine = open_engine(dir.path(), config());
+        let mut merged: toml::Table = CONFIG.parse().unwrap();
+        for (section, values) in extra.parse::<toml::Table>().unwrap() {
+            match (merged.get_mut(&section), values) {
+                (Some(toml::Value::Table(into)), toml::Value::Table(values)) => into.extend(values),
+                (_, values) => {
+                    merged.insert(section, values);
+                }
+            }
+        }
+        let config = Config::from_toml(&toml::to_string(&merged).unwrap()).unwrap();
+        let engine = open_engine(dir.path(), config);
         Self {
             dir,
             engine,
@@ -729,19 +747,208 @@ fn the_challenge_table_refuses_past_its_capacity() {
         Config::from_toml("[challenges]\ncapacity = 2\nper-user-per-minute = 100\n").unwrap(),
     );
     let mut rng = ChaCha20Rng::seed_from_u64(4);
-    let device = enroll_card(&engine, &mut rng);
-    let mut ask = |now| ask_challenge(&engine, &mut rng, device, now);
-    assert!(matches!(ask(T0), Reply::Challenge { .. }));
-    assert!(matches!(ask(T0), Reply::Challenge { .. }));
+    let cards: Vec<_> = (0..3).map(|_| enroll_card(&engine, &mut rng)).collect();
+    let mut ask = |card: usize, now| ask_challenge(&engine, &mut rng, cards[card], now);
+    assert!(matches!(ask(0, T0), Reply::Challenge { .. }));
+    assert!(matches!(ask(1, T0), Reply::Challenge { .. }));
     assert!(matches!(
-        ask(T0),
+        ask(2, T0),
         Reply::Error {
             code: ErrorCode::TooManyChallenges,
             ..
         }
     ));
+    // Asking a device again replaces its challenge: no second slot.
+    assert!(matches!(ask(0, T0), Reply::Challenge { .. }));
     assert_eq!(engine.sweep(later(121)), 2, "expired challenges are swept");
-    assert!(matches!(ask(later(121)), Reply::Challenge { .. }));
+    assert!(matches!(ask(2, later(121)), Reply::Challenge { .. }));
+}
+
+/// The card login an attacker watched: its question and answer.
+struct Observed {
+    question: ChallengeText,
+    answer: String,
+}
+
+/// "jdoe"'s card of `positions` and one right login the attacker saw.
+fn card_and_an_observed_login(w: &mut World, positions: u16) -> (DeviceId, CodeCard, Observed) {
+    let (card, secret) = w.enroll("jdoe", DeviceKind::Scc, None, None);
+    let secret = CodeCard::new(&secret.unwrap(), positions).unwrap();
+    let (id, question) = w.challenge("jdoe", card, T0);
+    let answer = card_answer(&secret, &question);
+    assert!(matches!(
+        w.verify(id, &answer, T0),
+        Verdict::Accepted { .. }
+    ));
+    (card, secret, Observed { question, answer })
+}
+
+fn card_answer(card: &CodeCard, text: &ChallengeText) -> String {
+    let ChallengeText::CardPositions(a, b) = text else {
+        panic!("a card gets positions, not {text:?}")
+    };
+    card.response(card.challenge(*a, *b).unwrap())
+        .unwrap()
+        .to_string()
+}
+
+/// Challenge shopping (asking until the positions of a login one saw come
+/// up again, then replaying its answer). Before, every ask drew fresh
+/// positions for free: of the 49,952 ordered pairs of a 224-position card
+/// the observed one came back, and its answer was accepted, after 34,632
+/// asks in the issue's probe. Now asking again shows the same question
+/// until it is answered right or the device locks, so each new question
+/// costs a lockout; the observed one is never asked again; and every
+/// replay is a recorded failure, up to the hard limit.
+#[test]
+fn challenge_shopping_never_brings_back_an_observed_question() {
+    let mut w = World::with(
+        "[challenges]\nper-user-per-minute = 100000000\nper-device-per-day = 100000000\n",
+    );
+    let (card, _, observed) = card_and_an_observed_login(&mut w, 224);
+    // 50,000 free asks: one question, and not the observed one.
+    let mut asked = std::collections::HashSet::new();
+    let key = |text: ChallengeText| format!("{text:?}");
+    for _ in 0..50_000 {
+        asked.insert(key(w.challenge("jdoe", card, later(1)).1));
+    }
+    assert_eq!(asked.len(), 1, "asking again drew a new question");
+    assert!(!asked.contains(&key(observed.question.clone())));
+    // Replaying the observed answer to whatever is asked, waiting out
+    // every lockout, until only an operator can unlock the card.
+    let (mut now, mut replays) = (later(2), 0);
+    loop {
+        let (id, question) = w.challenge("jdoe", card, now);
+        assert_ne!(
+            question, observed.question,
+            "an answered question came back"
+        );
+        asked.insert(key(question));
+        replays += 1;
+        match w.verify(id, &observed.answer, now) {
+            Verdict::Rejected { .. } => {}
+            Verdict::LockedOut { retry_after } if retry_after == Duration::MAX => break,
+            Verdict::LockedOut { retry_after } => now = now.plus(retry_after),
+            other => panic!("a replay answered {other:?}"),
+        }
+    }
+    // Every replay was a failure: the hard limit (100) counts them all.
+    assert_eq!(replays, 100);
+    println!(
+        "challenge shopping: {} distinct questions seen in 50,000 asks and {replays} replays \
+         (one per lockout), the observed one never; no replay accepted",
+        asked.len()
+    );
+    assert!(asked.len() <= 21, "{} questions", asked.len());
+}
+
+#[test]
+fn a_question_answered_right_is_not_asked_again() {
+    // A card of 3 positions has 6 questions: without the memory the
+    // observed one would come back about once in 6 fresh draws.
+    let mut w = World::with(
+        "[devices.scc]\ncheck = { method = \"code-card\", positions = 3 }\n\
+         [lockout]\nfailures = 1\n",
+    );
+    let (card, secret, observed) = card_and_an_observed_login(&mut w, 3);
+    for round in 0..40 {
+        let (id, question) = w.challenge("jdoe", card, later(round));
+        assert_ne!(question, observed.question, "round {round}");
+        // A wrong answer locks (one failure allowed), which lets the next
+        // challenge ask anew; the operator unlocks at once.
+        let right = card_answer(&secret, &question);
+        assert!(matches!(
+            w.verify(id, &wrong(&right), later(round)),
+            Verdict::LockedOut { .. }
+        ));
+        let unlock = Operation::Unlock {
+            user: Username::new("jdoe").unwrap(),
+            device: Some(card),
+        };
+        assert_eq!(w.call(Role::Admin, unlock, later(round)).reply, Reply::Done);
+    }
+}
+
+#[test]
+fn only_the_latest_challenge_of_a_device_can_be_answered() {
+    let mut w = World::new();
+    let (device, _) = w.enroll("jdoe", DeviceKind::DscPlus, Some(DSC_KEY), Some("4821"));
+    let (first, text) = w.challenge("jdoe", device, T0);
+    let (second, again) = w.challenge("jdoe", device, T0);
+    assert_eq!(text, again, "the unanswered question is asked again");
+    let right = dsc_plus(DSC_KEY, "4821", &text);
+    assert_eq!(w.verify(first, &right, T0), Verdict::UnknownChallenge);
+    assert!(matches!(
+        w.verify(second, &right, T0),
+        Verdict::Accepted { .. }
+    ));
+    // Answered: the next question is another.
+    let (_, next) = w.challenge("jdoe", device, T0);
+    assert_ne!(next, text);
+}
+
+#[test]
+fn a_challenge_that_expires_unanswered_counts_as_a_wrong_answer() {
+    let mut w = World::with("[lockout]\nfailures = 3\n");
+    let (device, _) = w.enroll("jdoe", DeviceKind::DscPlus, Some(DSC_KEY), Some("4821"));
+    // Two abandoned challenges (TTL 30 s), then a right answer: accepted,
+    // and the count starts again.
+    let mut now = T0;
+    for _ in 0..2 {
+        w.challenge("jdoe", device, now);
+        now = now.plus(Duration::from_secs(31));
+    }
+    assert!(matches!(
+        w.right_answer(device, now),
+        Verdict::Accepted { .. }
+    ));
+    // Three abandoned ones lock the device, as three wrong answers would.
+    for _ in 0..3 {
+        w.challenge("jdoe", device, now);
+        now = now.plus(Duration::from_secs(31));
+    }
+    assert!(matches!(
+        w.right_answer(device, now),
+        Verdict::LockedOut { .. }
+    ));
+    // A challenge answered wrong and left to expire counts once, not twice.
+    let mut w = World::with("[lockout]\nfailures = 2\n");
+    let (device, _) = w.enroll("jdoe", DeviceKind::DscPlus, Some(DSC_KEY), Some("4821"));
+    assert!(matches!(w.fail_once(device, T0), Verdict::Rejected { .. }));
+    assert!(matches!(
+        w.right_answer(device, later(31)),
+        Verdict::Accepted { .. }
+    ));
+}
+
+#[test]
+fn a_device_is_challenged_at_most_per_device_per_day() {
+    let mut w = World::with("[challenges]\nper-device-per-day = 3\n");
+    let (device, _) = w.enroll("jdoe", DeviceKind::DscPlus, Some(DSC_KEY), Some("4821"));
+    let (other, _) = w.enroll("jdoe", DeviceKind::Scc, None, None);
+    for _ in 0..3 {
+        w.challenge("jdoe", device, T0);
+    }
+    let ask = |device| Operation::Challenge {
+        user: Username::new("jdoe").unwrap(),
+        device,
+    };
+    let Reply::Error {
+        code: ErrorCode::RateLimited,
+        retry_after,
+        ..
+    } = w.gateway(ask(device), T0)
+    else {
+        panic!("a fourth challenge today")
+    };
+    // T0 is 08:00 UTC: the next day starts in 16 hours.
+    assert_eq!(retry_after, Duration::from_secs(16 * 3600));
+    // The cap is the device's: the user's other device is still asked.
+    assert!(matches!(w.gateway(ask(other), T0), Reply::Challenge { .. }));
+    assert!(matches!(
+        w.gateway(ask(device), T0.plus(retry_after)),
+        Reply::Challenge { .. }
+    ));
 }
 
 #[test]

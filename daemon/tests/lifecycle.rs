@@ -47,6 +47,57 @@ fn config(extra: &str) -> Config {
     .unwrap()
 }
 
+/// The right answer of a DSC+ (PIN `PIN`) or card with `key` to `text`.
+fn answer_with(key: &SecretKey, text: &ChallengeText) -> String {
+    match text {
+        ChallengeText::Question(question) => {
+            let suite: Suite = "OCRA-1:HOTP-SHA256-8:QN06-PSHA1".parse().unwrap();
+            let pin_hash = suite.hash_pin(PIN).unwrap();
+            let ocra = Ocra::new(suite, key);
+            let input = OcraInput {
+                question,
+                pin_hash: Some(pin_hash.as_bytes()),
+                ..OcraInput::default()
+            };
+            ocra.respond(&input).unwrap().to_string()
+        }
+        ChallengeText::CardPositions(a, b) => {
+            let card = CodeCard::new(key, 224).unwrap();
+            let pick = card.challenge(*a, *b).unwrap();
+            card.response(pick).unwrap().as_str().to_owned()
+        }
+        ChallengeText::EnterCode => panic!("no answer for a code"),
+    }
+}
+
+/// A withdrawal of `cents` by `name`, logging in with `device` (key `key`)
+/// first; for threads that share the engine.
+fn withdraw_with(
+    engine: &Engine,
+    rng: &mut ChaCha20Rng,
+    name: &str,
+    (device, key): (DeviceId, &SecretKey),
+    cents: u64,
+) -> Reply {
+    let ask = Operation::Challenge {
+        user: user(name),
+        device,
+    };
+    let Reply::Challenge {
+        challenge, text, ..
+    } = engine.handle(Role::Gateway, ask, T0, rng).reply
+    else {
+        panic!("no challenge")
+    };
+    let op = Operation::AuthorizeWithdrawal {
+        user: user(name),
+        amount_cents: cents,
+        challenge,
+        response: Answer::new(&answer_with(key, &text)),
+    };
+    engine.handle(Role::Gateway, op, T0, rng).reply
+}
+
 struct World {
     dir: tempfile::TempDir,
     engine: Arc<Engine>,
@@ -149,31 +200,16 @@ impl World {
 
     /// The right answer of `device` (a DSC+ or a card enrolled here).
     fn answer(&self, device: DeviceId, text: &ChallengeText) -> String {
-        let key = &self
+        answer_with(self.key_of(device), text)
+    }
+
+    fn key_of(&self, device: DeviceId) -> &SecretKey {
+        &self
             .cards
             .iter()
             .find(|(id, _)| *id == device)
             .expect("a device of this world")
-            .1;
-        match text {
-            ChallengeText::Question(question) => {
-                let suite: Suite = "OCRA-1:HOTP-SHA256-8:QN06-PSHA1".parse().unwrap();
-                let pin_hash = suite.hash_pin(PIN).unwrap();
-                let ocra = Ocra::new(suite, key);
-                let input = OcraInput {
-                    question,
-                    pin_hash: Some(pin_hash.as_bytes()),
-                    ..OcraInput::default()
-                };
-                ocra.respond(&input).unwrap().to_string()
-            }
-            ChallengeText::CardPositions(a, b) => {
-                let card = CodeCard::new(key, 224).unwrap();
-                let pick = card.challenge(*a, *b).unwrap();
-                card.response(pick).unwrap().as_str().to_owned()
-            }
-            ChallengeText::EnterCode => panic!("no answer for a code"),
-        }
+            .1
     }
 
     /// Opens a challenge and answers it rightly: (challenge, answer).
@@ -421,9 +457,10 @@ fn five_business_days_reach_back_over_the_weekend() {
 #[test]
 fn sixteen_concurrent_withdrawals_never_exceed_the_daily_limit() {
     let mut w = World::new("");
-    let card = w.enroll("amy", DeviceKind::Scc);
+    // A device has one current challenge: one card per concurrent login.
+    let cards: Vec<_> = (0..16).map(|_| w.enroll("amy", DeviceKind::Scc)).collect();
     // 16 × 20,000 USD = 320,000 > 200,000: exactly 10 fit.
-    let logins: Vec<_> = (0..16).map(|_| w.login("amy", card, T0)).collect();
+    let logins: Vec<_> = cards.iter().map(|card| w.login("amy", *card, T0)).collect();
     let engine = Arc::clone(&w.engine);
     let handles: Vec<_> = logins
         .into_iter()
@@ -1073,28 +1110,26 @@ fn the_lifecycle_operations_are_the_admin_role_s() {
 #[test]
 fn concurrent_changes_share_their_fsyncs_and_all_survive_a_restart() {
     let mut w = World::new("");
-    let dsc = w.enroll("amy", DeviceKind::DscPlus);
-    let logins: Vec<_> = (0..400).map(|_| w.login("amy", dsc, T0)).collect();
+    // 16 threads, each logging in with its own DSC+ (a device has one
+    // current challenge) and withdrawing 25 times.
+    let devices: Vec<_> = (0..16)
+        .map(|_| {
+            let dsc = w.enroll("amy", DeviceKind::DscPlus);
+            (dsc, w.key_of(dsc).clone())
+        })
+        .collect();
     let engine = Arc::clone(&w.engine);
     let (changes_before, flushes_before) = engine.registry().change_counts();
-    let handles: Vec<_> = logins
-        .chunks(25)
-        .map(<[_]>::to_vec)
+    let handles: Vec<_> = devices
+        .into_iter()
         .enumerate()
-        .map(|(i, chunk)| {
+        .map(|(i, (dsc, key))| {
             let engine = Arc::clone(&engine);
             std::thread::spawn(move || {
                 let mut rng = ChaCha20Rng::seed_from_u64(200 + i as u64);
-                chunk
-                    .into_iter()
-                    .filter(|(challenge, response)| {
-                        let op = Operation::AuthorizeWithdrawal {
-                            user: user("amy"),
-                            amount_cents: USD,
-                            challenge: *challenge,
-                            response: response.clone(),
-                        };
-                        let reply = engine.handle(Role::Gateway, op, T0, &mut rng).reply;
+                (0..25)
+                    .filter(|_| {
+                        let reply = withdraw_with(&engine, &mut rng, "amy", (dsc, &key), USD);
                         matches!(reply, Reply::WithdrawalApproved { .. })
                     })
                     .count()

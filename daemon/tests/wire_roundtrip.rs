@@ -197,15 +197,19 @@ fn operation() -> impl Strategy<Value = Operation> {
             "[0-9]{0,12}",
             any::<[u8; 32]>(),
             "[0-9a-z]{1,16}",
-            prop::option::of((1u64.., signature()))
+            prop::option::of((1u64.., signature())),
+            prop::option::of("[0-9]{1,12}"),
         )
-            .prop_map(|(a, t, key, pin, previous)| Operation::CompleteActivation {
-                activation: ActivationId(a),
-                token: Answer::new(&t),
-                key: PushKey(key),
-                pin: Pin::new(&pin),
-                previous: previous.map(|(d, proof)| (DeviceId(d), proof)),
-            }),
+            .prop_map(
+                |(a, t, key, pin, previous, sms)| Operation::CompleteActivation {
+                    activation: ActivationId(a),
+                    token: Answer::new(&t),
+                    key: PushKey(key),
+                    pin: Pin::new(&pin),
+                    previous: previous.map(|(d, proof)| (DeviceId(d), proof)),
+                    sms_token: sms.map(|t| Answer::new(&t)),
+                }
+            ),
     ]
 }
 
@@ -350,6 +354,10 @@ fn reply() -> impl Strategy<Value = Reply> {
             prop_oneof![
                 Just(ActivationRoute::Sms),
                 (1u64.., text.clone()).prop_map(|(d, text)| ActivationRoute::Device {
+                    device: DeviceId(d),
+                    text
+                }),
+                (1u64.., text.clone()).prop_map(|(d, text)| ActivationRoute::DeviceAndSms {
                     device: DeviceId(d),
                     text
                 }),
@@ -746,6 +754,7 @@ fn one_of_each() -> Vec<Operation> {
             key: PushKey([0; 32]),
             pin: Pin::new("1"),
             previous: Some((DeviceId(1), proof)),
+            sms_token: Some(Answer::new("1")),
         },
     ]
 }

@@ -118,6 +118,10 @@ pub struct ChallengeConfig {
     pub per_user_per_minute: u32,
     /// Buckets of the per-user limiter (fixed memory: 16 bytes each).
     pub user_limit_buckets: usize,
+    /// Challenges one device may be issued per UTC day.
+    pub per_device_per_day: u32,
+    /// Questions answered right that a device is never asked again.
+    pub remembered_questions: usize,
 }
 
 impl ChallengeConfig {
@@ -125,6 +129,15 @@ impl ChallengeConfig {
     /// store.
     pub fn issuance_rate(&self) -> crate::ratelimit::Rate {
         crate::ratelimit::Rate::per(self.per_user_per_minute, Duration::from_secs(60))
+    }
+
+    /// What each device's question memory keeps and allows, on either
+    /// store.
+    pub fn question_limits(&self) -> crate::store::questions::QuestionLimits {
+        crate::store::questions::QuestionLimits {
+            per_day: self.per_device_per_day,
+            remembered: self.remembered_questions,
+        }
     }
 }
 
@@ -481,6 +494,16 @@ impl Config {
             "challenges.user-limit-buckets",
             "must be 1..=16777216",
         )?;
+        check(
+            c.per_device_per_day >= 1,
+            "challenges.per-device-per-day",
+            "must be at least 1",
+        )?;
+        check(
+            c.remembered_questions <= 1024,
+            "challenges.remembered-questions",
+            "must be 0..=1024",
+        )?;
         let l = &self.lockout;
         check(
             (1..=100).contains(&l.failures),
@@ -784,6 +807,14 @@ mod tests {
         assert_eq!(
             error("[challenges]\nuser-limit-buckets = 0"),
             "challenges.user-limit-buckets: must be 1..=16777216"
+        );
+        assert_eq!(
+            error("[challenges]\nper-device-per-day = 0"),
+            "challenges.per-device-per-day: must be at least 1"
+        );
+        assert_eq!(
+            error("[challenges]\nremembered-questions = 1025"),
+            "challenges.remembered-questions: must be 0..=1024"
         );
         assert_eq!(
             error("[sms]\nresend-interval = \"1h\"\nttl = \"5m\""),

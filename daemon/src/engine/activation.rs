@@ -24,7 +24,7 @@ use crate::otp::Code;
 use crate::otp::push::{PushKey, Signature, reactivate_message};
 use crate::phone::{Channel, PhoneNumber};
 use crate::policy::pin::check_app_pin;
-use crate::profile::DeviceKind;
+use crate::profile::{DeviceKind, SecurityLevel};
 use crate::ratelimit::Decision;
 use crate::store::registry::{Device, EnrollError, NewDevice};
 use crate::wire::request::{Answer, Pin};
@@ -43,10 +43,12 @@ enum Proof {
     /// The token sent by SMS.
     Sms(Code),
     /// The answer to a challenge opened on the user's physical device
-    /// (checked by `verify`, with its own attempts and lockouts).
+    /// (checked by `verify`, with its own attempts and lockouts); for a
+    /// device of the lowest level (a code card), the SMS token as well.
     Device {
         device: DeviceId,
         challenge: ChallengeId,
+        sms: Option<Code>,
     },
 }
 
@@ -308,7 +310,7 @@ impl Engine {
         user: &Username,
         now: Timestamp,
         rng: &mut R,
-    ) -> Reply {
+    ) -> Outcome {
         let life = &self.config.lifecycle;
         // A physical device the user holds proves the activation instead of
         // an SMS token: the strongest one, whose challenge the user answers.
@@ -317,36 +319,67 @@ impl Engine {
             .into_iter()
             .filter(|d| d.kind.is_physical())
             .max_by_key(|d| self.config.devices.get(d.kind).security);
+        let no_number = || {
+            Reply::error(
+                ErrorCode::NoVerifiedNumber,
+                "no number on record and no physical device: \
+                 the operator can issue temporary access",
+            )
+        };
+        let mut persist = None;
         let (proof, route, expires_in, sms) = match physical {
-            Some(device) => match self.challenge(user, device.id, now, rng) {
-                Reply::Challenge {
+            Some(device) => {
+                // A code card is the lowest level: one observed card login
+                // must not be enough to bind an app of a higher level (and
+                // revoke the owner's), so the SMS token is needed as well.
+                let lowest = self.config.devices.get(device.kind).security <= SecurityLevel::Lowest;
+                let number = match (lowest, self.number_on_record(user)) {
+                    (false, _) => None,
+                    (true, Some(number)) => Some(number),
+                    (true, None) => return no_number().into(),
+                };
+                let asked = self.challenge(user, device.id, now, rng);
+                persist = asked.persist;
+                let Reply::Challenge {
                     challenge,
                     text,
                     expires_in,
-                } => (
-                    Proof::Device {
-                        device: device.id,
-                        challenge,
-                    },
-                    ActivationRoute::Device {
-                        device: device.id,
-                        text,
-                    },
-                    expires_in.min(life.token_ttl),
-                    None,
-                ),
-                refusal => return refusal,
-            },
+                } = asked.reply
+                else {
+                    return asked;
+                };
+                let expires_in = expires_in.min(life.token_ttl);
+                let (code, sms, route) = match number {
+                    Some(number) => {
+                        let code = Self::sms_code_spec(&self.config).generate(rng);
+                        let sent = code_text("IB Key activation code", &code, expires_in);
+                        let route = ActivationRoute::DeviceAndSms {
+                            device: device.id,
+                            text,
+                        };
+                        (Some(code), Some((number, sent)), route)
+                    }
+                    None => {
+                        let route = ActivationRoute::Device {
+                            device: device.id,
+                            text,
+                        };
+                        (None, None, route)
+                    }
+                };
+                let proof = Proof::Device {
+                    device: device.id,
+                    challenge,
+                    sms: code,
+                };
+                (proof, route, expires_in, sms)
+            }
             None => {
                 let Some(number) = self.number_on_record(user) else {
-                    return Reply::error(
-                        ErrorCode::NoVerifiedNumber,
-                        "no number on record and no physical device: \
-                         the operator can issue temporary access",
-                    );
+                    return no_number().into();
                 };
                 if let Decision::Deny { retry_after } = self.issuance(user, now) {
-                    return Reply::rate_limited(retry_after, "too many codes for this user");
+                    return Reply::rate_limited(retry_after, "too many codes for this user").into();
                 }
                 let code = Self::sms_code_spec(&self.config).generate(rng);
                 let text = code_text("IB Key activation code", &code, life.token_ttl);
@@ -354,12 +387,13 @@ impl Engine {
                 (Proof::Sms(code), ActivationRoute::Sms, life.token_ttl, sms)
             }
         };
+        let refused = |reply: Reply| Outcome { reply, persist };
         let activation = {
             // Kept before the token is sent, so the bound holds however
             // many start at once.
             let mut pending = self.tokens.lock();
             if pending.len() >= self.tokens.capacity {
-                return self.tokens_full();
+                return refused(self.tokens_full());
             }
             let mut activation = ActivationId(rng.next_u64());
             while pending.activations.contains_key(&activation) {
@@ -380,13 +414,13 @@ impl Engine {
             && let Err(refusal) = self.send_token(number, text, now, rng)
         {
             self.tokens.lock().activations.remove(&activation);
-            return refusal;
+            return refused(refusal);
         }
-        Reply::ActivationStarted {
+        refused(Reply::ActivationStarted {
             activation,
             route,
             expires_in,
-        }
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -395,6 +429,7 @@ impl Engine {
         caller: &Caller<'_>,
         activation: ActivationId,
         token: &Answer,
+        sms_token: Option<&Answer>,
         key: PushKey,
         pin: &Pin,
         previous: Option<(DeviceId, Signature)>,
@@ -407,7 +442,9 @@ impl Engine {
                 Some(p) => (
                     p.user.clone(),
                     match p.proof {
-                        Proof::Device { device, challenge } => Some((device, challenge)),
+                        Proof::Device {
+                            device, challenge, ..
+                        } => Some((device, challenge)),
                         Proof::Sms(_) => None,
                     },
                 ),
@@ -422,6 +459,11 @@ impl Engine {
         // it received the token, and every wrong one spends an attempt.
         let (mut outcome, route) = match device_proof {
             Some((device, challenge)) => {
+                // Beside a code card, the SMS token first: an observed card
+                // answer alone proves nothing.
+                if let Err(refusal) = self.check_sms_token(activation, sms_token, now) {
+                    return refusal.into();
+                }
                 let outcome = self.verify(challenge, token, now, rng);
                 match &outcome.reply {
                     Reply::Verdict(Verdict::Accepted { device: d, .. }) if *d == device => {}
@@ -433,20 +475,7 @@ impl Engine {
                 (outcome, format!("by device {device}"))
             }
             None => {
-                let mut pending = self.tokens.lock();
-                let Some(entry) = pending.activations.get_mut(&activation) else {
-                    return Reply::error(ErrorCode::NotFound, "no such activation under way")
-                        .into();
-                };
-                let Proof::Sms(code) = &entry.proof else {
-                    return Reply::error(ErrorCode::Internal, "the activation changed").into();
-                };
-                let checked =
-                    check_token(code, entry.expires_at, &mut entry.attempts_left, token, now);
-                if checked.used_up() && !matches!(checked, Checked::Right) {
-                    pending.activations.remove(&activation);
-                }
-                if let Some(refusal) = checked.refusal() {
+                if let Err(refusal) = self.check_sms_token(activation, Some(token), now) {
                     return refusal.into();
                 }
                 (Outcome::from(Reply::Done), "by SMS token".to_owned())
@@ -485,6 +514,50 @@ impl Engine {
         drop(pending);
         outcome.reply = self.bind_app(caller, &user, key, reactivated, &route, now, rng);
         outcome
+    }
+
+    /// Checks the SMS token of `activation` (its only proof, or the one
+    /// beside a code card; nothing to check otherwise) in constant time. A
+    /// wrong or missing token spends an attempt; the last one ends the
+    /// activation.
+    fn check_sms_token(
+        &self,
+        activation: ActivationId,
+        given: Option<&Answer>,
+        now: Timestamp,
+    ) -> Result<(), Reply> {
+        let mut pending = self.tokens.lock();
+        let Some(PendingActivation {
+            proof,
+            expires_at,
+            attempts_left,
+            ..
+        }) = pending.activations.get_mut(&activation)
+        else {
+            return Err(Reply::error(
+                ErrorCode::NotFound,
+                "no such activation under way",
+            ));
+        };
+        let (Proof::Sms(code)
+        | Proof::Device {
+            sms: Some(code), ..
+        }) = proof
+        else {
+            return Ok(());
+        };
+        let missing = Answer::new("");
+        let checked = check_token(
+            code,
+            *expires_at,
+            attempts_left,
+            given.unwrap_or(&missing),
+            now,
+        );
+        if checked.used_up() && !matches!(checked, Checked::Right) {
+            pending.activations.remove(&activation);
+        }
+        checked.refusal().map_or(Ok(()), Err)
     }
 
     /// The user's IB Key device `old`, if `proof` is its key's signature

@@ -37,6 +37,7 @@ use crate::otp::push::BINDING_LEN;
 use crate::phone::SendLimit;
 use crate::ratelimit::{Decision, Gcra, Rate};
 use crate::store::challenges::{ChallengeTable, Disposition, InsertError, OpenChallenge, Question};
+use crate::store::questions::{IssueRefused, QuestionMemory};
 use crate::store::registry::{Device, EnrollError, FailureState, NewDevice, Registry, Verifier};
 use crate::wire::request::Answer;
 use crate::wire::{ChallengeText, EnrollRequest, ErrorCode, Operation, Reply, StatEntry, Verdict};
@@ -558,7 +559,7 @@ impl Engine {
         Some(match operation {
             Operation::Devices { user } => self.device_list(&user, now, false).into(),
             Operation::ListDevices { user } => self.device_list(&user, now, true).into(),
-            Operation::Challenge { user, device } => self.challenge(&user, device, now, rng).into(),
+            Operation::Challenge { user, device } => self.challenge(&user, device, now, rng),
             Operation::Verify {
                 challenge,
                 response,
@@ -625,16 +626,25 @@ impl Engine {
             Operation::ConfirmPhone { user, code } => {
                 self.confirm_phone(caller, &user, &code, now, rng).into()
             }
-            Operation::StartActivation { user } => self.start_activation(&user, now, rng).into(),
+            Operation::StartActivation { user } => self.start_activation(&user, now, rng),
             Operation::CompleteActivation {
                 activation,
                 token,
                 key,
                 pin,
                 previous,
-            } => {
-                self.complete_activation(caller, activation, &token, key, &pin, previous, now, rng)
-            }
+                sms_token,
+            } => self.complete_activation(
+                caller,
+                activation,
+                &token,
+                sms_token.as_ref(),
+                key,
+                &pin,
+                previous,
+                now,
+                rng,
+            ),
             Operation::AuditLog { after, limit } => self.audit_log(after, limit).into(),
             Operation::Stats => self.stats().into(),
             Operation::SendCode { user, channel } => {
@@ -726,9 +736,9 @@ impl Engine {
         device: DeviceId,
         now: Timestamp,
         rng: &mut R,
-    ) -> Reply {
+    ) -> Outcome {
         if let Decision::Deny { retry_after } = self.issuance(user, now) {
-            return Reply::rate_limited(retry_after, "too many challenges for this user");
+            return Reply::rate_limited(retry_after, "too many challenges for this user").into();
         }
         // An unknown user and another user's device answer the same way. A
         // shipped replacement may be challenged before it activates itself:
@@ -755,66 +765,128 @@ impl Engine {
                 } else {
                     "no such device for this user, or it cannot be used now"
                 },
-            );
-        };
-        let (open, text) = match self.open_challenge(user, &device, now, rng) {
-            Ok(opened) => opened,
-            Err(refusal) => return refusal,
+            )
+            .into();
         };
         let ttl = self.config.challenges.ttl;
+        let mut persist = None;
         // Ids are random 64-bit numbers; a collision is retried, twice.
         for _ in 0..3 {
             let id = ChallengeId(rng.next_u64());
-            match self.challenges.insert(id, open.clone()) {
+            let asked = match self.ask(user, &device, id, now, rng) {
+                Ok(asked) => asked,
+                Err(refusal) => {
+                    return Outcome {
+                        reply: refusal,
+                        persist,
+                    };
+                }
+            };
+            persist = persist.or(asked.charged.then_some(device.id));
+            if asked.locked {
+                self.count_lockout();
+            }
+            // After the device's locks are released (the table's shard lock
+            // comes first in `verify`): the replaced challenge could no
+            // longer be accepted anyway, this only frees its slot.
+            if let Some(old) = asked.superseded {
+                self.challenges.resolve(old, |_| ((), Disposition::Remove));
+            }
+            let text = shown(&asked.open.question);
+            let reply = match self.challenges.insert(id, asked.open) {
                 Ok(()) => {
                     self.counters.issued.fetch_add(1, Ordering::Relaxed);
-                    return Reply::Challenge {
+                    Reply::Challenge {
                         challenge: id,
                         text,
                         expires_in: ttl,
-                    };
+                    }
                 }
                 Err(InsertError::Taken) => continue,
                 Err(InsertError::Full) => {
-                    return Reply::error(
-                        ErrorCode::TooManyChallenges,
-                        "the challenge table is full",
-                    );
+                    Reply::error(ErrorCode::TooManyChallenges, "the challenge table is full")
                 }
-            }
+            };
+            return Outcome { reply, persist };
         }
-        Reply::error(ErrorCode::Busy, "could not allocate a challenge id")
+        Outcome {
+            reply: Reply::error(ErrorCode::Busy, "could not allocate a challenge id"),
+            persist,
+        }
     }
 
-    /// A new challenge for `user`'s `device` as either store keeps it, and
-    /// how the login shows it; a refusal for devices that are not
-    /// challenged.
-    fn open_challenge<R: CryptoRng + ?Sized>(
+    /// Asks `device` the question of a new challenge `id` under its
+    /// failure lock.
+    fn ask<R: CryptoRng + ?Sized>(
         &self,
         user: &Username,
         device: &Device,
+        id: ChallengeId,
         now: Timestamp,
         rng: &mut R,
-    ) -> Result<(OpenChallenge, ChallengeText), Reply> {
-        let (question, text) = self.question_for(device, rng)?;
-        let open = OpenChallenge {
-            user: user.clone(),
-            device: device.id,
-            question,
-            expires_at: now.plus(self.config.challenges.ttl),
-            attempts_left: self.config.challenges.attempts,
-        };
-        Ok((open, text))
+    ) -> Result<Asked, Reply> {
+        let mut failures = device.failures();
+        let mut questions = device.questions(&failures);
+        self.ask_device(user, device, &mut failures, &mut questions, id, now, rng)
     }
 
-    /// A new question for `device`, and how the login shows it; a refusal
-    /// for devices that are not challenged.
-    fn question_for<R: CryptoRng + ?Sized>(
+    /// The rules of asking `user`'s (own or shared) device a new challenge
+    /// `id`, on either store
+    /// (`store::questions` has them in words): the daily cap; a pending
+    /// challenge that expired unanswered counts as a wrong answer (and
+    /// forgets its question if that locks the device); then the pending
+    /// question is kept, or one not answered lately is drawn. Changes
+    /// `failures` and `questions` as the decision requires; a refusal
+    /// changes nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn ask_device<R: CryptoRng + ?Sized>(
         &self,
+        user: &Username,
         device: &Device,
+        failures: &mut FailureState,
+        questions: &mut QuestionMemory,
+        id: ChallengeId,
+        now: Timestamp,
         rng: &mut R,
-    ) -> Result<(Question, ChallengeText), Reply> {
-        Ok(match &device.verifier {
+    ) -> Result<Asked, Reply> {
+        if let Verifier::Phone(_) = device.verifier {
+            return Err(Reply::error(
+                ErrorCode::InvalidArgument,
+                "an SMS device is not challenged: use SendCode",
+            ));
+        }
+        let limits = self.config.challenges.question_limits();
+        if let Some(refused) = questions.cap_reached(now, limits) {
+            return Err(daily_cap(refused));
+        }
+        let charged = questions.expired_unanswered(now);
+        let locked = charged && next_failure(&self.config.lockout, failures, now).is_some();
+        if locked {
+            questions.forget_pending();
+        }
+        let expires_at = now.plus(self.config.challenges.ttl);
+        let draw = || self.question_for(device, rng);
+        // Not refused: the cap was checked on this same state.
+        let issued = questions
+            .issue(id, now, expires_at, limits, draw)
+            .map_err(daily_cap)?;
+        Ok(Asked {
+            open: OpenChallenge {
+                user: user.clone(),
+                device: device.id,
+                question: issued.question,
+                expires_at,
+                attempts_left: self.config.challenges.attempts,
+            },
+            superseded: issued.superseded,
+            charged,
+            locked,
+        })
+    }
+
+    /// A new question for `device` (an SMS device is refused before).
+    fn question_for<R: CryptoRng + ?Sized>(&self, device: &Device, rng: &mut R) -> Question {
+        match &device.verifier {
             Verifier::Ocra { ocra, .. } => {
                 let suite = ocra.suite();
                 let alphabet = match suite.question_format() {
@@ -822,27 +894,12 @@ impl Engine {
                     QuestionFormat::Hex => &self.alphabets.hex,
                     QuestionFormat::Alphanumeric => &self.alphabets.alphanumeric,
                 };
-                let text = alphabet
-                    .generate(rng, usize::from(suite.question_len()))
-                    .as_str()
-                    .to_owned();
-                (Question::Ocra(text.clone()), ChallengeText::Question(text))
+                let text = alphabet.generate(rng, usize::from(suite.question_len()));
+                Question::Ocra(text.as_str().to_owned())
             }
-            Verifier::Card(card) => {
-                let pick = card.random_challenge(rng);
-                (
-                    Question::Card(pick),
-                    ChallengeText::CardPositions(pick.first(), pick.second()),
-                )
-            }
-            Verifier::Code(_) => (Question::Code, ChallengeText::EnterCode),
-            Verifier::Phone(_) => {
-                return Err(Reply::error(
-                    ErrorCode::InvalidArgument,
-                    "an SMS device is not challenged: use SendCode",
-                ));
-            }
-        })
+            Verifier::Card(card) => Question::Card(card.random_challenge(rng)),
+            Verifier::Code(_) | Verifier::Phone(_) => Question::Code,
+        }
     }
 
     fn verify<R: CryptoRng + ?Sized>(
@@ -852,16 +909,24 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Outcome {
+        let limits = self.config.challenges.question_limits();
         let resolved = self.challenges.resolve(id, |open| {
-            // Expired whether or not its device is still there.
-            if open.expires_at <= now {
-                return ((Verdict::Expired, None), Disposition::Remove);
-            }
             let Some(device) = self.registry.device(open.device) else {
                 // Revoked since the challenge was issued.
-                return ((Verdict::UnknownChallenge, None), Disposition::Remove);
+                let verdict = if open.expires_at <= now {
+                    Verdict::Expired
+                } else {
+                    Verdict::UnknownChallenge
+                };
+                return ((verdict, None), Disposition::Remove);
             };
             let mut failures = device.failures();
+            let mut questions = device.questions(&failures);
+            if !questions.is_current(id) {
+                // The device was asked again since: only its latest
+                // challenge may be answered.
+                return ((Verdict::UnknownChallenge, None), Disposition::Remove);
+            }
             match self.judge(open, &device, &failures, answer, now) {
                 Judgement::Expired => ((Verdict::Expired, None), Disposition::Remove),
                 Judgement::LockedOut(retry_after) => (
@@ -869,6 +934,7 @@ impl Engine {
                     Disposition::Keep,
                 ),
                 Judgement::Right => {
+                    questions.answered_right(id, limits);
                     let persist = (*failures != FailureState::default()).then(|| {
                         *failures = FailureState::default();
                         device.id
@@ -878,6 +944,7 @@ impl Engine {
                 Judgement::Wrong => {
                     open.attempts_left = open.attempts_left.saturating_sub(1);
                     let locked = self.record_failure(&mut failures, now);
+                    questions.answered_wrong(id, locked.is_some());
                     let verdict = wrong_answer(locked, open.attempts_left);
                     let disposition = disposition_after(&verdict);
                     ((verdict, Some(device.id)), disposition)
@@ -1250,6 +1317,36 @@ fn decay(lockout: &crate::config::LockoutConfig, failures: &mut FailureState, no
 }
 
 /// What a verify finds about an open challenge before anything changes.
+/// A new challenge a device was asked: what is kept open, the challenge it
+/// replaces, and whether an expired unanswered challenge was charged as a
+/// failure on the way.
+struct Asked {
+    open: OpenChallenge,
+    superseded: Option<ChallengeId>,
+    charged: bool,
+    /// That failure locked the device (the caller counts the lockout once
+    /// the change is kept).
+    locked: bool,
+}
+
+/// The refusal of a challenge past `challenges.per-device-per-day`.
+fn daily_cap(refused: IssueRefused) -> Reply {
+    let IssueRefused::DailyCap { retry_after_millis } = refused;
+    Reply::rate_limited(
+        Duration::from_millis(retry_after_millis),
+        "too many challenges for this device today",
+    )
+}
+
+/// How the login shows a question.
+fn shown(question: &Question) -> ChallengeText {
+    match question {
+        Question::Ocra(text) => ChallengeText::Question(text.clone()),
+        Question::Card(pick) => ChallengeText::CardPositions(pick.first(), pick.second()),
+        Question::Code => ChallengeText::EnterCode,
+    }
+}
+
 enum Judgement {
     Expired,
     LockedOut(Duration),

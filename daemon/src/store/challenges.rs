@@ -14,6 +14,8 @@ use crate::otp::card::CardChallenge;
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::wire::codec::{Put, Reader};
 
+use super::questions::{decode_question, encode_question};
+
 /// What was asked, kept until it is answered or expires.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenChallenge {
@@ -32,18 +34,7 @@ impl OpenChallenge {
         out.put_bytes(self.user.as_str().as_bytes());
         out.put_u64(self.device.0);
         out.put_u64(self.expires_at.0);
-        match &self.question {
-            Question::Ocra(text) => {
-                out.put_u8(QUESTION_OCRA);
-                out.put_bytes(text.as_bytes());
-            }
-            Question::Card(pick) => {
-                out.put_u8(QUESTION_CARD);
-                out.put_u16(pick.first());
-                out.put_u16(pick.second());
-            }
-            Question::Code => out.put_u8(QUESTION_CODE),
-        }
+        encode_question(&self.question, &mut out);
         out
     }
 
@@ -54,15 +45,7 @@ impl OpenChallenge {
         let user = Username::new(r.str("user").ok()?).ok()?;
         let device = DeviceId(r.u64("device").ok()?);
         let expires_at = Timestamp(r.u64("expires at").ok()?);
-        let question = match r.u8("question").ok()? {
-            QUESTION_OCRA => Question::Ocra(r.str("text").ok()?.to_owned()),
-            QUESTION_CARD => Question::Card(CardChallenge::from_stored(
-                r.u16("first").ok()?,
-                r.u16("second").ok()?,
-            )?),
-            QUESTION_CODE => Question::Code,
-            _ => return None,
-        };
+        let question = decode_question(&mut r)?;
         r.finish().ok()?;
         Some(Self {
             user,
@@ -73,10 +56,6 @@ impl OpenChallenge {
         })
     }
 }
-
-const QUESTION_OCRA: u8 = 1;
-const QUESTION_CARD: u8 = 2;
-const QUESTION_CODE: u8 = 3;
 
 /// The question shown to the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,7 +216,7 @@ mod tests {
         }
         let mut unknown = challenge(1).encode();
         let tag = unknown.len() - 9; // the question tag before "123456"
-        assert_eq!(unknown[tag], QUESTION_OCRA);
+        assert_eq!(unknown[tag], 1, "the OCRA question tag");
         unknown[tag] = 9;
         assert_eq!(OpenChallenge::decode(&unknown), None);
     }

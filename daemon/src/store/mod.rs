@@ -3,6 +3,8 @@
 //! - [`challenges`]: open challenges, ephemeral, in lock-sharded memory
 //!   with expiry and a capacity. Lost on restart, which is safe: the user
 //!   asks for a new one, and a lost challenge can never become valid.
+//! - [`questions`]: what each device was asked (pending question, recently
+//!   answered ones, the daily cap): the defence against challenge shopping.
 //! - [`registry`]: devices, sealed secrets and PIN hashes, failure counts
 //!   and lockouts, durable in an embedded redb database, with an in-memory
 //!   index for the hot path.
@@ -24,6 +26,7 @@ pub mod challenges;
 pub mod committer;
 pub mod datadir;
 mod flush;
+pub mod questions;
 pub mod records;
 pub mod redis;
 pub mod registry;

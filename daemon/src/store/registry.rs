@@ -19,6 +19,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use super::accounts::{
     self, AUDIT, Actor, DEVICE_LIFE, DeviceLife, LEDGER, SHARES, Share, USERS, UserRecord,
 };
+use super::questions::QuestionMemory;
 use super::records::DeviceCodec;
 use super::sealed::{SealError, SecretCipher};
 use crate::clock::Timestamp;
@@ -195,6 +196,10 @@ pub struct Device {
     /// `crate::sync`'s lock, so the loom models see it: every decision on
     /// a device's failures is made under it.
     failures: crate::sync::Mutex<FailureState>,
+    /// What the device was asked (kept in memory only: see
+    /// `store::questions`). Locked only while `failures` is held, so the
+    /// two change together.
+    questions: crate::sync::Mutex<QuestionMemory>,
     /// The key push approvals are signed with (IB Key devices).
     push_key: Mutex<Option<PushKey>>,
     /// Activation state, temporary-code uses, app PIN (`accounts`).
@@ -212,6 +217,17 @@ impl Device {
         // Every change is a whole-value assignment; a poisoned lock holds a
         // consistent value.
         self.failures.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What the device was asked, locked for reading and changing. Take it
+    /// only while holding [`failures`](Self::failures) (the lock order).
+    pub fn questions<'a>(
+        &'a self,
+        _failures: &crate::sync::MutexGuard<'a, FailureState>,
+    ) -> crate::sync::MutexGuard<'a, QuestionMemory> {
+        self.questions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The public key this device signs push approvals with, if bound.
@@ -266,6 +282,7 @@ impl Device {
             expires,
             verifier,
             failures: crate::sync::Mutex::new(FailureState::default()),
+            questions: crate::sync::Mutex::new(QuestionMemory::default()),
             push_key: Mutex::new(None),
             life: Mutex::new(DeviceLife::default()),
         }

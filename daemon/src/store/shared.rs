@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use rand::CryptoRng;
 
 use super::accounts::{MAX_AUDIT_PAGE, UserRecord as Account, decode_audit, encode_audit};
+use super::questions::QuestionMemory;
 use super::records::{DeviceCodec, Stored};
 use super::redis::{Change, Key, RedisStore, Versioned};
 use super::registry::{Device, EnrollError, FailureState, NewDevice, StoreError, Verifier};
@@ -148,6 +149,8 @@ fn inbox_key(node: &str) -> Key {
 pub enum UserRecord {
     /// The failure state (consecutive failures, lockout) of a device.
     Failures(DeviceId),
+    /// What a device was asked (`store::questions`).
+    Questions(DeviceId),
     /// An open challenge, with its attempts left.
     Challenge(ChallengeId),
     /// The user's SMS code session.
@@ -163,6 +166,7 @@ fn user_record_key(user: &Username, record: UserRecord) -> Key {
     let tag = format!("u:{user}");
     match record {
         UserRecord::Failures(device) => Key::new(&tag, &format!("f:{}", device.0)),
+        UserRecord::Questions(device) => Key::new(&tag, &format!("q:{}", device.0)),
         UserRecord::Challenge(id) => Key::new(&tag, &format!("c:{:016x}", id.0)),
         UserRecord::Sms => Key::new(&tag, "sms"),
         UserRecord::Push(id) => Key::new(&tag, &format!("p:{:016x}", id.0)),
@@ -203,6 +207,17 @@ pub fn failure_state(device: DeviceId, record: &Versioned) -> Result<FailureStat
             problem: "failure state".into(),
         }),
         None => Ok(FailureState::default()),
+    }
+}
+
+/// A question-memory record as read (absent: never asked).
+pub fn question_memory(device: DeviceId, record: &Versioned) -> Result<QuestionMemory, StoreError> {
+    match &record.value {
+        Some(bytes) => QuestionMemory::decode(bytes).ok_or_else(|| StoreError::Corrupt {
+            device: device.0,
+            problem: "question memory".into(),
+        }),
+        None => Ok(QuestionMemory::default()),
     }
 }
 

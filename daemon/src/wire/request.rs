@@ -160,13 +160,16 @@ pub enum Operation {
     Deny { push: PushId },
     /// Complete an activation with the token (or the physical device's
     /// response), the app's device key and PIN; `previous` proves the old
-    /// binding (a signature by its key) when the same phone reactivates.
+    /// binding (a signature by its key) when the same phone reactivates;
+    /// `sms_token` is the SMS token sent beside a code card's challenge
+    /// (route `DeviceAndSms`).
     CompleteActivation {
         activation: ActivationId,
         token: Answer,
         key: PushKey,
         pin: Pin,
         previous: Option<(DeviceId, Signature)>,
+        sms_token: Option<Answer>,
     },
 }
 
@@ -532,6 +535,7 @@ impl Request {
                         Signature(fixed::<SIGNATURE_LEN>(&mut r, "previous proof")?),
                     )),
                 },
+                sms_token: Some(answer(&mut r, "sms token")?).filter(|t| !t.as_str().is_empty()),
             },
             other => return Err(DecodeError::UnknownOperation(other)),
         };
@@ -694,6 +698,7 @@ impl Request {
                 key,
                 pin,
                 previous,
+                sms_token,
             } => {
                 out.put_u64(activation.0);
                 out.put_bytes(token.as_bytes());
@@ -701,6 +706,7 @@ impl Request {
                 out.put_bytes(pin.as_str().as_bytes());
                 out.put_u64(previous.map_or(0, |(device, _)| device.0));
                 out.put_bytes(previous.as_ref().map_or(&[], |(_, proof)| &proof.0));
+                out.put_bytes(sms_token.as_ref().map_or(&[], |t| t.as_bytes()));
             }
         }
     }

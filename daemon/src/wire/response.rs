@@ -176,6 +176,12 @@ pub enum ActivationRoute {
         device: DeviceId,
         text: ChallengeText,
     },
+    /// The user's code card answers this challenge, and a token went by
+    /// SMS as well (a code card alone is too weak to bind an app).
+    DeviceAndSms {
+        device: DeviceId,
+        text: ChallengeText,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -600,6 +606,10 @@ impl Response {
                         device: DeviceId(r.u64("device")?),
                         text: challenge_text(&mut r)?,
                     },
+                    3 => ActivationRoute::DeviceAndSms {
+                        device: DeviceId(r.u64("device")?),
+                        text: challenge_text(&mut r)?,
+                    },
                     other => {
                         return Err(DecodeError::invalid(
                             "route",
@@ -861,6 +871,11 @@ impl Response {
                     ActivationRoute::Sms => out.put_u8(1),
                     ActivationRoute::Device { device, text } => {
                         out.put_u8(2);
+                        out.put_u64(device.0);
+                        put_challenge_text(out, text);
+                    }
+                    ActivationRoute::DeviceAndSms { device, text } => {
+                        out.put_u8(3);
                         out.put_u64(device.0);
                         put_challenge_text(out, text);
                     }

@@ -33,6 +33,7 @@ use std::sync::atomic::Ordering;
 use rand::CryptoRng;
 
 use super::lifecycle::{residence_code, withdrawal_detail, withdrawal_device};
+use super::shown;
 use super::{
     Caller, Engine, Judgement, accepted, disposition_after, enroll_error, forbidden,
     invalid_amount, next_failure, phone_enrolled, push_key_bound, wrong_answer,
@@ -45,7 +46,9 @@ use crate::store::accounts::UserRecord as Account;
 use crate::store::challenges::{Disposition, OpenChallenge};
 use crate::store::redis::Change;
 use crate::store::registry::{FailureState, NewDevice, StoreError};
-use crate::store::shared::{EXPIRED_GRACE, Handle, SharedStore, UserRecord, failure_state};
+use crate::store::shared::{
+    EXPIRED_GRACE, Handle, SharedStore, UserRecord, failure_state, question_memory,
+};
 use crate::wire::request::Answer;
 use crate::wire::{AuditRecord, DeviceEntry, EnrollRequest, ErrorCode, Operation, Reply, Verdict};
 
@@ -324,13 +327,13 @@ impl Engine {
                 "the device's validity has ended",
             ));
         }
-        let (open, text) = match self.open_challenge(user, &device, now, rng) {
-            Ok(opened) => opened,
-            Err(refusal) => return Ok(refusal),
-        };
         let ttl = self.config.challenges.ttl;
-        // Ids are random 64-bit numbers; a collision is retried, twice.
-        for _ in 0..3 {
+        let failures_of = UserRecord::Failures(device.id);
+        let questions_of = UserRecord::Questions(device.id);
+        // Ids are random 64-bit numbers (a collision takes another), and
+        // the device's records change under a verify on any node (decided
+        // again on what changed).
+        for _ in 0..CHANGE_ROUNDS {
             let id = ChallengeId(rng.next_u64());
             let handle = Handle::Challenge(id);
             if !store
@@ -339,15 +342,46 @@ impl Engine {
             {
                 continue;
             }
-            // Not replicated before the answer: a challenge lost in a
-            // failover is one the user asks for again.
-            let record = Change::Set(open.encode(), Some(ttl + EXPIRED_GRACE));
-            let opened = (UserRecord::Challenge(id), 0, record);
-            if store.write_user(user, &[opened], false).await? {
+            let records = store.read_user(user, &[failures_of, questions_of]).await?;
+            let [failures_record, questions_record] = records.as_slice() else {
+                return Err(StoreError::Database("a short read".into()));
+            };
+            let mut failures = failure_state(device.id, failures_record)?;
+            let mut questions = question_memory(device.id, questions_record)?;
+            let asked =
+                match self.ask_device(user, &device, &mut failures, &mut questions, id, now, rng) {
+                    Ok(asked) => asked,
+                    Err(refusal) => return Ok(refusal),
+                };
+            let charged = if asked.charged {
+                Change::Set(failures.encode(), None)
+            } else {
+                Change::Keep
+            };
+            // The challenge itself is not replicated before the answer (one
+            // lost in a failover is asked again, the same question); what
+            // was asked is, and the failure a late challenge cost.
+            let changes = [
+                (
+                    UserRecord::Challenge(id),
+                    0,
+                    Change::Set(asked.open.encode(), Some(ttl + EXPIRED_GRACE)),
+                ),
+                (
+                    questions_of,
+                    questions_record.version,
+                    Change::Set(questions.encode(), None),
+                ),
+                (failures_of, failures_record.version, charged),
+            ];
+            if store.write_user(user, &changes, true).await? {
+                if asked.locked {
+                    self.count_lockout();
+                }
                 self.counters.issued.fetch_add(1, Ordering::Relaxed);
                 return Ok(Reply::Challenge {
                     challenge: id,
-                    text,
+                    text: shown(&asked.open.question),
                     expires_in: ttl,
                 });
             }
@@ -392,27 +426,38 @@ impl Engine {
         };
         let challenge = UserRecord::Challenge(id);
         let failures_of = UserRecord::Failures(device_id);
+        let questions_of = UserRecord::Questions(device_id);
+        let limits = self.config.challenges.question_limits();
         for _ in 0..CHANGE_ROUNDS {
-            let records = store.read_user(&user, &[challenge, failures_of]).await?;
-            let [record, failures_record] = records.as_slice() else {
+            let records = store
+                .read_user(&user, &[challenge, failures_of, questions_of])
+                .await?;
+            let [record, failures_record, questions_record] = records.as_slice() else {
                 return Err(StoreError::Database("a short read".into()));
             };
             let Some(open) = record.value.as_deref().and_then(OpenChallenge::decode) else {
                 return Ok(Some(Verdict::UnknownChallenge));
             };
             let used_up = (challenge, record.version, Change::Delete);
-            // Expired whether or not its device is still there.
-            if open.expires_at <= now {
-                store.write_user(&user, &[used_up], true).await?;
-                return Ok(Some(Verdict::Expired));
-            }
             let Some(device) = store.device(open.device).await? else {
                 // Revoked since the challenge was issued.
                 store.write_user(&user, &[used_up], true).await?;
-                return Ok(Some(Verdict::UnknownChallenge));
+                return Ok(Some(if open.expires_at <= now {
+                    Verdict::Expired
+                } else {
+                    Verdict::UnknownChallenge
+                }));
             };
+            let mut questions = question_memory(device.id, questions_record)?;
+            if !questions.is_current(id) {
+                // The device was asked again since: only its latest
+                // challenge may be answered.
+                store.write_user(&user, &[used_up], true).await?;
+                return Ok(Some(Verdict::UnknownChallenge));
+            }
             let failures = failure_state(device.id, failures_record)?;
             let seen = failures_record.version;
+            let asked = questions_record.version;
             let (verdict, changes) = match self.judge(&open, &device, &failures, answer, now) {
                 Judgement::Expired => (Verdict::Expired, vec![used_up]),
                 Judgement::LockedOut(retry_after) => {
@@ -426,7 +471,13 @@ impl Engine {
                     } else {
                         Change::Set(FailureState::default().encode(), None)
                     };
-                    let changes = vec![used_up, (failures_of, seen, cleared)];
+                    questions.answered_right(id, limits);
+                    let remembered = Change::Set(questions.encode(), None);
+                    let changes = vec![
+                        used_up,
+                        (failures_of, seen, cleared),
+                        (questions_of, asked, remembered),
+                    ];
                     (accepted(&open, &device), changes)
                 }
                 Judgement::Wrong => {
@@ -443,7 +494,9 @@ impl Engine {
                         Disposition::Remove => Change::Delete,
                     };
                     let failed = Change::Set(after.encode(), None);
+                    questions.answered_wrong(id, locked.is_some());
                     let changes = vec![
+                        (questions_of, asked, Change::Set(questions.encode(), None)),
                         (challenge, record.version, kept),
                         (failures_of, seen, failed),
                     ];
