@@ -261,27 +261,34 @@ async fn failures_on_both_nodes_add_up_to_one_lockout() {
     let gateway_b = deployment.b.client(Role::Gateway).await;
     let device = enroll_dsc(&admin_b, "jdoe").await.unwrap();
 
-    // One wrong answer on A, one on B, the third (on B, to A's challenge)
-    // locks the device everywhere.
+    // One wrong answer on A; asked again on B: the same question, and only
+    // B's challenge may be answered now. One wrong answer there, and the
+    // third (on A, to B's challenge) locks the device everywhere.
     let (id, right) = open(&gateway_a, "jdoe", device).await;
     assert_eq!(
         verify(&gateway_a, id, &wrong(&right)).await,
         Verdict::Rejected { attempts_left: 2 }
     );
     let (other, other_right) = open(&gateway_b, "jdoe", device).await;
+    assert_eq!(other_right, right, "the unanswered question, asked again");
     assert_eq!(
-        verify(&gateway_b, other, &wrong(&other_right)).await,
+        verify(&gateway_a, id, &right).await,
+        Verdict::UnknownChallenge
+    );
+    assert_eq!(
+        verify(&gateway_b, other, &wrong(&right)).await,
         Verdict::Rejected { attempts_left: 2 }
     );
     assert_eq!(
-        verify(&gateway_b, id, &wrong(&right)).await,
+        verify(&gateway_a, other, &wrong(&right)).await,
         Verdict::LockedOut {
             retry_after: Duration::from_secs(1)
         }
     );
     // The right answer is locked out on both nodes, and both list the lock.
+    let (third, third_right) = open(&gateway_b, "jdoe", device).await;
     assert!(matches!(
-        verify(&gateway_a, other, &other_right).await,
+        verify(&gateway_a, third, &third_right).await,
         Verdict::LockedOut { .. }
     ));
     for gateway in [&gateway_a, &gateway_b] {
@@ -306,9 +313,71 @@ async fn failures_on_both_nodes_add_up_to_one_lockout() {
         Reply::Done
     );
     assert!(matches!(
-        verify(&gateway_a, other, &other_right).await,
+        verify(&gateway_a, third, &third_right).await,
         Verdict::Accepted { .. }
     ));
+}
+
+/// Challenge shopping across nodes: what a device was asked is shared, so
+/// asking on another node gives nothing new either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_device_was_asked_holds_on_every_node() {
+    let deployment =
+        deploy("[challenges]\nper-user-per-minute = 1000\nttl = \"1s\"\nper-device-per-day = 12\n");
+    let admin = deployment.a.client(Role::Admin).await;
+    let gateway_a = deployment.a.client(Role::Gateway).await;
+    let gateway_b = deployment.b.client(Role::Gateway).await;
+    let device = enroll_dsc(&admin, "jdoe").await.unwrap();
+    let mut asked = 0;
+
+    // Answered right on B, the question is not asked again on A.
+    let (first, right) = open(&gateway_a, "jdoe", device).await;
+    let (second, again) = open(&gateway_b, "jdoe", device).await;
+    asked += 2;
+    assert_eq!(again, right);
+    assert_eq!(
+        verify(&gateway_b, first, &right).await,
+        Verdict::UnknownChallenge
+    );
+    assert!(matches!(
+        verify(&gateway_b, second, &right).await,
+        Verdict::Accepted { .. }
+    ));
+    let (_, next) = open(&gateway_a, "jdoe", device).await;
+    asked += 1;
+    assert_ne!(next, right, "an answered question was asked again");
+
+    // Three challenges left to expire (TTL 1 s), on either node, count as
+    // the three wrong answers that lock the device.
+    for gateway in [&gateway_b, &gateway_a, &gateway_b] {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        open(gateway, "jdoe", device).await;
+        asked += 1;
+    }
+    let (id, right) = open(&gateway_a, "jdoe", device).await;
+    asked += 1;
+    assert!(
+        matches!(
+            verify(&gateway_a, id, &right).await,
+            Verdict::LockedOut { .. }
+        ),
+        "three expired challenges lock the device"
+    );
+
+    // The daily cap counts the challenges of both nodes.
+    while asked < 12 {
+        assert!(matches!(
+            challenge(&gateway_b, "jdoe", device).await,
+            Reply::Challenge { .. }
+        ));
+        asked += 1;
+    }
+    for gateway in [&gateway_a, &gateway_b] {
+        assert_eq!(
+            error_code(&challenge(gateway, "jdoe", device).await),
+            Some(ErrorCode::RateLimited)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,7 +414,8 @@ async fn the_issuance_limit_holds_across_nodes_under_concurrent_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoke_on_one_node_stops_the_other_within_the_cache_ttl() {
-    let deployment = deploy("[challenges]\nper-user-per-minute = 100000\n");
+    let deployment =
+        deploy("[challenges]\nper-user-per-minute = 100000\nper-device-per-day = 100000000\n");
     let admin_a = deployment.a.client(Role::Admin).await;
     let gateway_b = deployment.b.client(Role::Gateway).await;
     let device = enroll_dsc(&admin_a, "jdoe").await.unwrap();
@@ -396,7 +466,8 @@ async fn a_revoke_on_one_node_stops_the_other_within_the_cache_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_under_load_fails_over_and_loses_no_enrolment() {
-    let mut deployment = deploy("[challenges]\nper-user-per-minute = 100000\n");
+    let mut deployment =
+        deploy("[challenges]\nper-user-per-minute = 100000\nper-device-per-day = 100000000\n");
     let admin_a = deployment.a.client(Role::Admin).await;
     let admin_b = deployment.b.client(Role::Admin).await;
     let gateway_a = Arc::new(deployment.a.client(Role::Gateway).await);
@@ -866,7 +937,8 @@ async fn a_push_asked_on_one_node_is_approved_by_a_phone_on_the_other() {
 
 #[test]
 fn the_simulators_load_and_attackers_pass_against_two_nodes() {
-    let deployment = deploy("[challenges]\nper-user-per-minute = 100000\n");
+    let deployment =
+        deploy("[challenges]\nper-user-per-minute = 100000\nper-device-per-day = 100000000\n");
     let dir = tempfile::tempdir().unwrap();
     let fleet = dir.path().join("fleet.json");
     let report = dir.path().join("report.json");
@@ -963,18 +1035,24 @@ async fn withdrawals_on_both_nodes_never_together_pass_a_limit_and_are_audited_o
     let admin = deployment.a.client(Role::Admin).await;
     let gateway_a = Arc::new(deployment.a.client(Role::Gateway).await);
     let gateway_b = Arc::new(deployment.b.client(Role::Gateway).await);
-    let device = enroll_dsc(&admin, "jdoe").await.unwrap();
+    // A device has one current challenge: one DSC+ (all with the same
+    // key) per concurrent login.
+    let mut devices = Vec::new();
+    for _ in 0..16 {
+        devices.push(enroll_dsc(&admin, "jdoe").await.unwrap());
+    }
+    let device = devices[0];
 
     // 16 withdrawals of 20,000 USD at once, half on each node (each
     // answering a challenge the other node issued): exactly 10 fit.
     let mut tasks = Vec::new();
-    for i in 0..16 {
+    for (i, device) in devices.iter().enumerate() {
         let (issuer, checker) = if i % 2 == 0 {
             (&gateway_a, &gateway_b)
         } else {
             (&gateway_b, &gateway_a)
         };
-        let (challenge, answer) = open(issuer, "jdoe", device).await;
+        let (challenge, answer) = open(issuer, "jdoe", *device).await;
         let checker = Arc::clone(checker);
         tasks.push(tokio::spawn(async move {
             checker
@@ -1022,12 +1100,12 @@ async fn withdrawals_on_both_nodes_never_together_pass_a_limit_and_are_audited_o
         ),
         "{over:?}"
     );
-    // One audit log for the deployment, read from either node: the
-    // enrolment and the ten withdrawals, numbered without gaps.
+    // One audit log for the deployment, read from either node: the 16
+    // enrolments and the ten withdrawals, numbered without gaps.
     for admin in [&admin, &admin_b] {
         let entries = audit_log(admin, 0).await;
         let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
-        assert_eq!(actions[0], "enroll");
+        assert_eq!(actions[..16], ["enroll"; 16]);
         assert_eq!(
             actions
                 .iter()
@@ -1035,10 +1113,10 @@ async fn withdrawals_on_both_nodes_never_together_pass_a_limit_and_are_audited_o
                 .count(),
             10
         );
-        assert_eq!(entries.len(), 11);
+        assert_eq!(entries.len(), 26);
         let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, (1..=11).collect::<Vec<_>>());
-        assert_eq!(audit_log(admin, 10).await, entries[10..].to_vec());
+        assert_eq!(seqs, (1..=26).collect::<Vec<_>>());
+        assert_eq!(audit_log(admin, 25).await, entries[25..].to_vec());
     }
 }
 

@@ -158,7 +158,7 @@ async fn nothing_acknowledged_is_lost_to_a_sigkill() {
     let daemon = Daemon::start(
         &dir.path().join("data"),
         "",
-        "[challenges]\nper-user-per-minute = 100000\n[lockout]\nfailures = 3\nfirst = \"10m\"\nmax = \"1h\"\n",
+        "[challenges]\nper-user-per-minute = 100000\nper-device-per-day = 100000000\n[lockout]\nfailures = 3\nfirst = \"10m\"\nmax = \"1h\"\n",
     );
     let admin = daemon.client(Role::Admin).await;
     let mut targets = Vec::new();

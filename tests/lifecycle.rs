@@ -973,13 +973,18 @@ async fn opting_out_is_refused_in_hong_kong_and_india_and_reversible_elsewhere()
 async fn withdrawal_limits_by_device_and_16_concurrent_withdrawals_stay_under_the_limit() {
     // Two changes run at once: the others wait their turn, none is refused.
     let mut w = World::start_with("[store]\nchange-workers = 2\n").await;
-    let card = w.enroll("jo", DeviceKind::Scc).await;
+    // A device has one current challenge: one card per concurrent login.
+    let mut cards = Vec::new();
+    for _ in 0..16 {
+        cards.push(w.enroll("jo", DeviceKind::Scc).await);
+    }
+    let card = cards[0];
     let dsc = w.enroll("jo", DeviceKind::DscPlus).await;
 
-    // 16 withdrawals of 20,000 USD at once against the card's 200,000/day.
+    // 16 withdrawals of 20,000 USD at once against the cards' 200,000/day.
     let mut logins = Vec::new();
-    for _ in 0..16 {
-        logins.push(w.login("jo", card).await);
+    for card in &cards {
+        logins.push(w.login("jo", *card).await);
     }
     let mut tasks = Vec::new();
     for (challenge, response) in logins {

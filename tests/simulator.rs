@@ -13,7 +13,7 @@ use support::sls_sim;
 
 /// Limits raised so that a short run is not throttled by its own load, and
 /// a short lockout so that targets come out of it during the run.
-const LOAD_CONFIG: &str = "[challenges]\nper-user-per-minute = 100000\n[lockout]\nfailures = 3\nfirst = \"1s\"\nmax = \"4s\"\n";
+const LOAD_CONFIG: &str = "[challenges]\nper-user-per-minute = 100000\nper-device-per-day = 100000000\n[lockout]\nfailures = 3\nfirst = \"1s\"\nmax = \"4s\"\n";
 
 fn text(output: &Output) -> String {
     format!(

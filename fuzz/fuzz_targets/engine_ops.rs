@@ -26,12 +26,13 @@ use slsd::otp::push::{self, PushSigner};
 use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
 use slsd::store::accounts::Actor;
+use slsd::store::questions::QuestionMemory;
 use slsd::store::registry::{FailureState, Registry};
 use slsd::store::sealed::SecretCipher;
 use slsd::wire::request::{Answer, Pin};
 use slsd::wire::{ChallengeText, EnrollRequest, ErrorCode, Operation, Reply, Verdict};
 
-const CONFIG: &str = "[challenges]\nttl = \"30s\"\nattempts = 3\nper-user-per-minute = 100000\nuser-limit-buckets = 64\n[lockout]\nfailures = 3\nfirst = \"10s\"\nmax = \"40s\"\n[sms]\nttl = \"60s\"\nresend-interval = \"0s\"\nmax-sends = 20\nmax-checks = 3\nsends-per-number-per-hour = 1000000\nsends-per-prefix-per-minute = 1000000\n[push]\nttl = \"20s\"\npending-per-user = 3\n";
+const CONFIG: &str = "[challenges]\nttl = \"30s\"\nattempts = 3\nper-user-per-minute = 100000\nuser-limit-buckets = 64\nper-device-per-day = 20\n[lockout]\nfailures = 3\nfirst = \"10s\"\nmax = \"40s\"\n[sms]\nttl = \"60s\"\nresend-interval = \"0s\"\nmax-sends = 20\nmax-checks = 3\nsends-per-number-per-hour = 1000000\nsends-per-prefix-per-minute = 1000000\n[push]\nttl = \"20s\"\npending-per-user = 3\n";
 /// Alice's verified number.
 const ALICE_NUMBER: &str = "+41 791234567";
 /// The seed of bob's IB Key push key.
@@ -74,9 +75,12 @@ struct Device {
     owner: usize,
     emulated: EmulatedDevice,
     failures: Failures,
+    questions: model::Questions,
 }
 
 struct Open {
+    /// The model's handle of this challenge.
+    key: u64,
     id: ChallengeId,
     device: usize,
     text: ChallengeText,
@@ -99,6 +103,8 @@ struct World {
     users: Vec<Username>,
     devices: Vec<Device>,
     open: Vec<Open>,
+    /// The last handle given to a challenge (`Open::key`).
+    next_key: u64,
     accepted: Vec<(ChallengeId, String)>,
     now: u64,
     last_sweep: u64,
@@ -214,7 +220,9 @@ impl World {
         let ids = fixture.devices.iter().map(|(id, _)| *id);
         for id in ids.chain([fixture.sms_device]) {
             if let Some(device) = fixture.registry.device(id) {
-                *device.failures() = FailureState::default();
+                let mut failures = device.failures();
+                *device.questions(&failures) = QuestionMemory::default();
+                *failures = FailureState::default();
             }
         }
         let devices = DEVICES
@@ -225,6 +233,7 @@ impl World {
                 owner: *owner,
                 emulated: emulated.clone(),
                 failures: Failures::default(),
+                questions: model::Questions::default(),
             })
             .collect();
         let (carrier, phone, gateway) = (
@@ -248,6 +257,7 @@ impl World {
             users: fixture.users.clone(),
             devices,
             open: Vec::new(),
+            next_key: 0,
             accepted: Vec::new(),
             now: START,
             last_sweep: 0,
@@ -306,6 +316,14 @@ impl World {
                 let user = u.int_in_range(0..=1)?;
                 let device = u.choose_index(self.devices.len())?;
                 let id = self.devices[device].id;
+                let owned = self.devices[device].owner == user;
+                let asking = owned.then(|| {
+                    let model = &mut self.devices[device];
+                    let (rules, lockout) = (&self.config.challenges, &self.config.lockout);
+                    model
+                        .questions
+                        .ask(rules, lockout, &mut model.failures, self.now)
+                });
                 let reply = self.call(
                     Role::Gateway,
                     Operation::Challenge {
@@ -313,16 +331,26 @@ impl World {
                         device: id,
                     },
                 );
-                match reply {
-                    Reply::Challenge {
-                        challenge, text, ..
-                    } => {
-                        assert_eq!(
-                            self.devices[device].owner, user,
-                            "a challenge was issued for another user's device"
-                        );
+                match (asking, reply) {
+                    (
+                        Some(model::Asking::Issued { same, .. }),
+                        Reply::Challenge {
+                            challenge, text, ..
+                        },
+                    ) => {
+                        if let Some(same) = same {
+                            assert_eq!(text, same, "the pending question was not asked again");
+                        }
                         let ttl = self.config.challenges.ttl.as_millis() as u64;
+                        self.next_key += 1;
+                        let key = self.next_key;
+                        let fresh =
+                            self.devices[device]
+                                .questions
+                                .issued(key, text.clone(), self.now + ttl);
+                        assert!(fresh, "a question answered right was asked again");
                         self.open.push(Open {
+                            key,
                             id: challenge,
                             device,
                             text,
@@ -333,11 +361,23 @@ impl World {
                             alive: true,
                         });
                     }
-                    Reply::Error {
-                        code: ErrorCode::NotFound,
-                        ..
-                    } => assert_ne!(self.devices[device].owner, user, "own device refused"),
-                    other => panic!("Challenge answered {other:?}"),
+                    (
+                        Some(model::Asking::DailyCap),
+                        Reply::Error {
+                            code: ErrorCode::RateLimited,
+                            ..
+                        },
+                    ) => {}
+                    (
+                        None,
+                        Reply::Error {
+                            code: ErrorCode::NotFound,
+                            ..
+                        },
+                    ) => {}
+                    (asking, other) => {
+                        panic!("Challenge answered {other:?}, the model says {asking:?}")
+                    }
                 }
             }
             op @ (1 | 2) if !self.open.is_empty() => {
@@ -457,15 +497,20 @@ impl World {
             right,
             swept: self.last_sweep >= open.state.expires_at,
             device_expired: false,
+            current: device.questions.is_current(open.key),
             now: self.now,
         };
-        let (expected, stays, _) = model::verify(
+        let (expected, stays, locked) = model::verify(
             &self.config.lockout,
             &mut device.failures,
             &mut open.state,
             attempt,
             &holder,
         );
+        let remembered = self.config.challenges.remembered_questions;
+        device
+            .questions
+            .answered(open.key, &expected, locked.is_some(), remembered);
         assert_eq!(got, expected, "the engine and the model disagree");
         open.alive = stays;
         if matches!(got, Verdict::Accepted { .. }) {
@@ -579,6 +624,7 @@ impl World {
             right,
             swept: self.last_sweep >= sms.state.expires_at,
             device_expired: false,
+            current: true,
             now: self.now,
         };
         let (expected, stays, _) = model::verify(
@@ -701,6 +747,7 @@ impl World {
                 right: how == 0,
                 swept: false,
                 device_expired: false,
+                current: true,
                 now,
             };
             let mut state = model::Challenge {

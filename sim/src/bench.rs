@@ -14,7 +14,7 @@ use crate::report::{Report, RunSetup};
 /// The configuration `sls-sim bench` gives the daemon it starts: limits
 /// raised so that the run measures the service, not its throttles. The
 /// lockout stays as shipped, so the attackers meet the real one.
-pub const BENCH_DAEMON_CONFIG: &str = "[server]\nlisten = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\nrequests-per-connection-per-second = 10000000\nissuance-per-connection-per-second = 10000000\nmax-streams-per-connection = 1024\n[challenges]\nper-user-per-minute = 1000000\n[sms]\nresend-interval = \"0s\"\nsends-per-number-per-hour = 1000000\nsends-per-prefix-per-minute = 100000000\nsends-per-range-per-minute = 100000000\n[push]\npending-per-user = 20\n";
+pub const BENCH_DAEMON_CONFIG: &str = "[server]\nlisten = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\nrequests-per-connection-per-second = 10000000\nissuance-per-connection-per-second = 10000000\nmax-streams-per-connection = 1024\n[challenges]\nper-user-per-minute = 1000000\nper-device-per-day = 100000000\n[sms]\nresend-interval = \"0s\"\nsends-per-number-per-hour = 1000000\nsends-per-prefix-per-minute = 100000000\nsends-per-range-per-minute = 100000000\n[push]\npending-per-user = 20\n";
 
 /// Starts `slsd` on a fresh data directory with [`BENCH_DAEMON_CONFIG`].
 pub fn start_daemon(slsd: &Path, data_dir: &Path) -> std::io::Result<LocalDaemon> {

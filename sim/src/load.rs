@@ -242,7 +242,6 @@ pub(crate) struct Shared {
     pub start: Instant,
     pub deadline: Instant,
     pub members: Vec<Holder>,
-    pub legit: Vec<usize>,
     pub victims: Vec<usize>,
     /// Legitimate users with a verified number / with push, not in an SMS
     /// or push login now: one such login per user at a time, since a user
@@ -251,6 +250,10 @@ pub(crate) struct Shared {
     /// longest-idle user and puts them back at the end.
     sms_users: (Semaphore, Mutex<VecDeque<usize>>),
     push_users: (Semaphore, Mutex<VecDeque<usize>>),
+    /// Legitimate users not in a challenge login now, the same way: a
+    /// device has one current challenge (asking again replaces it), so a
+    /// user runs one challenge login at a time, as a person does.
+    login_users: (Semaphore, Mutex<VecDeque<usize>>),
     inbox: Arc<Inbox>,
     matcher: Arc<Matcher>,
     flows: FlowMix,
@@ -455,10 +458,10 @@ pub async fn run(
         start,
         deadline: start + plan.duration,
         members,
-        legit,
         victims,
         sms_users: (Semaphore::new(sms_users.len()), Mutex::new(sms_users)),
         push_users: (Semaphore::new(push_users.len()), Mutex::new(push_users)),
+        login_users: (Semaphore::new(legit.len()), Mutex::new(legit.into())),
         inbox,
         matcher,
         flows: plan.flows.clone(),
@@ -712,25 +715,20 @@ async fn one_flow(
 ) {
     let list = match roll.flow {
         Flow::Login | Flow::Withdrawal => {
-            let member = shared
-                .legit
-                .get(roll.member % shared.legit.len().max(1))
-                .copied();
             // 1 to 5,000 USD, drawn from the roll: some users reach their
             // kind's limit during a long run, which is part of the test.
             let amount =
                 (roll.flow == Flow::Withdrawal).then(|| (roll.member as u64 % 5_000 + 1) * 100);
-            if let Some(member) = member {
-                login(
-                    shared,
-                    (gateway, verifier),
-                    part,
-                    (member, amount),
-                    roll.pick,
-                    due,
-                )
-                .await;
-            }
+            let (permits, list) = &shared.login_users;
+            let Ok(_permit) = permits.acquire().await else {
+                return;
+            };
+            let Some(member) = lock(list).pop_front() else {
+                return;
+            };
+            let who = (member, amount);
+            login(shared, (gateway, verifier), part, who, roll.pick, due).await;
+            lock(list).push_back(member);
             return;
         }
         Flow::Sms => &shared.sms_users,

@@ -6,12 +6,13 @@
 //! The in-process scenario (`scenario.rs`) and the `engine_ops` fuzz target
 //! both check the engine against it.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use slsd::config::LockoutConfig;
+use slsd::config::{ChallengeConfig, LockoutConfig};
 use slsd::identity::{DeviceId, Username};
 use slsd::profile::DeviceKind;
-use slsd::wire::Verdict;
+use slsd::wire::{ChallengeText, Verdict};
 
 /// A device's failures as the model counts them: a timed throttle that
 /// doubles with each lockout, up to a cap, steps down by one doubling per
@@ -74,6 +75,8 @@ pub struct Attempt {
     pub swept: bool,
     /// The device's validity has ended.
     pub device_expired: bool,
+    /// The challenge is its device's latest (an earlier one is refused).
+    pub current: bool,
     pub now: u64,
 }
 
@@ -84,6 +87,151 @@ pub struct Holder<'a> {
     pub device: DeviceId,
     pub kind: DeviceKind,
 }
+
+/// One wrong answer (or a challenge that expired unanswered) on a device
+/// at `now`; the length of the lockout it starts (`Duration::MAX`: until an
+/// operator unlocks it).
+pub fn fail(rules: &LockoutConfig, failures: &mut Failures, now: u64) -> Option<Duration> {
+    failures.quiet_periods(rules, now);
+    failures.last_failure = now;
+    failures.since_success += 1;
+    failures.consecutive += 1;
+    if failures.since_success >= rules.hard_limit {
+        failures.needs_operator = true;
+        failures.lockouts += 1;
+        failures.consecutive = 0;
+        return Some(Duration::MAX);
+    }
+    if failures.consecutive >= rules.failures {
+        let length = rules
+            .first
+            .saturating_mul(1 << failures.lockouts.min(20))
+            .min(rules.max);
+        failures.lockouts += 1;
+        failures.consecutive = 0;
+        failures.locked_until = now + u64::try_from(length.as_millis()).unwrap_or(u64::MAX / 2);
+        return Some(length);
+    }
+    None
+}
+
+/// What a device is asked, as the rules against challenge shopping say
+/// (DESIGN.md, "Bound guessing"): it keeps an unanswered question until it
+/// is answered right or the device locks, and only its latest challenge
+/// may be answered; a challenge that expired without any answer counts as
+/// a wrong answer when the device is next asked; a question answered right
+/// is not asked again while it is among the last `remembered`; at most
+/// `per_day` challenges a UTC day.
+#[derive(Debug, Clone, Default)]
+pub struct Questions {
+    pending: Option<PendingQuestion>,
+    answered: VecDeque<ChallengeText>,
+    day: u64,
+    today: u32,
+}
+
+#[derive(Debug, Clone)]
+struct PendingQuestion {
+    text: ChallengeText,
+    /// The caller's handle of the one challenge that may answer it.
+    challenge: u64,
+    expires_at: u64,
+    tried: bool,
+}
+
+/// What asking a device must give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Asking {
+    /// Refused: the device's challenges for today are used up.
+    DailyCap,
+    /// Issued: with this question if it is `Some` (the pending one), and
+    /// the lockout that charging an expired unanswered challenge started.
+    Issued {
+        same: Option<ChallengeText>,
+        locked: Option<Duration>,
+    },
+}
+
+impl Questions {
+    /// Asks the device at `now` (charging `failures` as the rules say).
+    pub fn ask(
+        &mut self,
+        rules: &ChallengeConfig,
+        lockout: &LockoutConfig,
+        failures: &mut Failures,
+        now: u64,
+    ) -> Asking {
+        let day = now / DAY_MILLIS;
+        if self.day == day && self.today >= rules.per_device_per_day {
+            return Asking::DailyCap;
+        }
+        if self.day != day {
+            self.day = day;
+            self.today = 0;
+        }
+        self.today += 1;
+        let mut locked = None;
+        if let Some(pending) = &self.pending
+            && pending.expires_at <= now
+            && !pending.tried
+            && !failures.is_locked(now)
+        {
+            locked = fail(lockout, failures, now);
+            if locked.is_some() {
+                self.pending = None;
+            }
+        }
+        Asking::Issued {
+            same: self.pending.as_ref().map(|p| p.text.clone()),
+            locked,
+        }
+    }
+
+    /// The engine asked `text` as challenge `handle`, open until
+    /// `expires_at`; false if that question was answered right lately.
+    pub fn issued(&mut self, handle: u64, text: ChallengeText, expires_at: u64) -> bool {
+        let fresh = !self.answered.contains(&text);
+        self.pending = Some(PendingQuestion {
+            text,
+            challenge: handle,
+            expires_at,
+            tried: false,
+        });
+        fresh
+    }
+
+    /// Whether `handle` is the device's latest challenge.
+    pub fn is_current(&self, handle: u64) -> bool {
+        self.pending.as_ref().is_some_and(|p| p.challenge == handle)
+    }
+
+    /// The current challenge `handle` got `verdict`; `locked` says whether
+    /// that answer started a lockout.
+    pub fn answered(&mut self, handle: u64, verdict: &Verdict, locked: bool, remembered: usize) {
+        if !self.is_current(handle) {
+            return;
+        }
+        match verdict {
+            Verdict::Accepted { .. } => {
+                if let Some(pending) = self.pending.take() {
+                    self.answered.push_back(pending.text);
+                }
+                while self.answered.len() > remembered {
+                    self.answered.pop_front();
+                }
+            }
+            _ if locked => self.pending = None,
+            Verdict::Rejected { .. } => {
+                if let Some(pending) = self.pending.as_mut() {
+                    pending.tried = true;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+const DAY_MILLIS: u64 = 86_400_000;
 
 /// The verdict the rules require, whether the challenge stays open, and
 /// the length of a lockout this attempt starts. Updates `failures` and
@@ -96,7 +244,7 @@ pub fn verify(
     holder: &Holder<'_>,
 ) -> (Verdict, bool, Option<Duration>) {
     let now = attempt.now;
-    if attempt.swept {
+    if attempt.swept || !attempt.current {
         return (Verdict::UnknownChallenge, false, None);
     }
     if challenge.expires_at <= now || attempt.device_expired {
@@ -116,27 +264,7 @@ pub fn verify(
         return (verdict, false, None);
     }
     challenge.attempts_left = challenge.attempts_left.saturating_sub(1);
-    failures.quiet_periods(rules, now);
-    failures.last_failure = now;
-    failures.since_success += 1;
-    failures.consecutive += 1;
-    if failures.since_success >= rules.hard_limit {
-        failures.needs_operator = true;
-        failures.lockouts += 1;
-        failures.consecutive = 0;
-        let verdict = Verdict::LockedOut {
-            retry_after: Duration::MAX,
-        };
-        return (verdict, false, Some(Duration::MAX));
-    }
-    if failures.consecutive >= rules.failures {
-        let length = rules
-            .first
-            .saturating_mul(1 << failures.lockouts.min(20))
-            .min(rules.max);
-        failures.lockouts += 1;
-        failures.consecutive = 0;
-        failures.locked_until = now + u64::try_from(length.as_millis()).unwrap_or(u64::MAX / 2);
+    if let Some(length) = fail(rules, failures, now) {
         let verdict = Verdict::LockedOut {
             retry_after: length,
         };
@@ -183,6 +311,7 @@ mod tests {
                 right: false,
                 swept: false,
                 device_expired: false,
+                current: true,
                 now,
             };
             let (v, stays, _) = verify(&rules, &mut f, &mut c, wrong, &holder);
@@ -201,6 +330,7 @@ mod tests {
             right: true,
             swept: false,
             device_expired: false,
+            current: true,
             now,
         };
         let (v, _, _) = verify(&rules, &mut f, &mut c, right, &holder);

@@ -91,6 +91,12 @@ pub struct ScenarioReport {
     /// Logins of attacked users refused because the attackers had locked
     /// the device (the model says when).
     pub targets_locked_out: u64,
+    /// Challenges refused because the device had been asked
+    /// `challenges.per-device-per-day` times that day (attackers, mostly).
+    pub challenges_over_daily_cap: u64,
+    /// Answers to a challenge the device had been asked again since (an
+    /// attacker asked meanwhile): only the latest can be answered.
+    pub answers_superseded: u64,
     pub invariant_violations: Vec<String>,
     /// SHA-256 over every reply in order: equal digests, identical runs.
     pub digest: String,
@@ -108,6 +114,7 @@ impl ScenarioReport {
              logins accepted: {ok}; late answers refused as expired: {late}; \
              expired devices refused: {gone}\n\
              attackers: {guesses} guesses, {accepts} accepted; targets' logins refused while locked: {locked}\n\
+             challenges over the daily cap: {capped}; answers to a superseded challenge: {superseded}\n\
              lockouts: {lockouts}\n\
              digest: {digest}\n",
             seed = self.seed,
@@ -120,6 +127,8 @@ impl ScenarioReport {
             guesses = self.attacker_guesses,
             accepts = self.attacker_accepts,
             locked = self.targets_locked_out,
+            capped = self.challenges_over_daily_cap,
+            superseded = self.answers_superseded,
             lockouts = lockouts.join(", "),
             digest = self.digest,
         );
@@ -143,6 +152,7 @@ struct ModelDevice {
     emulated: EmulatedDevice,
     expires: Option<u64>,
     failures: model::Failures,
+    questions: model::Questions,
 }
 
 struct ModelUser {
@@ -152,6 +162,8 @@ struct ModelUser {
 }
 
 struct OpenChallenge {
+    /// Its handle in `World::open` (the model's name for it).
+    key: u64,
     user: usize,
     device: usize,
     text: ChallengeText,
@@ -311,6 +323,7 @@ impl World {
                     emulated,
                     expires,
                     failures: model::Failures::default(),
+                    questions: model::Questions::default(),
                 });
             }
             self.users.push(ModelUser {
@@ -445,7 +458,7 @@ impl World {
         else {
             return;
         };
-        let Some((id, text)) = self.challenge(user, device, now) else {
+        let Some(key) = self.challenge(user, device, now) else {
             return;
         };
         // Most answer within a minute; one in ten walks away and answers
@@ -456,7 +469,6 @@ impl World {
         } else {
             self.rng.random_range(5_000..60_000)
         };
-        let key = self.remember(user, device, id, text, now);
         self.schedule(
             now.0 + delay,
             Event::Answer {
@@ -466,33 +478,80 @@ impl World {
         );
     }
 
-    /// Asks a challenge; the model says it must be issued.
-    fn challenge(
-        &mut self,
-        user: usize,
-        device: usize,
-        now: Timestamp,
-    ) -> Option<(ChallengeId, ChallengeText)> {
+    /// Asks a challenge; the model says whether it must be issued, and
+    /// with which question. The issued challenge is remembered under the
+    /// key returned.
+    fn challenge(&mut self, user: usize, device: usize, now: Timestamp) -> Option<u64> {
         let (name, id) = self
             .users
             .get(user)
             .and_then(|u| Some((u.user.clone(), u.devices.get(device)?.id)))?;
-        match self.call(
+        let (rules, lockout) = (self.config.challenges.clone(), self.config.lockout.clone());
+        let model = self.users.get_mut(user)?.devices.get_mut(device)?;
+        let asking = model
+            .questions
+            .ask(&rules, &lockout, &mut model.failures, now.0);
+        let reply = self.call(
             Role::Gateway,
             Operation::Challenge {
                 user: name.clone(),
                 device: id,
             },
             now,
-        ) {
-            Reply::Challenge {
-                challenge, text, ..
-            } => Some((challenge, text)),
-            other => {
-                self.violation(now, format!("{name}: Challenge on {id} got {other:?}"));
+        );
+        match (asking, reply) {
+            (
+                model::Asking::Issued { same, locked },
+                Reply::Challenge {
+                    challenge, text, ..
+                },
+            ) => {
+                if let Some(length) = locked {
+                    self.count_lockout(length);
+                }
+                if same.as_ref().is_some_and(|same| *same != text) {
+                    self.violation(
+                        now,
+                        format!("{name}: device {id} was asked {text:?}, not its pending {same:?}"),
+                    );
+                }
+                let key = self.remember(user, device, challenge, text.clone(), now);
+                let expires_at = self.open.get(&key).map_or(0, |(_, o)| o.expires_at);
+                let model = self.users.get_mut(user)?.devices.get_mut(device)?;
+                if !model.questions.issued(key, text.clone(), expires_at) {
+                    self.violation(
+                        now,
+                        format!("{name}: device {id} was asked {text:?} again after answering it"),
+                    );
+                }
+                Some(key)
+            }
+            (
+                model::Asking::DailyCap,
+                Reply::Error {
+                    code: ErrorCode::RateLimited,
+                    ..
+                },
+            ) => {
+                self.report.challenges_over_daily_cap += 1;
+                None
+            }
+            (asking, other) => {
+                self.violation(
+                    now,
+                    format!("{name}: Challenge on {id} got {other:?}, the model says {asking:?}"),
+                );
                 None
             }
         }
+    }
+
+    fn count_lockout(&mut self, length: Duration) {
+        *self
+            .report
+            .lockouts_by_seconds
+            .entry(length.as_secs())
+            .or_default() += 1;
     }
 
     fn remember(
@@ -510,6 +569,7 @@ impl World {
             (
                 id,
                 OpenChallenge {
+                    key: self.next_open,
                     user,
                     device,
                     text,
@@ -526,6 +586,11 @@ impl World {
         let Some((id, open)) = self.open.remove(&key) else {
             return;
         };
+        let current = self
+            .users
+            .get(user)
+            .and_then(|u| u.devices.get(open.device))
+            .is_some_and(|d| d.questions.is_current(key));
         let Some(code) = self
             .users
             .get(user)
@@ -537,6 +602,7 @@ impl World {
         let (verdict, _) = self.verify(id, open, code.as_str(), now);
         match verdict {
             Verdict::Accepted { .. } => self.report.logins_accepted += 1,
+            Verdict::UnknownChallenge if !current => self.report.answers_superseded += 1,
             // Refused for lateness: expired, or already swept away.
             Verdict::Expired | Verdict::UnknownChallenge => self.report.late_answers_expired += 1,
             Verdict::LockedOut { .. } => self.report.targets_locked_out += 1,
@@ -557,10 +623,9 @@ impl World {
         if expired {
             return;
         }
-        let Some((id, text)) = self.challenge(user, device, now) else {
+        let Some(key) = self.challenge(user, device, now) else {
             return;
         };
-        let key = self.remember(user, device, id, text, now);
         let Some((id, mut open)) = self.open.remove(&key) else {
             return;
         };
@@ -632,6 +697,7 @@ impl World {
             right,
             swept,
             device_expired: device.expires.is_some_and(|end| end <= now.0),
+            current: device.questions.is_current(open.key),
             now: now.0,
         };
         let holder = model::Holder {
@@ -647,15 +713,15 @@ impl World {
             &holder,
         );
         open.attempts_left = challenge.attempts_left;
+        let remembered = self.config.challenges.remembered_questions;
+        device
+            .questions
+            .answered(open.key, &expected, locked.is_some(), remembered);
+        let id = device.id;
         if let Some(length) = locked {
-            *self
-                .report
-                .lockouts_by_seconds
-                .entry(length.as_secs())
-                .or_default() += 1;
+            self.count_lockout(length);
         }
         if got != expected {
-            let id = device.id;
             self.violation(
                 now,
                 format!("{name}: device {id} answered {got:?}, the model says {expected:?}"),

@@ -859,7 +859,10 @@ impl Engine {
         if let Some(refused) = questions.cap_reached(now, limits) {
             return Err(daily_cap(refused));
         }
-        let charged = questions.expired_unanswered(now);
+        // As a wrong answer given now would be: not counted while the
+        // device is locked (asking during a lockout must not add failures
+        // faster than answering could).
+        let charged = questions.expired_unanswered(now) && failures.locked_until <= now;
         let locked = charged && next_failure(&self.config.lockout, failures, now).is_some();
         if locked {
             questions.forget_pending();

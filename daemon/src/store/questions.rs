@@ -10,7 +10,8 @@
 //!   question, and the earlier id stops being answerable (a device has one
 //!   current challenge);
 //! - a challenge that **expired without any answer** counts as one wrong
-//!   answer, charged when the device is next challenged;
+//!   answer, charged when the device is next challenged (unless it is
+//!   locked then: a wrong answer would not count either);
 //! - the last `challenges.remembered-questions` questions answered right
 //!   are **never issued again**;
 //! - at most `challenges.per-device-per-day` challenges a UTC day.
@@ -94,7 +95,10 @@ fn fingerprint(question: &Question) -> Option<u64> {
             // question from being issued.
             let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
             let mut first = [0u8; 8];
-            first.copy_from_slice(&digest.as_ref()[..8]);
+            first
+                .iter_mut()
+                .zip(digest.as_ref())
+                .for_each(|(to, from)| *to = *from);
             Some(u64::from_be_bytes(first) | 1 << 63)
         }
         Question::Code => None,
