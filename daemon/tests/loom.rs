@@ -223,31 +223,45 @@ fn racing_wrong_answers_never_get_more_checks_than_attempts() {
 }
 
 #[test]
-fn racing_failures_on_one_device_lock_it_exactly_once() {
-    let fixture = Arc::new(fixture(
-        "[challenges]\nuser-limit-buckets = 1\n[lockout]\nfailures = 2\nfirst = \"60s\"\n",
-    ));
+fn a_wrong_answer_racing_a_new_challenge_is_counted_once_and_the_question_kept() {
+    // A device has one current challenge: asking again replaces it (under
+    // the device's failure lock, then its question lock, while `verify`
+    // holds the challenge's shard lock first). In either order the
+    // failure counts once or not at all, and the question stays.
+    let fixture = Arc::new(fixture("[challenges]\nuser-limit-buckets = 1\n"));
     loom::model(move || {
         let engine = fixture.engine();
-        let first = fixture.challenge(&engine, T0).0;
-        let second = fixture.challenge(&engine, Timestamp(T0.0 + 1)).0;
-        let ids = [first, second];
-        let (a, b) = both(&engine, move |engine, n| {
-            verify(engine, ids[n], "000000", T0)
+        let (first, right) = fixture.challenge(&engine, T0);
+        let asker = Arc::clone(&fixture);
+        let (answered, asked) = both(&engine, move |engine, n| match n {
+            0 => Err(verify(engine, first, "000000", T0)),
+            // Another moment: another random id.
+            _ => Ok(asker.challenge(engine, Timestamp(T0.0 + 1))),
         });
-        let locked = [&a, &b]
-            .iter()
-            .filter(|v| matches!(v, Verdict::LockedOut { .. }))
-            .count();
-        let rejected = [&a, &b]
-            .iter()
-            .filter(|v| matches!(v, Verdict::Rejected { .. }))
-            .count();
-        assert_eq!((locked, rejected), (1, 1), "{a:?} {b:?}");
-        let state = *engine.registry().device(fixture.device).unwrap().failures();
-        assert_eq!(state.lockouts, 1);
-        assert_eq!(state.consecutive, 0);
-        assert!(state.locked_until > T0);
+        let (Err(answered), Ok((second, again))) = (answered, asked) else {
+            panic!("each thread does its own part")
+        };
+        let counted = match answered {
+            Verdict::Rejected { .. } => 1,
+            Verdict::UnknownChallenge => 0,
+            other => panic!("{other:?}"),
+        };
+        let failures = engine
+            .registry()
+            .device(fixture.device)
+            .unwrap()
+            .failures()
+            .consecutive;
+        assert_eq!(failures, counted);
+        assert_eq!(again, right, "the unanswered question is asked again");
+        assert_eq!(
+            verify(&engine, first, &right, T0),
+            Verdict::UnknownChallenge
+        );
+        assert!(matches!(
+            verify(&engine, second, &right, T0),
+            Verdict::Accepted { .. }
+        ));
     });
 }
 

@@ -790,7 +790,19 @@ impl Engine {
             // comes first in `verify`): the replaced challenge could no
             // longer be accepted anyway, this only frees its slot.
             if let Some(old) = asked.superseded {
-                self.challenges.resolve(old, |_| ((), Disposition::Remove));
+                // Only if it is this device's (an id that collided was never
+                // stored as ours).
+                self.challenges.resolve(old, |open| {
+                    let ours = open.device == device.id;
+                    (
+                        (),
+                        if ours {
+                            Disposition::Remove
+                        } else {
+                            Disposition::Keep
+                        },
+                    )
+                });
             }
             let text = shown(&asked.open.question);
             let reply = match self.challenges.insert(id, asked.open) {
