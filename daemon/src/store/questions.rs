@@ -21,6 +21,9 @@
 //! record per device ([`QuestionMemory::encode`]).
 
 use std::collections::VecDeque;
+use std::hash::Hasher;
+
+use siphasher::sip::SipHasher13;
 
 use crate::clock::Timestamp;
 use crate::identity::ChallengeId;
@@ -48,6 +51,8 @@ pub struct QuestionLimits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Pending {
     question: Question,
+    /// Its fingerprint, computed once.
+    print: Option<u64>,
     /// The one challenge that may still be answered.
     challenge: ChallengeId,
     expires_at: Timestamp,
@@ -91,15 +96,13 @@ fn fingerprint(question: &Question) -> Option<u64> {
     match question {
         Question::Card(pick) => Some(u64::from(pick.first()) << 16 | u64::from(pick.second())),
         Question::Ocra(text) => {
-            // Eight bytes of SHA-256: a collision only keeps one more
-            // question from being issued.
-            let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-            let mut first = [0u8; 8];
-            first
-                .iter_mut()
-                .zip(digest.as_ref())
-                .for_each(|(to, from)| *to = *from);
-            Some(u64::from_be_bytes(first) | 1 << 63)
+            // SipHash under a fixed key: stable across nodes and restarts
+            // (a shared store keeps it), and questions are the server's
+            // random draws, so nobody picks collisions; one only keeps one
+            // more question from being asked.
+            let mut hasher = SipHasher13::new_with_keys(0x736c_7371, 0x7565_7374);
+            hasher.write(text.as_bytes());
+            Some(hasher.finish() | 1 << 63)
         }
         Question::Code => None,
     }
@@ -148,12 +151,16 @@ impl QuestionMemory {
             self.issued_today = 0;
         }
         self.issued_today += 1;
-        let (question, superseded) = match self.pending.take() {
-            Some(pending) => (pending.question, Some(pending.challenge)),
-            None => (self.fresh(&mut draw), None),
+        let (question, print, superseded) = match self.pending.take() {
+            Some(pending) => (pending.question, pending.print, Some(pending.challenge)),
+            None => {
+                let (question, print) = self.fresh(&mut draw);
+                (question, print, None)
+            }
         };
         self.pending = Some(Pending {
             question: question.clone(),
+            print,
             challenge: id,
             expires_at,
             tried: false,
@@ -167,18 +174,22 @@ impl QuestionMemory {
     /// A draw not among the questions answered right lately. Should every
     /// draw be remembered (a question space about the memory's size), the
     /// last draw is issued and forgotten from the memory.
-    fn fresh(&mut self, draw: &mut impl FnMut() -> Question) -> Question {
+    fn fresh(&mut self, draw: &mut impl FnMut() -> Question) -> (Question, Option<u64>) {
         let mut question = draw();
+        let mut print = fingerprint(&question);
         for _ in 1..DRAWS {
-            match fingerprint(&question) {
-                Some(print) if self.answered.contains(&print) => question = draw(),
-                _ => return question,
+            match print {
+                Some(p) if self.answered.contains(&p) => {
+                    question = draw();
+                    print = fingerprint(&question);
+                }
+                _ => return (question, print),
             }
         }
-        if let Some(print) = fingerprint(&question) {
-            self.answered.retain(|p| *p != print);
+        if let Some(p) = print {
+            self.answered.retain(|a| *a != p);
         }
-        question
+        (question, print)
     }
 
     /// Whether `id` is the device's current challenge, the only one that
@@ -193,7 +204,7 @@ impl QuestionMemory {
         if !self.is_current(id) {
             return;
         }
-        if let Some(print) = self.pending.take().and_then(|p| fingerprint(&p.question)) {
+        if let Some(print) = self.pending.take().and_then(|p| p.print) {
             self.answered.push_back(print);
         }
         while self.answered.len() > limits.remembered {
@@ -243,12 +254,18 @@ impl QuestionMemory {
         let counts = r.u64("counts").ok()?;
         let pending = match r.u8("pending").ok()? {
             0 => None,
-            tag @ (1 | 2) => Some(Pending {
-                tried: tag == 2,
-                challenge: ChallengeId(r.u64("challenge").ok()?),
-                expires_at: Timestamp(r.u64("expires at").ok()?),
-                question: decode_question(&mut r)?,
-            }),
+            tag @ (1 | 2) => {
+                let challenge = ChallengeId(r.u64("challenge").ok()?);
+                let expires_at = Timestamp(r.u64("expires at").ok()?);
+                let question = decode_question(&mut r)?;
+                Some(Pending {
+                    tried: tag == 2,
+                    challenge,
+                    expires_at,
+                    print: fingerprint(&question),
+                    question,
+                })
+            }
             _ => return None,
         };
         let remembered = r.u16("remembered").ok()?;
