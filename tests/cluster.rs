@@ -853,12 +853,23 @@ async fn a_push_asked_on_one_node_is_approved_by_a_phone_on_the_other() {
         push_and_wait(&gateway_b, &gateway_a, &matcher, "gina", gina).await,
         Verdict::Denied
     );
-    // A wrong number counts toward the lockout.
+    // "Not me" and a wrong number count toward the lockout: the third
+    // failure (deploy's `lockout.failures`) locks the device.
     app.set_behaviour(gina, phone::Behaviour::WrongNumber);
     assert_eq!(
         push_and_wait(&gateway_a, &gateway_a, &matcher, "gina", gina).await,
         Verdict::Rejected { attempts_left: 0 }
     );
+    assert!(matches!(
+        push_and_wait(&gateway_b, &gateway_b, &matcher, "gina", gina).await,
+        Verdict::LockedOut { .. }
+    ));
+    // An operator unlocks it for what follows.
+    let unlock = Operation::Unlock {
+        user: user("gina"),
+        device: Some(gina),
+    };
+    assert_eq!(admin.call(unlock).await.unwrap(), Reply::Done);
 
     // A verdict is handed out once: the second waiter of an answered push
     // finds nothing.

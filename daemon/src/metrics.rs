@@ -29,6 +29,8 @@ pub const CLOSED_CONNECTIONS: &str = "sls_closed_connections_total";
 pub const COMMIT_BATCH: &str = "sls_commit_batch_size";
 /// Phone proofs (subscription, approval) that did not verify, by `operation`.
 pub const BAD_PROOFS: &str = "sls_bad_proofs_total";
+/// Pushes the phone answered "this was not me" (each counts as a failure).
+pub const PUSH_DENIED: &str = "sls_push_denied_total";
 /// Live SMS/voice codes, unanswered pushes, messages awaiting a carrier
 /// acknowledgement, connected bridges and phones right now.
 pub const LIVE_CODES: &str = "sls_live_codes";

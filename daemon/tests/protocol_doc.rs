@@ -100,7 +100,6 @@ fn examples() -> BTreeMap<&'static str, Example> {
                     push: PushId(0x1111_2222_3333_4444),
                     user: jdoe(),
                     device: DeviceId(8),
-                    choices: [17, 42, 93],
                     expires_in: Duration::from_secs(60),
                 },
             ),

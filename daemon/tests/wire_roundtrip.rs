@@ -435,15 +435,14 @@ fn reply() -> impl Strategy<Value = Reply> {
                 text: Answer::new(&text),
             }
         }),
-        (any::<u64>(), username(), 1u64.., any::<[u8; 3]>(), millis()).prop_map(
-            |(p, user, d, choices, expires_in)| Reply::PushNotice {
+        (any::<u64>(), username(), 1u64.., millis()).prop_map(|(p, user, d, expires_in)| {
+            Reply::PushNotice {
                 push: PushId(p),
                 user,
                 device: DeviceId(d),
-                choices,
                 expires_in,
             }
-        ),
+        }),
         (
             prop::sample::select(ErrorCode::ALL.to_vec()),
             millis(),

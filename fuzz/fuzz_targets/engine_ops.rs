@@ -52,7 +52,6 @@ struct Sms {
 struct Push {
     id: PushId,
     match_number: u8,
-    choices: [u8; 3],
     expires_at: u64,
     /// The phone's answer, until a gateway collects it.
     answered: Option<Verdict>,
@@ -677,18 +676,14 @@ impl World {
         else {
             panic!("Push: {reply:?}");
         };
-        let Some(Reply::PushNotice { push, choices, .. }) = self.phone.take().pop() else {
+        let Some(Reply::PushNotice { push, .. }) = self.phone.take().pop() else {
             panic!("the phone got no notice");
         };
         assert_eq!(push, id);
-        assert!(
-            choices.contains(&match_number),
-            "the shown number is a choice"
-        );
+        assert!((10..100).contains(&match_number), "a two-digit number");
         self.pushes.push(Push {
             id,
             match_number,
-            choices,
             expires_at: now + self.config.push.ttl.as_millis() as u64,
             answered: None,
             waiting: false,
@@ -699,12 +694,13 @@ impl World {
     /// The phone answers: 0 right, 1 a wrong number, 2 a bad proof, 3 deny.
     fn answer_push(&mut self, index: usize, how: u8) {
         let device = self.devices[2].id;
-        let (id, shown, choices) = {
+        let (id, shown) = {
             let p = &self.pushes[index];
-            (p.id, p.match_number, p.choices)
+            (p.id, p.match_number)
         };
+        // The number typed: another two-digit one for a wrong number.
         let chosen = match how {
-            1 => choices.into_iter().find(|c| *c != shown).unwrap(),
+            1 => 10 + (shown - 10 + 1) % 90,
             _ => shown,
         };
         let signer = PushSigner::from_seed(if how == 2 { [1; 32] } else { PUSH_SEED });
@@ -736,6 +732,11 @@ impl World {
         }
         let verdict = if how == 3 {
             assert_eq!(reply, Reply::Done);
+            // "Not me" counts as a wrong answer, unless the device is locked.
+            let failures = &mut self.devices[2].failures;
+            if failures.locked_for(now).is_zero() {
+                model::fail(&self.config.lockout, failures, now);
+            }
             Verdict::Denied
         } else {
             let holder = Holder {

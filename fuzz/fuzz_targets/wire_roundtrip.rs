@@ -224,7 +224,6 @@ fn response(u: &mut Unstructured<'_>) -> Result<Response> {
             push: PushId(u.arbitrary()?),
             user: username(u)?,
             device: device(u)?,
-            choices: u.arbitrary()?,
             expires_in: millis(u)?,
         },
         0 => Reply::Devices {

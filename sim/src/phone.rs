@@ -242,10 +242,7 @@ struct Answerer {
 impl Answerer {
     fn notice(&self, reply: Reply) {
         let Reply::PushNotice {
-            push: id,
-            device,
-            choices,
-            ..
+            push: id, device, ..
         } = reply
         else {
             return;
@@ -270,10 +267,9 @@ impl Answerer {
                     let Some(shown) = this.matcher.number(id).await else {
                         return;
                     };
+                    // The number the user types (the login page shows it).
                     let chosen = match behaviour {
-                        Behaviour::WrongNumber => {
-                            choices.into_iter().find(|c| *c != shown).unwrap_or(shown)
-                        }
+                        Behaviour::WrongNumber => 10 + (shown.saturating_sub(10) + 1) % 90,
                         _ => shown,
                     };
                     let message = push::approve_message(id, device, chosen);

@@ -112,7 +112,6 @@ impl PushTable {
         device: DeviceId,
         push: PushId,
         user: &Username,
-        choices: [u8; 3],
         expires_in: std::time::Duration,
     ) -> bool {
         let phones = self.phones();
@@ -123,7 +122,6 @@ impl PushTable {
                     push,
                     user: user.clone(),
                     device,
-                    choices,
                     expires_in,
                 },
             };
@@ -193,18 +191,85 @@ pub(super) fn shutting_down(sink: &Arc<dyn Sink>, request: u64) {
     let _ = sink.deliver(frame);
 }
 
-/// A match number (10–99) and the three choices the phone shows: it and
-/// two decoys, distinct from it and from each other, in random order.
-pub(super) fn draw_choices<R: CryptoRng + ?Sized>(rng: &mut R) -> (u8, [u8; 3]) {
-    let match_number: u8 = rng.random_range(10..100);
-    let first = 10 + (match_number - 10 + rng.random_range(1..90)) % 90;
-    let mut second = rng.random_range(10..100);
-    while second == match_number || second == first {
-        second = rng.random_range(10..100);
+/// The number the login page shows and the user types into the phone
+/// (10–99): a blind approval guesses it once in 90.
+pub(super) fn draw_match_number<R: CryptoRng + ?Sized>(rng: &mut R) -> u8 {
+    rng.random_range(10..100)
+}
+
+/// What the phone answered to a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PushAnswer {
+    /// "This was not me."
+    Denied,
+    /// An approval: whether its number and signature were right.
+    Approved { right: bool },
+}
+
+/// What a phone's answer decides, on either store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct PushDecision {
+    /// `None`: accepted (the caller names the user and device).
+    pub refused: Option<Verdict>,
+    /// The device's failure state changed (to persist).
+    pub failures_changed: bool,
+    /// The answer started a lockout.
+    pub locked: bool,
+}
+
+/// Judges a phone's answer against the device's `failures` at `now`,
+/// changing them as the rules say: a right approval clears them; a wrong
+/// number, a bad signature or "not me" counts as a wrong answer (a denied
+/// push is someone else's login attempt, and a phone that denies every
+/// push is the owner saying so) — except while the device is locked, when
+/// nothing counts, as for challenges.
+pub(super) fn decide_push(
+    lockout: &crate::config::LockoutConfig,
+    failures: &mut FailureState,
+    answer: PushAnswer,
+    now: Timestamp,
+) -> PushDecision {
+    let locked_now = failures.locked_until > now;
+    let unchanged = |refused| PushDecision {
+        refused,
+        failures_changed: false,
+        locked: false,
+    };
+    match answer {
+        PushAnswer::Denied if locked_now => unchanged(Some(Verdict::Denied)),
+        PushAnswer::Approved { .. } if locked_now => unchanged(Some(Verdict::LockedOut {
+            retry_after: failures.locked_for(now),
+        })),
+        PushAnswer::Approved { right: true } => {
+            let changed = *failures != FailureState::default();
+            *failures = FailureState::default();
+            PushDecision {
+                refused: None,
+                failures_changed: changed,
+                locked: false,
+            }
+        }
+        PushAnswer::Approved { right: false } | PushAnswer::Denied => {
+            let lock = super::next_failure(lockout, failures, now);
+            let refused = match (answer, lock) {
+                (PushAnswer::Denied, _) => Verdict::Denied,
+                (_, Some(retry_after)) => Verdict::LockedOut { retry_after },
+                (_, None) => Verdict::Rejected { attempts_left: 0 },
+            };
+            PushDecision {
+                refused: Some(refused),
+                failures_changed: true,
+                locked: lock.is_some(),
+            }
+        }
     }
-    let mut choices = [match_number, first, second];
-    choices.swap(0, rng.random_range(0..3));
-    (match_number, choices)
+}
+
+/// Counts a settled "not me" (`sls_push_denied_total`).
+pub(super) fn count_denied(decision: &PushDecision) {
+    if decision.refused == Some(Verdict::Denied) {
+        metrics::counter!(crate::metrics::PUSH_DENIED).increment(1);
+    }
 }
 
 /// The one refusal of a subscription whose proof does not verify, whether
@@ -332,11 +397,9 @@ impl Engine {
         while sessions.pushes.contains_key(&id) {
             id = PushId(rng.next_u64());
         }
-        let (match_number, choices) = draw_choices(rng);
+        let match_number = draw_match_number(rng);
 
-        let delivered = self
-            .pushes
-            .notify(device.id, id, user, choices, push_config.ttl);
+        let delivered = self.pushes.notify(device.id, id, user, push_config.ttl);
         if !delivered {
             return Reply::error(
                 ErrorCode::PhoneUnreachable,
@@ -449,40 +512,29 @@ impl Engine {
         else {
             return Reply::error(ErrorCode::NotFound, "the push was answered or expired").into();
         };
-        let mut persist = None;
-        let verdict = match (approval, signed) {
+        let given = match (approval, signed) {
             (Some((chosen, _)), Some(signed)) => {
-                let mut failures = device.failures();
-                if failures.locked_until > now {
-                    Verdict::LockedOut {
-                        retry_after: failures.locked_for(now),
-                    }
-                } else if signed & (chosen == match_number) {
-                    if *failures != FailureState::default() {
-                        *failures = FailureState::default();
-                        persist = Some(device.id);
-                    }
-                    Verdict::Accepted {
-                        user: session.user.clone(),
-                        device: device.id,
-                        kind: device.kind,
-                    }
-                } else {
-                    if !signed {
-                        metrics::counter!(crate::metrics::BAD_PROOFS, "operation" => "approve")
-                            .increment(1);
-                    }
-                    persist = Some(device.id);
-                    match self.record_failure(&mut failures, now) {
-                        Some(length) => Verdict::LockedOut {
-                            retry_after: length,
-                        },
-                        None => Verdict::Rejected { attempts_left: 0 },
-                    }
+                if !signed {
+                    metrics::counter!(crate::metrics::BAD_PROOFS, "operation" => "approve")
+                        .increment(1);
+                }
+                PushAnswer::Approved {
+                    right: signed & (chosen == match_number),
                 }
             }
-            _ => Verdict::Denied,
+            _ => PushAnswer::Denied,
         };
+        let decision = decide_push(&self.config.lockout, &mut device.failures(), given, now);
+        count_denied(&decision);
+        if decision.locked {
+            self.count_lockout();
+        }
+        let persist = decision.failures_changed.then_some(device.id);
+        let verdict = decision.refused.unwrap_or_else(|| Verdict::Accepted {
+            user: session.user.clone(),
+            device: device.id,
+            kind: device.kind,
+        });
         let user = session.user.clone();
         match session.waiter.take() {
             Some((sink, request)) if !sink.is_closed() => {

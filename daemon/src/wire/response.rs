@@ -82,8 +82,6 @@ pub enum Reply {
         push: PushId,
         user: Username,
         device: DeviceId,
-        /// The numbers the phone offers; one is the login's.
-        choices: [u8; 3],
         expires_in: Duration,
     },
     /// To `AuthorizeWithdrawal`: approved and booked; what is left under
@@ -726,7 +724,6 @@ impl Response {
                 push: PushId(r.u64("push id")?),
                 user: username(&mut r, "user")?,
                 device: DeviceId(r.u64("device")?),
-                choices: [r.u8("choice")?, r.u8("choice")?, r.u8("choice")?],
                 expires_in: Duration::from_millis(r.u64("expires in")?),
             },
             0x7f => {
@@ -964,15 +961,11 @@ impl Response {
                 push,
                 user,
                 device,
-                choices,
                 expires_in,
             } => {
                 out.put_u64(push.0);
                 out.put_bytes(user.as_str().as_bytes());
                 out.put_u64(device.0);
-                for choice in choices {
-                    out.put_u8(*choice);
-                }
                 out.put_u64(millis(*expires_in));
             }
             Reply::Enrolled { device, secret } => {

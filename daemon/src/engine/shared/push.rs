@@ -22,14 +22,14 @@ use std::time::Duration;
 
 use rand::CryptoRng;
 
-use super::super::push::{answer, draw_choices};
-use super::super::{Caller, Engine, Sink, accepted_by, next_failure};
+use super::super::push::{PushAnswer, answer, count_denied, decide_push, draw_match_number};
+use super::super::{Caller, Engine, Sink, accepted_by};
 use crate::clock::Timestamp;
 use crate::identity::{DeviceId, PushId, Username};
 use crate::otp::push::{self, Signature};
 use crate::profile::DeviceKind;
 use crate::store::redis::Change;
-use crate::store::registry::{FailureState, StoreError};
+use crate::store::registry::StoreError;
 use crate::store::shared::{EXPIRED_GRACE, Handle, SharedStore, UserRecord, failure_state};
 use crate::wire::codec::{Put, Reader};
 use crate::wire::{ErrorCode, Reply, Response, Verdict};
@@ -128,7 +128,6 @@ enum Handed {
         push: PushId,
         user: Username,
         device: DeviceId,
-        choices: [u8; 3],
         expires_at: Timestamp,
     },
     /// The verdict for the gateway waiting here on the push (taken from
@@ -144,14 +143,12 @@ impl Handed {
                 push,
                 user,
                 device,
-                choices,
                 expires_at,
             } => {
                 out.put_u8(NOTICE);
                 out.put_u64(push.0);
                 out.put_bytes(user.as_str().as_bytes());
                 out.put_u64(device.0);
-                out.extend_from_slice(choices);
                 out.put_u64(expires_at.0);
             }
             Self::Verdict(push, verdict) => {
@@ -170,11 +167,6 @@ impl Handed {
                 push: PushId(r.u64("push").ok()?),
                 user: Username::new(r.str("user").ok()?).ok()?,
                 device: DeviceId(r.u64("device").ok()?),
-                choices: [
-                    r.u8("choice").ok()?,
-                    r.u8("choice").ok()?,
-                    r.u8("choice").ok()?,
-                ],
                 expires_at: Timestamp(r.u64("expires at").ok()?),
             },
             VERDICT => Self::Verdict(
@@ -285,7 +277,7 @@ impl Engine {
                 "too many unanswered pushes for this user",
             ));
         }
-        let (match_number, choices) = draw_choices(rng);
+        let match_number = draw_match_number(rng);
         let session = SharedPush {
             user: user.clone(),
             device: device.id,
@@ -309,7 +301,6 @@ impl Engine {
             push: id,
             user: user.clone(),
             device: device.id,
-            choices,
             expires_at,
         };
         store.send_to_node(&node, &notice.encode()).await?;
@@ -445,40 +436,23 @@ impl Engine {
                     "the push was answered or expired",
                 ));
             }
-            let failures = failure_state(device_id, failures_record)?;
-            let right = match (approval, signed) {
-                (Some((chosen, _)), Some(signed)) => {
-                    Some(signed & (chosen == session.match_number))
-                }
-                _ => None,
+            let mut failures = failure_state(device_id, failures_record)?;
+            let given = match (approval, signed) {
+                (Some((chosen, _)), Some(signed)) => PushAnswer::Approved {
+                    right: signed & (chosen == session.match_number),
+                },
+                _ => PushAnswer::Denied,
             };
-            let (verdict, failures_change) = match right {
-                None => (Verdict::Denied, Change::Keep),
-                Some(_) if failures.locked_until > now => (
-                    Verdict::LockedOut {
-                        retry_after: failures.locked_for(now),
-                    },
-                    Change::Keep,
-                ),
-                Some(true) => {
-                    let cleared = if failures == FailureState::default() {
-                        Change::Keep
-                    } else {
-                        Change::Set(FailureState::default().encode(), None)
-                    };
-                    (accepted_by(&session.user, &device), cleared)
-                }
-                Some(false) => {
-                    let mut after = failures;
-                    let verdict = match next_failure(&self.config.lockout, &mut after, now) {
-                        Some(retry_after) => Verdict::LockedOut { retry_after },
-                        None => Verdict::Rejected { attempts_left: 0 },
-                    };
-                    (verdict, Change::Set(after.encode(), None))
-                }
+            let decision = decide_push(&self.config.lockout, &mut failures, given, now);
+            let failures_change = if decision.failures_changed {
+                Change::Set(failures.encode(), None)
+            } else {
+                Change::Keep
             };
-            let counts_lockout = matches!(failures_change, Change::Set(..))
-                && matches!(verdict, Verdict::LockedOut { .. });
+            let verdict = decision
+                .refused
+                .clone()
+                .unwrap_or_else(|| accepted_by(&session.user, &device));
             // With a gateway waiting, the verdict is taken for it here, in
             // the same write (the session ends), and handed to its node;
             // otherwise it stays in the session for an `AwaitPush` to take.
@@ -497,9 +471,10 @@ impl Engine {
             if !store.write_user(&user, &changes, true).await? {
                 continue;
             }
-            if counts_lockout {
+            if decision.locked {
                 self.count_lockout();
             }
+            count_denied(&decision);
             store.release_push(&session.user, id).await?;
             if let Some(node) = waiter {
                 let handed = Handed::Verdict(id, verdict.clone());
@@ -538,12 +513,11 @@ impl Engine {
                     push,
                     user,
                     device,
-                    choices,
                     expires_at,
                 }) => {
                     // A phone that left meanwhile misses it; the push expires.
                     self.pushes
-                        .notify(device, push, &user, choices, now.until(expires_at));
+                        .notify(device, push, &user, now.until(expires_at));
                 }
                 Some(Handed::Verdict(push, verdict)) => {
                     // A gateway that left meanwhile cannot be told.
