@@ -15,6 +15,7 @@ use slsd::engine::Role;
 use slsd::identity::{ChallengeId, DeviceId, Username};
 use slsd::otp::SecretKey;
 use slsd::profile::{DeviceKind, DeviceProfiles};
+use slsd::wire::Page;
 use slsd::wire::request::{Answer, Pin};
 use slsd::wire::{ChallengeText, DeviceEntry, EnrollRequest, Operation, Reply, Verdict};
 use support::daemon::Daemon;
@@ -52,7 +53,10 @@ fn answer(text: &ChallengeText) -> String {
 /// `name`'s devices as the operator lists them.
 async fn listed(admin: &Client, name: &str) -> Vec<DeviceEntry> {
     match admin
-        .call(Operation::ListDevices { user: user(name) })
+        .call(Operation::ListDevices {
+            user: user(name),
+            page: Page::first(500),
+        })
         .await
         .unwrap()
     {

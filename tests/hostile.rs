@@ -20,6 +20,7 @@ use sls_sim::client::{Client, Pipeline};
 use slsd::engine::Role;
 use slsd::identity::{DeviceId, Username};
 use slsd::profile::DeviceKind;
+use slsd::wire::Page;
 use slsd::wire::request::{Answer, Pin};
 use slsd::wire::{EnrollRequest, ErrorCode, Operation, Reply, Verdict};
 use support::daemon::Daemon;
@@ -97,7 +98,10 @@ async fn assert_durable(daemon: Daemon, device: DeviceId) {
     let daemon = tokio::task::block_in_place(|| daemon.restart());
     let admin = daemon.client(Role::Admin).await;
     let Reply::Devices { devices, .. } = admin
-        .call(Operation::ListDevices { user: user("jdoe") })
+        .call(Operation::ListDevices {
+            user: user("jdoe"),
+            page: Page::first(500),
+        })
         .await
         .unwrap()
     else {

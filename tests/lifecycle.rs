@@ -21,6 +21,7 @@ use slsd::otp::SecretKey;
 use slsd::otp::push::{PushSigner, reactivate_message};
 use slsd::phone::PhoneNumber;
 use slsd::profile::DeviceKind;
+use slsd::wire::Page;
 use slsd::wire::request::{Answer, Pin};
 use slsd::wire::{
     ActivationRoute, ChallengeText, DeviceStatus, EnrollRequest, ErrorCode, Identification,
@@ -233,8 +234,11 @@ impl World {
     /// Every device of the user, with its state (the operator's list).
     async fn all_devices(&self, name: &str) -> Vec<(DeviceId, DeviceStatus)> {
         Self::entries(
-            self.admin(Operation::ListDevices { user: user(name) })
-                .await,
+            self.admin(Operation::ListDevices {
+                user: user(name),
+                page: Page::first(500),
+            })
+            .await,
         )
         .1
     }
@@ -795,11 +799,12 @@ async fn sharing_a_physical_device_follows_the_rules() {
         w.devices("spouse").await.1,
         vec![(owner_dsc, DeviceStatus::Active)]
     );
+    // The operator's list is by device id (the owner's DSC+ came first).
     assert_eq!(
         w.all_devices("spouse").await,
         vec![
-            (own_card, DeviceStatus::Suspended),
-            (owner_dsc, DeviceStatus::Active)
+            (owner_dsc, DeviceStatus::Active),
+            (own_card, DeviceStatus::Suspended)
         ]
     );
     assert!(w.logs_in("spouse", owner_dsc).await);
@@ -828,7 +833,13 @@ async fn sharing_a_physical_device_follows_the_rules() {
             active: false
         }
     );
-    assert_eq!(w.admin(Operation::Shares).await, Reply::Shares(Vec::new()));
+    assert_eq!(
+        w.admin(Operation::Shares {
+            page: Page::first(500),
+        })
+        .await,
+        Reply::Shares(Vec::new())
+    );
     assert!(w.logs_in("spouse", own_card).await);
 
     // A less secure device than the requester's own is refused.
@@ -924,7 +935,12 @@ async fn a_shipped_replacement_is_pending_until_used_and_retires_the_lost_card()
         shipped_at,
     };
     assert_eq!(w.admin(ship).await, Reply::Done);
-    let Reply::PendingActivations(pending) = w.admin(Operation::PendingActivations).await else {
+    let Reply::PendingActivations(pending) = w
+        .admin(Operation::PendingActivations {
+            page: Page::first(500),
+        })
+        .await
+    else {
         panic!()
     };
     assert_eq!(pending.len(), 1);
@@ -940,7 +956,12 @@ async fn a_shipped_replacement_is_pending_until_used_and_retires_the_lost_card()
         w.all_devices("henk").await,
         vec![(new, DeviceStatus::Active)]
     );
-    let Reply::PendingActivations(pending) = w.admin(Operation::PendingActivations).await else {
+    let Reply::PendingActivations(pending) = w
+        .admin(Operation::PendingActivations {
+            page: Page::first(500),
+        })
+        .await
+    else {
         panic!()
     };
     assert!(pending.is_empty());
@@ -1095,12 +1116,22 @@ async fn a_restart_in_the_middle_of_a_lifecycle_loses_nothing() {
     let before = w.audit_actions().await;
 
     let w = w.restart().await;
-    let Reply::Shares(shares) = w.admin(Operation::Shares).await else {
+    let Reply::Shares(shares) = w
+        .admin(Operation::Shares {
+            page: Page::first(500),
+        })
+        .await
+    else {
         panic!()
     };
     assert_eq!(shares.len(), 1);
     assert_eq!((shares[0].share, shares[0].active), (share, false));
-    let Reply::PendingActivations(pending) = w.admin(Operation::PendingActivations).await else {
+    let Reply::PendingActivations(pending) = w
+        .admin(Operation::PendingActivations {
+            page: Page::first(500),
+        })
+        .await
+    else {
         panic!()
     };
     assert_eq!(

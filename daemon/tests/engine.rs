@@ -17,6 +17,7 @@ use slsd::otp::SecretKey;
 use slsd::otp::card::CodeCard;
 use slsd::otp::ocra::{Ocra, OcraInput, Suite};
 use slsd::profile::DeviceKind;
+use slsd::wire::Page;
 use slsd::wire::request::{Answer, Pin};
 use slsd::wire::{ChallengeText, EnrollRequest, ErrorCode, Operation, Reply, Verdict};
 
@@ -1041,6 +1042,7 @@ fn an_online_card_stops_working_when_its_validity_ends() {
             Role::Admin,
             Operation::ListDevices {
                 user: Username::new("jdoe").unwrap(),
+                page: Page::first(500),
             },
             end,
         )

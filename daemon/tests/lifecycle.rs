@@ -20,6 +20,7 @@ use slsd::otp::card::CodeCard;
 use slsd::otp::ocra::{Ocra, OcraInput, Suite};
 use slsd::policy::calendar::Day;
 use slsd::profile::DeviceKind;
+use slsd::wire::Page;
 use slsd::wire::request::{Answer, Pin};
 use slsd::wire::{
     ChallengeText, DeviceStatus, EnrollRequest, ErrorCode, Identification, Operation, Refusal,
@@ -239,7 +240,10 @@ impl World {
         everything: bool,
     ) -> (bool, Vec<(DeviceId, DeviceStatus, Option<Username>)>) {
         let op = if everything {
-            Operation::ListDevices { user: user(name) }
+            Operation::ListDevices {
+                user: user(name),
+                page: Page::first(500),
+            }
         } else {
             Operation::Devices { user: user(name) }
         };
@@ -734,11 +738,12 @@ fn a_share_follows_the_rules_waits_for_approval_and_can_be_cancelled() {
         w.devices("joint", T0, false).1,
         vec![(owner_dsc, DeviceStatus::Active, Some(user("owner")))]
     );
+    // The operator's list is by device id (the owner's DSC+ came first).
     assert_eq!(
         w.devices("joint", T0, true).1,
         vec![
-            (own_card, DeviceStatus::Suspended, None),
-            (owner_dsc, DeviceStatus::Active, Some(user("owner")))
+            (owner_dsc, DeviceStatus::Active, Some(user("owner"))),
+            (own_card, DeviceStatus::Suspended, None)
         ]
     );
     let (challenge, response) = w.login("joint", owner_dsc, T0);
@@ -869,7 +874,12 @@ fn a_replacement_card_ships_inactive_and_activates_by_use_or_by_time() {
     );
     let activates_at = later(21 * DAY);
     assert_eq!(
-        w.admin(Operation::PendingActivations, T0),
+        w.admin(
+            Operation::PendingActivations {
+                page: Page::first(500),
+            },
+            T0
+        ),
         Reply::PendingActivations(vec![slsd::wire::PendingActivation {
             device: new,
             user: user("amy"),
@@ -903,7 +913,12 @@ fn a_replacement_card_ships_inactive_and_activates_by_use_or_by_time() {
         vec![(new, DeviceStatus::Active, None)]
     );
     assert_eq!(
-        w.admin(Operation::PendingActivations, T0),
+        w.admin(
+            Operation::PendingActivations {
+                page: Page::first(500),
+            },
+            T0
+        ),
         Reply::PendingActivations(vec![])
     );
 
@@ -992,7 +1007,12 @@ fn the_lifecycle_survives_a_restart_and_every_change_is_audited() {
 
     let mut w = w.restart();
     // The pending share is still pending and can be approved.
-    let Reply::Shares(shares) = w.admin(Operation::Shares, T0) else {
+    let Reply::Shares(shares) = w.admin(
+        Operation::Shares {
+            page: Page::first(500),
+        },
+        T0,
+    ) else {
         panic!()
     };
     assert_eq!(shares.len(), 1);
@@ -1154,4 +1174,35 @@ fn concurrent_changes_share_their_fsyncs_and_all_survive_a_restart() {
         .withdrawn_on(&user("amy"), Day::of(T0))
         .unwrap();
     assert_eq!(booked, 400 * USD);
+}
+
+#[test]
+fn an_operators_device_list_comes_a_page_at_a_time() {
+    let mut w = World::new("");
+    let mut enrolled: Vec<DeviceId> = (0..7).map(|_| w.enroll("many", DeviceKind::Scc)).collect();
+    enrolled.sort_by_key(|d| d.0);
+    let page = |w: &mut World, after: u64, limit: u16| {
+        let list = Operation::ListDevices {
+            user: user("many"),
+            page: Page { after, limit },
+        };
+        match w.admin(list, T0) {
+            Reply::Devices { devices, .. } => devices.iter().map(|d| d.device).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        }
+    };
+    // Pages of three, each after the last id of the one before: 3, 3, 1.
+    let mut seen: Vec<DeviceId> = Vec::new();
+    let mut after = 0;
+    loop {
+        let got = page(&mut w, after, 3);
+        seen.extend(&got);
+        match got.last() {
+            Some(last) if got.len() == 3 => after = last.0,
+            _ => break,
+        }
+    }
+    assert_eq!(seen, enrolled);
+    assert_eq!(page(&mut w, 0, 0), Vec::<DeviceId>::new());
+    assert_eq!(page(&mut w, enrolled[6].0, 3), Vec::<DeviceId>::new());
 }

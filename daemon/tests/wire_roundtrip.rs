@@ -13,6 +13,7 @@ use slsd::otp::SecretKey;
 use slsd::otp::push::{PushKey, Signature};
 use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
+use slsd::wire::Page;
 use slsd::wire::request::{Answer, Pin};
 use slsd::wire::{
     ActivationRoute, AuditRecord, ChallengeText, DecodeError, DeliveryReport, DeliveryState,
@@ -77,7 +78,7 @@ fn operation() -> impl Strategy<Value = Operation> {
         (1u64..).prop_map(|d| Operation::Revoke {
             device: DeviceId(d)
         }),
-        username().prop_map(|user| Operation::ListDevices { user }),
+        (username(), page()).prop_map(|(user, page)| Operation::ListDevices { user, page }),
         (username(), prop::option::of(1u64..)).prop_map(|(user, d)| Operation::Unlock {
             user,
             device: d.map(DeviceId),
@@ -169,7 +170,7 @@ fn operation() -> impl Strategy<Value = Operation> {
             approve
         }),
         any::<u64>().prop_map(|id| Operation::CancelShare { share: ShareId(id) }),
-        Just(Operation::Shares),
+        page().prop_map(|page| Operation::Shares { page }),
         username().prop_map(|user| Operation::IssueTemporaryCode { user }),
         (1u64.., prop::option::of("[0-9]{4}"), "\\PC{0,20}").prop_map(|(d, pin, label)| {
             Operation::OrderReplacement {
@@ -182,7 +183,7 @@ fn operation() -> impl Strategy<Value = Operation> {
             device: DeviceId(d),
             shipped_at: Timestamp(t)
         }),
-        Just(Operation::PendingActivations),
+        page().prop_map(|page| Operation::PendingActivations { page }),
         (any::<u64>(), any::<u16>())
             .prop_map(|(after, limit)| Operation::AuditLog { after, limit }),
         username().prop_map(|user| Operation::StartActivation { user }),
@@ -211,6 +212,10 @@ fn operation() -> impl Strategy<Value = Operation> {
                 }
             ),
     ]
+}
+
+fn page() -> impl Strategy<Value = Page> {
+    (any::<u64>(), any::<u16>()).prop_map(|(after, limit)| Page { after, limit })
 }
 
 fn reply() -> impl Strategy<Value = Reply> {
@@ -664,7 +669,10 @@ fn one_of_each() -> Vec<Operation> {
         Operation::Revoke {
             device: DeviceId(1),
         },
-        Operation::ListDevices { user: user() },
+        Operation::ListDevices {
+            user: user(),
+            page: Page::first(500),
+        },
         Operation::Unlock {
             user: user(),
             device: None,
@@ -726,7 +734,9 @@ fn one_of_each() -> Vec<Operation> {
             approve: true,
         },
         Operation::CancelShare { share: ShareId(1) },
-        Operation::Shares,
+        Operation::Shares {
+            page: Page::first(500),
+        },
         Operation::IssueTemporaryCode { user: user() },
         Operation::OrderReplacement {
             lost: DeviceId(1),
@@ -737,7 +747,9 @@ fn one_of_each() -> Vec<Operation> {
             device: DeviceId(1),
             shipped_at: Timestamp(1),
         },
-        Operation::PendingActivations,
+        Operation::PendingActivations {
+            page: Page::first(500),
+        },
         Operation::AuditLog { after: 0, limit: 1 },
         Operation::StartPhoneVerification {
             user: user(),

@@ -12,6 +12,7 @@ use slsd::otp::{MAX_CODE_LEN, SecretKey};
 use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
 use slsd::wire::request::{Answer, MAX_LABEL_LEN, MAX_PIN_LEN, MAX_REASON_LEN, Pin};
+use slsd::wire::Page;
 use slsd::wire::{
     ChallengeText, DeliveryReport, DeliveryState, DeviceEntry, EnrollRequest, ErrorCode,
     MAX_FRAME_LIMIT, Operation, Reply, Request, Response, StatEntry, Verdict, split_frame,
@@ -169,7 +170,13 @@ fn request(u: &mut Unstructured<'_>) -> Result<Request> {
             label: text(u, 0, MAX_LABEL_LEN, b"")?,
         }),
         4 => Operation::Revoke { device: device(u)? },
-        5 => Operation::ListDevices { user: username(u)? },
+        5 => Operation::ListDevices {
+ user: username(u)?,
+ page: Page {
+                after: u.arbitrary()?,
+                limit: u.arbitrary()?,
+            },
+ },
         6 => Operation::Unlock {
             user: username(u)?,
             device: if u.arbitrary()? {

@@ -19,7 +19,7 @@ use crate::policy::withdrawal::{Withdrawn, headroom, kinds_that_allow};
 use crate::profile::{DeviceKind, SecurityLevel};
 use crate::store::accounts::{Activation, Actor, DeviceLife, Share, ShareState, UserRecord};
 use crate::store::registry::{Device, EnrollError, NewDevice, StoreError};
-use crate::wire::request::{Answer, Identification, Pin};
+use crate::wire::request::{Answer, Identification, Page, Pin};
 use crate::wire::{
     DeviceEntry, DeviceStatus, ErrorCode, PendingActivation, Refusal, Reply, ShareEntry, Verdict,
 };
@@ -87,8 +87,9 @@ impl Engine {
     }
 
     /// The answer to `Devices` (a login: usable devices only) and
-    /// `ListDevices` (an operator: every device with its status).
-    pub(super) fn device_list(&self, user: &Username, now: Timestamp, everything: bool) -> Reply {
+    /// `ListDevices` (an operator, `Some(page)`: every device with its
+    /// status, a page at a time by device id).
+    pub(super) fn device_list(&self, user: &Username, now: Timestamp, page: Option<Page>) -> Reply {
         let required = !self.registry.user(user).opted_out;
         let share = self.active_share_of(user);
         let entry = |d: &Device, status, owner: Option<Username>| DeviceEntry {
@@ -100,7 +101,7 @@ impl Engine {
             owner,
         };
         let mut devices = Vec::new();
-        if everything {
+        if let Some(page) = page {
             for d in self.registry.devices_of(user) {
                 let status = match d.life().activation {
                     _ if d.expired_at(now) || d.life().uses_left == Some(0) => {
@@ -122,6 +123,7 @@ impl Engine {
                     Some(shared.user.clone()),
                 ));
             }
+            devices = page.select(devices, |d| d.device.0);
         } else {
             for d in self.login_devices(user, now) {
                 let owner = (&d.user != user).then(|| d.user.clone());
@@ -463,20 +465,20 @@ impl Engine {
         changed.unwrap_or_else(|e| store_failed(&e))
     }
 
-    pub(super) fn list_shares(&self) -> Reply {
-        Reply::Shares(
-            self.registry
-                .shares()
-                .into_iter()
-                .map(|s| ShareEntry {
-                    share: s.id,
-                    requesting_user: s.requester,
-                    owner_user: s.owner,
-                    device: s.device,
-                    active: s.state == ShareState::Active,
-                })
-                .collect(),
-        )
+    pub(super) fn list_shares(&self, page: Page) -> Reply {
+        let shares = self
+            .registry
+            .shares()
+            .into_iter()
+            .map(|s| ShareEntry {
+                share: s.id,
+                requesting_user: s.requester,
+                owner_user: s.owner,
+                device: s.device,
+                active: s.state == ShareState::Active,
+            })
+            .collect();
+        Reply::Shares(page.select(shares, |s| s.share.0))
     }
 
     pub(super) fn issue_temporary_code<R: CryptoRng + ?Sized>(
@@ -620,8 +622,9 @@ impl Engine {
         changed.unwrap_or_else(|e| store_failed(&e))
     }
 
-    pub(super) fn pending_activations(&self, now: Timestamp) -> Reply {
-        let mut pending: Vec<_> = self
+    /// Shipped replacements not yet active, a page at a time by device id.
+    pub(super) fn pending_activations(&self, now: Timestamp, page: Page) -> Reply {
+        let pending: Vec<_> = self
             .registry
             .all_devices()
             .into_iter()
@@ -640,8 +643,7 @@ impl Engine {
                 _ => None,
             })
             .collect();
-        pending.sort_by_key(|p| (p.activates_at, p.device.0));
-        Reply::PendingActivations(pending)
+        Reply::PendingActivations(page.select(pending, |p| p.device.0))
     }
 
     pub(super) fn audit_log(&self, after: u64, limit: u16) -> Reply {

@@ -557,8 +557,10 @@ impl Engine {
             return Some(refusal.into());
         }
         Some(match operation {
-            Operation::Devices { user } => self.device_list(&user, now, false).into(),
-            Operation::ListDevices { user } => self.device_list(&user, now, true).into(),
+            Operation::Devices { user } => self.device_list(&user, now, None).into(),
+            Operation::ListDevices { user, page } => {
+                self.device_list(&user, now, Some(page)).into()
+            }
             Operation::Challenge { user, device } => self.challenge(&user, device, now, rng),
             Operation::Verify {
                 challenge,
@@ -609,7 +611,7 @@ impl Engine {
                 self.decide_share(caller, share, approve, now, rng).into()
             }
             Operation::CancelShare { share } => self.cancel_share(caller, share, now, rng).into(),
-            Operation::Shares => self.list_shares().into(),
+            Operation::Shares { page } => self.list_shares(page).into(),
             Operation::IssueTemporaryCode { user } => {
                 self.issue_temporary_code(caller, &user, now, rng).into()
             }
@@ -619,7 +621,7 @@ impl Engine {
             Operation::ShipReplacement { device, shipped_at } => self
                 .ship_replacement(caller, device, shipped_at, now, rng)
                 .into(),
-            Operation::PendingActivations => self.pending_activations(now).into(),
+            Operation::PendingActivations { page } => self.pending_activations(now, page).into(),
             Operation::StartPhoneVerification { user, number } => self
                 .start_phone_verification(&user, number, now, rng)
                 .into(),

@@ -37,9 +37,6 @@ pub(super) const SHARES: TableDefinition<u64, &[u8]> = TableDefinition::new("sha
 pub(super) const LEDGER: TableDefinition<(&str, u32), u64> = TableDefinition::new("ledger");
 pub(super) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
-/// The most audit entries one listing returns.
-pub const MAX_AUDIT_PAGE: usize = 500;
-
 /// Who made a change, for the audit log: the caller's role (operators
 /// share the admin certificate, so the role is what sls can vouch for), or
 /// `system` for what sls does by itself (auto-activation).
@@ -565,13 +562,13 @@ impl Registry {
     }
 
     /// The audit log after entry `after`, oldest first, at most `limit`
-    /// (and at most [`MAX_AUDIT_PAGE`]) entries.
+    /// (and at most [`crate::wire::request::MAX_PAGE`]) entries.
     pub fn audit_log(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(AUDIT)?;
         let mut entries = Vec::new();
         for entry in table.range(after.saturating_add(1)..)? {
-            if entries.len() >= limit.min(MAX_AUDIT_PAGE) {
+            if entries.len() >= limit.min(crate::wire::request::MAX_PAGE) {
                 break;
             }
             let (seq, bytes) = entry?;

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use rand::CryptoRng;
 
-use super::accounts::{MAX_AUDIT_PAGE, UserRecord as Account, decode_audit, encode_audit};
+use super::accounts::{UserRecord as Account, decode_audit, encode_audit};
 use super::questions::QuestionMemory;
 use super::records::{DeviceCodec, Stored};
 use super::redis::{Change, Key, RedisStore, Versioned};
@@ -652,7 +652,11 @@ impl SharedStore {
     ) -> Result<Vec<AuditRecord>, StoreError> {
         let raw = self
             .redis
-            .range(&Key::new("audit", "log"), after, limit.min(MAX_AUDIT_PAGE))
+            .range(
+                &Key::new("audit", "log"),
+                after,
+                limit.min(crate::wire::request::MAX_PAGE),
+            )
             .await?;
         raw.iter()
             .zip(after + 1..)

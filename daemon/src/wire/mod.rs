@@ -19,7 +19,9 @@ pub(crate) mod codec;
 pub mod request;
 mod response;
 
-pub use request::{DeliveryReport, EnrollRequest, Identification, Operation, Request};
+pub use request::{
+    DeliveryReport, EnrollRequest, Identification, MAX_PAGE, Operation, Page, Request,
+};
 pub use response::{
     ActivationRoute, AuditRecord, ChallengeText, DeliveryState, DeviceEntry, DeviceStatus,
     ErrorCode, PendingActivation, Refusal, Reply, Response, ShareEntry, StatEntry, Verdict,

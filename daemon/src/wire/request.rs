@@ -74,7 +74,7 @@ pub enum Operation {
     /// Withdraw a device for good.
     Revoke { device: DeviceId },
     /// Every device of a user, with its state.
-    ListDevices { user: Username },
+    ListDevices { user: Username, page: Page },
     /// Clear lockouts of a user (one device, or all).
     Unlock {
         user: Username,
@@ -114,7 +114,7 @@ pub enum Operation {
     /// work again.
     CancelShare { share: ShareId },
     /// Every share, pending or in effect.
-    Shares,
+    Shares { page: Page },
     /// A temporary code for a user whose device is lost.
     IssueTemporaryCode { user: Username },
     /// Orders a replacement DSC+ for a lost one; it ships inactive.
@@ -130,7 +130,7 @@ pub enum Operation {
         shipped_at: Timestamp,
     },
     /// Replacements shipped and not yet active, with when each activates.
-    PendingActivations,
+    PendingActivations { page: Page },
     /// The audit log after entry `after`, at most `limit` entries.
     AuditLog { after: u64, limit: u16 },
     /// Send a confirm code by SMS to a number being added to a user.
@@ -173,6 +173,48 @@ pub enum Operation {
     },
 }
 
+/// The most entries one page of an admin list holds (`ListDevices`,
+/// `Shares`, `PendingActivations`, `AuditLog`), whatever `limit` asks: a
+/// reply stays a bounded frame however large the deployment.
+pub const MAX_PAGE: usize = 500;
+
+/// Which page of an admin list: the entries whose key (device id, share
+/// id) is above `after`, in that order, at most `limit` of them (and at
+/// most [`MAX_PAGE`]). A page shorter than asked is the last; the next
+/// starts after the last key of this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub after: u64,
+    pub limit: u16,
+}
+
+impl Page {
+    /// The first page of at most `limit` entries.
+    pub fn first(limit: u16) -> Self {
+        Self { after: 0, limit }
+    }
+
+    /// This page of `items`, each keyed by `key`.
+    pub fn select<T>(self, mut items: Vec<T>, key: impl Fn(&T) -> u64) -> Vec<T> {
+        items.retain(|item| key(item) > self.after);
+        items.sort_by_key(|item| key(item));
+        items.truncate(usize::from(self.limit).min(MAX_PAGE));
+        items
+    }
+
+    fn encode(self, out: &mut Vec<u8>) {
+        out.put_u64(self.after);
+        out.put_u16(self.limit);
+    }
+}
+
+fn page(r: &mut Reader<'_>) -> Result<Page, DecodeError> {
+    Ok(Page {
+        after: r.u64("after")?,
+        limit: r.u16("limit")?,
+    })
+}
+
 /// A carrier bridge's account of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryReport {
@@ -206,11 +248,11 @@ impl Operation {
             Self::ShareDevice { .. } => 0x2b,
             Self::DecideShare { .. } => 0x2c,
             Self::CancelShare { .. } => 0x2d,
-            Self::Shares => 0x2e,
+            Self::Shares { .. } => 0x2e,
             Self::IssueTemporaryCode { .. } => 0x2f,
             Self::OrderReplacement { .. } => 0x30,
             Self::ShipReplacement { .. } => 0x31,
-            Self::PendingActivations => 0x32,
+            Self::PendingActivations { .. } => 0x32,
             Self::AuditLog { .. } => 0x33,
             Self::StartPhoneVerification { .. } => 0x34,
             Self::ConfirmPhone { .. } => 0x35,
@@ -248,11 +290,11 @@ impl Operation {
             Self::ShareDevice { .. } => "share_device",
             Self::DecideShare { .. } => "decide_share",
             Self::CancelShare { .. } => "cancel_share",
-            Self::Shares => "shares",
+            Self::Shares { .. } => "shares",
             Self::IssueTemporaryCode { .. } => "issue_temporary_code",
             Self::OrderReplacement { .. } => "order_replacement",
             Self::ShipReplacement { .. } => "ship_replacement",
-            Self::PendingActivations => "pending_activations",
+            Self::PendingActivations { .. } => "pending_activations",
             Self::AuditLog { .. } => "audit_log",
             Self::StartPhoneVerification { .. } => "start_phone_verification",
             Self::ConfirmPhone { .. } => "confirm_phone",
@@ -379,6 +421,7 @@ impl Request {
             },
             0x22 => Operation::ListDevices {
                 user: user(&mut r)?,
+                page: page(&mut r)?,
             },
             0x23 => Operation::Unlock {
                 user: user(&mut r)?,
@@ -451,7 +494,9 @@ impl Request {
             0x2d => Operation::CancelShare {
                 share: ShareId(r.u64("share id")?),
             },
-            0x2e => Operation::Shares,
+            0x2e => Operation::Shares {
+                page: page(&mut r)?,
+            },
             0x2f => Operation::IssueTemporaryCode {
                 user: user(&mut r)?,
             },
@@ -464,7 +509,9 @@ impl Request {
                 device: DeviceId(r.u64("device")?),
                 shipped_at: Timestamp(r.u64("shipped at")?),
             },
-            0x32 => Operation::PendingActivations,
+            0x32 => Operation::PendingActivations {
+                page: page(&mut r)?,
+            },
             0x33 => Operation::AuditLog {
                 after: r.u64("after")?,
                 limit: r.u16("limit")?,
@@ -548,8 +595,13 @@ impl Request {
         out.put_u64(self.id);
         out.put_u8(self.operation.code());
         match &self.operation {
-            Operation::Devices { user } | Operation::ListDevices { user } => {
+            Operation::Devices { user } => out.put_bytes(user.as_str().as_bytes()),
+            Operation::ListDevices { user, page } => {
                 out.put_bytes(user.as_str().as_bytes());
+                page.encode(out);
+            }
+            Operation::Shares { page } | Operation::PendingActivations { page } => {
+                page.encode(out);
             }
             Operation::Challenge { user, device } => {
                 out.put_bytes(user.as_str().as_bytes());
@@ -574,10 +626,7 @@ impl Request {
                 out.put_bytes(user.as_str().as_bytes());
                 out.put_u64(device.map_or(0, |d| d.0));
             }
-            Operation::Stats
-            | Operation::CarrierSubscribe
-            | Operation::Shares
-            | Operation::PendingActivations => {}
+            Operation::Stats | Operation::CarrierSubscribe => {}
             Operation::AuthorizeWithdrawal {
                 user,
                 amount_cents,
@@ -816,4 +865,24 @@ fn fixed<const N: usize>(r: &mut Reader<'_>, field: &'static str) -> Result<[u8;
     r.bytes(field)?
         .try_into()
         .map_err(|_| DecodeError::invalid(field, format!("must be {N} bytes")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_is_keyed_ordered_and_bounded() {
+        let items: Vec<u64> = (1..=1200).rev().collect();
+        let page = Page {
+            after: 100,
+            limit: u16::MAX,
+        };
+        let got = page.select(items, |i| *i);
+        assert_eq!(got.len(), MAX_PAGE, "at most MAX_PAGE whatever is asked");
+        assert_eq!(got.first(), Some(&101));
+        assert!(got.windows(2).all(|w| w[0] < w[1]));
+        let small = Page { after: 0, limit: 2 };
+        assert_eq!(small.select(vec![9, 3, 5], |i| *i), vec![3, 5]);
+    }
 }

@@ -22,7 +22,7 @@ use slsd::phone::PhoneNumber;
 use slsd::policy::calendar::Day;
 use slsd::profile::DeviceKind;
 use slsd::server::pki::{self, PkiPaths};
-use slsd::wire::request::{Answer, Pin};
+use slsd::wire::request::{Answer, Page, Pin};
 use slsd::wire::{DeviceStatus, EnrollRequest, Identification, Operation, Reply, Verdict};
 
 /// Talk to a running daemon as its operator.
@@ -43,6 +43,26 @@ pub struct AdminArgs {
     json: bool,
     #[command(subcommand)]
     operation: AdminOperation,
+}
+
+/// Which page of a list: entries after a key (device or share id, audit
+/// sequence number), at most `limit` (and at most 500). A page shorter
+/// than asked is the last; the next starts after its last key.
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct PageArgs {
+    #[arg(long, default_value_t = 0)]
+    after: u64,
+    #[arg(long, default_value_t = 100)]
+    limit: u16,
+}
+
+impl From<PageArgs> for Page {
+    fn from(args: PageArgs) -> Self {
+        Self {
+            after: args.after,
+            limit: args.limit,
+        }
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -69,6 +89,8 @@ enum AdminOperation {
     Devices {
         #[arg(value_parser = username)]
         user: Username,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Clear the lockouts of a user (one device, or all).
     Unlock {
@@ -163,8 +185,11 @@ enum AdminOperation {
         #[arg(value_parser = handle)]
         share: u64,
     },
-    /// Every share, pending or in effect.
-    Shares,
+    /// Every share, pending or in effect (by share id).
+    Shares {
+        #[command(flatten)]
+        page: PageArgs,
+    },
     /// Issue a temporary code for a user whose device is lost.
     TemporaryCode {
         #[arg(value_parser = username)]
@@ -186,15 +211,15 @@ enum AdminOperation {
         #[arg(long, value_parser = moment)]
         shipped_at: Option<Timestamp>,
     },
-    /// Replacements shipped and not yet active.
-    PendingActivations,
-    /// The audit log of registry changes.
+    /// Replacements shipped and not yet active (by device id).
+    PendingActivations {
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// The audit log of registry changes (by sequence number).
     Audit {
-        /// Entries after this sequence number.
-        #[arg(long, default_value_t = 0)]
-        after: u64,
-        #[arg(long, default_value_t = 100)]
-        limit: u16,
+        #[command(flatten)]
+        page: PageArgs,
     },
 }
 
@@ -256,7 +281,10 @@ impl AdminOperation {
             Self::Revoke { device } => Operation::Revoke {
                 device: DeviceId(device),
             },
-            Self::Devices { user } => Operation::ListDevices { user },
+            Self::Devices { user, page } => Operation::ListDevices {
+                user,
+                page: page.into(),
+            },
             Self::Unlock { user, device } => Operation::Unlock {
                 user,
                 device: device.map(DeviceId),
@@ -329,7 +357,7 @@ impl AdminOperation {
             Self::CancelShare { share } => Operation::CancelShare {
                 share: ShareId(share),
             },
-            Self::Shares => Operation::Shares,
+            Self::Shares { page } => Operation::Shares { page: page.into() },
             Self::TemporaryCode { user } => Operation::IssueTemporaryCode { user },
             Self::OrderReplacement { lost, pin, label } => Operation::OrderReplacement {
                 lost: DeviceId(lost),
@@ -340,8 +368,13 @@ impl AdminOperation {
                 device: DeviceId(device),
                 shipped_at: shipped_at.unwrap_or_else(slsd::clock::now),
             },
-            Self::PendingActivations => Operation::PendingActivations,
-            Self::Audit { after, limit } => Operation::AuditLog { after, limit },
+            Self::PendingActivations { page } => {
+                Operation::PendingActivations { page: page.into() }
+            }
+            Self::Audit { page } => Operation::AuditLog {
+                after: page.after,
+                limit: page.limit,
+            },
         }
     }
 }

@@ -49,7 +49,7 @@ use crate::store::registry::{FailureState, NewDevice, StoreError};
 use crate::store::shared::{
     EXPIRED_GRACE, Handle, SharedStore, UserRecord, failure_state, question_memory,
 };
-use crate::wire::request::Answer;
+use crate::wire::request::{Answer, Page};
 use crate::wire::{AuditRecord, DeviceEntry, EnrollRequest, ErrorCode, Operation, Reply, Verdict};
 
 impl Engine {
@@ -81,8 +81,10 @@ impl Engine {
         let name = operation.name();
         let mut audited = audit_subject(&operation);
         let result = match operation {
-            Operation::Devices { user } => self.shared_devices(store, &user, now, false).await,
-            Operation::ListDevices { user } => self.shared_devices(store, &user, now, true).await,
+            Operation::Devices { user } => self.shared_devices(store, &user, now, None).await,
+            Operation::ListDevices { user, page } => {
+                self.shared_devices(store, &user, now, Some(page)).await
+            }
             Operation::Challenge { user, device } => {
                 self.shared_challenge(store, &user, device, now, rng).await
             }
@@ -208,11 +210,11 @@ impl Engine {
             Operation::ShareDevice { .. }
             | Operation::DecideShare { .. }
             | Operation::CancelShare { .. }
-            | Operation::Shares
+            | Operation::Shares { .. }
             | Operation::IssueTemporaryCode { .. }
             | Operation::OrderReplacement { .. }
             | Operation::ShipReplacement { .. }
-            | Operation::PendingActivations
+            | Operation::PendingActivations { .. }
             | Operation::StartPhoneVerification { .. }
             | Operation::ConfirmPhone { .. }
             | Operation::StartActivation { .. }
@@ -260,14 +262,20 @@ impl Engine {
         store: &SharedStore,
         user: &Username,
         now: Timestamp,
-        with_expired: bool,
+        page: Option<Page>,
     ) -> Result<Reply, StoreError> {
+        // An operator's list (`Some(page)`): expired devices too, a page at
+        // a time by device id.
         let devices: Vec<_> = store
             .devices_of(user)
             .await?
             .into_iter()
-            .filter(|d| with_expired || !d.expired_at(now))
+            .filter(|d| page.is_some() || !d.expired_at(now))
             .collect();
+        let devices = match page {
+            Some(page) => page.select(devices, |d| d.id.0),
+            None => devices,
+        };
         // Every failure state, and the account (opt-out), in one read: they
         // live with the user.
         let mut records: Vec<UserRecord> =
