@@ -845,8 +845,8 @@ impl Engine {
     }
 
     /// The rules of asking `user`'s (own or shared) device a new challenge
-    /// `id`, on either store
-    /// (`store::questions` has them in words): the daily cap; a pending
+    /// `id`, on either store (`store::questions` has them in words): the
+    /// daily cap; a pending
     /// challenge that expired unanswered counts as a wrong answer (and
     /// forgets its question if that locks the device); then the pending
     /// question is kept, or one not answered lately is drawn. Changes
@@ -1333,7 +1333,6 @@ fn decay(lockout: &crate::config::LockoutConfig, failures: &mut FailureState, no
     }
 }
 
-/// What a verify finds about an open challenge before anything changes.
 /// A new challenge a device was asked: what is kept open, the challenge it
 /// replaces, and whether an expired unanswered challenge was charged as a
 /// failure on the way.
@@ -1364,6 +1363,7 @@ fn shown(question: &Question) -> ChallengeText {
     }
 }
 
+/// What a verify finds about an open challenge before anything changes.
 enum Judgement {
     Expired,
     LockedOut(Duration),
