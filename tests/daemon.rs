@@ -373,7 +373,7 @@ async fn roles_and_certificates_are_enforced() {
     // A gateway certificate from another CA: refused too.
     let other = tempfile::tempdir().unwrap();
     let other_pki = pki::PkiPaths::new(other.path());
-    other_pki.ensure().unwrap();
+    other_pki.ensure("localhost").unwrap();
     let foreign = pki::client_tls(
         &daemon.ca(),
         &other_pki.client_cert(Role::Gateway),
@@ -885,4 +885,156 @@ async fn a_connection_has_an_issuance_quota_below_its_request_rate() {
         ),
         "{reply:?}"
     );
+}
+
+/// `slsd cert issue` with the CA key kept out of the data directory; the
+/// serial number it prints.
+fn issue(data: &std::path::Path, ca_key: &std::path::Path, role: &str, name: &str) -> String {
+    let out = std::process::Command::new(support::binary("slsd"))
+        .args([
+            "cert",
+            "issue",
+            "--role",
+            role,
+            "--name",
+            name,
+            "--data-dir",
+        ])
+        .arg(data)
+        .arg("--ca-key")
+        .arg(ca_key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    printed
+        .lines()
+        .find_map(|l| l.strip_prefix("serial "))
+        .expect("a serial number")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_issued_per_client_and_revoked_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let revoked = dir.path().join("revoked.txt");
+    std::fs::write(&revoked, "# revoked client certificates\n").unwrap();
+    let daemon = Daemon::start(
+        &data,
+        &format!("name = \"sls.example\"\nrevoked-serials = {revoked:?}"),
+        "",
+    );
+    // The CA key moves out of the data directory; the daemon runs without it.
+    let vault = dir.path().join("vault");
+    std::fs::create_dir(&vault).unwrap();
+    std::fs::rename(data.join("ca.key"), vault.join("ca.key")).unwrap();
+    let daemon = daemon.restart();
+    let branch_a = issue(&data, &vault.join("ca.key"), "gateway", "branch-a");
+    issue(&data, &vault.join("ca.key"), "gateway", "branch-b");
+    let tls = |name: &str| {
+        pki::client_tls(
+            &daemon.ca(),
+            &data.join(format!("{name}.pem")),
+            &data.join(format!("{name}.key")),
+        )
+        .unwrap()
+    };
+    // Each gateway connects with its own certificate, by the configured name.
+    let a = Client::connect_named(daemon.quic, "sls.example", tls("branch-a"))
+        .await
+        .unwrap();
+    let b = Client::connect_named(daemon.quic, "sls.example", tls("branch-b"))
+        .await
+        .unwrap();
+    for client in [&a, &b] {
+        assert!(
+            matches!(
+                client.call(Operation::Stats).await,
+                Err(_) | Ok(Reply::Error { .. })
+            ),
+            "Stats is the operator's"
+        );
+        assert!(matches!(
+            client.call(Operation::Devices { user: user("jdoe") }).await,
+            Ok(Reply::Devices { .. })
+        ));
+    }
+    // Its name shows in the metrics.
+    let metrics = tokio::task::block_in_place(|| daemon.metrics_text());
+    assert!(metrics.contains("client=\"branch-a\""), "{metrics}");
+
+    // Revoked and SIGHUP: A's open connection closes and A cannot connect
+    // again; B goes on.
+    std::fs::write(&revoked, format!("{branch_a}  # branch A, lost\n")).unwrap();
+    let hangup = std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(daemon.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(hangup.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while a
+        .call(Operation::Devices { user: user("jdoe") })
+        .await
+        .is_ok()
+    {
+        assert!(std::time::Instant::now() < deadline, "A is still served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        refused(Client::connect_named(daemon.quic, "sls.example", tls("branch-a")).await).await
+    );
+    assert!(matches!(
+        b.call(Operation::Devices { user: user("jdoe") }).await,
+        Ok(Reply::Devices { .. })
+    ));
+    // A new server certificate (another name) is taken on SIGHUP; the open
+    // connection goes on.
+    let renewed = std::process::Command::new(support::binary("slsd"))
+        .args(["cert", "server", "--name", "new.example", "--data-dir"])
+        .arg(&data)
+        .arg("--ca-key")
+        .arg(vault.join("ca.key"))
+        .output()
+        .unwrap();
+    assert!(renewed.status.success(), "{renewed:?}");
+    let new_name = || Client::connect_named(daemon.quic, "new.example", tls("branch-b"));
+    assert!(refused(new_name().await).await, "not before the SIGHUP");
+    std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(daemon.pid().to_string())
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while refused(new_name().await).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate is not served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(matches!(
+        b.call(Operation::Devices { user: user("jdoe") }).await,
+        Ok(Reply::Devices { .. })
+    ));
+    // `slsd admin` checks the certificate against `server.name` of its
+    // configuration: another name is refused.
+    for (name, works) in [("new.example", true), ("other.example", false)] {
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&config, format!("[server]\nname = \"{name}\"\n")).unwrap();
+        let stats = std::process::Command::new(support::binary("slsd"))
+            .args(["admin", "--addr", &daemon.quic.to_string(), "--data-dir"])
+            .arg(&data)
+            .arg("--config")
+            .arg(&config)
+            .arg("stats")
+            .output()
+            .unwrap();
+        assert_eq!(stats.status.success(), works, "{name}: {stats:?}");
+    }
 }

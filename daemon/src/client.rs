@@ -66,9 +66,20 @@ impl Client {
     }
 
     /// Connects with a TLS configuration of the caller's (tests use this to
-    /// try certificates the daemon must refuse).
+    /// try certificates the daemon must refuse), checking the server
+    /// certificate against `localhost`.
     pub async fn connect_with(
         addr: SocketAddr,
+        tls: rustls::ClientConfig,
+    ) -> Result<Self, ClientError> {
+        Self::connect_named(addr, "localhost", tls).await
+    }
+
+    /// Connects to the server named `server_name` (its certificate must
+    /// name it: `server.name`).
+    pub async fn connect_named(
+        addr: SocketAddr,
+        server_name: &str,
         tls: rustls::ClientConfig,
     ) -> Result<Self, ClientError> {
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
@@ -82,7 +93,7 @@ impl Client {
         .map_err(|_| ClientError::Bind(std::io::Error::other("local address")))?;
         let mut endpoint = quinn::Endpoint::client(local).map_err(ClientError::Bind)?;
         endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-        let connection = endpoint.connect(addr, "localhost")?.await?;
+        let connection = endpoint.connect(addr, server_name)?.await?;
         Ok(Self {
             connection,
             _endpoint: endpoint,

@@ -29,6 +29,9 @@ pub const CLOSED_CONNECTIONS: &str = "sls_closed_connections_total";
 pub const COMMIT_BATCH: &str = "sls_commit_batch_size";
 /// Phone proofs (subscription, approval) that did not verify, by `operation`.
 pub const BAD_PROOFS: &str = "sls_bad_proofs_total";
+/// Connections made, by role and client name (the name in a certificate
+/// `slsd cert issue` made; the role's own name for the shared ones).
+pub const CLIENT_CONNECTIONS: &str = "sls_client_connections_total";
 /// Pushes the phone answered "this was not me" (each counts as a failure).
 pub const PUSH_DENIED: &str = "sls_push_denied_total";
 /// Live SMS/voice codes, unanswered pushes, messages awaiting a carrier

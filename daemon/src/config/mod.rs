@@ -47,6 +47,12 @@ pub struct Config {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// The name clients check the server certificate against (`slsd admin`
+    /// connects with it; the certificate made on first start carries it).
+    pub name: String,
+    /// A file of revoked client certificate serial numbers (hex, one a
+    /// line), read at start and on SIGHUP; empty: none.
+    pub revoked_serials: std::path::PathBuf,
     pub metrics: SocketAddr,
     pub max_frame: u32,
     pub max_connections: u32,
@@ -464,6 +470,11 @@ impl Config {
             "must be at least 1",
         )?;
         check(
+            rustls::pki_types::ServerName::try_from(self.server.name.as_str()).is_ok(),
+            "server.name",
+            "must be a DNS name or an IP address",
+        )?;
+        check(
             (1..=100_000).contains(&self.server.failed_proofs_per_connection_per_minute),
             "server.failed-proofs-per-connection-per-minute",
             "must be 1..=100000",
@@ -807,6 +818,10 @@ mod tests {
         assert_eq!(
             error("[challenges]\nuser-limit-buckets = 0"),
             "challenges.user-limit-buckets: must be 1..=16777216"
+        );
+        assert_eq!(
+            error("[server]\nname = \"not a name!\""),
+            "server.name: must be a DNS name or an IP address"
         );
         assert_eq!(
             error("[challenges]\nper-device-per-day = 0"),

@@ -10,6 +10,7 @@ mod metrics_http;
 pub mod pki;
 mod stream;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +33,7 @@ use crate::store::registry::Registry;
 use crate::store::sealed::SecretCipher;
 use crate::store::shared::SharedStore;
 use pki::PkiPaths;
-use stream::{ConnectionState, NO_ROLE, SHUTTING_DOWN, TOO_MANY_CONNECTIONS};
+use stream::{ConnectionState, NO_ROLE, REVOKED, SHUTTING_DOWN, TOO_MANY_CONNECTIONS};
 
 pub use pki::role_name;
 
@@ -62,6 +63,9 @@ struct Shared {
     change_workers: Arc<tokio::sync::Semaphore>,
     /// Established connections, in all and per role.
     connections: Arc<admission::Connections>,
+    /// Serial numbers of revoked client certificates (`server.revoked-serials`),
+    /// replaced on SIGHUP: connections watch it and close when theirs is on it.
+    revoked: watch::Sender<Arc<HashSet<Vec<u8>>>>,
     /// The server is draining: new requests are answered ShuttingDown.
     stopping: std::sync::atomic::AtomicBool,
     /// Requests answered by a task of their own, not yet answered: the
@@ -163,7 +167,7 @@ pub async fn serve(
     // What was open before this start is worth a warning each.
     log_tightened(crate::store::datadir::secure(data_dir).map_err(data_dir_error)?);
     let pki = PkiPaths::new(data_dir);
-    if pki.ensure()? {
+    if pki.ensure(&config.server.name)? {
         tracing::info!(dir = %data_dir.display(), "created a local CA and certificates");
     }
     let cipher =
@@ -218,6 +222,7 @@ pub async fn serve(
             .map(|_| Arc::new(tokio::sync::Semaphore::new(config.store.changes_in_flight))),
         change_workers: Arc::new(tokio::sync::Semaphore::new(config.store.change_workers)),
         connections: admission::Connections::new(&config.server),
+        revoked: watch::Sender::new(Arc::new(revoked_serials(&config)?)),
         stopping: std::sync::atomic::AtomicBool::new(false),
         requests_in_flight: std::sync::atomic::AtomicUsize::new(0),
     });
@@ -253,6 +258,12 @@ pub async fn serve(
         stopping.clone(),
     ));
     let sweeper = tokio::spawn(sweep(Arc::clone(&shared), stopping.clone()));
+    let reloader = tokio::spawn(reload_on_hangup(
+        Arc::clone(&shared),
+        endpoint.clone(),
+        pki.clone(),
+        stopping.clone(),
+    ));
     let relay = shared
         .engine
         .is_shared()
@@ -329,6 +340,7 @@ pub async fn serve(
     }
     let _ = background.await;
     let _ = sweeper.await;
+    let _ = reloader.await;
     if let Some(relay) = relay {
         let _ = relay.await;
     }
@@ -339,7 +351,18 @@ pub async fn serve(
     Ok(())
 }
 
-fn endpoint(config: &Config, pki: &PkiPaths) -> Result<quinn::Endpoint, ServeError> {
+/// The revoked serial numbers `server.revoked-serials` names (none if it
+/// is empty).
+fn revoked_serials(config: &Config) -> Result<HashSet<Vec<u8>>, pki::PkiError> {
+    if config.server.revoked_serials.as_os_str().is_empty() {
+        return Ok(HashSet::new());
+    }
+    pki::load_revoked(&config.server.revoked_serials)
+}
+
+/// The QUIC server configuration: TLS from the data directory's
+/// certificates, transport limits from the configuration.
+fn server_config(config: &Config, pki: &PkiPaths) -> Result<quinn::ServerConfig, pki::PkiError> {
     let tls = pki::server_tls(pki)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| pki::PkiError::Tls(e.to_string()))?;
@@ -357,10 +380,59 @@ fn endpoint(config: &Config, pki: &PkiPaths) -> Result<quinn::Endpoint, ServeErr
         .receive_window(config.server.receive_window.into())
         .send_window(u64::from(config.server.send_window));
     server.transport_config(Arc::new(transport));
+    Ok(server)
+}
+
+fn endpoint(config: &Config, pki: &PkiPaths) -> Result<quinn::Endpoint, ServeError> {
+    let server = server_config(config, pki)?;
     quinn::Endpoint::server(server, config.server.listen).map_err(|source| ServeError::Bind {
         addr: config.server.listen,
         source,
     })
+}
+
+/// On SIGHUP: the server certificate and key, the CA and the revocation
+/// list are read again. New connections get the new certificate; open
+/// ones go on, except those whose certificate is now revoked. A file that
+/// does not load leaves everything as it was, with an error in the log.
+async fn reload_on_hangup(
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    pki: PkiPaths,
+    mut stopping: watch::Receiver<bool>,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("SIGHUP cannot be handled: certificates reload only on restart");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hangups.recv() => {}
+                _ = stopping.changed() => return,
+            }
+            let loaded = server_config(&shared.config, &pki)
+                .and_then(|server| Ok((server, revoked_serials(&shared.config)?)));
+            match loaded {
+                Ok((server, revoked)) => {
+                    endpoint.set_server_config(Some(server));
+                    let count = revoked.len();
+                    shared.revoked.send_replace(Arc::new(revoked));
+                    tracing::info!(revoked = count, "certificates and revocation list reloaded");
+                }
+                Err(error) => {
+                    tracing::error!(%error, "reload failed: the previous certificates stay");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (shared, endpoint, pki);
+        let _ = stopping.changed().await;
+    }
 }
 
 async fn serve_connection(
@@ -392,28 +464,42 @@ async fn serve_connection(
             return;
         }
     };
-    let role = connection
+    let peer = connection
         .peer_identity()
         .and_then(|identity| {
             identity
                 .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
                 .ok()
         })
-        .and_then(|chain| chain.first().and_then(pki::role_of));
+        .and_then(|chain| chain.first().and_then(pki::peer_of));
     // The handshake is done: its place goes back to the next one.
     drop(ticket);
-    let Some(role) = role else {
+    let Some(peer) = peer else {
         metrics::counter!(crate::metrics::REJECTED_HANDSHAKES, "reason" => "no_role").increment(1);
         connection.close(NO_ROLE, b"client certificate names no role");
         return;
     };
+    let mut revoked = shared.revoked.subscribe();
+    if revoked.borrow_and_update().contains(&peer.serial) {
+        tracing::info!(%remote, client = %peer.name, "revoked certificate refused");
+        metrics::counter!(crate::metrics::REJECTED_HANDSHAKES, "reason" => "revoked").increment(1);
+        connection.close(REVOKED, b"client certificate revoked");
+        return;
+    }
+    let role = peer.role;
     let Some(_slot) = shared.connections.admit(role) else {
         metrics::counter!(crate::metrics::REJECTED_HANDSHAKES, "reason" => "connection_limit")
             .increment(1);
         connection.close(TOO_MANY_CONNECTIONS, b"too many connections");
         return;
     };
-    tracing::debug!(%remote, role = role.as_str(), "connected");
+    tracing::info!(%remote, role = role.as_str(), client = %peer.name, "connected");
+    metrics::counter!(
+        crate::metrics::CLIENT_CONNECTIONS,
+        "role" => role.as_str(),
+        "client" => peer.name.clone()
+    )
+    .increment(1);
     let mut binding = [0u8; crate::otp::push::BINDING_LEN];
     if connection
         .export_keying_material(&mut binding, crate::otp::push::BINDING_LABEL, b"")
@@ -432,9 +518,24 @@ async fn serve_connection(
         quic: connection.clone(),
         malformed: std::sync::atomic::AtomicU32::new(0),
     });
-    // Until the connection closes: while the server drains, streams are
-    // still accepted, and their requests answered ShuttingDown.
-    while let Ok((send, recv)) = connection.accept_bi().await {
+    // Until the connection closes (or its certificate is revoked): while
+    // the server drains, streams are still accepted, and their requests
+    // answered ShuttingDown.
+    loop {
+        let (send, recv) = tokio::select! {
+            accepted = connection.accept_bi() => match accepted {
+                Ok(stream) => stream,
+                Err(_) => break,
+            },
+            changed = revoked.changed() => {
+                if changed.is_ok() && revoked.borrow_and_update().contains(&peer.serial) {
+                    tracing::info!(%remote, client = %peer.name, "closed: certificate revoked");
+                    connection.close(REVOKED, b"client certificate revoked");
+                    break;
+                }
+                continue;
+            }
+        };
         let shared = Arc::clone(&shared);
         let state = Arc::clone(&state);
         let token = Arc::clone(&in_flight);

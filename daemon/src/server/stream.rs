@@ -41,6 +41,8 @@ pub const WRITE_STALLED: VarInt = VarInt::from_u32(5);
 /// QUIC application error code: every connection slot, or the role's, is
 /// taken (`server.max-connections`, `server.max-<role>-connections`).
 pub const TOO_MANY_CONNECTIONS: VarInt = VarInt::from_u32(6);
+/// The client certificate is on the revocation list (`server.revoked-serials`).
+pub const REVOKED: VarInt = VarInt::from_u32(7);
 
 /// Batches of encoded replies waiting for the writer, at most; what bounds
 /// them in bytes is the stream's write budget (`server.write-queue-bytes`).

@@ -379,12 +379,11 @@ impl AdminOperation {
     }
 }
 
-/// The daemon's address: `--addr`, else `server.listen` of `--config`
-/// (an unspecified address means this machine), else the default.
-fn address(args: &AdminArgs) -> anyhow::Result<SocketAddr> {
-    if let Some(addr) = args.addr {
-        return Ok(addr);
-    }
+/// The daemon's address and server name: `--addr`, else `server.listen`
+/// of `--config` (an unspecified address means this machine), else the
+/// default; the name is `server.name` of `--config` (default `localhost`),
+/// which the server certificate must carry.
+fn address(args: &AdminArgs) -> anyhow::Result<(SocketAddr, String)> {
     let config = match &args.config {
         Some(file) => {
             let text =
@@ -394,15 +393,19 @@ fn address(args: &AdminArgs) -> anyhow::Result<SocketAddr> {
         }
         None => slsd::config::Config::default(),
     };
+    let name = config.server.name.clone();
+    if let Some(addr) = args.addr {
+        return Ok((addr, name));
+    }
     let mut addr = config.server.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    Ok(addr)
+    Ok((addr, name))
 }
 
 pub fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let addr = address(&args)?;
+    let (addr, server_name) = address(&args)?;
     let paths = PkiPaths::new(&args.data_dir);
     if !paths.ca_cert().exists() {
         bail!(
@@ -423,7 +426,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let reply = runtime.block_on(async {
-        let client = Client::connect_with(addr, tls)
+        let client = Client::connect_named(addr, &server_name, tls)
             .await
             .map_err(|e| anyhow!("cannot reach slsd at {addr}: {e}"))?;
         let reply = client

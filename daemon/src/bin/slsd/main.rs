@@ -44,6 +44,107 @@ enum Command {
     Config(ConfigCommand),
     /// Operate a running daemon: every admin operation (`slsd admin help`).
     Admin(admin::AdminArgs),
+    /// Certificates of the local CA.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Issue a client certificate for one client (a gateway, an operator,
+    /// a bridge, a phone app): its name shows in logs and in the
+    /// `sls_client_connections_total` metric, and its serial number (printed)
+    /// is what `server.revoked-serials` lists to revoke it.
+    Issue {
+        /// gateway, admin, carrier or phone.
+        #[arg(long, value_parser = role)]
+        role: slsd::engine::Role,
+        /// 1 to 63 of a-z, 0-9 and '-'.
+        #[arg(long)]
+        name: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = slsd::server::pki::LEAF_DAYS)]
+        days: u32,
+        /// The data directory whose CA signs (its `ca.key` unless --ca-key).
+        #[arg(long, default_value = "slsd-data")]
+        data_dir: std::path::PathBuf,
+        /// The CA key, when it was moved out of the data directory (the
+        /// daemon does not need it).
+        #[arg(long)]
+        ca_key: Option<std::path::PathBuf>,
+        /// Where `<name>.pem` and `<name>.key` are written [default: the
+        /// data directory].
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Renew the data directory's server certificate (before its year is
+    /// up, or for another name): a running daemon takes it on SIGHUP, and
+    /// open connections go on.
+    Server {
+        /// The name clients check (`server.name`); localhost and the
+        /// loopback addresses are always in it.
+        #[arg(long, default_value = "localhost")]
+        name: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = slsd::server::pki::LEAF_DAYS)]
+        days: u32,
+        #[arg(long, default_value = "slsd-data")]
+        data_dir: std::path::PathBuf,
+        /// The CA key, when it was moved out of the data directory.
+        #[arg(long)]
+        ca_key: Option<std::path::PathBuf>,
+    },
+}
+
+fn role(text: &str) -> Result<slsd::engine::Role, String> {
+    slsd::engine::Role::ALL
+        .into_iter()
+        .find(|r| r.as_str() == text)
+        .ok_or_else(|| format!("{text:?}: one of gateway, admin, carrier, phone"))
+}
+
+fn issue_cert(command: CertCommand) -> anyhow::Result<()> {
+    let days_ok = |days: u32| {
+        if (1..=3650).contains(&days) {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("--days: must be 1..=3650"))
+        }
+    };
+    let (issued, what) = match command {
+        CertCommand::Issue {
+            role,
+            name,
+            days,
+            data_dir,
+            ca_key,
+            out,
+        } => {
+            days_ok(days)?;
+            let paths = slsd::server::pki::PkiPaths::new(&data_dir);
+            let ca_key = ca_key.unwrap_or_else(|| paths.ca_key());
+            let out = out.unwrap_or(data_dir);
+            let issued = slsd::server::pki::issue_client(&ca_key, role, &name, days, &out)?;
+            (issued, format!("role {}", role.as_str()))
+        }
+        CertCommand::Server {
+            name,
+            days,
+            data_dir,
+            ca_key,
+        } => {
+            days_ok(days)?;
+            let paths = slsd::server::pki::PkiPaths::new(&data_dir);
+            let ca_key = ca_key.unwrap_or_else(|| paths.ca_key());
+            let issued = slsd::server::pki::renew_server(&ca_key, &paths, &name, days)?;
+            (issued, format!("server {name} (SIGHUP a running daemon)"))
+        }
+    };
+    println!("certificate {}", issued.cert.display());
+    println!("key {}", issued.key.display());
+    println!("serial {}", issued.serial);
+    println!("valid {} days, {what}", issued.days);
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -79,6 +180,7 @@ fn main() -> ExitCode {
         }
         Command::Config(ConfigCommand::Check { file }) => check_config(&file),
         Command::Admin(args) => admin::run(args),
+        Command::Cert(command) => issue_cert(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
