@@ -319,13 +319,6 @@ impl Engine {
             .into_iter()
             .filter(|d| d.kind.is_physical())
             .max_by_key(|d| self.config.devices.get(d.kind).security);
-        let no_number = || {
-            Reply::error(
-                ErrorCode::NoVerifiedNumber,
-                "no number on record and no physical device: \
-                 the operator can issue temporary access",
-            )
-        };
         let mut persist = None;
         let (proof, route, expires_in, sms) = match physical {
             Some(device) => {
@@ -336,7 +329,14 @@ impl Engine {
                 let number = match (lowest, self.number_on_record(user)) {
                     (false, _) => None,
                     (true, Some(number)) => Some(number),
-                    (true, None) => return no_number().into(),
+                    (true, None) => {
+                        return Reply::error(
+                            ErrorCode::NoVerifiedNumber,
+                            "a code card alone cannot activate IB Key: \
+                             a number on record is needed as well",
+                        )
+                        .into();
+                    }
                 };
                 let asked = self.challenge(user, device.id, now, rng);
                 persist = asked.persist;
@@ -376,7 +376,12 @@ impl Engine {
             }
             None => {
                 let Some(number) = self.number_on_record(user) else {
-                    return no_number().into();
+                    return Reply::error(
+                        ErrorCode::NoVerifiedNumber,
+                        "no number on record and no physical device: \
+                         the operator can issue temporary access",
+                    )
+                    .into();
                 };
                 if let Decision::Deny { retry_after } = self.issuance(user, now) {
                     return Reply::rate_limited(retry_after, "too many codes for this user").into();
@@ -387,13 +392,14 @@ impl Engine {
                 (Proof::Sms(code), ActivationRoute::Sms, life.token_ttl, sms)
             }
         };
-        let refused = |reply: Reply| Outcome { reply, persist };
+        // Whatever is answered carries the failure a late challenge cost.
+        let answer = |reply: Reply| Outcome { reply, persist };
         let activation = {
             // Kept before the token is sent, so the bound holds however
             // many start at once.
             let mut pending = self.tokens.lock();
             if pending.len() >= self.tokens.capacity {
-                return refused(self.tokens_full());
+                return answer(self.tokens_full());
             }
             let mut activation = ActivationId(rng.next_u64());
             while pending.activations.contains_key(&activation) {
@@ -414,9 +420,9 @@ impl Engine {
             && let Err(refusal) = self.send_token(number, text, now, rng)
         {
             self.tokens.lock().activations.remove(&activation);
-            return refused(refusal);
+            return answer(refusal);
         }
-        refused(Reply::ActivationStarted {
+        answer(Reply::ActivationStarted {
             activation,
             route,
             expires_in,
