@@ -527,6 +527,8 @@ async fn serve_connection(
                 Ok(stream) => stream,
                 Err(_) => break,
             },
+            // The list's sender lives in `shared`, which this task holds:
+            // `changed` fails only after the server is gone.
             changed = revoked.changed() => {
                 if changed.is_ok() && revoked.borrow_and_update().contains(&peer.serial) {
                     tracing::info!(%remote, client = %peer.name, "closed: certificate revoked");
