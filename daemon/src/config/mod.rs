@@ -130,6 +130,22 @@ pub struct ChallengeConfig {
     pub remembered_questions: usize,
 }
 
+/// A DNS name (labels of 1 to 63 letters, digits and `-`, not at either
+/// end; 253 characters in all) or an IP address: what a TLS client can
+/// check a server certificate against.
+fn is_server_name(name: &str) -> bool {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    (1..=253).contains(&name.len()) && name.split('.').all(label)
+}
+
 impl ChallengeConfig {
     /// The per-user issuance rate (challenges, codes, pushes), on either
     /// store.
@@ -470,7 +486,7 @@ impl Config {
             "must be at least 1",
         )?;
         check(
-            rustls::pki_types::ServerName::try_from(self.server.name.as_str()).is_ok(),
+            is_server_name(&self.server.name),
             "server.name",
             "must be a DNS name or an IP address",
         )?;
