@@ -170,6 +170,13 @@ pub async fn serve(
     if pki.ensure(&config.server.name)? {
         tracing::info!(dir = %data_dir.display(), "created a local CA and certificates");
     }
+    for path in pki::long_lived(&pki, clock::now().0 / 1000) {
+        tracing::warn!(
+            path = %path.display(),
+            "certificate still valid in two years (made by an earlier version): \
+             replace it (slsd cert server, slsd cert issue)"
+        );
+    }
     let cipher =
         SecretCipher::load_or_create(&data_dir.join("secrets.key"), &mut UnwrapErr(SysRng))?;
     let registry = Arc::new(
@@ -244,6 +251,15 @@ pub async fn serve(
             addr: config.server.metrics,
             source,
         })?;
+    // Listening for SIGHUP before saying we started: its default action
+    // would end the process.
+    #[cfg(unix)]
+    let hangups =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(|e| {
+            tracing::warn!(error = %e, "SIGHUP cannot be handled: certificates reload only on restart");
+        });
+    #[cfg(not(unix))]
+    let hangups: Result<(), ()> = Err(());
     on_start(&Started {
         quic,
         metrics: metrics_addr,
@@ -260,8 +276,8 @@ pub async fn serve(
     let sweeper = tokio::spawn(sweep(Arc::clone(&shared), stopping.clone()));
     let reloader = tokio::spawn(reload_on_hangup(
         Arc::clone(&shared),
-        endpoint.clone(),
-        pki.clone(),
+        (endpoint.clone(), pki.clone()),
+        hangups.ok(),
         stopping.clone(),
     ));
     let relay = shared
@@ -395,19 +411,19 @@ fn endpoint(config: &Config, pki: &PkiPaths) -> Result<quinn::Endpoint, ServeErr
 /// list are read again. New connections get the new certificate; open
 /// ones go on, except those whose certificate is now revoked. A file that
 /// does not load leaves everything as it was, with an error in the log.
+#[cfg(unix)]
+type Hangups = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangups = ();
+
 async fn reload_on_hangup(
     shared: Arc<Shared>,
-    endpoint: quinn::Endpoint,
-    pki: PkiPaths,
+    (endpoint, pki): (quinn::Endpoint, PkiPaths),
+    hangups: Option<Hangups>,
     mut stopping: watch::Receiver<bool>,
 ) {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!("SIGHUP cannot be handled: certificates reload only on restart");
-            return;
-        };
+    if let Some(mut hangups) = hangups {
         loop {
             tokio::select! {
                 _ = hangups.recv() => {}
@@ -429,10 +445,8 @@ async fn reload_on_hangup(
         }
     }
     #[cfg(not(unix))]
-    {
-        let _ = (shared, endpoint, pki);
-        let _ = stopping.changed().await;
-    }
+    let _ = (shared, endpoint, pki, hangups);
+    let _ = stopping.changed().await;
 }
 
 async fn serve_connection(

@@ -120,6 +120,47 @@ pub fn load_revoked(path: &Path) -> Result<HashSet<Vec<u8>>, PkiError> {
     })
 }
 
+/// Whether `cert` verifies against the data directory's CA for `usage` at
+/// `at` (seconds since the epoch), as webpki checks it.
+fn valid_at(paths: &PkiPaths, cert: &Path, usage: webpki::KeyUsage, at: u64) -> bool {
+    let (Ok(leaf), Ok(ca)) = (load_certs(cert), load_certs(&paths.ca_cert())) else {
+        return false;
+    };
+    let (Some(leaf), Some(ca)) = (leaf.first(), ca.first()) else {
+        return false;
+    };
+    let (Ok(anchor), Ok(cert)) = (
+        webpki::anchor_from_trusted_cert(ca),
+        webpki::EndEntityCert::try_from(leaf),
+    ) else {
+        return false;
+    };
+    cert.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &[anchor],
+        &[],
+        rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(at)),
+        usage,
+        None,
+        None,
+    )
+    .is_ok()
+}
+
+/// The data directory's certificates that will still be valid in two
+/// years: made by a version before certificates expired (valid until
+/// 4096). Each should be replaced (`slsd cert server`, `slsd cert issue`).
+pub fn long_lived(paths: &PkiPaths, now: u64) -> Vec<PathBuf> {
+    let later = now + 2 * 366 * 86_400;
+    let server = (paths.server_cert(), webpki::KeyUsage::server_auth());
+    let clients = Role::ALL.map(|role| (paths.client_cert(role), webpki::KeyUsage::client_auth()));
+    std::iter::once(server)
+        .chain(clients)
+        .filter(|(path, usage)| path.exists() && valid_at(paths, path, *usage, later))
+        .map(|(path, _)| path)
+        .collect()
+}
+
 /// The local CA's parameters: what its certificate says and what
 /// certificates it signs name as their issuer (so a CA made earlier signs
 /// new certificates without its certificate being parsed).
@@ -527,23 +568,30 @@ mod tests {
         );
     }
 
-    /// Checks `cert` as webpki does for `usage` at `at` (seconds since the
-    /// epoch), against the data directory's CA.
     fn verifies(paths: &PkiPaths, cert: &Path, usage: webpki::KeyUsage, at: u64) -> bool {
-        let leaf = load_certs(cert).unwrap().remove(0);
-        let ca = load_certs(&paths.ca_cert()).unwrap().remove(0);
-        let anchor = webpki::anchor_from_trusted_cert(&ca).unwrap();
-        let cert = webpki::EndEntityCert::try_from(&leaf).unwrap();
-        cert.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &[anchor],
-            &[],
-            rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(at)),
-            usage,
-            None,
-            None,
-        )
-        .is_ok()
+        valid_at(paths, cert, usage, at)
+    }
+
+    #[test]
+    fn certificates_of_earlier_versions_are_found_long_lived() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = PkiPaths::new(dir.path());
+        paths.ensure("localhost").unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
+        assert_eq!(long_lived(&paths, now), Vec::<PathBuf>::new());
+        // What an earlier version made: rcgen's default validity (to 4096).
+        let pem = std::fs::read_to_string(paths.ca_key()).unwrap();
+        let ca_key = KeyPair::from_pem(&pem).unwrap();
+        let issuer = Issuer::new(ca_params(CA_DAYS).unwrap(), &ca_key);
+        let params = CertificateParams::new(vec![role_name(Role::Phone)]).unwrap();
+        let cert = params
+            .signed_by(&KeyPair::generate().unwrap(), &issuer)
+            .unwrap();
+        write_public(&paths.client_cert(Role::Phone), &cert.pem()).unwrap();
+        assert_eq!(
+            long_lived(&paths, now),
+            vec![paths.client_cert(Role::Phone)]
+        );
     }
 
     #[test]
