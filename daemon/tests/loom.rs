@@ -125,6 +125,16 @@ impl Fixture {
         ))
     }
 
+    /// The card's wrong answers in a row, as the engine holds them.
+    fn consecutive_failures(&self, engine: &Engine) -> u32 {
+        engine
+            .registry()
+            .device(self.device)
+            .unwrap()
+            .failures()
+            .consecutive
+    }
+
     /// A challenge for the card, and its right answer.
     fn challenge(&self, engine: &Engine, now: Timestamp) -> (ChallengeId, String) {
         let operation = Operation::Challenge {
@@ -212,12 +222,7 @@ fn racing_wrong_answers_never_get_more_checks_than_attempts() {
             .filter(|v| matches!(v, Verdict::Rejected { .. }))
             .count();
         assert_eq!(checked, 1, "{a:?} {b:?}");
-        let failures = engine
-            .registry()
-            .device(fixture.device)
-            .unwrap()
-            .failures()
-            .consecutive;
+        let failures = fixture.consecutive_failures(&engine);
         assert_eq!(failures, 1);
     });
 }
@@ -246,12 +251,7 @@ fn a_wrong_answer_racing_a_new_challenge_is_counted_once_and_the_question_kept()
             Verdict::UnknownChallenge => 0,
             other => panic!("{other:?}"),
         };
-        let failures = engine
-            .registry()
-            .device(fixture.device)
-            .unwrap()
-            .failures()
-            .consecutive;
+        let failures = fixture.consecutive_failures(&engine);
         assert_eq!(failures, counted);
         assert_eq!(again, right, "the unanswered question is asked again");
         assert_eq!(

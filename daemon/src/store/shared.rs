@@ -199,26 +199,31 @@ fn next_device_key() -> Key {
     Key::new("meta", "next-device")
 }
 
+/// A device's record as read: `decode`d, the default when absent, and a
+/// `Corrupt` error naming `what` when it does not decode.
+fn device_record<T: Default>(
+    device: DeviceId,
+    record: &Versioned,
+    decode: impl FnOnce(&[u8]) -> Option<T>,
+    what: &str,
+) -> Result<T, StoreError> {
+    match &record.value {
+        Some(bytes) => decode(bytes).ok_or_else(|| StoreError::Corrupt {
+            device: device.0,
+            problem: what.into(),
+        }),
+        None => Ok(T::default()),
+    }
+}
+
 /// A failure-state record as read (absent: never failed).
 pub fn failure_state(device: DeviceId, record: &Versioned) -> Result<FailureState, StoreError> {
-    match &record.value {
-        Some(bytes) => FailureState::decode(bytes).ok_or_else(|| StoreError::Corrupt {
-            device: device.0,
-            problem: "failure state".into(),
-        }),
-        None => Ok(FailureState::default()),
-    }
+    device_record(device, record, FailureState::decode, "failure state")
 }
 
 /// A question-memory record as read (absent: never asked).
 pub fn question_memory(device: DeviceId, record: &Versioned) -> Result<QuestionMemory, StoreError> {
-    match &record.value {
-        Some(bytes) => QuestionMemory::decode(bytes).ok_or_else(|| StoreError::Corrupt {
-            device: device.0,
-            problem: "question memory".into(),
-        }),
-        None => Ok(QuestionMemory::default()),
-    }
+    device_record(device, record, QuestionMemory::decode, "question memory")
 }
 
 impl SharedStore {

@@ -62,16 +62,8 @@ enum CertCommand {
         /// 1 to 63 of a-z, 0-9 and '-'.
         #[arg(long)]
         name: String,
-        /// Validity in days.
-        #[arg(long, default_value_t = slsd::server::pki::LEAF_DAYS)]
-        days: u32,
-        /// The data directory whose CA signs (its `ca.key` unless --ca-key).
-        #[arg(long, default_value = "slsd-data")]
-        data_dir: std::path::PathBuf,
-        /// The CA key, when it was moved out of the data directory (the
-        /// daemon does not need it).
-        #[arg(long)]
-        ca_key: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        ca: CaArgs,
         /// Where `<name>.pem` and `<name>.key` are written [default: the
         /// data directory].
         #[arg(long)]
@@ -85,15 +77,38 @@ enum CertCommand {
         /// loopback addresses are always in it.
         #[arg(long, default_value = "localhost")]
         name: String,
-        /// Validity in days.
-        #[arg(long, default_value_t = slsd::server::pki::LEAF_DAYS)]
-        days: u32,
-        #[arg(long, default_value = "slsd-data")]
-        data_dir: std::path::PathBuf,
-        /// The CA key, when it was moved out of the data directory.
-        #[arg(long)]
-        ca_key: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        ca: CaArgs,
     },
+}
+
+/// The CA that signs and how long what it signs is valid, for both `cert`
+/// commands.
+#[derive(Debug, clap::Args)]
+struct CaArgs {
+    /// Validity in days.
+    #[arg(long, default_value_t = slsd::server::pki::LEAF_DAYS)]
+    days: u32,
+    /// The data directory whose CA signs (its `ca.key` unless --ca-key).
+    #[arg(long, default_value = "slsd-data")]
+    data_dir: std::path::PathBuf,
+    /// The CA key, when it was moved out of the data directory (the daemon
+    /// does not need it).
+    #[arg(long)]
+    ca_key: Option<std::path::PathBuf>,
+}
+
+impl CaArgs {
+    /// The data directory's paths and the CA key to sign with, once the
+    /// validity is checked.
+    fn resolve(&self) -> anyhow::Result<(slsd::server::pki::PkiPaths, std::path::PathBuf)> {
+        if !(1..=3650).contains(&self.days) {
+            anyhow::bail!("--days: must be 1..=3650");
+        }
+        let paths = slsd::server::pki::PkiPaths::new(&self.data_dir);
+        let ca_key = self.ca_key.clone().unwrap_or_else(|| paths.ca_key());
+        Ok((paths, ca_key))
+    }
 }
 
 fn role(text: &str) -> Result<slsd::engine::Role, String> {
@@ -104,39 +119,21 @@ fn role(text: &str) -> Result<slsd::engine::Role, String> {
 }
 
 fn issue_cert(command: CertCommand) -> anyhow::Result<()> {
-    let days_ok = |days: u32| {
-        if (1..=3650).contains(&days) {
-            Ok(())
-        } else {
-            Err(anyhow::anyhow!("--days: must be 1..=3650"))
-        }
-    };
     let (issued, what) = match command {
         CertCommand::Issue {
             role,
             name,
-            days,
-            data_dir,
-            ca_key,
+            ca,
             out,
         } => {
-            days_ok(days)?;
-            let paths = slsd::server::pki::PkiPaths::new(&data_dir);
-            let ca_key = ca_key.unwrap_or_else(|| paths.ca_key());
-            let out = out.unwrap_or(data_dir);
-            let issued = slsd::server::pki::issue_client(&ca_key, role, &name, days, &out)?;
+            let (_, ca_key) = ca.resolve()?;
+            let out = out.unwrap_or(ca.data_dir);
+            let issued = slsd::server::pki::issue_client(&ca_key, role, &name, ca.days, &out)?;
             (issued, format!("role {}", role.as_str()))
         }
-        CertCommand::Server {
-            name,
-            days,
-            data_dir,
-            ca_key,
-        } => {
-            days_ok(days)?;
-            let paths = slsd::server::pki::PkiPaths::new(&data_dir);
-            let ca_key = ca_key.unwrap_or_else(|| paths.ca_key());
-            let issued = slsd::server::pki::renew_server(&ca_key, &paths, &name, days)?;
+        CertCommand::Server { name, ca } => {
+            let (paths, ca_key) = ca.resolve()?;
+            let issued = slsd::server::pki::renew_server(&ca_key, &paths, &name, ca.days)?;
             (issued, format!("server {name} (SIGHUP a running daemon)"))
         }
     };
