@@ -11,159 +11,22 @@
 
 mod support;
 
-use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sls_sim::carrier::{self, Bridge, Inbox};
 use sls_sim::client::{Client, ClientError};
-use sls_sim::cluster::Cluster;
 use sls_sim::phone::{self, Matcher, PhoneApp};
-use sls_sim::token::DscPlus;
 use slsd::engine::Role;
-use slsd::identity::{ChallengeId, CodeId, DeviceId, Username};
-use slsd::otp::SecretKey;
+use slsd::identity::{CodeId, DeviceId};
 use slsd::otp::push::PushSigner;
 use slsd::phone::{Channel, PhoneNumber};
-use slsd::profile::{DeviceKind, DeviceProfiles};
-use slsd::wire::request::{Answer, Pin};
+use slsd::profile::DeviceKind;
+use slsd::wire::request::Answer;
 use slsd::wire::{
     ChallengeText, DeliveryState, EnrollRequest, ErrorCode, Operation, Reply, Verdict,
 };
-use support::daemon::Daemon;
-
-const DSC_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-const PIN: &str = "4821";
-const CACHE_TTL: Duration = Duration::from_millis(500);
-
-/// Two nodes on one cluster; node B shares node A's CA, certificates and
-/// key file, as a deployment's nodes do.
-struct Deployment {
-    // Dropped in this order: the nodes stop before the cluster goes, and
-    // the next test's turn comes after both.
-    a: Daemon,
-    b: Daemon,
-    cluster: Cluster,
-    _dir: tempfile::TempDir,
-    _turn: MutexGuard<'static, ()>,
-}
-
-/// The tests take turns: each runs six Redis servers and two nodes, and
-/// several at once on two cores would spoil each other's timings.
-static TURN: Mutex<()> = Mutex::new(());
-
-fn deploy(more: &str) -> Deployment {
-    deploy_with("", more)
-}
-
-/// A deployment with more `[store]` keys (`store`) and tables (`more`).
-fn deploy_with(store: &str, more: &str) -> Deployment {
-    let turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
-    let cluster = Cluster::start(3, 1).expect("a Redis Cluster (apt-get install redis-server)");
-    let dir = tempfile::tempdir().unwrap();
-    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("{u:?}")).collect();
-    let sections = format!(
-        "[store]\nbackend = \"redis\"\nredis-urls = [{}]\nredis-wait-replicas = 1\n\
-         redis-wait-timeout = \"2s\"\ncache-ttl = \"{}ms\"\n{store}\n\
-         [lockout]\nfailures = 3\nfirst = \"1s\"\nmax = \"4s\"\n{more}",
-        urls.join(", "),
-        CACHE_TTL.as_millis()
-    );
-    let a = Daemon::start(&dir.path().join("a"), "", &sections);
-    share_identity(&dir.path().join("a"), &dir.path().join("b"));
-    let b = Daemon::start(&dir.path().join("b"), "", &sections);
-    Deployment {
-        a,
-        b,
-        cluster,
-        _dir: dir,
-        _turn: turn,
-    }
-}
-
-/// Copies the CA, the certificates and the key file: everything of a data
-/// directory but its (unused) embedded database.
-fn share_identity(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.ends_with(".pem") || name.ends_with(".key") {
-            std::fs::copy(&path, to.join(&name)).unwrap();
-        }
-    }
-}
-
-fn user(name: &str) -> Username {
-    Username::new(name).unwrap()
-}
-
-async fn enroll_dsc(admin: &Client, name: &str) -> Result<DeviceId, Reply> {
-    let request = EnrollRequest {
-        user: user(name),
-        kind: DeviceKind::DscPlus,
-        secret: Some(SecretKey::from_hex(DSC_KEY).unwrap()),
-        pin: Some(Pin::new(PIN)),
-        label: "card".into(),
-    };
-    match admin.call(Operation::Enroll(request)).await {
-        Ok(Reply::Enrolled { device, .. }) => Ok(device),
-        Ok(other) => Err(other),
-        Err(error) => Err(Reply::error(ErrorCode::Internal, error.to_string())),
-    }
-}
-
-async fn challenge(gateway: &Client, name: &str, device: DeviceId) -> Reply {
-    gateway
-        .call(Operation::Challenge {
-            user: user(name),
-            device,
-        })
-        .await
-        .unwrap()
-}
-
-/// A challenge that must be issued: its id and the right answer.
-async fn open(gateway: &Client, name: &str, device: DeviceId) -> (ChallengeId, String) {
-    match challenge(gateway, name, device).await {
-        Reply::Challenge {
-            challenge,
-            text: ChallengeText::Question(question),
-            ..
-        } => (challenge, answer(&question)),
-        other => panic!("challenge: {other:?}"),
-    }
-}
-
-fn answer(question: &str) -> String {
-    let card = DscPlus::new(
-        &SecretKey::from_hex(DSC_KEY).unwrap(),
-        &DeviceProfiles::defaults().unwrap(),
-    )
-    .unwrap();
-    card.respond(PIN, question).unwrap().to_string()
-}
-
-fn wrong(answer: &str) -> String {
-    answer
-        .chars()
-        .map(|c| if c == '9' { '0' } else { '9' })
-        .collect()
-}
-
-async fn verify(gateway: &Client, challenge: ChallengeId, answer: &str) -> Verdict {
-    match gateway
-        .call(Operation::Verify {
-            challenge,
-            response: Answer::new(answer),
-        })
-        .await
-        .unwrap()
-    {
-        Reply::Verdict(verdict) => verdict,
-        other => panic!("verify: {other:?}"),
-    }
-}
+use support::deployment::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_node_verifies_any_user_and_a_challenge_is_accepted_once() {

@@ -42,6 +42,10 @@ pub const OUTBOX: &str = "sls_outbox";
 /// Round trips to the shared store (redis backend), by `durable` ("yes":
 /// the write waited for replicas in the same round trip).
 pub const STORE_ROUND_TRIPS: &str = "sls_store_round_trips_total";
+/// Records of the shared store refused because their authentication tag
+/// did not match (edited, moved to another key, or replayed at another
+/// version by someone with write access to Redis).
+pub const STORE_RECORDS_REFUSED: &str = "sls_store_records_refused_total";
 
 /// Installs the Prometheus recorder for this process.
 pub fn install() -> Result<PrometheusHandle, String> {

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own part of the helpers
 
 pub mod daemon;
+pub mod deployment;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

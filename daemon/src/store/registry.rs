@@ -52,6 +52,10 @@ pub enum StoreError {
     Corrupt { device: u64, problem: String },
     #[error(transparent)]
     Shared(#[from] super::redis::RedisError),
+    /// A shared-store record whose authentication tag does not match: it
+    /// was not written by a node of this deployment as it stands.
+    #[error("the shared store's record {0} failed its integrity check")]
+    Forged(String),
 }
 
 macro_rules! database_errors {

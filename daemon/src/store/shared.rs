@@ -66,6 +66,13 @@ const OUTBOX_CONTEXT: &[u8] = b"sls/1 outbox message";
 /// Compare-and-swap rounds before a failure-state change gives up (each
 /// conflict means another node changed the same device meanwhile).
 const SWAP_ROUNDS: usize = 16;
+/// Bytes of the tag that authenticates each record a node writes (a
+/// truncated HMAC-SHA256: 128 bits).
+const TAG_BYTES: usize = 16;
+/// What the record tags are keyed for (a key derived from the key file).
+const RECORD_TAG_PURPOSE: &str = "sls/1 shared-store record";
+/// The version a plain (unversioned) value is tagged with.
+const PLAIN: u64 = 0;
 
 struct Cached {
     device: Arc<Device>,
@@ -195,6 +202,11 @@ fn alive_key(node: &str) -> Key {
     Key::new(&format!("n:{node}"), "alive")
 }
 
+/// The deployment's audit log (entries numbered by `sls:{audit}:seq`).
+fn audit_log_key() -> Key {
+    Key::new("audit", "log")
+}
+
 fn next_device_key() -> Key {
     Key::new("meta", "next-device")
 }
@@ -236,6 +248,88 @@ impl SharedStore {
         }
     }
 
+    /// The tag of `value` stored under `key` at `version`: HMAC-SHA256
+    /// under a key derived from the deployment's key file, over the key's
+    /// name, the version and the value, so a record cannot be edited,
+    /// moved to another key, or put back at a later version by anyone
+    /// without the key file.
+    fn tag(&self, key: &Key, version: u64, value: &[u8]) -> [u8; 32] {
+        self.codec.cipher.digest(
+            RECORD_TAG_PURPOSE,
+            &[key.as_str().as_bytes(), &version.to_be_bytes(), value],
+        )
+    }
+
+    /// `value` as stored under `key` at `version`: followed by its tag.
+    fn tagged(&self, key: &Key, version: u64, value: &[u8]) -> Vec<u8> {
+        let tag = self.tag(key, version, value);
+        let mut out = Vec::with_capacity(value.len() + TAG_BYTES);
+        out.extend_from_slice(value);
+        out.extend_from_slice(tag.get(..TAG_BYTES).unwrap_or(&tag));
+        out
+    }
+
+    /// The value stored under `key` at `version` if its tag is right;
+    /// otherwise the record is refused (counted and logged), never used.
+    fn checked(&self, key: &Key, version: u64, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let refused = || {
+            metrics::counter!(crate::metrics::STORE_RECORDS_REFUSED).increment(1);
+            tracing::warn!(
+                key = key.as_str(),
+                "a shared-store record failed its integrity check"
+            );
+            StoreError::Forged(key.as_str().to_owned())
+        };
+        let split = stored.len().checked_sub(TAG_BYTES).ok_or_else(refused)?;
+        let (value, tag) = stored.split_at(split);
+        let expected = self.tag(key, version, value);
+        let expected = expected.get(..TAG_BYTES).unwrap_or(&expected);
+        if bool::from(subtle::ConstantTimeEq::ct_eq(tag, expected)) {
+            Ok(value.to_vec())
+        } else {
+            Err(refused())
+        }
+    }
+
+    /// Versioned records of one slot as read, each checked (absent ones
+    /// stay absent).
+    async fn read_checked(&self, keys: &[&Key]) -> Result<Vec<Versioned>, StoreError> {
+        let records = self.redis.read_many(keys).await?;
+        keys.iter()
+            .zip(records)
+            .map(|(key, record)| {
+                Ok(Versioned {
+                    version: record.version,
+                    value: match record.value {
+                        Some(stored) => Some(self.checked(key, record.version, &stored)?),
+                        None => None,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// A plain value as read, checked.
+    async fn get_checked(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.redis.get(key).await? {
+            Some(stored) => Ok(Some(self.checked(key, PLAIN, &stored)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Creates a versioned record (version 1) that must not exist yet.
+    async fn create(&self, key: &Key, value: &[u8]) -> Result<(), StoreError> {
+        let change = Change::Set(self.tagged(key, 1, value), None);
+        if self.redis.transact(&[(key, 0, change)], true).await? {
+            Ok(())
+        } else {
+            Err(StoreError::Database(format!(
+                "{} exists already",
+                key.as_str()
+            )))
+        }
+    }
+
     /// A device, from this node's cache while it is younger than the TTL.
     /// Absent devices are not cached: a device enrolled on another node
     /// works here at once.
@@ -252,12 +346,9 @@ impl SharedStore {
         let read_at = Instant::now();
         // The record, its sealed number and its push key: one slot, one read.
         let keys = [&device_key(id), &phone_key(id), &push_key_key(id)];
-        let mut values = self.redis.get_many(&keys).await?.into_iter();
-        let (Some(record), phone, push_key) = (
-            values.next().flatten(),
-            values.next().flatten(),
-            values.next().flatten(),
-        ) else {
+        let mut values = self.read_checked(&keys).await?.into_iter();
+        let mut next = || values.next().and_then(|record| record.value);
+        let (Some(record), phone, push_key) = (next(), next(), next()) else {
             self.forget(id);
             return Ok(None);
         };
@@ -314,9 +405,13 @@ impl SharedStore {
         ids.sort_unstable();
         let mut devices = Vec::with_capacity(ids.len());
         for id in ids {
-            // An id whose record is gone (a revoke cut short) is skipped.
-            if let Some(device) = self.device(id).await?.filter(|d| &d.user == user) {
-                devices.push(device);
+            // An id whose record is gone (a revoke cut short) is skipped,
+            // and so is one whose record is forged (refused and counted:
+            // the user's other devices still work).
+            match self.device(id).await {
+                Ok(Some(device)) if &device.user == user => devices.push(device),
+                Ok(_) | Err(StoreError::Forged(_)) => {}
+                Err(error) => return Err(error),
             }
         }
         Ok(devices)
@@ -332,7 +427,9 @@ impl SharedStore {
     /// Writes a new device's record, then lists it among the user's
     /// devices, each durable before the next.
     async fn add(&self, id: DeviceId, user: &Username, record: &[u8]) -> Result<(), StoreError> {
-        self.redis.put(&device_key(id), record, true).await?;
+        // Created, never overwritten: an id handed out twice (a counter
+        // set back) is an error, not a device replaced.
+        self.create(&device_key(id), record).await?;
         self.redis
             .set_add(&user_key(user), id.0.to_string().as_bytes(), true)
             .await?;
@@ -383,15 +480,17 @@ impl SharedStore {
         let claim = phone_claim_key(user);
         let claimed = self
             .redis
-            .put_if_absent(&claim, id.0.to_string().as_bytes(), true)
+            .put_if_absent(
+                &claim,
+                &self.tagged(&claim, PLAIN, id.0.to_string().as_bytes()),
+                true,
+            )
             .await
             .map_err(StoreError::from)?;
         if !claimed {
             let existing = self
-                .redis
-                .get(&claim)
-                .await
-                .map_err(StoreError::from)?
+                .get_checked(&claim)
+                .await?
                 .map(|v| String::from_utf8_lossy(&v).into_owned())
                 .unwrap_or_default();
             return Err(EnrollError::Invalid(format!(
@@ -409,10 +508,7 @@ impl SharedStore {
             self.codec
                 .encode_device(rng, id, &stored, &Verifier::Phone(number.clone()))?;
         let sealed = self.codec.seal_phone(rng, id, &number)?;
-        self.redis
-            .put(&phone_key(id), &sealed, true)
-            .await
-            .map_err(StoreError::from)?;
+        self.create(&phone_key(id), &sealed).await?;
         self.add(id, user, &record).await?;
         Ok(id)
     }
@@ -496,17 +592,16 @@ impl SharedStore {
     /// says so, or `unlink_phone`; a link to a node that stopped saying it
     /// is alive counts for nothing).
     pub async fn link_phone(&self, device: DeviceId, node: &str) -> Result<(), StoreError> {
-        Ok(self
-            .redis
-            .put(&phone_link_key(device), node.as_bytes(), false)
-            .await?)
+        let key = phone_link_key(device);
+        let value = self.tagged(&key, PLAIN, node.as_bytes());
+        Ok(self.redis.put(&key, &value, false).await?)
     }
 
     /// Withdraws the link if it is still `node`'s.
     pub async fn unlink_phone(&self, device: DeviceId, node: &str) -> Result<(), StoreError> {
-        self.redis
-            .delete_if(&phone_link_key(device), node.as_bytes())
-            .await?;
+        let key = phone_link_key(device);
+        let value = self.tagged(&key, PLAIN, node.as_bytes());
+        self.redis.delete_if(&key, &value).await?;
         Ok(())
     }
 
@@ -517,7 +612,7 @@ impl SharedStore {
 
     /// The live node a device's phone is subscribed on, if any.
     pub async fn phone_node(&self, device: DeviceId) -> Result<Option<String>, StoreError> {
-        let Some(node) = self.redis.get(&phone_link_key(device)).await? else {
+        let Some(node) = self.get_checked(&phone_link_key(device)).await? else {
             return Ok(None);
         };
         let node = String::from_utf8_lossy(&node).into_owned();
@@ -551,15 +646,20 @@ impl SharedStore {
 
     /// Hands `item` to `node` (its next relay round takes it).
     pub async fn send_to_node(&self, node: &str, item: &[u8]) -> Result<(), StoreError> {
-        Ok(self
-            .redis
-            .push_back(&inbox_key(node), item, QUEUE_TTL)
-            .await?)
+        let key = inbox_key(node);
+        let item = self.tagged(&key, PLAIN, item);
+        Ok(self.redis.push_back(&key, &item, QUEUE_TTL).await?)
     }
 
-    /// What other nodes handed this node.
+    /// What other nodes handed this node (an item that fails its check is
+    /// refused, counted and left out).
     pub async fn node_inbox(&self, node: &str, count: usize) -> Result<Vec<Vec<u8>>, StoreError> {
-        Ok(self.redis.pop_front(&inbox_key(node), count).await?)
+        let key = inbox_key(node);
+        let items = self.redis.pop_front(&key, count).await?;
+        Ok(items
+            .iter()
+            .filter_map(|item| self.checked(&key, PLAIN, item).ok())
+            .collect())
     }
 
     /// Sets the push key of an IB Key device; `Ok(false)`: no such device.
@@ -573,12 +673,24 @@ impl SharedStore {
                 device.kind
             )));
         }
-        self.redis
-            .put(&push_key_key(id), &key.0, true)
-            .await
-            .map_err(StoreError::from)?;
-        self.forget(id);
-        Ok(true)
+        // Versioned, so the key a device was bound to before cannot be put
+        // back in place of a newer one.
+        let record = push_key_key(id);
+        for _ in 0..SWAP_ROUNDS {
+            let version = self
+                .redis
+                .read(&record)
+                .await
+                .map_err(StoreError::from)?
+                .version;
+            let value = self.tagged(&record, version + 1, &key.0);
+            let swapped = self.redis.swap(&record, version, &value, None, true).await;
+            if let super::redis::Swap::Done(_) = swapped.map_err(StoreError::from)? {
+                self.forget(id);
+                return Ok(true);
+            }
+        }
+        Err(StoreError::Database(format!("the push key of device {id} kept changing")).into())
     }
 
     /// Removes a device for good; false if there was none. Other nodes stop
@@ -638,14 +750,11 @@ impl SharedStore {
     /// Appends an entry to the deployment's audit log (its `seq` is
     /// assigned here).
     pub async fn audit(&self, entry: &AuditRecord) -> Result<u64, StoreError> {
-        let encoded = encode_audit(entry);
+        let log = audit_log_key();
+        let encoded = self.tagged(&log, PLAIN, &encode_audit(entry));
         Ok(self
             .redis
-            .append_log(
-                &Key::new("audit", "seq"),
-                &Key::new("audit", "log"),
-                &encoded,
-            )
+            .append_log(&Key::new("audit", "seq"), &log, &encoded)
             .await?)
     }
 
@@ -655,18 +764,16 @@ impl SharedStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, StoreError> {
+        let log = audit_log_key();
         let raw = self
             .redis
-            .range(
-                &Key::new("audit", "log"),
-                after,
-                limit.min(crate::wire::request::MAX_PAGE),
-            )
+            .range(&log, after, limit.min(crate::wire::request::MAX_PAGE))
             .await?;
         raw.iter()
             .zip(after + 1..)
-            .map(|(bytes, seq)| {
-                decode_audit(seq, bytes).ok_or_else(|| StoreError::Corrupt {
+            .map(|(stored, seq)| {
+                let bytes = self.checked(&log, PLAIN, stored)?;
+                decode_audit(seq, &bytes).ok_or_else(|| StoreError::Corrupt {
                     device: 0,
                     problem: format!("audit entry {seq}"),
                 })
@@ -732,7 +839,7 @@ impl SharedStore {
     ) -> Result<Vec<Versioned>, StoreError> {
         let keys: Vec<Key> = records.iter().map(|r| user_record_key(user, *r)).collect();
         let keys: Vec<&Key> = keys.iter().collect();
-        Ok(self.redis.read_many(&keys).await?)
+        self.read_checked(&keys).await
     }
 
     /// Changes some of a user's records at once if each is still at the
@@ -749,10 +856,19 @@ impl SharedStore {
             .iter()
             .map(|(record, _, _)| user_record_key(user, *record))
             .collect();
+        // Each value written carries its tag for the version it gets.
         let changes: Vec<(&Key, u64, Change)> = keys
             .iter()
             .zip(changes)
-            .map(|(key, (_, version, change))| (key, *version, change.clone()))
+            .map(|(key, (_, version, change))| {
+                let change = match change {
+                    Change::Set(value, ttl) => {
+                        Change::Set(self.tagged(key, version + 1, value), *ttl)
+                    }
+                    other => other.clone(),
+                };
+                (key, *version, change)
+            })
             .collect();
         Ok(self.redis.transact(&changes, durable).await?)
     }
@@ -818,14 +934,11 @@ impl SharedStore {
             Some(device) => format!("{user} {}", device.0),
             None => user.to_string(),
         };
+        let key = handle_key(handle);
+        let owner = self.tagged(&key, PLAIN, owner.as_bytes());
         Ok(self
             .redis
-            .put_new(
-                &handle_key(handle),
-                owner.as_bytes(),
-                ttl + EXPIRED_GRACE,
-                false,
-            )
+            .put_new(&key, &owner, ttl + EXPIRED_GRACE, false)
             .await?)
     }
 
@@ -834,7 +947,7 @@ impl SharedStore {
         &self,
         handle: Handle,
     ) -> Result<Option<(Username, Option<DeviceId>)>, StoreError> {
-        let Some(owner) = self.redis.get(&handle_key(handle)).await? else {
+        let Some(owner) = self.get_checked(&handle_key(handle)).await? else {
             return Ok(None);
         };
         let owner = String::from_utf8_lossy(&owner);

@@ -231,13 +231,7 @@ impl Engine {
                 .map(|()| reply),
             (result, _) => result,
         };
-        Some(result.unwrap_or_else(|error| {
-            tracing::warn!(%error, operation = name, "shared store failed");
-            Reply::error(
-                ErrorCode::StoreUnavailable,
-                "the shared store did not answer or did not replicate in time",
-            )
-        }))
+        Some(result.unwrap_or_else(|error| shared_store_failed(name, &error)))
     }
 
     /// Counts one issuance (challenge, code, push) for the user across the
@@ -745,4 +739,23 @@ async fn shared_unlock(
     }
     tracing::info!(%user, devices = devices.len(), "lockouts cleared");
     Ok(Reply::Done)
+}
+
+/// The reply when the shared store failed an operation: it did not answer
+/// in time, or a record it holds failed its integrity check (refused, and
+/// the operation with it: nothing is decided on a forged record).
+fn shared_store_failed(operation: &str, error: &StoreError) -> Reply {
+    match error {
+        StoreError::Forged(_) => Reply::error(
+            ErrorCode::Internal,
+            "a record in the shared store failed its integrity check",
+        ),
+        _ => {
+            tracing::warn!(%error, operation, "shared store failed");
+            Reply::error(
+                ErrorCode::StoreUnavailable,
+                "the shared store did not answer or did not replicate in time",
+            )
+        }
+    }
 }
