@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sls_sim::cluster::Cluster;
-use slsd::store::redis::{Change, Durability, Key, RedisError, RedisStore, Swap};
+use slsd::store::redis::{Change, Durability, Key, RedisAccess, RedisError, RedisStore, Swap};
 
 const NO_WAIT: Durability = Durability {
     replicas: 0,
@@ -20,7 +20,7 @@ const ONE_REPLICA: Durability = Durability {
 
 async fn store(cluster: &Cluster, durability: Durability) -> Arc<RedisStore> {
     Arc::new(
-        RedisStore::connect(&cluster.urls(), durability)
+        RedisStore::connect(&cluster.urls(), durability, &RedisAccess::default())
             .await
             .unwrap(),
     )
@@ -247,6 +247,7 @@ async fn durable_writes_wait_for_a_replica_and_survive_a_master_crash() {
             replicas: 3,
             timeout: Duration::from_millis(100),
         },
+        &RedisAccess::default(),
     )
     .await
     .unwrap();

@@ -42,6 +42,94 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     /// Masters it was started with: a healthy cluster has as many live.
     masters: usize,
+    /// How it is secured, if it is (`start_secured`).
+    secured: Option<Secured>,
+}
+
+/// A cluster reached only over TLS (clients, replication and the cluster
+/// bus), by ACL users: Redis's default user is off; `sls`, the user the
+/// nodes log in as, may touch only `sls:*` keys and no dangerous command;
+/// `admin` is the harness's own (forming the cluster, replication, health
+/// checks).
+#[derive(Debug)]
+pub struct Secured {
+    /// The CA the servers' certificate chains to (PEM).
+    pub ca_file: PathBuf,
+    /// The `sls` user's password, in a file of mode 0600.
+    pub password_file: PathBuf,
+    admin_password: String,
+}
+
+/// The ACL user the nodes log in as on a secured cluster.
+pub const SECURED_USER: &str = "sls";
+
+impl Secured {
+    fn new(dir: &Path) -> Result<Self, ClusterError> {
+        let io = |what: &str| {
+            let what = what.to_owned();
+            move |source| ClusterError::Io { what, source }
+        };
+        let tls = dir.join("tls");
+        std::fs::create_dir_all(&tls).map_err(io("tls directory"))?;
+        // The daemon's own PKI makes a CA and a server certificate for
+        // localhost and 127.0.0.1; the servers use it for the cluster.
+        slsd::server::pki::PkiPaths::new(&tls)
+            .ensure("redis")
+            .map_err(|e| ClusterError::Form(format!("certificates: {e}")))?;
+        let mut rng = rand::rand_core::UnwrapErr(rand::rngs::SysRng);
+        let password = |rng: &mut rand::rand_core::UnwrapErr<rand::rngs::SysRng>| {
+            let mut bytes = [0u8; 18];
+            rand::Rng::fill_bytes(rng, &mut bytes);
+            hex::encode(bytes)
+        };
+        let password_file = dir.join("sls-password");
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&password_file).map_err(io("password file"))?;
+        let sls_password = password(&mut rng);
+        std::io::Write::write_all(&mut file, format!("{sls_password}\n").as_bytes())
+            .map_err(io("password file"))?;
+        Ok(Self {
+            ca_file: tls.join("ca.pem"),
+            password_file,
+            admin_password: password(&mut rng),
+        })
+    }
+
+    /// The `sls` user's password (what a node reads from the file).
+    pub fn password(&self) -> Result<String, ClusterError> {
+        let text =
+            std::fs::read_to_string(&self.password_file).map_err(|source| ClusterError::Io {
+                what: "password file".into(),
+                source,
+            })?;
+        Ok(text.trim_end().to_owned())
+    }
+
+    /// A server's configuration: TLS everywhere, the users.
+    fn config(&self, dir: &Path, port: u16) -> Result<String, ClusterError> {
+        let tls = dir.join("tls");
+        let paths = slsd::server::pki::PkiPaths::new(&tls);
+        Ok(format!(
+            "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+             tls-client-cert-file {}\ntls-client-key-file {}\n\
+             tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n\
+             tls-cluster yes\nuser default off\n\
+             user admin on >{admin} ~* &* +@all\n\
+             user {SECURED_USER} on >{sls} ~sls:* &* +@all -@dangerous\n\
+             masteruser admin\nmasterauth {admin}\n",
+            paths.server_cert().display(),
+            paths.server_key().display(),
+            // The cluster bus asks every peer for a client certificate.
+            paths.client_cert(slsd::engine::Role::Admin).display(),
+            paths.client_key(slsd::engine::Role::Admin).display(),
+            self.ca_file.display(),
+            admin = self.admin_password,
+            sls = self.password()?,
+        ))
+    }
 }
 
 fn free_port() -> Result<u16, ClusterError> {
@@ -80,17 +168,35 @@ fn have(program: &'static str) -> Result<(), ClusterError> {
 impl Cluster {
     /// Starts and joins a cluster; returns once every slot is served.
     pub fn start(masters: usize, replicas_per_master: usize) -> Result<Self, ClusterError> {
+        Self::start_with(masters, replicas_per_master, false)
+    }
+
+    /// The same, reached only over TLS by ACL users ([`Secured`]).
+    pub fn start_secured(masters: usize, replicas_per_master: usize) -> Result<Self, ClusterError> {
+        Self::start_with(masters, replicas_per_master, true)
+    }
+
+    fn start_with(
+        masters: usize,
+        replicas_per_master: usize,
+        secure: bool,
+    ) -> Result<Self, ClusterError> {
         have("redis-server")?;
         have("redis-cli")?;
         let dir = tempfile::tempdir().map_err(|source| ClusterError::Io {
             what: "temporary directory".into(),
             source,
         })?;
+        let secured = if secure {
+            Some(Secured::new(dir.path())?)
+        } else {
+            None
+        };
         let total = masters * (1 + replicas_per_master);
         let mut nodes = Vec::with_capacity(total);
         for _ in 0..total {
             let port = free_port()?;
-            let child = spawn_server(dir.path(), port)?;
+            let child = spawn_server(dir.path(), port, secured.as_ref())?;
             nodes.push(Node {
                 port,
                 child: Some(child),
@@ -100,11 +206,12 @@ impl Cluster {
             dir,
             nodes,
             masters,
+            secured,
         };
         for node in &cluster.nodes {
             cluster.wait_for(node.port, "PING", "PONG")?;
         }
-        let mut create = Command::new("redis-cli");
+        let mut create = cluster.cli_command();
         create.arg("--cluster").arg("create");
         for node in &cluster.nodes {
             create.arg(format!("127.0.0.1:{}", node.port));
@@ -131,11 +238,17 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// `redis://127.0.0.1:PORT` of every node: what `--store` takes.
+    /// `redis://127.0.0.1:PORT` of every node (`rediss://` when secured):
+    /// what `--store` takes.
     pub fn urls(&self) -> Vec<String> {
+        let scheme = if self.secured.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         self.nodes
             .iter()
-            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .map(|n| format!("{scheme}://127.0.0.1:{}", n.port))
             .collect()
     }
 
@@ -143,9 +256,30 @@ impl Cluster {
         self.dir.path()
     }
 
+    /// How the cluster is secured, if it is.
+    pub fn secured(&self) -> Option<&Secured> {
+        self.secured.as_ref()
+    }
+
+    /// `redis-cli`, over TLS as the admin user on a secured cluster (the
+    /// password in its environment, not its arguments).
+    fn cli_command(&self) -> Command {
+        let mut command = Command::new("redis-cli");
+        if let Some(secured) = &self.secured {
+            command
+                .arg("--tls")
+                .arg("--cacert")
+                .arg(&secured.ca_file)
+                .args(["--user", "admin"])
+                .env("REDISCLI_AUTH", &secured.admin_password);
+        }
+        command
+    }
+
     /// Runs a `redis-cli` command against the node on `port`.
     pub fn cli(&self, port: u16, command: &str) -> Result<String, ClusterError> {
-        let output = Command::new("redis-cli")
+        let output = self
+            .cli_command()
             .args(["-h", "127.0.0.1", "-p", &port.to_string()])
             .args(command.split_whitespace())
             .output()
@@ -184,7 +318,7 @@ impl Cluster {
         if let Some(node) = self.nodes.iter_mut().find(|n| n.port == port)
             && node.child.is_none()
         {
-            node.child = Some(spawn_server(&dir, port)?);
+            node.child = Some(spawn_server(&dir, port, self.secured.as_ref())?);
         }
         self.wait_for(port, "PING", "PONG")
     }
@@ -235,16 +369,29 @@ impl Cluster {
     }
 }
 
-fn spawn_server(dir: &Path, port: u16) -> Result<Child, ClusterError> {
+fn spawn_server(dir: &Path, port: u16, secured: Option<&Secured>) -> Result<Child, ClusterError> {
     let node_dir: PathBuf = dir.join(port.to_string());
-    std::fs::create_dir_all(&node_dir).map_err(|source| ClusterError::Io {
+    let io = |source| ClusterError::Io {
         what: format!("{}", node_dir.display()),
         source,
-    })?;
+    };
+    std::fs::create_dir_all(&node_dir).map_err(io)?;
+    let mut command = Command::new("redis-server");
+    match secured {
+        // Passwords in a file of the node's, not in its arguments.
+        Some(secured) => {
+            let config = node_dir.join("redis.conf");
+            std::fs::write(&config, secured.config(dir, port)?).map_err(io)?;
+            command.arg(config);
+        }
+        None => {
+            command.args(["--port", &port.to_string()]);
+        }
+    }
     // Append-only file with fsync every second (the Redis default for
     // durability); replicas take over a master within about a second.
-    Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+    command
+        .args(["--bind", "127.0.0.1"])
         .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
         .arg("--cluster-config-file")
         .arg(node_dir.join("nodes.conf"))

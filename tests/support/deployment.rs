@@ -45,6 +45,31 @@ pub fn deploy(more: &str) -> Deployment {
 pub fn deploy_with(store: &str, more: &str) -> Deployment {
     let turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
     let cluster = Cluster::start(3, 1).expect("a Redis Cluster (apt-get install redis-server)");
+    deploy_on(turn, cluster, store, more)
+}
+
+/// A deployment on a cluster reached over TLS as an ACL user
+/// (`Cluster::start_secured`); the nodes read the password from its file.
+pub fn deploy_secured(more: &str) -> Deployment {
+    let turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
+    let cluster =
+        Cluster::start_secured(3, 1).expect("a Redis Cluster (apt-get install redis-server)");
+    let secured = cluster.secured().expect("secured");
+    let store = format!(
+        "redis-user = \"{}\"\nredis-password-file = {:?}\nredis-ca-file = {:?}\n",
+        sls_sim::cluster::SECURED_USER,
+        secured.password_file,
+        secured.ca_file,
+    );
+    deploy_on(turn, cluster, &store, more)
+}
+
+fn deploy_on(
+    turn: MutexGuard<'static, ()>,
+    cluster: Cluster,
+    store: &str,
+    more: &str,
+) -> Deployment {
     let dir = tempfile::tempdir().unwrap();
     let urls: Vec<String> = cluster.urls().iter().map(|u| format!("{u:?}")).collect();
     // Short lockouts, unless the test sets its own.

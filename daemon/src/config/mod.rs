@@ -187,6 +187,15 @@ pub struct StoreConfig {
     pub commit_batch: usize,
     pub backend: Backend,
     pub redis_urls: Vec<String>,
+    /// The ACL user ("": the default user).
+    pub redis_user: String,
+    /// Where the password is ("": `SLS_REDIS_PASSWORD`, if set).
+    pub redis_password_file: std::path::PathBuf,
+    /// rediss://: the CAs to trust ("": the system's roots).
+    pub redis_ca_file: std::path::PathBuf,
+    /// rediss://: a client certificate and key ("": none).
+    pub redis_cert_file: std::path::PathBuf,
+    pub redis_key_file: std::path::PathBuf,
     pub redis_wait_replicas: u32,
     #[serde(with = "humantime_serde")]
     pub redis_wait_timeout: Duration,
@@ -585,6 +594,44 @@ impl Config {
             "each must be redis://host:port (or rediss://)",
         )?;
         check(
+            !st.redis_urls.iter().any(|url| url.contains('@')),
+            "store.redis-urls",
+            "no user or password in a URL (it would show in logs and process listings): \
+             use store.redis-user and store.redis-password-file or SLS_REDIS_PASSWORD",
+        )?;
+        let tls = st
+            .redis_urls
+            .iter()
+            .filter(|url| url.starts_with("rediss://"));
+        let tls = tls.count();
+        check(
+            tls == 0 || tls == st.redis_urls.len(),
+            "store.redis-urls",
+            "all redis:// or all rediss://: a cluster is reached one way",
+        )?;
+        let set = |path: &std::path::Path| !path.as_os_str().is_empty();
+        for (path, key) in [
+            (&st.redis_ca_file, "store.redis-ca-file"),
+            (&st.redis_cert_file, "store.redis-cert-file"),
+            (&st.redis_key_file, "store.redis-key-file"),
+        ] {
+            check(
+                !set(path) || tls > 0,
+                key,
+                "is for TLS: the URLs must be rediss://",
+            )?;
+        }
+        check(
+            set(&st.redis_cert_file) == set(&st.redis_key_file),
+            "store.redis-cert-file",
+            "and store.redis-key-file go together: both or neither",
+        )?;
+        check(
+            st.redis_user.len() <= 128 && st.redis_user.chars().all(|c| c.is_ascii_graphic()),
+            "store.redis-user",
+            "must be at most 128 printable ASCII characters without spaces",
+        )?;
+        check(
             st.redis_wait_replicas <= 5,
             "store.redis-wait-replicas",
             "must be 0..=5",
@@ -879,6 +926,26 @@ mod tests {
         assert_eq!(
             error("[store]\nredis-urls = [\"127.0.0.1:7000\"]"),
             "store.redis-urls: each must be redis://host:port (or rediss://)"
+        );
+        assert_eq!(
+            error("[store]\nredis-urls = [\"redis://sls:secret@127.0.0.1:7000\"]"),
+            "store.redis-urls: no user or password in a URL (it would show in logs and process listings): use store.redis-user and store.redis-password-file or SLS_REDIS_PASSWORD"
+        );
+        assert_eq!(
+            error("[store]\nredis-urls = [\"rediss://a:1\", \"redis://b:1\"]"),
+            "store.redis-urls: all redis:// or all rediss://: a cluster is reached one way"
+        );
+        assert_eq!(
+            error("[store]\nredis-urls = [\"redis://a:1\"]\nredis-ca-file = \"ca.pem\""),
+            "store.redis-ca-file: is for TLS: the URLs must be rediss://"
+        );
+        assert_eq!(
+            error("[store]\nredis-urls = [\"rediss://a:1\"]\nredis-cert-file = \"c.pem\""),
+            "store.redis-cert-file: and store.redis-key-file go together: both or neither"
+        );
+        assert_eq!(
+            error("[store]\nredis-user = \"two words\""),
+            "store.redis-user: must be at most 128 printable ASCII characters without spaces"
         );
         assert_eq!(
             error("[store]\nredis-wait-replicas = 6"),

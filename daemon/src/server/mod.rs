@@ -115,11 +115,17 @@ async fn connect_shared(
         replicas: store.redis_wait_replicas,
         timeout: store.redis_wait_timeout,
     };
-    let redis = RedisStore::connect(&store.redis_urls, durability).await?;
+    let variable = std::env::var(crate::store::redis::PASSWORD_VARIABLE).ok();
+    let access = crate::store::redis::RedisAccess::from_config(store, variable)?;
+    let redis = RedisStore::connect(&store.redis_urls, durability, &access).await?;
     let cipher =
         SecretCipher::load_or_create(&data_dir.join("secrets.key"), &mut UnwrapErr(SysRng))?;
     let codec = DeviceCodec::new(cipher, config.devices.clone());
-    tracing::info!(nodes = ?store.redis_urls, "state is shared on the Redis Cluster");
+    tracing::info!(
+        nodes = ?store.redis_urls,
+        user = access.user().unwrap_or("default"),
+        "state is shared on the Redis Cluster"
+    );
     let shared = SharedStore::new(redis, codec, store.cache_ttl);
     let code_key = shared.sms_code_key(&mut UnwrapErr(SysRng)).await?;
     Ok((shared, code_key))

@@ -38,6 +38,111 @@ pub enum RedisError {
     NotReplicated { acknowledged: i64, wanted: i64 },
     #[error("redis answered {0}, which sls does not expect")]
     Unexpected(String),
+    /// The credentials or TLS files named in `[store]` could not be used.
+    #[error("{0}")]
+    Access(String),
+}
+
+/// The environment variable a node reads the Redis password from when no
+/// `store.redis-password-file` is set.
+pub const PASSWORD_VARIABLE: &str = "SLS_REDIS_PASSWORD";
+
+/// How a node logs in to the cluster: an ACL user and its password, and
+/// for `rediss://` the CAs to trust and a client certificate. Read once at
+/// start from the files `[store]` names; never printed.
+#[derive(Default)]
+pub struct RedisAccess {
+    user: Option<String>,
+    password: Option<zeroize::Zeroizing<String>>,
+    tls: Option<redis::TlsCertificates>,
+}
+
+impl std::fmt::Debug for RedisAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisAccess")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl RedisAccess {
+    /// Reads what `store` names: the password file (or, without one,
+    /// [`PASSWORD_VARIABLE`]) and the TLS files. A password file others
+    /// can read is refused.
+    pub fn from_config(
+        store: &crate::config::StoreConfig,
+        variable: Option<String>,
+    ) -> Result<Self, RedisError> {
+        let named = |path: &std::path::Path| !path.as_os_str().is_empty();
+        let read = |path: &std::path::Path, key: &str| {
+            std::fs::read(path)
+                .map_err(|e| RedisError::Access(format!("store.{key} {}: {e}", path.display())))
+        };
+        let password = if named(&store.redis_password_file) {
+            let path = &store.redis_password_file;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(path)
+                    .map_err(|e| {
+                        RedisError::Access(format!(
+                            "store.redis-password-file {}: {e}",
+                            path.display()
+                        ))
+                    })?
+                    .permissions()
+                    .mode();
+                if mode & 0o077 != 0 {
+                    return Err(RedisError::Access(format!(
+                        "store.redis-password-file {}: others may read it (mode {:o}): chmod 600",
+                        path.display(),
+                        mode & 0o777
+                    )));
+                }
+            }
+            let bytes = zeroize::Zeroizing::new(read(path, "redis-password-file")?);
+            let text = std::str::from_utf8(&bytes).map_err(|_| {
+                RedisError::Access(format!(
+                    "store.redis-password-file {}: not UTF-8 text",
+                    path.display()
+                ))
+            })?;
+            Some(zeroize::Zeroizing::new(
+                text.lines().next().unwrap_or("").to_owned(),
+            ))
+        } else {
+            variable.map(zeroize::Zeroizing::new)
+        };
+        let root_cert = if named(&store.redis_ca_file) {
+            Some(read(&store.redis_ca_file, "redis-ca-file")?)
+        } else {
+            None
+        };
+        let client_tls = if named(&store.redis_cert_file) {
+            Some(redis::ClientTlsConfig {
+                client_cert: read(&store.redis_cert_file, "redis-cert-file")?,
+                client_key: read(&store.redis_key_file, "redis-key-file")?,
+            })
+        } else {
+            None
+        };
+        let tls = (root_cert.is_some() || client_tls.is_some()).then_some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        });
+        Ok(Self {
+            user: Some(store.redis_user.clone()).filter(|user| !user.is_empty()),
+            password: password.filter(|p| !p.is_empty()),
+            tls,
+        })
+    }
+
+    /// The user nodes log in as, if not the default one.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
 }
 
 /// How durable writes wait for replication.
@@ -243,14 +348,27 @@ fn int(value: &Value) -> Result<i64, RedisError> {
 }
 
 impl RedisStore {
-    /// Connects to the cluster that any of `urls` (`redis://host:port`)
-    /// belongs to.
-    pub async fn connect(urls: &[String], durability: Durability) -> Result<Self, RedisError> {
-        let client = ClusterClientBuilder::new(urls.to_vec())
+    /// Connects to the cluster that any of `urls` (`redis://host:port`, or
+    /// `rediss://` for TLS) belongs to, logging in as `access` says.
+    pub async fn connect(
+        urls: &[String],
+        durability: Durability,
+        access: &RedisAccess,
+    ) -> Result<Self, RedisError> {
+        let mut builder = ClusterClientBuilder::new(urls.to_vec())
             .retries(6)
             .connection_timeout(Duration::from_secs(2))
-            .response_timeout(Duration::from_secs(2))
-            .build()?;
+            .response_timeout(Duration::from_secs(2));
+        if let Some(user) = &access.user {
+            builder = builder.username(user);
+        }
+        if let Some(password) = &access.password {
+            builder = builder.password(password.as_str());
+        }
+        if let Some(tls) = &access.tls {
+            builder = builder.certs(tls.clone());
+        }
+        let client = builder.build()?;
         let connection = client.get_async_connection().await?;
         Ok(Self {
             connection,

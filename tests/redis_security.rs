@@ -5,11 +5,19 @@
 //! change. Every node refuses each forged record (an error, counted in
 //! `sls_store_records_refused_total`) instead of believing it.
 //!
+//! The link is secured too: nodes reach a cluster that speaks only TLS,
+//! as an ACL user, with the password from a file or the environment,
+//! which nothing they write shows.
+//!
 //! What a MAC cannot stop — deleting a record, or putting back an old
 //! record together with its old version — is ARCHITECTURE.md's threat
 //! model, not this test's.
 
 mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use redis::Commands;
 use slsd::engine::Role;
@@ -266,4 +274,130 @@ async fn records_forged_in_redis_are_refused_on_every_node() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// Runs `slsd serve` on `data_dir` with `config` (and `env`) until it is
+/// ready, then stops it: whether it became ready, and everything it wrote
+/// to stdout and stderr (logs at debug level).
+fn serve_once(data_dir: &Path, config: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let config_file = data_dir.with_extension("toml");
+    std::fs::write(&config_file, config).unwrap();
+    let mut child = Command::new(support::binary("slsd"))
+        .args(["serve", "--config"])
+        .arg(&config_file)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "debug")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let mut output = String::new();
+    let mut ready = false;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap_or_default();
+        output.push_str(&line);
+        output.push('\n');
+        if line == "slsd: ready" {
+            ready = true;
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+    let _ = child.wait();
+    output.push_str(&errors.join().unwrap_or_default());
+    (ready, output)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_the_cluster_over_tls_as_an_acl_user_and_never_show_the_password() {
+    let deployment = deploy_secured("");
+    let admin = deployment.a.client(Role::Admin).await;
+    let gateway = deployment.b.client(Role::Gateway).await;
+    let device = enroll_dsc(&admin, "jdoe").await.unwrap();
+    let (id, right) = open(&gateway, "jdoe", device).await;
+    assert!(matches!(
+        verify(&gateway, id, &right).await,
+        Verdict::Accepted { .. }
+    ));
+
+    let secured = deployment.cluster.secured().unwrap();
+    let password = secured.password().unwrap();
+    let urls: Vec<String> = deployment
+        .cluster
+        .urls()
+        .iter()
+        .map(|u| format!("{u:?}"))
+        .collect();
+    let config = |store: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n\
+             [store]\nbackend = \"redis\"\nredis-urls = [{}]\n{store}",
+            urls.join(", ")
+        )
+    };
+    let ca = format!("redis-ca-file = {:?}\n", secured.ca_file);
+    let user = format!("redis-user = \"{}\"\n", sls_sim::cluster::SECURED_USER);
+    let node = |name: &str| {
+        let dir = deployment.a.data_dir.with_file_name(name);
+        share_identity(&deployment.a.data_dir, &dir);
+        dir
+    };
+
+    // The password from the environment: the node starts, and nothing it
+    // writes, at debug level, shows the password.
+    let (ready, output) = tokio::task::block_in_place(|| {
+        serve_once(
+            &node("c"),
+            &config(&format!("{user}{ca}")),
+            &[("SLS_REDIS_PASSWORD", password.as_str())],
+        )
+    });
+    assert!(ready, "{output}");
+    assert!(!output.contains(&password), "the password shows: {output}");
+
+    // A wrong password, a CA the cluster's certificate does not chain to
+    // (the system's roots), or no TLS at all: the node does not start, and
+    // says why.
+    let wrong = format!("{user}{ca}");
+    let (ready, output) = tokio::task::block_in_place(|| {
+        serve_once(
+            &node("d"),
+            &config(&wrong),
+            &[("SLS_REDIS_PASSWORD", "guess")],
+        )
+    });
+    assert!(!ready, "{output}");
+    assert!(output.to_lowercase().contains("pass"), "{output}");
+    let (ready, output) = tokio::task::block_in_place(|| {
+        serve_once(
+            &node("e"),
+            &config(&user),
+            &[("SLS_REDIS_PASSWORD", password.as_str())],
+        )
+    });
+    assert!(!ready, "{output}");
+    assert!(!output.contains(&password), "{output}");
+    let plain: Vec<String> = urls
+        .iter()
+        .map(|u| u.replace("rediss://", "redis://"))
+        .collect();
+    let plain_config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n\
+         [store]\nbackend = \"redis\"\nredis-urls = [{}]\n{user}",
+        plain.join(", ")
+    );
+    let (ready, output) = tokio::task::block_in_place(|| {
+        serve_once(
+            &node("f"),
+            &plain_config,
+            &[("SLS_REDIS_PASSWORD", password.as_str())],
+        )
+    });
+    assert!(!ready, "{output}");
 }
