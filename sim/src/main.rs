@@ -63,6 +63,9 @@ struct ClusterArgs {
     /// Replicas of each master.
     #[arg(long, default_value_t = 1)]
     replicas: usize,
+    /// TLS only, and ACL users: prints the `[store]` keys a node needs.
+    #[arg(long)]
+    secured: bool,
 }
 
 #[derive(Debug, Args)]
@@ -568,7 +571,11 @@ fn run_cluster(args: &ClusterArgs) -> anyhow::Result<()> {
         (1..=16).contains(&args.masters) && args.replicas <= 4,
         "--masters must be 1..=16 and --replicas 0..=4"
     );
-    let cluster = sls_sim::cluster::Cluster::start(args.masters, args.replicas)?;
+    let cluster = if args.secured {
+        sls_sim::cluster::Cluster::start_secured(args.masters, args.replicas)?
+    } else {
+        sls_sim::cluster::Cluster::start(args.masters, args.replicas)?
+    };
     println!(
         "cluster: {} masters with {} replica(s) each, in {}",
         args.masters,
@@ -576,6 +583,15 @@ fn run_cluster(args: &ClusterArgs) -> anyhow::Result<()> {
         cluster.dir().display()
     );
     println!("slsd serve --store {}", cluster.urls().join(","));
+    if let Some(secured) = cluster.secured() {
+        println!(
+            "with, in the node's configuration:\n[store]\nredis-user = \"{}\"\n\
+             redis-password-file = {:?}\nredis-ca-file = {:?}",
+            sls_sim::cluster::SECURED_USER,
+            secured.password_file,
+            secured.ca_file
+        );
+    }
     block_on(async {
         tokio::signal::ctrl_c().await?;
         Ok(())
