@@ -10,7 +10,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use slsd::clock::Timestamp;
 use slsd::identity::{ChallengeId, DeviceId, Username};
-use slsd::store::challenges::{ChallengeTable, Disposition, OpenChallenge, Question};
+use slsd::store::embedded::challenges::ChallengeTable;
+use slsd::store::{Disposition, OpenChallenge, Question};
 
 const LIVE: usize = 1_000_000;
 

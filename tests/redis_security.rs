@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 
 use redis::Commands;
 use slsd::engine::Role;
-use slsd::store::registry::FailureState;
+use slsd::store::FailureState;
 use slsd::wire::{Operation, Reply, Verdict};
 use support::deployment::*;
 

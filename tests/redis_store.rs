@@ -1,4 +1,4 @@
-//! The shared-state primitives (`slsd::store::redis`) against a real Redis
+//! The shared-state primitives (`slsd::store::cluster::redis`) against a real Redis
 //! Cluster of three masters and three replicas on loopback: each promise
 //! under concurrency, durable writes that wait for a replica, and a master
 //! killed under them.
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sls_sim::cluster::Cluster;
-use slsd::store::redis::{Change, Durability, Key, RedisAccess, RedisError, RedisStore, Swap};
+use slsd::store::cluster::redis::{Durability, Key, Op, RedisAccess, RedisError, RedisStore, Swap};
 
 const NO_WAIT: Durability = Durability {
     replicas: 0,
@@ -70,7 +70,7 @@ async fn each_primitive_keeps_its_promise_under_concurrency() {
     let key = Key::new("u:jdoe", "c:2");
     assert!(
         store
-            .transact(&[(&key, 0, Change::Set(b"answer".to_vec(), None))], false)
+            .transact(&[(&key, 0, Op::Set(b"answer".to_vec(), None))], false)
             .await
             .unwrap()
     );
@@ -78,7 +78,7 @@ async fn each_primitive_keeps_its_promise_under_concurrency() {
         let (store, key) = (Arc::clone(&store), key.clone());
         async move {
             store
-                .transact(&[(&key, 1, Change::Delete)], false)
+                .transact(&[(&key, 1, Op::Delete)], false)
                 .await
                 .unwrap()
         }
@@ -105,8 +105,8 @@ async fn each_primitive_keeps_its_promise_under_concurrency() {
                 assert_eq!(count(0), count(1), "one record got ahead");
                 let next = (count(0) + 1).to_string().into_bytes();
                 let changes = [
-                    (&left, records[0].version, Change::Set(next.clone(), None)),
-                    (&right, records[1].version, Change::Set(next, None)),
+                    (&left, records[0].version, Op::Set(next.clone(), None)),
+                    (&right, records[1].version, Op::Set(next, None)),
                 ];
                 if store.transact(&changes, false).await.unwrap() {
                     done += 1;
@@ -123,8 +123,8 @@ async fn each_primitive_keeps_its_promise_under_concurrency() {
     // A version that moved on fails the whole change; the record that
     // still matched is not written either.
     let changes = [
-        (&left, 160, Change::Set(b"x".to_vec(), None)),
-        (&right, 159, Change::Set(b"y".to_vec(), None)),
+        (&left, 160, Op::Set(b"x".to_vec(), None)),
+        (&right, 159, Op::Set(b"y".to_vec(), None)),
     ];
     assert!(!store.transact(&changes, false).await.unwrap());
     assert_eq!(

@@ -34,10 +34,12 @@ use slsd::otp::card::CodeCard;
 use slsd::otp::push::{self as push_proof, PushSigner};
 use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
-use slsd::store::accounts::Actor;
-use slsd::store::challenges::{ChallengeTable, InsertError, OpenChallenge, Question};
-use slsd::store::registry::{NewDevice, Registry};
+use slsd::store::Actor;
+use slsd::store::NewDevice;
+use slsd::store::embedded::challenges::{ChallengeTable, InsertError};
+use slsd::store::embedded::registry::Registry;
 use slsd::store::sealed::SecretCipher;
+use slsd::store::{OpenChallenge, Question};
 use slsd::wire::request::Answer;
 use slsd::wire::{ChallengeText, Operation, Reply, Verdict};
 

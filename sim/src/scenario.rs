@@ -26,7 +26,7 @@ use slsd::config::Config;
 use slsd::engine::{Engine, Role};
 use slsd::identity::{ChallengeId, DeviceId, Username};
 use slsd::profile::DeviceKind;
-use slsd::store::registry::Registry;
+use slsd::store::embedded::registry::Registry;
 use slsd::store::sealed::SecretCipher;
 use slsd::wire::request::Answer;
 use slsd::wire::{ChallengeText, DeviceEntry, EnrollRequest, ErrorCode, Operation, Reply, Verdict};

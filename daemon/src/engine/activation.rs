@@ -26,7 +26,7 @@ use crate::phone::{Channel, PhoneNumber};
 use crate::policy::pin::check_app_pin;
 use crate::profile::{DeviceKind, SecurityLevel};
 use crate::ratelimit::Decision;
-use crate::store::registry::{Device, EnrollError, NewDevice};
+use crate::store::{Device, EnrollError, NewDevice};
 use crate::wire::request::{Answer, Pin};
 use crate::wire::{ActivationRoute, ErrorCode, Refusal, Reply, Verdict};
 

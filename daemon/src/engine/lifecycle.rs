@@ -17,8 +17,8 @@ use crate::policy::calendar::Day;
 use crate::policy::sharing::{Participant, ShareRefusal, check_share};
 use crate::policy::withdrawal::{Withdrawn, headroom, kinds_that_allow};
 use crate::profile::{DeviceKind, SecurityLevel};
-use crate::store::accounts::{Activation, Actor, DeviceLife, Share, ShareState, UserRecord};
-use crate::store::registry::{Device, EnrollError, NewDevice, StoreError};
+use crate::store::{Account, Activation, Actor, DeviceLife, Share, ShareState};
+use crate::store::{Device, EnrollError, NewDevice, StoreError};
 use crate::wire::request::{Answer, Identification, Page, Pin};
 use crate::wire::{
     DeviceEntry, DeviceStatus, ErrorCode, PendingActivation, Refusal, Reply, ShareEntry, Verdict,
@@ -224,7 +224,7 @@ impl Engine {
             Err(refusal) => return refusal,
         };
         let changed = self.registry.change(rng, now, Self::actor(caller), |c| {
-            let record = UserRecord {
+            let record = Account {
                 residence: Some(residence),
                 identity: Some(digest),
                 ..c.registry().user(user)
@@ -255,7 +255,7 @@ impl Engine {
             }
             c.set_user(
                 user,
-                UserRecord {
+                Account {
                     opted_out,
                     ..record
                 },
@@ -273,7 +273,7 @@ impl Engine {
 
     /// The refusal of opting out a user whose residence forbids it
     /// (`lifecycle.opt-out-forbidden`, naming the regulation).
-    pub(super) fn opt_out_refusal(&self, record: &UserRecord, opting_out: bool) -> Option<Reply> {
+    pub(super) fn opt_out_refusal(&self, record: &Account, opting_out: bool) -> Option<Reply> {
         if !opting_out {
             return None;
         }
@@ -773,7 +773,7 @@ impl Engine {}
 
 /// Makes a replacement active and retires the card it replaces.
 fn activate<R: CryptoRng + ?Sized>(
-    c: &mut crate::store::accounts::Change<'_, R>,
+    c: &mut crate::store::embedded::accounts::Change<'_, R>,
     device: &Device,
     how: &str,
 ) -> Result<(), StoreError> {

@@ -22,10 +22,10 @@ use rand::CryptoRng;
 use siphasher::sip::SipHasher13;
 
 mod activation;
+mod cluster;
 mod lifecycle;
 mod push;
 mod relay;
-mod shared;
 mod sms;
 
 use crate::clock::Timestamp;
@@ -36,9 +36,11 @@ use crate::otp::ocra::{OcraInput, QuestionFormat};
 use crate::otp::push::BINDING_LEN;
 use crate::phone::SendLimit;
 use crate::ratelimit::{Decision, Gcra, Rate};
-use crate::store::challenges::{ChallengeTable, Disposition, InsertError, OpenChallenge, Question};
+use crate::store::embedded::challenges::{ChallengeTable, InsertError};
+use crate::store::embedded::registry::Registry;
 use crate::store::questions::{IssueRefused, QuestionMemory};
-use crate::store::registry::{Device, EnrollError, FailureState, NewDevice, Registry, Verifier};
+use crate::store::{Device, EnrollError, FailureState, NewDevice, Verifier};
+use crate::store::{Disposition, OpenChallenge, Question};
 use crate::wire::request::Answer;
 use crate::wire::{ChallengeText, EnrollRequest, ErrorCode, Operation, Reply, StatEntry, Verdict};
 
@@ -356,7 +358,7 @@ pub struct Engine {
     alphabets: QuestionAlphabets,
     counters: Counters,
     /// The deployment's shared store, when it has one (`shared/`).
-    shared: Option<crate::store::shared::SharedStore>,
+    cluster: Option<crate::store::cluster::ClusterStore>,
     /// On a shared store: delivery changes from timeouts and disconnects,
     /// waiting for the next relay round to write them.
     relay_changes: Mutex<Vec<relay::StatusChange>>,
@@ -369,7 +371,7 @@ pub struct Engine {
     node: String,
     links_renewed: AtomicU64,
     relay_unlinks: Mutex<Vec<DeviceId>>,
-    push_waiters: Mutex<shared::Waiters>,
+    push_waiters: Mutex<cluster::Waiters>,
     /// A push key nobody holds the private half of: subscriptions for
     /// devices without a key are checked against it, so they cost what a
     /// real one costs.
@@ -427,13 +429,13 @@ impl Engine {
             pushes: push::PushTable::new(),
             alphabets: QuestionAlphabets::new(),
             counters: Counters::default(),
-            shared: None,
+            cluster: None,
             relay_changes: Mutex::new(Vec::new()),
             bridges_announced: AtomicU64::new(0),
             node: String::new(),
             links_renewed: AtomicU64::new(0),
             relay_unlinks: Mutex::new(Vec::new()),
-            push_waiters: Mutex::new(shared::Waiters::new()),
+            push_waiters: Mutex::new(cluster::Waiters::new()),
             decoy_push_key,
             config,
             registry,
@@ -442,17 +444,17 @@ impl Engine {
 
     /// Keeps state in `store`, shared with the deployment's other nodes,
     /// instead of this node's memory and database; SMS codes are derived
-    /// with `code_key`, the deployment's (`SharedStore::sms_code_key`);
+    /// with `code_key`, the deployment's (`ClusterStore::sms_code_key`);
     /// `node` names this process to the others (unique, e.g. random).
-    pub fn with_shared(
+    pub fn with_cluster(
         mut self,
-        store: crate::store::shared::SharedStore,
+        store: crate::store::cluster::ClusterStore,
         code_key: &crate::otp::SecretKey,
         node: String,
     ) -> Self {
         let spec = Self::sms_code_spec(&self.config);
         self.codes = sms::CodeTable::new(code_key, spec, self.config.sms.capacity);
-        self.shared = Some(store);
+        self.cluster = Some(store);
         self.node = node;
         self
     }
@@ -461,7 +463,7 @@ impl Engine {
     /// into the code table, or on a shared store into the queue the next
     /// relay round writes.
     fn delivery_changed(&self, changes: Vec<relay::StatusChange>) {
-        if self.shared.is_some() {
+        if self.cluster.is_some() {
             self.relay_changes
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -492,7 +494,7 @@ impl Engine {
     /// Drops expired challenges and codes (and aged cached devices of a
     /// shared store); call it every second or so.
     pub fn sweep(&self, now: Timestamp) -> usize {
-        let cached = self.shared.as_ref().map_or(0, |store| store.sweep());
+        let cached = self.cluster.as_ref().map_or(0, |store| store.sweep());
         self.user_limits.sweep(now);
         self.challenges.sweep(now) + self.codes.sweep(now) + self.tokens.sweep(now) + cached
     }
@@ -502,7 +504,7 @@ impl Engine {
     pub fn tick(&self, now: Timestamp) {
         self.delivery_changed(self.outbox.sweep(now));
         self.pushes.sweep(now);
-        if self.shared.is_some() {
+        if self.cluster.is_some() {
             self.expire_waiters(now);
         }
     }
@@ -511,8 +513,8 @@ impl Engine {
     /// `Error { ShuttingDown }` now, not nothing when the connection closes.
     pub fn shutting_down(&self) {
         self.pushes.release_waiters();
-        if self.shared.is_some() {
-            self.release_shared_waiters();
+        if self.cluster.is_some() {
+            self.release_cluster_waiters();
         }
     }
 
@@ -520,7 +522,7 @@ impl Engine {
     /// messages go to the other bridges.
     pub fn stream_closed(&self, stream: StreamId, now: Timestamp) {
         let gone = self.pushes.stream_closed(stream);
-        if self.shared.is_some() {
+        if self.cluster.is_some() {
             self.relay_unlinks
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -751,7 +753,7 @@ impl Engine {
                     && !d.expired_at(now)
                     && matches!(
                         d.life().activation,
-                        crate::store::accounts::Activation::Shipped { .. }
+                        crate::store::Activation::Shipped { .. }
                     )
             })
         };
@@ -1168,7 +1170,7 @@ impl Engine {
         Reply::Stats(
             entries
                 .into_iter()
-                .filter(|(name, _)| self.shared.is_none() || !in_store.contains(name))
+                .filter(|(name, _)| self.cluster.is_none() || !in_store.contains(name))
                 .map(|(name, value)| StatEntry {
                     name: name.into(),
                     value,
@@ -1259,7 +1261,7 @@ fn push_key_bound(device: DeviceId, bound: Result<bool, EnrollError>) -> Reply {
 fn enroll_error(error: EnrollError) -> Reply {
     match error {
         EnrollError::Invalid(problem) => Reply::error(ErrorCode::InvalidArgument, problem),
-        EnrollError::Store(error @ crate::store::registry::StoreError::Shared(_)) => {
+        EnrollError::Store(error @ crate::store::StoreError::Shared(_)) => {
             tracing::warn!(%error, "shared store failed");
             Reply::error(
                 ErrorCode::StoreUnavailable,
@@ -1299,7 +1301,7 @@ fn next_failure(
     if failures.since_success >= lockout.hard_limit {
         failures.lockouts = failures.lockouts.saturating_add(1);
         failures.consecutive = 0;
-        failures.locked_until = crate::store::registry::LOCKED_UNTIL_UNLOCKED;
+        failures.locked_until = crate::store::LOCKED_UNTIL_UNLOCKED;
         return Some(Duration::MAX);
     }
     if failures.consecutive < lockout.failures {

@@ -19,7 +19,7 @@ use crate::identity::{DeviceId, PushId, Username};
 use crate::otp::push::{self, Signature};
 use crate::profile::DeviceKind;
 use crate::ratelimit::Decision;
-use crate::store::registry::FailureState;
+use crate::store::FailureState;
 use crate::sync::{Mutex, MutexGuard};
 use crate::wire::{ErrorCode, Reply, Response, Verdict};
 

@@ -26,7 +26,7 @@ use crate::otp::{Code, HashAlgorithm, HmacKey, SecretKey};
 use crate::phone::{Channel, PhoneNumber, SendLimit};
 use crate::profile::{Check, DeviceKind};
 use crate::ratelimit::Decision;
-use crate::store::registry::FailureState;
+use crate::store::FailureState;
 use crate::sync::{Mutex, MutexGuard};
 use crate::wire::codec::{Put, Reader};
 use crate::wire::request::Answer;

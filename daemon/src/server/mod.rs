@@ -26,12 +26,12 @@ use crate::config::Backend;
 use crate::config::Config;
 use crate::engine::{Engine, Role};
 use crate::ratelimit::{Gcra, Rate};
-use crate::store::committer::Committer;
+use crate::store::cluster::ClusterStore;
+use crate::store::cluster::redis::{Durability, RedisStore};
+use crate::store::embedded::committer::Committer;
+use crate::store::embedded::registry::Registry;
 use crate::store::records::DeviceCodec;
-use crate::store::redis::{Durability, RedisStore};
-use crate::store::registry::Registry;
 use crate::store::sealed::SecretCipher;
-use crate::store::shared::SharedStore;
 use pki::PkiPaths;
 use stream::{ConnectionState, NO_ROLE, REVOKED, SHUTTING_DOWN, TOO_MANY_CONNECTIONS};
 
@@ -86,7 +86,7 @@ pub enum ServeError {
     #[error(transparent)]
     Seal(#[from] crate::store::sealed::SealError),
     #[error(transparent)]
-    Store(#[from] crate::store::registry::StoreError),
+    Store(#[from] crate::store::StoreError),
     #[error("QUIC endpoint on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -100,23 +100,23 @@ pub enum ServeError {
     #[error("starting the commit thread: {0}")]
     Committer(std::io::Error),
     #[error("the shared store: {0}")]
-    Shared(#[from] crate::store::redis::RedisError),
+    Shared(#[from] crate::store::cluster::redis::RedisError),
 }
 
 /// Connects to the deployment's Redis Cluster. Device secrets are sealed
 /// under the data directory's key file, which every node of the deployment
 /// must share (README: running several nodes).
-async fn connect_shared(
+async fn connect_cluster(
     config: &Config,
     data_dir: &Path,
-) -> Result<(SharedStore, crate::otp::SecretKey), ServeError> {
+) -> Result<(ClusterStore, crate::otp::SecretKey), ServeError> {
     let store = &config.store;
     let durability = Durability {
         replicas: store.redis_wait_replicas,
         timeout: store.redis_wait_timeout,
     };
-    let variable = std::env::var(crate::store::redis::PASSWORD_VARIABLE).ok();
-    let access = crate::store::redis::RedisAccess::from_config(store, variable)?;
+    let variable = std::env::var(crate::store::cluster::redis::PASSWORD_VARIABLE).ok();
+    let access = crate::store::cluster::redis::RedisAccess::from_config(store, variable)?;
     let redis = RedisStore::connect(&store.redis_urls, durability, &access).await?;
     let cipher =
         SecretCipher::load_or_create(&data_dir.join("secrets.key"), &mut UnwrapErr(SysRng))?;
@@ -126,13 +126,13 @@ async fn connect_shared(
         user = access.user().unwrap_or("default"),
         "state is shared on the Redis Cluster"
     );
-    let shared = SharedStore::new(redis, codec, store.cache_ttl);
+    let shared = ClusterStore::new(redis, codec, store.cache_ttl);
     let code_key = shared.sms_code_key(&mut UnwrapErr(SysRng)).await?;
     Ok((shared, code_key))
 }
 
 /// Says which paths of the data directory were open to other users.
-fn log_tightened(changed: Vec<crate::store::datadir::Tightened>) {
+fn log_tightened(changed: Vec<crate::store::embedded::datadir::Tightened>) {
     for t in changed {
         tracing::warn!(
             path = %t.path.display(),
@@ -171,7 +171,7 @@ pub async fn serve(
         source,
     };
     // What was open before this start is worth a warning each.
-    log_tightened(crate::store::datadir::secure(data_dir).map_err(data_dir_error)?);
+    log_tightened(crate::store::embedded::datadir::secure(data_dir).map_err(data_dir_error)?);
     let pki = PkiPaths::new(data_dir);
     if pki.ensure(&config.server.name)? {
         tracing::info!(dir = %data_dir.display(), "created a local CA and certificates");
@@ -195,7 +195,7 @@ pub async fn serve(
     );
     // The database and the files made on a first start take the umask's
     // mode (in a directory nobody else can enter): tightened quietly.
-    for t in crate::store::datadir::secure(data_dir).map_err(data_dir_error)? {
+    for t in crate::store::embedded::datadir::secure(data_dir).map_err(data_dir_error)? {
         tracing::debug!(path = %t.path.display(), "new file made private");
     }
     let committer = Committer::start(
@@ -210,9 +210,9 @@ pub async fn serve(
         &mut UnwrapErr(SysRng),
     );
     if config.store.backend == Backend::Redis {
-        let (store, code_key) = connect_shared(&config, data_dir).await?;
+        let (store, code_key) = connect_cluster(&config, data_dir).await?;
         let node = format!("{:016x}", rand::random::<u64>());
-        engine = engine.with_shared(store, &code_key, node);
+        engine = engine.with_cluster(store, &code_key, node);
     }
     let shared = Arc::new(Shared {
         engine,
@@ -288,7 +288,7 @@ pub async fn serve(
     ));
     let relay = shared
         .engine
-        .is_shared()
+        .is_clustered()
         .then(|| tokio::spawn(relay(Arc::clone(&shared), stopping.clone())));
     // Every connection and stream task holds a clone; the count says when
     // the in-flight work is done.
@@ -583,7 +583,7 @@ async fn relay(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stopping.changed() => return,
         }
-        match shared.engine.shared_relay(clock::now()).await {
+        match shared.engine.cluster_relay(clock::now()).await {
             Err(error) if !failing => {
                 tracing::warn!(%error, "relay rounds are failing");
                 failing = true;

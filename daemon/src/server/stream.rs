@@ -374,7 +374,7 @@ fn handle(
             return answer_now("rate_limited", Reply::rate_limited(retry_after, why));
         }
     }
-    if shared.engine.is_shared() {
+    if shared.engine.is_clustered() {
         // The shared store answers over the network: each request is a
         // task of its own, so the requests behind it are not held up; how
         // many wait on the store at once is bounded.
@@ -390,7 +390,7 @@ fn handle(
             let _counted = counted;
             let Some(reply) = shared
                 .engine
-                .handle_shared(&owned.caller(), request.operation, now, &mut rng)
+                .handle_on_cluster(&owned.caller(), request.operation, now, &mut rng)
                 .await
             else {
                 // Answered later, on this stream (AwaitPush).
@@ -566,7 +566,7 @@ fn take_slot(
 ) -> Option<tokio::sync::OwnedSemaphorePermit> {
     let taken = Arc::clone(slots).try_acquire_owned().ok();
     if taken.is_none() {
-        let why = if shared.engine.is_shared() {
+        let why = if shared.engine.is_clustered() {
             "too many requests wait on the store"
         } else {
             "too many registry changes are waiting"

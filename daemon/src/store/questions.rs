@@ -30,7 +30,7 @@ use crate::identity::ChallengeId;
 use crate::otp::card::CardChallenge;
 use crate::wire::codec::{Put, Reader};
 
-use super::challenges::Question;
+use crate::store::Question;
 
 /// Draws before giving up on finding a question not remembered (only a
 /// question space about as small as the memory gets here).

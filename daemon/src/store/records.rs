@@ -3,19 +3,21 @@
 //! built from it. The embedded registry and the shared store keep the same
 //! records, so a device reads the same way from either.
 
+use crate::store::model::*;
 use std::sync::Arc;
 
 use rand::CryptoRng;
 
-use super::registry::{Device, EnrollError, StoreError, Verifier};
-use super::sealed::SecretCipher;
 use crate::clock::Timestamp;
-use crate::identity::{DeviceId, Username};
+use crate::identity::{DeviceId, ShareId, Username};
 use crate::otp::card::CodeCard;
 use crate::otp::ocra::Ocra;
 use crate::otp::{MacOutput, SecretKey};
 use crate::phone::PhoneNumber;
 use crate::profile::{Check, DeviceKind, DeviceProfiles};
+use crate::store::sealed::SecretCipher;
+use crate::store::{Device, EnrollError, StoreError, Verifier};
+use crate::wire::AuditRecord;
 use crate::wire::codec::{Put, Reader};
 
 /// Version byte of the device record layout.
@@ -301,4 +303,264 @@ fn not_keyed(kind: DeviceKind) -> EnrollError {
     EnrollError::Invalid(format!(
         "{kind} devices hold no key and are not enrolled this way (a verified number: EnrollPhone)"
     ))
+}
+// The lifecycle side's records (users, device lifecycles, shares, audit
+// entries), the same on both backends.
+
+impl DeviceCodec {
+    /// The keyed digest of identification data: what sharing compares.
+    /// Fields are compared as written, ignoring case and surrounding space.
+    pub(in crate::store) fn identity_digest(
+        &self,
+        identity: &crate::wire::Identification,
+    ) -> [u8; 32] {
+        let norm = |text: &str| text.trim().to_uppercase();
+        let fields = [
+            norm(&identity.date_of_birth),
+            norm(&identity.citizenship),
+            norm(&identity.residence),
+            norm(&identity.id_document),
+        ];
+        let parts: Vec<&[u8]> = fields.iter().map(|f| f.as_bytes()).collect();
+        self.cipher.digest("sls/1 identification", &parts)
+    }
+
+    /// A user record as either store keeps it, the number sealed.
+    pub(in crate::store) fn encode_user<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        user: &Username,
+        record: &Account,
+    ) -> Result<Vec<u8>, StoreError> {
+        let mut out = vec![1u8];
+        out.put_u8(u8::from(record.opted_out));
+        out.put_bytes(record.residence.as_ref().map_or(&[][..], |r| r.as_slice()));
+        out.put_bytes(record.identity.as_ref().map_or(&[][..], |d| d.as_slice()));
+        let sealed = match &record.number {
+            Some(number) => self.cipher.seal(
+                rng,
+                number.to_string().as_bytes(),
+                &user_context(user, "number"),
+            )?,
+            None => Vec::new(),
+        };
+        out.put_bytes(&sealed);
+        Ok(out)
+    }
+
+    pub(in crate::store) fn decode_user(
+        &self,
+        user: &Username,
+        bytes: &[u8],
+    ) -> Result<Account, StoreError> {
+        let corrupt = || StoreError::Corrupt {
+            device: 0,
+            problem: format!("user record of {user}"),
+        };
+        let mut r = Reader::new(bytes);
+        if r.u8("version").ok() != Some(1) {
+            return Err(corrupt());
+        }
+        let opted_out = r.u8("opted out").map_err(|_| corrupt())? != 0;
+        let residence = match r.bytes("residence").map_err(|_| corrupt())? {
+            [] => None,
+            code => Some(code.try_into().map_err(|_| corrupt())?),
+        };
+        let identity = match r.bytes("identity").map_err(|_| corrupt())? {
+            [] => None,
+            digest => Some(digest.try_into().map_err(|_| corrupt())?),
+        };
+        let number = match r.bytes("number").map_err(|_| corrupt())? {
+            [] => None,
+            sealed => {
+                let text = self.cipher.open(sealed, &user_context(user, "number"))?;
+                let text = std::str::from_utf8(&text).map_err(|_| corrupt())?;
+                Some(PhoneNumber::parse(text).map_err(|_| corrupt())?)
+            }
+        };
+        r.finish().map_err(|_| corrupt())?;
+        Ok(Account {
+            residence,
+            identity,
+            opted_out,
+            number,
+        })
+    }
+}
+
+fn user_context(user: &Username, what: &str) -> Vec<u8> {
+    format!("sls/1 user {user} {what}").into_bytes()
+}
+
+pub(in crate::store) fn encode_life(life: &DeviceLife) -> Vec<u8> {
+    let mut out = vec![1u8];
+    match life.activation {
+        Activation::Active => out.put_u8(0),
+        Activation::Ordered { replaces } => {
+            out.put_u8(1);
+            out.put_u64(replaces.0);
+        }
+        Activation::Shipped {
+            replaces,
+            shipped_at,
+            activates_at,
+        } => {
+            out.put_u8(2);
+            out.put_u64(replaces.0);
+            out.put_u64(shipped_at.0);
+            out.put_u64(activates_at.0);
+        }
+    }
+    out.put_u64(life.uses_left.map_or(u64::MAX, u64::from));
+    // Where earlier versions kept a digest of the IB Key app's PIN: the
+    // PIN stays on the phone, so the field is written empty.
+    out.put_bytes(&[]);
+    out
+}
+
+pub(in crate::store) fn decode_life(bytes: &[u8]) -> Option<DeviceLife> {
+    let mut r = Reader::new(bytes);
+    if r.u8("version").ok()? != 1 {
+        return None;
+    }
+    let activation = match r.u8("activation").ok()? {
+        0 => Activation::Active,
+        1 => Activation::Ordered {
+            replaces: DeviceId(r.u64("replaces").ok()?),
+        },
+        2 => Activation::Shipped {
+            replaces: DeviceId(r.u64("replaces").ok()?),
+            shipped_at: Timestamp(r.u64("shipped at").ok()?),
+            activates_at: Timestamp(r.u64("activates at").ok()?),
+        },
+        _ => return None,
+    };
+    let uses_left = match r.u64("uses left").ok()? {
+        u64::MAX => None,
+        uses => Some(u32::try_from(uses).ok()?),
+    };
+    // An app PIN digest an earlier version kept is dropped unread.
+    r.bytes("app pin").ok()?;
+    r.finish().ok()?;
+    Some(DeviceLife {
+        activation,
+        uses_left,
+    })
+}
+
+pub(in crate::store) fn encode_share(share: &Share) -> Vec<u8> {
+    let mut out = vec![1u8];
+    out.put_bytes(share.requester.as_str().as_bytes());
+    out.put_bytes(share.owner.as_str().as_bytes());
+    out.put_u64(share.device.0);
+    out.put_u8(match share.state {
+        ShareState::Pending => 0,
+        ShareState::Active => 1,
+    });
+    out.put_u64(share.created.0);
+    out
+}
+
+pub(in crate::store) fn decode_share(id: ShareId, bytes: &[u8]) -> Option<Share> {
+    let mut r = Reader::new(bytes);
+    if r.u8("version").ok()? != 1 {
+        return None;
+    }
+    let requester = Username::new(r.str("requester").ok()?).ok()?;
+    let owner = Username::new(r.str("owner").ok()?).ok()?;
+    let device = DeviceId(r.u64("device").ok()?);
+    let state = match r.u8("state").ok()? {
+        0 => ShareState::Pending,
+        1 => ShareState::Active,
+        _ => return None,
+    };
+    let created = Timestamp(r.u64("created").ok()?);
+    r.finish().ok()?;
+    Some(Share {
+        id,
+        requester,
+        owner,
+        device,
+        state,
+        created,
+    })
+}
+
+pub(in crate::store) fn encode_audit(entry: &AuditRecord) -> Vec<u8> {
+    let mut out = vec![1u8];
+    out.put_u64(entry.at.0);
+    out.put_bytes(entry.actor.as_bytes());
+    out.put_bytes(entry.action.as_bytes());
+    out.put_bytes(entry.user.as_ref().map_or("", Username::as_str).as_bytes());
+    out.put_u64(entry.device.map_or(0, |d| d.0));
+    out.put_bytes(entry.detail.as_bytes());
+    out
+}
+
+pub(in crate::store) fn decode_audit(seq: u64, bytes: &[u8]) -> Option<AuditRecord> {
+    let mut r = Reader::new(bytes);
+    if r.u8("version").ok()? != 1 {
+        return None;
+    }
+    let at = Timestamp(r.u64("at").ok()?);
+    let actor = r.str("actor").ok()?.to_owned();
+    let action = r.str("action").ok()?.to_owned();
+    let user = match r.str("user").ok()? {
+        "" => None,
+        name => Some(Username::new(name).ok()?),
+    };
+    let device = match r.u64("device").ok()? {
+        0 => None,
+        id => Some(DeviceId(id)),
+    };
+    let detail = r.str("detail").ok()?.to_owned();
+    r.finish().ok()?;
+    Some(AuditRecord {
+        seq,
+        at,
+        actor,
+        action,
+        user,
+        device,
+        detail,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let life = DeviceLife {
+            activation: Activation::Shipped {
+                replaces: DeviceId(4),
+                shipped_at: Timestamp(10),
+                activates_at: Timestamp(20),
+            },
+            uses_left: Some(3),
+        };
+        assert_eq!(decode_life(&encode_life(&life)), Some(life));
+        let share = Share {
+            id: ShareId(7),
+            requester: Username::new("amy").unwrap(),
+            owner: Username::new("bob").unwrap(),
+            device: DeviceId(3),
+            state: ShareState::Pending,
+            created: Timestamp(5),
+        };
+        assert_eq!(decode_share(ShareId(7), &encode_share(&share)), Some(share));
+        let entry = AuditRecord {
+            seq: 1,
+            at: Timestamp(1),
+            actor: "admin".into(),
+            action: "enroll".into(),
+            user: Username::new("amy").ok(),
+            device: Some(DeviceId(2)),
+            detail: "dsc-plus".into(),
+        };
+        assert_eq!(decode_audit(1, &encode_audit(&entry)), Some(entry));
+        assert_eq!(decode_life(&[2]), None);
+        assert_eq!(decode_share(ShareId(1), &[1, 0]), None);
+    }
 }

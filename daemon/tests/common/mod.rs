@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use slsd::config::Config;
 use slsd::engine::Engine;
-use slsd::store::registry::Registry;
+use slsd::store::embedded::registry::Registry;
 use slsd::store::sealed::SecretCipher;
 
 /// The engine over the registry in `dir` (created on first use; opened

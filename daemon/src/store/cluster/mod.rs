@@ -1,5 +1,5 @@
 //! The state of a deployment of several nodes, kept in a Redis (or
-//! Valkey) Cluster through the primitives of [`super::redis`]: devices,
+//! Valkey) Cluster through the primitives of [`crate::store::cluster::redis`]: devices,
 //! failure counts and lockouts, open challenges, SMS code and push
 //! sessions, per-user issuance, and what nodes hand each other.
 //!
@@ -7,7 +7,7 @@
 //! state of each device, open challenges, the code session, push
 //! sessions: [`UserRecord`]) share one slot, so a decision reads the ones
 //! it needs at one moment and writes them back together only if none
-//! changed meanwhile ([`SharedStore::write_user`]); of two nodes deciding
+//! changed meanwhile ([`ClusterStore::write_user`]); of two nodes deciding
 //! at once, one wins and the other decides again on what it finds. That
 //! is what makes a challenge accepted once, and an answer judged before a
 //! lockout unable to be accepted after it, across nodes. The random ids
@@ -33,17 +33,14 @@
 //! `sls:{n:<node>}:inbox` and `:alive`; `sls:{meta}:next-device` and `:sms-code-key`;
 //! `sls:{audit}:seq` and `:log` (the audit log, numbered from 1).
 
+pub mod redis;
+
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use rand::CryptoRng;
 
-use super::accounts::{UserRecord as Account, decode_audit, encode_audit};
-use super::questions::QuestionMemory;
-use super::records::{DeviceCodec, Stored};
-use super::redis::{Change, Key, RedisStore, Versioned};
-use super::registry::{Device, EnrollError, FailureState, NewDevice, StoreError, Verifier};
 use crate::clock::Timestamp;
 use crate::identity::{ChallengeId, CodeId, DeviceId, PushId, Username};
 use crate::otp::SecretKey;
@@ -53,6 +50,12 @@ use crate::policy::calendar::Day;
 use crate::policy::withdrawal::Withdrawn;
 use crate::profile::DeviceKind;
 use crate::ratelimit::{Decision, Rate};
+use crate::store::Account;
+use crate::store::cluster::redis::{Key, Op, RedisStore, Versioned};
+use crate::store::questions::QuestionMemory;
+use crate::store::records::{DeviceCodec, Stored};
+use crate::store::records::{decode_audit, encode_audit};
+use crate::store::{Device, EnrollError, FailureState, NewDevice, StoreError, Verifier};
 use crate::wire::AuditRecord;
 
 /// How long past its expiry a challenge record is kept, so that a late
@@ -81,16 +84,16 @@ struct Cached {
 
 /// Devices, failure states, challenges and issuance counts on a Redis
 /// Cluster, with a per-node cache of device records.
-pub struct SharedStore {
+pub struct ClusterStore {
     redis: RedisStore,
     codec: DeviceCodec,
     cache_ttl: Duration,
     cache: RwLock<HashMap<DeviceId, Cached>>,
 }
 
-impl std::fmt::Debug for SharedStore {
+impl std::fmt::Debug for ClusterStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedStore")
+        f.debug_struct("ClusterStore")
             .field("redis", &self.redis)
             .field("cache_ttl", &self.cache_ttl)
             .finish_non_exhaustive()
@@ -165,7 +168,7 @@ pub enum UserRecord {
     /// A push session.
     Push(PushId),
     /// What sls keeps about the user besides devices: residence, the
-    /// identification digest, opt-out (`accounts::UserRecord`).
+    /// identification digest, opt-out (`store::Account`).
     Account,
 }
 
@@ -238,7 +241,7 @@ pub fn question_memory(device: DeviceId, record: &Versioned) -> Result<QuestionM
     device_record(device, record, QuestionMemory::decode, "question memory")
 }
 
-impl SharedStore {
+impl ClusterStore {
     pub fn new(redis: RedisStore, codec: DeviceCodec, cache_ttl: Duration) -> Self {
         Self {
             redis,
@@ -319,7 +322,7 @@ impl SharedStore {
 
     /// Creates a versioned record (version 1) that must not exist yet.
     async fn create(&self, key: &Key, value: &[u8]) -> Result<(), StoreError> {
-        let change = Change::Set(self.tagged(key, 1, value), None);
+        let change = Op::Set(self.tagged(key, 1, value), None);
         if self.redis.transact(&[(key, 0, change)], true).await? {
             Ok(())
         } else {
@@ -685,7 +688,9 @@ impl SharedStore {
                 .version;
             let value = self.tagged(&record, version + 1, &key.0);
             let swapped = self.redis.swap(&record, version, &value, None, true).await;
-            if let super::redis::Swap::Done(_) = swapped.map_err(StoreError::from)? {
+            if let crate::store::cluster::redis::Swap::Done(_) =
+                swapped.map_err(StoreError::from)?
+            {
                 self.forget(id);
                 return Ok(true);
             }
@@ -819,11 +824,7 @@ impl SharedStore {
                 return Ok(Some(answer));
             };
             let bytes = self.codec.encode_user(rng, user, &next)?;
-            let change = [(
-                UserRecord::Account,
-                current.version,
-                Change::Set(bytes, None),
-            )];
+            let change = [(UserRecord::Account, current.version, Op::Set(bytes, None))];
             if self.write_user(user, &change, true).await? {
                 return Ok(Some(answer));
             }
@@ -849,7 +850,7 @@ impl SharedStore {
     pub async fn write_user(
         &self,
         user: &Username,
-        changes: &[(UserRecord, u64, Change)],
+        changes: &[(UserRecord, u64, Op)],
         durable: bool,
     ) -> Result<bool, StoreError> {
         let keys: Vec<Key> = changes
@@ -857,14 +858,12 @@ impl SharedStore {
             .map(|(record, _, _)| user_record_key(user, *record))
             .collect();
         // Each value written carries its tag for the version it gets.
-        let changes: Vec<(&Key, u64, Change)> = keys
+        let changes: Vec<(&Key, u64, Op)> = keys
             .iter()
             .zip(changes)
             .map(|(key, (_, version, change))| {
                 let change = match change {
-                    Change::Set(value, ttl) => {
-                        Change::Set(self.tagged(key, version + 1, value), *ttl)
-                    }
+                    Op::Set(value, ttl) => Op::Set(self.tagged(key, version + 1, value), *ttl),
                     other => other.clone(),
                 };
                 (key, *version, change)
@@ -910,7 +909,7 @@ impl SharedStore {
             let write = (
                 UserRecord::Failures(device),
                 version,
-                Change::Set(after.encode(), None),
+                Op::Set(after.encode(), None),
             );
             if self.write_user(user, &[write], true).await? {
                 return Ok(Some(answer));

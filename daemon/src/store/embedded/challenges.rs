@@ -5,75 +5,13 @@
 //! which is what makes "accepted at most once" and "attempts never exceed
 //! the limit" hold under concurrent verifies of the same id.
 
+use crate::store::model::*;
 use std::collections::HashMap;
 use std::sync::PoisonError;
 
 use crate::clock::Timestamp;
-use crate::identity::{ChallengeId, DeviceId, Username};
-use crate::otp::card::CardChallenge;
+use crate::identity::ChallengeId;
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
-use crate::wire::codec::{Put, Reader};
-
-use super::questions::{decode_question, encode_question};
-
-/// What was asked, kept until it is answered or expires.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpenChallenge {
-    pub user: Username,
-    pub device: DeviceId,
-    pub question: Question,
-    pub expires_at: Timestamp,
-    pub attempts_left: u8,
-}
-
-impl OpenChallenge {
-    /// The record a shared store keeps.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64);
-        out.put_u8(self.attempts_left);
-        out.put_bytes(self.user.as_str().as_bytes());
-        out.put_u64(self.device.0);
-        out.put_u64(self.expires_at.0);
-        encode_question(&self.question, &mut out);
-        out
-    }
-
-    /// A stored record; `None` if it does not parse.
-    pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let mut r = Reader::new(bytes);
-        let attempts_left = r.u8("attempts left").ok()?;
-        let user = Username::new(r.str("user").ok()?).ok()?;
-        let device = DeviceId(r.u64("device").ok()?);
-        let expires_at = Timestamp(r.u64("expires at").ok()?);
-        let question = decode_question(&mut r)?;
-        r.finish().ok()?;
-        Some(Self {
-            user,
-            device,
-            question,
-            expires_at,
-            attempts_left,
-        })
-    }
-}
-
-/// The question shown to the user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Question {
-    /// Digits to type into an OCRA device.
-    Ocra(String),
-    /// Two positions of a code card.
-    Card(CardChallenge),
-    /// No question: the user types the code they hold (temporary codes).
-    Code,
-}
-
-/// What to do with a challenge after looking at it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
-    Keep,
-    Remove,
-}
 
 /// Why a challenge could not be stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -183,6 +121,7 @@ impl ChallengeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::{DeviceId, Username};
     use std::sync::Arc;
 
     fn challenge(expires_at: u64) -> OpenChallenge {

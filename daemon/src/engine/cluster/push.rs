@@ -28,9 +28,9 @@ use crate::clock::Timestamp;
 use crate::identity::{DeviceId, PushId, Username};
 use crate::otp::push::{self, Signature};
 use crate::profile::DeviceKind;
-use crate::store::redis::Change;
-use crate::store::registry::StoreError;
-use crate::store::shared::{EXPIRED_GRACE, Handle, SharedStore, UserRecord, failure_state};
+use crate::store::StoreError;
+use crate::store::cluster::redis::Op;
+use crate::store::cluster::{ClusterStore, EXPIRED_GRACE, Handle, UserRecord, failure_state};
 use crate::wire::codec::{Put, Reader};
 use crate::wire::{ErrorCode, Reply, Response, Verdict};
 
@@ -181,18 +181,18 @@ impl Handed {
 }
 
 /// A push session written back, kept until a minute past its expiry.
-fn kept(session: &SharedPush, left: Duration) -> Change {
-    Change::Set(session.encode(), Some(left + EXPIRED_GRACE))
+fn kept(session: &SharedPush, left: Duration) -> Op {
+    Op::Set(session.encode(), Some(left + EXPIRED_GRACE))
 }
 
 /// An ended session (empty, so its version keeps counting).
-fn ended() -> Change {
-    Change::Set(Vec::new(), Some(EXPIRED_GRACE))
+fn ended() -> Op {
+    Op::Set(Vec::new(), Some(EXPIRED_GRACE))
 }
 
 /// A push session and its version; `None` if there is none (or it ended).
 async fn read_push(
-    store: &SharedStore,
+    store: &ClusterStore,
     user: &Username,
     id: PushId,
 ) -> Result<Option<(u64, SharedPush)>, StoreError> {
@@ -210,9 +210,9 @@ impl Engine {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(super) async fn shared_phone_subscribe(
+    pub(super) async fn cluster_phone_subscribe(
         &self,
-        store: &SharedStore,
+        store: &ClusterStore,
         caller: &Caller<'_>,
         device: DeviceId,
         proof: &Signature,
@@ -231,16 +231,16 @@ impl Engine {
         Ok(Reply::Subscribed)
     }
 
-    pub(super) async fn shared_push<R: CryptoRng + Send + ?Sized>(
+    pub(super) async fn cluster_push<R: CryptoRng + Send + ?Sized>(
         &self,
-        store: &SharedStore,
+        store: &ClusterStore,
         user: &Username,
         device: DeviceId,
         now: Timestamp,
         rng: &mut R,
     ) -> Result<Reply, StoreError> {
         let why = "too many challenges and pushes for this user";
-        if let Some(refusal) = self.shared_issuance(store, user, now, why).await? {
+        if let Some(refusal) = self.cluster_issuance(store, user, now, why).await? {
             return Ok(refusal);
         }
         let device = store
@@ -313,9 +313,9 @@ impl Engine {
     }
 
     /// `None`: the verdict will be written to the caller's stream later.
-    pub(super) async fn shared_await_push(
+    pub(super) async fn cluster_await_push(
         &self,
-        store: &SharedStore,
+        store: &ClusterStore,
         caller: &Caller<'_>,
         id: PushId,
         now: Timestamp,
@@ -387,9 +387,9 @@ impl Engine {
     }
 
     /// The phone's answer: `chosen` with a proof approves, `None` denies.
-    pub(super) async fn shared_answer_push(
+    pub(super) async fn cluster_answer_push(
         &self,
-        store: &SharedStore,
+        store: &ClusterStore,
         caller: &Caller<'_>,
         id: PushId,
         approval: Option<(u8, &Signature)>,
@@ -445,9 +445,9 @@ impl Engine {
             };
             let decision = decide_push(&self.config.lockout, &mut failures, given, now);
             let failures_change = if decision.failures_changed {
-                Change::Set(failures.encode(), None)
+                Op::Set(failures.encode(), None)
             } else {
-                Change::Keep
+                Op::Keep
             };
             let verdict = decision
                 .refused
@@ -496,7 +496,7 @@ impl Engine {
     /// notices to its phones, and hand verdicts to its waiting gateways.
     pub(super) async fn relay_pushes(
         &self,
-        store: &SharedStore,
+        store: &ClusterStore,
         now: Timestamp,
         renew: bool,
         gone: Vec<DeviceId>,
@@ -533,7 +533,7 @@ impl Engine {
 
     /// Tells gateways waiting here on pushes that expired.
     /// Tells every gateway waiting here that the server is stopping.
-    pub(in crate::engine) fn release_shared_waiters(&self) {
+    pub(in crate::engine) fn release_cluster_waiters(&self) {
         let waiting: Vec<Waiter> = self.waiters().drain().map(|(_, w)| w).collect();
         for waiter in waiting {
             super::super::push::shutting_down(&waiter.sink, waiter.request);

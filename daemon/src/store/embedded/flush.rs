@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableTable};
 
-use super::registry::{META, StoreError};
+use crate::store::StoreError;
+use crate::store::embedded::registry::META;
 
 /// The meta key a flush writes, so that its commit is never empty.
 const FLUSHES: &str = "flushes";

@@ -9,7 +9,7 @@
 //!
 //! Bridges connect to any node. A send queues its message, sealed, on the
 //! store; each node that has bridges takes queued messages every relay
-//! round (`Engine::shared_relay`, every few milliseconds) and hands them to
+//! round (`Engine::cluster_relay`, every few milliseconds) and hands them to
 //! its own bridges with the usual failover. Delivery reports and failovers
 //! are written back to the code's session, where `CodeStatus` reads them
 //! on any node. A node with bridges says so in the store (renewed every
@@ -29,9 +29,9 @@ use super::Caller;
 use crate::clock::Timestamp;
 use crate::identity::{CodeId, MessageId, Username};
 use crate::phone::Channel;
-use crate::store::redis::Change;
-use crate::store::registry::{FailureState, StoreError};
-use crate::store::shared::{EXPIRED_GRACE, Handle, SharedStore, UserRecord, failure_state};
+use crate::store::cluster::redis::Op;
+use crate::store::cluster::{ClusterStore, EXPIRED_GRACE, Handle, UserRecord, failure_state};
+use crate::store::{FailureState, StoreError};
 use crate::wire::request::Answer;
 use crate::wire::{DeliveryReport, DeliveryState, ErrorCode, Reply, Verdict};
 
@@ -45,20 +45,20 @@ const RENEWAL_MS: u64 = 1000;
 const TAKE_PER_ROUND: usize = 64;
 
 /// A session written back, kept until a minute past its expiry.
-fn kept(session: &CodeSession, left: Duration) -> Change {
-    Change::Set(session.encode(), Some(left + EXPIRED_GRACE))
+fn kept(session: &CodeSession, left: Duration) -> Op {
+    Op::Set(session.encode(), Some(left + EXPIRED_GRACE))
 }
 
 /// An ended session: an empty record, so that its version keeps counting
 /// (a writer that read the old session cannot mistake a new one for it).
-fn ended() -> Change {
-    Change::Set(Vec::new(), Some(EXPIRED_GRACE))
+fn ended() -> Op {
+    Op::Set(Vec::new(), Some(EXPIRED_GRACE))
 }
 
 impl Engine {
-    pub(super) async fn shared_send_code<R: CryptoRng + Send + ?Sized>(
+    pub(super) async fn cluster_send_code<R: CryptoRng + Send + ?Sized>(
         &self,
-        store: &SharedStore,
+        store: &ClusterStore,
         user: &Username,
         channel: Channel,
         now: Timestamp,
@@ -117,7 +117,7 @@ impl Engine {
             }
             None => {
                 let why = "too many codes for this user";
-                if let Some(refusal) = self.shared_issuance(store, user, now, why).await? {
+                if let Some(refusal) = self.cluster_issuance(store, user, now, why).await? {
                     return Ok(refusal);
                 }
                 let code = CodeId(rng.next_u64());
@@ -176,9 +176,9 @@ impl Engine {
         })
     }
 
-    pub(super) async fn shared_verify_code(
+    pub(super) async fn cluster_verify_code(
         &self,
-        store: &SharedStore,
+        store: &ClusterStore,
         user: &Username,
         given: &Answer,
         now: Timestamp,
@@ -235,9 +235,9 @@ impl Engine {
             if self.codes.code(session.code).matches(given.as_bytes()) {
                 // Of every node checking this code, one ends the session.
                 let cleared = if failures == FailureState::default() {
-                    Change::Keep
+                    Op::Keep
                 } else {
-                    Change::Set(FailureState::default().encode(), None)
+                    Op::Set(FailureState::default().encode(), None)
                 };
                 let changes = [end, (failures_of, seen, cleared)];
                 if !store.write_user(user, &changes, true).await? {
@@ -259,7 +259,7 @@ impl Engine {
             };
             let changes = [
                 (UserRecord::Sms, record.version, session_change),
-                (failures_of, seen, Change::Set(after.encode(), None)),
+                (failures_of, seen, Op::Set(after.encode(), None)),
             ];
             if !store.write_user(user, &changes, true).await? {
                 continue;
@@ -276,9 +276,9 @@ impl Engine {
         ))
     }
 
-    pub(super) async fn shared_code_status(
+    pub(super) async fn cluster_code_status(
         &self,
-        store: &SharedStore,
+        store: &ClusterStore,
         code: CodeId,
     ) -> Result<Reply, StoreError> {
         let session = match store.handle_owner(Handle::Code(code)).await? {
@@ -300,9 +300,9 @@ impl Engine {
         })
     }
 
-    pub(super) async fn shared_ack(
+    pub(super) async fn cluster_ack(
         &self,
-        store: &SharedStore,
+        store: &ClusterStore,
         caller: &Caller<'_>,
         message: MessageId,
         report: DeliveryReport,
@@ -310,7 +310,7 @@ impl Engine {
     ) -> Result<Reply, StoreError> {
         match self.outbox.ack(caller.connection, message, report, now) {
             Some(change) => {
-                self.shared_delivery(store, change, now).await?;
+                self.cluster_delivery(store, change, now).await?;
                 Ok(Reply::Done)
             }
             None => Ok(Reply::error(
@@ -322,9 +322,9 @@ impl Engine {
 
     /// Writes what became of a message into its code's session; only the
     /// code's last message counts.
-    async fn shared_delivery(
+    async fn cluster_delivery(
         &self,
-        store: &SharedStore,
+        store: &ClusterStore,
         (code, message, delivery): StatusChange,
         now: Timestamp,
     ) -> Result<(), StoreError> {
@@ -359,8 +359,8 @@ impl Engine {
     /// the delivery changes of failovers and timeouts, its claim to have
     /// bridges (renewed or withdrawn), and queued messages handed to its
     /// bridges. The server calls it every few milliseconds.
-    pub async fn shared_relay(&self, now: Timestamp) -> Result<(), StoreError> {
-        let Some(store) = &self.shared else {
+    pub async fn cluster_relay(&self, now: Timestamp) -> Result<(), StoreError> {
+        let Some(store) = &self.cluster else {
             return Ok(());
         };
         let node = self.node.as_str();
@@ -383,7 +383,7 @@ impl Engine {
                 .unwrap_or_else(PoisonError::into_inner),
         );
         for change in changes {
-            self.shared_delivery(store, change, now).await?;
+            self.cluster_delivery(store, change, now).await?;
         }
         let bridges = self.outbox.bridges();
         let renewed = self.bridges_announced.load(Relaxed);
@@ -424,7 +424,7 @@ impl Engine {
                 }
             };
             if let Err(reason) = outcome {
-                self.shared_delivery(store, failed(reason), now).await?;
+                self.cluster_delivery(store, failed(reason), now).await?;
             }
         }
         Ok(())

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::registry::{FailureState, Registry};
 use crate::identity::DeviceId;
+use crate::store::FailureState;
+use crate::store::embedded::registry::Registry;
 
 /// The outcome of a commit, as its writers see it.
 pub type CommitResult = Result<(), String>;

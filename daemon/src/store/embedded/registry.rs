@@ -8,6 +8,7 @@
 //! answers; failure counters, the hot write, go through the group
 //! committer (`committer.rs`) so a burst of them costs one commit.
 
+use crate::store::model::*;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
@@ -16,21 +17,16 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use rand::CryptoRng;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::accounts::{
-    self, AUDIT, Actor, DEVICE_LIFE, DeviceLife, LEDGER, SHARES, Share, USERS, UserRecord,
-};
-use super::questions::QuestionMemory;
-use super::records::DeviceCodec;
-use super::sealed::{SealError, SecretCipher};
 use crate::clock::Timestamp;
 use crate::identity::{DeviceId, ShareId, Username};
-use crate::otp::card::CodeCard;
-use crate::otp::ocra::Ocra;
+use crate::otp::SecretKey;
 use crate::otp::push::PushKey;
-use crate::otp::{MacOutput, SecretKey};
 use crate::phone::PhoneNumber;
 use crate::profile::{DeviceKind, DeviceProfiles};
-use crate::wire::codec::{Put, Reader};
+use crate::store::embedded::accounts::{AUDIT, DEVICE_LIFE, LEDGER, SHARES, USERS};
+use crate::store::records::DeviceCodec;
+use crate::store::sealed::SecretCipher;
+use crate::store::{Account, Actor, Share};
 
 pub(super) const DEVICES: TableDefinition<u64, &[u8]> = TableDefinition::new("devices");
 pub(super) const FAILURES: TableDefinition<u64, &[u8]> = TableDefinition::new("failures");
@@ -40,23 +36,6 @@ pub(super) const PHONES: TableDefinition<u64, &[u8]> = TableDefinition::new("pho
 /// The push public key of IB Key devices that have one.
 pub(super) const PUSH_KEYS: TableDefinition<u64, &[u8]> = TableDefinition::new("push-keys");
 pub(super) const NEXT_DEVICE_ID: &str = "next-device-id";
-
-/// A database or at-rest-encryption failure.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database: {0}")]
-    Database(String),
-    #[error(transparent)]
-    Seal(#[from] SealError),
-    #[error("stored record of device {device} is damaged: {problem}")]
-    Corrupt { device: u64, problem: String },
-    #[error(transparent)]
-    Shared(#[from] super::redis::RedisError),
-    /// A shared-store record whose authentication tag does not match: it
-    /// was not written by a node of this deployment as it stands.
-    #[error("the shared store's record {0} failed its integrity check")]
-    Forged(String),
-}
 
 macro_rules! database_errors {
     ($($error:ty),*) => {$(
@@ -75,249 +54,20 @@ database_errors!(
     redb::CommitError
 );
 
-/// Why an enrolment was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum EnrollError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// Consecutive failures and lockout of one device; durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct FailureState {
-    /// Wrong answers since the last right one or the last lockout.
-    pub consecutive: u32,
-    /// The lockout escalation: each doubles the next. A right answer
-    /// clears it; quiet periods without failures step it down.
-    pub lockouts: u32,
-    /// Locked until this moment (in the past when not locked;
-    /// [`LOCKED_UNTIL_UNLOCKED`] when only an operator can unlock it).
-    pub locked_until: Timestamp,
-    /// When the last wrong answer came (0: none since the last right one).
-    pub last_failure: Timestamp,
-    /// Wrong answers since the last right one, lockouts or not: the hard
-    /// cap (`lockout.hard-limit`) counts these.
-    pub since_success: u32,
-}
-
-/// `locked_until` of a device that reached `lockout.hard-limit`: locked
-/// until an operator unlocks it.
-pub const LOCKED_UNTIL_UNLOCKED: Timestamp = Timestamp(u64::MAX);
-
-impl FailureState {
-    /// The stored form (a shared store's record, the database's value).
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32);
-        out.put_u64(u64::from(self.consecutive) << 32 | u64::from(self.lockouts));
-        out.put_u64(self.locked_until.0);
-        out.put_u64(self.last_failure.0);
-        out.put_u64(u64::from(self.since_success));
-        out
-    }
-
-    /// How long the device stays locked from `now` (zero when it is not);
-    /// `Duration::MAX` when only an operator can unlock it, which the wire
-    /// carries as the largest number of milliseconds.
-    pub fn locked_for(&self, now: Timestamp) -> std::time::Duration {
-        if self.needs_operator() {
-            std::time::Duration::MAX
-        } else {
-            now.until(self.locked_until)
-        }
-    }
-
-    /// Whether the device reached the hard cap and waits for an operator.
-    pub fn needs_operator(&self) -> bool {
-        self.locked_until == LOCKED_UNTIL_UNLOCKED
-    }
-
-    /// Reads the stored form, and the 16-byte form of earlier versions
-    /// (no time of the last failure: the decay counts from the lock's end;
-    /// the failures since success were the consecutive ones).
-    pub(super) fn decode(bytes: &[u8]) -> Option<Self> {
-        let mut r = Reader::new(bytes);
-        let counts = r.u64("counts").ok()?;
-        let locked_until = Timestamp(r.u64("locked until").ok()?);
-        let consecutive = (counts >> 32) as u32;
-        let (last_failure, since_success) = if bytes.len() == 16 {
-            (Timestamp(0), consecutive)
-        } else {
-            (
-                Timestamp(r.u64("last failure").ok()?),
-                u32::try_from(r.u64("failures since success").ok()?).ok()?,
-            )
-        };
-        r.finish().ok()?;
-        Some(Self {
-            consecutive,
-            lockouts: (counts & 0xffff_ffff) as u32,
-            locked_until,
-            last_failure,
-            since_success,
-        })
-    }
-}
-
-/// How a device's answers are checked.
-pub enum Verifier {
-    /// OCRA, with the PIN hash for suites that bind a PIN.
-    Ocra {
-        ocra: Ocra,
-        pin_hash: Option<MacOutput>,
-    },
-    Card(CodeCard),
-    /// Codes sent by SMS or voice to this verified number.
-    Phone(PhoneNumber),
-    /// A code issued by an operator and typed as it is (temporary codes).
-    Code(SecretKey),
-}
-
-impl fmt::Debug for Verifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Ocra { ocra, .. } => write!(f, "Verifier::Ocra({})", ocra.suite()),
-            Self::Card(card) => write!(f, "Verifier::Card({} positions)", card.positions()),
-            Self::Phone(number) => write!(f, "Verifier::Phone({number:?})"),
-            Self::Code(_) => f.write_str("Verifier::Code(..)"),
-        }
-    }
-}
-
-/// An enrolled device, ready to verify.
-#[derive(Debug)]
-pub struct Device {
-    pub id: DeviceId,
-    pub user: Username,
-    pub kind: DeviceKind,
-    pub label: String,
-    pub created: Timestamp,
-    /// When the device stops working: its kind's validity after activation
-    /// (Online Security Code Cards, temporary codes), as configured now.
-    pub expires: Option<Timestamp>,
-    pub verifier: Verifier,
-    /// `crate::sync`'s lock, so the loom models see it: every decision on
-    /// a device's failures is made under it.
-    failures: crate::sync::Mutex<FailureState>,
-    /// What the device was asked (kept in memory only: see
-    /// `store::questions`). Locked only while `failures` is held, so the
-    /// two change together.
-    questions: crate::sync::Mutex<QuestionMemory>,
-    /// The key push approvals are signed with (IB Key devices).
-    push_key: Mutex<Option<PushKey>>,
-    /// Activation state, temporary-code uses, app PIN (`accounts`).
-    life: Mutex<DeviceLife>,
-}
-
-impl Device {
-    /// Whether the device's validity has ended at `now`.
-    pub fn expired_at(&self, now: Timestamp) -> bool {
-        self.expires.is_some_and(|end| end <= now)
-    }
-
-    /// The failure state, locked for reading and changing.
-    pub fn failures(&self) -> crate::sync::MutexGuard<'_, FailureState> {
-        // Every change is a whole-value assignment; a poisoned lock holds a
-        // consistent value.
-        self.failures.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// What the device was asked, locked for reading and changing. Take it
-    /// only while holding [`failures`](Self::failures) (the lock order).
-    pub fn questions<'a>(
-        &'a self,
-        _failures: &crate::sync::MutexGuard<'a, FailureState>,
-    ) -> crate::sync::MutexGuard<'a, QuestionMemory> {
-        self.questions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The public key this device signs push approvals with, if bound.
-    pub fn push_key(&self) -> Option<PushKey> {
-        *self.push_key.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The lifecycle state (activation, uses left, app PIN).
-    pub fn life(&self) -> DeviceLife {
-        self.life_mut().clone()
-    }
-
-    pub(super) fn life_mut(&self) -> MutexGuard<'_, DeviceLife> {
-        self.life.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Whether the device can be used at `now`: activated, and its
-    /// validity not ended.
-    pub fn usable_at(&self, now: Timestamp) -> bool {
-        let life = self.life_mut();
-        !self.expired_at(now) && life.activation.is_active(now) && life.uses_left != Some(0)
-    }
-
-    /// Sets the push key, as read from a store.
-    pub(super) fn set_push_key(&self, key: Option<PushKey>) {
-        *self.push_key.lock().unwrap_or_else(PoisonError::into_inner) = key;
-    }
-
-    /// The verified number of an SMS device.
-    pub fn phone(&self) -> Option<&PhoneNumber> {
-        match &self.verifier {
-            Verifier::Phone(number) => Some(number),
-            _ => None,
-        }
-    }
-
-    pub(super) fn new(
-        id: DeviceId,
-        user: Username,
-        kind: DeviceKind,
-        label: String,
-        created: Timestamp,
-        expires: Option<Timestamp>,
-        verifier: Verifier,
-    ) -> Self {
-        Self {
-            id,
-            user,
-            kind,
-            label,
-            created,
-            expires,
-            verifier,
-            failures: crate::sync::Mutex::new(FailureState::default()),
-            questions: crate::sync::Mutex::new(QuestionMemory::default()),
-            push_key: Mutex::new(None),
-            life: Mutex::new(DeviceLife::default()),
-        }
-    }
-}
-
-/// What an operator enrols.
-#[derive(Debug)]
-pub struct NewDevice<'a> {
-    pub user: &'a Username,
-    pub kind: DeviceKind,
-    /// The device's key; `None` generates one.
-    pub secret: Option<SecretKey>,
-    pub pin: Option<&'a str>,
-    pub label: &'a str,
-}
-
 /// The registry of devices.
 pub struct Registry {
     pub(super) db: Database,
     pub(super) codec: DeviceCodec,
     devices: RwLock<HashMap<DeviceId, Arc<Device>>>,
     by_user: RwLock<HashMap<Username, Vec<DeviceId>>>,
-    users: RwLock<HashMap<Username, UserRecord>>,
+    users: RwLock<HashMap<Username, Account>>,
     shares: RwLock<HashMap<ShareId, Share>>,
     /// Held for the whole of a change (`Registry::change`), so that a rule
     /// checked inside it (one number per user, a withdrawal limit) still
     /// holds when it commits.
     changing: Mutex<()>,
     /// Makes committed changes durable, many per fsync.
-    pub(super) flusher: super::flush::Flusher,
+    pub(super) flusher: crate::store::embedded::flush::Flusher,
 }
 
 impl fmt::Debug for Registry {
@@ -360,7 +110,9 @@ impl Registry {
             shares: RwLock::new(HashMap::new()),
             changing: Mutex::new(()),
             // `store.commit-interval`'s default; `with_commit_interval` sets it.
-            flusher: super::flush::Flusher::new(std::time::Duration::from_millis(2)),
+            flusher: crate::store::embedded::flush::Flusher::new(std::time::Duration::from_millis(
+                2,
+            )),
         };
         registry.load()?;
         Ok(registry)
@@ -375,7 +127,7 @@ impl Registry {
     /// How long a flush waits for the changes under way to commit and
     /// ride along (`store.commit-interval`).
     pub fn with_commit_interval(mut self, interval: std::time::Duration) -> Self {
-        self.flusher = super::flush::Flusher::new(interval);
+        self.flusher = crate::store::embedded::flush::Flusher::new(interval);
         self
     }
 
@@ -417,9 +169,11 @@ impl Registry {
             }
             if let Some(life) = lives.get(id.0)? {
                 *device.life_mut() =
-                    accounts::decode_life(life.value()).ok_or_else(|| StoreError::Corrupt {
-                        device: id.0,
-                        problem: "lifecycle state".into(),
+                    crate::store::records::decode_life(life.value()).ok_or_else(|| {
+                        StoreError::Corrupt {
+                            device: id.0,
+                            problem: "lifecycle state".into(),
+                        }
                     })?;
             }
             by_user.entry(device.user.clone()).or_default().push(id);
@@ -440,9 +194,11 @@ impl Registry {
             let (id, record) = entry?;
             let id = ShareId(id.value());
             let share =
-                accounts::decode_share(id, record.value()).ok_or_else(|| StoreError::Corrupt {
-                    device: 0,
-                    problem: format!("share {id}"),
+                crate::store::records::decode_share(id, record.value()).ok_or_else(|| {
+                    StoreError::Corrupt {
+                        device: 0,
+                        problem: format!("share {id}"),
+                    }
                 })?;
             shares.insert(id, share);
         }
@@ -457,9 +213,7 @@ impl Registry {
         self.changing.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(super) fn users_mut(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, HashMap<Username, UserRecord>> {
+    pub(super) fn users_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Username, Account>> {
         self.users.write().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -468,7 +222,7 @@ impl Registry {
     }
 
     /// What sls keeps about `user` (the default for a user it has none of).
-    pub fn user(&self, user: &Username) -> UserRecord {
+    pub fn user(&self, user: &Username) -> Account {
         self.users
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -497,7 +251,7 @@ impl Registry {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
-            .find(|s| &s.requester == user && s.state == super::accounts::ShareState::Active)
+            .find(|s| &s.requester == user && s.state == crate::store::ShareState::Active)
             .cloned()
     }
 
@@ -684,36 +438,5 @@ impl Registry {
         }
         txn.commit()?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failure_states_round_trip_and_the_earlier_form_still_reads() {
-        let state = FailureState {
-            consecutive: 3,
-            lockouts: 2,
-            locked_until: Timestamp(1_800_000_000_000),
-            last_failure: Timestamp(1_799_999_000_000),
-            since_success: 13,
-        };
-        assert_eq!(FailureState::decode(&state.encode()), Some(state));
-        // The 16-byte record of versions before the decay and the hard cap.
-        let mut old = Vec::new();
-        old.put_u64(3 << 32 | 2);
-        old.put_u64(1_800_000_000_000);
-        assert_eq!(
-            FailureState::decode(&old),
-            Some(FailureState {
-                last_failure: Timestamp(0),
-                since_success: 3,
-                ..state
-            })
-        );
-        assert_eq!(FailureState::decode(&old[..15]), None);
-        assert_eq!(FailureState::decode(&state.encode()[..31]), None);
     }
 }

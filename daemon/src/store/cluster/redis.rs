@@ -180,7 +180,7 @@ pub enum Swap {
 /// What a transaction does to one versioned record whose version it
 /// checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
+pub enum Op {
     /// Only check the version.
     Keep,
     /// Write this value (the version goes up by one), for this long.
@@ -705,7 +705,7 @@ impl RedisStore {
     /// did not.
     pub async fn transact(
         &self,
-        changes: &[(&Key, u64, Change)],
+        changes: &[(&Key, u64, Op)],
         durable: bool,
     ) -> Result<bool, RedisError> {
         let Some((first, _, _)) = changes.first() else {
@@ -719,12 +719,12 @@ impl RedisStore {
         for (_, version, change) in changes {
             command.arg(*version);
             match change {
-                Change::Keep => command.arg("k").arg("").arg(0),
-                Change::Set(value, ttl) => command
+                Op::Keep => command.arg("k").arg("").arg(0),
+                Op::Set(value, ttl) => command
                     .arg("s")
                     .arg(value.as_slice())
                     .arg(ttl.map_or(0, |t| millis(t).max(1))),
-                Change::Delete => command.arg("d").arg("").arg(0),
+                Op::Delete => command.arg("d").arg("").arg(0),
             };
         }
         Ok(int(&self.run(first, command, durable).await?)? == 1)

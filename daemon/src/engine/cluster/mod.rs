@@ -42,27 +42,27 @@ use crate::clock::Timestamp;
 use crate::identity::{ChallengeId, DeviceId, Username};
 use crate::policy::calendar::Day;
 use crate::ratelimit::Decision;
-use crate::store::accounts::UserRecord as Account;
-use crate::store::challenges::{Disposition, OpenChallenge};
-use crate::store::redis::Change;
-use crate::store::registry::{FailureState, NewDevice, StoreError};
-use crate::store::shared::{
-    EXPIRED_GRACE, Handle, SharedStore, UserRecord, failure_state, question_memory,
+use crate::store::Account;
+use crate::store::cluster::redis::Op;
+use crate::store::cluster::{
+    ClusterStore, EXPIRED_GRACE, Handle, UserRecord, failure_state, question_memory,
 };
+use crate::store::{Disposition, OpenChallenge};
+use crate::store::{FailureState, NewDevice, StoreError};
 use crate::wire::request::{Answer, Page};
 use crate::wire::{AuditRecord, DeviceEntry, EnrollRequest, ErrorCode, Operation, Reply, Verdict};
 
 impl Engine {
     /// Whether this engine keeps its state in a shared store.
-    pub fn is_shared(&self) -> bool {
-        self.shared.is_some()
+    pub fn is_clustered(&self) -> bool {
+        self.cluster.is_some()
     }
 
     /// Handles one operation on the shared store. Awaits the store; the
     /// caller runs it as a task of its own. `None`: the answer will be
     /// written to the caller's sink later (`AwaitPush` on a push not yet
     /// answered).
-    pub async fn handle_shared<R: CryptoRng + Send + ?Sized>(
+    pub async fn handle_on_cluster<R: CryptoRng + Send + ?Sized>(
         &self,
         caller: &Caller<'_>,
         operation: Operation,
@@ -72,7 +72,7 @@ impl Engine {
         if let Some(refusal) = forbidden(caller.role, &operation) {
             return Some(refusal);
         }
-        let Some(store) = &self.shared else {
+        let Some(store) = &self.cluster else {
             return Some(Reply::error(
                 ErrorCode::Internal,
                 "this node has no shared store",
@@ -81,25 +81,25 @@ impl Engine {
         let name = operation.name();
         let mut audited = audit_subject(&operation);
         let result = match operation {
-            Operation::Devices { user } => self.shared_devices(store, &user, now, None).await,
+            Operation::Devices { user } => self.cluster_devices(store, &user, now, None).await,
             Operation::ListDevices { user, page } => {
-                self.shared_devices(store, &user, now, Some(page)).await
+                self.cluster_devices(store, &user, now, Some(page)).await
             }
             Operation::Challenge { user, device } => {
-                self.shared_challenge(store, &user, device, now, rng).await
+                self.cluster_challenge(store, &user, device, now, rng).await
             }
             Operation::Verify {
                 challenge,
                 response,
-            } => self.shared_verify(store, challenge, &response, now).await,
-            Operation::Enroll(request) => Ok(self.shared_enroll(store, request, now, rng).await),
+            } => self.cluster_verify(store, challenge, &response, now).await,
+            Operation::Enroll(request) => Ok(self.cluster_enroll(store, request, now, rng).await),
             Operation::Revoke { device } => match store.device(device).await {
                 Ok(found) => {
                     // The audit entry names whose device it was.
                     if let Some(subject) = audited.as_mut() {
                         subject.user = found.map(|d| d.user.clone());
                     }
-                    shared_revoke(store, device).await
+                    cluster_revoke(store, device).await
                 }
                 Err(error) => Err(error),
             },
@@ -107,7 +107,7 @@ impl Engine {
                 device,
                 store.bind_push_key(device, key).await,
             )),
-            Operation::Unlock { user, device } => shared_unlock(store, &user, device).await,
+            Operation::Unlock { user, device } => cluster_unlock(store, &user, device).await,
             Operation::Stats => Ok(self.stats()),
             Operation::EnrollPhone {
                 user,
@@ -118,25 +118,26 @@ impl Engine {
                 Ok(phone_enrolled(&user, enrolled))
             }
             Operation::SendCode { user, channel } => {
-                self.shared_send_code(store, &user, channel, now, rng).await
+                self.cluster_send_code(store, &user, channel, now, rng)
+                    .await
             }
             Operation::VerifyCode { user, code } => {
-                self.shared_verify_code(store, &user, &code, now).await
+                self.cluster_verify_code(store, &user, &code, now).await
             }
-            Operation::CodeStatus { code } => self.shared_code_status(store, code).await,
+            Operation::CodeStatus { code } => self.cluster_code_status(store, code).await,
             Operation::CarrierSubscribe => Ok(self.carrier_subscribe(caller)),
             Operation::Ack { message, report } => {
-                self.shared_ack(store, caller, message, report, now).await
+                self.cluster_ack(store, caller, message, report, now).await
             }
             Operation::PhoneSubscribe { device, proof } => {
-                self.shared_phone_subscribe(store, caller, device, &proof)
+                self.cluster_phone_subscribe(store, caller, device, &proof)
                     .await
             }
             Operation::Push { user, device } => {
-                self.shared_push(store, &user, device, now, rng).await
+                self.cluster_push(store, &user, device, now, rng).await
             }
             Operation::AwaitPush { push } => {
-                match self.shared_await_push(store, caller, push, now).await {
+                match self.cluster_await_push(store, caller, push, now).await {
                     Ok(None) => return None,
                     Ok(Some(reply)) => Ok(reply),
                     Err(error) => Err(error),
@@ -148,11 +149,11 @@ impl Engine {
                 proof,
             } => {
                 let approval = Some((chosen, &proof));
-                self.shared_answer_push(store, caller, push, approval, now)
+                self.cluster_answer_push(store, caller, push, approval, now)
                     .await
             }
             Operation::Deny { push } => {
-                self.shared_answer_push(store, caller, push, None, now)
+                self.cluster_answer_push(store, caller, push, None, now)
                     .await
             }
             Operation::AuthorizeWithdrawal {
@@ -161,7 +162,7 @@ impl Engine {
                 challenge,
                 response,
             } => {
-                self.shared_authorize_withdrawal(
+                self.cluster_authorize_withdrawal(
                     store,
                     caller,
                     &user,
@@ -231,15 +232,15 @@ impl Engine {
                 .map(|()| reply),
             (result, _) => result,
         };
-        Some(result.unwrap_or_else(|error| shared_store_failed(name, &error)))
+        Some(result.unwrap_or_else(|error| cluster_store_failed(name, &error)))
     }
 
     /// Counts one issuance (challenge, code, push) for the user across the
     /// deployment (`challenges.per-user-per-minute`); the refusal, saying
     /// `why`, when the user is past it.
-    async fn shared_issuance(
+    async fn cluster_issuance(
         &self,
-        store: &SharedStore,
+        store: &ClusterStore,
         user: &Username,
         now: Timestamp,
         why: &str,
@@ -251,9 +252,9 @@ impl Engine {
         })
     }
 
-    async fn shared_devices(
+    async fn cluster_devices(
         &self,
-        store: &SharedStore,
+        store: &ClusterStore,
         user: &Username,
         now: Timestamp,
         page: Option<Page>,
@@ -302,16 +303,16 @@ impl Engine {
         })
     }
 
-    async fn shared_challenge<R: CryptoRng + Send + ?Sized>(
+    async fn cluster_challenge<R: CryptoRng + Send + ?Sized>(
         &self,
-        store: &SharedStore,
+        store: &ClusterStore,
         user: &Username,
         device: DeviceId,
         now: Timestamp,
         rng: &mut R,
     ) -> Result<Reply, StoreError> {
         if let Some(refusal) = self
-            .shared_issuance(store, user, now, "too many challenges for this user")
+            .cluster_issuance(store, user, now, "too many challenges for this user")
             .await?
         {
             return Ok(refusal);
@@ -356,9 +357,9 @@ impl Engine {
                     Err(refusal) => return Ok(refusal),
                 };
             let charged = if asked.charged {
-                Change::Set(failures.encode(), None)
+                Op::Set(failures.encode(), None)
             } else {
-                Change::Keep
+                Op::Keep
             };
             // The challenge itself is not replicated before the answer (one
             // lost in a failover is asked again, the same question); what
@@ -367,12 +368,12 @@ impl Engine {
                 (
                     UserRecord::Challenge(id),
                     0,
-                    Change::Set(asked.open.encode(), Some(ttl + EXPIRED_GRACE)),
+                    Op::Set(asked.open.encode(), Some(ttl + EXPIRED_GRACE)),
                 ),
                 (
                     questions_of,
                     questions_record.version,
-                    Change::Set(questions.encode(), None),
+                    Op::Set(questions.encode(), None),
                 ),
                 (failures_of, failures_record.version, charged),
             ];
@@ -394,14 +395,14 @@ impl Engine {
         ))
     }
 
-    async fn shared_verify(
+    async fn cluster_verify(
         &self,
-        store: &SharedStore,
+        store: &ClusterStore,
         id: ChallengeId,
         answer: &Answer,
         now: Timestamp,
     ) -> Result<Reply, StoreError> {
-        let verdict = self.shared_verdict(store, id, answer, now).await?;
+        let verdict = self.cluster_verdict(store, id, answer, now).await?;
         if let Some(verdict) = &verdict {
             self.count_verdict(verdict);
         }
@@ -416,9 +417,9 @@ impl Engine {
     /// changed meanwhile (another verify, on any node, of this challenge
     /// or another of the device's); otherwise judges again on what changed.
     /// `None`: it kept changing.
-    async fn shared_verdict(
+    async fn cluster_verdict(
         &self,
-        store: &SharedStore,
+        store: &ClusterStore,
         id: ChallengeId,
         answer: &Answer,
         now: Timestamp,
@@ -440,7 +441,7 @@ impl Engine {
             let Some(open) = record.value.as_deref().and_then(OpenChallenge::decode) else {
                 return Ok(Some(Verdict::UnknownChallenge));
             };
-            let used_up = (challenge, record.version, Change::Delete);
+            let used_up = (challenge, record.version, Op::Delete);
             let Some(device) = store.device(open.device).await? else {
                 // Revoked since the challenge was issued.
                 store.write_user(&user, &[used_up], true).await?;
@@ -469,12 +470,12 @@ impl Engine {
                     // Used up, and the failures cleared, only if no other
                     // verify changed either meanwhile.
                     let cleared = if failures == FailureState::default() {
-                        Change::Keep
+                        Op::Keep
                     } else {
-                        Change::Set(FailureState::default().encode(), None)
+                        Op::Set(FailureState::default().encode(), None)
                     };
                     questions.answered_right(id, limits);
-                    let remembered = Change::Set(questions.encode(), None);
+                    let remembered = Op::Set(questions.encode(), None);
                     let changes = vec![
                         used_up,
                         (failures_of, seen, cleared),
@@ -491,14 +492,14 @@ impl Engine {
                     let kept = match disposition_after(&verdict) {
                         Disposition::Keep => {
                             let ttl = now.until(open.expires_at) + EXPIRED_GRACE;
-                            Change::Set(open.encode(), Some(ttl))
+                            Op::Set(open.encode(), Some(ttl))
                         }
-                        Disposition::Remove => Change::Delete,
+                        Disposition::Remove => Op::Delete,
                     };
-                    let failed = Change::Set(after.encode(), None);
+                    let failed = Op::Set(after.encode(), None);
                     questions.answered_wrong(id, locked.is_some());
                     let changes = vec![
-                        (questions_of, asked, Change::Set(questions.encode(), None)),
+                        (questions_of, asked, Op::Set(questions.encode(), None)),
                         (challenge, record.version, kept),
                         (failures_of, seen, failed),
                     ];
@@ -515,9 +516,9 @@ impl Engine {
         Ok(None)
     }
 
-    async fn shared_enroll<R: CryptoRng + Send + ?Sized>(
+    async fn cluster_enroll<R: CryptoRng + Send + ?Sized>(
         &self,
-        store: &SharedStore,
+        store: &ClusterStore,
         request: EnrollRequest,
         now: Timestamp,
         rng: &mut R,
@@ -598,7 +599,7 @@ impl Engine {
     /// `Done`); a refused change is not one.
     async fn audit_change(
         &self,
-        store: &SharedStore,
+        store: &ClusterStore,
         caller: &Caller<'_>,
         subject: AuditSubject,
         reply: &Reply,
@@ -616,7 +617,7 @@ impl Engine {
     /// Appends `subject` to the deployment's audit log, by `caller`.
     async fn append_audit(
         &self,
-        store: &SharedStore,
+        store: &ClusterStore,
         caller: &Caller<'_>,
         subject: AuditSubject,
         now: Timestamp,
@@ -637,9 +638,9 @@ impl Engine {
     /// as by `Verify` (on any node), then the amount is booked on the
     /// user's slot in one step against both limits.
     #[allow(clippy::too_many_arguments)]
-    async fn shared_authorize_withdrawal(
+    async fn cluster_authorize_withdrawal(
         &self,
-        store: &SharedStore,
+        store: &ClusterStore,
         caller: &Caller<'_>,
         user: &Username,
         amount: u64,
@@ -650,7 +651,7 @@ impl Engine {
         if let Some(refusal) = invalid_amount(amount) {
             return Ok(refusal);
         }
-        let verdict = self.shared_verify(store, challenge, response, now).await?;
+        let verdict = self.cluster_verify(store, challenge, response, now).await?;
         let (device, kind) = match withdrawal_device(&verdict, user) {
             Ok(answered) => answered,
             Err(refusal) => return Ok(refusal.unwrap_or(verdict)),
@@ -706,7 +707,7 @@ fn kept_changing(decided: Result<Option<Reply>, StoreError>) -> Result<Reply, St
     })
 }
 
-async fn shared_revoke(store: &SharedStore, device: DeviceId) -> Result<Reply, StoreError> {
+async fn cluster_revoke(store: &ClusterStore, device: DeviceId) -> Result<Reply, StoreError> {
     Ok(if store.revoke(device).await? {
         tracing::info!(%device, "device revoked");
         Reply::Done
@@ -715,8 +716,8 @@ async fn shared_revoke(store: &SharedStore, device: DeviceId) -> Result<Reply, S
     })
 }
 
-async fn shared_unlock(
-    store: &SharedStore,
+async fn cluster_unlock(
+    store: &ClusterStore,
     user: &Username,
     device: Option<DeviceId>,
 ) -> Result<Reply, StoreError> {
@@ -744,7 +745,7 @@ async fn shared_unlock(
 /// The reply when the shared store failed an operation: it did not answer
 /// in time, or a record it holds failed its integrity check (refused, and
 /// the operation with it: nothing is decided on a forged record).
-fn shared_store_failed(operation: &str, error: &StoreError) -> Reply {
+fn cluster_store_failed(operation: &str, error: &StoreError) -> Reply {
     match error {
         StoreError::Forged(_) => Reply::error(
             ErrorCode::Internal,

@@ -1,0 +1,20 @@
+//! One node's state.
+//!
+//! - [`challenges`]: open challenges, ephemeral, in lock-sharded memory
+//!   with expiry and a capacity. Lost on restart, which is safe: the user
+//!   asks for a new one, and a lost challenge can never become valid.
+//! - [`registry`]: devices, sealed secrets and PIN hashes, failure counts
+//!   and lockouts, durable in an embedded redb database, with an in-memory
+//!   index for the hot path.
+//! - [`accounts`]: the lifecycle side of the registry (users, activation
+//!   states, shares, the withdrawal ledger, the audit log) and
+//!   `Registry::change`, the one way the registry changes.
+//! - [`datadir`]: the data directory is the service's alone (0700/0600).
+//! - [`committer`]: group commit of the hot durable write (failure states).
+
+pub mod accounts;
+pub mod challenges;
+pub mod committer;
+pub mod datadir;
+mod flush;
+pub mod registry;

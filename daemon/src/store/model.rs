@@ -1,0 +1,477 @@
+//! The store's types, which both backends (`embedded`, `cluster`) and the
+//! engine share: a device ready to verify, its failure state, what sls
+//! keeps about a user and a device's lifecycle, shares, open challenges,
+//! and the errors of a store.
+
+use std::fmt;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use super::questions::{QuestionMemory, decode_question, encode_question};
+use super::sealed::SealError;
+use crate::clock::Timestamp;
+use crate::identity::{DeviceId, ShareId, Username};
+use crate::otp::card::{CardChallenge, CodeCard};
+use crate::otp::ocra::Ocra;
+use crate::otp::push::PushKey;
+use crate::otp::{MacOutput, SecretKey};
+use crate::phone::PhoneNumber;
+use crate::profile::DeviceKind;
+use crate::wire::codec::{Put, Reader};
+
+/// A database or at-rest-encryption failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(String),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("stored record of device {device} is damaged: {problem}")]
+    Corrupt { device: u64, problem: String },
+    #[error(transparent)]
+    Shared(#[from] super::cluster::redis::RedisError),
+    /// A shared-store record whose authentication tag does not match: it
+    /// was not written by a node of this deployment as it stands.
+    #[error("the shared store's record {0} failed its integrity check")]
+    Forged(String),
+}
+
+/// Why an enrolment was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Consecutive failures and lockout of one device; durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FailureState {
+    /// Wrong answers since the last right one or the last lockout.
+    pub consecutive: u32,
+    /// The lockout escalation: each doubles the next. A right answer
+    /// clears it; quiet periods without failures step it down.
+    pub lockouts: u32,
+    /// Locked until this moment (in the past when not locked;
+    /// [`LOCKED_UNTIL_UNLOCKED`] when only an operator can unlock it).
+    pub locked_until: Timestamp,
+    /// When the last wrong answer came (0: none since the last right one).
+    pub last_failure: Timestamp,
+    /// Wrong answers since the last right one, lockouts or not: the hard
+    /// cap (`lockout.hard-limit`) counts these.
+    pub since_success: u32,
+}
+
+/// `locked_until` of a device that reached `lockout.hard-limit`: locked
+/// until an operator unlocks it.
+pub const LOCKED_UNTIL_UNLOCKED: Timestamp = Timestamp(u64::MAX);
+
+impl FailureState {
+    /// The stored form (a shared store's record, the database's value).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32);
+        out.put_u64(u64::from(self.consecutive) << 32 | u64::from(self.lockouts));
+        out.put_u64(self.locked_until.0);
+        out.put_u64(self.last_failure.0);
+        out.put_u64(u64::from(self.since_success));
+        out
+    }
+
+    /// How long the device stays locked from `now` (zero when it is not);
+    /// `Duration::MAX` when only an operator can unlock it, which the wire
+    /// carries as the largest number of milliseconds.
+    pub fn locked_for(&self, now: Timestamp) -> std::time::Duration {
+        if self.needs_operator() {
+            std::time::Duration::MAX
+        } else {
+            now.until(self.locked_until)
+        }
+    }
+
+    /// Whether the device reached the hard cap and waits for an operator.
+    pub fn needs_operator(&self) -> bool {
+        self.locked_until == LOCKED_UNTIL_UNLOCKED
+    }
+
+    /// Reads the stored form, and the 16-byte form of earlier versions
+    /// (no time of the last failure: the decay counts from the lock's end;
+    /// the failures since success were the consecutive ones).
+    pub(super) fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(bytes);
+        let counts = r.u64("counts").ok()?;
+        let locked_until = Timestamp(r.u64("locked until").ok()?);
+        let consecutive = (counts >> 32) as u32;
+        let (last_failure, since_success) = if bytes.len() == 16 {
+            (Timestamp(0), consecutive)
+        } else {
+            (
+                Timestamp(r.u64("last failure").ok()?),
+                u32::try_from(r.u64("failures since success").ok()?).ok()?,
+            )
+        };
+        r.finish().ok()?;
+        Some(Self {
+            consecutive,
+            lockouts: (counts & 0xffff_ffff) as u32,
+            locked_until,
+            last_failure,
+            since_success,
+        })
+    }
+}
+
+/// How a device's answers are checked.
+pub enum Verifier {
+    /// OCRA, with the PIN hash for suites that bind a PIN.
+    Ocra {
+        ocra: Ocra,
+        pin_hash: Option<MacOutput>,
+    },
+    Card(CodeCard),
+    /// Codes sent by SMS or voice to this verified number.
+    Phone(PhoneNumber),
+    /// A code issued by an operator and typed as it is (temporary codes).
+    Code(SecretKey),
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ocra { ocra, .. } => write!(f, "Verifier::Ocra({})", ocra.suite()),
+            Self::Card(card) => write!(f, "Verifier::Card({} positions)", card.positions()),
+            Self::Phone(number) => write!(f, "Verifier::Phone({number:?})"),
+            Self::Code(_) => f.write_str("Verifier::Code(..)"),
+        }
+    }
+}
+
+/// An enrolled device, ready to verify.
+#[derive(Debug)]
+pub struct Device {
+    pub id: DeviceId,
+    pub user: Username,
+    pub kind: DeviceKind,
+    pub label: String,
+    pub created: Timestamp,
+    /// When the device stops working: its kind's validity after activation
+    /// (Online Security Code Cards, temporary codes), as configured now.
+    pub expires: Option<Timestamp>,
+    pub verifier: Verifier,
+    /// `crate::sync`'s lock, so the loom models see it: every decision on
+    /// a device's failures is made under it.
+    pub(super) failures: crate::sync::Mutex<FailureState>,
+    /// What the device was asked (kept in memory only: see
+    /// `store::questions`). Locked only while `failures` is held, so the
+    /// two change together.
+    pub(super) questions: crate::sync::Mutex<QuestionMemory>,
+    /// The key push approvals are signed with (IB Key devices).
+    pub(super) push_key: Mutex<Option<PushKey>>,
+    /// Activation state, temporary-code uses, app PIN (`accounts`).
+    pub(super) life: Mutex<DeviceLife>,
+}
+
+impl Device {
+    /// Whether the device's validity has ended at `now`.
+    pub fn expired_at(&self, now: Timestamp) -> bool {
+        self.expires.is_some_and(|end| end <= now)
+    }
+
+    /// The failure state, locked for reading and changing.
+    pub fn failures(&self) -> crate::sync::MutexGuard<'_, FailureState> {
+        // Every change is a whole-value assignment; a poisoned lock holds a
+        // consistent value.
+        self.failures.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What the device was asked, locked for reading and changing. Take it
+    /// only while holding [`failures`](Self::failures) (the lock order).
+    pub fn questions<'a>(
+        &'a self,
+        _failures: &crate::sync::MutexGuard<'a, FailureState>,
+    ) -> crate::sync::MutexGuard<'a, QuestionMemory> {
+        self.questions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The public key this device signs push approvals with, if bound.
+    pub fn push_key(&self) -> Option<PushKey> {
+        *self.push_key.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The lifecycle state (activation, uses left, app PIN).
+    pub fn life(&self) -> DeviceLife {
+        self.life_mut().clone()
+    }
+
+    pub(super) fn life_mut(&self) -> MutexGuard<'_, DeviceLife> {
+        self.life.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the device can be used at `now`: activated, and its
+    /// validity not ended.
+    pub fn usable_at(&self, now: Timestamp) -> bool {
+        let life = self.life_mut();
+        !self.expired_at(now) && life.activation.is_active(now) && life.uses_left != Some(0)
+    }
+
+    /// Sets the push key, as read from a store.
+    pub(super) fn set_push_key(&self, key: Option<PushKey>) {
+        *self.push_key.lock().unwrap_or_else(PoisonError::into_inner) = key;
+    }
+
+    /// The verified number of an SMS device.
+    pub fn phone(&self) -> Option<&PhoneNumber> {
+        match &self.verifier {
+            Verifier::Phone(number) => Some(number),
+            _ => None,
+        }
+    }
+
+    pub(super) fn new(
+        id: DeviceId,
+        user: Username,
+        kind: DeviceKind,
+        label: String,
+        created: Timestamp,
+        expires: Option<Timestamp>,
+        verifier: Verifier,
+    ) -> Self {
+        Self {
+            id,
+            user,
+            kind,
+            label,
+            created,
+            expires,
+            verifier,
+            failures: crate::sync::Mutex::new(FailureState::default()),
+            questions: crate::sync::Mutex::new(QuestionMemory::default()),
+            push_key: Mutex::new(None),
+            life: Mutex::new(DeviceLife::default()),
+        }
+    }
+}
+
+/// What an operator enrols.
+#[derive(Debug)]
+pub struct NewDevice<'a> {
+    pub user: &'a Username,
+    pub kind: DeviceKind,
+    /// The device's key; `None` generates one.
+    pub secret: Option<SecretKey>,
+    pub pin: Option<&'a str>,
+    pub label: &'a str,
+}
+
+/// Who made a change, for the audit log: the caller's role (operators
+/// share the admin certificate, so the role is what sls can vouch for), or
+/// `system` for what sls does by itself (auto-activation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Actor(pub &'static str);
+
+impl Actor {
+    pub const SYSTEM: Self = Self("system");
+}
+
+/// What sls keeps about a user besides devices.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Account {
+    /// Country of residence, ISO 3166 alpha-2 (the opt-out rule needs it).
+    pub residence: Option<[u8; 2]>,
+    /// Keyed digest of the identification data (date of birth,
+    /// citizenship, residence, ID document); the data itself is not kept.
+    pub identity: Option<[u8; 32]>,
+    /// Opted out of the Secure Login System.
+    pub opted_out: bool,
+    /// The number confirmed by `ConfirmPhone` (sealed at rest).
+    pub number: Option<PhoneNumber>,
+}
+
+impl fmt::Debug for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Account")
+            .field(
+                "residence",
+                &self
+                    .residence
+                    .map(|r| String::from_utf8_lossy(&r).into_owned()),
+            )
+            .field("identity", &self.identity.map(|_| ".."))
+            .field("opted_out", &self.opted_out)
+            .field("number", &self.number)
+            .finish()
+    }
+}
+
+/// Whether a device can be used yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activation {
+    #[default]
+    Active,
+    /// A replacement card ordered for `replaces`, not yet shipped.
+    Ordered { replaces: DeviceId },
+    /// Shipped: active at `activates_at`, or earlier once its holder
+    /// answers a challenge with it.
+    Shipped {
+        replaces: DeviceId,
+        shipped_at: Timestamp,
+        activates_at: Timestamp,
+    },
+}
+
+impl Activation {
+    /// Whether the device counts as active at `now`.
+    pub fn is_active(&self, now: Timestamp) -> bool {
+        match self {
+            Self::Active => true,
+            Self::Ordered { .. } => false,
+            Self::Shipped { activates_at, .. } => *activates_at <= now,
+        }
+    }
+}
+
+/// The mutable lifecycle state of a device.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct DeviceLife {
+    pub activation: Activation,
+    /// Uses left of a temporary code.
+    pub uses_left: Option<u32>,
+}
+
+impl fmt::Debug for DeviceLife {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceLife")
+            .field("activation", &self.activation)
+            .field("uses_left", &self.uses_left)
+            .finish()
+    }
+}
+
+/// Where a share stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShareState {
+    /// Waiting for compliance approval.
+    Pending,
+    /// In effect: the requester uses the owner's device, and the
+    /// requester's own devices are suspended.
+    Active,
+}
+
+/// One user using another user's physical device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    pub id: ShareId,
+    pub requester: Username,
+    pub owner: Username,
+    pub device: DeviceId,
+    pub state: ShareState,
+    pub created: Timestamp,
+}
+
+/// What was asked, kept until it is answered or expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenChallenge {
+    pub user: Username,
+    pub device: DeviceId,
+    pub question: Question,
+    pub expires_at: Timestamp,
+    pub attempts_left: u8,
+}
+
+impl OpenChallenge {
+    /// The record a shared store keeps.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.put_u8(self.attempts_left);
+        out.put_bytes(self.user.as_str().as_bytes());
+        out.put_u64(self.device.0);
+        out.put_u64(self.expires_at.0);
+        encode_question(&self.question, &mut out);
+        out
+    }
+
+    /// A stored record; `None` if it does not parse.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(bytes);
+        let attempts_left = r.u8("attempts left").ok()?;
+        let user = Username::new(r.str("user").ok()?).ok()?;
+        let device = DeviceId(r.u64("device").ok()?);
+        let expires_at = Timestamp(r.u64("expires at").ok()?);
+        let question = decode_question(&mut r)?;
+        r.finish().ok()?;
+        Some(Self {
+            user,
+            device,
+            question,
+            expires_at,
+            attempts_left,
+        })
+    }
+}
+
+/// The question shown to the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Question {
+    /// Digits to type into an OCRA device.
+    Ocra(String),
+    /// Two positions of a code card.
+    Card(CardChallenge),
+    /// No question: the user types the code they hold (temporary codes).
+    Code,
+}
+
+/// What to do with a challenge after looking at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Keep,
+    Remove,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_states_round_trip_and_the_earlier_form_still_reads() {
+        let state = FailureState {
+            consecutive: 3,
+            lockouts: 2,
+            locked_until: Timestamp(1_800_000_000_000),
+            last_failure: Timestamp(1_799_999_000_000),
+            since_success: 13,
+        };
+        assert_eq!(FailureState::decode(&state.encode()), Some(state));
+        // The 16-byte record of versions before the decay and the hard cap.
+        let mut old = Vec::new();
+        old.put_u64(3 << 32 | 2);
+        old.put_u64(1_800_000_000_000);
+        assert_eq!(
+            FailureState::decode(&old),
+            Some(FailureState {
+                last_failure: Timestamp(0),
+                since_success: 3,
+                ..state
+            })
+        );
+        assert_eq!(FailureState::decode(&old[..15]), None);
+        assert_eq!(FailureState::decode(&state.encode()[..31]), None);
+    }
+
+    #[test]
+    fn a_shipped_card_is_active_from_its_activation_time() {
+        let shipped = Activation::Shipped {
+            replaces: DeviceId(1),
+            shipped_at: Timestamp(0),
+            activates_at: Timestamp(100),
+        };
+        assert!(!shipped.is_active(Timestamp(99)));
+        assert!(shipped.is_active(Timestamp(100)));
+        assert!(
+            !Activation::Ordered {
+                replaces: DeviceId(1)
+            }
+            .is_active(Timestamp(u64::MAX))
+        );
+    }
+}
