@@ -1199,26 +1199,49 @@ fn invalid_amount(amount: u64) -> Option<Reply> {
 /// commit, with fsync, before its reply): the server runs those off the
 /// threads that answer logins. `Verify` is not one: its rare writes (a
 /// temporary code's use, a replacement's activation) stay on the hot path.
+///
+/// Every operation is named, none by a wildcard: a new one does not
+/// compile until it says whether it changes the registry (left off, its
+/// fsync would run on the threads that answer logins).
 pub fn changes_registry(operation: &Operation) -> bool {
-    matches!(
-        operation,
+    match operation {
         Operation::Enroll(_)
-            | Operation::Revoke { .. }
-            | Operation::Unlock { .. }
-            | Operation::EnrollPhone { .. }
-            | Operation::BindPushKey { .. }
-            | Operation::AuthorizeWithdrawal { .. }
-            | Operation::SetIdentity { .. }
-            | Operation::SetOptOut { .. }
-            | Operation::ShareDevice { .. }
-            | Operation::DecideShare { .. }
-            | Operation::CancelShare { .. }
-            | Operation::IssueTemporaryCode { .. }
-            | Operation::OrderReplacement { .. }
-            | Operation::ShipReplacement { .. }
-            | Operation::ConfirmPhone { .. }
-            | Operation::CompleteActivation { .. }
-    )
+        | Operation::Revoke { .. }
+        | Operation::Unlock { .. }
+        | Operation::EnrollPhone { .. }
+        | Operation::BindPushKey { .. }
+        | Operation::AuthorizeWithdrawal { .. }
+        | Operation::SetIdentity { .. }
+        | Operation::SetOptOut { .. }
+        | Operation::ShareDevice { .. }
+        | Operation::DecideShare { .. }
+        | Operation::CancelShare { .. }
+        | Operation::IssueTemporaryCode { .. }
+        | Operation::OrderReplacement { .. }
+        | Operation::ShipReplacement { .. }
+        | Operation::ConfirmPhone { .. }
+        | Operation::CompleteActivation { .. } => true,
+        Operation::Devices { .. }
+        | Operation::Challenge { .. }
+        | Operation::Verify { .. }
+        | Operation::SendCode { .. }
+        | Operation::VerifyCode { .. }
+        | Operation::CodeStatus { .. }
+        | Operation::Push { .. }
+        | Operation::AwaitPush { .. }
+        | Operation::StartActivation { .. }
+        | Operation::ListDevices { .. }
+        | Operation::Stats
+        | Operation::Shares { .. }
+        | Operation::PendingActivations { .. }
+        | Operation::AuditLog { .. }
+        | Operation::StartPhoneVerification { .. }
+        | Operation::CarrierSubscribe
+        | Operation::Ack { .. }
+        | Operation::PhoneSubscribe { .. }
+        | Operation::Approve { .. }
+        | Operation::Deny { .. } => false,
+    }
 }
 
 /// The refusal of an operation that is not the caller's role's.
