@@ -25,7 +25,23 @@ const FORBIDDEN: &[&str] = &[
 ];
 
 /// Modules that must stay pure, relative to `daemon/src`.
-const PURE: &[&str] = &["otp", "profile", "wire", "config", "policy"];
+const PURE: &[&str] = &["otp", "profile", "wire", "config", "policy", "engine/rules"];
+
+/// What the engine's decisions must not reach for either: they run on
+/// records a store hands them, so neither a store, nor a lock, nor a wait.
+const NOT_IN_RULES: &[&str] = &[
+    "Mutex",
+    "RwLock",
+    "crate::sync",
+    "async ",
+    ".await",
+    "redis",
+    "redb",
+    "Registry",
+    "ClusterStore",
+    "ChallengeTable",
+    "Engine",
+];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -46,11 +62,16 @@ fn pure_modules_do_no_io_and_read_no_clock() {
         let mut files = Vec::new();
         rust_files(&src.join(module), &mut files);
         assert!(!files.is_empty(), "module {module} has no files");
+        let forbidden: Vec<&str> = if *module == "engine/rules" {
+            FORBIDDEN.iter().chain(NOT_IN_RULES).copied().collect()
+        } else {
+            FORBIDDEN.to_vec()
+        };
         for file in files {
             let text = std::fs::read_to_string(&file).unwrap();
             for (number, line) in text.lines().enumerate() {
                 let code = line.split("//").next().unwrap_or("");
-                for name in FORBIDDEN {
+                for name in &forbidden {
                     if code.contains(name) {
                         offences.push(format!("{}:{}: {name}", file.display(), number + 1));
                     }

@@ -16,7 +16,6 @@
 use std::hash::Hasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use rand::CryptoRng;
 use siphasher::sip::SipHasher13;
@@ -26,23 +25,21 @@ mod cluster;
 mod lifecycle;
 mod push;
 mod relay;
+mod rules;
 mod sms;
 
 use crate::clock::Timestamp;
 use crate::config::Config;
 use crate::identity::{ChallengeId, DeviceId, Username};
-use crate::otp::generate::Alphabet;
-use crate::otp::ocra::{OcraInput, QuestionFormat};
 use crate::otp::push::BINDING_LEN;
 use crate::phone::SendLimit;
 use crate::ratelimit::{Decision, Gcra, Rate};
+use crate::store::Disposition;
 use crate::store::embedded::challenges::{ChallengeTable, InsertError};
 use crate::store::embedded::registry::Registry;
-use crate::store::questions::{IssueRefused, QuestionMemory};
-use crate::store::{Device, EnrollError, FailureState, NewDevice, Verifier};
-use crate::store::{Disposition, OpenChallenge, Question};
+use crate::store::{Device, EnrollError, FailureState, NewDevice};
 use crate::wire::request::Answer;
-use crate::wire::{ChallengeText, EnrollRequest, ErrorCode, Operation, Reply, StatEntry, Verdict};
+use crate::wire::{EnrollRequest, ErrorCode, Operation, Reply, StatEntry, Verdict};
 
 /// Shards of the open-challenge table.
 const CHALLENGE_SHARDS: usize = 256;
@@ -355,7 +352,7 @@ pub struct Engine {
     tokens: activation::TokenTable,
     outbox: relay::Outbox,
     pushes: push::PushTable,
-    alphabets: QuestionAlphabets,
+    alphabets: rules::ask::QuestionAlphabets,
     counters: Counters,
     /// The deployment's shared store, when it has one (`shared/`).
     cluster: Option<crate::store::cluster::ClusterStore>,
@@ -427,7 +424,7 @@ impl Engine {
             ),
             outbox: relay::Outbox::new(config.carrier.clone()),
             pushes: push::PushTable::new(),
-            alphabets: QuestionAlphabets::new(),
+            alphabets: rules::ask::QuestionAlphabets::new(),
             counters: Counters::default(),
             cluster: None,
             relay_changes: Mutex::new(Vec::new()),
@@ -712,16 +709,6 @@ impl Engine {
         }
     }
 
-    /// Counts a wrong answer on a device; `Some(length)` when it locks the
-    /// device (each lockout doubles the next, up to `lockout.max`).
-    fn record_failure(&self, failures: &mut FailureState, now: Timestamp) -> Option<Duration> {
-        let locked = next_failure(&self.config.lockout, failures, now);
-        if locked.is_some() {
-            self.count_lockout();
-        }
-        locked
-    }
-
     /// One issuance (challenge, code, push, token) for `user`, from their
     /// own limiter if they have devices.
     fn issuance(&self, user: &Username, now: Timestamp) -> Decision {
@@ -808,7 +795,7 @@ impl Engine {
                     )
                 });
             }
-            let text = shown(&asked.open.question);
+            let text = rules::ask::shown(&asked.open.question);
             let reply = match self.challenges.insert(id, asked.open) {
                 Ok(()) => {
                     self.counters.issued.fetch_add(1, Ordering::Relaxed);
@@ -840,85 +827,20 @@ impl Engine {
         id: ChallengeId,
         now: Timestamp,
         rng: &mut R,
-    ) -> Result<Asked, Reply> {
+    ) -> Result<rules::ask::Asked, Reply> {
         let mut failures = device.failures();
         let mut questions = device.questions(&failures);
-        self.ask_device(user, device, &mut failures, &mut questions, id, now, rng)
-    }
-
-    /// The rules of asking `user`'s (own or shared) device a new challenge
-    /// `id`, on either store (`store::questions` has them in words): the
-    /// daily cap; a pending
-    /// challenge that expired unanswered counts as a wrong answer (and
-    /// forgets its question if that locks the device); then the pending
-    /// question is kept, or one not answered lately is drawn. Changes
-    /// `failures` and `questions` as the decision requires; a refusal
-    /// changes nothing.
-    #[allow(clippy::too_many_arguments)]
-    fn ask_device<R: CryptoRng + ?Sized>(
-        &self,
-        user: &Username,
-        device: &Device,
-        failures: &mut FailureState,
-        questions: &mut QuestionMemory,
-        id: ChallengeId,
-        now: Timestamp,
-        rng: &mut R,
-    ) -> Result<Asked, Reply> {
-        if let Verifier::Phone(_) = device.verifier {
-            return Err(Reply::error(
-                ErrorCode::InvalidArgument,
-                "an SMS device is not challenged: use SendCode",
-            ));
-        }
-        let limits = self.config.challenges.question_limits();
-        if let Some(refused) = questions.cap_reached(now, limits) {
-            return Err(daily_cap(refused));
-        }
-        // As a wrong answer given now would be: not counted while the
-        // device is locked (asking during a lockout must not add failures
-        // faster than answering could).
-        let charged = questions.expired_unanswered(now) && failures.locked_until <= now;
-        let locked = charged && next_failure(&self.config.lockout, failures, now).is_some();
-        if locked {
-            questions.forget_pending();
-        }
-        let expires_at = now.plus(self.config.challenges.ttl);
-        let draw = || self.question_for(device, rng);
-        // Not refused: the cap was checked on this same state.
-        let issued = questions
-            .issue(id, now, expires_at, limits, draw)
-            .map_err(daily_cap)?;
-        Ok(Asked {
-            open: OpenChallenge {
-                user: user.clone(),
-                device: device.id,
-                question: issued.question,
-                expires_at,
-                attempts_left: self.config.challenges.attempts,
-            },
-            superseded: issued.superseded,
-            charged,
-            locked,
-        })
-    }
-
-    /// A new question for `device` (an SMS device is refused before).
-    fn question_for<R: CryptoRng + ?Sized>(&self, device: &Device, rng: &mut R) -> Question {
-        match &device.verifier {
-            Verifier::Ocra { ocra, .. } => {
-                let suite = ocra.suite();
-                let alphabet = match suite.question_format() {
-                    QuestionFormat::Numeric => &self.alphabets.numeric,
-                    QuestionFormat::Hex => &self.alphabets.hex,
-                    QuestionFormat::Alphanumeric => &self.alphabets.alphanumeric,
-                };
-                let text = alphabet.generate(rng, usize::from(suite.question_len()));
-                Question::Ocra(text.as_str().to_owned())
-            }
-            Verifier::Card(card) => Question::Card(card.random_challenge(rng)),
-            Verifier::Code(_) | Verifier::Phone(_) => Question::Code,
-        }
+        rules::ask::ask_device(
+            &self.config,
+            &self.alphabets,
+            user,
+            device,
+            &mut failures,
+            &mut questions,
+            id,
+            now,
+            rng,
+        )
     }
 
     fn verify<R: CryptoRng + ?Sized>(
@@ -928,47 +850,28 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Outcome {
-        let limits = self.config.challenges.question_limits();
         let resolved = self.challenges.resolve(id, |open| {
             let Some(device) = self.registry.device(open.device) else {
-                // Revoked since the challenge was issued.
-                let verdict = if open.expires_at <= now {
-                    Verdict::Expired
-                } else {
-                    Verdict::UnknownChallenge
-                };
-                return ((verdict, None), Disposition::Remove);
+                let decided = rules::verify::revoked(open, now);
+                return ((decided.verdict, None), decided.challenge);
             };
             let mut failures = device.failures();
             let mut questions = device.questions(&failures);
-            if !questions.is_current(id) {
-                // The device was asked again since: only its latest
-                // challenge may be answered.
-                return ((Verdict::UnknownChallenge, None), Disposition::Remove);
+            let decided = rules::verify::decide(
+                id,
+                open,
+                &device,
+                &mut failures,
+                &mut questions,
+                answer,
+                now,
+                &self.config,
+            );
+            if decided.locked {
+                self.count_lockout();
             }
-            match self.judge(open, &device, &failures, answer, now) {
-                Judgement::Expired => ((Verdict::Expired, None), Disposition::Remove),
-                Judgement::LockedOut(retry_after) => (
-                    (Verdict::LockedOut { retry_after }, None),
-                    Disposition::Keep,
-                ),
-                Judgement::Right => {
-                    questions.answered_right(id, limits);
-                    let persist = (*failures != FailureState::default()).then(|| {
-                        *failures = FailureState::default();
-                        device.id
-                    });
-                    ((accepted(open, &device), persist), Disposition::Remove)
-                }
-                Judgement::Wrong => {
-                    open.attempts_left = open.attempts_left.saturating_sub(1);
-                    let locked = self.record_failure(&mut failures, now);
-                    questions.answered_wrong(id, locked.is_some());
-                    let verdict = wrong_answer(locked, open.attempts_left);
-                    let disposition = disposition_after(&verdict);
-                    ((verdict, Some(device.id)), disposition)
-                }
-            }
+            let persist = decided.failures_changed.then_some(device.id);
+            ((decided.verdict, persist), decided.challenge)
         });
         let (verdict, persist) = resolved.unwrap_or((Verdict::UnknownChallenge, None));
         let verdict = self.after_accept(verdict, now, rng);
@@ -976,29 +879,6 @@ impl Engine {
         Outcome {
             reply: Reply::Verdict(verdict),
             persist,
-        }
-    }
-
-    /// Looks at an answer to an open challenge of `device` whose failure
-    /// state is `failures`; changes nothing.
-    fn judge(
-        &self,
-        open: &OpenChallenge,
-        device: &Device,
-        failures: &FailureState,
-        answer: &Answer,
-        now: Timestamp,
-    ) -> Judgement {
-        if open.expires_at <= now || device.expired_at(now) {
-            return Judgement::Expired;
-        }
-        if failures.locked_until > now {
-            return Judgement::LockedOut(failures.locked_for(now));
-        }
-        if answer_is_right(device, &open.question, answer, now) {
-            Judgement::Right
-        } else {
-            Judgement::Wrong
         }
     }
 
@@ -1298,176 +1178,5 @@ fn enroll_error(error: EnrollError) -> Reply {
                 "the registry could not store the change",
             )
         }
-    }
-}
-
-/// A wrong answer's change to a device's failure state; `Some(length)` when
-/// it locks the device.
-///
-/// Each lockout doubles the next, up to `lockout.max`. The escalation is
-/// not forever: every `lockout.decay-after` without a wrong answer (counted
-/// from the end of the last lockout) takes one doubling off and forgets the
-/// consecutive count, and a right answer clears it all. Independently of
-/// time, `lockout.hard-limit` wrong answers without a right one lock the
-/// device until an operator unlocks it (NIST SP 800-63B §5.2.2: at most 100
-/// consecutive failed attempts), which bounds what any number of timed
-/// lockouts lets a patient guesser try.
-fn next_failure(
-    lockout: &crate::config::LockoutConfig,
-    failures: &mut FailureState,
-    now: Timestamp,
-) -> Option<Duration> {
-    decay(lockout, failures, now);
-    failures.last_failure = now;
-    failures.since_success = failures.since_success.saturating_add(1);
-    failures.consecutive += 1;
-    if failures.since_success >= lockout.hard_limit {
-        failures.lockouts = failures.lockouts.saturating_add(1);
-        failures.consecutive = 0;
-        failures.locked_until = crate::store::LOCKED_UNTIL_UNLOCKED;
-        return Some(Duration::MAX);
-    }
-    if failures.consecutive < lockout.failures {
-        return None;
-    }
-    let doublings = failures.lockouts.min(20);
-    let length = lockout
-        .first
-        .saturating_mul(1 << doublings)
-        .min(lockout.max);
-    failures.lockouts = failures.lockouts.saturating_add(1);
-    failures.consecutive = 0;
-    failures.locked_until = now.plus(length);
-    Some(length)
-}
-
-/// Steps the escalation down for the quiet periods since the last failure
-/// or the end of the last lockout, whichever is later.
-fn decay(lockout: &crate::config::LockoutConfig, failures: &mut FailureState, now: Timestamp) {
-    let quiet_since = failures.last_failure.max(failures.locked_until);
-    let period = u64::try_from(lockout.decay_after.as_millis()).unwrap_or(u64::MAX);
-    if failures.needs_operator() || quiet_since >= now || period == 0 {
-        return;
-    }
-    let periods = (now.0 - quiet_since.0) / period;
-    if periods > 0 {
-        failures.consecutive = 0;
-        failures.lockouts = failures
-            .lockouts
-            .saturating_sub(u32::try_from(periods).unwrap_or(u32::MAX));
-    }
-}
-
-/// A new challenge a device was asked: what is kept open, the challenge it
-/// replaces, and whether an expired unanswered challenge was charged as a
-/// failure on the way.
-struct Asked {
-    open: OpenChallenge,
-    superseded: Option<ChallengeId>,
-    charged: bool,
-    /// That failure locked the device (the caller counts the lockout once
-    /// the change is kept).
-    locked: bool,
-}
-
-/// The refusal of a challenge past `challenges.per-device-per-day`.
-fn daily_cap(refused: IssueRefused) -> Reply {
-    let IssueRefused::DailyCap { retry_after_millis } = refused;
-    Reply::rate_limited(
-        Duration::from_millis(retry_after_millis),
-        "too many challenges for this device today",
-    )
-}
-
-/// How the login shows a question.
-fn shown(question: &Question) -> ChallengeText {
-    match question {
-        Question::Ocra(text) => ChallengeText::Question(text.clone()),
-        Question::Card(pick) => ChallengeText::CardPositions(pick.first(), pick.second()),
-        Question::Code => ChallengeText::EnterCode,
-    }
-}
-
-/// What a verify finds about an open challenge before anything changes.
-enum Judgement {
-    Expired,
-    LockedOut(Duration),
-    Right,
-    Wrong,
-}
-
-/// The alphabets questions are drawn from, by OCRA question format.
-struct QuestionAlphabets {
-    numeric: Alphabet,
-    hex: Alphabet,
-    /// Letters and digits a person reads without confusion (no I, O, 0, 1).
-    alphanumeric: Alphabet,
-}
-
-impl QuestionAlphabets {
-    fn new() -> Self {
-        // Both literals pass `Alphabet::new`'s checks; digits stand in if not.
-        let or_digits = |symbols| Alphabet::new(symbols).unwrap_or_else(|_| Alphabet::digits());
-        Self {
-            numeric: Alphabet::digits(),
-            hex: or_digits("0123456789ABCDEF"),
-            alphanumeric: or_digits("ABCDEFGHJKLMNPQRSTUVWXYZ23456789"),
-        }
-    }
-}
-
-fn accepted(open: &OpenChallenge, device: &Device) -> Verdict {
-    accepted_by(&open.user, device)
-}
-
-fn accepted_by(user: &Username, device: &Device) -> Verdict {
-    Verdict::Accepted {
-        user: user.clone(),
-        device: device.id,
-        kind: device.kind,
-    }
-}
-
-/// The verdict on a wrong answer: the lockout it caused, or the attempts
-/// the challenge has left.
-fn wrong_answer(locked: Option<Duration>, attempts_left: u8) -> Verdict {
-    match locked {
-        Some(retry_after) => Verdict::LockedOut { retry_after },
-        None => Verdict::Rejected { attempts_left },
-    }
-}
-
-/// Whether a challenge stays open after a wrong answer.
-fn disposition_after(verdict: &Verdict) -> Disposition {
-    match verdict {
-        Verdict::Rejected { attempts_left } if *attempts_left > 0 => Disposition::Keep,
-        _ => Disposition::Remove,
-    }
-}
-
-/// Checks an answer against the device, in constant time.
-fn answer_is_right(device: &Device, question: &Question, answer: &Answer, now: Timestamp) -> bool {
-    match (&device.verifier, question) {
-        (Verifier::Ocra { ocra, pin_hash }, Question::Ocra(text)) => {
-            let input = OcraInput {
-                question: text,
-                pin_hash: pin_hash.as_ref().map(|h| h.as_bytes()),
-                timestamp: ocra
-                    .suite()
-                    .time_step()
-                    .map(|step| step.steps_at(now.0 / 1000)),
-                ..OcraInput::default()
-            };
-            ocra.verify(&input, answer.as_bytes()).unwrap_or(false)
-        }
-        (Verifier::Card(card), Question::Card(pick)) => {
-            card.verify(*pick, answer.as_bytes()).unwrap_or(false)
-        }
-        (Verifier::Code(code), Question::Code) => {
-            crate::otp::codes_match(code.expose_secret(), answer.as_bytes()).into()
-        }
-        // A question of the other kind cannot be answered by this device
-        // (nor can an SMS device answer a challenge: it has none).
-        _ => false,
     }
 }

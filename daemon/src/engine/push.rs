@@ -229,7 +229,7 @@ pub(super) fn decide_push(
     answer: PushAnswer,
     now: Timestamp,
 ) -> PushDecision {
-    let locked_now = failures.locked_until > now;
+    let locked_now = super::rules::lockout::locked(failures, now).is_some();
     let unchanged = |refused| PushDecision {
         refused,
         failures_changed: false,
@@ -250,7 +250,7 @@ pub(super) fn decide_push(
             }
         }
         PushAnswer::Approved { right: false } | PushAnswer::Denied => {
-            let lock = super::next_failure(lockout, failures, now);
+            let lock = super::rules::lockout::next_failure(lockout, failures, now);
             let refused = match (answer, lock) {
                 (PushAnswer::Denied, _) => Verdict::Denied,
                 (_, Some(retry_after)) => Verdict::LockedOut { retry_after },
@@ -366,8 +366,8 @@ impl Engine {
             );
         };
         let failures = *device.failures();
-        if failures.locked_until > now {
-            return Reply::rate_limited(failures.locked_for(now), "the device is locked out");
+        if let Some(retry_after) = super::rules::lockout::locked(&failures, now) {
+            return Reply::rate_limited(retry_after, "the device is locked out");
         }
         let push_config = &self.config.push;
         let mut sessions = self.pushes.sessions();

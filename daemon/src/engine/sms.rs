@@ -26,7 +26,6 @@ use crate::otp::{Code, HashAlgorithm, HmacKey, SecretKey};
 use crate::phone::{Channel, PhoneNumber, SendLimit};
 use crate::profile::{Check, DeviceKind};
 use crate::ratelimit::Decision;
-use crate::store::FailureState;
 use crate::sync::{Mutex, MutexGuard};
 use crate::wire::codec::{Put, Reader};
 use crate::wire::request::Answer;
@@ -351,8 +350,8 @@ impl Engine {
             return Reply::error(ErrorCode::NoVerifiedNumber, "no verified phone number");
         };
         let failures = *device.failures();
-        if failures.locked_until > now {
-            return Reply::rate_limited(failures.locked_for(now), "the SMS device is locked out");
+        if let Some(retry_after) = super::rules::lockout::locked(&failures, now) {
+            return Reply::rate_limited(retry_after, "the SMS device is locked out");
         }
         if self.outbox.bridges() == 0 {
             return Reply::error(
@@ -453,42 +452,38 @@ impl Engine {
             return Reply::Verdict(Verdict::UnknownChallenge).into();
         };
         let mut failures = device.failures();
-        if failures.locked_until > now {
-            let retry_after = failures.locked_for(now);
-            return Reply::Verdict(Verdict::LockedOut { retry_after }).into();
-        }
-        if self.codes.code(session.code).matches(given.as_bytes()) {
-            let persist = (*failures != FailureState::default()).then(|| {
-                *failures = FailureState::default();
-                device.id
-            });
-            drop(failures);
-            sessions.remove(user);
-            self.counters.accepted.fetch_add(1, Relaxed);
-            return Outcome {
-                reply: Reply::Verdict(super::accepted_by(user, &device)),
-                persist,
-            };
-        }
-        session.checks_left = session.checks_left.saturating_sub(1);
-        let checks_left = session.checks_left;
-        let verdict = match self.record_failure(&mut failures, now) {
-            Some(length) => Verdict::LockedOut {
-                retry_after: length,
-            },
-            None => Verdict::Rejected {
-                attempts_left: checks_left,
-            },
-        };
+        let code = session.code;
+        let decided = super::rules::code::decide(
+            user,
+            session,
+            &device,
+            &mut failures,
+            || self.codes.code(code).matches(given.as_bytes()),
+            now,
+            &self.config,
+        );
         drop(failures);
-        if !matches!(verdict, Verdict::Rejected { attempts_left } if attempts_left > 0) {
+        if decided.session == crate::store::Disposition::Remove {
             sessions.remove(user);
         }
-        self.counters.rejected.fetch_add(1, Relaxed);
+        self.count_code_verdict(&decided);
         Outcome {
-            reply: Reply::Verdict(verdict),
-            persist: Some(device.id),
+            reply: Reply::Verdict(decided.verdict),
+            persist: decided.failures_changed.then_some(device.id),
         }
+    }
+
+    /// Counts a code check's verdict (a check refused for a lockout before
+    /// the code was compared counts nothing) and the lockout it caused.
+    pub(super) fn count_code_verdict(&self, decided: &super::rules::code::CodeDecided) {
+        if decided.locked {
+            self.count_lockout();
+        }
+        match decided.verdict {
+            Verdict::Accepted { .. } => self.counters.accepted.fetch_add(1, Relaxed),
+            _ if decided.failures_changed => self.counters.rejected.fetch_add(1, Relaxed),
+            _ => return,
+        };
     }
 
     pub(super) fn code_status(&self, code: CodeId) -> Reply {

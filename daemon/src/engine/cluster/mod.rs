@@ -33,10 +33,10 @@ use std::sync::atomic::Ordering;
 use rand::CryptoRng;
 
 use super::lifecycle::{residence_code, withdrawal_detail, withdrawal_device};
-use super::shown;
+use super::rules;
+use super::rules::ask::shown;
 use super::{
-    Caller, Engine, Judgement, accepted, disposition_after, enroll_error, forbidden,
-    invalid_amount, next_failure, phone_enrolled, push_key_bound, wrong_answer,
+    Caller, Engine, enroll_error, forbidden, invalid_amount, phone_enrolled, push_key_bound,
 };
 use crate::clock::Timestamp;
 use crate::identity::{ChallengeId, DeviceId, Username};
@@ -351,11 +351,20 @@ impl Engine {
             };
             let mut failures = failure_state(device.id, failures_record)?;
             let mut questions = question_memory(device.id, questions_record)?;
-            let asked =
-                match self.ask_device(user, &device, &mut failures, &mut questions, id, now, rng) {
-                    Ok(asked) => asked,
-                    Err(refusal) => return Ok(refusal),
-                };
+            let asked = match rules::ask::ask_device(
+                &self.config,
+                &self.alphabets,
+                user,
+                &device,
+                &mut failures,
+                &mut questions,
+                id,
+                now,
+                rng,
+            ) {
+                Ok(asked) => asked,
+                Err(refusal) => return Ok(refusal),
+            };
             let charged = if asked.charged {
                 Op::Set(failures.encode(), None)
             } else {
@@ -430,7 +439,6 @@ impl Engine {
         let challenge = UserRecord::Challenge(id);
         let failures_of = UserRecord::Failures(device_id);
         let questions_of = UserRecord::Questions(device_id);
-        let limits = self.config.challenges.question_limits();
         for _ in 0..CHANGE_ROUNDS {
             let records = store
                 .read_user(&user, &[challenge, failures_of, questions_of])
@@ -441,76 +449,59 @@ impl Engine {
             let Some(open) = record.value.as_deref().and_then(OpenChallenge::decode) else {
                 return Ok(Some(Verdict::UnknownChallenge));
             };
-            let used_up = (challenge, record.version, Op::Delete);
             let Some(device) = store.device(open.device).await? else {
-                // Revoked since the challenge was issued.
+                // Revoked since the challenge was issued: it goes.
+                let used_up = (challenge, record.version, Op::Delete);
                 store.write_user(&user, &[used_up], true).await?;
-                return Ok(Some(if open.expires_at <= now {
-                    Verdict::Expired
-                } else {
-                    Verdict::UnknownChallenge
-                }));
+                return Ok(Some(rules::verify::revoked(&open, now).verdict));
             };
-            let mut questions = question_memory(device.id, questions_record)?;
-            if !questions.is_current(id) {
-                // The device was asked again since: only its latest
-                // challenge may be answered.
-                store.write_user(&user, &[used_up], true).await?;
-                return Ok(Some(Verdict::UnknownChallenge));
-            }
             let failures = failure_state(device.id, failures_record)?;
-            let seen = failures_record.version;
-            let asked = questions_record.version;
-            let (verdict, changes) = match self.judge(&open, &device, &failures, answer, now) {
-                Judgement::Expired => (Verdict::Expired, vec![used_up]),
-                Judgement::LockedOut(retry_after) => {
-                    return Ok(Some(Verdict::LockedOut { retry_after }));
-                }
-                Judgement::Right => {
-                    // Used up, and the failures cleared, only if no other
-                    // verify changed either meanwhile.
-                    let cleared = if failures == FailureState::default() {
-                        Op::Keep
-                    } else {
-                        Op::Set(FailureState::default().encode(), None)
-                    };
-                    questions.answered_right(id, limits);
-                    let remembered = Op::Set(questions.encode(), None);
-                    let changes = vec![
-                        used_up,
-                        (failures_of, seen, cleared),
-                        (questions_of, asked, remembered),
-                    ];
-                    (accepted(&open, &device), changes)
-                }
-                Judgement::Wrong => {
-                    let mut after = failures;
-                    let locked = next_failure(&self.config.lockout, &mut after, now);
-                    let mut open = open;
-                    open.attempts_left = open.attempts_left.saturating_sub(1);
-                    let verdict = wrong_answer(locked, open.attempts_left);
-                    let kept = match disposition_after(&verdict) {
-                        Disposition::Keep => {
-                            let ttl = now.until(open.expires_at) + EXPIRED_GRACE;
-                            Op::Set(open.encode(), Some(ttl))
-                        }
-                        Disposition::Remove => Op::Delete,
-                    };
-                    let failed = Op::Set(after.encode(), None);
-                    questions.answered_wrong(id, locked.is_some());
-                    let changes = vec![
-                        (questions_of, asked, Op::Set(questions.encode(), None)),
-                        (challenge, record.version, kept),
-                        (failures_of, seen, failed),
-                    ];
-                    (verdict, changes)
+            let questions = question_memory(device.id, questions_record)?;
+            let (mut after, mut asked, mut judged) = (failures, questions.clone(), open.clone());
+            let decided = rules::verify::decide(
+                id,
+                &mut judged,
+                &device,
+                &mut after,
+                &mut asked,
+                answer,
+                now,
+                &self.config,
+            );
+            // Only what the decision changed is written, each only if it is
+            // still as read; nothing changed (a locked device), nothing
+            // written.
+            let kept = match decided.challenge {
+                Disposition::Remove => Op::Delete,
+                Disposition::Keep if judged == open => Op::Keep,
+                Disposition::Keep => {
+                    let ttl = now.until(judged.expires_at) + EXPIRED_GRACE;
+                    Op::Set(judged.encode(), Some(ttl))
                 }
             };
+            let failed = if decided.failures_changed {
+                Op::Set(after.encode(), None)
+            } else {
+                Op::Keep
+            };
+            let remembered = if asked == questions {
+                Op::Keep
+            } else {
+                Op::Set(asked.encode(), None)
+            };
+            let changes = [
+                (challenge, record.version, kept),
+                (failures_of, failures_record.version, failed),
+                (questions_of, questions_record.version, remembered),
+            ];
+            if changes.iter().all(|(_, _, op)| *op == Op::Keep) {
+                return Ok(Some(decided.verdict));
+            }
             if store.write_user(&user, &changes, true).await? {
-                if matches!(verdict, Verdict::LockedOut { .. }) {
+                if decided.locked {
                     self.count_lockout();
                 }
-                return Ok(Some(verdict));
+                return Ok(Some(decided.verdict));
             }
         }
         Ok(None)

@@ -23,7 +23,8 @@ use std::time::Duration;
 use rand::CryptoRng;
 
 use super::super::push::{PushAnswer, answer, count_denied, decide_push, draw_match_number};
-use super::super::{Caller, Engine, Sink, accepted_by};
+use super::super::rules::verify::accepted_by;
+use super::super::{Caller, Engine, Sink};
 use crate::clock::Timestamp;
 use crate::identity::{DeviceId, PushId, Username};
 use crate::otp::push::{self, Signature};
@@ -255,11 +256,8 @@ impl Engine {
             ));
         };
         let (_, failures) = store.failures(user, device.id).await?;
-        if failures.locked_until > now {
-            return Ok(Reply::rate_limited(
-                failures.locked_for(now),
-                "the device is locked out",
-            ));
+        if let Some(retry_after) = super::super::rules::lockout::locked(&failures, now) {
+            return Ok(Reply::rate_limited(retry_after, "the device is locked out"));
         }
         let Some(node) = store.phone_node(device.id).await? else {
             return Ok(Reply::error(

@@ -22,16 +22,17 @@ use std::time::Duration;
 
 use rand::CryptoRng;
 
+use super::super::Engine;
 use super::super::relay::{DispatchError, Outbound, StatusChange};
 use super::super::sms::{CodeSession, message_text};
-use super::super::{Engine, accepted_by, next_failure, wrong_answer};
 use super::Caller;
 use crate::clock::Timestamp;
 use crate::identity::{CodeId, MessageId, Username};
 use crate::phone::Channel;
+use crate::store::Disposition;
+use crate::store::StoreError;
 use crate::store::cluster::redis::Op;
 use crate::store::cluster::{ClusterStore, EXPIRED_GRACE, Handle, UserRecord, failure_state};
-use crate::store::{FailureState, StoreError};
 use crate::wire::request::Answer;
 use crate::wire::{DeliveryReport, DeliveryState, ErrorCode, Reply, Verdict};
 
@@ -89,9 +90,9 @@ impl Engine {
             return Err(StoreError::Database("a short read".into()));
         };
         let failures = failure_state(device.id, failures_record)?;
-        if failures.locked_until > now {
+        if let Some(retry_after) = super::super::rules::lockout::locked(&failures, now) {
             return Ok(Reply::rate_limited(
-                failures.locked_for(now),
+                retry_after,
                 "the SMS device is locked out",
             ));
         }
@@ -227,48 +228,42 @@ impl Engine {
                 return Ok(Reply::Verdict(Verdict::UnknownChallenge));
             };
             let failures = failure_state(device_id, failures_record)?;
-            if failures.locked_until > now {
-                let retry_after = failures.locked_for(now);
-                return Ok(Reply::Verdict(Verdict::LockedOut { retry_after }));
-            }
-            let seen = failures_record.version;
-            if self.codes.code(session.code).matches(given.as_bytes()) {
-                // Of every node checking this code, one ends the session.
-                let cleared = if failures == FailureState::default() {
-                    Op::Keep
-                } else {
-                    Op::Set(FailureState::default().encode(), None)
-                };
-                let changes = [end, (failures_of, seen, cleared)];
-                if !store.write_user(user, &changes, true).await? {
-                    continue;
-                }
-                self.counters.accepted.fetch_add(1, Relaxed);
-                return Ok(Reply::Verdict(accepted_by(user, &device)));
-            }
-            session.checks_left = session.checks_left.saturating_sub(1);
             let mut after = failures;
-            let locked = next_failure(&self.config.lockout, &mut after, now);
-            let verdict = wrong_answer(locked, session.checks_left);
-            let left = now.until(session.expires_at);
-            // A code out of checks, or of a locked device, is of no more use.
-            let session_change = if locked.is_none() && session.checks_left > 0 {
-                kept(&session, left)
+            let code = session.code;
+            let decided = super::super::rules::code::decide(
+                user,
+                &mut session,
+                &device,
+                &mut after,
+                || self.codes.code(code).matches(given.as_bytes()),
+                now,
+                &self.config,
+            );
+            if decided.session == Disposition::Keep && !decided.failures_changed {
+                // A locked device: nothing changed, nothing to write.
+                self.count_code_verdict(&decided);
+                return Ok(Reply::Verdict(decided.verdict));
+            }
+            // Of every node checking this code, one decides: the session
+            // and the failure state change together or not at all.
+            let session_change = match decided.session {
+                Disposition::Remove => ended(),
+                Disposition::Keep => kept(&session, now.until(session.expires_at)),
+            };
+            let failed = if after == failures {
+                Op::Keep
             } else {
-                ended()
+                Op::Set(after.encode(), None)
             };
             let changes = [
                 (UserRecord::Sms, record.version, session_change),
-                (failures_of, seen, Op::Set(after.encode(), None)),
+                (failures_of, failures_record.version, failed),
             ];
             if !store.write_user(user, &changes, true).await? {
                 continue;
             }
-            if locked.is_some() {
-                self.count_lockout();
-            }
-            self.counters.rejected.fetch_add(1, Relaxed);
-            return Ok(Reply::Verdict(verdict));
+            self.count_code_verdict(&decided);
+            return Ok(Reply::Verdict(decided.verdict));
         }
         Ok(Reply::error(
             ErrorCode::Busy,
