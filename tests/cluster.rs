@@ -26,6 +26,7 @@ use slsd::wire::request::Answer;
 use slsd::wire::{
     ChallengeText, DeliveryState, EnrollRequest, ErrorCode, Operation, Reply, Verdict,
 };
+use support::daemon::Daemon;
 use support::deployment::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1048,4 +1049,26 @@ async fn opting_out_on_one_node_holds_on_the_other_and_hong_kong_is_refused() {
         ]
     );
     assert!(entries.iter().all(|e| !e.detail.contains("P 1")));
+}
+
+/// The store round trips a node has made, from its metrics.
+fn round_trips(daemon: &Daemon) -> u64 {
+    let text = tokio::task::block_in_place(|| daemon.metrics_text());
+    text.lines()
+        .filter(|line| line.starts_with("sls_store_round_trips_total"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_node_waits_on_the_store_instead_of_asking_it() {
+    let deployment = deploy("");
+    // A node waits in Redis for what other nodes hand it (push notices,
+    // verdicts, carrier messages) and renews its presence once a second:
+    // a few round trips a second, where asking every 10 ms made a hundred.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = round_trips(&deployment.b);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let idle = round_trips(&deployment.b) - before;
+    assert!(idle <= 20, "{idle} store round trips in 4 idle seconds");
 }

@@ -128,6 +128,23 @@ impl Intruder {
     }
 }
 
+/// A login with the card's right answer: the verdict, or the reply that
+/// refused the challenge.
+async fn right_answer(
+    gateway: &sls_sim::client::Client,
+    name: &str,
+    device: slsd::identity::DeviceId,
+) -> Result<Verdict, Reply> {
+    match challenge(gateway, name, device).await {
+        Reply::Challenge {
+            challenge,
+            text: slsd::wire::ChallengeText::Question(question),
+            ..
+        } => Ok(verify(gateway, challenge, &answer(&question)).await),
+        other => Err(other),
+    }
+}
+
 fn is_error(reply: &Reply) -> bool {
     matches!(reply, Reply::Error { .. })
 }
@@ -196,17 +213,10 @@ async fn records_forged_in_redis_are_refused_on_every_node() {
     intruder.write(&pattern, &record.with_data(moved));
     intruder.add_device("victim1", mallory.0);
     tokio::time::sleep(CACHE_TTL * 2).await;
-    let reply = challenge(&gateway, "victim1", mallory).await;
-    if let Reply::Challenge {
-        challenge,
-        text: slsd::wire::ChallengeText::Question(question),
-        ..
-    } = &reply
-    {
-        let verdict = verify(&gateway, *challenge, &answer(question)).await;
-        panic!("the moved card was challenged for its new user and answered {verdict:?}");
+    match right_answer(&gateway, "victim1", mallory).await {
+        Ok(verdict) => panic!("the moved card was challenged for its new user: {verdict:?}"),
+        Err(reply) => assert!(is_error(&reply), "{reply:?}"),
     }
-    assert!(is_error(&reply), "{reply:?}");
 
     // 3. A card locked for an hour; the intruder writes a clean failure
     // state over its lockout.
@@ -221,14 +231,7 @@ async fn records_forged_in_redis_are_refused_on_every_node() {
     let pattern = format!("*{{u:locked1}}:f:{}", locked.0);
     let state = intruder.read(&pattern);
     intruder.write(&pattern, &state.with_data(FailureState::default().encode()));
-    let reply = challenge(&gateway, "locked1", locked).await;
-    if let Reply::Challenge {
-        challenge,
-        text: slsd::wire::ChallengeText::Question(question),
-        ..
-    } = &reply
-    {
-        let verdict = verify(&gateway, *challenge, &answer(question)).await;
+    if let Ok(verdict) = right_answer(&gateway, "locked1", locked).await {
         assert!(
             !matches!(verdict, Verdict::Accepted { .. }),
             "a cleared lockout was believed: {verdict:?}"

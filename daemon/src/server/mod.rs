@@ -143,8 +143,16 @@ fn log_tightened(changed: Vec<crate::store::embedded::datadir::Tightened>) {
     }
 }
 
-/// How often a node on a shared store runs a relay round.
+/// How often a node on a shared store runs a relay round (local work:
+/// links, renewals, delivery changes; no store round trip when idle).
 const RELAY_EVERY: Duration = Duration::from_millis(10);
+/// How long a node's queue tasks wait in Redis for something to come
+/// before asking again (below the connection's 2 s response timeout): what
+/// an idle node costs the store is about one round trip a second per
+/// queue, not a hundred.
+const QUEUE_WAIT: Duration = Duration::from_secs(1);
+/// How long the outbox task rests while the node has no carrier bridge.
+const NO_BRIDGE_REST: Duration = Duration::from_millis(100);
 
 /// Where a started server can be reached.
 #[derive(Debug, Clone)]
@@ -286,10 +294,21 @@ pub async fn serve(
         hangups.ok(),
         stopping.clone(),
     ));
-    let relay = shared
-        .engine
-        .is_clustered()
-        .then(|| tokio::spawn(relay(Arc::clone(&shared), stopping.clone())));
+    let relay = shared.engine.is_clustered().then(|| {
+        [
+            tokio::spawn(relay(Arc::clone(&shared), stopping.clone())),
+            tokio::spawn(wait_on_queue(
+                Arc::clone(&shared),
+                Queue::Inbox,
+                stopping.clone(),
+            )),
+            tokio::spawn(wait_on_queue(
+                Arc::clone(&shared),
+                Queue::Outbox,
+                stopping.clone(),
+            )),
+        ]
+    });
     // Every connection and stream task holds a clone; the count says when
     // the in-flight work is done.
     let in_flight = Arc::new(());
@@ -363,8 +382,8 @@ pub async fn serve(
     let _ = background.await;
     let _ = sweeper.await;
     let _ = reloader.await;
-    if let Some(relay) = relay {
-        let _ = relay.await;
+    for task in relay.into_iter().flatten() {
+        let _ = task.await;
     }
     // Dropping the last committer handle lets the commit thread finish what
     // was queued; the registry (and the database) close after it.
@@ -593,6 +612,67 @@ async fn relay(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
                 failing = false;
             }
             _ => {}
+        }
+    }
+}
+
+/// The queues other nodes fill for this one.
+#[derive(Debug, Clone, Copy)]
+enum Queue {
+    /// Push notices for this node's phones, verdicts for its gateways.
+    Inbox,
+    /// Carrier messages for whichever node has a bridge.
+    Outbox,
+}
+
+/// On a shared store: waits in Redis, on a connection of this task's own,
+/// for what comes on `queue`, and acts on it, until the server stops. A
+/// wait under way is let finish (at most `QUEUE_WAIT`), so nothing taken
+/// from the queue is dropped on the way out.
+async fn wait_on_queue(shared: Arc<Shared>, queue: Queue, mut stopping: watch::Receiver<bool>) {
+    let mut failing = false;
+    let mut waiter = None;
+    while !*stopping.borrow() {
+        let step = async {
+            let waiter = match &waiter {
+                Some(waiter) => waiter,
+                None => waiter.insert(shared.engine.cluster_queue_waiter().await?),
+            };
+            match queue {
+                Queue::Inbox => shared
+                    .engine
+                    .cluster_wait_inbox(waiter, QUEUE_WAIT, clock::now)
+                    .await
+                    .map(|()| true),
+                Queue::Outbox => {
+                    shared
+                        .engine
+                        .cluster_wait_outbox(waiter, QUEUE_WAIT, clock::now)
+                        .await
+                }
+            }
+        };
+        let rest = match step.await {
+            Ok(waited) => {
+                if failing {
+                    tracing::info!(?queue, "waiting on the queue works again");
+                    failing = false;
+                }
+                !waited
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(%error, ?queue, "waiting on the queue fails");
+                    failing = true;
+                }
+                true
+            }
+        };
+        if rest {
+            tokio::select! {
+                _ = tokio::time::sleep(NO_BRIDGE_REST) => {}
+                _ = stopping.changed() => {}
+            }
         }
     }
 }

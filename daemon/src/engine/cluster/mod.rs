@@ -58,6 +58,19 @@ impl Engine {
         self.cluster.is_some()
     }
 
+    /// A connection of the calling task's own for waiting on a queue
+    /// (`cluster_wait_inbox`, `cluster_wait_outbox`).
+    pub async fn cluster_queue_waiter(
+        &self,
+    ) -> Result<crate::store::cluster::QueueWaiter, StoreError> {
+        match &self.cluster {
+            Some(store) => store.queue_waiter().await,
+            None => Err(StoreError::Database(
+                "this node has no cluster store".into(),
+            )),
+        }
+    }
+
     /// Handles one operation on the shared store. Awaits the store; the
     /// caller runs it as a task of its own. `None`: the answer will be
     /// written to the caller's sink later (`AwaitPush` on a push not yet

@@ -31,7 +31,9 @@ use crate::otp::push::{self, Signature};
 use crate::profile::DeviceKind;
 use crate::store::StoreError;
 use crate::store::cluster::redis::Op;
-use crate::store::cluster::{ClusterStore, EXPIRED_GRACE, Handle, UserRecord, failure_state};
+use crate::store::cluster::{
+    ClusterStore, EXPIRED_GRACE, Handle, QueueWaiter, UserRecord, failure_state,
+};
 use crate::wire::codec::{Put, Reader};
 use crate::wire::{ErrorCode, Reply, Response, Verdict};
 
@@ -490,12 +492,10 @@ impl Engine {
     }
 
     /// This node's part of push approval in a relay round: say it is alive
-    /// (every `renew` round), withdraw the links of phones that left, show
-    /// notices to its phones, and hand verdicts to its waiting gateways.
+    /// (every `renew` round) and withdraw the links of phones that left.
     pub(super) async fn relay_pushes(
         &self,
         store: &ClusterStore,
-        now: Timestamp,
         renew: bool,
         gone: Vec<DeviceId>,
     ) -> Result<(), StoreError> {
@@ -505,7 +505,26 @@ impl Engine {
         if renew {
             store.node_alive(&self.node, NODE_ALIVE).await?;
         }
-        for item in store.node_inbox(&self.node, 256).await? {
+        Ok(())
+    }
+
+    /// On a cluster: waits up to `wait` on `waiter` (a connection of the
+    /// calling task's own) for what other nodes hand this node — push
+    /// notices for its phones, verdicts for the gateways waiting here —
+    /// and acts on it at `clock()` (read once the wait is over). The server runs it in a loop: an idle node waits in
+    /// Redis rather than asking a hundred times a second.
+    pub async fn cluster_wait_inbox(
+        &self,
+        waiter: &QueueWaiter,
+        wait: Duration,
+        clock: impl FnOnce() -> Timestamp,
+    ) -> Result<(), StoreError> {
+        let Some(store) = &self.cluster else {
+            return Ok(());
+        };
+        let handed = store.node_inbox(waiter, &self.node, 256, wait).await?;
+        let now = clock();
+        for item in handed {
             match Handed::decode(&item) {
                 Some(Handed::Notice {
                     push,

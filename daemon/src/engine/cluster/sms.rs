@@ -32,7 +32,9 @@ use crate::phone::Channel;
 use crate::store::Disposition;
 use crate::store::StoreError;
 use crate::store::cluster::redis::Op;
-use crate::store::cluster::{ClusterStore, EXPIRED_GRACE, Handle, UserRecord, failure_state};
+use crate::store::cluster::{
+    ClusterStore, EXPIRED_GRACE, Handle, QueueWaiter, UserRecord, failure_state,
+};
 use crate::wire::request::Answer;
 use crate::wire::{DeliveryReport, DeliveryState, ErrorCode, Reply, Verdict};
 
@@ -370,7 +372,7 @@ impl Engine {
         if renew {
             self.links_renewed.store(now.0, Relaxed);
         }
-        self.relay_pushes(store, now, renew, gone).await?;
+        self.relay_pushes(store, renew, gone).await?;
         let changes = std::mem::take(
             &mut *self
                 .relay_changes
@@ -391,10 +393,30 @@ impl Engine {
             store.announce_bridges(node, None).await?;
             self.bridges_announced.store(0, Relaxed);
         }
-        if bridges == 0 {
-            return Ok(());
+        Ok(())
+    }
+
+    /// On a cluster, while this node has carrier bridges: waits up to
+    /// `wait` on `waiter` (a connection of the calling task's own) for
+    /// messages queued by any node, and hands them to its bridges at
+    /// `clock()` (read once the wait is over). Without
+    /// bridges it answers at once, having taken nothing (the caller waits
+    /// a little before asking again).
+    pub async fn cluster_wait_outbox(
+        &self,
+        waiter: &QueueWaiter,
+        wait: Duration,
+        clock: impl FnOnce() -> Timestamp,
+    ) -> Result<bool, StoreError> {
+        let Some(store) = &self.cluster else {
+            return Ok(false);
+        };
+        if self.outbox.bridges() == 0 {
+            return Ok(false);
         }
-        for queued in store.take_messages(TAKE_PER_ROUND).await? {
+        let queued = store.take_messages(waiter, TAKE_PER_ROUND, wait).await?;
+        let now = clock();
+        for queued in queued {
             let Some((id, until, outbound)) = Outbound::decode(&queued) else {
                 tracing::warn!("a queued message did not parse; dropped");
                 continue;
@@ -422,6 +444,6 @@ impl Engine {
                 self.cluster_delivery(store, failed(reason), now).await?;
             }
         }
-        Ok(())
+        Ok(true)
     }
 }

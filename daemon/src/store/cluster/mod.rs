@@ -77,6 +77,16 @@ const RECORD_TAG_PURPOSE: &str = "sls/1 shared-store record";
 /// The version a plain (unversioned) value is tagged with.
 const PLAIN: u64 = 0;
 
+/// A connection of one task's own for waiting on a queue: a command that
+/// waits holds its connection, so it never waits on the one requests share.
+pub struct QueueWaiter(RedisStore);
+
+impl std::fmt::Debug for QueueWaiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueueWaiter")
+    }
+}
+
 struct Cached {
     device: Arc<Device>,
     read_at: Instant,
@@ -275,14 +285,7 @@ impl ClusterStore {
     /// The value stored under `key` at `version` if its tag is right;
     /// otherwise the record is refused (counted and logged), never used.
     fn checked(&self, key: &Key, version: u64, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
-        let refused = || {
-            metrics::counter!(crate::metrics::STORE_RECORDS_REFUSED).increment(1);
-            tracing::warn!(
-                key = key.as_str(),
-                "a shared-store record failed its integrity check"
-            );
-            StoreError::Forged(key.as_str().to_owned())
-        };
+        let refused = || Self::refused(key);
         let split = stored.len().checked_sub(TAG_BYTES).ok_or_else(refused)?;
         let (value, tag) = stored.split_at(split);
         let expected = self.tag(key, version, value);
@@ -292,6 +295,22 @@ impl ClusterStore {
         } else {
             Err(refused())
         }
+    }
+
+    /// A record that failed its check: counted, logged, never used.
+    fn refused(key: &Key) -> StoreError {
+        metrics::counter!(crate::metrics::STORE_RECORDS_REFUSED).increment(1);
+        tracing::warn!(
+            key = key.as_str(),
+            "a shared-store record failed its integrity check"
+        );
+        StoreError::Forged(key.as_str().to_owned())
+    }
+
+    /// A connection of a task's own, to wait on a queue with
+    /// (`take_messages`, `node_inbox`).
+    pub async fn queue_waiter(&self) -> Result<QueueWaiter, StoreError> {
+        Ok(QueueWaiter(self.redis.dedicated().await?))
     }
 
     /// Versioned records of one slot as read, each checked (absent ones
@@ -556,16 +575,29 @@ impl ClusterStore {
             .await?)
     }
 
-    /// Takes up to `count` queued messages (each goes to one node only).
+    /// Takes up to `count` queued messages (each goes to one node only),
+    /// waiting up to `wait` for one to come. One that does not open under
+    /// the key file is refused (counted) and left out.
     pub async fn take_messages(
         &self,
+        waiter: &QueueWaiter,
         count: usize,
+        wait: Duration,
     ) -> Result<Vec<zeroize::Zeroizing<Vec<u8>>>, StoreError> {
-        let sealed = self.redis.pop_front(&outbox_key(), count).await?;
-        sealed
+        let key = outbox_key();
+        let sealed = waiter.0.pop_front_waiting(&key, count, wait).await?;
+        Ok(sealed
             .iter()
-            .map(|bytes| Ok(self.codec.cipher.open(bytes, OUTBOX_CONTEXT)?))
-            .collect()
+            .filter_map(
+                |bytes| match self.codec.cipher.open(bytes, OUTBOX_CONTEXT) {
+                    Ok(message) => Some(message),
+                    Err(_) => {
+                        Self::refused(&key);
+                        None
+                    }
+                },
+            )
+            .collect())
     }
 
     /// Says this node has carrier bridges until `until` (or, `None`, no
@@ -654,11 +686,18 @@ impl ClusterStore {
         Ok(self.redis.push_back(&key, &item, QUEUE_TTL).await?)
     }
 
-    /// What other nodes handed this node (an item that fails its check is
-    /// refused, counted and left out).
-    pub async fn node_inbox(&self, node: &str, count: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+    /// What other nodes handed this node, waiting up to `wait` for
+    /// something to come (an item that fails its check is refused, counted
+    /// and left out).
+    pub async fn node_inbox(
+        &self,
+        waiter: &QueueWaiter,
+        node: &str,
+        count: usize,
+        wait: Duration,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
         let key = inbox_key(node);
-        let items = self.redis.pop_front(&key, count).await?;
+        let items = waiter.0.pop_front_waiting(&key, count, wait).await?;
         Ok(items
             .iter()
             .filter_map(|item| self.checked(&key, PLAIN, item).ok())

@@ -325,6 +325,9 @@ return 0
 #[derive(Clone)]
 pub struct RedisStore {
     connection: ClusterConnection,
+    /// Makes more connections: one of its own for each task that waits
+    /// on a queue (a blocked command holds its connection).
+    client: redis::cluster::ClusterClient,
     durability: Durability,
 }
 
@@ -372,6 +375,7 @@ impl RedisStore {
         let connection = client.get_async_connection().await?;
         Ok(Self {
             connection,
+            client,
             durability,
         })
     }
@@ -572,6 +576,45 @@ impl RedisStore {
             .arg(value)
             .arg(millis(ttl).max(1));
         int(&self.run(key, command, false).await?).map(drop)
+    }
+
+    /// A handle on the same cluster with connections of its own, for a
+    /// task that waits on a queue ([`Self::pop_front_waiting`]): a blocked
+    /// command holds its connection, which must not be the one every
+    /// request shares.
+    pub async fn dedicated(&self) -> Result<Self, RedisError> {
+        Ok(Self {
+            connection: self.client.get_async_connection().await?,
+            client: self.client.clone(),
+            durability: self.durability,
+        })
+    }
+
+    /// Takes up to `count` of the oldest values of the list at `key`,
+    /// waiting up to `wait` for one to come (none: an empty list). Call it
+    /// on a [`Self::dedicated`] handle.
+    pub async fn pop_front_waiting(
+        &self,
+        key: &Key,
+        count: usize,
+        wait: Duration,
+    ) -> Result<Vec<Vec<u8>>, RedisError> {
+        let mut command = redis::cmd("BLMPOP");
+        command
+            .arg(wait.as_secs_f64())
+            .arg(1)
+            .arg(key.as_str())
+            .arg("RIGHT")
+            .arg("COUNT")
+            .arg(count.max(1));
+        match self.run(key, command, false).await? {
+            Value::Nil => Ok(Vec::new()),
+            Value::Array(pair) => match <[Value; 2]>::try_from(pair) {
+                Ok([_, values]) => byte_strings(values),
+                Err(other) => Err(RedisError::Unexpected(format!("{other:?}"))),
+            },
+            other => Err(RedisError::Unexpected(format!("{other:?}"))),
+        }
     }
 
     /// Takes up to `count` of the oldest values of the list at `key`; each
