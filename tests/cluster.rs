@@ -7,7 +7,8 @@
 //! SMS codes and push approvals cross from node to node; the simulator's
 //! flows and attackers pass against both nodes; withdrawals on both nodes
 //! never together pass a limit, and the audit log is one for both; an
-//! opt-out set on one node holds on the other.
+//! opt-out set on one node holds on the other; an idle node waits on the
+//! store instead of asking it a hundred times a second.
 
 mod support;
 

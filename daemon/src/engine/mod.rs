@@ -1075,15 +1075,41 @@ fn invalid_amount(amount: u64) -> Option<Reply> {
     })
 }
 
-/// Whether an operation may write the registry on the embedded store (a
-/// commit, with fsync, before its reply): the server runs those off the
-/// threads that answer logins. `Verify` is not one: its rare writes (a
-/// temporary code's use, a replacement's activation) stay on the hot path.
-///
-/// Every operation is named, none by a wildcard: a new one does not
-/// compile until it says whether it changes the registry (left off, its
-/// fsync would run on the threads that answer logins).
-pub fn changes_registry(operation: &Operation) -> bool {
+/// What the server must know of an operation before it runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Facts {
+    /// It may write the registry on the embedded store (a commit, with
+    /// fsync, before its reply): the server runs it off the threads that
+    /// answer logins. `Verify` is not one: its rare writes (a temporary
+    /// code's use, a replacement's activation) stay on the hot path.
+    pub changes_registry: bool,
+    /// It issues something a user is limited in (a challenge, a code, a
+    /// push, a token), so it counts toward the connection's issuance quota
+    /// as well as the user's.
+    pub issues: bool,
+}
+
+impl Facts {
+    const READS: Self = Self {
+        changes_registry: false,
+        issues: false,
+    };
+    const CHANGES: Self = Self {
+        changes_registry: true,
+        issues: false,
+    };
+    const ISSUES: Self = Self {
+        changes_registry: false,
+        issues: true,
+    };
+}
+
+/// The facts of `operation`. Every operation is named, none by a
+/// wildcard: a new one does not compile until it says what it is (left
+/// off a positive list, a registry change would run its fsync on the
+/// threads that answer logins, and an issuance would escape the
+/// connection's quota).
+pub fn facts(operation: &Operation) -> Facts {
     match operation {
         Operation::Enroll(_)
         | Operation::Revoke { .. }
@@ -1100,27 +1126,27 @@ pub fn changes_registry(operation: &Operation) -> bool {
         | Operation::OrderReplacement { .. }
         | Operation::ShipReplacement { .. }
         | Operation::ConfirmPhone { .. }
-        | Operation::CompleteActivation { .. } => true,
-        Operation::Devices { .. }
-        | Operation::Challenge { .. }
-        | Operation::Verify { .. }
+        | Operation::CompleteActivation { .. } => Facts::CHANGES,
+        Operation::Challenge { .. }
+        | Operation::Push { .. }
         | Operation::SendCode { .. }
+        | Operation::StartActivation { .. }
+        | Operation::StartPhoneVerification { .. } => Facts::ISSUES,
+        Operation::Devices { .. }
+        | Operation::Verify { .. }
         | Operation::VerifyCode { .. }
         | Operation::CodeStatus { .. }
-        | Operation::Push { .. }
         | Operation::AwaitPush { .. }
-        | Operation::StartActivation { .. }
         | Operation::ListDevices { .. }
         | Operation::Stats
         | Operation::Shares { .. }
         | Operation::PendingActivations { .. }
         | Operation::AuditLog { .. }
-        | Operation::StartPhoneVerification { .. }
         | Operation::CarrierSubscribe
         | Operation::Ack { .. }
         | Operation::PhoneSubscribe { .. }
         | Operation::Approve { .. }
-        | Operation::Deny { .. } => false,
+        | Operation::Deny { .. } => Facts::READS,
     }
 }
 

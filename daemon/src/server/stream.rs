@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::Shared;
 use crate::clock::{self, Timestamp};
-use crate::engine::{Caller, Engine, Role, Sink, StreamId, changes_registry};
+use crate::engine::{Caller, Engine, Role, Sink, StreamId, facts};
 use crate::otp::push::BINDING_LEN;
 use crate::ratelimit::{Decision, Gcra};
 use crate::wire::{self, DecodeError, ErrorCode, Operation, Reply, Request, Response};
@@ -355,7 +355,8 @@ fn handle(
         let why = "too many requests on this connection";
         return answer_now("rate_limited", Reply::rate_limited(retry_after, why));
     }
-    let quota = issues(&request.operation)
+    let quota = facts(&request.operation)
+        .issues
         .then(|| lock(&connection.issuance).check(shared.issuance_rate, now));
     if let Some(Decision::Deny { retry_after }) = quota {
         let why = "too many challenges, codes and pushes on this connection";
@@ -404,7 +405,7 @@ fn handle(
         });
         return;
     }
-    if changes_registry(&request.operation) {
+    if facts(&request.operation).changes_registry {
         // A registry change is on disk before its reply (changes run one at
         // a time and share their fsyncs): it runs on the blocking pool so
         // that the logins behind it, on this stream and every other, are
@@ -496,19 +497,6 @@ impl Drop for InFlight {
             .requests_in_flight
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
-}
-
-/// Whether an operation issues something a user is limited in (and so
-/// counts toward the connection's issuance quota too).
-fn issues(operation: &Operation) -> bool {
-    matches!(
-        operation,
-        Operation::Challenge { .. }
-            | Operation::Push { .. }
-            | Operation::SendCode { .. }
-            | Operation::StartActivation { .. }
-            | Operation::StartPhoneVerification { .. }
-    )
 }
 
 /// Counts a subscription refused for its proof against its connection.

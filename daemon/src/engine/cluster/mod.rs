@@ -47,8 +47,7 @@ use crate::store::cluster::redis::Op;
 use crate::store::cluster::{
     ClusterStore, EXPIRED_GRACE, Handle, UserRecord, failure_state, question_memory,
 };
-use crate::store::{Disposition, OpenChallenge};
-use crate::store::{FailureState, NewDevice, StoreError};
+use crate::store::{Disposition, FailureState, NewDevice, OpenChallenge, StoreError};
 use crate::wire::request::{Answer, Page};
 use crate::wire::{AuditRecord, DeviceEntry, EnrollRequest, ErrorCode, Operation, Reply, Verdict};
 
