@@ -1054,11 +1054,7 @@ async fn opting_out_on_one_node_holds_on_the_other_and_hong_kong_is_refused() {
 
 /// The store round trips a node has made, from its metrics.
 fn round_trips(daemon: &Daemon) -> u64 {
-    let text = tokio::task::block_in_place(|| daemon.metrics_text());
-    text.lines()
-        .filter(|line| line.starts_with("sls_store_round_trips_total"))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    tokio::task::block_in_place(|| daemon.metric_total("sls_store_round_trips_total"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,11 +14,12 @@ use slsd::otp::card::CodeCard;
 use slsd::otp::ocra::{Ocra, OcraInput, Suite};
 use slsd::profile::{DeviceKind, DeviceProfiles};
 use slsd::server::pki;
-use slsd::wire::request::{Answer, Pin};
+use slsd::wire::request::Pin;
 use slsd::wire::{
     ChallengeText, EnrollRequest, ErrorCode, Operation, Reply, Request, Response, Verdict,
 };
 use support::daemon::Daemon;
+use support::deployment::verify;
 
 const DSC_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const FAST_LOCKOUT: &str = "[lockout]\nfailures = 3\nfirst = \"1s\"\nmax = \"4s\"\n[challenges]\nper-user-per-minute = 1000\n";
@@ -77,20 +78,6 @@ async fn challenge(gateway: &Client, name: &str, device: DeviceId) -> (Challenge
             (challenge, text)
         }
         other => panic!("challenge: {other:?}"),
-    }
-}
-
-async fn verify(gateway: &Client, challenge: ChallengeId, answer: &str) -> Verdict {
-    match gateway
-        .call(Operation::Verify {
-            challenge,
-            response: Answer::new(answer),
-        })
-        .await
-        .unwrap()
-    {
-        Reply::Verdict(verdict) => verdict,
-        other => panic!("verify: {other:?}"),
     }
 }
 

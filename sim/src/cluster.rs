@@ -51,13 +51,22 @@ pub struct Cluster {
 /// nodes log in as, may touch only `sls:*` keys and no dangerous command;
 /// `admin` is the harness's own (forming the cluster, replication, health
 /// checks).
-#[derive(Debug)]
 pub struct Secured {
     /// The CA the servers' certificate chains to (PEM).
     pub ca_file: PathBuf,
     /// The `sls` user's password, in a file of mode 0600.
     pub password_file: PathBuf,
     admin_password: String,
+}
+
+impl std::fmt::Debug for Secured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The passwords stay out of debug output, the harness's too.
+        f.debug_struct("Secured")
+            .field("ca_file", &self.ca_file)
+            .field("password_file", &self.password_file)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The ACL user the nodes log in as on a secured cluster.

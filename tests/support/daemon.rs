@@ -93,6 +93,16 @@ impl Daemon {
         text
     }
 
+    /// The sum of every series of the metric `name` (all its labels),
+    /// from `/metrics` (blocking; call it off the runtime).
+    pub fn metric_total(&self, name: &str) -> u64 {
+        self.metrics_text()
+            .lines()
+            .filter(|line| line.split(['{', ' ']).next() == Some(name))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
     /// The TLS configuration of a client with `role`'s certificate.
     pub fn tls(&self, role: Role) -> rustls::ClientConfig {
         let (cert, key) = self.cert(role);

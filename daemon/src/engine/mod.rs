@@ -1,10 +1,10 @@
 //! The verification state machine: request → role check → rate limit →
 //! verify → store → reply.
 //!
-//! Challenge/response lives here; SMS and voice codes in [`sms`], IB Key
-//! push approval in [`push`], the carrier channel's bridges and outbox in
-//! [`relay`]; the same operations on a store shared by several nodes in
-//! [`shared`].
+//! The decisions themselves are pure, in [`rules`]. Challenge/response
+//! lives here; SMS and voice codes in [`sms`], IB Key push approval in
+//! [`push`], the carrier channel's bridges and outbox in [`relay`]; the
+//! same operations on a store shared by several nodes in [`cluster`].
 //!
 //! Deterministic given its inputs: time comes in as a [`Timestamp`] and
 //! randomness as a `CryptoRng`, so tests and fuzzers drive it on a virtual

@@ -252,10 +252,10 @@ impl Engine {
                 Disposition::Remove => ended(),
                 Disposition::Keep => kept(&session, now.until(session.expires_at)),
             };
-            let failed = if after == failures {
-                Op::Keep
-            } else {
+            let failed = if decided.failures_changed {
                 Op::Set(after.encode(), None)
+            } else {
+                Op::Keep
             };
             let changes = [
                 (UserRecord::Sms, record.version, session_change),

@@ -1,7 +1,7 @@
 //! The state of a deployment of several nodes, kept in a Redis (or
-//! Valkey) Cluster through the primitives of [`crate::store::cluster::redis`]: devices,
-//! failure counts and lockouts, open challenges, SMS code and push
-//! sessions, per-user issuance, and what nodes hand each other.
+//! Valkey) Cluster through the primitives of [`redis`]: devices, failure
+//! counts and lockouts, open challenges, SMS code and push sessions,
+//! per-user issuance, and what nodes hand each other.
 //!
 //! Every node can verify any user. A user's versioned records (the failure
 //! state of each device, open challenges, the code session, push
@@ -21,11 +21,19 @@
 //! that time. Failure states are never cached: a lockout counts at once
 //! on every node.
 //!
+//! Every value a node writes carries a tag (`tagged`: HMAC-SHA256 under a
+//! key derived from the key file, over the key's name, the version and the
+//! value); a value whose tag does not match is refused (`checked`), so
+//! whoever can write to Redis without the key file cannot edit, move or
+//! replay a record. Counters Redis computes itself carry none
+//! (ARCHITECTURE.md's threat model).
+//!
 //! Keys, one hash tag per thing so every operation stays in one slot:
 //! `sls:{d<id>}:device`, `:push-key`, `:phone` (sealed number) and
 //! `:phone-link` (the node its phone is on); `sls:{u:<user>}:devices` (the
-//! user's device ids), `:f:<device>`, `:c:<challenge>`, `:sms`,
-//! `:p:<push>`, `:issued:<minute>`, `:phone` (its one number's device) and
+//! user's device ids), `:f:<device>`, `:q:<device>`, `:c:<challenge>`,
+//! `:sms`, `:p:<push>`, `:issued` (its GCRA), `:phone` (its one number's
+//! device) and
 //! `:pushes` (unanswered), `:w:<day>` (cents withdrawn on a UTC day),
 //! `:account` (residence, identification digest, opt-out; the number sealed);
 //! `sls:{c<id>}:owner`, `sls:{k<id>}:owner`,
