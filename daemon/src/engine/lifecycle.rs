@@ -1,31 +1,35 @@
-//! The device lifecycle of the Secure Login System on the embedded store:
-//! identification and opt-out, device shares, temporary codes, replacement
-//! cards, withdrawal limits and the audit log.
+//! The device lifecycle of the Secure Login System: identification and
+//! opt-out, device shares, temporary codes, replacement cards, withdrawal
+//! limits and the audit log.
 //!
-//! The rules are `policy`'s; this module reads what they judge from the
-//! registry and writes the outcome as one `Registry::change` (committed,
-//! with its audit entry, before the reply).
+//! The rules are `policy`'s and `rules::devices`'; the operations that
+//! change the registry are written once over [`Store`]: each reads what
+//! the rules judge and writes the outcome as one registry change,
+//! committed with its audit entries before the reply, on either store.
+//! Which devices a login may use on the embedded store (its hot path,
+//! read from memory) is here too; the cluster's is in `cluster`.
 
 use std::sync::Arc;
 
 use rand::CryptoRng;
 
-use super::{Caller, Engine};
+use super::rules::devices::{AfterAccept, after_accept};
+use super::{Caller, Engine, rules};
 use crate::clock::Timestamp;
 use crate::identity::{ChallengeId, DeviceId, ShareId, Username};
 use crate::policy::calendar::Day;
 use crate::policy::sharing::{Participant, ShareRefusal, check_share};
 use crate::policy::withdrawal::{Withdrawn, headroom, kinds_that_allow};
 use crate::profile::{DeviceKind, SecurityLevel};
-use crate::store::{Account, Activation, Actor, DeviceLife, Share, ShareState};
-use crate::store::{Device, EnrollError, NewDevice, StoreError};
+use crate::store::{Account, Activation, Actor, DeviceLife, RegistryChange, Share, ShareState};
+use crate::store::{Device, EnrollError, NewDevice, Store, StoreError};
 use crate::wire::request::{Answer, Identification, Page, Pin};
 use crate::wire::{
     DeviceEntry, DeviceStatus, ErrorCode, PendingActivation, Refusal, Reply, ShareEntry, Verdict,
 };
 
 /// The reply to a registry change that failed in the store.
-fn store_failed(error: &StoreError) -> Reply {
+pub(super) fn store_failed(error: &StoreError) -> Reply {
     tracing::error!(%error, "registry change failed");
     Reply::error(
         ErrorCode::Internal,
@@ -103,17 +107,7 @@ impl Engine {
         let mut devices = Vec::new();
         if let Some(page) = page {
             for d in self.registry.devices_of(user) {
-                let status = match d.life().activation {
-                    _ if d.expired_at(now) || d.life().uses_left == Some(0) => {
-                        DeviceStatus::Expired
-                    }
-                    Activation::Ordered { .. } => DeviceStatus::Ordered,
-                    Activation::Shipped { activates_at, .. } if activates_at > now => {
-                        DeviceStatus::Shipped { activates_at }
-                    }
-                    _ if share.is_some() => DeviceStatus::Suspended,
-                    _ => DeviceStatus::Active,
-                };
+                let status = rules::devices::status(&d, &d.life(), share.is_some(), now);
                 devices.push(entry(&d, status, None));
             }
             if let Some(shared) = share.as_ref().and_then(|s| self.registry.device(s.device)) {
@@ -136,139 +130,167 @@ impl Engine {
     /// What an accepted answer does to its device beyond the login: a
     /// temporary code spends a use (none left: the answer comes too late,
     /// `Expired`), a shipped replacement becomes active and retires the
-    /// card it replaces. Changes nothing for other devices.
-    pub(super) fn after_accept<R: CryptoRng + ?Sized>(
+    /// card it replaces. `life` is the device's state as the caller read
+    /// it (nothing to do: no change is made); the change decides on the
+    /// state it reads itself. Changes nothing for other devices.
+    pub(super) async fn after_accept<S: Store, R: CryptoRng + ?Sized>(
         &self,
+        store: &S,
         verdict: Verdict,
+        life: &DeviceLife,
         now: Timestamp,
         rng: &mut R,
     ) -> Verdict {
-        let Verdict::Accepted { device, .. } = &verdict else {
+        let Verdict::Accepted { user, device, .. } = &verdict else {
             return verdict;
         };
-        let Some(device) = self.registry.device(*device) else {
+        if after_accept(life) == AfterAccept::Nothing {
             return verdict;
+        }
+        let (device, owner) = match store.device(*device).await {
+            Ok(Some(found)) => (found.id, found.user.clone()),
+            Ok(None) => return verdict,
+            Err(error) => return accept_not_recorded(&error),
         };
-        let life = device.life();
-        let result = if life.uses_left.is_some() {
-            self.registry.change(rng, now, Actor::SYSTEM, |c| {
-                let mut life = c
-                    .registry()
-                    .device(device.id)
-                    .map(|d| d.life())
-                    .unwrap_or_default();
-                match life.uses_left {
-                    Some(0) | None => Ok(Verdict::Expired),
-                    Some(left) => {
-                        life.uses_left = Some(left - 1);
-                        c.set_life(device.id, life)?;
+        let result = store
+            .change(&owner, Actor::SYSTEM, now, rng, |c| {
+                match after_accept(&c.life(device)) {
+                    AfterAccept::Nothing => {}
+                    AfterAccept::TooLate => return Ok(Verdict::Expired),
+                    AfterAccept::Spend { life, left } => {
+                        c.set_life(device, life)?;
                         c.audit(
                             "temporary-code-used",
-                            Some(&device.user),
-                            Some(device.id),
-                            format!("{} uses left", left - 1),
+                            Some(user),
+                            Some(device),
+                            format!("{left} uses left"),
                         )?;
-                        Ok::<_, StoreError>(verdict.clone())
+                    }
+                    AfterAccept::Activate { .. } => {
+                        activate(c, device, &owner, "activated by its holder")?;
                     }
                 }
+                Ok::<_, StoreError>(verdict.clone())
             })
-        } else if life.activation != Activation::Active {
-            self.registry.change(rng, now, Actor::SYSTEM, |c| {
-                activate(c, &device, "activated by its holder")?;
-                Ok(verdict.clone())
-            })
-        } else {
-            return verdict;
-        };
-        result.unwrap_or_else(|error| {
-            tracing::error!(%error, "recording an accepted answer failed");
-            Verdict::UnknownChallenge
-        })
+            .await;
+        result.unwrap_or_else(|error| accept_not_recorded(&error))
     }
 
-    /// Activates the replacements whose time has come (the server calls it
-    /// every second).
+    /// Activates the replacements whose time has come on the embedded
+    /// store; how many.
     pub fn activate_due<R: CryptoRng + ?Sized>(&self, now: Timestamp, rng: &mut R) -> usize {
-        let due: Vec<_> = self
-            .registry
-            .all_devices()
-            .into_iter()
-            .filter(|d| matches!(d.life().activation, Activation::Shipped { activates_at, .. } if activates_at <= now))
-            .collect();
+        let activated = self.activate_due_on(self.registry.as_ref(), now, rng);
+        super::ready(async { Ok(activated.await) }).unwrap_or(0)
+    }
+
+    /// Activates the replacements whose time has come on the store this
+    /// node keeps its state in (the server calls it every minute; on a
+    /// cluster every node does, and a card is activated once).
+    pub async fn activate_replacements<R: CryptoRng + Send + ?Sized>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> usize {
+        match &self.cluster {
+            Some(store) => self.activate_due_on(store, now, rng).await,
+            None => self.activate_due(now, rng),
+        }
+    }
+
+    async fn activate_due_on<S: Store, R: CryptoRng + ?Sized>(
+        &self,
+        store: &S,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> usize {
+        let due = match store.shipped().await {
+            Ok(shipped) => shipped,
+            Err(error) => {
+                tracing::error!(%error, "listing the shipped replacements failed");
+                return 0;
+            }
+        };
         let mut activated = 0;
-        for device in due {
-            let done = self.registry.change(rng, now, Actor::SYSTEM, |c| {
-                activate(c, &device, "activated automatically after shipment")
-            });
+        for card in due
+            .into_iter()
+            .filter(|s| rules::devices::due(&s.life, now))
+        {
+            let how = "activated automatically after shipment";
+            let done = store
+                .change(&card.user, Actor::SYSTEM, now, rng, |c| {
+                    activate(c, card.device, &card.user, how)
+                })
+                .await;
             match done {
                 Ok(()) => activated += 1,
                 Err(error) => {
-                    tracing::error!(%error, device = %device.id, "auto-activation failed")
+                    tracing::error!(%error, device = %card.device, "auto-activation failed")
                 }
             }
         }
         activated
     }
 
-    pub(super) fn set_identity<R: CryptoRng + ?Sized>(
+    pub(super) async fn set_identity<S: Store, R: CryptoRng + ?Sized>(
         &self,
+        store: &S,
         caller: &Caller<'_>,
         user: &Username,
         identity: &Identification,
         now: Timestamp,
         rng: &mut R,
-    ) -> Reply {
-        let digest = self.registry.identity_digest(identity);
+    ) -> Result<Reply, StoreError> {
         let residence = match residence_code(identity) {
             Ok(code) => code,
-            Err(refusal) => return refusal,
+            Err(refusal) => return Ok(refusal),
         };
-        let changed = self.registry.change(rng, now, Self::actor(caller), |c| {
-            let record = Account {
-                residence: Some(residence),
-                identity: Some(digest),
-                ..c.registry().user(user)
-            };
-            c.set_user(user, record)?;
-            c.audit(
-                "set-identity",
-                Some(user),
-                None,
-                format!("residence {}", identity.residence),
-            )
-        });
-        changed.map_or_else(|e| store_failed(&e), |()| Reply::Done)
+        let digest = store.identity_digest(identity);
+        store
+            .change(user, Self::actor(caller), now, rng, |c| {
+                let record = Account {
+                    residence: Some(residence),
+                    identity: Some(digest),
+                    ..c.account(user)?
+                };
+                c.set_user(user, record)?;
+                c.audit(
+                    "set-identity",
+                    Some(user),
+                    None,
+                    format!("residence {}", identity.residence),
+                )?;
+                Ok(Reply::Done)
+            })
+            .await
     }
 
-    pub(super) fn set_opt_out<R: CryptoRng + ?Sized>(
+    pub(super) async fn set_opt_out<S: Store, R: CryptoRng + ?Sized>(
         &self,
+        store: &S,
         caller: &Caller<'_>,
         user: &Username,
         opted_out: bool,
         now: Timestamp,
         rng: &mut R,
-    ) -> Reply {
-        let changed = self.registry.change(rng, now, Self::actor(caller), |c| {
-            let record = c.registry().user(user);
-            if let Some(refusal) = self.opt_out_refusal(&record, opted_out) {
-                return Ok(refusal);
-            }
-            c.set_user(
-                user,
-                Account {
-                    opted_out,
-                    ..record
-                },
-            )?;
-            c.audit(
-                if opted_out { "opt-out" } else { "opt-in" },
-                Some(user),
-                None,
-                "",
-            )?;
-            Ok::<_, StoreError>(Reply::Done)
-        });
-        changed.unwrap_or_else(|e| store_failed(&e))
+    ) -> Result<Reply, StoreError> {
+        store
+            .change(user, Self::actor(caller), now, rng, |c| {
+                let record = c.account(user)?;
+                if let Some(refusal) = self.opt_out_refusal(&record, opted_out) {
+                    return Ok(refusal);
+                }
+                c.set_user(
+                    user,
+                    Account {
+                        opted_out,
+                        ..record
+                    },
+                )?;
+                let action = if opted_out { "opt-out" } else { "opt-in" };
+                c.audit(action, Some(user), None, String::new())?;
+                Ok(Reply::Done)
+            })
+            .await
     }
 
     /// The refusal of opting out a user whose residence forbids it
@@ -288,68 +310,95 @@ impl Engine {
     }
 
     /// A participant of a share as the rules see them.
-    fn participant(&self, user: &Username, now: Timestamp) -> Participant {
-        let devices = self.registry.devices_of(user);
+    async fn participant<S: Store>(
+        &self,
+        store: &S,
+        user: &Username,
+        now: Timestamp,
+    ) -> Result<Participant, StoreError> {
+        let view = store.user_view(user).await?;
         let level = |d: &Device| self.config.devices.get(d.kind).security;
-        Participant {
-            identity: self.registry.user(user).identity,
-            has_temporary: devices
+        let usable = |d: &Device, life: &DeviceLife| !d.expired_at(now) && life.allows_use(now);
+        Ok(Participant {
+            identity: view.account.identity,
+            has_temporary: view
+                .devices
                 .iter()
-                .any(|d| level(d) == SecurityLevel::Temporary && d.usable_at(now)),
-            physical: devices
+                .any(|(d, life)| level(d) == SecurityLevel::Temporary && usable(d, life)),
+            physical: view
+                .devices
                 .iter()
-                .filter(|d| d.kind.is_physical() && d.usable_at(now))
-                .map(|d| level(d))
+                .filter(|(d, life)| d.kind.is_physical() && usable(d, life))
+                .map(|(d, _)| level(d))
                 .collect(),
-        }
+        })
     }
 
-    #[allow(clippy::too_many_arguments)] // the operation's fields, as on the wire
-    pub(super) fn share_device<R: CryptoRng + ?Sized>(
+    /// The refusal of a share asked for in a way no answer can make right
+    /// (checked before the owner's device is asked to prove anything).
+    pub(super) async fn share_request_refusal<S: Store>(
         &self,
+        store: &S,
+        requester: &Username,
+        owner: &Username,
+        device: DeviceId,
+    ) -> Result<Option<Reply>, StoreError> {
+        if store.device(device).await?.is_none_or(|d| &d.user != owner) {
+            return Ok(Some(Reply::error(
+                ErrorCode::NotFound,
+                "no such device for the owner",
+            )));
+        }
+        Ok((requester == owner).then(|| {
+            Reply::error(
+                ErrorCode::InvalidArgument,
+                "a user cannot share with themselves",
+            )
+        }))
+    }
+
+    /// A share of the owner's `device` with `requester`, once the device
+    /// itself has answered a challenge opened for it (`proof`: the reply
+    /// to that answer).
+    #[allow(clippy::too_many_arguments)] // the operation's fields, as on the wire
+    pub(super) async fn share_proven<S: Store, R: CryptoRng + ?Sized>(
+        &self,
+        store: &S,
         caller: &Caller<'_>,
         requester: &Username,
         owner: &Username,
         device: DeviceId,
-        challenge: ChallengeId,
-        response: &Answer,
+        proof: Reply,
         now: Timestamp,
         rng: &mut R,
-    ) -> super::Outcome {
-        let Some(shared) = self.registry.device(device).filter(|d| &d.user == owner) else {
-            return Reply::error(ErrorCode::NotFound, "no such device for the owner").into();
-        };
-        if requester == owner {
-            return Reply::error(
-                ErrorCode::InvalidArgument,
-                "a user cannot share with themselves",
-            )
-            .into();
-        }
-        // The proof: the device itself answered a challenge opened for it.
-        let mut outcome = self.verify(challenge, response, now, rng);
-        match &outcome.reply {
+    ) -> Result<Reply, StoreError> {
+        match &proof {
             Reply::Verdict(Verdict::Accepted {
                 user, device: d, ..
             }) if user == owner && *d == device => {}
             Reply::Verdict(Verdict::Accepted { .. }) => {
-                outcome.reply = Reply::error(
+                return Ok(Reply::error(
                     ErrorCode::InvalidArgument,
                     "the challenge was not opened for this owner and device",
-                );
-                return outcome;
+                ));
             }
-            _ => return outcome,
+            _ => return Ok(proof),
         }
+        let Some(shared) = store.device(device).await? else {
+            return Ok(Reply::error(
+                ErrorCode::NotFound,
+                "no such device for the owner",
+            ));
+        };
         let level = self.config.devices.get(shared.kind).security;
         let checked = check_share(
             shared.kind,
             level,
-            &self.participant(requester, now),
-            &self.participant(owner, now),
+            &self.participant(store, requester, now).await?,
+            &self.participant(store, owner, now).await?,
         );
         if let Err(refusal) = checked {
-            outcome.reply = Reply::Refused {
+            return Ok(Reply::Refused {
                 reason: match refusal {
                     ShareRefusal::DifferentIdentification => Refusal::DifferentIdentification,
                     ShareRefusal::LessSecureDevice => Refusal::LessSecureDevice,
@@ -357,118 +406,125 @@ impl Engine {
                     ShareRefusal::NotShareable => Refusal::NotShareable,
                 },
                 message: refusal.to_string(),
-            };
-            return outcome;
+            });
         }
         let id = ShareId(rng.next_u64());
         let active = !self.config.lifecycle.share_needs_approval;
-        let changed = self.registry.change(rng, now, Self::actor(caller), |c| {
-            if c.registry()
-                .shares()
-                .iter()
-                .any(|s| &s.requester == requester)
-            {
-                return Ok(Reply::error(
-                    ErrorCode::InvalidArgument,
-                    "the requesting user already has a share; cancel it first",
-                ));
-            }
-            c.set_share(Share {
-                id,
-                requester: requester.clone(),
-                owner: owner.clone(),
-                device,
-                state: if active {
-                    ShareState::Active
+        store
+            .change(requester, Self::actor(caller), now, rng, |c| {
+                if c.share_of(requester).is_some() {
+                    return Ok(Reply::error(
+                        ErrorCode::InvalidArgument,
+                        "the requesting user already has a share; cancel it first",
+                    ));
+                }
+                c.set_share(Share {
+                    id,
+                    requester: requester.clone(),
+                    owner: owner.clone(),
+                    device,
+                    state: if active {
+                        ShareState::Active
+                    } else {
+                        ShareState::Pending
+                    },
+                    created: now,
+                })?;
+                let action = if active {
+                    "share-active"
                 } else {
-                    ShareState::Pending
-                },
-                created: now,
-            })?;
-            let action = if active {
-                "share-active"
-            } else {
-                "share-pending"
-            };
-            c.audit(
-                action,
-                Some(requester),
-                Some(device),
-                format!("owner {owner}, share {id}"),
-            )?;
-            Ok::<_, StoreError>(Reply::Share { share: id, active })
-        });
-        outcome.reply = changed.unwrap_or_else(|e| store_failed(&e));
-        outcome
+                    "share-pending"
+                };
+                c.audit(
+                    action,
+                    Some(requester),
+                    Some(device),
+                    format!("owner {owner}, share {id}"),
+                )?;
+                Ok(Reply::Share { share: id, active })
+            })
+            .await
     }
 
-    pub(super) fn decide_share<R: CryptoRng + ?Sized>(
+    pub(super) async fn decide_share<S: Store, R: CryptoRng + ?Sized>(
         &self,
+        store: &S,
         caller: &Caller<'_>,
         id: ShareId,
         approve: bool,
         now: Timestamp,
         rng: &mut R,
-    ) -> Reply {
-        let changed = self.registry.change(rng, now, Self::actor(caller), |c| {
-            let Some(share) = c
-                .registry()
-                .share(id)
-                .filter(|s| s.state == ShareState::Pending)
-            else {
-                return Ok(Reply::error(ErrorCode::NotFound, "no such pending share"));
-            };
-            let detail = format!("owner {}, share {id}", share.owner);
-            let (requester, device) = (share.requester.clone(), share.device);
-            if approve {
-                c.set_share(Share {
-                    state: ShareState::Active,
-                    ..share
-                })?;
-            } else {
-                c.remove_share(id)?;
-            }
-            let action = if approve {
-                "share-approved"
-            } else {
-                "share-rejected"
-            };
-            c.audit(action, Some(&requester), Some(device), detail)?;
-            Ok::<_, StoreError>(Reply::Share {
-                share: id,
-                active: approve,
+    ) -> Result<Reply, StoreError> {
+        let not_found = || Reply::error(ErrorCode::NotFound, "no such pending share");
+        let Some(requester) = store.share_requester(id).await? else {
+            return Ok(not_found());
+        };
+        store
+            .change(&requester, Self::actor(caller), now, rng, |c| {
+                let Some(share) = c.share(id).filter(|s| s.state == ShareState::Pending) else {
+                    return Ok(not_found());
+                };
+                let detail = format!("owner {}, share {id}", share.owner);
+                let device = share.device;
+                if approve {
+                    c.set_share(Share {
+                        state: ShareState::Active,
+                        ..share
+                    })?;
+                } else {
+                    c.remove_share(id)?;
+                }
+                let action = if approve {
+                    "share-approved"
+                } else {
+                    "share-rejected"
+                };
+                c.audit(action, Some(&requester), Some(device), detail)?;
+                Ok(Reply::Share {
+                    share: id,
+                    active: approve,
+                })
             })
-        });
-        changed.unwrap_or_else(|e| store_failed(&e))
+            .await
     }
 
-    pub(super) fn cancel_share<R: CryptoRng + ?Sized>(
+    pub(super) async fn cancel_share<S: Store, R: CryptoRng + ?Sized>(
         &self,
+        store: &S,
         caller: &Caller<'_>,
         id: ShareId,
         now: Timestamp,
         rng: &mut R,
-    ) -> Reply {
-        let changed = self.registry.change(rng, now, Self::actor(caller), |c| {
-            let Some(share) = c.registry().share(id) else {
-                return Ok(Reply::error(ErrorCode::NotFound, "no such share"));
-            };
-            c.remove_share(id)?;
-            c.audit(
-                "share-cancelled",
-                Some(&share.requester),
-                Some(share.device),
-                format!("owner {}, share {id}", share.owner),
-            )?;
-            Ok::<_, StoreError>(Reply::Done)
-        });
-        changed.unwrap_or_else(|e| store_failed(&e))
+    ) -> Result<Reply, StoreError> {
+        let not_found = || Reply::error(ErrorCode::NotFound, "no such share");
+        let Some(requester) = store.share_requester(id).await? else {
+            return Ok(not_found());
+        };
+        store
+            .change(&requester, Self::actor(caller), now, rng, |c| {
+                let Some(share) = c.share(id) else {
+                    return Ok(not_found());
+                };
+                c.remove_share(id)?;
+                c.audit(
+                    "share-cancelled",
+                    Some(&share.requester),
+                    Some(share.device),
+                    format!("owner {}, share {id}", share.owner),
+                )?;
+                Ok(Reply::Done)
+            })
+            .await
     }
 
-    pub(super) fn list_shares(&self, page: Page) -> Reply {
-        let shares = self
-            .registry
+    pub(super) async fn list_shares<S: Store>(
+        &self,
+        store: &S,
+        page: Page,
+    ) -> Result<Reply, StoreError> {
+        let shares = store
             .shares()
+            .await?
             .into_iter()
             .map(|s| ShareEntry {
                 share: s.id,
@@ -478,164 +534,188 @@ impl Engine {
                 active: s.state == ShareState::Active,
             })
             .collect();
-        Reply::Shares(page.select(shares, |s| s.share.0))
+        Ok(Reply::Shares(page.select(shares, |s| s.share.0)))
     }
 
-    pub(super) fn issue_temporary_code<R: CryptoRng + ?Sized>(
+    pub(super) async fn issue_temporary_code<S: Store, R: CryptoRng + ?Sized>(
         &self,
+        store: &S,
         caller: &Caller<'_>,
         user: &Username,
         now: Timestamp,
         rng: &mut R,
-    ) -> Reply {
+    ) -> Result<Reply, StoreError> {
         let profile = self.config.devices.get(DeviceKind::Temporary);
         let crate::profile::Check::RandomCode(spec) = &profile.check else {
-            return Reply::error(
+            return Ok(Reply::error(
                 ErrorCode::Internal,
                 "the temporary profile has no code format",
-            );
+            ));
         };
         let code = spec.generate(rng);
         let Ok(secret) = crate::otp::SecretKey::from_bytes(code.as_str().as_bytes().to_vec())
         else {
-            return Reply::error(ErrorCode::Internal, "the temporary code could not be kept");
+            return Ok(Reply::error(
+                ErrorCode::Internal,
+                "the temporary code could not be kept",
+            ));
         };
         let uses = self.config.lifecycle.temporary_code_uses;
         let validity = profile.validity.unwrap_or_default();
-        let changed = self.registry.change(rng, now, Self::actor(caller), |c| {
-            let id = c.add_code(user, DeviceKind::Temporary, secret, "temporary code")?;
-            c.set_life(
-                id,
-                DeviceLife {
-                    uses_left: Some(uses),
-                    ..DeviceLife::default()
-                },
-            )?;
-            c.audit(
-                "issue-temporary-code",
-                Some(user),
-                Some(id),
-                format!("{uses} uses, valid {} s", validity.as_secs()),
-            )?;
-            Ok::<_, StoreError>(id)
-        });
-        match changed {
-            Ok(device) => Reply::TemporaryCode {
-                device,
-                code: Answer::new(code.as_str()),
-                expires_in: validity,
-                uses: u16::try_from(uses).unwrap_or(u16::MAX),
-            },
-            Err(error) => store_failed(&error),
-        }
+        let device = store
+            .change(user, Self::actor(caller), now, rng, |c| {
+                let id = c.add_code(
+                    user,
+                    DeviceKind::Temporary,
+                    secret.clone(),
+                    "temporary code",
+                )?;
+                c.set_life(
+                    id,
+                    DeviceLife {
+                        uses_left: Some(uses),
+                        ..DeviceLife::default()
+                    },
+                )?;
+                c.audit(
+                    "issue-temporary-code",
+                    Some(user),
+                    Some(id),
+                    format!("{uses} uses, valid {} s", validity.as_secs()),
+                )?;
+                Ok::<_, StoreError>(id)
+            })
+            .await?;
+        Ok(Reply::TemporaryCode {
+            device,
+            code: Answer::new(code.as_str()),
+            expires_in: validity,
+            uses: u16::try_from(uses).unwrap_or(u16::MAX),
+        })
     }
 
-    pub(super) fn order_replacement<R: CryptoRng + ?Sized>(
+    #[allow(clippy::too_many_arguments)] // the operation's fields, as on the wire
+    pub(super) async fn order_replacement<S: Store, R: CryptoRng + ?Sized>(
         &self,
+        store: &S,
         caller: &Caller<'_>,
         lost: DeviceId,
         pin: Option<&Pin>,
         label: &str,
         now: Timestamp,
         rng: &mut R,
-    ) -> Reply {
-        let Some(lost) = self.registry.device(lost) else {
-            return Reply::error(ErrorCode::NotFound, "no such device");
+    ) -> Result<Reply, StoreError> {
+        let Some(lost) = store.device(lost).await? else {
+            return Ok(Reply::error(ErrorCode::NotFound, "no such device"));
         };
         if !lost.kind.is_physical() {
-            return Reply::error(
+            return Ok(Reply::error(
                 ErrorCode::InvalidArgument,
                 format!(
                     "replacement cards replace physical devices, not {}",
                     lost.kind
                 ),
-            );
+            ));
         }
-        let changed = self.registry.change(rng, now, Self::actor(caller), |c| {
-            let (id, secret) = c.enroll(NewDevice {
-                user: &lost.user,
-                kind: DeviceKind::DscPlus,
-                secret: None,
-                pin: pin.map(Pin::as_str),
-                label,
-            })?;
-            c.set_life(
-                id,
-                DeviceLife {
-                    activation: Activation::Ordered { replaces: lost.id },
-                    ..DeviceLife::default()
-                },
-            )?;
-            c.audit(
-                "order-replacement",
-                Some(&lost.user),
-                Some(id),
-                format!("replaces device {}", lost.id),
-            )?;
-            Ok::<_, EnrollError>(Reply::Enrolled { device: id, secret })
-        });
-        changed.unwrap_or_else(super::enroll_error)
+        let changed = store
+            .change(&lost.user, Self::actor(caller), now, rng, |c| {
+                let (id, secret) = c.enroll(NewDevice {
+                    user: &lost.user,
+                    kind: DeviceKind::DscPlus,
+                    secret: None,
+                    pin: pin.map(Pin::as_str),
+                    label,
+                })?;
+                c.set_life(
+                    id,
+                    DeviceLife {
+                        activation: Activation::Ordered { replaces: lost.id },
+                        ..DeviceLife::default()
+                    },
+                )?;
+                c.audit(
+                    "order-replacement",
+                    Some(&lost.user),
+                    Some(id),
+                    format!("replaces device {}", lost.id),
+                )?;
+                Ok::<_, EnrollError>(Reply::Enrolled { device: id, secret })
+            })
+            .await;
+        Ok(changed.unwrap_or_else(super::enroll_error))
     }
 
-    pub(super) fn ship_replacement<R: CryptoRng + ?Sized>(
+    pub(super) async fn ship_replacement<S: Store, R: CryptoRng + ?Sized>(
         &self,
+        store: &S,
         caller: &Caller<'_>,
         device: DeviceId,
         shipped_at: Timestamp,
         now: Timestamp,
         rng: &mut R,
-    ) -> Reply {
+    ) -> Result<Reply, StoreError> {
+        let not_found = || Reply::error(ErrorCode::NotFound, "no such device");
+        let Some(card) = store.device(device).await? else {
+            return Ok(not_found());
+        };
         let after = self.config.lifecycle.replacement_auto_activation;
-        let changed = self.registry.change(rng, now, Self::actor(caller), |c| {
-            let Some(card) = c.registry().device(device) else {
-                return Ok(Reply::error(ErrorCode::NotFound, "no such device"));
-            };
-            let Activation::Ordered { replaces } = card.life().activation else {
-                return Ok(Reply::error(
-                    ErrorCode::InvalidArgument,
-                    "the device is not a replacement waiting to be shipped",
-                ));
-            };
-            let activates_at = shipped_at.plus(after);
-            c.set_life(
-                device,
-                DeviceLife {
-                    activation: Activation::Shipped {
-                        replaces,
-                        shipped_at,
-                        activates_at,
+        store
+            .change(&card.user, Self::actor(caller), now, rng, |c| {
+                if c.device(device).is_none() {
+                    return Ok(not_found());
+                }
+                let life = c.life(device);
+                let Activation::Ordered { replaces } = life.activation else {
+                    return Ok(Reply::error(
+                        ErrorCode::InvalidArgument,
+                        "the device is not a replacement waiting to be shipped",
+                    ));
+                };
+                let activates_at = shipped_at.plus(after);
+                c.set_life(
+                    device,
+                    DeviceLife {
+                        activation: Activation::Shipped {
+                            replaces,
+                            shipped_at,
+                            activates_at,
+                        },
+                        ..life
                     },
-                    ..card.life()
-                },
-            )?;
-            c.audit(
-                "ship-replacement",
-                Some(&card.user),
-                Some(device),
-                format!(
-                    "shipped at {}, activates at {}",
-                    shipped_at.0, activates_at.0
-                ),
-            )?;
-            Ok::<_, StoreError>(Reply::Done)
-        });
-        changed.unwrap_or_else(|e| store_failed(&e))
+                )?;
+                c.audit(
+                    "ship-replacement",
+                    Some(&card.user),
+                    Some(device),
+                    format!(
+                        "shipped at {}, activates at {}",
+                        shipped_at.0, activates_at.0
+                    ),
+                )?;
+                Ok(Reply::Done)
+            })
+            .await
     }
 
     /// Shipped replacements not yet active, a page at a time by device id.
-    pub(super) fn pending_activations(&self, now: Timestamp, page: Page) -> Reply {
-        let pending: Vec<_> = self
-            .registry
-            .all_devices()
+    pub(super) async fn pending_activations<S: Store>(
+        &self,
+        store: &S,
+        now: Timestamp,
+        page: Page,
+    ) -> Result<Reply, StoreError> {
+        let mut pending: Vec<_> = store
+            .shipped()
+            .await?
             .into_iter()
-            .filter_map(|d| match d.life().activation {
+            .filter_map(|card| match card.life.activation {
                 Activation::Shipped {
                     replaces,
                     shipped_at,
                     activates_at,
                 } if activates_at > now => Some(PendingActivation {
-                    device: d.id,
-                    user: d.user.clone(),
+                    device: card.device,
+                    user: card.user,
                     replaces,
                     shipped_at,
                     activates_at,
@@ -643,7 +723,10 @@ impl Engine {
                 _ => None,
             })
             .collect();
-        Reply::PendingActivations(page.select(pending, |p| p.device.0))
+        pending.sort_by_key(|p| p.device.0);
+        Ok(Reply::PendingActivations(
+            page.select(pending, |p| p.device.0),
+        ))
     }
 
     pub(super) fn audit_log(&self, after: u64, limit: u16) -> Reply {
@@ -769,33 +852,32 @@ pub(super) fn withdrawal_detail(amount: u64, kind: DeviceKind, day: Day) -> Stri
     format!("{amount} cents with {kind} on {}", day.iso())
 }
 
-impl Engine {}
-
-/// Makes a replacement active and retires the card it replaces.
-fn activate<R: CryptoRng + ?Sized>(
-    c: &mut crate::store::embedded::accounts::Change<'_, R>,
-    device: &Device,
+/// Makes a replacement active and retires the card it replaces (nothing
+/// for a device that is active already).
+fn activate(
+    c: &mut dyn RegistryChange,
+    device: DeviceId,
+    user: &Username,
     how: &str,
 ) -> Result<(), StoreError> {
-    let life = device.life();
-    let replaces = match life.activation {
-        Activation::Shipped { replaces, .. } | Activation::Ordered { replaces } => replaces,
-        Activation::Active => return Ok(()),
+    let Some((life, replaces)) = rules::devices::activation(&c.life(device)) else {
+        return Ok(());
     };
-    c.set_life(
-        device.id,
-        DeviceLife {
-            activation: Activation::Active,
-            ..life
-        },
-    )?;
-    if c.registry().device(replaces).is_some() {
+    c.set_life(device, life)?;
+    if c.device(replaces).is_some() {
         c.remove_device(replaces)?;
     }
     c.audit(
         "replacement-activated",
-        Some(&device.user),
-        Some(device.id),
+        Some(user),
+        Some(device),
         format!("{how}; device {replaces} retired"),
     )
+}
+
+/// The verdict when an accepted answer's effect on its device could not be
+/// recorded: not accepted (the device's state is unknown).
+fn accept_not_recorded(error: &StoreError) -> Verdict {
+    tracing::error!(%error, "recording an accepted answer failed");
+    Verdict::UnknownChallenge
 }

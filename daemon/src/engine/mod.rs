@@ -37,7 +37,7 @@ use crate::ratelimit::{Decision, Gcra, Rate};
 use crate::store::Disposition;
 use crate::store::embedded::challenges::{ChallengeTable, InsertError};
 use crate::store::embedded::registry::Registry;
-use crate::store::{Device, EnrollError, FailureState, NewDevice};
+use crate::store::{Device, DeviceLife, EnrollError, FailureState, NewDevice, StoreError};
 use crate::wire::request::Answer;
 use crate::wire::{EnrollRequest, ErrorCode, Operation, Reply, StatEntry, Verdict};
 
@@ -204,6 +204,29 @@ impl From<Reply> for Outcome {
             reply,
             persist: None,
         }
+    }
+}
+
+/// The reply of an operation written over [`crate::store::Store`], run on
+/// the embedded store: its futures are ready at once (it never waits), so
+/// one poll finishes it; a store failure is an `Internal` error.
+fn at_once<T: Into<Reply>>(
+    operation: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Reply {
+    ready(operation).map_or_else(|e| lifecycle::store_failed(&e), Into::into)
+}
+
+/// The output of a future of the embedded store, which is ready at once.
+fn ready<T>(
+    future: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(output) => output,
+        std::task::Poll::Pending => Err(StoreError::Database(
+            "the embedded store waited, which it never does".into(),
+        )),
     }
 }
 
@@ -585,10 +608,12 @@ impl Engine {
                 rng,
             ),
             Operation::SetIdentity { user, identity } => {
-                self.set_identity(caller, &user, &identity, now, rng).into()
+                let store = self.registry.as_ref();
+                at_once(self.set_identity(store, caller, &user, &identity, now, rng)).into()
             }
             Operation::SetOptOut { user, opted_out } => {
-                self.set_opt_out(caller, &user, opted_out, now, rng).into()
+                let store = self.registry.as_ref();
+                at_once(self.set_opt_out(store, caller, &user, opted_out, now, rng)).into()
             }
             Operation::ShareDevice {
                 requesting_user,
@@ -596,31 +621,58 @@ impl Engine {
                 device,
                 challenge,
                 response,
-            } => self.share_device(
-                caller,
-                &requesting_user,
-                &owner_user,
-                device,
-                challenge,
-                &response,
-                now,
-                rng,
-            ),
+            } => {
+                let store = self.registry.as_ref();
+                let asked =
+                    self.share_request_refusal(store, &requesting_user, &owner_user, device);
+                match ready(asked) {
+                    Ok(None) => {}
+                    Ok(Some(refusal)) => return Some(refusal.into()),
+                    Err(error) => return Some(lifecycle::store_failed(&error).into()),
+                }
+                // The proof: the device itself answers a challenge opened for it.
+                let mut outcome = self.verify(challenge, &response, now, rng);
+                let proof = std::mem::replace(&mut outcome.reply, Reply::Done);
+                let shared = self.share_proven(
+                    store,
+                    caller,
+                    &requesting_user,
+                    &owner_user,
+                    device,
+                    proof,
+                    now,
+                    rng,
+                );
+                outcome.reply = at_once(shared);
+                outcome
+            }
             Operation::DecideShare { share, approve } => {
-                self.decide_share(caller, share, approve, now, rng).into()
+                let store = self.registry.as_ref();
+                at_once(self.decide_share(store, caller, share, approve, now, rng)).into()
             }
-            Operation::CancelShare { share } => self.cancel_share(caller, share, now, rng).into(),
-            Operation::Shares { page } => self.list_shares(page).into(),
+            Operation::CancelShare { share } => {
+                let store = self.registry.as_ref();
+                at_once(self.cancel_share(store, caller, share, now, rng)).into()
+            }
+            Operation::Shares { page } => {
+                at_once(self.list_shares(self.registry.as_ref(), page)).into()
+            }
             Operation::IssueTemporaryCode { user } => {
-                self.issue_temporary_code(caller, &user, now, rng).into()
+                let store = self.registry.as_ref();
+                at_once(self.issue_temporary_code(store, caller, &user, now, rng)).into()
             }
-            Operation::OrderReplacement { lost, pin, label } => self
-                .order_replacement(caller, lost, pin.as_ref(), &label, now, rng)
-                .into(),
-            Operation::ShipReplacement { device, shipped_at } => self
-                .ship_replacement(caller, device, shipped_at, now, rng)
-                .into(),
-            Operation::PendingActivations { page } => self.pending_activations(now, page).into(),
+            Operation::OrderReplacement { lost, pin, label } => {
+                let store = self.registry.as_ref();
+                let pin = pin.as_ref();
+                at_once(self.order_replacement(store, caller, lost, pin, &label, now, rng)).into()
+            }
+            Operation::ShipReplacement { device, shipped_at } => {
+                let store = self.registry.as_ref();
+                at_once(self.ship_replacement(store, caller, device, shipped_at, now, rng)).into()
+            }
+            Operation::PendingActivations { page } => {
+                at_once(self.pending_activations(self.registry.as_ref(), now, page)).into()
+            }
             Operation::StartPhoneVerification { user, number } => self
                 .start_phone_verification(&user, number, now, rng)
                 .into(),
@@ -853,7 +905,8 @@ impl Engine {
         let resolved = self.challenges.resolve(id, |open| {
             let Some(device) = self.registry.device(open.device) else {
                 let decided = rules::verify::revoked(open, now);
-                return ((decided.verdict, None), decided.challenge);
+                let life = DeviceLife::default();
+                return ((decided.verdict, None, life), decided.challenge);
             };
             let mut failures = device.failures();
             let mut questions = device.questions(&failures);
@@ -871,10 +924,12 @@ impl Engine {
                 self.count_lockout();
             }
             let persist = decided.failures_changed.then_some(device.id);
-            ((decided.verdict, persist), decided.challenge)
+            ((decided.verdict, persist, device.life()), decided.challenge)
         });
-        let (verdict, persist) = resolved.unwrap_or((Verdict::UnknownChallenge, None));
-        let verdict = self.after_accept(verdict, now, rng);
+        let (verdict, persist, life) =
+            resolved.unwrap_or((Verdict::UnknownChallenge, None, DeviceLife::default()));
+        let accepted = self.after_accept(self.registry.as_ref(), verdict, &life, now, rng);
+        let verdict = ready(async { Ok(accepted.await) }).unwrap_or(Verdict::UnknownChallenge);
         self.count_verdict(&verdict);
         Outcome {
             reply: Reply::Verdict(verdict),

@@ -701,7 +701,8 @@ async fn sweep(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
             metrics::gauge!(crate::metrics::OUTBOX).set(gauges.outbox as f64);
         }
         if round % 600 == 0 {
-            shared.engine.activate_due(now, &mut UnwrapErr(SysRng));
+            let mut rng = UnwrapErr(SysRng);
+            shared.engine.activate_replacements(now, &mut rng).await;
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Where state lives.
 //!
+//! - [`change`]: the `Store` trait the lifecycle operations are written
+//!   against once, and the registry change both backends commit whole.
 //! - [`model`]: the types both backends and the engine share (a device
 //!   ready to verify, its failure state, accounts, shares, open
 //!   challenges, store errors); re-exported here.
@@ -16,6 +18,7 @@
 //!   Cluster (`store.backend = "redis"`): the atomic primitives
 //!   (`cluster::redis`) and the records on them, each authenticated.
 
+pub mod change;
 pub mod cluster;
 pub mod embedded;
 pub mod model;
@@ -23,4 +26,5 @@ pub mod questions;
 pub mod records;
 pub mod sealed;
 
+pub use change::{RegistryChange, Shipped, Store, UserView};
 pub use model::*;

@@ -211,8 +211,7 @@ impl Device {
     /// Whether the device can be used at `now`: activated, and its
     /// validity not ended.
     pub fn usable_at(&self, now: Timestamp) -> bool {
-        let life = self.life_mut();
-        !self.expired_at(now) && life.activation.is_active(now) && life.uses_left != Some(0)
+        !self.expired_at(now) && self.life_mut().allows_use(now)
     }
 
     /// Sets the push key, as read from a store.
@@ -337,6 +336,14 @@ pub struct DeviceLife {
     pub activation: Activation,
     /// Uses left of a temporary code.
     pub uses_left: Option<u32>,
+}
+
+impl DeviceLife {
+    /// Whether a device in this state can be used at `now` (its validity
+    /// aside): activated, and a temporary code with uses left.
+    pub fn allows_use(&self, now: Timestamp) -> bool {
+        self.activation.is_active(now) && self.uses_left != Some(0)
+    }
 }
 
 impl fmt::Debug for DeviceLife {

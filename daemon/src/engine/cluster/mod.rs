@@ -28,11 +28,12 @@ pub(super) use push::Waiters;
 /// (`Busy`): each lost round means another node changed them meanwhile.
 const CHANGE_ROUNDS: usize = 8;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use rand::CryptoRng;
 
-use super::lifecycle::{residence_code, withdrawal_detail, withdrawal_device};
+use super::lifecycle::{withdrawal_detail, withdrawal_device};
 use super::rules;
 use super::rules::ask::shown;
 use super::{
@@ -42,12 +43,12 @@ use crate::clock::Timestamp;
 use crate::identity::{ChallengeId, DeviceId, Username};
 use crate::policy::calendar::Day;
 use crate::ratelimit::Decision;
-use crate::store::Account;
+use crate::store::Device;
 use crate::store::cluster::redis::Op;
 use crate::store::cluster::{
-    ClusterStore, EXPIRED_GRACE, Handle, UserRecord, failure_state, question_memory,
+    ClusterStore, EXPIRED_GRACE, Handle, UserRecord, failure_state, question_memory, user_life,
 };
-use crate::store::{Disposition, FailureState, NewDevice, OpenChallenge, StoreError};
+use crate::store::{DeviceLife, Disposition, FailureState, NewDevice, OpenChallenge, StoreError};
 use crate::wire::request::{Answer, Page};
 use crate::wire::{AuditRecord, DeviceEntry, EnrollRequest, ErrorCode, Operation, Reply, Verdict};
 
@@ -103,7 +104,10 @@ impl Engine {
             Operation::Verify {
                 challenge,
                 response,
-            } => self.cluster_verify(store, challenge, &response, now).await,
+            } => {
+                self.cluster_verify(store, challenge, &response, now, rng)
+                    .await
+            }
             Operation::Enroll(request) => Ok(self.cluster_enroll(store, request, now, rng).await),
             Operation::Revoke { device } => match store.device(device).await {
                 Ok(found) => {
@@ -182,6 +186,7 @@ impl Engine {
                     challenge,
                     &response,
                     now,
+                    rng,
                 )
                 .await
             }
@@ -189,46 +194,69 @@ impl Engine {
                 .audit_log(after, usize::from(limit))
                 .await
                 .map(Reply::Audit),
-            Operation::SetIdentity { user, identity } => match residence_code(&identity) {
-                Ok(residence) => {
-                    let identity = Some(store.identity_digest(&identity));
-                    let set = |account: Account| {
-                        let next = Account {
-                            residence: Some(residence),
-                            identity,
-                            ..account
-                        };
-                        (Some(next), Reply::Done)
-                    };
-                    kept_changing(store.update_account(rng, &user, set).await)
-                }
-                Err(refusal) => Ok(refusal),
-            },
-            Operation::SetOptOut { user, opted_out } => {
-                let set = |account: Account| match self.opt_out_refusal(&account, opted_out) {
-                    Some(refusal) => (None, refusal),
-                    None => (
-                        Some(Account {
-                            opted_out,
-                            ..account
-                        }),
-                        Reply::Done,
-                    ),
-                };
-                kept_changing(store.update_account(rng, &user, set).await)
+            Operation::SetIdentity { user, identity } => {
+                self.set_identity(store, caller, &user, &identity, now, rng)
+                    .await
             }
-            // The rest of the device lifecycle (shares, temporary codes,
-            // replacements, phone verification, IB Key activation) lives in
-            // the embedded registry only so far.
-            Operation::ShareDevice { .. }
-            | Operation::DecideShare { .. }
-            | Operation::CancelShare { .. }
-            | Operation::Shares { .. }
-            | Operation::IssueTemporaryCode { .. }
-            | Operation::OrderReplacement { .. }
-            | Operation::ShipReplacement { .. }
-            | Operation::PendingActivations { .. }
-            | Operation::StartPhoneVerification { .. }
+            Operation::SetOptOut { user, opted_out } => {
+                self.set_opt_out(store, caller, &user, opted_out, now, rng)
+                    .await
+            }
+            Operation::ShareDevice {
+                requesting_user,
+                owner_user,
+                device,
+                challenge,
+                response,
+            } => {
+                let (requester, owner) = (&requesting_user, &owner_user);
+                match self
+                    .share_request_refusal(store, requester, owner, device)
+                    .await
+                {
+                    Ok(Some(refusal)) => Ok(refusal),
+                    Ok(None) => match self
+                        .cluster_verify(store, challenge, &response, now, rng)
+                        .await
+                    {
+                        Ok(proof) => {
+                            self.share_proven(
+                                store, caller, requester, owner, device, proof, now, rng,
+                            )
+                            .await
+                        }
+                        Err(error) => Err(error),
+                    },
+                    Err(error) => Err(error),
+                }
+            }
+            Operation::DecideShare { share, approve } => {
+                self.decide_share(store, caller, share, approve, now, rng)
+                    .await
+            }
+            Operation::CancelShare { share } => {
+                self.cancel_share(store, caller, share, now, rng).await
+            }
+            Operation::Shares { page } => self.list_shares(store, page).await,
+            Operation::IssueTemporaryCode { user } => {
+                self.issue_temporary_code(store, caller, &user, now, rng)
+                    .await
+            }
+            Operation::OrderReplacement { lost, pin, label } => {
+                let pin = pin.as_ref();
+                self.order_replacement(store, caller, lost, pin, &label, now, rng)
+                    .await
+            }
+            Operation::ShipReplacement { device, shipped_at } => {
+                self.ship_replacement(store, caller, device, shipped_at, now, rng)
+                    .await
+            }
+            Operation::PendingActivations { page } => {
+                self.pending_activations(store, now, page).await
+            }
+            // Phone verification and IB Key activation keep their tokens in
+            // one node's memory so far.
+            Operation::StartPhoneVerification { .. }
             | Operation::ConfirmPhone { .. }
             | Operation::StartActivation { .. }
             | Operation::CompleteActivation { .. } => Ok(Reply::error(
@@ -264,6 +292,69 @@ impl Engine {
         })
     }
 
+    /// The devices `user` may log in with at `now`: their own usable ones,
+    /// or, while they use a shared device, that device instead (the choice
+    /// `Engine::login_devices` makes on the embedded store).
+    pub(super) async fn cluster_login_devices(
+        &self,
+        store: &ClusterStore,
+        user: &Username,
+        now: Timestamp,
+    ) -> Result<Vec<Arc<Device>>, StoreError> {
+        let life = store.life_of(user).await?;
+        if let Some(share) = life.active_share() {
+            return Ok(self
+                .shared_device(store, share.device, now)
+                .await?
+                .into_iter()
+                .collect());
+        }
+        let devices = store.devices_of(user).await?;
+        Ok(devices
+            .into_iter()
+            .filter(|d| life.allows(d, now))
+            .collect())
+    }
+
+    /// `device` if `user` may log in with it at `now` (what
+    /// `cluster_login_devices` would list, without listing).
+    pub(super) async fn cluster_login_device(
+        &self,
+        store: &ClusterStore,
+        user: &Username,
+        device: DeviceId,
+        now: Timestamp,
+    ) -> Result<Option<Arc<Device>>, StoreError> {
+        let life = store.life_of(user).await?;
+        match life.active_share() {
+            Some(share) if share.device == device => self.shared_device(store, device, now).await,
+            Some(_) => Ok(None),
+            None => Ok(store
+                .device(device)
+                .await?
+                .filter(|d| &d.user == user && life.allows(d, now))),
+        }
+    }
+
+    /// Another user's device used through a share, if its owner's records
+    /// let it be used at `now`.
+    async fn shared_device(
+        &self,
+        store: &ClusterStore,
+        device: DeviceId,
+        now: Timestamp,
+    ) -> Result<Option<Arc<Device>>, StoreError> {
+        let Some(device) = store.device(device).await? else {
+            return Ok(None);
+        };
+        let owner = store.life_of(&device.user).await?;
+        Ok(owner.allows(&device, now).then_some(device))
+    }
+
+    /// `Devices` (a login: the devices it may use) and `ListDevices` (an
+    /// operator, `Some(page)`: every device with its status, a page at a
+    /// time by device id), with the statuses `rules::devices` gives on
+    /// either store.
     async fn cluster_devices(
         &self,
         store: &ClusterStore,
@@ -271,47 +362,52 @@ impl Engine {
         now: Timestamp,
         page: Option<Page>,
     ) -> Result<Reply, StoreError> {
-        // An operator's list (`Some(page)`): expired devices too, a page at
-        // a time by device id.
-        let devices: Vec<_> = store
-            .devices_of(user)
-            .await?
-            .into_iter()
-            .filter(|d| page.is_some() || !d.expired_at(now))
-            .collect();
-        let devices = match page {
-            Some(page) => page.select(devices, |d| d.id.0),
-            None => devices,
-        };
-        // Every failure state, and the account (opt-out), in one read: they
-        // live with the user.
-        let mut records: Vec<UserRecord> =
-            devices.iter().map(|d| UserRecord::Failures(d.id)).collect();
-        records.push(UserRecord::Account);
+        let own = store.devices_of(user).await?;
+        // Every failure state, the account (opt-out) and the lifecycle
+        // record in one read: they live with the user.
+        let mut records: Vec<UserRecord> = own.iter().map(|d| UserRecord::Failures(d.id)).collect();
+        records.extend([UserRecord::Account, UserRecord::Life]);
         let mut states = store.read_user(user, &records).await?;
-        let account = match states.pop() {
-            Some(record) => store.account(user, &record)?,
-            None => Account::default(),
+        let (Some(life), Some(account)) = (states.pop(), states.pop()) else {
+            return Err(StoreError::Database("a short read".into()));
         };
-        let mut entries = Vec::with_capacity(devices.len());
-        for (device, record) in devices.iter().zip(&states) {
-            let failures = failure_state(device.id, record)?;
-            entries.push(DeviceEntry {
-                device: device.id,
-                kind: device.kind,
-                label: device.label.clone(),
-                locked_for: failures.locked_for(now),
-                status: if device.expired_at(now) {
-                    crate::wire::DeviceStatus::Expired
-                } else {
-                    crate::wire::DeviceStatus::Active
-                },
-                owner: None,
-            });
+        let account = store.account(user, &account)?;
+        let life = user_life(user, &life)?;
+        let share = life.active_share();
+        let shared = match (share, page) {
+            (Some(share), Some(_)) => store.device(share.device).await?,
+            (Some(share), None) => self.shared_device(store, share.device, now).await?,
+            (None, _) => None,
+        };
+        let mut entries = Vec::with_capacity(own.len() + 1);
+        for (device, record) in own.iter().zip(&states) {
+            if life.retired.contains(&device.id) {
+                continue;
+            }
+            let state = life.life(device.id);
+            let status = rules::devices::status(device, &state, share.is_some(), now);
+            let listed = match page {
+                Some(_) => true,
+                None => share.is_none() && life.allows(device, now),
+            };
+            if listed {
+                let failures = failure_state(device.id, record)?;
+                entries.push(device_entry(device, &failures, status, None, now));
+            }
         }
+        if let Some(device) = &shared {
+            let failures = store.failures_of(device).await?;
+            let owner = Some(device.user.clone());
+            let status = crate::wire::DeviceStatus::Active;
+            entries.push(device_entry(device, &failures, status, owner, now));
+        }
+        let devices = match page {
+            Some(page) => page.select(entries, |d| d.device.0),
+            None => entries,
+        };
         Ok(Reply::Devices {
             required: !account.opted_out,
-            devices: entries,
+            devices,
         })
     }
 
@@ -329,13 +425,27 @@ impl Engine {
         {
             return Ok(refusal);
         }
-        // An unknown user and another user's device answer the same way.
-        let Some(device) = store.device(device).await?.filter(|d| &d.user == user) else {
-            return Ok(Reply::error(
+        // An unknown user and another user's device answer the same way;
+        // another user's device only through the user's share in effect.
+        let unusable = || {
+            Reply::error(
                 ErrorCode::NotFound,
-                "no such device for this user",
-            ));
+                "no such device for this user, or it cannot be used now",
+            )
         };
+        let Some(device) = store.device(device).await? else {
+            return Ok(unusable());
+        };
+        let shared = &device.user != user;
+        if shared
+            && store
+                .life_of(user)
+                .await?
+                .active_share()
+                .is_none_or(|s| s.device != device.id)
+        {
+            return Ok(unusable());
+        }
         if device.expired_at(now) {
             return Ok(Reply::error(
                 ErrorCode::NotFound,
@@ -345,22 +455,40 @@ impl Engine {
         let ttl = self.config.challenges.ttl;
         let failures_of = UserRecord::Failures(device.id);
         let questions_of = UserRecord::Questions(device.id);
+        // The device's records live with its owner, whoever asks.
+        let owner = &device.user;
         // Ids are random 64-bit numbers (a collision takes another), and
         // the device's records change under a verify on any node (decided
         // again on what changed).
         for _ in 0..CHANGE_ROUNDS {
+            let records = store
+                .read_user(owner, &[failures_of, questions_of, UserRecord::Life])
+                .await?;
+            let [failures_record, questions_record, life_record] = records.as_slice() else {
+                return Err(StoreError::Database("a short read".into()));
+            };
+            // A shipped replacement may be asked before it activates
+            // itself: the right answer activates it.
+            let lives = user_life(owner, life_record)?;
+            let life = lives.life(device.id);
+            let allowed = !lives.retired.contains(&device.id)
+                && if shared {
+                    lives.allows(&device, now)
+                } else {
+                    let suspended = lives.active_share().is_some();
+                    rules::devices::challengeable(&device, &life, suspended, now)
+                };
+            if !allowed {
+                return Ok(unusable());
+            }
             let id = ChallengeId(rng.next_u64());
             let handle = Handle::Challenge(id);
             if !store
-                .claim_handle(handle, user, Some(device.id), ttl)
+                .claim_handle(handle, owner, Some(device.id), ttl)
                 .await?
             {
                 continue;
             }
-            let records = store.read_user(user, &[failures_of, questions_of]).await?;
-            let [failures_record, questions_record] = records.as_slice() else {
-                return Err(StoreError::Database("a short read".into()));
-            };
             let mut failures = failure_state(device.id, failures_record)?;
             let mut questions = question_memory(device.id, questions_record)?;
             let asked = match rules::ask::ask_device(
@@ -397,8 +525,11 @@ impl Engine {
                     Op::Set(questions.encode(), None),
                 ),
                 (failures_of, failures_record.version, charged),
+                // Asked on the device's state as read: a change that
+                // retires or suspends it meanwhile decides again.
+                (UserRecord::Life, life_record.version, Op::Keep),
             ];
-            if store.write_user(user, &changes, true).await? {
+            if store.write_user(owner, &changes, true).await? {
                 if asked.locked {
                     self.count_lockout();
                 }
@@ -416,57 +547,69 @@ impl Engine {
         ))
     }
 
-    async fn cluster_verify(
+    async fn cluster_verify<R: CryptoRng + Send + ?Sized>(
         &self,
         store: &ClusterStore,
         id: ChallengeId,
         answer: &Answer,
         now: Timestamp,
+        rng: &mut R,
     ) -> Result<Reply, StoreError> {
-        let verdict = self.cluster_verdict(store, id, answer, now).await?;
-        if let Some(verdict) = &verdict {
-            self.count_verdict(verdict);
-        }
-        Ok(verdict.map_or_else(
-            || Reply::error(ErrorCode::Busy, "the challenge kept changing; retry"),
-            Reply::Verdict,
-        ))
+        let Some((verdict, life)) = self.cluster_verdict(store, id, answer, now).await? else {
+            return Ok(Reply::error(
+                ErrorCode::Busy,
+                "the challenge kept changing; retry",
+            ));
+        };
+        let verdict = self.after_accept(store, verdict, &life, now, rng).await;
+        self.count_verdict(&verdict);
+        Ok(Reply::Verdict(verdict))
     }
 
     /// Reads the challenge and its device's failure state together, judges
     /// the answer, and writes the outcome to both at once if neither
     /// changed meanwhile (another verify, on any node, of this challenge
     /// or another of the device's); otherwise judges again on what changed.
-    /// `None`: it kept changing.
+    /// With the verdict, the device's lifecycle state as read with it (what
+    /// an accepted answer does to the device). `None`: it kept changing.
     async fn cluster_verdict(
         &self,
         store: &ClusterStore,
         id: ChallengeId,
         answer: &Answer,
         now: Timestamp,
-    ) -> Result<Option<Verdict>, StoreError> {
+    ) -> Result<Option<(Verdict, DeviceLife)>, StoreError> {
+        let unknown = Some((Verdict::UnknownChallenge, DeviceLife::default()));
         let Some((user, Some(device_id))) = store.handle_owner(Handle::Challenge(id)).await? else {
-            return Ok(Some(Verdict::UnknownChallenge));
+            return Ok(unknown);
         };
         let challenge = UserRecord::Challenge(id);
         let failures_of = UserRecord::Failures(device_id);
         let questions_of = UserRecord::Questions(device_id);
         for _ in 0..CHANGE_ROUNDS {
             let records = store
-                .read_user(&user, &[challenge, failures_of, questions_of])
+                .read_user(
+                    &user,
+                    &[challenge, failures_of, questions_of, UserRecord::Life],
+                )
                 .await?;
-            let [record, failures_record, questions_record] = records.as_slice() else {
+            let [record, failures_record, questions_record, life_record] = records.as_slice()
+            else {
                 return Err(StoreError::Database("a short read".into()));
             };
             let Some(open) = record.value.as_deref().and_then(OpenChallenge::decode) else {
-                return Ok(Some(Verdict::UnknownChallenge));
+                return Ok(unknown);
             };
-            let Some(device) = store.device(open.device).await? else {
-                // Revoked since the challenge was issued: it goes.
+            let lives = user_life(&user, life_record)?;
+            let found = store.device(open.device).await?;
+            let Some(device) = found.filter(|d| !lives.retired.contains(&d.id)) else {
+                // Revoked (or retired) since the challenge was issued: it goes.
                 let used_up = (challenge, record.version, Op::Delete);
                 store.write_user(&user, &[used_up], true).await?;
-                return Ok(Some(rules::verify::revoked(&open, now).verdict));
+                let verdict = rules::verify::revoked(&open, now).verdict;
+                return Ok(Some((verdict, DeviceLife::default())));
             };
+            let life = lives.life(device.id);
             let failures = failure_state(device.id, failures_record)?;
             let questions = question_memory(device.id, questions_record)?;
             let (mut after, mut asked, mut judged) = (failures, questions.clone(), open.clone());
@@ -507,13 +650,13 @@ impl Engine {
                 (questions_of, questions_record.version, remembered),
             ];
             if changes.iter().all(|(_, _, op)| *op == Op::Keep) {
-                return Ok(Some(decided.verdict));
+                return Ok(Some((decided.verdict, life)));
             }
             if store.write_user(&user, &changes, true).await? {
                 if decided.locked {
                     self.count_lockout();
                 }
-                return Ok(Some(decided.verdict));
+                return Ok(Some((decided.verdict, life)));
             }
         }
         Ok(None)
@@ -583,19 +726,13 @@ fn audit_subject(operation: &Operation) -> Option<AuditSubject> {
         }
         Operation::Revoke { device } => subject("revoke", None, Some(*device), String::new()),
         Operation::Unlock { user, device } => subject("unlock", Some(user), *device, String::new()),
-        Operation::SetIdentity { user, identity } => subject(
-            "set-identity",
-            Some(user),
-            None,
-            format!("residence {}", identity.residence),
-        ),
-        Operation::SetOptOut { user, opted_out } => {
-            let action = if *opted_out { "opt-out" } else { "opt-in" };
-            subject(action, Some(user), None, String::new())
-        }
         // Registry changes audited in their own step (withdrawals, with
-        // the amount booked) or not yet available on a cluster.
+        // the amount booked), audited with the change itself (the
+        // lifecycle's, `store::Store::change`), or not yet available on a
+        // cluster.
         Operation::AuthorizeWithdrawal { .. }
+        | Operation::SetIdentity { .. }
+        | Operation::SetOptOut { .. }
         | Operation::ShareDevice { .. }
         | Operation::DecideShare { .. }
         | Operation::CancelShare { .. }
@@ -673,7 +810,7 @@ impl Engine {
     /// as by `Verify` (on any node), then the amount is booked on the
     /// user's slot in one step against both limits.
     #[allow(clippy::too_many_arguments)]
-    async fn cluster_authorize_withdrawal(
+    async fn cluster_authorize_withdrawal<R: CryptoRng + Send + ?Sized>(
         &self,
         store: &ClusterStore,
         caller: &Caller<'_>,
@@ -682,11 +819,14 @@ impl Engine {
         challenge: ChallengeId,
         response: &Answer,
         now: Timestamp,
+        rng: &mut R,
     ) -> Result<Reply, StoreError> {
         if let Some(refusal) = invalid_amount(amount) {
             return Ok(refusal);
         }
-        let verdict = self.cluster_verify(store, challenge, response, now).await?;
+        let verdict = self
+            .cluster_verify(store, challenge, response, now, rng)
+            .await?;
         let (device, kind) = match withdrawal_device(&verdict, user) {
             Ok(answered) => answered,
             Err(refusal) => return Ok(refusal.unwrap_or(verdict)),
@@ -733,13 +873,6 @@ impl Engine {
         }
         Ok(decision)
     }
-}
-
-/// The reply of a change that another node kept changing first.
-fn kept_changing(decided: Result<Option<Reply>, StoreError>) -> Result<Reply, StoreError> {
-    decided.map(|reply| {
-        reply.unwrap_or_else(|| Reply::error(ErrorCode::Busy, "the record kept changing; retry"))
-    })
 }
 
 async fn cluster_revoke(store: &ClusterStore, device: DeviceId) -> Result<Reply, StoreError> {
@@ -793,5 +926,23 @@ fn cluster_store_failed(operation: &str, error: &StoreError) -> Reply {
                 "the shared store did not answer or did not replicate in time",
             )
         }
+    }
+}
+
+/// How a device shows in `Devices` and `ListDevices`.
+fn device_entry(
+    device: &Device,
+    failures: &FailureState,
+    status: crate::wire::DeviceStatus,
+    owner: Option<Username>,
+    now: Timestamp,
+) -> DeviceEntry {
+    DeviceEntry {
+        device: device.id,
+        kind: device.kind,
+        label: device.label.clone(),
+        locked_for: failures.locked_for(now),
+        status,
+        owner,
     }
 }

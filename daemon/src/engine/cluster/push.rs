@@ -246,10 +246,10 @@ impl Engine {
         if let Some(refusal) = self.cluster_issuance(store, user, now, why).await? {
             return Ok(refusal);
         }
-        let device = store
-            .device(device)
+        let device = self
+            .cluster_login_device(store, user, device, now)
             .await?
-            .filter(|d| &d.user == user && d.kind == DeviceKind::IbKey && !d.expired_at(now))
+            .filter(|d| d.kind == DeviceKind::IbKey)
             .filter(|d| d.push_key().is_some());
         let Some(device) = device else {
             return Ok(Reply::error(

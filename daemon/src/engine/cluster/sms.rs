@@ -68,11 +68,11 @@ impl Engine {
         rng: &mut R,
     ) -> Result<Reply, StoreError> {
         let sms = &self.config.sms;
-        let Some(device) = store
-            .devices_of(user)
+        let Some(device) = self
+            .cluster_login_devices(store, user, now)
             .await?
             .into_iter()
-            .find(|d| d.phone().is_some() && !d.expired_at(now))
+            .find(|d| d.phone().is_some())
         else {
             return Ok(Reply::error(
                 ErrorCode::NoVerifiedNumber,

@@ -7,5 +7,6 @@
 
 pub mod ask;
 pub mod code;
+pub mod devices;
 pub mod lockout;
 pub mod verify;

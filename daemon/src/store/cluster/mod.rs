@@ -41,7 +41,10 @@
 //! `sls:{n:<node>}:inbox` and `:alive`; `sls:{meta}:next-device` and `:sms-code-key`;
 //! `sls:{audit}:seq` and `:log` (the audit log, numbered from 1).
 
+mod change;
 pub mod redis;
+
+pub use change::{UserLife, user_life};
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -188,6 +191,12 @@ pub enum UserRecord {
     /// What sls keeps about the user besides devices: residence, the
     /// identification digest, opt-out (`store::Account`).
     Account,
+    /// The user's device lifecycle: activation states, uses left, the
+    /// share they asked for, devices being retired (`change::UserLife`).
+    Life,
+    /// Audit entries of the user's changes not yet in the deployment's
+    /// log (`change`).
+    Unlogged,
 }
 
 fn user_record_key(user: &Username, record: UserRecord) -> Key {
@@ -199,6 +208,8 @@ fn user_record_key(user: &Username, record: UserRecord) -> Key {
         UserRecord::Sms => Key::new(&tag, "sms"),
         UserRecord::Push(id) => Key::new(&tag, &format!("p:{:016x}", id.0)),
         UserRecord::Account => Key::new(&tag, "account"),
+        UserRecord::Life => Key::new(&tag, "life"),
+        UserRecord::Unlogged => Key::new(&tag, "unlogged"),
     }
 }
 

@@ -497,3 +497,72 @@ impl Registry {
         Ok(table.get((user.as_str(), day.0))?.map_or(0, |v| v.value()))
     }
 }
+
+impl<R: CryptoRng + ?Sized> crate::store::RegistryChange for Change<'_, R> {
+    fn device(&self, id: DeviceId) -> Option<std::sync::Arc<Device>> {
+        self.registry.device(id)
+    }
+
+    fn life(&self, id: DeviceId) -> DeviceLife {
+        self.registry
+            .device(id)
+            .map(|d| d.life())
+            .unwrap_or_default()
+    }
+
+    fn account(&self, user: &Username) -> Result<Account, StoreError> {
+        Ok(self.registry.user(user))
+    }
+
+    fn share(&self, id: ShareId) -> Option<Share> {
+        self.registry.share(id)
+    }
+
+    fn share_of(&self, requester: &Username) -> Option<Share> {
+        self.registry.share_of(requester)
+    }
+
+    fn enroll(&mut self, new: NewDevice<'_>) -> Result<(DeviceId, Option<SecretKey>), EnrollError> {
+        Change::enroll(self, new)
+    }
+
+    fn add_code(
+        &mut self,
+        user: &Username,
+        kind: DeviceKind,
+        code: SecretKey,
+        label: &str,
+    ) -> Result<DeviceId, StoreError> {
+        Change::add_code(self, user, kind, code, label)
+    }
+
+    fn remove_device(&mut self, id: DeviceId) -> Result<(), StoreError> {
+        Change::remove_device(self, id).map(drop)
+    }
+
+    fn set_user(&mut self, user: &Username, record: Account) -> Result<(), StoreError> {
+        Change::set_user(self, user, record)
+    }
+
+    fn set_life(&mut self, id: DeviceId, life: DeviceLife) -> Result<(), StoreError> {
+        Change::set_life(self, id, life)
+    }
+
+    fn set_share(&mut self, share: Share) -> Result<(), StoreError> {
+        Change::set_share(self, share)
+    }
+
+    fn remove_share(&mut self, id: ShareId) -> Result<(), StoreError> {
+        Change::remove_share(self, id)
+    }
+
+    fn audit(
+        &mut self,
+        action: &str,
+        user: Option<&Username>,
+        device: Option<DeviceId>,
+        detail: String,
+    ) -> Result<(), StoreError> {
+        Change::audit(self, action, user, device, detail)
+    }
+}

@@ -255,6 +255,17 @@ impl Registry {
             .cloned()
     }
 
+    /// The share (pending or in effect) `requester` asked for: a user has
+    /// at most one.
+    pub fn share_of(&self, requester: &Username) -> Option<Share> {
+        self.shares
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .find(|s| &s.requester == requester)
+            .cloned()
+    }
+
     pub fn share(&self, id: ShareId) -> Option<Share> {
         self.shares
             .read()
@@ -438,5 +449,72 @@ impl Registry {
         }
         txn.commit()?;
         Ok(())
+    }
+}
+
+/// The embedded store's side of the lifecycle operations: memory answers
+/// at once, and a change is one serialised write transaction.
+impl crate::store::Store for Registry {
+    fn identity_digest(&self, identity: &crate::wire::Identification) -> [u8; 32] {
+        Registry::identity_digest(self, identity)
+    }
+
+    async fn device(&self, id: DeviceId) -> Result<Option<Arc<Device>>, StoreError> {
+        Ok(Registry::device(self, id))
+    }
+
+    async fn user_view(&self, user: &Username) -> Result<crate::store::UserView, StoreError> {
+        Ok(crate::store::UserView {
+            account: self.user(user),
+            devices: self
+                .devices_of(user)
+                .into_iter()
+                .map(|d| {
+                    let life = d.life();
+                    (d, life)
+                })
+                .collect(),
+            share: self.share_of(user),
+        })
+    }
+
+    async fn share_requester(&self, id: ShareId) -> Result<Option<Username>, StoreError> {
+        Ok(self.share(id).map(|s| s.requester))
+    }
+
+    async fn shares(&self) -> Result<Vec<Share>, StoreError> {
+        Ok(Registry::shares(self))
+    }
+
+    async fn shipped(&self) -> Result<Vec<crate::store::Shipped>, StoreError> {
+        Ok(self
+            .all_devices()
+            .into_iter()
+            .filter_map(|d| {
+                let life = d.life();
+                matches!(life.activation, crate::store::Activation::Shipped { .. }).then(|| {
+                    crate::store::Shipped {
+                        device: d.id,
+                        user: d.user.clone(),
+                        life,
+                    }
+                })
+            })
+            .collect())
+    }
+
+    async fn change<R, T, E>(
+        &self,
+        _user: &Username,
+        actor: Actor,
+        now: Timestamp,
+        rng: &mut R,
+        mut decide: impl FnMut(&mut dyn crate::store::RegistryChange) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        R: CryptoRng + ?Sized,
+        E: From<StoreError>,
+    {
+        Registry::change(self, rng, now, actor, |c| decide(c))
     }
 }

@@ -1,0 +1,120 @@
+//! What the engine's lifecycle operations need of a store, whichever it
+//! is: reads of a user's registry records, and changes decided on them.
+//!
+//! A change is a closure over [`RegistryChange`]: it reads the records it
+//! decides on and writes what it decided, with its audit entries; the
+//! store commits all of it or none. The embedded store runs the closure
+//! once inside its serialised write transaction (`Registry::change`); the
+//! cluster store runs it over a snapshot of the user's records and writes
+//! the outcome only if none of them changed meanwhile, running it again
+//! on what another node wrote otherwise (`cluster::change`). The closure
+//! must therefore decide only from what it reads through the change.
+//!
+//! A change belongs to one user (its subject): on the cluster everything
+//! it writes lives in that user's slot, so it is one atomic write.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use rand::CryptoRng;
+
+use crate::clock::Timestamp;
+use crate::identity::{DeviceId, ShareId, Username};
+use crate::otp::SecretKey;
+use crate::profile::DeviceKind;
+use crate::store::{Account, Actor, Device, DeviceLife, EnrollError, NewDevice, Share, StoreError};
+
+/// A registry change under way: reads as the store was when it began,
+/// writes that take effect together when it commits.
+pub trait RegistryChange {
+    /// A device of the change's user (on the embedded store, any device).
+    fn device(&self, id: DeviceId) -> Option<Arc<Device>>;
+    /// The lifecycle state of a device of the change's user.
+    fn life(&self, id: DeviceId) -> DeviceLife;
+    /// The account of the change's user.
+    fn account(&self, user: &Username) -> Result<Account, StoreError>;
+    /// A share of the change's user as requester, by id.
+    fn share(&self, id: ShareId) -> Option<Share>;
+    /// The share (pending or in effect) `requester` asked for, if any.
+    fn share_of(&self, requester: &Username) -> Option<Share>;
+
+    /// Registers a device; with no secret, one is generated and returned.
+    fn enroll(&mut self, new: NewDevice<'_>) -> Result<(DeviceId, Option<SecretKey>), EnrollError>;
+    /// Registers a code typed as it is (a temporary code).
+    fn add_code(
+        &mut self,
+        user: &Username,
+        kind: DeviceKind,
+        code: SecretKey,
+        label: &str,
+    ) -> Result<DeviceId, StoreError>;
+    /// Removes a device and everything kept beside it.
+    fn remove_device(&mut self, id: DeviceId) -> Result<(), StoreError>;
+    fn set_user(&mut self, user: &Username, record: Account) -> Result<(), StoreError>;
+    fn set_life(&mut self, id: DeviceId, life: DeviceLife) -> Result<(), StoreError>;
+    fn set_share(&mut self, share: Share) -> Result<(), StoreError>;
+    fn remove_share(&mut self, id: ShareId) -> Result<(), StoreError>;
+    /// Records what this change did in the audit log (never a secret). A
+    /// change that writes anything without an audit entry is refused.
+    fn audit(
+        &mut self,
+        action: &str,
+        user: Option<&Username>,
+        device: Option<DeviceId>,
+        detail: String,
+    ) -> Result<(), StoreError>;
+}
+
+/// What a user is, as the lifecycle rules see them: their account, their
+/// devices with their lifecycle states, and the share they asked for.
+#[derive(Debug, Clone, Default)]
+pub struct UserView {
+    pub account: Account,
+    pub devices: Vec<(Arc<Device>, DeviceLife)>,
+    pub share: Option<Share>,
+}
+
+/// A replacement card shipped and not yet active (the auto-activation's
+/// and `PendingActivations`' view).
+#[derive(Debug, Clone)]
+pub struct Shipped {
+    pub device: DeviceId,
+    pub user: Username,
+    pub life: DeviceLife,
+}
+
+/// The reads and changes of the lifecycle operations, on either store.
+///
+/// The futures of the embedded store are ready at once (it never waits);
+/// the cluster's wait on Redis.
+pub trait Store: Sync {
+    /// The keyed digest of identification data (what sharing compares):
+    /// the same on every node of a deployment (they share the key file).
+    fn identity_digest(&self, identity: &crate::wire::Identification) -> [u8; 32];
+    fn device(&self, id: DeviceId)
+    -> impl Future<Output = Result<Option<Arc<Device>>, StoreError>>;
+    fn user_view(&self, user: &Username) -> impl Future<Output = Result<UserView, StoreError>>;
+    /// Who asked for a share (whose change decides it).
+    fn share_requester(
+        &self,
+        id: ShareId,
+    ) -> impl Future<Output = Result<Option<Username>, StoreError>>;
+    /// Every share, pending or in effect.
+    fn shares(&self) -> impl Future<Output = Result<Vec<Share>, StoreError>>;
+    /// Every shipped replacement not yet active.
+    fn shipped(&self) -> impl Future<Output = Result<Vec<Shipped>, StoreError>>;
+    /// Runs `decide` as one change of `user`'s records, committed with its
+    /// audit entries or not at all; `decide` may run more than once (on
+    /// the cluster, again on what another node wrote meanwhile).
+    fn change<R, T, E>(
+        &self,
+        user: &Username,
+        actor: Actor,
+        now: Timestamp,
+        rng: &mut R,
+        decide: impl FnMut(&mut dyn RegistryChange) -> Result<T, E>,
+    ) -> impl Future<Output = Result<T, E>>
+    where
+        R: CryptoRng + ?Sized,
+        E: From<StoreError>;
+}

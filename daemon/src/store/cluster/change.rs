@@ -1,0 +1,738 @@
+//! Registry changes on the cluster: the lifecycle operations (shares,
+//! temporary codes, replacement cards, identification and opt-out) written
+//! once against [`Store`], with the cluster's records under them.
+//!
+//! A user's lifecycle lives in one versioned record of their slot
+//! ([`UserLife`]: each device's activation state and uses left, the share
+//! the user asked for, devices being retired), beside their account. A
+//! change reads both with the user's devices, runs the engine's decision
+//! over that snapshot ([`ClusterChange`]), and writes what it decided in
+//! one transaction on the slot — the account, the lifecycle record and the
+//! change's audit entries — only if neither record changed meanwhile;
+//! otherwise it decides again on what another node wrote.
+//!
+//! The audit entries are written with the change into the user's
+//! `unlogged` record, so a change cannot be written without them; they are
+//! then appended to the deployment's log and taken out of `unlogged`. A
+//! node that stops between the two leaves them for the user's next change
+//! to append (at least once: two nodes flushing one user at once can log
+//! an entry twice; never none).
+//!
+//! What spans slots is written around the transaction, so that a record
+//! never exists unreachable: indexes (the shares and the shipped cards,
+//! for listing and auto-activation) and a share's id handle before it —
+//! a listing skips an entry whose record says otherwise —, new device
+//! records and retired devices' removal after it (a retired device is
+//! unusable from the commit on: `UserLife::retired`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use rand::CryptoRng;
+
+use super::{ClusterStore, PLAIN, UserRecord, failure_state};
+use crate::clock::Timestamp;
+use crate::identity::{DeviceId, ShareId, Username};
+use crate::otp::SecretKey;
+use crate::profile::DeviceKind;
+use crate::store::cluster::redis::{Key, Op, Versioned};
+use crate::store::records::{
+    Stored, decode_audit, decode_life, decode_share, encode_audit, encode_life, encode_share,
+};
+use crate::store::{
+    Account, Activation, Actor, Device, DeviceLife, EnrollError, FailureState, NewDevice,
+    RegistryChange, Share, Shipped, Store, StoreError, UserView, Verifier,
+};
+use crate::wire::AuditRecord;
+use crate::wire::codec::{Put, Reader};
+
+/// Rounds of read, decide and write of one change before giving up.
+const CHANGE_ROUNDS: usize = 8;
+
+/// A user's device lifecycle on the cluster, one record in their slot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserLife {
+    /// Devices whose state is not the default (active, no use limit).
+    pub lives: BTreeMap<DeviceId, DeviceLife>,
+    /// The share the user asked for, pending or in effect.
+    pub share: Option<Share>,
+    /// Devices a change removed: unusable from that change on, whether or
+    /// not their records are gone yet.
+    pub retired: BTreeSet<DeviceId>,
+}
+
+impl UserLife {
+    pub fn life(&self, device: DeviceId) -> DeviceLife {
+        self.lives.get(&device).cloned().unwrap_or_default()
+    }
+
+    /// Whether `device` of this user can be used at `now`.
+    pub fn allows(&self, device: &Device, now: Timestamp) -> bool {
+        !self.retired.contains(&device.id)
+            && !device.expired_at(now)
+            && self.life(device.id).allows_use(now)
+    }
+
+    /// The share in effect through which the user uses another's device.
+    pub fn active_share(&self) -> Option<&Share> {
+        self.share
+            .as_ref()
+            .filter(|s| s.state == crate::store::ShareState::Active)
+    }
+
+    fn set(&mut self, device: DeviceId, life: DeviceLife) {
+        if life == DeviceLife::default() {
+            self.lives.remove(&device);
+        } else {
+            self.lives.insert(device, life);
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = vec![1u8];
+        out.put_u64(self.lives.len() as u64);
+        for (device, life) in &self.lives {
+            out.put_u64(device.0);
+            out.put_bytes(&encode_life(life));
+        }
+        match &self.share {
+            Some(share) => {
+                out.put_u64(share.id.0);
+                out.put_bytes(&encode_share(share));
+            }
+            None => {
+                out.put_u64(0);
+                out.put_bytes(&[]);
+            }
+        }
+        out.put_u64(self.retired.len() as u64);
+        for device in &self.retired {
+            out.put_u64(device.0);
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(bytes);
+        if r.u8("version").ok()? != 1 {
+            return None;
+        }
+        let mut life = Self::default();
+        for _ in 0..r.u64("lives").ok()? {
+            let device = DeviceId(r.u64("device").ok()?);
+            life.lives
+                .insert(device, decode_life(r.bytes("life").ok()?)?);
+        }
+        let share = r.u64("share").ok()?;
+        let record = r.bytes("share record").ok()?;
+        if share != 0 {
+            life.share = Some(decode_share(ShareId(share), record)?);
+        }
+        for _ in 0..r.u64("retired").ok()? {
+            life.retired.insert(DeviceId(r.u64("retired device").ok()?));
+        }
+        r.finish().ok()?;
+        Some(life)
+    }
+}
+
+/// A user's lifecycle record as read (absent: nothing beyond defaults).
+pub fn user_life(user: &Username, record: &Versioned) -> Result<UserLife, StoreError> {
+    match &record.value {
+        Some(bytes) => UserLife::decode(bytes).ok_or_else(|| StoreError::Corrupt {
+            device: 0,
+            problem: format!("lifecycle record of {user}"),
+        }),
+        None => Ok(UserLife::default()),
+    }
+}
+
+fn encode_unlogged(entries: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = vec![1u8];
+    out.put_u64(entries.len() as u64);
+    for entry in entries {
+        out.put_bytes(entry);
+    }
+    out
+}
+
+fn decode_unlogged(user: &Username, record: &Versioned) -> Result<Vec<Vec<u8>>, StoreError> {
+    let Some(bytes) = &record.value else {
+        return Ok(Vec::new());
+    };
+    let corrupt = || StoreError::Corrupt {
+        device: 0,
+        problem: format!("unlogged audit entries of {user}"),
+    };
+    let mut r = Reader::new(bytes);
+    if r.u8("version").ok() != Some(1) {
+        return Err(corrupt());
+    }
+    let count = r.u64("entries").map_err(|_| corrupt())?;
+    let mut entries = Vec::new();
+    for _ in 0..count {
+        entries.push(r.bytes("entry").map_err(|_| corrupt())?.to_vec());
+    }
+    r.finish().map_err(|_| corrupt())?;
+    Ok(entries)
+}
+
+/// Share ids and who asked for each (`<id> <requester>`).
+fn shares_index_key() -> Key {
+    Key::new("shares", "index")
+}
+
+/// Shipped replacement cards and whose they are (`<device> <user>`).
+fn shipped_index_key() -> Key {
+    Key::new("shipped", "index")
+}
+
+/// Who asked for a share.
+fn share_handle_key(id: ShareId) -> Key {
+    Key::new(&format!("s{:016x}", id.0), "requester")
+}
+
+/// An entry of an index set: the set and the member.
+type IndexEntry = (Key, Vec<u8>);
+
+fn index_member(id: u64, user: &Username) -> Vec<u8> {
+    format!("{id} {user}").into_bytes()
+}
+
+fn parse_member(member: &[u8]) -> Option<(u64, Username)> {
+    let text = std::str::from_utf8(member).ok()?;
+    let (id, user) = text.split_once(' ')?;
+    Some((id.parse().ok()?, Username::new(user).ok()?))
+}
+
+fn is_shipped(life: &DeviceLife) -> bool {
+    matches!(life.activation, Activation::Shipped { .. })
+}
+
+/// A registry change of one user on the cluster: reads from the snapshot
+/// it began with, writes into the records that will be committed.
+pub struct ClusterChange<'a, R: ?Sized> {
+    store: &'a ClusterStore,
+    rng: &'a mut R,
+    now: Timestamp,
+    actor: Actor,
+    user: Username,
+    devices: Vec<Arc<Device>>,
+    account: Account,
+    account_next: Option<Account>,
+    before: UserLife,
+    after: UserLife,
+    audits: Vec<Vec<u8>>,
+    /// Device ids taken for this change; `wanted` counts those a round
+    /// asked for and did not have (the round runs again with them).
+    ids: Vec<DeviceId>,
+    wanted: usize,
+    created: Vec<(DeviceId, Vec<u8>)>,
+    removed: Vec<DeviceId>,
+    wrote: bool,
+}
+
+impl<R: ?Sized> std::fmt::Debug for ClusterChange<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterChange")
+            .field("user", &self.user)
+            .field("actor", &self.actor)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: CryptoRng + ?Sized> ClusterChange<'_, R> {
+    fn outside(&self, what: &str) -> StoreError {
+        StoreError::Database(format!(
+            "a change of {}'s records cannot write {what}",
+            self.user
+        ))
+    }
+
+    fn owns(&self, device: DeviceId) -> bool {
+        self.devices.iter().any(|d| d.id == device)
+            || self.created.iter().any(|(id, _)| *id == device)
+    }
+
+    fn take_id(&mut self) -> Result<DeviceId, StoreError> {
+        match self.ids.get(self.created.len()) {
+            Some(id) => Ok(*id),
+            None => {
+                self.wanted += 1;
+                Err(StoreError::Database("a device id is being reserved".into()))
+            }
+        }
+    }
+
+    fn add_device(&mut self, new: Stored<'_>, verifier: &Verifier) -> Result<DeviceId, StoreError> {
+        if new.user != &self.user {
+            return Err(self.outside("another user's device"));
+        }
+        let id = self.take_id()?;
+        let record = self
+            .store
+            .codec
+            .encode_device(self.rng, id, &new, verifier)?;
+        self.created.push((id, record));
+        self.wrote = true;
+        Ok(id)
+    }
+}
+
+impl<R: CryptoRng + ?Sized> RegistryChange for ClusterChange<'_, R> {
+    fn device(&self, id: DeviceId) -> Option<Arc<Device>> {
+        self.devices
+            .iter()
+            .find(|d| d.id == id && !self.before.retired.contains(&id))
+            .cloned()
+    }
+
+    fn life(&self, id: DeviceId) -> DeviceLife {
+        self.before.life(id)
+    }
+
+    fn account(&self, user: &Username) -> Result<Account, StoreError> {
+        if user == &self.user {
+            Ok(self.account.clone())
+        } else {
+            Err(self.outside("another user's account"))
+        }
+    }
+
+    fn share(&self, id: ShareId) -> Option<Share> {
+        self.before.share.clone().filter(|s| s.id == id)
+    }
+
+    fn share_of(&self, requester: &Username) -> Option<Share> {
+        self.before
+            .share
+            .clone()
+            .filter(|s| &s.requester == requester)
+    }
+
+    fn enroll(&mut self, new: NewDevice<'_>) -> Result<(DeviceId, Option<SecretKey>), EnrollError> {
+        let NewDevice {
+            user,
+            kind,
+            secret,
+            pin,
+            label,
+        } = new;
+        let (secret, generated, verifier) =
+            self.store.codec.prepare(self.rng, kind, secret, pin)?;
+        let stored = Stored {
+            user,
+            kind,
+            label,
+            now: self.now,
+            secret: Some(&secret),
+        };
+        let id = self.add_device(stored, &verifier)?;
+        self.audit("enroll", Some(user), Some(id), kind.to_string())?;
+        Ok((id, generated.then_some(secret)))
+    }
+
+    fn add_code(
+        &mut self,
+        user: &Username,
+        kind: DeviceKind,
+        code: SecretKey,
+        label: &str,
+    ) -> Result<DeviceId, StoreError> {
+        let verifier = Verifier::Code(code.clone());
+        let stored = Stored {
+            user,
+            kind,
+            label,
+            now: self.now,
+            secret: Some(&code),
+        };
+        self.add_device(stored, &verifier)
+    }
+
+    fn remove_device(&mut self, id: DeviceId) -> Result<(), StoreError> {
+        if !self.owns(id) {
+            return Err(self.outside("another user's device"));
+        }
+        self.after.lives.remove(&id);
+        self.after.retired.insert(id);
+        self.removed.push(id);
+        self.wrote = true;
+        Ok(())
+    }
+
+    fn set_user(&mut self, user: &Username, record: Account) -> Result<(), StoreError> {
+        if user != &self.user {
+            return Err(self.outside("another user's account"));
+        }
+        self.account_next = Some(record);
+        self.wrote = true;
+        Ok(())
+    }
+
+    fn set_life(&mut self, id: DeviceId, life: DeviceLife) -> Result<(), StoreError> {
+        if !self.owns(id) {
+            return Err(self.outside("another user's device"));
+        }
+        self.after.set(id, life);
+        self.wrote = true;
+        Ok(())
+    }
+
+    fn set_share(&mut self, share: Share) -> Result<(), StoreError> {
+        if share.requester != self.user {
+            return Err(self.outside("a share another user asked for"));
+        }
+        self.after.share = Some(share);
+        self.wrote = true;
+        Ok(())
+    }
+
+    fn remove_share(&mut self, id: ShareId) -> Result<(), StoreError> {
+        if self.after.share.as_ref().is_some_and(|s| s.id == id) {
+            self.after.share = None;
+            self.wrote = true;
+        }
+        Ok(())
+    }
+
+    fn audit(
+        &mut self,
+        action: &str,
+        user: Option<&Username>,
+        device: Option<DeviceId>,
+        detail: String,
+    ) -> Result<(), StoreError> {
+        let entry = AuditRecord {
+            seq: 0,
+            at: self.now,
+            actor: self.actor.0.to_owned(),
+            action: action.to_owned(),
+            user: user.cloned(),
+            device,
+            detail,
+        };
+        self.audits.push(encode_audit(&entry));
+        Ok(())
+    }
+}
+
+impl ClusterStore {
+    /// A user's account and lifecycle records, read together.
+    async fn user_records(
+        &self,
+        user: &Username,
+    ) -> Result<(Versioned, Account, Versioned, UserLife), StoreError> {
+        let records = [UserRecord::Account, UserRecord::Life];
+        let mut read = self.read_user(user, &records).await?.into_iter();
+        let (Some(account), Some(life)) = (read.next(), read.next()) else {
+            return Err(StoreError::Database("a short read".into()));
+        };
+        let decoded = self.account(user, &account)?;
+        let lives = user_life(user, &life)?;
+        Ok((account, decoded, life, lives))
+    }
+
+    /// A user's lifecycle record (what a login needs of it besides the
+    /// device: whether it may be used, the share in effect).
+    pub async fn life_of(&self, user: &Username) -> Result<UserLife, StoreError> {
+        let read = self.read_user(user, &[UserRecord::Life]).await?;
+        match read.first() {
+            Some(record) => user_life(user, record),
+            None => Ok(UserLife::default()),
+        }
+    }
+
+    /// A device's failure state, read on its own (a shared device listed
+    /// for a user who is not its owner).
+    pub async fn failures_of(&self, device: &Device) -> Result<FailureState, StoreError> {
+        let read = self
+            .read_user(&device.user, &[UserRecord::Failures(device.id)])
+            .await?;
+        match read.first() {
+            Some(record) => failure_state(device.id, record),
+            None => Ok(FailureState::default()),
+        }
+    }
+
+    /// Appends the user's audit entries that are not in the deployment's
+    /// log yet, and takes them out of the user's `unlogged` record.
+    pub async fn flush_audit(&self, user: &Username) -> Result<(), StoreError> {
+        let mut appended: Vec<Vec<u8>> = Vec::new();
+        for _ in 0..CHANGE_ROUNDS {
+            let read = self.read_user(user, &[UserRecord::Unlogged]).await?;
+            let Some(record) = read.into_iter().next() else {
+                return Ok(());
+            };
+            let entries = decode_unlogged(user, &record)?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+            // What this flush appended already is not appended again.
+            let skip = if entries.starts_with(&appended) {
+                appended.len()
+            } else {
+                0
+            };
+            for bytes in entries.iter().skip(skip) {
+                let entry = decode_audit(0, bytes).ok_or_else(|| StoreError::Corrupt {
+                    device: 0,
+                    problem: format!("an unlogged audit entry of {user}"),
+                })?;
+                self.audit(&entry).await?;
+            }
+            appended = entries;
+            let taken = [(UserRecord::Unlogged, record.version, Op::Delete)];
+            if self.write_user(user, &taken, true).await? {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Database(format!(
+            "the unlogged audit entries of {user} kept changing"
+        )))
+    }
+
+    /// Writes what a committed change created and removed beyond the
+    /// user's slot, then its audit entries to the deployment's log.
+    async fn finish_change(
+        &self,
+        user: &Username,
+        created: &[(DeviceId, Vec<u8>)],
+        removed: &[DeviceId],
+        unlisted: &[IndexEntry],
+    ) -> Result<(), StoreError> {
+        for (id, record) in created {
+            self.add(*id, user, record).await?;
+        }
+        for id in removed {
+            self.revoke(*id).await?;
+        }
+        for (index, member) in unlisted {
+            self.redis.set_remove(index, member, false).await?;
+        }
+        self.flush_audit(user).await
+    }
+
+    /// The index entries a committed change adds (written before it) and
+    /// removes (after it): shares and shipped cards.
+    fn index_changes(
+        user: &Username,
+        before: &UserLife,
+        after: &UserLife,
+    ) -> (Vec<IndexEntry>, Vec<IndexEntry>) {
+        let (mut added, mut removed) = (Vec::new(), Vec::new());
+        match (&before.share, &after.share) {
+            (Some(old), new) if new.as_ref().is_none_or(|n| n.id != old.id) => {
+                removed.push((shares_index_key(), index_member(old.id.0, user)));
+            }
+            _ => {}
+        }
+        if let Some(new) = &after.share {
+            added.push((shares_index_key(), index_member(new.id.0, user)));
+        }
+        let devices: BTreeSet<DeviceId> = before
+            .lives
+            .keys()
+            .chain(after.lives.keys())
+            .copied()
+            .collect();
+        for device in devices {
+            let member = index_member(device.0, user);
+            match (
+                is_shipped(&before.life(device)),
+                is_shipped(&after.life(device)),
+            ) {
+                (false, true) => added.push((shipped_index_key(), member)),
+                (true, false) => removed.push((shipped_index_key(), member)),
+                _ => {}
+            }
+        }
+        (added, removed)
+    }
+}
+
+impl Store for ClusterStore {
+    fn identity_digest(&self, identity: &crate::wire::Identification) -> [u8; 32] {
+        ClusterStore::identity_digest(self, identity)
+    }
+
+    async fn device(&self, id: DeviceId) -> Result<Option<Arc<Device>>, StoreError> {
+        ClusterStore::device(self, id).await
+    }
+
+    async fn user_view(&self, user: &Username) -> Result<UserView, StoreError> {
+        let devices = self.devices_of(user).await?;
+        let (_, account, _, life) = self.user_records(user).await?;
+        Ok(UserView {
+            account,
+            devices: devices
+                .into_iter()
+                .filter(|d| !life.retired.contains(&d.id))
+                .map(|d| {
+                    let state = life.life(d.id);
+                    (d, state)
+                })
+                .collect(),
+            share: life.share,
+        })
+    }
+
+    async fn share_requester(&self, id: ShareId) -> Result<Option<Username>, StoreError> {
+        Ok(self
+            .get_checked(&share_handle_key(id))
+            .await?
+            .and_then(|name| Username::new(&String::from_utf8_lossy(&name)).ok()))
+    }
+
+    async fn shares(&self) -> Result<Vec<Share>, StoreError> {
+        let mut shares = Vec::new();
+        for member in self.redis.members(&shares_index_key()).await? {
+            let Some((id, requester)) = parse_member(&member) else {
+                continue;
+            };
+            // An entry whose change never committed, or was undone since.
+            if let Some(share) = self
+                .life_of(&requester)
+                .await?
+                .share
+                .filter(|s| s.id.0 == id)
+            {
+                shares.push(share);
+            }
+        }
+        shares.sort_by_key(|s| (s.created, s.id.0));
+        Ok(shares)
+    }
+
+    async fn shipped(&self) -> Result<Vec<Shipped>, StoreError> {
+        let mut shipped = Vec::new();
+        for member in self.redis.members(&shipped_index_key()).await? {
+            let Some((device, user)) = parse_member(&member) else {
+                continue;
+            };
+            let device = DeviceId(device);
+            let life = self.life_of(&user).await?.life(device);
+            if is_shipped(&life) {
+                shipped.push(Shipped { device, user, life });
+            }
+        }
+        Ok(shipped)
+    }
+
+    async fn change<R, T, E>(
+        &self,
+        user: &Username,
+        actor: Actor,
+        now: Timestamp,
+        rng: &mut R,
+        mut decide: impl FnMut(&mut dyn RegistryChange) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        R: CryptoRng + ?Sized,
+        E: From<StoreError>,
+    {
+        let mut ids: Vec<DeviceId> = Vec::new();
+        for _ in 0..CHANGE_ROUNDS {
+            let devices = self.devices_of(user).await?;
+            let (account_read, account, life_read, life) = self.user_records(user).await?;
+            let unlogged_read = self.read_user(user, &[UserRecord::Unlogged]).await?;
+            let Some(unlogged_read) = unlogged_read.into_iter().next() else {
+                return Err(StoreError::Database("a short read".into()).into());
+            };
+            let mut change = ClusterChange {
+                store: self,
+                rng: &mut *rng,
+                now,
+                actor,
+                user: user.clone(),
+                devices,
+                account,
+                account_next: None,
+                before: life.clone(),
+                after: life,
+                audits: Vec::new(),
+                ids: ids.clone(),
+                wanted: 0,
+                created: Vec::new(),
+                removed: Vec::new(),
+                wrote: false,
+            };
+            let decided = decide(&mut change);
+            if change.wanted > 0 {
+                for _ in 0..change.wanted {
+                    ids.push(self.next_device_id().await?);
+                }
+                continue;
+            }
+            let value = decided?;
+            let ClusterChange {
+                account_next,
+                before,
+                mut after,
+                audits,
+                created,
+                removed,
+                wrote,
+                devices,
+                ..
+            } = change;
+            if !wrote && audits.is_empty() {
+                return Ok(value);
+            }
+            if audits.is_empty() {
+                return Err(StoreError::Database(
+                    "a registry change without an audit entry".into(),
+                )
+                .into());
+            }
+            // Retired devices whose records are gone need no mark.
+            after
+                .retired
+                .retain(|id| devices.iter().any(|d| d.id == *id) || removed.contains(id));
+            let (index_added, index_removed) = Self::index_changes(user, &before, &after);
+            for (key, member) in &index_added {
+                self.redis
+                    .set_add(key, member, true)
+                    .await
+                    .map_err(StoreError::from)?;
+            }
+            if let Some(share) = &after.share
+                && before.share.as_ref().is_none_or(|s| s.id != share.id)
+            {
+                let key = share_handle_key(share.id);
+                let value = self.tagged(&key, PLAIN, user.as_str().as_bytes());
+                self.redis
+                    .put(&key, &value, true)
+                    .await
+                    .map_err(StoreError::from)?;
+            }
+            let mut pending = decode_unlogged(user, &unlogged_read)?;
+            pending.extend(audits);
+            let account_op = match &account_next {
+                Some(next) => Op::Set(self.codec.encode_user(&mut *rng, user, next)?, None),
+                None => Op::Keep,
+            };
+            let life_op = if after == before {
+                Op::Keep
+            } else {
+                Op::Set(after.encode(), None)
+            };
+            let writes = [
+                (UserRecord::Account, account_read.version, account_op),
+                (UserRecord::Life, life_read.version, life_op),
+                (
+                    UserRecord::Unlogged,
+                    unlogged_read.version,
+                    Op::Set(encode_unlogged(&pending), None),
+                ),
+            ];
+            if !self.write_user(user, &writes, true).await? {
+                continue;
+            }
+            self.finish_change(user, &created, &removed, &index_removed)
+                .await?;
+            return Ok(value);
+        }
+        Err(StoreError::Database(format!("the registry records of {user} kept changing")).into())
+    }
+}
