@@ -8,7 +8,8 @@
 //! flows and attackers pass against both nodes; withdrawals on both nodes
 //! never together pass a limit, and the audit log is one for both; an
 //! opt-out set on one node holds on the other; an idle node waits on the
-//! store instead of asking it a hundred times a second.
+//! store instead of asking it a hundred times a second; temporary codes,
+//! replacement cards and shares work from either node.
 
 mod support;
 
@@ -1068,4 +1069,289 @@ async fn an_idle_node_waits_on_the_store_instead_of_asking_it() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let idle = round_trips(&deployment.b) - before;
     assert!(idle <= 20, "{idle} store round trips in 4 idle seconds");
+}
+
+/// `ListDevices` of `name` as (device, status, owner).
+async fn listed(
+    admin: &Client,
+    name: &str,
+) -> Vec<(
+    DeviceId,
+    slsd::wire::DeviceStatus,
+    Option<slsd::identity::Username>,
+)> {
+    let list = Operation::ListDevices {
+        user: user(name),
+        page: slsd::wire::request::Page::first(100),
+    };
+    match admin.call(list).await.unwrap() {
+        Reply::Devices { devices, .. } => devices
+            .into_iter()
+            .map(|d| (d.device, d.status, d.owner))
+            .collect(),
+        other => panic!("list: {other:?}"),
+    }
+}
+
+/// `Devices` of `name` (what a login may use) as (device, owner).
+async fn usable(gateway: &Client, name: &str) -> Vec<(DeviceId, Option<slsd::identity::Username>)> {
+    match gateway
+        .call(Operation::Devices { user: user(name) })
+        .await
+        .unwrap()
+    {
+        Reply::Devices { devices, .. } => {
+            devices.into_iter().map(|d| (d.device, d.owner)).collect()
+        }
+        other => panic!("devices: {other:?}"),
+    }
+}
+
+fn not_found(reply: &Reply) -> bool {
+    error_code(reply) == Some(ErrorCode::NotFound)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_lifecycle_works_on_a_cluster_from_either_node() {
+    use slsd::wire::DeviceStatus;
+    let deployment =
+        deploy("[challenges]\nper-user-per-minute = 1000\n[lifecycle]\ntemporary-code-uses = 2\n");
+    let admin_a = deployment.a.client(Role::Admin).await;
+    let admin_b = deployment.b.client(Role::Admin).await;
+    let gateway_a = deployment.a.client(Role::Gateway).await;
+    let gateway_b = deployment.b.client(Role::Gateway).await;
+
+    // A temporary code issued on one node logs in on the other, its two
+    // uses and no more.
+    let issued = admin_a
+        .call(Operation::IssueTemporaryCode { user: user("amy") })
+        .await
+        .unwrap();
+    let Reply::TemporaryCode {
+        device: code_device,
+        code,
+        uses: 2,
+        ..
+    } = issued
+    else {
+        panic!("{issued:?}")
+    };
+    for _ in 0..2 {
+        let asked = challenge(&gateway_a, "amy", code_device).await;
+        let Reply::Challenge {
+            challenge,
+            text: ChallengeText::EnterCode,
+            ..
+        } = asked
+        else {
+            panic!("{asked:?}")
+        };
+        let verdict = verify(&gateway_b, challenge, code.as_str()).await;
+        assert!(
+            matches!(
+                verdict,
+                Verdict::Accepted {
+                    kind: DeviceKind::Temporary,
+                    ..
+                }
+            ),
+            "{verdict:?}"
+        );
+    }
+    assert!(not_found(&challenge(&gateway_b, "amy", code_device).await));
+    assert_eq!(
+        listed(&admin_b, "amy").await,
+        [(code_device, DeviceStatus::Expired, None)]
+    );
+
+    // A replacement card ordered on one node, shipped on the other, listed
+    // as pending, and activated by its first right answer, which retires
+    // the lost card.
+    let lost = enroll_dsc(&admin_a, "bob").await.unwrap();
+    let ordered = admin_b
+        .call(Operation::OrderReplacement {
+            lost,
+            pin: Some(slsd::wire::request::Pin::new(PIN)),
+            label: "new card".into(),
+        })
+        .await
+        .unwrap();
+    let Reply::Enrolled {
+        device: card,
+        secret: Some(secret),
+    } = ordered
+    else {
+        panic!("{ordered:?}")
+    };
+    assert_eq!(
+        listed(&admin_a, "bob").await,
+        [
+            (lost, DeviceStatus::Active, None),
+            (card, DeviceStatus::Ordered, None)
+        ]
+    );
+    assert!(not_found(&challenge(&gateway_a, "bob", card).await));
+    let shipped_at = slsd::clock::now();
+    let ship = Operation::ShipReplacement {
+        device: card,
+        shipped_at,
+    };
+    assert_eq!(admin_a.call(ship).await.unwrap(), Reply::Done);
+    let pending = Operation::PendingActivations {
+        page: slsd::wire::request::Page::first(10),
+    };
+    let Reply::PendingActivations(listing) = admin_b.call(pending.clone()).await.unwrap() else {
+        panic!("pending activations")
+    };
+    assert_eq!(
+        listing
+            .iter()
+            .map(|p| (p.device, p.replaces, p.shipped_at))
+            .collect::<Vec<_>>(),
+        [(card, lost, shipped_at)]
+    );
+    let new_card =
+        sls_sim::token::DscPlus::new(&secret, &slsd::profile::DeviceProfiles::defaults().unwrap())
+            .unwrap();
+    let Reply::Challenge {
+        challenge: asked,
+        text: ChallengeText::Question(question),
+        ..
+    } = challenge(&gateway_b, "bob", card).await
+    else {
+        panic!("the shipped card is not asked")
+    };
+    let right = new_card.respond(PIN, &question).unwrap().to_string();
+    let verdict = verify(&gateway_a, asked, &right).await;
+    assert!(matches!(verdict, Verdict::Accepted { .. }), "{verdict:?}");
+    assert_eq!(
+        listed(&admin_b, "bob").await,
+        [(card, DeviceStatus::Active, None)]
+    );
+    assert!(not_found(&challenge(&gateway_a, "bob", lost).await));
+    assert_eq!(
+        admin_a.call(pending).await.unwrap(),
+        Reply::PendingActivations(Vec::new())
+    );
+
+    // A share asked for on one node, approved on the other: the requester
+    // logs in with the owner's card on any node, their own suspended, until
+    // it is cancelled.
+    let owner_card = enroll_dsc(&admin_a, "carol").await.unwrap();
+    let own_card = enroll_dsc(&admin_a, "dave").await.unwrap();
+    for name in ["carol", "dave"] {
+        let identity = slsd::wire::Identification {
+            residence: "CH".into(),
+            date_of_birth: "1980-04-02".into(),
+            citizenship: "CH".into(),
+            id_document: "P 1".into(),
+        };
+        let set = Operation::SetIdentity {
+            user: user(name),
+            identity,
+        };
+        assert_eq!(admin_b.call(set).await.unwrap(), Reply::Done);
+    }
+    let (proof, response) = open(&gateway_a, "carol", owner_card).await;
+    let asked = admin_b
+        .call(Operation::ShareDevice {
+            requesting_user: user("dave"),
+            owner_user: user("carol"),
+            device: owner_card,
+            challenge: proof,
+            response: Answer::new(&response),
+        })
+        .await
+        .unwrap();
+    let Reply::Share {
+        share,
+        active: false,
+    } = asked
+    else {
+        panic!("{asked:?}")
+    };
+    let shares = Operation::Shares {
+        page: slsd::wire::request::Page::first(10),
+    };
+    let Reply::Shares(entries) = admin_a.call(shares.clone()).await.unwrap() else {
+        panic!("shares")
+    };
+    assert_eq!(
+        entries
+            .iter()
+            .map(|s| (s.share, s.device, s.active))
+            .collect::<Vec<_>>(),
+        [(share, owner_card, false)]
+    );
+    assert_eq!(usable(&gateway_b, "dave").await, [(own_card, None)]);
+    let approve = Operation::DecideShare {
+        share,
+        approve: true,
+    };
+    assert_eq!(
+        admin_a.call(approve).await.unwrap(),
+        Reply::Share {
+            share,
+            active: true
+        }
+    );
+    assert_eq!(
+        usable(&gateway_b, "dave").await,
+        [(owner_card, Some(user("carol")))]
+    );
+    assert_eq!(
+        listed(&admin_a, "dave").await,
+        [
+            (owner_card, DeviceStatus::Active, Some(user("carol"))),
+            (own_card, DeviceStatus::Suspended, None)
+        ]
+    );
+    let (login, answer) = open(&gateway_a, "dave", owner_card).await;
+    let verdict = verify(&gateway_b, login, &answer).await;
+    assert!(
+        matches!(&verdict, Verdict::Accepted { user: u, device, .. } if u == &user("dave") && *device == owner_card),
+        "{verdict:?}"
+    );
+    assert!(not_found(&challenge(&gateway_b, "dave", own_card).await));
+    assert_eq!(
+        admin_b
+            .call(Operation::CancelShare { share })
+            .await
+            .unwrap(),
+        Reply::Done
+    );
+    assert_eq!(usable(&gateway_a, "dave").await, [(own_card, None)]);
+    assert!(not_found(&challenge(&gateway_a, "dave", owner_card).await));
+    assert_eq!(
+        admin_b.call(shares).await.unwrap(),
+        Reply::Shares(Vec::new())
+    );
+
+    // Every change in the one log, numbered without gaps, the temporary
+    // code never in it.
+    let entries = audit_log(&admin_a, 0).await;
+    let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "issue-temporary-code",
+            "temporary-code-used",
+            "temporary-code-used",
+            "enroll",
+            "enroll",
+            "order-replacement",
+            "ship-replacement",
+            "replacement-activated",
+            "enroll",
+            "enroll",
+            "set-identity",
+            "set-identity",
+            "share-pending",
+            "share-approved",
+            "share-cancelled",
+        ]
+    );
+    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=15).collect::<Vec<_>>());
+    assert!(entries.iter().all(|e| !e.detail.contains(code.as_str())));
 }
