@@ -1,68 +1,43 @@
 //! Phone numbers and IB Key activation: adding a number with a confirm
 //! code sent by SMS, and binding the phone app to a user with an activation
 //! token sent by SMS to the number on record (or the answer of the user's
-//! physical device instead).
+//! physical device instead). Written once over [`Node`]: the same flows on
+//! one node and on a cluster.
 //!
-//! Tokens live in memory only: they are short-lived (`lifecycle.token-ttl`),
-//! single-use, attempt-limited (`lifecycle.token-attempts`) and bounded in
-//! number (`lifecycle.token-capacity`). A restart loses them, which only
-//! means the user asks for a new one. What they unlock is written as one
-//! `Registry::change` with its audit entries.
+//! Tokens are short-lived (`lifecycle.token-ttl`), single-use,
+//! attempt-limited (`lifecycle.token-attempts`) and, on one node, kept in
+//! memory and bounded in number (`lifecycle.token-capacity`; a restart
+//! loses them, which only means the user asks for a new one); on a cluster
+//! they are records of the user's slot, sealed, kept until they expire.
+//! What they unlock is written as one registry change with its audit
+//! entries.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rand::CryptoRng;
-use zeroize::Zeroizing;
 
-use super::relay::{DispatchError, Outbound};
+use super::node::Node;
 use super::sms::code_text;
 use super::{Caller, Engine, Outcome};
 use crate::clock::Timestamp;
-use crate::identity::{ActivationId, ChallengeId, CodeId, DeviceId, Username};
+use crate::identity::{ActivationId, DeviceId, Username};
 use crate::otp::Code;
 use crate::otp::push::{PushKey, Signature, reactivate_message};
-use crate::phone::{Channel, PhoneNumber};
+use crate::phone::PhoneNumber;
 use crate::policy::pin::check_app_pin;
 use crate::profile::{DeviceKind, SecurityLevel};
 use crate::ratelimit::Decision;
-use crate::store::{Device, EnrollError, NewDevice};
+use crate::store::{
+    ActivationToken, Device, EnrollError, NewDevice, NumberToken, Store, StoreError, TokenProof,
+};
 use crate::wire::request::{Answer, Pin};
 use crate::wire::{ActivationRoute, ErrorCode, Refusal, Reply, Verdict};
 
-/// A number being added to a user, waiting for its confirm code.
-struct PendingNumber {
-    number: PhoneNumber,
-    code: Code,
-    expires_at: Timestamp,
-    attempts_left: u8,
-}
-
-/// How a pending activation is proven.
-enum Proof {
-    /// The token sent by SMS.
-    Sms(Code),
-    /// The answer to a challenge opened on the user's physical device
-    /// (checked by `verify`, with its own attempts and lockouts); for a
-    /// device of the lowest level (a code card), the SMS token as well.
-    Device {
-        device: DeviceId,
-        challenge: ChallengeId,
-        sms: Option<Code>,
-    },
-}
-
-struct PendingActivation {
-    user: Username,
-    proof: Proof,
-    expires_at: Timestamp,
-    attempts_left: u8,
-}
-
 #[derive(Default)]
 struct Pending {
-    numbers: HashMap<Username, PendingNumber>,
-    activations: HashMap<ActivationId, PendingActivation>,
+    numbers: HashMap<Username, NumberToken>,
+    activations: HashMap<ActivationId, ActivationToken>,
 }
 
 impl Pending {
@@ -71,7 +46,8 @@ impl Pending {
     }
 }
 
-/// The confirm codes and activation tokens waiting for an answer.
+/// The confirm codes and activation tokens waiting for an answer on one
+/// node.
 pub(super) struct TokenTable {
     pending: Mutex<Pending>,
     capacity: usize,
@@ -147,40 +123,115 @@ impl TokenTable {
         pending.activations.retain(|_, p| p.expires_at > now);
         before - pending.len()
     }
+
+    /// Changes the number `user` is adding under the table's lock; `None`
+    /// (nothing changed) when a new one would pass the table's bound.
+    pub(super) fn change_number<T>(
+        &self,
+        user: &Username,
+        mut decide: impl FnMut(&mut Option<NumberToken>) -> T,
+    ) -> Option<T> {
+        let mut pending = self.lock();
+        let mut slot = pending.numbers.get(user).cloned();
+        let existed = slot.is_some();
+        let answer = decide(&mut slot);
+        match slot {
+            Some(_) if !existed && pending.len() >= self.capacity => return None,
+            Some(token) => {
+                pending.numbers.insert(user.clone(), token);
+            }
+            None => {
+                pending.numbers.remove(user);
+            }
+        }
+        Some(answer)
+    }
+
+    /// Keeps a new activation under a fresh id; `None` when the table is
+    /// at its bound.
+    pub(super) fn start_activation<R: CryptoRng + ?Sized>(
+        &self,
+        token: ActivationToken,
+        rng: &mut R,
+    ) -> Option<ActivationId> {
+        let mut pending = self.lock();
+        if pending.len() >= self.capacity {
+            return None;
+        }
+        let mut id = ActivationId(rng.next_u64());
+        while pending.activations.contains_key(&id) {
+            id = ActivationId(rng.next_u64());
+        }
+        pending.activations.insert(id, token);
+        Some(id)
+    }
+
+    /// Changes an activation under the table's lock.
+    pub(super) fn change_activation<T>(
+        &self,
+        id: ActivationId,
+        mut decide: impl FnMut(&mut Option<ActivationToken>) -> T,
+    ) -> T {
+        let mut pending = self.lock();
+        let mut slot = pending.activations.get(&id).cloned();
+        let answer = decide(&mut slot);
+        match slot {
+            Some(token) => {
+                pending.activations.insert(id, token);
+            }
+            None => {
+                pending.activations.remove(&id);
+            }
+        }
+        answer
+    }
 }
 
 /// The digits of every number `user` has on record, for the PIN rule.
-fn phone_digits(engine: &Engine, user: &Username) -> Vec<String> {
-    let record = engine.registry.user(user).number;
-    let devices = engine.registry.devices_of(user);
-    record
+async fn phone_digits<S: Store>(store: &S, user: &Username) -> Result<Vec<String>, StoreError> {
+    let view = store.user_view(user).await?;
+    Ok(view
+        .account
+        .number
         .iter()
-        .chain(devices.iter().filter_map(|d| d.phone()))
+        .chain(view.devices.iter().filter_map(|(d, _)| d.phone()))
         .map(|n| format!("{}{}", n.country(), n.national()))
-        .collect()
+        .collect())
+}
+
+/// The number sls sends activation tokens to: the confirmed one, or the
+/// user's SMS device's.
+async fn number_on_record<S: Store>(
+    store: &S,
+    user: &Username,
+) -> Result<Option<PhoneNumber>, StoreError> {
+    let view = store.user_view(user).await?;
+    Ok(view
+        .account
+        .number
+        .or_else(|| view.devices.iter().find_map(|(d, _)| d.phone().cloned())))
+}
+
+fn tokens_full() -> Reply {
+    Reply::error(ErrorCode::Busy, "the activation token table is full")
+}
+
+fn no_activation() -> Reply {
+    Reply::error(ErrorCode::NotFound, "no such activation under way")
 }
 
 impl Engine {
-    /// The number sls sends activation tokens to: the confirmed one, or
-    /// the user's SMS device's.
-    fn number_on_record(&self, user: &Username) -> Option<PhoneNumber> {
-        self.registry.user(user).number.or_else(|| {
-            self.registry
-                .devices_of(user)
-                .iter()
-                .find_map(|d| d.phone().cloned())
-        })
-    }
-
-    /// Sends `text` to `to` by SMS through a carrier bridge, within the
-    /// per-number and per-country limits that keep SMS pumping away.
-    fn send_token<R: CryptoRng + ?Sized>(
+    /// Sends `text` to `to` by SMS through this node's carrier bridges,
+    /// within the per-number and per-country limits that keep SMS pumping
+    /// away.
+    pub(super) fn send_token<R: CryptoRng + ?Sized>(
         &self,
         to: PhoneNumber,
-        text: Zeroizing<String>,
+        text: zeroize::Zeroizing<String>,
         now: Timestamp,
         rng: &mut R,
     ) -> Result<(), Reply> {
+        use super::relay::{DispatchError, Outbound};
         if self.outbox.bridges() == 0 {
             return Err(Reply::error(
                 ErrorCode::DeliveryUnavailable,
@@ -190,9 +241,9 @@ impl Engine {
         self.send_quota(&to, now)?;
         let outbound = Outbound {
             // Not an SMS login code: no `CodeStatus` follows it.
-            code: CodeId(rng.next_u64()),
+            code: crate::identity::CodeId(rng.next_u64()),
             to,
-            channel: Channel::Sms,
+            channel: crate::phone::Channel::Sms,
             text,
         };
         match self.outbox.dispatch(outbound, now, rng) {
@@ -207,115 +258,120 @@ impl Engine {
         }
     }
 
-    fn tokens_full(&self) -> Reply {
-        Reply::error(ErrorCode::Busy, "the activation token table is full")
-    }
-
-    pub(super) fn start_phone_verification<R: CryptoRng + ?Sized>(
+    pub(super) async fn start_phone_verification<N: Node, R: CryptoRng + ?Sized>(
         &self,
+        node: &N,
         user: &Username,
         number: PhoneNumber,
         now: Timestamp,
         rng: &mut R,
-    ) -> Reply {
-        if let Decision::Deny { retry_after } = self.issuance(user, now) {
-            return Reply::rate_limited(retry_after, "too many codes for this user");
+    ) -> Result<Reply, StoreError> {
+        if let Decision::Deny { retry_after } = node.issuance(user, now).await? {
+            return Ok(Reply::rate_limited(
+                retry_after,
+                "too many codes for this user",
+            ));
         }
         let life = &self.config.lifecycle;
         let code = Self::sms_code_spec(&self.config).generate(rng);
         let text = code_text("confirm code", &code, life.token_ttl);
-        {
-            // Kept before it is sent, so the table's bound holds however
-            // many start at once. A new start replaces the user's earlier
-            // code.
-            let mut pending = self.tokens.lock();
-            if !pending.numbers.contains_key(user) && pending.len() >= self.tokens.capacity {
-                return self.tokens_full();
-            }
-            pending.numbers.insert(
-                user.clone(),
-                PendingNumber {
-                    number: number.clone(),
-                    code,
-                    expires_at: now.plus(life.token_ttl),
-                    attempts_left: life.token_attempts,
-                },
-            );
+        // Kept before it is sent, so the bound holds however many start at
+        // once. A new start replaces the user's earlier code.
+        let token = NumberToken {
+            number: number.clone(),
+            code,
+            expires_at: now.plus(life.token_ttl),
+            attempts_left: life.token_attempts,
+        };
+        let kept = node
+            .change_number(user, now, rng, |slot| *slot = Some(token.clone()))
+            .await?;
+        if kept.is_none() {
+            return Ok(tokens_full());
         }
-        if let Err(refusal) = self.send_token(number, text, now, rng) {
-            self.tokens.lock().numbers.remove(user);
-            return refusal;
+        if let Err(refusal) = node.send_sms(number, text, now, rng).await? {
+            node.change_number(user, now, rng, |slot| *slot = None)
+                .await?;
+            return Ok(refusal);
         }
-        Reply::VerificationSent {
+        Ok(Reply::VerificationSent {
             expires_in: life.token_ttl,
-        }
+        })
     }
 
-    pub(super) fn confirm_phone<R: CryptoRng + ?Sized>(
+    pub(super) async fn confirm_phone<N: Node, R: CryptoRng + ?Sized>(
         &self,
+        node: &N,
         caller: &Caller<'_>,
         user: &Username,
         given: &Answer,
         now: Timestamp,
         rng: &mut R,
-    ) -> Reply {
-        let number = {
-            let mut pending = self.tokens.lock();
-            let Some(entry) = pending.numbers.get_mut(user) else {
-                return Reply::error(
-                    ErrorCode::NotFound,
-                    "no phone verification is under way for this user",
+    ) -> Result<Reply, StoreError> {
+        let checked = node
+            .change_number(user, now, rng, |slot| {
+                let Some(entry) = slot.as_mut() else {
+                    return Err(Reply::error(
+                        ErrorCode::NotFound,
+                        "no phone verification is under way for this user",
+                    ));
+                };
+                let checked = check_token(
+                    &entry.code,
+                    entry.expires_at,
+                    &mut entry.attempts_left,
+                    given,
+                    now,
                 );
-            };
-            let checked = check_token(
-                &entry.code,
-                entry.expires_at,
-                &mut entry.attempts_left,
-                given,
-                now,
-            );
-            let spent = checked.used_up().then(|| pending.numbers.remove(user));
-            if let Some(refusal) = checked.refusal() {
-                return refusal;
-            }
-            spent.flatten().map(|p| p.number)
+                let number = entry.number.clone();
+                if checked.used_up() {
+                    *slot = None;
+                }
+                checked.refusal().map_or(Ok(number), Err)
+            })
+            .await?;
+        let number = match checked {
+            Some(Ok(number)) => number,
+            Some(Err(refusal)) => return Ok(refusal),
+            None => return Ok(tokens_full()),
         };
-        let Some(number) = number else {
-            return Reply::error(ErrorCode::Internal, "the verification vanished");
-        };
-        let changed = self.registry.change(rng, now, Self::actor(caller), |c| {
-            let has_device = c
-                .registry()
-                .devices_of(user)
-                .iter()
-                .any(|d| d.usable_at(now));
-            let mut record = c.registry().user(user);
-            record.number = Some(number.clone());
-            c.set_user(user, record)?;
-            c.audit("confirm-phone", Some(user), None, "number on record")?;
-            if has_device {
-                Ok::<_, EnrollError>(None)
-            } else {
-                c.add_phone(user, number, "SMS").map(Some)
-            }
-        });
-        match changed {
+        let changed = node
+            .store()
+            .change(user, Self::actor(caller), now, rng, |c| {
+                let has_device = c
+                    .devices(user)?
+                    .iter()
+                    .any(|d| !d.expired_at(now) && c.life(d.id).allows_use(now));
+                let mut record = c.account(user)?;
+                record.number = Some(number.clone());
+                c.set_user(user, record)?;
+                c.audit("confirm-phone", Some(user), None, "number on record".into())?;
+                if has_device {
+                    Ok::<_, EnrollError>(None)
+                } else {
+                    c.add_phone(user, number.clone(), "SMS").map(Some)
+                }
+            })
+            .await;
+        Ok(match changed {
             Ok(sms_device) => Reply::PhoneConfirmed { sms_device },
             Err(error) => super::enroll_error(error),
-        }
+        })
     }
 
-    pub(super) fn start_activation<R: CryptoRng + ?Sized>(
+    pub(super) async fn start_activation<N: Node, R: CryptoRng + ?Sized>(
         &self,
+        node: &N,
         user: &Username,
         now: Timestamp,
         rng: &mut R,
-    ) -> Outcome {
+    ) -> Result<Outcome, StoreError> {
         let life = &self.config.lifecycle;
         // A physical device the user holds proves the activation instead of
         // an SMS token: the strongest one, whose challenge the user answers.
-        let physical = self
+        let physical = node
             .login_devices(user, now)
+            .await?
             .into_iter()
             .filter(|d| d.kind.is_physical())
             .max_by_key(|d| self.config.devices.get(d.kind).security);
@@ -326,19 +382,22 @@ impl Engine {
                 // must not be enough to bind an app of a higher level (and
                 // revoke the owner's), so the SMS token is needed as well.
                 let lowest = self.config.devices.get(device.kind).security <= SecurityLevel::Lowest;
-                let number = match (lowest, self.number_on_record(user)) {
-                    (false, _) => None,
-                    (true, Some(number)) => Some(number),
-                    (true, None) => {
-                        return Reply::error(
-                            ErrorCode::NoVerifiedNumber,
-                            "a code card alone cannot activate IB Key: \
-                             a number on record is needed as well",
-                        )
-                        .into();
+                let number = if lowest {
+                    match number_on_record(node.store(), user).await? {
+                        Some(number) => Some(number),
+                        None => {
+                            return Ok(Reply::error(
+                                ErrorCode::NoVerifiedNumber,
+                                "a code card alone cannot activate IB Key: \
+                                 a number on record is needed as well",
+                            )
+                            .into());
+                        }
                     }
+                } else {
+                    None
                 };
-                let asked = self.challenge(user, device.id, now, rng);
+                let asked = node.challenge(user, device.id, now, rng).await?;
                 persist = asked.persist;
                 let Reply::Challenge {
                     challenge,
@@ -346,7 +405,7 @@ impl Engine {
                     expires_in,
                 } = asked.reply
                 else {
-                    return asked;
+                    return Ok(asked);
                 };
                 let expires_in = expires_in.min(life.token_ttl);
                 let (code, sms, route) = match number {
@@ -367,7 +426,7 @@ impl Engine {
                         (None, None, route)
                     }
                 };
-                let proof = Proof::Device {
+                let proof = TokenProof::Device {
                     device: device.id,
                     challenge,
                     sms: code,
@@ -375,63 +434,60 @@ impl Engine {
                 (proof, route, expires_in, sms)
             }
             None => {
-                let Some(number) = self.number_on_record(user) else {
-                    return Reply::error(
+                let Some(number) = number_on_record(node.store(), user).await? else {
+                    return Ok(Reply::error(
                         ErrorCode::NoVerifiedNumber,
                         "no number on record and no physical device: \
                          the operator can issue temporary access",
                     )
-                    .into();
+                    .into());
                 };
-                if let Decision::Deny { retry_after } = self.issuance(user, now) {
-                    return Reply::rate_limited(retry_after, "too many codes for this user").into();
+                if let Decision::Deny { retry_after } = node.issuance(user, now).await? {
+                    let refusal = Reply::rate_limited(retry_after, "too many codes for this user");
+                    return Ok(refusal.into());
                 }
                 let code = Self::sms_code_spec(&self.config).generate(rng);
                 let text = code_text("IB Key activation code", &code, life.token_ttl);
                 let sms = Some((number, text));
-                (Proof::Sms(code), ActivationRoute::Sms, life.token_ttl, sms)
+                (
+                    TokenProof::Sms(code),
+                    ActivationRoute::Sms,
+                    life.token_ttl,
+                    sms,
+                )
             }
         };
         // Whatever is answered carries the failure a late challenge cost.
         let answer = |reply: Reply| Outcome { reply, persist };
-        let activation = {
-            // Kept before the token is sent, so the bound holds however
-            // many start at once.
-            let mut pending = self.tokens.lock();
-            if pending.len() >= self.tokens.capacity {
-                return answer(self.tokens_full());
-            }
-            let mut activation = ActivationId(rng.next_u64());
-            while pending.activations.contains_key(&activation) {
-                activation = ActivationId(rng.next_u64());
-            }
-            pending.activations.insert(
-                activation,
-                PendingActivation {
-                    user: user.clone(),
-                    proof,
-                    expires_at: now.plus(expires_in),
-                    attempts_left: life.token_attempts,
-                },
-            );
-            activation
+        // Kept before the token is sent, so the bound holds however many
+        // start at once.
+        let token = ActivationToken {
+            user: user.clone(),
+            proof,
+            expires_at: now.plus(expires_in),
+            attempts_left: life.token_attempts,
+        };
+        let Some(activation) = node.start_activation(token, now, rng).await? else {
+            return Ok(answer(tokens_full()));
         };
         if let Some((number, text)) = sms
-            && let Err(refusal) = self.send_token(number, text, now, rng)
+            && let Err(refusal) = node.send_sms(number, text, now, rng).await?
         {
-            self.tokens.lock().activations.remove(&activation);
-            return answer(refusal);
+            node.change_activation(activation, now, rng, |slot| *slot = None)
+                .await?;
+            return Ok(answer(refusal));
         }
-        answer(Reply::ActivationStarted {
+        Ok(answer(Reply::ActivationStarted {
             activation,
             route,
             expires_in,
-        })
+        }))
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn complete_activation<R: CryptoRng + ?Sized>(
+    pub(super) async fn complete_activation<N: Node, R: CryptoRng + ?Sized>(
         &self,
+        node: &N,
         caller: &Caller<'_>,
         activation: ActivationId,
         token: &Answer,
@@ -441,24 +497,22 @@ impl Engine {
         previous: Option<(DeviceId, Signature)>,
         now: Timestamp,
         rng: &mut R,
-    ) -> Outcome {
-        let (user, device_proof) = {
-            let pending = self.tokens.lock();
-            match pending.activations.get(&activation) {
-                Some(p) => (
-                    p.user.clone(),
-                    match p.proof {
-                        Proof::Device {
+    ) -> Result<Outcome, StoreError> {
+        let found = node
+            .change_activation(activation, now, rng, |slot| {
+                slot.as_ref().map(|p| {
+                    let device_proof = match p.proof {
+                        TokenProof::Device {
                             device, challenge, ..
                         } => Some((device, challenge)),
-                        Proof::Sms(_) => None,
-                    },
-                ),
-                None => {
-                    return Reply::error(ErrorCode::NotFound, "no such activation under way")
-                        .into();
-                }
-            }
+                        TokenProof::Sms(_) => None,
+                    };
+                    (p.user.clone(), device_proof)
+                })
+            })
+            .await?;
+        let Some((user, device_proof)) = found else {
+            return Ok(no_activation().into());
         };
         // The token first: nothing about the user (the PIN rules look at
         // the number on record) is judged for a caller who has not proven
@@ -467,22 +521,29 @@ impl Engine {
             Some((device, challenge)) => {
                 // Beside a code card, the SMS token first: an observed card
                 // answer alone proves nothing.
-                if let Err(refusal) = self.check_sms_token(activation, sms_token, now) {
-                    return refusal.into();
+                let checked = self
+                    .check_sms_token(node, activation, sms_token, now, rng)
+                    .await?;
+                if let Err(refusal) = checked {
+                    return Ok(refusal.into());
                 }
-                let outcome = self.verify(challenge, token, now, rng);
+                let outcome = node.verify(challenge, token, now, rng).await?;
                 match &outcome.reply {
                     Reply::Verdict(Verdict::Accepted { device: d, .. }) if *d == device => {}
-                    _ => return outcome,
+                    _ => return Ok(outcome),
                 }
                 // The challenge accepts once, so only one completion gets
                 // here; whatever is refused below starts over (no SMS).
-                self.tokens.lock().activations.remove(&activation);
+                node.change_activation(activation, now, rng, |slot| *slot = None)
+                    .await?;
                 (outcome, format!("by device {device}"))
             }
             None => {
-                if let Err(refusal) = self.check_sms_token(activation, Some(token), now) {
-                    return refusal.into();
+                let checked = self
+                    .check_sms_token(node, activation, Some(token), now, rng)
+                    .await?;
+                if let Err(refusal) = checked {
+                    return Ok(refusal.into());
                 }
                 (Outcome::from(Reply::Done), "by SMS token".to_owned())
             }
@@ -490,114 +551,106 @@ impl Engine {
         // Then the PIN rules and the old binding. A refusal here spends an
         // attempt of an SMS token (a weak PIN may be chosen again, a few
         // times, without a new SMS).
-        let judged = check_app_pin(pin.as_str(), &phone_digits(self, &user))
-            .map_err(|rule| Reply::Refused {
+        let digits = phone_digits(node.store(), &user).await?;
+        let judged = match check_app_pin(pin.as_str(), &digits) {
+            Err(rule) => Err(Reply::Refused {
                 reason: Refusal::WeakPin,
                 message: rule.to_string(),
-            })
-            .and_then(|()| match previous {
-                Some((old, proof)) => self.old_binding(&user, old, activation, &proof).map(Some),
-                None => Ok(None),
-            });
-        let mut pending = self.tokens.lock();
-        let reactivated = match judged {
-            Ok(reactivated) => reactivated,
-            Err(refusal) => {
-                if let Some(entry) = pending.activations.get_mut(&activation) {
-                    entry.attempts_left = entry.attempts_left.saturating_sub(1);
-                    if entry.attempts_left == 0 {
-                        pending.activations.remove(&activation);
-                    }
+            }),
+            Ok(()) => match previous {
+                Some((old, proof)) => {
+                    let old = old_binding(node.store(), &user, old, activation, &proof).await?;
+                    old.map(Some)
                 }
-                return refusal.into();
-            }
+                None => Ok(None),
+            },
         };
         // Single use: of completions racing with the right token, the one
         // that takes it binds.
-        if device_proof.is_none() && pending.activations.remove(&activation).is_none() {
-            return Reply::error(ErrorCode::NotFound, "no such activation under way").into();
+        let by_sms = device_proof.is_none();
+        let taken = node
+            .change_activation(activation, now, rng, |slot| {
+                match (&judged, slot.as_mut()) {
+                    (Err(_), Some(entry)) => {
+                        entry.attempts_left = entry.attempts_left.saturating_sub(1);
+                        if entry.attempts_left == 0 {
+                            *slot = None;
+                        }
+                        false
+                    }
+                    (Err(_), None) => false,
+                    (Ok(_), _) if by_sms => slot.take().is_some(),
+                    (Ok(_), _) => true,
+                }
+            })
+            .await?;
+        let reactivated = match judged {
+            Ok(reactivated) => reactivated,
+            Err(refusal) => return Ok(refusal.into()),
+        };
+        if !taken {
+            return Ok(no_activation().into());
         }
-        drop(pending);
-        outcome.reply = self.bind_app(caller, &user, key, reactivated, &route, now, rng);
-        outcome
+        outcome.reply = self
+            .bind_app(
+                node.store(),
+                caller,
+                &user,
+                key,
+                reactivated,
+                &route,
+                now,
+                rng,
+            )
+            .await;
+        Ok(outcome)
     }
 
     /// Checks the SMS token of `activation` (its only proof, or the one
     /// beside a code card; nothing to check otherwise) in constant time. A
     /// wrong or missing token spends an attempt; the last one ends the
     /// activation.
-    fn check_sms_token(
+    async fn check_sms_token<N: Node, R: CryptoRng + ?Sized>(
         &self,
+        node: &N,
         activation: ActivationId,
         given: Option<&Answer>,
         now: Timestamp,
-    ) -> Result<(), Reply> {
-        let mut pending = self.tokens.lock();
-        let Some(PendingActivation {
-            proof,
-            expires_at,
-            attempts_left,
-            ..
-        }) = pending.activations.get_mut(&activation)
-        else {
-            return Err(Reply::error(
-                ErrorCode::NotFound,
-                "no such activation under way",
-            ));
-        };
-        let (Proof::Sms(code)
-        | Proof::Device {
-            sms: Some(code), ..
-        }) = proof
-        else {
-            return Ok(());
-        };
+        rng: &mut R,
+    ) -> Result<Result<(), Reply>, StoreError> {
         let missing = Answer::new("");
-        let checked = check_token(
-            code,
-            *expires_at,
-            attempts_left,
-            given.unwrap_or(&missing),
-            now,
-        );
-        if checked.used_up() && !matches!(checked, Checked::Right) {
-            pending.activations.remove(&activation);
-        }
-        checked.refusal().map_or(Ok(()), Err)
-    }
-
-    /// The user's IB Key device `old`, if `proof` is its key's signature
-    /// over this activation.
-    fn old_binding(
-        &self,
-        user: &Username,
-        old: DeviceId,
-        activation: ActivationId,
-        proof: &Signature,
-    ) -> Result<DeviceId, Reply> {
-        let device = self
-            .registry
-            .device(old)
-            .filter(|d| &d.user == user && d.kind == DeviceKind::IbKey);
-        let verifies = device
-            .as_ref()
-            .and_then(|d| d.push_key())
-            .is_some_and(|key| key.verifies(&reactivate_message(activation, old), proof));
-        if verifies {
-            Ok(old)
-        } else {
-            Err(Reply::error(
-                ErrorCode::Forbidden,
-                "the proof of the old binding does not verify",
-            ))
-        }
+        node.change_activation(activation, now, rng, |slot| {
+            let Some(entry) = slot.as_mut() else {
+                return Err(no_activation());
+            };
+            let (TokenProof::Sms(code)
+            | TokenProof::Device {
+                sms: Some(code), ..
+            }) = &entry.proof
+            else {
+                return Ok(());
+            };
+            let checked = check_token(
+                code,
+                entry.expires_at,
+                &mut entry.attempts_left,
+                given.unwrap_or(&missing),
+                now,
+            );
+            if checked.used_up() && !matches!(checked, Checked::Right) {
+                *slot = None;
+            }
+            checked.refusal().map_or(Ok(()), Err)
+        })
+        .await
     }
 
     /// Enrols the app as the user's IB Key and retires every other IB Key
     /// binding of that user, in one change: one active phone per user.
     #[allow(clippy::too_many_arguments)]
-    fn bind_app<R: CryptoRng + ?Sized>(
+    async fn bind_app<S: Store, R: CryptoRng + ?Sized>(
         &self,
+        store: &S,
         caller: &Caller<'_>,
         user: &Username,
         key: PushKey,
@@ -606,39 +659,40 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Reply {
-        let changed = self.registry.change(rng, now, Self::actor(caller), |c| {
-            // Read inside the change: two activations of one user at once
-            // still leave one phone.
-            let old: Vec<Arc<Device>> = c
-                .registry()
-                .devices_of(user)
-                .into_iter()
-                .filter(|d| d.kind == DeviceKind::IbKey)
-                .collect();
-            let (device, secret) = c.enroll(NewDevice {
-                user,
-                kind: DeviceKind::IbKey,
-                secret: None,
-                pin: None,
-                label: "IB Key",
-            })?;
-            c.set_push_key(device, key)?;
-            let what = match reactivated {
-                Some(old) => format!("{route}, reactivating device {old} (same phone)"),
-                None => route.to_owned(),
-            };
-            c.audit("activate-ib-key", Some(user), Some(device), what)?;
-            for d in &old {
-                c.remove_device(d.id)?;
-                c.audit(
-                    "deactivate-ib-key",
-                    Some(user),
-                    Some(d.id),
-                    format!("replaced by device {device}"),
-                )?;
-            }
-            Ok::<_, EnrollError>((device, secret, old.first().map(|d| d.id)))
-        });
+        let changed = store
+            .change(user, Self::actor(caller), now, rng, |c| {
+                // Read inside the change: two activations of one user at
+                // once still leave one phone.
+                let old: Vec<Arc<Device>> = c
+                    .devices(user)?
+                    .into_iter()
+                    .filter(|d| d.kind == DeviceKind::IbKey)
+                    .collect();
+                let (device, secret) = c.enroll(NewDevice {
+                    user,
+                    kind: DeviceKind::IbKey,
+                    secret: None,
+                    pin: None,
+                    label: "IB Key",
+                })?;
+                c.set_push_key(device, key)?;
+                let what = match reactivated {
+                    Some(old) => format!("{route}, reactivating device {old} (same phone)"),
+                    None => route.to_owned(),
+                };
+                c.audit("activate-ib-key", Some(user), Some(device), what)?;
+                for d in &old {
+                    c.remove_device(d.id)?;
+                    c.audit(
+                        "deactivate-ib-key",
+                        Some(user),
+                        Some(d.id),
+                        format!("replaced by device {device}"),
+                    )?;
+                }
+                Ok::<_, EnrollError>((device, secret, old.first().map(|d| d.id)))
+            })
+            .await;
         match changed {
             Ok((device, Some(secret), replaced)) => {
                 tracing::info!(%user, %device, "IB Key activated");
@@ -653,4 +707,31 @@ impl Engine {
             Err(error) => super::enroll_error(error),
         }
     }
+}
+
+/// The user's IB Key device `old`, if `proof` is its key's signature over
+/// this activation.
+async fn old_binding<S: Store>(
+    store: &S,
+    user: &Username,
+    old: DeviceId,
+    activation: ActivationId,
+    proof: &Signature,
+) -> Result<Result<DeviceId, Reply>, StoreError> {
+    let device = store
+        .device(old)
+        .await?
+        .filter(|d| &d.user == user && d.kind == DeviceKind::IbKey);
+    let verifies = device
+        .as_ref()
+        .and_then(|d| d.push_key())
+        .is_some_and(|key| key.verifies(&reactivate_message(activation, old), proof));
+    Ok(if verifies {
+        Ok(old)
+    } else {
+        Err(Reply::error(
+            ErrorCode::Forbidden,
+            "the proof of the old binding does not verify",
+        ))
+    })
 }

@@ -23,6 +23,7 @@ use siphasher::sip::SipHasher13;
 mod activation;
 mod cluster;
 mod lifecycle;
+mod node;
 mod push;
 mod relay;
 mod rules;
@@ -214,6 +215,11 @@ fn at_once<T: Into<Reply>>(
     operation: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Reply {
     ready(operation).map_or_else(|e| lifecycle::store_failed(&e), Into::into)
+}
+
+/// The outcome of an operation over the embedded store, or its failure.
+fn embedded_outcome(result: Result<Outcome, StoreError>) -> Outcome {
+    result.unwrap_or_else(|e| lifecycle::store_failed(&e).into())
 }
 
 /// The output of a future of the embedded store, which is ready at once.
@@ -673,13 +679,18 @@ impl Engine {
             Operation::PendingActivations { page } => {
                 at_once(self.pending_activations(self.registry.as_ref(), now, page)).into()
             }
-            Operation::StartPhoneVerification { user, number } => self
-                .start_phone_verification(&user, number, now, rng)
-                .into(),
-            Operation::ConfirmPhone { user, code } => {
-                self.confirm_phone(caller, &user, &code, now, rng).into()
+            Operation::StartPhoneVerification { user, number } => {
+                let node = node::Embedded(self);
+                at_once(self.start_phone_verification(&node, &user, number, now, rng)).into()
             }
-            Operation::StartActivation { user } => self.start_activation(&user, now, rng),
+            Operation::ConfirmPhone { user, code } => {
+                let node = node::Embedded(self);
+                at_once(self.confirm_phone(&node, caller, &user, &code, now, rng)).into()
+            }
+            Operation::StartActivation { user } => {
+                let node = node::Embedded(self);
+                embedded_outcome(ready(self.start_activation(&node, &user, now, rng)))
+            }
             Operation::CompleteActivation {
                 activation,
                 token,
@@ -687,17 +698,21 @@ impl Engine {
                 pin,
                 previous,
                 sms_token,
-            } => self.complete_activation(
-                caller,
-                activation,
-                &token,
-                sms_token.as_ref(),
-                key,
-                &pin,
-                previous,
-                now,
-                rng,
-            ),
+            } => {
+                let node = node::Embedded(self);
+                embedded_outcome(ready(self.complete_activation(
+                    &node,
+                    caller,
+                    activation,
+                    &token,
+                    sms_token.as_ref(),
+                    key,
+                    &pin,
+                    previous,
+                    now,
+                    rng,
+                )))
+            }
             Operation::AuditLog { after, limit } => self.audit_log(after, limit).into(),
             Operation::Stats => self.stats().into(),
             Operation::SendCode { user, channel } => {

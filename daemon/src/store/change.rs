@@ -21,6 +21,8 @@ use rand::CryptoRng;
 use crate::clock::Timestamp;
 use crate::identity::{DeviceId, ShareId, Username};
 use crate::otp::SecretKey;
+use crate::otp::push::PushKey;
+use crate::phone::PhoneNumber;
 use crate::profile::DeviceKind;
 use crate::store::{Account, Actor, Device, DeviceLife, EnrollError, NewDevice, Share, StoreError};
 
@@ -29,6 +31,8 @@ use crate::store::{Account, Actor, Device, DeviceLife, EnrollError, NewDevice, S
 pub trait RegistryChange {
     /// A device of the change's user (on the embedded store, any device).
     fn device(&self, id: DeviceId) -> Option<Arc<Device>>;
+    /// The devices of the change's user, as the change began.
+    fn devices(&self, user: &Username) -> Result<Vec<Arc<Device>>, StoreError>;
     /// The lifecycle state of a device of the change's user.
     fn life(&self, id: DeviceId) -> DeviceLife;
     /// The account of the change's user.
@@ -48,6 +52,16 @@ pub trait RegistryChange {
         code: SecretKey,
         label: &str,
     ) -> Result<DeviceId, StoreError>;
+    /// Registers `number` as the user's SMS device: one number per user,
+    /// a second is refused until the first is revoked.
+    fn add_phone(
+        &mut self,
+        user: &Username,
+        number: PhoneNumber,
+        label: &str,
+    ) -> Result<DeviceId, EnrollError>;
+    /// Binds an IB Key device (one this change enrolled, too) to its key.
+    fn set_push_key(&mut self, id: DeviceId, key: PushKey) -> Result<(), StoreError>;
     /// Removes a device and everything kept beside it.
     fn remove_device(&mut self, id: DeviceId) -> Result<(), StoreError>;
     fn set_user(&mut self, user: &Username, record: Account) -> Result<(), StoreError>;

@@ -482,3 +482,70 @@ mod tests {
         );
     }
 }
+
+/// A number being added to a user, waiting for its confirm code.
+#[derive(Clone)]
+pub struct NumberToken {
+    pub number: PhoneNumber,
+    pub code: crate::otp::Code,
+    pub expires_at: Timestamp,
+    pub attempts_left: u8,
+}
+
+/// How a pending IB Key activation is proven.
+#[derive(Clone)]
+pub enum TokenProof {
+    /// The token sent by SMS.
+    Sms(crate::otp::Code),
+    /// The answer to a challenge opened on the user's physical device
+    /// (checked by `Verify`, with its own attempts and lockouts); for a
+    /// device of the lowest level (a code card), the SMS token as well.
+    Device {
+        device: DeviceId,
+        challenge: crate::identity::ChallengeId,
+        sms: Option<crate::otp::Code>,
+    },
+}
+
+/// An IB Key activation under way.
+#[derive(Clone)]
+pub struct ActivationToken {
+    pub user: Username,
+    pub proof: TokenProof,
+    pub expires_at: Timestamp,
+    pub attempts_left: u8,
+}
+
+impl fmt::Debug for NumberToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NumberToken")
+            .field("expires_at", &self.expires_at)
+            .field("attempts_left", &self.attempts_left)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for TokenProof {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sms(_) => f.write_str("Sms(..)"),
+            Self::Device {
+                device, challenge, ..
+            } => f
+                .debug_struct("Device")
+                .field("device", device)
+                .field("challenge", challenge)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl fmt::Debug for ActivationToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ActivationToken")
+            .field("user", &self.user)
+            .field("expires_at", &self.expires_at)
+            .field("attempts_left", &self.attempts_left)
+            .finish_non_exhaustive()
+    }
+}

@@ -34,6 +34,7 @@ use std::sync::atomic::Ordering;
 use rand::CryptoRng;
 
 use super::lifecycle::{withdrawal_detail, withdrawal_device};
+use super::node::Clustered;
 use super::rules;
 use super::rules::ask::shown;
 use super::{
@@ -254,15 +255,58 @@ impl Engine {
             Operation::PendingActivations { page } => {
                 self.pending_activations(store, now, page).await
             }
-            // Phone verification and IB Key activation keep their tokens in
-            // one node's memory so far.
-            Operation::StartPhoneVerification { .. }
-            | Operation::ConfirmPhone { .. }
-            | Operation::StartActivation { .. }
-            | Operation::CompleteActivation { .. } => Ok(Reply::error(
-                ErrorCode::Unsupported,
-                format!("{name} is not available on the shared store yet: use the embedded store"),
-            )),
+            Operation::StartPhoneVerification { user, number } => {
+                let node = Clustered {
+                    engine: self,
+                    store,
+                };
+                self.start_phone_verification(&node, &user, number, now, rng)
+                    .await
+            }
+            Operation::ConfirmPhone { user, code } => {
+                let node = Clustered {
+                    engine: self,
+                    store,
+                };
+                self.confirm_phone(&node, caller, &user, &code, now, rng)
+                    .await
+            }
+            Operation::StartActivation { user } => {
+                let node = Clustered {
+                    engine: self,
+                    store,
+                };
+                self.start_activation(&node, &user, now, rng)
+                    .await
+                    .map(|outcome| outcome.reply)
+            }
+            Operation::CompleteActivation {
+                activation,
+                token,
+                key,
+                pin,
+                previous,
+                sms_token,
+            } => {
+                let node = Clustered {
+                    engine: self,
+                    store,
+                };
+                self.complete_activation(
+                    &node,
+                    caller,
+                    activation,
+                    &token,
+                    sms_token.as_ref(),
+                    key,
+                    &pin,
+                    previous,
+                    now,
+                    rng,
+                )
+                .await
+                .map(|outcome| outcome.reply)
+            }
         };
         // Registry changes are audited once they are made.
         let result = match (result, audited) {
@@ -411,7 +455,7 @@ impl Engine {
         })
     }
 
-    async fn cluster_challenge<R: CryptoRng + Send + ?Sized>(
+    pub(super) async fn cluster_challenge<R: CryptoRng + ?Sized>(
         &self,
         store: &ClusterStore,
         user: &Username,
@@ -547,7 +591,7 @@ impl Engine {
         ))
     }
 
-    async fn cluster_verify<R: CryptoRng + Send + ?Sized>(
+    pub(super) async fn cluster_verify<R: CryptoRng + ?Sized>(
         &self,
         store: &ClusterStore,
         id: ChallengeId,
@@ -662,7 +706,7 @@ impl Engine {
         Ok(None)
     }
 
-    async fn cluster_enroll<R: CryptoRng + Send + ?Sized>(
+    async fn cluster_enroll<R: CryptoRng + ?Sized>(
         &self,
         store: &ClusterStore,
         request: EnrollRequest,
@@ -810,7 +854,7 @@ impl Engine {
     /// as by `Verify` (on any node), then the amount is booked on the
     /// user's slot in one step against both limits.
     #[allow(clippy::too_many_arguments)]
-    async fn cluster_authorize_withdrawal<R: CryptoRng + Send + ?Sized>(
+    async fn cluster_authorize_withdrawal<R: CryptoRng + ?Sized>(
         &self,
         store: &ClusterStore,
         caller: &Caller<'_>,

@@ -234,7 +234,7 @@ impl Engine {
         Ok(Reply::Subscribed)
     }
 
-    pub(super) async fn cluster_push<R: CryptoRng + Send + ?Sized>(
+    pub(super) async fn cluster_push<R: CryptoRng + ?Sized>(
         &self,
         store: &ClusterStore,
         user: &Username,

@@ -59,7 +59,18 @@ fn ended() -> Op {
 }
 
 impl Engine {
-    pub(super) async fn cluster_send_code<R: CryptoRng + Send + ?Sized>(
+    /// Whether a carrier bridge is connected to this node or, as announced
+    /// in the store, to another (this node's own need no round trip, and
+    /// count before its next announcement).
+    pub(in crate::engine) async fn cluster_bridges_anywhere(
+        &self,
+        store: &ClusterStore,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        Ok(self.outbox.bridges() > 0 || store.bridges_anywhere(now).await?)
+    }
+
+    pub(super) async fn cluster_send_code<R: CryptoRng + ?Sized>(
         &self,
         store: &ClusterStore,
         user: &Username,
@@ -98,7 +109,7 @@ impl Engine {
                 "the SMS device is locked out",
             ));
         }
-        if !store.bridges_anywhere(now).await? {
+        if !self.cluster_bridges_anywhere(store, now).await? {
             return Ok(Reply::error(
                 ErrorCode::DeliveryUnavailable,
                 "no carrier bridge is connected",

@@ -30,10 +30,12 @@ use std::sync::Arc;
 
 use rand::CryptoRng;
 
-use super::{ClusterStore, PLAIN, UserRecord, failure_state};
+use super::{ClusterStore, PLAIN, UserRecord, failure_state, phone_claim_key, phone_key};
 use crate::clock::Timestamp;
 use crate::identity::{DeviceId, ShareId, Username};
 use crate::otp::SecretKey;
+use crate::otp::push::PushKey;
+use crate::phone::PhoneNumber;
 use crate::profile::DeviceKind;
 use crate::store::cluster::redis::{Key, Op, Versioned};
 use crate::store::records::{
@@ -209,6 +211,14 @@ fn is_shipped(life: &DeviceLife) -> bool {
     matches!(life.activation, Activation::Shipped { .. })
 }
 
+/// What a committed change writes beyond the user's slot.
+struct Committed {
+    created: Vec<(DeviceId, Vec<u8>)>,
+    phone: Option<(DeviceId, Vec<u8>)>,
+    push_keys: Vec<(DeviceId, PushKey)>,
+    removed: Vec<DeviceId>,
+}
+
 /// A registry change of one user on the cluster: reads from the snapshot
 /// it began with, writes into the records that will be committed.
 pub struct ClusterChange<'a, R: ?Sized> {
@@ -228,6 +238,11 @@ pub struct ClusterChange<'a, R: ?Sized> {
     ids: Vec<DeviceId>,
     wanted: usize,
     created: Vec<(DeviceId, Vec<u8>)>,
+    /// The sealed number of an SMS device created, and whether the user's
+    /// claim on a number was taken when the change began.
+    phone: Option<(DeviceId, Vec<u8>)>,
+    claimed: bool,
+    push_keys: Vec<(DeviceId, PushKey)>,
     removed: Vec<DeviceId>,
     wrote: bool,
 }
@@ -285,6 +300,18 @@ impl<R: CryptoRng + ?Sized> RegistryChange for ClusterChange<'_, R> {
             .iter()
             .find(|d| d.id == id && !self.before.retired.contains(&id))
             .cloned()
+    }
+
+    fn devices(&self, user: &Username) -> Result<Vec<Arc<Device>>, StoreError> {
+        if user != &self.user {
+            return Err(self.outside("another user's devices"));
+        }
+        Ok(self
+            .devices
+            .iter()
+            .filter(|d| !self.before.retired.contains(&d.id))
+            .cloned()
+            .collect())
     }
 
     fn life(&self, id: DeviceId) -> DeviceLife {
@@ -348,6 +375,43 @@ impl<R: CryptoRng + ?Sized> RegistryChange for ClusterChange<'_, R> {
             secret: Some(&code),
         };
         self.add_device(stored, &verifier)
+    }
+
+    fn add_phone(
+        &mut self,
+        user: &Username,
+        number: PhoneNumber,
+        label: &str,
+    ) -> Result<DeviceId, EnrollError> {
+        let existing = self.devices.iter().find(|d| d.phone().is_some());
+        if self.claimed || existing.is_some() || self.phone.is_some() {
+            return Err(EnrollError::Invalid(format!(
+                "the user already has a verified number{}; revoke it first",
+                existing.map_or(String::new(), |d| format!(" (device {})", d.id))
+            )));
+        }
+        let stored = Stored {
+            user,
+            kind: DeviceKind::Sms,
+            label,
+            now: self.now,
+            secret: None,
+        };
+        let verifier = Verifier::Phone(number.clone());
+        let id = self.add_device(stored, &verifier)?;
+        let sealed = self.store.codec.seal_phone(self.rng, id, &number)?;
+        self.phone = Some((id, sealed));
+        self.audit("enroll-phone", Some(user), Some(id), String::new())?;
+        Ok(id)
+    }
+
+    fn set_push_key(&mut self, id: DeviceId, key: PushKey) -> Result<(), StoreError> {
+        if !self.owns(id) {
+            return Err(self.outside("another user's device"));
+        }
+        self.push_keys.push((id, key));
+        self.wrote = true;
+        Ok(())
     }
 
     fn remove_device(&mut self, id: DeviceId) -> Result<(), StoreError> {
@@ -497,15 +561,33 @@ impl ClusterStore {
     async fn finish_change(
         &self,
         user: &Username,
-        created: &[(DeviceId, Vec<u8>)],
-        removed: &[DeviceId],
+        done: Committed,
         unlisted: &[IndexEntry],
     ) -> Result<(), StoreError> {
-        for (id, record) in created {
+        let Committed {
+            created,
+            phone,
+            push_keys,
+            removed,
+        } = done;
+        // A number's record before its device's: a device is never read
+        // without it.
+        if let Some((id, sealed)) = &phone {
+            self.create(&phone_key(*id), sealed).await?;
+        }
+        for (id, record) in &created {
             self.add(*id, user, record).await?;
         }
+        for (id, key) in push_keys {
+            self.bind_push_key(id, key)
+                .await
+                .map_err(|error| match error {
+                    EnrollError::Store(error) => error,
+                    EnrollError::Invalid(why) => StoreError::Database(why),
+                })?;
+        }
         for id in removed {
-            self.revoke(*id).await?;
+            self.revoke(id).await?;
         }
         for (index, member) in unlisted {
             self.redis.set_remove(index, member, false).await?;
@@ -636,6 +718,7 @@ impl Store for ClusterStore {
             let devices = self.devices_of(user).await?;
             let (account_read, account, life_read, life) = self.user_records(user).await?;
             let unlogged_read = self.read_user(user, &[UserRecord::Unlogged]).await?;
+            let claimed = self.get_checked(&phone_claim_key(user)).await?.is_some();
             let Some(unlogged_read) = unlogged_read.into_iter().next() else {
                 return Err(StoreError::Database("a short read".into()).into());
             };
@@ -654,6 +737,9 @@ impl Store for ClusterStore {
                 ids: ids.clone(),
                 wanted: 0,
                 created: Vec::new(),
+                phone: None,
+                claimed,
+                push_keys: Vec::new(),
                 removed: Vec::new(),
                 wrote: false,
             };
@@ -671,6 +757,8 @@ impl Store for ClusterStore {
                 mut after,
                 audits,
                 created,
+                phone,
+                push_keys,
                 removed,
                 wrote,
                 devices,
@@ -726,11 +814,40 @@ impl Store for ClusterStore {
                     Op::Set(encode_unlogged(&pending), None),
                 ),
             ];
+            // One number per user across the deployment: the claim is taken
+            // before the change commits, and let go if it does not.
+            let claim = match &phone {
+                Some((id, _)) => {
+                    let key = phone_claim_key(user);
+                    let value = self.tagged(&key, PLAIN, id.0.to_string().as_bytes());
+                    if !self
+                        .redis
+                        .put_if_absent(&key, &value, true)
+                        .await
+                        .map_err(StoreError::from)?
+                    {
+                        continue;
+                    }
+                    Some((key, value))
+                }
+                None => None,
+            };
             if !self.write_user(user, &writes, true).await? {
+                if let Some((key, value)) = claim {
+                    self.redis
+                        .delete_if(&key, &value)
+                        .await
+                        .map_err(StoreError::from)?;
+                }
                 continue;
             }
-            self.finish_change(user, &created, &removed, &index_removed)
-                .await?;
+            let done = Committed {
+                created,
+                phone,
+                push_keys,
+                removed,
+            };
+            self.finish_change(user, done, &index_removed).await?;
             return Ok(value);
         }
         Err(StoreError::Database(format!("the registry records of {user} kept changing")).into())

@@ -43,6 +43,7 @@
 
 mod change;
 pub mod redis;
+mod tokens;
 
 pub use change::{UserLife, user_life};
 
@@ -53,7 +54,7 @@ use std::time::{Duration, Instant};
 use rand::CryptoRng;
 
 use crate::clock::Timestamp;
-use crate::identity::{ChallengeId, CodeId, DeviceId, PushId, Username};
+use crate::identity::{ActivationId, ChallengeId, CodeId, DeviceId, PushId, Username};
 use crate::otp::SecretKey;
 use crate::otp::push::PushKey;
 use crate::phone::{PhoneNumber, SendLimit};
@@ -197,6 +198,11 @@ pub enum UserRecord {
     /// Audit entries of the user's changes not yet in the deployment's
     /// log (`change`).
     Unlogged,
+    /// The number being added to the user, waiting for its confirm code
+    /// (`tokens`).
+    NumberToken,
+    /// An IB Key activation of the user under way (`tokens`).
+    Activation(ActivationId),
 }
 
 fn user_record_key(user: &Username, record: UserRecord) -> Key {
@@ -210,6 +216,8 @@ fn user_record_key(user: &Username, record: UserRecord) -> Key {
         UserRecord::Account => Key::new(&tag, "account"),
         UserRecord::Life => Key::new(&tag, "life"),
         UserRecord::Unlogged => Key::new(&tag, "unlogged"),
+        UserRecord::NumberToken => Key::new(&tag, "number-token"),
+        UserRecord::Activation(id) => Key::new(&tag, &format!("a:{:016x}", id.0)),
     }
 }
 
@@ -219,6 +227,7 @@ pub enum Handle {
     Challenge(ChallengeId),
     Code(CodeId),
     Push(PushId),
+    Activation(ActivationId),
 }
 
 fn handle_key(handle: Handle) -> Key {
@@ -226,6 +235,7 @@ fn handle_key(handle: Handle) -> Key {
         Handle::Challenge(id) => Key::new(&format!("c{:016x}", id.0), "owner"),
         Handle::Code(id) => Key::new(&format!("k{:016x}", id.0), "owner"),
         Handle::Push(id) => Key::new(&format!("p{:016x}", id.0), "owner"),
+        Handle::Activation(id) => Key::new(&format!("a{:016x}", id.0), "owner"),
     }
 }
 
@@ -479,7 +489,7 @@ impl ClusterStore {
 
     /// Registers a device: the id from a cluster-wide counter, the sealed
     /// record, then the user's index, each durable before the next.
-    pub async fn enroll<R: CryptoRng + Send + ?Sized>(
+    pub async fn enroll<R: CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
         new: NewDevice<'_>,
@@ -509,7 +519,7 @@ impl ClusterStore {
     /// Registers a verified number for a user: an SMS device. One number
     /// per user, across the deployment: the user's claim on a number is
     /// taken (`SET NX`, durable) before the device is written.
-    pub async fn enroll_phone<R: CryptoRng + Send + ?Sized>(
+    pub async fn enroll_phone<R: CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
         user: &Username,
@@ -556,7 +566,7 @@ impl ClusterStore {
 
     /// The key SMS codes are derived with, the same on every node: made by
     /// the first node that asks, kept sealed under the key file.
-    pub async fn sms_code_key<R: CryptoRng + Send + ?Sized>(
+    pub async fn sms_code_key<R: CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
     ) -> Result<SecretKey, StoreError> {
@@ -582,7 +592,7 @@ impl ClusterStore {
 
     /// Queues a message for whichever node has a carrier bridge; sealed,
     /// since it carries a code.
-    pub async fn enqueue_message<R: CryptoRng + Send + ?Sized>(
+    pub async fn enqueue_message<R: CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
         message: &[u8],
@@ -856,38 +866,6 @@ impl ClusterStore {
             Some(bytes) => self.codec.decode_user(user, bytes),
             None => Ok(Account::default()),
         }
-    }
-
-    /// Changes the account record of `user`: `decide` sees it as it is in
-    /// the store and answers the new record (`None`: leave it) and what to
-    /// reply; decided again when another node changed it meanwhile. `None`
-    /// when it kept changing.
-    pub async fn update_account<R, T>(
-        &self,
-        rng: &mut R,
-        user: &Username,
-        mut decide: impl FnMut(Account) -> (Option<Account>, T) + Send,
-    ) -> Result<Option<T>, StoreError>
-    where
-        R: CryptoRng + Send + ?Sized,
-        T: Send,
-    {
-        for _ in 0..SWAP_ROUNDS {
-            let read = self.read_user(user, &[UserRecord::Account]).await?;
-            let Some(current) = read.into_iter().next() else {
-                return Err(StoreError::Database("no account record read".into()));
-            };
-            let (next, answer) = decide(self.account(user, &current)?);
-            let Some(next) = next else {
-                return Ok(Some(answer));
-            };
-            let bytes = self.codec.encode_user(rng, user, &next)?;
-            let change = [(UserRecord::Account, current.version, Op::Set(bytes, None))];
-            if self.write_user(user, &change, true).await? {
-                return Ok(Some(answer));
-            }
-        }
-        Ok(None)
     }
 
     /// Some of a user's records, read at one moment (version 0: absent).

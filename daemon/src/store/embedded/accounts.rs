@@ -503,6 +503,10 @@ impl<R: CryptoRng + ?Sized> crate::store::RegistryChange for Change<'_, R> {
         self.registry.device(id)
     }
 
+    fn devices(&self, user: &Username) -> Result<Vec<std::sync::Arc<Device>>, StoreError> {
+        Ok(self.registry.devices_of(user))
+    }
+
     fn life(&self, id: DeviceId) -> DeviceLife {
         self.registry
             .device(id)
@@ -534,6 +538,19 @@ impl<R: CryptoRng + ?Sized> crate::store::RegistryChange for Change<'_, R> {
         label: &str,
     ) -> Result<DeviceId, StoreError> {
         Change::add_code(self, user, kind, code, label)
+    }
+
+    fn add_phone(
+        &mut self,
+        user: &Username,
+        number: PhoneNumber,
+        label: &str,
+    ) -> Result<DeviceId, EnrollError> {
+        Change::add_phone(self, user, number, label)
+    }
+
+    fn set_push_key(&mut self, id: DeviceId, key: PushKey) -> Result<(), StoreError> {
+        Change::set_push_key(self, id, key)
     }
 
     fn remove_device(&mut self, id: DeviceId) -> Result<(), StoreError> {
