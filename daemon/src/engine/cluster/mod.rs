@@ -12,12 +12,13 @@
 //! (`store.redis-wait-replicas`) before the reply is sent.
 //!
 //! Here: challenge/response, devices, enrolment, revocation and unlocking,
-//! identification and opt-out (the user's account record), withdrawals
-//! (the ledger on the user's slot) and the deployment's audit log; SMS and
-//! voice codes and the carrier channel in [`sms`]; push approval and the
-//! phone channel in [`push`]. The rest of the device lifecycle (shares,
-//! temporary codes, replacements, phone verification, IB Key activation)
-//! answers `Unsupported` here for now.
+//! withdrawals (the ledger on the user's slot), the deployment's audit log
+//! and which devices a login may use (the user's lifecycle record); SMS
+//! and voice codes and the carrier channel in [`sms`]; push approval and
+//! the phone channel in [`push`]. The device lifecycle (`lifecycle.rs`)
+//! and phone verification and IB Key activation (`activation.rs`) are
+//! written once for both stores and run here over the cluster store
+//! (`store::Store`, `node::Clustered`).
 
 mod push;
 mod sms;
