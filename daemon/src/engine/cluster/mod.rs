@@ -25,10 +25,6 @@ mod sms;
 
 pub(super) use push::Waiters;
 
-/// Rounds of read, judge and write on one user's records before giving up
-/// (`Busy`): each lost round means another node changed them meanwhile.
-const CHANGE_ROUNDS: usize = 8;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -48,7 +44,8 @@ use crate::ratelimit::Decision;
 use crate::store::Device;
 use crate::store::cluster::redis::Op;
 use crate::store::cluster::{
-    ClusterStore, EXPIRED_GRACE, Handle, UserRecord, failure_state, question_memory, user_life,
+    ClusterStore, EXPIRED_GRACE, Rounds, UserRecord, failure_state, question_memory, slots,
+    user_life,
 };
 use crate::store::{DeviceLife, Disposition, FailureState, NewDevice, OpenChallenge, StoreError};
 use crate::wire::request::{Answer, Page};
@@ -407,17 +404,26 @@ impl Engine {
         now: Timestamp,
         page: Option<Page>,
     ) -> Result<Reply, StoreError> {
-        let own = store.devices_of(user).await?;
-        // Every failure state, the account (opt-out) and the lifecycle
-        // record in one read: they live with the user.
-        let mut records: Vec<UserRecord> = own.iter().map(|d| UserRecord::Failures(d.id)).collect();
-        records.extend([UserRecord::Account, UserRecord::Life]);
-        let mut states = store.read_user(user, &records).await?;
-        let (Some(life), Some(account)) = (states.pop(), states.pop()) else {
+        // The device ids, every failure state, the account (opt-out) and
+        // the lifecycle record in one round trip: they live with the user.
+        let (ids, records) = store
+            .read_devices(user, &[UserRecord::Account, UserRecord::Life])
+            .await?;
+        let [account, life] = records.as_slice() else {
             return Err(StoreError::Database("a short read".into()));
         };
-        let account = store.account(user, &account)?;
-        let life = user_life(user, &life)?;
+        let account = store.account(user, account)?;
+        let life = user_life(user, life)?;
+        // The devices themselves from this node's cache (a forged one is
+        // left out: the user's other devices still work).
+        let mut own = Vec::with_capacity(ids.len());
+        for (id, failures) in ids {
+            match store.device(id).await {
+                Ok(Some(device)) if &device.user == user => own.push((device, failures)),
+                Ok(_) | Err(StoreError::Forged(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
         let share = life.active_share();
         let shared = match (share, page) {
             (Some(share), Some(_)) => store.device(share.device).await?,
@@ -425,7 +431,7 @@ impl Engine {
             (None, _) => None,
         };
         let mut entries = Vec::with_capacity(own.len() + 1);
-        for (device, record) in own.iter().zip(&states) {
+        for (device, failures) in &own {
             if life.retired.contains(&device.id) {
                 continue;
             }
@@ -436,8 +442,7 @@ impl Engine {
                 None => share.is_none() && life.allows(device, now),
             };
             if listed {
-                let failures = failure_state(device.id, record)?;
-                entries.push(device_entry(device, &failures, status, None, now));
+                entries.push(device_entry(device, failures, status, None, now));
             }
         }
         if let Some(device) = &shared {
@@ -464,14 +469,18 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Result<Reply, StoreError> {
-        if let Some(refusal) = self
-            .cluster_issuance(store, user, now, "too many challenges for this user")
-            .await?
-        {
-            return Ok(refusal);
-        }
+        let why = "too many challenges for this user";
         // An unknown user and another user's device answer the same way;
         // another user's device only through the user's share in effect.
+        // Either way the issuance counts first, as on the embedded store
+        // (the limit tells nothing about which names exist); on the way to
+        // a challenge it is counted in the read of the device's records.
+        let refused = |reply: Reply| async move {
+            Ok(match self.cluster_issuance(store, user, now, why).await? {
+                Some(limited) => limited,
+                None => reply,
+            })
+        };
         let unusable = || {
             Reply::error(
                 ErrorCode::NotFound,
@@ -479,7 +488,7 @@ impl Engine {
             )
         };
         let Some(device) = store.device(device).await? else {
-            return Ok(unusable());
+            return refused(unusable()).await;
         };
         let shared = &device.user != user;
         if shared
@@ -489,26 +498,43 @@ impl Engine {
                 .active_share()
                 .is_none_or(|s| s.device != device.id)
         {
-            return Ok(unusable());
+            return refused(unusable()).await;
         }
         if device.expired_at(now) {
-            return Ok(Reply::error(
-                ErrorCode::NotFound,
-                "the device's validity has ended",
-            ));
+            let ended = Reply::error(ErrorCode::NotFound, "the device's validity has ended");
+            return refused(ended).await;
+        }
+        // A shared device's records live in another slot than the
+        // requester's limit: counted on its own.
+        let mut counted = false;
+        if shared {
+            if let Some(limited) = self.cluster_issuance(store, user, now, why).await? {
+                return Ok(limited);
+            }
+            counted = true;
         }
         let ttl = self.config.challenges.ttl;
         let failures_of = UserRecord::Failures(device.id);
         let questions_of = UserRecord::Questions(device.id);
         // The device's records live with its owner, whoever asks.
         let owner = &device.user;
-        // Ids are random 64-bit numbers (a collision takes another), and
-        // the device's records change under a verify on any node (decided
-        // again on what changed).
-        for _ in 0..CHANGE_ROUNDS {
-            let records = store
-                .read_user(owner, &[failures_of, questions_of, UserRecord::Life])
-                .await?;
+        let read = [failures_of, questions_of, UserRecord::Life];
+        let rate = self.config.challenges.issuance_rate();
+        // Ids carry the slot of the owner's records and 50 random bits (a
+        // collision takes another), and the device's records change under
+        // a verify on any node (decided again on what changed).
+        let mut rounds = Rounds::default();
+        while rounds.next().await {
+            let records = if counted {
+                store.read_user(owner, &read).await?
+            } else {
+                counted = true;
+                let (decision, records) = store.issue_and_read(owner, rate, now, &read).await?;
+                if let Decision::Deny { retry_after } = decision {
+                    return Ok(Reply::rate_limited(retry_after, why));
+                }
+                records
+            };
             let [failures_record, questions_record, life_record] = records.as_slice() else {
                 return Err(StoreError::Database("a short read".into()));
             };
@@ -526,14 +552,7 @@ impl Engine {
             if !allowed {
                 return Ok(unusable());
             }
-            let id = ChallengeId(rng.next_u64());
-            let handle = Handle::Challenge(id);
-            if !store
-                .claim_handle(handle, owner, Some(device.id), ttl)
-                .await?
-            {
-                continue;
-            }
+            let id = slots::challenge_id(ClusterStore::user_slot(owner), rng);
             let mut failures = failure_state(device.id, failures_record)?;
             let mut questions = question_memory(device.id, questions_record)?;
             let asked = match rules::ask::ask_device(
@@ -559,10 +578,16 @@ impl Engine {
             // lost in a failover is asked again, the same question); what
             // was asked is, and the failure a late challenge cost.
             let changes = [
+                // New (version 0: a colliding id is a conflict), naming the
+                // records a verify reads with it.
                 (
                     UserRecord::Challenge(id),
                     0,
-                    Op::Set(asked.open.encode(), Some(ttl + EXPIRED_GRACE)),
+                    Op::Link(
+                        asked.open.encode(),
+                        Some(ttl + EXPIRED_GRACE),
+                        ClusterStore::record_names(owner, &read),
+                    ),
                 ),
                 (
                     questions_of,
@@ -588,7 +613,7 @@ impl Engine {
         }
         Ok(Reply::error(
             ErrorCode::Busy,
-            "could not allocate a challenge id",
+            "the device's records kept changing; retry",
         ))
     }
 
@@ -625,35 +650,40 @@ impl Engine {
         now: Timestamp,
     ) -> Result<Option<(Verdict, DeviceLife)>, StoreError> {
         let unknown = Some((Verdict::UnknownChallenge, DeviceLife::default()));
-        let Some((user, Some(device_id))) = store.handle_owner(Handle::Challenge(id)).await? else {
-            return Ok(unknown);
-        };
         let challenge = UserRecord::Challenge(id);
-        let failures_of = UserRecord::Failures(device_id);
-        let questions_of = UserRecord::Questions(device_id);
-        for _ in 0..CHANGE_ROUNDS {
-            let records = store
-                .read_user(
-                    &user,
-                    &[challenge, failures_of, questions_of, UserRecord::Life],
-                )
-                .await?;
-            let [record, failures_record, questions_record, life_record] = records.as_slice()
-            else {
-                return Err(StoreError::Database("a short read".into()));
+        let mut rounds = Rounds::default();
+        while rounds.next().await {
+            // The challenge and the records it was written with, by its id
+            // alone (it carries their slot).
+            let Some((record, linked)) = store.read_challenge(id).await? else {
+                return Ok(unknown);
             };
             let Some(open) = record.value.as_deref().and_then(OpenChallenge::decode) else {
                 return Ok(unknown);
             };
+            let failures_of = UserRecord::Failures(open.device);
+            let questions_of = UserRecord::Questions(open.device);
+            let Some(device) = store.device(open.device).await? else {
+                // Revoked since the challenge was issued: it goes.
+                let used_up = (challenge, record.version, Op::Delete);
+                store.write_user(&open.user, &[used_up], true).await?;
+                let verdict = rules::verify::revoked(&open, now).verdict;
+                return Ok(Some((verdict, DeviceLife::default())));
+            };
+            let user = device.user.clone();
+            let wanted = [failures_of, questions_of, UserRecord::Life];
+            let records = store.linked_records(&user, &wanted, linked)?;
+            let [failures_record, questions_record, life_record] = records.as_slice() else {
+                return Err(StoreError::Database("a short read".into()));
+            };
             let lives = user_life(&user, life_record)?;
-            let found = store.device(open.device).await?;
-            let Some(device) = found.filter(|d| !lives.retired.contains(&d.id)) else {
-                // Revoked (or retired) since the challenge was issued: it goes.
+            if lives.retired.contains(&device.id) {
+                // Retired since the challenge was issued: it goes.
                 let used_up = (challenge, record.version, Op::Delete);
                 store.write_user(&user, &[used_up], true).await?;
                 let verdict = rules::verify::revoked(&open, now).verdict;
                 return Ok(Some((verdict, DeviceLife::default())));
-            };
+            }
             let life = lives.life(device.id);
             let failures = failure_state(device.id, failures_record)?;
             let questions = question_memory(device.id, questions_record)?;

@@ -32,7 +32,7 @@ use crate::profile::DeviceKind;
 use crate::store::StoreError;
 use crate::store::cluster::redis::Op;
 use crate::store::cluster::{
-    ClusterStore, EXPIRED_GRACE, Handle, QueueWaiter, UserRecord, failure_state,
+    ClusterStore, EXPIRED_GRACE, Handle, QueueWaiter, Rounds, UserRecord, failure_state,
 };
 use crate::wire::codec::{Put, Reader};
 use crate::wire::{ErrorCode, Reply, Response, Verdict};
@@ -40,8 +40,6 @@ use crate::wire::{ErrorCode, Reply, Response, Verdict};
 /// How long a node's word that it is alive lasts (its phones' links count
 /// only while it does); renewed every second.
 const NODE_ALIVE: Duration = Duration::from_secs(3);
-/// Compare-and-swap rounds on one push before giving up (`Busy`).
-const PUSH_ROUNDS: usize = 8;
 
 const NOTICE: u8 = 1;
 const VERDICT: u8 = 2;
@@ -324,7 +322,8 @@ impl Engine {
             return Ok(Some(Reply::Verdict(Verdict::UnknownChallenge)));
         };
         let record_of = UserRecord::Push(id);
-        for _ in 0..PUSH_ROUNDS {
+        let mut rounds = Rounds::default();
+        while rounds.next().await {
             let Some((version, mut session)) = read_push(store, &user, id).await? else {
                 return Ok(Some(Reply::Verdict(Verdict::UnknownChallenge)));
             };
@@ -419,7 +418,8 @@ impl Engine {
         }
         let record_of = UserRecord::Push(id);
         let failures_of = UserRecord::Failures(device_id);
-        for _ in 0..PUSH_ROUNDS {
+        let mut rounds = Rounds::default();
+        while rounds.next().await {
             // The push and the device's failure state, read and settled
             // together: the first answer wins, and a wrong one counts
             // toward the lockout only if it is that answer.

@@ -33,13 +33,11 @@ use crate::store::Disposition;
 use crate::store::StoreError;
 use crate::store::cluster::redis::Op;
 use crate::store::cluster::{
-    ClusterStore, EXPIRED_GRACE, Handle, QueueWaiter, UserRecord, failure_state,
+    ClusterStore, EXPIRED_GRACE, Handle, QueueWaiter, Rounds, UserRecord, failure_state,
 };
 use crate::wire::request::Answer;
 use crate::wire::{DeliveryReport, DeliveryState, ErrorCode, Reply, Verdict};
 
-/// Compare-and-swap rounds on one session before giving up (`Busy`).
-const SESSION_ROUNDS: usize = 8;
 /// How long a node's claim to have bridges lasts; renewed every second.
 const BRIDGE_CLAIM: Duration = Duration::from_secs(3);
 /// How often a node renews its claims (bridges, phone links).
@@ -210,7 +208,8 @@ impl Engine {
             return Ok(Reply::Verdict(Verdict::UnknownChallenge));
         };
         let failures_of = UserRecord::Failures(device_id);
-        for _ in 0..SESSION_ROUNDS {
+        let mut rounds = Rounds::default();
+        while rounds.next().await {
             // The session and its device's failure state, read and written
             // together: a lockout reached on another node counts here.
             let records = store
@@ -339,7 +338,8 @@ impl Engine {
         let Some((user, _)) = store.handle_owner(Handle::Code(code)).await? else {
             return Ok(());
         };
-        for _ in 0..SESSION_ROUNDS {
+        let mut rounds = Rounds::default();
+        while rounds.next().await {
             let records = store.read_user(&user, &[UserRecord::Sms]).await?;
             let Some(record) = records.first() else {
                 return Ok(());

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use rand::CryptoRng;
 
-use super::{ClusterStore, PLAIN, UserRecord, failure_state, phone_claim_key, phone_key};
+use super::{ClusterStore, PLAIN, Rounds, UserRecord, failure_state, phone_claim_key, phone_key};
 use crate::clock::Timestamp;
 use crate::identity::{DeviceId, ShareId, Username};
 use crate::otp::SecretKey;
@@ -47,9 +47,6 @@ use crate::store::{
 };
 use crate::wire::AuditRecord;
 use crate::wire::codec::{Put, Reader};
-
-/// Rounds of read, decide and write of one change before giving up.
-const CHANGE_ROUNDS: usize = 8;
 
 /// A user's device lifecycle on the cluster, one record in their slot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -523,7 +520,8 @@ impl ClusterStore {
     /// log yet, and takes them out of the user's `unlogged` record.
     pub async fn flush_audit(&self, user: &Username) -> Result<(), StoreError> {
         let mut appended: Vec<Vec<u8>> = Vec::new();
-        for _ in 0..CHANGE_ROUNDS {
+        let mut rounds = Rounds::default();
+        while rounds.next().await {
             let read = self.read_user(user, &[UserRecord::Unlogged]).await?;
             let Some(record) = read.into_iter().next() else {
                 return Ok(());
@@ -714,7 +712,8 @@ impl Store for ClusterStore {
         E: From<StoreError>,
     {
         let mut ids: Vec<DeviceId> = Vec::new();
-        for _ in 0..CHANGE_ROUNDS {
+        let mut rounds = Rounds::default();
+        while rounds.next().await {
             let devices = self.devices_of(user).await?;
             let (account_read, account, life_read, life) = self.user_records(user).await?;
             let unlogged_read = self.read_user(user, &[UserRecord::Unlogged]).await?;

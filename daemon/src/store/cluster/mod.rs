@@ -43,6 +43,7 @@
 
 mod change;
 pub mod redis;
+pub mod slots;
 mod tokens;
 
 pub use change::{UserLife, user_life};
@@ -78,9 +79,12 @@ pub const EXPIRED_GRACE: Duration = Duration::from_secs(60);
 const QUEUE_TTL: Duration = Duration::from_secs(3600);
 /// What a queued message's sealing is bound to.
 const OUTBOX_CONTEXT: &[u8] = b"sls/1 outbox message";
-/// Compare-and-swap rounds before a failure-state change gives up (each
-/// conflict means another node changed the same device meanwhile).
-const SWAP_ROUNDS: usize = 16;
+/// Compare-and-swap rounds of read, decide and write before an operation
+/// gives up (`Busy`): each lost round means another node changed the same
+/// records meanwhile.
+const ROUNDS: usize = 16;
+/// The longest pause before a retry (the pauses double from a tenth of it).
+const MOST_PAUSE: Duration = Duration::from_millis(4);
 /// Bytes of the tag that authenticates each record a node writes (a
 /// truncated HMAC-SHA256: 128 bits).
 const TAG_BYTES: usize = 16;
@@ -205,12 +209,35 @@ pub enum UserRecord {
     Activation(ActivationId),
 }
 
+/// The hash tag of a user's records.
+fn user_tag(user: &Username) -> String {
+    format!("u:{user}")
+}
+
+/// What the name of a failure-state record starts with (the device id
+/// follows): `read_set` names them from the user's device set.
+fn failures_prefix(user: &Username) -> String {
+    Key::new(&user_tag(user), "f:").as_str().to_owned()
+}
+
+/// A challenge's record, named by its id alone.
+fn user_record_key_of_challenge(id: ChallengeId) -> Key {
+    Key::new(
+        slots::tag_for(slots::slot_of_challenge(id)),
+        &format!("c:{:016x}", id.0),
+    )
+}
+
 fn user_record_key(user: &Username, record: UserRecord) -> Key {
-    let tag = format!("u:{user}");
+    let tag = user_tag(user);
     match record {
-        UserRecord::Failures(device) => Key::new(&tag, &format!("f:{}", device.0)),
+        UserRecord::Failures(device) => {
+            Key::named(format!("{}{}", failures_prefix(user), device.0))
+        }
         UserRecord::Questions(device) => Key::new(&tag, &format!("q:{}", device.0)),
-        UserRecord::Challenge(id) => Key::new(&tag, &format!("c:{:016x}", id.0)),
+        // Named by the slot its id carries (the user's): `Verify` needs
+        // only the id.
+        UserRecord::Challenge(id) => user_record_key_of_challenge(id),
         UserRecord::Sms => Key::new(&tag, "sms"),
         UserRecord::Push(id) => Key::new(&tag, &format!("p:{:016x}", id.0)),
         UserRecord::Account => Key::new(&tag, "account"),
@@ -224,7 +251,6 @@ fn user_record_key(user: &Username, record: UserRecord) -> Key {
 /// A random handle a client holds, whose records live with a user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handle {
-    Challenge(ChallengeId),
     Code(CodeId),
     Push(PushId),
     Activation(ActivationId),
@@ -232,7 +258,6 @@ pub enum Handle {
 
 fn handle_key(handle: Handle) -> Key {
     match handle {
-        Handle::Challenge(id) => Key::new(&format!("c{:016x}", id.0), "owner"),
         Handle::Code(id) => Key::new(&format!("k{:016x}", id.0), "owner"),
         Handle::Push(id) => Key::new(&format!("p{:016x}", id.0), "owner"),
         Handle::Activation(id) => Key::new(&format!("a{:016x}", id.0), "owner"),
@@ -278,6 +303,39 @@ pub fn failure_state(device: DeviceId, record: &Versioned) -> Result<FailureStat
 /// A question-memory record as read (absent: never asked).
 pub fn question_memory(device: DeviceId, record: &Versioned) -> Result<QuestionMemory, StoreError> {
     device_record(device, record, QuestionMemory::decode, "question memory")
+}
+
+/// The rounds of one compare-and-swap loop (`while rounds.next().await`):
+/// `ROUNDS` of them, each retry after a short random pause, so that
+/// contenders on the same records (a burst of logins on one device through
+/// several nodes) spread out instead of colliding again in step.
+#[derive(Debug, Default)]
+pub struct Rounds {
+    taken: u32,
+}
+
+impl Rounds {
+    /// Whether another round may run (after its pause).
+    pub async fn next(&mut self) -> bool {
+        if self.taken as usize >= ROUNDS {
+            return false;
+        }
+        if self.taken > 0 {
+            let most = (MOST_PAUSE / 10)
+                .saturating_mul(1 << self.taken.min(4))
+                .min(MOST_PAUSE);
+            // Jitter, not a secret: the standard library's per-instance
+            // random hash keys.
+            let draw = std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                self.taken,
+            );
+            let pause = most.mul_f64((draw >> 11) as f64 / (1u64 << 53) as f64);
+            tokio::time::sleep(pause).await;
+        }
+        self.taken += 1;
+        true
+    }
 }
 
 impl ClusterStore {
@@ -346,18 +404,7 @@ impl ClusterStore {
     /// stay absent).
     async fn read_checked(&self, keys: &[&Key]) -> Result<Vec<Versioned>, StoreError> {
         let records = self.redis.read_many(keys).await?;
-        keys.iter()
-            .zip(records)
-            .map(|(key, record)| {
-                Ok(Versioned {
-                    version: record.version,
-                    value: match record.value {
-                        Some(stored) => Some(self.checked(key, record.version, &stored)?),
-                        None => None,
-                    },
-                })
-            })
-            .collect()
+        self.checked_all(keys, records)
     }
 
     /// A plain value as read, checked.
@@ -572,7 +619,8 @@ impl ClusterStore {
     ) -> Result<SecretKey, StoreError> {
         const CONTEXT: &[u8] = b"sls/1 sms code key";
         let key = sms_code_key_key();
-        for _ in 0..SWAP_ROUNDS {
+        let mut rounds = Rounds::default();
+        while rounds.next().await {
             if let Some(sealed) = self.redis.read(&key).await?.value {
                 let bytes = self.codec.cipher.open(&sealed, CONTEXT)?;
                 return SecretKey::from_bytes(bytes.to_vec())
@@ -747,7 +795,8 @@ impl ClusterStore {
         // Versioned, so the key a device was bound to before cannot be put
         // back in place of a newer one.
         let record = push_key_key(id);
-        for _ in 0..SWAP_ROUNDS {
+        let mut rounds = Rounds::default();
+        while rounds.next().await {
             let version = self
                 .redis
                 .read(&record)
@@ -868,6 +917,129 @@ impl ClusterStore {
         }
     }
 
+    /// The slot a user's records live in.
+    pub fn user_slot(user: &Username) -> u16 {
+        slots::slot_of(&user_tag(user))
+    }
+
+    /// One issuance for `user` counted (`count_issuance`) and some of the
+    /// user's records read, in one round trip.
+    pub async fn issue_and_read(
+        &self,
+        user: &Username,
+        rate: Rate,
+        now: Timestamp,
+        records: &[UserRecord],
+    ) -> Result<(Decision, Vec<Versioned>), StoreError> {
+        let limit = Key::new(&user_tag(user), "issued");
+        let keys: Vec<Key> = records.iter().map(|r| user_record_key(user, *r)).collect();
+        let keys: Vec<&Key> = keys.iter().collect();
+        let (decision, read) = self.redis.gcra_and_read(&limit, rate, now, &keys).await?;
+        Ok((decision, self.checked_all(&keys, read)?))
+    }
+
+    /// The user's device ids, some of the user's records, and each
+    /// device's failure state, in one round trip.
+    pub async fn read_devices(
+        &self,
+        user: &Username,
+        records: &[UserRecord],
+    ) -> Result<(Vec<(DeviceId, FailureState)>, Vec<Versioned>), StoreError> {
+        let keys: Vec<Key> = records.iter().map(|r| user_record_key(user, *r)).collect();
+        let keys: Vec<&Key> = keys.iter().collect();
+        let (ids, read, failures) = self
+            .redis
+            .read_set(&user_key(user), &keys, &failures_prefix(user))
+            .await?;
+        let read = self.checked_all(&keys, read)?;
+        let mut devices = Vec::with_capacity(ids.len());
+        for (id, record) in ids.iter().zip(failures) {
+            let Some(id) = std::str::from_utf8(id).ok().and_then(|id| id.parse().ok()) else {
+                continue;
+            };
+            let id = DeviceId(id);
+            let key = user_record_key(user, UserRecord::Failures(id));
+            let record = self.checked_all(&[&key], vec![record])?;
+            let state = record
+                .first()
+                .map_or(Ok(FailureState::default()), |r| failure_state(id, r))?;
+            devices.push((id, state));
+        }
+        devices.sort_unstable_by_key(|(id, _)| *id);
+        Ok((devices, read))
+    }
+
+    /// A challenge record and the records it was written with
+    /// (`Op::Link`), in one round trip; `None`: no such challenge. The
+    /// linked records are checked when they are claimed
+    /// (`linked_records`).
+    pub async fn read_challenge(
+        &self,
+        id: ChallengeId,
+    ) -> Result<Option<(Versioned, Vec<(String, Versioned)>)>, StoreError> {
+        let key = user_record_key_of_challenge(id);
+        let (record, linked) = self.redis.read_linked(&key).await?;
+        if record.value.is_none() {
+            return Ok(None);
+        }
+        let record = self.checked_all(&[&key], vec![record])?;
+        Ok(record.into_iter().next().map(|record| (record, linked)))
+    }
+
+    /// The records of `user` a challenge was linked to, in the order of
+    /// `wanted`, each checked; refused (`Forged`) unless the links name
+    /// exactly those records.
+    pub fn linked_records(
+        &self,
+        user: &Username,
+        wanted: &[UserRecord],
+        linked: Vec<(String, Versioned)>,
+    ) -> Result<Vec<Versioned>, StoreError> {
+        let keys: Vec<Key> = wanted.iter().map(|r| user_record_key(user, *r)).collect();
+        let names_match = linked.len() == keys.len()
+            && keys
+                .iter()
+                .zip(&linked)
+                .all(|(key, (name, _))| key.as_str() == name);
+        if !names_match {
+            let first = keys.first().map_or("", Key::as_str);
+            return Err(Self::refused(&Key::named(first.to_owned())));
+        }
+        let keys: Vec<&Key> = keys.iter().collect();
+        self.checked_all(
+            &keys,
+            linked.into_iter().map(|(_, record)| record).collect(),
+        )
+    }
+
+    /// The names of `records` of `user`, for `Op::Link`.
+    pub fn record_names(user: &Username, records: &[UserRecord]) -> Vec<String> {
+        records
+            .iter()
+            .map(|r| user_record_key(user, *r).as_str().to_owned())
+            .collect()
+    }
+
+    /// Versioned records as read, each checked against its key.
+    fn checked_all(
+        &self,
+        keys: &[&Key],
+        read: Vec<Versioned>,
+    ) -> Result<Vec<Versioned>, StoreError> {
+        keys.iter()
+            .zip(read)
+            .map(|(key, record)| {
+                Ok(Versioned {
+                    version: record.version,
+                    value: match record.value {
+                        Some(stored) => Some(self.checked(key, record.version, &stored)?),
+                        None => None,
+                    },
+                })
+            })
+            .collect()
+    }
+
     /// Some of a user's records, read at one moment (version 0: absent).
     pub async fn read_user(
         &self,
@@ -900,6 +1072,9 @@ impl ClusterStore {
             .map(|(key, (_, version, change))| {
                 let change = match change {
                     Op::Set(value, ttl) => Op::Set(self.tagged(key, version + 1, value), *ttl),
+                    Op::Link(value, ttl, links) => {
+                        Op::Link(self.tagged(key, version + 1, value), *ttl, links.clone())
+                    }
                     other => other.clone(),
                 };
                 (key, *version, change)
@@ -935,7 +1110,8 @@ impl ClusterStore {
         device: DeviceId,
         mut change: impl FnMut(&mut FailureState) -> T,
     ) -> Result<Option<T>, StoreError> {
-        for _ in 0..SWAP_ROUNDS {
+        let mut rounds = Rounds::default();
+        while rounds.next().await {
             let (version, before) = self.failures(user, device).await?;
             let mut after = before;
             let answer = change(&mut after);
@@ -952,7 +1128,7 @@ impl ClusterStore {
             }
         }
         Err(StoreError::Database(format!(
-            "the failure state of device {device} kept changing under {SWAP_ROUNDS} attempts"
+            "the failure state of device {device} kept changing under {ROUNDS} attempts"
         )))
     }
 

@@ -163,6 +163,12 @@ impl Key {
         Self(format!("sls:{{{tag}}}:{rest}"))
     }
 
+    /// A key by its whole name (as a record names the records it goes
+    /// with).
+    pub fn named(name: String) -> Self {
+        Self(name)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -185,6 +191,9 @@ pub enum Op {
     Keep,
     /// Write this value (the version goes up by one), for this long.
     Set(Vec<u8>, Option<Duration>),
+    /// Write this value, for this long, and name the records of its slot
+    /// it goes with (read with it by `read_linked`).
+    Link(Vec<u8>, Option<Duration>, Vec<String>),
     /// Delete the record.
     Delete,
 }
@@ -212,21 +221,82 @@ end
 return version
 ";
 
-/// GCRA (`ratelimit::Gcra::check`, the same arithmetic on the store):
-/// `KEYS[1]` the theoretical arrival time in µs, `ARGV[1]` now in µs,
-/// `ARGV[2]` the interval and `ARGV[3]` the tolerance in µs. Answers 0 and
-/// records the event when it is allowed, else the µs until it would be
-/// (nothing recorded). The key lives as long as it holds anything back.
-/// (µs since the epoch stay below 2^53, exact in Lua's doubles.)
-const GCRA: &str = r"
-local now = tonumber(ARGV[1])
-local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
-local allow_at = tat - tonumber(ARGV[3])
-if allow_at > now then return allow_at - now end
-local next = tat + tonumber(ARGV[2])
-redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', math.max(1, math.ceil((next - now) / 1000)))
-return 0
+/// GCRA (`ratelimit::Gcra::check`, the same arithmetic on the store), as
+/// a Lua function the scripts that limit share: `key` the theoretical
+/// arrival time in µs, `now` in µs, `interval` and `tolerance` in µs.
+/// Answers 0 and records the event when it is allowed, else the µs until
+/// it would be (nothing recorded). The key lives as long as it holds
+/// anything back. (µs since the epoch stay below 2^53, exact in Lua's
+/// doubles.)
+const GCRA_FN: &str = r"
+local function gcra(key, now, interval, tolerance)
+  local tat = math.max(tonumber(redis.call('GET', key) or '0'), now)
+  local allow_at = tat - tolerance
+  if allow_at > now then return allow_at - now end
+  local next = tat + interval
+  redis.call('SET', key, string.format('%.0f', next), 'PX', math.max(1, math.ceil((next - now) / 1000)))
+  return 0
+end
 ";
+
+/// Versioned records as read, as a Lua function: per key its version
+/// ("0" when absent) and value.
+const READ_FN: &str = r"
+local function read(keys)
+  local out = {}
+  for i, key in ipairs(keys) do
+    local r = redis.call('HMGET', key, 'v', 'd')
+    out[i] = {r[1] or '0', r[2] or ''}
+  end
+  return out
+end
+";
+
+/// `KEYS[1]` a GCRA key, `ARGV[1..3]` now, interval, tolerance (µs).
+static GCRA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{GCRA_FN}return gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))"
+    )
+});
+
+/// `KEYS[1]` a GCRA key, `KEYS[2..]` versioned records of its slot,
+/// `ARGV[1..3]` as `GCRA`: one issuance counted and the records read, at
+/// one moment. Answers {the GCRA's answer, the records as `read`}.
+static GCRA_READ: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{GCRA_FN}{READ_FN}local wait = gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))\n\
+         local records = {{}}\nfor i = 2, #KEYS do records[i - 1] = KEYS[i] end\n\
+         return {{wait, read(records)}}"
+    )
+});
+
+/// `KEYS` versioned records of one slot, as `read`.
+static READ_MANY: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{READ_FN}return read(KEYS)"));
+
+/// `KEYS[1]` a versioned record naming the records it goes with (its `k`
+/// field: keys of its slot, one per line). Answers {the record and those
+/// records as `read`, the names}.
+static READ_LINKED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{READ_FN}local names = redis.call('HGET', KEYS[1], 'k') or ''\n\
+         local keys = {{KEYS[1]}}\n\
+         for name in string.gmatch(names, '[^\\n]+') do keys[#keys + 1] = name end\n\
+         return {{read(keys), names}}"
+    )
+});
+
+/// `KEYS[1]` a set of ids, `KEYS[2..]` versioned records of its slot;
+/// `ARGV[1]` the name of a record per id (`ARGV[1] .. id`). Answers {the
+/// ids, the records as `read`, each id's record as `read`}.
+static READ_SET: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{READ_FN}local ids = redis.call('SMEMBERS', KEYS[1])\n\
+         local fixed = {{}}\nfor i = 2, #KEYS do fixed[i - 1] = KEYS[i] end\n\
+         local each = {{}}\nfor i, id in ipairs(ids) do each[i] = ARGV[1] .. id end\n\
+         return {{ids, read(fixed), read(each)}}"
+    )
+});
 
 /// `KEYS[1]` today's total, `KEYS[2..]` the other days of the window
 /// (one slot); `ARGV[1]` the amount, `ARGV[2]` the day's limit and
@@ -259,32 +329,24 @@ redis.call('RPUSH', KEYS[2], ARGV[1])
 return seq
 ";
 
-/// `KEYS` versioned records of one slot. Answers, per key, its version
-/// ("0" when absent) and value.
-const READ_MANY: &str = r"
-local out = {}
-for i, key in ipairs(KEYS) do
-  local r = redis.call('HMGET', key, 'v', 'd')
-  out[i] = {r[1] or '0', r[2] or ''}
-end
-return out
-";
-
-/// `KEYS` versioned records of one slot; `ARGV`, four per key: the
+/// `KEYS` versioned records of one slot; `ARGV`, five per key: the
 /// version it must be at, what to do (`k` keep, `s` set, `d` delete), the
-/// value to set and its TTL in ms (0: none). All or nothing: answers 1
-/// when every version matched and the writes were made, 0 otherwise.
+/// value to set, its TTL in ms (0: none) and the records it goes with
+/// (its `k` field, for `READ_LINKED`; empty: unchanged). All or nothing:
+/// answers 1 when every version matched and the writes were made, 0
+/// otherwise.
 const TRANSACT: &str = r"
 for i, key in ipairs(KEYS) do
   local version = tonumber(redis.call('HGET', key, 'v') or '0')
-  if version ~= tonumber(ARGV[(i - 1) * 4 + 1]) then return 0 end
+  if version ~= tonumber(ARGV[(i - 1) * 5 + 1]) then return 0 end
 end
 for i, key in ipairs(KEYS) do
-  local base = (i - 1) * 4
+  local base = (i - 1) * 5
   local op = ARGV[base + 2]
   if op == 's' then
     local version = tonumber(redis.call('HGET', key, 'v') or '0') + 1
     redis.call('HSET', key, 'v', version, 'd', ARGV[base + 3])
+    if ARGV[base + 5] ~= '' then redis.call('HSET', key, 'k', ARGV[base + 5]) end
     local ttl = tonumber(ARGV[base + 4])
     if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
   elseif op == 'd' then
@@ -714,32 +776,98 @@ impl RedisStore {
             return Ok(Vec::new());
         };
         let mut command = redis::cmd("EVAL");
-        command.arg(READ_MANY).arg(keys.len());
+        command.arg(READ_MANY.as_str()).arg(keys.len());
         for key in keys {
             command.arg(key.as_str());
         }
-        let Value::Array(records) = self.run(first, command, false).await? else {
-            return Err(RedisError::Unexpected("read_many".into()));
+        records(self.run(first, command, false).await?)
+    }
+
+    /// One issuance counted on `limit` (as `gcra`) and records of its slot
+    /// read, in one round trip.
+    pub async fn gcra_and_read(
+        &self,
+        limit: &Key,
+        rate: crate::ratelimit::Rate,
+        now: crate::clock::Timestamp,
+        keys: &[&Key],
+    ) -> Result<(crate::ratelimit::Decision, Vec<Versioned>), RedisError> {
+        let mut command = redis::cmd("EVAL");
+        command.arg(GCRA_READ.as_str()).arg(keys.len() + 1);
+        command.arg(limit.as_str());
+        for key in keys {
+            command.arg(key.as_str());
+        }
+        gcra_args(&mut command, rate, now);
+        let Value::Array(parts) = self.run(limit, command, false).await? else {
+            return Err(RedisError::Unexpected("gcra_and_read".into()));
         };
-        records
+        let mut parts = parts.into_iter();
+        let (Some(wait), Some(read)) = (parts.next(), parts.next()) else {
+            return Err(RedisError::Unexpected("gcra_and_read".into()));
+        };
+        Ok((decision(&wait)?, records(read)?))
+    }
+
+    /// A record and the records it names (`Op::Link`), read at one moment:
+    /// the record, then each named one with its name.
+    pub async fn read_linked(
+        &self,
+        key: &Key,
+    ) -> Result<(Versioned, Vec<(String, Versioned)>), RedisError> {
+        let mut command = redis::cmd("EVAL");
+        command.arg(READ_LINKED.as_str()).arg(1).arg(key.as_str());
+        let Value::Array(parts) = self.run(key, command, false).await? else {
+            return Err(RedisError::Unexpected("read_linked".into()));
+        };
+        let mut parts = parts.into_iter();
+        let (Some(read), Some(Value::BulkString(names))) = (parts.next(), parts.next()) else {
+            return Err(RedisError::Unexpected("read_linked".into()));
+        };
+        let mut read = records(read)?.into_iter();
+        let record = read
+            .next()
+            .ok_or_else(|| RedisError::Unexpected("read_linked".into()))?;
+        let names = String::from_utf8_lossy(&names).into_owned();
+        let linked = names.lines().map(str::to_owned).zip(read).collect();
+        Ok((record, linked))
+    }
+
+    /// The ids in the set `set`, records of its slot (`keys`), and for
+    /// each id the record named `each` followed by the id, read at one
+    /// moment.
+    pub async fn read_set(
+        &self,
+        set: &Key,
+        keys: &[&Key],
+        each: &str,
+    ) -> Result<(Vec<Vec<u8>>, Vec<Versioned>, Vec<Versioned>), RedisError> {
+        let mut command = redis::cmd("EVAL");
+        command
+            .arg(READ_SET.as_str())
+            .arg(keys.len() + 1)
+            .arg(set.as_str());
+        for key in keys {
+            command.arg(key.as_str());
+        }
+        command.arg(each);
+        let Value::Array(parts) = self.run(set, command, false).await? else {
+            return Err(RedisError::Unexpected("read_set".into()));
+        };
+        let mut parts = parts.into_iter();
+        let (Some(Value::Array(ids)), Some(fixed), Some(per_id)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(RedisError::Unexpected("read_set".into()));
+        };
+        let ids = ids
             .into_iter()
-            .map(|record| match record {
-                Value::Array(pair) => match pair.as_slice() {
-                    [Value::BulkString(v), Value::BulkString(d)] => {
-                        let version = std::str::from_utf8(v)
-                            .ok()
-                            .and_then(|v| v.parse().ok())
-                            .ok_or_else(|| RedisError::Unexpected("version".into()))?;
-                        Ok(Versioned {
-                            version,
-                            value: (version > 0).then(|| d.clone()),
-                        })
-                    }
-                    other => Err(RedisError::Unexpected(format!("{other:?}"))),
-                },
+            .map(|id| match id {
+                Value::BulkString(id) => Ok(id),
                 other => Err(RedisError::Unexpected(format!("{other:?}"))),
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((ids, records(fixed)?, records(per_id)?))
     }
 
     /// Compare-and-swap on several versioned records of one slot at once:
@@ -762,12 +890,18 @@ impl RedisStore {
         for (_, version, change) in changes {
             command.arg(*version);
             match change {
-                Op::Keep => command.arg("k").arg("").arg(0),
+                Op::Keep => command.arg("k").arg("").arg(0).arg(""),
                 Op::Set(value, ttl) => command
                     .arg("s")
                     .arg(value.as_slice())
-                    .arg(ttl.map_or(0, |t| millis(t).max(1))),
-                Op::Delete => command.arg("d").arg("").arg(0),
+                    .arg(ttl.map_or(0, |t| millis(t).max(1)))
+                    .arg(""),
+                Op::Link(value, ttl, links) => command
+                    .arg("s")
+                    .arg(value.as_slice())
+                    .arg(ttl.map_or(0, |t| millis(t).max(1)))
+                    .arg(links.join("\n")),
+                Op::Delete => command.arg("d").arg("").arg(0).arg(""),
             };
         }
         Ok(int(&self.run(first, command, durable).await?)? == 1)
@@ -876,21 +1010,54 @@ impl RedisStore {
         now: crate::clock::Timestamp,
     ) -> Result<crate::ratelimit::Decision, RedisError> {
         let mut command = redis::cmd("EVAL");
-        command
-            .arg(GCRA)
-            .arg(1)
-            .arg(key.as_str())
-            .arg(now.0.saturating_mul(1000))
-            .arg(rate.interval_micros())
-            .arg(rate.tolerance_micros());
-        let wait = int(&self.run(key, command, false).await?)?;
-        Ok(match u64::try_from(wait) {
-            Ok(0) | Err(_) => crate::ratelimit::Decision::Allow,
-            Ok(micros) => crate::ratelimit::Decision::Deny {
-                retry_after: Duration::from_micros(micros),
-            },
-        })
+        command.arg(GCRA.as_str()).arg(1).arg(key.as_str());
+        gcra_args(&mut command, rate, now);
+        decision(&self.run(key, command, false).await?)
     }
+}
+
+/// The GCRA's arguments: now, the interval and the tolerance, in µs.
+fn gcra_args(command: &mut Cmd, rate: crate::ratelimit::Rate, now: crate::clock::Timestamp) {
+    command
+        .arg(now.0.saturating_mul(1000))
+        .arg(rate.interval_micros())
+        .arg(rate.tolerance_micros());
+}
+
+/// The GCRA's answer: 0 allowed, else the µs until it would be.
+fn decision(wait: &Value) -> Result<crate::ratelimit::Decision, RedisError> {
+    Ok(match u64::try_from(int(wait)?) {
+        Ok(0) | Err(_) => crate::ratelimit::Decision::Allow,
+        Ok(micros) => crate::ratelimit::Decision::Deny {
+            retry_after: Duration::from_micros(micros),
+        },
+    })
+}
+
+/// Records as the scripts' `read` answers them.
+fn records(value: Value) -> Result<Vec<Versioned>, RedisError> {
+    let Value::Array(records) = value else {
+        return Err(RedisError::Unexpected("records".into()));
+    };
+    records
+        .into_iter()
+        .map(|record| match record {
+            Value::Array(pair) => match pair.as_slice() {
+                [Value::BulkString(v), Value::BulkString(d)] => {
+                    let version = std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or_else(|| RedisError::Unexpected("version".into()))?;
+                    Ok(Versioned {
+                        version,
+                        value: (version > 0).then(|| d.clone()),
+                    })
+                }
+                other => Err(RedisError::Unexpected(format!("{other:?}"))),
+            },
+            other => Err(RedisError::Unexpected(format!("{other:?}"))),
+        })
+        .collect()
 }
 
 fn single(key: &Key) -> SingleNodeRoutingInfo {

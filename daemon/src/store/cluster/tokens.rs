@@ -8,7 +8,7 @@
 
 use rand::CryptoRng;
 
-use super::{ClusterStore, EXPIRED_GRACE, Handle, UserRecord, user_record_key};
+use super::{ClusterStore, EXPIRED_GRACE, Handle, Rounds, UserRecord, user_record_key};
 use crate::clock::Timestamp;
 use crate::identity::{ActivationId, ChallengeId, DeviceId, Username};
 use crate::otp::Code;
@@ -16,9 +16,6 @@ use crate::phone::PhoneNumber;
 use crate::store::cluster::redis::{Key, Op, Versioned};
 use crate::store::{ActivationToken, NumberToken, StoreError, TokenProof};
 use crate::wire::codec::{Put, Reader};
-
-/// Rounds of read, decide and write of one token before giving up.
-const TOKEN_ROUNDS: usize = 8;
 
 fn code_from(bytes: &[u8]) -> Code {
     let mut code = Code::empty();
@@ -167,7 +164,8 @@ impl ClusterStore {
         R: CryptoRng + ?Sized,
     {
         let key = user_record_key(user, record);
-        for _ in 0..TOKEN_ROUNDS {
+        let mut rounds = Rounds::default();
+        while rounds.next().await {
             let read = self.read_user(user, &[record]).await?;
             let Some(Versioned { version, value }) = read.into_iter().next() else {
                 return Err(StoreError::Database("a short read".into()));
@@ -228,7 +226,8 @@ impl ClusterStore {
         now: Timestamp,
     ) -> Result<Option<ActivationId>, StoreError> {
         let ttl = now.until(token.expires_at);
-        for _ in 0..TOKEN_ROUNDS {
+        let mut rounds = Rounds::default();
+        while rounds.next().await {
             let id = ActivationId(rng.next_u64());
             if !self
                 .claim_handle(Handle::Activation(id), &token.user, None, ttl)
