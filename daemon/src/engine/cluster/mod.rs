@@ -44,8 +44,8 @@ use crate::ratelimit::Decision;
 use crate::store::Device;
 use crate::store::cluster::redis::Op;
 use crate::store::cluster::{
-    ClusterStore, EXPIRED_GRACE, Rounds, UserRecord, failure_state, question_memory, slots,
-    user_life,
+    ClusterStore, EXPIRED_GRACE, IssuedWrite, Rounds, UserRecord, failure_state, question_memory,
+    slots, user_life,
 };
 use crate::store::{DeviceLife, Disposition, FailureState, NewDevice, OpenChallenge, StoreError};
 use crate::wire::request::{Answer, Page};
@@ -523,17 +523,30 @@ impl Engine {
         // Ids carry the slot of the owner's records and 50 random bits (a
         // collision takes another), and the device's records change under
         // a verify on any node (decided again on what changed).
+        //
+        // The records as this node last saw them (a `Devices` just before
+        // read them) are decided on, and the issuance counted in the write
+        // that checks their versions: one round trip. A refusal is never
+        // decided on them: it is read again, counted, first.
+        let mut known = if counted {
+            None
+        } else {
+            store.recalled(owner, &read)
+        };
         let mut rounds = Rounds::default();
         while rounds.next().await {
-            let records = if counted {
-                store.read_user(owner, &read).await?
-            } else {
-                counted = true;
-                let (decision, records) = store.issue_and_read(owner, rate, now, &read).await?;
-                if let Decision::Deny { retry_after } = decision {
-                    return Ok(Reply::rate_limited(retry_after, why));
+            let remembered = known.is_some() && !counted;
+            let records = match known.take() {
+                Some(records) => records,
+                None if counted => store.read_user(owner, &read).await?,
+                None => {
+                    counted = true;
+                    let (decision, records) = store.issue_and_read(owner, rate, now, &read).await?;
+                    if let Decision::Deny { retry_after } = decision {
+                        return Ok(Reply::rate_limited(retry_after, why));
+                    }
+                    records
                 }
-                records
             };
             let [failures_record, questions_record, life_record] = records.as_slice() else {
                 return Err(StoreError::Database("a short read".into()));
@@ -550,6 +563,9 @@ impl Engine {
                     rules::devices::challengeable(&device, &life, suspended, now)
                 };
             if !allowed {
+                if remembered {
+                    continue;
+                }
                 return Ok(unusable());
             }
             let id = slots::challenge_id(ClusterStore::user_slot(owner), rng);
@@ -567,6 +583,7 @@ impl Engine {
                 rng,
             ) {
                 Ok(asked) => asked,
+                Err(_) if remembered => continue,
                 Err(refusal) => return Ok(refusal),
             };
             let charged = if asked.charged {
@@ -599,7 +616,25 @@ impl Engine {
                 // retires or suspends it meanwhile decides again.
                 (UserRecord::Life, life_record.version, Op::Keep),
             ];
-            if store.write_user(owner, &changes, true).await? {
+            let written = if remembered {
+                counted = true;
+                match store
+                    .issue_and_write(owner, rate, now, &changes, &read)
+                    .await?
+                {
+                    IssuedWrite::Denied(retry_after) => {
+                        return Ok(Reply::rate_limited(retry_after, why));
+                    }
+                    IssuedWrite::Written => true,
+                    IssuedWrite::Moved(records) => {
+                        known = Some(records);
+                        false
+                    }
+                }
+            } else {
+                store.write_user(owner, &changes, true).await?
+            };
+            if written {
                 if asked.locked {
                     self.count_lockout();
                 }
@@ -651,19 +686,36 @@ impl Engine {
     ) -> Result<Option<(Verdict, DeviceLife)>, StoreError> {
         let unknown = Some((Verdict::UnknownChallenge, DeviceLife::default()));
         let challenge = UserRecord::Challenge(id);
+        // On the node that asked, the challenge and its device's records as
+        // it wrote them are decided on first: the write, which checks
+        // their versions, is then the only round trip. Anything but a
+        // write decided on them is read again.
+        let mut recall = true;
         let mut rounds = Rounds::default();
         while rounds.next().await {
-            // The challenge and the records it was written with, by its id
-            // alone (it carries their slot).
-            let Some((record, linked)) = store.read_challenge(id).await? else {
-                return Ok(unknown);
+            let recalled = std::mem::take(&mut recall)
+                .then(|| store.recalled_challenge(id))
+                .flatten();
+            // Else the challenge and the records it was written with, by
+            // its id alone (it carries their slot).
+            let (record, linked) = match recalled {
+                Some(record) => (record, None),
+                None => match store.read_challenge(id).await? {
+                    Some((record, linked)) => (record, Some(linked)),
+                    None => return Ok(unknown),
+                },
             };
+            let remembered = linked.is_none();
             let Some(open) = record.value.as_deref().and_then(OpenChallenge::decode) else {
                 return Ok(unknown);
             };
             let failures_of = UserRecord::Failures(open.device);
             let questions_of = UserRecord::Questions(open.device);
-            let Some(device) = store.device(open.device).await? else {
+            let found = store.device(open.device).await?;
+            if remembered && found.is_none() {
+                continue;
+            }
+            let Some(device) = found else {
                 // Revoked since the challenge was issued: it goes.
                 let used_up = (challenge, record.version, Op::Delete);
                 store.write_user(&open.user, &[used_up], true).await?;
@@ -672,12 +724,22 @@ impl Engine {
             };
             let user = device.user.clone();
             let wanted = [failures_of, questions_of, UserRecord::Life];
-            let records = store.linked_records(&user, &wanted, linked)?;
+            let records = match linked {
+                Some(linked) => store.linked_records(&user, &wanted, linked)?,
+                None => match store.recalled(&user, &wanted) {
+                    Some(records) => records,
+                    None => continue,
+                },
+            };
             let [failures_record, questions_record, life_record] = records.as_slice() else {
                 return Err(StoreError::Database("a short read".into()));
             };
             let lives = user_life(&user, life_record)?;
-            if lives.retired.contains(&device.id) {
+            let retired = lives.retired.contains(&device.id);
+            if remembered && retired {
+                continue;
+            }
+            if retired {
                 // Retired since the challenge was issued: it goes.
                 let used_up = (challenge, record.version, Op::Delete);
                 store.write_user(&user, &[used_up], true).await?;
@@ -714,7 +776,7 @@ impl Engine {
             } else {
                 Op::Keep
             };
-            let remembered = if asked == questions {
+            let asked_now = if asked == questions {
                 Op::Keep
             } else {
                 Op::Set(asked.encode(), None)
@@ -722,9 +784,15 @@ impl Engine {
             let changes = [
                 (challenge, record.version, kept),
                 (failures_of, failures_record.version, failed),
-                (questions_of, questions_record.version, remembered),
+                (questions_of, questions_record.version, asked_now),
+                // Judged on the device's lifecycle as read: a change that
+                // retires it meanwhile decides again.
+                (UserRecord::Life, life_record.version, Op::Keep),
             ];
             if changes.iter().all(|(_, _, op)| *op == Op::Keep) {
+                if remembered {
+                    continue;
+                }
                 return Ok(Some((decided.verdict, life)));
             }
             if store.write_user(&user, &changes, true).await? {

@@ -43,6 +43,7 @@
 
 mod change;
 pub mod redis;
+mod seen;
 pub mod slots;
 mod tokens;
 
@@ -115,6 +116,8 @@ pub struct ClusterStore {
     codec: DeviceCodec,
     cache_ttl: Duration,
     cache: RwLock<HashMap<DeviceId, Cached>>,
+    /// Users' records as this node lately read or wrote them.
+    seen: seen::SeenRecords,
 }
 
 impl std::fmt::Debug for ClusterStore {
@@ -214,10 +217,12 @@ fn user_tag(user: &Username) -> String {
     format!("u:{user}")
 }
 
-/// What the name of a failure-state record starts with (the device id
-/// follows): `read_set` names them from the user's device set.
-fn failures_prefix(user: &Username) -> String {
-    Key::new(&user_tag(user), "f:").as_str().to_owned()
+/// What the names of a device's failure-state and question records start
+/// with (the device id follows): `read_set` names them from the user's
+/// device set.
+fn per_device_prefixes(user: &Username) -> [String; 2] {
+    let tag = user_tag(user);
+    [Key::new(&tag, "f:"), Key::new(&tag, "q:")].map(|key| key.as_str().to_owned())
 }
 
 /// A challenge's record, named by its id alone.
@@ -231,9 +236,7 @@ fn user_record_key_of_challenge(id: ChallengeId) -> Key {
 fn user_record_key(user: &Username, record: UserRecord) -> Key {
     let tag = user_tag(user);
     match record {
-        UserRecord::Failures(device) => {
-            Key::named(format!("{}{}", failures_prefix(user), device.0))
-        }
+        UserRecord::Failures(device) => Key::new(&tag, &format!("f:{}", device.0)),
         UserRecord::Questions(device) => Key::new(&tag, &format!("q:{}", device.0)),
         // Named by the slot its id carries (the user's): `Verify` needs
         // only the id.
@@ -246,6 +249,18 @@ fn user_record_key(user: &Username, record: UserRecord) -> Key {
         UserRecord::NumberToken => Key::new(&tag, "number-token"),
         UserRecord::Activation(id) => Key::new(&tag, &format!("a:{:016x}", id.0)),
     }
+}
+
+/// What `issue_and_write` did.
+#[derive(Debug)]
+pub enum IssuedWrite {
+    /// The issuance limit held it back (nothing written) for this long.
+    Denied(Duration),
+    /// Counted and written.
+    Written,
+    /// Counted, not written: a record had moved; the records asked back,
+    /// as they are now.
+    Moved(Vec<Versioned>),
 }
 
 /// A random handle a client holds, whose records live with a user.
@@ -345,6 +360,7 @@ impl ClusterStore {
             codec,
             cache_ttl,
             cache: RwLock::new(HashMap::new()),
+            seen: seen::SeenRecords::new(cache_ttl),
         }
     }
 
@@ -487,7 +503,7 @@ impl ClusterStore {
         let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
         let before = cache.len();
         cache.retain(|_, c| c.read_at.elapsed() < self.cache_ttl);
-        before - cache.len()
+        before - cache.len() + self.seen.sweep()
     }
 
     /// The user's devices, oldest first; empty for an unknown user.
@@ -935,7 +951,67 @@ impl ClusterStore {
         let keys: Vec<Key> = records.iter().map(|r| user_record_key(user, *r)).collect();
         let keys: Vec<&Key> = keys.iter().collect();
         let (decision, read) = self.redis.gcra_and_read(&limit, rate, now, &keys).await?;
-        Ok((decision, self.checked_all(&keys, read)?))
+        let read = self.checked_all(&keys, read)?;
+        self.seen.read(&keys, &read);
+        Ok((decision, read))
+    }
+
+    /// Some of a user's records as this node lately read or wrote them
+    /// (`None`: not every one): what a change may be decided on and then
+    /// made by `issue_and_write`, whose versions it checks.
+    pub fn recalled(&self, user: &Username, records: &[UserRecord]) -> Option<Vec<Versioned>> {
+        let keys: Vec<Key> = records.iter().map(|r| user_record_key(user, *r)).collect();
+        self.seen.recall(&keys.iter().collect::<Vec<_>>())
+    }
+
+    /// A challenge as this node lately wrote or read it (`None`: not
+    /// seen, or seen gone): a `Verify` on the node that asked decides on
+    /// it, the write checking its version.
+    pub fn recalled_challenge(&self, id: ChallengeId) -> Option<Versioned> {
+        let key = user_record_key_of_challenge(id);
+        self.seen
+            .recall(&[&key])?
+            .pop()
+            .filter(|record| record.value.is_some())
+    }
+
+    /// One issuance for `user` counted (`count_issuance`) and, when it is
+    /// allowed, `changes` made as `write_user` makes them (durably), in
+    /// one round trip; when a version had moved, `back` read as they are.
+    pub async fn issue_and_write(
+        &self,
+        user: &Username,
+        rate: Rate,
+        now: Timestamp,
+        changes: &[(UserRecord, u64, Op)],
+        back: &[UserRecord],
+    ) -> Result<IssuedWrite, StoreError> {
+        let limit = Key::new(&user_tag(user), "issued");
+        let keys: Vec<Key> = changes
+            .iter()
+            .map(|(record, _, _)| user_record_key(user, *record))
+            .collect();
+        let tagged = self.tagged_changes(&keys, changes);
+        let back_keys: Vec<Key> = back.iter().map(|r| user_record_key(user, *r)).collect();
+        let back_keys: Vec<&Key> = back_keys.iter().collect();
+        let (decision, changed, read) = self
+            .redis
+            .gcra_and_transact(&limit, rate, now, &tagged, &back_keys, true)
+            .await?;
+        if let Decision::Deny { retry_after } = decision {
+            return Ok(IssuedWrite::Denied(retry_after));
+        }
+        if changed {
+            self.seen.written(
+                keys.iter()
+                    .zip(changes)
+                    .map(|(key, (_, version, op))| (key, *version, op)),
+            );
+            return Ok(IssuedWrite::Written);
+        }
+        let read = self.checked_all(&back_keys, read)?;
+        self.seen.read(&back_keys, &read);
+        Ok(IssuedWrite::Moved(read))
     }
 
     /// The user's device ids, some of the user's records, and each
@@ -947,20 +1023,29 @@ impl ClusterStore {
     ) -> Result<(Vec<(DeviceId, FailureState)>, Vec<Versioned>), StoreError> {
         let keys: Vec<Key> = records.iter().map(|r| user_record_key(user, *r)).collect();
         let keys: Vec<&Key> = keys.iter().collect();
-        let (ids, read, failures) = self
+        let prefixes = per_device_prefixes(user);
+        let (ids, read, per_device) = self
             .redis
-            .read_set(&user_key(user), &keys, &failures_prefix(user))
+            .read_set(
+                &user_key(user),
+                &keys,
+                &prefixes.each_ref().map(String::as_str),
+            )
             .await?;
         let read = self.checked_all(&keys, read)?;
+        self.seen.read(&keys, &read);
         let mut devices = Vec::with_capacity(ids.len());
-        for (id, record) in ids.iter().zip(failures) {
+        for (id, records) in ids.iter().zip(per_device.chunks(prefixes.len())) {
             let Some(id) = std::str::from_utf8(id).ok().and_then(|id| id.parse().ok()) else {
                 continue;
             };
             let id = DeviceId(id);
-            let key = user_record_key(user, UserRecord::Failures(id));
-            let record = self.checked_all(&[&key], vec![record])?;
-            let state = record
+            let keys = [UserRecord::Failures(id), UserRecord::Questions(id)]
+                .map(|record| user_record_key(user, record));
+            let keys = keys.each_ref();
+            let records = self.checked_all(&keys, records.to_vec())?;
+            self.seen.read(&keys, &records);
+            let state = records
                 .first()
                 .map_or(Ok(FailureState::default()), |r| failure_state(id, r))?;
             devices.push((id, state));
@@ -1048,7 +1133,9 @@ impl ClusterStore {
     ) -> Result<Vec<Versioned>, StoreError> {
         let keys: Vec<Key> = records.iter().map(|r| user_record_key(user, *r)).collect();
         let keys: Vec<&Key> = keys.iter().collect();
-        self.read_checked(&keys).await
+        let read = self.read_checked(&keys).await?;
+        self.seen.read(&keys, &read);
+        Ok(read)
     }
 
     /// Changes some of a user's records at once if each is still at the
@@ -1065,9 +1152,26 @@ impl ClusterStore {
             .iter()
             .map(|(record, _, _)| user_record_key(user, *record))
             .collect();
-        // Each value written carries its tag for the version it gets.
-        let changes: Vec<(&Key, u64, Op)> = keys
-            .iter()
+        let tagged = self.tagged_changes(&keys, changes);
+        let made = self.redis.transact(&tagged, durable).await?;
+        if made {
+            self.seen.written(
+                keys.iter()
+                    .zip(changes)
+                    .map(|(key, (_, version, op))| (key, *version, op)),
+            );
+        }
+        Ok(made)
+    }
+
+    /// `changes` to the records `keys`, each value written carrying its
+    /// tag for the version it gets.
+    fn tagged_changes<'k>(
+        &self,
+        keys: &'k [Key],
+        changes: &[(UserRecord, u64, Op)],
+    ) -> Vec<(&'k Key, u64, Op)> {
+        keys.iter()
             .zip(changes)
             .map(|(key, (_, version, change))| {
                 let change = match change {
@@ -1079,8 +1183,7 @@ impl ClusterStore {
                 };
                 (key, *version, change)
             })
-            .collect();
-        Ok(self.redis.transact(&changes, durable).await?)
+            .collect()
     }
 
     /// A device's failure state and its version (0: never failed).

@@ -287,13 +287,14 @@ static READ_LINKED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 /// `KEYS[1]` a set of ids, `KEYS[2..]` versioned records of its slot;
-/// `ARGV[1]` the name of a record per id (`ARGV[1] .. id`). Answers {the
-/// ids, the records as `read`, each id's record as `read`}.
+/// `ARGV` the names of records per id (`ARGV[j] .. id`). Answers {the
+/// ids, the records as `read`, every id's records as `read`, id by id}.
 static READ_SET: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "{READ_FN}local ids = redis.call('SMEMBERS', KEYS[1])\n\
          local fixed = {{}}\nfor i = 2, #KEYS do fixed[i - 1] = KEYS[i] end\n\
-         local each = {{}}\nfor i, id in ipairs(ids) do each[i] = ARGV[1] .. id end\n\
+         local each = {{}}\n\
+         for _, id in ipairs(ids) do for _, name in ipairs(ARGV) do each[#each + 1] = name .. id end end\n\
          return {{ids, read(fixed), read(each)}}"
     )
 });
@@ -329,32 +330,58 @@ redis.call('RPUSH', KEYS[2], ARGV[1])
 return seq
 ";
 
-/// `KEYS` versioned records of one slot; `ARGV`, five per key: the
+/// Compare-and-swap on versioned records of one slot, as a Lua function:
+/// `keys` the records; `args`, five per key from `args[from]` on: the
 /// version it must be at, what to do (`k` keep, `s` set, `d` delete), the
 /// value to set, its TTL in ms (0: none) and the records it goes with
 /// (its `k` field, for `READ_LINKED`; empty: unchanged). All or nothing:
 /// answers 1 when every version matched and the writes were made, 0
 /// otherwise.
-const TRANSACT: &str = r"
-for i, key in ipairs(KEYS) do
-  local version = tonumber(redis.call('HGET', key, 'v') or '0')
-  if version ~= tonumber(ARGV[(i - 1) * 5 + 1]) then return 0 end
-end
-for i, key in ipairs(KEYS) do
-  local base = (i - 1) * 5
-  local op = ARGV[base + 2]
-  if op == 's' then
-    local version = tonumber(redis.call('HGET', key, 'v') or '0') + 1
-    redis.call('HSET', key, 'v', version, 'd', ARGV[base + 3])
-    if ARGV[base + 5] ~= '' then redis.call('HSET', key, 'k', ARGV[base + 5]) end
-    local ttl = tonumber(ARGV[base + 4])
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
-  elseif op == 'd' then
-    redis.call('DEL', key)
+const TRANSACT_FN: &str = r"
+local function transact(keys, args, from)
+  for i, key in ipairs(keys) do
+    local version = tonumber(redis.call('HGET', key, 'v') or '0')
+    if version ~= tonumber(args[from + (i - 1) * 5]) then return 0 end
   end
+  for i, key in ipairs(keys) do
+    local base = from + (i - 1) * 5
+    local op = args[base + 1]
+    if op == 's' then
+      local version = tonumber(redis.call('HGET', key, 'v') or '0') + 1
+      redis.call('HSET', key, 'v', version, 'd', args[base + 2])
+      if args[base + 4] ~= '' then redis.call('HSET', key, 'k', args[base + 4]) end
+      local ttl = tonumber(args[base + 3])
+      if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
+    elseif op == 'd' then
+      redis.call('DEL', key)
+    end
+  end
+  return 1
 end
-return 1
 ";
+
+/// `KEYS` versioned records of one slot, `ARGV` as `transact`'s.
+static TRANSACT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{TRANSACT_FN}return transact(KEYS, ARGV, 1)"));
+
+/// `KEYS[1]` a GCRA key, then `ARGV[4]` versioned records of its slot to
+/// change, then records of its slot to read back; `ARGV[1..3]` as `GCRA`,
+/// `ARGV[5..]` the changes as `transact`'s. One issuance counted and,
+/// when it is allowed, the change made if every version still matches.
+/// Answers {the GCRA's answer, 1 changed / 0 not, the records read back as
+/// `read` when not}.
+static GCRA_TRANSACT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{GCRA_FN}{READ_FN}{TRANSACT_FN}\
+         local wait = gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))\n\
+         if wait > 0 then return {{wait, 0, {{}}}} end\n\
+         local n = tonumber(ARGV[4])\n\
+         local changed, back = {{}}, {{}}\n\
+         for i = 2, #KEYS do if i <= n + 1 then changed[i - 1] = KEYS[i] else back[#back + 1] = KEYS[i] end end\n\
+         if transact(changed, ARGV, 5) == 1 then return {{0, 1, {{}}}} end\n\
+         return {{0, 0, read(back)}}"
+    )
+});
 
 /// `KEYS[1]` the key, `ARGV[1]` the value it must hold to be deleted.
 const DELETE_IF: &str = r"
@@ -403,6 +430,27 @@ impl std::fmt::Debug for RedisStore {
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `transact`'s arguments for `changes`, five per record.
+fn transact_args(command: &mut Cmd, changes: &[(&Key, u64, Op)]) {
+    for (_, version, change) in changes {
+        command.arg(*version);
+        match change {
+            Op::Keep => command.arg("k").arg("").arg(0).arg(""),
+            Op::Set(value, ttl) => command
+                .arg("s")
+                .arg(value.as_slice())
+                .arg(ttl.map_or(0, |t| millis(t).max(1)))
+                .arg(""),
+            Op::Link(value, ttl, links) => command
+                .arg("s")
+                .arg(value.as_slice())
+                .arg(ttl.map_or(0, |t| millis(t).max(1)))
+                .arg(links.join("\n")),
+            Op::Delete => command.arg("d").arg("").arg(0).arg(""),
+        };
+    }
 }
 
 fn int(value: &Value) -> Result<i64, RedisError> {
@@ -834,13 +882,13 @@ impl RedisStore {
     }
 
     /// The ids in the set `set`, records of its slot (`keys`), and for
-    /// each id the record named `each` followed by the id, read at one
-    /// moment.
+    /// each id the records named by each of `each` followed by the id (id
+    /// by id), read at one moment.
     pub async fn read_set(
         &self,
         set: &Key,
         keys: &[&Key],
-        each: &str,
+        each: &[&str],
     ) -> Result<(Vec<Vec<u8>>, Vec<Versioned>, Vec<Versioned>), RedisError> {
         let mut command = redis::cmd("EVAL");
         command
@@ -883,28 +931,52 @@ impl RedisStore {
             return Ok(true);
         };
         let mut command = redis::cmd("EVAL");
-        command.arg(TRANSACT).arg(changes.len());
+        command.arg(TRANSACT.as_str()).arg(changes.len());
         for (key, _, _) in changes {
             command.arg(key.as_str());
         }
-        for (_, version, change) in changes {
-            command.arg(*version);
-            match change {
-                Op::Keep => command.arg("k").arg("").arg(0).arg(""),
-                Op::Set(value, ttl) => command
-                    .arg("s")
-                    .arg(value.as_slice())
-                    .arg(ttl.map_or(0, |t| millis(t).max(1)))
-                    .arg(""),
-                Op::Link(value, ttl, links) => command
-                    .arg("s")
-                    .arg(value.as_slice())
-                    .arg(ttl.map_or(0, |t| millis(t).max(1)))
-                    .arg(links.join("\n")),
-                Op::Delete => command.arg("d").arg("").arg(0).arg(""),
-            };
-        }
+        transact_args(&mut command, changes);
         Ok(int(&self.run(first, command, durable).await?)? == 1)
+    }
+
+    /// One issuance counted on `limit` (as `gcra`) and, when it is
+    /// allowed, `changes` made on records of its slot as `transact` makes
+    /// them, in one round trip. Answers the decision, whether the changes
+    /// were made, and when they were not (a version had moved) the records
+    /// `back` as they are.
+    pub async fn gcra_and_transact(
+        &self,
+        limit: &Key,
+        rate: crate::ratelimit::Rate,
+        now: crate::clock::Timestamp,
+        changes: &[(&Key, u64, Op)],
+        back: &[&Key],
+        durable: bool,
+    ) -> Result<(crate::ratelimit::Decision, bool, Vec<Versioned>), RedisError> {
+        let mut command = redis::cmd("EVAL");
+        command
+            .arg(GCRA_TRANSACT.as_str())
+            .arg(1 + changes.len() + back.len())
+            .arg(limit.as_str());
+        for key in changes
+            .iter()
+            .map(|(key, _, _)| *key)
+            .chain(back.iter().copied())
+        {
+            command.arg(key.as_str());
+        }
+        gcra_args(&mut command, rate, now);
+        command.arg(changes.len());
+        transact_args(&mut command, changes);
+        let Value::Array(parts) = self.run(limit, command, durable).await? else {
+            return Err(RedisError::Unexpected("gcra_and_transact".into()));
+        };
+        let mut parts = parts.into_iter();
+        let (Some(wait), Some(changed), Some(read)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(RedisError::Unexpected("gcra_and_transact".into()));
+        };
+        Ok((decision(&wait)?, int(&changed)? == 1, records(read)?))
     }
 
     /// Writes `value` if the record is still at `expected` (0: absent).
