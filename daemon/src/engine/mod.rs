@@ -517,8 +517,9 @@ impl Engine {
         }
     }
 
-    /// Drops expired challenges and codes (and aged cached devices of a
-    /// shared store); call it every second or so.
+    /// Drops expired challenges and codes (and a cluster store's cached
+    /// devices and remembered records older than `cache-ttl`); call it
+    /// every second or so.
     pub fn sweep(&self, now: Timestamp) -> usize {
         let cached = self.cluster.as_ref().map_or(0, |store| store.sweep());
         self.user_limits.sweep(now);
