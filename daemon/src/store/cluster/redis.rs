@@ -432,6 +432,59 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The scripts sent so far — where the text is, its SHA-1, the text —
+/// to send one again to a master that lacks it (a new master after a
+/// failover, a restarted one). A handful, each hashed once.
+type Scripts = Vec<(usize, String, &'static str)>;
+static SCRIPTS: std::sync::RwLock<Scripts> = std::sync::RwLock::new(Vec::new());
+
+/// `EVALSHA` of `script`: a request carries the script's hash, not its
+/// text (a master that lacks it answers `NOSCRIPT`, and `run` sends the
+/// text once).
+fn eval(script: &'static str) -> Cmd {
+    let at = script.as_ptr() as usize;
+    let known = SCRIPTS
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .find(|(known, _, _)| *known == at)
+        .map(|(_, hash, _)| hash.clone());
+    let hash = known.unwrap_or_else(|| {
+        let hash = redis::Script::new(script).get_hash().to_owned();
+        SCRIPTS
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((at, hash.clone(), script));
+        hash
+    });
+    let mut command = redis::cmd("EVALSHA");
+    command.arg(hash);
+    command
+}
+
+/// `command` (an `EVALSHA`) as the `EVAL` of its script's text.
+fn with_text(command: &Cmd) -> Option<Cmd> {
+    let mut args = command.args_iter();
+    args.next();
+    let Some(redis::Arg::Simple(hash)) = args.next() else {
+        return None;
+    };
+    let text = SCRIPTS
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .find(|(_, known, _)| known.as_bytes() == hash)
+        .map(|(_, _, text)| *text)?;
+    let mut eval = redis::cmd("EVAL");
+    eval.arg(text);
+    for arg in args {
+        if let redis::Arg::Simple(arg) = arg {
+            eval.arg(arg);
+        }
+    }
+    Some(eval)
+}
+
 /// `transact`'s arguments for `changes`, five per record.
 fn transact_args(command: &mut Cmd, changes: &[(&Key, u64, Op)]) {
     for (_, version, change) in changes {
@@ -491,12 +544,24 @@ impl RedisStore {
     }
 
     /// Runs `command` on `key`'s master; when `durable`, then waits for
-    /// replication on the same connection.
+    /// replication on the same connection. A script the master does not
+    /// have yet is sent with its text.
     async fn run(&self, key: &Key, command: Cmd, durable: bool) -> Result<Value, RedisError> {
+        match self.run_once(key, command.clone(), durable).await {
+            Err(RedisError::Redis(error)) if error.code() == Some("NOSCRIPT") => {
+                let eval = with_text(&command).ok_or(RedisError::Redis(error))?;
+                self.run_once(key, eval, durable).await
+            }
+            other => other,
+        }
+    }
+
+    async fn run_once(&self, key: &Key, command: Cmd, durable: bool) -> Result<Value, RedisError> {
         let mut connection = self.connection.clone();
         if !durable || self.durability.replicas == 0 {
             metrics::counter!(crate::metrics::STORE_ROUND_TRIPS, "durable" => "no").increment(1);
-            return Ok(connection.route_command(command, route(key)).await?);
+            let answer = connection.route_command(command, route(key)).await?;
+            return Ok(answer.extract_error()?);
         }
         metrics::counter!(crate::metrics::STORE_ROUND_TRIPS, "durable" => "yes").increment(1);
         let mut pipeline = redis::pipe();
@@ -512,6 +577,8 @@ impl RedisStore {
         let (Some(answer), Some(acknowledged)) = (values.next(), values.next()) else {
             return Err(RedisError::Unexpected("a short pipeline reply".into()));
         };
+        // A command's error inside the pipeline is a value: as an error.
+        let answer = answer.extract_error()?;
         let acknowledged = int(&acknowledged)?;
         let wanted = i64::from(self.durability.replicas);
         if acknowledged < wanted {
@@ -586,8 +653,8 @@ impl RedisStore {
 
     /// Deletes `key` if it holds `value`; whether it did.
     pub async fn delete_if(&self, key: &Key, value: &[u8]) -> Result<bool, RedisError> {
-        let mut command = redis::cmd("EVAL");
-        command.arg(DELETE_IF).arg(1).arg(key.as_str()).arg(value);
+        let mut command = eval(DELETE_IF);
+        command.arg(1).arg(key.as_str()).arg(value);
         Ok(int(&self.run(key, command, false).await?)? == 1)
     }
 
@@ -602,9 +669,8 @@ impl RedisStore {
         now_ms: u64,
         until_ms: u64,
     ) -> Result<Option<u64>, RedisError> {
-        let mut command = redis::cmd("EVAL");
+        let mut command = eval(HOLD);
         command
-            .arg(HOLD)
             .arg(1)
             .arg(key.as_str())
             .arg(now_ms)
@@ -678,9 +744,10 @@ impl RedisStore {
         value: &[u8],
         ttl: Duration,
     ) -> Result<(), RedisError> {
-        let mut command = redis::cmd("EVAL");
+        let mut command = eval(
+            "redis.call('LPUSH', KEYS[1], ARGV[1]) return redis.call('PEXPIRE', KEYS[1], ARGV[2])",
+        );
         command
-            .arg("redis.call('LPUSH', KEYS[1], ARGV[1]) return redis.call('PEXPIRE', KEYS[1], ARGV[2])")
             .arg(1)
             .arg(key.as_str())
             .arg(value)
@@ -823,8 +890,8 @@ impl RedisStore {
         let Some(first) = keys.first() else {
             return Ok(Vec::new());
         };
-        let mut command = redis::cmd("EVAL");
-        command.arg(READ_MANY.as_str()).arg(keys.len());
+        let mut command = eval(&READ_MANY);
+        command.arg(keys.len());
         for key in keys {
             command.arg(key.as_str());
         }
@@ -840,8 +907,8 @@ impl RedisStore {
         now: crate::clock::Timestamp,
         keys: &[&Key],
     ) -> Result<(crate::ratelimit::Decision, Vec<Versioned>), RedisError> {
-        let mut command = redis::cmd("EVAL");
-        command.arg(GCRA_READ.as_str()).arg(keys.len() + 1);
+        let mut command = eval(&GCRA_READ);
+        command.arg(keys.len() + 1);
         command.arg(limit.as_str());
         for key in keys {
             command.arg(key.as_str());
@@ -863,8 +930,8 @@ impl RedisStore {
         &self,
         key: &Key,
     ) -> Result<(Versioned, Vec<(String, Versioned)>), RedisError> {
-        let mut command = redis::cmd("EVAL");
-        command.arg(READ_LINKED.as_str()).arg(1).arg(key.as_str());
+        let mut command = eval(&READ_LINKED);
+        command.arg(1).arg(key.as_str());
         let Value::Array(parts) = self.run(key, command, false).await? else {
             return Err(RedisError::Unexpected("read_linked".into()));
         };
@@ -890,11 +957,8 @@ impl RedisStore {
         keys: &[&Key],
         each: &[&str],
     ) -> Result<(Vec<Vec<u8>>, Vec<Versioned>, Vec<Versioned>), RedisError> {
-        let mut command = redis::cmd("EVAL");
-        command
-            .arg(READ_SET.as_str())
-            .arg(keys.len() + 1)
-            .arg(set.as_str());
+        let mut command = eval(&READ_SET);
+        command.arg(keys.len() + 1).arg(set.as_str());
         for key in keys {
             command.arg(key.as_str());
         }
@@ -930,8 +994,8 @@ impl RedisStore {
         let Some((first, _, _)) = changes.first() else {
             return Ok(true);
         };
-        let mut command = redis::cmd("EVAL");
-        command.arg(TRANSACT.as_str()).arg(changes.len());
+        let mut command = eval(&TRANSACT);
+        command.arg(changes.len());
         for (key, _, _) in changes {
             command.arg(key.as_str());
         }
@@ -953,9 +1017,8 @@ impl RedisStore {
         back: &[&Key],
         durable: bool,
     ) -> Result<(crate::ratelimit::Decision, bool, Vec<Versioned>), RedisError> {
-        let mut command = redis::cmd("EVAL");
+        let mut command = eval(&GCRA_TRANSACT);
         command
-            .arg(GCRA_TRANSACT.as_str())
             .arg(1 + changes.len() + back.len())
             .arg(limit.as_str());
         for key in changes
@@ -988,9 +1051,8 @@ impl RedisStore {
         ttl: Option<Duration>,
         durable: bool,
     ) -> Result<Swap, RedisError> {
-        let mut command = redis::cmd("EVAL");
+        let mut command = eval(SWAP);
         command
-            .arg(SWAP)
             .arg(1)
             .arg(key.as_str())
             .arg(expected)
@@ -1013,11 +1075,8 @@ impl RedisStore {
         ttl: Duration,
     ) -> Result<(bool, u64, u64), RedisError> {
         let limit = |l: Option<u64>| l.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
-        let mut command = redis::cmd("EVAL");
-        command
-            .arg(BOOK_UNDER_LIMITS)
-            .arg(1 + earlier.len())
-            .arg(today.as_str());
+        let mut command = eval(BOOK_UNDER_LIMITS);
+        command.arg(1 + earlier.len()).arg(today.as_str());
         for key in earlier {
             command.arg(key.as_str());
         }
@@ -1046,9 +1105,8 @@ impl RedisStore {
         log: &Key,
         entry: &[u8],
     ) -> Result<u64, RedisError> {
-        let mut command = redis::cmd("EVAL");
+        let mut command = eval(APPEND_LOG);
         command
-            .arg(APPEND_LOG)
             .arg(2)
             .arg(counter.as_str())
             .arg(log.as_str())
@@ -1081,8 +1139,8 @@ impl RedisStore {
         rate: crate::ratelimit::Rate,
         now: crate::clock::Timestamp,
     ) -> Result<crate::ratelimit::Decision, RedisError> {
-        let mut command = redis::cmd("EVAL");
-        command.arg(GCRA.as_str()).arg(1).arg(key.as_str());
+        let mut command = eval(&GCRA);
+        command.arg(1).arg(key.as_str());
         gcra_args(&mut command, rate, now);
         decision(&self.run(key, command, false).await?)
     }
