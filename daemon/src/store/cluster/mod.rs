@@ -233,6 +233,17 @@ fn user_record_key_of_challenge(id: ChallengeId) -> Key {
     )
 }
 
+/// The keys of `records` of `user`, in order.
+fn user_record_keys<'r>(
+    user: &Username,
+    records: impl IntoIterator<Item = &'r UserRecord>,
+) -> Vec<Key> {
+    records
+        .into_iter()
+        .map(|record| user_record_key(user, *record))
+        .collect()
+}
+
 fn user_record_key(user: &Username, record: UserRecord) -> Key {
     let tag = user_tag(user);
     match record {
@@ -948,7 +959,7 @@ impl ClusterStore {
         records: &[UserRecord],
     ) -> Result<(Decision, Vec<Versioned>), StoreError> {
         let limit = Key::new(&user_tag(user), "issued");
-        let keys: Vec<Key> = records.iter().map(|r| user_record_key(user, *r)).collect();
+        let keys = user_record_keys(user, records);
         let keys: Vec<&Key> = keys.iter().collect();
         let (decision, read) = self.redis.gcra_and_read(&limit, rate, now, &keys).await?;
         let read = self.checked_all(&keys, read)?;
@@ -960,7 +971,7 @@ impl ClusterStore {
     /// (`None`: not every one): what a change may be decided on and then
     /// made by `issue_and_write`, whose versions it checks.
     pub fn recalled(&self, user: &Username, records: &[UserRecord]) -> Option<Vec<Versioned>> {
-        let keys: Vec<Key> = records.iter().map(|r| user_record_key(user, *r)).collect();
+        let keys = user_record_keys(user, records);
         self.seen.recall(&keys.iter().collect::<Vec<_>>())
     }
 
@@ -987,12 +998,9 @@ impl ClusterStore {
         back: &[UserRecord],
     ) -> Result<IssuedWrite, StoreError> {
         let limit = Key::new(&user_tag(user), "issued");
-        let keys: Vec<Key> = changes
-            .iter()
-            .map(|(record, _, _)| user_record_key(user, *record))
-            .collect();
+        let keys = user_record_keys(user, changes.iter().map(|(record, _, _)| record));
         let tagged = self.tagged_changes(&keys, changes);
-        let back_keys: Vec<Key> = back.iter().map(|r| user_record_key(user, *r)).collect();
+        let back_keys = user_record_keys(user, back);
         let back_keys: Vec<&Key> = back_keys.iter().collect();
         let (decision, changed, read) = self
             .redis
@@ -1002,11 +1010,7 @@ impl ClusterStore {
             return Ok(IssuedWrite::Denied(retry_after));
         }
         if changed {
-            self.seen.written(
-                keys.iter()
-                    .zip(changes)
-                    .map(|(key, (_, version, op))| (key, *version, op)),
-            );
+            self.learn_written(&keys, changes);
             return Ok(IssuedWrite::Written);
         }
         let read = self.checked_all(&back_keys, read)?;
@@ -1021,7 +1025,7 @@ impl ClusterStore {
         user: &Username,
         records: &[UserRecord],
     ) -> Result<(Vec<(DeviceId, FailureState)>, Vec<Versioned>), StoreError> {
-        let keys: Vec<Key> = records.iter().map(|r| user_record_key(user, *r)).collect();
+        let keys = user_record_keys(user, records);
         let keys: Vec<&Key> = keys.iter().collect();
         let prefixes = per_device_prefixes(user);
         let (ids, read, per_device) = self
@@ -1080,7 +1084,7 @@ impl ClusterStore {
         wanted: &[UserRecord],
         linked: Vec<(String, Versioned)>,
     ) -> Result<Vec<Versioned>, StoreError> {
-        let keys: Vec<Key> = wanted.iter().map(|r| user_record_key(user, *r)).collect();
+        let keys = user_record_keys(user, wanted);
         let names_match = linked.len() == keys.len()
             && keys
                 .iter()
@@ -1131,7 +1135,7 @@ impl ClusterStore {
         user: &Username,
         records: &[UserRecord],
     ) -> Result<Vec<Versioned>, StoreError> {
-        let keys: Vec<Key> = records.iter().map(|r| user_record_key(user, *r)).collect();
+        let keys = user_record_keys(user, records);
         let keys: Vec<&Key> = keys.iter().collect();
         let read = self.read_checked(&keys).await?;
         self.seen.read(&keys, &read);
@@ -1148,20 +1152,22 @@ impl ClusterStore {
         changes: &[(UserRecord, u64, Op)],
         durable: bool,
     ) -> Result<bool, StoreError> {
-        let keys: Vec<Key> = changes
-            .iter()
-            .map(|(record, _, _)| user_record_key(user, *record))
-            .collect();
+        let keys = user_record_keys(user, changes.iter().map(|(record, _, _)| record));
         let tagged = self.tagged_changes(&keys, changes);
         let made = self.redis.transact(&tagged, durable).await?;
         if made {
-            self.seen.written(
-                keys.iter()
-                    .zip(changes)
-                    .map(|(key, (_, version, op))| (key, *version, op)),
-            );
+            self.learn_written(&keys, changes);
         }
         Ok(made)
+    }
+
+    /// A change made to the records `keys`, remembered as this node wrote it.
+    fn learn_written(&self, keys: &[Key], changes: &[(UserRecord, u64, Op)]) {
+        self.seen.written(
+            keys.iter()
+                .zip(changes)
+                .map(|(key, (_, version, op))| (key, *version, op)),
+        );
     }
 
     /// `changes` to the records `keys`, each value written carrying its

@@ -36,7 +36,7 @@ impl SeenRecords {
     }
 
     /// A transaction that was made: each `(key, version it was at, what
-    /// was done, the plain value written)`.
+    /// was done)`, the values plain (as decided, before their tags).
     pub fn written<'a>(&self, changes: impl IntoIterator<Item = (&'a Key, u64, &'a Op)>) {
         let at = Instant::now();
         let mut map = self.records.write().unwrap_or_else(PoisonError::into_inner);
