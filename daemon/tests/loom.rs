@@ -1,10 +1,9 @@
 //! Loom models of the concurrent invariants, run against the real engine
-//! and challenge table (their locks and atomics are loom's under
-//! `--cfg sls_loom`, see `daemon/src/sync.rs`):
+//! and challenge table (their locks and atomics are loom's with the `loom`
+//! feature, see `daemon/src/sync.rs`):
 //!
 //! ```sh
-//! RUSTFLAGS="--cfg sls_loom" LOOM_MAX_PREEMPTIONS=3 \
-//!     cargo test -p slsd --release --test loom --target-dir target/loom
+//! LOOM_MAX_PREEMPTIONS=3 cargo test -p slsd --features loom --test loom
 //! ```
 //!
 //! - a challenge verified by two threads at once is accepted once;
@@ -18,7 +17,7 @@
 //! - an SMS code entered twice at once is accepted once;
 //! - a phone's approval racing with the gateway's `AwaitPush` reaches the
 //!   gateway exactly once (no lost or doubled verdict).
-#![cfg(sls_loom)]
+#![cfg(feature = "loom")]
 
 use std::sync::Arc;
 

@@ -6,7 +6,8 @@
 //! from an earlier run, or fetches Debian's packages into that directory
 //! with `apt-get download` and unpacks them with `dpkg-deb` (no root
 //! needed, nothing installed system-wide), then runs
-//! `cargo test --workspace ARGS...` with them on `PATH`.
+//! `cargo test --workspace --exclude sls-benches ARGS...` with them on
+//! `PATH`.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -64,7 +65,10 @@ fn test(args: Vec<OsString>) -> Result<ExitCode, String> {
     let mut command = Command::new(cargo);
     command
         .current_dir(&root)
-        .args(["test", "--workspace"])
+        // The benches are run by `cargo bench` (and once each by CI): their
+        // criterion pulls features into shared crates that the binaries the
+        // tests start do not have, which would build every crate twice.
+        .args(["test", "--workspace", "--exclude", "sls-benches"])
         .args(args);
     if let Some(tools) = &tools {
         command.env("PATH", prepend("PATH", &tools.bin)?);
