@@ -304,3 +304,317 @@ async fn durable_writes_wait_for_a_replica_and_survive_a_master_crash() {
         Swap::Done(1)
     );
 }
+
+/// Every primitive, called in one order with answers written down: run
+/// against a real cluster and against `MemoryRedis`, the two lists must
+/// be the same (sets are sorted first: a server lists them in any order).
+async fn every_primitive(store: &RedisStore, now: slsd::clock::Timestamp) -> Vec<String> {
+    use slsd::ratelimit::Rate;
+    let key = |rest: &str| Key::new("u:diff", rest);
+    let hour = Duration::from_secs(3600);
+    let mut said = Vec::new();
+    let mut say = |what: &str, answer: String| said.push(format!("{what}: {answer}"));
+    let sorted = |mut members: Vec<Vec<u8>>| {
+        members.sort();
+        format!("{members:?}")
+    };
+    let (a, b, c, d) = (key("a"), key("b"), key("c"), key("d"));
+    say(
+        "put_new",
+        format!("{:?}", store.put_new(&a, b"open", hour, false).await),
+    );
+    say(
+        "put_new again",
+        format!("{:?}", store.put_new(&a, b"x", hour, false).await),
+    );
+    say("put", format!("{:?}", store.put(&b, b"plain", true).await));
+    say(
+        "put_with_ttl",
+        format!("{:?}", store.put_with_ttl(&d, b"t", hour).await),
+    );
+    say(
+        "put_if_absent",
+        format!("{:?}", store.put_if_absent(&b, b"y", false).await),
+    );
+    say(
+        "put_if_absent new",
+        format!("{:?}", store.put_if_absent(&c, b"z", false).await),
+    );
+    say("get", format!("{:?}", store.get(&a).await));
+    say(
+        "get_many",
+        format!("{:?}", store.get_many(&[&a, &b, &c, &key("none")]).await),
+    );
+    say(
+        "delete_if other",
+        format!("{:?}", store.delete_if(&b, b"nope").await),
+    );
+    say(
+        "delete_if",
+        format!("{:?}", store.delete_if(&b, b"plain").await),
+    );
+    say(
+        "delete",
+        format!("{:?}", store.delete(&[&a, &b, &c, &d], false).await),
+    );
+    for _ in 0..2 {
+        say(
+            "increment",
+            format!("{:?}", store.increment(&key("n"), true).await),
+        );
+    }
+
+    let set = key("set");
+    for member in [b"2", b"1", b"2"] {
+        say(
+            "set_add",
+            format!("{:?}", store.set_add(&set, member, false).await),
+        );
+    }
+    say("members", sorted(store.members(&set).await.unwrap()));
+    say(
+        "set_remove",
+        format!("{:?}", store.set_remove(&set, b"2", false).await),
+    );
+    say("members", sorted(store.members(&set).await.unwrap()));
+
+    let queue = key("queue");
+    for value in [&b"first"[..], b"second", b"third"] {
+        say(
+            "push_back",
+            format!("{:?}", store.push_back(&queue, value, hour).await),
+        );
+    }
+    say(
+        "pop_front",
+        format!("{:?}", store.pop_front(&queue, 1).await),
+    );
+    say(
+        "pop_front 5",
+        format!("{:?}", store.pop_front(&queue, 5).await),
+    );
+    say(
+        "pop_front empty",
+        format!("{:?}", store.pop_front(&queue, 1).await),
+    );
+    let waiter = store.dedicated().await.unwrap();
+    let wait = Duration::from_millis(100);
+    say(
+        "pop waiting",
+        format!("{:?}", waiter.pop_front_waiting(&queue, 2, wait).await),
+    );
+    say(
+        "push_back",
+        format!("{:?}", store.push_back(&queue, b"late", hour).await),
+    );
+    say(
+        "pop waiting",
+        format!("{:?}", waiter.pop_front_waiting(&queue, 2, wait).await),
+    );
+
+    let hash = key("hash");
+    say(
+        "set_field",
+        format!("{:?}", store.set_field(&hash, "x", Some(5)).await),
+    );
+    say(
+        "set_field",
+        format!("{:?}", store.set_field(&hash, "y", Some(7)).await),
+    );
+    let mut values = store.field_values(&hash).await.unwrap();
+    values.sort_unstable();
+    say("field_values", format!("{values:?}"));
+    say(
+        "unset_field",
+        format!("{:?}", store.set_field(&hash, "x", None).await),
+    );
+    say(
+        "field_values",
+        format!("{:?}", store.field_values(&hash).await),
+    );
+
+    // Versioned records: swap, transact (set, link, keep, delete), reads.
+    let (r1, r2, r3) = (key("r1"), key("r2"), key("f:7"));
+    say("read absent", format!("{:?}", store.read(&r1).await));
+    say(
+        "swap",
+        format!("{:?}", store.swap(&r1, 0, b"v1", None, true).await),
+    );
+    say(
+        "swap stale",
+        format!("{:?}", store.swap(&r1, 0, b"v0", None, false).await),
+    );
+    let ttl = Some(hour);
+    say(
+        "swap ttl",
+        format!("{:?}", store.swap(&r1, 1, b"v2", ttl, false).await),
+    );
+    say(
+        "swap f:7",
+        format!("{:?}", store.swap(&r3, 0, b"seven", None, false).await),
+    );
+    let links = vec![r3.as_str().to_owned(), key("absent").as_str().to_owned()];
+    let changes = [
+        (&r1, 2, Op::Keep),
+        (&r2, 0, Op::Link(b"linked".to_vec(), ttl, links)),
+    ];
+    say(
+        "transact",
+        format!("{:?}", store.transact(&changes, true).await),
+    );
+    say(
+        "transact stale",
+        format!("{:?}", store.transact(&changes, false).await),
+    );
+    say(
+        "read_many",
+        format!("{:?}", store.read_many(&[&r1, &r2, &r3]).await),
+    );
+    say("read_linked", format!("{:?}", store.read_linked(&r2).await));
+    let plain = [(&r2, 1, Op::Set(b"unlinked".to_vec(), None))];
+    say(
+        "transact set",
+        format!("{:?}", store.transact(&plain, false).await),
+    );
+    say(
+        "read_linked kept",
+        format!("{:?}", store.read_linked(&r2).await),
+    );
+    let ids = key("ids");
+    for id in [b"7", b"8"] {
+        say(
+            "set_add id",
+            format!("{:?}", store.set_add(&ids, id, false).await),
+        );
+    }
+    let per_id = format!("{}", key("f:").as_str());
+    say(
+        "read_set",
+        format!(
+            "{:?}",
+            store.read_set(&ids, &[&r1], &[per_id.as_str()]).await
+        ),
+    );
+    let gone = [(&r1, 2, Op::Delete)];
+    say(
+        "transact delete",
+        format!("{:?}", store.transact(&gone, false).await),
+    );
+
+    // Limits: GCRA alone, with a read, with a write; held things; a
+    // bounded ledger; the log.
+    let rate = Rate::new(2, Duration::from_secs(60), 2);
+    for step in 0..4u64 {
+        let at = slsd::clock::Timestamp(now.0 + step * 1000);
+        say(
+            "gcra",
+            format!("{:?}", store.gcra(&key("g1"), rate, at).await),
+        );
+    }
+    say(
+        "gcra_and_read",
+        format!(
+            "{:?}",
+            store
+                .gcra_and_read(&key("g2"), rate, now, &[&r2, &r3])
+                .await
+        ),
+    );
+    let write = [(&r3, 1, Op::Set(b"eight".to_vec(), None))];
+    say(
+        "gcra_and_transact",
+        format!(
+            "{:?}",
+            store
+                .gcra_and_transact(&key("g3"), rate, now, &write, &[&r2], false)
+                .await
+        ),
+    );
+    say(
+        "gcra_and_transact stale",
+        format!(
+            "{:?}",
+            store
+                .gcra_and_transact(&key("g3"), rate, now, &write, &[&r2, &r3], false)
+                .await
+        ),
+    );
+    say(
+        "gcra_and_transact limited",
+        format!(
+            "{:?}",
+            store
+                .gcra_and_transact(&key("g3"), rate, now, &write, &[&r2], false)
+                .await
+        ),
+    );
+    let held = key("held");
+    for member in [b"p1", b"p2", b"p3"] {
+        let until = now.0 + 60_000;
+        say(
+            "hold",
+            format!("{:?}", store.hold(&held, member, 2, now.0, until).await),
+        );
+    }
+    say(
+        "release",
+        format!("{:?}", store.release(&held, b"p1").await),
+    );
+    say(
+        "hold again",
+        format!("{:?}", store.hold(&held, b"p3", 2, now.0, now.0 + 1).await),
+    );
+    let (today, earlier) = (key("w:2"), vec![key("w:1")]);
+    say(
+        "put day 1",
+        format!("{:?}", store.put(&earlier[0], b"300", false).await),
+    );
+    for amount in [500, 300, 100] {
+        let limits = (Some(900), Some(1100));
+        say(
+            "add_under_limits",
+            format!(
+                "{:?}",
+                store
+                    .add_under_limits(&today, &earlier, amount, limits, hour)
+                    .await
+            ),
+        );
+    }
+    for entry in [b"e1", b"e2", b"e3"] {
+        say(
+            "append_log",
+            format!(
+                "{:?}",
+                store.append_log(&key("seq"), &key("log"), entry).await
+            ),
+        );
+    }
+    say(
+        "range",
+        format!("{:?}", store.range(&key("log"), 0, 10).await),
+    );
+    say(
+        "range 1..",
+        format!("{:?}", store.range(&key("log"), 1, 1).await),
+    );
+    said
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_memory_store_answers_as_a_real_cluster_does() {
+    let cluster = Cluster::start(3, 1).unwrap();
+    let real = store(&cluster, ONE_REPLICA).await;
+    let memory = Arc::new(slsd::store::cluster::memory::MemoryRedis::new());
+    let now = slsd::clock::now();
+    memory.set_now(now);
+    let in_memory = RedisStore::in_memory(Arc::clone(&memory));
+    let expected = every_primitive(&real, now).await;
+    let answered = every_primitive(&in_memory, now).await;
+    for (server, ours) in expected.iter().zip(&answered) {
+        assert_eq!(ours, server, "MemoryRedis differs from Redis");
+    }
+    assert_eq!(answered.len(), expected.len());
+    // Each call was one command, as it is one round trip to a server.
+    assert_eq!(memory.commands(), expected.len() as u64);
+}

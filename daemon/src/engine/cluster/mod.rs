@@ -44,8 +44,8 @@ use crate::ratelimit::Decision;
 use crate::store::Device;
 use crate::store::cluster::redis::Op;
 use crate::store::cluster::{
-    ClusterStore, EXPIRED_GRACE, IssuedWrite, Rounds, UserRecord, failure_state, question_memory,
-    slots, user_life,
+    ClusterStore, EXPIRED_GRACE, IssuedWrite, UserRecord, failure_state, question_memory, slots,
+    user_life,
 };
 use crate::store::{DeviceLife, Disposition, FailureState, NewDevice, OpenChallenge, StoreError};
 use crate::wire::request::{Answer, Page};
@@ -533,7 +533,7 @@ impl Engine {
         } else {
             store.recalled(owner, &read)
         };
-        let mut rounds = Rounds::default();
+        let mut rounds = store.rounds();
         while rounds.next().await {
             let remembered = known.is_some() && !counted;
             let records = match known.take() {
@@ -691,7 +691,7 @@ impl Engine {
         // their versions, is then the only round trip. Anything but a
         // write decided on them is read again.
         let mut recall = true;
-        let mut rounds = Rounds::default();
+        let mut rounds = store.rounds();
         while rounds.next().await {
             let recalled = std::mem::take(&mut recall)
                 .then(|| store.recalled_challenge(id))

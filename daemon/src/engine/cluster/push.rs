@@ -32,7 +32,7 @@ use crate::profile::DeviceKind;
 use crate::store::StoreError;
 use crate::store::cluster::redis::Op;
 use crate::store::cluster::{
-    ClusterStore, EXPIRED_GRACE, Handle, QueueWaiter, Rounds, UserRecord, failure_state,
+    ClusterStore, EXPIRED_GRACE, Handle, QueueWaiter, UserRecord, failure_state,
 };
 use crate::wire::codec::{Put, Reader};
 use crate::wire::{ErrorCode, Reply, Response, Verdict};
@@ -322,7 +322,7 @@ impl Engine {
             return Ok(Some(Reply::Verdict(Verdict::UnknownChallenge)));
         };
         let record_of = UserRecord::Push(id);
-        let mut rounds = Rounds::default();
+        let mut rounds = store.rounds();
         while rounds.next().await {
             let Some((version, mut session)) = read_push(store, &user, id).await? else {
                 return Ok(Some(Reply::Verdict(Verdict::UnknownChallenge)));
@@ -418,7 +418,7 @@ impl Engine {
         }
         let record_of = UserRecord::Push(id);
         let failures_of = UserRecord::Failures(device_id);
-        let mut rounds = Rounds::default();
+        let mut rounds = store.rounds();
         while rounds.next().await {
             // The push and the device's failure state, read and settled
             // together: the first answer wins, and a wrong one counts

@@ -33,7 +33,7 @@ use crate::store::Disposition;
 use crate::store::StoreError;
 use crate::store::cluster::redis::Op;
 use crate::store::cluster::{
-    ClusterStore, EXPIRED_GRACE, Handle, QueueWaiter, Rounds, UserRecord, failure_state,
+    ClusterStore, EXPIRED_GRACE, Handle, QueueWaiter, UserRecord, failure_state,
 };
 use crate::wire::request::Answer;
 use crate::wire::{DeliveryReport, DeliveryState, ErrorCode, Reply, Verdict};
@@ -208,7 +208,7 @@ impl Engine {
             return Ok(Reply::Verdict(Verdict::UnknownChallenge));
         };
         let failures_of = UserRecord::Failures(device_id);
-        let mut rounds = Rounds::default();
+        let mut rounds = store.rounds();
         while rounds.next().await {
             // The session and its device's failure state, read and written
             // together: a lockout reached on another node counts here.
@@ -338,7 +338,7 @@ impl Engine {
         let Some((user, _)) = store.handle_owner(Handle::Code(code)).await? else {
             return Ok(());
         };
-        let mut rounds = Rounds::default();
+        let mut rounds = store.rounds();
         while rounds.next().await {
             let records = store.read_user(&user, &[UserRecord::Sms]).await?;
             let Some(record) = records.first() else {

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use rand::CryptoRng;
 
-use super::{ClusterStore, PLAIN, Rounds, UserRecord, failure_state, phone_claim_key, phone_key};
+use super::{ClusterStore, PLAIN, UserRecord, failure_state, phone_claim_key, phone_key};
 use crate::clock::Timestamp;
 use crate::identity::{DeviceId, ShareId, Username};
 use crate::otp::SecretKey;
@@ -520,7 +520,7 @@ impl ClusterStore {
     /// log yet, and takes them out of the user's `unlogged` record.
     pub async fn flush_audit(&self, user: &Username) -> Result<(), StoreError> {
         let mut appended: Vec<Vec<u8>> = Vec::new();
-        let mut rounds = Rounds::default();
+        let mut rounds = self.rounds();
         while rounds.next().await {
             let read = self.read_user(user, &[UserRecord::Unlogged]).await?;
             let Some(record) = read.into_iter().next() else {
@@ -712,7 +712,7 @@ impl Store for ClusterStore {
         E: From<StoreError>,
     {
         let mut ids: Vec<DeviceId> = Vec::new();
-        let mut rounds = Rounds::default();
+        let mut rounds = self.rounds();
         while rounds.next().await {
             let devices = self.devices_of(user).await?;
             let (account_read, account, life_read, life) = self.user_records(user).await?;

@@ -42,6 +42,7 @@
 //! `sls:{audit}:seq` and `:log` (the audit log, numbered from 1).
 
 mod change;
+pub mod memory;
 pub mod redis;
 mod seen;
 pub mod slots;
@@ -331,13 +332,17 @@ pub fn question_memory(device: DeviceId, record: &Versioned) -> Result<QuestionM
     device_record(device, record, QuestionMemory::decode, "question memory")
 }
 
-/// The rounds of one compare-and-swap loop (`while rounds.next().await`):
-/// `ROUNDS` of them, each retry after a short random pause, so that
-/// contenders on the same records (a burst of logins on one device through
-/// several nodes) spread out instead of colliding again in step.
-#[derive(Debug, Default)]
+/// The rounds of one compare-and-swap loop (`while rounds.next().await`,
+/// from [`ClusterStore::rounds`]): `ROUNDS` of them, each retry after a
+/// short random pause, so that contenders on the same records (a burst of
+/// logins on one device through several nodes) spread out instead of
+/// colliding again in step.
+#[derive(Debug)]
 pub struct Rounds {
     taken: u32,
+    /// Off in memory (`memory.rs`): a lost round there was made to lose,
+    /// nobody else is writing, and the models run without a timer.
+    pause: bool,
 }
 
 impl Rounds {
@@ -346,7 +351,7 @@ impl Rounds {
         if self.taken as usize >= ROUNDS {
             return false;
         }
-        if self.taken > 0 {
+        if self.taken > 0 && self.pause {
             let most = (MOST_PAUSE / 10)
                 .saturating_mul(1 << self.taken.min(4))
                 .min(MOST_PAUSE);
@@ -372,6 +377,14 @@ impl ClusterStore {
             cache_ttl,
             cache: RwLock::new(HashMap::new()),
             seen: seen::SeenRecords::new(cache_ttl),
+        }
+    }
+
+    /// A compare-and-swap loop's rounds on this store.
+    pub fn rounds(&self) -> Rounds {
+        Rounds {
+            taken: 0,
+            pause: !self.redis.is_in_memory(),
         }
     }
 
@@ -646,7 +659,7 @@ impl ClusterStore {
     ) -> Result<SecretKey, StoreError> {
         const CONTEXT: &[u8] = b"sls/1 sms code key";
         let key = sms_code_key_key();
-        let mut rounds = Rounds::default();
+        let mut rounds = self.rounds();
         while rounds.next().await {
             if let Some(sealed) = self.redis.read(&key).await?.value {
                 let bytes = self.codec.cipher.open(&sealed, CONTEXT)?;
@@ -822,7 +835,7 @@ impl ClusterStore {
         // Versioned, so the key a device was bound to before cannot be put
         // back in place of a newer one.
         let record = push_key_key(id);
-        let mut rounds = Rounds::default();
+        let mut rounds = self.rounds();
         while rounds.next().await {
             let version = self
                 .redis
@@ -1219,7 +1232,7 @@ impl ClusterStore {
         device: DeviceId,
         mut change: impl FnMut(&mut FailureState) -> T,
     ) -> Result<Option<T>, StoreError> {
-        let mut rounds = Rounds::default();
+        let mut rounds = self.rounds();
         while rounds.next().await {
             let (version, before) = self.failures(user, device).await?;
             let mut after = before;

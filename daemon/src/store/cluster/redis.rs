@@ -208,7 +208,7 @@ pub struct Versioned {
 /// `KEYS[1]` the record, `ARGV[1]` the expected version, `ARGV[2]` the
 /// value, `ARGV[3]` the TTL in ms (0: none). Answers the new version, or
 /// -1 when the version did not match.
-const SWAP: &str = r"
+pub(super) const SWAP: &str = r"
 local version = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if version ~= tonumber(ARGV[1]) then return -1 end
 version = version + 1
@@ -253,7 +253,7 @@ end
 ";
 
 /// `KEYS[1]` a GCRA key, `ARGV[1..3]` now, interval, tolerance (µs).
-static GCRA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+pub(super) static GCRA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "{GCRA_FN}return gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))"
     )
@@ -262,7 +262,7 @@ static GCRA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 /// `KEYS[1]` a GCRA key, `KEYS[2..]` versioned records of its slot,
 /// `ARGV[1..3]` as `GCRA`: one issuance counted and the records read, at
 /// one moment. Answers {the GCRA's answer, the records as `read`}.
-static GCRA_READ: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+pub(super) static GCRA_READ: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "{GCRA_FN}{READ_FN}local wait = gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))\n\
          local records = {{}}\nfor i = 2, #KEYS do records[i - 1] = KEYS[i] end\n\
@@ -271,13 +271,13 @@ static GCRA_READ: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 /// `KEYS` versioned records of one slot, as `read`.
-static READ_MANY: std::sync::LazyLock<String> =
+pub(super) static READ_MANY: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| format!("{READ_FN}return read(KEYS)"));
 
 /// `KEYS[1]` a versioned record naming the records it goes with (its `k`
 /// field: keys of its slot, one per line). Answers {the record and those
 /// records as `read`, the names}.
-static READ_LINKED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+pub(super) static READ_LINKED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "{READ_FN}local names = redis.call('HGET', KEYS[1], 'k') or ''\n\
          local keys = {{KEYS[1]}}\n\
@@ -289,7 +289,7 @@ static READ_LINKED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 /// `KEYS[1]` a set of ids, `KEYS[2..]` versioned records of its slot;
 /// `ARGV` the names of records per id (`ARGV[j] .. id`). Answers {the
 /// ids, the records as `read`, every id's records as `read`, id by id}.
-static READ_SET: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+pub(super) static READ_SET: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "{READ_FN}local ids = redis.call('SMEMBERS', KEYS[1])\n\
          local fixed = {{}}\nfor i = 2, #KEYS do fixed[i - 1] = KEYS[i] end\n\
@@ -304,7 +304,7 @@ static READ_SET: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 /// `ARGV[3]` the window's (-1: none), `ARGV[4]` the TTL in ms of a new
 /// day. Adds the amount to today if both totals stay within their limits.
 /// Answers {1 booked / 0 not, today's total before, the window's before}.
-const BOOK_UNDER_LIMITS: &str = r"
+pub(super) const BOOK_UNDER_LIMITS: &str = r"
 local today = tonumber(redis.call('GET', KEYS[1]) or '0')
 local window = today
 for i = 2, #KEYS do
@@ -324,7 +324,7 @@ return {1, today, window}
 
 /// `KEYS[1]` a sequence counter, `KEYS[2]` its log (one slot); `ARGV[1]`
 /// the entry. Appends it; answers its sequence number (its index + 1).
-const APPEND_LOG: &str = r"
+pub(super) const APPEND_LOG: &str = r"
 local seq = redis.call('INCR', KEYS[1])
 redis.call('RPUSH', KEYS[2], ARGV[1])
 return seq
@@ -361,7 +361,7 @@ end
 ";
 
 /// `KEYS` versioned records of one slot, `ARGV` as `transact`'s.
-static TRANSACT: std::sync::LazyLock<String> =
+pub(super) static TRANSACT: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| format!("{TRANSACT_FN}return transact(KEYS, ARGV, 1)"));
 
 /// `KEYS[1]` a GCRA key, then `ARGV[4]` versioned records of its slot to
@@ -370,7 +370,7 @@ static TRANSACT: std::sync::LazyLock<String> =
 /// when it is allowed, the change made if every version still matches.
 /// Answers {the GCRA's answer, 1 changed / 0 not, the records read back as
 /// `read` when not}.
-static GCRA_TRANSACT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+pub(super) static GCRA_TRANSACT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "{GCRA_FN}{READ_FN}{TRANSACT_FN}\
          local wait = gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))\n\
@@ -384,7 +384,7 @@ static GCRA_TRANSACT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
 });
 
 /// `KEYS[1]` the key, `ARGV[1]` the value it must hold to be deleted.
-const DELETE_IF: &str = r"
+pub(super) const DELETE_IF: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 ";
@@ -393,7 +393,7 @@ return 0
 /// the limit, `ARGV[3]` the member, `ARGV[4]` when it lapses (ms). Drops
 /// lapsed members, then holds the new one if fewer than the limit are
 /// held: answers 0, or the soonest lapse when at the limit.
-const HOLD: &str = r"
+pub(super) const HOLD: &str = r"
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
   local soonest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -409,15 +409,28 @@ end
 return 0
 ";
 
+/// `KEYS[1]` a list, `ARGV[1]` a value, `ARGV[2]` the list's TTL in ms.
+pub(super) const PUSH_BACK: &str =
+    "redis.call('LPUSH', KEYS[1], ARGV[1]) return redis.call('PEXPIRE', KEYS[1], ARGV[2])";
+
 /// A connection to the cluster, shared by every task of a node (cheap to
 /// clone: one multiplexed connection per cluster node underneath).
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ClusterConnection,
-    /// Makes more connections: one of its own for each task that waits
-    /// on a queue (a blocked command holds its connection).
-    client: redis::cluster::ClusterClient,
+    link: Link,
     durability: Durability,
+}
+
+#[derive(Clone)]
+enum Link {
+    Cluster {
+        connection: ClusterConnection,
+        /// Makes more connections: one of its own for each task that
+        /// waits on a queue (a blocked command holds its connection).
+        client: redis::cluster::ClusterClient,
+    },
+    /// The same commands answered in this process (`memory`).
+    Memory(std::sync::Arc<super::memory::MemoryRedis>),
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -462,6 +475,16 @@ fn eval(script: &'static str) -> Cmd {
     command
 }
 
+/// The text of the script whose SHA-1 (hex) is `hash`, if sls sent it.
+pub(super) fn script_text(hash: &[u8]) -> Option<&'static str> {
+    SCRIPTS
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .find(|(_, known, _)| known.as_bytes() == hash)
+        .map(|(_, _, text)| *text)
+}
+
 /// `command` (an `EVALSHA`) as the `EVAL` of its script's text.
 fn with_text(command: &Cmd) -> Option<Cmd> {
     let mut args = command.args_iter();
@@ -469,12 +492,7 @@ fn with_text(command: &Cmd) -> Option<Cmd> {
     let Some(redis::Arg::Simple(hash)) = args.next() else {
         return None;
     };
-    let text = SCRIPTS
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .iter()
-        .find(|(_, known, _)| known.as_bytes() == hash)
-        .map(|(_, _, text)| *text)?;
+    let text = script_text(hash)?;
     let mut eval = redis::cmd("EVAL");
     eval.arg(text);
     for arg in args {
@@ -537,10 +555,28 @@ impl RedisStore {
         let client = builder.build()?;
         let connection = client.get_async_connection().await?;
         Ok(Self {
-            connection,
-            client,
+            link: Link::Cluster { connection, client },
             durability,
         })
+    }
+
+    /// The same store answered by `memory` in this process (tests, the
+    /// fuzz target, the replay): nothing is replicated.
+    pub fn in_memory(memory: std::sync::Arc<super::memory::MemoryRedis>) -> Self {
+        Self {
+            link: Link::Memory(memory),
+            durability: Durability {
+                replicas: 0,
+                timeout: Duration::ZERO,
+            },
+        }
+    }
+
+    /// Whether it is answered in this process: a lost compare-and-swap
+    /// was made to lose (`MemoryRedis::interfere`), and a retry needs no
+    /// pause for another node to finish.
+    pub fn is_in_memory(&self) -> bool {
+        matches!(self.link, Link::Memory(_))
     }
 
     /// Runs `command` on `key`'s master; when `durable`, then waits for
@@ -557,7 +593,15 @@ impl RedisStore {
     }
 
     async fn run_once(&self, key: &Key, command: Cmd, durable: bool) -> Result<Value, RedisError> {
-        let mut connection = self.connection.clone();
+        let connection = match &self.link {
+            Link::Cluster { connection, .. } => connection,
+            Link::Memory(memory) => {
+                metrics::counter!(crate::metrics::STORE_ROUND_TRIPS, "durable" => "no")
+                    .increment(1);
+                return memory.run(&command);
+            }
+        };
+        let mut connection = connection.clone();
         if !durable || self.durability.replicas == 0 {
             metrics::counter!(crate::metrics::STORE_ROUND_TRIPS, "durable" => "no").increment(1);
             let answer = connection.route_command(command, route(key)).await?;
@@ -744,9 +788,7 @@ impl RedisStore {
         value: &[u8],
         ttl: Duration,
     ) -> Result<(), RedisError> {
-        let mut command = eval(
-            "redis.call('LPUSH', KEYS[1], ARGV[1]) return redis.call('PEXPIRE', KEYS[1], ARGV[2])",
-        );
+        let mut command = eval(PUSH_BACK);
         command
             .arg(1)
             .arg(key.as_str())
@@ -760,9 +802,15 @@ impl RedisStore {
     /// command holds its connection, which must not be the one every
     /// request shares.
     pub async fn dedicated(&self) -> Result<Self, RedisError> {
+        let link = match &self.link {
+            Link::Cluster { client, .. } => Link::Cluster {
+                connection: client.get_async_connection().await?,
+                client: client.clone(),
+            },
+            Link::Memory(memory) => Link::Memory(std::sync::Arc::clone(memory)),
+        };
         Ok(Self {
-            connection: self.client.get_async_connection().await?,
-            client: self.client.clone(),
+            link,
             durability: self.durability,
         })
     }

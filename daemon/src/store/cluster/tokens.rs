@@ -8,7 +8,7 @@
 
 use rand::CryptoRng;
 
-use super::{ClusterStore, EXPIRED_GRACE, Handle, Rounds, UserRecord, user_record_key};
+use super::{ClusterStore, EXPIRED_GRACE, Handle, UserRecord, user_record_key};
 use crate::clock::Timestamp;
 use crate::identity::{ActivationId, ChallengeId, DeviceId, Username};
 use crate::otp::Code;
@@ -164,7 +164,7 @@ impl ClusterStore {
         R: CryptoRng + ?Sized,
     {
         let key = user_record_key(user, record);
-        let mut rounds = Rounds::default();
+        let mut rounds = self.rounds();
         while rounds.next().await {
             let read = self.read_user(user, &[record]).await?;
             let Some(Versioned { version, value }) = read.into_iter().next() else {
@@ -226,7 +226,7 @@ impl ClusterStore {
         now: Timestamp,
     ) -> Result<Option<ActivationId>, StoreError> {
         let ttl = now.until(token.expires_at);
-        let mut rounds = Rounds::default();
+        let mut rounds = self.rounds();
         while rounds.next().await {
             let id = ActivationId(rng.next_u64());
             if !self
