@@ -487,7 +487,7 @@ async fn every_primitive(store: &RedisStore, now: slsd::clock::Timestamp) -> Vec
             format!("{:?}", store.set_add(&ids, id, false).await),
         );
     }
-    let per_id = format!("{}", key("f:").as_str());
+    let per_id = key("f:");
     say(
         "read_set",
         format!(

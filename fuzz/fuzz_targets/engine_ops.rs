@@ -62,6 +62,8 @@ struct Push {
     done: bool,
 }
 const START: u64 = 1_800_000_000_000;
+/// How long past its expiry a challenge is still known (ms).
+const GRACE: u64 = slsd::store::EXPIRED_GRACE.as_millis() as u64;
 const USERS: [&str; 2] = ["alice", "bob"];
 /// (owner, kind, PIN): alice holds a DSC+ and a card, bob an IB Key.
 const DEVICES: [(usize, DeviceKind, Option<&str>); 3] = [
@@ -495,7 +497,7 @@ impl World {
         };
         let attempt = Attempt {
             right,
-            swept: self.last_sweep >= open.state.expires_at,
+            forgotten: self.now >= open.state.expires_at + GRACE,
             device_expired: false,
             current: device.questions.is_current(open.key),
             now: self.now,
@@ -622,7 +624,7 @@ impl World {
         };
         let attempt = Attempt {
             right,
-            swept: self.last_sweep >= sms.state.expires_at,
+            forgotten: self.last_sweep >= sms.state.expires_at,
             device_expired: false,
             current: true,
             now: self.now,
@@ -747,7 +749,7 @@ impl World {
             };
             let attempt = Attempt {
                 right: how == 0,
-                swept: false,
+                forgotten: false,
                 device_expired: false,
                 current: true,
                 now,

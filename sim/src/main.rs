@@ -15,7 +15,7 @@ use sls_sim::daemon::LocalDaemon;
 use sls_sim::fleet::{self, DeviceMix, Fleet, FleetPlan};
 use sls_sim::load::{FlowMix, LoadPlan, Pace, Target};
 use sls_sim::report::Report;
-use sls_sim::scenario::{self, ScenarioPlan};
+use sls_sim::scenario::{self, ScenarioPlan, ScenarioStore};
 use slsd::engine::Role;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -82,6 +82,10 @@ struct ReplayArgs {
     /// Also write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The engine's store: the embedded one, or the cluster store on a
+    /// Redis Cluster in memory (its own digest; the same invariants).
+    #[arg(long, value_enum, default_value_t = ScenarioStore::Embedded)]
+    store: ScenarioStore,
 }
 
 #[derive(Debug, Subcommand)]
@@ -354,9 +358,13 @@ fn main() -> ExitCode {
                 Command::Load(args) => run_load(args),
                 Command::Bench(args) => run_bench(args),
                 Command::Cluster(args) => run_cluster(&args),
-                Command::Replay(args) => {
-                    run_scenario(args.seed, args.duration, args.users, args.json.as_deref())
-                }
+                Command::Replay(args) => run_scenario(
+                    args.seed,
+                    args.duration,
+                    args.users,
+                    args.store,
+                    args.json.as_deref(),
+                ),
                 Command::Token(_) => Ok(()),
             };
             return match result {
@@ -494,16 +502,22 @@ fn run_scenario(
     seed: u64,
     duration: Duration,
     users: usize,
+    store: ScenarioStore,
     json: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    let plan = ScenarioPlan::new(seed, duration, users)?;
+    let mut plan = ScenarioPlan::new(seed, duration, users)?;
+    plan.store = store;
     let started = std::time::Instant::now();
     let report = scenario::run(&plan)?;
     print!("{}", report.render());
     println!(
-        "ran in {:.1} s; replay with: sls-sim replay --seed {seed} --duration {}s --users {users}",
+        "ran in {:.1} s; replay with: sls-sim replay --seed {seed} --duration {}s --users {users}{}",
         started.elapsed().as_secs_f64(),
-        duration.as_secs()
+        duration.as_secs(),
+        match store {
+            ScenarioStore::Embedded => "",
+            ScenarioStore::ClusterInMemory => " --store cluster-in-memory",
+        }
     );
     if let Some(path) = json {
         sls_sim::report::write_json(&report, path)
@@ -525,7 +539,8 @@ fn run_load(args: LoadArgs) -> anyhow::Result<()> {
             .duration
             .unwrap_or(Duration::from_secs(5 * 7 * 86_400));
         let seed = args.load.seed.unwrap_or_else(rand::random);
-        return run_scenario(seed, duration, args.users, args.load.json.as_deref());
+        let store = ScenarioStore::Embedded;
+        return run_scenario(seed, duration, args.users, store, args.load.json.as_deref());
     };
     let fleet = Fleet::load(fleet)?;
     let target = Target::new(args.daemon.addr, args.daemon.data_dir);

@@ -71,8 +71,10 @@ pub struct Challenge {
 pub struct Attempt {
     /// The answer is the device's answer to the challenge.
     pub right: bool,
-    /// The sweeper ran after the challenge expired (it is forgotten).
-    pub swept: bool,
+    /// The challenge (code, push) is forgotten: it expired more than
+    /// `EXPIRED_GRACE` ago, or (codes and pushes on the embedded store)
+    /// the sweeper ran after it expired.
+    pub forgotten: bool,
     /// The device's validity has ended.
     pub device_expired: bool,
     /// The challenge is its device's latest (an earlier one is refused).
@@ -244,7 +246,7 @@ pub fn verify(
     holder: &Holder<'_>,
 ) -> (Verdict, bool, Option<Duration>) {
     let now = attempt.now;
-    if attempt.swept || !attempt.current {
+    if attempt.forgotten || !attempt.current {
         return (Verdict::UnknownChallenge, false, None);
     }
     if challenge.expires_at <= now || attempt.device_expired {
@@ -309,7 +311,7 @@ mod tests {
             };
             let wrong = Attempt {
                 right: false,
-                swept: false,
+                forgotten: false,
                 device_expired: false,
                 current: true,
                 now,
@@ -328,7 +330,7 @@ mod tests {
         };
         let right = Attempt {
             right: true,
-            swept: false,
+            forgotten: false,
             device_expired: false,
             current: true,
             now,

@@ -18,6 +18,12 @@ use crate::phone::PhoneNumber;
 use crate::profile::DeviceKind;
 use crate::wire::codec::{Put, Reader};
 
+/// How long past its expiry a challenge (an SMS code, a push) is still
+/// known, on either store: an answer within it hears `Expired`, one after
+/// it `UnknownChallenge`, whenever the sweeper runs (on the cluster, the
+/// record's TTL ends then).
+pub const EXPIRED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A database or at-rest-encryption failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -42,10 +42,10 @@ use crate::identity::{ChallengeId, DeviceId, Username};
 use crate::policy::calendar::Day;
 use crate::ratelimit::Decision;
 use crate::store::Device;
+use crate::store::EXPIRED_GRACE;
 use crate::store::cluster::redis::Op;
 use crate::store::cluster::{
-    ClusterStore, EXPIRED_GRACE, IssuedWrite, UserRecord, failure_state, question_memory, slots,
-    user_life,
+    ClusterStore, IssuedWrite, UserRecord, failure_state, question_memory, slots, user_life,
 };
 use crate::store::{DeviceLife, Disposition, FailureState, NewDevice, OpenChallenge, StoreError};
 use crate::wire::request::{Answer, Page};
@@ -55,6 +55,27 @@ impl Engine {
     /// Whether this engine keeps its state in a shared store.
     pub fn is_clustered(&self) -> bool {
         self.cluster.is_some()
+    }
+
+    /// This engine over a Redis Cluster in this process's memory
+    /// (`store::cluster::memory`), device secrets sealed under `cipher`:
+    /// the fuzz target, the replay, the loom models and tests run the
+    /// cluster's logic on it. Drive it with `memory::run_now`, after
+    /// `MemoryRedis::set_now`.
+    pub fn with_memory_cluster<R: CryptoRng + ?Sized>(
+        self,
+        memory: Arc<crate::store::cluster::memory::MemoryRedis>,
+        cipher: crate::store::sealed::SecretCipher,
+        rng: &mut R,
+    ) -> Result<Self, StoreError> {
+        use crate::store::cluster::memory::run_now;
+        let redis = crate::store::cluster::redis::RedisStore::in_memory(memory);
+        let codec = crate::store::records::DeviceCodec::new(cipher, self.config.devices.clone());
+        let store = ClusterStore::new(redis, codec, self.config.store.cache_ttl);
+        let code_key = run_now(store.sms_code_key(rng)).ok_or_else(|| {
+            StoreError::Database("the in-memory store's key could not be made at once".into())
+        })??;
+        Ok(self.with_cluster(store, &code_key, "in-memory".into()))
     }
 
     /// A connection of the calling task's own for waiting on a queue

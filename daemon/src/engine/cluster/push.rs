@@ -29,11 +29,10 @@ use crate::clock::Timestamp;
 use crate::identity::{DeviceId, PushId, Username};
 use crate::otp::push::{self, Signature};
 use crate::profile::DeviceKind;
+use crate::store::EXPIRED_GRACE;
 use crate::store::StoreError;
 use crate::store::cluster::redis::Op;
-use crate::store::cluster::{
-    ClusterStore, EXPIRED_GRACE, Handle, QueueWaiter, UserRecord, failure_state,
-};
+use crate::store::cluster::{ClusterStore, Handle, QueueWaiter, UserRecord, failure_state};
 use crate::wire::codec::{Put, Reader};
 use crate::wire::{ErrorCode, Reply, Response, Verdict};
 

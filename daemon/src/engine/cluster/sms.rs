@@ -30,11 +30,10 @@ use crate::clock::Timestamp;
 use crate::identity::{CodeId, MessageId, Username};
 use crate::phone::Channel;
 use crate::store::Disposition;
+use crate::store::EXPIRED_GRACE;
 use crate::store::StoreError;
 use crate::store::cluster::redis::Op;
-use crate::store::cluster::{
-    ClusterStore, EXPIRED_GRACE, Handle, QueueWaiter, UserRecord, failure_state,
-};
+use crate::store::cluster::{ClusterStore, Handle, QueueWaiter, UserRecord, failure_state};
 use crate::wire::request::Answer;
 use crate::wire::{DeliveryReport, DeliveryState, ErrorCode, Reply, Verdict};
 

@@ -506,8 +506,13 @@ impl Keyspace {
         if args.len() < keys.len() * 5 {
             return Err(unexpected("transact's arguments"));
         }
-        for (key, args) in keys.iter().zip(args.chunks(5)) {
-            if self.version(key)? != unsigned(args[0])? {
+        let changes: Vec<(&[u8], [&[u8]; 5])> = keys
+            .iter()
+            .zip(args.chunks_exact(5))
+            .filter_map(|(key, args)| Some((*key, <[&[u8]; 5]>::try_from(args).ok()?)))
+            .collect();
+        for (key, [version, ..]) in &changes {
+            if self.version(key)? != unsigned(version)? {
                 return Ok(false);
             }
         }
@@ -515,21 +520,21 @@ impl Keyspace {
             self.conflicts -= 1;
             return Ok(false);
         }
-        for (key, args) in keys.iter().zip(args.chunks(5)) {
-            match args[1] {
+        for (key, [_, op, value, ttl, links]) in changes {
+            match op {
                 b"s" => {
                     let version = self.version(key)? + 1;
-                    let ttl = unsigned(args[3])?;
+                    let ttl = unsigned(ttl)?;
                     let hash = self.hash(key);
                     hash.insert(b"v".to_vec(), version.to_string().into_bytes());
-                    hash.insert(b"d".to_vec(), args[2].to_vec());
-                    if !args[4].is_empty() {
-                        hash.insert(b"k".to_vec(), args[4].to_vec());
+                    hash.insert(b"d".to_vec(), value.to_vec());
+                    if !links.is_empty() {
+                        hash.insert(b"k".to_vec(), links.to_vec());
                     }
                     self.expire_in(key, (ttl > 0).then_some(ttl));
                 }
                 b"d" => {
-                    self.entries.remove(*key);
+                    self.entries.remove(key);
                 }
                 _ => {}
             }
@@ -544,6 +549,8 @@ impl Keyspace {
                 .ok_or_else(|| unexpected("an argument"))
         };
         let key = |n: usize| keys.get(n).copied().ok_or_else(|| unexpected("a key"));
+        // The records after a script's first key (a limit, a set, a day).
+        let rest = keys.get(1..).unwrap_or_default();
         let gcra_args = || -> Result<(i64, i64, i64), RedisError> {
             Ok((number(arg(0)?)?, number(arg(1)?)?, number(arg(2)?)?))
         };
@@ -570,7 +577,7 @@ impl Keyspace {
         } else if text == GCRA_READ.as_str() {
             let (now, interval, tolerance) = gcra_args()?;
             let wait = self.gcra(key(0)?, now, interval, tolerance)?;
-            Ok(Value::Array(vec![Value::Int(wait), self.read(&keys[1..])]))
+            Ok(Value::Array(vec![Value::Int(wait), self.read(rest)]))
         } else if text == READ_MANY.as_str() {
             Ok(self.read(keys))
         } else if text == READ_LINKED.as_str() {
@@ -584,7 +591,7 @@ impl Keyspace {
             ]))
         } else if text == READ_SET.as_str() {
             let ids = self.members(key(0)?);
-            let fixed = self.read(&keys[1..]);
+            let fixed = self.read(rest);
             let names: Vec<Vec<u8>> = ids
                 .iter()
                 .flat_map(|id| argv.iter().map(move |name| [*name, id.as_slice()].concat()))
@@ -606,12 +613,11 @@ impl Keyspace {
                 ]));
             }
             let changed = usize::try_from(unsigned(arg(3)?)?).unwrap_or(usize::MAX);
-            let records = &keys[1..];
-            if changed > records.len() {
+            if changed > rest.len() {
                 return Err(unexpected("gcra_and_transact's count"));
             }
-            let (changes, back) = records.split_at(changed);
-            if self.transact(changes, &argv[4..])? {
+            let (changes, back) = rest.split_at(changed);
+            if self.transact(changes, argv.get(4..).unwrap_or_default())? {
                 return Ok(Value::Array(vec![
                     Value::Int(0),
                     Value::Int(1),
@@ -694,7 +700,7 @@ impl Keyspace {
             let today_key = key(0)?;
             let today = self.string(today_key).map_or(Ok(0), |v| number(&v))?;
             let mut window = today;
-            for key in &keys[1..] {
+            for key in rest {
                 window += self.string(key).map_or(Ok(0), |v| number(&v))?;
             }
             let (amount, day_limit, window_limit) =
@@ -736,5 +742,57 @@ impl Keyspace {
         } else {
             Err(unexpected("a script sls does not send"))
         }
+    }
+}
+
+/// Runs `future` — the engine's or the cluster store's work on a
+/// [`MemoryRedis`] — to its end on this thread. Nothing on such a store
+/// waits (no network, no pause between rounds), so no runtime is needed;
+/// `None`: the future did wait (a mistake in the caller: it used
+/// something other than the in-memory store).
+pub fn run_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::cluster::redis::{Key, RedisStore, Swap};
+
+    #[test]
+    fn ttls_lapse_by_the_stores_clock_and_interference_loses_writes() {
+        let memory = Arc::new(MemoryRedis::new());
+        memory.set_now(Timestamp(1_000));
+        let store = RedisStore::in_memory(Arc::clone(&memory));
+        let key = Key::new("u:jdoe", "c:1");
+        let ttl = Duration::from_millis(500);
+        assert_eq!(
+            run_now(store.put_new(&key, b"x", ttl, false)).unwrap().ok(),
+            Some(true)
+        );
+        memory.set_now(Timestamp(1_499));
+        assert!(run_now(store.get(&key)).unwrap().unwrap().is_some());
+        memory.set_now(Timestamp(1_000)); // the clock never goes back
+        memory.set_now(Timestamp(1_500));
+        assert!(run_now(store.get(&key)).unwrap().unwrap().is_none());
+
+        let swap = |expected| run_now(store.swap(&key, expected, b"v", None, false));
+        assert_eq!(swap(0).unwrap().ok(), Some(Swap::Done(1)));
+        memory.interfere(2);
+        assert_eq!(swap(1).unwrap().ok(), Some(Swap::Conflict));
+        let write = [(&key, 1, crate::store::cluster::redis::Op::Keep)];
+        let transacted = run_now(store.transact(&write, false)).unwrap().ok();
+        assert_eq!(transacted, Some(false), "the second write loses too");
+        assert_eq!(swap(1).unwrap().ok(), Some(Swap::Done(2)), "then it wins");
+        // Seven commands, each one round trip on a server.
+        assert_eq!(memory.commands(), 7);
     }
 }

@@ -65,17 +65,14 @@ use crate::policy::calendar::Day;
 use crate::policy::withdrawal::Withdrawn;
 use crate::profile::DeviceKind;
 use crate::ratelimit::{Decision, Rate};
-use crate::store::Account;
 use crate::store::cluster::redis::{Key, Op, RedisStore, Versioned};
 use crate::store::questions::QuestionMemory;
 use crate::store::records::{DeviceCodec, Stored};
 use crate::store::records::{decode_audit, encode_audit};
+use crate::store::{Account, EXPIRED_GRACE};
 use crate::store::{Device, EnrollError, FailureState, NewDevice, StoreError, Verifier};
 use crate::wire::AuditRecord;
 
-/// How long past its expiry a challenge record is kept, so that a late
-/// answer hears `Expired` rather than `UnknownChallenge`.
-pub const EXPIRED_GRACE: Duration = Duration::from_secs(60);
 /// How long a queue (the carrier outbox, a node's inbox) outlives its last
 /// item: a node that died leaves no queue behind for long.
 const QUEUE_TTL: Duration = Duration::from_secs(3600);

@@ -427,7 +427,7 @@ enum Link {
         connection: ClusterConnection,
         /// Makes more connections: one of its own for each task that
         /// waits on a queue (a blocked command holds its connection).
-        client: redis::cluster::ClusterClient,
+        client: Box<redis::cluster::ClusterClient>,
     },
     /// The same commands answered in this process (`memory`).
     Memory(std::sync::Arc<super::memory::MemoryRedis>),
@@ -555,7 +555,10 @@ impl RedisStore {
         let client = builder.build()?;
         let connection = client.get_async_connection().await?;
         Ok(Self {
-            link: Link::Cluster { connection, client },
+            link: Link::Cluster {
+                connection,
+                client: Box::new(client),
+            },
             durability,
         })
     }

@@ -8,11 +8,12 @@
 
 use rand::CryptoRng;
 
-use super::{ClusterStore, EXPIRED_GRACE, Handle, UserRecord, user_record_key};
+use super::{ClusterStore, Handle, UserRecord, user_record_key};
 use crate::clock::Timestamp;
 use crate::identity::{ActivationId, ChallengeId, DeviceId, Username};
 use crate::otp::Code;
 use crate::phone::PhoneNumber;
+use crate::store::EXPIRED_GRACE;
 use crate::store::cluster::redis::{Key, Op, Versioned};
 use crate::store::{ActivationToken, NumberToken, StoreError, TokenProof};
 use crate::wire::codec::{Put, Reader};

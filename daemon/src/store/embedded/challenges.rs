@@ -104,13 +104,15 @@ impl ChallengeTable {
         Some(result)
     }
 
-    /// Drops every challenge that expired before `now`; returns how many.
+    /// Drops every challenge that expired `EXPIRED_GRACE` or more before
+    /// `now`; returns how many.
     pub fn sweep(&self, now: Timestamp) -> usize {
         let mut removed = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             let before = shard.len();
-            shard.retain(|_, c| c.expires_at > now);
+            // Kept past expiry as long as an answer still hears `Expired`.
+            shard.retain(|_, c| c.expires_at.plus(EXPIRED_GRACE) > now);
             removed += before - shard.len();
         }
         self.len.fetch_sub(removed, Ordering::AcqRel);
@@ -183,11 +185,15 @@ mod tests {
     }
 
     #[test]
-    fn sweep_drops_only_expired_challenges() {
+    fn sweep_drops_only_challenges_expired_longer_than_the_grace() {
         let table = ChallengeTable::new(10, 2);
         table.insert(ChallengeId(1), challenge(100)).unwrap();
         table.insert(ChallengeId(2), challenge(200)).unwrap();
-        assert_eq!(table.sweep(Timestamp(100)), 1);
+        // Expired, but a late answer still hears so for EXPIRED_GRACE.
+        assert_eq!(table.sweep(Timestamp(100)), 0);
+        let grace = u64::try_from(EXPIRED_GRACE.as_millis()).unwrap();
+        assert_eq!(table.sweep(Timestamp(100 + grace - 1)), 0);
+        assert_eq!(table.sweep(Timestamp(100 + grace)), 1);
         assert_eq!(table.len(), 1);
         assert!(
             table
