@@ -16,7 +16,10 @@
 //! - inserts racing for the last slot never overfill the table;
 //! - an SMS code entered twice at once is accepted once;
 //! - a phone's approval racing with the gateway's `AwaitPush` reaches the
-//!   gateway exactly once (no lost or doubled verdict).
+//!   gateway exactly once (no lost or doubled verdict);
+//! - on the cluster store (two nodes on Redis in memory, whose lock is
+//!   loom's), a challenge verified on both nodes at once is accepted once,
+//!   and wrong answers racing on both get no more checks than attempts.
 #![cfg(feature = "loom")]
 
 use std::sync::Arc;
@@ -35,6 +38,7 @@ use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
 use slsd::store::Actor;
 use slsd::store::NewDevice;
+use slsd::store::cluster::memory::{MemoryRedis, run_now};
 use slsd::store::embedded::challenges::{ChallengeTable, InsertError};
 use slsd::store::embedded::registry::Registry;
 use slsd::store::sealed::SecretCipher;
@@ -478,5 +482,154 @@ fn an_approval_racing_with_await_push_reaches_the_gateway_once() {
             call(&engine, &gateway, Operation::AwaitPush { push: id }),
             Some(Reply::Verdict(Verdict::UnknownChallenge))
         );
+    });
+}
+
+/// Two nodes of one deployment on a Redis Cluster in memory
+/// (`store::cluster::memory`, whose lock is loom's: every command is a
+/// point where the other node may run), jdoe's card enrolled through the
+/// first. Made inside the model.
+struct Nodes {
+    a: Arc<Engine>,
+    b: Arc<Engine>,
+    device: DeviceId,
+}
+
+fn two_nodes(fixture: &Fixture) -> Nodes {
+    let memory = Arc::new(MemoryRedis::new());
+    memory.set_now(T0);
+    let registry = Arc::new(fixture.registry());
+    let node = |seed| {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let engine = Engine::new(
+            Arc::new(fixture.config.clone()),
+            Arc::clone(&registry),
+            &mut rng,
+        );
+        let cipher = SecretCipher::new(&[5; 32]);
+        Arc::new(
+            engine
+                .with_memory_cluster(Arc::clone(&memory), cipher, &mut rng)
+                .unwrap(),
+        )
+    };
+    let (a, b) = (node(2), node(3));
+    let enrol = Operation::Enroll(slsd::wire::EnrollRequest {
+        user: Username::new("jdoe").unwrap(),
+        kind: DeviceKind::Scc,
+        secret: Some(SecretKey::from_bytes(KEY.to_vec()).unwrap()),
+        pin: None,
+        label: String::new(),
+    });
+    let Reply::Enrolled { device, .. } = on_cluster(&a, Role::Admin, enrol, T0) else {
+        panic!("enrolled on the cluster")
+    };
+    Nodes { a, b, device }
+}
+
+/// `operation` from `role` on a node of the in-memory cluster, to its end.
+fn on_cluster(engine: &Engine, role: Role, operation: Operation, now: Timestamp) -> Reply {
+    let caller = Caller::detached(role);
+    let mut rng = ChaCha20Rng::seed_from_u64(now.0);
+    let handled = engine.handle_on_cluster(&caller, operation, now, &mut rng);
+    run_now(handled)
+        .expect("an in-memory store answers at once")
+        .expect("an answer, not a later one")
+}
+
+fn card_challenge_on_cluster(fixture: &Fixture, nodes: &Nodes) -> (ChallengeId, String) {
+    let operation = Operation::Challenge {
+        user: Username::new("jdoe").unwrap(),
+        device: nodes.device,
+    };
+    let reply = on_cluster(&nodes.a, Role::Gateway, operation, T0);
+    let Reply::Challenge {
+        challenge,
+        text: ChallengeText::CardPositions(a, b),
+        ..
+    } = reply
+    else {
+        panic!("a card challenge: {reply:?}")
+    };
+    (
+        challenge,
+        fixture.card.codes_at(&[a, b]).unwrap().to_string(),
+    )
+}
+
+/// The stack of a loom thread that runs the engine's cluster flows: their
+/// futures are far larger than loom's default stack.
+const CLUSTER_STACK: usize = 8 << 20;
+
+/// A loom model whose body runs on a thread with `CLUSTER_STACK`.
+fn cluster_model(body: impl Fn() + Send + Sync + 'static) {
+    let body = Arc::new(body);
+    loom::model(move || {
+        let body = Arc::clone(&body);
+        thread::Builder::new()
+            .stack_size(CLUSTER_STACK)
+            .spawn(move || body())
+            .unwrap()
+            .join()
+            .unwrap();
+    });
+}
+
+/// Runs `f` on the two nodes, each on a loom thread of its own.
+fn on_both_nodes<T: Send + 'static>(
+    nodes: &Nodes,
+    f: impl Fn(&Engine) -> T + Send + Sync + 'static,
+) -> (T, T) {
+    let f = Arc::new(f);
+    let (b, g) = (Arc::clone(&nodes.b), Arc::clone(&f));
+    let other = thread::Builder::new()
+        .stack_size(CLUSTER_STACK)
+        .spawn(move || g(&b))
+        .unwrap();
+    let mine = f(&nodes.a);
+    (mine, other.join().unwrap())
+}
+
+fn verify_on_cluster(engine: &Engine, challenge: ChallengeId, answer: &str) -> Verdict {
+    let operation = Operation::Verify {
+        challenge,
+        response: Answer::new(answer),
+    };
+    match on_cluster(engine, Role::Gateway, operation, T0) {
+        Reply::Verdict(verdict) => verdict,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn on_the_cluster_a_challenge_verified_on_two_nodes_at_once_is_accepted_once() {
+    let fixture = Arc::new(fixture(""));
+    cluster_model(move || {
+        let nodes = two_nodes(&fixture);
+        let (id, right) = card_challenge_on_cluster(&fixture, &nodes);
+        let (a, b) = on_both_nodes(&nodes, move |node| verify_on_cluster(node, id, &right));
+        let accepted = [&a, &b]
+            .iter()
+            .filter(|v| matches!(v, Verdict::Accepted { .. }))
+            .count();
+        assert_eq!(accepted, 1, "{a:?} {b:?}");
+        assert!(matches!(a, Verdict::UnknownChallenge) || matches!(b, Verdict::UnknownChallenge));
+    });
+}
+
+#[test]
+fn on_the_cluster_wrong_answers_on_two_nodes_never_get_more_checks_than_attempts() {
+    let fixture = Arc::new(fixture(
+        "[challenges]\nattempts = 1\n[lockout]\nfailures = 10\n",
+    ));
+    cluster_model(move || {
+        let nodes = two_nodes(&fixture);
+        let (id, _) = card_challenge_on_cluster(&fixture, &nodes);
+        let (a, b) = on_both_nodes(&nodes, move |node| verify_on_cluster(node, id, "000000"));
+        let checked = [&a, &b]
+            .iter()
+            .filter(|v| matches!(v, Verdict::Rejected { .. }))
+            .count();
+        assert_eq!(checked, 1, "{a:?} {b:?}");
     });
 }

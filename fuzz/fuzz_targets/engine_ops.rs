@@ -7,6 +7,11 @@
 //! (`sls_sim::model`): no wrong answer is accepted, nothing is accepted
 //! twice, attempts and lockouts follow the rules, a resend is the same
 //! code, every push verdict reaches the gateway exactly once.
+//!
+//! The input's first byte picks the store: the embedded one, or the
+//! cluster store on Redis in memory (`store::cluster::memory`), whose
+//! compare-and-swaps the input can make lose (as when another node wins a
+//! race) — the same operations and the same model for both.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -26,9 +31,11 @@ use slsd::otp::push::{self, PushSigner};
 use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
 use slsd::store::Actor;
-use slsd::store::questions::QuestionMemory;
 use slsd::store::FailureState;
+use slsd::store::cluster::QueueWaiter;
+use slsd::store::cluster::memory::{MemoryRedis, run_now};
 use slsd::store::embedded::registry::Registry;
+use slsd::store::questions::QuestionMemory;
 use slsd::store::sealed::SecretCipher;
 use slsd::wire::request::{Answer, Pin};
 use slsd::wire::{ChallengeText, EnrollRequest, ErrorCode, Operation, Reply, Verdict};
@@ -92,6 +99,9 @@ struct Open {
 
 struct World {
     engine: Engine,
+    /// On the cluster store: Redis in memory, and this node's connection
+    /// for its queues.
+    cluster: Option<(Arc<MemoryRedis>, QueueWaiter)>,
     carrier: Arc<ReplyLog>,
     phone: Arc<ReplyLog>,
     gateway: Arc<ReplyLog>,
@@ -109,7 +119,9 @@ struct World {
     next_key: u64,
     accepted: Vec<(ChallengeId, String)>,
     now: u64,
-    last_sweep: u64,
+    /// On the cluster: the last call lost a write to "another node"
+    /// (`interfere`).
+    lost_race: bool,
 }
 
 /// A scratch directory in memory when the machine has one.
@@ -206,21 +218,83 @@ fn fixture() -> &'static Fixture {
     })
 }
 
+/// The fixture's devices enrolled anew on a cluster in memory (with the
+/// same keys and PINs, so the same emulated devices answer): their ids,
+/// then the SMS device's.
+fn enrol_on_cluster(
+    engine: &Engine,
+    memory: &MemoryRedis,
+    users: &[Username],
+    rng: &mut ChaCha20Rng,
+) -> (Vec<DeviceId>, DeviceId) {
+    let caller = Caller::detached(Role::Admin);
+    let mut admin = |operation| {
+        memory.set_now(Timestamp(START));
+        let handled = engine.handle_on_cluster(&caller, operation, Timestamp(START), rng);
+        run_now(handled).flatten().expect("an answer at once")
+    };
+    let mut ids = Vec::new();
+    for (n, (owner, kind, pin)) in DEVICES.into_iter().enumerate() {
+        let request = EnrollRequest {
+            user: users[owner].clone(),
+            kind,
+            secret: Some(SecretKey::from_bytes(vec![n as u8 + 1; 32]).unwrap()),
+            pin: pin.map(Pin::new),
+            label: String::new(),
+        };
+        match admin(Operation::Enroll(request)) {
+            Reply::Enrolled { device, .. } => ids.push(device),
+            other => panic!("enrolment on the cluster: {other:?}"),
+        }
+    }
+    let phone = Operation::EnrollPhone {
+        user: users[0].clone(),
+        number: PhoneNumber::parse(ALICE_NUMBER).unwrap(),
+        label: String::new(),
+    };
+    let Reply::Enrolled { device: sms, .. } = admin(phone) else {
+        panic!("alice's number on the cluster");
+    };
+    let bind = Operation::BindPushKey {
+        device: ids[2],
+        key: PushSigner::from_seed(PUSH_SEED).public(),
+    };
+    assert_eq!(admin(bind), Reply::Done, "bob's push key on the cluster");
+    (ids, sms)
+}
+
 impl World {
-    /// A fresh engine over the fixture's registry, every lockout cleared.
-    fn new() -> Self {
+    /// A fresh engine over the fixture's registry, every lockout cleared;
+    /// or, `on_cluster`, over a fresh cluster in memory.
+    fn new(on_cluster: bool) -> Self {
         let fixture = fixture();
         let mut rng = ChaCha20Rng::seed_from_u64(2);
         let config = fixture.config.clone();
-        let engine = Engine::new(
+        let mut engine = Engine::new(
             Arc::new(config.clone()),
             Arc::clone(&fixture.registry),
             &mut rng,
         );
+        let mut ids: Vec<DeviceId> = fixture.devices.iter().map(|(id, _)| *id).collect();
+        let mut sms_device = fixture.sms_device;
+        let mut cluster = None;
+        if on_cluster {
+            let memory = Arc::new(MemoryRedis::new());
+            memory.set_now(Timestamp(START));
+            let cipher = SecretCipher::new(&[3; 32]);
+            engine = engine
+                .with_memory_cluster(Arc::clone(&memory), cipher, &mut rng)
+                .expect("an engine on the cluster in memory");
+            (ids, sms_device) = enrol_on_cluster(&engine, &memory, &fixture.users, &mut rng);
+            let waiter = run_now(engine.cluster_queue_waiter())
+                .and_then(Result::ok)
+                .expect("a queue connection");
+            cluster = Some((memory, waiter));
+        }
         // Lockouts left by the previous run cleared in memory (an Unlock
         // would commit to the database each time).
-        let ids = fixture.devices.iter().map(|(id, _)| *id);
-        for id in ids.chain([fixture.sms_device]) {
+        let enrolled = fixture.devices.iter().map(|(id, _)| *id);
+        for id in enrolled.chain([fixture.sms_device]) {
             if let Some(device) = fixture.registry.device(id) {
                 let mut failures = device.failures();
                 *device.questions(&failures) = QuestionMemory::default();
@@ -230,8 +304,9 @@ impl World {
         let devices = DEVICES
             .iter()
             .zip(&fixture.devices)
-            .map(|((owner, _, _), (id, emulated))| Device {
-                id: *id,
+            .zip(ids)
+            .map(|(((owner, _, _), (_, emulated)), id)| Device {
+                id,
                 owner: *owner,
                 emulated: emulated.clone(),
                 failures: Failures::default(),
@@ -246,11 +321,12 @@ impl World {
         let sinks: [Arc<dyn Sink>; 3] = [carrier.clone(), phone.clone(), gateway.clone()];
         let mut world = Self {
             engine,
+            cluster,
             carrier,
             phone,
             gateway,
             sinks,
-            sms_device: fixture.sms_device,
+            sms_device,
             sms_failures: Failures::default(),
             sms: None,
             pushes: Vec::new(),
@@ -262,7 +338,7 @@ impl World {
             next_key: 0,
             accepted: Vec::new(),
             now: START,
-            last_sweep: 0,
+            lost_race: false,
         };
         let bridge = world.stream(Role::Carrier, 0, Operation::CarrierSubscribe);
         assert_eq!(bridge, Some(Reply::Subscribed));
@@ -291,19 +367,116 @@ impl World {
             sink: Some(&self.sinks[stream]),
             request: 1,
         };
-        self.engine
-            .handle_from(&caller, operation, Timestamp(self.now), &mut self.rng)
-            .map(|outcome| outcome.reply)
+        let now = Timestamp(self.now);
+        let Some((memory, _)) = &self.cluster else {
+            return self
+                .engine
+                .handle_from(&caller, operation, now, &mut self.rng)
+                .map(|outcome| outcome.reply);
+        };
+        memory.set_now(now);
+        let handled = self
+            .engine
+            .handle_on_cluster(&caller, operation, now, &mut self.rng);
+        let reply = run_now(handled).expect("the in-memory store answers at once");
+        self.relay();
+        reply
     }
 
     fn call(&mut self, role: Role, operation: Operation) -> Reply {
-        self.engine
-            .handle(role, operation, Timestamp(self.now), &mut self.rng)
-            .reply
+        let now = Timestamp(self.now);
+        let Some((memory, _)) = &self.cluster else {
+            return self
+                .engine
+                .handle(role, operation, now, &mut self.rng)
+                .reply;
+        };
+        memory.set_now(now);
+        let interfering = memory.interfering();
+        let caller = Caller::detached(role);
+        let handled = self
+            .engine
+            .handle_on_cluster(&caller, operation, now, &mut self.rng);
+        let reply = run_now(handled).expect("the in-memory store answers at once");
+        self.lost_race = memory.interfering() < interfering;
+        self.relay();
+        reply.unwrap_or_else(|| Reply::error(ErrorCode::InvalidArgument, "needs a stream"))
+    }
+
+    /// On the cluster: what the node's relay round and queue tasks do at
+    /// once (carrier messages to the bridge, push notices to the phone,
+    /// verdicts to the waiting gateway), as the server runs them.
+    fn relay(&self) {
+        let Some((memory, waiter)) = &self.cluster else {
+            return;
+        };
+        let now = Timestamp(self.now);
+        memory.set_now(now);
+        let engine = &self.engine;
+        let at_once = "the in-memory store answers at once";
+        run_now(engine.cluster_relay(now))
+            .expect(at_once)
+            .expect("a relay round");
+        let inbox = engine.cluster_wait_inbox(waiter, std::time::Duration::ZERO, || now);
+        run_now(inbox).expect(at_once).expect("the inbox");
+        let outbox = engine.cluster_wait_outbox(waiter, std::time::Duration::ZERO, || now);
+        run_now(outbox).expect(at_once).expect("the outbox");
+    }
+
+    /// The sweeper and the tick, as the server runs them every second and
+    /// every 100 ms: a waiting gateway learns its push expired; the push
+    /// says so once more to the next to ask, until it is forgotten
+    /// (`await_push`).
+    fn sweep(&mut self) {
+        self.engine.sweep(Timestamp(self.now));
+        self.engine.tick(Timestamp(self.now));
+        self.relay();
+        let now = self.now;
+        let expired = self.gateway.take();
+        let mut told = 0;
+        for p in self
+            .pushes
+            .iter_mut()
+            .filter(|p| !p.done && p.waiting && p.expires_at <= now)
+        {
+            told += 1;
+            p.waiting = false;
+        }
+        assert_eq!(expired.len(), told, "{expired:?}");
+        assert!(
+            expired
+                .iter()
+                .all(|r| *r == Reply::Verdict(Verdict::Expired))
+        );
+    }
+
+    /// Time passes. On the cluster the node's relay rounds run through it,
+    /// once a second as the server's do at least (they renew the phone's
+    /// link, which lapses in the store without them).
+    fn pass(&mut self, millis: u64) {
+        let end = self.now + millis;
+        if self.cluster.is_some() {
+            while self.now + 1000 < end {
+                self.now += 1000;
+                self.relay();
+            }
+        }
+        self.now = end;
+    }
+
+    /// Makes the cluster's next `writes` compare-and-swaps lose, as when
+    /// another node wins the race (nothing on the embedded store).
+    fn interfere(&self, writes: u32) {
+        if let Some((memory, _)) = &self.cluster {
+            memory.interfere(writes);
+        }
     }
 
     fn step(&mut self, u: &mut Unstructured<'_>) -> Result<()> {
-        match u.int_in_range(0..=11)? {
+        let op = u.int_in_range(0..=12)?;
+        match op {
+            // At most 15: a loop has 16 rounds, so an operation still ends.
+            12 => self.interfere(u.int_in_range(1..=15)?),
             7 => self.send_code(),
             op @ (8 | 9) => self.enter_code(op == 8),
             10 => self.push(),
@@ -346,10 +519,11 @@ impl World {
                         let ttl = self.config.challenges.ttl.as_millis() as u64;
                         self.next_key += 1;
                         let key = self.next_key;
-                        let fresh =
-                            self.devices[device]
-                                .questions
-                                .issued(key, text.clone(), self.now + ttl);
+                        let fresh = self.devices[device].questions.issued(
+                            key,
+                            text.clone(),
+                            self.now + ttl,
+                        );
                         assert!(fresh, "a question answered right was asked again");
                         self.open.push(Open {
                             key,
@@ -403,32 +577,8 @@ impl World {
                     "an accepted answer was replayed"
                 );
             }
-            4 => self.now += u.int_in_range(0..=120_000)?,
-            5 => {
-                self.engine.sweep(Timestamp(self.now));
-                self.engine.tick(Timestamp(self.now));
-                self.last_sweep = self.now;
-                // Expired pushes are gone; a waiting gateway learns it.
-                let now = self.now;
-                let expired = self.gateway.take();
-                let mut told = 0;
-                for p in self
-                    .pushes
-                    .iter_mut()
-                    .filter(|p| !p.done && p.expires_at <= now)
-                {
-                    if p.waiting {
-                        told += 1;
-                    }
-                    p.done = true;
-                }
-                assert_eq!(expired.len(), told, "{expired:?}");
-                assert!(
-                    expired
-                        .iter()
-                        .all(|r| *r == Reply::Verdict(Verdict::Expired))
-                );
-            }
+            4 => self.pass(u.int_in_range(0..=120_000)?),
+            5 => self.sweep(),
             6 => {
                 let user = u.int_in_range(0..=1)?;
                 let reply = self.call(
@@ -528,6 +678,20 @@ impl World {
             channel: Channel::Sms,
         };
         let reply = self.call(Role::Gateway, operation);
+        if self.lost_race
+            && matches!(
+                reply,
+                Reply::Error {
+                    code: ErrorCode::Busy,
+                    ..
+                }
+            )
+        {
+            // A send that finds the code session changed by another node
+            // under it sends nothing and says so (the gateway retries).
+            assert!(self.carrier.take().is_empty(), "a refused send was sent");
+            return;
+        }
         if !self.sms_failures.locked_for(self.now).is_zero() {
             assert!(
                 matches!(
@@ -624,7 +788,7 @@ impl World {
         };
         let attempt = Attempt {
             right,
-            forgotten: self.last_sweep >= sms.state.expires_at,
+            forgotten: self.now >= sms.state.expires_at + GRACE,
             device_expired: false,
             current: true,
             now: self.now,
@@ -781,19 +945,30 @@ impl World {
     }
 
     fn await_push(&mut self, index: usize) {
+        // The server's tick tells a waiting gateway within 100 ms that its
+        // push expired: long before another wait could come.
+        let now = self.now;
+        if self
+            .pushes
+            .iter()
+            .any(|p| !p.done && p.waiting && p.expires_at <= now)
+        {
+            self.sweep();
+        }
         let id = self.pushes[index].id;
         let got = self.stream(Role::Gateway, 2, Operation::AwaitPush { push: id });
         let now = self.now;
-        let swept = self.last_sweep;
         let p = &mut self.pushes[index];
-        if p.done {
-            // Handed out, or swept after expiry.
+        let forgotten = now >= p.expires_at + GRACE;
+        if p.done || (forgotten && !p.waiting) {
+            // Handed out, or forgotten.
             assert_eq!(got, Some(Reply::Verdict(Verdict::UnknownChallenge)));
+            p.done = true;
         } else if let Some(verdict) = p.answered.take() {
             assert_eq!(got, Some(Reply::Verdict(verdict)), "a settled push");
             p.done = true;
         } else if p.expires_at <= now {
-            let expected = if swept >= p.expires_at {
+            let expected = if forgotten {
                 Verdict::UnknownChallenge
             } else {
                 Verdict::Expired
@@ -824,7 +999,8 @@ impl World {
 
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
-    let mut world = World::new();
+    let on_cluster = u.arbitrary::<bool>().unwrap_or(false);
+    let mut world = World::new(on_cluster);
     while !u.is_empty() {
         if world.step(&mut u).is_err() {
             break;

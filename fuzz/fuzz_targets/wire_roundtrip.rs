@@ -11,8 +11,8 @@ use slsd::otp::push::{PushKey, Signature};
 use slsd::otp::{MAX_CODE_LEN, SecretKey};
 use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
-use slsd::wire::request::{Answer, MAX_LABEL_LEN, MAX_PIN_LEN, MAX_REASON_LEN, Pin};
 use slsd::wire::Page;
+use slsd::wire::request::{Answer, MAX_LABEL_LEN, MAX_PIN_LEN, MAX_REASON_LEN, Pin};
 use slsd::wire::{
     ChallengeText, DeliveryReport, DeliveryState, DeviceEntry, EnrollRequest, ErrorCode,
     MAX_FRAME_LIMIT, Operation, Reply, Request, Response, StatEntry, Verdict, split_frame,
@@ -171,12 +171,12 @@ fn request(u: &mut Unstructured<'_>) -> Result<Request> {
         }),
         4 => Operation::Revoke { device: device(u)? },
         5 => Operation::ListDevices {
- user: username(u)?,
- page: Page {
+            user: username(u)?,
+            page: Page {
                 after: u.arbitrary()?,
                 limit: u.arbitrary()?,
             },
- },
+        },
         6 => Operation::Unlock {
             user: username(u)?,
             device: if u.arbitrary()? {

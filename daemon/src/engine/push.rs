@@ -129,26 +129,39 @@ impl PushTable {
         })
     }
 
-    /// Drops expired pushes; waiting gateways learn `Expired`.
+    /// Settles expired pushes: a waiting gateway learns `Expired`, and the
+    /// push keeps it for the next to ask, once, until it is forgotten
+    /// (`store::EXPIRED_GRACE`), as on the cluster.
     pub(super) fn sweep(&self, now: Timestamp) {
         let mut sessions = self.sessions();
         let expired: Vec<PushId> = sessions
             .pushes
             .iter()
-            .filter(|(_, s)| s.expires_at <= now)
+            .filter(|(_, s)| s.expires_at <= now && s.verdict != Some(Verdict::Expired))
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            let Some(session) = sessions.pushes.remove(&id) else {
+            let Some(session) = sessions.pushes.get_mut(&id) else {
                 continue;
             };
-            if session.verdict.is_none() {
-                sessions.settle(&session.user);
+            let unsettled = session.verdict.is_none();
+            let waiter = session.waiter.take();
+            let user = session.user.clone();
+            if crate::store::forgotten(session.expires_at, now) {
+                sessions.pushes.remove(&id);
+            } else if unsettled {
+                session.verdict = Some(Verdict::Expired);
             }
-            if let Some((sink, request)) = session.waiter {
+            if unsettled {
+                sessions.settle(&user);
+            }
+            if let Some((sink, request)) = waiter {
                 answer(&sink, request, Verdict::Expired);
             }
         }
+        sessions
+            .pushes
+            .retain(|_, s| !crate::store::forgotten(s.expires_at, now));
     }
 
     /// Tells every gateway waiting on a push that the server is stopping
@@ -391,6 +404,26 @@ impl Engine {
             }
         }
         if sessions.pushes.len() >= push_config.capacity {
+            // Expired pushes kept to say `Expired` make room first: a live
+            // push matters more than a late answer's precision.
+            let expired: Vec<PushId> = sessions
+                .pushes
+                .iter()
+                .filter(|(_, s)| s.expires_at <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in expired {
+                if let Some(session) = sessions.pushes.remove(&id) {
+                    if session.verdict.is_none() {
+                        sessions.settle(&session.user);
+                    }
+                    if let Some((sink, request)) = session.waiter {
+                        answer(&sink, request, Verdict::Expired);
+                    }
+                }
+            }
+        }
+        if sessions.pushes.len() >= push_config.capacity {
             return Reply::error(ErrorCode::Busy, "the push table is full");
         }
         let mut id = PushId(rng.next_u64());
@@ -435,6 +468,18 @@ impl Engine {
         now: Timestamp,
     ) -> Option<Reply> {
         let mut sessions = self.pushes.sessions();
+        // Expired longer ago than either store remembers: as if swept.
+        if let Some(session) = sessions
+            .pushes
+            .get(&id)
+            .filter(|s| crate::store::forgotten(s.expires_at, now))
+        {
+            let (user, unsettled) = (session.user.clone(), session.verdict.is_none());
+            sessions.pushes.remove(&id);
+            if unsettled {
+                sessions.settle(&user);
+            }
+        }
         let Some(session) = sessions.pushes.get_mut(&id) else {
             return Some(Reply::Verdict(Verdict::UnknownChallenge));
         };

@@ -229,7 +229,7 @@ impl CodeTable {
         let expired: Vec<Username> = sessions
             .by_user
             .iter()
-            .filter(|(_, s)| s.expires_at <= now)
+            .filter(|(_, s)| crate::store::forgotten(s.expires_at, now))
             .map(|(user, _)| user.clone())
             .collect();
         for user in &expired {
@@ -437,6 +437,14 @@ impl Engine {
 
     pub(super) fn verify_code(&self, user: &Username, given: &Answer, now: Timestamp) -> Outcome {
         let mut sessions = self.codes.lock();
+        // Expired longer ago than either store remembers: as if swept.
+        if sessions
+            .by_user
+            .get(user)
+            .is_some_and(|s| crate::store::forgotten(s.expires_at, now))
+        {
+            sessions.remove(user);
+        }
         let Some(session) = sessions.by_user.get_mut(user) else {
             // Same work as a real check, so timing does not tell whether
             // the user exists or has a code.

@@ -24,6 +24,13 @@ use crate::wire::codec::{Put, Reader};
 /// record's TTL ends then).
 pub const EXPIRED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Whether something that expired at `expires_at` is forgotten at `now`
+/// (expired `EXPIRED_GRACE` or more ago): unknown from then on, on both
+/// stores, however late a sweeper removes it.
+pub fn forgotten(expires_at: Timestamp, now: Timestamp) -> bool {
+    expires_at.plus(EXPIRED_GRACE) <= now
+}
+
 /// A database or at-rest-encryption failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -180,9 +180,11 @@ impl Handed {
     }
 }
 
-/// A push session written back, kept until a minute past its expiry.
-fn kept(session: &SharedPush, left: Duration) -> Op {
-    Op::Set(session.encode(), Some(left + EXPIRED_GRACE))
+/// A push session written back at `now`, kept until it is forgotten (a
+/// minute past its expiry, however late the write).
+fn kept(session: &SharedPush, now: Timestamp) -> Op {
+    let until = session.expires_at.plus(EXPIRED_GRACE);
+    Op::Set(session.encode(), Some(now.until(until)))
 }
 
 /// An ended session (empty, so its version keeps counting).
@@ -286,7 +288,7 @@ impl Engine {
         let claimed = store
             .claim_handle(Handle::Push(id), user, Some(device.id), ttl)
             .await?;
-        let opened = (UserRecord::Push(id), 0, kept(&session, ttl));
+        let opened = (UserRecord::Push(id), 0, kept(&session, now));
         if !claimed || !store.write_user(user, &[opened], false).await? {
             store.release_push(user, id).await?;
             return Ok(Reply::error(
@@ -337,9 +339,13 @@ impl Engine {
                 return Ok(Some(Reply::Verdict(verdict)));
             }
             if session.expires_at <= now {
-                store
+                // Told once: if the session changed meanwhile, decide again.
+                if !store
                     .write_user(&user, &[(record_of, version, ended())], true)
-                    .await?;
+                    .await?
+                {
+                    continue;
+                }
                 store.release_push(&session.user, id).await?;
                 return Ok(Some(Reply::Verdict(Verdict::Expired)));
             }
@@ -371,8 +377,7 @@ impl Engine {
                 );
             }
             session.waiter = Some(self.node.clone());
-            let left = now.until(session.expires_at);
-            let named = (record_of, version, kept(&session, left));
+            let named = (record_of, version, kept(&session, now));
             if store.write_user(&user, &[named], true).await? {
                 return Ok(None);
             }
@@ -460,7 +465,7 @@ impl Engine {
                 Some(_) => ended(),
                 None => {
                     session.verdict = Some(verdict.clone());
-                    kept(&session, now.until(session.expires_at))
+                    kept(&session, now)
                 }
             };
             let changes = [

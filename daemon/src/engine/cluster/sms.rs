@@ -44,9 +44,11 @@ const RENEWAL_MS: u64 = 1000;
 /// Queued messages a node takes per relay round.
 const TAKE_PER_ROUND: usize = 64;
 
-/// A session written back, kept until a minute past its expiry.
-fn kept(session: &CodeSession, left: Duration) -> Op {
-    Op::Set(session.encode(), Some(left + EXPIRED_GRACE))
+/// A session written back at `now`, kept until it is forgotten (a minute
+/// past its expiry, counted from its expiry however late the write).
+fn kept(session: &CodeSession, now: Timestamp) -> Op {
+    let until = session.expires_at.plus(EXPIRED_GRACE);
+    Op::Set(session.encode(), Some(now.until(until)))
 }
 
 /// An ended session: an empty record, so that its version keeps counting
@@ -163,7 +165,7 @@ impl Engine {
                 "could not allocate a code id",
             ));
         }
-        let write = (UserRecord::Sms, version, kept(&session, left));
+        let write = (UserRecord::Sms, version, kept(&session, now));
         if !store.write_user(user, &[write], true).await? {
             return Ok(Reply::error(
                 ErrorCode::Busy,
@@ -226,16 +228,24 @@ impl Engine {
                 return Ok(Reply::Verdict(Verdict::UnknownChallenge));
             };
             let end = (UserRecord::Sms, record.version, ended());
+            // The session ends with this answer; if it changed meanwhile
+            // (another node answered or resent), decide again on it.
             if session.expires_at <= now {
-                store
+                if !store
                     .write_user(user, std::slice::from_ref(&end), true)
-                    .await?;
+                    .await?
+                {
+                    continue;
+                }
                 return Ok(Reply::Verdict(Verdict::Expired));
             }
             let Some(device) = store.device(device_id).await? else {
-                store
+                if !store
                     .write_user(user, std::slice::from_ref(&end), true)
-                    .await?;
+                    .await?
+                {
+                    continue;
+                }
                 return Ok(Reply::Verdict(Verdict::UnknownChallenge));
             };
             let failures = failure_state(device_id, failures_record)?;
@@ -259,7 +269,7 @@ impl Engine {
             // and the failure state change together or not at all.
             let session_change = match decided.session {
                 Disposition::Remove => ended(),
-                Disposition::Keep => kept(&session, now.until(session.expires_at)),
+                Disposition::Keep => kept(&session, now),
             };
             let failed = if decided.failures_changed {
                 Op::Set(after.encode(), None)
@@ -352,8 +362,7 @@ impl Engine {
                 return Ok(());
             };
             session.delivery = delivery.clone();
-            let left = now.until(session.expires_at);
-            let write = (UserRecord::Sms, record.version, kept(&session, left));
+            let write = (UserRecord::Sms, record.version, kept(&session, now));
             if store.write_user(&user, &[write], true).await? {
                 return Ok(());
             }

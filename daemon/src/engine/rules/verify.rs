@@ -11,7 +11,7 @@ use crate::identity::{ChallengeId, Username};
 use crate::otp::ocra::OcraInput;
 use crate::store::questions::QuestionMemory;
 use crate::store::{
-    Device, Disposition, EXPIRED_GRACE, FailureState, OpenChallenge, Question, Verifier,
+    Device, Disposition, FailureState, OpenChallenge, Question, Verifier, forgotten,
 };
 use crate::wire::Verdict;
 use crate::wire::request::Answer;
@@ -31,7 +31,7 @@ pub struct Decided {
 /// The verdict on an answer to a challenge whose device is gone (revoked
 /// since it was asked): the challenge goes.
 pub fn revoked(open: &OpenChallenge, now: Timestamp) -> Decided {
-    let verdict = if forgotten(open, now) {
+    let verdict = if forgotten(open.expires_at, now) {
         Verdict::UnknownChallenge
     } else if open.expires_at <= now {
         Verdict::Expired
@@ -44,13 +44,6 @@ pub fn revoked(open: &OpenChallenge, now: Timestamp) -> Decided {
         failures_changed: false,
         locked: false,
     }
-}
-
-/// Whether `open` expired more than `EXPIRED_GRACE` ago: from then on it
-/// is unknown on both stores, however late the sweeper (the embedded
-/// table's) or Redis's expiry (the cluster's record) removes it.
-fn forgotten(open: &OpenChallenge, now: Timestamp) -> bool {
-    open.expires_at.plus(EXPIRED_GRACE) <= now
 }
 
 /// Decides an answer to challenge `id` (`open`) of `device`, on its
@@ -77,7 +70,7 @@ pub fn decide(
         failures_changed,
         locked,
     };
-    if !questions.is_current(id) || forgotten(open, now) {
+    if !questions.is_current(id) || forgotten(open.expires_at, now) {
         // The device was asked again since: only its latest challenge may
         // be answered. Or it expired longer ago than stores remember.
         return decided(Verdict::UnknownChallenge, Disposition::Remove, false, false);

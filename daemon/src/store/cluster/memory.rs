@@ -94,11 +94,16 @@ impl MemoryRedis {
         keyspace.now_ms = keyspace.now_ms.max(now.0);
     }
 
-    /// The next `writes` compare-and-swaps (a `transact`, a `swap`) find
-    /// their records changed and write nothing, as when another node wins
-    /// the race.
+    /// The next `writes` compare-and-swaps (a `transact`, a `swap`) on
+    /// records that exist find them changed and write nothing, as when
+    /// another node wins the race.
     pub fn interfere(&self, writes: u32) {
         self.keyspace().conflicts = writes;
+    }
+
+    /// How many of the writes `interfere` asked for are still to lose.
+    pub fn interfering(&self) -> u32 {
+        self.keyspace().conflicts
     }
 
     /// How many commands it has answered (a server's round trips).
@@ -516,7 +521,10 @@ impl Keyspace {
                 return Ok(false);
             }
         }
-        if self.conflicts > 0 {
+        // Only a write on a record that exists can lose to another node (a
+        // new record's name is a fresh random id or the user's own).
+        let existing = changes.iter().any(|(_, [version, ..])| *version != b"0");
+        if existing && self.conflicts > 0 {
             self.conflicts -= 1;
             return Ok(false);
         }
@@ -559,7 +567,7 @@ impl Keyspace {
             if self.version(key)? != expected {
                 return Ok(Value::Int(-1));
             }
-            if self.conflicts > 0 {
+            if expected > 0 && self.conflicts > 0 {
                 self.conflicts -= 1;
                 return Ok(Value::Int(-1));
             }

@@ -112,7 +112,7 @@ impl ChallengeTable {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             let before = shard.len();
             // Kept past expiry as long as an answer still hears `Expired`.
-            shard.retain(|_, c| c.expires_at.plus(EXPIRED_GRACE) > now);
+            shard.retain(|_, c| !forgotten(c.expires_at, now));
             removed += before - shard.len();
         }
         self.len.fetch_sub(removed, Ordering::AcqRel);
