@@ -234,6 +234,26 @@ impl Keyspace {
         }
     }
 
+    /// The list at `key`, made if absent (as `hash`).
+    fn list(&mut self, key: &[u8]) -> &mut VecDeque<Vec<u8>> {
+        if !matches!(
+            self.live(key),
+            Some(Entry {
+                data: Data::List(_),
+                ..
+            })
+        ) {
+            self.put(key, Data::List(VecDeque::new()), None);
+        }
+        match self.entries.get_mut(key) {
+            Some(Entry {
+                data: Data::List(list),
+                ..
+            }) => list,
+            _ => unreachable!("a list was just put at the key"),
+        }
+    }
+
     fn field(&mut self, key: &[u8], field: &[u8]) -> Option<Vec<u8>> {
         match self.live(key) {
             Some(Entry {
@@ -686,22 +706,7 @@ impl Keyspace {
             Ok(Value::Int(0))
         } else if text == PUSH_BACK {
             let (key, value, ttl) = (key(0)?, arg(0)?, unsigned(arg(1)?)?);
-            if !matches!(
-                self.live(key),
-                Some(Entry {
-                    data: Data::List(_),
-                    ..
-                })
-            ) {
-                self.put(key, Data::List(VecDeque::new()), None);
-            }
-            if let Some(Entry {
-                data: Data::List(list),
-                ..
-            }) = self.live(key)
-            {
-                list.push_front(value.to_vec());
-            }
+            self.list(key).push_front(value.to_vec());
             self.expire_in(key, Some(ttl));
             Ok(Value::Int(1))
         } else if text == BOOK_UNDER_LIMITS {
@@ -729,23 +734,7 @@ impl Keyspace {
             ]))
         } else if text == APPEND_LOG {
             let seq = self.incr_by(key(0)?, 1)?;
-            let log = key(1)?;
-            if !matches!(
-                self.live(log),
-                Some(Entry {
-                    data: Data::List(_),
-                    ..
-                })
-            ) {
-                self.put(log, Data::List(VecDeque::new()), None);
-            }
-            if let Some(Entry {
-                data: Data::List(list),
-                ..
-            }) = self.live(log)
-            {
-                list.push_back(arg(0)?.to_vec());
-            }
+            self.list(key(1)?).push_back(arg(0)?.to_vec());
             Ok(Value::Int(seq))
         } else {
             Err(unexpected("a script sls does not send"))
