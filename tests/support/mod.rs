@@ -34,7 +34,16 @@ pub fn binary(name: &str) -> PathBuf {
         let mut build = Command::new(cargo);
         build
             .current_dir(workspace())
-            .args(["build", "--quiet", "--bins", "--workspace"]);
+            // The test profile: the tests' own build of every crate is
+            // reused (the dev profile's would be a second build of all).
+            .args([
+                "build",
+                "--quiet",
+                "--bins",
+                "--workspace",
+                "--profile",
+                "test",
+            ]);
         // Cargo sets these for this test crate; a build script that watches
         // one (ring's watches CARGO_MANIFEST_DIR) would see it change and
         // rebuild half the tree on every test run.
