@@ -51,6 +51,16 @@ struct Sessions {
 }
 
 impl Sessions {
+    /// Removes push `id`, settling the user's count if it was unanswered;
+    /// its waiting gateway, if any, for the caller to tell.
+    fn forget(&mut self, id: PushId) -> Option<(Arc<dyn Sink>, u64)> {
+        let session = self.pushes.remove(&id)?;
+        if session.verdict.is_none() {
+            self.settle(&session.user);
+        }
+        session.waiter
+    }
+
     fn settle(&mut self, user: &Username) {
         if let Some(count) = self.pending.get_mut(user) {
             *count = count.saturating_sub(1);
@@ -144,17 +154,17 @@ impl PushTable {
             let Some(session) = sessions.pushes.get_mut(&id) else {
                 continue;
             };
-            let unsettled = session.verdict.is_none();
-            let waiter = session.waiter.take();
-            let user = session.user.clone();
-            if crate::store::forgotten(session.expires_at, now) {
-                sessions.pushes.remove(&id);
-            } else if unsettled {
-                session.verdict = Some(Verdict::Expired);
-            }
-            if unsettled {
-                sessions.settle(&user);
-            }
+            let waiter = if crate::store::forgotten(session.expires_at, now) {
+                sessions.forget(id)
+            } else {
+                let waiter = session.waiter.take();
+                if session.verdict.is_none() {
+                    session.verdict = Some(Verdict::Expired);
+                    let user = session.user.clone();
+                    sessions.settle(&user);
+                }
+                waiter
+            };
             if let Some((sink, request)) = waiter {
                 answer(&sink, request, Verdict::Expired);
             }
@@ -413,13 +423,8 @@ impl Engine {
                 .map(|(id, _)| *id)
                 .collect();
             for id in expired {
-                if let Some(session) = sessions.pushes.remove(&id) {
-                    if session.verdict.is_none() {
-                        sessions.settle(&session.user);
-                    }
-                    if let Some((sink, request)) = session.waiter {
-                        answer(&sink, request, Verdict::Expired);
-                    }
+                if let Some((sink, request)) = sessions.forget(id) {
+                    answer(&sink, request, Verdict::Expired);
                 }
             }
         }
@@ -469,16 +474,13 @@ impl Engine {
     ) -> Option<Reply> {
         let mut sessions = self.pushes.sessions();
         // Expired longer ago than either store remembers: as if swept.
-        if let Some(session) = sessions
+        // (Its waiter, if any, was told at expiry by the sweep.)
+        if sessions
             .pushes
             .get(&id)
-            .filter(|s| crate::store::forgotten(s.expires_at, now))
+            .is_some_and(|s| crate::store::forgotten(s.expires_at, now))
         {
-            let (user, unsettled) = (session.user.clone(), session.verdict.is_none());
-            sessions.pushes.remove(&id);
-            if unsettled {
-                sessions.settle(&user);
-            }
+            sessions.forget(id);
         }
         let Some(session) = sessions.pushes.get_mut(&id) else {
             return Some(Reply::Verdict(Verdict::UnknownChallenge));
