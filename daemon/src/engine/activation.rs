@@ -355,7 +355,7 @@ impl Engine {
             .await;
         Ok(match changed {
             Ok(sms_device) => Reply::PhoneConfirmed { sms_device },
-            Err(error) => super::enroll_error(error),
+            Err(error) => super::enrolment::enroll_error(error),
         })
     }
 
@@ -704,7 +704,7 @@ impl Engine {
                 }
             }
             Ok((_, None, _)) => Reply::error(ErrorCode::Internal, "no key was generated"),
-            Err(error) => super::enroll_error(error),
+            Err(error) => super::enrolment::enroll_error(error),
         }
     }
 }

@@ -28,6 +28,21 @@ use crate::wire::{
     DeviceEntry, DeviceStatus, ErrorCode, PendingActivation, Refusal, Reply, ShareEntry, Verdict,
 };
 
+/// The largest amount one withdrawal may ask for, in cents (10 billion
+/// USD): far above any limit, and exact in every store's arithmetic
+/// (Lua's numbers are doubles).
+pub const MAX_WITHDRAWAL_CENTS: u64 = 1_000_000_000_000;
+
+/// The refusal of an amount no withdrawal can have.
+pub(super) fn invalid_amount(amount: u64) -> Option<Reply> {
+    (amount == 0 || amount > MAX_WITHDRAWAL_CENTS).then(|| {
+        Reply::error(
+            ErrorCode::InvalidArgument,
+            format!("the amount must be 1 to {MAX_WITHDRAWAL_CENTS} cents"),
+        )
+    })
+}
+
 /// The reply to a registry change that failed in the store.
 pub(super) fn store_failed(error: &StoreError) -> Reply {
     tracing::error!(%error, "registry change failed");
@@ -642,7 +657,7 @@ impl Engine {
                 Ok::<_, EnrollError>(Reply::Enrolled { device: id, secret })
             })
             .await;
-        Ok(changed.unwrap_or_else(super::enroll_error))
+        Ok(changed.unwrap_or_else(super::enrolment::enroll_error))
     }
 
     pub(super) async fn ship_replacement<S: Store, R: CryptoRng + ?Sized>(
@@ -747,7 +762,7 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> super::Outcome {
-        if let Some(refusal) = super::invalid_amount(amount) {
+        if let Some(refusal) = invalid_amount(amount) {
             return refusal.into();
         }
         let mut outcome = self.verify(challenge, response, now, rng);

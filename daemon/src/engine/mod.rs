@@ -1,10 +1,16 @@
 //! The verification state machine: request → role check → rate limit →
 //! verify → store → reply.
 //!
-//! The decisions themselves are pure, in [`rules`]. Challenge/response
-//! lives here; SMS and voice codes in [`sms`], IB Key push approval in
-//! [`push`], the carrier channel's bridges and outbox in [`relay`]; the
-//! same operations on a store shared by several nodes in [`cluster`].
+//! Here: the engine's state and the dispatch of an operation on the
+//! embedded store. The decisions themselves are pure, in `rules`; who
+//! may ask what in `facts` and `caller`; the node's rate limits in
+//! `limits`. Challenge/response in `login`; enrolment, revocation and
+//! unlocking in `enrolment`; SMS and voice codes in `sms`; IB Key push
+//! approval in `push`; the carrier channel's bridges and outbox in
+//! `relay`; the Secure Login System's device lifecycle in `lifecycle`
+//! and `activation`, written once over the `node::Node` both stores
+//! implement; the same login operations on a store shared by several
+//! nodes in `cluster`.
 //!
 //! Deterministic given its inputs: time comes in as a [`Timestamp`] and
 //! randomness as a `CryptoRng`, so tests and fuzzers drive it on a virtual
@@ -13,170 +19,42 @@
 //! in [`Outcome::persist`] for the caller to commit before it sends the
 //! reply.
 
-use std::hash::Hasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rand::CryptoRng;
-use siphasher::sip::SipHasher13;
 
 mod activation;
+mod caller;
 mod cluster;
+mod enrolment;
+mod facts;
 mod lifecycle;
+mod limits;
+mod login;
 mod node;
 mod push;
 mod relay;
 mod rules;
 mod sms;
 
+pub use caller::{Caller, ReplyLog, Role, Sink, StreamId};
+use facts::forbidden;
+pub use facts::{Facts, facts};
+pub use lifecycle::MAX_WITHDRAWAL_CENTS;
+use limits::{KeyedLimits, UserLimits};
+
 use crate::clock::Timestamp;
 use crate::config::Config;
-use crate::identity::{ChallengeId, DeviceId, Username};
-use crate::otp::push::BINDING_LEN;
+use crate::identity::DeviceId;
 use crate::phone::SendLimit;
-use crate::ratelimit::{Decision, Gcra, Rate};
-use crate::store::Disposition;
-use crate::store::embedded::challenges::{ChallengeTable, InsertError};
+use crate::store::StoreError;
+use crate::store::embedded::challenges::ChallengeTable;
 use crate::store::embedded::registry::Registry;
-use crate::store::{Device, DeviceLife, EnrollError, FailureState, NewDevice, StoreError};
-use crate::wire::request::Answer;
-use crate::wire::{EnrollRequest, ErrorCode, Operation, Reply, StatEntry, Verdict};
+use crate::wire::{ErrorCode, Operation, Reply, StatEntry};
 
 /// Shards of the open-challenge table.
 const CHALLENGE_SHARDS: usize = 256;
-
-/// Who is calling, as named by the client certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    Gateway,
-    Admin,
-    Carrier,
-    Phone,
-}
-
-impl Role {
-    pub const ALL: [Self; 4] = [Self::Gateway, Self::Admin, Self::Carrier, Self::Phone];
-
-    /// This role's place in [`Self::ALL`], for per-role arrays.
-    pub fn index(self) -> usize {
-        match self {
-            Self::Gateway => 0,
-            Self::Admin => 1,
-            Self::Carrier => 2,
-            Self::Phone => 3,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Gateway => "gateway",
-            Self::Admin => "admin",
-            Self::Carrier => "carrier",
-            Self::Phone => "phone",
-        }
-    }
-}
-
-/// A stream of the server, as the engine knows it: where frames for a
-/// subscription or a pending `AwaitPush` are written.
-///
-/// Frames are never dropped while the stream lives: a stream whose reader
-/// is behind makes them wait, which the tables that hand out frames bound
-/// (the outbox, pending pushes).
-pub trait Sink: Send + Sync {
-    /// Queues a frame; false if the stream has ended.
-    fn deliver(&self, frame: Vec<u8>) -> bool;
-    /// Whether the stream has ended.
-    fn is_closed(&self) -> bool;
-}
-
-/// A sink that keeps the replies written to it, for callers that drive the
-/// engine in-process (tests, fuzzing, loom models) and read what a bridge,
-/// phone or waiting gateway would have received.
-#[derive(Debug)]
-pub struct ReplyLog(crate::sync::Mutex<Vec<Reply>>);
-
-impl Default for ReplyLog {
-    fn default() -> Self {
-        Self(crate::sync::Mutex::new(Vec::new()))
-    }
-}
-
-impl ReplyLog {
-    /// The replies written since the last call.
-    pub fn take(&self) -> Vec<Reply> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-}
-
-impl Sink for ReplyLog {
-    fn deliver(&self, frame: Vec<u8>) -> bool {
-        // The engine writes whole, well-formed frames; one that is not is
-        // kept as an `Internal` error naming the problem, so that whatever
-        // compares the replies fails on it.
-        let reply = match crate::wire::split_frame(&frame, crate::wire::MAX_FRAME_LIMIT) {
-            Ok(Some((body, _))) => crate::wire::Response::decode(body)
-                .map(|response| response.reply)
-                .unwrap_or_else(|e| Reply::error(ErrorCode::Internal, format!("bad frame: {e}"))),
-            other => Reply::error(ErrorCode::Internal, format!("bad frame: {other:?}")),
-        };
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(reply);
-        true
-    }
-
-    fn is_closed(&self) -> bool {
-        false
-    }
-}
-
-/// Names one stream of one connection, unique for the life of the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct StreamId(pub u64);
-
-/// Who sends a request, and where later frames for it go.
-#[derive(Clone, Copy)]
-pub struct Caller<'a> {
-    pub role: Role,
-    /// The connection, unique for the life of the process.
-    pub connection: u64,
-    pub stream: StreamId,
-    /// The connection's TLS exporter value (what phone proofs sign).
-    pub binding: &'a [u8; BINDING_LEN],
-    /// The stream's writer; `None` for callers without one (tests driving
-    /// the engine directly), who cannot subscribe or wait.
-    pub sink: Option<&'a Arc<dyn Sink>>,
-    /// The request's id: subscription frames and late verdicts carry it.
-    pub request: u64,
-}
-
-impl std::fmt::Debug for Caller<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Caller")
-            .field("role", &self.role)
-            .field("connection", &self.connection)
-            .field("stream", &self.stream)
-            .field("request", &self.request)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Caller<'static> {
-    /// A caller with no stream and no connection binding.
-    pub fn detached(role: Role) -> Self {
-        const NO_BINDING: [u8; BINDING_LEN] = [0; BINDING_LEN];
-        Self {
-            role,
-            connection: 0,
-            stream: StreamId(0),
-            binding: &NO_BINDING,
-            sink: None,
-            request: 0,
-        }
-    }
-}
 
 /// Sizes of the ephemeral tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,124 +111,6 @@ fn ready<T>(
         std::task::Poll::Pending => Err(StoreError::Database(
             "the embedded store waited, which it never does".into(),
         )),
-    }
-}
-
-/// Rate limits by key (a username, a phone number, a country code), in a
-/// fixed array of GCRA buckets picked by a keyed hash of the key.
-///
-/// Every key is limited — a known username or not, so the limit reveals
-/// nothing — and memory stays fixed however many keys an attacker invents.
-/// The hash key (SipHash) is drawn from the engine's random source at
-/// start, so nobody can aim at another key's bucket; two keys sharing a
-/// bucket share its allowance.
-struct KeyedLimits {
-    key: [u8; 16],
-    buckets: Box<[Mutex<Gcra>]>,
-    rate: Rate,
-}
-
-impl KeyedLimits {
-    fn new(rate: Rate, buckets: usize, key: [u8; 16]) -> Self {
-        Self {
-            key,
-            buckets: (0..buckets.max(1))
-                .map(|_| Mutex::new(Gcra::default()))
-                .collect(),
-            rate,
-        }
-    }
-
-    fn check(&self, key: &[u8], now: Timestamp) -> Decision {
-        self.check_index(keyed_hash(&self.key, key), now)
-    }
-
-    /// The bucket `index` (modulo the bucket count), for keys that are
-    /// small numbers already (country codes: one bucket each).
-    fn check_index(&self, index: usize, now: Timestamp) -> Decision {
-        match self.buckets.get(index % self.buckets.len()) {
-            Some(bucket) => bucket
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .check(self.rate, now),
-            None => Decision::Allow,
-        }
-    }
-}
-
-/// SipHash of `bytes` under `key`: where a name lands among buckets or
-/// shards, which nobody without the key can aim at.
-fn keyed_hash(key: &[u8; 16], bytes: &[u8]) -> usize {
-    let mut hasher = SipHasher13::new_with_key(key);
-    hasher.write(bytes);
-    hasher.finish() as usize
-}
-
-/// The per-user issuance limit of challenges, codes and pushes.
-///
-/// A user with devices has a limiter of their own, so nobody else's
-/// requests can spend their allowance; its state lives while it holds
-/// anything back (idle ones are swept). Names without devices — unknown
-/// ones among them — draw from a separate fixed array of buckets
-/// (`KeyedLimits`): however many names an attacker invents, memory stays
-/// fixed, and what they drain is only the budget of names nobody logs in
-/// with. Both answer the same way (a rate limit with `retry_after`, or on
-/// to the same `NotFound` an unknown user gets), and both cost a hash and
-/// a map lookup, so the limit does not tell which names exist.
-struct UserLimits {
-    rate: Rate,
-    key: [u8; 16],
-    enrolled: Box<[Mutex<std::collections::HashMap<Username, Gcra>>]>,
-    unknown: KeyedLimits,
-}
-
-/// Shards of the enrolled users' limiters.
-const USER_LIMIT_SHARDS: usize = 64;
-
-impl UserLimits {
-    fn new(rate: Rate, buckets: usize, key: [u8; 16], unknown_key: [u8; 16]) -> Self {
-        Self {
-            rate,
-            key,
-            enrolled: (0..USER_LIMIT_SHARDS)
-                .map(|_| Mutex::new(std::collections::HashMap::new()))
-                .collect(),
-            unknown: KeyedLimits::new(rate, buckets, unknown_key),
-        }
-    }
-
-    /// One issuance for `user` at `now`; `enrolled` says whether the user
-    /// has devices (the registry's index).
-    fn check(&self, user: &Username, enrolled: bool, now: Timestamp) -> Decision {
-        if !enrolled {
-            return self.unknown.check(user.as_str().as_bytes(), now);
-        }
-        let shard = keyed_hash(&self.key, user.as_str().as_bytes()) % self.enrolled.len().max(1);
-        let Some(shard) = self.enrolled.get(shard) else {
-            return Decision::Allow;
-        };
-        let mut limiters = shard.lock().unwrap_or_else(PoisonError::into_inner);
-        match limiters.get_mut(user) {
-            Some(limiter) => limiter.check(self.rate, now),
-            None => {
-                let mut limiter = Gcra::default();
-                let decision = limiter.check(self.rate, now);
-                limiters.insert(user.clone(), limiter);
-                decision
-            }
-        }
-    }
-
-    /// Forgets the limiters that hold nothing back any more.
-    fn sweep(&self, now: Timestamp) -> usize {
-        let mut swept = 0;
-        for shard in self.enrolled.iter() {
-            let mut limiters = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            let before = limiters.len();
-            limiters.retain(|_, limiter| !limiter.is_idle(now));
-            swept += before - limiters.len();
-        }
-        swept
     }
 }
 
@@ -777,313 +537,6 @@ impl Engine {
         }
     }
 
-    /// One issuance (challenge, code, push, token) for `user`, from their
-    /// own limiter if they have devices.
-    fn issuance(&self, user: &Username, now: Timestamp) -> Decision {
-        let enrolled = self.registry.has_devices(user);
-        self.user_limits.check(user, enrolled, now)
-    }
-
-    fn count_lockout(&self) {
-        self.counters.lockouts.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(crate::metrics::LOCKOUTS).increment(1);
-    }
-
-    fn challenge<R: CryptoRng + ?Sized>(
-        &self,
-        user: &Username,
-        device: DeviceId,
-        now: Timestamp,
-        rng: &mut R,
-    ) -> Outcome {
-        if let Decision::Deny { retry_after } = self.issuance(user, now) {
-            return Reply::rate_limited(retry_after, "too many challenges for this user").into();
-        }
-        // An unknown user and another user's device answer the same way. A
-        // shipped replacement may be challenged before it activates itself:
-        // the right answer activates it.
-        let shipped = || {
-            self.registry.device(device).filter(|d| {
-                &d.user == user
-                    && !d.expired_at(now)
-                    && matches!(
-                        d.life().activation,
-                        crate::store::Activation::Shipped { .. }
-                    )
-            })
-        };
-        let Some(device) = self.login_device(user, device, now).or_else(shipped) else {
-            let expired = self
-                .registry
-                .device(device)
-                .is_some_and(|d| &d.user == user && d.expired_at(now));
-            return Reply::error(
-                ErrorCode::NotFound,
-                if expired {
-                    "the device's validity has ended"
-                } else {
-                    "no such device for this user, or it cannot be used now"
-                },
-            )
-            .into();
-        };
-        let ttl = self.config.challenges.ttl;
-        let mut persist = None;
-        // Ids are random 64-bit numbers; a collision is retried, twice.
-        for _ in 0..3 {
-            let id = ChallengeId(rng.next_u64());
-            let asked = match self.ask(user, &device, id, now, rng) {
-                Ok(asked) => asked,
-                Err(refusal) => {
-                    return Outcome {
-                        reply: refusal,
-                        persist,
-                    };
-                }
-            };
-            persist = persist.or(asked.charged.then_some(device.id));
-            if asked.locked {
-                self.count_lockout();
-            }
-            // After the device's locks are released (the table's shard lock
-            // comes first in `verify`): the replaced challenge could no
-            // longer be accepted anyway, this only frees its slot.
-            if let Some(old) = asked.superseded {
-                // Only if it is this device's (an id that collided was never
-                // stored as ours).
-                self.challenges.resolve(old, |open| {
-                    let ours = open.device == device.id;
-                    (
-                        (),
-                        if ours {
-                            Disposition::Remove
-                        } else {
-                            Disposition::Keep
-                        },
-                    )
-                });
-            }
-            let text = rules::ask::shown(&asked.open.question);
-            let reply = match self.challenges.insert(id, asked.open) {
-                Ok(()) => {
-                    self.counters.issued.fetch_add(1, Ordering::Relaxed);
-                    Reply::Challenge {
-                        challenge: id,
-                        text,
-                        expires_in: ttl,
-                    }
-                }
-                Err(InsertError::Taken) => continue,
-                Err(InsertError::Full) => {
-                    Reply::error(ErrorCode::TooManyChallenges, "the challenge table is full")
-                }
-            };
-            return Outcome { reply, persist };
-        }
-        Outcome {
-            reply: Reply::error(ErrorCode::Busy, "could not allocate a challenge id"),
-            persist,
-        }
-    }
-
-    /// Asks `device` the question of a new challenge `id` under its
-    /// failure lock.
-    fn ask<R: CryptoRng + ?Sized>(
-        &self,
-        user: &Username,
-        device: &Device,
-        id: ChallengeId,
-        now: Timestamp,
-        rng: &mut R,
-    ) -> Result<rules::ask::Asked, Reply> {
-        let mut failures = device.failures();
-        let mut questions = device.questions(&failures);
-        rules::ask::ask_device(
-            &self.config,
-            &self.alphabets,
-            user,
-            device,
-            &mut failures,
-            &mut questions,
-            id,
-            now,
-            rng,
-        )
-    }
-
-    fn verify<R: CryptoRng + ?Sized>(
-        &self,
-        id: ChallengeId,
-        answer: &Answer,
-        now: Timestamp,
-        rng: &mut R,
-    ) -> Outcome {
-        let resolved = self.challenges.resolve(id, |open| {
-            let Some(device) = self.registry.device(open.device) else {
-                let decided = rules::verify::revoked(open, now);
-                let life = DeviceLife::default();
-                return ((decided.verdict, None, life), decided.challenge);
-            };
-            let mut failures = device.failures();
-            let mut questions = device.questions(&failures);
-            let decided = rules::verify::decide(
-                id,
-                open,
-                &device,
-                &mut failures,
-                &mut questions,
-                answer,
-                now,
-                &self.config,
-            );
-            if decided.locked {
-                self.count_lockout();
-            }
-            let persist = decided.failures_changed.then_some(device.id);
-            ((decided.verdict, persist, device.life()), decided.challenge)
-        });
-        let (verdict, persist, life) =
-            resolved.unwrap_or((Verdict::UnknownChallenge, None, DeviceLife::default()));
-        let accepted = self.after_accept(self.registry.as_ref(), verdict, &life, now, rng);
-        let verdict = ready(async { Ok(accepted.await) }).unwrap_or(Verdict::UnknownChallenge);
-        self.count_verdict(&verdict);
-        Outcome {
-            reply: Reply::Verdict(verdict),
-            persist,
-        }
-    }
-
-    fn count_verdict(&self, verdict: &Verdict) {
-        let counter = match verdict {
-            Verdict::Accepted { .. } => &self.counters.accepted,
-            Verdict::Rejected { .. } => &self.counters.rejected,
-            Verdict::Expired => &self.counters.expired,
-            Verdict::LockedOut { .. } => &self.counters.locked_out,
-            Verdict::UnknownChallenge | Verdict::Denied => &self.counters.rejected,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn enroll<R: CryptoRng + ?Sized>(
-        &self,
-        caller: &Caller<'_>,
-        request: EnrollRequest,
-        now: Timestamp,
-        rng: &mut R,
-    ) -> Reply {
-        let EnrollRequest {
-            user,
-            kind,
-            secret,
-            pin,
-            label,
-        } = request;
-        let pin = pin.as_ref().map(|p| p.as_str());
-        let new = NewDevice {
-            user: &user,
-            kind,
-            secret,
-            pin,
-            label: &label,
-        };
-        match self.registry.enroll(rng, new, now, Self::actor(caller)) {
-            Ok((device, secret)) => {
-                tracing::info!(%user, %device, %kind, "device enrolled");
-                Reply::Enrolled { device, secret }
-            }
-            Err(error) => enroll_error(error),
-        }
-    }
-
-    fn enroll_phone<R: CryptoRng + ?Sized>(
-        &self,
-        caller: &Caller<'_>,
-        user: &Username,
-        number: crate::phone::PhoneNumber,
-        label: &str,
-        now: Timestamp,
-        rng: &mut R,
-    ) -> Reply {
-        phone_enrolled(
-            user,
-            self.registry
-                .enroll_phone(rng, user, number, label, now, Self::actor(caller)),
-        )
-    }
-
-    fn bind_push_key<R: CryptoRng + ?Sized>(
-        &self,
-        caller: &Caller<'_>,
-        device: DeviceId,
-        key: crate::otp::push::PushKey,
-        now: Timestamp,
-        rng: &mut R,
-    ) -> Reply {
-        push_key_bound(
-            device,
-            self.registry
-                .bind_push_key(rng, device, key, now, Self::actor(caller)),
-        )
-    }
-
-    fn revoke<R: CryptoRng + ?Sized>(
-        &self,
-        caller: &Caller<'_>,
-        device: DeviceId,
-        now: Timestamp,
-        rng: &mut R,
-    ) -> Reply {
-        match self.registry.revoke(rng, device, now, Self::actor(caller)) {
-            Ok(true) => {
-                tracing::info!(%device, "device revoked");
-                Reply::Done
-            }
-            Ok(false) => Reply::error(ErrorCode::NotFound, "no such device"),
-            Err(error) => {
-                tracing::error!(%error, "revoke failed");
-                Reply::error(
-                    ErrorCode::Internal,
-                    "the registry could not revoke the device",
-                )
-            }
-        }
-    }
-
-    fn unlock<R: CryptoRng + ?Sized>(
-        &self,
-        caller: &Caller<'_>,
-        user: &Username,
-        device: Option<DeviceId>,
-        now: Timestamp,
-        rng: &mut R,
-    ) -> Reply {
-        let devices: Vec<_> = self
-            .registry
-            .devices_of(user)
-            .into_iter()
-            .filter(|d| device.is_none_or(|id| d.id == id))
-            .collect();
-        if devices.is_empty() && device.is_some() {
-            return Reply::error(ErrorCode::NotFound, "no such device for this user");
-        }
-        let cleared = self.registry.change(rng, now, Self::actor(caller), |c| {
-            for d in &devices {
-                c.set_failures(d.id, FailureState::default())?;
-            }
-            let detail = format!("{} devices", devices.len());
-            c.audit("unlock", Some(user), device, detail)
-        });
-        if let Err(error) = cleared {
-            tracing::error!(%error, "unlock failed");
-            return Reply::error(
-                ErrorCode::Internal,
-                "the registry could not clear the lockout",
-            );
-        }
-        tracing::info!(%user, devices = devices.len(), "lockouts cleared");
-        Reply::Done
-    }
-
     fn stats(&self) -> Reply {
         let c = &self.counters;
         let read = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -1128,152 +581,5 @@ impl Engine {
                 })
                 .collect(),
         )
-    }
-}
-
-/// The largest amount one withdrawal may ask for, in cents (10 billion
-/// USD): far above any limit, and exact in every store's arithmetic
-/// (Lua's numbers are doubles).
-pub const MAX_WITHDRAWAL_CENTS: u64 = 1_000_000_000_000;
-
-/// The refusal of an amount no withdrawal can have.
-fn invalid_amount(amount: u64) -> Option<Reply> {
-    (amount == 0 || amount > MAX_WITHDRAWAL_CENTS).then(|| {
-        Reply::error(
-            ErrorCode::InvalidArgument,
-            format!("the amount must be 1 to {MAX_WITHDRAWAL_CENTS} cents"),
-        )
-    })
-}
-
-/// What the server must know of an operation before it runs it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Facts {
-    /// It may write the registry on the embedded store (a commit, with
-    /// fsync, before its reply): the server runs it off the threads that
-    /// answer logins. `Verify` is not one: its rare writes (a temporary
-    /// code's use, a replacement's activation) stay on the hot path.
-    pub changes_registry: bool,
-    /// It issues something a user is limited in (a challenge, a code, a
-    /// push, a token), so it counts toward the connection's issuance quota
-    /// as well as the user's.
-    pub issues: bool,
-}
-
-impl Facts {
-    const READS: Self = Self {
-        changes_registry: false,
-        issues: false,
-    };
-    const CHANGES: Self = Self {
-        changes_registry: true,
-        issues: false,
-    };
-    const ISSUES: Self = Self {
-        changes_registry: false,
-        issues: true,
-    };
-}
-
-/// The facts of `operation`. Every operation is named, none by a
-/// wildcard: a new one does not compile until it says what it is (left
-/// off a positive list, a registry change would run its fsync on the
-/// threads that answer logins, and an issuance would escape the
-/// connection's quota).
-pub fn facts(operation: &Operation) -> Facts {
-    match operation {
-        Operation::Enroll(_)
-        | Operation::Revoke { .. }
-        | Operation::Unlock { .. }
-        | Operation::EnrollPhone { .. }
-        | Operation::BindPushKey { .. }
-        | Operation::AuthorizeWithdrawal { .. }
-        | Operation::SetIdentity { .. }
-        | Operation::SetOptOut { .. }
-        | Operation::ShareDevice { .. }
-        | Operation::DecideShare { .. }
-        | Operation::CancelShare { .. }
-        | Operation::IssueTemporaryCode { .. }
-        | Operation::OrderReplacement { .. }
-        | Operation::ShipReplacement { .. }
-        | Operation::ConfirmPhone { .. }
-        | Operation::CompleteActivation { .. } => Facts::CHANGES,
-        Operation::Challenge { .. }
-        | Operation::Push { .. }
-        | Operation::SendCode { .. }
-        | Operation::StartActivation { .. }
-        | Operation::StartPhoneVerification { .. } => Facts::ISSUES,
-        Operation::Devices { .. }
-        | Operation::Verify { .. }
-        | Operation::VerifyCode { .. }
-        | Operation::CodeStatus { .. }
-        | Operation::AwaitPush { .. }
-        | Operation::ListDevices { .. }
-        | Operation::Stats
-        | Operation::Shares { .. }
-        | Operation::PendingActivations { .. }
-        | Operation::AuditLog { .. }
-        | Operation::CarrierSubscribe
-        | Operation::Ack { .. }
-        | Operation::PhoneSubscribe { .. }
-        | Operation::Approve { .. }
-        | Operation::Deny { .. } => Facts::READS,
-    }
-}
-
-/// The refusal of an operation that is not the caller's role's.
-fn forbidden(role: Role, operation: &Operation) -> Option<Reply> {
-    let needed = operation.role();
-    (role != needed).then(|| {
-        Reply::error(
-            ErrorCode::Forbidden,
-            format!("{} needs the {} role", operation.name(), needed.as_str()),
-        )
-    })
-}
-
-/// The reply to `EnrollPhone`, from either store.
-fn phone_enrolled(user: &Username, enrolled: Result<DeviceId, EnrollError>) -> Reply {
-    match enrolled {
-        Ok(device) => {
-            tracing::info!(%user, %device, "phone number enrolled");
-            Reply::Enrolled {
-                device,
-                secret: None,
-            }
-        }
-        Err(error) => enroll_error(error),
-    }
-}
-
-/// The reply to `BindPushKey`, from either store.
-fn push_key_bound(device: DeviceId, bound: Result<bool, EnrollError>) -> Reply {
-    match bound {
-        Ok(true) => {
-            tracing::info!(%device, "push key bound");
-            Reply::Done
-        }
-        Ok(false) => Reply::error(ErrorCode::NotFound, "no such device"),
-        Err(error) => enroll_error(error),
-    }
-}
-
-fn enroll_error(error: EnrollError) -> Reply {
-    match error {
-        EnrollError::Invalid(problem) => Reply::error(ErrorCode::InvalidArgument, problem),
-        EnrollError::Store(error @ crate::store::StoreError::Shared(_)) => {
-            tracing::warn!(%error, "shared store failed");
-            Reply::error(
-                ErrorCode::StoreUnavailable,
-                "the shared store did not answer or did not replicate in time",
-            )
-        }
-        EnrollError::Store(error) => {
-            tracing::error!(%error, "registry change failed");
-            Reply::error(
-                ErrorCode::Internal,
-                "the registry could not store the change",
-            )
-        }
     }
 }

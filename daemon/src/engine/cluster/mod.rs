@@ -30,13 +30,13 @@ use std::sync::atomic::Ordering;
 
 use rand::CryptoRng;
 
+use super::enrolment::{enroll_error, phone_enrolled, push_key_bound};
+use super::lifecycle::invalid_amount;
 use super::lifecycle::{withdrawal_detail, withdrawal_device};
 use super::node::Clustered;
 use super::rules;
 use super::rules::ask::shown;
-use super::{
-    Caller, Engine, enroll_error, forbidden, invalid_amount, phone_enrolled, push_key_bound,
-};
+use super::{Caller, Engine, forbidden};
 use crate::clock::Timestamp;
 use crate::identity::{ChallengeId, DeviceId, Username};
 use crate::policy::calendar::Day;

@@ -1182,7 +1182,7 @@ impl RedisStore {
         byte_strings(self.run(key, command, false).await?)
     }
 
-    /// One event against the GCRA limiter at `key` (see [`GCRA`]): allowed,
+    /// One event against the GCRA limiter at `key` (see `GCRA`): allowed,
     /// or how long until it would be.
     pub async fn gcra(
         &self,
