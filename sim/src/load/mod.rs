@@ -17,33 +17,44 @@
 //! Users whose number ends in 9 are the attackers' targets (when there are
 //! attackers); the others log in legitimately and no attack touches them,
 //! so every one of their answers must be accepted.
+//!
+//! Here: the plan and the run (fleet set up, bridges and phones started,
+//! pipelines driven); one flow of each kind in `flows`; what the run's
+//! tasks share (the recorder, the attackers' view, the violations) in
+//! `shared`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use rand::{RngExt, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use slsd::engine::Role;
-use slsd::identity::{ChallengeId, DeviceId, Username};
+use slsd::identity::DeviceId;
 use slsd::otp::push::PushSigner;
-use slsd::phone::Channel;
 use slsd::profile::{DeviceKind, DeviceProfiles};
-use slsd::wire::request::Answer;
-use slsd::wire::{ChallengeText, Operation, Reply, Verdict};
+use slsd::wire::Reply;
 use tokio::sync::{Notify, Semaphore};
+
+mod flows;
+mod shared;
+
+pub(crate) use flows::shown;
+use flows::{Roll, one_flow, verifier_of};
+use shared::lock;
+pub(crate) use shared::{Holder, Shared, unix_secs, verdict_name};
 
 use crate::attack;
 use crate::carrier::{self, Bridge, Inbox};
 use crate::client::{Client, ClientError, Pipeline};
-use crate::device::{DeviceError, EmulatedDevice};
-use crate::fleet::{Fleet, SmsNumber};
+use crate::device::DeviceError;
+use crate::fleet::Fleet;
 use crate::phone::{Matcher, PhoneApp};
-use crate::report::{Flow, LiveSecond, Op, Recorder, Report, RunSetup, chance_of_at_least};
+use crate::report::{Flow, LiveSecond, Recorder, Report, RunSetup, chance_of_at_least};
 
 /// Logins started but not finished, in open-loop mode, past which new
 /// arrivals are dropped (and counted as errors) rather than queued without
@@ -217,143 +228,6 @@ pub enum LoadError {
     Device(#[from] DeviceError),
     #[error("{0}")]
     Plan(String),
-}
-
-/// A fleet member as the run holds them.
-pub(crate) struct Holder {
-    pub user: Username,
-    pub devices: Vec<(DeviceId, EmulatedDevice)>,
-    /// The verified number, for SMS logins.
-    pub sms: Option<SmsNumber>,
-    /// The IB Key device push logins use.
-    pub push: Option<DeviceId>,
-}
-
-/// A lockout the attackers saw: the daemon said it was in force when
-/// `seen` had passed, and it lasts at least `until`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SeenLock {
-    pub seen: Instant,
-    pub until: Instant,
-}
-
-/// What every task of a run shares.
-pub(crate) struct Shared {
-    pub start: Instant,
-    pub deadline: Instant,
-    pub members: Vec<Holder>,
-    pub victims: Vec<usize>,
-    /// Legitimate users with a verified number / with push, not in an SMS
-    /// or push login now: one such login per user at a time, since a user
-    /// has one live code and a bounded number of pending pushes. A login
-    /// waits for a permit (there are as many as users), takes the
-    /// longest-idle user and puts them back at the end.
-    sms_users: (Semaphore, Mutex<VecDeque<usize>>),
-    push_users: (Semaphore, Mutex<VecDeque<usize>>),
-    /// Legitimate users not in a challenge login now, the same way: a
-    /// device has one current challenge (asking again replaces it), so a
-    /// user runs one challenge login at a time, as a person does.
-    login_users: (Semaphore, Mutex<VecDeque<usize>>),
-    inbox: Arc<Inbox>,
-    matcher: Arc<Matcher>,
-    flows: FlowMix,
-    recorders: Vec<Mutex<Recorder>>,
-    /// Correct answers of finished logins, for replay attacks.
-    pub observed: Mutex<VecDeque<(ChallengeId, Answer)>>,
-    /// Lockouts seen on the victims' devices.
-    pub locks: Mutex<HashMap<DeviceId, SeenLock>>,
-    violations: Mutex<(usize, Vec<String>)>,
-    in_flight: AtomicUsize,
-    idle: Notify,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Shared {
-    pub fn record<T>(&self, part: usize, f: impl FnOnce(&mut Recorder) -> T) -> T {
-        let index = part % self.recorders.len().max(1);
-        match self.recorders.get(index) {
-            Some(recorder) => f(&mut lock(recorder)),
-            None => f(&mut Recorder::new(self.start)),
-        }
-    }
-
-    pub fn violation(&self, text: String) {
-        let mut v = lock(&self.violations);
-        v.0 += 1;
-        if v.1.len() < MAX_VIOLATIONS {
-            v.1.push(text);
-        }
-    }
-
-    /// A failed request of the legitimate load.
-    fn error(&self, part: usize, op: Op, result: &Result<Reply, ClientError>, at: Instant) {
-        let kind = error_kind(op, result);
-        self.record(part, |r| r.error(kind, at));
-    }
-
-    /// The lockout known for `device` at `at`, if any.
-    pub fn locked_at(&self, device: DeviceId, at: Instant) -> Option<SeenLock> {
-        lock(&self.locks)
-            .get(&device)
-            .copied()
-            .filter(|l| l.until > at)
-    }
-
-    pub fn saw_lock(&self, device: DeviceId, sent: Instant, seen: Instant, retry: Duration) {
-        // A device that waits for an operator says `Duration::MAX`: a
-        // century is forever for a load run.
-        const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
-        let until = sent + retry.min(FOREVER);
-        let mut locks = lock(&self.locks);
-        let entry = locks.entry(device).or_insert(SeenLock { seen, until });
-        if until > entry.until {
-            *entry = SeenLock { seen, until };
-        }
-    }
-
-    /// Checks an accept on `device` against the lockouts seen: an accept
-    /// sent after a lockout was seen and answered before the lockout's
-    /// least possible end happened while the device was locked.
-    pub fn check_not_locked(&self, device: DeviceId, sent: Instant, got: Instant, who: &str) {
-        if let Some(l) = self.locked_at(device, got)
-            && sent > l.seen
-        {
-            self.violation(format!(
-                "{who}: device {device} accepted an answer {:?} before the end of its lockout",
-                l.until - got
-            ));
-        }
-    }
-}
-
-/// `devices: RateLimited`, `verify: transport`, ...
-pub(crate) fn error_kind(op: Op, result: &Result<Reply, ClientError>) -> String {
-    let op = op.name();
-    match result {
-        Ok(Reply::Error { code, .. }) => format!("{op}: {code:?}"),
-        Ok(_) => format!("{op}: unexpected reply"),
-        Err(_) => format!("{op}: transport"),
-    }
-}
-
-pub(crate) fn verdict_name(verdict: &Verdict) -> &'static str {
-    match verdict {
-        Verdict::Accepted { .. } => "accepted",
-        Verdict::Rejected { .. } => "rejected",
-        Verdict::Expired => "expired",
-        Verdict::LockedOut { .. } => "locked_out",
-        Verdict::Denied => "denied",
-        Verdict::UnknownChallenge => "unknown_challenge",
-    }
-}
-
-pub(crate) fn unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// What a run leaves for its report.
@@ -674,342 +548,6 @@ async fn drive(shared: &Arc<Shared>, pipelines: &[Pipeline], plan: &LoadPlan) {
                 let _ = task.await;
             }
         }
-    }
-}
-
-/// Where a login started on pipeline `part` sends its answer: the same
-/// stream of the next connection, which is on the next node when the
-/// target has several, so every login of a multi-node run is verified by a
-/// node other than the one that issued its challenge. One connection: the
-/// same pipeline.
-fn verifier_of(pipelines: &[Pipeline], part: usize, plan: &LoadPlan, own: &Pipeline) -> Pipeline {
-    let next = (part + plan.streams.max(1)) % pipelines.len().max(1);
-    pipelines.get(next).unwrap_or(own).clone()
-}
-
-/// The random choices of one flow: which flow, which user, which device.
-#[derive(Debug, Clone, Copy)]
-struct Roll {
-    flow: Flow,
-    member: usize,
-    pick: usize,
-}
-
-impl Roll {
-    fn draw(rng: &mut ChaCha8Rng, flows: &FlowMix) -> Self {
-        Self {
-            flow: flows.pick(rng.random_range(0..flows.total().max(1))),
-            member: rng.random_range(0..1 << 30),
-            pick: rng.random_range(0..64usize),
-        }
-    }
-}
-
-/// Runs the rolled flow for the rolled user.
-async fn one_flow(
-    shared: &Shared,
-    (gateway, verifier): (&Pipeline, &Pipeline),
-    part: usize,
-    roll: Roll,
-    due: Instant,
-) {
-    let list = match roll.flow {
-        Flow::Login | Flow::Withdrawal => {
-            // 1 to 5,000 USD, drawn from the roll: some users reach their
-            // kind's limit during a long run, which is part of the test.
-            let amount =
-                (roll.flow == Flow::Withdrawal).then(|| (roll.member as u64 % 5_000 + 1) * 100);
-            let (permits, list) = &shared.login_users;
-            let Ok(_permit) = permits.acquire().await else {
-                return;
-            };
-            let Some(member) = lock(list).pop_front() else {
-                return;
-            };
-            let who = (member, amount);
-            login(shared, (gateway, verifier), part, who, roll.pick, due).await;
-            lock(list).push_back(member);
-            return;
-        }
-        Flow::Sms => &shared.sms_users,
-        Flow::Push => &shared.push_users,
-    };
-    let (permits, list) = list;
-    let Ok(_permit) = permits.acquire().await else {
-        return;
-    };
-    let Some(member) = lock(list).pop_front() else {
-        return;
-    };
-    match roll.flow {
-        Flow::Sms => sms_login(shared, gateway, part, member, due).await,
-        _ => push_login(shared, gateway, part, member, due).await,
-    }
-    lock(list).push_back(member);
-}
-
-/// An SMS login: send a code, read it off the phone, verify it.
-async fn sms_login(shared: &Shared, gateway: &Pipeline, part: usize, member: usize, due: Instant) {
-    let Some(holder) = shared.members.get(member) else {
-        return;
-    };
-    let Some(sms) = &holder.sms else { return };
-    let user = &holder.user;
-    // A text left over from an earlier login that failed half way is not
-    // this login's code.
-    while shared.inbox.pending(&sms.number) > 0 {
-        let _ = shared.inbox.next(&sms.number, Duration::ZERO).await;
-    }
-    let result = gateway
-        .call(Operation::SendCode {
-            user: user.clone(),
-            channel: Channel::Sms,
-        })
-        .await;
-    let got = Instant::now();
-    shared.record(part, |r| r.request(Op::SendCode, due, got));
-    let expires_in = match result {
-        Ok(Reply::CodeSent { expires_in, .. }) => expires_in,
-        other => return shared.error(part, Op::SendCode, &other, got),
-    };
-    let Some(text) = shared.inbox.next(&sms.number, expires_in).await else {
-        return shared.violation(format!(
-            "{user}: the code sent to {:?} never arrived",
-            sms.number
-        ));
-    };
-    let Some(code) = text.code() else {
-        return shared.violation(format!("{user}: a text without a code"));
-    };
-    let sent = Instant::now();
-    let result = gateway
-        .call(Operation::VerifyCode {
-            user: user.clone(),
-            code: Answer::new(&code),
-        })
-        .await;
-    let got = Instant::now();
-    shared.record(part, |r| r.request(Op::VerifyCode, sent, got));
-    let verdict = match result {
-        Ok(Reply::Verdict(verdict)) => verdict,
-        other => return shared.error(part, Op::VerifyCode, &other, got),
-    };
-    shared.record(part, |r| r.verdict(verdict_name(&verdict)));
-    match verdict {
-        Verdict::Accepted {
-            user: named,
-            device,
-            kind: DeviceKind::Sms,
-        } if named == *user && device == sms.device => {
-            shared.record(part, |r| r.login(Flow::Sms, due, got));
-        }
-        other => shared.violation(format!(
-            "{user}: the code the phone received was refused: {other:?}"
-        )),
-    }
-}
-
-/// A push login: push, show the number, the phone approves, await.
-async fn push_login(shared: &Shared, gateway: &Pipeline, part: usize, member: usize, due: Instant) {
-    let Some(holder) = shared.members.get(member) else {
-        return;
-    };
-    let Some(device) = holder.push else { return };
-    let user = &holder.user;
-    let result = gateway
-        .call(Operation::Push {
-            user: user.clone(),
-            device,
-        })
-        .await;
-    let got = Instant::now();
-    shared.record(part, |r| r.request(Op::Push, due, got));
-    let (push, match_number, expires_in) = match result {
-        Ok(Reply::PushSent {
-            push,
-            match_number,
-            expires_in,
-        }) => (push, match_number, expires_in),
-        other => return shared.error(part, Op::Push, &other, got),
-    };
-    shared.matcher.shown(push, match_number);
-    let sent = Instant::now();
-    let result = gateway.call(Operation::AwaitPush { push }).await;
-    let got = Instant::now();
-    shared.record(part, |r| r.request(Op::AwaitPush, sent, got));
-    let verdict = match result {
-        Ok(Reply::Verdict(verdict)) => verdict,
-        other => return shared.error(part, Op::AwaitPush, &other, got),
-    };
-    shared.record(part, |r| r.verdict(verdict_name(&verdict)));
-    match verdict {
-        Verdict::Accepted {
-            user: named,
-            device: by,
-            kind: DeviceKind::IbKey,
-        } if named == *user && by == device => {
-            shared.record(part, |r| r.login(Flow::Push, due, got));
-        }
-        // The phone approves every push with the shown number at once.
-        refused if got < sent + expires_in => shared.violation(format!(
-            "{user}: the push the phone approved was refused: {refused:?}"
-        )),
-        _ => {}
-    }
-}
-
-/// One legitimate login of member `member`, due at `due`; `pick` chooses
-/// among the user's devices. With `amount` (cents) it confirms a
-/// withdrawal: `AuthorizeWithdrawal` instead of `Verify`.
-async fn login(
-    shared: &Shared,
-    (gateway, verifier): (&Pipeline, &Pipeline),
-    part: usize,
-    (member, amount): (usize, Option<u64>),
-    pick: usize,
-    due: Instant,
-) {
-    let Some(holder) = shared.members.get(member) else {
-        return;
-    };
-    let user = &holder.user;
-    let result = gateway
-        .call(Operation::Devices { user: user.clone() })
-        .await;
-    let got = Instant::now();
-    shared.record(part, |r| r.request(Op::Devices, due, got));
-    let listed = match result {
-        Ok(Reply::Devices { devices, .. }) => devices,
-        other => return shared.error(part, Op::Devices, &other, got),
-    };
-    // As a login page would: offer the devices that are not locked out (a
-    // lockout left by an earlier attack is not this login's failure).
-    let usable: Vec<&(DeviceId, EmulatedDevice)> = holder
-        .devices
-        .iter()
-        .filter(|(id, _)| {
-            listed
-                .iter()
-                .any(|entry| entry.device == *id && entry.locked_for.is_zero())
-        })
-        .collect();
-    let Some(&(device, emulated)) = usable.get(pick % usable.len().max(1)) else {
-        let kind = if listed.iter().any(|entry| !entry.locked_for.is_zero()) {
-            "devices: every device locked out"
-        } else {
-            "devices: none of the fleet's listed"
-        };
-        return shared.record(part, |r| r.error(kind.into(), got));
-    };
-    let device = *device;
-
-    let asked = Instant::now();
-    let result = gateway
-        .call(Operation::Challenge {
-            user: user.clone(),
-            device,
-        })
-        .await;
-    let got = Instant::now();
-    shared.record(part, |r| r.request(Op::Challenge, asked, got));
-    let (challenge, text, expires_in) = match result {
-        Ok(Reply::Challenge {
-            challenge,
-            text,
-            expires_in,
-        }) => (challenge, text, expires_in),
-        other => return shared.error(part, Op::Challenge, &other, got),
-    };
-    let Ok(code) = emulated.answer(&text, unix_secs()) else {
-        return shared.violation(format!(
-            "{user}: device {device} ({}) was sent a challenge it cannot show: {}",
-            emulated.kind(),
-            shown(&text)
-        ));
-    };
-    let answer = Answer::new(code.as_str());
-
-    let sent = Instant::now();
-    let (op, flow, result) = match amount {
-        None => {
-            let verify = Operation::Verify {
-                challenge,
-                response: answer.clone(),
-            };
-            (Op::Verify, Flow::Login, verifier.call(verify).await)
-        }
-        Some(amount_cents) => {
-            let withdraw = Operation::AuthorizeWithdrawal {
-                user: user.clone(),
-                amount_cents,
-                challenge,
-                response: answer.clone(),
-            };
-            (
-                Op::AuthorizeWithdrawal,
-                Flow::Withdrawal,
-                verifier.call(withdraw).await,
-            )
-        }
-    };
-    let got = Instant::now();
-    shared.record(part, |r| r.request(op, sent, got));
-    let verdict = match result {
-        Ok(Reply::Verdict(verdict)) => verdict,
-        // The answer was accepted; the amount decided the rest.
-        Ok(Reply::WithdrawalApproved {
-            device: by, kind, ..
-        }) => Verdict::Accepted {
-            user: user.clone(),
-            device: by,
-            kind,
-        },
-        Ok(Reply::OverLimit { device_kind, .. }) => {
-            shared.record(part, |r| r.verdict("over_limit"));
-            Verdict::Accepted {
-                user: user.clone(),
-                device,
-                kind: device_kind,
-            }
-        }
-        other => return shared.error(part, op, &other, got),
-    };
-    shared.record(part, |r| r.verdict(verdict_name(&verdict)));
-    match verdict {
-        Verdict::Accepted {
-            user: named,
-            device: by,
-            ..
-        } if named == *user && by == device => {
-            shared.record(part, |r| r.login(flow, due, got));
-            let mut observed = lock(&shared.observed);
-            if observed.len() == OBSERVED {
-                observed.pop_front();
-            }
-            observed.push_back((challenge, answer));
-        }
-        Verdict::Accepted {
-            user: named,
-            device: by,
-            ..
-        } => shared.violation(format!(
-            "{user}'s login on device {device} was accepted as {named}'s on device {by}"
-        )),
-        // Answered in time: it had to be accepted.
-        refused if got < asked + expires_in => shared.violation(format!(
-            "{user}: the right answer on device {device} ({}) was refused: {refused:?}",
-            emulated.kind()
-        )),
-        _ => {}
-    }
-}
-
-/// A challenge as the login page shows it (challenges are not secret).
-pub(crate) fn shown(text: &ChallengeText) -> String {
-    match text {
-        ChallengeText::Question(q) => q.clone(),
-        ChallengeText::CardPositions(a, b) => format!("positions {a} and {b}"),
-        ChallengeText::EnterCode => "enter your code".to_owned(),
     }
 }
 
