@@ -1,22 +1,29 @@
-//! Enrolment, revocation and unlocking on the embedded store, and the
-//! replies both stores give to them.
+//! Enrolment, push-key binding, revocation and unlocking: registry
+//! changes written once over [`Store`], each committed with its audit
+//! entry or not at all on either store.
 
 use rand::CryptoRng;
 
 use super::{Caller, Engine};
 use crate::clock::Timestamp;
 use crate::identity::{DeviceId, Username};
-use crate::store::{EnrollError, FailureState, NewDevice};
+use crate::otp::push::PushKey;
+use crate::phone::PhoneNumber;
+use crate::profile::DeviceKind;
+use crate::store::{EnrollError, NewDevice, Store, StoreError};
 use crate::wire::{EnrollRequest, ErrorCode, Reply};
 
 impl Engine {
-    pub(super) fn enroll<R: CryptoRng + ?Sized>(
+    /// `Enroll`: a device with the key given, or one generated and
+    /// returned once.
+    pub(super) async fn enroll<S: Store, R: CryptoRng + ?Sized>(
         &self,
+        store: &S,
         caller: &Caller<'_>,
         request: EnrollRequest,
         now: Timestamp,
         rng: &mut R,
-    ) -> Reply {
+    ) -> Result<Reply, StoreError> {
         let EnrollRequest {
             user,
             kind,
@@ -25,138 +32,178 @@ impl Engine {
             label,
         } = request;
         let pin = pin.as_ref().map(|p| p.as_str());
-        let new = NewDevice {
-            user: &user,
-            kind,
-            secret,
-            pin,
-            label: &label,
-        };
-        match self.registry.enroll(rng, new, now, Self::actor(caller)) {
-            Ok((device, secret)) => {
-                tracing::info!(%user, %device, %kind, "device enrolled");
-                Reply::Enrolled { device, secret }
-            }
-            Err(error) => enroll_error(error),
-        }
+        let enrolled = store
+            .change(&user, Self::actor(caller), now, rng, |c| {
+                c.enroll(NewDevice {
+                    user: &user,
+                    kind,
+                    secret: secret.clone(),
+                    pin,
+                    label: &label,
+                })
+            })
+            .await;
+        refused_or(enrolled, |(device, secret)| {
+            tracing::info!(%user, %device, %kind, "device enrolled");
+            Reply::Enrolled { device, secret }
+        })
     }
 
-    pub(super) fn enroll_phone<R: CryptoRng + ?Sized>(
+    /// `EnrollPhone`: a verified number as the user's SMS device (one per
+    /// user).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn enroll_phone<S: Store, R: CryptoRng + ?Sized>(
         &self,
+        store: &S,
         caller: &Caller<'_>,
         user: &Username,
-        number: crate::phone::PhoneNumber,
+        number: PhoneNumber,
         label: &str,
         now: Timestamp,
         rng: &mut R,
-    ) -> Reply {
-        phone_enrolled(
-            user,
-            self.registry
-                .enroll_phone(rng, user, number, label, now, Self::actor(caller)),
-        )
-    }
-
-    pub(super) fn bind_push_key<R: CryptoRng + ?Sized>(
-        &self,
-        caller: &Caller<'_>,
-        device: DeviceId,
-        key: crate::otp::push::PushKey,
-        now: Timestamp,
-        rng: &mut R,
-    ) -> Reply {
-        push_key_bound(
-            device,
-            self.registry
-                .bind_push_key(rng, device, key, now, Self::actor(caller)),
-        )
-    }
-
-    pub(super) fn revoke<R: CryptoRng + ?Sized>(
-        &self,
-        caller: &Caller<'_>,
-        device: DeviceId,
-        now: Timestamp,
-        rng: &mut R,
-    ) -> Reply {
-        match self.registry.revoke(rng, device, now, Self::actor(caller)) {
-            Ok(true) => {
-                tracing::info!(%device, "device revoked");
-                Reply::Done
-            }
-            Ok(false) => Reply::error(ErrorCode::NotFound, "no such device"),
-            Err(error) => {
-                tracing::error!(%error, "revoke failed");
-                Reply::error(
-                    ErrorCode::Internal,
-                    "the registry could not revoke the device",
-                )
-            }
-        }
-    }
-
-    pub(super) fn unlock<R: CryptoRng + ?Sized>(
-        &self,
-        caller: &Caller<'_>,
-        user: &Username,
-        device: Option<DeviceId>,
-        now: Timestamp,
-        rng: &mut R,
-    ) -> Reply {
-        let devices: Vec<_> = self
-            .registry
-            .devices_of(user)
-            .into_iter()
-            .filter(|d| device.is_none_or(|id| d.id == id))
-            .collect();
-        if devices.is_empty() && device.is_some() {
-            return Reply::error(ErrorCode::NotFound, "no such device for this user");
-        }
-        let cleared = self.registry.change(rng, now, Self::actor(caller), |c| {
-            for d in &devices {
-                c.set_failures(d.id, FailureState::default())?;
-            }
-            let detail = format!("{} devices", devices.len());
-            c.audit("unlock", Some(user), device, detail)
-        });
-        if let Err(error) = cleared {
-            tracing::error!(%error, "unlock failed");
-            return Reply::error(
-                ErrorCode::Internal,
-                "the registry could not clear the lockout",
-            );
-        }
-        tracing::info!(%user, devices = devices.len(), "lockouts cleared");
-        Reply::Done
-    }
-}
-
-/// The reply to `EnrollPhone`, from either store.
-pub(super) fn phone_enrolled(user: &Username, enrolled: Result<DeviceId, EnrollError>) -> Reply {
-    match enrolled {
-        Ok(device) => {
+    ) -> Result<Reply, StoreError> {
+        let enrolled = store
+            .change(user, Self::actor(caller), now, rng, |c| {
+                c.add_phone(user, number.clone(), label)
+            })
+            .await;
+        refused_or(enrolled, |device| {
             tracing::info!(%user, %device, "phone number enrolled");
             Reply::Enrolled {
                 device,
                 secret: None,
             }
-        }
-        Err(error) => enroll_error(error),
+        })
     }
-}
 
-/// The reply to `BindPushKey`, from either store.
-pub(super) fn push_key_bound(device: DeviceId, bound: Result<bool, EnrollError>) -> Reply {
-    match bound {
-        Ok(true) => {
+    /// `BindPushKey`: the Ed25519 key an IB Key device's approvals are
+    /// checked with.
+    pub(super) async fn bind_push_key<S: Store, R: CryptoRng + ?Sized>(
+        &self,
+        store: &S,
+        caller: &Caller<'_>,
+        device: DeviceId,
+        key: PushKey,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Result<Reply, StoreError> {
+        let Some(found) = store.device(device).await? else {
+            return Ok(no_such_device());
+        };
+        if found.kind != DeviceKind::IbKey {
+            return Ok(Reply::error(
+                ErrorCode::InvalidArgument,
+                format!("push keys are for IB Key devices, not {}", found.kind),
+            ));
+        }
+        let bound = store
+            .change(&found.user, Self::actor(caller), now, rng, |c| {
+                if c.device(device).is_none() {
+                    return Ok(false);
+                }
+                c.set_push_key(device, key)?;
+                c.audit("bind-push-key", Some(&found.user), Some(device), "".into())?;
+                Ok::<_, StoreError>(true)
+            })
+            .await?;
+        Ok(if bound {
             tracing::info!(%device, "push key bound");
             Reply::Done
-        }
-        Ok(false) => Reply::error(ErrorCode::NotFound, "no such device"),
-        Err(error) => enroll_error(error),
+        } else {
+            no_such_device()
+        })
+    }
+
+    /// `Revoke`: the device and everything kept beside it, for good.
+    pub(super) async fn revoke<S: Store, R: CryptoRng + ?Sized>(
+        &self,
+        store: &S,
+        caller: &Caller<'_>,
+        device: DeviceId,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Result<Reply, StoreError> {
+        let Some(found) = store.device(device).await? else {
+            return Ok(no_such_device());
+        };
+        let revoked = store
+            .change(&found.user, Self::actor(caller), now, rng, |c| {
+                if c.device(device).is_none() {
+                    return Ok(false);
+                }
+                c.remove_device(device)?;
+                let kind = found.kind.to_string();
+                c.audit("revoke", Some(&found.user), Some(device), kind)?;
+                Ok::<_, StoreError>(true)
+            })
+            .await?;
+        Ok(if revoked {
+            tracing::info!(%device, "device revoked");
+            Reply::Done
+        } else {
+            no_such_device()
+        })
+    }
+
+    /// `Unlock`: clears the failure count and lockout of one of the user's
+    /// devices, or of all of them.
+    pub(super) async fn unlock<S: Store, R: CryptoRng + ?Sized>(
+        &self,
+        store: &S,
+        caller: &Caller<'_>,
+        user: &Username,
+        device: Option<DeviceId>,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Result<Reply, StoreError> {
+        let cleared = store
+            .change(user, Self::actor(caller), now, rng, |c| {
+                let devices: Vec<_> = c
+                    .devices(user)?
+                    .into_iter()
+                    .filter(|d| device.is_none_or(|id| d.id == id))
+                    .collect();
+                if devices.is_empty() && device.is_some() {
+                    return Ok(None);
+                }
+                for d in &devices {
+                    c.clear_failures(d.id)?;
+                }
+                let detail = format!("{} devices", devices.len());
+                c.audit("unlock", Some(user), device, detail)?;
+                Ok::<_, StoreError>(Some(devices.len()))
+            })
+            .await?;
+        Ok(match cleared {
+            Some(devices) => {
+                tracing::info!(%user, devices, "lockouts cleared");
+                Reply::Done
+            }
+            None => Reply::error(ErrorCode::NotFound, "no such device for this user"),
+        })
     }
 }
 
+fn no_such_device() -> Reply {
+    Reply::error(ErrorCode::NotFound, "no such device")
+}
+
+/// The reply to an enrolment: `enrolled`'s when it was made, the refusal
+/// when the request was invalid; a store failure is the caller's to
+/// answer.
+fn refused_or<T>(
+    enrolled: Result<T, EnrollError>,
+    enrolled_reply: impl FnOnce(T) -> Reply,
+) -> Result<Reply, StoreError> {
+    match enrolled {
+        Ok(made) => Ok(enrolled_reply(made)),
+        Err(EnrollError::Invalid(problem)) => Ok(Reply::error(ErrorCode::InvalidArgument, problem)),
+        Err(EnrollError::Store(error)) => Err(error),
+    }
+}
+
+/// The reply to an enrolment that failed, from a flow that answers a
+/// store failure itself.
 pub(super) fn enroll_error(error: EnrollError) -> Reply {
     match error {
         EnrollError::Invalid(problem) => Reply::error(ErrorCode::InvalidArgument, problem),

@@ -355,10 +355,16 @@ impl Engine {
                 challenge,
                 response,
             } => self.verify(challenge, &response, now, rng),
-            Operation::Enroll(request) => self.enroll(caller, request, now, rng).into(),
-            Operation::Revoke { device } => self.revoke(caller, device, now, rng).into(),
+            Operation::Enroll(request) => {
+                let store = self.registry.as_ref();
+                at_once(self.enroll(store, caller, request, now, rng)).into()
+            }
+            Operation::Revoke { device } => {
+                at_once(self.revoke(self.registry.as_ref(), caller, device, now, rng)).into()
+            }
             Operation::Unlock { user, device } => {
-                self.unlock(caller, &user, device, now, rng).into()
+                let store = self.registry.as_ref();
+                at_once(self.unlock(store, caller, &user, device, now, rng)).into()
             }
             Operation::AuthorizeWithdrawal {
                 user,
@@ -489,11 +495,13 @@ impl Engine {
                 user,
                 number,
                 label,
-            } => self
-                .enroll_phone(caller, &user, number, &label, now, rng)
-                .into(),
+            } => {
+                let store = self.registry.as_ref();
+                at_once(self.enroll_phone(store, caller, &user, number, &label, now, rng)).into()
+            }
             Operation::BindPushKey { device, key } => {
-                self.bind_push_key(caller, device, key, now, rng).into()
+                let store = self.registry.as_ref();
+                at_once(self.bind_push_key(store, caller, device, key, now, rng)).into()
             }
             Operation::CarrierSubscribe => self.carrier_subscribe(caller).into(),
             Operation::Ack { message, report } => {

@@ -64,6 +64,8 @@ pub trait RegistryChange {
     fn set_push_key(&mut self, id: DeviceId, key: PushKey) -> Result<(), StoreError>;
     /// Removes a device and everything kept beside it.
     fn remove_device(&mut self, id: DeviceId) -> Result<(), StoreError>;
+    /// Clears a device's failure count and lockout (an operator's unlock).
+    fn clear_failures(&mut self, id: DeviceId) -> Result<(), StoreError>;
     fn set_user(&mut self, user: &Username, record: Account) -> Result<(), StoreError>;
     fn set_life(&mut self, id: DeviceId, life: DeviceLife) -> Result<(), StoreError>;
     fn set_share(&mut self, share: Share) -> Result<(), StoreError>;

@@ -30,7 +30,6 @@ use std::sync::atomic::Ordering;
 
 use rand::CryptoRng;
 
-use super::enrolment::{enroll_error, phone_enrolled, push_key_bound};
 use super::lifecycle::invalid_amount;
 use super::lifecycle::{withdrawal_detail, withdrawal_device};
 use super::node::Clustered;
@@ -47,9 +46,9 @@ use crate::store::cluster::redis::Op;
 use crate::store::cluster::{
     ClusterStore, IssuedWrite, UserRecord, failure_state, question_memory, slots, user_life,
 };
-use crate::store::{DeviceLife, Disposition, FailureState, NewDevice, OpenChallenge, StoreError};
+use crate::store::{DeviceLife, Disposition, FailureState, OpenChallenge, StoreError};
 use crate::wire::request::{Answer, Page};
-use crate::wire::{AuditRecord, DeviceEntry, EnrollRequest, ErrorCode, Operation, Reply, Verdict};
+use crate::wire::{AuditRecord, DeviceEntry, ErrorCode, Operation, Reply, Verdict};
 
 impl Engine {
     /// Whether this engine keeps its state in a shared store.
@@ -112,7 +111,6 @@ impl Engine {
             ));
         };
         let name = operation.name();
-        let mut audited = audit_subject(&operation);
         let result = match operation {
             Operation::Devices { user } => self.cluster_devices(store, &user, now, None).await,
             Operation::ListDevices { user, page } => {
@@ -128,30 +126,23 @@ impl Engine {
                 self.cluster_verify(store, challenge, &response, now, rng)
                     .await
             }
-            Operation::Enroll(request) => Ok(self.cluster_enroll(store, request, now, rng).await),
-            Operation::Revoke { device } => match store.device(device).await {
-                Ok(found) => {
-                    // The audit entry names whose device it was.
-                    if let Some(subject) = audited.as_mut() {
-                        subject.user = found.map(|d| d.user.clone());
-                    }
-                    cluster_revoke(store, device).await
-                }
-                Err(error) => Err(error),
-            },
-            Operation::BindPushKey { device, key } => Ok(push_key_bound(
-                device,
-                store.bind_push_key(device, key).await,
-            )),
-            Operation::Unlock { user, device } => cluster_unlock(store, &user, device).await,
+            Operation::Enroll(request) => self.enroll(store, caller, request, now, rng).await,
+            Operation::Revoke { device } => self.revoke(store, caller, device, now, rng).await,
+            Operation::BindPushKey { device, key } => {
+                self.bind_push_key(store, caller, device, key, now, rng)
+                    .await
+            }
+            Operation::Unlock { user, device } => {
+                self.unlock(store, caller, &user, device, now, rng).await
+            }
             Operation::Stats => Ok(self.stats()),
             Operation::EnrollPhone {
                 user,
                 number,
                 label,
             } => {
-                let enrolled = store.enroll_phone(rng, &user, number, &label, now).await;
-                Ok(phone_enrolled(&user, enrolled))
+                self.enroll_phone(store, caller, &user, number, &label, now, rng)
+                    .await
             }
             Operation::SendCode { user, channel } => {
                 self.cluster_send_code(store, &user, channel, now, rng)
@@ -326,14 +317,6 @@ impl Engine {
                 .await
                 .map(|outcome| outcome.reply)
             }
-        };
-        // Registry changes are audited once they are made.
-        let result = match (result, audited) {
-            (Ok(reply), Some(subject)) => self
-                .audit_change(store, caller, subject, &reply, now)
-                .await
-                .map(|()| reply),
-            (result, _) => result,
         };
         Some(result.unwrap_or_else(|error| cluster_store_failed(name, &error)))
     }
@@ -825,36 +808,6 @@ impl Engine {
         }
         Ok(None)
     }
-
-    async fn cluster_enroll<R: CryptoRng + ?Sized>(
-        &self,
-        store: &ClusterStore,
-        request: EnrollRequest,
-        now: Timestamp,
-        rng: &mut R,
-    ) -> Reply {
-        let EnrollRequest {
-            user,
-            kind,
-            secret,
-            pin,
-            label,
-        } = request;
-        let new = NewDevice {
-            user: &user,
-            kind,
-            secret,
-            pin: pin.as_ref().map(|p| p.as_str()),
-            label: &label,
-        };
-        match store.enroll(rng, new, now).await {
-            Ok((device, secret)) => {
-                tracing::info!(%user, %device, %kind, "device enrolled");
-                Reply::Enrolled { device, secret }
-            }
-            Err(error) => enroll_error(error),
-        }
-    }
 }
 
 /// What an audit entry of a registry change says, known before the change
@@ -866,90 +819,7 @@ struct AuditSubject {
     detail: String,
 }
 
-/// The audit entry an operation makes when it succeeds, if it changes the
-/// registry (the same actions as the embedded registry's).
-fn audit_subject(operation: &Operation) -> Option<AuditSubject> {
-    let subject = |action, user: Option<&Username>, device, detail: String| AuditSubject {
-        action,
-        user: user.cloned(),
-        device,
-        detail,
-    };
-    Some(match operation {
-        Operation::Enroll(request) => subject(
-            "enroll",
-            Some(&request.user),
-            None,
-            request.kind.to_string(),
-        ),
-        Operation::EnrollPhone { user, .. } => {
-            subject("enroll-phone", Some(user), None, String::new())
-        }
-        Operation::BindPushKey { device, .. } => {
-            subject("bind-push-key", None, Some(*device), String::new())
-        }
-        Operation::Revoke { device } => subject("revoke", None, Some(*device), String::new()),
-        Operation::Unlock { user, device } => subject("unlock", Some(user), *device, String::new()),
-        // Registry changes audited in their own step (withdrawals, with
-        // the amount booked), audited with the change itself (the
-        // lifecycle's, `store::Store::change`), or not yet available on a
-        // cluster.
-        Operation::AuthorizeWithdrawal { .. }
-        | Operation::SetIdentity { .. }
-        | Operation::SetOptOut { .. }
-        | Operation::ShareDevice { .. }
-        | Operation::DecideShare { .. }
-        | Operation::CancelShare { .. }
-        | Operation::IssueTemporaryCode { .. }
-        | Operation::OrderReplacement { .. }
-        | Operation::ShipReplacement { .. }
-        | Operation::ConfirmPhone { .. }
-        | Operation::CompleteActivation { .. } => return None,
-        // Named one by one, never by a wildcard: a new operation does not
-        // compile until it says whether it changes the registry.
-        Operation::Devices { .. }
-        | Operation::Challenge { .. }
-        | Operation::Verify { .. }
-        | Operation::SendCode { .. }
-        | Operation::VerifyCode { .. }
-        | Operation::CodeStatus { .. }
-        | Operation::Push { .. }
-        | Operation::AwaitPush { .. }
-        | Operation::StartActivation { .. }
-        | Operation::ListDevices { .. }
-        | Operation::Stats
-        | Operation::Shares { .. }
-        | Operation::PendingActivations { .. }
-        | Operation::AuditLog { .. }
-        | Operation::StartPhoneVerification { .. }
-        | Operation::CarrierSubscribe
-        | Operation::Ack { .. }
-        | Operation::PhoneSubscribe { .. }
-        | Operation::Approve { .. }
-        | Operation::Deny { .. } => return None,
-    })
-}
-
 impl Engine {
-    /// Appends the audit entry of a change that succeeded (`Enrolled` or
-    /// `Done`); a refused change is not one.
-    async fn audit_change(
-        &self,
-        store: &ClusterStore,
-        caller: &Caller<'_>,
-        subject: AuditSubject,
-        reply: &Reply,
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        let device = match reply {
-            Reply::Enrolled { device, .. } => Some(*device),
-            Reply::Done => subject.device,
-            _ => return Ok(()),
-        };
-        self.append_audit(store, caller, AuditSubject { device, ..subject }, now)
-            .await
-    }
-
     /// Appends `subject` to the deployment's audit log, by `caller`.
     async fn append_audit(
         &self,
@@ -1037,41 +907,6 @@ impl Engine {
         }
         Ok(decision)
     }
-}
-
-async fn cluster_revoke(store: &ClusterStore, device: DeviceId) -> Result<Reply, StoreError> {
-    Ok(if store.revoke(device).await? {
-        tracing::info!(%device, "device revoked");
-        Reply::Done
-    } else {
-        Reply::error(ErrorCode::NotFound, "no such device")
-    })
-}
-
-async fn cluster_unlock(
-    store: &ClusterStore,
-    user: &Username,
-    device: Option<DeviceId>,
-) -> Result<Reply, StoreError> {
-    let devices: Vec<_> = store
-        .devices_of(user)
-        .await?
-        .into_iter()
-        .filter(|d| device.is_none_or(|id| d.id == id))
-        .collect();
-    if devices.is_empty() && device.is_some() {
-        return Ok(Reply::error(
-            ErrorCode::NotFound,
-            "no such device for this user",
-        ));
-    }
-    for d in &devices {
-        store
-            .update_failures(user, d.id, |state| *state = FailureState::default())
-            .await?;
-    }
-    tracing::info!(%user, devices = devices.len(), "lockouts cleared");
-    Ok(Reply::Done)
 }
 
 /// The reply when the shared store failed an operation: it did not answer

@@ -241,6 +241,9 @@ pub struct ClusterChange<'a, R: ?Sized> {
     claimed: bool,
     push_keys: Vec<(DeviceId, PushKey)>,
     removed: Vec<DeviceId>,
+    /// Devices whose failure state the change clears (in the same
+    /// transaction: the failure records are of the user's slot).
+    cleared: Vec<DeviceId>,
     wrote: bool,
 }
 
@@ -418,6 +421,17 @@ impl<R: CryptoRng + ?Sized> RegistryChange for ClusterChange<'_, R> {
         self.after.lives.remove(&id);
         self.after.retired.insert(id);
         self.removed.push(id);
+        self.wrote = true;
+        Ok(())
+    }
+
+    fn clear_failures(&mut self, id: DeviceId) -> Result<(), StoreError> {
+        if !self.owns(id) {
+            return Err(self.outside("another user's device"));
+        }
+        if !self.cleared.contains(&id) {
+            self.cleared.push(id);
+        }
         self.wrote = true;
         Ok(())
     }
@@ -740,6 +754,7 @@ impl Store for ClusterStore {
                 claimed,
                 push_keys: Vec::new(),
                 removed: Vec::new(),
+                cleared: Vec::new(),
                 wrote: false,
             };
             let decided = decide(&mut change);
@@ -759,6 +774,7 @@ impl Store for ClusterStore {
                 phone,
                 push_keys,
                 removed,
+                cleared,
                 wrote,
                 devices,
                 ..
@@ -804,7 +820,7 @@ impl Store for ClusterStore {
             } else {
                 Op::Set(after.encode(), None)
             };
-            let writes = [
+            let mut writes = vec![
                 (UserRecord::Account, account_read.version, account_op),
                 (UserRecord::Life, life_read.version, life_op),
                 (
@@ -813,6 +829,18 @@ impl Store for ClusterStore {
                     Op::Set(encode_unlogged(&pending), None),
                 ),
             ];
+            // A cleared failure state does not depend on what it was: its
+            // version, read now, is only what the write must find.
+            if !cleared.is_empty() {
+                let records: Vec<_> = cleared.iter().map(|id| UserRecord::Failures(*id)).collect();
+                let read = self.read_user(user, &records).await?;
+                for (record, state) in records.into_iter().zip(read) {
+                    if state.value.is_some() {
+                        let cleared = FailureState::default().encode();
+                        writes.push((record, state.version, Op::Set(cleared, None)));
+                    }
+                }
+            }
             // One number per user across the deployment: the claim is taken
             // before the change commits, and let go if it does not.
             let claim = match &phone {

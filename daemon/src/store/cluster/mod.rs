@@ -67,10 +67,10 @@ use crate::profile::DeviceKind;
 use crate::ratelimit::{Decision, Rate};
 use crate::store::cluster::redis::{Key, Op, RedisStore, Versioned};
 use crate::store::questions::QuestionMemory;
-use crate::store::records::{DeviceCodec, Stored};
+use crate::store::records::DeviceCodec;
 use crate::store::records::{decode_audit, encode_audit};
 use crate::store::{Account, EXPIRED_GRACE};
-use crate::store::{Device, EnrollError, FailureState, NewDevice, StoreError, Verifier};
+use crate::store::{Device, EnrollError, FailureState, StoreError};
 use crate::wire::AuditRecord;
 
 /// How long a queue (the carrier outbox, a node's inbox) outlives its last
@@ -569,83 +569,6 @@ impl ClusterStore {
             .set_add(&user_key(user), id.0.to_string().as_bytes(), true)
             .await?;
         Ok(())
-    }
-
-    /// Registers a device: the id from a cluster-wide counter, the sealed
-    /// record, then the user's index, each durable before the next.
-    pub async fn enroll<R: CryptoRng + ?Sized>(
-        &self,
-        rng: &mut R,
-        new: NewDevice<'_>,
-        now: Timestamp,
-    ) -> Result<(DeviceId, Option<SecretKey>), EnrollError> {
-        let NewDevice {
-            user,
-            kind,
-            secret,
-            pin,
-            label,
-        } = new;
-        let (secret, generated, verifier) = self.codec.prepare(rng, kind, secret, pin)?;
-        let id = self.next_device_id().await?;
-        let stored = Stored {
-            user,
-            kind,
-            label,
-            now,
-            secret: Some(&secret),
-        };
-        let record = self.codec.encode_device(rng, id, &stored, &verifier)?;
-        self.add(id, user, &record).await?;
-        Ok((id, generated.then_some(secret)))
-    }
-
-    /// Registers a verified number for a user: an SMS device. One number
-    /// per user, across the deployment: the user's claim on a number is
-    /// taken (`SET NX`, durable) before the device is written.
-    pub async fn enroll_phone<R: CryptoRng + ?Sized>(
-        &self,
-        rng: &mut R,
-        user: &Username,
-        number: PhoneNumber,
-        label: &str,
-        now: Timestamp,
-    ) -> Result<DeviceId, EnrollError> {
-        let id = self.next_device_id().await?;
-        let claim = phone_claim_key(user);
-        let claimed = self
-            .redis
-            .put_if_absent(
-                &claim,
-                &self.tagged(&claim, PLAIN, id.0.to_string().as_bytes()),
-                true,
-            )
-            .await
-            .map_err(StoreError::from)?;
-        if !claimed {
-            let existing = self
-                .get_checked(&claim)
-                .await?
-                .map(|v| String::from_utf8_lossy(&v).into_owned())
-                .unwrap_or_default();
-            return Err(EnrollError::Invalid(format!(
-                "the user already has a verified number (device {existing}); revoke it first"
-            )));
-        }
-        let stored = Stored {
-            user,
-            kind: DeviceKind::Sms,
-            label,
-            now,
-            secret: None,
-        };
-        let record =
-            self.codec
-                .encode_device(rng, id, &stored, &Verifier::Phone(number.clone()))?;
-        let sealed = self.codec.seal_phone(rng, id, &number)?;
-        self.create(&phone_key(id), &sealed).await?;
-        self.add(id, user, &record).await?;
-        Ok(id)
     }
 
     /// The key SMS codes are derived with, the same on every node: made by

@@ -557,6 +557,10 @@ impl<R: CryptoRng + ?Sized> crate::store::RegistryChange for Change<'_, R> {
         Change::remove_device(self, id).map(drop)
     }
 
+    fn clear_failures(&mut self, id: DeviceId) -> Result<(), StoreError> {
+        Change::set_failures(self, id, FailureState::default())
+    }
+
     fn set_user(&mut self, user: &Username, record: Account) -> Result<(), StoreError> {
         Change::set_user(self, user, record)
     }

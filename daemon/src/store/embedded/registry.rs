@@ -19,10 +19,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::clock::Timestamp;
 use crate::identity::{DeviceId, ShareId, Username};
-use crate::otp::SecretKey;
 use crate::otp::push::PushKey;
-use crate::phone::PhoneNumber;
-use crate::profile::{DeviceKind, DeviceProfiles};
+use crate::profile::DeviceProfiles;
 use crate::store::embedded::accounts::{AUDIT, DEVICE_LIFE, LEDGER, SHARES, USERS};
 use crate::store::records::DeviceCodec;
 use crate::store::sealed::SecretCipher;
@@ -328,56 +326,6 @@ impl Registry {
             .collect()
     }
 
-    /// Registers a device. With no `secret`, one is generated and returned.
-    pub fn enroll<R: CryptoRng + ?Sized>(
-        &self,
-        rng: &mut R,
-        new: NewDevice<'_>,
-        now: Timestamp,
-        actor: Actor,
-    ) -> Result<(DeviceId, Option<SecretKey>), EnrollError> {
-        self.change(rng, now, actor, |c| c.enroll(new))
-    }
-
-    /// Registers a verified phone number for a user: an SMS device. One
-    /// number per user; a second is refused until the first is revoked.
-    pub fn enroll_phone<R: CryptoRng + ?Sized>(
-        &self,
-        rng: &mut R,
-        user: &Username,
-        number: PhoneNumber,
-        label: &str,
-        now: Timestamp,
-        actor: Actor,
-    ) -> Result<DeviceId, EnrollError> {
-        self.change(rng, now, actor, |c| c.add_phone(user, number, label))
-    }
-
-    /// Sets the push key of an IB Key device. `Ok(false)`: no such device.
-    pub fn bind_push_key<R: CryptoRng + ?Sized>(
-        &self,
-        rng: &mut R,
-        id: DeviceId,
-        key: PushKey,
-        now: Timestamp,
-        actor: Actor,
-    ) -> Result<bool, EnrollError> {
-        let Some(device) = self.device(id) else {
-            return Ok(false);
-        };
-        if device.kind != DeviceKind::IbKey {
-            return Err(EnrollError::Invalid(format!(
-                "push keys are for IB Key devices, not {}",
-                device.kind
-            )));
-        }
-        self.change(rng, now, actor, |c| -> Result<_, EnrollError> {
-            c.set_push_key(id, key)?;
-            c.audit("bind-push-key", Some(&device.user), Some(id), "")?;
-            Ok(true)
-        })
-    }
-
     /// Makes a device stored by a change visible to readers.
     pub(super) fn index(&self, device: Device) {
         let (id, user) = (device.id, device.user.clone());
@@ -409,29 +357,6 @@ impl Registry {
                 }
             }
         }
-    }
-
-    /// Removes a device for good; false if there was none.
-    pub fn revoke<R: CryptoRng + ?Sized>(
-        &self,
-        rng: &mut R,
-        id: DeviceId,
-        now: Timestamp,
-        actor: Actor,
-    ) -> Result<bool, StoreError> {
-        let Some(device) = self.device(id) else {
-            return Ok(false);
-        };
-        self.change(rng, now, actor, |c| {
-            c.remove_device(id)?;
-            c.audit(
-                "revoke",
-                Some(&device.user),
-                Some(id),
-                device.kind.to_string(),
-            )?;
-            Ok(true)
-        })
     }
 
     /// Writes failure states in one transaction (one fsync for the batch).
