@@ -3,13 +3,25 @@
 //! temporary directory, joined with `redis-cli --cluster create`, torn down
 //! when dropped. Nothing is mocked: it is the server the distribution ships.
 
+use std::collections::HashSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long the cluster may take to agree that every slot is served.
 const READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// How many times a cluster that did not form is torn down and formed
+/// again on fresh ports (a loaded machine, a port another process took
+/// between being found free and being bound).
+const FORM_ATTEMPTS: usize = 3;
+
+/// Ports (client and bus) this process has handed to a server: never
+/// handed out twice, so clusters started at once by one test binary
+/// cannot collide however soon the system would reuse a port.
+static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
 /// Why a cluster could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +168,13 @@ fn free_port() -> Result<u16, ClusterError> {
             })?
             .port();
         if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return Ok(port);
+            let mut handed = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+            let handed = handed.get_or_insert_with(HashSet::new);
+            let pair = [port, port + 10_000];
+            if pair.iter().all(|p| !handed.contains(p)) {
+                handed.extend(pair);
+                return Ok(port);
+            }
         }
     }
     Err(ClusterError::Form("no free port pair".into()))
@@ -192,6 +210,24 @@ impl Cluster {
     ) -> Result<Self, ClusterError> {
         have("redis-server")?;
         have("redis-cli")?;
+        let mut attempt = 1;
+        loop {
+            match Self::form(masters, replicas_per_master, secure) {
+                Err(ClusterError::Form(why)) if attempt < FORM_ATTEMPTS => {
+                    eprintln!("the cluster did not form ({why}); again on fresh ports");
+                    attempt += 1;
+                }
+                formed => return formed,
+            }
+        }
+    }
+
+    /// One attempt at starting and joining the servers.
+    fn form(
+        masters: usize,
+        replicas_per_master: usize,
+        secure: bool,
+    ) -> Result<Self, ClusterError> {
         let dir = tempfile::tempdir().map_err(|source| ClusterError::Io {
             what: "temporary directory".into(),
             source,
