@@ -37,11 +37,11 @@ use slsd::otp::push::{self as push_proof, PushSigner};
 use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
 use slsd::store::Actor;
-use slsd::store::NewDevice;
 use slsd::store::cluster::memory::{MemoryRedis, run_now};
 use slsd::store::embedded::challenges::{ChallengeTable, InsertError};
 use slsd::store::embedded::registry::Registry;
 use slsd::store::sealed::SecretCipher;
+use slsd::store::{EnrollError, NewDevice};
 use slsd::store::{OpenChallenge, Question};
 use slsd::wire::request::Answer;
 use slsd::wire::{ChallengeText, Operation, Reply, Verdict};
@@ -76,7 +76,10 @@ fn fixture(config: &str) -> Fixture {
             pin: None,
             label: "",
         };
-        registry.enroll(rng, new, T0, Actor::SYSTEM).unwrap().0
+        registry
+            .change(rng, T0, Actor::SYSTEM, |c| c.enroll(new))
+            .unwrap()
+            .0
     });
     fixture
 }
@@ -355,7 +358,7 @@ fn an_sms_code_entered_twice_at_once_is_accepted_once() {
         let user = Username::new("jdoe").unwrap();
         let number = PhoneNumber::parse("+41 791234567").unwrap();
         registry
-            .enroll_phone(rng, &user, number, "", T0, Actor::SYSTEM)
+            .change(rng, T0, Actor::SYSTEM, |c| c.add_phone(&user, number, ""))
             .unwrap();
     });
     loom::model(move || {
@@ -421,11 +424,14 @@ fn an_approval_racing_with_await_push_reaches_the_gateway_once() {
             pin: None,
             label: "",
         };
-        let (device, _) = registry.enroll(rng, new, T0, Actor::SYSTEM).unwrap();
         registry
-            .bind_push_key(rng, device, key, T0, Actor::SYSTEM)
-            .unwrap();
-        device
+            .change(rng, T0, Actor::SYSTEM, |c| {
+                let (device, _) = c.enroll(new)?;
+                c.set_push_key(device, key)?;
+                c.audit("bind-push-key", Some(&user), Some(device), "")?;
+                Ok::<_, EnrollError>(device)
+            })
+            .unwrap()
     });
     loom::model(move || {
         let engine = fixture.engine();

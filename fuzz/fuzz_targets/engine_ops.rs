@@ -185,26 +185,25 @@ fn fixture() -> &'static Fixture {
             let emulated = EmulatedDevice::new(kind, &secret, pin, &config.devices).unwrap();
             devices.push((id, emulated));
         }
-        let sms_device = registry
-            .enroll_phone(
-                &mut rng,
-                &users[0],
-                PhoneNumber::parse(ALICE_NUMBER).unwrap(),
-                "",
-                Timestamp(START),
-                Actor::SYSTEM,
-            )
-            .expect("alice's number");
-        let ib_key = devices[2].0;
-        registry
-            .bind_push_key(
-                &mut rng,
-                ib_key,
-                PushSigner::from_seed(PUSH_SEED).public(),
-                Timestamp(START),
-                Actor::SYSTEM,
-            )
-            .expect("bob's push key");
+        let mut admin = |operation| {
+            engine
+                .handle(Role::Admin, operation, Timestamp(START), &mut rng)
+                .reply
+        };
+        let enrol_number = Operation::EnrollPhone {
+            user: users[0].clone(),
+            number: PhoneNumber::parse(ALICE_NUMBER).unwrap(),
+            label: String::new(),
+        };
+        let sms_device = match admin(enrol_number) {
+            Reply::Enrolled { device, .. } => device,
+            other => panic!("alice's number: {other:?}"),
+        };
+        let bind = Operation::BindPushKey {
+            device: devices[2].0,
+            key: PushSigner::from_seed(PUSH_SEED).public(),
+        };
+        assert_eq!(admin(bind), Reply::Done, "bob's push key");
         // The database stays open; its directory entry can go now, so no
         // run leaves files behind.
         drop(scratch);
