@@ -30,7 +30,6 @@ use slsd::otp::SecretKey;
 use slsd::otp::push::{self, PushSigner};
 use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
-use slsd::store::Actor;
 use slsd::store::FailureState;
 use slsd::store::cluster::QueueWaiter;
 use slsd::store::cluster::memory::{MemoryRedis, run_now};
