@@ -10,7 +10,7 @@ use crate::identity::{DeviceId, Username};
 use crate::otp::push::PushKey;
 use crate::phone::PhoneNumber;
 use crate::profile::DeviceKind;
-use crate::store::{EnrollError, NewDevice, Store, StoreError};
+use crate::store::{Device, EnrollError, NewDevice, RegistryChange, Store, StoreError};
 use crate::wire::{EnrollRequest, ErrorCode, Reply};
 
 impl Engine {
@@ -87,31 +87,24 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Result<Reply, StoreError> {
-        let Some(found) = store.device(device).await? else {
-            return Ok(no_such_device());
+        let not_ib_key = |found: &Device| {
+            (found.kind != DeviceKind::IbKey).then(|| {
+                Reply::error(
+                    ErrorCode::InvalidArgument,
+                    format!("push keys are for IB Key devices, not {}", found.kind),
+                )
+            })
         };
-        if found.kind != DeviceKind::IbKey {
-            return Ok(Reply::error(
-                ErrorCode::InvalidArgument,
-                format!("push keys are for IB Key devices, not {}", found.kind),
-            ));
-        }
-        let bound = store
-            .change(&found.user, Self::actor(caller), now, rng, |c| {
-                if c.device(device).is_none() {
-                    return Ok(false);
-                }
+        let reply = self
+            .change_device(store, caller, device, (now, rng), not_ib_key, |c, found| {
                 c.set_push_key(device, key)?;
-                c.audit("bind-push-key", Some(&found.user), Some(device), "".into())?;
-                Ok::<_, StoreError>(true)
+                c.audit("bind-push-key", Some(&found.user), Some(device), "".into())
             })
             .await?;
-        Ok(if bound {
+        if reply == Reply::Done {
             tracing::info!(%device, "push key bound");
-            Reply::Done
-        } else {
-            no_such_device()
-        })
+        }
+        Ok(reply)
     }
 
     /// `Revoke`: the device and everything kept beside it, for good.
@@ -123,22 +116,54 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Result<Reply, StoreError> {
+        let reply = self
+            .change_device(
+                store,
+                caller,
+                device,
+                (now, rng),
+                |_| None,
+                |c, found| {
+                    c.remove_device(device)?;
+                    let kind = found.kind.to_string();
+                    c.audit("revoke", Some(&found.user), Some(device), kind)
+                },
+            )
+            .await?;
+        if reply == Reply::Done {
+            tracing::info!(%device, "device revoked");
+        }
+        Ok(reply)
+    }
+
+    /// A change of one device, as a registry change of its owner, made if
+    /// the device exists when asked and when the change runs: `Done`, or
+    /// `NotFound`. `refusal` may turn the device down first.
+    async fn change_device<S: Store, R: CryptoRng + ?Sized>(
+        &self,
+        store: &S,
+        caller: &Caller<'_>,
+        device: DeviceId,
+        (now, rng): (Timestamp, &mut R),
+        refusal: impl FnOnce(&Device) -> Option<Reply>,
+        mut write: impl FnMut(&mut dyn RegistryChange, &Device) -> Result<(), StoreError>,
+    ) -> Result<Reply, StoreError> {
         let Some(found) = store.device(device).await? else {
             return Ok(no_such_device());
         };
-        let revoked = store
+        if let Some(refused) = refusal(&found) {
+            return Ok(refused);
+        }
+        let changed = store
             .change(&found.user, Self::actor(caller), now, rng, |c| {
                 if c.device(device).is_none() {
                     return Ok(false);
                 }
-                c.remove_device(device)?;
-                let kind = found.kind.to_string();
-                c.audit("revoke", Some(&found.user), Some(device), kind)?;
+                write(c, &found)?;
                 Ok::<_, StoreError>(true)
             })
             .await?;
-        Ok(if revoked {
-            tracing::info!(%device, "device revoked");
+        Ok(if changed {
             Reply::Done
         } else {
             no_such_device()
