@@ -30,8 +30,7 @@ use std::sync::atomic::Ordering;
 
 use rand::CryptoRng;
 
-use super::lifecycle::invalid_amount;
-use super::lifecycle::{withdrawal_detail, withdrawal_device};
+use super::lifecycle::{invalid_amount, withdrawal_detail, withdrawal_device};
 use super::node::Clustered;
 use super::rules;
 use super::rules::ask::shown;
@@ -810,36 +809,7 @@ impl Engine {
     }
 }
 
-/// What an audit entry of a registry change says, known before the change
-/// (an enrolled device's id comes from its reply).
-struct AuditSubject {
-    action: &'static str,
-    user: Option<Username>,
-    device: Option<DeviceId>,
-    detail: String,
-}
-
 impl Engine {
-    /// Appends `subject` to the deployment's audit log, by `caller`.
-    async fn append_audit(
-        &self,
-        store: &ClusterStore,
-        caller: &Caller<'_>,
-        subject: AuditSubject,
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        let entry = AuditRecord {
-            seq: 0,
-            at: now,
-            actor: Self::actor(caller).0.to_owned(),
-            action: subject.action.to_owned(),
-            user: subject.user,
-            device: subject.device,
-            detail: subject.detail,
-        };
-        store.audit(&entry).await.map(drop)
-    }
-
     /// `AuthorizeWithdrawal` on the shared store: the answer is verified
     /// as by `Verify` (on any node), then the amount is booked on the
     /// user's slot in one step against both limits.
@@ -897,13 +867,16 @@ impl Engine {
             // Booked first: if the audit entry cannot be written the
             // request fails, and the amount still counts (the safe side of
             // a limit).
-            let subject = AuditSubject {
-                action: "withdrawal-approved",
+            let entry = AuditRecord {
+                seq: 0,
+                at: now,
+                actor: Self::actor(caller).0.to_owned(),
+                action: "withdrawal-approved".to_owned(),
                 user: Some(user.clone()),
                 device: Some(device),
                 detail: withdrawal_detail(amount, kind, today),
             };
-            self.append_audit(store, caller, subject, now).await?;
+            store.audit(&entry).await?;
         }
         Ok(decision)
     }

@@ -1,6 +1,7 @@
-//! Registry changes on the cluster: the lifecycle operations (shares,
-//! temporary codes, replacement cards, identification and opt-out) written
-//! once against [`Store`], with the cluster's records under them.
+//! Registry changes on the cluster: the operations written once against
+//! [`Store`] (enrolment, revocation, unlock, shares, temporary codes,
+//! replacement cards, identification and opt-out), with the cluster's
+//! records under them.
 //!
 //! A user's lifecycle lives in one versioned record of their slot
 //! ([`UserLife`]: each device's activation state and uses left, the share
