@@ -49,6 +49,52 @@ impl fmt::Display for Username {
     }
 }
 
+/// The longest token serial number accepted, in bytes.
+pub const MAX_SERIAL_LEN: usize = 64;
+
+/// A hardware token's serial number as its vendor wrote it (leading zeros
+/// kept): 1 to 64 printable ASCII characters, no spaces. Serials order as
+/// written, byte by byte: vendors write them at a fixed width, so a range
+/// of numbers is a range of serials.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Serial(Box<str>);
+
+/// A serial number that breaks the rule above.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SerialError {
+    #[error("serial number is empty")]
+    Empty,
+    #[error("serial number is {0} bytes, the limit is {MAX_SERIAL_LEN}")]
+    TooLong(usize),
+    #[error("serial number has a space or a character outside printable ASCII at byte {0}")]
+    Character(usize),
+}
+
+impl Serial {
+    pub fn new(serial: &str) -> Result<Self, SerialError> {
+        if serial.is_empty() {
+            return Err(SerialError::Empty);
+        }
+        if serial.len() > MAX_SERIAL_LEN {
+            return Err(SerialError::TooLong(serial.len()));
+        }
+        if let Some(position) = serial.bytes().position(|b| !b.is_ascii_graphic()) {
+            return Err(SerialError::Character(position));
+        }
+        Ok(Self(serial.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Serial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A device's number, unique in one deployment; 0 is never assigned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DeviceId(pub u64);

@@ -11,6 +11,8 @@
 //! - [`phone`]: phone numbers and delivery channels.
 //! - [`policy`]: the lifecycle rules (app PINs, business days, withdrawal
 //!   limits, device sharing). Pure.
+//! - [`pskc`]: token vendors' key files (RFC 6030), read into tokens to
+//!   import.
 //! - [`wire`]: the frame codec of the QUIC protocol. Pure: bytes in, typed
 //!   requests out, and back.
 //! - [`client`]: a client of that protocol (`slsd admin`, the simulator
@@ -37,6 +39,7 @@ pub mod otp;
 pub mod phone;
 pub mod policy;
 pub mod profile;
+pub mod pskc;
 pub mod ratelimit;
 pub mod server;
 pub mod store;

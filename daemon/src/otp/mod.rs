@@ -21,6 +21,7 @@ pub mod hotp;
 mod key;
 pub mod ocra;
 pub mod push;
+pub mod token;
 pub mod totp;
 mod wiped;
 
