@@ -68,7 +68,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 /// Operation labels of [`REQUESTS`] and [`REQUEST_SECONDS`].
-pub const OPERATIONS: [&str; 37] = [
+pub const OPERATIONS: [&str; 39] = [
     "devices",
     "challenge",
     "verify",
@@ -104,6 +104,8 @@ pub const OPERATIONS: [&str; 37] = [
     "audit_log",
     "start_phone_verification",
     "confirm_phone",
+    "import_tokens",
+    "tokens",
     "complete_activation",
     "invalid",
 ];

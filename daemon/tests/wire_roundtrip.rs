@@ -7,14 +7,18 @@ use std::time::Duration;
 use proptest::prelude::*;
 use slsd::clock::Timestamp;
 use slsd::identity::{
-    ActivationId, ChallengeId, CodeId, DeviceId, MessageId, PushId, ShareId, Username,
+    ActivationId, ChallengeId, CodeId, DeviceId, MessageId, PushId, Serial, ShareId, Username,
 };
-use slsd::otp::SecretKey;
+use slsd::otp::hotp::Digits;
 use slsd::otp::push::{PushKey, Signature};
+use slsd::otp::token::TokenAlgorithm;
+use slsd::otp::totp::TimeStep;
+use slsd::otp::{HashAlgorithm, SecretKey};
 use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
 use slsd::wire::Page;
 use slsd::wire::request::{Answer, Pin};
+use slsd::wire::token::{NewToken, TOKEN_STATES, TokenEntry, TokenFilter, TokenInfo, TokenState};
 use slsd::wire::{
     ActivationRoute, AuditRecord, ChallengeText, DecodeError, DeliveryReport, DeliveryState,
     DeviceEntry, DeviceStatus, EnrollRequest, ErrorCode, Identification, Operation,
@@ -186,6 +190,32 @@ fn operation() -> impl Strategy<Value = Operation> {
         page().prop_map(|page| Operation::PendingActivations { page }),
         (any::<u64>(), any::<u16>())
             .prop_map(|(after, limit)| Operation::AuditLog { after, limit }),
+        (
+            any::<u64>(),
+            any::<bool>(),
+            prop::collection::vec(
+                (token_info(), prop::collection::vec(any::<u8>(), 1..=64)),
+                0..4
+            )
+        )
+            .prop_map(|(import, commit, tokens)| Operation::ImportTokens {
+                import,
+                commit,
+                tokens: tokens
+                    .into_iter()
+                    .map(|(info, key)| NewToken {
+                        info,
+                        key: SecretKey::from_bytes(key).unwrap()
+                    })
+                    .collect(),
+            }),
+        (token_filter(), prop::option::of(serial()), any::<u16>()).prop_map(
+            |(filter, after, limit)| Operation::Tokens {
+                filter,
+                after,
+                limit
+            }
+        ),
         username().prop_map(|user| Operation::StartActivation { user }),
         (username(), phone())
             .prop_map(|(user, number)| Operation::StartPhoneVerification { user, number }),
@@ -212,6 +242,55 @@ fn operation() -> impl Strategy<Value = Operation> {
                 }
             ),
     ]
+}
+
+fn serial() -> impl Strategy<Value = Serial> {
+    "[!-~]{1,64}".prop_map(|s| Serial::new(&s).unwrap())
+}
+
+fn token_info() -> impl Strategy<Value = TokenInfo> {
+    let algorithm = prop_oneof![
+        (6u32..=10).prop_map(|d| TokenAlgorithm::Hotp {
+            hash: HashAlgorithm::Sha1,
+            digits: Digits::new(d).unwrap()
+        }),
+        (6u32..=10, 1u64..=3600, any::<u64>()).prop_map(|(d, step, origin)| TokenAlgorithm::Totp {
+            hash: HashAlgorithm::Sha256,
+            digits: Digits::new(d).unwrap(),
+            step: TimeStep::new(Duration::from_secs(step)).unwrap(),
+            origin,
+        }),
+        Just(TokenAlgorithm::Ocra {
+            suite: std::sync::Arc::new("OCRA-1:HOTP-SHA1-6:C-QN08-PSHA1".parse().unwrap())
+        }),
+    ];
+    (
+        serial(),
+        algorithm,
+        any::<u64>(),
+        prop::option::of(1u64..),
+        prop::option::of(1u64..),
+        "\\PC{0,20}",
+    )
+        .prop_map(
+            |(serial, algorithm, counter, from, until, manufacturer)| TokenInfo {
+                serial,
+                algorithm,
+                counter,
+                valid_from: from.map(Timestamp),
+                valid_until: until.map(Timestamp),
+                manufacturer,
+            },
+        )
+}
+
+fn token_filter() -> impl Strategy<Value = TokenFilter> {
+    (
+        prop::option::of(prop::sample::select(TOKEN_STATES.to_vec())),
+        prop::option::of(serial()),
+        prop::option::of(serial()),
+    )
+        .prop_map(|(state, from, to)| TokenFilter { state, from, to })
 }
 
 fn page() -> impl Strategy<Value = Page> {
@@ -354,6 +433,34 @@ fn reply() -> impl Strategy<Value = Reply> {
             0..6
         )
         .prop_map(Reply::Audit),
+        (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(import, count, committed)| {
+            Reply::TokensImported {
+                import,
+                count,
+                committed,
+            }
+        }),
+        prop::collection::vec(
+            (
+                token_info(),
+                prop_oneof![
+                    Just(TokenState::Unassigned),
+                    (username(), 1u64..).prop_map(|(user, d)| TokenState::Assigned {
+                        user,
+                        device: DeviceId(d)
+                    }),
+                    any::<u64>().prop_map(|at| TokenState::Retired { at: Timestamp(at) }),
+                ],
+                any::<u64>()
+            )
+                .prop_map(|(info, state, at)| TokenEntry {
+                    info,
+                    state,
+                    imported_at: Timestamp(at),
+                }),
+            0..4
+        )
+        .prop_map(Reply::Tokens),
         (
             any::<u64>(),
             prop_oneof![
@@ -751,6 +858,16 @@ fn one_of_each() -> Vec<Operation> {
             page: Page::first(500),
         },
         Operation::AuditLog { after: 0, limit: 1 },
+        Operation::ImportTokens {
+            import: 0,
+            commit: true,
+            tokens: Vec::new(),
+        },
+        Operation::Tokens {
+            filter: TokenFilter::default(),
+            after: None,
+            limit: 1,
+        },
         Operation::StartPhoneVerification {
             user: user(),
             number: PhoneNumber::parse("+41 446681800").unwrap(),

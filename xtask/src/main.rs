@@ -7,7 +7,8 @@
 //! with `apt-get download` and unpacks them with `dpkg-deb` (no root
 //! needed, nothing installed system-wide), then runs
 //! `cargo test --workspace --exclude sls-benches ARGS...` with them on
-//! `PATH`.
+//! `PATH`. The token import tests need python-pskc (from PyPI), which
+//! it installs with pip into `target/tools/python` when Python lacks it.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -61,6 +62,7 @@ fn workspace() -> PathBuf {
 fn test(args: Vec<OsString>) -> Result<ExitCode, String> {
     let root = workspace();
     let tools = redis_tools(&root)?;
+    let python = python_pskc(&root)?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
@@ -70,6 +72,9 @@ fn test(args: Vec<OsString>) -> Result<ExitCode, String> {
         // tests start do not have, which would build every crate twice.
         .args(["test", "--workspace", "--exclude", "sls-benches"])
         .args(args);
+    if let Some(dir) = &python {
+        command.env("PYTHONPATH", prepend("PYTHONPATH", dir)?);
+    }
     if let Some(tools) = &tools {
         command.env("PATH", prepend("PATH", &tools.bin)?);
         command.env("LD_LIBRARY_PATH", prepend("LD_LIBRARY_PATH", &tools.lib)?);
@@ -82,6 +87,51 @@ fn test(args: Vec<OsString>) -> Result<ExitCode, String> {
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         None => ExitCode::FAILURE,
     })
+}
+
+/// python-pskc, an RFC 6030 implementation independent of sls (from
+/// PyPI): the token import tests have it write vendors' files. `None`
+/// when Python imports it already; otherwise it is installed with pip
+/// into `target/tools/python`, which goes on the tests' `PYTHONPATH`.
+fn python_pskc(root: &Path) -> Result<Option<PathBuf>, String> {
+    let imports = |path: Option<&Path>| {
+        let mut command = Command::new("python3");
+        command.args(["-c", "import pskc"]);
+        if let Some(path) = path {
+            command.env("PYTHONPATH", path);
+        }
+        command.output().is_ok_and(|o| o.status.success())
+    };
+    if imports(None) {
+        return Ok(None);
+    }
+    let dir = root.join("target/tools/python");
+    if !imports(Some(&dir)) {
+        eprintln!(
+            "xtask: python-pskc is not installed; installing it with pip into {}",
+            dir.display()
+        );
+        let installed = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-warn-conflicts",
+                "--target",
+            ])
+            .arg(&dir)
+            .arg("python-pskc==1.4")
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed || !imports(Some(&dir)) {
+            return Err(
+                "could not install python-pskc with pip; install it (pip install python-pskc)"
+                    .into(),
+            );
+        }
+    }
+    Ok(Some(dir))
 }
 
 /// Where an unpacked Redis lives.

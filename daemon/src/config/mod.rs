@@ -40,6 +40,7 @@ pub struct Config {
     pub push: PushConfig,
     pub lifecycle: LifecycleConfig,
     pub withdrawals: WithdrawalConfig,
+    pub tokens: TokensConfig,
     pub devices: DeviceProfiles,
 }
 
@@ -291,6 +292,20 @@ pub struct LifecycleConfig {
     pub opt_out_forbidden: std::collections::BTreeMap<String, String>,
 }
 
+/// The hardware token inventory (`import-tokens`, `tokens`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TokensConfig {
+    /// Tokens one import (one PSKC file) may bring.
+    pub import_max: u64,
+    /// The shortest token key accepted, in bytes.
+    pub min_key_bytes: usize,
+    /// An import left unfinished this long is dropped when the next
+    /// begins (its importer is gone).
+    #[serde(with = "humantime_serde")]
+    pub import_stale_after: Duration,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct WithdrawalConfig {
@@ -327,6 +342,7 @@ struct RawConfig {
     push: PushConfig,
     lifecycle: LifecycleConfig,
     withdrawals: WithdrawalConfig,
+    tokens: TokensConfig,
     devices: toml::Table,
 }
 
@@ -373,6 +389,7 @@ impl Config {
             push: raw.push,
             lifecycle: raw.lifecycle,
             withdrawals: raw.withdrawals,
+            tokens: raw.tokens,
         };
         config.validate()?;
         Ok(config)
@@ -786,6 +803,23 @@ impl Config {
             "withdrawals.ledger-days",
             "must be 7..=3660",
         )?;
+        let tokens = &self.tokens;
+        check(
+            (1..=100_000_000).contains(&tokens.import_max),
+            "tokens.import-max",
+            "must be 1..=100000000",
+        )?;
+        check(
+            (10..=crate::otp::MAX_KEY_LEN).contains(&tokens.min_key_bytes),
+            "tokens.min-key-bytes",
+            "must be 10..=128",
+        )?;
+        check(
+            (Duration::from_secs(60)..=Duration::from_secs(7 * 86_400))
+                .contains(&tokens.import_stale_after),
+            "tokens.import-stale-after",
+            "must be 1m..=7days",
+        )?;
         Ok(())
     }
 }
@@ -995,6 +1029,18 @@ mod tests {
         assert_eq!(
             error("[lifecycle]\nopt-out-forbidden = { hk = \"x\" }"),
             "lifecycle.opt-out-forbidden: keys must be ISO 3166 alpha-2 codes in upper case (HK, IN)"
+        );
+        assert_eq!(
+            error("[tokens]\nimport-max = 0"),
+            "tokens.import-max: must be 1..=100000000"
+        );
+        assert_eq!(
+            error("[tokens]\nmin-key-bytes = 4"),
+            "tokens.min-key-bytes: must be 10..=128"
+        );
+        assert_eq!(
+            error("[tokens]\nimport-stale-after = \"1s\""),
+            "tokens.import-stale-after: must be 1m..=7days"
         );
         assert_eq!(
             error("[withdrawals]\nledger-days = 1"),

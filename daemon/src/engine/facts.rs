@@ -56,7 +56,8 @@ pub fn facts(operation: &Operation) -> Facts {
         | Operation::OrderReplacement { .. }
         | Operation::ShipReplacement { .. }
         | Operation::ConfirmPhone { .. }
-        | Operation::CompleteActivation { .. } => Facts::CHANGES,
+        | Operation::CompleteActivation { .. }
+        | Operation::ImportTokens { .. } => Facts::CHANGES,
         Operation::Challenge { .. }
         | Operation::Push { .. }
         | Operation::SendCode { .. }
@@ -72,6 +73,7 @@ pub fn facts(operation: &Operation) -> Facts {
         | Operation::Shares { .. }
         | Operation::PendingActivations { .. }
         | Operation::AuditLog { .. }
+        | Operation::Tokens { .. }
         | Operation::CarrierSubscribe
         | Operation::Ack { .. }
         | Operation::PhoneSubscribe { .. }

@@ -37,6 +37,7 @@ mod push;
 mod relay;
 mod rules;
 mod sms;
+mod tokens;
 
 pub use caller::{Caller, ReplyLog, Role, Sink, StreamId};
 use facts::forbidden;
@@ -481,6 +482,22 @@ impl Engine {
                 )))
             }
             Operation::AuditLog { after, limit } => self.audit_log(after, limit).into(),
+            Operation::ImportTokens {
+                import,
+                commit,
+                tokens,
+            } => {
+                let store = self.registry.as_ref();
+                at_once(self.import_tokens(store, caller, import, commit, tokens, now, rng)).into()
+            }
+            Operation::Tokens {
+                filter,
+                after,
+                limit,
+            } => {
+                let store = self.registry.as_ref();
+                at_once(self.list_tokens(store, &filter, after.as_ref(), limit)).into()
+            }
             Operation::Stats => self.stats().into(),
             Operation::SendCode { user, channel } => {
                 self.send_code(&user, channel, now, rng).into()

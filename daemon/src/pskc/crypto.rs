@@ -55,9 +55,11 @@ pub struct Keys {
 }
 
 /// Reads the header's `EncryptionKey` and `MACMethod` and opens them with
-/// `opening`. A file without `EncryptionKey` needs nothing.
+/// `opening`. A file with neither needs nothing; one with a `MACMethod`
+/// and no `EncryptionKey` is under a pre-shared key it does not name (as
+/// python-pskc writes them).
 pub fn open_header(header: &Fields, opening: Opening<'_>) -> Result<Option<Keys>, String> {
-    if !header.has("EncryptionKey") {
+    if !header.has("EncryptionKey") && !header.has("MACMethod") {
         return Ok(None);
     }
     let encryption = encryption_key(header, opening)?;

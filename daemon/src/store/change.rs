@@ -19,12 +19,14 @@ use std::sync::Arc;
 use rand::CryptoRng;
 
 use crate::clock::Timestamp;
-use crate::identity::{DeviceId, ShareId, Username};
+use crate::identity::{DeviceId, Serial, ShareId, Username};
 use crate::otp::SecretKey;
 use crate::otp::push::PushKey;
 use crate::phone::PhoneNumber;
 use crate::profile::DeviceKind;
+use crate::store::inventory::{ImportId, InventoryToken, Staged, TokenFilter};
 use crate::store::{Account, Actor, Device, DeviceLife, EnrollError, NewDevice, Share, StoreError};
+use crate::wire::token::TokenInfo;
 
 /// A registry change under way: reads as the store was when it began,
 /// writes that take effect together when it commits.
@@ -119,6 +121,40 @@ pub trait Store: Sync {
     fn shares(&self) -> impl Future<Output = Result<Vec<Share>, StoreError>>;
     /// Every shipped replacement not yet active.
     fn shipped(&self) -> impl Future<Output = Result<Vec<Shipped>, StoreError>>;
+    /// Writes a batch of tokens staged under `import` (created staged at
+    /// `now` when new), all or none: a serial the inventory or another
+    /// import holds writes nothing and is named.
+    fn stage_tokens<R: CryptoRng + ?Sized>(
+        &self,
+        import: ImportId,
+        tokens: &[(TokenInfo, SecretKey)],
+        now: Timestamp,
+        rng: &mut R,
+    ) -> impl Future<Output = Result<Staged, StoreError>>;
+    /// Makes a staged import's tokens the inventory's, with its audit
+    /// entry; its token count, or `None` when no such import is staged.
+    fn commit_import<R: CryptoRng + ?Sized>(
+        &self,
+        import: ImportId,
+        actor: Actor,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>>;
+    /// Drops an import still staged, and its tokens.
+    fn drop_import(&self, import: ImportId) -> impl Future<Output = Result<(), StoreError>>;
+    /// Imports staged before `before` (their importers gone).
+    fn stale_imports(
+        &self,
+        before: Timestamp,
+    ) -> impl Future<Output = Result<Vec<ImportId>, StoreError>>;
+    /// The inventory's tokens in serial order, after `after`, those
+    /// `filter` lets through, at most `limit`.
+    fn tokens(
+        &self,
+        filter: &TokenFilter,
+        after: Option<&Serial>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<InventoryToken>, StoreError>>;
     /// Runs `decide` as one change of `user`'s records, committed with its
     /// audit entries or not at all; `decide` may run more than once (on
     /// the cluster, again on what another node wrote meanwhile).

@@ -8,6 +8,8 @@
 //! - [`questions`]: what each device was asked (pending question, recently
 //!   answered ones, the daily cap): the defence against challenge shopping.
 //! - [`sealed`]: at-rest encryption of secrets under the key file.
+//! - [`inventory`]: imported hardware tokens by serial and the imports
+//!   that brought them, the same on both backends.
 //! - [`records`]: how a device record is laid out and sealed, for both
 //!   backends.
 //! - [`embedded`]: one node's state — open challenges in lock-sharded
@@ -21,6 +23,7 @@
 pub mod change;
 pub mod cluster;
 pub mod embedded;
+pub mod inventory;
 pub mod model;
 pub mod questions;
 pub mod records;

@@ -18,6 +18,7 @@
 pub(crate) mod codec;
 pub mod request;
 mod response;
+pub mod token;
 
 pub use request::{
     DeliveryReport, EnrollRequest, Identification, MAX_PAGE, Operation, Page, Request,

@@ -6,10 +6,11 @@ use zeroize::Zeroizing;
 
 use super::DecodeError;
 use super::codec::{Put, Reader};
+use super::token::{NewToken, TokenFilter, TokenInfo, optional_serial};
 use crate::clock::Timestamp;
 use crate::engine::Role;
 use crate::identity::{
-    ActivationId, ChallengeId, CodeId, DeviceId, MessageId, PushId, ShareId, Username,
+    ActivationId, ChallengeId, CodeId, DeviceId, MessageId, PushId, Serial, ShareId, Username,
 };
 use crate::otp::push::{PUBLIC_KEY_LEN, PushKey, SIGNATURE_LEN, Signature};
 use crate::otp::{MAX_CODE_LEN, SecretKey};
@@ -133,6 +134,20 @@ pub enum Operation {
     PendingActivations { page: Page },
     /// The audit log after entry `after`, at most `limit` entries.
     AuditLog { after: u64, limit: u16 },
+    /// A vendor's tokens, in batches (`slsd admin import-tokens`): import
+    /// 0 begins an import and the reply names it; `commit` ends it. All or
+    /// nothing: a refused batch drops the whole import.
+    ImportTokens {
+        import: u64,
+        commit: bool,
+        tokens: Vec<NewToken>,
+    },
+    /// The token inventory in serial order, after `after`, at most `limit`.
+    Tokens {
+        filter: TokenFilter,
+        after: Option<Serial>,
+        limit: u16,
+    },
     /// Send a confirm code by SMS to a number being added to a user.
     StartPhoneVerification { user: Username, number: PhoneNumber },
     /// Check the confirm code: the number goes on record, and a user with
@@ -256,6 +271,8 @@ impl Operation {
             Self::AuditLog { .. } => 0x33,
             Self::StartPhoneVerification { .. } => 0x34,
             Self::ConfirmPhone { .. } => 0x35,
+            Self::ImportTokens { .. } => 0x36,
+            Self::Tokens { .. } => 0x37,
             Self::CarrierSubscribe => 0x40,
             Self::Ack { .. } => 0x41,
             Self::PhoneSubscribe { .. } => 0x60,
@@ -298,6 +315,8 @@ impl Operation {
             Self::AuditLog { .. } => "audit_log",
             Self::StartPhoneVerification { .. } => "start_phone_verification",
             Self::ConfirmPhone { .. } => "confirm_phone",
+            Self::ImportTokens { .. } => "import_tokens",
+            Self::Tokens { .. } => "tokens",
             Self::CarrierSubscribe => "carrier_subscribe",
             Self::Ack { .. } => "ack",
             Self::PhoneSubscribe { .. } => "phone_subscribe",
@@ -516,6 +535,28 @@ impl Request {
                 after: r.u64("after")?,
                 limit: r.u16("limit")?,
             },
+            0x36 => Operation::ImportTokens {
+                import: r.u64("import")?,
+                commit: r.flag("commit")?,
+                tokens: {
+                    let count = r.u16("token count")?;
+                    // Each token takes at least 30 bytes: a count the body
+                    // cannot hold allocates nothing.
+                    let mut tokens = Vec::with_capacity(usize::from(count).min(body.len() / 30));
+                    for _ in 0..count {
+                        let info = TokenInfo::read(&mut r)?;
+                        let key = SecretKey::from_bytes(r.bytes("key")?.to_vec())
+                            .map_err(|e| DecodeError::invalid("key", e.to_string()))?;
+                        tokens.push(NewToken { info, key });
+                    }
+                    tokens
+                },
+            },
+            0x37 => Operation::Tokens {
+                filter: TokenFilter::read(&mut r)?,
+                after: optional_serial(&mut r, "after")?,
+                limit: r.u16("limit")?,
+            },
             0x34 => Operation::StartPhoneVerification {
                 user: user(&mut r)?,
                 number: number(&mut r)?,
@@ -627,6 +668,29 @@ impl Request {
                 out.put_u64(device.map_or(0, |d| d.0));
             }
             Operation::Stats | Operation::CarrierSubscribe => {}
+            Operation::ImportTokens {
+                import,
+                commit,
+                tokens,
+            } => {
+                out.put_u64(*import);
+                out.put_u8(u8::from(*commit));
+                let count = u16::try_from(tokens.len()).unwrap_or(u16::MAX);
+                out.put_u16(count);
+                for token in tokens.iter().take(usize::from(count)) {
+                    token.info.put(out);
+                    out.put_bytes(token.key.expose_secret());
+                }
+            }
+            Operation::Tokens {
+                filter,
+                after,
+                limit,
+            } => {
+                filter.put(out);
+                out.put_bytes(after.as_ref().map_or("", Serial::as_str).as_bytes());
+                out.put_u16(*limit);
+            }
             Operation::AuthorizeWithdrawal {
                 user,
                 amount_cents,

@@ -14,7 +14,9 @@ use anyhow::{Context, anyhow, bail};
 use serde_json::{Map, Value, json};
 use slsd::client::Client;
 use slsd::clock::Timestamp;
+use slsd::config::Config;
 use slsd::engine::Role;
+use slsd::identity::Serial;
 use slsd::identity::{ChallengeId, DeviceId, ShareId, Username};
 use slsd::otp::SecretKey;
 use slsd::otp::push::PushKey;
@@ -23,6 +25,7 @@ use slsd::policy::calendar::Day;
 use slsd::profile::DeviceKind;
 use slsd::server::pki::{self, PkiPaths};
 use slsd::wire::request::{Answer, Page, Pin};
+use slsd::wire::token::{TOKEN_STATES, TokenFilter, TokenState};
 use slsd::wire::{DeviceStatus, EnrollRequest, Identification, Operation, Reply, Verdict};
 
 /// Talk to a running daemon as its operator.
@@ -101,6 +104,31 @@ enum AdminOperation {
     },
     /// Counters of the running service.
     Stats,
+    /// Import a vendor's tokens from a PSKC file (RFC 6030), all or none.
+    ImportTokens {
+        file: PathBuf,
+        /// A file holding the pre-shared key, in hex.
+        #[arg(long, conflicts_with = "password_file")]
+        psk_file: Option<PathBuf>,
+        /// A file holding the password the key is derived from (PBKDF2).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// The token inventory by serial.
+    Tokens {
+        /// unassigned, assigned or retired.
+        #[arg(long, value_parser = token_state)]
+        state: Option<&'static str>,
+        #[arg(long, value_parser = serial)]
+        serial_from: Option<Serial>,
+        #[arg(long, value_parser = serial)]
+        serial_to: Option<Serial>,
+        /// The page: tokens after this serial.
+        #[arg(long, value_parser = serial)]
+        after: Option<Serial>,
+        #[arg(long, default_value_t = 100)]
+        limit: u16,
+    },
     /// Register a verified number as the user's SMS device.
     EnrollPhone {
         #[arg(value_parser = username)]
@@ -253,6 +281,17 @@ fn handle(text: &str) -> Result<u64, String> {
         .map_err(|_| format!("{text:?} is not a hex id"))
 }
 
+fn serial(text: &str) -> Result<Serial, String> {
+    Serial::new(text).map_err(|e| e.to_string())
+}
+
+fn token_state(text: &str) -> Result<&'static str, String> {
+    TOKEN_STATES
+        .into_iter()
+        .find(|s| *s == text)
+        .ok_or_else(|| format!("{text:?} is not unassigned, assigned or retired"))
+}
+
 fn moment(text: &str) -> Result<Timestamp, String> {
     if let Ok(millis) = text.parse::<u64>() {
         return Ok(Timestamp(millis));
@@ -263,8 +302,9 @@ fn moment(text: &str) -> Result<Timestamp, String> {
 }
 
 impl AdminOperation {
-    fn into_operation(self) -> Operation {
-        match self {
+    /// The one request of this command (`import-tokens` is many).
+    fn into_operation(self) -> anyhow::Result<Operation> {
+        Ok(match self {
             Self::Enroll {
                 user,
                 kind,
@@ -290,6 +330,22 @@ impl AdminOperation {
                 device: device.map(DeviceId),
             },
             Self::Stats => Operation::Stats,
+            Self::ImportTokens { .. } => bail!("import-tokens is not one request"),
+            Self::Tokens {
+                state,
+                serial_from,
+                serial_to,
+                after,
+                limit,
+            } => Operation::Tokens {
+                filter: TokenFilter {
+                    state,
+                    from: serial_from,
+                    to: serial_to,
+                },
+                after,
+                limit,
+            },
             Self::EnrollPhone {
                 user,
                 number,
@@ -375,7 +431,7 @@ impl AdminOperation {
                 after: page.after,
                 limit: page.limit,
             },
-        }
+        })
     }
 }
 
@@ -383,7 +439,7 @@ impl AdminOperation {
 /// of `--config` (an unspecified address means this machine), else the
 /// default; the name is `server.name` of `--config` (default `localhost`),
 /// which the server certificate must carry.
-fn address(args: &AdminArgs) -> anyhow::Result<(SocketAddr, String)> {
+fn address(args: &AdminArgs) -> anyhow::Result<(SocketAddr, String, Config)> {
     let config = match &args.config {
         Some(file) => {
             let text =
@@ -395,17 +451,17 @@ fn address(args: &AdminArgs) -> anyhow::Result<(SocketAddr, String)> {
     };
     let name = config.server.name.clone();
     if let Some(addr) = args.addr {
-        return Ok((addr, name));
+        return Ok((addr, name, config));
     }
     let mut addr = config.server.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    Ok((addr, name))
+    Ok((addr, name, config))
 }
 
 pub fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let (addr, server_name) = address(&args)?;
+    let (addr, server_name, config) = address(&args)?;
     let paths = PkiPaths::new(&args.data_dir);
     if !paths.ca_cert().exists() {
         bail!(
@@ -421,22 +477,54 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow!("admin certificate in {}: {e}", args.data_dir.display()))?;
     let json = args.json;
-    let operation = args.operation.into_operation();
+    // The file is read and checked whole before anything is sent.
+    let import = match &args.operation {
+        AdminOperation::ImportTokens {
+            file,
+            psk_file,
+            password_file,
+        } => {
+            let secrets = crate::tokens::Secrets {
+                psk_file: psk_file.as_deref(),
+                password_file: password_file.as_deref(),
+            };
+            Some(crate::tokens::read_file(file, &secrets, &config)?)
+        }
+        _ => None,
+    };
+    let importing = import.is_some();
+    let operation = match import {
+        Some(_) => None,
+        None => Some(args.operation.into_operation()?),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let reply = runtime.block_on(async {
+    let value = runtime.block_on(async {
         let client = Client::connect_named(addr, &server_name, tls)
             .await
             .map_err(|e| anyhow!("cannot reach slsd at {addr}: {e}"))?;
-        let reply = client
-            .call(operation)
-            .await
-            .map_err(|e| anyhow!("slsd at {addr}: {e}"))?;
+        let value = match (import, operation) {
+            (Some(batch), _) => crate::tokens::import(&client, batch, config.server.max_frame)
+                .await
+                .map_err(|e| anyhow!("slsd at {addr}: {e}"))?,
+            (None, Some(operation)) => {
+                let reply = client
+                    .call(operation)
+                    .await
+                    .map_err(|e| anyhow!("slsd at {addr}: {e}"))?;
+                describe(&reply)?
+            }
+            (None, None) => bail!("nothing to ask"),
+        };
         client.close();
-        anyhow::Ok(reply)
+        anyhow::Ok(value)
     })?;
-    let value = describe(&reply)?;
+    if importing && !json {
+        // The serials are in the JSON form only: a file may hold millions.
+        println!("imported {} tokens", value["imported"]);
+        return Ok(());
+    }
     if json {
         println!("{value}");
     } else {
@@ -539,6 +627,23 @@ fn describe(reply: &Reply) -> anyhow::Result<Value> {
                 "shipped_at": time(p.shipped_at),
                 "activates_at": time(p.activates_at),
             })).collect::<Vec<_>>(),
+        }),
+        Reply::Tokens(tokens) => json!({
+            "tokens": tokens.iter().map(|t| {
+                let (user, device) = match &t.state {
+                    TokenState::Assigned { user, device } => (Some(user.to_string()), Some(device.0)),
+                    _ => (None, None),
+                };
+                json!({
+                    "serial": t.info.serial.to_string(),
+                    "state": t.state.name(),
+                    "algorithm": t.info.algorithm.to_string(),
+                    "user": user,
+                    "device": device,
+                    "manufacturer": Some(&t.info.manufacturer).filter(|m| !m.is_empty()),
+                    "imported_at": time(t.imported_at),
+                })
+            }).collect::<Vec<_>>(),
         }),
         Reply::Audit(entries) => json!({
             "audit": entries.iter().map(|e| json!({

@@ -2,6 +2,7 @@
 //! line, call into the library, map errors to an exit code.
 
 mod admin;
+mod tokens;
 
 use std::process::ExitCode;
 

@@ -200,6 +200,22 @@ impl Engine {
                 )
                 .await
             }
+            Operation::ImportTokens {
+                import,
+                commit,
+                tokens,
+            } => {
+                self.import_tokens(store, caller, import, commit, tokens, now, rng)
+                    .await
+            }
+            Operation::Tokens {
+                filter,
+                after,
+                limit,
+            } => {
+                self.list_tokens(store, &filter, after.as_ref(), limit)
+                    .await
+            }
             Operation::AuditLog { after, limit } => store
                 .audit_log(after, usize::from(limit))
                 .await

@@ -33,12 +33,14 @@ use rand::CryptoRng;
 
 use super::{ClusterStore, PLAIN, UserRecord, failure_state, phone_claim_key, phone_key};
 use crate::clock::Timestamp;
+use crate::identity::Serial;
 use crate::identity::{DeviceId, ShareId, Username};
 use crate::otp::SecretKey;
 use crate::otp::push::PushKey;
 use crate::phone::PhoneNumber;
 use crate::profile::DeviceKind;
 use crate::store::cluster::redis::{Key, Op, Versioned};
+use crate::store::inventory::{ImportId, InventoryToken, Staged, TokenFilter};
 use crate::store::records::{
     Stored, decode_audit, decode_life, decode_share, encode_audit, encode_life, encode_share,
 };
@@ -48,6 +50,7 @@ use crate::store::{
 };
 use crate::wire::AuditRecord;
 use crate::wire::codec::{Put, Reader};
+use crate::wire::token::TokenInfo;
 
 /// A user's device lifecycle on the cluster, one record in their slot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -649,6 +652,43 @@ impl ClusterStore {
 impl Store for ClusterStore {
     fn identity_digest(&self, identity: &crate::wire::Identification) -> [u8; 32] {
         ClusterStore::identity_digest(self, identity)
+    }
+
+    async fn stage_tokens<R: CryptoRng + ?Sized>(
+        &self,
+        import: ImportId,
+        tokens: &[(TokenInfo, SecretKey)],
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Result<Staged, StoreError> {
+        ClusterStore::stage_tokens(self, import, tokens, now, rng).await
+    }
+
+    async fn commit_import<R: CryptoRng + ?Sized>(
+        &self,
+        import: ImportId,
+        actor: Actor,
+        now: Timestamp,
+        _rng: &mut R,
+    ) -> Result<Option<u64>, StoreError> {
+        ClusterStore::commit_import(self, import, actor, now).await
+    }
+
+    async fn drop_import(&self, import: ImportId) -> Result<(), StoreError> {
+        ClusterStore::drop_import(self, import).await
+    }
+
+    async fn stale_imports(&self, before: Timestamp) -> Result<Vec<ImportId>, StoreError> {
+        ClusterStore::stale_imports(self, before).await
+    }
+
+    async fn tokens(
+        &self,
+        filter: &TokenFilter,
+        after: Option<&Serial>,
+        limit: usize,
+    ) -> Result<Vec<InventoryToken>, StoreError> {
+        self.inventory(filter, after, limit).await
     }
 
     async fn device(&self, id: DeviceId) -> Result<Option<Arc<Device>>, StoreError> {

@@ -340,7 +340,8 @@ impl Keyspace {
             }
             b"INCR" => Value::Int(self.incr_by(key, 1)?),
             b"SADD" | b"SREM" => {
-                let member = args.get(1).ok_or_else(|| unexpected("a set member"))?;
+                let members = args.get(1..).filter(|m| !m.is_empty());
+                let members = members.ok_or_else(|| unexpected("a set member"))?;
                 if name == b"SADD"
                     && !matches!(
                         self.live(key),
@@ -352,19 +353,23 @@ impl Keyspace {
                 {
                     self.put(key, Data::Set(BTreeSet::new()), None);
                 }
-                let changed = match self.live(key) {
-                    Some(Entry {
-                        data: Data::Set(set),
-                        ..
-                    }) if name == b"SADD" => set.insert(member.to_vec()),
-                    Some(Entry {
-                        data: Data::Set(set),
-                        ..
-                    }) => set.remove(*member),
-                    _ => false,
-                };
+                let mut changed = 0;
+                if let Some(Entry {
+                    data: Data::Set(set),
+                    ..
+                }) = self.live(key)
+                {
+                    for member in members {
+                        let done = if name == b"SADD" {
+                            set.insert(member.to_vec())
+                        } else {
+                            set.remove(*member)
+                        };
+                        changed += u64::from(done);
+                    }
+                }
                 self.drop_if_empty(key);
-                int(u64::from(changed))
+                int(changed)
             }
             b"SMEMBERS" => Value::Array(self.members(key).iter().map(|m| text(m)).collect()),
             b"ZREM" => {

@@ -42,6 +42,7 @@
 //! `sls:{audit}:seq` and `:log` (the audit log, numbered from 1).
 
 mod change;
+mod inventory;
 pub mod memory;
 pub mod redis;
 mod seen;

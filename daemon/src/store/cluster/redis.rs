@@ -775,6 +775,42 @@ impl RedisStore {
         int(&self.run(key, command, durable).await?).map(drop)
     }
 
+    /// Adds `members` to the set at `key`, in one command.
+    pub async fn set_add_all(
+        &self,
+        key: &Key,
+        members: &[&[u8]],
+        durable: bool,
+    ) -> Result<(), RedisError> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let mut command = redis::cmd("SADD");
+        command.arg(key.as_str());
+        for member in members {
+            command.arg(*member);
+        }
+        int(&self.run(key, command, durable).await?).map(drop)
+    }
+
+    /// Removes `members` from the set at `key`, in one command.
+    pub async fn set_remove_all(
+        &self,
+        key: &Key,
+        members: &[&[u8]],
+        durable: bool,
+    ) -> Result<(), RedisError> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let mut command = redis::cmd("SREM");
+        command.arg(key.as_str());
+        for member in members {
+            command.arg(*member);
+        }
+        int(&self.run(key, command, durable).await?).map(drop)
+    }
+
     /// The members of the set at `key` (none if it is absent).
     pub async fn members(&self, key: &Key) -> Result<Vec<Vec<u8>>, RedisError> {
         let mut command = redis::cmd("SMEMBERS");

@@ -53,13 +53,13 @@ enum Effect {
 /// memory must show after the commit to `effects`.
 pub struct Change<'r, R: CryptoRng + ?Sized> {
     registry: &'r Registry,
-    txn: WriteTransaction,
+    pub(super) txn: WriteTransaction,
     rng: &'r mut R,
     now: Timestamp,
     actor: Actor,
     effects: Vec<Effect>,
     /// Whether anything was written, and whether an audit entry was.
-    wrote: bool,
+    pub(super) wrote: bool,
     audited: bool,
 }
 

@@ -9,6 +9,7 @@
 //! - [`accounts`]: the lifecycle side of the registry (users, activation
 //!   states, shares, the withdrawal ledger, the audit log) and
 //!   `Registry::change`, the one way the registry changes.
+//! - `inventory`: imported hardware tokens and their imports (redb only).
 //! - [`datadir`]: the data directory is the service's alone (0700/0600).
 //! - [`committer`]: group commit of the hot durable write (failure states).
 
@@ -17,4 +18,5 @@ pub mod challenges;
 pub mod committer;
 pub mod datadir;
 mod flush;
+mod inventory;
 pub mod registry;

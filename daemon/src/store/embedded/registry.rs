@@ -18,13 +18,16 @@ use rand::CryptoRng;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::clock::Timestamp;
-use crate::identity::{DeviceId, ShareId, Username};
+use crate::identity::{DeviceId, Serial, ShareId, Username};
+use crate::otp::SecretKey;
 use crate::otp::push::PushKey;
 use crate::profile::DeviceProfiles;
 use crate::store::embedded::accounts::{AUDIT, DEVICE_LIFE, LEDGER, SHARES, USERS};
+use crate::store::inventory::{ImportId, InventoryToken, Staged, TokenFilter};
 use crate::store::records::DeviceCodec;
 use crate::store::sealed::SecretCipher;
 use crate::store::{Account, Actor, Share};
+use crate::wire::token::TokenInfo;
 
 pub(super) const DEVICES: TableDefinition<u64, &[u8]> = TableDefinition::new("devices");
 pub(super) const FAILURES: TableDefinition<u64, &[u8]> = TableDefinition::new("failures");
@@ -97,6 +100,8 @@ impl Registry {
             txn.open_table(SHARES)?;
             txn.open_table(LEDGER)?;
             txn.open_table(AUDIT)?;
+            txn.open_table(super::inventory::TOKENS)?;
+            txn.open_table(super::inventory::IMPORTS)?;
             txn.commit()?;
         }
         let registry = Self {
@@ -426,6 +431,43 @@ impl crate::store::Store for Registry {
                 })
             })
             .collect())
+    }
+
+    async fn stage_tokens<R: CryptoRng + ?Sized>(
+        &self,
+        import: ImportId,
+        tokens: &[(TokenInfo, SecretKey)],
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Result<Staged, StoreError> {
+        Registry::stage_tokens(self, import, tokens, now, rng)
+    }
+
+    async fn commit_import<R: CryptoRng + ?Sized>(
+        &self,
+        import: ImportId,
+        actor: Actor,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Result<Option<u64>, StoreError> {
+        Registry::commit_import(self, import, actor, now, rng)
+    }
+
+    async fn drop_import(&self, import: ImportId) -> Result<(), StoreError> {
+        Registry::drop_import(self, import)
+    }
+
+    async fn stale_imports(&self, before: Timestamp) -> Result<Vec<ImportId>, StoreError> {
+        Registry::stale_imports(self, before)
+    }
+
+    async fn tokens(
+        &self,
+        filter: &TokenFilter,
+        after: Option<&Serial>,
+        limit: usize,
+    ) -> Result<Vec<InventoryToken>, StoreError> {
+        self.inventory(filter, after, limit)
     }
 
     async fn change<R, T, E>(

@@ -120,6 +120,19 @@ impl Response {
                 }
                 Reply::PendingActivations(pending)
             }
+            0x36 => Reply::TokensImported {
+                import: r.u64("import")?,
+                count: r.u64("count")?,
+                committed: r.flag("committed")?,
+            },
+            0x37 => {
+                let count = r.u16("token count")?;
+                let mut tokens = Vec::with_capacity(usize::from(count).min(body.len() / 40));
+                for _ in 0..count {
+                    tokens.push(crate::wire::token::TokenEntry::read(&mut r)?);
+                }
+                Reply::Tokens(tokens)
+            }
             0x33 => {
                 let count = r.u16("entry count")?;
                 let mut entries = Vec::with_capacity(usize::from(count).min(body.len() / 32));

@@ -104,6 +104,22 @@ impl Response {
                     out.put_u64(p.activates_at.0);
                 }
             }
+            Reply::TokensImported {
+                import,
+                count,
+                committed,
+            } => {
+                out.put_u64(*import);
+                out.put_u64(*count);
+                out.put_u8(u8::from(*committed));
+            }
+            Reply::Tokens(tokens) => {
+                let count = u16::try_from(tokens.len()).unwrap_or(u16::MAX);
+                out.put_u16(count);
+                for token in tokens.iter().take(usize::from(count)) {
+                    token.put(out);
+                }
+            }
             Reply::Audit(entries) => {
                 let count = u16::try_from(entries.len()).unwrap_or(u16::MAX);
                 out.put_u16(count);

@@ -142,6 +142,15 @@ pub enum Reply {
     },
     /// To `AuditLog`.
     Audit(Vec<AuditRecord>),
+    /// To `ImportTokens`: the import, and the tokens of this batch — or,
+    /// once `committed`, of the whole import.
+    TokensImported {
+        import: u64,
+        count: u64,
+        committed: bool,
+    },
+    /// To `Tokens`.
+    Tokens(Vec<crate::wire::token::TokenEntry>),
     /// Any request that could not be carried out.
     Error {
         code: ErrorCode,
@@ -433,6 +442,8 @@ impl Reply {
             Self::TemporaryCode { .. } => 0x2f,
             Self::PendingActivations(_) => 0x32,
             Self::Audit(_) => 0x33,
+            Self::TokensImported { .. } => 0x36,
+            Self::Tokens(_) => 0x37,
             Self::ActivationStarted { .. } => 0x0c,
             Self::VerificationSent { .. } => 0x34,
             Self::PhoneConfirmed { .. } => 0x35,

@@ -1,0 +1,182 @@
+//! `slsd admin import-tokens`: a vendor's PSKC file read and checked
+//! whole here (every MAC, algorithm, serial and key), then sent in batches
+//! that fit the daemon's frames, the last one committing the import. A
+//! file that does not read sends nothing; a batch the daemon refuses
+//! drops the import there: either every token is imported or none.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use anyhow::{Context, anyhow, bail};
+use serde_json::{Value, json};
+use slsd::client::Client;
+use slsd::config::Config;
+use slsd::pskc::{self, Limits, Opening};
+use slsd::wire::request::Request;
+use slsd::wire::token::{NewToken, TokenInfo};
+use slsd::wire::{Operation, Reply};
+
+/// Where the key that opens the file comes from (no secret on the command
+/// line).
+pub struct Secrets<'a> {
+    pub psk_file: Option<&'a Path>,
+    pub password_file: Option<&'a Path>,
+}
+
+/// Reads the file whole: every token, or the reason none is imported.
+pub fn read_file(
+    file: &Path,
+    secrets: &Secrets<'_>,
+    config: &Config,
+) -> anyhow::Result<Vec<NewToken>> {
+    let psk = match secrets.psk_file {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+            Some(pskc::pre_shared_key(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?)
+        }
+        None => None,
+    };
+    let password = match secrets.password_file {
+        Some(path) => Some(zeroize::Zeroizing::new(
+            std::fs::read(path).with_context(|| format!("{}", path.display()))?,
+        )),
+        None => None,
+    };
+    let opening = match (&psk, &password) {
+        (Some(_), Some(_)) => bail!("give --psk-file or --password-file, not both"),
+        (Some(key), None) => Opening::PreSharedKey(key),
+        (None, Some(password)) => Opening::Password(pskc::password(password)),
+        (None, None) => Opening::Nothing,
+    };
+    let limits = Limits {
+        max_tokens: usize::try_from(config.tokens.import_max).unwrap_or(usize::MAX),
+        min_key_bytes: config.tokens.min_key_bytes,
+    };
+    let handle = std::fs::File::open(file).with_context(|| format!("{}", file.display()))?;
+    let size = handle.metadata().map(|m| m.len()).unwrap_or(0);
+    let progress = bar(size, "reading");
+    let reader = BufReader::with_capacity(1 << 16, progress.wrap_read(handle));
+    let tokens = read_tokens(reader, opening, &limits)
+        .map_err(|e| anyhow!("{}: {e}; nothing was imported", file.display()))?;
+    progress.finish_and_clear();
+    Ok(tokens)
+}
+
+fn read_tokens<R: BufRead>(
+    reader: R,
+    opening: Opening<'_>,
+    limits: &Limits,
+) -> Result<Vec<NewToken>, pskc::PskcError> {
+    Ok(pskc::read(reader, opening, limits)?
+        .into_iter()
+        .map(|token| NewToken {
+            info: TokenInfo {
+                serial: token.serial,
+                algorithm: token.algorithm,
+                counter: token.counter,
+                valid_from: token.valid_from,
+                valid_until: token.valid_until,
+                manufacturer: token.manufacturer.unwrap_or_default(),
+            },
+            key: token.key,
+        })
+        .collect())
+}
+
+/// Sends `tokens` in batches under one import and commits it; the
+/// command's output.
+pub async fn import(
+    client: &Client,
+    tokens: Vec<NewToken>,
+    max_frame: u32,
+) -> anyhow::Result<Value> {
+    let serials: Vec<String> = tokens.iter().map(|t| t.info.serial.to_string()).collect();
+    let batches = batches(tokens, max_frame);
+    let progress = bar(serials.len() as u64, "importing");
+    let mut stream = client.stream().await?;
+    let mut import = 0;
+    let count = batches.len();
+    let mut imported = 0;
+    for (index, batch) in batches.into_iter().enumerate() {
+        let sent = batch.len() as u64;
+        let commit = index + 1 == count;
+        let reply = stream
+            .call(Operation::ImportTokens {
+                import,
+                commit,
+                tokens: batch,
+            })
+            .await?;
+        match reply {
+            Reply::TokensImported {
+                import: id,
+                count,
+                committed,
+            } => {
+                import = id;
+                progress.inc(sent);
+                if committed {
+                    imported = count;
+                }
+            }
+            Reply::Error { code, message, .. } => {
+                progress.abandon();
+                bail!("{code:?}: {message}")
+            }
+            other => bail!("unexpected reply {other:?}"),
+        }
+    }
+    progress.finish_and_clear();
+    stream.finish();
+    Ok(json!({ "imported": imported, "serials": serials }))
+}
+
+/// The tokens cut into requests whose bodies fit `max_frame`.
+fn batches(tokens: Vec<NewToken>, max_frame: u32) -> Vec<Vec<NewToken>> {
+    let body = |tokens: Vec<NewToken>| {
+        let mut out = Vec::new();
+        Request {
+            id: u64::MAX,
+            operation: Operation::ImportTokens {
+                import: u64::MAX,
+                commit: true,
+                tokens,
+            },
+        }
+        .encode_body(&mut out);
+        out.len()
+    };
+    let empty = body(Vec::new());
+    let room = usize::try_from(max_frame).unwrap_or(usize::MAX);
+    let mut batches = Vec::new();
+    let mut batch = Vec::new();
+    let mut used = empty;
+    for token in tokens {
+        let size = body(vec![token.clone()]) - empty;
+        if !batch.is_empty() && (used + size > room || batch.len() == usize::from(u16::MAX)) {
+            batches.push(std::mem::take(&mut batch));
+            used = empty;
+        }
+        used += size;
+        batch.push(token);
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
+}
+
+/// A progress bar on stderr (hidden when it is not a terminal).
+fn bar(length: u64, what: &'static str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(length),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar.set_message(what);
+    bar
+}

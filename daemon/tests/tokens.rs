@@ -1,0 +1,336 @@
+//! The token inventory on both stores, written once: an import in batches
+//! commits whole; a serial the inventory holds drops the whole import; an
+//! import never committed is invisible and left behind only until the
+//! next import begins after `tokens.import-stale-after`; listings go by
+//! serial, range and state, a page at a time.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use slsd::clock::Timestamp;
+use slsd::config::Config;
+use slsd::engine::{Caller, Engine, Role};
+use slsd::identity::Serial;
+use slsd::otp::HashAlgorithm;
+use slsd::otp::SecretKey;
+use slsd::otp::hotp::Digits;
+use slsd::otp::token::TokenAlgorithm;
+use slsd::store::cluster::memory::{MemoryRedis, run_now};
+use slsd::store::sealed::SecretCipher;
+use slsd::wire::token::{NewToken, TokenFilter, TokenInfo, TokenState};
+use slsd::wire::{ErrorCode, Operation, Reply};
+
+const T0: Timestamp = Timestamp(1_800_000_000_000);
+
+enum Node {
+    Embedded(Engine),
+    Cluster(Engine, Arc<MemoryRedis>),
+}
+
+thread_local! {
+    /// Calls so far: each draws from a randomness of its own.
+    static CALLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+impl Node {
+    fn both() -> Vec<(Node, tempfile::TempDir)> {
+        let config = Config::from_toml("").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = Node::Embedded(common::open_engine(dir.path(), config.clone()));
+        let cluster_dir = tempfile::tempdir().unwrap();
+        let memory = Arc::new(MemoryRedis::new());
+        memory.set_now(T0);
+        let mut rng = ChaCha20Rng::seed_from_u64(2);
+        let engine = common::open_engine(cluster_dir.path(), config)
+            .with_memory_cluster(Arc::clone(&memory), SecretCipher::new(&[5; 32]), &mut rng)
+            .unwrap();
+        vec![
+            (embedded, dir),
+            (Node::Cluster(engine, memory), cluster_dir),
+        ]
+    }
+
+    fn call_at(&self, operation: Operation, now: Timestamp) -> Reply {
+        let mut rng = ChaCha20Rng::seed_from_u64(CALLS.replace(CALLS.get() + 1));
+        let caller = Caller::detached(Role::Admin);
+        match self {
+            Node::Embedded(engine) => {
+                engine
+                    .handle_from(&caller, operation, now, &mut rng)
+                    .unwrap()
+                    .reply
+            }
+            Node::Cluster(engine, memory) => {
+                memory.set_now(now);
+                // Another node wins every other write on existing records.
+                memory.interfere(2);
+                run_now(engine.handle_on_cluster(&caller, operation, now, &mut rng))
+                    .unwrap()
+                    .unwrap()
+            }
+        }
+    }
+
+    fn call(&self, operation: Operation) -> Reply {
+        self.call_at(operation, T0)
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Node::Embedded(_) => "embedded",
+            Node::Cluster(..) => "cluster",
+        }
+    }
+
+    /// Every serial the inventory lists under `filter`, a page of `page`
+    /// at a time.
+    fn serials(&self, filter: &TokenFilter, page: u16) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let Reply::Tokens(tokens) = self.call(Operation::Tokens {
+                filter: filter.clone(),
+                after: after.clone(),
+                limit: page,
+            }) else {
+                panic!("{}: a listing", self.name())
+            };
+            let Some(last) = tokens.last() else {
+                return out;
+            };
+            after = Some(last.info.serial.clone());
+            let full = tokens.len() == usize::from(page);
+            out.extend(tokens.iter().map(|t| t.info.serial.to_string()));
+            if !full {
+                return out;
+            }
+        }
+    }
+}
+
+fn token(serial: &str) -> NewToken {
+    NewToken {
+        info: TokenInfo {
+            serial: Serial::new(serial).unwrap(),
+            algorithm: TokenAlgorithm::Hotp {
+                hash: HashAlgorithm::Sha1,
+                digits: Digits::exactly(6),
+            },
+            counter: 0,
+            valid_from: None,
+            valid_until: None,
+            manufacturer: "Acme".into(),
+        },
+        key: SecretKey::from_bytes(serial.bytes().cycle().take(20).collect()).unwrap(),
+    }
+}
+
+fn batch(import: u64, commit: bool, serials: &[&str]) -> Operation {
+    Operation::ImportTokens {
+        import,
+        commit,
+        tokens: serials.iter().map(|s| token(s)).collect(),
+    }
+}
+
+/// The import a batch went to.
+fn staged(reply: Reply) -> u64 {
+    match reply {
+        Reply::TokensImported {
+            import,
+            committed: false,
+            ..
+        } => import,
+        other => panic!("a staged batch: {other:?}"),
+    }
+}
+
+#[test]
+fn an_import_in_batches_commits_whole_and_lists_by_serial() {
+    for (node, _dir) in Node::both() {
+        let name = node.name();
+        let import = staged(node.call(batch(0, false, &["0003", "0001"])));
+        assert_ne!(import, 0);
+        // Staged tokens are nobody's yet.
+        assert!(
+            node.serials(&TokenFilter::default(), 10).is_empty(),
+            "{name}"
+        );
+        assert_eq!(staged(node.call(batch(import, false, &["0002"]))), import);
+        assert_eq!(
+            node.call(batch(import, true, &["0010", "0004"])),
+            Reply::TokensImported {
+                import,
+                count: 5,
+                committed: true
+            },
+            "{name}"
+        );
+        let all = ["0001", "0002", "0003", "0004", "0010"];
+        // Pages of two, in serial order.
+        assert_eq!(node.serials(&TokenFilter::default(), 2), all, "{name}");
+        let range = TokenFilter {
+            from: Some(Serial::new("0002").unwrap()),
+            to: Some(Serial::new("0004").unwrap()),
+            ..TokenFilter::default()
+        };
+        assert_eq!(node.serials(&range, 10), ["0002", "0003", "0004"], "{name}");
+        let assigned = TokenFilter {
+            state: Some("assigned"),
+            ..TokenFilter::default()
+        };
+        assert!(node.serials(&assigned, 10).is_empty(), "{name}");
+        let Reply::Tokens(listed) = node.call(Operation::Tokens {
+            filter: TokenFilter::default(),
+            after: None,
+            limit: 1,
+        }) else {
+            panic!("{name}: a listing")
+        };
+        assert_eq!(listed[0].state, TokenState::Unassigned);
+        assert_eq!(listed[0].info, token("0001").info);
+        assert_eq!(listed[0].imported_at, T0);
+        // The import is in the audit log, once.
+        let Reply::Audit(entries) = node.call(Operation::AuditLog {
+            after: 0,
+            limit: 10,
+        }) else {
+            panic!("{name}: the audit log")
+        };
+        let imports: Vec<_> = entries
+            .iter()
+            .filter(|e| e.action == "import-tokens")
+            .collect();
+        assert_eq!(imports.len(), 1, "{name}: {entries:?}");
+        assert!(
+            imports[0].detail.contains("5 tokens"),
+            "{name}: {entries:?}"
+        );
+    }
+}
+
+#[test]
+fn a_serial_taken_drops_the_whole_import() {
+    for (node, _dir) in Node::both() {
+        let name = node.name();
+        let first = staged(node.call(batch(0, false, &["A1", "A2"])));
+        node.call(batch(first, true, &[]));
+        assert_eq!(
+            node.serials(&TokenFilter::default(), 10),
+            ["A1", "A2"],
+            "{name}"
+        );
+
+        let second = staged(node.call(batch(0, false, &["B1", "B2"])));
+        // A2 is the inventory's: the batch and the whole import go.
+        let Reply::Error { code, message, .. } = node.call(batch(second, false, &["B3", "A2"]))
+        else {
+            panic!("{name}: a taken serial was accepted")
+        };
+        assert_eq!(code, ErrorCode::InvalidArgument, "{name}");
+        assert!(
+            message.contains("A2") && message.contains("nothing of it"),
+            "{name}: {message}"
+        );
+        // Its staged tokens are gone too: B1 can come in a new import.
+        assert!(matches!(
+            node.call(batch(second, true, &[])),
+            Reply::Error { .. }
+        ));
+        let third = staged(node.call(batch(0, false, &["B1"])));
+        node.call(batch(third, true, &[]));
+        assert_eq!(
+            node.serials(&TokenFilter::default(), 10),
+            ["A1", "A2", "B1"],
+            "{name}"
+        );
+
+        // A serial twice in one batch is taken by its first appearance.
+        let Reply::Error { message, .. } = node.call(batch(0, true, &["C1", "C1"])) else {
+            panic!("{name}: a serial twice in one batch")
+        };
+        assert!(message.contains("C1"), "{name}: {message}");
+        assert_eq!(
+            node.serials(&TokenFilter::default(), 10),
+            ["A1", "A2", "B1"],
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn an_unfinished_import_is_dropped_once_stale() {
+    let stale = Config::from_toml("").unwrap().tokens.import_stale_after;
+    for (node, _dir) in Node::both() {
+        let name = node.name();
+        let abandoned = staged(node.call(batch(0, false, &["S1"])));
+        // Its serial is held while it may still finish...
+        let early = T0.plus(stale - Duration::from_secs(1));
+        assert!(
+            matches!(
+                node.call_at(batch(0, true, &["S1"]), early),
+                Reply::Error { .. }
+            ),
+            "{name}"
+        );
+        // ...and freed when a later import begins after it went stale.
+        let late = T0.plus(stale + Duration::from_secs(1));
+        assert!(
+            matches!(
+                node.call_at(batch(0, true, &["S1"]), late),
+                Reply::TokensImported {
+                    count: 1,
+                    committed: true,
+                    ..
+                }
+            ),
+            "{name}"
+        );
+        assert!(
+            matches!(
+                node.call_at(batch(abandoned, true, &[]), late),
+                Reply::Error { .. }
+            ),
+            "{name}: the abandoned import was committed"
+        );
+        assert_eq!(node.serials(&TokenFilter::default(), 10), ["S1"], "{name}");
+    }
+}
+
+#[test]
+fn short_keys_and_oversized_imports_are_refused() {
+    for (node, _dir) in Node::both() {
+        let name = node.name();
+        let mut short = token("K1");
+        short.key = SecretKey::from_bytes(vec![1; 10]).unwrap();
+        let Reply::Error { message, .. } = node.call(Operation::ImportTokens {
+            import: 0,
+            commit: true,
+            tokens: vec![short],
+        }) else {
+            panic!("{name}: a 10-byte key was imported")
+        };
+        assert!(
+            message.contains("tokens.min-key-bytes"),
+            "{name}: {message}"
+        );
+        assert!(
+            node.serials(&TokenFilter::default(), 10).is_empty(),
+            "{name}"
+        );
+    }
+    // tokens.import-max counts the whole import, across batches.
+    let config = Config::from_toml("[tokens]\nimport-max = 2").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::Embedded(common::open_engine(dir.path(), config));
+    let import = staged(node.call(batch(0, false, &["M1", "M2"])));
+    let Reply::Error { message, .. } = node.call(batch(import, true, &["M3"])) else {
+        panic!("a third token went past tokens.import-max = 2")
+    };
+    assert!(message.contains("tokens.import-max"), "{message}");
+    assert!(node.serials(&TokenFilter::default(), 10).is_empty());
+}
