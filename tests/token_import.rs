@@ -179,6 +179,35 @@ fn vendor_files_import_whole_or_not_at_all() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("\"lost\" is not unassigned"));
 
+    // Assigned by serial: the OCRA card with its PIN.
+    let refused = failure(&daemon, &["assign-token", "000102", "alice"]);
+    assert!(refused.contains("PIN"), "{refused}");
+    let assigned = json(
+        &daemon,
+        &[
+            "assign-token",
+            "000102",
+            "alice",
+            "--pin",
+            "1234",
+            "--label",
+            "desk card",
+        ],
+    );
+    let device = assigned["device"].as_u64().unwrap();
+    let listing = json(&daemon, &["tokens", "--state", "assigned"]);
+    assert_eq!(serials(&listing), ["000102"]);
+    assert_eq!(listing["tokens"][0]["user"], "alice");
+    assert_eq!(listing["tokens"][0]["device"], device);
+    let devices = support::stdout_ok(&admin(&daemon, &["devices", "alice"]));
+    assert!(devices.contains("kind=token"), "{devices}");
+    // Two codes that are not this card's: no resync, nothing changed.
+    let refused = failure(
+        &daemon,
+        &["resync", &device.to_string(), "000000", "000001"],
+    );
+    assert!(refused.contains("nothing changed"), "{refused}");
+
     // Each import is in the audit log.
     let audit = json(&daemon, &["audit"]);
     let imports = audit["audit"]

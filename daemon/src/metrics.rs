@@ -68,7 +68,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 /// Operation labels of [`REQUESTS`] and [`REQUEST_SECONDS`].
-pub const OPERATIONS: [&str; 39] = [
+pub const OPERATIONS: [&str; 41] = [
     "devices",
     "challenge",
     "verify",
@@ -106,6 +106,8 @@ pub const OPERATIONS: [&str; 39] = [
     "confirm_phone",
     "import_tokens",
     "tokens",
+    "assign_token",
+    "resync",
     "complete_activation",
     "invalid",
 ];

@@ -13,15 +13,21 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use slsd::clock::Timestamp;
 use slsd::config::Config;
-use slsd::engine::{Caller, Engine, Role};
-use slsd::identity::Serial;
+use slsd::engine::{Caller, Engine};
+use slsd::identity::{ChallengeId, DeviceId, Serial};
 use slsd::otp::HashAlgorithm;
+use slsd::otp::HmacKey;
 use slsd::otp::SecretKey;
 use slsd::otp::hotp::Digits;
+use slsd::otp::hotp::hotp;
+use slsd::otp::ocra::{Ocra, OcraInput, Suite};
 use slsd::otp::token::TokenAlgorithm;
+use slsd::otp::totp::TimeStep;
 use slsd::store::cluster::memory::{MemoryRedis, run_now};
 use slsd::store::sealed::SecretCipher;
+use slsd::wire::request::Answer;
 use slsd::wire::token::{NewToken, TokenFilter, TokenInfo, TokenState};
+use slsd::wire::{ChallengeText, Verdict};
 use slsd::wire::{ErrorCode, Operation, Reply};
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
@@ -38,7 +44,7 @@ thread_local! {
 
 impl Node {
     fn both() -> Vec<(Node, tempfile::TempDir)> {
-        let config = Config::from_toml("").unwrap();
+        let config = Config::from_toml("[challenges]\nper-user-per-minute = 1000").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let embedded = Node::Embedded(common::open_engine(dir.path(), config.clone()));
         let cluster_dir = tempfile::tempdir().unwrap();
@@ -55,8 +61,13 @@ impl Node {
     }
 
     fn call_at(&self, operation: Operation, now: Timestamp) -> Reply {
-        let mut rng = ChaCha20Rng::seed_from_u64(CALLS.replace(CALLS.get() + 1));
-        let caller = Caller::detached(Role::Admin);
+        let call = CALLS.replace(CALLS.get() + 1);
+        let mut rng = ChaCha20Rng::seed_from_u64(call);
+        // Each call a tenth of a second after the one before (a person at
+        // a login), so the per-user issuance limit lets them through.
+        let now = now.plus(Duration::from_millis(100 * (call % 100)));
+        // Each operation as its role asks it.
+        let caller = Caller::detached(operation.role());
         match self {
             Node::Embedded(engine) => {
                 engine
@@ -193,7 +204,11 @@ fn an_import_in_batches_commits_whole_and_lists_by_serial() {
         };
         assert_eq!(listed[0].state, TokenState::Unassigned);
         assert_eq!(listed[0].info, token("0001").info);
-        assert_eq!(listed[0].imported_at, T0);
+        // When its first batch came (the calls are a tenth of a second apart).
+        assert!(
+            (T0.0..T0.0 + 10_000).contains(&listed[0].imported_at.0),
+            "{name}"
+        );
         // The import is in the audit log, once.
         let Reply::Audit(entries) = node.call(Operation::AuditLog {
             after: 0,
@@ -333,4 +348,367 @@ fn short_keys_and_oversized_imports_are_refused() {
     };
     assert!(message.contains("tokens.import-max"), "{message}");
     assert!(node.serials(&TokenFilter::default(), 10).is_empty());
+}
+
+/// An imported token of `algorithm` and `key`.
+fn imported(serial: &str, algorithm: TokenAlgorithm, key: &[u8]) -> NewToken {
+    NewToken {
+        info: TokenInfo {
+            algorithm,
+            ..token(serial).info
+        },
+        key: SecretKey::from_bytes(key.to_vec()).unwrap(),
+    }
+}
+
+fn assign(serial: &str, pin: Option<&str>) -> Operation {
+    Operation::AssignToken {
+        serial: Serial::new(serial).unwrap(),
+        user: slsd::identity::Username::new("alice").unwrap(),
+        pin: pin.map(slsd::wire::request::Pin::new),
+        label: "card".into(),
+    }
+}
+
+/// A challenge for `device` of alice, as the login shows it.
+fn challenge(node: &Node, device: DeviceId, now: Timestamp) -> (ChallengeId, ChallengeText) {
+    match node.call_at(
+        Operation::Challenge {
+            user: slsd::identity::Username::new("alice").unwrap(),
+            device,
+        },
+        now,
+    ) {
+        Reply::Challenge {
+            challenge, text, ..
+        } => (challenge, text),
+        other => panic!("{}: a challenge: {other:?}", node.name()),
+    }
+}
+
+fn verify(node: &Node, challenge: ChallengeId, code: &str, now: Timestamp) -> Verdict {
+    match node.call_at(
+        Operation::Verify {
+            challenge,
+            response: Answer::new(code),
+        },
+        now,
+    ) {
+        Reply::Verdict(verdict) => verdict,
+        other => panic!("{}: a verdict: {other:?}", node.name()),
+    }
+}
+
+const KEY: &[u8] = b"12345678901234567890";
+
+#[test]
+fn assigned_tokens_log_in_and_no_code_works_twice() {
+    let sha1 = HashAlgorithm::Sha1;
+    let six = Digits::exactly(6);
+    let suite: std::sync::Arc<Suite> =
+        std::sync::Arc::new("OCRA-1:HOTP-SHA1-6:C-QN08-PSHA1".parse().unwrap());
+    let hmac = HmacKey::new(sha1, &SecretKey::from_bytes(KEY.to_vec()).unwrap());
+    for (node, _dir) in Node::both() {
+        let name = node.name();
+        let tokens = vec![
+            imported(
+                "H1",
+                TokenAlgorithm::Hotp {
+                    hash: sha1,
+                    digits: six,
+                },
+                KEY,
+            ),
+            imported(
+                "T1",
+                TokenAlgorithm::Totp {
+                    hash: sha1,
+                    digits: six,
+                    step: TimeStep::THIRTY_SECONDS,
+                    origin: 0,
+                },
+                KEY,
+            ),
+            imported(
+                "O1",
+                TokenAlgorithm::Ocra {
+                    suite: suite.clone(),
+                },
+                KEY,
+            ),
+        ];
+        let import = Operation::ImportTokens {
+            import: 0,
+            commit: true,
+            tokens,
+        };
+        assert!(
+            matches!(node.call(import), Reply::TokensImported { count: 3, .. }),
+            "{name}"
+        );
+
+        // HOTP: a code within the look-ahead, then never the same again.
+        let Reply::Enrolled {
+            device: hotp_card, ..
+        } = node.call(assign("H1", None))
+        else {
+            panic!("{name}: H1 assigned")
+        };
+        let code = |counter| hotp(&hmac, counter, six).as_str().to_owned();
+        let (id, text) = challenge(&node, hotp_card, T0);
+        assert_eq!(text, ChallengeText::EnterCode, "{name}");
+        assert!(
+            matches!(verify(&node, id, &code(3), T0), Verdict::Accepted { .. }),
+            "{name}"
+        );
+        let (id, _) = challenge(&node, hotp_card, T0);
+        // The code used, and one passed over: both refused.
+        assert!(
+            matches!(verify(&node, id, &code(3), T0), Verdict::Rejected { .. }),
+            "{name}"
+        );
+        assert!(
+            matches!(verify(&node, id, &code(2), T0), Verdict::Rejected { .. }),
+            "{name}"
+        );
+        assert!(
+            matches!(verify(&node, id, &code(4), T0), Verdict::Accepted { .. }),
+            "{name}"
+        );
+        // Past the look-ahead (10 after 5): refused.
+        let (id, _) = challenge(&node, hotp_card, T0);
+        assert!(
+            matches!(verify(&node, id, &code(16), T0), Verdict::Rejected { .. }),
+            "{name}"
+        );
+        assert!(
+            matches!(verify(&node, id, &code(15), T0), Verdict::Accepted { .. }),
+            "{name}"
+        );
+
+        // TOTP: a step of drift is fine; a step used, or before it, is not.
+        let Reply::Enrolled {
+            device: totp_app, ..
+        } = node.call(assign("T1", None))
+        else {
+            panic!("{name}: T1 assigned")
+        };
+        let step = T0.0 / 30_000;
+        let (id, _) = challenge(&node, totp_app, T0);
+        assert!(
+            matches!(
+                verify(&node, id, &code(step + 2), T0),
+                Verdict::Rejected { .. }
+            ),
+            "{name}"
+        );
+        assert!(
+            matches!(
+                verify(&node, id, &code(step + 1), T0),
+                Verdict::Accepted { .. }
+            ),
+            "{name}"
+        );
+        let (id, _) = challenge(&node, totp_app, T0);
+        assert!(
+            matches!(
+                verify(&node, id, &code(step + 1), T0),
+                Verdict::Rejected { .. }
+            ),
+            "{name}"
+        );
+        assert!(
+            matches!(verify(&node, id, &code(step), T0), Verdict::Rejected { .. }),
+            "{name}"
+        );
+        // A minute later the clock has moved past the used step.
+        let later = T0.plus(Duration::from_secs(60));
+        let (id, _) = challenge(&node, totp_app, later);
+        assert!(
+            matches!(
+                verify(&node, id, &code(step + 2), later),
+                Verdict::Accepted { .. }
+            ),
+            "{name}"
+        );
+
+        // OCRA with a counter and a PIN: the PIN is required at assignment.
+        let Reply::Error { message, .. } = node.call(assign("O1", None)) else {
+            panic!("{name}: O1 assigned without its PIN")
+        };
+        assert!(message.contains("PIN"), "{name}: {message}");
+        let Reply::Enrolled { device: card, .. } = node.call(assign("O1", Some("1234"))) else {
+            panic!("{name}: O1 assigned")
+        };
+        let ocra = Ocra::new(suite.clone(), &SecretKey::from_bytes(KEY.to_vec()).unwrap());
+        let pin = suite.hash_pin("1234").unwrap();
+        let respond = |question: &str, counter| {
+            let input = OcraInput {
+                counter: Some(counter),
+                question,
+                pin_hash: Some(pin.as_bytes()),
+                ..OcraInput::default()
+            };
+            ocra.respond(&input).unwrap().as_str().to_owned()
+        };
+        let (id, ChallengeText::Question(question)) = challenge(&node, card, T0) else {
+            panic!("{name}: an OCRA question")
+        };
+        assert!(
+            matches!(
+                verify(&node, id, &respond(&question, 1), T0),
+                Verdict::Accepted { .. }
+            ),
+            "{name}"
+        );
+        let (id, ChallengeText::Question(question)) = challenge(&node, card, T0) else {
+            panic!("{name}: an OCRA question")
+        };
+        assert!(
+            matches!(
+                verify(&node, id, &respond(&question, 1), T0),
+                Verdict::Rejected { .. }
+            ),
+            "{name}"
+        );
+        assert!(
+            matches!(
+                verify(&node, id, &respond(&question, 2), T0),
+                Verdict::Accepted { .. }
+            ),
+            "{name}"
+        );
+
+        // The inventory says who holds what; a token is assigned once.
+        let Reply::Tokens(listed) = node.call(Operation::Tokens {
+            filter: TokenFilter::default(),
+            after: None,
+            limit: 10,
+        }) else {
+            panic!("{name}: a listing")
+        };
+        let user = slsd::identity::Username::new("alice").unwrap();
+        assert_eq!(
+            listed[0].state,
+            TokenState::Assigned {
+                user: user.clone(),
+                device: hotp_card
+            },
+            "{name}"
+        );
+        assert!(
+            matches!(node.call(assign("H1", None)), Reply::Error { .. }),
+            "{name}"
+        );
+        // A revoked token is retired for good.
+        assert_eq!(
+            node.call(Operation::Revoke { device: hotp_card }),
+            Reply::Done,
+            "{name}"
+        );
+        let retired = TokenFilter {
+            state: Some("retired"),
+            ..TokenFilter::default()
+        };
+        assert_eq!(node.serials(&retired, 10), ["H1"], "{name}");
+        assert!(
+            matches!(node.call(assign("H1", None)), Reply::Error { .. }),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_drifted_token_resyncs_forward_only_and_an_unlock_keeps_its_counter() {
+    let six = Digits::exactly(6);
+    let hmac = HmacKey::new(
+        HashAlgorithm::Sha1,
+        &SecretKey::from_bytes(KEY.to_vec()).unwrap(),
+    );
+    let code = |counter| hotp(&hmac, counter, six).as_str().to_owned();
+    let alice = slsd::identity::Username::new("alice").unwrap();
+    for (node, _dir) in Node::both() {
+        let name = node.name();
+        let algorithm = TokenAlgorithm::Hotp {
+            hash: HashAlgorithm::Sha1,
+            digits: six,
+        };
+        let import = Operation::ImportTokens {
+            import: 0,
+            commit: true,
+            tokens: vec![imported("R1", algorithm, KEY)],
+        };
+        assert!(
+            matches!(node.call(import), Reply::TokensImported { .. }),
+            "{name}"
+        );
+        let Reply::Enrolled { device, .. } = node.call(assign("R1", None)) else {
+            panic!("{name}: R1 assigned")
+        };
+        let resync = |first: u64, second: u64| Operation::Resync {
+            device,
+            first: Answer::new(&code(first)),
+            second: Answer::new(&code(second)),
+        };
+        // Pressed 40 times unused: past the look-ahead.
+        let (id, _) = challenge(&node, device, T0);
+        assert!(
+            matches!(verify(&node, id, &code(40), T0), Verdict::Rejected { .. }),
+            "{name}"
+        );
+        // Two codes that are not consecutive are no resync.
+        assert!(
+            matches!(node.call(resync(40, 42)), Reply::Error { .. }),
+            "{name}"
+        );
+        assert_eq!(node.call(resync(40, 41)), Reply::Done, "{name}");
+        let (id, _) = challenge(&node, device, T0);
+        assert!(
+            matches!(verify(&node, id, &code(41), T0), Verdict::Rejected { .. }),
+            "{name}"
+        );
+        assert!(
+            matches!(verify(&node, id, &code(42), T0), Verdict::Accepted { .. }),
+            "{name}"
+        );
+        // The same pair again would bring used codes back: refused.
+        assert!(
+            matches!(node.call(resync(40, 41)), Reply::Error { .. }),
+            "{name}"
+        );
+        // An unlock clears failures, not the counter.
+        let unlock = Operation::Unlock {
+            user: alice.clone(),
+            device: Some(device),
+        };
+        assert_eq!(node.call(unlock), Reply::Done, "{name}");
+        let (id, _) = challenge(&node, device, T0);
+        assert!(
+            matches!(verify(&node, id, &code(42), T0), Verdict::Rejected { .. }),
+            "{name}"
+        );
+        assert!(
+            matches!(verify(&node, id, &code(43), T0), Verdict::Accepted { .. }),
+            "{name}"
+        );
+        // Devices whose codes do not move have nothing to resync.
+        let card = Operation::Enroll(slsd::wire::EnrollRequest {
+            user: alice.clone(),
+            kind: slsd::profile::DeviceKind::Scc,
+            secret: None,
+            pin: None,
+            label: String::new(),
+        });
+        let Reply::Enrolled { device: card, .. } = node.call(card) else {
+            panic!("{name}: a card")
+        };
+        let Reply::Error { message, .. } = node.call(Operation::Resync {
+            device: card,
+            first: Answer::new("1"),
+            second: Answer::new("2"),
+        }) else {
+            panic!("{name}: a card resynced")
+        };
+        assert!(message.contains("nothing to resync"), "{name}: {message}");
+    }
 }

@@ -209,6 +209,23 @@ fn operation() -> impl Strategy<Value = Operation> {
                     })
                     .collect(),
             }),
+        (
+            serial(),
+            username(),
+            prop::option::of("[0-9]{4,8}"),
+            "[a-z ]{0,20}"
+        )
+            .prop_map(|(serial, user, pin, label)| Operation::AssignToken {
+                serial,
+                user,
+                pin: pin.map(|p| Pin::new(&p)),
+                label,
+            }),
+        (1u64.., "[0-9]{0,10}", "[0-9]{0,10}").prop_map(|(d, a, b)| Operation::Resync {
+            device: DeviceId(d),
+            first: Answer::new(&a),
+            second: Answer::new(&b),
+        }),
         (token_filter(), prop::option::of(serial()), any::<u16>()).prop_map(
             |(filter, after, limit)| Operation::Tokens {
                 filter,
@@ -867,6 +884,17 @@ fn one_of_each() -> Vec<Operation> {
             filter: TokenFilter::default(),
             after: None,
             limit: 1,
+        },
+        Operation::AssignToken {
+            serial: Serial::new("1").unwrap(),
+            user: user(),
+            pin: None,
+            label: String::new(),
+        },
+        Operation::Resync {
+            device: DeviceId(1),
+            first: Answer::new("1"),
+            second: Answer::new("2"),
         },
         Operation::StartPhoneVerification {
             user: user(),

@@ -81,7 +81,10 @@ impl EmulatedDevice {
                     }
                 })?)
             }
-            Check::RandomCode(_) => return Err(DeviceError::NotEmulated(kind)),
+            // Tokens come with their own algorithm (import and assign).
+            Check::RandomCode(_) | Check::Token { .. } => {
+                return Err(DeviceError::NotEmulated(kind));
+            }
         };
         Ok(Self { kind, check })
     }

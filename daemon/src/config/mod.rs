@@ -304,6 +304,14 @@ pub struct TokensConfig {
     /// begins (its importer is gone).
     #[serde(with = "humantime_serde")]
     pub import_stale_after: Duration,
+    /// Event tokens (HOTP, OCRA with `C`): counters past the expected one
+    /// an answer may use (presses of the button that were never sent).
+    pub look_ahead: u64,
+    /// Time tokens (TOTP, OCRA with `T`): time steps before or after now
+    /// an answer may use (the token's clock and ours disagree a little).
+    pub drift_steps: u64,
+    /// How far a resync searches for two consecutive codes.
+    pub resync_window: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -820,6 +828,21 @@ impl Config {
             "tokens.import-stale-after",
             "must be 1m..=7days",
         )?;
+        check(
+            tokens.look_ahead <= 1000,
+            "tokens.look-ahead",
+            "must be 0..=1000",
+        )?;
+        check(
+            tokens.drift_steps <= 10,
+            "tokens.drift-steps",
+            "must be 0..=10",
+        )?;
+        check(
+            (tokens.look_ahead..=1_000_000).contains(&tokens.resync_window),
+            "tokens.resync-window",
+            "must be tokens.look-ahead..=1000000",
+        )?;
         Ok(())
     }
 }
@@ -1029,6 +1052,18 @@ mod tests {
         assert_eq!(
             error("[lifecycle]\nopt-out-forbidden = { hk = \"x\" }"),
             "lifecycle.opt-out-forbidden: keys must be ISO 3166 alpha-2 codes in upper case (HK, IN)"
+        );
+        assert_eq!(
+            error("[tokens]\nlook-ahead = 1001"),
+            "tokens.look-ahead: must be 0..=1000"
+        );
+        assert_eq!(
+            error("[tokens]\ndrift-steps = 11"),
+            "tokens.drift-steps: must be 0..=10"
+        );
+        assert_eq!(
+            error("[tokens]\nresync-window = 5"),
+            "tokens.resync-window: must be tokens.look-ahead..=1000000"
         );
         assert_eq!(
             error("[tokens]\nimport-max = 0"),

@@ -674,6 +674,7 @@ impl Engine {
                     secret: None,
                     pin: None,
                     label: "IB Key",
+                    token: None,
                 })?;
                 c.set_push_key(device, key)?;
                 let what = match reactivated {

@@ -11,6 +11,7 @@ use crate::otp::push::PushKey;
 use crate::phone::PhoneNumber;
 use crate::profile::DeviceKind;
 use crate::store::{Device, EnrollError, NewDevice, RegistryChange, Store, StoreError};
+use crate::wire::token::TokenState;
 use crate::wire::{EnrollRequest, ErrorCode, Reply};
 
 impl Engine {
@@ -40,6 +41,7 @@ impl Engine {
                     secret: secret.clone(),
                     pin,
                     label: &label,
+                    token: None,
                 })
             })
             .await;
@@ -116,6 +118,10 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Result<Reply, StoreError> {
+        let token = store
+            .device(device)
+            .await?
+            .and_then(|d| Some((d.token.as_ref()?.serial.clone(), d.user.clone())));
         let reply = self
             .change_device(
                 store,
@@ -132,6 +138,14 @@ impl Engine {
             .await?;
         if reply == Reply::Done {
             tracing::info!(%device, "device revoked");
+            // A revoked token's key may be in other hands: it is retired,
+            // never assigned again.
+            if let Some((serial, user)) = token {
+                let assigned = TokenState::Assigned { user, device };
+                store
+                    .swap_token_state(&serial, &assigned, &TokenState::Retired { at: now })
+                    .await?;
+            }
         }
         Ok(reply)
     }
@@ -192,7 +206,7 @@ impl Engine {
                     return Ok(None);
                 }
                 for d in &devices {
-                    c.clear_failures(d.id)?;
+                    c.clear_failures(d.id, 0)?;
                 }
                 let detail = format!("{} devices", devices.len());
                 c.audit("unlock", Some(user), device, detail)?;
@@ -216,7 +230,7 @@ fn no_such_device() -> Reply {
 /// The reply to an enrolment: `enrolled`'s when it was made, the refusal
 /// when the request was invalid; a store failure is the caller's to
 /// answer.
-fn refused_or<T>(
+pub(super) fn refused_or<T>(
     enrolled: Result<T, EnrollError>,
     enrolled_reply: impl FnOnce(T) -> Reply,
 ) -> Result<Reply, StoreError> {

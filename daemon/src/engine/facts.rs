@@ -57,7 +57,9 @@ pub fn facts(operation: &Operation) -> Facts {
         | Operation::ShipReplacement { .. }
         | Operation::ConfirmPhone { .. }
         | Operation::CompleteActivation { .. }
-        | Operation::ImportTokens { .. } => Facts::CHANGES,
+        | Operation::ImportTokens { .. }
+        | Operation::AssignToken { .. }
+        | Operation::Resync { .. } => Facts::CHANGES,
         Operation::Challenge { .. }
         | Operation::Push { .. }
         | Operation::SendCode { .. }

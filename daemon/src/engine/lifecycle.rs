@@ -640,6 +640,7 @@ impl Engine {
                     secret: None,
                     pin: pin.map(Pin::as_str),
                     label,
+                    token: None,
                 })?;
                 c.set_life(
                     id,

@@ -490,6 +490,25 @@ impl Engine {
                 let store = self.registry.as_ref();
                 at_once(self.import_tokens(store, caller, import, commit, tokens, now, rng)).into()
             }
+            Operation::AssignToken {
+                serial,
+                user,
+                pin,
+                label,
+            } => {
+                let store = self.registry.as_ref();
+                let pin = pin.as_ref();
+                at_once(self.assign_token(store, caller, &serial, &user, pin, &label, now, rng))
+                    .into()
+            }
+            Operation::Resync {
+                device,
+                first,
+                second,
+            } => {
+                let store = self.registry.as_ref();
+                at_once(self.resync(store, caller, device, &first, &second, now, rng)).into()
+            }
             Operation::Tokens {
                 filter,
                 after,

@@ -4,12 +4,16 @@
 
 use rand::CryptoRng;
 
+use super::rules;
 use super::{Caller, Engine};
 use crate::clock::Timestamp;
-use crate::identity::Serial;
+use crate::identity::{DeviceId, Serial, Username};
+use crate::profile::DeviceKind;
+use crate::store::Verifier;
 use crate::store::inventory::{ImportId, Staged};
-use crate::store::{Store, StoreError};
-use crate::wire::token::{NewToken, TokenEntry, TokenFilter};
+use crate::store::{NewDevice, Store, StoreError};
+use crate::wire::request::{Answer, Pin};
+use crate::wire::token::{NewToken, TokenEntry, TokenFilter, TokenState};
 use crate::wire::{ErrorCode, MAX_PAGE, Reply};
 
 impl Engine {
@@ -103,6 +107,157 @@ impl Engine {
                 format!("no import {} is under way", import.0),
             )),
         }
+    }
+
+    /// `AssignToken`: an unassigned token enrolled as a device of `user`,
+    /// with its imported key and algorithm. The token is claimed first
+    /// (assigned to the user, device not yet known), then enrolled, then
+    /// settled with its device: a run cut off in between is finished by
+    /// assigning the same token to the same user again, and never leaves
+    /// one token enrolled for two users.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn assign_token<S: Store, R: CryptoRng + ?Sized>(
+        &self,
+        store: &S,
+        caller: &Caller<'_>,
+        serial: &Serial,
+        user: &Username,
+        pin: Option<&Pin>,
+        label: &str,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Result<Reply, StoreError> {
+        let Some((token, key)) = store.token(serial).await? else {
+            return Ok(Reply::error(
+                ErrorCode::NotFound,
+                format!("no token {serial} in the inventory"),
+            ));
+        };
+        let claimed = TokenState::Assigned {
+            user: user.clone(),
+            device: DeviceId(0),
+        };
+        match &token.state {
+            TokenState::Unassigned => {
+                if !store
+                    .swap_token_state(serial, &TokenState::Unassigned, &claimed)
+                    .await?
+                {
+                    return Ok(Reply::error(
+                        ErrorCode::Busy,
+                        format!("token {serial} is being assigned by someone else; look again"),
+                    ));
+                }
+            }
+            // This user's assignment, cut off before it finished.
+            state if *state == claimed => {}
+            TokenState::Assigned { device, .. } => {
+                return Ok(Reply::error(
+                    ErrorCode::InvalidArgument,
+                    format!("token {serial} is assigned already (device {device})"),
+                ));
+            }
+            TokenState::Retired { .. } => {
+                return Ok(Reply::error(
+                    ErrorCode::InvalidArgument,
+                    format!("token {serial} is retired"),
+                ));
+            }
+        }
+        let pin = pin.map(Pin::as_str);
+        let enrolled = store
+            .change(user, Self::actor(caller), now, rng, |c| {
+                // Enrolled by the run that was cut off: that device.
+                if let Some(device) = c
+                    .devices(user)?
+                    .iter()
+                    .find(|d| d.token.as_ref().is_some_and(|t| &t.serial == serial))
+                {
+                    return Ok(device.id);
+                }
+                let (device, _) = c.enroll(NewDevice {
+                    user,
+                    kind: DeviceKind::Token,
+                    secret: Some(key.clone()),
+                    pin,
+                    label,
+                    token: Some(&token.info),
+                })?;
+                Ok(device)
+            })
+            .await;
+        let device = match enrolled {
+            Ok(device) => device,
+            Err(refused) => {
+                // Not enrolled (a wrong PIN, say): the token goes back.
+                store
+                    .swap_token_state(serial, &claimed, &TokenState::Unassigned)
+                    .await?;
+                return super::enrolment::refused_or(Err::<DeviceId, _>(refused), |_| Reply::Done);
+            }
+        };
+        let assigned = TokenState::Assigned {
+            user: user.clone(),
+            device,
+        };
+        store.swap_token_state(serial, &claimed, &assigned).await?;
+        tracing::info!(%serial, %user, %device, "token assigned");
+        Ok(Reply::Enrolled {
+            device,
+            secret: None,
+        })
+    }
+
+    /// `Resync`: a token whose counter or clock drifted past the windows
+    /// of a login, found again by two consecutive codes (an OCRA card's
+    /// answers to the question of all zeros) within
+    /// `tokens.resync-window`; never below the codes already used.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn resync<S: Store, R: CryptoRng + ?Sized>(
+        &self,
+        store: &S,
+        caller: &Caller<'_>,
+        device: DeviceId,
+        first: &Answer,
+        second: &Answer,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Result<Reply, StoreError> {
+        let Some(found) = store.device(device).await? else {
+            return Ok(Reply::error(
+                ErrorCode::NotFound,
+                format!("no device {device}"),
+            ));
+        };
+        if !rules::token::moves(&found) {
+            return Ok(Reply::error(
+                ErrorCode::InvalidArgument,
+                format!("device {device}'s codes move with no counter or clock: nothing to resync"),
+            ));
+        }
+        let question = match &found.verifier {
+            Verifier::Ocra { ocra, .. } => "0".repeat(usize::from(ocra.suite().question_len())),
+            _ => String::new(),
+        };
+        let state = store.failure_state(&found).await?;
+        let config = &self.config.tokens;
+        let (one, two) = (first.as_bytes(), second.as_bytes());
+        let found_at = rules::token::resync(&found, &question, one, two, state.moving, now, config);
+        let Some(moving) = found_at else {
+            return Ok(Reply::error(
+                ErrorCode::InvalidArgument,
+                "the two codes are not consecutive codes of this device within tokens.resync-window past its last use; nothing changed",
+            ));
+        };
+        let user = found.user.clone();
+        store
+            .change(&user, Self::actor(caller), now, rng, |c| {
+                c.clear_failures(device, moving)?;
+                c.audit("resync", Some(&user), Some(device), String::new())
+            })
+            .await?;
+        tracing::info!(%device, "token resynchronised");
+        Ok(Reply::Done)
     }
 
     /// `Tokens`: the inventory in serial order, a page at a time.

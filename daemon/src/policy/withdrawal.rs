@@ -104,14 +104,23 @@ mod tests {
         let profiles = DeviceProfiles::defaults().unwrap();
         let none = Withdrawn::default();
         // 300,000 USD: over SCC, SMS, temporary and Online SCC; legacy DSC,
-        // Gold and Platinum allow it but are no longer issued.
+        // Gold and Platinum allow it but are no longer issued; imported
+        // hardware tokens are.
         let kinds = kinds_that_allow(&profiles, none, usd(300_000), &[]);
-        assert_eq!(kinds, vec![DeviceKind::DscPlus, DeviceKind::IbKey]);
+        assert_eq!(
+            kinds,
+            vec![DeviceKind::DscPlus, DeviceKind::IbKey, DeviceKind::Token]
+        );
         // A user holding a Gold device hears of it too.
         let kinds = kinds_that_allow(&profiles, none, usd(300_000), &[DeviceKind::Gold]);
         assert_eq!(
             kinds,
-            vec![DeviceKind::DscPlus, DeviceKind::Gold, DeviceKind::IbKey]
+            vec![
+                DeviceKind::DscPlus,
+                DeviceKind::Gold,
+                DeviceKind::IbKey,
+                DeviceKind::Token
+            ]
         );
         let small = kinds_that_allow(&profiles, none, usd(100), &[]);
         assert_eq!(small.first(), Some(&DeviceKind::DscPlus));

@@ -32,6 +32,9 @@ pub enum DeviceKind {
     LegacyDsc,
     Gold,
     Platinum,
+    /// A hardware token imported from its vendor's file and assigned by
+    /// serial: its algorithm is each token's own.
+    Token,
 }
 
 impl DeviceKind {
@@ -40,11 +43,11 @@ impl DeviceKind {
     pub fn is_physical(self) -> bool {
         matches!(
             self,
-            Self::DscPlus | Self::Scc | Self::LegacyDsc | Self::Gold | Self::Platinum
+            Self::DscPlus | Self::Scc | Self::LegacyDsc | Self::Gold | Self::Platinum | Self::Token
         )
     }
 
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::DscPlus,
         Self::Scc,
         Self::OnlineScc,
@@ -54,6 +57,7 @@ impl DeviceKind {
         Self::LegacyDsc,
         Self::Gold,
         Self::Platinum,
+        Self::Token,
     ];
 
     /// The kind's number on the wire (see PROTOCOL.md).
@@ -68,6 +72,7 @@ impl DeviceKind {
             Self::LegacyDsc => 7,
             Self::Gold => 8,
             Self::Platinum => 9,
+            Self::Token => 10,
         }
     }
 
@@ -87,6 +92,7 @@ impl DeviceKind {
             Self::LegacyDsc => "legacy-dsc",
             Self::Gold => "gold",
             Self::Platinum => "platinum",
+            Self::Token => "token",
         }
     }
 }
@@ -100,7 +106,7 @@ impl fmt::Display for DeviceKind {
 /// A device kind name that is not one of [`DeviceKind::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown device kind {0:?} (expected dsc-plus, scc, online-scc, ib-key, sms, temporary, legacy-dsc, gold or platinum)"
+    "unknown device kind {0:?} (expected dsc-plus, scc, online-scc, ib-key, sms, temporary, legacy-dsc, gold, platinum or token)"
 )]
 pub struct UnknownKind(pub String);
 
@@ -161,6 +167,10 @@ pub enum Check {
     CodeCard { positions: u16 },
     /// A code sls generates and delivers (SMS) or hands out (temporary).
     RandomCode(CodeSpec),
+    /// An imported token's own algorithm (HOTP, TOTP or OCRA, from its
+    /// vendor's file); `pin_digits` is the PIN length of OCRA suites that
+    /// bind one.
+    Token { pin_digits: u8 },
 }
 
 /// A withdrawal limit in USD; `None` is unlimited.
@@ -315,6 +325,10 @@ enum RawCheck {
         length: usize,
         alphabet: String,
     },
+    Token {
+        #[serde(rename = "pin-digits")]
+        pin_digits: u8,
+    },
 }
 
 #[derive(Deserialize)]
@@ -373,6 +387,12 @@ impl RawProfile {
                     return Err(ProfileError::Card(CardError::Positions(positions), kind));
                 }
                 Check::CodeCard { positions }
+            }
+            RawCheck::Token { pin_digits } => {
+                if !(4..=8).contains(&pin_digits) {
+                    return Err(ProfileError::PinDigits(kind));
+                }
+                Check::Token { pin_digits }
             }
             RawCheck::RandomCode { length, alphabet } => {
                 let code = |e| ProfileError::Code(e, kind);

@@ -24,7 +24,7 @@ use crate::otp::SecretKey;
 use crate::otp::push::PushKey;
 use crate::phone::PhoneNumber;
 use crate::profile::DeviceKind;
-use crate::store::inventory::{ImportId, InventoryToken, Staged, TokenFilter};
+use crate::store::inventory::{ImportId, InventoryToken, Staged, TokenFilter, TokenState};
 use crate::store::{Account, Actor, Device, DeviceLife, EnrollError, NewDevice, Share, StoreError};
 use crate::wire::token::TokenInfo;
 
@@ -66,8 +66,10 @@ pub trait RegistryChange {
     fn set_push_key(&mut self, id: DeviceId, key: PushKey) -> Result<(), StoreError>;
     /// Removes a device and everything kept beside it.
     fn remove_device(&mut self, id: DeviceId) -> Result<(), StoreError>;
-    /// Clears a device's failure count and lockout (an operator's unlock).
-    fn clear_failures(&mut self, id: DeviceId) -> Result<(), StoreError>;
+    /// Clears a device's failure count and lockout (an operator's unlock,
+    /// a resync); a token's moving factor is kept, raised to at least
+    /// `moving` (it never goes back: a used code stays used).
+    fn clear_failures(&mut self, id: DeviceId, moving: u64) -> Result<(), StoreError>;
     fn set_user(&mut self, user: &Username, record: Account) -> Result<(), StoreError>;
     fn set_life(&mut self, id: DeviceId, life: DeviceLife) -> Result<(), StoreError>;
     fn set_share(&mut self, share: Share) -> Result<(), StoreError>;
@@ -155,6 +157,24 @@ pub trait Store: Sync {
         after: Option<&Serial>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<InventoryToken>, StoreError>>;
+    /// A device's failure state as the store holds it now.
+    fn failure_state(
+        &self,
+        device: &Device,
+    ) -> impl Future<Output = Result<crate::store::FailureState, StoreError>>;
+    /// A token of the inventory (its import committed) with its key.
+    fn token(
+        &self,
+        serial: &Serial,
+    ) -> impl Future<Output = Result<Option<(InventoryToken, SecretKey)>, StoreError>>;
+    /// Moves a token from state `from` to `to`; false (nothing changed)
+    /// when it is not in `from` any more.
+    fn swap_token_state(
+        &self,
+        serial: &Serial,
+        from: &TokenState,
+        to: &TokenState,
+    ) -> impl Future<Output = Result<bool, StoreError>>;
     /// Runs `decide` as one change of `user`'s records, committed with its
     /// audit entries or not at all; `decide` may run more than once (on
     /// the cluster, again on what another node wrote meanwhile).

@@ -116,6 +116,19 @@ impl DeviceCodec {
             .map_err(|e| corrupt(format!("token record: {e}")))?;
         Ok(decoded)
     }
+
+    /// The key of a token record, opened.
+    pub(in crate::store) fn open_token_key(
+        &self,
+        serial: &Serial,
+        sealed: &[u8],
+    ) -> Result<SecretKey, StoreError> {
+        let key = self.cipher.open(sealed, &token_context(serial))?;
+        SecretKey::from_bytes(key.to_vec()).map_err(|e| StoreError::Corrupt {
+            device: 0,
+            problem: format!("token {serial} key: {e}"),
+        })
+    }
 }
 
 /// A token's record around an already sealed key (a state change keeps

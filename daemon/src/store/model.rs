@@ -11,12 +11,15 @@ use super::sealed::SealError;
 use crate::clock::Timestamp;
 use crate::identity::{DeviceId, ShareId, Username};
 use crate::otp::card::{CardChallenge, CodeCard};
+use crate::otp::hotp::Digits;
 use crate::otp::ocra::Ocra;
 use crate::otp::push::PushKey;
-use crate::otp::{MacOutput, SecretKey};
+use crate::otp::totp::TimeStep;
+use crate::otp::{HmacKey, MacOutput, SecretKey};
 use crate::phone::PhoneNumber;
 use crate::profile::DeviceKind;
 use crate::wire::codec::{Put, Reader};
+use crate::wire::token::TokenInfo;
 
 /// How long past its expiry a challenge (an SMS code, a push) is still
 /// known, on either store: an answer within it hears `Expired`, one after
@@ -73,6 +76,11 @@ pub struct FailureState {
     /// Wrong answers since the last right one, lockouts or not: the hard
     /// cap (`lockout.hard-limit`) counts these.
     pub since_success: u32,
+    /// An imported token's moving factor: the lowest counter (HOTP, OCRA
+    /// with `C`) or time step (TOTP, OCRA with `T`) an answer may still
+    /// use; everything below was used or passed over. It only grows, so no
+    /// code is accepted twice. 0 for other devices.
+    pub moving: u64,
 }
 
 /// `locked_until` of a device that reached `lockout.hard-limit`: locked
@@ -87,6 +95,7 @@ impl FailureState {
         out.put_u64(self.locked_until.0);
         out.put_u64(self.last_failure.0);
         out.put_u64(u64::from(self.since_success));
+        out.put_u64(self.moving);
         out
     }
 
@@ -106,9 +115,10 @@ impl FailureState {
         self.locked_until == LOCKED_UNTIL_UNLOCKED
     }
 
-    /// Reads the stored form, and the 16-byte form of earlier versions
-    /// (no time of the last failure: the decay counts from the lock's end;
-    /// the failures since success were the consecutive ones).
+    /// Reads the stored form, the 32-byte form of versions before tokens
+    /// (no moving factor), and the 16-byte form of earlier versions (no
+    /// time of the last failure: the decay counts from the lock's end; the
+    /// failures since success were the consecutive ones).
     pub(super) fn decode(bytes: &[u8]) -> Option<Self> {
         let mut r = Reader::new(bytes);
         let counts = r.u64("counts").ok()?;
@@ -122,6 +132,11 @@ impl FailureState {
                 u32::try_from(r.u64("failures since success").ok()?).ok()?,
             )
         };
+        let moving = if bytes.len() > 32 {
+            r.u64("moving factor").ok()?
+        } else {
+            0
+        };
         r.finish().ok()?;
         Some(Self {
             consecutive,
@@ -129,6 +144,7 @@ impl FailureState {
             locked_until,
             last_failure,
             since_success,
+            moving,
         })
     }
 }
@@ -145,6 +161,18 @@ pub enum Verifier {
     Phone(PhoneNumber),
     /// A code issued by an operator and typed as it is (temporary codes).
     Code(SecretKey),
+    /// An imported HOTP token: the code for the next counter values.
+    Hotp {
+        key: HmacKey,
+        digits: Digits,
+    },
+    /// An imported TOTP token: the code for the time step.
+    Totp {
+        key: HmacKey,
+        digits: Digits,
+        step: TimeStep,
+        origin: u64,
+    },
 }
 
 impl fmt::Debug for Verifier {
@@ -154,6 +182,10 @@ impl fmt::Debug for Verifier {
             Self::Card(card) => write!(f, "Verifier::Card({} positions)", card.positions()),
             Self::Phone(number) => write!(f, "Verifier::Phone({number:?})"),
             Self::Code(_) => f.write_str("Verifier::Code(..)"),
+            Self::Hotp { digits, .. } => write!(f, "Verifier::Hotp({digits} digits)"),
+            Self::Totp { digits, step, .. } => {
+                write!(f, "Verifier::Totp({digits} digits, {step:?})")
+            }
         }
     }
 }
@@ -170,6 +202,9 @@ pub struct Device {
     /// (Online Security Code Cards, temporary codes), as configured now.
     pub expires: Option<Timestamp>,
     pub verifier: Verifier,
+    /// An imported token's serial, algorithm and starting counter
+    /// (`DeviceKind::Token`).
+    pub token: Option<Box<TokenInfo>>,
     /// `crate::sync`'s lock, so the loom models see it: every decision on
     /// a device's failures is made under it.
     pub(super) failures: crate::sync::Mutex<FailureState>,
@@ -232,6 +267,13 @@ impl Device {
         *self.push_key.lock().unwrap_or_else(PoisonError::into_inner) = key;
     }
 
+    /// This device as an imported token's (its serial, algorithm and
+    /// starting counter).
+    pub(super) fn with_token(mut self, token: Option<TokenInfo>) -> Self {
+        self.token = token.map(Box::new);
+        self
+    }
+
     /// The verified number of an SMS device.
     pub fn phone(&self) -> Option<&PhoneNumber> {
         match &self.verifier {
@@ -257,6 +299,7 @@ impl Device {
             created,
             expires,
             verifier,
+            token: None,
             failures: crate::sync::Mutex::new(FailureState::default()),
             questions: crate::sync::Mutex::new(QuestionMemory::default()),
             push_key: Mutex::new(None),
@@ -274,6 +317,18 @@ pub struct NewDevice<'a> {
     pub secret: Option<SecretKey>,
     pub pin: Option<&'a str>,
     pub label: &'a str,
+    /// An imported token's description (`DeviceKind::Token`).
+    pub token: Option<&'a TokenInfo>,
+}
+
+impl NewDevice<'_> {
+    /// What the audit log says of the enrolment.
+    pub fn detail(&self) -> String {
+        match self.token {
+            Some(token) => format!("{} {}", self.kind, token.serial),
+            None => self.kind.to_string(),
+        }
+    }
 }
 
 /// Who made a change, for the audit log: the caller's role (operators
@@ -460,8 +515,15 @@ mod tests {
             locked_until: Timestamp(1_800_000_000_000),
             last_failure: Timestamp(1_799_999_000_000),
             since_success: 13,
+            moving: 42,
         };
         assert_eq!(FailureState::decode(&state.encode()), Some(state));
+        // The 32-byte record of versions before tokens.
+        let before_tokens = &state.encode()[..32];
+        assert_eq!(
+            FailureState::decode(before_tokens),
+            Some(FailureState { moving: 0, ..state })
+        );
         // The 16-byte record of versions before the decay and the hard cap.
         let mut old = Vec::new();
         old.put_u64(3 << 32 | 2);
@@ -471,11 +533,13 @@ mod tests {
             Some(FailureState {
                 last_failure: Timestamp(0),
                 since_success: 3,
+                moving: 0,
                 ..state
             })
         );
         assert_eq!(FailureState::decode(&old[..15]), None);
         assert_eq!(FailureState::decode(&state.encode()[..31]), None);
+        assert_eq!(FailureState::decode(&state.encode()[..39]), None);
     }
 
     #[test]

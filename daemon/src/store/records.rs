@@ -12,16 +12,22 @@ use crate::clock::Timestamp;
 use crate::identity::{DeviceId, ShareId, Username};
 use crate::otp::card::CodeCard;
 use crate::otp::ocra::Ocra;
-use crate::otp::{MacOutput, SecretKey};
+use crate::otp::token::TokenAlgorithm;
+use crate::otp::{HmacKey, MacOutput, SecretKey};
 use crate::phone::PhoneNumber;
 use crate::profile::{Check, DeviceKind, DeviceProfiles};
 use crate::store::sealed::SecretCipher;
 use crate::store::{Device, EnrollError, StoreError, Verifier};
 use crate::wire::AuditRecord;
 use crate::wire::codec::{Put, Reader};
+use crate::wire::token::TokenInfo;
 
 /// Version byte of the device record layout.
 const RECORD_V1: u8 = 1;
+/// The layout of an imported token's device: v1's fields, then the
+/// token's description (serial, algorithm, starting counter). Other
+/// devices keep v1, which earlier versions read.
+const RECORD_V2: u8 = 2;
 /// Bytes of a generated card secret.
 const CARD_SECRET_BYTES: usize = 32;
 
@@ -38,6 +44,8 @@ pub(super) struct Stored<'a> {
     pub(super) now: Timestamp,
     /// The key, sealed into the record; `None` for kinds without one (SMS).
     pub(super) secret: Option<&'a SecretKey>,
+    /// An imported token's description (`DeviceKind::Token`).
+    pub(super) token: Option<&'a TokenInfo>,
 }
 
 /// Seals, encodes and decodes device records; builds verifiers.
@@ -65,6 +73,7 @@ impl DeviceCodec {
         kind: DeviceKind,
         secret: Option<SecretKey>,
         pin: Option<&str>,
+        token: Option<&TokenInfo>,
     ) -> Result<(SecretKey, bool, Verifier), EnrollError> {
         if kind == DeviceKind::Temporary {
             return Err(EnrollError::Invalid(
@@ -90,9 +99,9 @@ impl DeviceCodec {
                 SecretKey::from_bytes(bytes).map_err(|e| EnrollError::Invalid(e.to_string()))?
             }
         };
-        let pin_hash = self.pin_hash(kind, pin)?;
+        let pin_hash = self.pin_hash(kind, pin, token)?;
         // Build the verifier first: it checks the key against the kind.
-        let verifier = self.verifier(kind, &secret, pin_hash)?;
+        let verifier = self.verifier(kind, &secret, pin_hash, token)?;
 
         Ok((secret, generated, verifier))
     }
@@ -130,6 +139,9 @@ impl DeviceCodec {
             Check::Ocra { suite, .. } => Ok(suite.hash().output_len()),
             Check::CodeCard { .. } => Ok(CARD_SECRET_BYTES),
             Check::RandomCode(_) => Err(not_keyed(kind)),
+            Check::Token { .. } => Err(EnrollError::Invalid(
+                "a token's key comes from its vendor: import it and assign it by serial".into(),
+            )),
         }
     }
 
@@ -137,7 +149,22 @@ impl DeviceCodec {
         &self,
         kind: DeviceKind,
         pin: Option<&str>,
+        token: Option<&TokenInfo>,
     ) -> Result<Option<MacOutput>, EnrollError> {
+        if let Check::Token { pin_digits } = &self.profiles.get(kind).check {
+            let suite = match token.map(|t| &t.algorithm) {
+                Some(TokenAlgorithm::Ocra { suite }) if suite.pin().is_some() => suite,
+                _ if pin.is_some() => {
+                    return Err(EnrollError::Invalid("this token takes no PIN".into()));
+                }
+                _ => return Ok(None),
+            };
+            let pin = pin.ok_or_else(|| {
+                EnrollError::Invalid(format!("this token's suite {suite} needs its PIN"))
+            })?;
+            check_pin(kind, pin, *pin_digits)?;
+            return Ok(suite.hash_pin(pin));
+        }
         match (&self.profiles.get(kind).check, pin) {
             (
                 Check::Ocra {
@@ -146,11 +173,7 @@ impl DeviceCodec {
                 },
                 Some(pin),
             ) => {
-                if pin.len() != usize::from(*digits) || !pin.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(EnrollError::Invalid(format!(
-                        "a {kind} PIN is exactly {digits} digits"
-                    )));
-                }
+                check_pin(kind, pin, *digits)?;
                 Ok(suite.hash_pin(pin))
             }
             (
@@ -170,8 +193,17 @@ impl DeviceCodec {
         kind: DeviceKind,
         secret: &SecretKey,
         pin_hash: Option<MacOutput>,
+        token: Option<&TokenInfo>,
     ) -> Result<Verifier, EnrollError> {
         match &self.profiles.get(kind).check {
+            Check::Token { .. } => {
+                let token = token.ok_or_else(|| {
+                    EnrollError::Invalid(
+                        "a token is enrolled by assigning it (assign-token)".into(),
+                    )
+                })?;
+                token_verifier(&token.algorithm, secret, pin_hash)
+            }
             Check::Ocra { suite, .. } if suite.uses_counter() || suite.session_len().is_some() => {
                 Err(EnrollError::Invalid(format!(
                     "the {kind} suite {suite} needs a counter (C) or session information (S), which login challenges do not carry"
@@ -225,6 +257,12 @@ impl DeviceCodec {
         out.put_u64(new.now.0);
         out.put_bytes(&sealed_secret);
         out.put_bytes(&sealed_pin);
+        if let Some(token) = new.token {
+            if let Some(version) = out.first_mut() {
+                *version = RECORD_V2;
+            }
+            token.put(&mut out);
+        }
         Ok(out)
     }
 
@@ -239,7 +277,8 @@ impl DeviceCodec {
             problem: problem.to_owned(),
         };
         let mut r = Reader::new(record);
-        if r.u8("version").map_err(|e| corrupt(&e.to_string()))? != RECORD_V1 {
+        let version = r.u8("version").map_err(|e| corrupt(&e.to_string()))?;
+        if version != RECORD_V1 && version != RECORD_V2 {
             return Err(corrupt("unknown record version"));
         }
         let user = r.str("user").map_err(|e| corrupt(&e.to_string()))?;
@@ -253,6 +292,10 @@ impl DeviceCodec {
         let created = Timestamp(r.u64("created").map_err(|e| corrupt(&e.to_string()))?);
         let sealed_secret = r.bytes("secret").map_err(|e| corrupt(&e.to_string()))?;
         let sealed_pin = r.bytes("pin hash").map_err(|e| corrupt(&e.to_string()))?;
+        let token = match version {
+            RECORD_V2 => Some(TokenInfo::read(&mut r).map_err(|e| corrupt(&e.to_string()))?),
+            _ => None,
+        };
         r.finish().map_err(|e| corrupt(&e.to_string()))?;
 
         if kind == DeviceKind::Sms {
@@ -277,7 +320,7 @@ impl DeviceCodec {
             }
         };
         let verifier = self
-            .verifier(kind, &secret, pin_hash)
+            .verifier(kind, &secret, pin_hash, token.as_ref())
             .map_err(|e| corrupt(&e.to_string()))?;
         Ok(Device::new(
             id,
@@ -287,7 +330,8 @@ impl DeviceCodec {
             created,
             self.expiry(kind, created),
             verifier,
-        ))
+        )
+        .with_token(token))
     }
 
     /// The end of a device's validity, if its kind has one.
@@ -297,6 +341,50 @@ impl DeviceCodec {
             .validity
             .map(|validity| created.plus(validity))
     }
+}
+
+/// A PIN of exactly `digits` decimal digits.
+fn check_pin(kind: DeviceKind, pin: &str, digits: u8) -> Result<(), EnrollError> {
+    if pin.len() != usize::from(digits) || !pin.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(EnrollError::Invalid(format!(
+            "a {kind} PIN is exactly {digits} digits"
+        )));
+    }
+    Ok(())
+}
+
+/// How an imported token's answers are checked: its own algorithm.
+fn token_verifier(
+    algorithm: &TokenAlgorithm,
+    secret: &SecretKey,
+    pin_hash: Option<MacOutput>,
+) -> Result<Verifier, EnrollError> {
+    Ok(match algorithm {
+        TokenAlgorithm::Hotp { hash, digits } => Verifier::Hotp {
+            key: HmacKey::new(*hash, secret),
+            digits: *digits,
+        },
+        TokenAlgorithm::Totp {
+            hash,
+            digits,
+            step,
+            origin,
+        } => Verifier::Totp {
+            key: HmacKey::new(*hash, secret),
+            digits: *digits,
+            step: *step,
+            origin: *origin,
+        },
+        TokenAlgorithm::Ocra { suite } if suite.session_len().is_some() => {
+            return Err(EnrollError::Invalid(format!(
+                "the suite {suite} needs session information (S), which login challenges do not carry"
+            )));
+        }
+        TokenAlgorithm::Ocra { suite } => Verifier::Ocra {
+            ocra: Ocra::new(Arc::clone(suite), secret),
+            pin_hash,
+        },
+    })
 }
 
 fn not_keyed(kind: DeviceKind) -> EnrollError {

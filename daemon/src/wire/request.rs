@@ -142,6 +142,20 @@ pub enum Operation {
         commit: bool,
         tokens: Vec<NewToken>,
     },
+    /// An unassigned token enrolled as a device of `user` (with the PIN
+    /// its suite binds, if it does).
+    AssignToken {
+        serial: Serial,
+        user: Username,
+        pin: Option<Pin>,
+        label: String,
+    },
+    /// A drifted token found again by two consecutive codes.
+    Resync {
+        device: DeviceId,
+        first: Answer,
+        second: Answer,
+    },
     /// The token inventory in serial order, after `after`, at most `limit`.
     Tokens {
         filter: TokenFilter,
@@ -273,6 +287,8 @@ impl Operation {
             Self::ConfirmPhone { .. } => 0x35,
             Self::ImportTokens { .. } => 0x36,
             Self::Tokens { .. } => 0x37,
+            Self::AssignToken { .. } => 0x38,
+            Self::Resync { .. } => 0x39,
             Self::CarrierSubscribe => 0x40,
             Self::Ack { .. } => 0x41,
             Self::PhoneSubscribe { .. } => 0x60,
@@ -317,6 +333,8 @@ impl Operation {
             Self::ConfirmPhone { .. } => "confirm_phone",
             Self::ImportTokens { .. } => "import_tokens",
             Self::Tokens { .. } => "tokens",
+            Self::AssignToken { .. } => "assign_token",
+            Self::Resync { .. } => "resync",
             Self::CarrierSubscribe => "carrier_subscribe",
             Self::Ack { .. } => "ack",
             Self::PhoneSubscribe { .. } => "phone_subscribe",
@@ -557,6 +575,18 @@ impl Request {
                 after: optional_serial(&mut r, "after")?,
                 limit: r.u16("limit")?,
             },
+            0x39 => Operation::Resync {
+                device: DeviceId(r.u64("device")?),
+                first: answer(&mut r, "first code")?,
+                second: answer(&mut r, "second code")?,
+            },
+            0x38 => Operation::AssignToken {
+                serial: Serial::new(r.str("serial")?)
+                    .map_err(|e| DecodeError::invalid("serial", e.to_string()))?,
+                user: user(&mut r)?,
+                pin: pin(&mut r)?,
+                label: label(&mut r)?,
+            },
             0x34 => Operation::StartPhoneVerification {
                 user: user(&mut r)?,
                 number: number(&mut r)?,
@@ -681,6 +711,26 @@ impl Request {
                     token.info.put(out);
                     out.put_bytes(token.key.expose_secret());
                 }
+            }
+            Operation::Resync {
+                device,
+                first,
+                second,
+            } => {
+                out.put_u64(device.0);
+                out.put_bytes(first.as_bytes());
+                out.put_bytes(second.as_bytes());
+            }
+            Operation::AssignToken {
+                serial,
+                user,
+                pin,
+                label,
+            } => {
+                out.put_bytes(serial.as_str().as_bytes());
+                out.put_bytes(user.as_str().as_bytes());
+                out.put_bytes(pin.as_ref().map_or("", Pin::as_str).as_bytes());
+                out.put_bytes(label.as_bytes());
             }
             Operation::Tokens {
                 filter,

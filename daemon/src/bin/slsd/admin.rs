@@ -114,6 +114,25 @@ enum AdminOperation {
         #[arg(long)]
         password_file: Option<PathBuf>,
     },
+    /// Enrol an unassigned token as a device of a user.
+    AssignToken {
+        #[arg(value_parser = serial)]
+        serial: Serial,
+        #[arg(value_parser = username)]
+        user: Username,
+        /// The card's PIN, for a suite that binds one (P).
+        #[arg(long)]
+        pin: Option<String>,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Find a drifted token again by two consecutive codes (an OCRA card's
+    /// answers to the question of all zeros).
+    Resync {
+        device: u64,
+        code1: String,
+        code2: String,
+    },
     /// The token inventory by serial.
     Tokens {
         /// unassigned, assigned or retired.
@@ -331,6 +350,26 @@ impl AdminOperation {
             },
             Self::Stats => Operation::Stats,
             Self::ImportTokens { .. } => bail!("import-tokens is not one request"),
+            Self::Resync {
+                device,
+                code1,
+                code2,
+            } => Operation::Resync {
+                device: DeviceId(device),
+                first: Answer::new(&code1),
+                second: Answer::new(&code2),
+            },
+            Self::AssignToken {
+                serial,
+                user,
+                pin,
+                label,
+            } => Operation::AssignToken {
+                serial,
+                user,
+                pin: pin.as_deref().map(Pin::new),
+                label,
+            },
             Self::Tokens {
                 state,
                 serial_from,

@@ -200,6 +200,7 @@ fn print_profiles() -> anyhow::Result<()> {
             Check::Ocra { suite, .. } => format!("ocra {suite}"),
             Check::CodeCard { positions } => format!("code card, {positions} positions"),
             Check::RandomCode(spec) => format!("random code, {} symbols", spec.length()),
+            Check::Token { .. } => "each token's own (PSKC import)".into(),
         };
         println!(
             "{:<11} {:<26} {:<10} {:<7} {:<38} {:>21}",

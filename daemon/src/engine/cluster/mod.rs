@@ -208,6 +208,24 @@ impl Engine {
                 self.import_tokens(store, caller, import, commit, tokens, now, rng)
                     .await
             }
+            Operation::AssignToken {
+                serial,
+                user,
+                pin,
+                label,
+            } => {
+                let pin = pin.as_ref();
+                self.assign_token(store, caller, &serial, &user, pin, &label, now, rng)
+                    .await
+            }
+            Operation::Resync {
+                device,
+                first,
+                second,
+            } => {
+                self.resync(store, caller, device, &first, &second, now, rng)
+                    .await
+            }
             Operation::Tokens {
                 filter,
                 after,

@@ -142,6 +142,9 @@ pub fn question_for<R: CryptoRng + ?Sized>(
             Question::Ocra(text.as_str().to_owned())
         }
         Verifier::Card(card) => Question::Card(card.random_challenge(rng)),
-        Verifier::Code(_) | Verifier::Phone(_) => Question::Code,
+        // HOTP and TOTP tokens show their code unasked.
+        Verifier::Code(_) | Verifier::Phone(_) | Verifier::Hotp { .. } | Verifier::Totp { .. } => {
+            Question::Code
+        }
     }
 }

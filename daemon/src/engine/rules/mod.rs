@@ -9,4 +9,5 @@ pub mod ask;
 pub mod code;
 pub mod devices;
 pub mod lockout;
+pub mod token;
 pub mod verify;

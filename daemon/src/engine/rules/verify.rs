@@ -75,7 +75,7 @@ pub fn decide(
         // be answered. Or it expired longer ago than stores remember.
         return decided(Verdict::UnknownChallenge, Disposition::Remove, false, false);
     }
-    match judge(open, device, failures, answer, now) {
+    match judge(open, device, failures, answer, now, config) {
         Judgement::Expired => decided(Verdict::Expired, Disposition::Remove, false, false),
         Judgement::LockedOut(retry_after) => decided(
             Verdict::LockedOut { retry_after },
@@ -83,10 +83,16 @@ pub fn decide(
             false,
             false,
         ),
-        Judgement::Right => {
+        Judgement::Right { moving } => {
             questions.answered_right(id, config.challenges.question_limits());
-            let changed = *failures != FailureState::default();
-            *failures = FailureState::default();
+            // A right answer clears the failures; a token's moving factor
+            // goes past the code it used.
+            let after = FailureState {
+                moving: moving.unwrap_or(failures.moving),
+                ..FailureState::default()
+            };
+            let changed = *failures != after;
+            *failures = after;
             decided(accepted(open, device), Disposition::Remove, changed, false)
         }
         Judgement::Wrong => {
@@ -104,7 +110,10 @@ pub fn decide(
 pub enum Judgement {
     Expired,
     LockedOut(Duration),
-    Right,
+    /// With a token's moving factor after the code it used.
+    Right {
+        moving: Option<u64>,
+    },
     Wrong,
 }
 
@@ -116,6 +125,7 @@ pub fn judge(
     failures: &FailureState,
     answer: &Answer,
     now: Timestamp,
+    config: &Config,
 ) -> Judgement {
     if open.expires_at <= now || device.expired_at(now) {
         return Judgement::Expired;
@@ -123,10 +133,24 @@ pub fn judge(
     if let Some(retry_after) = super::lockout::locked(failures, now) {
         return Judgement::LockedOut(retry_after);
     }
-    if answer_is_right(device, &open.question, answer, now) {
-        Judgement::Right
-    } else {
-        Judgement::Wrong
+    let question = match &open.question {
+        Question::Ocra(text) => text.as_str(),
+        _ => "",
+    };
+    let given = answer.as_bytes();
+    match super::token::matched(
+        device,
+        question,
+        given,
+        failures.moving,
+        now,
+        &config.tokens,
+    ) {
+        Some(Some(next)) => Judgement::Right { moving: Some(next) },
+        Some(None) if answer_is_right(device, &open.question, answer, now) => {
+            Judgement::Right { moving: None }
+        }
+        _ => Judgement::Wrong,
     }
 }
 

@@ -40,7 +40,7 @@ use crate::otp::push::PushKey;
 use crate::phone::PhoneNumber;
 use crate::profile::DeviceKind;
 use crate::store::cluster::redis::{Key, Op, Versioned};
-use crate::store::inventory::{ImportId, InventoryToken, Staged, TokenFilter};
+use crate::store::inventory::{ImportId, InventoryToken, Staged, TokenFilter, TokenState};
 use crate::store::records::{
     Stored, decode_audit, decode_life, decode_share, encode_audit, encode_life, encode_share,
 };
@@ -247,7 +247,9 @@ pub struct ClusterChange<'a, R: ?Sized> {
     removed: Vec<DeviceId>,
     /// Devices whose failure state the change clears (in the same
     /// transaction: the failure records are of the user's slot).
-    cleared: Vec<DeviceId>,
+    /// Devices whose failures are cleared, and the least moving factor
+    /// each keeps.
+    cleared: Vec<(DeviceId, u64)>,
     wrote: bool,
 }
 
@@ -342,24 +344,29 @@ impl<R: CryptoRng + ?Sized> RegistryChange for ClusterChange<'_, R> {
     }
 
     fn enroll(&mut self, new: NewDevice<'_>) -> Result<(DeviceId, Option<SecretKey>), EnrollError> {
+        let detail = new.detail();
         let NewDevice {
             user,
             kind,
             secret,
             pin,
             label,
+            token,
         } = new;
-        let (secret, generated, verifier) =
-            self.store.codec.prepare(self.rng, kind, secret, pin)?;
+        let (secret, generated, verifier) = self
+            .store
+            .codec
+            .prepare(self.rng, kind, secret, pin, token)?;
         let stored = Stored {
             user,
             kind,
             label,
             now: self.now,
             secret: Some(&secret),
+            token,
         };
         let id = self.add_device(stored, &verifier)?;
-        self.audit("enroll", Some(user), Some(id), kind.to_string())?;
+        self.audit("enroll", Some(user), Some(id), detail)?;
         Ok((id, generated.then_some(secret)))
     }
 
@@ -377,6 +384,7 @@ impl<R: CryptoRng + ?Sized> RegistryChange for ClusterChange<'_, R> {
             label,
             now: self.now,
             secret: Some(&code),
+            token: None,
         };
         self.add_device(stored, &verifier)
     }
@@ -400,6 +408,7 @@ impl<R: CryptoRng + ?Sized> RegistryChange for ClusterChange<'_, R> {
             label,
             now: self.now,
             secret: None,
+            token: None,
         };
         let verifier = Verifier::Phone(number.clone());
         let id = self.add_device(stored, &verifier)?;
@@ -429,12 +438,13 @@ impl<R: CryptoRng + ?Sized> RegistryChange for ClusterChange<'_, R> {
         Ok(())
     }
 
-    fn clear_failures(&mut self, id: DeviceId) -> Result<(), StoreError> {
+    fn clear_failures(&mut self, id: DeviceId, moving: u64) -> Result<(), StoreError> {
         if !self.owns(id) {
             return Err(self.outside("another user's device"));
         }
-        if !self.cleared.contains(&id) {
-            self.cleared.push(id);
+        match self.cleared.iter_mut().find(|(d, _)| *d == id) {
+            Some((_, least)) => *least = (*least).max(moving),
+            None => self.cleared.push((id, moving)),
         }
         self.wrote = true;
         Ok(())
@@ -678,6 +688,26 @@ impl Store for ClusterStore {
         ClusterStore::drop_import(self, import).await
     }
 
+    async fn failure_state(&self, device: &Device) -> Result<FailureState, StoreError> {
+        Ok(self.failures(&device.user, device.id).await?.1)
+    }
+
+    async fn token(
+        &self,
+        serial: &Serial,
+    ) -> Result<Option<(InventoryToken, SecretKey)>, StoreError> {
+        ClusterStore::token(self, serial).await
+    }
+
+    async fn swap_token_state(
+        &self,
+        serial: &Serial,
+        from: &TokenState,
+        to: &TokenState,
+    ) -> Result<bool, StoreError> {
+        ClusterStore::swap_token_state(self, serial, from, to).await
+    }
+
     async fn stale_imports(&self, before: Timestamp) -> Result<Vec<ImportId>, StoreError> {
         ClusterStore::stale_imports(self, before).await
     }
@@ -870,15 +900,23 @@ impl Store for ClusterStore {
                     Op::Set(encode_unlogged(&pending), None),
                 ),
             ];
-            // A cleared failure state does not depend on what it was: its
-            // version, read now, is only what the write must find.
+            // A cleared failure state depends on what it was only for the
+            // moving factor it keeps: read now, at the version the write
+            // must find.
             if !cleared.is_empty() {
-                let records: Vec<_> = cleared.iter().map(|id| UserRecord::Failures(*id)).collect();
+                let records: Vec<_> = cleared
+                    .iter()
+                    .map(|(id, _)| UserRecord::Failures(*id))
+                    .collect();
                 let read = self.read_user(user, &records).await?;
-                for (record, state) in records.into_iter().zip(read) {
-                    if state.value.is_some() {
-                        let cleared = FailureState::default().encode();
-                        writes.push((record, state.version, Op::Set(cleared, None)));
+                for ((record, state), (id, least)) in records.into_iter().zip(read).zip(&cleared) {
+                    let kept = super::failure_state(*id, &state)?.moving;
+                    let after = FailureState {
+                        moving: kept.max(*least),
+                        ..FailureState::default()
+                    };
+                    if state.value.is_some() || after != FailureState::default() {
+                        writes.push((record, state.version, Op::Set(after.encode(), None)));
                     }
                 }
             }

@@ -20,7 +20,7 @@ use crate::identity::Serial;
 use crate::otp::SecretKey;
 use crate::store::inventory::{
     ImportId, ImportState, InventoryToken, Staged, TokenFilter, TokenState, decode_import,
-    encode_import,
+    encode_import, encode_token_with,
 };
 use crate::store::{Actor, StoreError};
 use crate::wire::AuditRecord;
@@ -266,6 +266,63 @@ impl ClusterStore {
             }
         }
         Ok(stale)
+    }
+
+    /// A committed token and its key.
+    pub async fn token(
+        &self,
+        serial: &Serial,
+    ) -> Result<Option<(InventoryToken, SecretKey)>, StoreError> {
+        let key = token_key(serial);
+        let Some(record) = self.read_checked(&[&key]).await?.into_iter().next() else {
+            return Err(StoreError::Database("a short read".into()));
+        };
+        let Some(bytes) = &record.value else {
+            return Ok(None);
+        };
+        let (token, sealed) = self.codec.decode_token(bytes)?;
+        let (_, state) = self.import_state(token.import).await?;
+        if !matches!(state, Some(ImportState::Committed { .. })) {
+            return Ok(None);
+        }
+        let secret = self.codec.open_token_key(serial, &sealed)?;
+        Ok(Some((token, secret)))
+    }
+
+    /// Moves a token from `from` to `to` (see `Store::swap_token_state`).
+    pub async fn swap_token_state(
+        &self,
+        serial: &Serial,
+        from: &TokenState,
+        to: &TokenState,
+    ) -> Result<bool, StoreError> {
+        let key = token_key(serial);
+        let mut rounds = self.rounds();
+        while rounds.next().await {
+            let Some(record) = self.read_checked(&[&key]).await?.into_iter().next() else {
+                return Err(StoreError::Database("a short read".into()));
+            };
+            let Some(bytes) = &record.value else {
+                return Ok(false);
+            };
+            let (mut token, sealed) = self.codec.decode_token(bytes)?;
+            if &token.state != from {
+                return Ok(false);
+            }
+            token.state = to.clone();
+            let value = encode_token_with(&token, &sealed);
+            let tagged = self.tagged(&key, record.version + 1, &value);
+            if self
+                .redis
+                .transact(&[(&key, record.version, Op::Set(tagged, None))], true)
+                .await?
+            {
+                return Ok(true);
+            }
+        }
+        Err(StoreError::Database(format!(
+            "token {serial} kept changing"
+        )))
     }
 
     pub async fn inventory(

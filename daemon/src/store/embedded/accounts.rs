@@ -91,15 +91,19 @@ impl<R: CryptoRng + ?Sized> Change<'_, R> {
         &mut self,
         new: NewDevice<'_>,
     ) -> Result<(DeviceId, Option<SecretKey>), EnrollError> {
+        let detail = new.detail();
         let NewDevice {
             user,
             kind,
             secret,
             pin,
             label,
+            token,
         } = new;
-        let (secret, generated, verifier) =
-            self.registry.codec.prepare(self.rng, kind, secret, pin)?;
+        let (secret, generated, verifier) = self
+            .registry
+            .codec
+            .prepare(self.rng, kind, secret, pin, token)?;
         let id = self.add_device(
             Stored {
                 user,
@@ -107,10 +111,11 @@ impl<R: CryptoRng + ?Sized> Change<'_, R> {
                 label,
                 now: self.now,
                 secret: Some(&secret),
+                token,
             },
             verifier,
         )?;
-        self.audit("enroll", Some(user), Some(id), kind.to_string())?;
+        self.audit("enroll", Some(user), Some(id), detail)?;
         Ok((id, generated.then_some(secret)))
     }
 
@@ -130,6 +135,7 @@ impl<R: CryptoRng + ?Sized> Change<'_, R> {
                 label,
                 now: self.now,
                 secret: Some(&code),
+                token: None,
             },
             verifier,
         )
@@ -161,6 +167,7 @@ impl<R: CryptoRng + ?Sized> Change<'_, R> {
                 label,
                 now: self.now,
                 secret: None,
+                token: None,
             },
             Verifier::Phone(number),
         )?;
@@ -197,15 +204,18 @@ impl<R: CryptoRng + ?Sized> Change<'_, R> {
                 .open_table(crate::store::embedded::registry::PHONES)?
                 .insert(id.0, sealed.as_slice())?;
         }
-        self.effects.push(Effect::Index(Box::new(Device::new(
-            id,
-            new.user.clone(),
-            new.kind,
-            new.label.to_owned(),
-            new.now,
-            codec.expiry(new.kind, new.now),
-            verifier,
-        ))));
+        self.effects.push(Effect::Index(Box::new(
+            Device::new(
+                id,
+                new.user.clone(),
+                new.kind,
+                new.label.to_owned(),
+                new.now,
+                codec.expiry(new.kind, new.now),
+                verifier,
+            )
+            .with_token(new.token.cloned()),
+        )));
         Ok(id)
     }
 
@@ -557,8 +567,13 @@ impl<R: CryptoRng + ?Sized> crate::store::RegistryChange for Change<'_, R> {
         Change::remove_device(self, id).map(drop)
     }
 
-    fn clear_failures(&mut self, id: DeviceId) -> Result<(), StoreError> {
-        Change::set_failures(self, id, FailureState::default())
+    fn clear_failures(&mut self, id: DeviceId, moving: u64) -> Result<(), StoreError> {
+        let kept = self.registry.device(id).map_or(0, |d| d.failures().moving);
+        let state = FailureState {
+            moving: kept.max(moving),
+            ..FailureState::default()
+        };
+        Change::set_failures(self, id, state)
     }
 
     fn set_user(&mut self, user: &Username, record: Account) -> Result<(), StoreError> {

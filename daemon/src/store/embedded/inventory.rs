@@ -14,7 +14,7 @@ use crate::identity::Serial;
 use crate::otp::SecretKey;
 use crate::store::inventory::{
     ImportId, ImportState, InventoryToken, Staged, TokenFilter, TokenState, decode_import,
-    encode_import,
+    encode_import, encode_token_with,
 };
 use crate::store::{Actor, StoreError};
 use crate::wire::token::TokenInfo;
@@ -206,6 +206,62 @@ impl Registry {
             }
         }
         Ok(out)
+    }
+}
+
+impl Registry {
+    /// A committed token and its key.
+    pub fn token(
+        &self,
+        serial: &Serial,
+    ) -> Result<Option<(InventoryToken, SecretKey)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TOKENS)?;
+        let Some(record) = table.get(serial.as_str())? else {
+            return Ok(None);
+        };
+        let (token, sealed) = self.codec.decode_token(record.value())?;
+        let imports = txn.open_table(IMPORTS)?;
+        let committed = matches!(
+            imports
+                .get(token.import.0)?
+                .and_then(|v| decode_import(v.value())),
+            Some(ImportState::Committed { .. })
+        );
+        if !committed {
+            return Ok(None);
+        }
+        let key = self.codec.open_token_key(serial, &sealed)?;
+        Ok(Some((token, key)))
+    }
+
+    /// Moves a token from `from` to `to` (see `Store::swap_token_state`).
+    pub fn swap_token_state(
+        &self,
+        serial: &Serial,
+        from: &TokenState,
+        to: &TokenState,
+    ) -> Result<bool, StoreError> {
+        let _serial = self.lock_changes();
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(TOKENS)?;
+            let Some((mut token, sealed)) = table
+                .get(serial.as_str())?
+                .map(|v| self.codec.decode_token(v.value()))
+                .transpose()?
+            else {
+                return Ok(false);
+            };
+            if &token.state != from {
+                return Ok(false);
+            }
+            token.state = to.clone();
+            let record = encode_token_with(&token, &sealed);
+            table.insert(serial.as_str(), record.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(true)
     }
 }
 

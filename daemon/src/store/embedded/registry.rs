@@ -23,7 +23,7 @@ use crate::otp::SecretKey;
 use crate::otp::push::PushKey;
 use crate::profile::DeviceProfiles;
 use crate::store::embedded::accounts::{AUDIT, DEVICE_LIFE, LEDGER, SHARES, USERS};
-use crate::store::inventory::{ImportId, InventoryToken, Staged, TokenFilter};
+use crate::store::inventory::{ImportId, InventoryToken, Staged, TokenFilter, TokenState};
 use crate::store::records::DeviceCodec;
 use crate::store::sealed::SecretCipher;
 use crate::store::{Account, Actor, Share};
@@ -468,6 +468,26 @@ impl crate::store::Store for Registry {
         limit: usize,
     ) -> Result<Vec<InventoryToken>, StoreError> {
         self.inventory(filter, after, limit)
+    }
+
+    async fn failure_state(&self, device: &Device) -> Result<FailureState, StoreError> {
+        Ok(*device.failures())
+    }
+
+    async fn token(
+        &self,
+        serial: &Serial,
+    ) -> Result<Option<(InventoryToken, SecretKey)>, StoreError> {
+        Registry::token(self, serial)
+    }
+
+    async fn swap_token_state(
+        &self,
+        serial: &Serial,
+        from: &TokenState,
+        to: &TokenState,
+    ) -> Result<bool, StoreError> {
+        Registry::swap_token_state(self, serial, from, to)
     }
 
     async fn change<R, T, E>(
