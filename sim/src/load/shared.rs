@@ -112,7 +112,12 @@ impl Shared {
         // A device that waits for an operator says `Duration::MAX`: a
         // century is forever for a load run.
         const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
-        let until = sent + retry.min(FOREVER);
+        // The daemon counts time in whole milliseconds (its clock read
+        // truncated), so the time left it reports can be up to one more
+        // than is really left: the least possible end is a millisecond
+        // sooner.
+        const CLOCK_GRAIN: Duration = Duration::from_millis(1);
+        let until = sent + retry.min(FOREVER).saturating_sub(CLOCK_GRAIN);
         let mut locks = lock(&self.locks);
         let entry = locks.entry(device).or_insert(SeenLock { seen, until });
         if until > entry.until {

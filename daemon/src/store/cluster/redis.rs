@@ -782,15 +782,7 @@ impl RedisStore {
         members: &[&[u8]],
         durable: bool,
     ) -> Result<(), RedisError> {
-        if members.is_empty() {
-            return Ok(());
-        }
-        let mut command = redis::cmd("SADD");
-        command.arg(key.as_str());
-        for member in members {
-            command.arg(*member);
-        }
-        int(&self.run(key, command, durable).await?).map(drop)
+        self.set_members("SADD", key, members, durable).await
     }
 
     /// Removes `members` from the set at `key`, in one command.
@@ -800,10 +792,21 @@ impl RedisStore {
         members: &[&[u8]],
         durable: bool,
     ) -> Result<(), RedisError> {
+        self.set_members("SREM", key, members, durable).await
+    }
+
+    /// `SADD` or `SREM` of `members` (none: nothing sent).
+    async fn set_members(
+        &self,
+        name: &str,
+        key: &Key,
+        members: &[&[u8]],
+        durable: bool,
+    ) -> Result<(), RedisError> {
         if members.is_empty() {
             return Ok(());
         }
-        let mut command = redis::cmd("SREM");
+        let mut command = redis::cmd(name);
         command.arg(key.as_str());
         for member in members {
             command.arg(*member);
