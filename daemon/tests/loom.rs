@@ -75,6 +75,7 @@ fn fixture(config: &str) -> Fixture {
             secret: Some(SecretKey::from_bytes(KEY.to_vec()).unwrap()),
             pin: None,
             label: "",
+            token: None,
         };
         registry
             .change(rng, T0, Actor::SYSTEM, |c| c.enroll(new))
@@ -423,6 +424,7 @@ fn an_approval_racing_with_await_push_reaches_the_gateway_once() {
             secret: None,
             pin: None,
             label: "",
+            token: None,
         };
         registry
             .change(rng, T0, Actor::SYSTEM, |c| {
