@@ -4,41 +4,11 @@
 
 mod support;
 
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
 use slsd::policy::calendar::Day;
-use support::daemon::Daemon;
-
-fn admin(daemon: &Daemon, args: &[&str]) -> Output {
-    Command::new(support::binary("slsd"))
-        .arg("admin")
-        .arg("--data-dir")
-        .arg(&daemon.data_dir)
-        .arg("--addr")
-        .arg(daemon.quic.to_string())
-        .args(args)
-        .output()
-        .expect("run slsd admin")
-}
-
-/// The JSON a successful `--json` run prints.
-fn json(daemon: &Daemon, args: &[&str]) -> Value {
-    let mut with_json = args.to_vec();
-    with_json.push("--json");
-    let output = admin(daemon, &with_json);
-    serde_json::from_str(&support::stdout_ok(&output)).expect("JSON on stdout")
-}
-
-/// The one stderr line of a failing run.
-fn failure(daemon: &Daemon, args: &[&str]) -> String {
-    let output = admin(daemon, args);
-    assert!(!output.status.success(), "{args:?} succeeded");
-    assert!(output.stdout.is_empty());
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    stderr.trim_end().to_owned()
-}
+use support::daemon::{Daemon, admin, admin_failure as failure, admin_json as json};
 
 #[test]
 fn admin_operations_from_the_command_line() {

@@ -7,37 +7,10 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
-use support::daemon::Daemon;
-
-fn admin(daemon: &Daemon, args: &[&str]) -> Output {
-    Command::new(support::binary("slsd"))
-        .arg("admin")
-        .arg("--data-dir")
-        .arg(&daemon.data_dir)
-        .arg("--addr")
-        .arg(daemon.quic.to_string())
-        .args(args)
-        .output()
-        .expect("run slsd admin")
-}
-
-fn json(daemon: &Daemon, args: &[&str]) -> Value {
-    let mut with_json = args.to_vec();
-    with_json.push("--json");
-    serde_json::from_str(&support::stdout_ok(&admin(daemon, &with_json))).expect("JSON")
-}
-
-/// The one stderr line of a failing run.
-fn failure(daemon: &Daemon, args: &[&str]) -> String {
-    let output = admin(daemon, args);
-    assert!(!output.status.success(), "{args:?} succeeded");
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    stderr.trim_end().to_owned()
-}
+use support::daemon::{Daemon, admin, admin_failure as failure, admin_json as json};
 
 /// A file python-pskc writes (see `support/pskc_write.py`).
 fn vendor_file(out: &Path, opening: &[&str]) {

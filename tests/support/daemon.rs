@@ -116,3 +116,36 @@ impl Daemon {
             .expect("connect")
     }
 }
+
+/// `slsd admin ARGS` against `daemon`, with the admin certificate of its
+/// data directory.
+pub fn admin(daemon: &Daemon, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(binary("slsd"))
+        .arg("admin")
+        .arg("--data-dir")
+        .arg(&daemon.data_dir)
+        .arg("--addr")
+        .arg(daemon.quic.to_string())
+        .args(args)
+        .output()
+        .expect("run slsd admin")
+}
+
+/// The JSON a successful `slsd admin ARGS --json` run prints.
+pub fn admin_json(daemon: &Daemon, args: &[&str]) -> serde_json::Value {
+    let mut with_json = args.to_vec();
+    with_json.push("--json");
+    let output = admin(daemon, &with_json);
+    serde_json::from_str(&super::stdout_ok(&output)).expect("JSON on stdout")
+}
+
+/// The one stderr line of a failing `slsd admin ARGS` run (nothing on
+/// stdout).
+pub fn admin_failure(daemon: &Daemon, args: &[&str]) -> String {
+    let output = admin(daemon, args);
+    assert!(!output.status.success(), "{args:?} succeeded");
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    stderr.trim_end().to_owned()
+}
