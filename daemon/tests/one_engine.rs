@@ -22,7 +22,6 @@ use slsd::otp::push::PushSigner;
 use slsd::phone::PhoneNumber;
 use slsd::profile::DeviceKind;
 use slsd::store::cluster::memory::{MemoryRedis, run_now};
-use slsd::store::sealed::SecretCipher;
 use slsd::wire::{EnrollRequest, Operation, Reply};
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
@@ -164,12 +163,7 @@ fn operator_changes_answer_and_audit_alike_on_both_stores() {
     let embedded = Node::Embedded(common::open_engine(dir.path(), config.clone()));
 
     let cluster_dir = tempfile::tempdir().unwrap();
-    let memory = Arc::new(MemoryRedis::new());
-    memory.set_now(T0);
-    let mut rng = ChaCha20Rng::seed_from_u64(2);
-    let engine = common::open_engine(cluster_dir.path(), config)
-        .with_memory_cluster(Arc::clone(&memory), SecretCipher::new(&[5; 32]), &mut rng)
-        .unwrap();
+    let (engine, memory) = common::open_cluster_engine(cluster_dir.path(), config, T0);
     let cluster = Node::Cluster(engine, memory);
 
     let on_one_node = run(&embedded);

@@ -24,7 +24,6 @@ use slsd::otp::ocra::{Ocra, OcraInput, Suite};
 use slsd::otp::token::TokenAlgorithm;
 use slsd::otp::totp::TimeStep;
 use slsd::store::cluster::memory::{MemoryRedis, run_now};
-use slsd::store::sealed::SecretCipher;
 use slsd::wire::request::Answer;
 use slsd::wire::token::{NewToken, TokenFilter, TokenInfo, TokenState};
 use slsd::wire::{ChallengeText, Verdict};
@@ -48,12 +47,7 @@ impl Node {
         let dir = tempfile::tempdir().unwrap();
         let embedded = Node::Embedded(common::open_engine(dir.path(), config.clone()));
         let cluster_dir = tempfile::tempdir().unwrap();
-        let memory = Arc::new(MemoryRedis::new());
-        memory.set_now(T0);
-        let mut rng = ChaCha20Rng::seed_from_u64(2);
-        let engine = common::open_engine(cluster_dir.path(), config)
-            .with_memory_cluster(Arc::clone(&memory), SecretCipher::new(&[5; 32]), &mut rng)
-            .unwrap();
+        let (engine, memory) = common::open_cluster_engine(cluster_dir.path(), config, T0);
         vec![
             (embedded, dir),
             (Node::Cluster(engine, memory), cluster_dir),
