@@ -154,6 +154,16 @@ fn an_ocra_card_with_its_suite_in_the_algorithm_parameters_and_a_zero_led_serial
     let contradicting = ocra.replace(r#"Length="6""#, r#"Length="8""#);
     let (_, _, refused) = problem(read(&contradicting, Opening::PreSharedKey(&key)));
     assert!(matches!(refused, Problem::Invalid(text) if text.contains("Length 8")));
+
+    // A suite with both a counter and a time step has two moving factors:
+    // refused, and nothing of the file is imported.
+    let both = ocra.replace("C-QN08-PSHA1", "C-QN08-PSHA1-T1M");
+    let (_, serial, refused) = problem(read(&both, Opening::PreSharedKey(&key)));
+    assert_eq!(serial, "000123");
+    assert!(
+        matches!(&refused, Problem::Invalid(text) if text.contains("both a counter (C) and a time step (T)")),
+        "{refused:?}"
+    );
 }
 
 #[test]

@@ -311,9 +311,21 @@ fn an_unfinished_import_is_dropped_once_stale() {
 }
 
 #[test]
-fn short_keys_and_oversized_imports_are_refused() {
+fn short_keys_two_moving_factors_and_oversized_imports_are_refused() {
     for (node, _dir) in Node::both() {
         let name = node.name();
+        let suite: Suite = "OCRA-1:HOTP-SHA1-6:C-QN08-T1M".parse().unwrap();
+        let both = TokenAlgorithm::Ocra {
+            suite: Arc::new(suite),
+        };
+        let Reply::Error { message, .. } = node.call(Operation::ImportTokens {
+            import: 0,
+            commit: true,
+            tokens: vec![token("K0"), imported("CT1", both, &[7; 20])],
+        }) else {
+            panic!("{name}: a suite with C and T was imported")
+        };
+        assert!(message.contains("token CT1") && message.contains("(C) and a time step (T)"), "{name}: {message}");
         let mut short = token("K1");
         short.key = SecretKey::from_bytes(vec![1; 10]).unwrap();
         let Reply::Error { message, .. } = node.call(Operation::ImportTokens {

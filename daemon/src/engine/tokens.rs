@@ -61,6 +61,12 @@ impl Engine {
             let least = limits.min_key_bytes;
             return refuse(format!("token {serial}: its key is {bytes} bytes, at least {least} are required (tokens.min-key-bytes)")).await;
         }
+        if let Some((token, why)) = tokens
+            .iter()
+            .find_map(|t| Some((t, t.info.algorithm.unsupported()?)))
+        {
+            return refuse(format!("token {}: {why}", token.info.serial)).await;
+        }
         let mut seen = std::collections::HashSet::new();
         if let Some(twice) = tokens.iter().find(|t| !seen.insert(&t.info.serial)) {
             let serial = &twice.info.serial;

@@ -39,6 +39,15 @@ impl TokenAlgorithm {
         }
     }
 
+    /// Why sls cannot follow this token, if it cannot: an OCRA suite with
+    /// both a counter and a time step would need two moving factors, and
+    /// a token has one (what was used of it stays used).
+    pub fn unsupported(&self) -> Option<String> {
+        (self.counts_events() && self.counts_time()).then(|| {
+            format!("OCRA suite {self} has both a counter (C) and a time step (T): sls follows one moving factor per token")
+        })
+    }
+
     /// Whether codes move with the clock (TOTP, OCRA suites with `T`).
     pub fn counts_time(&self) -> bool {
         match self {

@@ -268,9 +268,13 @@ fn ocra(fields: &Fields) -> Result<TokenAlgorithm, Problem> {
             suite.digits()
         )));
     }
-    Ok(TokenAlgorithm::Ocra {
+    let algorithm = TokenAlgorithm::Ocra {
         suite: Arc::new(suite),
-    })
+    };
+    match algorithm.unsupported() {
+        Some(why) => Err(Problem::Invalid(why)),
+        None => Ok(algorithm),
+    }
 }
 
 /// A HOTP or TOTP hash: SHA1 unless `AlgorithmParameters/Suite` names
