@@ -718,3 +718,80 @@ fn a_drifted_token_resyncs_forward_only_and_an_unlock_keeps_its_counter() {
         assert!(message.contains("nothing to resync"), "{name}: {message}");
     }
 }
+
+/// Sixteen logins racing with the same HOTP and TOTP code, each on a
+/// challenge of its own and a thread of its own (on the cluster, commands
+/// interleave through the one Redis, with another node interfering):
+/// exactly one is accepted, and the counter or step is used up after it.
+#[test]
+fn sixteen_logins_racing_with_one_code_get_one_acceptance() {
+    const RACERS: usize = 16;
+    let sha1 = HashAlgorithm::Sha1;
+    let six = Digits::exactly(6);
+    let hmac = HmacKey::new(sha1, &SecretKey::from_bytes(KEY.to_vec()).unwrap());
+    let code = |counter| hotp(&hmac, counter, six).as_str().to_owned();
+    let totp = TokenAlgorithm::Totp {
+        hash: sha1,
+        digits: six,
+        step: TimeStep::THIRTY_SECONDS,
+        origin: 0,
+    };
+    let hotp_token = TokenAlgorithm::Hotp {
+        hash: sha1,
+        digits: six,
+    };
+    for (node, _dir) in Node::both() {
+        let name = node.name();
+        let import = Operation::ImportTokens {
+            import: 0,
+            commit: true,
+            tokens: vec![
+                imported("RH", hotp_token.clone(), KEY),
+                imported("RT", totp.clone(), KEY),
+            ],
+        };
+        assert!(
+            matches!(node.call(import), Reply::TokensImported { count: 2, .. }),
+            "{name}"
+        );
+        let step = T0.0 / 30_000;
+        for (serial, right_code) in [("RH", code(2)), ("RT", code(step))] {
+            let Reply::Enrolled { device, .. } = node.call(assign(serial, None)) else {
+                panic!("{name}: {serial} assigned")
+            };
+            let challenges: Vec<_> = (0..RACERS)
+                .map(|_| challenge(&node, device, T0).0)
+                .collect();
+            let barrier = std::sync::Barrier::new(RACERS);
+            let accepted = std::thread::scope(|scope| {
+                let racers: Vec<_> = challenges
+                    .iter()
+                    .map(|&id| {
+                        let (node, barrier, right_code) = (&node, &barrier, &right_code);
+                        scope.spawn(move || {
+                            barrier.wait();
+                            verify(node, id, right_code, T0)
+                        })
+                    })
+                    .collect();
+                racers
+                    .into_iter()
+                    .map(|racer| racer.join().unwrap())
+                    .filter(|verdict| matches!(verdict, Verdict::Accepted { .. }))
+                    .count()
+            });
+            assert_eq!(accepted, 1, "{name}: {serial}'s one code accepted {accepted} times");
+            // Used up: a later login with it fails, the next code works.
+            let next_code = if serial == "RH" { code(3) } else { code(step + 1) };
+            let (id, _) = challenge(&node, device, T0);
+            assert!(
+                matches!(verify(&node, id, &right_code, T0), Verdict::Rejected { .. }),
+                "{name}: {serial}"
+            );
+            assert!(
+                matches!(verify(&node, id, &next_code, T0), Verdict::Accepted { .. }),
+                "{name}: {serial}"
+            );
+        }
+    }
+}
