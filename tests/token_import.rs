@@ -181,13 +181,41 @@ fn vendor_files_import_whole_or_not_at_all() {
     );
     assert!(refused.contains("nothing changed"), "{refused}");
 
-    // Each import is in the audit log.
+    // Retired: one by serial, then a range that holds the assigned card
+    // (its device is revoked) and the one retired already.
+    let human = support::stdout_ok(&admin(&daemon, &["retire-tokens", "000201"]));
+    assert_eq!(human.trim(), "retired 1 tokens");
+    let retired = json(
+        &daemon,
+        &[
+            "retire-tokens",
+            "--serial-from",
+            "000102",
+            "--serial-to",
+            "000201",
+        ],
+    );
+    assert_eq!(retired["retired"], 2);
+    let listing = json(&daemon, &["tokens", "--state", "retired"]);
+    assert_eq!(serials(&listing), ["000102", "000103", "000201"]);
+    let devices = support::stdout_ok(&admin(&daemon, &["devices", "alice"]));
+    assert!(!devices.contains("kind=token"), "{devices}");
+    let refused = failure(&daemon, &["assign-token", "000103", "alice"]);
+    assert!(refused.contains("retired"), "{refused}");
+    let refused = admin(&daemon, &["retire-tokens", "--serial-from", "000102"]);
+    assert!(!refused.status.success());
+
+    // Each import and retirement is in the audit log.
     let audit = json(&daemon, &["audit"]);
-    let imports = audit["audit"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "import-tokens")
-        .count();
-    assert_eq!(imports, 2);
+    let count = |action: &str| {
+        audit["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == action)
+            .count()
+    };
+    assert_eq!(count("import-tokens"), 2);
+    assert_eq!(count("retire-token"), 3);
+    assert_eq!(count("revoke"), 1);
 }

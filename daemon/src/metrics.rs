@@ -68,7 +68,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 /// Operation labels of [`REQUESTS`] and [`REQUEST_SECONDS`].
-pub const OPERATIONS: [&str; 41] = [
+pub const OPERATIONS: [&str; 42] = [
     "devices",
     "challenge",
     "verify",
@@ -108,6 +108,7 @@ pub const OPERATIONS: [&str; 41] = [
     "tokens",
     "assign_token",
     "resync",
+    "retire_tokens",
     "complete_activation",
     "invalid",
 ];

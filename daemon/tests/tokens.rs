@@ -325,7 +325,10 @@ fn short_keys_two_moving_factors_and_oversized_imports_are_refused() {
         }) else {
             panic!("{name}: a suite with C and T was imported")
         };
-        assert!(message.contains("token CT1") && message.contains("(C) and a time step (T)"), "{name}: {message}");
+        assert!(
+            message.contains("token CT1") && message.contains("(C) and a time step (T)"),
+            "{name}: {message}"
+        );
         let mut short = token("K1");
         short.key = SecretKey::from_bytes(vec![1; 10]).unwrap();
         let Reply::Error { message, .. } = node.call(Operation::ImportTokens {
@@ -780,9 +783,16 @@ fn sixteen_logins_racing_with_one_code_get_one_acceptance() {
                     .filter(|verdict| matches!(verdict, Verdict::Accepted { .. }))
                     .count()
             });
-            assert_eq!(accepted, 1, "{name}: {serial}'s one code accepted {accepted} times");
+            assert_eq!(
+                accepted, 1,
+                "{name}: {serial}'s one code accepted {accepted} times"
+            );
             // Used up: a later login with it fails, the next code works.
-            let next_code = if serial == "RH" { code(3) } else { code(step + 1) };
+            let next_code = if serial == "RH" {
+                code(3)
+            } else {
+                code(step + 1)
+            };
             let (id, _) = challenge(&node, device, T0);
             assert!(
                 matches!(verify(&node, id, &right_code, T0), Verdict::Rejected { .. }),
@@ -793,5 +803,89 @@ fn sixteen_logins_racing_with_one_code_get_one_acceptance() {
                 "{name}: {serial}"
             );
         }
+    }
+}
+
+/// Retiring a serial range, a page at a time: unassigned tokens retired,
+/// an assigned one by revoking its device, a retired one left alone;
+/// nothing retired is assigned again.
+#[test]
+fn a_serial_range_retires_page_by_page_and_revokes_assigned_devices() {
+    for (node, _dir) in Node::both() {
+        let name = node.name();
+        let serials: Vec<String> = (0..1_100).map(|n| format!("R{n:05}")).collect();
+        let names: Vec<&str> = serials.iter().map(String::as_str).collect();
+        assert!(
+            matches!(
+                node.call(batch(0, true, &names)),
+                Reply::TokensImported { count: 1_100, .. }
+            ),
+            "{name}"
+        );
+        let Reply::Enrolled { device, .. } = node.call(assign("R00700", None)) else {
+            panic!("{name}: R00700 assigned")
+        };
+        let retire = |from: &str, to: &str, after: Option<&str>| {
+            node.call(Operation::RetireTokens {
+                from: Serial::new(from).unwrap(),
+                to: Serial::new(to).unwrap(),
+                after: after.map(|a| Serial::new(a).unwrap()),
+            })
+        };
+        assert_eq!(
+            retire("R00010", "R00010", None),
+            Reply::TokensRetired {
+                retired: 1,
+                last: None
+            },
+            "{name}"
+        );
+        // R00005..R01049: a full page (500), then the rest.
+        let Reply::TokensRetired { retired, last } = retire("R00005", "R01049", None) else {
+            panic!("{name}: a page retired")
+        };
+        assert_eq!(
+            (retired, last.as_ref().map(Serial::as_str)),
+            (499, Some("R00504")),
+            "{name}"
+        );
+        let Reply::TokensRetired { retired, last } =
+            retire("R00005", "R01049", last.as_ref().map(Serial::as_str))
+        else {
+            panic!("{name}: a page retired")
+        };
+        assert_eq!(
+            (retired, last.as_ref().map(Serial::as_str)),
+            (500, Some("R01004")),
+            "{name}"
+        );
+        let Reply::TokensRetired { retired, last } =
+            retire("R00005", "R01049", last.as_ref().map(Serial::as_str))
+        else {
+            panic!("{name}: a page retired")
+        };
+        assert_eq!((retired, last), (45, None), "{name}");
+        let state = |state| TokenFilter {
+            state: Some(state),
+            ..TokenFilter::default()
+        };
+        assert_eq!(node.serials(&state("retired"), 500).len(), 1_045, "{name}");
+        let unassigned = node.serials(&state("unassigned"), 500);
+        assert_eq!(unassigned.len(), 55, "{name}");
+        assert!(
+            unassigned
+                .iter()
+                .all(|s| s.as_str() < "R00005" || s.as_str() > "R01049"),
+            "{name}"
+        );
+        // The assigned token's device is revoked; the token stays retired.
+        let Reply::Error { code, .. } = node.call(Operation::Revoke { device }) else {
+            panic!("{name}: the device of a retired token is still there")
+        };
+        assert_eq!(code, ErrorCode::NotFound, "{name}");
+        let Reply::Error { message, .. } = node.call(assign("R00700", None)) else {
+            panic!("{name}: a retired token was assigned again")
+        };
+        assert!(message.contains("retired"), "{name}: {message}");
     }
 }

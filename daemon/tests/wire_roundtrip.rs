@@ -226,6 +226,8 @@ fn operation() -> impl Strategy<Value = Operation> {
             first: Answer::new(&a),
             second: Answer::new(&b),
         }),
+        (serial(), serial(), prop::option::of(serial()))
+            .prop_map(|(from, to, after)| Operation::RetireTokens { from, to, after }),
         (token_filter(), prop::option::of(serial()), any::<u16>()).prop_map(
             |(filter, after, limit)| Operation::Tokens {
                 filter,
@@ -450,6 +452,8 @@ fn reply() -> impl Strategy<Value = Reply> {
             0..6
         )
         .prop_map(Reply::Audit),
+        (any::<u64>(), prop::option::of(serial()))
+            .prop_map(|(retired, last)| Reply::TokensRetired { retired, last }),
         (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(import, count, committed)| {
             Reply::TokensImported {
                 import,
@@ -895,6 +899,11 @@ fn one_of_each() -> Vec<Operation> {
             device: DeviceId(1),
             first: Answer::new("1"),
             second: Answer::new("2"),
+        },
+        Operation::RetireTokens {
+            from: Serial::new("0001").unwrap(),
+            to: Serial::new("0009").unwrap(),
+            after: None,
         },
         Operation::StartPhoneVerification {
             user: user(),

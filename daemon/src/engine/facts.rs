@@ -59,7 +59,8 @@ pub fn facts(operation: &Operation) -> Facts {
         | Operation::CompleteActivation { .. }
         | Operation::ImportTokens { .. }
         | Operation::AssignToken { .. }
-        | Operation::Resync { .. } => Facts::CHANGES,
+        | Operation::Resync { .. }
+        | Operation::RetireTokens { .. } => Facts::CHANGES,
         Operation::Challenge { .. }
         | Operation::Push { .. }
         | Operation::SendCode { .. }

@@ -509,6 +509,11 @@ impl Engine {
                 let store = self.registry.as_ref();
                 at_once(self.resync(store, caller, device, &first, &second, now, rng)).into()
             }
+            Operation::RetireTokens { from, to, after } => {
+                let store = self.registry.as_ref();
+                let range = (&from, &to, after.as_ref());
+                at_once(self.retire_tokens(store, caller, range, now, rng)).into()
+            }
             Operation::Tokens {
                 filter,
                 after,

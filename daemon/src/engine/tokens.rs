@@ -206,7 +206,14 @@ impl Engine {
             user: user.clone(),
             device,
         };
-        store.swap_token_state(serial, &claimed, &assigned).await?;
+        if !store.swap_token_state(serial, &claimed, &assigned).await? {
+            // Retired while it was being enrolled: the device goes too.
+            self.revoke(store, caller, device, now, rng).await?;
+            return Ok(Reply::error(
+                ErrorCode::InvalidArgument,
+                format!("token {serial} was retired while it was being assigned"),
+            ));
+        }
         tracing::info!(%serial, %user, %device, "token assigned");
         Ok(Reply::Enrolled {
             device,
@@ -264,6 +271,62 @@ impl Engine {
             .await?;
         tracing::info!(%device, "token resynchronised");
         Ok(Reply::Done)
+    }
+
+    /// `RetireTokens`: the tokens of a serial range retired, a page of
+    /// `MAX_PAGE` looked at per request. An unassigned token is retired at
+    /// once; an assigned one by revoking its device (which retires it, as
+    /// every revoked token is); a claim whose device never came, or whose
+    /// device is gone, directly. Each retirement is audited.
+    pub(super) async fn retire_tokens<S: Store, R: CryptoRng + ?Sized>(
+        &self,
+        store: &S,
+        caller: &Caller<'_>,
+        (from, to, after): (&Serial, &Serial, Option<&Serial>),
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Result<Reply, StoreError> {
+        let filter = TokenFilter {
+            from: Some(from.clone()),
+            to: Some(to.clone()),
+            state: None,
+        };
+        let page = store.tokens(&filter, after, MAX_PAGE).await?;
+        let retired_state = TokenState::Retired { at: now };
+        let mut retired = 0;
+        for token in &page {
+            let serial = &token.info.serial;
+            let by_revoking = match &token.state {
+                TokenState::Retired { .. } => continue,
+                TokenState::Assigned { device, .. } if device.0 != 0 => {
+                    let revoked = self.revoke(store, caller, *device, now, rng).await?;
+                    // Revoked now: the revocation retired the token.
+                    (revoked == Reply::Done).then_some(*device)
+                }
+                _ => None,
+            };
+            if by_revoking.is_none()
+                && !store
+                    .swap_token_state(serial, &token.state, &retired_state)
+                    .await?
+            {
+                // Changed since it was listed: left as it now is.
+                continue;
+            }
+            let how = match by_revoking {
+                Some(device) => format!("{serial}, device {device} revoked"),
+                None => serial.to_string(),
+            };
+            store
+                .audit_inventory(Self::actor(caller), now, rng, "retire-token", how)
+                .await?;
+            retired += 1;
+        }
+        let last = (page.len() == MAX_PAGE)
+            .then(|| page.last().map(|t| t.info.serial.clone()))
+            .flatten();
+        tracing::info!(%from, %to, retired, "tokens retired");
+        Ok(Reply::TokensRetired { retired, last })
     }
 
     /// `Tokens`: the inventory in serial order, a page at a time.

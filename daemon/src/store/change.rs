@@ -175,6 +175,17 @@ pub trait Store: Sync {
         from: &TokenState,
         to: &TokenState,
     ) -> impl Future<Output = Result<bool, StoreError>>;
+    /// Appends an entry about the inventory (no user's records changed)
+    /// to the audit log: written after the change it records, as the
+    /// cluster writes an import's.
+    fn audit_inventory<R: CryptoRng + ?Sized>(
+        &self,
+        actor: Actor,
+        now: Timestamp,
+        rng: &mut R,
+        action: &str,
+        detail: String,
+    ) -> impl Future<Output = Result<(), StoreError>>;
     /// Runs `decide` as one change of `user`'s records, committed with its
     /// audit entries or not at all; `decide` may run more than once (on
     /// the cluster, again on what another node wrote meanwhile).

@@ -6,7 +6,7 @@ use zeroize::Zeroizing;
 
 use super::DecodeError;
 use super::codec::{Put, Reader};
-use super::token::{NewToken, TokenFilter, TokenInfo, optional_serial};
+use super::token::{NewToken, TokenFilter, TokenInfo, optional_serial, serial};
 use crate::clock::Timestamp;
 use crate::engine::Role;
 use crate::identity::{
@@ -162,6 +162,14 @@ pub enum Operation {
         after: Option<Serial>,
         limit: u16,
     },
+    /// Tokens from serial `from` to `to` (inclusive) retired, after
+    /// `after`, a page at a time: an unassigned one at once, an assigned
+    /// one by revoking its device. Retired tokens are never assigned again.
+    RetireTokens {
+        from: Serial,
+        to: Serial,
+        after: Option<Serial>,
+    },
     /// Send a confirm code by SMS to a number being added to a user.
     StartPhoneVerification { user: Username, number: PhoneNumber },
     /// Check the confirm code: the number goes on record, and a user with
@@ -289,6 +297,7 @@ impl Operation {
             Self::Tokens { .. } => 0x37,
             Self::AssignToken { .. } => 0x38,
             Self::Resync { .. } => 0x39,
+            Self::RetireTokens { .. } => 0x3a,
             Self::CarrierSubscribe => 0x40,
             Self::Ack { .. } => 0x41,
             Self::PhoneSubscribe { .. } => 0x60,
@@ -335,6 +344,7 @@ impl Operation {
             Self::Tokens { .. } => "tokens",
             Self::AssignToken { .. } => "assign_token",
             Self::Resync { .. } => "resync",
+            Self::RetireTokens { .. } => "retire_tokens",
             Self::CarrierSubscribe => "carrier_subscribe",
             Self::Ack { .. } => "ack",
             Self::PhoneSubscribe { .. } => "phone_subscribe",
@@ -580,9 +590,13 @@ impl Request {
                 first: answer(&mut r, "first code")?,
                 second: answer(&mut r, "second code")?,
             },
+            0x3a => Operation::RetireTokens {
+                from: serial(&mut r, "from")?,
+                to: serial(&mut r, "to")?,
+                after: optional_serial(&mut r, "after")?,
+            },
             0x38 => Operation::AssignToken {
-                serial: Serial::new(r.str("serial")?)
-                    .map_err(|e| DecodeError::invalid("serial", e.to_string()))?,
+                serial: serial(&mut r, "serial")?,
                 user: user(&mut r)?,
                 pin: pin(&mut r)?,
                 label: label(&mut r)?,
@@ -731,6 +745,11 @@ impl Request {
                 out.put_bytes(user.as_str().as_bytes());
                 out.put_bytes(pin.as_ref().map_or("", Pin::as_str).as_bytes());
                 out.put_bytes(label.as_bytes());
+            }
+            Operation::RetireTokens { from, to, after } => {
+                out.put_bytes(from.as_str().as_bytes());
+                out.put_bytes(to.as_str().as_bytes());
+                out.put_bytes(after.as_ref().map_or("", Serial::as_str).as_bytes());
             }
             Operation::Tokens {
                 filter,

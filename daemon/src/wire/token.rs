@@ -167,6 +167,11 @@ impl TokenFilter {
     }
 }
 
+/// A serial.
+pub(crate) fn serial(r: &mut Reader<'_>, field: &'static str) -> Result<Serial, DecodeError> {
+    Serial::new(r.str(field)?).map_err(|e| DecodeError::invalid(field, e.to_string()))
+}
+
 /// A serial, or none when empty.
 pub(crate) fn optional_serial(
     r: &mut Reader<'_>,

@@ -133,6 +133,16 @@ enum AdminOperation {
         code1: String,
         code2: String,
     },
+    /// Retire tokens (one serial, or a range): an assigned token's device
+    /// is revoked; a retired token is never assigned again.
+    RetireTokens {
+        #[arg(value_parser = serial, required_unless_present_all = ["serial_from", "serial_to"], conflicts_with_all = ["serial_from", "serial_to"])]
+        serial: Option<Serial>,
+        #[arg(long, value_parser = serial, requires = "serial_to")]
+        serial_from: Option<Serial>,
+        #[arg(long, value_parser = serial, requires = "serial_from")]
+        serial_to: Option<Serial>,
+    },
     /// The token inventory by serial.
     Tokens {
         /// unassigned, assigned or retired.
@@ -350,6 +360,7 @@ impl AdminOperation {
             },
             Self::Stats => Operation::Stats,
             Self::ImportTokens { .. } => bail!("import-tokens is not one request"),
+            Self::RetireTokens { .. } => bail!("retire-tokens is not one request"),
             Self::Resync {
                 device,
                 code1,
@@ -516,8 +527,8 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow!("admin certificate in {}: {e}", args.data_dir.display()))?;
     let json = args.json;
-    // The file is read and checked whole before anything is sent.
-    let import = match &args.operation {
+    let job = match args.operation {
+        // The file is read and checked whole before anything is sent.
         AdminOperation::ImportTokens {
             file,
             psk_file,
@@ -527,14 +538,23 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 psk_file: psk_file.as_deref(),
                 password_file: password_file.as_deref(),
             };
-            Some(crate::tokens::read_file(file, &secrets, &config)?)
+            Job::Import(crate::tokens::read_file(&file, &secrets, &config)?)
         }
-        _ => None,
+        AdminOperation::RetireTokens {
+            serial,
+            serial_from,
+            serial_to,
+        } => match (serial, serial_from, serial_to) {
+            (Some(one), _, _) => Job::Retire(one.clone(), one),
+            (None, Some(from), Some(to)) => Job::Retire(from, to),
+            _ => bail!("retire-tokens needs SERIAL, or --serial-from and --serial-to"),
+        },
+        operation => Job::One(operation.into_operation()?),
     };
-    let importing = import.is_some();
-    let operation = match import {
-        Some(_) => None,
-        None => Some(args.operation.into_operation()?),
+    let many = match &job {
+        Job::Import(_) => Some("imported"),
+        Job::Retire(..) => Some("retired"),
+        Job::One(_) => None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -543,25 +563,29 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         let client = Client::connect_named(addr, &server_name, tls)
             .await
             .map_err(|e| anyhow!("cannot reach slsd at {addr}: {e}"))?;
-        let value = match (import, operation) {
-            (Some(batch), _) => crate::tokens::import(&client, batch, config.server.max_frame)
+        let value = match job {
+            Job::Import(batch) => crate::tokens::import(&client, batch, config.server.max_frame)
                 .await
                 .map_err(|e| anyhow!("slsd at {addr}: {e}"))?,
-            (None, Some(operation)) => {
+            Job::Retire(from, to) => crate::tokens::retire(&client, from, to)
+                .await
+                .map_err(|e| anyhow!("slsd at {addr}: {e}"))?,
+            Job::One(operation) => {
                 let reply = client
                     .call(operation)
                     .await
                     .map_err(|e| anyhow!("slsd at {addr}: {e}"))?;
                 describe(&reply)?
             }
-            (None, None) => bail!("nothing to ask"),
         };
         client.close();
         anyhow::Ok(value)
     })?;
-    if importing && !json {
-        // The serials are in the JSON form only: a file may hold millions.
-        println!("imported {} tokens", value["imported"]);
+    if let Some(done) = many
+        && !json
+    {
+        // The serials are in the JSON form only: there may be millions.
+        println!("{done} {} tokens", value[done]);
         return Ok(());
     }
     if json {
@@ -570,6 +594,15 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         print!("{}", human(&value));
     }
     Ok(())
+}
+
+/// What one `slsd admin` command asks of the service.
+enum Job {
+    /// A token file, in as many requests as it takes.
+    Import(Vec<slsd::wire::token::NewToken>),
+    /// A serial range retired, a page per request.
+    Retire(Serial, Serial),
+    One(Operation),
 }
 
 /// A moment as UTC date and time (RFC 3339).

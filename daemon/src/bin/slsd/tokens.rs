@@ -11,6 +11,7 @@ use anyhow::{Context, anyhow, bail};
 use serde_json::{Value, json};
 use slsd::client::Client;
 use slsd::config::Config;
+use slsd::identity::Serial;
 use slsd::pskc::{self, Limits, Opening};
 use slsd::wire::request::Request;
 use slsd::wire::token::{NewToken, TokenInfo};
@@ -130,6 +131,41 @@ pub async fn import(
     progress.finish_and_clear();
     stream.finish();
     Ok(json!({ "imported": imported, "serials": serials }))
+}
+
+/// Retires the tokens from `from` to `to`, a page per request, with a
+/// spinner; `{"retired": N}`.
+pub async fn retire(client: &Client, from: Serial, to: Serial) -> anyhow::Result<Value> {
+    let progress =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    progress.set_message("retiring");
+    let mut stream = client.stream().await?;
+    let (mut after, mut retired) = (None, 0);
+    loop {
+        let operation = Operation::RetireTokens {
+            from: from.clone(),
+            to: to.clone(),
+            after,
+        };
+        match stream.call(operation).await? {
+            Reply::TokensRetired { retired: now, last } => {
+                retired += now;
+                progress.inc(now);
+                match last {
+                    Some(last) => after = Some(last),
+                    None => break,
+                }
+            }
+            Reply::Error { code, message, .. } => {
+                progress.abandon();
+                bail!("{code:?}: {message}")
+            }
+            other => bail!("unexpected reply {other:?}"),
+        }
+    }
+    progress.finish_and_clear();
+    stream.finish();
+    Ok(json!({ "retired": retired }))
 }
 
 /// The tokens cut into requests whose bodies fit `max_frame`.

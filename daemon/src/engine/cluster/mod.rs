@@ -226,6 +226,10 @@ impl Engine {
                 self.resync(store, caller, device, &first, &second, now, rng)
                     .await
             }
+            Operation::RetireTokens { from, to, after } => {
+                let range = (&from, &to, after.as_ref());
+                self.retire_tokens(store, caller, range, now, rng).await
+            }
             Operation::Tokens {
                 filter,
                 after,

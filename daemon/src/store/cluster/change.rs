@@ -712,6 +712,27 @@ impl Store for ClusterStore {
         ClusterStore::stale_imports(self, before).await
     }
 
+    async fn audit_inventory<R: CryptoRng + ?Sized>(
+        &self,
+        actor: Actor,
+        now: Timestamp,
+        _rng: &mut R,
+        action: &str,
+        detail: String,
+    ) -> Result<(), StoreError> {
+        self.audit(&AuditRecord {
+            seq: 0,
+            at: now,
+            actor: actor.0.to_owned(),
+            action: action.into(),
+            user: None,
+            device: None,
+            detail,
+        })
+        .await
+        .map(|_| ())
+    }
+
     async fn tokens(
         &self,
         filter: &TokenFilter,

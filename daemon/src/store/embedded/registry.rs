@@ -490,6 +490,19 @@ impl crate::store::Store for Registry {
         Registry::swap_token_state(self, serial, from, to)
     }
 
+    async fn audit_inventory<R: CryptoRng + ?Sized>(
+        &self,
+        actor: Actor,
+        now: Timestamp,
+        rng: &mut R,
+        action: &str,
+        detail: String,
+    ) -> Result<(), StoreError> {
+        Registry::change(self, rng, now, actor, |c| {
+            c.audit(action, None, None, detail.clone())
+        })
+    }
+
     async fn change<R, T, E>(
         &self,
         _user: &Username,

@@ -125,6 +125,10 @@ impl Response {
                 count: r.u64("count")?,
                 committed: r.flag("committed")?,
             },
+            0x3a => Reply::TokensRetired {
+                retired: r.u64("retired")?,
+                last: crate::wire::token::optional_serial(&mut r, "last")?,
+            },
             0x37 => {
                 let count = r.u16("token count")?;
                 let mut tokens = Vec::with_capacity(usize::from(count).min(body.len() / 40));

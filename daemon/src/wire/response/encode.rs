@@ -113,6 +113,10 @@ impl Response {
                 out.put_u64(*count);
                 out.put_u8(u8::from(*committed));
             }
+            Reply::TokensRetired { retired, last } => {
+                out.put_u64(*retired);
+                out.put_bytes(last.as_ref().map_or("", |s| s.as_str()).as_bytes());
+            }
             Reply::Tokens(tokens) => {
                 let count = u16::try_from(tokens.len()).unwrap_or(u16::MAX);
                 out.put_u16(count);

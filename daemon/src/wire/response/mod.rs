@@ -149,6 +149,12 @@ pub enum Reply {
         count: u64,
         committed: bool,
     },
+    /// To `RetireTokens`: how many this page retired, and the last serial
+    /// it looked at when more may follow (the next page is after it).
+    TokensRetired {
+        retired: u64,
+        last: Option<crate::identity::Serial>,
+    },
     /// To `Tokens`.
     Tokens(Vec<crate::wire::token::TokenEntry>),
     /// Any request that could not be carried out.
@@ -444,6 +450,7 @@ impl Reply {
             Self::Audit(_) => 0x33,
             Self::TokensImported { .. } => 0x36,
             Self::Tokens(_) => 0x37,
+            Self::TokensRetired { .. } => 0x3a,
             Self::ActivationStarted { .. } => 0x0c,
             Self::VerificationSent { .. } => 0x34,
             Self::PhoneConfirmed { .. } => 0x35,
