@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde_json::Value;
 use slsd::policy::calendar::Day;
-use support::daemon::{Daemon, admin, admin_failure as failure, admin_json as json};
+use support::daemon::{Daemon, admin, admin_asked, admin_failure as failure, admin_json as json};
 
 #[test]
 fn admin_operations_from_the_command_line() {
@@ -130,4 +130,69 @@ fn admin_operations_from_the_command_line() {
         .unwrap();
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not a data directory of slsd"));
+}
+
+/// What a DSC+ with `key` shows for `question` with `pin` typed in.
+fn dsc_plus(key: &str, pin: &str, question: &str) -> String {
+    use slsd::otp::ocra::{Ocra, OcraInput, Suite};
+    let suite: Suite = "OCRA-1:HOTP-SHA256-8:QN06-PSHA1".parse().unwrap();
+    let pin_hash = suite.hash_pin(pin).unwrap();
+    let ocra = Ocra::new(suite, &slsd::otp::SecretKey::from_hex(key).unwrap());
+    let input = OcraInput {
+        question,
+        pin_hash: Some(pin_hash.as_bytes()),
+        ..OcraInput::default()
+    };
+    ocra.respond(&input).unwrap().to_string()
+}
+
+#[test]
+fn a_forgotten_pin_is_reset_at_the_help_desk() {
+    const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"), "", "");
+    let enroll = [
+        "enroll", "erin", "dsc-plus", "--secret", KEY, "--pin", "4821",
+    ];
+    let device = json(&daemon, &enroll)["device"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    // The question comes first, on stderr; the PIN and the card's answer
+    // are read from stdin, never from the command line.
+    let question_of = |line: &str| {
+        line.strip_prefix("Type ")
+            .and_then(|rest| rest.split(' ').next())
+            .unwrap_or_else(|| panic!("a question: {line}"))
+            .to_owned()
+    };
+    let wrong = admin_asked(&daemon, &["reset-pin", &device], |line| {
+        format!("2468\n{}\n", dsc_plus(KEY, "2469", &question_of(line)))
+    });
+    assert!(!wrong.status.success());
+    assert!(wrong.stdout.is_empty());
+    let said = String::from_utf8_lossy(&wrong.stderr);
+    assert!(said.contains("wrong code"), "{said}");
+    let reset = admin_asked(&daemon, &["reset-pin", &device, "--json"], |line| {
+        format!("2468\n{}\n", dsc_plus(KEY, "2468", &question_of(line)))
+    });
+    assert!(reset.status.success(), "{reset:?}");
+    let printed: Value = serde_json::from_slice(&reset.stdout).unwrap();
+    assert_eq!(printed["pin"], "reset");
+    assert_eq!(printed["device"].as_u64().unwrap().to_string(), device);
+    let audit = json(&daemon, &["audit"]);
+    let resets = audit["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "reset-pin" && e["actor"] == "admin")
+        .count();
+    assert_eq!(resets, 1);
+    // A device that takes no PIN has nothing to reset.
+    let card = json(&daemon, &["enroll", "erin", "scc"])["device"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let refused = failure(&daemon, &["reset-pin", &card]);
+    assert!(refused.contains("takes no PIN"), "{refused}");
 }

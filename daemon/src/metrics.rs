@@ -68,7 +68,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 /// Operation labels of [`REQUESTS`] and [`REQUEST_SECONDS`].
-pub const OPERATIONS: [&str; 42] = [
+pub const OPERATIONS: [&str; 44] = [
     "devices",
     "challenge",
     "verify",
@@ -109,6 +109,8 @@ pub const OPERATIONS: [&str; 42] = [
     "assign_token",
     "resync",
     "retire_tokens",
+    "reset_pin",
+    "change_pin",
     "complete_activation",
     "invalid",
 ];

@@ -6,14 +6,13 @@
 
 mod common;
 
+use common::nodes::{Node, T0};
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::SeedableRng;
-use rand_chacha::ChaCha20Rng;
 use slsd::clock::Timestamp;
 use slsd::config::Config;
-use slsd::engine::{Caller, Engine};
 use slsd::identity::{ChallengeId, DeviceId, Serial};
 use slsd::otp::HashAlgorithm;
 use slsd::otp::HmacKey;
@@ -23,96 +22,32 @@ use slsd::otp::hotp::hotp;
 use slsd::otp::ocra::{Ocra, OcraInput, Suite};
 use slsd::otp::token::TokenAlgorithm;
 use slsd::otp::totp::TimeStep;
-use slsd::store::cluster::memory::{MemoryRedis, run_now};
 use slsd::wire::request::Answer;
 use slsd::wire::token::{NewToken, TokenFilter, TokenInfo, TokenState};
 use slsd::wire::{ChallengeText, Verdict};
 use slsd::wire::{ErrorCode, Operation, Reply};
 
-const T0: Timestamp = Timestamp(1_800_000_000_000);
-
-enum Node {
-    Embedded(Engine),
-    Cluster(Engine, Arc<MemoryRedis>),
-}
-
-thread_local! {
-    /// Calls so far: each draws from a randomness of its own.
-    static CALLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-impl Node {
-    fn both() -> Vec<(Node, tempfile::TempDir)> {
-        let config = Config::from_toml("[challenges]\nper-user-per-minute = 1000").unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let embedded = Node::Embedded(common::open_engine(dir.path(), config.clone()));
-        let cluster_dir = tempfile::tempdir().unwrap();
-        let (engine, memory) = common::open_cluster_engine(cluster_dir.path(), config, T0);
-        vec![
-            (embedded, dir),
-            (Node::Cluster(engine, memory), cluster_dir),
-        ]
-    }
-
-    fn call_at(&self, operation: Operation, now: Timestamp) -> Reply {
-        let call = CALLS.replace(CALLS.get() + 1);
-        let mut rng = ChaCha20Rng::seed_from_u64(call);
-        // Each call a tenth of a second after the one before (a person at
-        // a login), so the per-user issuance limit lets them through.
-        let now = now.plus(Duration::from_millis(100 * (call % 100)));
-        // Each operation as its role asks it.
-        let caller = Caller::detached(operation.role());
-        match self {
-            Node::Embedded(engine) => {
-                engine
-                    .handle_from(&caller, operation, now, &mut rng)
-                    .unwrap()
-                    .reply
-            }
-            Node::Cluster(engine, memory) => {
-                memory.set_now(now);
-                // Another node wins every other write on existing records.
-                memory.interfere(2);
-                run_now(engine.handle_on_cluster(&caller, operation, now, &mut rng))
-                    .unwrap()
-                    .unwrap()
-            }
-        }
-    }
-
-    fn call(&self, operation: Operation) -> Reply {
-        self.call_at(operation, T0)
-    }
-
-    fn name(&self) -> &'static str {
-        match self {
-            Node::Embedded(_) => "embedded",
-            Node::Cluster(..) => "cluster",
-        }
-    }
-
-    /// Every serial the inventory lists under `filter`, a page of `page`
-    /// at a time.
-    fn serials(&self, filter: &TokenFilter, page: u16) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut after = None;
-        loop {
-            let Reply::Tokens(tokens) = self.call(Operation::Tokens {
-                filter: filter.clone(),
-                after: after.clone(),
-                limit: page,
-            }) else {
-                panic!("{}: a listing", self.name())
-            };
-            let Some(last) = tokens.last() else {
-                return out;
-            };
-            after = Some(last.info.serial.clone());
-            let full = tokens.len() == usize::from(page);
-            out.extend(tokens.iter().map(|t| t.info.serial.to_string()));
-            if !full {
-                return out;
-            }
+/// Every serial `node`'s inventory lists under `filter`, a page of
+/// `page` at a time.
+fn serials(node: &Node, filter: &TokenFilter, page: u16) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let Reply::Tokens(tokens) = node.call(Operation::Tokens {
+            filter: filter.clone(),
+            after: after.clone(),
+            limit: page,
+        }) else {
+            panic!("{}: a listing", node.name())
+        };
+        let Some(last) = tokens.last() else {
+            return out;
+        };
+        after = Some(last.info.serial.clone());
+        let full = tokens.len() == usize::from(page);
+        out.extend(tokens.iter().map(|t| t.info.serial.to_string()));
+        if !full {
+            return out;
         }
     }
 }
@@ -162,7 +97,7 @@ fn an_import_in_batches_commits_whole_and_lists_by_serial() {
         assert_ne!(import, 0);
         // Staged tokens are nobody's yet.
         assert!(
-            node.serials(&TokenFilter::default(), 10).is_empty(),
+            serials(&node, &TokenFilter::default(), 10).is_empty(),
             "{name}"
         );
         assert_eq!(staged(node.call(batch(import, false, &["0002"]))), import);
@@ -177,18 +112,22 @@ fn an_import_in_batches_commits_whole_and_lists_by_serial() {
         );
         let all = ["0001", "0002", "0003", "0004", "0010"];
         // Pages of two, in serial order.
-        assert_eq!(node.serials(&TokenFilter::default(), 2), all, "{name}");
+        assert_eq!(serials(&node, &TokenFilter::default(), 2), all, "{name}");
         let range = TokenFilter {
             from: Some(Serial::new("0002").unwrap()),
             to: Some(Serial::new("0004").unwrap()),
             ..TokenFilter::default()
         };
-        assert_eq!(node.serials(&range, 10), ["0002", "0003", "0004"], "{name}");
+        assert_eq!(
+            serials(&node, &range, 10),
+            ["0002", "0003", "0004"],
+            "{name}"
+        );
         let assigned = TokenFilter {
             state: Some("assigned"),
             ..TokenFilter::default()
         };
-        assert!(node.serials(&assigned, 10).is_empty(), "{name}");
+        assert!(serials(&node, &assigned, 10).is_empty(), "{name}");
         let Reply::Tokens(listed) = node.call(Operation::Tokens {
             filter: TokenFilter::default(),
             after: None,
@@ -229,7 +168,7 @@ fn a_serial_taken_drops_the_whole_import() {
         let first = staged(node.call(batch(0, false, &["A1", "A2"])));
         node.call(batch(first, true, &[]));
         assert_eq!(
-            node.serials(&TokenFilter::default(), 10),
+            serials(&node, &TokenFilter::default(), 10),
             ["A1", "A2"],
             "{name}"
         );
@@ -253,7 +192,7 @@ fn a_serial_taken_drops_the_whole_import() {
         let third = staged(node.call(batch(0, false, &["B1"])));
         node.call(batch(third, true, &[]));
         assert_eq!(
-            node.serials(&TokenFilter::default(), 10),
+            serials(&node, &TokenFilter::default(), 10),
             ["A1", "A2", "B1"],
             "{name}"
         );
@@ -264,7 +203,7 @@ fn a_serial_taken_drops_the_whole_import() {
         };
         assert!(message.contains("C1"), "{name}: {message}");
         assert_eq!(
-            node.serials(&TokenFilter::default(), 10),
+            serials(&node, &TokenFilter::default(), 10),
             ["A1", "A2", "B1"],
             "{name}"
         );
@@ -306,7 +245,11 @@ fn an_unfinished_import_is_dropped_once_stale() {
             ),
             "{name}: the abandoned import was committed"
         );
-        assert_eq!(node.serials(&TokenFilter::default(), 10), ["S1"], "{name}");
+        assert_eq!(
+            serials(&node, &TokenFilter::default(), 10),
+            ["S1"],
+            "{name}"
+        );
     }
 }
 
@@ -343,7 +286,7 @@ fn short_keys_two_moving_factors_and_oversized_imports_are_refused() {
             "{name}: {message}"
         );
         assert!(
-            node.serials(&TokenFilter::default(), 10).is_empty(),
+            serials(&node, &TokenFilter::default(), 10).is_empty(),
             "{name}"
         );
     }
@@ -356,7 +299,7 @@ fn short_keys_two_moving_factors_and_oversized_imports_are_refused() {
         panic!("a third token went past tokens.import-max = 2")
     };
     assert!(message.contains("tokens.import-max"), "{message}");
-    assert!(node.serials(&TokenFilter::default(), 10).is_empty());
+    assert!(serials(&node, &TokenFilter::default(), 10).is_empty());
 }
 
 /// An imported token of `algorithm` and `key`.
@@ -619,7 +562,7 @@ fn assigned_tokens_log_in_and_no_code_works_twice() {
             state: Some("retired"),
             ..TokenFilter::default()
         };
-        assert_eq!(node.serials(&retired, 10), ["H1"], "{name}");
+        assert_eq!(serials(&node, &retired, 10), ["H1"], "{name}");
         assert!(
             matches!(node.call(assign("H1", None)), Reply::Error { .. }),
             "{name}"
@@ -813,8 +756,8 @@ fn sixteen_logins_racing_with_one_code_get_one_acceptance() {
 fn a_serial_range_retires_page_by_page_and_revokes_assigned_devices() {
     for (node, _dir) in Node::both() {
         let name = node.name();
-        let serials: Vec<String> = (0..1_100).map(|n| format!("R{n:05}")).collect();
-        let names: Vec<&str> = serials.iter().map(String::as_str).collect();
+        let numbered: Vec<String> = (0..1_100).map(|n| format!("R{n:05}")).collect();
+        let names: Vec<&str> = numbered.iter().map(String::as_str).collect();
         assert!(
             matches!(
                 node.call(batch(0, true, &names)),
@@ -869,8 +812,12 @@ fn a_serial_range_retires_page_by_page_and_revokes_assigned_devices() {
             state: Some(state),
             ..TokenFilter::default()
         };
-        assert_eq!(node.serials(&state("retired"), 500).len(), 1_045, "{name}");
-        let unassigned = node.serials(&state("unassigned"), 500);
+        assert_eq!(
+            serials(&node, &state("retired"), 500).len(),
+            1_045,
+            "{name}"
+        );
+        let unassigned = serials(&node, &state("unassigned"), 500);
         assert_eq!(unassigned.len(), 55, "{name}");
         assert!(
             unassigned

@@ -228,6 +228,32 @@ fn operation() -> impl Strategy<Value = Operation> {
         }),
         (serial(), serial(), prop::option::of(serial()))
             .prop_map(|(from, to, after)| Operation::RetireTokens { from, to, after }),
+        (
+            username(),
+            any::<u64>(),
+            any::<u64>(),
+            "[0-9]{1,16}",
+            "[0-9]{0,10}"
+        )
+            .prop_map(|(user, d, c, pin, response)| Operation::ChangePin {
+                user,
+                device: DeviceId(d),
+                challenge: ChallengeId(c),
+                pin: Pin::new(&pin),
+                response: Answer::new(&response),
+            }),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            prop::option::of("[0-9]{1,16}"),
+            "[0-9]{0,10}"
+        )
+            .prop_map(|(d, c, pin, response)| Operation::ResetPin {
+                device: DeviceId(d),
+                challenge: ChallengeId(c),
+                pin: pin.as_deref().map(Pin::new),
+                response: Answer::new(&response),
+            }),
         (token_filter(), prop::option::of(serial()), any::<u16>()).prop_map(
             |(filter, after, limit)| Operation::Tokens {
                 filter,
@@ -899,6 +925,19 @@ fn one_of_each() -> Vec<Operation> {
             device: DeviceId(1),
             first: Answer::new("1"),
             second: Answer::new("2"),
+        },
+        Operation::ChangePin {
+            user: user(),
+            device: DeviceId(1),
+            challenge: ChallengeId(2),
+            pin: Pin::new("1234"),
+            response: Answer::new("12345678"),
+        },
+        Operation::ResetPin {
+            device: DeviceId(1),
+            challenge: ChallengeId(0),
+            pin: None,
+            response: Answer::new(""),
         },
         Operation::RetireTokens {
             from: Serial::new("0001").unwrap(),

@@ -131,6 +131,45 @@ pub fn admin(daemon: &Daemon, args: &[&str]) -> std::process::Output {
         .expect("run slsd admin")
 }
 
+/// `slsd admin ARGS` as a person at a terminal runs it: `answer` is given
+/// the first line the command writes on stderr (its question) and returns
+/// what to type on stdin.
+pub fn admin_asked(
+    daemon: &Daemon,
+    args: &[&str],
+    answer: impl FnOnce(&str) -> String,
+) -> std::process::Output {
+    use std::io::{BufRead, Read, Write};
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(binary("slsd"))
+        .arg("admin")
+        .arg("--data-dir")
+        .arg(&daemon.data_dir)
+        .arg("--addr")
+        .arg(daemon.quic.to_string())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run slsd admin");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut question = String::new();
+    stderr.read_line(&mut question).unwrap();
+    let typed = answer(question.trim_end());
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(typed.as_bytes())
+        .unwrap();
+    let mut rest = Vec::new();
+    stderr.read_to_end(&mut rest).unwrap();
+    let mut output = child.wait_with_output().unwrap();
+    output.stderr = [question.into_bytes(), rest].concat();
+    output
+}
+
 /// The JSON a successful `slsd admin ARGS --json` run prints.
 pub fn admin_json(daemon: &Daemon, args: &[&str]) -> serde_json::Value {
     let mut with_json = args.to_vec();

@@ -527,7 +527,7 @@ impl Engine {
                 if let Err(refusal) = checked {
                     return Ok(refusal.into());
                 }
-                let outcome = node.verify(challenge, token, now, rng).await?;
+                let outcome = node.verify(challenge, token, None, now, rng).await?;
                 match &outcome.reply {
                     Reply::Verdict(Verdict::Accepted { device: d, .. }) if *d == device => {}
                     _ => return Ok(outcome),

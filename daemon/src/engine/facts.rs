@@ -60,7 +60,9 @@ pub fn facts(operation: &Operation) -> Facts {
         | Operation::ImportTokens { .. }
         | Operation::AssignToken { .. }
         | Operation::Resync { .. }
-        | Operation::RetireTokens { .. } => Facts::CHANGES,
+        | Operation::RetireTokens { .. }
+        | Operation::ChangePin { .. }
+        | Operation::ResetPin { .. } => Facts::CHANGES,
         Operation::Challenge { .. }
         | Operation::Push { .. }
         | Operation::SendCode { .. }

@@ -158,6 +158,18 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Outcome {
+        self.verify_with(id, answer, None, now, rng)
+    }
+
+    /// `Verify`, or with a PIN on `trial` (a PIN change).
+    pub(super) fn verify_with<R: CryptoRng + ?Sized>(
+        &self,
+        id: ChallengeId,
+        answer: &Answer,
+        trial: Option<&rules::verify::PinTrial>,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Outcome {
         let resolved = self.challenges.resolve(id, |open| {
             let Some(device) = self.registry.device(open.device) else {
                 let decided = rules::verify::revoked(open, now);
@@ -166,10 +178,15 @@ impl Engine {
             };
             let mut failures = device.failures();
             let mut questions = device.questions(&failures);
+            let life = device.life();
+            let Ok(pin) = rules::verify::pin_for(trial, device.id, &life) else {
+                let life = DeviceLife::default();
+                return ((Verdict::UnknownChallenge, None, life), Disposition::Keep);
+            };
             let decided = rules::verify::decide(
                 id,
                 open,
-                &device,
+                (&device, pin),
                 &mut failures,
                 &mut questions,
                 answer,
@@ -180,7 +197,7 @@ impl Engine {
                 self.count_lockout();
             }
             let persist = decided.failures_changed.then_some(device.id);
-            ((decided.verdict, persist, device.life()), decided.challenge)
+            ((decided.verdict, persist, life), decided.challenge)
         });
         let (verdict, persist, life) =
             resolved.unwrap_or((Verdict::UnknownChallenge, None, DeviceLife::default()));

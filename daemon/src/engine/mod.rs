@@ -33,6 +33,7 @@ mod lifecycle;
 mod limits;
 mod login;
 mod node;
+mod pin;
 mod push;
 mod relay;
 mod rules;
@@ -454,6 +455,38 @@ impl Engine {
             Operation::ConfirmPhone { user, code } => {
                 let node = node::Embedded(self);
                 at_once(self.confirm_phone(&node, caller, &user, &code, now, rng)).into()
+            }
+            Operation::ChangePin {
+                user,
+                device,
+                challenge,
+                pin,
+                response,
+            } => {
+                let node = node::Embedded(self);
+                let new = pin::NewPin {
+                    user: Some(&user),
+                    device,
+                    challenge,
+                    pin: &pin,
+                    response: &response,
+                };
+                let by_user = pin::PinChange::ByUser;
+                embedded_outcome(ready(
+                    self.change_pin(&node, caller, by_user, new, now, rng),
+                ))
+            }
+            Operation::ResetPin {
+                device,
+                challenge,
+                pin,
+                response,
+            } => {
+                let node = node::Embedded(self);
+                let pin = pin.as_ref();
+                embedded_outcome(ready(
+                    self.reset_pin(&node, caller, device, challenge, pin, &response, now, rng),
+                ))
             }
             Operation::StartActivation { user } => {
                 let node = node::Embedded(self);

@@ -13,6 +13,7 @@ use rand::CryptoRng;
 use zeroize::Zeroizing;
 
 use super::relay::Outbound;
+use super::rules::verify::PinTrial;
 use super::{Engine, Outcome};
 use crate::clock::Timestamp;
 use crate::identity::{ActivationId, ChallengeId, CodeId, DeviceId, MessageId, Username};
@@ -52,11 +53,12 @@ pub(super) trait Node {
         rng: &mut R,
     ) -> impl Future<Output = Result<Outcome, StoreError>>;
 
-    /// `Verify`.
+    /// `Verify`, or with a PIN on `trial` (a PIN change).
     fn verify<R: CryptoRng + ?Sized>(
         &self,
         challenge: ChallengeId,
         answer: &Answer,
+        trial: Option<&PinTrial>,
         now: Timestamp,
         rng: &mut R,
     ) -> impl Future<Output = Result<Outcome, StoreError>>;
@@ -137,10 +139,11 @@ impl Node for Embedded<'_> {
         &self,
         challenge: ChallengeId,
         answer: &Answer,
+        trial: Option<&PinTrial>,
         now: Timestamp,
         rng: &mut R,
     ) -> Result<Outcome, StoreError> {
-        Ok(self.0.verify(challenge, answer, now, rng))
+        Ok(self.0.verify_with(challenge, answer, trial, now, rng))
     }
 
     async fn send_sms<R: CryptoRng + ?Sized>(
@@ -229,12 +232,13 @@ impl Node for Clustered<'_> {
         &self,
         challenge: ChallengeId,
         answer: &Answer,
+        trial: Option<&PinTrial>,
         now: Timestamp,
         rng: &mut R,
     ) -> Result<Outcome, StoreError> {
         let reply = self
             .engine
-            .cluster_verify(self.store, challenge, answer, now, rng)
+            .cluster_verify_with(self.store, challenge, answer, trial, now, rng)
             .await?;
         Ok(reply.into())
     }

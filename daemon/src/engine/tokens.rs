@@ -253,9 +253,26 @@ impl Engine {
             _ => String::new(),
         };
         let state = store.failure_state(&found).await?;
+        // A PIN chosen since enrolment is the one the card now takes.
+        let life = store
+            .user_view(&found.user)
+            .await?
+            .devices
+            .into_iter()
+            .find_map(|(d, life)| (d.id == device).then_some(life))
+            .unwrap_or_default();
+        let pin = life.pin.as_ref().map(|p| &p.hash);
         let config = &self.config.tokens;
         let (one, two) = (first.as_bytes(), second.as_bytes());
-        let found_at = rules::token::resync(&found, &question, one, two, state.moving, now, config);
+        let found_at = rules::token::resync(
+            (&found, pin),
+            &question,
+            one,
+            two,
+            state.moving,
+            now,
+            config,
+        );
         let Some(moving) = found_at else {
             return Ok(Reply::error(
                 ErrorCode::InvalidArgument,

@@ -175,6 +175,15 @@ pub trait Store: Sync {
         from: &TokenState,
         to: &TokenState,
     ) -> impl Future<Output = Result<bool, StoreError>>;
+    /// A PIN chosen for `device` in place of its own, checked as an
+    /// enrolment checks a PIN (the kind's or token suite's digits),
+    /// hashed and sealed; `Invalid` for a device that takes no PIN.
+    fn changed_pin<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        device: &Device,
+        pin: &str,
+    ) -> Result<crate::store::ChangedPin, EnrollError>;
     /// Appends an entry about the inventory (no user's records changed)
     /// to the audit log: written after the change it records, as the
     /// cluster writes an import's.

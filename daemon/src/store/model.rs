@@ -404,7 +404,35 @@ pub struct DeviceLife {
     pub activation: Activation,
     /// Uses left of a temporary code.
     pub uses_left: Option<u32>,
+    /// The PIN chosen since enrolment (`ChangePin`, `ResetPin`), in place
+    /// of the one the device was enrolled with. Kept here, in the state
+    /// every verify reads afresh on either store, so a change counts on
+    /// every node at once (device records are cached).
+    pub pin: Option<ChangedPin>,
 }
+
+/// A PIN changed since enrolment: its hash (what OCRA takes), and the
+/// same sealed as the stores keep it.
+#[derive(Clone)]
+pub struct ChangedPin {
+    pub hash: MacOutput,
+    pub sealed: Vec<u8>,
+}
+
+impl fmt::Debug for ChangedPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChangedPin(..)")
+    }
+}
+
+impl PartialEq for ChangedPin {
+    fn eq(&self, other: &Self) -> bool {
+        // Sealed under a random nonce: equal seals are the same sealing.
+        self.sealed == other.sealed
+    }
+}
+
+impl Eq for ChangedPin {}
 
 impl DeviceLife {
     /// Whether a device in this state can be used at `now` (its validity
@@ -419,6 +447,7 @@ impl fmt::Debug for DeviceLife {
         f.debug_struct("DeviceLife")
             .field("activation", &self.activation)
             .field("uses_left", &self.uses_left)
+            .field("pin_changed", &self.pin.is_some())
             .finish()
     }
 }

@@ -343,6 +343,52 @@ impl DeviceCodec {
     }
 }
 
+impl DeviceCodec {
+    /// A PIN chosen for `device` in place of its enrolment PIN, checked as
+    /// an enrolment checks it, hashed and sealed.
+    pub(in crate::store) fn changed_pin<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        device: &Device,
+        pin: &str,
+    ) -> Result<ChangedPin, EnrollError> {
+        let takes_pin = matches!(
+            &device.verifier,
+            Verifier::Ocra {
+                pin_hash: Some(_),
+                ..
+            }
+        );
+        if !takes_pin {
+            return Err(EnrollError::Invalid(format!(
+                "device {} takes no PIN",
+                device.id
+            )));
+        }
+        let hash = self
+            .pin_hash(device.kind, Some(pin), device.token.as_deref())?
+            .ok_or_else(|| EnrollError::Invalid("this device takes no PIN".into()))?;
+        let sealed = self
+            .cipher
+            .seal(rng, hash.as_bytes(), &context(device.id, "changed-pin"))
+            .map_err(StoreError::from)?;
+        Ok(ChangedPin { hash, sealed })
+    }
+
+    /// Opens a changed PIN `changed_pin` sealed for `device`.
+    pub(in crate::store) fn open_changed_pin(
+        &self,
+        device: DeviceId,
+        sealed: &[u8],
+    ) -> Option<MacOutput> {
+        let hash = self
+            .cipher
+            .open(sealed, &context(device, "changed-pin"))
+            .ok()?;
+        Some(MacOutput::from_bytes(&hash))
+    }
+}
+
 /// A PIN of exactly `digits` decimal digits.
 fn check_pin(kind: DeviceKind, pin: &str, digits: u8) -> Result<(), EnrollError> {
     if pin.len() != usize::from(digits) || !pin.bytes().all(|b| b.is_ascii_digit()) {
@@ -480,8 +526,11 @@ fn user_context(user: &Username, what: &str) -> Vec<u8> {
     format!("sls/1 user {user} {what}").into_bytes()
 }
 
+/// Version 1: the last field is empty (it once held an app PIN digest);
+/// version 2: it holds a changed PIN, sealed. Version 1 is still written
+/// when no PIN changed, so nodes of the release before read it.
 pub(in crate::store) fn encode_life(life: &DeviceLife) -> Vec<u8> {
-    let mut out = vec![1u8];
+    let mut out = vec![if life.pin.is_some() { 2u8 } else { 1 }];
     match life.activation {
         Activation::Active => out.put_u8(0),
         Activation::Ordered { replaces } => {
@@ -500,15 +549,18 @@ pub(in crate::store) fn encode_life(life: &DeviceLife) -> Vec<u8> {
         }
     }
     out.put_u64(life.uses_left.map_or(u64::MAX, u64::from));
-    // Where earlier versions kept a digest of the IB Key app's PIN: the
-    // PIN stays on the phone, so the field is written empty.
-    out.put_bytes(&[]);
+    out.put_bytes(life.pin.as_ref().map_or(&[][..], |pin| &pin.sealed));
     out
 }
 
-pub(in crate::store) fn decode_life(bytes: &[u8]) -> Option<DeviceLife> {
+/// A device's lifecycle state; `open` unseals a changed PIN's hash.
+pub(in crate::store) fn decode_life(
+    bytes: &[u8],
+    open: impl FnOnce(&[u8]) -> Option<MacOutput>,
+) -> Option<DeviceLife> {
     let mut r = Reader::new(bytes);
-    if r.u8("version").ok()? != 1 {
+    let version = r.u8("version").ok()?;
+    if version != 1 && version != 2 {
         return None;
     }
     let activation = match r.u8("activation").ok()? {
@@ -527,12 +579,20 @@ pub(in crate::store) fn decode_life(bytes: &[u8]) -> Option<DeviceLife> {
         u64::MAX => None,
         uses => Some(u32::try_from(uses).ok()?),
     };
-    // An app PIN digest an earlier version kept is dropped unread.
-    r.bytes("app pin").ok()?;
+    // Version 1: an app PIN digest an earlier version kept, dropped unread.
+    let sealed = r.bytes("pin").ok()?;
     r.finish().ok()?;
+    let pin = match (version, sealed) {
+        (2, sealed) => Some(ChangedPin {
+            hash: open(sealed)?,
+            sealed: sealed.to_vec(),
+        }),
+        _ => None,
+    };
     Some(DeviceLife {
         activation,
         uses_left,
+        pin,
     })
 }
 
@@ -627,8 +687,28 @@ mod tests {
                 activates_at: Timestamp(20),
             },
             uses_left: Some(3),
+            pin: None,
         };
-        assert_eq!(decode_life(&encode_life(&life)), Some(life));
+        let never = |_: &[u8]| -> Option<MacOutput> { unreachable!("no PIN to open") };
+        assert_eq!(decode_life(&encode_life(&life), never), Some(life.clone()));
+        // A changed PIN is kept sealed, and opened as it is read.
+        let changed = DeviceLife {
+            pin: Some(ChangedPin {
+                hash: MacOutput::from_bytes(b"hash"),
+                sealed: b"sealed".to_vec(),
+            }),
+            ..life
+        };
+        let encoded = encode_life(&changed);
+        assert!(!encoded.windows(4).any(|w| w == b"hash"));
+        let opened = decode_life(&encoded, |sealed| {
+            (sealed == b"sealed").then(|| MacOutput::from_bytes(b"hash"))
+        })
+        .unwrap();
+        assert_eq!(opened, changed);
+        assert_eq!(opened.pin.unwrap().hash.as_bytes(), b"hash");
+        // One that does not open: the record does not read.
+        assert_eq!(decode_life(&encoded, |_| None), None);
         let share = Share {
             id: ShareId(7),
             requester: Username::new("amy").unwrap(),
@@ -648,7 +728,7 @@ mod tests {
             detail: "dsc-plus".into(),
         };
         assert_eq!(decode_audit(1, &encode_audit(&entry)), Some(entry));
-        assert_eq!(decode_life(&[2]), None);
+        assert_eq!(decode_life(&[3], never), None);
         assert_eq!(decode_share(ShareId(1), &[1, 0]), None);
     }
 }

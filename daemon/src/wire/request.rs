@@ -46,6 +46,17 @@ pub enum Operation {
         challenge: ChallengeId,
         response: Answer,
     },
+    /// A logged-in user's new PIN for a card whose suite binds one: the
+    /// response to `challenge` (opened for `device` with `Challenge`),
+    /// typed into the card with the new PIN. Answered like `Verify`; when
+    /// accepted, the new PIN replaces the old at once.
+    ChangePin {
+        user: Username,
+        device: DeviceId,
+        challenge: ChallengeId,
+        pin: Pin,
+        response: Answer,
+    },
     /// Send (or re-send) the user's live code by SMS or voice call.
     SendCode { user: Username, channel: Channel },
     /// Check a code the user received by SMS or voice.
@@ -161,6 +172,16 @@ pub enum Operation {
         filter: TokenFilter,
         after: Option<Serial>,
         limit: u16,
+    },
+    /// A help desk's PIN reset: `challenge` 0 opens a challenge on the
+    /// device; then the response to it, typed into the card with the PIN
+    /// the user chose, sets that PIN as `ChangePin` does (audited as
+    /// `reset-pin`).
+    ResetPin {
+        device: DeviceId,
+        challenge: ChallengeId,
+        pin: Option<Pin>,
+        response: Answer,
     },
     /// Tokens from serial `from` to `to` (inclusive) retired, after
     /// `after`, a page at a time: an unassigned one at once, an assigned
@@ -298,6 +319,8 @@ impl Operation {
             Self::AssignToken { .. } => 0x38,
             Self::Resync { .. } => 0x39,
             Self::RetireTokens { .. } => 0x3a,
+            Self::ResetPin { .. } => 0x3b,
+            Self::ChangePin { .. } => 0x0b,
             Self::CarrierSubscribe => 0x40,
             Self::Ack { .. } => 0x41,
             Self::PhoneSubscribe { .. } => 0x60,
@@ -345,6 +368,8 @@ impl Operation {
             Self::AssignToken { .. } => "assign_token",
             Self::Resync { .. } => "resync",
             Self::RetireTokens { .. } => "retire_tokens",
+            Self::ResetPin { .. } => "reset_pin",
+            Self::ChangePin { .. } => "change_pin",
             Self::CarrierSubscribe => "carrier_subscribe",
             Self::Ack { .. } => "ack",
             Self::PhoneSubscribe { .. } => "phone_subscribe",
@@ -514,6 +539,19 @@ impl Request {
                 user: user(&mut r)?,
                 amount_cents: r.u64("amount")?,
                 challenge: ChallengeId(r.u64("challenge id")?),
+                response: answer(&mut r, "response")?,
+            },
+            0x0b => Operation::ChangePin {
+                user: user(&mut r)?,
+                device: DeviceId(r.u64("device")?),
+                challenge: ChallengeId(r.u64("challenge id")?),
+                pin: pin(&mut r)?.ok_or_else(|| DecodeError::invalid("pin", "empty"))?,
+                response: answer(&mut r, "response")?,
+            },
+            0x3b => Operation::ResetPin {
+                device: DeviceId(r.u64("device")?),
+                challenge: ChallengeId(r.u64("challenge id")?),
+                pin: pin(&mut r)?,
                 response: answer(&mut r, "response")?,
             },
             0x0a => Operation::StartActivation {
@@ -769,6 +807,30 @@ impl Request {
                 out.put_bytes(user.as_str().as_bytes());
                 out.put_u64(*amount_cents);
                 out.put_u64(challenge.0);
+                out.put_bytes(response.as_bytes());
+            }
+            Operation::ChangePin {
+                user,
+                device,
+                challenge,
+                pin,
+                response,
+            } => {
+                out.put_bytes(user.as_str().as_bytes());
+                out.put_u64(device.0);
+                out.put_u64(challenge.0);
+                out.put_bytes(pin.as_str().as_bytes());
+                out.put_bytes(response.as_bytes());
+            }
+            Operation::ResetPin {
+                device,
+                challenge,
+                pin,
+                response,
+            } => {
+                out.put_u64(device.0);
+                out.put_u64(challenge.0);
+                out.put_bytes(pin.as_ref().map_or("", Pin::as_str).as_bytes());
                 out.put_bytes(response.as_bytes());
             }
             Operation::SetIdentity { user, identity } => {

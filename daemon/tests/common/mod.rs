@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the helpers
 
+pub mod nodes;
+
 use std::path::Path;
 use std::sync::Arc;
 

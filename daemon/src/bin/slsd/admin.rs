@@ -26,7 +26,9 @@ use slsd::profile::DeviceKind;
 use slsd::server::pki::{self, PkiPaths};
 use slsd::wire::request::{Answer, Page, Pin};
 use slsd::wire::token::{TOKEN_STATES, TokenFilter, TokenState};
-use slsd::wire::{DeviceStatus, EnrollRequest, Identification, Operation, Reply, Verdict};
+use slsd::wire::{
+    ChallengeText, DeviceStatus, EnrollRequest, Identification, Operation, Reply, Verdict,
+};
 
 /// Talk to a running daemon as its operator.
 #[derive(Debug, clap::Args)]
@@ -133,6 +135,9 @@ enum AdminOperation {
         code1: String,
         code2: String,
     },
+    /// Reset a forgotten card PIN: prints a challenge, then reads the PIN
+    /// the user chose and the card's answer with it from standard input.
+    ResetPin { device: u64 },
     /// Retire tokens (one serial, or a range): an assigned token's device
     /// is revoked; a retired token is never assigned again.
     RetireTokens {
@@ -361,6 +366,7 @@ impl AdminOperation {
             Self::Stats => Operation::Stats,
             Self::ImportTokens { .. } => bail!("import-tokens is not one request"),
             Self::RetireTokens { .. } => bail!("retire-tokens is not one request"),
+            Self::ResetPin { .. } => bail!("reset-pin is not one request"),
             Self::Resync {
                 device,
                 code1,
@@ -549,12 +555,13 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             (None, Some(from), Some(to)) => Job::Retire(from, to),
             _ => bail!("retire-tokens needs SERIAL, or --serial-from and --serial-to"),
         },
+        AdminOperation::ResetPin { device } => Job::ResetPin(DeviceId(device)),
         operation => Job::One(operation.into_operation()?),
     };
     let many = match &job {
         Job::Import(_) => Some("imported"),
         Job::Retire(..) => Some("retired"),
-        Job::One(_) => None,
+        Job::ResetPin(_) | Job::One(_) => None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -568,6 +575,9 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow!("slsd at {addr}: {e}"))?,
             Job::Retire(from, to) => crate::tokens::retire(&client, from, to)
+                .await
+                .map_err(|e| anyhow!("slsd at {addr}: {e}"))?,
+            Job::ResetPin(device) => reset_pin(&client, device)
                 .await
                 .map_err(|e| anyhow!("slsd at {addr}: {e}"))?,
             Job::One(operation) => {
@@ -602,7 +612,52 @@ enum Job {
     Import(Vec<slsd::wire::token::NewToken>),
     /// A serial range retired, a page per request.
     Retire(Serial, Serial),
+    /// A PIN reset: a challenge, then the answer under the chosen PIN.
+    ResetPin(DeviceId),
     One(Operation),
+}
+
+/// `reset-pin`: opens a challenge on the card, shows it, reads the PIN
+/// the user chose and the card's answer (standard input, one line each:
+/// no secret on the command line), and completes the reset.
+async fn reset_pin(client: &Client, device: DeviceId) -> anyhow::Result<Value> {
+    let open = Operation::ResetPin {
+        device,
+        challenge: ChallengeId(0),
+        pin: None,
+        response: Answer::new(""),
+    };
+    let (challenge, question) = match client.call(open).await? {
+        Reply::Challenge {
+            challenge,
+            text: ChallengeText::Question(question),
+            ..
+        } => (challenge, question),
+        other => return describe(&other),
+    };
+    eprintln!("Type {question} into the card with the PIN the user chooses.");
+    let mut lines = std::io::stdin().lines();
+    let mut ask = |what: &str| -> anyhow::Result<String> {
+        eprint!("{what}: ");
+        let line = lines
+            .next()
+            .ok_or_else(|| anyhow!("no {what} on standard input"))??;
+        Ok(line.trim().to_owned())
+    };
+    let pin = ask("new PIN")?;
+    let response = ask("the card's answer")?;
+    let complete = Operation::ResetPin {
+        device,
+        challenge,
+        pin: Some(Pin::new(&pin)),
+        response: Answer::new(&response),
+    };
+    match client.call(complete).await? {
+        Reply::Verdict(Verdict::Accepted { .. }) => {
+            Ok(json!({ "device": device.0, "pin": "reset" }))
+        }
+        other => describe(&other),
+    }
 }
 
 /// A moment as UTC date and time (RFC 3339).

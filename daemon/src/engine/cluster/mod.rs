@@ -43,7 +43,7 @@ use crate::store::Device;
 use crate::store::EXPIRED_GRACE;
 use crate::store::cluster::redis::Op;
 use crate::store::cluster::{
-    ClusterStore, IssuedWrite, UserRecord, failure_state, question_memory, slots, user_life,
+    ClusterStore, IssuedWrite, UserRecord, failure_state, question_memory, slots,
 };
 use crate::store::{DeviceLife, Disposition, FailureState, OpenChallenge, StoreError};
 use crate::wire::request::{Answer, Page};
@@ -318,6 +318,44 @@ impl Engine {
                 self.confirm_phone(&node, caller, &user, &code, now, rng)
                     .await
             }
+            Operation::ChangePin {
+                user,
+                device,
+                challenge,
+                pin,
+                response,
+            } => {
+                let node = Clustered {
+                    engine: self,
+                    store,
+                };
+                let new = super::pin::NewPin {
+                    user: Some(&user),
+                    device,
+                    challenge,
+                    pin: &pin,
+                    response: &response,
+                };
+                let by_user = super::pin::PinChange::ByUser;
+                self.change_pin(&node, caller, by_user, new, now, rng)
+                    .await
+                    .map(|outcome| outcome.reply)
+            }
+            Operation::ResetPin {
+                device,
+                challenge,
+                pin,
+                response,
+            } => {
+                let node = Clustered {
+                    engine: self,
+                    store,
+                };
+                let pin = pin.as_ref();
+                self.reset_pin(&node, caller, device, challenge, pin, &response, now, rng)
+                    .await
+                    .map(|outcome| outcome.reply)
+            }
             Operation::StartActivation { user } => {
                 let node = Clustered {
                     engine: self,
@@ -454,7 +492,7 @@ impl Engine {
             return Err(StoreError::Database("a short read".into()));
         };
         let account = store.account(user, account)?;
-        let life = user_life(user, life)?;
+        let life = store.user_life(user, life)?;
         // The devices themselves from this node's cache (a forged one is
         // left out: the user's other devices still work).
         let mut own = Vec::with_capacity(ids.len());
@@ -594,7 +632,7 @@ impl Engine {
             };
             // A shipped replacement may be asked before it activates
             // itself: the right answer activates it.
-            let lives = user_life(owner, life_record)?;
+            let lives = store.user_life(owner, life_record)?;
             let life = lives.life(device.id);
             let allowed = !lives.retired.contains(&device.id)
                 && if shared {
@@ -701,7 +739,22 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Result<Reply, StoreError> {
-        let Some((verdict, life)) = self.cluster_verdict(store, id, answer, now).await? else {
+        self.cluster_verify_with(store, id, answer, None, now, rng)
+            .await
+    }
+
+    /// `Verify`, or with a PIN on `trial` (a PIN change).
+    pub(super) async fn cluster_verify_with<R: CryptoRng + ?Sized>(
+        &self,
+        store: &ClusterStore,
+        id: ChallengeId,
+        answer: &Answer,
+        trial: Option<&rules::verify::PinTrial>,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Result<Reply, StoreError> {
+        let verdict = self.cluster_verdict(store, id, answer, trial, now).await?;
+        let Some((verdict, life)) = verdict else {
             return Ok(Reply::error(
                 ErrorCode::Busy,
                 "the challenge kept changing; retry",
@@ -723,6 +776,7 @@ impl Engine {
         store: &ClusterStore,
         id: ChallengeId,
         answer: &Answer,
+        trial: Option<&rules::verify::PinTrial>,
         now: Timestamp,
     ) -> Result<Option<(Verdict, DeviceLife)>, StoreError> {
         let unknown = Some((Verdict::UnknownChallenge, DeviceLife::default()));
@@ -775,7 +829,7 @@ impl Engine {
             let [failures_record, questions_record, life_record] = records.as_slice() else {
                 return Err(StoreError::Database("a short read".into()));
             };
-            let lives = user_life(&user, life_record)?;
+            let lives = store.user_life(&user, life_record)?;
             let retired = lives.retired.contains(&device.id);
             if remembered && retired {
                 continue;
@@ -788,13 +842,16 @@ impl Engine {
                 return Ok(Some((verdict, DeviceLife::default())));
             }
             let life = lives.life(device.id);
+            let Ok(pin) = rules::verify::pin_for(trial, device.id, &life) else {
+                return Ok(unknown);
+            };
             let failures = failure_state(device.id, failures_record)?;
             let questions = question_memory(device.id, questions_record)?;
             let (mut after, mut asked, mut judged) = (failures, questions.clone(), open.clone());
             let decided = rules::verify::decide(
                 id,
                 &mut judged,
-                &device,
+                (&device, pin),
                 &mut after,
                 &mut asked,
                 answer,

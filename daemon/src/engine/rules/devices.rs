@@ -111,6 +111,7 @@ mod tests {
                 activates_at: Timestamp(20),
             },
             uses_left: None,
+            pin: None,
         };
         assert!(!due(&shipped, Timestamp(19)));
         assert!(due(&shipped, Timestamp(20)));

@@ -9,6 +9,7 @@ use std::ops::RangeInclusive;
 
 use crate::clock::Timestamp;
 use crate::config::TokensConfig;
+use crate::otp::MacOutput;
 use crate::otp::hotp::hotp;
 use crate::otp::ocra::{Ocra, OcraInput};
 use crate::store::{Device, Verifier};
@@ -60,19 +61,28 @@ pub fn moves(device: &Device) -> bool {
     moving_of(device, 0, Timestamp(0)).is_some()
 }
 
-/// Whether `given` is the code of `device` at counter or step `at` (for
-/// OCRA, to `question`). Constant time in the answer.
-fn code_at(device: &Device, at: u64, question: &str, given: &[u8]) -> bool {
+/// The PIN hash an OCRA answer takes: none when the suite binds no PIN
+/// (`own` is `None`), else `changed` when the PIN changed or is on trial,
+/// else the one the device was enrolled with.
+pub fn pin_of<'a>(own: Option<&'a MacOutput>, changed: Option<&'a MacOutput>) -> Option<&'a [u8]> {
+    own.map(|own| changed.unwrap_or(own).as_bytes())
+}
+
+/// Whether `given` is the code of `device` (under `pin`, see
+/// `verify::pin_for`) at counter or step `at` (for OCRA, to `question`).
+/// Constant time in the answer.
+fn code_at(
+    (device, pin): (&Device, Option<&MacOutput>),
+    at: u64,
+    question: &str,
+    given: &[u8],
+) -> bool {
     match &device.verifier {
         Verifier::Hotp { key, digits } => hotp(key, at, *digits).matches(given),
         Verifier::Totp { key, digits, .. } => hotp(key, at, *digits).matches(given),
-        Verifier::Ocra { ocra, pin_hash } => ocra_at(
-            ocra,
-            pin_hash.as_ref().map(|h| h.as_bytes()),
-            at,
-            question,
-            given,
-        ),
+        Verifier::Ocra { ocra, pin_hash } => {
+            ocra_at(ocra, pin_of(pin_hash.as_ref(), pin), at, question, given)
+        }
         _ => false,
     }
 }
@@ -106,7 +116,7 @@ fn first(candidates: RangeInclusive<u64>, is_code: impl Fn(u64) -> bool) -> Opti
 /// it), `Some(None)` when the device's codes do not move (the caller
 /// checks those), `None` when it is not a right code.
 pub fn matched(
-    device: &Device,
+    (device, pin): (&Device, Option<&MacOutput>),
     question: &str,
     given: &[u8],
     moving: u64,
@@ -121,7 +131,7 @@ pub fn matched(
         Moving::Time { .. } => config.drift_steps,
     };
     let at = first(window(&how, reach), |at| {
-        code_at(device, at, question, given)
+        code_at((device, pin), at, question, given)
     })?;
     Some(Some(at.saturating_add(1)))
 }
@@ -132,7 +142,7 @@ pub fn matched(
 /// factor (a used code cannot bring the token back). `None` when no such
 /// pair is found, or the device's codes do not move.
 pub fn resync(
-    device: &Device,
+    (device, pin): (&Device, Option<&MacOutput>),
     question: &str,
     first_code: &[u8],
     second_code: &[u8],
@@ -144,8 +154,8 @@ pub fn resync(
     let candidates = window(&how, config.resync_window);
     let at = first(candidates, |at| {
         // Both checked, always: the time does not tell which failed.
-        let one = code_at(device, at, question, first_code);
-        let two = code_at(device, at.saturating_add(1), question, second_code);
+        let one = code_at((device, pin), at, question, first_code);
+        let two = code_at((device, pin), at.saturating_add(1), question, second_code);
         one & two
     })?;
     Some(at.saturating_add(2))

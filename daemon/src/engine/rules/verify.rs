@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use crate::clock::Timestamp;
 use crate::config::Config;
-use crate::identity::{ChallengeId, Username};
+use crate::identity::{ChallengeId, DeviceId, Username};
+use crate::otp::MacOutput;
 use crate::otp::ocra::OcraInput;
 use crate::store::questions::QuestionMemory;
 use crate::store::{
-    Device, Disposition, FailureState, OpenChallenge, Question, Verifier, forgotten,
+    Device, DeviceLife, Disposition, FailureState, OpenChallenge, Question, Verifier, forgotten,
 };
 use crate::wire::Verdict;
 use crate::wire::request::Answer;
@@ -46,18 +47,41 @@ pub fn revoked(open: &OpenChallenge, now: Timestamp) -> Decided {
     }
 }
 
+/// A PIN on trial (`ChangePin`, `ResetPin`): an answer to a challenge of
+/// `device` is judged under `hash` in place of the device's PIN.
+pub struct PinTrial {
+    pub device: DeviceId,
+    pub hash: MacOutput,
+}
+
+/// The PIN hash an answer with `device` is judged under, when not the one
+/// it was enrolled with: the one on trial, else one chosen since (its
+/// `life`). A trial of another device's PIN: `Err` (the challenge is not
+/// the one the trial is for).
+pub fn pin_for<'a>(
+    trial: Option<&'a PinTrial>,
+    device: DeviceId,
+    life: &'a DeviceLife,
+) -> Result<Option<&'a MacOutput>, ()> {
+    match trial {
+        Some(trial) if trial.device != device => Err(()),
+        Some(trial) => Ok(Some(&trial.hash)),
+        None => Ok(life.pin.as_ref().map(|p| &p.hash)),
+    }
+}
+
 /// Decides an answer to challenge `id` (`open`) of `device`, on its
 /// failure state and question memory as the store holds them now, and
 /// changes all three as the decision requires: only the device's latest
 /// challenge may be answered; an expired one or a locked device changes
 /// nothing but the challenge's fate; a right answer clears the failures
 /// and remembers the question; a wrong one spends an attempt and counts a
-/// failure (which may lock the device).
+/// failure (which may lock the device). `pin`: see [`pin_for`].
 #[allow(clippy::too_many_arguments)]
 pub fn decide(
     id: ChallengeId,
     open: &mut OpenChallenge,
-    device: &Device,
+    (device, pin): (&Device, Option<&MacOutput>),
     failures: &mut FailureState,
     questions: &mut QuestionMemory,
     answer: &Answer,
@@ -75,7 +99,7 @@ pub fn decide(
         // be answered. Or it expired longer ago than stores remember.
         return decided(Verdict::UnknownChallenge, Disposition::Remove, false, false);
     }
-    match judge(open, device, failures, answer, now, config) {
+    match judge(open, (device, pin), failures, answer, now, config) {
         Judgement::Expired => decided(Verdict::Expired, Disposition::Remove, false, false),
         Judgement::LockedOut(retry_after) => decided(
             Verdict::LockedOut { retry_after },
@@ -117,11 +141,11 @@ pub enum Judgement {
     Wrong,
 }
 
-/// Looks at an answer to an open challenge of `device` whose failure
-/// state is `failures`; changes nothing.
+/// Looks at an answer to an open challenge of `device` (under `pin`, see
+/// [`pin_for`]) whose failure state is `failures`; changes nothing.
 pub fn judge(
     open: &OpenChallenge,
-    device: &Device,
+    (device, pin): (&Device, Option<&MacOutput>),
     failures: &FailureState,
     answer: &Answer,
     now: Timestamp,
@@ -139,7 +163,7 @@ pub fn judge(
     };
     let given = answer.as_bytes();
     match super::token::matched(
-        device,
+        (device, pin),
         question,
         given,
         failures.moving,
@@ -147,7 +171,7 @@ pub fn judge(
         &config.tokens,
     ) {
         Some(Some(next)) => Judgement::Right { moving: Some(next) },
-        Some(None) if answer_is_right(device, &open.question, answer, now) => {
+        Some(None) if answer_is_right((device, pin), &open.question, answer, now) => {
             Judgement::Right { moving: None }
         }
         _ => Judgement::Wrong,
@@ -185,7 +209,7 @@ pub fn disposition_after(verdict: &Verdict) -> Disposition {
 
 /// Checks an answer against the device, in constant time.
 pub fn answer_is_right(
-    device: &Device,
+    (device, pin): (&Device, Option<&MacOutput>),
     question: &Question,
     answer: &Answer,
     now: Timestamp,
@@ -194,7 +218,7 @@ pub fn answer_is_right(
         (Verifier::Ocra { ocra, pin_hash }, Question::Ocra(text)) => {
             let input = OcraInput {
                 question: text,
-                pin_hash: pin_hash.as_ref().map(|h| h.as_bytes()),
+                pin_hash: super::token::pin_of(pin_hash.as_ref(), pin),
                 timestamp: ocra
                     .suite()
                     .time_step()

@@ -115,7 +115,7 @@ impl UserLife {
         out
     }
 
-    fn decode(bytes: &[u8]) -> Option<Self> {
+    fn decode(bytes: &[u8], codec: &crate::store::records::DeviceCodec) -> Option<Self> {
         let mut r = Reader::new(bytes);
         if r.u8("version").ok()? != 1 {
             return None;
@@ -123,8 +123,12 @@ impl UserLife {
         let mut life = Self::default();
         for _ in 0..r.u64("lives").ok()? {
             let device = DeviceId(r.u64("device").ok()?);
-            life.lives
-                .insert(device, decode_life(r.bytes("life").ok()?)?);
+            life.lives.insert(
+                device,
+                decode_life(r.bytes("life").ok()?, |sealed| {
+                    codec.open_changed_pin(device, sealed)
+                })?,
+            );
         }
         let share = r.u64("share").ok()?;
         let record = r.bytes("share record").ok()?;
@@ -139,14 +143,19 @@ impl UserLife {
     }
 }
 
-/// A user's lifecycle record as read (absent: nothing beyond defaults).
-pub fn user_life(user: &Username, record: &Versioned) -> Result<UserLife, StoreError> {
-    match &record.value {
-        Some(bytes) => UserLife::decode(bytes).ok_or_else(|| StoreError::Corrupt {
-            device: 0,
-            problem: format!("lifecycle record of {user}"),
-        }),
-        None => Ok(UserLife::default()),
+impl ClusterStore {
+    /// A user's lifecycle record as read (absent: nothing beyond
+    /// defaults); a changed PIN in it unsealed.
+    pub fn user_life(&self, user: &Username, record: &Versioned) -> Result<UserLife, StoreError> {
+        match &record.value {
+            Some(bytes) => {
+                UserLife::decode(bytes, &self.codec).ok_or_else(|| StoreError::Corrupt {
+                    device: 0,
+                    problem: format!("lifecycle record of {user}"),
+                })
+            }
+            None => Ok(UserLife::default()),
+        }
     }
 }
 
@@ -518,7 +527,7 @@ impl ClusterStore {
             return Err(StoreError::Database("a short read".into()));
         };
         let decoded = self.account(user, &account)?;
-        let lives = user_life(user, &life)?;
+        let lives = self.user_life(user, &life)?;
         Ok((account, decoded, life, lives))
     }
 
@@ -527,7 +536,7 @@ impl ClusterStore {
     pub async fn life_of(&self, user: &Username) -> Result<UserLife, StoreError> {
         let read = self.read_user(user, &[UserRecord::Life]).await?;
         match read.first() {
-            Some(record) => user_life(user, record),
+            Some(record) => self.user_life(user, record),
             None => Ok(UserLife::default()),
         }
     }
@@ -710,6 +719,15 @@ impl Store for ClusterStore {
 
     async fn stale_imports(&self, before: Timestamp) -> Result<Vec<ImportId>, StoreError> {
         ClusterStore::stale_imports(self, before).await
+    }
+
+    fn changed_pin<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        device: &Device,
+        pin: &str,
+    ) -> Result<crate::store::ChangedPin, EnrollError> {
+        self.codec.changed_pin(rng, device, pin)
     }
 
     async fn audit_inventory<R: CryptoRng + ?Sized>(

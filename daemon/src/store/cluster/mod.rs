@@ -49,7 +49,7 @@ mod seen;
 pub mod slots;
 mod tokens;
 
-pub use change::{UserLife, user_life};
+pub use change::UserLife;
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};

@@ -171,13 +171,13 @@ impl Registry {
                     .unwrap_or_else(PoisonError::into_inner) = Some(PushKey(key));
             }
             if let Some(life) = lives.get(id.0)? {
-                *device.life_mut() =
-                    crate::store::records::decode_life(life.value()).ok_or_else(|| {
-                        StoreError::Corrupt {
-                            device: id.0,
-                            problem: "lifecycle state".into(),
-                        }
-                    })?;
+                *device.life_mut() = crate::store::records::decode_life(life.value(), |sealed| {
+                    self.codec.open_changed_pin(id, sealed)
+                })
+                .ok_or_else(|| StoreError::Corrupt {
+                    device: id.0,
+                    problem: "lifecycle state".into(),
+                })?;
             }
             by_user.entry(device.user.clone()).or_default().push(id);
             devices.insert(id, Arc::new(device));
@@ -488,6 +488,15 @@ impl crate::store::Store for Registry {
         to: &TokenState,
     ) -> Result<bool, StoreError> {
         Registry::swap_token_state(self, serial, from, to)
+    }
+
+    fn changed_pin<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        device: &Device,
+        pin: &str,
+    ) -> Result<crate::store::ChangedPin, EnrollError> {
+        self.codec.changed_pin(rng, device, pin)
     }
 
     async fn audit_inventory<R: CryptoRng + ?Sized>(
