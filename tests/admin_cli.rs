@@ -196,3 +196,111 @@ fn a_forgotten_pin_is_reset_at_the_help_desk() {
     let refused = failure(&daemon, &["reset-pin", &card]);
     assert!(refused.contains("takes no PIN"), "{refused}");
 }
+
+/// What pyotp, an implementation independent of sls, makes of `uri`: the
+/// code now, and the issuer, account, digits and period it read.
+fn pyotp(uri: &str) -> (String, String) {
+    let script = "import pyotp, sys\n\
+                  t = pyotp.parse_uri(sys.argv[1])\n\
+                  print(t.now())\n\
+                  print(t.issuer, t.name, t.digits, t.interval, t.digest().name)";
+    let output = Command::new("python3")
+        .args(["-c", script, uri])
+        .output()
+        .expect("python3");
+    let text = support::stdout_ok(&output);
+    let (code, read) = text.split_once('\n').unwrap();
+    (code.to_owned(), read.to_owned())
+}
+
+#[test]
+fn an_authenticator_app_enrols_by_qr_code_and_is_pending_until_its_first_code() {
+    use slsd::engine::Role;
+    use slsd::identity::{DeviceId, Username};
+    use slsd::wire::request::Answer;
+    use slsd::wire::{ChallengeText, Operation, Reply, Verdict};
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"), "", "");
+    let qr = dir.path().join("frank.svg");
+    let qr_arg = qr.to_str().unwrap();
+    // --qr is refused for a kind that is not an app, before anything is
+    // enrolled.
+    let refused = failure(&daemon, &["enroll", "frank", "scc", "--qr", qr_arg]);
+    assert!(refused.contains("totp-app"), "{refused}");
+    assert!(!qr.exists());
+    let enroll = [
+        "enroll", "frank", "totp-app", "--label", "phone", "--qr", qr_arg,
+    ];
+    let enrolled = json(&daemon, &enroll);
+    let device = enrolled["device"].as_u64().unwrap();
+    let uri = enrolled["uri"].as_str().unwrap();
+    assert!(uri.starts_with("otpauth://totp/sls:frank?secret="), "{uri}");
+    assert_eq!(enrolled["qr"], qr_arg);
+    let svg = std::fs::read_to_string(&qr).unwrap();
+    assert!(
+        svg.starts_with("<?xml") && svg.contains("<svg"),
+        "{svg:.80}"
+    );
+    let mode = std::fs::metadata(&qr).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the QR code holds the key");
+    // The file is never overwritten, and no device is made then.
+    let exists = failure(&daemon, &enroll);
+    assert!(exists.contains("exists"), "{exists}");
+    let (code, read) = pyotp(uri);
+    assert_eq!(read, "sls frank 6 30 sha1");
+
+    let listed = json(&daemon, &["devices", "frank"]);
+    assert_eq!(listed["devices"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["devices"][0]["status"], "pending its first code");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let gateway = daemon.client(Role::Gateway).await;
+        let frank = Username::new("frank").unwrap();
+        let devices = |reply: Reply| match reply {
+            Reply::Devices { devices, .. } => devices.len(),
+            other => panic!("devices: {other:?}"),
+        };
+        let ask = Operation::Devices {
+            user: frank.clone(),
+        };
+        // Pending: not offered to a login yet, but it can be challenged.
+        assert_eq!(devices(gateway.call(ask.clone()).await.unwrap()), 0);
+        let login = |code: String| {
+            let gateway = &gateway;
+            let frank = frank.clone();
+            async move {
+                let challenge = Operation::Challenge {
+                    user: frank,
+                    device: DeviceId(device),
+                };
+                let Reply::Challenge {
+                    challenge, text, ..
+                } = gateway.call(challenge).await.unwrap()
+                else {
+                    panic!("a challenge")
+                };
+                assert_eq!(text, ChallengeText::EnterCode);
+                let answer = Operation::Verify {
+                    challenge,
+                    response: Answer::new(&code),
+                };
+                match gateway.call(answer).await.unwrap() {
+                    Reply::Verdict(verdict) => verdict,
+                    other => panic!("a verdict: {other:?}"),
+                }
+            }
+        };
+        assert!(matches!(
+            login(code.clone()).await,
+            Verdict::Accepted { .. }
+        ));
+        assert_eq!(devices(gateway.call(ask).await.unwrap()), 1);
+        // The step is used: the same code again is refused (RFC 6238 §5.2).
+        assert!(matches!(login(code).await, Verdict::Rejected { .. }));
+    });
+    let listed = json(&daemon, &["devices", "frank"]);
+    assert_eq!(listed["devices"][0]["status"], "active");
+}

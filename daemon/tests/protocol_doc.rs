@@ -158,6 +158,53 @@ fn examples() -> BTreeMap<&'static str, Example> {
             ),
         ),
         (
+            "token-challenge-reply",
+            resp(
+                2,
+                Reply::Challenge {
+                    challenge: ChallengeId(0x1122_3344_5566_7788),
+                    text: ChallengeText::EnterCode,
+                    expires_in: Duration::from_secs(120),
+                },
+            ),
+        ),
+        (
+            "token-verify-request",
+            req(
+                3,
+                Operation::Verify {
+                    challenge: ChallengeId(0x1122_3344_5566_7788),
+                    // RFC 4226 appendix D: counter 0 of its test key.
+                    response: Answer::new("755224"),
+                },
+            ),
+        ),
+        (
+            "change-pin-request",
+            req(
+                4,
+                Operation::ChangePin {
+                    user: jdoe(),
+                    device: DeviceId(7),
+                    challenge: ChallengeId(0x1122_3344_5566_7788),
+                    pin: slsd::wire::request::Pin::new("5793"),
+                    response: Answer::new("17477202"),
+                },
+            ),
+        ),
+        (
+            "app-enrolled-reply",
+            resp(
+                9,
+                Reply::AppEnrolled {
+                    device: DeviceId(8),
+                    uri: slsd::otp::app::AppUri::new(
+                        "otpauth://totp/sls:jdoe?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=sls&algorithm=SHA1&digits=6&period=30",
+                    ),
+                },
+            ),
+        ),
+        (
             "verify-request",
             req(
                 3,

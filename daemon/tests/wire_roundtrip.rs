@@ -356,6 +356,7 @@ fn reply() -> impl Strategy<Value = Reply> {
             activates_at: Timestamp(t)
         }),
         Just(DeviceStatus::Suspended),
+        Just(DeviceStatus::Pending),
     ];
     let entry = (
         1u64..,
@@ -558,6 +559,16 @@ fn reply() -> impl Strategy<Value = Reply> {
                 device: DeviceId(d),
                 secret: s.map(|s| SecretKey::from_bytes(s).unwrap()),
             }),
+        (
+            1u64..,
+            "otpauth://totp/[a-z]{1,8}:[a-z]{1,8}\\?secret=[A-Z2-7]{32}"
+        )
+            .prop_map(|(d, uri)| {
+                Reply::AppEnrolled {
+                    device: DeviceId(d),
+                    uri: slsd::otp::app::AppUri::new(&uri),
+                }
+            }),
         Just(Reply::Done),
         prop::collection::vec(
             ("[a-z_]{1,24}", any::<u64>()).prop_map(|(name, value)| StatEntry { name, value }),
@@ -741,6 +752,24 @@ fn debug_output_hides_answers_pins_and_keys() {
         code: Answer::new("480213"),
     };
     assert!(!format!("{code:?}").contains("480213"));
+    // An app's URI holds its key; a PIN change, the new PIN.
+    let app = Reply::AppEnrolled {
+        device: DeviceId(1),
+        uri: slsd::otp::app::AppUri::new("otpauth://totp/sls:jdoe?secret=GEZDGNBVGY3TQOJQ"),
+    };
+    assert!(!format!("{app:?}").contains("GEZDGNBV"));
+    let change = Operation::ChangePin {
+        user: Username::new("jdoe").unwrap(),
+        device: DeviceId(1),
+        challenge: ChallengeId(2),
+        pin: Pin::new("5793"),
+        response: Answer::new("65347737"),
+    };
+    let shown = format!("{change:?}");
+    assert!(
+        !shown.contains("5793") && !shown.contains("65347737"),
+        "{shown}"
+    );
 }
 
 #[test]

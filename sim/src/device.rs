@@ -81,8 +81,9 @@ impl EmulatedDevice {
                     }
                 })?)
             }
-            // Tokens come with their own algorithm (import and assign).
-            Check::RandomCode(_) | Check::Token { .. } => {
+            // Tokens come with their own algorithm (import and assign);
+            // authenticator apps are not part of the fleets yet.
+            Check::RandomCode(_) | Check::Token { .. } | Check::Totp { .. } => {
                 return Err(DeviceError::NotEmulated(kind));
             }
         };

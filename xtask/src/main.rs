@@ -7,8 +7,9 @@
 //! with `apt-get download` and unpacks them with `dpkg-deb` (no root
 //! needed, nothing installed system-wide), then runs
 //! `cargo test --workspace --exclude sls-benches ARGS...` with them on
-//! `PATH`. The token import tests need python-pskc (from PyPI), which
-//! it installs with pip into `target/tools/python` when Python lacks it.
+//! `PATH`. The token import tests need python-pskc and the authenticator
+//! app tests pyotp (both from PyPI), which it installs with pip into
+//! `target/tools/python` when Python lacks them.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -62,7 +63,7 @@ fn workspace() -> PathBuf {
 fn test(args: Vec<OsString>) -> Result<ExitCode, String> {
     let root = workspace();
     let tools = redis_tools(&root)?;
-    let python = python_pskc(&root)?;
+    let python = python_packages(&root)?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
@@ -89,26 +90,38 @@ fn test(args: Vec<OsString>) -> Result<ExitCode, String> {
     })
 }
 
-/// python-pskc, an RFC 6030 implementation independent of sls (from
-/// PyPI): the token import tests have it write vendors' files. `None`
-/// when Python imports it already; otherwise it is installed with pip
-/// into `target/tools/python`, which goes on the tests' `PYTHONPATH`.
-fn python_pskc(root: &Path) -> Result<Option<PathBuf>, String> {
-    let imports = |path: Option<&Path>| {
+/// Python packages written independently of sls (from PyPI), which the
+/// tests use as the other side: python-pskc writes vendors' token files
+/// (RFC 6030), pyotp reads an authenticator app's `otpauth://` URI and
+/// computes its codes as apps do. Each is (module, pinned requirement).
+const PYTHON_PACKAGES: [(&str, &str); 2] =
+    [("pskc", "python-pskc==1.4"), ("pyotp", "pyotp==2.9.0")];
+
+/// `None` when Python imports every package of [`PYTHON_PACKAGES`]
+/// already; otherwise those missing are installed with pip into
+/// `target/tools/python`, which goes on the tests' `PYTHONPATH`.
+fn python_packages(root: &Path) -> Result<Option<PathBuf>, String> {
+    let imports = |module: &str, path: Option<&Path>| {
         let mut command = Command::new("python3");
-        command.args(["-c", "import pskc"]);
+        command.args(["-c", &format!("import {module}")]);
         if let Some(path) = path {
             command.env("PYTHONPATH", path);
         }
         command.output().is_ok_and(|o| o.status.success())
     };
-    if imports(None) {
+    if PYTHON_PACKAGES
+        .iter()
+        .all(|(module, _)| imports(module, None))
+    {
         return Ok(None);
     }
     let dir = root.join("target/tools/python");
-    if !imports(Some(&dir)) {
+    for (module, requirement) in PYTHON_PACKAGES {
+        if imports(module, Some(&dir)) {
+            continue;
+        }
         eprintln!(
-            "xtask: python-pskc is not installed; installing it with pip into {}",
+            "xtask: {requirement} is not installed; installing it with pip into {}",
             dir.display()
         );
         let installed = Command::new("python3")
@@ -121,14 +134,13 @@ fn python_pskc(root: &Path) -> Result<Option<PathBuf>, String> {
                 "--target",
             ])
             .arg(&dir)
-            .arg("python-pskc==1.4")
+            .arg(requirement)
             .status()
             .is_ok_and(|s| s.success());
-        if !installed || !imports(Some(&dir)) {
-            return Err(
-                "could not install python-pskc with pip; install it (pip install python-pskc)"
-                    .into(),
-            );
+        if !installed || !imports(module, Some(&dir)) {
+            return Err(format!(
+                "could not install {requirement} with pip; install it (pip install {requirement})"
+            ));
         }
     }
     Ok(Some(dir))

@@ -7,10 +7,13 @@ use rand::CryptoRng;
 use super::{Caller, Engine};
 use crate::clock::Timestamp;
 use crate::identity::{DeviceId, Username};
+use crate::otp::app::{AppParameters, otpauth_uri};
 use crate::otp::push::PushKey;
 use crate::phone::PhoneNumber;
-use crate::profile::DeviceKind;
-use crate::store::{Device, EnrollError, NewDevice, RegistryChange, Store, StoreError};
+use crate::profile::{Check, DeviceKind};
+use crate::store::{
+    Activation, Device, DeviceLife, EnrollError, NewDevice, RegistryChange, Store, StoreError,
+};
 use crate::wire::token::TokenState;
 use crate::wire::{EnrollRequest, ErrorCode, Reply};
 
@@ -33,21 +36,57 @@ impl Engine {
             label,
         } = request;
         let pin = pin.as_ref().map(|p| p.as_str());
+        // An authenticator app is pending until its first code verifies:
+        // that catches an app that ignored the URI's parameters.
+        let pending = matches!(self.config.devices.get(kind).check, Check::Totp { .. });
         let enrolled = store
             .change(&user, Self::actor(caller), now, rng, |c| {
-                c.enroll(NewDevice {
+                let (device, secret) = c.enroll(NewDevice {
                     user: &user,
                     kind,
                     secret: secret.clone(),
                     pin,
                     label: &label,
                     token: None,
-                })
+                })?;
+                if pending {
+                    let life = DeviceLife {
+                        activation: Activation::Pending,
+                        ..DeviceLife::default()
+                    };
+                    c.set_life(device, life)?;
+                }
+                Ok((device, secret))
             })
             .await;
-        refused_or(enrolled, |(device, secret)| {
+        let app = match &self.config.devices.get(kind).check {
+            Check::Totp {
+                hash,
+                digits,
+                step,
+                issuer,
+            } => Some((
+                issuer.as_str(),
+                AppParameters {
+                    hash: *hash,
+                    digits: *digits,
+                    step: *step,
+                },
+            )),
+            _ => None,
+        };
+        refused_or(enrolled, |(device, generated)| {
             tracing::info!(%user, %device, %kind, "device enrolled");
-            Reply::Enrolled { device, secret }
+            match (app, generated.as_ref().or(secret.as_ref())) {
+                (Some((issuer, parameters)), Some(key)) => Reply::AppEnrolled {
+                    device,
+                    uri: otpauth_uri(issuer, user.as_str(), key, parameters),
+                },
+                _ => Reply::Enrolled {
+                    device,
+                    secret: generated,
+                },
+            }
         })
     }
 

@@ -880,6 +880,9 @@ fn activate(
         return Ok(());
     };
     c.set_life(device, life)?;
+    let Some(replaces) = replaces else {
+        return c.audit("activated", Some(user), Some(device), how.to_owned());
+    };
     if c.device(replaces).is_some() {
         c.remove_device(replaces)?;
     }

@@ -46,10 +46,7 @@ impl Engine {
             self.registry.device(device).filter(|d| {
                 &d.user == user
                     && !d.expired_at(now)
-                    && matches!(
-                        d.life().activation,
-                        crate::store::Activation::Shipped { .. }
-                    )
+                    && rules::devices::awaits_first_answer(&d.life())
             })
         };
         let Some(device) = self.login_device(user, device, now).or_else(shipped) else {

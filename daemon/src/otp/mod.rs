@@ -14,6 +14,7 @@
 //! - [`SecretKey`] and [`HmacKey`]: zeroizing key material and the precomputed
 //!   per-key HMAC state that makes verification a single HMAC pass.
 
+pub mod app;
 pub mod card;
 mod code;
 pub mod generate;

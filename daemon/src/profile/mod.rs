@@ -14,9 +14,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::otp::HashAlgorithm;
 use crate::otp::card::{self, CardError};
 use crate::otp::generate::{Alphabet, CodeSpec, GenerateError};
+use crate::otp::hotp::Digits;
 use crate::otp::ocra::{Suite, SuiteError};
+use crate::otp::totp::TimeStep;
 
 const DEFAULTS: &str = include_str!("defaults.toml");
 
@@ -35,6 +38,9 @@ pub enum DeviceKind {
     /// A hardware token imported from its vendor's file and assigned by
     /// serial: its algorithm is each token's own.
     Token,
+    /// Any authenticator app (RFC 6238 TOTP), enrolled by an `otpauth://`
+    /// URI or its QR code.
+    TotpApp,
 }
 
 impl DeviceKind {
@@ -47,7 +53,7 @@ impl DeviceKind {
         )
     }
 
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::DscPlus,
         Self::Scc,
         Self::OnlineScc,
@@ -58,6 +64,7 @@ impl DeviceKind {
         Self::Gold,
         Self::Platinum,
         Self::Token,
+        Self::TotpApp,
     ];
 
     /// The kind's number on the wire (see PROTOCOL.md).
@@ -73,6 +80,7 @@ impl DeviceKind {
             Self::Gold => 8,
             Self::Platinum => 9,
             Self::Token => 10,
+            Self::TotpApp => 11,
         }
     }
 
@@ -93,6 +101,7 @@ impl DeviceKind {
             Self::Gold => "gold",
             Self::Platinum => "platinum",
             Self::Token => "token",
+            Self::TotpApp => "totp-app",
         }
     }
 }
@@ -106,7 +115,7 @@ impl fmt::Display for DeviceKind {
 /// A device kind name that is not one of [`DeviceKind::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown device kind {0:?} (expected dsc-plus, scc, online-scc, ib-key, sms, temporary, legacy-dsc, gold, platinum or token)"
+    "unknown device kind {0:?} (expected dsc-plus, scc, online-scc, ib-key, sms, temporary, legacy-dsc, gold, platinum, token or totp-app)"
 )]
 pub struct UnknownKind(pub String);
 
@@ -171,6 +180,15 @@ pub enum Check {
     /// vendor's file); `pin_digits` is the PIN length of OCRA suites that
     /// bind one.
     Token { pin_digits: u8 },
+    /// RFC 6238 codes from an authenticator app: the parameters written
+    /// into its `otpauth://` URI (the ones every app honours by default
+    /// are SHA1, 6 digits, 30 s) and the issuer the app shows.
+    Totp {
+        hash: HashAlgorithm,
+        digits: Digits,
+        step: TimeStep,
+        issuer: String,
+    },
 }
 
 /// A withdrawal limit in USD; `None` is unlimited.
@@ -329,6 +347,13 @@ enum RawCheck {
         #[serde(rename = "pin-digits")]
         pin_digits: u8,
     },
+    Totp {
+        hash: String,
+        digits: u32,
+        #[serde(with = "humantime_serde")]
+        step: Duration,
+        issuer: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -393,6 +418,31 @@ impl RawProfile {
                     return Err(ProfileError::PinDigits(kind));
                 }
                 Check::Token { pin_digits }
+            }
+            RawCheck::Totp {
+                hash,
+                digits,
+                step,
+                issuer,
+            } => {
+                let invalid = |problem: String| ProfileError::Invalid { kind, problem };
+                let hash = hash.parse().map_err(|_| {
+                    invalid(format!("check.hash {hash:?} is not SHA1, SHA256 or SHA512"))
+                })?;
+                let digits =
+                    Digits::new(digits).map_err(|e| invalid(format!("check.digits: {e}")))?;
+                let step = TimeStep::new(step).map_err(|e| invalid(format!("check.step: {e}")))?;
+                if issuer.is_empty() || issuer.len() > 64 || issuer.contains(':') {
+                    return Err(invalid(
+                        "check.issuer: 1 to 64 bytes, without ':' (it separates issuer and account in the URI)".into(),
+                    ));
+                }
+                Check::Totp {
+                    hash,
+                    digits,
+                    step,
+                    issuer,
+                }
             }
             RawCheck::RandomCode { length, alphabet } => {
                 let code = |e| ProfileError::Code(e, kind);

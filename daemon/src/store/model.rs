@@ -378,6 +378,9 @@ pub enum Activation {
     Active,
     /// A replacement card ordered for `replaces`, not yet shipped.
     Ordered { replaces: DeviceId },
+    /// Enrolled and waiting for its first right answer (an authenticator
+    /// app: the first code proves the app took the key as it was given).
+    Pending,
     /// Shipped: active at `activates_at`, or earlier once its holder
     /// answers a challenge with it.
     Shipped {
@@ -392,7 +395,7 @@ impl Activation {
     pub fn is_active(&self, now: Timestamp) -> bool {
         match self {
             Self::Active => true,
-            Self::Ordered { .. } => false,
+            Self::Ordered { .. } | Self::Pending => false,
             Self::Shipped { activates_at, .. } => *activates_at <= now,
         }
     }

@@ -138,6 +138,8 @@ impl DeviceCodec {
         match &self.profiles.get(kind).check {
             Check::Ocra { suite, .. } => Ok(suite.hash().output_len()),
             Check::CodeCard { .. } => Ok(CARD_SECRET_BYTES),
+            // RFC 4226 §4 recommends a key as long as the hash's output.
+            Check::Totp { hash, .. } => Ok(hash.output_len()),
             Check::RandomCode(_) => Err(not_keyed(kind)),
             Check::Token { .. } => Err(EnrollError::Invalid(
                 "a token's key comes from its vendor: import it and assign it by serial".into(),
@@ -212,6 +214,14 @@ impl DeviceCodec {
             Check::Ocra { suite, .. } => Ok(Verifier::Ocra {
                 ocra: Ocra::new(Arc::clone(suite), secret),
                 pin_hash,
+            }),
+            Check::Totp {
+                hash, digits, step, ..
+            } => Ok(Verifier::Totp {
+                key: HmacKey::new(*hash, secret),
+                digits: *digits,
+                step: *step,
+                origin: 0,
             }),
             Check::CodeCard { positions } => Ok(Verifier::Card(
                 CodeCard::new(secret, *positions)
@@ -537,6 +547,7 @@ pub(in crate::store) fn encode_life(life: &DeviceLife) -> Vec<u8> {
             out.put_u8(1);
             out.put_u64(replaces.0);
         }
+        Activation::Pending => out.put_u8(3),
         Activation::Shipped {
             replaces,
             shipped_at,
@@ -573,6 +584,7 @@ pub(in crate::store) fn decode_life(
             shipped_at: Timestamp(r.u64("shipped at").ok()?),
             activates_at: Timestamp(r.u64("activates at").ok()?),
         },
+        3 => Activation::Pending,
         _ => return None,
     };
     let uses_left = match r.u64("uses left").ok()? {

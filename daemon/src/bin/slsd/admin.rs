@@ -87,6 +87,10 @@ enum AdminOperation {
         pin: Option<String>,
         #[arg(long, default_value = "")]
         label: String,
+        /// totp-app: also write the otpauth:// URI as a QR code (SVG) to
+        /// this file, readable by its owner only (it holds the key).
+        #[arg(long)]
+        qr: Option<PathBuf>,
     },
     /// Withdraw a device for good.
     Revoke { device: u64 },
@@ -345,6 +349,7 @@ impl AdminOperation {
                 secret,
                 pin,
                 label,
+                qr: _,
             } => Operation::Enroll(EnrollRequest {
                 user,
                 kind,
@@ -533,6 +538,21 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow!("admin certificate in {}: {e}", args.data_dir.display()))?;
     let json = args.json;
+    // The QR code's file is made before the device is: an enrolment whose
+    // key cannot be written out is not made at all.
+    let mut qr = match &args.operation {
+        AdminOperation::Enroll {
+            qr: Some(path),
+            kind,
+            ..
+        } => {
+            if *kind != DeviceKind::TotpApp {
+                bail!("--qr is for an authenticator app (totp-app), not {kind}");
+            }
+            Some(QrFile::create(path)?)
+        }
+        _ => None,
+    };
     let job = match args.operation {
         // The file is read and checked whole before anything is sent.
         AdminOperation::ImportTokens {
@@ -585,7 +605,11 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                     .call(operation)
                     .await
                     .map_err(|e| anyhow!("slsd at {addr}: {e}"))?;
-                describe(&reply)?
+                let mut value = describe(&reply)?;
+                if let (Some(file), Reply::AppEnrolled { uri, .. }) = (qr.take(), &reply) {
+                    value["qr"] = json!(file.write(uri)?);
+                }
+                value
             }
         };
         client.close();
@@ -615,6 +639,49 @@ enum Job {
     /// A PIN reset: a challenge, then the answer under the chosen PIN.
     ResetPin(DeviceId),
     One(Operation),
+}
+
+/// The file an app's QR code goes to: new, readable by its owner only
+/// (the code holds the key), removed again if nothing is written to it.
+struct QrFile {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl QrFile {
+    fn create(path: &std::path::Path) -> anyhow::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            file: Some(file),
+        })
+    }
+
+    /// Writes `uri` as a QR code in SVG; the file's path.
+    fn write(mut self, uri: &slsd::otp::app::AppUri) -> anyhow::Result<String> {
+        use std::io::Write;
+        let svg = slsd::otp::app::qr_svg(uri.as_str())
+            .map_err(|e| anyhow!("the URI does not fit a QR code: {e}"))?;
+        let mut file = self.file.take().ok_or_else(|| anyhow!("written already"))?;
+        file.write_all(svg.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| anyhow!("{}: {e}", self.path.display()))?;
+        Ok(self.path.display().to_string())
+    }
+}
+
+impl Drop for QrFile {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// `reset-pin`: opens a challenge on the card, shows it, reads the PIN
@@ -681,6 +748,7 @@ fn device_status(status: DeviceStatus) -> String {
             format!("shipped, activates {}", time(activates_at))
         }
         DeviceStatus::Suspended => "suspended".into(),
+        DeviceStatus::Pending => "pending its first code".into(),
     }
 }
 
@@ -697,6 +765,11 @@ fn describe(reply: &Reply) -> anyhow::Result<Value> {
             }
             out
         }
+        Reply::AppEnrolled { device, uri } => json!({
+            "device": device.0,
+            // Shown once: the user adds it to their app.
+            "uri": uri.as_str(),
+        }),
         Reply::Devices { required, devices } => json!({
             "second_factor_required": required,
             "devices": devices.iter().map(|d| json!({

@@ -201,6 +201,12 @@ fn print_profiles() -> anyhow::Result<()> {
             Check::CodeCard { positions } => format!("code card, {positions} positions"),
             Check::RandomCode(spec) => format!("random code, {} symbols", spec.length()),
             Check::Token { .. } => "each token's own (PSKC import)".into(),
+            Check::Totp {
+                hash, digits, step, ..
+            } => format!(
+                "totp {hash}, {digits} digits, {}s",
+                step.as_duration().as_secs()
+            ),
         };
         println!(
             "{:<11} {:<26} {:<10} {:<7} {:<38} {:>21}",

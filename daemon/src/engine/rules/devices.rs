@@ -12,6 +12,7 @@ pub fn status(device: &Device, life: &DeviceLife, suspended: bool, now: Timestam
     match life.activation {
         _ if device.expired_at(now) || life.uses_left == Some(0) => DeviceStatus::Expired,
         Activation::Ordered { .. } => DeviceStatus::Ordered,
+        Activation::Pending => DeviceStatus::Pending,
         Activation::Shipped { activates_at, .. } if activates_at > now => {
             DeviceStatus::Shipped { activates_at }
         }
@@ -22,13 +23,22 @@ pub fn status(device: &Device, life: &DeviceLife, suspended: bool, now: Timestam
 
 /// Whether a login of the device's own user may be asked a challenge on
 /// it: usable (and not suspended by a share), or a shipped replacement
-/// before its time — the right answer activates it.
+/// before its time or a device pending its first answer — the right
+/// answer activates it.
 pub fn challengeable(device: &Device, life: &DeviceLife, suspended: bool, now: Timestamp) -> bool {
     if device.expired_at(now) {
         return false;
     }
-    let shipped = matches!(life.activation, Activation::Shipped { .. });
-    shipped || (!suspended && life.allows_use(now))
+    awaits_first_answer(life) || (!suspended && life.allows_use(now))
+}
+
+/// Whether the device becomes active when its holder first answers with
+/// it: a shipped replacement, or a device pending its first code.
+pub fn awaits_first_answer(life: &DeviceLife) -> bool {
+    matches!(
+        life.activation,
+        Activation::Shipped { .. } | Activation::Pending
+    )
 }
 
 /// What an accepted answer does to its device beyond the login.
@@ -40,10 +50,11 @@ pub enum AfterAccept {
     TooLate,
     /// A temporary code spends a use.
     Spend { life: DeviceLife, left: u32 },
-    /// A replacement card becomes active and retires the card it replaces.
+    /// A replacement card becomes active and retires the card it
+    /// replaces; a pending device becomes active (it replaces none).
     Activate {
         life: DeviceLife,
-        replaces: DeviceId,
+        replaces: Option<DeviceId>,
     },
 }
 
@@ -64,11 +75,12 @@ pub fn after_accept(life: &DeviceLife) -> AfterAccept {
     }
 }
 
-/// A replacement made active: its new state and the card it retires;
-/// `None` for a device that is active already.
-pub fn activation(life: &DeviceLife) -> Option<(DeviceLife, DeviceId)> {
+/// A replacement or pending device made active: its new state and the
+/// card it retires, if any; `None` for a device that is active already.
+pub fn activation(life: &DeviceLife) -> Option<(DeviceLife, Option<DeviceId>)> {
     let replaces = match life.activation {
-        Activation::Shipped { replaces, .. } | Activation::Ordered { replaces } => replaces,
+        Activation::Shipped { replaces, .. } | Activation::Ordered { replaces } => Some(replaces),
+        Activation::Pending => None,
         Activation::Active => return None,
     };
     Some((
@@ -120,7 +132,22 @@ mod tests {
         };
         assert_eq!(
             (life.activation, replaces),
-            (Activation::Active, DeviceId(3))
+            (Activation::Active, Some(DeviceId(3)))
         );
+    }
+
+    #[test]
+    fn a_pending_device_is_challenged_and_activated_by_its_first_answer() {
+        let pending = DeviceLife {
+            activation: Activation::Pending,
+            ..DeviceLife::default()
+        };
+        assert!(awaits_first_answer(&pending));
+        assert!(!pending.allows_use(Timestamp(0)));
+        assert!(!due(&pending, Timestamp(u64::MAX)), "no time activates it");
+        let AfterAccept::Activate { life, replaces } = after_accept(&pending) else {
+            panic!("a pending device must activate");
+        };
+        assert_eq!((life.activation, replaces), (Activation::Active, None));
     }
 }

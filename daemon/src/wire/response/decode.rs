@@ -42,6 +42,7 @@ impl Response {
                                 activates_at: Timestamp(r.u64("activates at")?),
                             },
                             4 => DeviceStatus::Suspended,
+                            5 => DeviceStatus::Pending,
                             other => {
                                 return Err(DecodeError::invalid(
                                     "status",
@@ -223,6 +224,10 @@ impl Response {
                     ));
                 }
             }),
+            0x22 => Reply::AppEnrolled {
+                device: DeviceId(r.u64("device")?),
+                uri: crate::otp::app::AppUri::new(r.str("uri")?),
+            },
             0x20 => Reply::Enrolled {
                 device: DeviceId(r.u64("device")?),
                 secret: match r.bytes("secret")? {

@@ -33,6 +33,7 @@ impl Response {
                             out.put_u64(activates_at.0);
                         }
                         DeviceStatus::Suspended => out.put_u8(4),
+                        DeviceStatus::Pending => out.put_u8(5),
                     }
                     out.put_bytes(d.owner.as_ref().map_or("", Username::as_str).as_bytes());
                 }
@@ -259,6 +260,10 @@ impl Response {
             Reply::Enrolled { device, secret } => {
                 out.put_u64(device.0);
                 out.put_bytes(secret.as_ref().map_or(&[], SecretKey::expose_secret));
+            }
+            Reply::AppEnrolled { device, uri } => {
+                out.put_u64(device.0);
+                out.put_bytes(uri.as_str().as_bytes());
             }
             Reply::Done => {}
             Reply::Stats(stats) => {

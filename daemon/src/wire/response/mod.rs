@@ -45,6 +45,13 @@ pub enum Reply {
         device: DeviceId,
         secret: Option<SecretKey>,
     },
+    /// To `Enroll` of an authenticator app (`totp-app`): the new device,
+    /// pending its first code, and the `otpauth://` URI to give the app
+    /// (it holds the key: the only time it leaves sls).
+    AppEnrolled {
+        device: DeviceId,
+        uri: crate::otp::app::AppUri,
+    },
     /// To `Revoke` and `Unlock`.
     Done,
     /// To `Stats`.
@@ -213,6 +220,9 @@ pub enum DeviceStatus {
     /// The user uses a shared device; their own are suspended until the
     /// share ends.
     Suspended,
+    /// Enrolled, active once its first code verifies (an authenticator
+    /// app).
+    Pending,
 }
 
 /// Why a rule refused a request.
@@ -458,6 +468,7 @@ impl Reply {
             Self::Challenge { .. } => 0x02,
             Self::Verdict(_) => 0x03,
             Self::Enrolled { .. } => 0x20,
+            Self::AppEnrolled { .. } => 0x22,
             Self::Done => 0x21,
             Self::Stats(_) => 0x24,
             Self::CodeSent { .. } => 0x04,
