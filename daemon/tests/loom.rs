@@ -19,7 +19,9 @@
 //!   gateway exactly once (no lost or doubled verdict);
 //! - on the cluster store (two nodes on Redis in memory, whose lock is
 //!   loom's), a challenge verified on both nodes at once is accepted once,
-//!   and wrong answers racing on both get no more checks than attempts.
+//!   and wrong answers racing on both get no more checks than attempts;
+//! - a token's login racing an unlock never moves its counter back, in
+//!   memory or on disk.
 #![cfg(feature = "loom")]
 
 use std::sync::Arc;
@@ -31,9 +33,11 @@ use slsd::clock::Timestamp;
 use slsd::config::Config;
 use slsd::engine::{Caller, Engine, ReplyLog, Role, Sink, StreamId};
 use slsd::identity::{ChallengeId, DeviceId, Username};
-use slsd::otp::SecretKey;
 use slsd::otp::card::CodeCard;
+use slsd::otp::hotp::{Digits, hotp};
 use slsd::otp::push::{self as push_proof, PushSigner};
+use slsd::otp::token::TokenAlgorithm;
+use slsd::otp::{HashAlgorithm, HmacKey, SecretKey};
 use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
 use slsd::store::Actor;
@@ -44,6 +48,7 @@ use slsd::store::sealed::SecretCipher;
 use slsd::store::{EnrollError, NewDevice};
 use slsd::store::{OpenChallenge, Question};
 use slsd::wire::request::Answer;
+use slsd::wire::token::TokenInfo;
 use slsd::wire::{ChallengeText, Operation, Reply, Verdict};
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
@@ -639,5 +644,116 @@ fn on_the_cluster_wrong_answers_on_two_nodes_never_get_more_checks_than_attempts
             .filter(|v| matches!(v, Verdict::Rejected { .. }))
             .count();
         assert_eq!(checked, 1, "{a:?} {b:?}");
+    });
+}
+
+/// An event token (HOTP) for "jdoe", enrolled as an assigned token is,
+/// whose code at counter 0 is then accepted by `Verify`.
+fn hotp_token(fixture: &Fixture) -> DeviceId {
+    fixture.setup(|registry, rng| {
+        let user = Username::new("jdoe").unwrap();
+        let info = TokenInfo {
+            serial: slsd::identity::Serial::new("H1").unwrap(),
+            algorithm: TokenAlgorithm::Hotp {
+                hash: HashAlgorithm::Sha1,
+                digits: Digits::exactly(6),
+            },
+            counter: 0,
+            valid_from: None,
+            valid_until: None,
+            manufacturer: String::new(),
+        };
+        let new = NewDevice {
+            user: &user,
+            kind: DeviceKind::Token,
+            secret: Some(SecretKey::from_bytes(HOTP_KEY.to_vec()).unwrap()),
+            pin: None,
+            label: "",
+            token: Some(&info),
+        };
+        registry
+            .change(rng, T0, Actor::SYSTEM, |c| c.enroll(new))
+            .unwrap()
+            .0
+    })
+}
+
+const HOTP_KEY: &[u8] = b"12345678901234567890";
+
+fn hotp_code(counter: u64) -> String {
+    let key = HmacKey::new(
+        HashAlgorithm::Sha1,
+        &SecretKey::from_bytes(HOTP_KEY.to_vec()).unwrap(),
+    );
+    hotp(&key, counter, Digits::exactly(6)).as_str().to_owned()
+}
+
+/// A token's login racing an operator's unlock (which clears failures and
+/// must keep the moving factor): whichever runs first, the counter the
+/// login used stays used — in memory and on disk — so its code is never
+/// accepted again.
+#[test]
+fn a_token_login_racing_an_unlock_never_moves_the_counter_back() {
+    let fixture = fixture("[challenges]\nuser-limit-buckets = 1\n");
+    let device = hotp_token(&fixture);
+    let fixture = Arc::new(fixture);
+    // The unlock is a registry change (a write transaction on disk per
+    // run): one preemption already puts it before, inside and after the
+    // login's decision, which is what is explored here.
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(1);
+    model.check(move || {
+        let engine = fixture.engine();
+        let challenge = |engine: &Engine| {
+            let operation = Operation::Challenge {
+                user: Username::new("jdoe").unwrap(),
+                device,
+            };
+            let rng = &mut ChaCha20Rng::seed_from_u64(7);
+            match engine.handle(Role::Gateway, operation, T0, rng).reply {
+                Reply::Challenge { challenge, .. } => challenge,
+                other => panic!("a challenge: {other:?}"),
+            }
+        };
+        let id = challenge(&engine);
+        let (login, _) = both(&engine, move |engine, thread| {
+            if thread == 0 {
+                let verdict = verify(engine, id, &hotp_code(0), T0);
+                // What the server's committer does before the reply: the
+                // device's failure state as it is now, written.
+                let failures = *engine.registry().device(device).unwrap().failures();
+                engine
+                    .registry()
+                    .save_failures(&[(device, failures)])
+                    .unwrap();
+                Some(verdict)
+            } else {
+                let unlock = Operation::Unlock {
+                    user: Username::new("jdoe").unwrap(),
+                    device: None,
+                };
+                let rng = &mut ChaCha20Rng::seed_from_u64(8);
+                let reply = engine.handle(Role::Admin, unlock, T0, rng).reply;
+                assert_eq!(reply, Reply::Done);
+                None
+            }
+        });
+        assert!(matches!(login, Some(Verdict::Accepted { .. })), "{login:?}");
+        let moving = engine.registry().device(device).unwrap().failures().moving;
+        assert_eq!(moving, 1, "the counter went back in memory");
+        let again = challenge(&engine);
+        assert!(matches!(
+            verify(&engine, again, &hotp_code(0), T0),
+            Verdict::Rejected { .. }
+        ));
+        // What a restart reads: the unlock's write did not undo the login's.
+        drop(engine);
+        let reopened = fixture.registry();
+        let on_disk = reopened.device(device).unwrap().failures().moving;
+        assert_eq!(on_disk, 1, "the counter went back on disk");
+        // The next model starts from a token whose counter 0 is unused.
+        reopened
+            .save_failures(&[(device, Default::default())])
+            .unwrap();
     });
 }

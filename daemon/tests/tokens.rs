@@ -836,3 +836,36 @@ fn a_serial_range_retires_page_by_page_and_revokes_assigned_devices() {
         assert!(message.contains("retired"), "{name}: {message}");
     }
 }
+
+/// On disk, a token's moving factor never goes back: a later write made
+/// from an older reading (an unlock's, a resync's, the committer's) keeps
+/// the higher value already stored, and a restart reads it.
+#[test]
+fn a_stored_moving_factor_is_never_written_lower() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::from_toml("").unwrap();
+    let engine = common::open_engine(dir.path(), config.clone());
+    let node = Node::Embedded(engine);
+    let import = Operation::ImportTokens {
+        import: 0,
+        commit: true,
+        tokens: vec![token("M1")],
+    };
+    assert!(matches!(node.call(import), Reply::TokensImported { .. }));
+    let Reply::Enrolled { device, .. } = node.call(assign("M1", None)) else {
+        panic!("assigned")
+    };
+    let Node::Embedded(engine) = node else {
+        unreachable!()
+    };
+    let used = slsd::store::FailureState {
+        moving: 7,
+        ..Default::default()
+    };
+    let registry = engine.registry();
+    registry.save_failures(&[(device, used)]).unwrap();
+    registry.save_failures(&[(device, Default::default())]).unwrap();
+    drop(engine);
+    let engine = common::open_engine(dir.path(), config);
+    assert_eq!(engine.registry().device(device).unwrap().failures().moving, 7);
+}

@@ -280,11 +280,21 @@ impl<R: CryptoRng + ?Sized> Change<'_, R> {
         Ok(())
     }
 
+    /// A device's failure state; its moving factor never goes back below
+    /// what is stored (a login may have moved it since `state` was made).
     pub fn set_failures(&mut self, id: DeviceId, state: FailureState) -> Result<(), StoreError> {
         self.wrote = true;
         let mut table = self
             .txn
             .open_table(crate::store::embedded::registry::FAILURES)?;
+        let stored = table
+            .get(id.0)?
+            .and_then(|v| FailureState::decode(v.value()))
+            .map_or(0, |s| s.moving);
+        let state = FailureState {
+            moving: state.moving.max(stored),
+            ..state
+        };
         if state == FailureState::default() {
             table.remove(id.0)?;
         } else {
@@ -461,7 +471,11 @@ impl Registry {
             }
             Effect::Failures(id, state) => {
                 if let Some(device) = self.device(id) {
-                    *device.failures() = state;
+                    // A login may have moved a token's counter or step
+                    // since the change read it: that stays used.
+                    let mut failures = device.failures();
+                    let moving = failures.moving.max(state.moving);
+                    *failures = FailureState { moving, ..state };
                 }
             }
             Effect::PushKey(id, key) => {

@@ -365,12 +365,22 @@ impl Registry {
     }
 
     /// Writes failure states in one transaction (one fsync for the batch).
+    /// A moving factor stored higher (by a registry change that ran
+    /// meanwhile) is kept: what was used stays used.
     pub fn save_failures(&self, batch: &[(DeviceId, FailureState)]) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(FAILURES)?;
             for (id, state) in batch {
-                if *state == FailureState::default() {
+                let stored = table
+                    .get(id.0)?
+                    .and_then(|v| FailureState::decode(v.value()))
+                    .map_or(0, |s| s.moving);
+                let state = FailureState {
+                    moving: state.moving.max(stored),
+                    ..*state
+                };
+                if state == FailureState::default() {
                     table.remove(id.0)?;
                 } else {
                     table.insert(id.0, state.encode().as_slice())?;
