@@ -864,8 +864,13 @@ fn a_stored_moving_factor_is_never_written_lower() {
     };
     let registry = engine.registry();
     registry.save_failures(&[(device, used)]).unwrap();
-    registry.save_failures(&[(device, Default::default())]).unwrap();
+    registry
+        .save_failures(&[(device, Default::default())])
+        .unwrap();
     drop(engine);
     let engine = common::open_engine(dir.path(), config);
-    assert_eq!(engine.registry().device(device).unwrap().failures().moving, 7);
+    assert_eq!(
+        engine.registry().device(device).unwrap().failures().moving,
+        7
+    );
 }
