@@ -255,7 +255,11 @@ async fn the_issuance_limit_holds_across_nodes_under_concurrent_requests() {
     let device = enroll_dsc(&admin, "jdoe").await.unwrap();
 
     // 40 challenges at once, half on each node: 10 are issued. (A minute
-    // window may turn over during the burst, so at most 20.)
+    // window may turn over during the burst, so at most 20; and each node
+    // takes a request's time before it waits for the CPU, so a request
+    // stamped a moment before the first one counted can find the burst
+    // full one short: GCRA measures from the times it is given. The limit
+    // is what must hold: never more.)
     let tasks: Vec<_> = (0..40)
         .map(|i| {
             let gateway = Arc::clone(if i % 2 == 0 { &gateway_a } else { &gateway_b });
@@ -274,7 +278,7 @@ async fn the_issuance_limit_holds_across_nodes_under_concurrent_requests() {
             other => panic!("{other:?}"),
         }
     }
-    assert!((10..=20).contains(&issued), "issued {issued}");
+    assert!((9..=20).contains(&issued), "issued {issued}");
     assert_eq!(issued + limited, 40);
 }
 
