@@ -36,9 +36,26 @@ impl Engine {
             label,
         } = request;
         let pin = pin.as_ref().map(|p| p.as_str());
-        // An authenticator app is pending until its first code verifies:
-        // that catches an app that ignored the URI's parameters.
-        let pending = matches!(self.config.devices.get(kind).check, Check::Totp { .. });
+        // An authenticator app is told its parameters by URI.
+        let app = match &self.config.devices.get(kind).check {
+            Check::Totp {
+                hash,
+                digits,
+                step,
+                issuer,
+            } => Some((
+                issuer.as_str(),
+                AppParameters {
+                    hash: *hash,
+                    digits: *digits,
+                    step: *step,
+                },
+            )),
+            _ => None,
+        };
+        // It is pending until its first code verifies: that catches an
+        // app that ignored the URI's parameters.
+        let pending = app.is_some();
         let enrolled = store
             .change(&user, Self::actor(caller), now, rng, |c| {
                 let (device, secret) = c.enroll(NewDevice {
@@ -59,22 +76,6 @@ impl Engine {
                 Ok((device, secret))
             })
             .await;
-        let app = match &self.config.devices.get(kind).check {
-            Check::Totp {
-                hash,
-                digits,
-                step,
-                issuer,
-            } => Some((
-                issuer.as_str(),
-                AppParameters {
-                    hash: *hash,
-                    digits: *digits,
-                    step: *step,
-                },
-            )),
-            _ => None,
-        };
         refused_or(enrolled, |(device, generated)| {
             tracing::info!(%user, %device, %kind, "device enrolled");
             match (app, generated.as_ref().or(secret.as_ref())) {

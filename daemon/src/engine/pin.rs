@@ -14,7 +14,7 @@ use super::rules::verify::PinTrial;
 use super::{Caller, Engine, Outcome};
 use crate::clock::Timestamp;
 use crate::identity::{ChallengeId, DeviceId, Username};
-use crate::store::{EnrollError, Store, StoreError, Verifier};
+use crate::store::{EnrollError, Store, StoreError};
 use crate::wire::request::{Answer, Pin};
 use crate::wire::{ErrorCode, Reply, Verdict};
 
@@ -152,13 +152,7 @@ impl Engine {
         let Some(found) = node.store().device(device).await? else {
             return Ok(no_such_device().into());
         };
-        if !matches!(
-            &found.verifier,
-            Verifier::Ocra {
-                pin_hash: Some(_),
-                ..
-            }
-        ) {
+        if !found.takes_pin() {
             return Ok(Reply::error(
                 ErrorCode::InvalidArgument,
                 format!("device {device} takes no PIN: nothing to reset"),

@@ -219,6 +219,18 @@ pub struct Device {
 }
 
 impl Device {
+    /// Whether answers carry a PIN (an OCRA suite with `P`): what a PIN
+    /// change or reset applies to.
+    pub fn takes_pin(&self) -> bool {
+        matches!(
+            &self.verifier,
+            Verifier::Ocra {
+                pin_hash: Some(_),
+                ..
+            }
+        )
+    }
+
     /// Whether the device's validity has ended at `now`.
     pub fn expired_at(&self, now: Timestamp) -> bool {
         self.expires.is_some_and(|end| end <= now)

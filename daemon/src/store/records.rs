@@ -362,14 +362,7 @@ impl DeviceCodec {
         device: &Device,
         pin: &str,
     ) -> Result<ChangedPin, EnrollError> {
-        let takes_pin = matches!(
-            &device.verifier,
-            Verifier::Ocra {
-                pin_hash: Some(_),
-                ..
-            }
-        );
-        if !takes_pin {
+        if !device.takes_pin() {
             return Err(EnrollError::Invalid(format!(
                 "device {} takes no PIN",
                 device.id

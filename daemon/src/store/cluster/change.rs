@@ -738,17 +738,7 @@ impl Store for ClusterStore {
         action: &str,
         detail: String,
     ) -> Result<(), StoreError> {
-        self.audit(&AuditRecord {
-            seq: 0,
-            at: now,
-            actor: actor.0.to_owned(),
-            action: action.into(),
-            user: None,
-            device: None,
-            detail,
-        })
-        .await
-        .map(|_| ())
+        self.audit_deployment(actor, now, action, detail).await
     }
 
     async fn tokens(

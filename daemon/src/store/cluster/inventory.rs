@@ -23,7 +23,6 @@ use crate::store::inventory::{
     encode_import, encode_token_with,
 };
 use crate::store::{Actor, StoreError};
-use crate::wire::AuditRecord;
 use crate::wire::token::TokenInfo;
 
 const TAG: &str = "tokens";
@@ -171,16 +170,9 @@ impl ClusterStore {
             {
                 // Committed, then audited (as withdrawals are): an audit
                 // that fails fails the request; the tokens stay imported.
-                self.audit(&AuditRecord {
-                    seq: 0,
-                    at: now,
-                    actor: actor.0.to_owned(),
-                    action: "import-tokens".into(),
-                    user: None,
-                    device: None,
-                    detail: format!("import {}: {count} tokens", import.0),
-                })
-                .await?;
+                let detail = format!("import {}: {count} tokens", import.0);
+                self.audit_deployment(actor, now, "import-tokens", detail)
+                    .await?;
                 return Ok(Some(count));
             }
         }

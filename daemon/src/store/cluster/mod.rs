@@ -70,7 +70,7 @@ use crate::store::cluster::redis::{Key, Op, RedisStore, Versioned};
 use crate::store::questions::QuestionMemory;
 use crate::store::records::DeviceCodec;
 use crate::store::records::{decode_audit, encode_audit};
-use crate::store::{Account, EXPIRED_GRACE};
+use crate::store::{Account, Actor, EXPIRED_GRACE};
 use crate::store::{Device, EnrollError, FailureState, StoreError};
 use crate::wire::AuditRecord;
 
@@ -839,6 +839,26 @@ impl ClusterStore {
             .redis
             .append_log(&Key::new("audit", "seq"), &log, &encoded)
             .await?)
+    }
+
+    /// Appends an entry about the deployment (no user's, no device's).
+    pub async fn audit_deployment(
+        &self,
+        actor: Actor,
+        now: Timestamp,
+        action: &str,
+        detail: String,
+    ) -> Result<(), StoreError> {
+        let entry = AuditRecord {
+            seq: 0,
+            at: now,
+            actor: actor.0.to_owned(),
+            action: action.into(),
+            user: None,
+            device: None,
+            detail,
+        };
+        self.audit(&entry).await.map(|_| ())
     }
 
     /// The audit log after entry `after`, at most `limit` entries.
