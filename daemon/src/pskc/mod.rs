@@ -20,6 +20,7 @@
 //! seals them before anything is written.
 
 mod crypto;
+mod write;
 mod xml;
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crypto::{MAX_PBKDF2_ITERATIONS, Opening};
+pub use write::{TokenEntry, WriteError, Writer};
 
 use crate::clock::Timestamp;
 use crate::identity::Serial;

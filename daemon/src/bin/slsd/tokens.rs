@@ -1,8 +1,7 @@
 //! `slsd admin import-tokens`: a vendor's PSKC file read and checked
-//! whole here (every MAC, algorithm, serial and key), then sent in batches
-//! that fit the daemon's frames, the last one committing the import. A
-//! file that does not read sends nothing; a batch the daemon refuses
-//! drops the import there: either every token is imported or none.
+//! whole here (every MAC, algorithm, serial and key), then sent by
+//! `slsd::client::tokens` (batches that fit the daemon's frames, the last
+//! one committing the import). A file that does not read sends nothing.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -10,11 +9,11 @@ use std::path::Path;
 use anyhow::{Context, anyhow, bail};
 use serde_json::{Value, json};
 use slsd::client::Client;
+use slsd::client::tokens::{import_tokens, new_token};
 use slsd::config::Config;
 use slsd::identity::Serial;
 use slsd::pskc::{self, Limits, Opening};
-use slsd::wire::request::Request;
-use slsd::wire::token::{NewToken, TokenInfo};
+use slsd::wire::token::NewToken;
 use slsd::wire::{Operation, Reply};
 
 /// Where the key that opens the file comes from (no secret on the command
@@ -71,17 +70,7 @@ fn read_tokens<R: BufRead>(
 ) -> Result<Vec<NewToken>, pskc::PskcError> {
     Ok(pskc::read(reader, opening, limits)?
         .into_iter()
-        .map(|token| NewToken {
-            info: TokenInfo {
-                serial: token.serial,
-                algorithm: token.algorithm,
-                counter: token.counter,
-                valid_from: token.valid_from,
-                valid_until: token.valid_until,
-                manufacturer: token.manufacturer.unwrap_or_default(),
-            },
-            key: token.key,
-        })
+        .map(new_token)
         .collect())
 }
 
@@ -93,43 +82,16 @@ pub async fn import(
     max_frame: u32,
 ) -> anyhow::Result<Value> {
     let serials: Vec<String> = tokens.iter().map(|t| t.info.serial.to_string()).collect();
-    let batches = batches(tokens, max_frame);
     let progress = bar(serials.len() as u64, "importing");
-    let mut stream = client.stream().await?;
-    let mut import = 0;
-    let count = batches.len();
-    let mut imported = 0;
-    for (index, batch) in batches.into_iter().enumerate() {
-        let sent = batch.len() as u64;
-        let commit = index + 1 == count;
-        let reply = stream
-            .call(Operation::ImportTokens {
-                import,
-                commit,
-                tokens: batch,
-            })
-            .await?;
-        match reply {
-            Reply::TokensImported {
-                import: id,
-                count,
-                committed,
-            } => {
-                import = id;
-                progress.inc(sent);
-                if committed {
-                    imported = count;
-                }
-            }
-            Reply::Error { code, message, .. } => {
-                progress.abandon();
-                bail!("{code:?}: {message}")
-            }
-            other => bail!("unexpected reply {other:?}"),
+    let imported = import_tokens(client, tokens, max_frame, |sent| progress.inc(sent)).await;
+    let imported = match imported {
+        Ok(imported) => imported,
+        Err(error) => {
+            progress.abandon();
+            return Err(error.into());
         }
-    }
+    };
     progress.finish_and_clear();
-    stream.finish();
     Ok(json!({ "imported": imported, "serials": serials }))
 }
 
@@ -166,41 +128,6 @@ pub async fn retire(client: &Client, from: Serial, to: Serial) -> anyhow::Result
     progress.finish_and_clear();
     stream.finish();
     Ok(json!({ "retired": retired }))
-}
-
-/// The tokens cut into requests whose bodies fit `max_frame`.
-fn batches(tokens: Vec<NewToken>, max_frame: u32) -> Vec<Vec<NewToken>> {
-    let body = |tokens: Vec<NewToken>| {
-        let mut out = Vec::new();
-        Request {
-            id: u64::MAX,
-            operation: Operation::ImportTokens {
-                import: u64::MAX,
-                commit: true,
-                tokens,
-            },
-        }
-        .encode_body(&mut out);
-        out.len()
-    };
-    let empty = body(Vec::new());
-    let room = usize::try_from(max_frame).unwrap_or(usize::MAX);
-    let mut batches = Vec::new();
-    let mut batch = Vec::new();
-    let mut used = empty;
-    for token in tokens {
-        let size = body(vec![token.clone()]) - empty;
-        if !batch.is_empty() && (used + size > room || batch.len() == usize::from(u16::MAX)) {
-            batches.push(std::mem::take(&mut batch));
-            used = empty;
-        }
-        used += size;
-        batch.push(token);
-    }
-    if !batch.is_empty() {
-        batches.push(batch);
-    }
-    batches
 }
 
 /// A progress bar on stderr (hidden when it is not a terminal).

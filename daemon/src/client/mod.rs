@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{mpsc, oneshot};
 
+pub mod tokens;
+
 use crate::server::pki;
 use crate::wire::{self, DecodeError, FrameError, Operation, Reply, Request, Response};
 
