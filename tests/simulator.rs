@@ -29,14 +29,18 @@ fn json(path: &Path) -> Value {
 }
 
 fn create_fleet(daemon: &Daemon, users: &str, out: &Path) -> Output {
+    create_fleet_of(daemon, users, "dscplus=40,ibkey=40,scc=20", out, &[])
+}
+
+fn create_fleet_of(daemon: &Daemon, users: &str, mix: &str, out: &Path, extra: &[&str]) -> Output {
     let addr = daemon.quic.to_string();
-    sls_sim(&[
+    let mut args = vec![
         "fleet",
         "create",
         "--users",
         users,
         "--mix",
-        "dscplus=40,ibkey=40,scc=20",
+        mix,
         "--second-device",
         "20",
         "--out",
@@ -45,7 +49,9 @@ fn create_fleet(daemon: &Daemon, users: &str, out: &Path) -> Output {
         &addr,
         "--data-dir",
         daemon.data_dir.to_str().unwrap(),
-    ])
+    ];
+    args.extend_from_slice(extra);
+    sls_sim(&args)
 }
 
 fn load(daemon: &Daemon, fleet: &Path, report: &Path, extra: &[&str]) -> Output {
@@ -178,6 +184,151 @@ fn a_fleet_is_enrolled_and_its_load_keeps_every_invariant() {
     assert!(report["logins"].as_u64().unwrap() > 0);
     assert_eq!(report["invariant_violations"], Value::Array(vec![]));
     assert_eq!(report["attacker_requests"], 0);
+}
+
+/// Every device of the fleet whose code moves: (algorithm or kind, where
+/// it moved to).
+fn moving_devices(fleet: &Value) -> Vec<(String, u64)> {
+    fleet["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["devices"].as_array().unwrap())
+        .filter(|d| d["kind"] == "token" || d["kind"] == "totp-app")
+        .map(|d| {
+            let name = d.get("algorithm").unwrap_or(&d["kind"]);
+            (
+                name.as_str().unwrap().to_owned(),
+                d["moving"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn cards_from_a_vendors_file_tokens_and_apps_log_in_and_no_code_works_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    // Lockouts late, so that the targets' own logins go through between
+    // the attackers' tries and give them used counters and steps to replay.
+    let config = LOAD_CONFIG.replace("failures = 3", "failures = 20\nhard-limit = 100");
+    let daemon = Daemon::start(&dir.path().join("data"), "", &config);
+    let fleet = dir.path().join("fleet.json");
+    // Every tenth user is the attackers' target: with ten of them, some
+    // surely hold a token or app whose code moves (a DSC+ has none).
+    let mix = "dscplus=20,token=50,totp-app=30";
+    let created = create_fleet_of(&daemon, "100", mix, &fleet, &["--via-pskc"]);
+    assert!(created.status.success(), "{}", text(&created));
+
+    // The cards came in an encrypted vendor's file, which an independent
+    // RFC 6030 implementation (python-pskc) opens with the key beside it.
+    let pskc = dir.path().join("fleet.pskc");
+    let psk = std::fs::read_to_string(dir.path().join("fleet.psk")).unwrap();
+    let script = "import sys, pskc\nf = pskc.PSKC(sys.argv[1])\nf.encryption.key = bytes.fromhex(sys.argv[2])\nfor k in f.keys: print(k.serial, k.algorithm.rsplit(':', 1)[-1], k.secret.hex())";
+    let opened = std::process::Command::new("python3")
+        .args(["-c", script, pskc.to_str().unwrap(), psk.trim()])
+        .output()
+        .unwrap();
+    assert!(opened.status.success(), "{}", text(&opened));
+    let listed = String::from_utf8(opened.stdout).unwrap();
+    let saved = json(&fleet);
+    let tokens: Vec<&Value> = saved["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["devices"].as_array().unwrap())
+        .filter(|d| d["kind"] == "token")
+        .collect();
+    // 20 % of the users hold a DSC+ and 50 % a token (and some a second
+    // device): all of these come from the file.
+    assert!(tokens.len() >= 70, "{}", tokens.len());
+    assert_eq!(listed.lines().count(), tokens.len(), "{listed}");
+    for token in &tokens {
+        let secret = token["secret"].as_str().unwrap();
+        assert!(listed.contains(secret), "a token's key is not in the file");
+    }
+    for model in ["hotp", "totp", "ocra"] {
+        assert!(listed.contains(&format!(" {model} ")), "{model}: {listed}");
+    }
+    let inventory = support::daemon::admin_json(&daemon, &["tokens", "--state", "assigned"]);
+    assert_eq!(inventory["tokens"].as_array().unwrap().len(), tokens.len());
+
+    // Two runs with attackers beside them: event tokens, time tokens,
+    // apps and DSC+ cards from the file log in, replays of used counters
+    // and steps are tried and never win.
+    let report_path = dir.path().join("report.json");
+    for _ in 0..2 {
+        let run = load(
+            &daemon,
+            &fleet,
+            &report_path,
+            &[
+                "--concurrency",
+                "16",
+                "--duration",
+                "2s",
+                "--attackers",
+                "2",
+            ],
+        );
+        assert!(run.status.success(), "{}", text(&run));
+        let report = json(&report_path);
+        assert_eq!(report["invariant_violations"], Value::Array(vec![]));
+        assert!(report["logins"].as_u64().unwrap() > 100, "{report}");
+        let replays = &report["attacks"]["used_factor"]["requests"];
+        assert!(
+            replays.as_u64().is_some_and(|n| n > 0),
+            "{} {} {:?}",
+            report["attacks"],
+            report["victim_verdicts"],
+            moving_devices(&json(&fleet))
+        );
+        assert_eq!(report["attacker_accepts"], 0);
+    }
+    // The counters and used steps moved, and the fleet file kept them.
+    let moved = moving_devices(&json(&fleet));
+    for model in [
+        "HOTP-SHA1-6",
+        "OCRA-1:HOTP-SHA1-6:C-QN08-PSHA1",
+        "TOTP-SHA1-6-30s",
+        "totp-app",
+    ] {
+        assert!(
+            moved.iter().any(|(name, at)| name == model && *at > 0),
+            "{model}: {moved:?}"
+        );
+    }
+
+    // Tokens reset to their first counter and apps to a step already
+    // used show codes the daemon took before: each is refused, and the
+    // run says so.
+    let mut rewound = json(&fleet);
+    for member in rewound["members"].as_array_mut().unwrap() {
+        for device in member["devices"].as_array_mut().unwrap() {
+            if let Some(moving) = device.get_mut("moving") {
+                *moving = Value::from(0);
+            }
+        }
+    }
+    std::fs::write(&fleet, serde_json::to_vec(&rewound).unwrap()).unwrap();
+    let run = load(
+        &daemon,
+        &fleet,
+        &report_path,
+        &[
+            "--concurrency",
+            "16",
+            "--duration",
+            "1s",
+            "--attackers",
+            "0",
+        ],
+    );
+    assert!(!run.status.success(), "{}", text(&run));
+    let violations = json(&report_path)["invariant_violations"].clone();
+    assert!(
+        violations[0].as_str().unwrap().contains("was refused"),
+        "{violations}"
+    );
 }
 
 #[test]

@@ -8,7 +8,11 @@
 //! - `foreign_device`: a challenge asked for a target with another user's
 //!   device (must be refused outright);
 //! - `replay`: a correct answer of a finished legitimate login, sent again
-//!   (must never be accepted: no challenge is accepted twice).
+//!   (must never be accepted: no challenge is accepted twice);
+//! - `used_factor`: a new challenge for a target's token or app answered
+//!   with a copy of it at a counter value or time step the target already
+//!   used (no code is accepted twice: only a chance collision within the
+//!   token's window may win).
 //!
 //! Beside them the targets keep logging in with their own devices
 //! (`victim logins`), which checks that a device the attackers locked stays
@@ -26,12 +30,13 @@ use crate::client::Pipeline;
 use crate::device::EmulatedDevice;
 use crate::load::{Shared, shown, unix_secs, verdict_name};
 
-const STRATEGIES: [&str; 6] = [
+const STRATEGIES: [&str; 7] = [
     "guess",
     "wrong_pin",
     "foreign_answer",
     "foreign_device",
     "replay",
+    "used_factor",
     "victim_login",
 ];
 
@@ -49,6 +54,7 @@ pub(crate) async fn run(shared: &Shared, gateway: &Pipeline, part: usize, seed: 
         };
         match strategy {
             "replay" => attack.replay(&mut rng).await,
+            "used_factor" => attack.used_factor(&mut rng).await,
             "foreign_device" => attack.foreign_device(&mut rng).await,
             "victim_login" => attack.victim_login(&mut rng).await,
             strategy => attack.answer_challenge(strategy, &mut rng).await,
@@ -61,6 +67,8 @@ struct Target<'a> {
     user: &'a slsd::identity::Username,
     device: DeviceId,
     emulated: &'a EmulatedDevice,
+    /// Where it is in the fleet: member, and device of the member.
+    at: (usize, usize),
 }
 
 struct Attack<'a> {
@@ -75,14 +83,19 @@ impl<'a> Attack<'a> {
         let member = *shared
             .victims
             .get(rng.random_range(0..shared.victims.len().max(1)))?;
+        let index = rng.random_range(0..shared.members.get(member)?.devices.len().max(1));
+        self.target_at((member, index))
+    }
+
+    fn target_at(&self, (member, index): (usize, usize)) -> Option<Target<'a>> {
+        let shared: &'a Shared = self.shared;
         let holder = shared.members.get(member)?;
-        let (device, emulated) = holder
-            .devices
-            .get(rng.random_range(0..holder.devices.len().max(1)))?;
+        let (device, emulated) = holder.devices.get(index)?;
         Some(Target {
             user: &holder.user,
             device: *device,
             emulated,
+            at: (member, index),
         })
     }
 
@@ -138,7 +151,7 @@ impl<'a> Attack<'a> {
             return;
         };
         let space = target.emulated.answer_space();
-        let guess = match strategy {
+        let guess: String = match strategy {
             "wrong_pin" => target
                 .emulated
                 .answer_with_wrong_pin(&text, rng, unix_secs())
@@ -150,17 +163,30 @@ impl<'a> Attack<'a> {
             _ => None,
         }
         .unwrap_or_else(|| space.random_guess(rng));
+        self.verify_guess(strategy, &target, challenge, &guess)
+            .await;
+    }
+
+    /// Sends an attacker's answer to `challenge` and tallies the verdict
+    /// against the odds of a blind guess at `target`'s device.
+    async fn verify_guess(
+        &self,
+        strategy: &'static str,
+        target: &Target<'_>,
+        challenge: slsd::identity::ChallengeId,
+        guess: &str,
+    ) {
         let sent = Instant::now();
         self.tally(strategy, |t| t.requests += 1);
         let result = self
             .gateway
             .call(Operation::Verify {
                 challenge,
-                response: Answer::new(&guess),
+                response: Answer::new(guess),
             })
             .await;
         let got = Instant::now();
-        let odds = space.guess_odds();
+        let odds = target.emulated.answer_space().guess_odds();
         let checked = |t: &mut crate::report::AttackTally| {
             t.evaluated += 1;
             t.expected_accepts += odds;
@@ -187,6 +213,33 @@ impl<'a> Attack<'a> {
             }
             _ => self.tally(strategy, |t| t.refused += 1),
         }
+    }
+
+    /// A target's token or app copied, answering a new challenge at a
+    /// counter value or time step the target already used.
+    async fn used_factor(&self, rng: &mut ChaCha8Rng) {
+        let used = {
+            let pool = self
+                .shared
+                .used_factors
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            pool.get(rng.random_range(0..pool.len().max(1))).copied()
+        };
+        let Some((member, index, factor)) = used else {
+            return;
+        };
+        let Some(target) = self.target_at((member, index)) else {
+            return;
+        };
+        let Some((challenge, text)) = self.challenge("used_factor", &target).await else {
+            return;
+        };
+        let Some(Ok(code)) = target.emulated.answer_at(&text, factor) else {
+            return;
+        };
+        self.verify_guess("used_factor", &target, challenge, code.as_str())
+            .await;
     }
 
     /// A challenge for a target with another user's device must be refused.
@@ -276,7 +329,7 @@ impl<'a> Attack<'a> {
         else {
             return;
         };
-        let Ok(code) = target.emulated.answer(&text, unix_secs()) else {
+        let Ok((code, factor)) = target.emulated.answer_unmoved(&text, unix_secs()) else {
             return;
         };
         let sent = Instant::now();
@@ -297,6 +350,18 @@ impl<'a> Attack<'a> {
             Verdict::Accepted { .. } => {
                 self.shared
                     .check_not_locked(target.device, sent, got, "a target's own login");
+                if let Some(factor) = factor {
+                    target.emulated.used(factor);
+                    let mut used = self
+                        .shared
+                        .used_factors
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if used.len() == crate::load::OBSERVED {
+                        used.pop_front();
+                    }
+                    used.push_back((target.at.0, target.at.1, factor));
+                }
             }
             Verdict::LockedOut { retry_after } => {
                 self.shared.saw_lock(target.device, sent, got, retry_after);

@@ -12,22 +12,24 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
 use std::path::Path;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
-use slsd::identity::{DeviceId, Username};
+use slsd::identity::{DeviceId, Serial, Username};
 use slsd::otp::SecretKey;
 use slsd::otp::push::PushSigner;
+use slsd::otp::token::TokenAlgorithm;
 use slsd::phone::PhoneNumber;
-use slsd::profile::{DeviceKind, DeviceProfiles};
-use slsd::wire::request::Pin;
-use slsd::wire::{EnrollRequest, Operation, Reply};
+use slsd::profile::{Check, DeviceKind, DeviceProfiles};
+use slsd::wire::request::{Answer, Pin};
+use slsd::wire::{EnrollRequest, Operation, Reply, Verdict};
 use zeroize::Zeroizing;
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, Pipeline};
 use crate::device::{DeviceError, EmulatedDevice};
 
 /// The format name written into every fleet file.
@@ -52,6 +54,16 @@ pub enum FleetError {
     Format { path: String, reason: String },
     #[error(transparent)]
     Device(#[from] DeviceError),
+    #[error("the fleet's PSKC file {path}: {reason}")]
+    Pskc { path: String, reason: String },
+    #[error("importing the fleet's tokens: {0}")]
+    Import(#[from] slsd::client::tokens::ImportError),
+    #[error("--mix token: tokens come from a vendor's file; add --via-pskc")]
+    TokensNeedPskc,
+    #[error("--mix totp-app: activating an app takes a gateway connection")]
+    AppsNeedGateway,
+    #[error("activating {user}'s app: {reply}")]
+    Activate { user: String, reply: String },
 }
 
 /// The device kinds of a fleet and their shares, as `--mix` gives them:
@@ -164,12 +176,34 @@ pub struct FleetPlan {
     pub prefix: String,
     /// Enrolments in flight at once.
     pub parallel: usize,
+    /// Where to write the fleet's cards as a vendor's encrypted PSKC file
+    /// (the pre-shared key beside it, `.psk`): DSC+ cards and tokens are
+    /// then imported from it and assigned by serial.
+    pub via_pskc: Option<PathBuf>,
 }
+
+/// What the `token` kind of a mix holds, in turn: an event card, a
+/// counter OCRA card with a PIN (the suite of a NagraID display card), a
+/// time token.
+const TOKEN_MODELS: [&str; 3] = [
+    "HOTP-SHA1-6",
+    "OCRA-1:HOTP-SHA1-6:C-QN08-PSHA1",
+    "TOTP-SHA1-6-30s",
+];
 
 impl FleetPlan {
     pub fn check(&self) -> Result<(), FleetError> {
         if self.users == 0 {
             return Err(FleetError::NoUsers);
+        }
+        if self.via_pskc.is_none()
+            && self
+                .mix
+                .shares()
+                .iter()
+                .any(|(k, _)| *k == DeviceKind::Token)
+        {
+            return Err(FleetError::TokensNeedPskc);
         }
         for (flag, value) in [
             ("second-device", self.second_device),
@@ -195,6 +229,13 @@ pub struct FleetDevice {
     pub phone: Option<u32>,
     /// The seed of an IB Key's push key (the daemon holds the public key).
     push_seed: Option<Zeroizing<[u8; 32]>>,
+    /// An imported token's algorithm (kind `token`).
+    pub algorithm: Option<TokenAlgorithm>,
+    /// Where the code of a token or app has moved to: the counter of its
+    /// next press, or the first time step it has not shown. Load runs
+    /// move it, and the fleet file keeps it, as a real token keeps its
+    /// counter between logins.
+    moving: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for FleetDevice {
@@ -210,12 +251,12 @@ impl fmt::Debug for FleetDevice {
 impl FleetDevice {
     /// The device as its holder uses it.
     pub fn emulate(&self, profiles: &DeviceProfiles) -> Result<EmulatedDevice, DeviceError> {
-        EmulatedDevice::new(
-            self.kind,
-            &self.secret,
-            self.pin.as_deref().map(String::as_str),
-            profiles,
-        )
+        let pin = self.pin.as_deref().map(String::as_str);
+        let device = match &self.algorithm {
+            Some(algorithm) => EmulatedDevice::token(algorithm, &self.secret, pin)?,
+            None => EmulatedDevice::new(self.kind, &self.secret, pin, profiles)?,
+        };
+        Ok(device.sharing(&self.moving))
     }
 
     /// The holder's PIN, when the device takes one.
@@ -286,8 +327,50 @@ struct Planned {
     number: Option<PhoneNumber>,
 }
 
-/// What the holder of a planned device knows: its PIN and push key seed.
-type DeviceSecrets = (Option<String>, Option<[u8; 32]>);
+/// What the holder of a planned device knows: its PIN, its push key's
+/// seed, and for a card delivered in the vendor's file, the card.
+struct DeviceSecrets {
+    pin: Option<String>,
+    seed: Option<[u8; 32]>,
+    card: Option<Card>,
+}
+
+/// A card as the vendor's file lists it.
+struct Card {
+    serial: Serial,
+    algorithm: TokenAlgorithm,
+    key: SecretKey,
+}
+
+/// What a planned device of `kind` is, delivered via PSKC or not: the
+/// algorithm its card runs (`None`: enrolled, not imported) and the
+/// digits of its PIN.
+fn card_of(
+    kind: DeviceKind,
+    n: usize,
+    via_pskc: bool,
+    profiles: &DeviceProfiles,
+) -> (Option<TokenAlgorithm>, Option<u8>) {
+    let algorithm = match (kind, &profiles.get(kind).check) {
+        (DeviceKind::Token, _) => TOKEN_MODELS
+            .get(n % TOKEN_MODELS.len())
+            .and_then(|model| model.parse().ok()),
+        (DeviceKind::DscPlus, Check::Ocra { suite, .. }) if via_pskc => {
+            Some(TokenAlgorithm::Ocra {
+                suite: Arc::clone(suite),
+            })
+        }
+        _ => None,
+    };
+    let pin = match (&algorithm, &profiles.get(DeviceKind::Token).check) {
+        (Some(TokenAlgorithm::Ocra { suite }), Check::Token { pin_digits }) => {
+            suite.pin().map(|_| *pin_digits)
+        }
+        (Some(_), _) => None,
+        (None, _) => pin_digits(kind, profiles),
+    };
+    (algorithm, pin)
+}
 
 /// The `n`th member's phone number: Swiss mobile numbers, one each,
 /// spread over the number ranges as a real user base is (the daemon limits
@@ -365,9 +448,10 @@ fn plan_members<R: Rng + ?Sized>(
 
 /// Enrols a fleet through the admin role of the daemon `admin` is
 /// connected to, `plan.parallel` enrolments at a time, calling `progress`
-/// after each user.
+/// after each user. Authenticator apps are activated with their first
+/// code through `gateway`, as their users would.
 pub async fn create<R: Rng + ?Sized>(
-    admin: &Client,
+    (admin, gateway): (&Client, Option<&Client>),
     plan: &FleetPlan,
     profiles: &DeviceProfiles,
     rng: &mut R,
@@ -381,25 +465,54 @@ pub async fn create<R: Rng + ?Sized>(
         .filter_map(|(_, phone)| *phone)
         .max()
         .map_or(0, |last| last + 1);
-    // PINs for the kinds that take one and push keys for IB Key apps,
-    // drawn here so the run is seeded.
-    let pins: Vec<Vec<DeviceSecrets>> = planned
+    // PINs for the kinds that take one, push keys for IB Key apps, and the
+    // cards of the vendor's file, drawn here so the run is seeded.
+    let mut cards = 0;
+    let mut pins: Vec<Vec<DeviceSecrets>> = Vec::with_capacity(planned.len());
+    for member in &planned {
+        let mut held = Vec::with_capacity(member.devices.len());
+        for (kind, _) in &member.devices {
+            let (algorithm, pin) = card_of(*kind, cards, plan.via_pskc.is_some(), profiles);
+            let pin = pin.map(|n| random_pin(rng, n));
+            let seed = (*kind == DeviceKind::IbKey).then(|| {
+                let mut seed = [0u8; 32];
+                rng.fill_bytes(&mut seed);
+                seed
+            });
+            let card = match algorithm {
+                Some(algorithm) => {
+                    cards += 1;
+                    let mut key = [0u8; 20];
+                    rng.fill_bytes(&mut key);
+                    let serial = Serial::new(&format!("{}-{cards:07}", plan.prefix))
+                        .map_err(|e| FleetError::Mix(format!("--prefix: as a serial: {e}")))?;
+                    Some(Card {
+                        serial,
+                        algorithm,
+                        // Wipes the array it is given.
+                        key: SecretKey::from_array(key),
+                    })
+                }
+                None => None,
+            };
+            held.push(DeviceSecrets { pin, seed, card });
+        }
+        pins.push(held);
+    }
+    if let Some(path) = &plan.via_pskc {
+        let cards = pins.iter().flatten().filter_map(|d| d.card.as_ref());
+        deliver(admin, path, cards, rng).await?;
+    }
+    let apps = planned
         .iter()
-        .map(|p| {
-            p.devices
-                .iter()
-                .map(|(kind, _)| {
-                    let pin = pin_digits(*kind, profiles).map(|n| random_pin(rng, n));
-                    let seed = (*kind == DeviceKind::IbKey).then(|| {
-                        let mut seed = [0u8; 32];
-                        rng.fill_bytes(&mut seed);
-                        seed
-                    });
-                    (pin, seed)
-                })
-                .collect()
-        })
-        .collect();
+        .flat_map(|p| &p.devices)
+        .any(|(kind, _)| *kind == DeviceKind::TotpApp);
+    let gateway = match (apps, gateway) {
+        (false, _) => None,
+        (true, Some(gateway)) => Some(gateway.pipeline(4096).await?),
+        (true, None) => return Err(FleetError::AppsNeedGateway),
+    };
+    let profiles = Arc::new(profiles.clone());
     let planned = Arc::new(planned);
     let pins = Arc::new(pins);
     let pipeline = admin.pipeline(4096).await?;
@@ -414,6 +527,7 @@ pub async fn create<R: Rng + ?Sized>(
             Arc::clone(&next),
             Arc::clone(&progress),
         );
+        let (gateway, profiles) = (gateway.clone(), Arc::clone(&profiles));
         workers.spawn(async move {
             let mut done = Vec::new();
             loop {
@@ -422,46 +536,15 @@ pub async fn create<R: Rng + ?Sized>(
                     return Ok::<_, FleetError>(done);
                 };
                 let mut devices = Vec::with_capacity(member.devices.len());
-                for (&(kind, phone), (pin, seed)) in member.devices.iter().zip(pins) {
-                    let reply = pipeline
-                        .call(Operation::Enroll(EnrollRequest {
-                            user: member.user.clone(),
-                            kind,
-                            secret: None,
-                            pin: pin.as_deref().map(Pin::new),
-                            label: format!("sim {kind}"),
-                        }))
-                        .await?;
-                    let Reply::Enrolled {
-                        device,
-                        secret: Some(secret),
-                    } = reply
-                    else {
-                        return Err(FleetError::Enroll {
-                            user: member.user.to_string(),
-                            reply: format!("{reply:?}"),
-                        });
-                    };
-                    if let Some(seed) = seed {
-                        let key = PushSigner::from_seed(*seed).public();
-                        let reply = pipeline
-                            .call(Operation::BindPushKey { device, key })
-                            .await?;
-                        if reply != Reply::Done {
-                            return Err(FleetError::Enroll {
-                                user: member.user.to_string(),
-                                reply: format!("{reply:?}"),
-                            });
-                        }
+                for (&(kind, phone), held) in member.devices.iter().zip(pins) {
+                    let mut device =
+                        enrol_device(&pipeline, &member.user, kind, held, &profiles).await?;
+                    device.phone = phone;
+                    if kind == DeviceKind::TotpApp {
+                        let gateway = gateway.as_ref().ok_or(FleetError::AppsNeedGateway)?;
+                        activate(gateway, &member.user, &device, &profiles).await?;
                     }
-                    devices.push(FleetDevice {
-                        id: device,
-                        kind,
-                        secret,
-                        pin: pin.clone().map(Zeroizing::new),
-                        phone,
-                        push_seed: seed.map(Zeroizing::new),
-                    });
+                    devices.push(device);
                 }
                 let sms = match &member.number {
                     Some(number) => {
@@ -510,15 +593,195 @@ pub async fn create<R: Rng + ?Sized>(
         }
     }
     members.sort_by_key(|(i, _)| *i);
-    let fleet = Fleet {
+    Ok(Fleet {
         members: members.into_iter().map(|(_, m)| m).collect(),
         phones,
+    })
+}
+
+/// One device of `user` made as its plan says: a card of the vendor's
+/// file assigned by serial, an app enrolled (its key read from the
+/// `otpauth://` URI, as the app reads it), or any other kind enrolled.
+async fn enrol_device(
+    admin: &Pipeline,
+    user: &Username,
+    kind: DeviceKind,
+    held: &DeviceSecrets,
+    profiles: &DeviceProfiles,
+) -> Result<FleetDevice, FleetError> {
+    let refused = |reply: &Reply| FleetError::Enroll {
+        user: user.to_string(),
+        reply: format!("{reply:?}"),
+    };
+    let pin = held.pin.as_deref().map(Pin::new);
+    let (device, kind, secret, algorithm) = match &held.card {
+        Some(card) => {
+            let reply = admin
+                .call(Operation::AssignToken {
+                    serial: card.serial.clone(),
+                    user: user.clone(),
+                    pin,
+                    label: "sim token".into(),
+                })
+                .await?;
+            let Reply::Enrolled { device, .. } = reply else {
+                return Err(refused(&reply));
+            };
+            let algorithm = Some(card.algorithm.clone());
+            (device, DeviceKind::Token, card.key.clone(), algorithm)
+        }
+        None => {
+            let reply = admin
+                .call(Operation::Enroll(EnrollRequest {
+                    user: user.clone(),
+                    kind,
+                    secret: None,
+                    pin,
+                    label: format!("sim {kind}"),
+                }))
+                .await?;
+            match reply {
+                Reply::Enrolled {
+                    device,
+                    secret: Some(secret),
+                } => (device, kind, secret, None),
+                Reply::AppEnrolled { device, uri } => {
+                    let secret = app_key(uri.as_str()).ok_or_else(|| refused(&Reply::Done))?;
+                    (device, kind, secret, None)
+                }
+                reply => return Err(refused(&reply)),
+            }
+        }
+    };
+    if let Some(seed) = held.seed {
+        let key = PushSigner::from_seed(seed).public();
+        let reply = admin.call(Operation::BindPushKey { device, key }).await?;
+        if reply != Reply::Done {
+            return Err(refused(&reply));
+        }
+    }
+    let device = FleetDevice {
+        id: device,
+        kind,
+        secret,
+        pin: held.pin.clone().map(Zeroizing::new),
+        phone: None,
+        push_seed: held.seed.map(Zeroizing::new),
+        algorithm,
+        moving: Arc::default(),
     };
     // Every device must be one the load run can hold.
-    for device in fleet.members.iter().flat_map(|m| &m.devices) {
-        device.emulate(profiles)?;
+    device.emulate(profiles)?;
+    Ok(device)
+}
+
+/// The key of an `otpauth://` URI (its `secret`, base32 without padding).
+fn app_key(uri: &str) -> Option<SecretKey> {
+    let query = uri.split_once('?')?.1;
+    let secret = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("secret="))?;
+    let bytes = Zeroizing::new(data_encoding::BASE32_NOPAD.decode(secret.as_bytes()).ok()?);
+    SecretKey::from_bytes(bytes.to_vec()).ok()
+}
+
+/// An app's first login, which activates it: the daemon keeps a new app
+/// pending until a code shows it computes what the daemon does.
+async fn activate(
+    gateway: &Pipeline,
+    user: &Username,
+    device: &FleetDevice,
+    profiles: &DeviceProfiles,
+) -> Result<(), FleetError> {
+    let failed = |reply: String| FleetError::Activate {
+        user: user.to_string(),
+        reply,
+    };
+    let app = device.emulate(profiles)?;
+    let asked = Operation::Challenge {
+        user: user.clone(),
+        device: device.id,
+    };
+    let (challenge, text) = match gateway.call(asked).await? {
+        Reply::Challenge {
+            challenge, text, ..
+        } => (challenge, text),
+        other => return Err(failed(format!("{other:?}"))),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let code = app.answer(&text, now)?;
+    let verify = Operation::Verify {
+        challenge,
+        response: Answer::new(code.as_str()),
+    };
+    match gateway.call(verify).await? {
+        Reply::Verdict(Verdict::Accepted { device: by, .. }) if by == device.id => Ok(()),
+        other => Err(failed(format!("{other:?}"))),
     }
-    Ok(fleet)
+}
+
+/// Writes `cards` as a vendor's PSKC file at `path` (encrypted under a
+/// new pre-shared key, written beside it as `.psk`, both mode 0600), then
+/// imports it as an operator's `slsd admin import-tokens` does: the file
+/// read and checked whole, then sent.
+async fn deliver<'a, R: Rng + ?Sized>(
+    admin: &Client,
+    path: &Path,
+    cards: impl Iterator<Item = &'a Card>,
+    rng: &mut R,
+) -> Result<(), FleetError> {
+    use slsd::pskc::{self, Limits, Opening, TokenEntry, Writer};
+    let failed = |reason: String| FleetError::Pskc {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut psk = [0u8; 16];
+    rng.fill_bytes(&mut psk);
+    let psk = SecretKey::from_array(psk);
+    let mut seed = [0u8; 32];
+    rng.fill_bytes(&mut seed);
+    let out = std::io::BufWriter::new(private_file(path).map_err(|e| failed(e.to_string()))?);
+    let mut writer = Writer::new(out, &psk, seed).map_err(|e| failed(e.to_string()))?;
+    for card in cards {
+        writer
+            .token(&TokenEntry {
+                serial: &card.serial,
+                manufacturer: "sls-sim",
+                algorithm: &card.algorithm,
+                key: &card.key,
+                counter: 0,
+            })
+            .map_err(|e| failed(e.to_string()))?;
+    }
+    let file = writer.finish().map_err(|e| failed(e.to_string()))?;
+    file.into_inner()
+        .map_err(|e| failed(e.to_string()))?
+        .sync_all()
+        .map_err(|e| failed(e.to_string()))?;
+    let key_path = path.with_extension("psk");
+    let mut key_file = private_file(&key_path).map_err(|e| failed(e.to_string()))?;
+    let hex = Zeroizing::new(hex::encode(psk.expose_secret()));
+    key_file
+        .write_all(hex.as_bytes())
+        .map_err(|e| failed(e.to_string()))?;
+
+    let config = slsd::config::Config::default();
+    let limits = Limits {
+        max_tokens: usize::try_from(config.tokens.import_max).unwrap_or(usize::MAX),
+        min_key_bytes: config.tokens.min_key_bytes,
+    };
+    let reader =
+        std::io::BufReader::new(std::fs::File::open(path).map_err(|e| failed(e.to_string()))?);
+    let tokens = pskc::read(reader, Opening::PreSharedKey(&psk), &limits)
+        .map_err(|e| failed(e.to_string()))?;
+    let tokens = tokens
+        .into_iter()
+        .map(slsd::client::tokens::new_token)
+        .collect();
+    slsd::client::tokens::import_tokens(admin, tokens, config.server.max_frame, |_| {}).await?;
+    Ok(())
 }
 
 fn pin_digits(kind: DeviceKind, profiles: &DeviceProfiles) -> Option<u8> {
@@ -567,9 +830,28 @@ struct DeviceFile {
     /// The push key's seed, hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     push_seed: Option<Zeroizing<String>>,
+    /// An imported token's algorithm (`HOTP-SHA1-6`, an OCRA suite, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    algorithm: Option<String>,
+    /// Where a token's or app's code has moved to (see `FleetDevice`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    moving: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Fleet {
+    /// Whether any device's code moves (tokens, apps): a run changes what
+    /// the file must keep.
+    pub fn moves(&self) -> bool {
+        self.members
+            .iter()
+            .flat_map(|m| &m.devices)
+            .any(|d| d.kind == DeviceKind::Token || d.kind == DeviceKind::TotpApp)
+    }
+
     /// Writes the fleet to `path`, readable by its owner only.
     pub fn save(&self, path: &Path) -> Result<(), FleetError> {
         let io = |error| FleetError::Io {
@@ -597,6 +879,8 @@ impl Fleet {
                                 .push_seed
                                 .as_deref()
                                 .map(|seed| Zeroizing::new(hex::encode(seed))),
+                            algorithm: d.algorithm.as_ref().map(ToString::to_string),
+                            moving: d.moving.load(Ordering::Acquire),
                         })
                         .collect(),
                     sms: m.sms.as_ref().map(|s| (s.device.0, s.number.to_string())),
@@ -649,6 +933,11 @@ impl Fleet {
                     }
                     None => None,
                 };
+                let algorithm = d
+                    .algorithm
+                    .map(|text| text.parse::<TokenAlgorithm>())
+                    .transpose()
+                    .map_err(|e| bad(format!("device {}: {e}", d.id)))?;
                 devices.push(FleetDevice {
                     id: DeviceId(d.id),
                     kind,
@@ -656,6 +945,8 @@ impl Fleet {
                     pin: d.pin,
                     phone: d.phone,
                     push_seed,
+                    algorithm,
+                    moving: Arc::new(AtomicU64::new(d.moving)),
                 });
             }
             let sms = match m.sms {
@@ -758,6 +1049,7 @@ mod tests {
             phone_numbers: 40,
             prefix: "t".into(),
             parallel: 1,
+            via_pskc: None,
         };
         let members = plan_members(&plan, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
         let several = members.iter().filter(|m| m.devices.len() == 2).count();
@@ -797,6 +1089,7 @@ mod tests {
             phone_numbers: 0,
             prefix: "t".into(),
             parallel: 1,
+            via_pskc: None,
         };
         assert!(
             plan.check()
@@ -821,6 +1114,18 @@ mod tests {
                         pin: Some(Zeroizing::new("1234".into())),
                         phone: None,
                         push_seed: None,
+                        algorithm: None,
+                        moving: Arc::default(),
+                    },
+                    FleetDevice {
+                        id: DeviceId(12),
+                        kind: DeviceKind::Token,
+                        secret: SecretKey::from_bytes(vec![6; 20]).unwrap(),
+                        pin: None,
+                        phone: None,
+                        push_seed: None,
+                        algorithm: Some("HOTP-SHA1-6".parse().unwrap()),
+                        moving: Arc::new(AtomicU64::new(41)),
                     },
                     FleetDevice {
                         id: DeviceId(10),
@@ -829,6 +1134,8 @@ mod tests {
                         pin: None,
                         phone: Some(0),
                         push_seed: Some(Zeroizing::new([5; 32])),
+                        algorithm: None,
+                        moving: Arc::default(),
                     },
                 ],
                 sms: Some(SmsNumber {
@@ -850,8 +1157,11 @@ mod tests {
         assert_eq!(back.members[0].user.as_str(), "u-1");
         assert_eq!(back.members[0].devices[0].pin(), Some("1234"));
         assert_eq!(back.members[0].devices[0].secret.expose_secret(), &[3; 32]);
+        let token = &back.members[0].devices[1];
+        assert_eq!(token.algorithm.as_ref().unwrap().to_string(), "HOTP-SHA1-6");
+        assert_eq!(token.moving.load(Ordering::Acquire), 41);
         assert_eq!(
-            back.members[0].devices[1].push_signer().unwrap().public(),
+            back.members[0].devices[2].push_signer().unwrap().public(),
             PushSigner::from_seed([5; 32]).public()
         );
         let sms = back.members[0].sms.as_ref().unwrap();

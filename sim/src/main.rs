@@ -21,7 +21,7 @@ use slsd::engine::Role;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sls_sim::token::{self, DscPlus, OcraRequest, PinEntry, TokenError};
 use slsd::otp::{Code, HashAlgorithm, SecretKey};
-use slsd::profile::DeviceProfiles;
+use slsd::profile::{DeviceKind, DeviceProfiles};
 
 /// Simulator of sls: emulated tokens, phones and carrier; load generator.
 #[derive(Debug, Parser)]
@@ -128,6 +128,11 @@ struct FleetShape {
     /// Enrolments in flight at once.
     #[arg(long, default_value_t = 64)]
     parallel: usize,
+    /// Deliver the fleet's cards (DSC+ and `token`) as a vendor would: an
+    /// encrypted PSKC file (written beside the fleet file as .pskc, its
+    /// pre-shared key as .psk), imported and then assigned by serial.
+    #[arg(long)]
+    via_pskc: bool,
 }
 
 #[derive(Debug, Args)]
@@ -406,14 +411,16 @@ fn profiles() -> anyhow::Result<DeviceProfiles> {
     Ok(DeviceProfiles::defaults()?)
 }
 
-/// A fleet enrolled through `target`'s admin role, with a progress bar.
+/// A fleet enrolled through `target`'s admin role, with a progress bar;
+/// its cards delivered in a PSKC file at `pskc` with `--via-pskc`.
 async fn create_fleet(
     target: &Target,
-    shape: &FleetShape,
+    (shape, pskc): (&FleetShape, PathBuf),
     mix: &DeviceMix,
     prefix: String,
 ) -> anyhow::Result<Fleet> {
     let plan = FleetPlan {
+        via_pskc: shape.via_pskc.then_some(pskc),
         users: shape.users,
         mix: mix.clone(),
         second_device: shape.second_device,
@@ -427,6 +434,16 @@ async fn create_fleet(
         .client(Role::Admin)
         .await
         .with_context(|| format!("connecting to {:?} as admin", target.addrs))?;
+    // Authenticator apps are activated by their first login.
+    let gateway = match mix.shares().iter().any(|(k, _)| *k == DeviceKind::TotpApp) {
+        true => Some(
+            target
+                .client(Role::Gateway)
+                .await
+                .with_context(|| format!("connecting to {:?} as gateway", target.addrs))?,
+        ),
+        false => None,
+    };
     let bar = ProgressBar::new(shape.users as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -436,12 +453,16 @@ async fn create_fleet(
     );
     let ticks = bar.clone();
     let mut rng = ChaCha8Rng::from_rng(&mut UnwrapErr(rand::rngs::SysRng));
-    let fleet = fleet::create(&admin, &plan, &profiles()?, &mut rng, move |n| {
+    let clients = (&admin, gateway.as_ref());
+    let fleet = fleet::create(clients, &plan, &profiles()?, &mut rng, move |n| {
         ticks.inc(n as u64)
     })
     .await;
     bar.finish_and_clear();
     admin.close();
+    if let Some(gateway) = gateway {
+        gateway.close();
+    }
     Ok(fleet?)
 }
 
@@ -491,8 +512,17 @@ fn run_fleet(command: FleetCommand) -> anyhow::Result<()> {
     let prefix = args
         .prefix
         .unwrap_or_else(|| format!("sim{:04x}", rand::random::<u16>()));
-    let fleet = block_on(create_fleet(&target, &args.shape, &args.mix, prefix))?;
+    let pskc = args.out.with_extension("pskc");
+    let shape = (&args.shape, pskc.clone());
+    let fleet = block_on(create_fleet(&target, shape, &args.mix, prefix))?;
     fleet.save(&args.out)?;
+    if args.shape.via_pskc {
+        println!(
+            "cards delivered in {} (pre-shared key in {})",
+            pskc.display(),
+            pskc.with_extension("psk").display()
+        );
+    }
     println!("{fleet}; saved to {} (mode 0600)", args.out.display());
     Ok(())
 }
@@ -542,13 +572,19 @@ fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         let store = ScenarioStore::Embedded;
         return run_scenario(seed, duration, args.users, store, args.load.json.as_deref());
     };
-    let fleet = Fleet::load(fleet)?;
+    let path = fleet;
+    let fleet = Fleet::load(path)?;
     let target = Target::new(args.daemon.addr, args.daemon.data_dir);
     let plan = load_plan(&args.load, &args.mix);
     let report = block_on(async {
         Ok(bench::measure(&target, &fleet, &profiles()?, &plan, args.daemon_pid).await?)
-    })?;
-    finish(&report, &args.load, &plan)
+    });
+    // Tokens' counters and apps' used steps moved: the next run starts
+    // where this one left them, as a real token would.
+    if fleet.moves() {
+        fleet.save(path)?;
+    }
+    finish(&report?, &args.load, &plan)
 }
 
 fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -571,7 +607,9 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let plan = load_plan(&args.load, &args.mix);
     let prefix = format!("bench{:04x}", rand::random::<u16>());
     let report = block_on(async {
-        let fleet = create_fleet(&target, &args.shape, &args.devices, prefix).await?;
+        let pskc = scratch.path().join("fleet.pskc");
+        let shape = (&args.shape, pskc);
+        let fleet = create_fleet(&target, shape, &args.devices, prefix).await?;
         eprintln!("fleet: {fleet}");
         Ok(bench::measure(&target, &fleet, &profiles()?, &plan, pid).await?)
     });

@@ -238,13 +238,20 @@ async fn login(
                 .any(|entry| entry.device == *id && entry.locked_for.is_zero())
         })
         .collect();
-    let Some(&(device, emulated)) = usable.get(pick % usable.len().max(1)) else {
+    if usable.is_empty() {
         let kind = if listed.iter().any(|entry| !entry.locked_for.is_zero()) {
             "devices: every device locked out"
         } else {
             "devices: none of the fleet's listed"
         };
         return shared.record(part, |r| r.error(kind.into(), got));
+    }
+    // A time token or app whose code of this step was used shows nothing
+    // new until the next step: its holder waits (the login is not made).
+    let now = unix_secs();
+    let ready: Vec<_> = usable.into_iter().filter(|(_, d)| d.ready(now)).collect();
+    let Some(&(device, emulated)) = ready.get(pick % ready.len().max(1)) else {
+        return;
     };
     let device = *device;
 

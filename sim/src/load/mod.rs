@@ -62,8 +62,8 @@ use crate::report::{Flow, LiveSecond, Recorder, Report, RunSetup, chance_of_at_l
 pub const MAX_BACKLOG: usize = 100_000;
 /// Violations kept for the report (all are counted).
 const MAX_VIOLATIONS: usize = 100;
-/// Correct answers kept for replay attacks.
-const OBSERVED: usize = 4096;
+/// Correct answers (and used counters and steps) kept for replay attacks.
+pub(crate) const OBSERVED: usize = 4096;
 /// How long logins still in flight at the deadline may take to finish.
 const DRAIN: Duration = Duration::from_secs(10);
 /// Carrier bridges a run with SMS logins connects.
@@ -343,6 +343,7 @@ pub async fn run(
             .map(|_| Mutex::new(Recorder::new(start)))
             .collect(),
         observed: Mutex::new(VecDeque::with_capacity(OBSERVED)),
+        used_factors: Mutex::new(VecDeque::with_capacity(OBSERVED)),
         locks: Mutex::new(HashMap::new()),
         violations: Mutex::new((0, Vec::new())),
         in_flight: AtomicUsize::new(0),

@@ -60,6 +60,9 @@ pub(crate) struct Shared {
     pub(super) recorders: Vec<Mutex<Recorder>>,
     /// Correct answers of finished logins, for replay attacks.
     pub observed: Mutex<VecDeque<(ChallengeId, Answer)>>,
+    /// Counter values and time steps the victims' tokens and apps had
+    /// accepted, for replays of used ones: (member, device index, factor).
+    pub used_factors: Mutex<VecDeque<(usize, usize, u64)>>,
     /// Lockouts seen on the victims' devices.
     pub locks: Mutex<HashMap<DeviceId, SeenLock>>,
     pub(super) violations: Mutex<(usize, Vec<String>)>,
