@@ -568,7 +568,7 @@ mod tests {
         assert!(token.moves() && token.ready(0));
         // Unmoved until told the code was used.
         let (code, at) = shared.answer_unmoved(&shown, 0).unwrap();
-        assert_eq!((code.as_str(), at), ("969429", Some(2)));
+        assert_eq!((code.as_str(), at), ("359152", Some(2)));
         assert_eq!(shared.answer_unmoved(&shown, 0).unwrap().1, Some(2));
         shared.used(2);
         assert_eq!(kept.load(Ordering::Acquire), 3);
