@@ -31,6 +31,8 @@ use zeroize::Zeroizing;
 
 use crate::client::{Client, ClientError, Pipeline};
 use crate::device::{DeviceError, EmulatedDevice};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 /// The format name written into every fleet file.
 const FORMAT: &str = "sls-sim fleet 1";
@@ -732,11 +734,42 @@ async fn deliver<'a, R: Rng + ?Sized>(
     cards: impl Iterator<Item = &'a Card>,
     rng: &mut R,
 ) -> Result<(), FleetError> {
-    use slsd::pskc::{self, Limits, Opening, TokenEntry, Writer};
-    let failed = |reason: String| FleetError::Pskc {
+    use slsd::pskc::{self, Limits, Opening};
+    let failed = |reason: String| pskc_error(path, reason);
+    let psk = write_cards(path, cards, rng)?;
+    let config = slsd::config::Config::default();
+    let limits = Limits {
+        max_tokens: usize::try_from(config.tokens.import_max).unwrap_or(usize::MAX),
+        min_key_bytes: config.tokens.min_key_bytes,
+    };
+    let reader =
+        std::io::BufReader::new(std::fs::File::open(path).map_err(|e| failed(e.to_string()))?);
+    let tokens = pskc::read(reader, Opening::PreSharedKey(&psk), &limits)
+        .map_err(|e| failed(e.to_string()))?;
+    let tokens = tokens
+        .into_iter()
+        .map(slsd::client::tokens::new_token)
+        .collect();
+    slsd::client::tokens::import_tokens(admin, tokens, config.server.max_frame, |_| {}).await?;
+    Ok(())
+}
+
+fn pskc_error(path: &Path, reason: String) -> FleetError {
+    FleetError::Pskc {
         path: path.display().to_string(),
         reason,
-    };
+    }
+}
+
+/// Writes `cards` as a PSKC file at `path` under a new pre-shared key,
+/// written beside it as `.psk` (both mode 0600); the key.
+fn write_cards<'a, R: Rng + ?Sized>(
+    path: &Path,
+    cards: impl Iterator<Item = &'a Card>,
+    rng: &mut R,
+) -> Result<SecretKey, FleetError> {
+    use slsd::pskc::{TokenEntry, Writer};
+    let failed = |reason: String| pskc_error(path, reason);
     let mut psk = [0u8; 16];
     rng.fill_bytes(&mut psk);
     let psk = SecretKey::from_array(psk);
@@ -760,28 +793,46 @@ async fn deliver<'a, R: Rng + ?Sized>(
         .map_err(|e| failed(e.to_string()))?
         .sync_all()
         .map_err(|e| failed(e.to_string()))?;
-    let key_path = path.with_extension("psk");
-    let mut key_file = private_file(&key_path).map_err(|e| failed(e.to_string()))?;
+    let mut key_file =
+        private_file(&path.with_extension("psk")).map_err(|e| failed(e.to_string()))?;
     let hex = Zeroizing::new(hex::encode(psk.expose_secret()));
     key_file
         .write_all(hex.as_bytes())
         .map_err(|e| failed(e.to_string()))?;
+    Ok(psk)
+}
 
-    let config = slsd::config::Config::default();
-    let limits = Limits {
-        max_tokens: usize::try_from(config.tokens.import_max).unwrap_or(usize::MAX),
-        min_key_bytes: config.tokens.min_key_bytes,
-    };
-    let reader =
-        std::io::BufReader::new(std::fs::File::open(path).map_err(|e| failed(e.to_string()))?);
-    let tokens = pskc::read(reader, Opening::PreSharedKey(&psk), &limits)
-        .map_err(|e| failed(e.to_string()))?;
-    let tokens = tokens
-        .into_iter()
-        .map(slsd::client::tokens::new_token)
-        .collect();
-    slsd::client::tokens::import_tokens(admin, tokens, config.server.max_frame, |_| {}).await?;
-    Ok(())
+/// A PSKC file of `count` new HOTP tokens (serials `PREFIX-0000001` ...)
+/// at `path`, its key beside it: what a vendor ships with a batch of
+/// cards. `tick` after each token.
+pub fn write_tokens<R: Rng + ?Sized>(
+    path: &Path,
+    prefix: &str,
+    count: usize,
+    rng: &mut R,
+    tick: impl Fn(),
+) -> Result<(), FleetError> {
+    let algorithm: TokenAlgorithm = "HOTP-SHA1-6"
+        .parse()
+        .map_err(|e| pskc_error(path, format!("{e}")))?;
+    let mut keys = ChaCha8Rng::from_rng(rng);
+    let mut failed = None;
+    let cards = (1..=count).map_while(|n| {
+        let mut key = [0u8; 20];
+        keys.fill_bytes(&mut key);
+        let card = Serial::new(&format!("{prefix}-{n:07}")).map(|serial| Card {
+            serial,
+            algorithm: algorithm.clone(),
+            key: SecretKey::from_array(key),
+        });
+        tick();
+        card.map_err(|e| failed = Some(e)).ok()
+    });
+    let cards: Vec<Card> = cards.collect();
+    if let Some(error) = failed {
+        return Err(FleetError::Mix(format!("--prefix: as a serial: {error}")));
+    }
+    write_cards(path, cards.iter(), rng).map(drop)
 }
 
 fn pin_digits(kind: DeviceKind, profiles: &DeviceProfiles) -> Option<u8> {

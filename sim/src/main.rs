@@ -92,6 +92,23 @@ struct ReplayArgs {
 enum FleetCommand {
     /// Enrol a fleet through the admin role and save its keys (mode 0600).
     Create(FleetCreateArgs),
+    /// Write a vendor's PSKC file of event tokens (HOTP-SHA1-6, serials
+    /// PREFIX-0000001 ...), encrypted under a new pre-shared key written
+    /// beside it (.psk): the input of `slsd admin import-tokens` at scale.
+    Pskc(FleetPskcArgs),
+}
+
+#[derive(Debug, Args)]
+struct FleetPskcArgs {
+    /// Tokens in the file.
+    #[arg(long, default_value_t = 1000)]
+    tokens: usize,
+    /// Serials are PREFIX-0000001, ...
+    #[arg(long, default_value = "sim")]
+    prefix: String,
+    /// The PSKC file to write (mode 0600).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// Where a running daemon is.
@@ -507,7 +524,25 @@ fn finish(report: &Report, shape: &LoadShape, plan: &LoadPlan) -> anyhow::Result
 }
 
 fn run_fleet(command: FleetCommand) -> anyhow::Result<()> {
-    let FleetCommand::Create(args) = command;
+    let args = match command {
+        FleetCommand::Create(args) => args,
+        FleetCommand::Pskc(args) => {
+            let mut rng = ChaCha8Rng::from_rng(&mut UnwrapErr(rand::rngs::SysRng));
+            let bar = ProgressBar::new(args.tokens as u64);
+            let ticks = bar.clone();
+            fleet::write_tokens(&args.out, &args.prefix, args.tokens, &mut rng, move || {
+                ticks.inc(1)
+            })?;
+            bar.finish_and_clear();
+            println!(
+                "{} tokens written to {} (pre-shared key in {})",
+                args.tokens,
+                args.out.display(),
+                args.out.with_extension("psk").display()
+            );
+            return Ok(());
+        }
+    };
     let target = Target::new(args.daemon.addr, args.daemon.data_dir);
     let prefix = args
         .prefix
