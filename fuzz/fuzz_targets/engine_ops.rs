@@ -2,11 +2,14 @@
 //! or another user's), right and wrong answers, replays of accepted
 //! answers, SMS codes sent and entered right or wrong, pushes approved
 //! with the right or a wrong number or proof, denied or awaited, time
-//! passing, the sweeper, unlocks — against the real engine over a real
-//! registry, each verdict checked against the reference model
+//! passing, the sweeper, unlocks, imported tokens (an event token, a time
+//! token, a counter OCRA card) answered at used, current and future
+//! counters and steps, and resyncs of them — against the real engine over
+//! a real registry, each verdict checked against the reference model
 //! (`sls_sim::model`): no wrong answer is accepted, nothing is accepted
-//! twice, attempts and lockouts follow the rules, a resend is the same
-//! code, every push verdict reaches the gateway exactly once.
+//! twice, no used counter or step comes back, attempts and lockouts follow
+//! the rules, a resend is the same code, every push verdict reaches the
+//! gateway exactly once.
 //!
 //! The input's first byte picks the store: the embedded one, or the
 //! cluster store on Redis in memory (`store::cluster::memory`), whose
@@ -25,7 +28,7 @@ use sls_sim::model::{self, Attempt, Failures, Holder};
 use slsd::clock::Timestamp;
 use slsd::config::Config;
 use slsd::engine::{Caller, Engine, ReplyLog, Role, Sink, StreamId};
-use slsd::identity::{ChallengeId, DeviceId, PushId, Username};
+use slsd::identity::{ChallengeId, DeviceId, PushId, Serial, Username};
 use slsd::otp::SecretKey;
 use slsd::otp::push::{self, PushSigner};
 use slsd::phone::{Channel, PhoneNumber};
@@ -37,9 +40,10 @@ use slsd::store::embedded::registry::Registry;
 use slsd::store::questions::QuestionMemory;
 use slsd::store::sealed::SecretCipher;
 use slsd::wire::request::{Answer, Pin};
+use slsd::wire::token::{NewToken, TokenInfo};
 use slsd::wire::{ChallengeText, EnrollRequest, ErrorCode, Operation, Reply, Verdict};
 
-const CONFIG: &str = "[challenges]\nttl = \"30s\"\nattempts = 3\nper-user-per-minute = 100000\nuser-limit-buckets = 64\nper-device-per-day = 20\n[lockout]\nfailures = 3\nfirst = \"10s\"\nmax = \"40s\"\n[sms]\nttl = \"60s\"\nresend-interval = \"0s\"\nmax-sends = 20\nmax-checks = 3\nsends-per-number-per-hour = 1000000\nsends-per-prefix-per-minute = 1000000\n[push]\nttl = \"20s\"\npending-per-user = 3\n";
+const CONFIG: &str = "[tokens]\nresync-window = 40\n[challenges]\nttl = \"30s\"\nattempts = 3\nper-user-per-minute = 100000\nuser-limit-buckets = 64\nper-device-per-day = 20\n[lockout]\nfailures = 3\nfirst = \"10s\"\nmax = \"40s\"\n[sms]\nttl = \"60s\"\nresend-interval = \"0s\"\nmax-sends = 20\nmax-checks = 3\nsends-per-number-per-hour = 1000000\nsends-per-prefix-per-minute = 1000000\n[push]\nttl = \"20s\"\npending-per-user = 3\n";
 /// Alice's verified number.
 const ALICE_NUMBER: &str = "+41 791234567";
 /// The seed of bob's IB Key push key.
@@ -78,12 +82,117 @@ const DEVICES: [(usize, DeviceKind, Option<&str>); 3] = [
     (1, DeviceKind::IbKey, None),
 ];
 
+/// Bob's imported tokens: (serial, algorithm, PIN).
+const TOKENS: [(&str, &str, Option<&str>); 3] = [
+    ("F-001", "HOTP-SHA1-6", None),
+    ("F-002", "TOTP-SHA1-6-30s", None),
+    ("F-003", "OCRA-1:HOTP-SHA1-6:C-QN08-PSHA1", Some("5678")),
+];
+
 struct Device {
     id: DeviceId,
     owner: usize,
     emulated: EmulatedDevice,
     failures: Failures,
     questions: model::Questions,
+    /// An imported token's moving factor, as the model follows it.
+    token: Option<TokenModel>,
+}
+
+/// Where a token's codes stand: the first counter or step an answer may
+/// still use (everything below was used or passed over), and for a time
+/// token its step in seconds.
+#[derive(Debug, Clone, Copy)]
+struct TokenModel {
+    from: u64,
+    step_secs: Option<u64>,
+}
+
+impl TokenModel {
+    /// The current step at `now` (ms) of a time token.
+    fn step_at(&self, now: u64) -> Option<u64> {
+        self.step_secs.map(|secs| now / 1000 / secs)
+    }
+
+    /// The counters or steps an answer may come from, `reach` wide
+    /// (RFC 4226 §7.4's look-ahead, RFC 6238 §5.2's drift).
+    fn window(&self, now: u64, reach: u64) -> std::ops::RangeInclusive<u64> {
+        match self.step_at(now) {
+            None => self.from..=self.from + reach,
+            Some(step) => step.saturating_sub(reach).max(self.from)..=step + reach,
+        }
+    }
+
+    /// A counter or step the input picks (`pick` in 0..=15) in units of
+    /// `stride`: a few below where the token stands (used), then on past
+    /// its window.
+    fn pick(&self, now: u64, pick: u64, stride: u64) -> u64 {
+        let base = self.step_at(now).unwrap_or(self.from);
+        (base + pick * stride).saturating_sub(3 * stride)
+    }
+}
+
+/// The code `device` shows for `text` at counter or step `at`.
+fn code_at(device: &EmulatedDevice, text: &ChallengeText, at: u64) -> String {
+    device
+        .answer_at(text, at)
+        .expect("a token")
+        .expect("the token takes its challenge")
+        .as_str()
+        .to_owned()
+}
+
+/// Bob's tokens imported and assigned through `admin`: their ids and
+/// emulations.
+fn import_tokens(
+    users: &[Username],
+    mut admin: impl FnMut(Operation) -> Reply,
+) -> Vec<(DeviceId, EmulatedDevice)> {
+    let keyed = |n: usize| SecretKey::from_bytes(vec![0x40 + n as u8; 20]).unwrap();
+    let tokens = TOKENS
+        .iter()
+        .enumerate()
+        .map(|(n, (serial, algorithm, _))| NewToken {
+            info: TokenInfo {
+                serial: Serial::new(serial).unwrap(),
+                algorithm: algorithm.parse().unwrap(),
+                counter: 0,
+                valid_from: None,
+                valid_until: None,
+                manufacturer: String::new(),
+            },
+            key: keyed(n),
+        })
+        .collect();
+    let import = Operation::ImportTokens {
+        import: 0,
+        commit: true,
+        tokens,
+    };
+    match admin(import) {
+        Reply::TokensImported {
+            committed: true, ..
+        } => {}
+        other => panic!("the tokens' import: {other:?}"),
+    }
+    TOKENS
+        .iter()
+        .enumerate()
+        .map(|(n, (serial, algorithm, pin))| {
+            let assign = Operation::AssignToken {
+                serial: Serial::new(serial).unwrap(),
+                user: users[1].clone(),
+                pin: pin.map(Pin::new),
+                label: String::new(),
+            };
+            let Reply::Enrolled { device, .. } = admin(assign) else {
+                panic!("assigning {serial}");
+            };
+            let algorithm = algorithm.parse().unwrap();
+            let emulated = EmulatedDevice::token(&algorithm, &keyed(n), *pin).unwrap();
+            (device, emulated)
+        })
+        .collect()
 }
 
 struct Open {
@@ -203,6 +312,7 @@ fn fixture() -> &'static Fixture {
             key: PushSigner::from_seed(PUSH_SEED).public(),
         };
         assert_eq!(admin(bind), Reply::Done, "bob's push key");
+        devices.extend(import_tokens(&users, &mut admin));
         // The database stays open; its directory entry can go now, so no
         // run leaves files behind.
         drop(scratch);
@@ -258,6 +368,11 @@ fn enrol_on_cluster(
         key: PushSigner::from_seed(PUSH_SEED).public(),
     };
     assert_eq!(admin(bind), Reply::Done, "bob's push key on the cluster");
+    ids.extend(
+        import_tokens(users, &mut admin)
+            .into_iter()
+            .map(|(id, _)| id),
+    );
     (ids, sms)
 }
 
@@ -290,25 +405,40 @@ impl World {
             cluster = Some((memory, waiter));
         }
         // Lockouts left by the previous run cleared in memory (an Unlock
-        // would commit to the database each time).
+        // would commit to the database each time). A token's moving factor
+        // stays: what a run used stays used on disk, and the model starts
+        // where the token stands.
         let enrolled = fixture.devices.iter().map(|(id, _)| *id);
+        let mut moving = Vec::new();
         for id in enrolled.chain([fixture.sms_device]) {
             if let Some(device) = fixture.registry.device(id) {
                 let mut failures = device.failures();
                 *device.questions(&failures) = QuestionMemory::default();
-                *failures = FailureState::default();
+                *failures = FailureState {
+                    moving: failures.moving,
+                    ..FailureState::default()
+                };
+                moving.push(if on_cluster { 0 } else { failures.moving });
             }
         }
-        let devices = DEVICES
+        let owners = DEVICES
             .iter()
+            .map(|(owner, _, _)| *owner)
+            .chain(TOKENS.iter().map(|_| 1));
+        let devices = owners
             .zip(&fixture.devices)
             .zip(ids)
-            .map(|(((owner, _, _), (_, emulated)), id)| Device {
+            .zip(moving)
+            .map(|(((owner, (_, emulated)), id), from)| Device {
                 id,
-                owner: *owner,
+                owner,
                 emulated: emulated.clone(),
                 failures: Failures::default(),
                 questions: model::Questions::default(),
+                token: emulated.moves().then(|| TokenModel {
+                    from,
+                    step_secs: emulated.step_secs(),
+                }),
             })
             .collect();
         let (carrier, phone, gateway) = (
@@ -471,7 +601,7 @@ impl World {
     }
 
     fn step(&mut self, u: &mut Unstructured<'_>) -> Result<()> {
-        let op = u.int_in_range(0..=12)?;
+        let op = u.int_in_range(0..=13)?;
         match op {
             // At most 15: a loop has 16 rounds, so an operation still ends.
             12 => self.interfere(u.int_in_range(1..=15)?),
@@ -522,7 +652,13 @@ impl World {
                             text.clone(),
                             self.now + ttl,
                         );
-                        assert!(fresh, "a question answered right was asked again");
+                        // A token's "enter your code" is the same each
+                        // time: its moving factor keeps used codes out.
+                        let token = self.devices[device].token.is_some();
+                        assert!(
+                            fresh || (token && text == ChallengeText::EnterCode),
+                            "a question answered right was asked again"
+                        );
                         self.open.push(Open {
                             key,
                             id: challenge,
@@ -557,7 +693,13 @@ impl World {
             op @ (1 | 2) if !self.open.is_empty() => {
                 let index = u.choose_index(self.open.len())?;
                 let right = op == 1;
-                self.answer(index, right);
+                let pick = u.int_in_range(0..=15)?;
+                self.answer(index, right, pick);
+            }
+            13 => {
+                let token = u.int_in_range(0..=TOKENS.len() as u64 - 1)? as usize;
+                let pick = u.int_in_range(0..=15)?;
+                self.resync(DEVICES.len() + token, pick, u.arbitrary()?);
             }
             3 if !self.accepted.is_empty() => {
                 let (challenge, answer) =
@@ -599,15 +741,23 @@ impl World {
         Ok(())
     }
 
-    fn answer(&mut self, index: usize, right: bool) {
+    /// Answers open challenge `index` with the device's answer, or
+    /// (`!right`) that answer with its first digit changed. A token
+    /// answers at a counter or step `pick` chooses (used, in its window,
+    /// past it); whether that is right is the model's window search.
+    fn answer(&mut self, index: usize, right: bool, pick: u64) {
         let open = &self.open[index];
         let device = &self.devices[open.device];
-        let correct = device
-            .emulated
-            .answer(&open.text, self.now / 1000)
-            .expect("the device takes its own challenge")
-            .as_str()
-            .to_owned();
+        let now = self.now;
+        let correct = match &device.token {
+            None => device
+                .emulated
+                .answer(&open.text, now / 1000)
+                .expect("the device takes its own challenge")
+                .as_str()
+                .to_owned(),
+            Some(token) => code_at(&device.emulated, &open.text, token.pick(now, pick, 1)),
+        };
         // A wrong answer: the right one with its first digit changed.
         let answer = if right {
             correct.clone()
@@ -615,6 +765,21 @@ impl World {
             let mut bytes = correct.clone().into_bytes();
             bytes[0] = b'0' + (bytes[0] - b'0' + 1) % 10;
             String::from_utf8(bytes).unwrap()
+        };
+        // A token's answer is right when it is the code of a counter or
+        // step its window allows (the first such moves the token on).
+        let matched = device.token.map(|token| {
+            let reach = match token.step_secs {
+                None => self.config.tokens.look_ahead,
+                Some(_) => self.config.tokens.drift_steps,
+            };
+            token
+                .window(now, reach)
+                .find(|&at| code_at(&device.emulated, &open.text, at) == answer)
+        });
+        let right = match matched {
+            Some(found) => found.is_some(),
+            None => right,
         };
         let (id, alive) = (open.id, open.alive);
         let reply = self.call(
@@ -664,7 +829,69 @@ impl World {
         assert_eq!(got, expected, "the engine and the model disagree");
         open.alive = stays;
         if matches!(got, Verdict::Accepted { .. }) {
+            if let (Some(token), Some(Some(at))) = (device.token.as_mut(), matched) {
+                token.from = at + 1;
+            }
             self.accepted.push((id, answer));
+        }
+    }
+
+    /// An operator resyncs token `index` with its codes at a counter or
+    /// step `pick` chooses and the next one (or, `!consecutive`, the one
+    /// after): found within `tokens.resync-window` and not below what was
+    /// used, the token moves past them and its failures clear; else
+    /// nothing changes.
+    fn resync(&mut self, index: usize, pick: u64, consecutive: bool) {
+        let window = self.config.tokens.resync_window;
+        let now = self.now;
+        let device = &mut self.devices[index];
+        let token = device.token.as_mut().expect("a token");
+        // An OCRA card's codes answer the question of all zeros (its
+        // suite's QN08).
+        let text = if TOKENS[index - DEVICES.len()].1.starts_with("OCRA-") {
+            ChallengeText::Question("0".repeat(8))
+        } else {
+            ChallengeText::EnterCode
+        };
+        let at = token.pick(now, pick, window / 8 + 1);
+        let first = code_at(&device.emulated, &text, at);
+        let second = code_at(
+            &device.emulated,
+            &text,
+            at + if consecutive { 1 } else { 2 },
+        );
+        let found = token.window(now, window).find(|&c| {
+            code_at(&device.emulated, &text, c) == first
+                && code_at(&device.emulated, &text, c + 1) == second
+        });
+        let id = device.id;
+        let reply = self.call(
+            Role::Admin,
+            Operation::Resync {
+                device: id,
+                first: Answer::new(&first),
+                second: Answer::new(&second),
+            },
+        );
+        let device = &mut self.devices[index];
+        match found {
+            Some(c) => {
+                assert_eq!(reply, Reply::Done, "a resync the model finds");
+                if let Some(token) = device.token.as_mut() {
+                    token.from = c + 2;
+                }
+                device.failures = Failures::default();
+            }
+            None => assert!(
+                matches!(
+                    reply,
+                    Reply::Error {
+                        code: ErrorCode::InvalidArgument,
+                        ..
+                    }
+                ),
+                "a resync the model does not find: {reply:?}"
+            ),
         }
     }
 }

@@ -20,7 +20,8 @@ fuzz_target!(|data: &[u8]| {
     let Some((&pick, file)) = data.split_first() else {
         return;
     };
-    let psk = SecretKey::from_array(*b"\x12\x34\x56\x78\x90\x12\x34\x56\x78\x90\x12\x34\x56\x78\x90\x12");
+    let psk =
+        SecretKey::from_array(*b"\x12\x34\x56\x78\x90\x12\x34\x56\x78\x90\x12\x34\x56\x78\x90\x12");
     let opening = match pick % 3 {
         0 => Opening::Nothing,
         1 => Opening::PreSharedKey(&psk),

@@ -220,6 +220,24 @@ impl EmulatedDevice {
         self
     }
 
+    /// A time token's or app's step in seconds; `None` for other devices.
+    pub fn step_secs(&self) -> Option<u64> {
+        match &self.check {
+            Emulation::Moving(Moving {
+                code: MovingCode::Totp { step, .. },
+                ..
+            }) => Some(step.as_duration().as_secs()),
+            Emulation::Moving(Moving {
+                code: MovingCode::Ocra(ocra),
+                ..
+            }) => ocra
+                .suite()
+                .time_step()
+                .map(|step| step.as_duration().as_secs()),
+            _ => None,
+        }
+    }
+
     /// Whether its code moves with a counter or the clock.
     pub fn moves(&self) -> bool {
         matches!(self.check, Emulation::Moving(_))
