@@ -11,13 +11,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
-use std::path::Path;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use rand::{Rng, RngExt};
+use rand::{Rng, RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use slsd::identity::{DeviceId, Serial, Username};
 use slsd::otp::SecretKey;
@@ -31,8 +31,6 @@ use zeroize::Zeroizing;
 
 use crate::client::{Client, ClientError, Pipeline};
 use crate::device::{DeviceError, EmulatedDevice};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 /// The format name written into every fleet file.
 const FORMAT: &str = "sls-sim fleet 1";
@@ -648,7 +646,10 @@ async fn enrol_device(
                     secret: Some(secret),
                 } => (device, kind, secret, None),
                 Reply::AppEnrolled { device, uri } => {
-                    let secret = app_key(uri.as_str()).ok_or_else(|| refused(&Reply::Done))?;
+                    let secret = app_key(uri.as_str()).ok_or_else(|| FleetError::Enroll {
+                        user: user.to_string(),
+                        reply: "an otpauth:// URI without a base32 secret".into(),
+                    })?;
                     (device, kind, secret, None)
                 }
                 reply => return Err(refused(&reply)),
@@ -763,9 +764,9 @@ fn pskc_error(path: &Path, reason: String) -> FleetError {
 
 /// Writes `cards` as a PSKC file at `path` under a new pre-shared key,
 /// written beside it as `.psk` (both mode 0600); the key.
-fn write_cards<'a, R: Rng + ?Sized>(
+fn write_cards<R: Rng + ?Sized>(
     path: &Path,
-    cards: impl Iterator<Item = &'a Card>,
+    cards: impl Iterator<Item = impl std::borrow::Borrow<Card>>,
     rng: &mut R,
 ) -> Result<SecretKey, FleetError> {
     use slsd::pskc::{TokenEntry, Writer};
@@ -778,6 +779,7 @@ fn write_cards<'a, R: Rng + ?Sized>(
     let out = std::io::BufWriter::new(private_file(path).map_err(|e| failed(e.to_string()))?);
     let mut writer = Writer::new(out, &psk, seed).map_err(|e| failed(e.to_string()))?;
     for card in cards {
+        let card = card.borrow();
         writer
             .token(&TokenEntry {
                 serial: &card.serial,
@@ -804,7 +806,7 @@ fn write_cards<'a, R: Rng + ?Sized>(
 
 /// A PSKC file of `count` new HOTP tokens (serials `PREFIX-0000001` ...)
 /// at `path`, its key beside it: what a vendor ships with a batch of
-/// cards. `tick` after each token.
+/// cards. Streamed; `tick` after each token.
 pub fn write_tokens<R: Rng + ?Sized>(
     path: &Path,
     prefix: &str,
@@ -812,27 +814,26 @@ pub fn write_tokens<R: Rng + ?Sized>(
     rng: &mut R,
     tick: impl Fn(),
 ) -> Result<(), FleetError> {
+    let serial = |n: usize| Serial::new(&format!("{prefix}-{n:07}"));
+    // The first and the longest serial: if they are serials, all are.
+    for n in [1, count.max(1)] {
+        serial(n).map_err(|e| FleetError::Mix(format!("--prefix: as a serial: {e}")))?;
+    }
     let algorithm: TokenAlgorithm = "HOTP-SHA1-6"
         .parse()
         .map_err(|e| pskc_error(path, format!("{e}")))?;
     let mut keys = ChaCha8Rng::from_rng(rng);
-    let mut failed = None;
-    let cards = (1..=count).map_while(|n| {
+    let cards = (1..=count).filter_map(|n| {
         let mut key = [0u8; 20];
         keys.fill_bytes(&mut key);
-        let card = Serial::new(&format!("{prefix}-{n:07}")).map(|serial| Card {
-            serial,
+        tick();
+        Some(Card {
+            serial: serial(n).ok()?,
             algorithm: algorithm.clone(),
             key: SecretKey::from_array(key),
-        });
-        tick();
-        card.map_err(|e| failed = Some(e)).ok()
+        })
     });
-    let cards: Vec<Card> = cards.collect();
-    if let Some(error) = failed {
-        return Err(FleetError::Mix(format!("--prefix: as a serial: {error}")));
-    }
-    write_cards(path, cards.iter(), rng).map(drop)
+    write_cards(path, cards, rng).map(drop)
 }
 
 fn pin_digits(kind: DeviceKind, profiles: &DeviceProfiles) -> Option<u8> {

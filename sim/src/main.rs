@@ -452,14 +452,11 @@ async fn create_fleet(
         .await
         .with_context(|| format!("connecting to {:?} as admin", target.addrs))?;
     // Authenticator apps are activated by their first login.
-    let gateway = match mix.shares().iter().any(|(k, _)| *k == DeviceKind::TotpApp) {
-        true => Some(
-            target
-                .client(Role::Gateway)
-                .await
-                .with_context(|| format!("connecting to {:?} as gateway", target.addrs))?,
-        ),
-        false => None,
+    let gateway = if mix.shares().iter().any(|(k, _)| *k == DeviceKind::TotpApp) {
+        let client = target.client(Role::Gateway).await;
+        Some(client.with_context(|| format!("connecting to {:?} as gateway", target.addrs))?)
+    } else {
+        None
     };
     let bar = ProgressBar::new(shape.users as u64);
     bar.set_style(
