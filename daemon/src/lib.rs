@@ -15,6 +15,8 @@
 //!   import.
 //! - [`wire`]: the frame codec of the QUIC protocol. Pure: bytes in, typed
 //!   requests out, and back.
+//! - [`radius`]: the RADIUS front end's packet codec and login dialogue.
+//!   Pure.
 //! - [`client`]: a client of that protocol (`slsd admin`, the simulator
 //!   and the end-to-end tests use it).
 
@@ -40,6 +42,7 @@ pub mod phone;
 pub mod policy;
 pub mod profile;
 pub mod pskc;
+pub mod radius;
 pub mod ratelimit;
 pub mod server;
 pub mod store;

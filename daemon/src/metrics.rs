@@ -47,6 +47,19 @@ pub const STORE_ROUND_TRIPS: &str = "sls_store_round_trips_total";
 /// version by someone with write access to Redis).
 pub const STORE_RECORDS_REFUSED: &str = "sls_store_records_refused_total";
 
+/// RADIUS datagrams dropped without an answer, by `reason`
+/// (`unknown_client`, `rate_limited`, `malformed`, `unsupported`,
+/// `no_message_authenticator`, `bad_message_authenticator`, `busy`,
+/// `shutting_down`, `unencodable`).
+pub const RADIUS_DROPPED: &str = "sls_radius_dropped_total";
+/// RADIUS retransmissions answered from the duplicate cache or ignored
+/// while their first copy was being answered.
+pub const RADIUS_DUPLICATES: &str = "sls_radius_duplicates_total";
+/// RADIUS answers sent, by `answer` (`accept`, `reject`, `challenge`).
+pub const RADIUS_ANSWERS: &str = "sls_radius_answers_total";
+/// Time from a RADIUS request's arrival to its answer.
+pub const RADIUS_SECONDS: &str = "sls_radius_seconds";
+
 /// Installs the Prometheus recorder for this process.
 pub fn install() -> Result<PrometheusHandle, String> {
     PrometheusBuilder::new()

@@ -25,7 +25,15 @@ const FORBIDDEN: &[&str] = &[
 ];
 
 /// Modules that must stay pure, relative to `daemon/src`.
-const PURE: &[&str] = &["otp", "profile", "wire", "config", "policy", "engine/rules"];
+const PURE: &[&str] = &[
+    "otp",
+    "profile",
+    "wire",
+    "config",
+    "policy",
+    "engine/rules",
+    "radius",
+];
 
 /// What the engine's decisions must not reach for either: they run on
 /// records a store hands them, so neither a store, nor a lock, nor a wait.

@@ -18,8 +18,13 @@ pub const BENCH_DAEMON_CONFIG: &str = "[server]\nlisten = \"127.0.0.1:0\"\nmetri
 
 /// Starts `slsd` on a fresh data directory with [`BENCH_DAEMON_CONFIG`].
 pub fn start_daemon(slsd: &Path, data_dir: &Path) -> std::io::Result<LocalDaemon> {
+    start_daemon_with(slsd, data_dir, "")
+}
+
+/// [`start_daemon`] with more tables (`more`) in the configuration.
+pub fn start_daemon_with(slsd: &Path, data_dir: &Path, more: &str) -> std::io::Result<LocalDaemon> {
     let config = data_dir.with_extension("toml");
-    std::fs::write(&config, BENCH_DAEMON_CONFIG)?;
+    std::fs::write(&config, format!("{BENCH_DAEMON_CONFIG}{more}"))?;
     LocalDaemon::spawn(slsd, &config, data_dir)
 }
 

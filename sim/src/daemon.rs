@@ -1,6 +1,6 @@
 //! A local `slsd serve` child process: started, told apart from its
 //! startup lines (`slsd: listening on …`, `slsd: metrics on …`,
-//! `slsd: ready`), and stopped with SIGTERM. `sls-sim bench` and the
+//! `slsd: RADIUS on …`, `slsd: ready`), and stopped with SIGTERM. `sls-sim bench` and the
 //! end-to-end tests both run the daemon this way.
 
 use std::io::{BufRead, BufReader};
@@ -18,6 +18,8 @@ pub struct LocalDaemon {
     child: Option<Child>,
     pub quic: SocketAddr,
     pub metrics: SocketAddr,
+    /// The RADIUS front end's address, when it listens.
+    pub radius: Option<SocketAddr>,
 }
 
 impl LocalDaemon {
@@ -38,6 +40,7 @@ impl LocalDaemon {
             .ok_or_else(|| std::io::Error::other("slsd has no stdout"))?;
         let mut quic = None;
         let mut metrics = None;
+        let mut radius = None;
         for line in BufReader::new(stdout).lines() {
             let line = line?;
             if let Some(rest) = line.strip_prefix("slsd: listening on ") {
@@ -45,6 +48,9 @@ impl LocalDaemon {
             }
             if let Some(rest) = line.strip_prefix("slsd: metrics on http://") {
                 metrics = rest.trim_end_matches("/metrics").parse().ok();
+            }
+            if let Some(rest) = line.strip_prefix("slsd: RADIUS on ") {
+                radius = rest.split(' ').next().and_then(|a| a.parse().ok());
             }
             if line == "slsd: ready" {
                 break;
@@ -55,6 +61,7 @@ impl LocalDaemon {
                 child: Some(child),
                 quic,
                 metrics,
+                radius,
             }),
             _ => {
                 let _ = child.kill();

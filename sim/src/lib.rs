@@ -11,6 +11,7 @@
 //! - [`phone`]: IB Key phone apps answering push notices.
 //! - [`bench`]: `sls-sim bench`, a load run of complete logins.
 //! - [`daemon`]: a local `slsd serve` child process.
+//! - [`radius`]: a RADIUS client (a NAS) and `sls-sim radius-bench`.
 
 mod attack;
 pub mod bench;
@@ -24,6 +25,7 @@ pub mod load;
 pub mod model;
 pub mod phone;
 mod plot;
+pub mod radius;
 pub mod report;
 pub mod scenario;
 pub mod token;

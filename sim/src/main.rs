@@ -53,6 +53,25 @@ enum Command {
     /// try several `slsd` nodes on one machine; prints the `--store`
     /// argument and runs until interrupted (Ctrl-C), then tears it down.
     Cluster(ClusterArgs),
+    /// Start `slsd` with its RADIUS front end, enrol users with DSC+ cards
+    /// and log them in over RADIUS (Access-Request, Access-Challenge,
+    /// Access-Request with the card's response, Access-Accept) from many
+    /// emulated RADIUS clients at once; print logins/s and latency.
+    RadiusBench(RadiusBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct RadiusBenchArgs {
+    /// Users, each with a DSC+ card, enrolled before the run.
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// RADIUS clients logging in at once (one UDP socket each, one login at
+    /// a time on each).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// How long to run.
+    #[arg(long, default_value = "10s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    duration: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -380,6 +399,7 @@ fn main() -> ExitCode {
                 Command::Load(args) => run_load(args),
                 Command::Bench(args) => run_bench(args),
                 Command::Cluster(args) => run_cluster(&args),
+                Command::RadiusBench(args) => run_radius_bench(&args),
                 Command::Replay(args) => run_scenario(
                     args.seed,
                     args.duration,
@@ -649,6 +669,105 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         daemon.stop();
     }
     finish(&report?, &args.load, &plan)
+}
+
+/// The `[radius]` section `sls-sim radius-bench` gives its daemon: one
+/// client, this machine, its secret in `secret_file`; limits raised.
+fn radius_section(secret_file: &std::path::Path) -> String {
+    format!(
+        "[radius]\nlisten = \"127.0.0.1:0\"\nin-flight = 100000\nduplicate-cache = 1000000\n\
+         requests-per-client-per-second = 10000000\n\
+         clients = [{{ name = \"bench\", addresses = [\"127.0.0.1\"], secret-file = {secret_file:?} }}]\n"
+    )
+}
+
+fn run_radius_bench(args: &RadiusBenchArgs) -> anyhow::Result<()> {
+    use sls_sim::radius::{self, CardHolder};
+    use slsd::identity::Username;
+    use slsd::wire::request::Pin;
+    use slsd::wire::{EnrollRequest, Operation, Reply};
+    anyhow::ensure!(
+        args.users >= 1 && args.concurrency >= 1,
+        "--users and --concurrency must be at least 1"
+    );
+    let scratch = tempfile::tempdir()?;
+    let secret: String = (0..32)
+        .map(|_| char::from(b'a' + rand::random_range(0..26u8)))
+        .collect();
+    let secret_file = scratch.path().join("radius.secret");
+    std::fs::write(&secret_file, &secret)?;
+    let slsd = std::env::current_exe()?
+        .parent()
+        .map(|dir| dir.join("slsd"))
+        .ok_or_else(|| anyhow::anyhow!("cannot locate slsd next to sls-sim"))?;
+    let data_dir = scratch.path().join("data");
+    let mut daemon = bench::start_daemon_with(&slsd, &data_dir, &radius_section(&secret_file))
+        .with_context(|| format!("starting {}", slsd.display()))?;
+    let server = daemon
+        .radius
+        .ok_or_else(|| anyhow::anyhow!("the daemon did not say where RADIUS listens"))?;
+    let pid = daemon.pid();
+    let target = Target::new(vec![daemon.quic], data_dir);
+    let result = block_on(async {
+        let admin = target.client(Role::Admin).await?;
+        let profiles = profiles()?;
+        let mut holders = Vec::with_capacity(args.users);
+        let progress = indicatif::ProgressBar::new(args.users as u64);
+        for i in 0..args.users {
+            let key = SecretKey::from_array(rand::random::<[u8; 32]>());
+            let user = Username::new(&format!("radius{i:06}"))?;
+            let request = EnrollRequest {
+                user: user.clone(),
+                kind: DeviceKind::DscPlus,
+                secret: Some(key.clone()),
+                pin: Some(Pin::new("4821")),
+                label: "card".into(),
+            };
+            match admin.call(Operation::Enroll(request)).await? {
+                Reply::Enrolled { .. } => {}
+                other => anyhow::bail!("enrolling {user}: {other:?}"),
+            }
+            holders.push(CardHolder {
+                user,
+                card: DscPlus::new(&key, &profiles)?,
+                pin: "4821".into(),
+            });
+            progress.inc(1);
+        }
+        progress.finish_and_clear();
+        let daemon_before = pid.map(bench::cpu_seconds);
+        let own_before = bench::cpu_seconds(std::process::id());
+        let result = radius::bench(
+            server,
+            secret.as_bytes(),
+            std::sync::Arc::new(holders),
+            args.concurrency,
+            args.duration,
+        )
+        .await?;
+        let own = bench::cpu_seconds(std::process::id()) - own_before;
+        let daemon_cpu = pid
+            .zip(daemon_before)
+            .map(|(pid, before)| bench::cpu_seconds(pid) - before);
+        Ok((result, own, daemon_cpu))
+    });
+    daemon.stop();
+    let (result, own, daemon_cpu) = result?;
+    print!("{}", result.render());
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    println!(
+        "setup: {} users, {} RADIUS clients in flight, {} cores shared by daemon and client; \
+         CPU: daemon {}, sls-sim {own:.2} s",
+        args.users,
+        args.concurrency,
+        cores,
+        daemon_cpu.map_or_else(|| "?".to_owned(), |s| format!("{s:.2} s")),
+    );
+    anyhow::ensure!(
+        result.failed == 0 && result.refused == 0,
+        "logins failed or were refused"
+    );
+    Ok(())
 }
 
 fn run_cluster(args: &ClusterArgs) -> anyhow::Result<()> {

@@ -66,6 +66,24 @@ impl Matcher {
         }
     }
 
+    /// The person reads `number` off a login that does not say which push
+    /// it is (a RADIUS prompt) and types it into the notice open on the
+    /// phone: every push waiting for its number gets it. How many did.
+    pub fn shown_to_waiting(&self, number: u8) -> usize {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let waiting: Vec<PushId> = slots
+            .iter()
+            .filter(|(_, slot)| matches!(slot, Slot::Waiting(_)))
+            .map(|(push, _)| *push)
+            .collect();
+        for push in &waiting {
+            if let Some(Slot::Waiting(tx)) = slots.remove(push) {
+                let _ = tx.send(number);
+            }
+        }
+        waiting.len()
+    }
+
     /// The number shown for `push`, once the login has shown it.
     async fn number(&self, push: PushId) -> Option<u8> {
         let rx = {

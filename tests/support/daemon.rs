@@ -15,6 +15,8 @@ pub struct Daemon {
     process: LocalDaemon,
     pub quic: SocketAddr,
     pub metrics: SocketAddr,
+    /// The RADIUS front end's address, when its configuration has one.
+    pub radius: Option<SocketAddr>,
     pub data_dir: PathBuf,
     config: PathBuf,
 }
@@ -40,6 +42,7 @@ impl Daemon {
         Self {
             quic: process.quic,
             metrics: process.metrics,
+            radius: process.radius,
             process,
             data_dir: data_dir.to_path_buf(),
             config: config.to_path_buf(),
@@ -83,24 +86,13 @@ impl Daemon {
 
     /// The Prometheus text of `/metrics` (blocking; call it off the runtime).
     pub fn metrics_text(&self) -> String {
-        use std::io::{Read, Write};
-        let mut socket = std::net::TcpStream::connect(self.metrics).unwrap();
-        socket
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut text = String::new();
-        socket.read_to_string(&mut text).unwrap();
-        text
+        metrics_at(self.metrics)
     }
 
     /// The sum of every series of the metric `name` (all its labels),
     /// from `/metrics` (blocking; call it off the runtime).
     pub fn metric_total(&self, name: &str) -> u64 {
-        self.metrics_text()
-            .lines()
-            .filter(|line| line.split(['{', ' ']).next() == Some(name))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+        metric_at(self.metrics, name)
     }
 
     /// The TLS configuration of a client with `role`'s certificate.
@@ -187,4 +179,25 @@ pub fn admin_failure(daemon: &Daemon, args: &[&str]) -> String {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     stderr.trim_end().to_owned()
+}
+
+/// The Prometheus text of the metrics endpoint at `addr` (blocking).
+pub fn metrics_at(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(addr).unwrap();
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    socket.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// The sum of every series of the metric `name` at `addr` (blocking).
+pub fn metric_at(addr: SocketAddr, name: &str) -> u64 {
+    metrics_at(addr)
+        .lines()
+        .filter(|line| line.split(['{', ' ']).next() == Some(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }

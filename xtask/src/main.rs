@@ -1,11 +1,12 @@
 //! `cargo xtask test [ARGS...]`: the README's test command.
 //!
 //! The shared-state tests run a real Redis Cluster, so they need
-//! `redis-server` and `redis-cli`. A machine with only the Rust toolchain
-//! has neither: this task finds them on `PATH`, or in `target/tools/redis`
-//! from an earlier run, or fetches Debian's packages into that directory
-//! with `apt-get download` and unpacks them with `dpkg-deb` (no root
-//! needed, nothing installed system-wide), then runs
+//! `redis-server` and `redis-cli`; the RADIUS tests run FreeRADIUS's
+//! `radclient`. A machine with only the Rust toolchain has none of them:
+//! this task finds them on `PATH`, or in `target/tools/NAME` from an
+//! earlier run, or fetches Debian's packages into that directory with
+//! `apt-get download` and unpacks them with `dpkg-deb` (no root needed,
+//! nothing installed system-wide), then runs
 //! `cargo test --workspace --exclude sls-benches ARGS...` with them on
 //! `PATH`. The token import tests need python-pskc and the authenticator
 //! app tests pyotp (both from PyPI), which it installs with pip into
@@ -14,10 +15,6 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-
-/// Debian's packages that make a working `redis-server` and `redis-cli`:
-/// the binaries and the libraries they link that a minimal system lacks.
-const PACKAGES: [&str; 4] = ["redis-server", "redis-tools", "liblzf1", "libjemalloc2"];
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
@@ -29,7 +26,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some("redis") => match redis_tools(&workspace()) {
+        Some("redis") => match tools(&workspace(), &REDIS) {
             Ok(tools) => {
                 println!(
                     "{}",
@@ -62,7 +59,7 @@ fn workspace() -> PathBuf {
 /// Runs the whole test suite with the Redis server reachable.
 fn test(args: Vec<OsString>) -> Result<ExitCode, String> {
     let root = workspace();
-    let tools = redis_tools(&root)?;
+    let toolsets = [tools(&root, &REDIS)?, tools(&root, &RADCLIENT)?];
     let python = python_packages(&root)?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
@@ -74,11 +71,26 @@ fn test(args: Vec<OsString>) -> Result<ExitCode, String> {
         .args(["test", "--workspace", "--exclude", "sls-benches"])
         .args(args);
     if let Some(dir) = &python {
-        command.env("PYTHONPATH", prepend("PYTHONPATH", dir)?);
+        command.env(
+            "PYTHONPATH",
+            prepend("PYTHONPATH", std::slice::from_ref(dir))?,
+        );
     }
-    if let Some(tools) = &tools {
-        command.env("PATH", prepend("PATH", &tools.bin)?);
+    for tools in toolsets.iter().flatten() {
+        command.env("PATH", prepend("PATH", std::slice::from_ref(&tools.bin))?);
         command.env("LD_LIBRARY_PATH", prepend("LD_LIBRARY_PATH", &tools.lib)?);
+    }
+    if let [_, Some(radclient)] = &toolsets {
+        // An unpacked radclient reads its dictionaries from there, not
+        // from /usr/share and /etc (tests/radius.rs passes them on).
+        command.env(
+            "SLS_RADCLIENT_DICTIONARIES",
+            radclient.root.join("usr/share/freeradius"),
+        );
+        command.env(
+            "SLS_RADCLIENT_RADDB",
+            radclient.root.join("etc/freeradius/3.0"),
+        );
     }
     let status = command
         .status()
@@ -146,53 +158,117 @@ fn python_packages(root: &Path) -> Result<Option<PathBuf>, String> {
     Ok(Some(dir))
 }
 
-/// Where an unpacked Redis lives.
-struct Tools {
-    bin: PathBuf,
-    lib: PathBuf,
+/// Programs from Debian's packages that the tests run as the other side:
+/// what makes them work on a minimal system, and where they are unpacked.
+struct Toolset {
+    /// The directory under `target/tools`.
+    name: &'static str,
+    /// Programs that must answer their version flag.
+    programs: &'static [(&'static str, &'static str)],
+    /// The packages to download: the programs and the libraries and data
+    /// they need that a minimal system lacks.
+    packages: &'static [&'static str],
+    /// What to tell a user who must install it instead.
+    install: &'static str,
 }
 
-/// `None` when `redis-server` and `redis-cli` are on `PATH` already.
-fn redis_tools(root: &Path) -> Result<Option<Tools>, String> {
-    if on_path("redis-server") && on_path("redis-cli") {
+/// Redis for the shared-store tests: `redis-server` and `redis-cli`.
+const REDIS: Toolset = Toolset {
+    name: "redis",
+    programs: &[("redis-server", "--version"), ("redis-cli", "--version")],
+    packages: &["redis-server", "redis-tools", "liblzf1", "libjemalloc2"],
+    install: "apt-get install redis-server",
+};
+
+/// FreeRADIUS's `radclient` for the RADIUS front end's tests, with its
+/// dictionaries and libraries.
+const RADCLIENT: Toolset = Toolset {
+    name: "radclient",
+    programs: &[("radclient", "-v")],
+    packages: &[
+        "freeradius-utils",
+        "freeradius-common",
+        "freeradius-config",
+        "libfreeradius3",
+        "libpcre3",
+        "libpcap0.8",
+        "libtalloc2",
+    ],
+    install: "apt-get install freeradius-utils",
+};
+
+/// Where an unpacked toolset lives.
+struct Tools {
+    root: PathBuf,
+    bin: PathBuf,
+    lib: Vec<PathBuf>,
+}
+
+impl Tools {
+    fn under(dir: &Path) -> Self {
+        let root = dir.join("root");
+        // Debian's multiarch directories: x86_64-linux-gnu, aarch64-linux-gnu.
+        let multiarch = format!("{}-linux-gnu", std::env::consts::ARCH);
+        Self {
+            bin: root.join("usr/bin"),
+            lib: vec![
+                root.join("usr/lib").join(&multiarch),
+                root.join("lib").join(&multiarch),
+                root.join("usr/lib/freeradius"),
+            ],
+            root,
+        }
+    }
+
+    fn library_path(&self) -> Result<OsString, String> {
+        std::env::join_paths(&self.lib).map_err(|e| format!("LD_LIBRARY_PATH: {e}"))
+    }
+}
+
+/// `None` when the toolset's programs are on `PATH` already; otherwise
+/// they are unpacked under `target/tools/NAME` (fetched once).
+fn tools(root: &Path, set: &Toolset) -> Result<Option<Tools>, String> {
+    if set.programs.iter().all(|&(p, flag)| on_path(p, flag)) {
         return Ok(None);
     }
-    let dir = root.join("target/tools/redis");
-    let tools = Tools {
-        bin: dir.join("root/usr/bin"),
-        // Debian's multiarch directory: x86_64-linux-gnu, aarch64-linux-gnu.
-        lib: dir.join(format!("root/usr/lib/{}-linux-gnu", std::env::consts::ARCH)),
-    };
-    if works(&tools) {
+    let dir = root.join("target/tools").join(set.name);
+    let tools = Tools::under(&dir);
+    if works(&tools, set) {
         return Ok(Some(tools));
     }
     eprintln!(
-        "xtask: redis-server is not installed; fetching Debian's package into {}",
+        "xtask: {} is not installed; fetching Debian's packages into {}",
+        set.name,
         dir.display()
     );
-    fetch(&dir)?;
-    if works(&tools) {
+    fetch(&dir, set)?;
+    if works(&tools, set) {
         Ok(Some(tools))
     } else {
         Err(format!(
-            "unpacked Redis in {} does not run; install it instead (Debian/Ubuntu: apt-get install redis-server)",
-            dir.display()
+            "unpacked {} in {} does not run; install it instead (Debian/Ubuntu: {})",
+            set.name,
+            dir.display(),
+            set.install
         ))
     }
 }
 
-fn on_path(program: &str) -> bool {
+fn on_path(program: &str, flag: &str) -> bool {
     Command::new(program)
-        .arg("--version")
+        .arg(flag)
         .output()
         .is_ok_and(|o| o.status.success())
 }
 
-fn works(tools: &Tools) -> bool {
-    ["redis-server", "redis-cli"].iter().all(|program| {
+fn works(tools: &Tools, set: &Toolset) -> bool {
+    let Ok(library_path) = tools.library_path() else {
+        return false;
+    };
+    set.programs.iter().all(|&(program, flag)| {
         Command::new(tools.bin.join(program))
-            .arg("--version")
-            .env("LD_LIBRARY_PATH", &tools.lib)
+            .arg(flag)
+            .env("LD_LIBRARY_PATH", &library_path)
             .output()
             .is_ok_and(|o| o.status.success())
     })
@@ -201,10 +277,10 @@ fn works(tools: &Tools) -> bool {
 /// Downloads the packages with the system's apt sources and unpacks them
 /// under `dir/root`. Without package lists (a fresh machine), reads them
 /// first into `dir/apt`, which needs no root.
-fn fetch(dir: &Path) -> Result<(), String> {
+fn fetch(dir: &Path, set: &Toolset) -> Result<(), String> {
     let debs = dir.join("debs");
     std::fs::create_dir_all(&debs).map_err(|e| format!("{}: {e}", debs.display()))?;
-    if !download(&debs, &[]) {
+    if !download(&debs, &[], set.packages) {
         let lists = dir.join("apt/lists");
         let cache = dir.join("apt/cache");
         for d in [lists.join("partial"), cache.join("archives/partial")] {
@@ -220,10 +296,11 @@ fn fetch(dir: &Path) -> Result<(), String> {
             .args(["-q", "update"])
             .status()
             .is_ok_and(|s| s.success());
-        if !updated || !download(&debs, &private) {
-            return Err(
-                "could not download Redis with apt-get; install it (Debian/Ubuntu: apt-get install redis-server)".into(),
-            );
+        if !updated || !download(&debs, &private, set.packages) {
+            return Err(format!(
+                "could not download {} with apt-get; install it (Debian/Ubuntu: {})",
+                set.name, set.install
+            ));
         }
     }
     let root = dir.join("root");
@@ -245,20 +322,20 @@ fn fetch(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// `apt-get download` of the packages into `debs`; whether it worked.
-fn download(debs: &Path, options: &[String]) -> bool {
+/// `apt-get download` of `packages` into `debs`; whether it worked.
+fn download(debs: &Path, options: &[String], packages: &[&str]) -> bool {
     Command::new("apt-get")
         .current_dir(debs)
         .args(options)
         .args(["-q", "download"])
-        .args(PACKAGES)
+        .args(packages)
         .status()
         .is_ok_and(|s| s.success())
 }
 
-/// `dir` in front of the environment variable `name`'s paths.
-fn prepend(name: &str, dir: &Path) -> Result<OsString, String> {
-    let mut paths = vec![dir.to_path_buf()];
+/// `dirs` in front of the environment variable `name`'s paths.
+fn prepend(name: &str, dirs: &[PathBuf]) -> Result<OsString, String> {
+    let mut paths = dirs.to_vec();
     if let Some(existing) = std::env::var_os(name) {
         paths.extend(std::env::split_paths(&existing));
     }

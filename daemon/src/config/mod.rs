@@ -5,7 +5,7 @@
 //! [`Config::default`]). Unknown keys and out-of-range values are refused
 //! with an error naming the key. Pure: the caller reads the file.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -41,6 +41,7 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     pub withdrawals: WithdrawalConfig,
     pub tokens: TokensConfig,
+    pub radius: RadiusConfig,
     pub devices: DeviceProfiles,
 }
 
@@ -338,6 +339,104 @@ fn holidays<'de, D: serde::Deserializer<'de>>(
     Ok(crate::policy::calendar::BusinessCalendar::new(parsed))
 }
 
+/// The RADIUS front end (`[radius]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RadiusConfig {
+    /// The UDP address it listens on; empty: no RADIUS front end.
+    #[serde(deserialize_with = "optional_address")]
+    pub listen: Option<SocketAddr>,
+    pub clients: Vec<RadiusClient>,
+    /// How long an Access-Request waits for a push to be approved.
+    #[serde(with = "humantime_serde")]
+    pub push_wait: Duration,
+    /// How long a login's `State` is good for after its Access-Challenge.
+    #[serde(with = "humantime_serde")]
+    pub state_ttl: Duration,
+    /// Requests being answered at once; more are dropped.
+    pub in_flight: u32,
+    /// Answers kept for retransmissions, and for how long.
+    pub duplicate_cache: u32,
+    #[serde(with = "humantime_serde")]
+    pub duplicate_ttl: Duration,
+    pub requests_per_client_per_second: u32,
+}
+
+/// A RADIUS client (a NAS): its name, the addresses it sends from, and the
+/// file holding its shared secret.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RadiusClient {
+    pub name: String,
+    pub addresses: Vec<Network>,
+    pub secret_file: std::path::PathBuf,
+}
+
+/// An address, or a network as address/prefix length (`198.51.100.0/24`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Network {
+    address: IpAddr,
+    prefix: u8,
+}
+
+impl TryFrom<String> for Network {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        let bad = || format!("{text:?} is not an IP address or address/prefix");
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text.as_str(), None),
+        };
+        let address: IpAddr = address.parse().map_err(|_| bad())?;
+        let bits = if address.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(prefix) => prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= bits)
+                .ok_or_else(bad)?,
+            None => bits,
+        };
+        Ok(Self { address, prefix })
+    }
+}
+
+impl Network {
+    /// Whether `ip` is in this network (an IPv4 address mapped into IPv6,
+    /// as a dual-stack socket reports it, counts as the IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        fn masked(bits: u128, width: u32, prefix: u8) -> u128 {
+            let shift = width.saturating_sub(u32::from(prefix));
+            bits.checked_shr(shift).unwrap_or(0)
+        }
+        match (self.address.to_canonical(), ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                masked(u32::from(net).into(), 32, self.prefix)
+                    == masked(u32::from(ip).into(), 32, self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                masked(u128::from(net), 128, self.prefix)
+                    == masked(u128::from(ip), 128, self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn optional_address<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!("{text:?} is not an address:port (or empty: off)"))
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -351,6 +450,7 @@ struct RawConfig {
     lifecycle: LifecycleConfig,
     withdrawals: WithdrawalConfig,
     tokens: TokensConfig,
+    radius: RadiusConfig,
     devices: toml::Table,
 }
 
@@ -398,6 +498,7 @@ impl Config {
             lifecycle: raw.lifecycle,
             withdrawals: raw.withdrawals,
             tokens: raw.tokens,
+            radius: raw.radius,
         };
         config.validate()?;
         Ok(config)
@@ -843,6 +944,67 @@ impl Config {
             "tokens.resync-window",
             "must be tokens.look-ahead..=1000000",
         )?;
+        self.validate_radius(check)
+    }
+
+    fn validate_radius(
+        &self,
+        check: fn(bool, &'static str, &str) -> Result<(), ConfigError>,
+    ) -> Result<(), ConfigError> {
+        let radius = &self.radius;
+        check(
+            radius.listen.is_none() || !radius.clients.is_empty(),
+            "radius.clients",
+            "a RADIUS listener needs at least one client",
+        )?;
+        let mut names = std::collections::HashSet::new();
+        for client in &radius.clients {
+            check(
+                !client.name.is_empty() && client.name.len() <= 64 && names.insert(&client.name),
+                "radius.clients",
+                "each client needs a name of 1 to 64 bytes, different from the others'",
+            )?;
+            check(
+                !client.addresses.is_empty(),
+                "radius.clients",
+                "each client needs the addresses it sends from",
+            )?;
+            check(
+                !client.secret_file.as_os_str().is_empty(),
+                "radius.clients",
+                "each client needs a secret-file",
+            )?;
+        }
+        check(
+            (Duration::from_secs(1)..=Duration::from_secs(120)).contains(&radius.push_wait),
+            "radius.push-wait",
+            "must be 1s..=2m",
+        )?;
+        check(
+            (Duration::from_secs(10)..=Duration::from_secs(3600)).contains(&radius.state_ttl),
+            "radius.state-ttl",
+            "must be 10s..=1h",
+        )?;
+        check(
+            (1..=1_000_000).contains(&radius.in_flight),
+            "radius.in-flight",
+            "must be 1..=1000000",
+        )?;
+        check(
+            (radius.in_flight..=10_000_000).contains(&radius.duplicate_cache),
+            "radius.duplicate-cache",
+            "must be in-flight..=10000000",
+        )?;
+        check(
+            (Duration::from_secs(1)..=Duration::from_secs(600)).contains(&radius.duplicate_ttl),
+            "radius.duplicate-ttl",
+            "must be 1s..=10m",
+        )?;
+        check(
+            radius.requests_per_client_per_second >= 1,
+            "radius.requests-per-client-per-second",
+            "must be at least 1",
+        )?;
         Ok(())
     }
 }
@@ -872,6 +1034,51 @@ mod tests {
         assert_eq!(
             config.devices.get(crate::profile::DeviceKind::Scc).check,
             crate::profile::Check::CodeCard { positions: 100 }
+        );
+    }
+
+    #[test]
+    fn a_radius_front_end_names_its_clients_and_their_networks() {
+        let config = Config::from_toml(
+            "[radius]\nlisten = \"127.0.0.1:1812\"\npush-wait = \"5s\"\n\
+             clients = [{ name = \"vpn\", addresses = [\"192.0.2.10\", \"198.51.100.0/24\", \"2001:db8::/32\"], secret-file = \"/etc/slsd/vpn.secret\" }]",
+        )
+        .unwrap();
+        assert_eq!(
+            config.radius.listen,
+            Some("127.0.0.1:1812".parse().unwrap())
+        );
+        assert_eq!(config.radius.push_wait, Duration::from_secs(5));
+        let networks = &config.radius.clients[0].addresses;
+        let inside = |ip: &str| networks.iter().any(|n| n.contains(ip.parse().unwrap()));
+        assert!(inside("192.0.2.10"));
+        assert!(!inside("192.0.2.11"));
+        assert!(inside("198.51.100.0") && inside("198.51.100.255"));
+        assert!(!inside("198.51.101.0"));
+        assert!(
+            inside("::ffff:198.51.100.7"),
+            "IPv4 mapped, as a dual-stack socket reports it"
+        );
+        assert!(inside("2001:db8:1::5"));
+        assert!(!inside("2001:db9::5"));
+        assert_eq!(Config::default().radius.listen, None, "off by default");
+        let error = |text: &str| Config::from_toml(text).unwrap_err().to_string();
+        assert_eq!(
+            error("[radius]\nlisten = \"127.0.0.1:1812\""),
+            "radius.clients: a RADIUS listener needs at least one client"
+        );
+        assert!(
+            error("[radius]\nclients = [{ name = \"a\", addresses = [\"10.0.0.0/33\"], secret-file = \"s\" }]")
+                .contains("\"10.0.0.0/33\" is not an IP address or address/prefix")
+        );
+        assert!(error("[radius]\nlisten = \"nowhere\"").contains("not an address:port"));
+        assert_eq!(
+            error("[radius]\nin-flight = 100\nduplicate-cache = 10"),
+            "radius.duplicate-cache: must be in-flight..=10000000"
+        );
+        assert_eq!(
+            error("[radius]\npush-wait = \"0s\""),
+            "radius.push-wait: must be 1s..=2m"
         );
     }
 

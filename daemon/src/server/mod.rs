@@ -8,6 +8,7 @@
 mod admission;
 mod metrics_http;
 pub mod pki;
+mod radius;
 mod stream;
 
 use std::collections::HashSet;
@@ -101,6 +102,8 @@ pub enum ServeError {
     Committer(std::io::Error),
     #[error("the shared store: {0}")]
     Shared(#[from] crate::store::cluster::redis::RedisError),
+    #[error(transparent)]
+    Radius(#[from] radius::RadiusError),
 }
 
 /// Connects to the deployment's Redis Cluster. Device secrets are sealed
@@ -159,6 +162,8 @@ const NO_BRIDGE_REST: Duration = Duration::from_millis(100);
 pub struct Started {
     pub quic: SocketAddr,
     pub metrics: SocketAddr,
+    /// The RADIUS front end's UDP address, when it listens.
+    pub radius: Option<SocketAddr>,
     pub pki: PkiPaths,
 }
 
@@ -193,6 +198,8 @@ pub async fn serve(
     }
     let cipher =
         SecretCipher::load_or_create(&data_dir.join("secrets.key"), &mut UnwrapErr(SysRng))?;
+    // From the deployment's key file: every node signs RADIUS States alike.
+    let radius_state_key = cipher.digest("sls/1 radius state key", &[]);
     let registry = Arc::new(
         Registry::open(
             &data_dir.join("registry.redb"),
@@ -248,6 +255,9 @@ pub async fn serve(
         requests_in_flight: std::sync::atomic::AtomicUsize::new(0),
     });
 
+    let radius = radius::Front::start(&shared, radius_state_key)
+        .await?
+        .map(Arc::new);
     let endpoint = endpoint(&config, &pki)?;
     let quic = endpoint.local_addr().map_err(|source| ServeError::Bind {
         addr: config.server.listen,
@@ -277,6 +287,7 @@ pub async fn serve(
     on_start(&Started {
         quic,
         metrics: metrics_addr,
+        radius: radius.as_ref().and_then(|front| front.local_addr()),
         pki: pki.clone(),
     });
     tracing::info!(%quic, metrics = %metrics_addr, devices = registry.len(), "serving");
@@ -288,6 +299,8 @@ pub async fn serve(
         stopping.clone(),
     ));
     let sweeper = tokio::spawn(sweep(Arc::clone(&shared), stopping.clone()));
+    let radius = radius
+        .map(|front| tokio::spawn(radius::serve(Arc::clone(&shared), front, stopping.clone())));
     let reloader = tokio::spawn(reload_on_hangup(
         Arc::clone(&shared),
         (endpoint.clone(), pki.clone()),
@@ -381,6 +394,9 @@ pub async fn serve(
     }
     let _ = background.await;
     let _ = sweeper.await;
+    if let Some(radius) = radius {
+        let _ = radius.await;
+    }
     let _ = reloader.await;
     for task in relay.into_iter().flatten() {
         let _ = task.await;

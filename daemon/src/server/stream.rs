@@ -480,10 +480,10 @@ fn handle(
 /// A request answered by a task of its own, counted until its reply is
 /// queued (or it waits on the engine for a push): the drain at shutdown
 /// waits for these.
-struct InFlight(Arc<Shared>);
+pub(super) struct InFlight(Arc<Shared>);
 
 impl InFlight {
-    fn start(shared: &Arc<Shared>) -> Self {
+    pub(super) fn start(shared: &Arc<Shared>) -> Self {
         shared
             .requests_in_flight
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -582,7 +582,7 @@ fn refuse(
     encode(out, id, reply);
 }
 
-fn count_outcome(operation: &'static str, reply: &Reply) {
+pub(super) fn count_outcome(operation: &'static str, reply: &Reply) {
     let label = outcome_label(reply);
     metrics::counter!(crate::metrics::REQUESTS, "operation" => operation, "outcome" => label)
         .increment(1);
@@ -597,20 +597,25 @@ async fn send_outcome(
     outcome: crate::engine::Outcome,
 ) {
     count_outcome(operation, &outcome.reply);
-    let reply = match outcome.persist {
-        None => outcome.reply,
-        // The reply depends on this change: send it once it is durable.
-        Some(device) => match shared.committer.submit(device).await {
-            Ok(Ok(())) => outcome.reply,
-            _ => Reply::error(ErrorCode::Internal, "the change could not be stored"),
-        },
-    };
+    let reply = durable(shared, outcome).await;
     let mut out = Vec::new();
     encode(&mut out, id, reply);
     let _ = writer.send(out).await;
     shared
         .metrics
         .latency(operation, started.elapsed().as_secs_f64());
+}
+
+/// An outcome's reply, once the failure state it depends on (if any) is
+/// durable; an `Internal` error if it could not be stored.
+pub(super) async fn durable(shared: &Shared, outcome: crate::engine::Outcome) -> Reply {
+    match outcome.persist {
+        None => outcome.reply,
+        Some(device) => match shared.committer.submit(device).await {
+            Ok(Ok(())) => outcome.reply,
+            _ => Reply::error(ErrorCode::Internal, "the change could not be stored"),
+        },
+    }
 }
 
 fn encode(out: &mut Vec<u8>, id: u64, reply: Reply) {

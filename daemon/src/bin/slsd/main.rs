@@ -280,6 +280,9 @@ fn serve(
             println!("slsd: data directory {}", data_dir.display());
             println!("slsd: listening on {} (QUIC, ALPN sls/1)", started.quic);
             println!("slsd: metrics on http://{}/metrics", started.metrics);
+            if let Some(radius) = started.radius {
+                println!("slsd: RADIUS on {radius} (UDP)");
+            }
             println!("slsd: CA certificate {}", pki.ca_cert().display());
             for role in slsd::engine::Role::ALL {
                 println!(
