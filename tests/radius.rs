@@ -26,30 +26,50 @@ use support::deployment::{answer, enroll_dsc, user, wrong};
 
 const SECRET: &str = "a radius secret of thirty bytes";
 
+/// Where a RADIUS client sends: a node's RADIUS address, and the file
+/// with the shared secret.
+struct Nas {
+    radius: SocketAddr,
+    secret_file: PathBuf,
+}
+
 /// A daemon with a RADIUS listener for one client, 127.0.0.1.
 struct Front {
     daemon: Daemon,
-    radius: SocketAddr,
-    secret_file: PathBuf,
+    nas: Nas,
     _dir: tempfile::TempDir,
+}
+
+/// The `[radius]` table of a node whose one client is this machine.
+fn radius_section(secret_file: &Path) -> String {
+    format!(
+        "[radius]\nlisten = \"127.0.0.1:0\"\npush-wait = \"2s\"\n\
+         clients = [{{ name = \"vpn\", addresses = [\"127.0.0.1\"], secret-file = {secret_file:?} }}]\n"
+    )
+}
+
+fn secret_in(dir: &Path) -> PathBuf {
+    let secret_file = dir.join("vpn.secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    secret_file
 }
 
 fn start(more: &str) -> Front {
     let dir = tempfile::tempdir().unwrap();
-    let secret_file = dir.path().join("vpn.secret");
-    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let secret_file = secret_in(dir.path());
     let sections = format!(
-        "[radius]\nlisten = \"127.0.0.1:0\"\npush-wait = \"2s\"\n\
-         clients = [{{ name = \"vpn\", addresses = [\"127.0.0.1\"], secret-file = {secret_file:?} }}]\n\
-         [lockout]\nfailures = 3\nfirst = \"30s\"\n\
-         [challenges]\nper-user-per-minute = 1000\n{more}"
+        "{}[lockout]\nfailures = 3\nfirst = \"30s\"\n\
+         [challenges]\nper-user-per-minute = 1000\n{more}",
+        radius_section(&secret_file)
     );
     let daemon = Daemon::start(&dir.path().join("data"), "", &sections);
     let radius = daemon.radius.expect("the daemon says where RADIUS listens");
     Front {
         daemon,
-        radius,
-        secret_file,
+        nas: Nas {
+            radius,
+            secret_file,
+        },
         _dir: dir,
     }
 }
@@ -73,12 +93,12 @@ impl Answer {
 
 /// Sends one Access-Request with `radclient`: the attribute lines given,
 /// plus a Message-Authenticator unless `sign` is false; no retransmission.
-async fn radclient(front: &Front, secret_file: &Path, lines: &[String], sign: bool) -> Answer {
+async fn radclient(nas: &Nas, secret_file: &Path, lines: &[String], sign: bool) -> Answer {
     let mut lines = lines.to_vec();
     if sign {
         lines.push("Message-Authenticator = 0x00".into());
     }
-    radclient_at(front.radius, secret_file, &lines, &["-r", "1", "-t", "2"]).await
+    radclient_at(nas.radius, secret_file, &lines, &["-r", "1", "-t", "2"]).await
 }
 
 /// Runs `radclient OPTIONS -S SECRET_FILE ADDR auth` with `lines` on its
@@ -160,21 +180,21 @@ fn run_radclient(addr: SocketAddr, secret_file: &Path, input: &str, options: &[S
     answer
 }
 
-async fn first(front: &Front, name: &str, password: &str) -> Answer {
+async fn first(nas: &Nas, name: &str, password: &str) -> Answer {
     let lines = [
         format!("User-Name = \"{name}\""),
         format!("User-Password = \"{password}\""),
     ];
-    radclient(front, &front.secret_file, &lines, true).await
+    radclient(nas, &nas.secret_file, &lines, true).await
 }
 
-async fn next(front: &Front, name: &str, state: &str, password: &str) -> Answer {
+async fn next(nas: &Nas, name: &str, state: &str, password: &str) -> Answer {
     let lines = [
         format!("User-Name = \"{name}\""),
         format!("User-Password = \"{password}\""),
         format!("State = {state}"),
     ];
-    radclient(front, &front.secret_file, &lines, true).await
+    radclient(nas, &nas.secret_file, &lines, true).await
 }
 
 /// The challenge's digits in a Reply-Message ("Challenge 123456: ...").
@@ -218,7 +238,7 @@ async fn a_dsc_plus_and_a_code_card_log_in_and_wrong_answers_lock_the_card() {
     };
 
     // An empty password: the first device (the DSC+), and the others.
-    let challenged = first(&front, "gina", "").await;
+    let challenged = first(&front.nas, "gina", "").await;
     assert_eq!(challenged.code, "Access-Challenge", "{challenged:?}");
     assert!(
         challenged
@@ -227,15 +247,15 @@ async fn a_dsc_plus_and_a_code_card_log_in_and_wrong_answers_lock_the_card() {
         "{challenged:?}"
     );
     let state = challenged.state.clone().expect("a State");
-    let accepted = next(&front, "gina", &state, &answer(&question(&challenged))).await;
+    let accepted = next(&front.nas, "gina", &state, &answer(&question(&challenged))).await;
     assert_eq!(accepted.code, "Access-Accept", "{accepted:?}");
     // The State is used up with its challenge.
-    let again = next(&front, "gina", &state, &answer(&question(&challenged))).await;
+    let again = next(&front.nas, "gina", &state, &answer(&question(&challenged))).await;
     assert_eq!(again.code, "Access-Reject", "{again:?}");
     assert!(again.message().contains("no longer open"), "{again:?}");
 
     // The code card, chosen by its number.
-    let challenged = first(&front, "gina", "2").await;
+    let challenged = first(&front.nas, "gina", "2").await;
     assert_eq!(challenged.code, "Access-Challenge", "{challenged:?}");
     let (a, b) = positions(&challenged);
     let card = CodeCard::new(&card_key, 224).unwrap();
@@ -243,16 +263,22 @@ async fn a_dsc_plus_and_a_code_card_log_in_and_wrong_answers_lock_the_card() {
         .response(card.challenge(a, b).unwrap())
         .unwrap()
         .to_string();
-    let accepted = next(&front, "gina", challenged.state.as_ref().unwrap(), &code).await;
+    let accepted = next(
+        &front.nas,
+        "gina",
+        challenged.state.as_ref().unwrap(),
+        &code,
+    )
+    .await;
     assert_eq!(accepted.code, "Access-Accept", "{accepted:?}");
 
     // Three wrong answers lock the DSC+ (lockout.failures = 3): the right
     // answer is then refused, with how long, and the card is not offered.
     for _ in 0..3 {
-        let challenged = first(&front, "gina", "1").await;
+        let challenged = first(&front.nas, "gina", "1").await;
         assert_eq!(challenged.code, "Access-Challenge", "{challenged:?}");
         let refused = next(
-            &front,
+            &front.nas,
             "gina",
             challenged.state.as_ref().unwrap(),
             &wrong(&answer(&question(&challenged))),
@@ -260,17 +286,17 @@ async fn a_dsc_plus_and_a_code_card_log_in_and_wrong_answers_lock_the_card() {
         .await;
         assert_eq!(refused.code, "Access-Reject", "{refused:?}");
     }
-    let locked = first(&front, "gina", "1").await;
+    let locked = first(&front.nas, "gina", "1").await;
     assert_eq!(locked.code, "Access-Reject", "{locked:?}");
     assert!(locked.message().contains("locked"), "{locked:?}");
-    let fallback = first(&front, "gina", "").await;
+    let fallback = first(&front.nas, "gina", "").await;
     assert_eq!(fallback.code, "Access-Challenge", "{fallback:?}");
     assert!(
         fallback.message().contains("positions"),
         "the code card now: {fallback:?}"
     );
     // A user nobody enrolled reads what a user without devices reads.
-    let unknown = first(&front, "nobody", "").await;
+    let unknown = first(&front.nas, "nobody", "").await;
     assert_eq!(unknown.code, "Access-Reject");
     assert_eq!(unknown.messages, ["No device can answer for this login."]);
     let lockouts = metric(&front, "sls_lockouts_total").await;
@@ -331,7 +357,7 @@ async fn push_and_sms_logins_retransmissions_answered_once_and_unsigned_requests
     // push: the number to choose, then the wait for the approval. The
     // phone approves after radclient has retransmitted (every 0.5 s):
     // the retransmissions are not answered twice.
-    let pushed = first(&front, "hugo", "push").await;
+    let pushed = first(&front.nas, "hugo", "push").await;
     assert_eq!(pushed.code, "Access-Challenge", "{pushed:?}");
     let number = match_number(&pushed);
     let state = pushed.state.clone().unwrap();
@@ -342,8 +368,8 @@ async fn push_and_sms_logins_retransmissions_answered_once_and_unsigned_requests
         "Message-Authenticator = 0x00".to_owned(),
     ];
     let waiting = {
-        let front_radius = front.radius;
-        let secret_file = front.secret_file.clone();
+        let front_radius = front.nas.radius;
+        let secret_file = front.nas.secret_file.clone();
         tokio::spawn(async move {
             let options = ["-r", "5", "-t", "0.5"];
             radclient_at(front_radius, &secret_file, &lines, &options).await
@@ -384,25 +410,31 @@ async fn push_and_sms_logins_retransmissions_answered_once_and_unsigned_requests
         admin.call(enroll).await.unwrap(),
         Reply::Enrolled { .. }
     ));
-    let sent = first(&front, "hugo", "sms").await;
+    let sent = first(&front.nas, "hugo", "sms").await;
     assert_eq!(sent.code, "Access-Challenge", "{sent:?}");
     let received = inbox
         .next(&number, Duration::from_secs(5))
         .await
         .expect("an SMS");
     let code = received.code().unwrap();
-    let wrong_code = next(&front, "hugo", sent.state.as_ref().unwrap(), &wrong(&code)).await;
+    let wrong_code = next(
+        &front.nas,
+        "hugo",
+        sent.state.as_ref().unwrap(),
+        &wrong(&code),
+    )
+    .await;
     assert_eq!(wrong_code.code, "Access-Reject", "{wrong_code:?}");
     // A new code once sms.resend-interval (1 s here) has passed.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let sent = first(&front, "hugo", "sms").await;
+    let sent = first(&front.nas, "hugo", "sms").await;
     assert_eq!(sent.code, "Access-Challenge", "{sent:?}");
     let received = inbox
         .next(&number, Duration::from_secs(5))
         .await
         .expect("an SMS");
     let accepted = next(
-        &front,
+        &front.nas,
         "hugo",
         sent.state.as_ref().unwrap(),
         &received.code().unwrap(),
@@ -416,12 +448,12 @@ async fn push_and_sms_logins_retransmissions_answered_once_and_unsigned_requests
         "User-Name = \"hugo\"".to_owned(),
         "User-Password = \"\"".to_owned(),
     ];
-    let unsigned = radclient(&front, &front.secret_file, &lines, false).await;
+    let unsigned = radclient(&front.nas, &front.nas.secret_file, &lines, false).await;
     assert_eq!(unsigned.code, "", "{unsigned:?}");
     assert!(unsigned.output.contains("No reply"), "{unsigned:?}");
     let other = front._dir.path().join("other.secret");
     std::fs::write(&other, "another secret of thirty bytes!").unwrap();
-    let forged = radclient(&front, &other, &lines, true).await;
+    let forged = radclient(&front.nas, &other, &lines, true).await;
     assert_eq!(forged.code, "", "{forged:?}");
     assert!(forged.output.contains("No reply"), "{forged:?}");
     assert_eq!(
@@ -448,7 +480,7 @@ async fn push_and_sms_logins_retransmissions_answered_once_and_unsigned_requests
     // radclient stops at the first answer).
     let verifies = || metric_series(&front, "sls_requests_total", "operation=\"verify\"");
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    socket.connect(front.radius).await.unwrap();
+    socket.connect(front.nas.radius).await.unwrap();
     let challenge = access_request(
         (1, [1; 16]),
         SECRET.as_bytes(),
@@ -512,4 +544,47 @@ async fn metric_series(front: &Front, name: &'static str, labels: &'static str) 
     })
     .await
     .unwrap()
+}
+
+/// Two nodes sharing a Redis Cluster, each with a RADIUS listener: a NAS
+/// that fails over between them (as NAS do when one server is slow) gets
+/// its challenge from one node and gives the answer to the other. The
+/// `State` is signed under the deployment's key, not kept by a node.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_cluster_the_answer_may_go_to_another_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = secret_in(dir.path());
+    let deployment = support::deployment::deploy(&radius_section(&secret_file));
+    let nas_of = |daemon: &Daemon| Nas {
+        radius: daemon.radius.expect("RADIUS listens"),
+        secret_file: secret_file.clone(),
+    };
+    let (a, b) = (nas_of(&deployment.a), nas_of(&deployment.b));
+    let admin = deployment.a.client(Role::Admin).await;
+    enroll_dsc(&admin, "gina").await.unwrap();
+
+    let challenged = first(&a, "gina", "").await;
+    assert_eq!(challenged.code, "Access-Challenge", "{challenged:?}");
+    let state = challenged.state.clone().unwrap();
+    let accepted = next(&b, "gina", &state, &answer(&question(&challenged))).await;
+    assert_eq!(accepted.code, "Access-Accept", "{accepted:?}");
+    // Used up on every node.
+    let again = next(&a, "gina", &state, &answer(&question(&challenged))).await;
+    assert_eq!(again.code, "Access-Reject", "{again:?}");
+    // A wrong answer on one node counts on the other: three lock the card
+    // (the deployment's lockout.failures), wherever they were typed.
+    for round in 0..3 {
+        let (asking, answering) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let challenged = first(asking, "gina", "").await;
+        assert_eq!(challenged.code, "Access-Challenge", "{challenged:?}");
+        let state = challenged.state.clone().unwrap();
+        let wrong_answer = wrong(&answer(&question(&challenged)));
+        let refused = next(answering, "gina", &state, &wrong_answer).await;
+        assert_eq!(refused.code, "Access-Reject", "{refused:?}");
+    }
+    for nas in [&a, &b] {
+        let locked = first(nas, "gina", "").await;
+        assert_eq!(locked.code, "Access-Reject", "{locked:?}");
+        assert_eq!(locked.messages, ["No device can answer for this login."]);
+    }
 }

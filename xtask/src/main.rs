@@ -76,9 +76,12 @@ fn test(args: Vec<OsString>) -> Result<ExitCode, String> {
             prepend("PYTHONPATH", std::slice::from_ref(dir))?,
         );
     }
-    for tools in toolsets.iter().flatten() {
-        command.env("PATH", prepend("PATH", std::slice::from_ref(&tools.bin))?);
-        command.env("LD_LIBRARY_PATH", prepend("LD_LIBRARY_PATH", &tools.lib)?);
+    let unpacked: Vec<&Tools> = toolsets.iter().flatten().collect();
+    if !unpacked.is_empty() {
+        let bins: Vec<PathBuf> = unpacked.iter().map(|t| t.bin.clone()).collect();
+        let libs: Vec<PathBuf> = unpacked.iter().flat_map(|t| t.lib.clone()).collect();
+        command.env("PATH", prepend("PATH", &bins)?);
+        command.env("LD_LIBRARY_PATH", prepend("LD_LIBRARY_PATH", &libs)?);
     }
     if let [_, Some(radclient)] = &toolsets {
         // An unpacked radclient reads its dictionaries from there, not
