@@ -266,8 +266,8 @@ pub const STATE_LEN: usize = 1 + 1 + 8 + 1 + 8 + STATE_MAC_LEN;
 const STATE_MAC_LEN: usize = 16;
 const STATE_VERSION: u8 = 1;
 
-/// The key `State`s are signed with.
-pub struct StateKey([u8; 32]);
+/// The key `State`s are signed with (wiped on drop).
+pub struct StateKey(zeroize::Zeroizing<[u8; 32]>);
 
 impl std::fmt::Debug for StateKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -277,12 +277,12 @@ impl std::fmt::Debug for StateKey {
 
 impl StateKey {
     pub fn new(key: [u8; 32]) -> Self {
-        Self(key)
+        Self(zeroize::Zeroizing::new(key))
     }
 
     fn mac(&self, client: &str, user: &Username, body: &[u8]) -> Hmac<Sha256> {
         #[allow(clippy::expect_used)] // HMAC takes keys of any length
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("any key length");
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.0.as_slice()).expect("any key length");
         mac.update(b"sls/1 radius state");
         for part in [client.as_bytes(), user.as_str().as_bytes()] {
             mac.update(&(part.len() as u64).to_be_bytes());

@@ -258,9 +258,36 @@ impl std::fmt::Debug for Request<'_> {
     }
 }
 
+/// The bytes of a request whose Message-Authenticator verified, owned
+/// (for the task that answers it after the datagram buffer is reused).
+/// Only [`Request::to_verified`] makes one.
+#[derive(Clone)]
+pub struct Verified(Vec<u8>);
+
+impl std::fmt::Debug for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Verified({} bytes)", self.0.len())
+    }
+}
+
+impl Verified {
+    /// The request again, with the secret of the client it verified under
+    /// (for its password and its reply); `None` only if the bytes no longer
+    /// parse, which they always do.
+    pub fn request<'s>(&'s self, secret: &'s [u8]) -> Option<Request<'s>> {
+        let packet = Packet::decode(&self.0).ok()?;
+        Some(Request { packet, secret })
+    }
+}
+
 impl<'a> Request<'a> {
     pub fn packet(&self) -> &Packet<'a> {
         &self.packet
+    }
+
+    /// Its bytes, owned, still known to be verified.
+    pub fn to_verified(&self) -> Verified {
+        Verified(self.packet.bytes().to_vec())
     }
 
     /// The User-Password, revealed (RFC 2865 §5.2) with its trailing

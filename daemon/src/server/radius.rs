@@ -84,7 +84,6 @@ pub(super) struct Front {
     duplicates: Mutex<Duplicates>,
     in_flight: Arc<tokio::sync::Semaphore>,
     config: RadiusConfig,
-    state_ttl: Duration,
 }
 
 impl Front {
@@ -129,8 +128,6 @@ impl Front {
         let socket = UdpSocket::bind(addr)
             .await
             .map_err(|source| RadiusError::Bind { addr, source })?;
-        // A login may take a challenge's, a code's or a push's whole life.
-        let state_ttl = config.state_ttl;
         Ok(Some(Self {
             socket,
             clients,
@@ -141,7 +138,6 @@ impl Front {
             )),
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.in_flight as usize)),
             config,
-            state_ttl,
         }))
     }
 
@@ -212,7 +208,7 @@ pub(super) async fn serve(
 struct Admitted {
     client: usize,
     from: SocketAddr,
-    bytes: Vec<u8>,
+    request: packet::Verified,
     key: DuplicateKey,
     arrived: Instant,
     _permit: tokio::sync::OwnedSemaphorePermit,
@@ -245,10 +241,13 @@ fn admit(front: &Front, datagram: &[u8], from: SocketAddr, rate: Rate) -> Option
             return None;
         }
     }
-    if let Err(error) = packet.authenticate(&client.secret) {
-        dropped(error.label());
-        return None;
-    }
+    let request = match packet.authenticate(&client.secret) {
+        Ok(request) => request,
+        Err(error) => {
+            dropped(error.label());
+            return None;
+        }
+    };
     let key = DuplicateKey {
         from,
         identifier: packet.identifier(),
@@ -278,7 +277,7 @@ fn admit(front: &Front, datagram: &[u8], from: SocketAddr, rate: Rate) -> Option
     Some(Admitted {
         client: index,
         from,
-        bytes: packet.bytes().to_vec(),
+        request: request.to_verified(),
         key,
         arrived: Instant::now(),
         _permit: permit,
@@ -291,11 +290,7 @@ async fn answer(shared: Arc<Shared>, front: Arc<Front>, admitted: Admitted) {
     let Some(client) = front.clients.get(admitted.client) else {
         return;
     };
-    // Admitted bytes parsed and verified under this client's secret.
-    let Some(request) = Packet::decode(&admitted.bytes)
-        .ok()
-        .and_then(|p| p.authenticate(&client.secret).ok())
-    else {
+    let Some(request) = admitted.request.request(&client.secret) else {
         lock(&front.duplicates).abandon(&admitted.key);
         return;
     };
@@ -418,10 +413,13 @@ impl Login<'_> {
         let now = clock::now();
         match state {
             Some(state) => {
-                let step =
-                    self.front
-                        .key
-                        .open(&self.client.name, &user, state, now, self.front.state_ttl);
+                let step = self.front.key.open(
+                    &self.client.name,
+                    &user,
+                    state,
+                    now,
+                    self.front.config.state_ttl,
+                );
                 match step {
                     Some(step) => self.next_step(&user, step, &password, state).await,
                     None => Said::reject("This login is no longer open. Start again."),
