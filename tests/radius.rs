@@ -397,6 +397,34 @@ async fn push_and_sms_logins_retransmissions_answered_once_and_unsigned_requests
     let awaited = metric_series(&front, "sls_requests_total", "operation=\"await_push\"").await;
     assert_eq!(awaited, 1, "one wait on the push");
 
+    // A phone slower than radius.push-wait: the same State is asked
+    // again ("not approved yet"), the push stays open, and the next
+    // request's wait takes the first one's place on it.
+    let pushed = first(&front.nas, "hugo", "push").await;
+    assert_eq!(pushed.code, "Access-Challenge", "{pushed:?}");
+    let number = match_number(&pushed);
+    let state = pushed.state.clone().unwrap();
+    let lines = [
+        "User-Name = \"hugo\"".to_owned(),
+        "User-Password = \"\"".to_owned(),
+        format!("State = {state}"),
+        "Message-Authenticator = 0x00".to_owned(),
+    ];
+    // A NAS timeout above push-wait (5 s here), as PROTOCOL.md asks.
+    let patient = ["-r", "1", "-t", "8"];
+    let secret_file = &front.nas.secret_file;
+    let slow = radclient_at(front.nas.radius, secret_file, &lines, &patient).await;
+    assert_eq!(slow.code, "Access-Challenge", "{slow:?}");
+    assert!(slow.message().starts_with("Not approved yet."), "{slow:?}");
+    assert_eq!(slow.state.as_deref(), Some(state.as_str()));
+    assert_eq!(match_number(&slow), number);
+    assert!(
+        matcher.shown_to_waiting(number) >= 1,
+        "the notice is still open"
+    );
+    let approved = next(&front.nas, "hugo", &state, "").await;
+    assert_eq!(approved.code, "Access-Accept", "{approved:?}");
+
     // sms: a code goes through the carrier, then it is typed.
     let inbox = Arc::new(Inbox::default());
     let _bridge = Bridge::start(
