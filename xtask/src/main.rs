@@ -56,7 +56,7 @@ fn workspace() -> PathBuf {
         .map_or(manifest.clone(), Path::to_path_buf)
 }
 
-/// Runs the whole test suite with the Redis server reachable.
+/// Runs the whole test suite with Redis and radclient reachable.
 fn test(args: Vec<OsString>) -> Result<ExitCode, String> {
     let root = workspace();
     let toolsets = [tools(&root, &REDIS)?, tools(&root, &RADCLIENT)?];
