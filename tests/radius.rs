@@ -189,12 +189,23 @@ async fn first(nas: &Nas, name: &str, password: &str) -> Answer {
 }
 
 async fn next(nas: &Nas, name: &str, state: &str, password: &str) -> Answer {
-    let lines = [
+    radclient(
+        nas,
+        &nas.secret_file,
+        &next_lines(name, state, password),
+        false,
+    )
+    .await
+}
+
+/// The attribute lines of a request that goes on with `state`, signed.
+fn next_lines(name: &str, state: &str, password: &str) -> [String; 4] {
+    [
         format!("User-Name = \"{name}\""),
         format!("User-Password = \"{password}\""),
         format!("State = {state}"),
-    ];
-    radclient(nas, &nas.secret_file, &lines, true).await
+        "Message-Authenticator = 0x00".to_owned(),
+    ]
 }
 
 /// The challenge's digits in a Reply-Message ("Challenge 123456: ...").
@@ -361,12 +372,7 @@ async fn push_and_sms_logins_retransmissions_answered_once_and_unsigned_requests
     assert_eq!(pushed.code, "Access-Challenge", "{pushed:?}");
     let number = match_number(&pushed);
     let state = pushed.state.clone().unwrap();
-    let lines = [
-        "User-Name = \"hugo\"".to_owned(),
-        "User-Password = \"\"".to_owned(),
-        format!("State = {state}"),
-        "Message-Authenticator = 0x00".to_owned(),
-    ];
+    let lines = next_lines("hugo", &state, "");
     let waiting = {
         let front_radius = front.nas.radius;
         let secret_file = front.nas.secret_file.clone();
@@ -404,12 +410,7 @@ async fn push_and_sms_logins_retransmissions_answered_once_and_unsigned_requests
     assert_eq!(pushed.code, "Access-Challenge", "{pushed:?}");
     let number = match_number(&pushed);
     let state = pushed.state.clone().unwrap();
-    let lines = [
-        "User-Name = \"hugo\"".to_owned(),
-        "User-Password = \"\"".to_owned(),
-        format!("State = {state}"),
-        "Message-Authenticator = 0x00".to_owned(),
-    ];
+    let lines = next_lines("hugo", &state, "");
     // A NAS timeout above push-wait (5 s here), as PROTOCOL.md asks.
     let patient = ["-r", "1", "-t", "8"];
     let secret_file = &front.nas.secret_file;
