@@ -1,11 +1,12 @@
 //! The daemon over real QUIC on loopback: `slsd serve` in a temporary data
-//! directory, driven by the simulator's client and emulated devices.
+//! directory, driven by the simulator's client and emulated devices. The
+//! core cases run over each transport: QUIC and the TCP/TLS fallback.
 
 mod support;
 
 use std::time::Duration;
 
-use sls_sim::client::{Client, ClientError};
+use sls_sim::client::{Client, ClientError, Transport};
 use sls_sim::token::DscPlus;
 use slsd::engine::Role;
 use slsd::identity::{ChallengeId, DeviceId, Username};
@@ -23,6 +24,27 @@ use support::deployment::verify;
 
 const DSC_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const FAST_LOCKOUT: &str = "[lockout]\nfailures = 3\nfirst = \"1s\"\nmax = \"4s\"\n[challenges]\nper-user-per-minute = 1000\n";
+
+/// A test of the daemon's core, run once over QUIC and once over the
+/// TCP/TLS fallback: `over_both!(name)` makes `name::quic` and `name::tcp`
+/// of `async fn name(transport: Transport)`.
+macro_rules! over_both {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn quic() {
+                super::$name(Transport::Quic).await
+            }
+
+            #[tokio::test]
+            async fn tcp() {
+                super::$name(Transport::Tcp).await
+            }
+        }
+    };
+}
 
 fn user(name: &str) -> Username {
     Username::new(name).unwrap()
@@ -104,10 +126,10 @@ fn wrong(answer: &str) -> String {
         .collect()
 }
 
-#[tokio::test]
-async fn each_device_kind_logs_in_and_wrong_answers_are_rejected() {
+over_both!(each_device_kind_logs_in_and_wrong_answers_are_rejected);
+async fn each_device_kind_logs_in_and_wrong_answers_are_rejected(transport: Transport) {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), "", "");
+    let daemon = Daemon::start(&dir.path().join("data"), "", "").over(transport);
     let admin = daemon.client(Role::Admin).await;
     let gateway = daemon.client(Role::Gateway).await;
 
@@ -197,14 +219,15 @@ async fn each_device_kind_logs_in_and_wrong_answers_are_rejected() {
     assert_eq!(daemon.stop(), Some(0));
 }
 
-#[tokio::test]
-async fn a_challenge_verified_by_16_tasks_at_once_is_accepted_once() {
+over_both!(a_challenge_verified_by_16_tasks_at_once_is_accepted_once);
+async fn a_challenge_verified_by_16_tasks_at_once_is_accepted_once(transport: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(
         &dir.path().join("data"),
         "",
         "[challenges]\nper-user-per-minute = 1000\n",
-    );
+    )
+    .over(transport);
     let admin = daemon.client(Role::Admin).await;
     let gateway = std::sync::Arc::new(daemon.client(Role::Gateway).await);
     let (dsc, _) = enroll_dsc(&admin, "jdoe").await;
@@ -230,10 +253,10 @@ async fn a_challenge_verified_by_16_tasks_at_once_is_accepted_once() {
     }
 }
 
-#[tokio::test]
-async fn lockout_clears_by_itself_and_by_unlock_and_survives_restart() {
+over_both!(lockout_clears_by_itself_and_by_unlock_and_survives_restart);
+async fn lockout_clears_by_itself_and_by_unlock_and_survives_restart(transport: Transport) {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), "", FAST_LOCKOUT);
+    let daemon = Daemon::start(&dir.path().join("data"), "", FAST_LOCKOUT).over(transport);
     let admin = daemon.client(Role::Admin).await;
     let gateway = daemon.client(Role::Gateway).await;
     let (dsc, _) = enroll_dsc(&admin, "jdoe").await;
@@ -313,10 +336,10 @@ async fn lockout_clears_by_itself_and_by_unlock_and_survives_restart() {
     ));
 }
 
-#[tokio::test]
-async fn roles_and_certificates_are_enforced() {
+over_both!(roles_and_certificates_are_enforced);
+async fn roles_and_certificates_are_enforced(transport: Transport) {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), "", "");
+    let daemon = Daemon::start(&dir.path().join("data"), "", "").over(transport);
     let gateway = daemon.client(Role::Gateway).await;
     let enroll = Operation::Enroll(EnrollRequest {
         user: user("mallory"),
@@ -355,7 +378,7 @@ async fn roles_and_certificates_are_enforced() {
     .with_root_certificates(roots)
     .with_no_client_auth();
     anonymous.alpn_protocols = vec![b"sls/1".to_vec()];
-    assert!(refused(Client::connect_with(daemon.quic, anonymous).await).await);
+    assert!(refused(daemon.connect(anonymous).await).await);
 
     // A gateway certificate from another CA: refused too.
     let other = tempfile::tempdir().unwrap();
@@ -367,7 +390,12 @@ async fn roles_and_certificates_are_enforced() {
         &other_pki.client_key(Role::Gateway),
     )
     .unwrap();
-    assert!(refused(Client::connect_with(daemon.quic, foreign).await).await);
+    assert!(refused(daemon.connect(foreign).await).await);
+
+    // A client that offers no ALPN (not the protocol's version): refused.
+    let mut unversioned = daemon.tls(Role::Gateway);
+    unversioned.alpn_protocols.clear();
+    assert!(refused(daemon.connect(unversioned).await).await);
 
     // The legitimate clients still work.
     assert_eq!(
@@ -394,10 +422,10 @@ async fn refused(connected: Result<Client, ClientError>) -> bool {
     }
 }
 
-#[tokio::test]
-async fn malformed_and_oversized_frames_do_not_stop_the_service() {
+over_both!(malformed_and_oversized_frames_do_not_stop_the_service);
+async fn malformed_and_oversized_frames_do_not_stop_the_service(transport: Transport) {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), "max-frame = 256", "");
+    let daemon = Daemon::start(&dir.path().join("data"), "max-frame = 256", "").over(transport);
     let gateway = daemon.client(Role::Gateway).await;
     let mut stream = gateway.stream().await.unwrap();
 
@@ -470,13 +498,16 @@ async fn malformed_and_oversized_frames_do_not_stop_the_service() {
         matches!(broken.receive().await, Err(ClientError::Closed)),
         "then the server finishes the stream"
     );
-    // The client's side was stopped with the framing code.
-    let stopped = broken.send_raw(&[0; 8]).await;
-    match stopped {
-        Err(ClientError::Write(quinn::WriteError::Stopped(code))) => {
-            assert_eq!(code.into_inner(), 1)
-        }
-        other => panic!("writes to a stopped stream fail with code 1, got {other:?}"),
+    // Over QUIC the client's side was stopped with the framing code; over
+    // TCP the connection (the stream's own) has ended, read above.
+    if transport == Transport::Quic {
+        let stopped = broken.send_raw(&[0; 8]).await;
+        let code = stopped.as_ref().err().and_then(ClientError::stopped_code);
+        assert_eq!(
+            code,
+            Some(1),
+            "writes to a stopped stream fail: {stopped:?}"
+        );
     }
     assert_eq!(
         stream
@@ -501,10 +532,10 @@ async fn malformed_and_oversized_frames_do_not_stop_the_service() {
     );
 }
 
-#[tokio::test]
-async fn pipelined_requests_are_all_answered_by_id() {
+over_both!(pipelined_requests_are_all_answered_by_id);
+async fn pipelined_requests_are_all_answered_by_id(transport: Transport) {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&dir.path().join("data"), "", "");
+    let daemon = Daemon::start(&dir.path().join("data"), "", "").over(transport);
     let gateway = daemon.client(Role::Gateway).await;
     let mut stream = gateway.stream().await.unwrap();
     let operations = (0..2000)
@@ -655,7 +686,7 @@ async fn streams_per_connection_are_capped() {
     }
     let third = tokio::time::timeout(Duration::from_millis(500), gateway.stream()).await;
     assert!(third.is_err(), "a third concurrent stream must wait");
-    first.finish();
+    first.finish().await;
     assert!(
         first.receive().await.is_err(),
         "the server finishes the stream after its last reply"

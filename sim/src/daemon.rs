@@ -1,6 +1,6 @@
 //! A local `slsd serve` child process: started, told apart from its
 //! startup lines (`slsd: listening on …`, `slsd: metrics on …`,
-//! `slsd: RADIUS on …`, `slsd: ready`), and stopped with SIGTERM. `sls-sim bench` and the
+//! `slsd: TCP/TLS fallback on …`, `slsd: RADIUS on …`, `slsd: ready`), and stopped with SIGTERM. `sls-sim bench` and the
 //! end-to-end tests both run the daemon this way.
 
 use std::io::{BufRead, BufReader};
@@ -20,6 +20,8 @@ pub struct LocalDaemon {
     pub metrics: SocketAddr,
     /// The RADIUS front end's address, when it listens.
     pub radius: Option<SocketAddr>,
+    /// The TCP/TLS fallback's address, when it listens.
+    pub tcp: Option<SocketAddr>,
 }
 
 impl LocalDaemon {
@@ -41,6 +43,7 @@ impl LocalDaemon {
         let mut quic = None;
         let mut metrics = None;
         let mut radius = None;
+        let mut tcp = None;
         for line in BufReader::new(stdout).lines() {
             let line = line?;
             if let Some(rest) = line.strip_prefix("slsd: listening on ") {
@@ -52,6 +55,9 @@ impl LocalDaemon {
             if let Some(rest) = line.strip_prefix("slsd: RADIUS on ") {
                 radius = rest.split(' ').next().and_then(|a| a.parse().ok());
             }
+            if let Some(rest) = line.strip_prefix("slsd: TCP/TLS fallback on ") {
+                tcp = rest.split(' ').next().and_then(|a| a.parse().ok());
+            }
             if line == "slsd: ready" {
                 break;
             }
@@ -62,6 +68,7 @@ impl LocalDaemon {
                 quic,
                 metrics,
                 radius,
+                tcp,
             }),
             _ => {
                 let _ = child.kill();

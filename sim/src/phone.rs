@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::oneshot;
 
 use slsd::identity::{DeviceId, PushId};
-use slsd::otp::push::{self, BINDING_LABEL, PushSigner};
+use slsd::otp::push::{self, PushSigner};
 use slsd::wire::{Operation, Reply, Verdict};
 
 use crate::client::{Client, ClientError, Pipeline};
@@ -177,8 +177,8 @@ impl PhoneApp {
         &self,
         devices: &[(DeviceId, &PushSigner, Arc<PushSigner>)],
     ) -> Result<Vec<Reply>, ClientError> {
-        let binding = self.client.binding(BINDING_LABEL)?;
         let mut stream = self.client.stream().await?;
+        let binding = stream.binding()?;
         let operations = devices
             .iter()
             .map(|(device, prover, _)| Operation::PhoneSubscribe {

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use sls_sim::client::Client;
+use sls_sim::client::{Client, ClientError, Transport};
 use sls_sim::daemon::LocalDaemon;
 use slsd::engine::Role;
 use slsd::server::pki;
@@ -17,8 +17,12 @@ pub struct Daemon {
     pub metrics: SocketAddr,
     /// The RADIUS front end's address, when its configuration has one.
     pub radius: Option<SocketAddr>,
+    /// The TCP/TLS fallback's address (every test daemon has one).
+    pub tcp: SocketAddr,
     pub data_dir: PathBuf,
     config: PathBuf,
+    /// What `client` and `connect` connect over.
+    transport: Transport,
 }
 
 impl Daemon {
@@ -30,7 +34,7 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n{server_keys}\n{sections}"
+                "[server]\nlisten = \"127.0.0.1:0\"\ntcp-listen = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n{server_keys}\n{sections}"
             ),
         )
         .unwrap();
@@ -43,17 +47,25 @@ impl Daemon {
             quic: process.quic,
             metrics: process.metrics,
             radius: process.radius,
+            tcp: process.tcp.expect("the test daemon listens on TCP"),
             process,
             data_dir: data_dir.to_path_buf(),
             config: config.to_path_buf(),
+            transport: Transport::Quic,
         }
+    }
+
+    /// The same daemon, whose `client` and `connect` use `transport`.
+    pub fn over(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
     }
 
     /// Kills the daemon with SIGKILL and starts it again on the same data
     /// directory and configuration.
     pub fn crash_and_restart(mut self) -> Self {
         self.process.crash();
-        Self::start_with(&self.data_dir, &self.config)
+        Self::start_with(&self.data_dir, &self.config).over(self.transport)
     }
 
     /// The daemon's process id.
@@ -69,7 +81,7 @@ impl Daemon {
     /// Stops and starts again on the same data directory and configuration.
     pub fn restart(mut self) -> Self {
         assert_eq!(self.process.stop(), Some(0), "clean shutdown");
-        Self::start_with(&self.data_dir, &self.config)
+        Self::start_with(&self.data_dir, &self.config).over(self.transport)
     }
 
     pub fn cert(&self, role: Role) -> (PathBuf, PathBuf) {
@@ -101,11 +113,18 @@ impl Daemon {
         pki::client_tls(&self.ca(), &cert, &key).expect("client TLS")
     }
 
-    /// A client with `role`'s certificate.
+    /// A client with `role`'s certificate, over the daemon's transport.
     pub async fn client(&self, role: Role) -> Client {
-        Client::connect_with(self.quic, self.tls(role))
-            .await
-            .expect("connect")
+        self.connect(self.tls(role)).await.expect("connect")
+    }
+
+    /// A client with a TLS configuration of the test's, over the daemon's
+    /// transport (checking the server certificate against `localhost`).
+    pub async fn connect(&self, tls: rustls::ClientConfig) -> Result<Client, ClientError> {
+        match self.transport {
+            Transport::Quic => Client::connect_with(self.quic, tls).await,
+            Transport::Tcp => Client::connect_tcp(self.tcp, "localhost", tls).await,
+        }
     }
 }
 

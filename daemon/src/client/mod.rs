@@ -7,17 +7,25 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 pub mod tokens;
 
+use crate::otp::push::{BINDING_LABEL, BINDING_LEN};
 use crate::server::pki;
 use crate::wire::{self, DecodeError, FrameError, Operation, Reply, Request, Response};
 
 /// The largest reply frame the client accepts.
 const MAX_REPLY: u32 = wire::MAX_FRAME_LIMIT;
+
+/// TCP keep-alive on the client's fallback connections: a daemon that
+/// vanished is noticed within about four times this.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// What went wrong talking to the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -28,10 +36,16 @@ pub enum ClientError {
     Connect(#[from] quinn::ConnectError),
     #[error("connection: {0}")]
     Connection(#[from] quinn::ConnectionError),
+    #[error("TCP/TLS: {0}")]
+    Tcp(std::io::Error),
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
+    #[error("unreachable over QUIC ({quic}) and over TCP/TLS ({tcp})")]
+    Unreachable { quic: String, tcp: String },
     #[error("writing: {0}")]
-    Write(#[from] quinn::WriteError),
+    Write(std::io::Error),
     #[error("reading: {0}")]
-    Read(#[from] quinn::ReadError),
+    Read(std::io::Error),
     #[error("the stream ended")]
     Closed,
     #[error("reply framing: {0}")]
@@ -48,12 +62,54 @@ pub enum ClientError {
     NoAddress,
 }
 
-/// A connection to one daemon.
+impl ClientError {
+    /// The QUIC application error code the server stopped a stream with
+    /// (`1`: its framing broke), when that is why a write failed.
+    pub fn stopped_code(&self) -> Option<u64> {
+        let Self::Write(error) = self else {
+            return None;
+        };
+        match error.get_ref()?.downcast_ref::<quinn::WriteError>()? {
+            quinn::WriteError::Stopped(code) => Some(code.into_inner()),
+            _ => None,
+        }
+    }
+}
+
+/// Where a daemon listens, and how long QUIC is given before the client
+/// falls back to TCP/TLS (PROTOCOL.md, "TCP/TLS fallback").
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub quic: SocketAddr,
+    /// The daemon's `server.tcp-listen`; `None`: QUIC only.
+    pub tcp: Option<SocketAddr>,
+    /// How long each transport is given to connect.
+    pub wait: Duration,
+}
+
+/// Which transport a client ended up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Quic,
+    Tcp,
+}
+
+/// A connection to one daemon: a QUIC connection whose streams are
+/// opened on it, or the TCP/TLS fallback, where each stream is a TLS
+/// connection of its own.
 #[derive(Debug)]
 pub struct Client {
-    connection: quinn::Connection,
-    // Kept so that the endpoint lives as long as the connection.
-    _endpoint: quinn::Endpoint,
+    link: Link,
+}
+
+#[derive(Debug)]
+enum Link {
+    Quic {
+        connection: quinn::Connection,
+        // Kept so that the endpoint lives as long as the connection.
+        _endpoint: quinn::Endpoint,
+    },
+    Tcp(TcpLink),
 }
 
 impl Client {
@@ -77,8 +133,8 @@ impl Client {
         Self::connect_named(addr, "localhost", tls).await
     }
 
-    /// Connects to the server named `server_name` (its certificate must
-    /// name it: `server.name`).
+    /// Connects over QUIC to the server named `server_name` (its
+    /// certificate must name it: `server.name`).
     pub async fn connect_named(
         addr: SocketAddr,
         server_name: &str,
@@ -97,25 +153,124 @@ impl Client {
         endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
         let connection = endpoint.connect(addr, server_name)?.await?;
         Ok(Self {
-            connection,
-            _endpoint: endpoint,
+            link: Link::Quic {
+                connection,
+                _endpoint: endpoint,
+            },
         })
     }
 
-    /// Opens a new bidirectional stream.
+    /// Connects over the TCP/TLS fallback only. The first TLS connection
+    /// is made now (and serves the first stream), so an unreachable
+    /// daemon or a refused certificate shows here, as with QUIC.
+    pub async fn connect_tcp(
+        addr: SocketAddr,
+        server_name: &str,
+        tls: rustls::ClientConfig,
+    ) -> Result<Self, ClientError> {
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+            .map_err(|e| pki::PkiError::Tls(e.to_string()))?;
+        let link = TcpLink {
+            addr,
+            name,
+            connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            first: Mutex::new(None),
+            open: Arc::default(),
+        };
+        let first = link.open().await?;
+        *lock(&link.first) = Some(Box::new(first));
+        Ok(Self {
+            link: Link::Tcp(link),
+        })
+    }
+
+    /// Connects over QUIC, and over TCP/TLS when QUIC cannot reach the
+    /// daemon: no answer within `endpoints.wait` (UDP blocked on the way)
+    /// or a network error. A daemon that answered and refused (a
+    /// certificate, a close) is not tried again over TCP.
+    pub async fn connect_to(
+        endpoints: &Endpoints,
+        server_name: &str,
+        tls: rustls::ClientConfig,
+    ) -> Result<Self, ClientError> {
+        let quic = Self::connect_named(endpoints.quic, server_name, tls.clone());
+        let Some(tcp) = endpoints.tcp else {
+            return quic.await;
+        };
+        let failure = match tokio::time::timeout(endpoints.wait, quic).await {
+            Ok(Ok(client)) => return Ok(client),
+            Ok(Err(error)) if !unreachable(&error) => return Err(error),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => ClientError::TimedOut(endpoints.wait).to_string(),
+        };
+        tracing::warn!(quic = %endpoints.quic, %tcp, %failure, "QUIC did not connect: falling back to TCP/TLS");
+        match tokio::time::timeout(endpoints.wait, Self::connect_tcp(tcp, server_name, tls)).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(error)) => Err(ClientError::Unreachable {
+                quic: failure,
+                tcp: error.to_string(),
+            }),
+            Err(_) => Err(ClientError::Unreachable {
+                quic: failure,
+                tcp: ClientError::TimedOut(endpoints.wait).to_string(),
+            }),
+        }
+    }
+
+    /// The transport this client is on.
+    pub fn transport(&self) -> Transport {
+        match self.link {
+            Link::Quic { .. } => Transport::Quic,
+            Link::Tcp(_) => Transport::Tcp,
+        }
+    }
+
+    /// Opens a new bidirectional stream (on TCP: a new TLS connection,
+    /// except for the first, made by `connect_tcp`).
     pub async fn stream(&self) -> Result<Stream, ClientError> {
-        let (send, recv) = self.connection.open_bi().await?;
+        let (send, replies, binding) = self.open().await?;
         Ok(Stream {
             send,
-            replies: ReplyReader::new(recv),
+            replies,
+            binding,
             next_id: 1,
         })
     }
 
     /// Opens a stream shared by many concurrent callers (see [`Pipeline`]).
     pub async fn pipeline(&self, queue: usize) -> Result<Pipeline, ClientError> {
-        let (send, recv) = self.connection.open_bi().await?;
-        Ok(Pipeline::start(send, ReplyReader::new(recv), queue))
+        let (send, replies, _) = self.open().await?;
+        Ok(Pipeline::start(send, replies, queue))
+    }
+
+    async fn open(&self) -> Result<(Writer, ReplyReader, Binding), ClientError> {
+        match &self.link {
+            Link::Quic { connection, .. } => {
+                let (send, recv) = connection.open_bi().await?;
+                let binding = Binding::Quic(connection.clone());
+                Ok((
+                    Box::new(send),
+                    ReplyReader::new(Box::new(recv), None),
+                    binding,
+                ))
+            }
+            Link::Tcp(link) => {
+                let first = lock(&link.first).take();
+                let tls = match first {
+                    Some(tls) => *tls,
+                    None => link.open().await?,
+                };
+                let mut binding = [0u8; BINDING_LEN];
+                tls.get_ref()
+                    .1
+                    .export_keying_material(&mut binding, BINDING_LABEL, Some(b""))
+                    .map_err(|_| ClientError::Broken("no TLS exporter".into()))?;
+                let registered = link.register(tls.get_ref().0);
+                let (recv, send) = tokio::io::split(tls);
+                let replies = ReplyReader::new(Box::new(recv), registered);
+                Ok((Box::new(send), replies, Binding::Tcp(binding)))
+            }
+        }
     }
 
     /// One request on a fresh stream, and its reply.
@@ -124,25 +279,21 @@ impl Client {
         stream.call(operation).await
     }
 
-    /// The connection's TLS exporter value under `label` (RFC 8446 §7.5):
-    /// the same on both ends, different on every connection. Phones sign it
-    /// to subscribe.
-    pub fn binding(&self, label: &[u8]) -> Result<[u8; 32], ClientError> {
-        let mut out = [0u8; 32];
-        self.connection
-            .export_keying_material(&mut out, label, b"")
-            .map_err(|_| ClientError::Broken("no TLS exporter".into()))?;
-        Ok(out)
-    }
-
+    /// Closes the connection (on TCP: every connection its streams made).
     pub fn close(&self) {
-        self.connection.close(0u32.into(), b"done");
+        match &self.link {
+            Link::Quic { connection, .. } => connection.close(0u32.into(), b"done"),
+            Link::Tcp(link) => link.close(),
+        }
     }
 
     /// The QUIC application error code the peer closed the connection
-    /// with, once it has (PROTOCOL.md lists the server's).
+    /// with, once it has (PROTOCOL.md lists the server's); TCP carries none.
     pub fn close_code(&self) -> Option<u64> {
-        match self.connection.close_reason()? {
+        let Link::Quic { connection, .. } = &self.link else {
+            return None;
+        };
+        match connection.close_reason()? {
             quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
             _ => None,
         }
@@ -150,9 +301,12 @@ impl Client {
 
     /// Why the connection ended, once it has: the server's reason text for
     /// an application close (`"too many malformed frames"`), else how it
-    /// ended.
+    /// ended (QUIC only: a TCP connection ends without a reason).
     pub fn close_reason(&self) -> Option<String> {
-        self.connection.close_reason().map(|error| match error {
+        let Link::Quic { connection, .. } = &self.link else {
+            return None;
+        };
+        connection.close_reason().map(|error| match error {
             quinn::ConnectionError::ApplicationClosed(close) => {
                 String::from_utf8_lossy(&close.reason).into_owned()
             }
@@ -161,15 +315,136 @@ impl Client {
     }
 }
 
-/// One stream: write requests (pipelined or not) and read replies.
+/// Whether a QUIC connect failed for want of reaching the daemon (so
+/// TCP/TLS is worth a try), not because the daemon refused.
+fn unreachable(error: &ClientError) -> bool {
+    match error {
+        ClientError::Connection(error) => matches!(
+            error,
+            quinn::ConnectionError::TimedOut | quinn::ConnectionError::Reset
+        ),
+        ClientError::Bind(_) | ClientError::Connect(_) => true,
+        _ => false,
+    }
+}
+
+type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+type ReaderHalf = Box<dyn AsyncRead + Send + Unpin>;
+
+/// The TCP/TLS fallback: one TLS connection per stream.
+struct TcpLink {
+    addr: SocketAddr,
+    name: rustls::pki_types::ServerName<'static>,
+    connector: tokio_rustls::TlsConnector,
+    /// The connection `connect_tcp` made, for the first stream.
+    first: Mutex<Option<Box<TlsStream>>>,
+    /// The sockets of the streams still open, to end them on `close`.
+    open: Arc<OpenSockets>,
+}
+
+impl std::fmt::Debug for TcpLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpLink").field("addr", &self.addr).finish()
+    }
+}
+
+#[derive(Default)]
+struct OpenSockets {
+    next: AtomicU64,
+    sockets: Mutex<HashMap<u64, socket2::Socket>>,
+}
+
+/// A stream's socket among the open ones, until the stream is dropped.
+struct Registered {
+    id: u64,
+    open: Arc<OpenSockets>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock(&self.open.sockets).remove(&self.id);
+    }
+}
+
+impl TcpLink {
+    async fn open(&self) -> Result<TlsStream, ClientError> {
+        let socket = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(ClientError::Tcp)?;
+        crate::server::tune_tcp(&socket, TCP_KEEPALIVE);
+        let tls = self
+            .connector
+            .connect(self.name.clone(), socket)
+            .await
+            .map_err(ClientError::Tcp)?;
+        Ok(tls)
+    }
+
+    /// Keeps a handle on `socket` (a duplicate descriptor) for `close`.
+    fn register(&self, socket: &tokio::net::TcpStream) -> Option<Registered> {
+        let handle = socket2::SockRef::from(socket).try_clone().ok()?;
+        let id = self.open.next.fetch_add(1, Ordering::Relaxed);
+        lock(&self.open.sockets).insert(id, handle);
+        Some(Registered {
+            id,
+            open: Arc::clone(&self.open),
+        })
+    }
+
+    fn close(&self) {
+        lock(&self.first).take();
+        for (_, socket) in lock(&self.open.sockets).drain() {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Where a stream's TLS exporter value comes from.
 #[derive(Debug)]
+enum Binding {
+    Quic(quinn::Connection),
+    Tcp([u8; BINDING_LEN]),
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One stream: write requests (pipelined or not) and read replies.
 pub struct Stream {
-    send: quinn::SendStream,
+    send: Writer,
     replies: ReplyReader,
+    binding: Binding,
     next_id: u64,
 }
 
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("next_id", &self.next_id)
+            .finish()
+    }
+}
+
 impl Stream {
+    /// The TLS exporter value (RFC 8446 §7.5) of the connection this
+    /// stream is on, under the push binding label: the same on both ends,
+    /// different on every connection. Phones sign it to subscribe on
+    /// this stream.
+    pub fn binding(&self) -> Result<[u8; BINDING_LEN], ClientError> {
+        match &self.binding {
+            Binding::Tcp(binding) => Ok(*binding),
+            Binding::Quic(connection) => {
+                let mut out = [0u8; BINDING_LEN];
+                connection
+                    .export_keying_material(&mut out, BINDING_LABEL, b"")
+                    .map_err(|_| ClientError::Broken("no TLS exporter".into()))?;
+                Ok(out)
+            }
+        }
+    }
+
     /// Writes a request with the next id; returns the id.
     pub async fn send(&mut self, operation: Operation) -> Result<u64, ClientError> {
         let id = self.next_id;
@@ -198,8 +473,9 @@ impl Stream {
 
     /// Writes bytes as they are (for tests of malformed input).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.send.write_all(bytes).await?;
-        Ok(())
+        write_flushed(&mut self.send, bytes)
+            .await
+            .map_err(ClientError::Write)
     }
 
     /// Reads the next reply, whichever request it answers.
@@ -227,23 +503,32 @@ impl Stream {
     }
 
     /// Says no more requests will come on this stream.
-    pub fn finish(&mut self) {
-        let _ = self.send.finish();
+    pub async fn finish(&mut self) {
+        let _ = self.send.shutdown().await;
     }
 }
 
+/// Writes `bytes` and flushes them: TLS over TCP may otherwise hold the
+/// last record back (QUIC sends on its own).
+async fn write_flushed(send: &mut Writer, bytes: &[u8]) -> std::io::Result<()> {
+    send.write_all(bytes).await?;
+    send.flush().await
+}
+
 /// The reading half of a stream: reply frames out of a byte buffer.
-#[derive(Debug)]
 struct ReplyReader {
-    recv: quinn::RecvStream,
+    recv: ReaderHalf,
     buffer: Vec<u8>,
+    /// On TCP: the stream's socket, among those `close` ends.
+    _registered: Option<Registered>,
 }
 
 impl ReplyReader {
-    fn new(recv: quinn::RecvStream) -> Self {
+    fn new(recv: ReaderHalf, registered: Option<Registered>) -> Self {
         Self {
             recv,
             buffer: Vec::new(),
+            _registered: registered,
         }
     }
 
@@ -256,9 +541,14 @@ impl ReplyReader {
                 return Ok(response);
             }
             let mut chunk = [0u8; 16 * 1024];
-            match self.recv.read(&mut chunk).await? {
-                Some(n) => self.buffer.extend_from_slice(chunk.get(..n).unwrap_or(&[])),
-                None => return Err(ClientError::Closed),
+            match self
+                .recv
+                .read(&mut chunk)
+                .await
+                .map_err(ClientError::Read)?
+            {
+                0 => return Err(ClientError::Closed),
+                n => self.buffer.extend_from_slice(chunk.get(..n).unwrap_or(&[])),
             }
         }
     }
@@ -294,7 +584,7 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    fn start(send: quinn::SendStream, replies: ReplyReader, queue: usize) -> Self {
+    fn start(send: Writer, replies: ReplyReader, queue: usize) -> Self {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let waiting: Waiting = Arc::default();
         tokio::spawn(write_requests(send, rx, Arc::clone(&waiting)));
@@ -316,7 +606,7 @@ impl Pipeline {
 /// Takes whatever requests are queued, registers their reply slots, and
 /// writes them in one write.
 async fn write_requests(
-    mut send: quinn::SendStream,
+    mut send: Writer,
     mut queue: mpsc::Receiver<(Operation, ReplySender)>,
     waiting: Waiting,
 ) {
@@ -347,12 +637,12 @@ async fn write_requests(
                 next_id += 1;
             }
         }
-        if let Err(error) = send.write_all(&bytes).await {
+        if let Err(error) = write_flushed(&mut send, &bytes).await {
             fail_all(&waiting, &ClientError::Write(error));
             return;
         }
     }
-    let _ = send.finish();
+    let _ = send.shutdown().await;
 }
 
 /// Hands each reply to the caller waiting for it.

@@ -80,7 +80,7 @@ pub async fn import_tokens(
             other => return Err(ImportError::Unexpected(format!("{other:?}"))),
         }
     }
-    stream.finish();
+    stream.finish().await;
     Ok(imported)
 }
 

@@ -49,6 +49,14 @@ pub struct Config {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// The TCP/TLS fallback: the same protocol over TLS 1.3 on TCP, for
+    /// networks that block UDP; empty: off.
+    #[serde(deserialize_with = "optional_address")]
+    pub tcp_listen: Option<SocketAddr>,
+    /// A TCP connection silent this long is probed (TCP keep-alive, every
+    /// this long, three times): a vanished client gives its slot back.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
     /// The name clients check the server certificate against (`slsd admin`
     /// connects with it; the certificate made on first start carries it).
     pub name: String,
@@ -549,6 +557,11 @@ impl Config {
             (Duration::from_millis(100)..=Duration::from_secs(60)).contains(&s.handshake_timeout),
             "server.handshake-timeout",
             "must be 100ms..=60s",
+        )?;
+        check(
+            (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&s.tcp_keepalive),
+            "server.tcp-keepalive",
+            "must be 1s..=1h",
         )?;
         check(
             s.shutdown_grace <= Duration::from_secs(600),

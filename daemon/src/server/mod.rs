@@ -10,6 +10,7 @@ mod metrics_http;
 pub mod pki;
 mod radius;
 mod stream;
+mod tcp;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -34,9 +35,10 @@ use crate::store::embedded::registry::Registry;
 use crate::store::records::DeviceCodec;
 use crate::store::sealed::SecretCipher;
 use pki::PkiPaths;
-use stream::{ConnectionState, NO_ROLE, REVOKED, SHUTTING_DOWN, TOO_MANY_CONNECTIONS};
+use stream::{ConnectionState, Link, NO_ROLE, REVOKED, SHUTTING_DOWN, TOO_MANY_CONNECTIONS};
 
 pub use pki::role_name;
+pub(crate) use tcp::tune as tune_tcp;
 
 /// What every connection task shares.
 struct Shared {
@@ -164,6 +166,8 @@ pub struct Started {
     pub metrics: SocketAddr,
     /// The RADIUS front end's UDP address, when it listens.
     pub radius: Option<SocketAddr>,
+    /// The TCP/TLS fallback's address, when it listens.
+    pub tcp: Option<SocketAddr>,
     pub pki: PkiPaths,
 }
 
@@ -259,6 +263,9 @@ pub async fn serve(
         .await?
         .map(Arc::new);
     let endpoint = endpoint(&config, &pki)?;
+    let tcp = tcp::Front::bind(&shared, pki::server_tls(&pki)?)
+        .await?
+        .map(Arc::new);
     let quic = endpoint.local_addr().map_err(|source| ServeError::Bind {
         addr: config.server.listen,
         source,
@@ -288,6 +295,7 @@ pub async fn serve(
         quic,
         metrics: metrics_addr,
         radius: radius.as_ref().and_then(|front| front.local_addr()),
+        tcp: tcp.as_ref().and_then(|front| front.local_addr()),
         pki: pki.clone(),
     });
     tracing::info!(%quic, metrics = %metrics_addr, devices = registry.len(), "serving");
@@ -303,7 +311,7 @@ pub async fn serve(
         .map(|front| tokio::spawn(radius::serve(Arc::clone(&shared), front, stopping.clone())));
     let reloader = tokio::spawn(reload_on_hangup(
         Arc::clone(&shared),
-        (endpoint.clone(), pki.clone()),
+        (endpoint.clone(), tcp.clone(), pki.clone()),
         hangups.ok(),
         stopping.clone(),
     ));
@@ -326,6 +334,18 @@ pub async fn serve(
     // the in-flight work is done.
     let in_flight = Arc::new(());
     let handshakes = admission::Handshakes::new(&config.server);
+    // Turned true at the end of the drain: TCP connections close then, as
+    // the QUIC endpoint closes its own.
+    let (close_tcp, tcp_closing) = watch::channel(false);
+    let tcp = tcp.map(|front| {
+        tokio::spawn(tcp::serve(
+            Arc::clone(&shared),
+            front,
+            Arc::clone(&handshakes),
+            (Arc::clone(&in_flight), tcp_closing),
+            stopping.clone(),
+        ))
+    });
 
     tokio::pin!(shutdown);
     loop {
@@ -386,6 +406,7 @@ pub async fn serve(
         .min(Duration::from_millis(100));
     tokio::time::sleep(linger).await;
     endpoint.close(SHUTTING_DOWN, b"shutting down");
+    let _ = close_tcp.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     // Streams end with their connections.
     let streams_end = tokio::time::Instant::now() + Duration::from_secs(1);
@@ -394,6 +415,9 @@ pub async fn serve(
     }
     let _ = background.await;
     let _ = sweeper.await;
+    if let Some(tcp) = tcp {
+        let _ = tcp.await;
+    }
     if let Some(radius) = radius {
         let _ = radius.await;
     }
@@ -419,8 +443,10 @@ fn revoked_serials(config: &Config) -> Result<HashSet<Vec<u8>>, pki::PkiError> {
 
 /// The QUIC server configuration: TLS from the data directory's
 /// certificates, transport limits from the configuration.
-fn server_config(config: &Config, pki: &PkiPaths) -> Result<quinn::ServerConfig, pki::PkiError> {
-    let tls = pki::server_tls(pki)?;
+fn server_config(
+    config: &Config,
+    tls: rustls::ServerConfig,
+) -> Result<quinn::ServerConfig, pki::PkiError> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| pki::PkiError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -441,7 +467,7 @@ fn server_config(config: &Config, pki: &PkiPaths) -> Result<quinn::ServerConfig,
 }
 
 fn endpoint(config: &Config, pki: &PkiPaths) -> Result<quinn::Endpoint, ServeError> {
-    let server = server_config(config, pki)?;
+    let server = server_config(config, pki::server_tls(pki)?)?;
     quinn::Endpoint::server(server, config.server.listen).map_err(|source| ServeError::Bind {
         addr: config.server.listen,
         source,
@@ -449,8 +475,9 @@ fn endpoint(config: &Config, pki: &PkiPaths) -> Result<quinn::Endpoint, ServeErr
 }
 
 /// On SIGHUP: the server certificate and key, the CA and the revocation
-/// list are read again. New connections get the new certificate; open
-/// ones go on, except those whose certificate is now revoked. A file that
+/// list are read again. New connections (QUIC and TCP) get the new
+/// certificate; open ones go on, except those whose certificate is now
+/// revoked. A file that
 /// does not load leaves everything as it was, with an error in the log.
 #[cfg(unix)]
 type Hangups = tokio::signal::unix::Signal;
@@ -459,7 +486,7 @@ type Hangups = ();
 
 async fn reload_on_hangup(
     shared: Arc<Shared>,
-    (endpoint, pki): (quinn::Endpoint, PkiPaths),
+    (endpoint, tcp, pki): (quinn::Endpoint, Option<Arc<tcp::Front>>, PkiPaths),
     hangups: Option<Hangups>,
     mut stopping: watch::Receiver<bool>,
 ) {
@@ -470,11 +497,16 @@ async fn reload_on_hangup(
                 _ = hangups.recv() => {}
                 _ = stopping.changed() => return,
             }
-            let loaded = server_config(&shared.config, &pki)
-                .and_then(|server| Ok((server, revoked_serials(&shared.config)?)));
+            let loaded = pki::server_tls(&pki).and_then(|tls| {
+                let quic = server_config(&shared.config, tls.clone())?;
+                Ok((quic, tls, revoked_serials(&shared.config)?))
+            });
             match loaded {
-                Ok((server, revoked)) => {
+                Ok((server, tls, revoked)) => {
                     endpoint.set_server_config(Some(server));
+                    if let Some(tcp) = &tcp {
+                        tcp.tls.send_replace(Arc::new(tls));
+                    }
                     let count = revoked.len();
                     shared.revoked.send_replace(Arc::new(revoked));
                     tracing::info!(revoked = count, "certificates and revocation list reloaded");
@@ -486,7 +518,7 @@ async fn reload_on_hangup(
         }
     }
     #[cfg(not(unix))]
-    let _ = (shared, endpoint, pki, hangups);
+    let _ = (shared, endpoint, tcp, pki, hangups);
     let _ = stopping.changed().await;
 }
 
@@ -529,50 +561,15 @@ async fn serve_connection(
         .and_then(|chain| chain.first().and_then(pki::peer_of));
     // The handshake is done: its place goes back to the next one.
     drop(ticket);
-    let Some(peer) = peer else {
-        metrics::counter!(crate::metrics::REJECTED_HANDSHAKES, "reason" => "no_role").increment(1);
-        connection.close(NO_ROLE, b"client certificate names no role");
-        return;
-    };
-    let mut revoked = shared.revoked.subscribe();
-    if revoked.borrow_and_update().contains(&peer.serial) {
-        tracing::info!(%remote, client = %peer.name, "revoked certificate refused");
-        metrics::counter!(crate::metrics::REJECTED_HANDSHAKES, "reason" => "revoked").increment(1);
-        connection.close(REVOKED, b"client certificate revoked");
-        return;
-    }
-    let role = peer.role;
-    let Some(_slot) = shared.connections.admit(role) else {
-        metrics::counter!(crate::metrics::REJECTED_HANDSHAKES, "reason" => "connection_limit")
-            .increment(1);
-        connection.close(TOO_MANY_CONNECTIONS, b"too many connections");
-        return;
-    };
-    tracing::info!(%remote, role = role.as_str(), client = %peer.name, "connected");
-    metrics::counter!(
-        crate::metrics::CLIENT_CONNECTIONS,
-        "role" => role.as_str(),
-        "client" => peer.name.clone()
-    )
-    .increment(1);
     let mut binding = [0u8; crate::otp::push::BINDING_LEN];
-    if connection
+    let binding = connection
         .export_keying_material(&mut binding, crate::otp::push::BINDING_LABEL, b"")
-        .is_err()
-    {
-        connection.close(NO_ROLE, b"no TLS exporter");
+        .ok()
+        .map(|()| binding);
+    let link = Link::Quic(connection.clone());
+    let Some(mut admitted) = admit_client(&shared, (remote, "quic"), peer, binding, link) else {
         return;
-    }
-    let state = Arc::new(ConnectionState {
-        role,
-        limiter: Mutex::new(Gcra::default()),
-        proof_failures: Mutex::new(Gcra::default()),
-        issuance: Mutex::new(Gcra::default()),
-        id: shared.next_connection.fetch_add(1, Ordering::Relaxed),
-        binding,
-        quic: connection.clone(),
-        malformed: std::sync::atomic::AtomicU32::new(0),
-    });
+    };
     // Until the connection closes (or its certificate is revoked): while
     // the server drains, streams are still accepted, and their requests
     // answered ShuttingDown.
@@ -582,25 +579,117 @@ async fn serve_connection(
                 Ok(stream) => stream,
                 Err(_) => break,
             },
-            // The list's sender lives in `shared`, which this task holds:
-            // `changed` fails only after the server is gone.
-            changed = revoked.changed() => {
-                if changed.is_ok() && revoked.borrow_and_update().contains(&peer.serial) {
-                    tracing::info!(%remote, client = %peer.name, "closed: certificate revoked");
-                    connection.close(REVOKED, b"client certificate revoked");
-                    break;
-                }
-                continue;
+            () = admitted.revoked() => {
+                admitted.close_revoked(remote);
+                break;
             }
         };
         let shared = Arc::clone(&shared);
-        let state = Arc::clone(&state);
+        let state = Arc::clone(&admitted.state);
         let token = Arc::clone(&in_flight);
         tokio::spawn(async move {
             stream::serve_stream(shared, state, send, recv).await;
             drop(token);
         });
     }
+}
+
+/// A connection whose handshake is done and whose client is let in.
+struct Admitted {
+    state: Arc<ConnectionState>,
+    peer: pki::Peer,
+    /// The revocation list, watched for the client's serial number.
+    revoked: watch::Receiver<Arc<HashSet<Vec<u8>>>>,
+    /// Its place among `server.max-connections`, given back when dropped.
+    _slot: admission::ConnectionSlot,
+}
+
+impl Admitted {
+    /// Resolves once the client's certificate is on the revocation list
+    /// (the operator's SIGHUP reloads it).
+    async fn revoked(&mut self) {
+        loop {
+            // The list's sender lives in `shared`, which the connection's
+            // task holds: `changed` fails only after the server is gone.
+            if self.revoked.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            if self.revoked.borrow_and_update().contains(&self.peer.serial) {
+                return;
+            }
+        }
+    }
+
+    fn close_revoked(&self, remote: SocketAddr) {
+        tracing::info!(%remote, client = %self.peer.name, "closed: certificate revoked");
+        self.state
+            .link
+            .close(REVOKED, b"client certificate revoked");
+    }
+}
+
+/// Lets in a client whose TLS handshake (QUIC's or TCP's) is done: its
+/// certificate must name a role and not be revoked, the connection needs
+/// a slot of its role and a TLS exporter value. Otherwise the connection
+/// is closed with the code saying why, counted, and `None` returned.
+fn admit_client(
+    shared: &Shared,
+    (remote, transport): (SocketAddr, &'static str),
+    peer: Option<pki::Peer>,
+    binding: Option<[u8; crate::otp::push::BINDING_LEN]>,
+    link: Link,
+) -> Option<Admitted> {
+    let refuse = |reason: &'static str, code, why: &'static [u8]| {
+        metrics::counter!(crate::metrics::REJECTED_HANDSHAKES, "reason" => reason).increment(1);
+        link.close(code, why);
+    };
+    let Some(peer) = peer else {
+        refuse("no_role", NO_ROLE, b"client certificate names no role");
+        return None;
+    };
+    let mut revoked = shared.revoked.subscribe();
+    if revoked.borrow_and_update().contains(&peer.serial) {
+        tracing::info!(%remote, client = %peer.name, "revoked certificate refused");
+        refuse("revoked", REVOKED, b"client certificate revoked");
+        return None;
+    }
+    let Some(slot) = shared.connections.admit(peer.role) else {
+        refuse(
+            "connection_limit",
+            TOO_MANY_CONNECTIONS,
+            b"too many connections",
+        );
+        return None;
+    };
+    let Some(binding) = binding else {
+        link.close(NO_ROLE, b"no TLS exporter");
+        return None;
+    };
+    let role = peer.role;
+    tracing::info!(%remote, role = role.as_str(), client = %peer.name, transport, "connected");
+    metrics::counter!(
+        crate::metrics::CLIENT_CONNECTIONS,
+        "role" => role.as_str(),
+        "client" => peer.name.clone(),
+        "transport" => transport
+    )
+    .increment(1);
+    let state = Arc::new(ConnectionState {
+        role,
+        limiter: Mutex::new(Gcra::default()),
+        proof_failures: Mutex::new(Gcra::default()),
+        issuance: Mutex::new(Gcra::default()),
+        id: shared.next_connection.fetch_add(1, Ordering::Relaxed),
+        binding,
+        link,
+        malformed: std::sync::atomic::AtomicU32::new(0),
+    });
+    Some(Admitted {
+        state,
+        peer,
+        revoked,
+        _slot: slot,
+    })
 }
 
 /// On a shared store: this node's part of the channels shared between

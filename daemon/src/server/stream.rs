@@ -7,15 +7,21 @@
 //! small task when the commit is done, and a registry change (enrolment,
 //! withdrawal, share...) runs on the blocking pool, so neither holds up the
 //! requests behind it: replies may leave out of order, paired by request id.
+//!
+//! The same loop serves a QUIC stream and a TCP/TLS connection (the
+//! fallback carries exactly one stream): what differs is how bytes arrive
+//! ([`RequestStream`]) and how a connection is closed ([`Link`]).
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use quinn::{RecvStream, SendStream, VarInt};
+use quinn::VarInt;
 use rand::SeedableRng;
 use rand::rand_core::UnwrapErr;
 use rand::rngs::SysRng;
 use rand_chacha::ChaCha20Rng;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::Shared;
@@ -48,7 +54,54 @@ pub const REVOKED: VarInt = VarInt::from_u32(7);
 /// them in bytes is the stream's write budget (`server.write-queue-bytes`).
 const WRITE_BATCHES: usize = 64;
 /// Bytes read from the stream at a time.
-const READ_CHUNK: usize = 8 * 1024;
+pub(super) const READ_CHUNK: usize = 8 * 1024;
+
+/// Where a stream's requests come from.
+pub(super) trait RequestStream: Send + 'static {
+    /// Appends the next bytes that arrive to `buffer`; false once the
+    /// stream has ended, failed, or its connection was closed.
+    fn read_more(&mut self, buffer: &mut Vec<u8>) -> impl Future<Output = bool> + Send;
+    /// Refuses the rest of the stream after its framing broke.
+    fn refuse_rest(&mut self);
+}
+
+impl RequestStream for quinn::RecvStream {
+    async fn read_more(&mut self, buffer: &mut Vec<u8>) -> bool {
+        // A chunk is QUIC's own buffer: an idle stream holds no buffer of
+        // ours while it waits.
+        match self.read_chunk(READ_CHUNK, true).await {
+            Ok(Some(chunk)) => {
+                buffer.extend_from_slice(&chunk.bytes);
+                true
+            }
+            Ok(None) | Err(_) => false,
+        }
+    }
+
+    fn refuse_rest(&mut self) {
+        // STOP_SENDING with the framing code: the client's further writes fail.
+        let _ = self.stop(FRAMING_ERROR);
+    }
+}
+
+/// The connection a stream belongs to, to close it when it misbehaves.
+pub(super) enum Link {
+    Quic(quinn::Connection),
+    /// A TCP/TLS connection: closing it ends its one stream's reader (see
+    /// `server::tcp`), and with the reader the socket. TCP has no
+    /// application close code: the client sees the connection end.
+    Tcp(Arc<tokio::sync::Notify>),
+}
+
+impl Link {
+    pub(super) fn close(&self, code: VarInt, reason: &[u8]) {
+        match self {
+            Self::Quic(connection) => connection.close(code, reason),
+            // One waiter, the reader: a permit stored now wakes it later.
+            Self::Tcp(closed) => closed.notify_one(),
+        }
+    }
+}
 
 /// Encoded replies on their way to the writer, holding their share of the
 /// stream's write budget until they are written.
@@ -124,7 +177,7 @@ pub(super) struct ConnectionState {
     /// The TLS exporter value phones sign to subscribe (see `otp::push`).
     pub binding: [u8; BINDING_LEN],
     /// The connection, to close it when it misbehaves.
-    pub quic: quinn::Connection,
+    pub link: Link,
     /// Malformed request bodies so far.
     pub malformed: std::sync::atomic::AtomicU32,
 }
@@ -178,8 +231,8 @@ struct StreamContext {
 pub(super) async fn serve_stream(
     shared: Arc<Shared>,
     connection: Arc<ConnectionState>,
-    mut send: SendStream,
-    mut recv: RecvStream,
+    mut send: impl AsyncWrite + Unpin + Send + 'static,
+    mut recv: impl RequestStream,
 ) {
     let (queue, mut queued) = mpsc::channel::<Queued>(WRITE_BATCHES);
     let cap = shared.config.server.write_queue_bytes as usize;
@@ -201,7 +254,7 @@ pub(super) async fn serve_stream(
         }),
     };
     let stall = shared.config.server.write_stall_timeout;
-    let quic = connection.quic.clone();
+    let link = Arc::clone(&connection);
     let writing = tokio::spawn(async move {
         while let Some(first) = queued.recv().await {
             // Gather whatever else is ready into the same write; the
@@ -221,19 +274,27 @@ pub(super) async fn serve_stream(
                     &joined
                 }
             };
-            match tokio::time::timeout(stall, send.write_all(bytes)).await {
+            // TLS over TCP may hold the last record until flushed (QUIC
+            // sends on its own).
+            let written = async {
+                send.write_all(bytes).await?;
+                send.flush().await
+            };
+            match tokio::time::timeout(stall, written).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return,
                 Err(_) => {
                     tracing::debug!("a stream's replies made no progress: closing its connection");
                     metrics::counter!(crate::metrics::CLOSED_CONNECTIONS, "reason" => "write_stalled")
                         .increment(1);
-                    quic.close(WRITE_STALLED, b"replies are not being read");
+                    link.link
+                        .close(WRITE_STALLED, b"replies are not being read");
                     return;
                 }
             }
         }
-        let _ = send.finish();
+        // Finishes our side: a QUIC FIN, or TLS close_notify and TCP FIN.
+        let _ = send.shutdown().await;
     });
 
     // A fast CSPRNG per stream, seeded from the OS (the OS generator costs
@@ -244,12 +305,9 @@ pub(super) async fn serve_stream(
     // idle stream holds no buffer.
     let mut buffer: Vec<u8> = Vec::new();
     loop {
-        let chunk = match recv.read_chunk(READ_CHUNK, true).await {
-            Ok(Some(chunk)) => chunk.bytes,
-            Ok(None) | Err(_) => break,
-        };
-        buffer.extend_from_slice(&chunk);
-        drop(chunk);
+        if !recv.read_more(&mut buffer).await {
+            break;
+        }
 
         // Replies are about the size of requests; sized up front so that
         // encoding a read's replies does not reallocate as it grows.
@@ -289,12 +347,11 @@ pub(super) async fn serve_stream(
             break;
         }
         if broken {
-            // The rest of the stream cannot be framed: refuse it (STOP_SENDING
-            // with the framing code). Our side still delivers the replies to
-            // the requests before the bad frame, then finishes: a reset
-            // would let QUIC discard them, and a Verify may have consumed
-            // its challenge.
-            let _ = recv.stop(FRAMING_ERROR);
+            // The rest of the stream cannot be framed: refuse it. Our side
+            // still delivers the replies to the requests before the bad
+            // frame, then finishes: a reset would let QUIC discard them,
+            // and a Verify may have consumed its challenge.
+            recv.refuse_rest();
             break;
         }
     }
@@ -334,7 +391,7 @@ fn handle(
                 metrics::counter!(crate::metrics::CLOSED_CONNECTIONS, "reason" => "malformed")
                     .increment(1);
                 connection
-                    .quic
+                    .link
                     .close(MISBEHAVING, b"too many malformed frames");
                 return;
             }

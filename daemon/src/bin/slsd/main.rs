@@ -280,6 +280,9 @@ fn serve(
             println!("slsd: data directory {}", data_dir.display());
             println!("slsd: listening on {} (QUIC, ALPN sls/1)", started.quic);
             println!("slsd: metrics on http://{}/metrics", started.metrics);
+            if let Some(tcp) = started.tcp {
+                println!("slsd: TCP/TLS fallback on {tcp} (ALPN sls/1)");
+            }
             if let Some(radius) = started.radius {
                 println!("slsd: RADIUS on {radius} (UDP)");
             }

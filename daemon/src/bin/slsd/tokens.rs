@@ -126,7 +126,7 @@ pub async fn retire(client: &Client, from: Serial, to: Serial) -> anyhow::Result
         }
     }
     progress.finish_and_clear();
-    stream.finish();
+    stream.finish().await;
     Ok(json!({ "retired": retired }))
 }
 
