@@ -304,3 +304,31 @@ fn an_authenticator_app_enrols_by_qr_code_and_is_pending_until_its_first_code() 
     let listed = json(&daemon, &["devices", "frank"]);
     assert_eq!(listed["devices"][0]["status"], "active");
 }
+
+#[test]
+fn admin_falls_back_to_tcp_when_quic_gets_no_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"), "", "");
+    // A UDP port that never answers: a network that drops QUIC.
+    let black_hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent = black_hole.local_addr().unwrap().to_string();
+    let run = |more: &[&str]| {
+        Command::new(support::binary("slsd"))
+            .arg("admin")
+            .arg("--data-dir")
+            .arg(&daemon.data_dir)
+            .args(["--addr", &silent, "--connect-wait", "300ms"])
+            .args(more)
+            .args(["--json", "stats"])
+            .output()
+            .unwrap()
+    };
+    let tcp = daemon.tcp.to_string();
+    let stats: Value =
+        serde_json::from_str(&support::stdout_ok(&run(&["--tcp-addr", &tcp]))).unwrap();
+    assert!(stats.is_object(), "{stats}");
+    let alone = run(&[]);
+    assert!(!alone.status.success());
+    let said = String::from_utf8_lossy(&alone.stderr);
+    assert!(said.contains("no answer within 300ms"), "{said}");
+}

@@ -21,30 +21,10 @@ use slsd::wire::{
 };
 use support::daemon::Daemon;
 use support::deployment::verify;
+use support::over_both;
 
 const DSC_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const FAST_LOCKOUT: &str = "[lockout]\nfailures = 3\nfirst = \"1s\"\nmax = \"4s\"\n[challenges]\nper-user-per-minute = 1000\n";
-
-/// A test of the daemon's core, run once over QUIC and once over the
-/// TCP/TLS fallback: `over_both!(name)` makes `name::quic` and `name::tcp`
-/// of `async fn name(transport: Transport)`.
-macro_rules! over_both {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test]
-            async fn quic() {
-                super::$name(Transport::Quic).await
-            }
-
-            #[tokio::test]
-            async fn tcp() {
-                super::$name(Transport::Tcp).await
-            }
-        }
-    };
-}
 
 fn user(name: &str) -> Username {
     Username::new(name).unwrap()
@@ -410,6 +390,77 @@ async fn roles_and_certificates_are_enforced(transport: Transport) {
     );
 }
 
+#[tokio::test]
+async fn a_client_falls_back_to_tcp_when_quic_gets_no_answer() {
+    use sls_sim::client::Endpoints;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"), "", "");
+    // A UDP port that takes datagrams and never answers: a network that
+    // drops QUIC.
+    let black_hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent = black_hole.local_addr().unwrap();
+    let wait = Duration::from_millis(500);
+    let tls = || daemon.tls(Role::Gateway);
+    let devices = Operation::Devices { user: user("jdoe") };
+
+    let reachable = Endpoints {
+        quic: daemon.quic,
+        tcp: Some(daemon.tcp),
+        wait,
+    };
+    let client = Client::connect_to(&reachable, "localhost", tls())
+        .await
+        .unwrap();
+    assert_eq!(
+        client.transport(),
+        Transport::Quic,
+        "QUIC first when it works"
+    );
+
+    let blocked = Endpoints {
+        quic: silent,
+        tcp: Some(daemon.tcp),
+        wait,
+    };
+    let started = std::time::Instant::now();
+    let client = Client::connect_to(&blocked, "localhost", tls())
+        .await
+        .unwrap();
+    assert_eq!(client.transport(), Transport::Tcp);
+    assert!(started.elapsed() >= wait, "QUIC was given its time");
+    assert!(matches!(
+        client.call(devices.clone()).await,
+        Ok(Reply::Devices { .. })
+    ));
+
+    // Without a fallback the wait is all there is.
+    let quic_only = Endpoints {
+        quic: silent,
+        tcp: None,
+        wait,
+    };
+    let failed = Client::connect_to(&quic_only, "localhost", tls()).await;
+    assert!(
+        matches!(failed, Err(ClientError::TimedOut(_))),
+        "{failed:?}"
+    );
+    // Neither answers: both failures are named.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = nowhere.local_addr().unwrap();
+    drop(nowhere);
+    let neither = Endpoints {
+        quic: silent,
+        tcp: Some(closed),
+        wait,
+    };
+    let failed = Client::connect_to(&neither, "localhost", tls()).await;
+    assert!(
+        matches!(failed, Err(ClientError::Unreachable { .. })),
+        "{failed:?}"
+    );
+    drop(black_hole);
+}
+
 /// Whether a connection attempt ended up refused: in TLS 1.3 the client may
 /// finish its handshake before the server rejects its certificate, so the
 /// refusal can show on the first request instead.
@@ -593,14 +644,15 @@ fn a_request_frame_is_what_protocol_md_says() {
     );
 }
 
-#[tokio::test]
-async fn connection_limits_hold() {
+over_both!(connection_limits_hold);
+async fn connection_limits_hold(transport: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(
         &dir.path().join("data"),
         "max-connections = 1\nrequests-per-connection-per-second = 5",
         "",
-    );
+    )
+    .over(transport);
     let gateway = daemon.client(Role::Gateway).await;
     // Five requests per second with a burst of five: the sixth at once is refused.
     let mut stream = gateway.stream().await.unwrap();
@@ -629,17 +681,18 @@ async fn connection_limits_hold() {
     }
     assert_eq!(limited, 1);
     // A second connection is closed once its role is known, while the
-    // first is open (code 6, "too many connections").
-    let (cert, key) = daemon.cert(Role::Gateway);
-    let second = Client::connect(daemon.quic, &daemon.ca(), &cert, &key).await;
+    // first is open (code 6, "too many connections"; TCP ends it without
+    // a reason).
+    let second = daemon.connect(daemon.tls(Role::Gateway)).await;
     let refused = match second {
         Err(_) => true,
         Ok(second) => {
             let call = second.call(Operation::Devices { user: user("jdoe") }).await;
             call.is_err()
-                && second
-                    .close_reason()
-                    .is_some_and(|r| r.contains("too many connections"))
+                && (transport == Transport::Tcp
+                    || second
+                        .close_reason()
+                        .is_some_and(|r| r.contains("too many connections")))
         }
     };
     assert!(refused, "max-connections = 1");
@@ -936,8 +989,11 @@ fn issue(data: &std::path::Path, ca_key: &std::path::Path, role: &str, name: &st
         .to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_certificates_are_issued_per_client_and_revoked_on_sighup() {
+over_both!(
+    client_certificates_are_issued_per_client_and_revoked_on_sighup,
+    (flavor = "multi_thread", worker_threads = 2)
+);
+async fn client_certificates_are_issued_per_client_and_revoked_on_sighup(transport: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let revoked = dir.path().join("revoked.txt");
@@ -946,7 +1002,8 @@ async fn client_certificates_are_issued_per_client_and_revoked_on_sighup() {
         &data,
         &format!("name = \"sls.example\"\nrevoked-serials = {revoked:?}"),
         "",
-    );
+    )
+    .over(transport);
     // The CA key moves out of the data directory; the daemon runs without it.
     let vault = dir.path().join("vault");
     std::fs::create_dir(&vault).unwrap();
@@ -963,12 +1020,16 @@ async fn client_certificates_are_issued_per_client_and_revoked_on_sighup() {
         .unwrap()
     };
     // Each gateway connects with its own certificate, by the configured name.
-    let a = Client::connect_named(daemon.quic, "sls.example", tls("branch-a"))
+    let a = daemon
+        .connect_named("sls.example", tls("branch-a"))
         .await
         .unwrap();
-    let b = Client::connect_named(daemon.quic, "sls.example", tls("branch-b"))
+    let b = daemon
+        .connect_named("sls.example", tls("branch-b"))
         .await
         .unwrap();
+    // A stream A keeps open: its connection must close on revocation.
+    let mut held = a.stream().await.unwrap();
     for client in [&a, &b] {
         assert!(
             matches!(
@@ -996,7 +1057,7 @@ async fn client_certificates_are_issued_per_client_and_revoked_on_sighup() {
         .unwrap();
     assert!(hangup.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while a
+    while held
         .call(Operation::Devices { user: user("jdoe") })
         .await
         .is_ok()
@@ -1004,9 +1065,7 @@ async fn client_certificates_are_issued_per_client_and_revoked_on_sighup() {
         assert!(std::time::Instant::now() < deadline, "A is still served");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(
-        refused(Client::connect_named(daemon.quic, "sls.example", tls("branch-a")).await).await
-    );
+    assert!(refused(daemon.connect_named("sls.example", tls("branch-a")).await).await);
     assert!(matches!(
         b.call(Operation::Devices { user: user("jdoe") }).await,
         Ok(Reply::Devices { .. })
@@ -1021,7 +1080,7 @@ async fn client_certificates_are_issued_per_client_and_revoked_on_sighup() {
         .output()
         .unwrap();
     assert!(renewed.status.success(), "{renewed:?}");
-    let new_name = || Client::connect_named(daemon.quic, "new.example", tls("branch-b"));
+    let new_name = || daemon.connect_named("new.example", tls("branch-b"));
     assert!(refused(new_name().await).await, "not before the SIGHUP");
     std::process::Command::new("kill")
         .arg("-HUP")

@@ -138,18 +138,12 @@ impl Bridge {
         inbox: Arc<Inbox>,
     ) -> Result<Self, ClientError> {
         let client = Arc::new(client);
-        let mut subscription = client.stream().await?;
-        let acks = client.pipeline(4096).await?;
-        let id = subscription.send(Operation::CarrierSubscribe).await?;
-        // Messages may already arrive before the confirmation.
-        let mut early = Vec::new();
-        loop {
-            let response = subscription.receive().await?;
-            match response.reply {
-                Reply::Subscribed if response.id == id => break,
-                Reply::Message { .. } => early.push(response),
-                other => return Err(ClientError::Broken(format!("subscribe: {other:?}"))),
-            }
+        // Subscribed and acknowledged on one stream: the acknowledgements
+        // leave on the connection the messages came on, over QUIC or TCP.
+        let (acks, mut messages) = client.subscription(4096).await?;
+        match acks.call(Operation::CarrierSubscribe).await? {
+            Reply::Subscribed => {}
+            other => return Err(ClientError::Broken(format!("subscribe: {other:?}"))),
         }
         let behaviour = Arc::new(Mutex::new(behaviour));
         let handed = Arc::new(AtomicU64::new(0));
@@ -157,18 +151,8 @@ impl Bridge {
             let behaviour = Arc::clone(&behaviour);
             let handed = Arc::clone(&handed);
             tokio::spawn(async move {
-                for response in early {
-                    handle(response, &behaviour, &handed, &inbox, &acks);
-                }
-                let mut ready = Vec::new();
-                loop {
-                    ready.clear();
-                    if subscription.receive_ready(&mut ready).await.is_err() {
-                        return;
-                    }
-                    for response in ready.drain(..) {
-                        handle(response, &behaviour, &handed, &inbox, &acks);
-                    }
+                while let Some(message) = messages.recv().await {
+                    handle(message, &behaviour, &handed, &inbox, &acks);
                 }
             })
         };

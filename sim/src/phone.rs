@@ -123,8 +123,8 @@ pub struct PhoneApp {
     requests: Pipeline,
     devices: Arc<Mutex<Devices>>,
     stats: Arc<PhoneStats>,
-    matcher: Arc<Matcher>,
-    readers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Takes the notices and answers them.
+    reader: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for PhoneApp {
@@ -135,18 +135,32 @@ impl std::fmt::Debug for PhoneApp {
 
 impl PhoneApp {
     /// An app on `client` (a phone-role connection), not yet subscribed.
+    /// It subscribes and answers on one stream: its answers leave on the
+    /// connection its subscriptions were proven on, over QUIC or TCP.
     pub async fn connect(client: Client, matcher: Arc<Matcher>) -> Result<Self, ClientError> {
-        let requests = client.pipeline(4096).await?;
+        let (requests, mut notices) = client.subscription(4096).await?;
+        let devices = Arc::new(Mutex::new(Devices {
+            signers: HashMap::new(),
+            behaviour: HashMap::new(),
+        }));
+        let stats = Arc::<PhoneStats>::default();
+        let answerer = Answerer {
+            requests: requests.clone(),
+            devices: Arc::clone(&devices),
+            stats: Arc::clone(&stats),
+            matcher: Arc::clone(&matcher),
+        };
+        let reader = tokio::spawn(async move {
+            while let Some(notice) = notices.recv().await {
+                answerer.notice(notice.reply);
+            }
+        });
         Ok(Self {
             client: Arc::new(client),
             requests,
-            devices: Arc::new(Mutex::new(Devices {
-                signers: HashMap::new(),
-                behaviour: HashMap::new(),
-            })),
-            stats: Arc::default(),
-            matcher,
-            readers: Mutex::default(),
+            devices,
+            stats,
+            reader,
         })
     }
 
@@ -177,69 +191,44 @@ impl PhoneApp {
         &self,
         devices: &[(DeviceId, &PushSigner, Arc<PushSigner>)],
     ) -> Result<Vec<Reply>, ClientError> {
-        let mut stream = self.client.stream().await?;
-        let binding = stream.binding()?;
-        let operations = devices
-            .iter()
-            .map(|(device, prover, _)| Operation::PhoneSubscribe {
-                device: *device,
-                proof: prover.sign(&push::subscribe_message(&binding, *device)),
-            })
-            .collect();
-        let ids = stream.send_batch(operations).await?;
-        let mut answers: HashMap<u64, Reply> = HashMap::new();
-        let mut early = Vec::new();
-        while answers.len() < ids.len() {
-            let response = stream.receive().await?;
-            match response.reply {
-                Reply::PushNotice { .. } => early.push(response.reply),
-                reply => {
-                    answers.insert(response.id, reply);
-                }
-            }
-        }
-        let replies: Vec<Reply> = ids
-            .iter()
-            .map(|id| answers.remove(id).unwrap_or(Reply::Done))
-            .collect();
+        let binding = self.requests.binding()?;
+        // Known before the first notice can come (a notice for a device
+        // without its key is ignored); forgotten again if refused.
         {
             let mut known = lock(&self.devices);
-            for ((device, _, signer), reply) in devices.iter().zip(&replies) {
-                if *reply == Reply::Subscribed {
-                    known.signers.insert(*device, Arc::clone(signer));
-                }
+            for (device, _, signer) in devices {
+                known.signers.insert(*device, Arc::clone(signer));
             }
         }
-        let answerer = Answerer {
-            requests: self.requests.clone(),
-            devices: Arc::clone(&self.devices),
-            stats: Arc::clone(&self.stats),
-            matcher: Arc::clone(&self.matcher),
-        };
-        let reader = tokio::spawn(async move {
-            for notice in early {
-                answerer.notice(notice);
+        // Proven together: the daemon answers them in one go.
+        let mut calls = tokio::task::JoinSet::new();
+        for (place, (device, prover, _)) in devices.iter().enumerate() {
+            let operation = Operation::PhoneSubscribe {
+                device: *device,
+                proof: prover.sign(&push::subscribe_message(&binding, *device)),
+            };
+            let requests = self.requests.clone();
+            calls.spawn(async move { (place, requests.call(operation).await) });
+        }
+        let mut replies = vec![Reply::Done; devices.len()];
+        while let Some(done) = calls.join_next().await {
+            let (place, reply) = done.map_err(|e| ClientError::Broken(e.to_string()))?;
+            if let Some(slot) = replies.get_mut(place) {
+                *slot = reply?;
             }
-            let mut ready = Vec::new();
-            loop {
-                ready.clear();
-                if stream.receive_ready(&mut ready).await.is_err() {
-                    return;
-                }
-                for response in ready.drain(..) {
-                    answerer.notice(response.reply);
-                }
+        }
+        let mut known = lock(&self.devices);
+        for ((device, _, _), reply) in devices.iter().zip(&replies) {
+            if *reply != Reply::Subscribed {
+                known.signers.remove(device);
             }
-        });
-        lock(&self.readers).push(reader);
+        }
         Ok(replies)
     }
 
     /// Disconnects: the daemon then answers pushes `PhoneUnreachable`.
     pub fn stop(&self) {
-        for reader in lock(&self.readers).drain(..) {
-            reader.abort();
-        }
+        self.reader.abort();
         self.client.close();
     }
 }

@@ -121,9 +121,18 @@ impl Daemon {
     /// A client with a TLS configuration of the test's, over the daemon's
     /// transport (checking the server certificate against `localhost`).
     pub async fn connect(&self, tls: rustls::ClientConfig) -> Result<Client, ClientError> {
+        self.connect_named("localhost", tls).await
+    }
+
+    /// The same, checking the server certificate against `server_name`.
+    pub async fn connect_named(
+        &self,
+        server_name: &str,
+        tls: rustls::ClientConfig,
+    ) -> Result<Client, ClientError> {
         match self.transport {
-            Transport::Quic => Client::connect_with(self.quic, tls).await,
-            Transport::Tcp => Client::connect_tcp(self.tcp, "localhost", tls).await,
+            Transport::Quic => Client::connect_named(self.quic, server_name, tls).await,
+            Transport::Tcp => Client::connect_tcp(self.tcp, server_name, tls).await,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Shared helpers of the end-to-end tests: the real binaries, built once.
 
-#![allow(dead_code)] // each test binary uses its own part of the helpers
+#![allow(dead_code, unused_macros, unused_imports)] // each test binary uses its own part of the helpers
 
 pub mod daemon;
 pub mod deployment;
@@ -8,6 +8,28 @@ pub mod deployment;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+
+/// A test of the daemon's core, run once over QUIC and once over the
+/// TCP/TLS fallback: `over_both!(name)` makes `name::quic` and `name::tcp`
+/// of `async fn name(transport: Transport)` (with the daemon started
+/// `.over(transport)`); `over_both!(name, (flavor = ...))` passes the
+/// runtime's flavour to `tokio::test`.
+macro_rules! over_both {
+    ($name:ident $(, $flavor:tt)?) => {
+        mod $name {
+            #[tokio::test$($flavor)?]
+            async fn quic() {
+                super::$name(sls_sim::client::Transport::Quic).await
+            }
+
+            #[tokio::test$($flavor)?]
+            async fn tcp() {
+                super::$name(sls_sim::client::Transport::Tcp).await
+            }
+        }
+    };
+}
+pub(crate) use over_both;
 
 /// The workspace root.
 pub fn workspace() -> &'static Path {

@@ -186,7 +186,7 @@ impl Client {
 
     /// Connects over QUIC, and over TCP/TLS when QUIC cannot reach the
     /// daemon: no answer within `endpoints.wait` (UDP blocked on the way)
-    /// or a network error. A daemon that answered and refused (a
+    /// or a network error. Each transport is given `wait`. A daemon that answered and refused (a
     /// certificate, a close) is not tried again over TCP.
     pub async fn connect_to(
         endpoints: &Endpoints,
@@ -194,10 +194,11 @@ impl Client {
         tls: rustls::ClientConfig,
     ) -> Result<Self, ClientError> {
         let quic = Self::connect_named(endpoints.quic, server_name, tls.clone());
+        let quic = tokio::time::timeout(endpoints.wait, quic).await;
         let Some(tcp) = endpoints.tcp else {
-            return quic.await;
+            return quic.unwrap_or(Err(ClientError::TimedOut(endpoints.wait)));
         };
-        let failure = match tokio::time::timeout(endpoints.wait, quic).await {
+        let failure = match quic {
             Ok(Ok(client)) => return Ok(client),
             Ok(Err(error)) if !unreachable(&error) => return Err(error),
             Ok(Err(error)) => error.to_string(),
@@ -239,8 +240,24 @@ impl Client {
 
     /// Opens a stream shared by many concurrent callers (see [`Pipeline`]).
     pub async fn pipeline(&self, queue: usize) -> Result<Pipeline, ClientError> {
-        let (send, replies, _) = self.open().await?;
-        Ok(Pipeline::start(send, replies, queue))
+        let (send, replies, binding) = self.open().await?;
+        Ok(Pipeline::start(send, replies, binding, queue, None))
+    }
+
+    /// A pipeline on a new stream for a subscriber: the notices the server
+    /// sends on it unasked (`PushNotice`, carrier `Message`) come out of
+    /// the receiver, at most `queue` waiting. A phone or carrier bridge
+    /// subscribes and answers on it, so its answers leave on the
+    /// connection it subscribed on (over TCP, the only one that may
+    /// answer: PROTOCOL.md, "TCP/TLS fallback").
+    pub async fn subscription(
+        &self,
+        queue: usize,
+    ) -> Result<(Pipeline, mpsc::Receiver<Response>), ClientError> {
+        let (send, replies, binding) = self.open().await?;
+        let (notices, received) = mpsc::channel(queue.max(1));
+        let pipeline = Pipeline::start(send, replies, binding, queue, Some(notices));
+        Ok((pipeline, received))
     }
 
     async fn open(&self) -> Result<(Writer, ReplyReader, Binding), ClientError> {
@@ -401,10 +418,25 @@ impl TcpLink {
 }
 
 /// Where a stream's TLS exporter value comes from.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Binding {
     Quic(quinn::Connection),
     Tcp([u8; BINDING_LEN]),
+}
+
+impl Binding {
+    fn value(&self) -> Result<[u8; BINDING_LEN], ClientError> {
+        match self {
+            Self::Tcp(binding) => Ok(*binding),
+            Self::Quic(connection) => {
+                let mut out = [0u8; BINDING_LEN];
+                connection
+                    .export_keying_material(&mut out, BINDING_LABEL, b"")
+                    .map_err(|_| ClientError::Broken("no TLS exporter".into()))?;
+                Ok(out)
+            }
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -433,16 +465,7 @@ impl Stream {
     /// different on every connection. Phones sign it to subscribe on
     /// this stream.
     pub fn binding(&self) -> Result<[u8; BINDING_LEN], ClientError> {
-        match &self.binding {
-            Binding::Tcp(binding) => Ok(*binding),
-            Binding::Quic(connection) => {
-                let mut out = [0u8; BINDING_LEN];
-                connection
-                    .export_keying_material(&mut out, BINDING_LABEL, b"")
-                    .map_err(|_| ClientError::Broken("no TLS exporter".into()))?;
-                Ok(out)
-            }
-        }
+        self.binding.value()
     }
 
     /// Writes a request with the next id; returns the id.
@@ -581,15 +604,28 @@ type Waiting = Arc<Mutex<HashMap<u64, ReplySender>>>;
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     queue: mpsc::Sender<(Operation, ReplySender)>,
+    binding: Binding,
 }
 
 impl Pipeline {
-    fn start(send: Writer, replies: ReplyReader, queue: usize) -> Self {
+    fn start(
+        send: Writer,
+        replies: ReplyReader,
+        binding: Binding,
+        queue: usize,
+        notices: Option<mpsc::Sender<Response>>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let waiting: Waiting = Arc::default();
         tokio::spawn(write_requests(send, rx, Arc::clone(&waiting)));
-        tokio::spawn(route_replies(replies, waiting));
-        Self { queue: tx }
+        tokio::spawn(route_replies(replies, waiting, notices));
+        Self { queue: tx, binding }
+    }
+
+    /// The TLS exporter value of this stream's connection (see
+    /// [`Stream::binding`]).
+    pub fn binding(&self) -> Result<[u8; BINDING_LEN], ClientError> {
+        self.binding.value()
     }
 
     /// Sends `operation` and waits for its reply.
@@ -645,19 +681,38 @@ async fn write_requests(
     let _ = send.shutdown().await;
 }
 
-/// Hands each reply to the caller waiting for it.
-async fn route_replies(mut replies: ReplyReader, waiting: Waiting) {
+/// Hands each reply to the caller waiting for it, and each notice to
+/// `notices` (when the pipeline is a subscriber's; else it is dropped).
+async fn route_replies(
+    mut replies: ReplyReader,
+    waiting: Waiting,
+    notices: Option<mpsc::Sender<Response>>,
+) {
     let mut ready = Vec::new();
+    let mut unasked = Vec::new();
     loop {
         ready.clear();
         if let Err(error) = replies.ready(&mut ready).await {
             fail_all(&waiting, &error);
             return;
         }
-        let mut slots = waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        for response in ready.drain(..) {
-            if let Some(slot) = slots.remove(&response.id) {
-                let _ = slot.send(Ok(response.reply));
+        {
+            let mut slots = waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            for response in ready.drain(..) {
+                // A notice carries its subscribe request's id: told apart
+                // by its kind, it is never taken for that request's reply.
+                if response.reply.is_notice() {
+                    unasked.push(response);
+                } else if let Some(slot) = slots.remove(&response.id) {
+                    let _ = slot.send(Ok(response.reply));
+                }
+            }
+        }
+        // Waits while the subscriber is behind: the stream is then not
+        // read, and the server holds its notices back.
+        for notice in unasked.drain(..) {
+            if let Some(notices) = &notices {
+                let _ = notices.send(notice).await;
             }
         }
     }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, anyhow, bail};
 use serde_json::{Map, Value, json};
-use slsd::client::Client;
+use slsd::client::{Client, Endpoints};
 use slsd::clock::Timestamp;
 use slsd::config::Config;
 use slsd::engine::Role;
@@ -43,6 +43,13 @@ pub struct AdminArgs {
     /// 127.0.0.1:4433].
     #[arg(long)]
     addr: Option<SocketAddr>,
+    /// The daemon's TCP/TLS fallback, tried when QUIC does not connect
+    /// within --connect-wait [default: server.tcp-listen of --config].
+    #[arg(long)]
+    tcp_addr: Option<SocketAddr>,
+    /// How long QUIC (then TCP) is given to connect.
+    #[arg(long, default_value = "3s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    connect_wait: std::time::Duration,
     /// Print the reply as JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -496,11 +503,12 @@ impl AdminOperation {
     }
 }
 
-/// The daemon's address and server name: `--addr`, else `server.listen`
-/// of `--config` (an unspecified address means this machine), else the
-/// default; the name is `server.name` of `--config` (default `localhost`),
-/// which the server certificate must carry.
-fn address(args: &AdminArgs) -> anyhow::Result<(SocketAddr, String, Config)> {
+/// Where the daemon listens and its server name: `--addr`, else
+/// `server.listen` of `--config` (an unspecified address means this
+/// machine), else the default; `--tcp-addr`, else `server.tcp-listen`;
+/// the name is `server.name` of `--config` (default `localhost`), which
+/// the server certificate must carry.
+fn address(args: &AdminArgs) -> anyhow::Result<(Endpoints, String, Config)> {
     let config = match &args.config {
         Some(file) => {
             let text =
@@ -511,18 +519,27 @@ fn address(args: &AdminArgs) -> anyhow::Result<(SocketAddr, String, Config)> {
         None => slsd::config::Config::default(),
     };
     let name = config.server.name.clone();
-    if let Some(addr) = args.addr {
-        return Ok((addr, name, config));
-    }
-    let mut addr = config.server.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    Ok((addr, name, config))
+    let this_machine = |mut addr: SocketAddr| {
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        addr
+    };
+    let endpoints = Endpoints {
+        quic: args
+            .addr
+            .unwrap_or_else(|| this_machine(config.server.listen)),
+        tcp: args
+            .tcp_addr
+            .or_else(|| config.server.tcp_listen.map(this_machine)),
+        wait: args.connect_wait,
+    };
+    Ok((endpoints, name, config))
 }
 
 pub fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let (addr, server_name, config) = address(&args)?;
+    let (endpoints, server_name, config) = address(&args)?;
+    let addr = endpoints.quic;
     let paths = PkiPaths::new(&args.data_dir);
     if !paths.ca_cert().exists() {
         bail!(
@@ -587,7 +604,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let value = runtime.block_on(async {
-        let client = Client::connect_named(addr, &server_name, tls)
+        let client = Client::connect_to(&endpoints, &server_name, tls)
             .await
             .map_err(|e| anyhow!("cannot reach slsd at {addr}: {e}"))?;
         let value = match job {

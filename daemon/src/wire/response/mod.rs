@@ -482,6 +482,13 @@ impl Reply {
     }
 
     /// An error reply without a retry hint.
+    /// A frame the server sends unasked on a subscribed stream (a push
+    /// notice to a phone, a message to a carrier bridge), carrying the
+    /// subscribe request's id: no call waits for it.
+    pub fn is_notice(&self) -> bool {
+        matches!(self, Self::PushNotice { .. } | Self::Message { .. })
+    }
+
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Error {
             code,
