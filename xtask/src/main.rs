@@ -59,6 +59,8 @@ fn workspace() -> PathBuf {
 /// Runs the whole test suite with Redis and radclient reachable.
 fn test(args: Vec<OsString>) -> Result<ExitCode, String> {
     let root = workspace();
+    // The Python client's tests run after the whole suite, not after a part of it.
+    let whole_suite = args.is_empty();
     let toolsets = [tools(&root, &REDIS)?, tools(&root, &RADCLIENT)?];
     let python = python_packages(&root)?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -98,10 +100,56 @@ fn test(args: Vec<OsString>) -> Result<ExitCode, String> {
     let status = command
         .status()
         .map_err(|e| format!("running cargo test: {e}"))?;
-    Ok(match status.code() {
+    let status = match status.code() {
+        Some(0) if whole_suite => python_client(&root)?,
         Some(0) => ExitCode::SUCCESS,
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         None => ExitCode::FAILURE,
+    };
+    Ok(status)
+}
+
+/// The Python client package (`clients/python`): installed with pip as a
+/// user would (into `target/tools/sls-client`), then its tests run with
+/// that copy against the daemon built for the Rust tests.
+fn python_client(root: &Path) -> Result<ExitCode, String> {
+    let package = root.join("clients/python");
+    let installed = root.join("target/tools/sls-client");
+    eprintln!("xtask: installing clients/python with pip and running its tests");
+    let built = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(root)
+        .args(["build", "--quiet", "-p", "slsd", "-p", "sls-sim"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !built {
+        return Err("building slsd and sls-sim for the Python client's tests failed".into());
+    }
+    // Built as pip builds any package: setuptools from the index.
+    let pip = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--upgrade", "--no-deps"])
+        .arg("--target")
+        .arg(&installed)
+        .arg(&package)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !pip {
+        return Err("pip could not install clients/python".into());
+    }
+    let status = Command::new("python3")
+        .current_dir(&package)
+        .args(["-m", "unittest", "discover", "--verbose", "-s", "tests"])
+        // The installed package, not the source tree, is what is imported.
+        .env(
+            "PYTHONPATH",
+            prepend("PYTHONPATH", &[installed, package.join("tests")])?,
+        )
+        .env("SLS_BIN", root.join("target/debug"))
+        .status()
+        .map_err(|e| format!("running the Python client's tests: {e}"))?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 
