@@ -124,7 +124,10 @@ fn python_client(root: &Path) -> Result<ExitCode, String> {
     if !built {
         return Err("building slsd and sls-sim for the Python client's tests failed".into());
     }
-    // Built as pip builds any package: setuptools from the index.
+    // Built as pip builds any package (setuptools from the index), from
+    // the sources alone: setuptools' build directory of a run before
+    // could hold files since removed.
+    let _ = std::fs::remove_dir_all(package.join("build"));
     let pip = Command::new("python3")
         .args(["-m", "pip", "install", "--quiet", "--upgrade", "--no-deps"])
         .arg("--target")
