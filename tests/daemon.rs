@@ -1071,7 +1071,9 @@ async fn client_certificates_are_issued_per_client_and_revoked_on_sighup(transpo
         Ok(Reply::Devices { .. })
     ));
     // A new server certificate (another name) is taken on SIGHUP; the open
-    // connection goes on.
+    // connection goes on (over TCP a new stream is a new connection, which
+    // checks the new certificate: the open one is a stream held from now).
+    let mut b_held = b.stream().await.unwrap();
     let renewed = std::process::Command::new(support::binary("slsd"))
         .args(["cert", "server", "--name", "new.example", "--data-dir"])
         .arg(&data)
@@ -1096,7 +1098,7 @@ async fn client_certificates_are_issued_per_client_and_revoked_on_sighup(transpo
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(matches!(
-        b.call(Operation::Devices { user: user("jdoe") }).await,
+        b_held.call(Operation::Devices { user: user("jdoe") }).await,
         Ok(Reply::Devices { .. })
     ));
     // `slsd admin` checks the certificate against `server.name` of its

@@ -58,6 +58,42 @@ enum Command {
     /// Access-Request with the card's response, Access-Accept) from many
     /// emulated RADIUS clients at once; print logins/s and latency.
     RadiusBench(RadiusBenchArgs),
+    /// An IB Key phone app: subscribes for a device with the key of
+    /// --seed (over QUIC, or the TCP/TLS fallback) and answers its pushes.
+    /// The person's part — the number the login shows — comes on standard
+    /// input, a line each; `subscribed` and each number chosen are printed
+    /// on standard output.
+    Phone(PhoneArgs),
+}
+
+#[derive(Debug, Args)]
+struct PhoneArgs {
+    /// The daemon's QUIC address.
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    addr: std::net::SocketAddr,
+    /// Its TCP/TLS fallback, tried when QUIC does not connect.
+    #[arg(long)]
+    tcp_addr: Option<std::net::SocketAddr>,
+    /// The name the server certificate carries (`server.name`).
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// The daemon's data directory, or any holding `ca.pem`, `phone.pem`
+    /// and `phone.key`.
+    #[arg(long, default_value = "slsd-data")]
+    data_dir: PathBuf,
+    /// The IB Key device to answer for.
+    #[arg(long, required_unless_present = "print_key")]
+    device: Option<u64>,
+    /// The app's Ed25519 key seed: 32 bytes in hex.
+    #[arg(long)]
+    seed: String,
+    /// Print the public key of --seed in hex (for `slsd admin
+    /// bind-push-key`) and exit.
+    #[arg(long)]
+    print_key: bool,
+    /// Answer every push "this was not me".
+    #[arg(long)]
+    deny: bool,
 }
 
 #[derive(Debug, Args)]
@@ -400,6 +436,7 @@ fn main() -> ExitCode {
                 Command::Bench(args) => run_bench(args),
                 Command::Cluster(args) => run_cluster(&args),
                 Command::RadiusBench(args) => run_radius_bench(&args),
+                Command::Phone(args) => run_phone(args),
                 Command::Replay(args) => run_scenario(
                     args.seed,
                     args.duration,
@@ -679,6 +716,88 @@ fn radius_section(secret_file: &std::path::Path) -> String {
          requests-per-client-per-second = 10000000\n\
          clients = [{{ name = \"bench\", addresses = [\"127.0.0.1\"], secret-file = {secret_file:?} }}]\n"
     )
+}
+
+fn run_phone(args: PhoneArgs) -> anyhow::Result<()> {
+    use sls_sim::phone::{Behaviour, Matcher, PhoneApp};
+    use slsd::identity::DeviceId;
+    use slsd::otp::push::PushSigner;
+    use slsd::wire::Reply;
+    let seed: [u8; 32] = hex::decode(&args.seed)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .context("--seed must be 32 bytes in hex")?;
+    let signer = PushSigner::from_seed(seed);
+    if args.print_key {
+        println!("{}", hex::encode(signer.public().0));
+        return Ok(());
+    }
+    let device = DeviceId(args.device.context("--device is needed")?);
+    let tls = slsd::server::pki::client_tls(
+        &args.data_dir.join("ca.pem"),
+        &args.data_dir.join("phone.pem"),
+        &args.data_dir.join("phone.key"),
+    )?;
+    let endpoints = sls_sim::client::Endpoints {
+        quic: args.addr,
+        tcp: args.tcp_addr,
+        wait: Duration::from_secs(3),
+    };
+    // The person's lines, read on a thread of their own (stdin blocks).
+    let (typed, mut lines) = tokio::sync::mpsc::channel::<String>(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines().map_while(Result::ok) {
+            if typed.blocking_send(line).is_err() {
+                return;
+            }
+        }
+    });
+    tokio::runtime::Runtime::new()?.block_on(async move {
+        let client =
+            sls_sim::client::Client::connect_to(&endpoints, &args.server_name, tls).await?;
+        let matcher = std::sync::Arc::new(Matcher::default());
+        let app = PhoneApp::connect(client, std::sync::Arc::clone(&matcher)).await?;
+        if args.deny {
+            app.set_behaviour(device, Behaviour::Deny);
+        }
+        let replies = app
+            .subscribe(&[(device, std::sync::Arc::new(signer))])
+            .await?;
+        anyhow::ensure!(
+            replies == [Reply::Subscribed],
+            "the subscription was refused: {replies:?}"
+        );
+        say("subscribed");
+        while let Some(line) = lines.recv().await {
+            let Ok(number) = line.trim().parse::<u8>() else {
+                eprintln!("sls-sim phone: {line:?} is not a number");
+                continue;
+            };
+            // The notice may still be on its way: the person waits for it.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while matcher.shown_to_waiting(number) == 0 {
+                if std::time::Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let chose = std::time::Instant::now() <= deadline;
+            say(&if chose {
+                format!("chose {number}")
+            } else {
+                format!("no push to choose {number} on")
+            });
+        }
+        app.stop();
+        Ok(())
+    })
+}
+
+/// A line on standard output, at once (a test reads it from a pipe).
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 fn run_radius_bench(args: &RadiusBenchArgs) -> anyhow::Result<()> {

@@ -138,17 +138,78 @@ fn python_client(root: &Path) -> Result<ExitCode, String> {
     if !pip {
         return Err("pip could not install clients/python".into());
     }
+    // The installed package, not the source tree, is what is imported.
+    let path = [installed.clone(), package.join("tests")];
     let status = Command::new("python3")
         .current_dir(&package)
         .args(["-m", "unittest", "discover", "--verbose", "-s", "tests"])
-        // The installed package, not the source tree, is what is imported.
-        .env(
-            "PYTHONPATH",
-            prepend("PYTHONPATH", &[installed, package.join("tests")])?,
-        )
+        .env("PYTHONPATH", prepend("PYTHONPATH", &path)?)
         .env("SLS_BIN", root.join("target/debug"))
         .status()
         .map_err(|e| format!("running the Python client's tests: {e}"))?;
+    if !status.success() {
+        return Ok(ExitCode::FAILURE);
+    }
+    login_page(root, &path)
+}
+
+/// What the reference login page and its browser test import besides the
+/// client: (module, pinned requirement), installed with pip into
+/// `target/tools/gateway` when missing.
+const GATEWAY_PACKAGES: [(&str, &str); 2] =
+    [("flask", "flask==3.1.3"), ("selenium", "selenium==4.51.0")];
+
+/// The reference login page (`examples/gateway`) in a real headless
+/// Chromium: Debian's `chromium` and `chromium-driver`, which `.ci/run`
+/// installs. Without them the test is skipped with a note, unless
+/// `SLS_REQUIRE_BROWSER` is set (as CI sets it).
+fn login_page(root: &Path, client: &[PathBuf]) -> Result<ExitCode, String> {
+    let driver = std::env::var_os("SLS_CHROMEDRIVER")
+        .map_or_else(|| PathBuf::from("/usr/bin/chromedriver"), PathBuf::from);
+    if !driver.exists() {
+        if std::env::var_os("SLS_REQUIRE_BROWSER").is_some() {
+            return Err(format!(
+                "{} is missing: install Debian's chromium and chromium-driver",
+                driver.display()
+            ));
+        }
+        eprintln!(
+            "xtask: skipping the login page's browser test: no {} \
+             (apt-get install chromium chromium-driver)",
+            driver.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let dir = root.join("target/tools/gateway");
+    for (module, requirement) in GATEWAY_PACKAGES {
+        let found = Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .env("PYTHONPATH", &dir)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if found {
+            continue;
+        }
+        let installed = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--target"])
+            .arg(&dir)
+            .arg(requirement)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            return Err(format!("could not install {requirement} with pip"));
+        }
+    }
+    eprintln!("xtask: the login page in headless Chromium");
+    let mut path = vec![dir];
+    path.extend_from_slice(client);
+    let status = Command::new("python3")
+        .current_dir(root.join("examples/gateway"))
+        .args(["-m", "unittest", "--verbose", "test_browser"])
+        .env("PYTHONPATH", prepend("PYTHONPATH", &path)?)
+        .env("SLS_BIN", root.join("target/debug"))
+        .status()
+        .map_err(|e| format!("running the login page's browser test: {e}"))?;
     Ok(if status.success() {
         ExitCode::SUCCESS
     } else {

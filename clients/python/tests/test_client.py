@@ -188,3 +188,71 @@ class Retries(unittest.IsolatedAsyncioTestCase):
             limited = [r for r in results if isinstance(r, sls.RateLimited)]
             self.assertTrue(limited, results)
             self.assertTrue(all(0 < r.retry_after <= 1 for r in limited))
+
+
+class Push(unittest.IsolatedAsyncioTestCase):
+    """A push approved, and one refused, by the simulator's IB Key app
+    (`sls-sim phone`), told the number the login shows as a person reads
+    it off the page."""
+
+    SEED = "17" * 32
+
+    @classmethod
+    def setUpClass(cls):
+        import subprocess
+
+        from daemon import BIN
+
+        cls.ib_key = daemon.admin("enroll", "ivan", "ib-key")["device"]
+        key = subprocess.run(
+            [str(BIN / "sls-sim"), "phone", "--print-key", "--seed", cls.SEED],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        daemon.admin("bind-push-key", str(cls.ib_key), key)
+        cls.phones = []
+
+        def phone(*more):
+            started = subprocess.Popen(
+                [str(BIN / "sls-sim"), "phone", "--addr", daemon.quic, "--data-dir", str(daemon.data),
+                 "--device", str(cls.ib_key), "--seed", cls.SEED, *more],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )
+            assert started.stdout.readline().strip() == "subscribed"
+            cls.phones.append(started)
+            return started
+
+        cls.phone = staticmethod(phone)
+
+    @classmethod
+    def tearDownClass(cls):
+        for phone in cls.phones:
+            cls.hang_up(phone)
+
+    @staticmethod
+    def hang_up(phone):
+        """Ends the app (end of its input) and waits for it."""
+        if not phone.stdin.closed:
+            phone.stdin.close()
+        phone.wait(timeout=10)
+        phone.stdout.close()
+
+    async def choose(self, phone, number):
+        phone.stdin.write(f"{number}\n")
+        phone.stdin.flush()
+        said = await asyncio.get_running_loop().run_in_executor(None, phone.stdout.readline)
+        self.assertEqual(said.strip(), f"chose {number}")
+
+    async def test_a_push_approved_and_one_denied(self):
+        phone = self.phone()
+        async with client() as gateway:
+            sent = await gateway.push("ivan", self.ib_key)
+            self.assertTrue(10 <= sent.match_number <= 99)
+            waiting = asyncio.ensure_future(gateway.await_push(sent.push))
+            await self.choose(phone, sent.match_number)
+            self.assertEqual(await waiting, sls.Accepted("ivan", self.ib_key, "ib-key"))
+        self.hang_up(phone)
+        # The user says "this was not me" on the phone.
+        denier = self.phone("--deny")
+        async with client() as gateway:
+            sent = await gateway.push("ivan", self.ib_key)
+            self.assertEqual(await gateway.await_push(sent.push), sls.Denied())

@@ -311,7 +311,11 @@ pub async fn serve(
         .map(|front| tokio::spawn(radius::serve(Arc::clone(&shared), front, stopping.clone())));
     let reloader = tokio::spawn(reload_on_hangup(
         Arc::clone(&shared),
-        (endpoint.clone(), tcp.clone(), pki.clone()),
+        (
+            endpoint.clone(),
+            tcp.as_ref().map(|front| front.tls()),
+            pki.clone(),
+        ),
         hangups.ok(),
         stopping.clone(),
     ));
@@ -477,8 +481,8 @@ fn endpoint(config: &Config, pki: &PkiPaths) -> Result<quinn::Endpoint, ServeErr
 /// On SIGHUP: the server certificate and key, the CA and the revocation
 /// list are read again. New connections (QUIC and TCP) get the new
 /// certificate; open ones go on, except those whose certificate is now
-/// revoked. A file that
-/// does not load leaves everything as it was, with an error in the log.
+/// revoked. A file that does not load leaves everything as it was, with
+/// an error in the log.
 #[cfg(unix)]
 type Hangups = tokio::signal::unix::Signal;
 #[cfg(not(unix))]
@@ -486,7 +490,7 @@ type Hangups = ();
 
 async fn reload_on_hangup(
     shared: Arc<Shared>,
-    (endpoint, tcp, pki): (quinn::Endpoint, Option<Arc<tcp::Front>>, PkiPaths),
+    (endpoint, tcp, pki): (quinn::Endpoint, Option<Arc<tcp::TlsConfig>>, PkiPaths),
     hangups: Option<Hangups>,
     mut stopping: watch::Receiver<bool>,
 ) {
@@ -505,7 +509,7 @@ async fn reload_on_hangup(
                 Ok((server, tls, revoked)) => {
                     endpoint.set_server_config(Some(server));
                     if let Some(tcp) = &tcp {
-                        tcp.tls.send_replace(Arc::new(tls));
+                        tcp.send_replace(Arc::new(tls));
                     }
                     let count = revoked.len();
                     shared.revoked.send_replace(Arc::new(revoked));

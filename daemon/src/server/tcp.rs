@@ -27,8 +27,11 @@ use crate::wire::ALPN;
 /// (replaced on SIGHUP, like the QUIC endpoint's).
 pub(super) struct Front {
     listener: TcpListener,
-    pub(super) tls: watch::Sender<Arc<rustls::ServerConfig>>,
+    tls: Arc<TlsConfig>,
 }
+
+/// The TLS configuration new TCP connections get, replaced on SIGHUP.
+pub(super) type TlsConfig = watch::Sender<Arc<rustls::ServerConfig>>;
 
 impl Front {
     /// Binds `server.tcp-listen`; `None` when it is empty.
@@ -44,12 +47,18 @@ impl Front {
             .map_err(|source| ServeError::Bind { addr, source })?;
         Ok(Some(Self {
             listener,
-            tls: watch::Sender::new(Arc::new(tls)),
+            tls: Arc::new(watch::Sender::new(Arc::new(tls))),
         }))
     }
 
     pub(super) fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr().ok()
+    }
+
+    /// Where the reload puts a new TLS configuration (without holding the
+    /// listener open: it closes when the accept loop ends).
+    pub(super) fn tls(&self) -> Arc<TlsConfig> {
+        Arc::clone(&self.tls)
     }
 }
 

@@ -72,6 +72,8 @@ class _Connection(asyncio.Protocol):
         self.out = bytearray()
         self.flushing = False
         self.closed = False
+        #: Done once the connection is gone (its TLS close finished).
+        self.ended = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
@@ -103,6 +105,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.fail(ConnectionLost(f"the connection ended: {exc or 'closed by the server'}"))
+        if not self.ended.done():
+            self.ended.set_result(None)
 
     def fail(self, error: SlsError) -> None:
         self.closed = True
@@ -211,9 +215,16 @@ class AsyncClient:
         return await self._call(_VERDICTS, wire.OP_AWAIT_PUSH, [("u64", push)], timeout=timeout)
 
     async def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        """Closes the connection (TLS close_notify), waiting a moment for it."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        connection.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(connection.ended), 1.0)
+        except asyncio.TimeoutError:
+            if connection.transport is not None:
+                connection.transport.abort()
 
     async def __aenter__(self) -> "AsyncClient":
         return self
