@@ -111,13 +111,15 @@ async fn bridge(daemon: &Daemon, behaviour: carrier::Behaviour, inbox: &Arc<Inbo
     .unwrap()
 }
 
-/// Polls `CodeStatus` until `want` says yes (or 5 s pass).
+/// Polls `CodeStatus` until `want` says yes (or 10 s pass: a delivery's
+/// failover takes about one `ack-timeout`, 500 ms here, but a loaded CI
+/// machine running a dozen daemons at once can be much slower).
 async fn status_until(
     gateway: &Client,
     code: slsd::identity::CodeId,
     want: impl Fn(&DeliveryState) -> bool,
 ) -> Reply {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let reply = gateway.call(Operation::CodeStatus { code }).await.unwrap();
         if let Reply::CodeStatus { delivery, .. } = &reply

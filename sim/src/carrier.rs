@@ -141,21 +141,27 @@ impl Bridge {
         // Subscribed and acknowledged on one stream: the acknowledgements
         // leave on the connection the messages came on, over QUIC or TCP.
         let (acks, mut messages) = client.subscription(4096).await?;
-        match acks.call(Operation::CarrierSubscribe).await? {
-            Reply::Subscribed => {}
-            other => return Err(ClientError::Broken(format!("subscribe: {other:?}"))),
-        }
         let behaviour = Arc::new(Mutex::new(behaviour));
         let handed = Arc::new(AtomicU64::new(0));
+        // Taking messages from the start: they may come before the
+        // confirmation, more than the notice queue holds.
         let task = {
             let behaviour = Arc::clone(&behaviour);
             let handed = Arc::clone(&handed);
+            let acks = acks.clone();
             tokio::spawn(async move {
                 while let Some(message) = messages.recv().await {
                     handle(message, &behaviour, &handed, &inbox, &acks);
                 }
             })
         };
+        match acks.call(Operation::CarrierSubscribe).await {
+            Ok(Reply::Subscribed) => {}
+            other => {
+                task.abort();
+                return Err(ClientError::Broken(format!("subscribe: {other:?}")));
+            }
+        }
         Ok(Self {
             client,
             behaviour,
