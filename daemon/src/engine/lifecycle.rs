@@ -72,7 +72,17 @@ impl Engine {
     /// The devices `user` may log in with at `now`: their own usable ones,
     /// or, while they use a shared device, that device instead.
     pub(super) fn login_devices(&self, user: &Username, now: Timestamp) -> Vec<Arc<Device>> {
-        match self.active_share_of(user) {
+        self.login_devices_with(user, self.active_share_of(user).as_ref(), now)
+    }
+
+    /// [`Self::login_devices`] given the user's share in effect, if any.
+    fn login_devices_with(
+        &self,
+        user: &Username,
+        share: Option<&Share>,
+        now: Timestamp,
+    ) -> Vec<Arc<Device>> {
+        match share {
             Some(share) => self
                 .registry
                 .device(share.device)
@@ -109,7 +119,7 @@ impl Engine {
     /// `ListDevices` (an operator, `Some(page)`: every device with its
     /// status, a page at a time by device id).
     pub(super) fn device_list(&self, user: &Username, now: Timestamp, page: Option<Page>) -> Reply {
-        let required = !self.registry.user(user).opted_out;
+        let required = !self.registry.opted_out(user);
         let share = self.active_share_of(user);
         let entry = |d: &Device, status, owner: Option<Username>| DeviceEntry {
             device: d.id,
@@ -134,7 +144,7 @@ impl Engine {
             }
             devices = page.select(devices, |d| d.device.0);
         } else {
-            for d in self.login_devices(user, now) {
+            for d in self.login_devices_with(user, share.as_ref(), now) {
                 let owner = (&d.user != user).then(|| d.user.clone());
                 devices.push(entry(&d, DeviceStatus::Active, owner));
             }

@@ -580,7 +580,7 @@ impl Login<'_> {
         match waited {
             Ok(Some(reply)) => {
                 // Counted as a late answer on a stream is.
-                super::stream::count_outcome("await_push", &reply);
+                super::stream::count_outcome(self.shared, "await_push", &reply);
                 Some(reply)
             }
             Ok(None) => Some(Reply::error(
@@ -627,7 +627,7 @@ impl Login<'_> {
                 .handle_from(&caller, operation, now, &mut rng)?;
             super::stream::durable(shared, outcome).await
         };
-        super::stream::count_outcome(name, &reply);
+        super::stream::count_outcome(shared, name, &reply);
         shared
             .metrics
             .latency(name, started.elapsed().as_secs_f64());

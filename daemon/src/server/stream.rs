@@ -517,7 +517,7 @@ fn handle(
         count_proof(shared, connection, &outcome.reply, now);
     }
     if outcome.persist.is_none() {
-        count_outcome(operation, &outcome.reply);
+        count_outcome(shared, operation, &outcome.reply);
         encode(out, request.id, outcome.reply);
         shared
             .metrics
@@ -639,10 +639,10 @@ fn refuse(
     encode(out, id, reply);
 }
 
-pub(super) fn count_outcome(operation: &'static str, reply: &Reply) {
-    let label = outcome_label(reply);
-    metrics::counter!(crate::metrics::REQUESTS, "operation" => operation, "outcome" => label)
-        .increment(1);
+/// Counts a request's reply, through the kept handles (`RequestMetrics`),
+/// not a registry lookup per request.
+pub(super) fn count_outcome(shared: &Shared, operation: &'static str, reply: &Reply) {
+    shared.metrics.count(operation, outcome_label(reply));
 }
 
 /// Sends an outcome's reply from a task of its own: once the failure state
@@ -653,7 +653,7 @@ async fn send_outcome(
     (id, operation, started): (u64, &'static str, Instant),
     outcome: crate::engine::Outcome,
 ) {
-    count_outcome(operation, &outcome.reply);
+    count_outcome(shared, operation, &outcome.reply);
     let reply = durable(shared, outcome).await;
     let mut out = Vec::new();
     encode(&mut out, id, reply);

@@ -247,6 +247,16 @@ impl Registry {
         shares
     }
 
+    /// Whether `user` opted out of the Secure Login System ([`Self::user`]
+    /// without copying the account: every `Devices` asks).
+    pub fn opted_out(&self, user: &Username) -> bool {
+        self.users
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(user)
+            .is_some_and(|account| account.opted_out)
+    }
+
     /// The share in effect through which `user` uses another's device.
     /// (Scans the shares, which are few; the login path calls it.)
     pub fn active_share_of(&self, user: &Username) -> Option<Share> {
@@ -318,13 +328,12 @@ impl Registry {
     }
 
     pub fn devices_of(&self, user: &Username) -> Vec<Arc<Device>> {
-        let ids = self
-            .by_user
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(user)
-            .cloned()
-            .unwrap_or_default();
+        // Both read locks at once (always this order; writers take one at
+        // a time), rather than a copy of the ids: this is every login's.
+        let by_user = self.by_user.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(ids) = by_user.get(user) else {
+            return Vec::new();
+        };
         let devices = self.devices.read().unwrap_or_else(PoisonError::into_inner);
         ids.iter()
             .filter_map(|id| devices.get(id).cloned())
