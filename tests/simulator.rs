@@ -394,6 +394,8 @@ fn bench_starts_its_own_daemon_and_reports() {
         "100",
         "--mix",
         "login=50,sms=20,push=20,withdrawal=10",
+        "--ceiling",
+        "1s",
         "--json",
         report_path.to_str().unwrap(),
     ]);
@@ -405,6 +407,12 @@ fn bench_starts_its_own_daemon_and_reports() {
     assert!(report["cores"].as_u64().unwrap() >= 1);
     assert!(report["attacker_requests"].as_u64().unwrap() > 0);
     assert!(report["daemon_cpu_s"].as_f64().unwrap() > 0.0);
+    // The run is set beside the quinn echo ceiling of the same machine.
+    let ceiling = &report["ceiling"];
+    assert!(ceiling["requests_per_sec"].as_f64().unwrap() > 0.0, "{ceiling}");
+    assert_eq!(ceiling["streams"], 4, "{ceiling}");
+    assert!(stdout.contains("% of it"), "{stdout}");
+    assert_eq!(report["mix"], "login=50,sms=20,push=20,withdrawal=10");
     // SMS codes went through the emulated carrier, pushes through the
     // emulated phones, withdrawals were confirmed, and every one of them
     // was accepted.

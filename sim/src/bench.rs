@@ -3,10 +3,12 @@
 //! report.
 
 use std::path::Path;
+use std::time::Duration;
 
 use slsd::profile::DeviceProfiles;
 
 use crate::daemon::LocalDaemon;
+use crate::echo::{self, Ceiling, EchoError};
 use crate::fleet::Fleet;
 use crate::load::{self, LoadError, LoadPlan, Pace, Target};
 use crate::report::{Report, RunSetup};
@@ -54,6 +56,7 @@ pub async fn measure(
     );
     Ok(outcome.report(RunSetup {
         mode,
+        mix: plan.flows.to_string(),
         connections: plan.connections,
         client_cpu_s,
         daemon_cpu_s,
@@ -61,11 +64,29 @@ pub async fn measure(
     }))
 }
 
+/// The quinn echo ceiling for a run shaped like `plan`: as many streams,
+/// and as many requests in flight (a closed loop's logins each have one;
+/// an open loop is given 256).
+pub async fn ceiling(duration: Duration, plan: &LoadPlan) -> Result<Ceiling, EchoError> {
+    let in_flight = match plan.pace {
+        Pace::Concurrency(users) => users,
+        Pace::Rate(_) => 256,
+    };
+    let streams = plan.connections.max(1) * plan.streams.max(1);
+    echo::measure(duration, streams, in_flight).await
+}
+
 /// User + system CPU seconds of a process, from /proc (0 elsewhere).
 pub fn cpu_seconds(pid: u32) -> f64 {
-    // Fields 14 and 15 of /proc/PID/stat, in clock ticks of 1/100 s (the
-    // Linux USER_HZ on every mainstream architecture).
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    cpu_seconds_of(Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// User + system CPU seconds from a `/proc/.../stat` file (a process's or
+/// a thread's), 0 if it cannot be read.
+pub fn cpu_seconds_of(path: &Path) -> f64 {
+    // Fields 14 and 15, in clock ticks of 1/100 s (the Linux USER_HZ on
+    // every mainstream architecture).
+    let Ok(stat) = std::fs::read_to_string(path) else {
         return 0.0;
     };
     let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);

@@ -20,6 +20,7 @@ pub use slsd::client;
 pub mod cluster;
 pub mod daemon;
 pub mod device;
+pub mod echo;
 pub mod fleet;
 pub mod load;
 pub mod model;

@@ -252,7 +252,7 @@ struct LoadShape {
     /// Also write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Also draw throughput, p99 and the latency histogram as SVG.
+    /// Also draw throughput, p99 and latency by percentile as SVG.
     #[arg(long)]
     plot: Option<PathBuf>,
 }
@@ -298,6 +298,11 @@ struct BenchArgs {
     /// phones), withdrawal (a challenge/response confirming an amount).
     #[arg(long, default_value = "login=100")]
     mix: FlowMix,
+    /// After the load, echo small frames over quinn with the daemon's TLS
+    /// for this long and report the run as a share of that ceiling ("0s":
+    /// skip).
+    #[arg(long, default_value = "3s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    ceiling: Duration,
     /// A running daemon to load instead of starting one (several nodes
     /// sharing a store: comma-separated).
     #[arg(long, requires = "data_dir", value_delimiter = ',')]
@@ -700,7 +705,11 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         let shape = (&args.shape, pskc);
         let fleet = create_fleet(&target, shape, &args.devices, prefix).await?;
         eprintln!("fleet: {fleet}");
-        Ok(bench::measure(&target, &fleet, &profiles()?, &plan, pid).await?)
+        let mut report = bench::measure(&target, &fleet, &profiles()?, &plan, pid).await?;
+        if !args.ceiling.is_zero() {
+            report.ceiling = Some(bench::ceiling(args.ceiling, &plan).await?);
+        }
+        Ok(report)
     });
     if let Some(daemon) = daemon.as_mut() {
         daemon.stop();

@@ -323,6 +323,7 @@ impl Recorder {
         Report {
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             mode: setup.mode,
+            mix: setup.mix,
             duration_s: secs,
             connections: setup.connections,
             users: setup.users,
@@ -381,9 +382,12 @@ impl Recorder {
             invariant_violations: setup.violations,
             client_cpu_s: setup.client_cpu_s,
             daemon_cpu_s: setup.daemon_cpu_s,
+            // Only whole seconds: the last one, cut off by the end of the
+            // run, would show as a fall that never happened.
             timeline: self
                 .timeline
                 .iter()
+                .take(elapsed.as_secs() as usize)
                 .enumerate()
                 .map(|(i, s)| TimelinePoint {
                     second: i as u64,
@@ -393,7 +397,15 @@ impl Recorder {
                     p99_us: s.latency.value_at_quantile(0.99),
                 })
                 .collect(),
-            latency_histogram: histogram_buckets(&self.all),
+            latency_curves: Op::ALL
+                .iter()
+                .filter(|&&op| self.requests[op as usize] > 0)
+                .map(|&op| {
+                    let curve = percentile_curve(&self.latency[op as usize]);
+                    (op.name().to_owned(), curve)
+                })
+                .collect(),
+            ceiling: None,
         }
     }
 }
@@ -402,6 +414,8 @@ impl Recorder {
 #[derive(Debug, Clone, Default)]
 pub struct RunSetup {
     pub mode: String,
+    /// The flows and their shares, as `--mix` gives them.
+    pub mix: String,
     pub connections: usize,
     pub users: usize,
     pub violations: Vec<String>,
@@ -449,17 +463,46 @@ pub struct TimelinePoint {
     pub p99_us: u64,
 }
 
-/// Request latencies in buckets doubling from 1 µs: (upper bound µs, count).
-fn histogram_buckets(h: &Histogram<u64>) -> Vec<(u64, u64)> {
-    let mut buckets = Vec::new();
-    let mut low = 0u64;
-    let mut high = 1u64;
-    while low <= h.max() && !h.is_empty() {
-        buckets.push((high, h.count_between(low + 1, high)));
-        low = high;
-        high = high.saturating_mul(2);
+/// One point of a latency percentile curve.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CurvePoint {
+    /// 50.0 … 99.99.
+    pub percentile: f64,
+    pub us: u64,
+}
+
+/// The highest percentile a curve reaches: further out, a 10-second run
+/// has too few requests for the value to mean anything.
+pub const CURVE_TOP: f64 = 99.99;
+/// Points per decade of `1 / (1 - q)`, the axis HDR plots use: p90, p99,
+/// p99.9 and p99.99 fall one decade apart.
+const CURVE_STEPS_PER_DECADE: u32 = 20;
+
+/// Latency at percentiles from p50 to [`CURVE_TOP`], evenly spaced on the
+/// decade axis (what `HdrHistogram`'s plots draw): the tail gets as many
+/// points as the middle.
+fn percentile_curve(h: &Histogram<u64>) -> Vec<CurvePoint> {
+    if h.is_empty() {
+        return Vec::new();
     }
-    buckets
+    // p50 is 0.301 decades out; the grid after it is anchored on whole
+    // decades so that p90, p99 and p99.9 are points of their own.
+    let first = 2f64.log10();
+    let last = -(1.0 - CURVE_TOP / 100.0).log10() + 1e-9;
+    let grid = (1..)
+        .map(|k| f64::from(k) / f64::from(CURVE_STEPS_PER_DECADE))
+        .skip_while(|&d| d <= first)
+        .take_while(|&d| d <= last);
+    std::iter::once(first)
+        .chain(grid)
+        .map(|decades| {
+            let q = 1.0 - 10f64.powf(-decades);
+            CurvePoint {
+                percentile: q * 100.0,
+                us: h.value_at_quantile(q),
+            }
+        })
+        .collect()
 }
 
 /// The whole report. The top-level field names are a contract: scripts
@@ -470,6 +513,8 @@ fn histogram_buckets(h: &Histogram<u64>) -> Vec<(u64, u64)> {
 pub struct Report {
     pub cores: usize,
     pub mode: String,
+    /// The flows and their shares (`login=80,sms=10,push=10`).
+    pub mix: String,
     pub duration_s: f64,
     pub connections: usize,
     pub users: usize,
@@ -497,12 +542,32 @@ pub struct Report {
     pub invariant_violations: Vec<String>,
     pub client_cpu_s: Option<f64>,
     pub daemon_cpu_s: Option<f64>,
+    /// Whole seconds of the run (a last, partial second is left out).
     pub timeline: Vec<TimelinePoint>,
-    /// (upper bound µs, requests) in doubling buckets.
-    pub latency_histogram: Vec<(u64, u64)>,
+    /// Latency by percentile, p50 to p99.99, per operation.
+    pub latency_curves: BTreeMap<String, Vec<CurvePoint>>,
+    /// The quinn echo ceiling measured beside the run (`sls-sim bench`).
+    pub ceiling: Option<crate::echo::Ceiling>,
 }
 
 impl Report {
+    /// The run's configuration in one line: the plot's title.
+    pub fn title(&self) -> String {
+        let mix = if self.mix.is_empty() {
+            String::new()
+        } else {
+            format!(", mix {}", self.mix)
+        };
+        let connections = match self.connections {
+            1 => "1 connection".to_owned(),
+            n => format!("{n} connections"),
+        };
+        format!(
+            "{} users{mix}, {connections}, {}; {} cores",
+            self.users, self.mode, self.cores
+        )
+    }
+
     /// The report for people.
     pub fn render(&self) -> String {
         use std::fmt::Write;
@@ -593,12 +658,37 @@ impl Report {
                 );
             }
         }
+        if let Some(c) = &self.ceiling {
+            let _ = writeln!(
+                out,
+                "quinn echo ceiling ({} streams, {} in flight, the daemon's TLS): {:.0} req/s, \
+                 echo server {:.2} cores; this run reached {:.1} % of it",
+                c.streams,
+                c.in_flight,
+                c.requests_per_sec,
+                c.server_cores,
+                100.0 * self.requests_per_sec / c.requests_per_sec.max(1e-9)
+            );
+        }
+        // Per request, all requests (the attackers' too): what each side
+        // costs, whatever the machine's speed.
+        let all = (self.requests + self.attacker_requests).max(1) as f64;
+        let per_request = |s: f64| s * 1e6 / all;
         match (self.client_cpu_s, self.daemon_cpu_s) {
             (Some(c), Some(d)) => {
-                let _ = writeln!(out, "cpu seconds: client {c:.1}, daemon {d:.1}");
+                let _ = writeln!(
+                    out,
+                    "cpu seconds: client {c:.1} ({:.2} us/request), daemon {d:.1} ({:.2} us/request)",
+                    per_request(c),
+                    per_request(d)
+                );
             }
             (Some(c), None) => {
-                let _ = writeln!(out, "cpu seconds: client {c:.1}");
+                let _ = writeln!(
+                    out,
+                    "cpu seconds: client {c:.1} ({:.2} us/request)",
+                    per_request(c)
+                );
             }
             _ => {}
         }
@@ -675,8 +765,51 @@ mod tests {
         assert_eq!(report.timeline.len(), 2);
         assert_eq!(report.timeline[1].logins, 1);
         assert!(report.latency_us.max >= 1_500_000);
-        let counted: u64 = report.latency_histogram.iter().map(|b| b.1).sum();
-        assert_eq!(counted, 2);
+        let challenge = &report.latency_curves["challenge"];
+        assert!(challenge.iter().all(|p| p.us >= 99 && p.us <= 101));
+        assert!(report.latency_curves["verify"][0].us >= 1_490_000);
+        assert!(!report.latency_curves.contains_key("devices"));
+    }
+
+    #[test]
+    fn the_timeline_leaves_out_the_last_partial_second() {
+        let start = Instant::now();
+        let mut recorder = Recorder::new(start);
+        for ms in [10, 1010, 2010, 2500] {
+            let done = start + Duration::from_millis(ms);
+            recorder.request(Op::Devices, done, done);
+        }
+        let report = recorder.report(Duration::from_millis(2600), RunSetup::default());
+        let seconds: Vec<u64> = report.timeline.iter().map(|p| p.requests).collect();
+        assert_eq!(seconds, [1, 1], "second 2 ended after the run did");
+        assert_eq!(report.requests, 4, "its requests still count in the totals");
+    }
+
+    #[test]
+    fn a_latency_curve_runs_from_p50_to_p9999_and_never_falls() {
+        let start = Instant::now();
+        let mut recorder = Recorder::new(start);
+        for us in 1..=100_000u64 {
+            recorder.request(Op::Verify, start, start + Duration::from_micros(us));
+        }
+        let report = recorder.report(Duration::from_secs(1), RunSetup::default());
+        let curve = &report.latency_curves["verify"];
+        let first = curve.first().unwrap();
+        let last = curve.last().unwrap();
+        assert!((first.percentile - 50.0).abs() < 1e-9, "{first:?}");
+        assert!((last.percentile - CURVE_TOP).abs() < 1e-9, "{last:?}");
+        // Uniform 1..=100,000 µs: the value at q is about q × 100,000.
+        assert!(first.us.abs_diff(50_000) < 100, "{first:?}");
+        assert!(last.us.abs_diff(99_990) < 100, "{last:?}");
+        assert!(
+            curve
+                .windows(2)
+                .all(|w| w[0].us <= w[1].us && w[0].percentile < w[1].percentile)
+        );
+        // p90, p99 and p99.9 are among the points (one decade apart).
+        for p in [90.0, 99.0, 99.9] {
+            assert!(curve.iter().any(|c| (c.percentile - p).abs() < 1e-6), "{p}");
+        }
     }
 
     #[test]

@@ -162,6 +162,26 @@ impl FlowMix {
     }
 }
 
+/// As `--mix` takes it: `login=80,sms=10,push=10` (flows without a share
+/// left out).
+impl std::fmt::Display for FlowMix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shares = [
+            ("login", self.login),
+            ("sms", self.sms),
+            ("push", self.push),
+            ("withdrawal", self.withdrawal),
+        ];
+        let mut first = true;
+        for (name, share) in shares.into_iter().filter(|(_, share)| *share > 0) {
+            let comma = if first { "" } else { "," };
+            write!(f, "{comma}{name}={share}")?;
+            first = false;
+        }
+        Ok(())
+    }
+}
+
 impl FromStr for FlowMix {
     type Err = String;
 
@@ -580,5 +600,19 @@ async fn live_line(shared: Arc<Shared>) {
         } else {
             eprintln!("{line}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mix_reads_back_as_written() {
+        let mix: FlowMix = "login=80, sms=10,push=10".parse().unwrap();
+        assert_eq!(mix.to_string(), "login=80,sms=10,push=10");
+        assert_eq!(mix.to_string().parse::<FlowMix>().unwrap(), mix);
+        assert_eq!(FlowMix::default().to_string(), "login=100");
+        assert!("login=0".parse::<FlowMix>().is_err());
     }
 }
