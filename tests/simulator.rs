@@ -409,7 +409,10 @@ fn bench_starts_its_own_daemon_and_reports() {
     assert!(report["daemon_cpu_s"].as_f64().unwrap() > 0.0);
     // The run is set beside the quinn echo ceiling of the same machine.
     let ceiling = &report["ceiling"];
-    assert!(ceiling["requests_per_sec"].as_f64().unwrap() > 0.0, "{ceiling}");
+    assert!(
+        ceiling["requests_per_sec"].as_f64().unwrap() > 0.0,
+        "{ceiling}"
+    );
     assert_eq!(ceiling["streams"], 4, "{ceiling}");
     assert!(stdout.contains("% of it"), "{stdout}");
     assert_eq!(report["mix"], "login=50,sms=20,push=20,withdrawal=10");
