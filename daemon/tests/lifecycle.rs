@@ -71,34 +71,6 @@ fn answer_with(key: &SecretKey, text: &ChallengeText) -> String {
     }
 }
 
-/// A withdrawal of `cents` by `name`, logging in with `device` (key `key`)
-/// first; for threads that share the engine.
-fn withdraw_with(
-    engine: &Engine,
-    rng: &mut ChaCha20Rng,
-    name: &str,
-    (device, key): (DeviceId, &SecretKey),
-    cents: u64,
-) -> Reply {
-    let ask = Operation::Challenge {
-        user: user(name),
-        device,
-    };
-    let Reply::Challenge {
-        challenge, text, ..
-    } = engine.handle(Role::Gateway, ask, T0, rng).reply
-    else {
-        panic!("no challenge")
-    };
-    let op = Operation::AuthorizeWithdrawal {
-        user: user(name),
-        amount_cents: cents,
-        challenge,
-        response: Answer::new(&answer_with(key, &text)),
-    };
-    engine.handle(Role::Gateway, op, T0, rng).reply
-}
-
 struct World {
     dir: tempfile::TempDir,
     engine: Arc<Engine>,
@@ -1129,35 +1101,31 @@ fn the_lifecycle_operations_are_the_admin_role_s() {
 
 #[test]
 fn concurrent_changes_share_their_fsyncs_and_all_survive_a_restart() {
-    let mut w = World::new("");
-    // 16 threads, each logging in with its own DSC+ (a device has one
-    // current challenge) and withdrawing 25 times.
-    let devices: Vec<_> = (0..16)
-        .map(|_| {
-            let dsc = w.enroll("amy", DeviceKind::DscPlus);
-            (dsc, w.key_of(dsc).clone())
-        })
-        .collect();
+    let w = World::new("");
+    // 16 threads, each turning its own user's opt-out on and off 25 times
+    // (ending on): 400 changes.
     let engine = Arc::clone(&w.engine);
     let (changes_before, flushes_before) = engine.registry().change_counts();
-    let handles: Vec<_> = devices
-        .into_iter()
-        .enumerate()
-        .map(|(i, (dsc, key))| {
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
             let engine = Arc::clone(&engine);
             std::thread::spawn(move || {
-                let mut rng = ChaCha20Rng::seed_from_u64(200 + i as u64);
+                let mut rng = ChaCha20Rng::seed_from_u64(200 + i);
                 (0..25)
-                    .filter(|_| {
-                        let reply = withdraw_with(&engine, &mut rng, "amy", (dsc, &key), USD);
-                        matches!(reply, Reply::WithdrawalApproved { .. })
+                    .filter(|j| {
+                        let op = Operation::SetOptOut {
+                            user: user(&format!("user{i}")),
+                            opted_out: j % 2 == 0,
+                        };
+                        let reply = engine.handle(Role::Admin, op, T0, &mut rng).reply;
+                        matches!(reply, Reply::Done)
                     })
                     .count()
             })
         })
         .collect();
-    let approved: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
-    assert_eq!(approved, 400);
+    let done: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(done, 400);
     let (changes, flushes) = engine.registry().change_counts();
     assert_eq!(changes - changes_before, 400);
     assert!(
@@ -1168,12 +1136,49 @@ fn concurrent_changes_share_their_fsyncs_and_all_survive_a_restart() {
     // Every acknowledged change is on disk.
     drop(engine);
     let w = w.restart();
-    let booked = w
-        .engine
-        .registry()
-        .withdrawn_on(&user("amy"), Day::of(T0))
-        .unwrap();
-    assert_eq!(booked, 400 * USD);
+    for i in 0..16 {
+        assert!(w.engine.registry().opted_out(&user(&format!("user{i}"))));
+    }
+}
+
+#[test]
+fn approved_withdrawals_survive_a_restart_and_count_after_it() {
+    let mut w = World::new("");
+    let card = w.enroll("amy", DeviceKind::Scc);
+    for _ in 0..3 {
+        let reply = w.withdraw("amy", card, 50_000 * USD, T0);
+        assert!(
+            matches!(reply, Reply::WithdrawalApproved { .. }),
+            "{reply:?}"
+        );
+    }
+    let mut w = w.restart();
+    let booked = w.engine.registry().withdrawn_on(&user("amy"), Day::of(T0));
+    assert_eq!(booked.unwrap(), 150_000 * USD);
+    // What was booked before the restart counts against the limit after
+    // it (200,000 a day on a card): 50,000 more fits, then nothing.
+    let reply = w.withdraw("amy", card, 50_000 * USD, T0);
+    assert!(
+        matches!(reply, Reply::WithdrawalApproved { .. }),
+        "{reply:?}"
+    );
+    let reply = w.withdraw("amy", card, USD, T0);
+    assert!(matches!(reply, Reply::OverLimit { .. }), "{reply:?}");
+    // The audit log holds one entry per approval.
+    let Reply::Audit(entries) = w.admin(
+        Operation::AuditLog {
+            after: 0,
+            limit: 100,
+        },
+        T0,
+    ) else {
+        panic!()
+    };
+    let approvals = entries
+        .iter()
+        .filter(|e| e.action == "withdrawal-approved")
+        .count();
+    assert_eq!(approvals, 4);
 }
 
 #[test]

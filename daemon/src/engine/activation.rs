@@ -458,7 +458,11 @@ impl Engine {
             }
         };
         // Whatever is answered carries the failure a late challenge cost.
-        let answer = |reply: Reply| Outcome { reply, persist };
+        let answer = |reply: Reply| Outcome {
+            reply,
+            persist,
+            booking: None,
+        };
         // Kept before the token is sent, so the bound holds however many
         // start at once.
         let token = ActivationToken {

@@ -11,7 +11,8 @@ pub struct Facts {
     /// It may write the registry on the embedded store (a commit, with
     /// fsync, before its reply): the server runs it off the threads that
     /// answer logins. `Verify` is not one: its rare writes (a temporary
-    /// code's use, a replacement's activation) stay on the hot path.
+    /// code's use, a replacement's activation) stay on the hot path; nor is
+    /// `AuthorizeWithdrawal`, whose booking the commit thread writes.
     pub changes_registry: bool,
     /// It issues something a user is limited in (a challenge, a code, a
     /// push, a token), so it counts toward the connection's issuance quota
@@ -46,7 +47,6 @@ pub fn facts(operation: &Operation) -> Facts {
         | Operation::Unlock { .. }
         | Operation::EnrollPhone { .. }
         | Operation::BindPushKey { .. }
-        | Operation::AuthorizeWithdrawal { .. }
         | Operation::SetIdentity { .. }
         | Operation::SetOptOut { .. }
         | Operation::ShareDevice { .. }
@@ -70,6 +70,9 @@ pub fn facts(operation: &Operation) -> Facts {
         | Operation::StartPhoneVerification { .. } => Facts::ISSUES,
         Operation::Devices { .. }
         | Operation::Verify { .. }
+        // A verification and an in-memory booking, committed with the
+        // failure states by the commit thread (`store::embedded::ledger`).
+        | Operation::AuthorizeWithdrawal { .. }
         | Operation::VerifyCode { .. }
         | Operation::CodeStatus { .. }
         | Operation::AwaitPush { .. }

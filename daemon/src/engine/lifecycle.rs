@@ -21,6 +21,7 @@ use crate::policy::calendar::Day;
 use crate::policy::sharing::{Participant, ShareRefusal, check_share};
 use crate::policy::withdrawal::{Withdrawn, headroom, kinds_that_allow};
 use crate::profile::{DeviceKind, SecurityLevel};
+use crate::store::embedded::ledger::Booking;
 use crate::store::{Account, Activation, Actor, DeviceLife, RegistryChange, Share, ShareState};
 use crate::store::{Device, EnrollError, NewDevice, Store, StoreError};
 use crate::wire::request::{Answer, Identification, Page, Pin};
@@ -788,28 +789,34 @@ impl Engine {
         };
         let today = Day::of(now);
         let start = self.config.withdrawals.holidays.window_start(today, 5);
-        let keep = self.config.withdrawals.ledger_days;
         let holds: Vec<_> = self
             .registry
             .devices_of(user)
             .iter()
             .map(|d| d.kind)
             .collect();
-        let decided = self.registry.change(rng, now, Self::actor(caller), |c| {
-            let withdrawn = c.withdrawn(user, start, today)?;
-            let decision = self.withdrawal_decision((device, kind), amount, withdrawn, &holds);
-            if matches!(decision, Reply::WithdrawalApproved { .. }) {
-                c.book_withdrawal(user, today, amount, keep)?;
-                c.audit(
-                    "withdrawal-approved",
-                    Some(user),
-                    Some(device),
-                    withdrawal_detail(amount, kind, today),
-                )?;
-            }
-            Ok::<_, StoreError>(decision)
-        });
-        outcome.reply = decided.unwrap_or_else(|e| store_failed(&e));
+        // Decided and booked in memory under the ledger's lock; the booking
+        // and its audit entry reach the disk through the committer before
+        // the reply (`store::embedded::ledger`).
+        outcome.reply = self
+            .registry
+            .decide_withdrawal(user, start, today, |withdrawn| {
+                let decision = self.withdrawal_decision((device, kind), amount, withdrawn, &holds);
+                let approved = matches!(decision, Reply::WithdrawalApproved { .. });
+                (decision, approved.then_some(amount))
+            });
+        if matches!(outcome.reply, Reply::WithdrawalApproved { .. }) {
+            outcome.booking = Some(Box::new(Booking {
+                user: user.clone(),
+                day: today,
+                cents: amount,
+                keep_days: self.config.withdrawals.ledger_days,
+                device,
+                actor: Self::actor(caller),
+                at: now,
+                detail: withdrawal_detail(amount, kind, today),
+            }));
+        }
         outcome
     }
 

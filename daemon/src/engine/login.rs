@@ -75,6 +75,7 @@ impl Engine {
                     return Outcome {
                         reply: refusal,
                         persist,
+                        booking: None,
                     };
                 }
             };
@@ -115,11 +116,16 @@ impl Engine {
                     Reply::error(ErrorCode::TooManyChallenges, "the challenge table is full")
                 }
             };
-            return Outcome { reply, persist };
+            return Outcome {
+                reply,
+                persist,
+                booking: None,
+            };
         }
         Outcome {
             reply: Reply::error(ErrorCode::Busy, "could not allocate a challenge id"),
             persist,
+            booking: None,
         }
     }
 
@@ -204,6 +210,7 @@ impl Engine {
         Outcome {
             reply: Reply::Verdict(verdict),
             persist,
+            booking: None,
         }
     }
 

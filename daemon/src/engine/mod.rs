@@ -52,6 +52,7 @@ use crate::identity::DeviceId;
 use crate::phone::SendLimit;
 use crate::store::StoreError;
 use crate::store::embedded::challenges::ChallengeTable;
+use crate::store::embedded::ledger::Booking;
 use crate::store::embedded::registry::Registry;
 use crate::wire::{ErrorCode, Operation, Reply, StatEntry};
 
@@ -67,8 +68,9 @@ pub struct Gauges {
     pub outbox: usize,
 }
 
-/// A reply, and the device whose failure state must be committed before
-/// the reply is sent.
+/// A reply, and what must be committed before the reply is sent: the
+/// device whose failure state changed, and an approved withdrawal's
+/// booking.
 ///
 /// Only the device is named, not a snapshot of its state: the committer
 /// writes the state as it is when it commits, so concurrent changes to one
@@ -77,6 +79,14 @@ pub struct Gauges {
 pub struct Outcome {
     pub reply: Reply,
     pub persist: Option<DeviceId>,
+    pub booking: Option<Box<Booking>>,
+}
+
+impl Outcome {
+    /// Whether the reply may go at once (nothing to commit first).
+    pub fn is_final(&self) -> bool {
+        self.persist.is_none() && self.booking.is_none()
+    }
 }
 
 impl From<Reply> for Outcome {
@@ -84,6 +94,7 @@ impl From<Reply> for Outcome {
         Self {
             reply,
             persist: None,
+            booking: None,
         }
     }
 }
@@ -322,6 +333,8 @@ impl Engine {
 
     /// Handles one operation from a caller of `role` that has no stream
     /// (it cannot subscribe, and `AwaitPush` answers only a settled push).
+    /// An approved withdrawal is durable when it returns; a failure state
+    /// in [`Outcome::persist`] is the caller's to commit.
     pub fn handle<R: CryptoRng + ?Sized>(
         &self,
         role: Role,
@@ -329,10 +342,19 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Outcome {
-        self.handle_from(&Caller::detached(role), operation, now, rng)
-            .unwrap_or_else(|| {
-                Reply::error(ErrorCode::InvalidArgument, "this operation needs a stream").into()
-            })
+        let Some(mut outcome) = self.handle_from(&Caller::detached(role), operation, now, rng)
+        else {
+            return Reply::error(ErrorCode::InvalidArgument, "this operation needs a stream")
+                .into();
+        };
+        // No committer here: a booking is written before the reply, as the
+        // server's committer would (failure states stay the caller's).
+        if let Some(booking) = outcome.booking.take()
+            && let Err(error) = self.registry.save(&[], &[&booking])
+        {
+            outcome.reply = lifecycle::store_failed(&error);
+        }
+        outcome
     }
 
     /// Handles one operation. `None`: the answer will be written to the

@@ -595,6 +595,10 @@ impl Engine {
             None => Reply::Done,
             Some(_) => Reply::Verdict(verdict),
         };
-        Outcome { reply, persist }
+        Outcome {
+            reply,
+            persist,
+            booking: None,
+        }
     }
 }

@@ -478,6 +478,7 @@ impl Engine {
         Outcome {
             reply: Reply::Verdict(decided.verdict),
             persist: decided.failures_changed.then_some(device.id),
+            booking: None,
         }
     }
 

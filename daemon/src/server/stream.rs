@@ -516,7 +516,7 @@ fn handle(
     if checks_proof {
         count_proof(shared, connection, &outcome.reply, now);
     }
-    if outcome.persist.is_none() {
+    if outcome.is_final() {
         count_outcome(shared, operation, &outcome.reply);
         encode(out, request.id, outcome.reply);
         shared
@@ -666,12 +666,16 @@ async fn send_outcome(
 /// An outcome's reply, once the failure state it depends on (if any) is
 /// durable; an `Internal` error if it could not be stored.
 pub(super) async fn durable(shared: &Shared, outcome: crate::engine::Outcome) -> Reply {
-    match outcome.persist {
-        None => outcome.reply,
-        Some(device) => match shared.committer.submit(device).await {
-            Ok(Ok(())) => outcome.reply,
-            _ => Reply::error(ErrorCode::Internal, "the change could not be stored"),
-        },
+    if outcome.is_final() {
+        return outcome.reply;
+    }
+    match shared
+        .committer
+        .submit(outcome.persist, outcome.booking)
+        .await
+    {
+        Ok(Ok(())) => outcome.reply,
+        _ => Reply::error(ErrorCode::Internal, "the change could not be stored"),
     }
 }
 

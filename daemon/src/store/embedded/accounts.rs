@@ -1,14 +1,15 @@
 //! The lifecycle side of the registry, in the same redb database: users
 //! (identification digest, residence, opt-out, the verified number on
 //! record), device activation states and temporary-code uses, device
-//! shares, the withdrawal ledger, and the append-only audit log.
+//! shares, and the append-only audit log (the withdrawal ledger is
+//! `ledger.rs`).
 //!
-//! Every change to the registry goes through [`Registry::change`]: one
-//! write transaction holding the change and its audit entries, committed
-//! (fsync) before memory shows it and before the caller answers. Changes
-//! are serialised (they are rare: operator calls, activations, approved
-//! withdrawals), so a rule checked inside a change still holds when it
-//! commits.
+//! Every change to the registry but the two hot writes of the commit
+//! thread (failure states and withdrawal bookings, `committer.rs`) goes
+//! through [`Registry::change`]: one write transaction holding the change
+//! and its audit entries, committed (fsync) before the caller answers.
+//! Changes are serialised (they are rare: operator calls, activations), so
+//! a rule checked inside a change still holds when it commits.
 
 use crate::store::model::*;
 use crate::store::records::{decode_audit, encode_audit, encode_life, encode_share};
@@ -23,8 +24,8 @@ use crate::otp::SecretKey;
 use crate::otp::push::PushKey;
 use crate::phone::PhoneNumber;
 use crate::policy::calendar::Day;
-use crate::policy::withdrawal::Withdrawn;
 use crate::profile::DeviceKind;
+use crate::store::embedded::ledger::LEDGER;
 use crate::store::embedded::registry::Registry;
 use crate::store::records::Stored;
 use crate::store::{Device, EnrollError, FailureState, NewDevice, StoreError, Verifier};
@@ -33,8 +34,6 @@ use crate::wire::AuditRecord;
 pub(super) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 pub(super) const DEVICE_LIFE: TableDefinition<u64, &[u8]> = TableDefinition::new("device-life");
 pub(super) const SHARES: TableDefinition<u64, &[u8]> = TableDefinition::new("shares");
-/// Cents approved per user and UTC day.
-pub(super) const LEDGER: TableDefinition<(&str, u32), u64> = TableDefinition::new("ledger");
 pub(super) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
 /// What memory takes on once a change has committed.
@@ -314,52 +313,6 @@ impl<R: CryptoRng + ?Sized> Change<'_, R> {
         Ok(())
     }
 
-    /// What `user` has withdrawn on `today` and from `window_start` to
-    /// `today`, as this change sees the ledger.
-    pub fn withdrawn(
-        &self,
-        user: &Username,
-        window_start: Day,
-        today: Day,
-    ) -> Result<Withdrawn, StoreError> {
-        let table = self.txn.open_table(LEDGER)?;
-        let mut withdrawn = Withdrawn::default();
-        for entry in table.range((user.as_str(), window_start.0)..=(user.as_str(), today.0))? {
-            let (key, cents) = entry?;
-            let cents = cents.value();
-            withdrawn.five_days = withdrawn.five_days.saturating_add(cents);
-            if key.value().1 == today.0 {
-                withdrawn.today = withdrawn.today.saturating_add(cents);
-            }
-        }
-        Ok(withdrawn)
-    }
-
-    /// Books `cents` for `user` on `today`, and forgets the user's days
-    /// older than `keep_days`.
-    pub fn book_withdrawal(
-        &mut self,
-        user: &Username,
-        today: Day,
-        cents: u64,
-        keep_days: u32,
-    ) -> Result<(), StoreError> {
-        self.wrote = true;
-        let mut table = self.txn.open_table(LEDGER)?;
-        let key = (user.as_str(), today.0);
-        let before = table.get(key)?.map_or(0, |v| v.value());
-        table.insert(key, before.saturating_add(cents))?;
-        let cutoff = today.0.saturating_sub(keep_days);
-        let old: Vec<u32> = table
-            .range((user.as_str(), 0)..(user.as_str(), cutoff))?
-            .filter_map(|entry| entry.ok().map(|(key, _)| key.value().1))
-            .collect();
-        for day in old {
-            table.remove((user.as_str(), day))?;
-        }
-        Ok(())
-    }
-
     /// Records what this change did in the audit log (never a secret).
     pub fn audit(
         &mut self,
@@ -368,10 +321,8 @@ impl<R: CryptoRng + ?Sized> Change<'_, R> {
         device: Option<DeviceId>,
         detail: impl Into<String>,
     ) -> Result<(), StoreError> {
-        let mut table = self.txn.open_table(AUDIT)?;
-        let seq = table.last()?.map_or(1, |(key, _)| key.value() + 1);
         let entry = AuditRecord {
-            seq,
+            seq: 0,
             at: self.now,
             actor: self.actor.0.to_owned(),
             action: action.to_owned(),
@@ -379,10 +330,19 @@ impl<R: CryptoRng + ?Sized> Change<'_, R> {
             device,
             detail: detail.into(),
         };
-        table.insert(seq, encode_audit(&entry).as_slice())?;
+        append_audit(&self.txn, entry)?;
         self.audited = true;
         Ok(())
     }
+}
+
+/// Appends `entry` to the audit log within `txn`, numbered after the last.
+pub(super) fn append_audit(txn: &WriteTransaction, entry: AuditRecord) -> Result<(), StoreError> {
+    let mut table = txn.open_table(AUDIT)?;
+    let seq = table.last()?.map_or(1, |(key, _)| key.value() + 1);
+    let entry = AuditRecord { seq, ..entry };
+    table.insert(seq, encode_audit(&entry).as_slice())?;
+    Ok(())
 }
 
 impl Registry {

@@ -1,15 +1,18 @@
-//! Group commit of failure states: many writers, one transaction (one
-//! fsync) per batch.
+//! Group commit of the hot durable writes — failure states and withdrawal
+//! bookings: many writers, one thread, one transaction (one fsync) per
+//! batch.
 //!
-//! Writers name a device whose failure state changed ([`Committer::submit`])
-//! and wait on the returned receiver; a dedicated thread takes the first
-//! waiting device, gathers more for up to `commit-interval` or until
-//! `commit-batch` are waiting, writes each device's state *as it is now* in
-//! one transaction, then wakes every writer of the batch. Writing the
-//! current state rather than a snapshot taken by the writer means two
-//! changes to one device can never reach the disk in the wrong order. A burst of wrong answers thus becomes a few commits, not one
-//! per answer, and no answer that depends on a change is sent before the
-//! change is durable.
+//! Writers name a device whose failure state changed and/or hand over a
+//! booking ([`Committer::submit`]) and await the returned receiver — no
+//! thread of theirs waits; the commit thread takes the first waiting
+//! change, gathers more for up to `commit-interval` or until
+//! `commit-batch` are waiting, writes each device's state *as it is now*
+//! and every booking with its audit entry in one transaction, then
+//! answers every writer of the batch. Writing the current state rather
+//! than a snapshot taken by the writer means two changes to one device
+//! can never reach the disk in the wrong order. A burst of wrong answers
+//! or withdrawals thus becomes a few commits, not one each, and no answer
+//! that depends on a change is sent before the change is durable.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,13 +24,15 @@ use tokio::sync::oneshot;
 
 use crate::identity::DeviceId;
 use crate::store::FailureState;
+use crate::store::embedded::ledger::Booking;
 use crate::store::embedded::registry::Registry;
 
 /// The outcome of a commit, as its writers see it.
 pub type CommitResult = Result<(), String>;
 
 struct Pending {
-    device: DeviceId,
+    device: Option<DeviceId>,
+    booking: Option<Box<Booking>>,
     done: oneshot::Sender<CommitResult>,
 }
 
@@ -52,11 +57,21 @@ impl Committer {
         Ok(Self { queue })
     }
 
-    /// Queues the device's failure state for commit; the receiver says
-    /// when the state (at least as new as when this was called) is durable.
-    pub fn submit(&self, device: DeviceId) -> oneshot::Receiver<CommitResult> {
+    /// Queues the device's failure state and the booking for commit; the
+    /// receiver says when both (the state at least as new as when this was
+    /// called) are durable.
+    pub fn submit(
+        &self,
+        device: Option<DeviceId>,
+        booking: Option<Box<Booking>>,
+    ) -> oneshot::Receiver<CommitResult> {
         let (done, receiver) = oneshot::channel();
-        if let Err(mpsc::SendError(pending)) = self.queue.send(Pending { device, done }) {
+        let pending = Pending {
+            device,
+            booking,
+            done,
+        };
+        if let Err(mpsc::SendError(pending)) = self.queue.send(pending) {
             let _ = pending
                 .done
                 .send(Err("the commit thread has stopped".into()));
@@ -82,17 +97,22 @@ fn run(registry: &Registry, incoming: &mpsc::Receiver<Pending>, interval: Durati
         // meanwhile has nothing left to write.
         let mut seen = HashSet::with_capacity(waiting.len());
         let mut latest: Vec<(DeviceId, FailureState)> = Vec::with_capacity(waiting.len());
-        for pending in &waiting {
-            if !seen.insert(pending.device) {
+        for id in waiting.iter().filter_map(|p| p.device) {
+            if !seen.insert(id) {
                 continue;
             }
-            if let Some(device) = registry.device(pending.device) {
-                latest.push((pending.device, *device.failures()));
+            if let Some(device) = registry.device(id) {
+                latest.push((id, *device.failures()));
             }
         }
-        let outcome = registry.save_failures(&latest).map_err(|e| e.to_string());
+        let bookings: Vec<&Booking> = waiting
+            .iter()
+            .filter_map(|p| p.booking.as_deref())
+            .collect();
+        let outcome = registry.save(&latest, &bookings).map_err(|e| e.to_string());
         if let Err(error) = &outcome {
-            tracing::error!(%error, changes = latest.len(), "committing failure states failed");
+            let (devices, bookings) = (latest.len(), bookings.len());
+            tracing::error!(%error, devices, bookings, "committing a batch failed");
         }
         metrics::histogram!(crate::metrics::COMMIT_BATCH).record(waiting.len() as f64);
         for pending in waiting.drain(..) {

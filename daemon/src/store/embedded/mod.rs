@@ -11,7 +11,10 @@
 //!   `Registry::change`, the one way the registry changes.
 //! - `inventory`: imported hardware tokens and their imports (redb only).
 //! - [`datadir`]: the data directory is the service's alone (0700/0600).
-//! - [`committer`]: group commit of the hot durable write (failure states).
+//! - [`ledger`]: approved withdrawals, decided in memory, written by the
+//!   committer.
+//! - [`committer`]: group commit of the hot durable writes (failure states,
+//!   withdrawal bookings): one thread, one transaction per batch.
 
 pub mod accounts;
 pub mod challenges;
@@ -19,4 +22,5 @@ pub mod committer;
 pub mod datadir;
 mod flush;
 mod inventory;
+pub mod ledger;
 pub mod registry;

@@ -22,7 +22,8 @@ use crate::identity::{DeviceId, Serial, ShareId, Username};
 use crate::otp::SecretKey;
 use crate::otp::push::PushKey;
 use crate::profile::DeviceProfiles;
-use crate::store::embedded::accounts::{AUDIT, DEVICE_LIFE, LEDGER, SHARES, USERS};
+use crate::store::embedded::accounts::{AUDIT, DEVICE_LIFE, SHARES, USERS};
+use crate::store::embedded::ledger::{Booking, LEDGER, Ledger};
 use crate::store::inventory::{ImportId, InventoryToken, Staged, TokenFilter, TokenState};
 use crate::store::records::DeviceCodec;
 use crate::store::sealed::SecretCipher;
@@ -67,6 +68,8 @@ pub struct Registry {
     /// checked inside it (one number per user, a withdrawal limit) still
     /// holds when it commits.
     changing: Mutex<()>,
+    /// Approved withdrawals by user and day (`ledger.rs`).
+    ledger: Ledger,
     /// Makes committed changes durable, many per fsync.
     pub(super) flusher: crate::store::embedded::flush::Flusher,
 }
@@ -112,6 +115,7 @@ impl Registry {
             users: RwLock::new(HashMap::new()),
             shares: RwLock::new(HashMap::new()),
             changing: Mutex::new(()),
+            ledger: Ledger::default(),
             // `store.commit-interval`'s default; `with_commit_interval` sets it.
             flusher: crate::store::embedded::flush::Flusher::new(std::time::Duration::from_millis(
                 2,
@@ -209,6 +213,7 @@ impl Registry {
         *self.by_user.write().unwrap_or_else(PoisonError::into_inner) = by_user;
         *self.users.write().unwrap_or_else(PoisonError::into_inner) = users;
         *self.shares.write().unwrap_or_else(PoisonError::into_inner) = shares;
+        self.ledger.load(&txn.open_table(LEDGER)?)?;
         Ok(())
     }
 
@@ -377,10 +382,52 @@ impl Registry {
     /// A moving factor stored higher (by a registry change that ran
     /// meanwhile) is kept: what was used stays used.
     pub fn save_failures(&self, batch: &[(DeviceId, FailureState)]) -> Result<(), StoreError> {
+        self.save(batch, &[])
+    }
+
+    /// Decides a withdrawal of `user` from what the user has withdrawn in
+    /// `window_start..=today`, bookings not yet durable included: `decide`
+    /// returns its answer and the cents to book, if any. A booking shows
+    /// at once; [`Registry::save`] makes it durable (or takes it back).
+    pub fn decide_withdrawal<T>(
+        &self,
+        user: &Username,
+        window_start: crate::policy::calendar::Day,
+        today: crate::policy::calendar::Day,
+        decide: impl FnOnce(crate::policy::withdrawal::Withdrawn) -> (T, Option<u64>),
+    ) -> T {
+        self.ledger.decide(user, window_start, today, decide)
+    }
+
+    /// Writes failure states (each at least as far as the stored one moved)
+    /// and withdrawal bookings with their audit entries in one transaction
+    /// with fsync; a booking that could not be written is taken back from
+    /// memory.
+    pub fn save(
+        &self,
+        failures: &[(DeviceId, FailureState)],
+        bookings: &[&Booking],
+    ) -> Result<(), StoreError> {
+        let saved = self.write_batch(failures, bookings);
+        for booking in bookings {
+            self.ledger.settle(booking, saved.is_ok());
+        }
+        saved
+    }
+
+    fn write_batch(
+        &self,
+        failures: &[(DeviceId, FailureState)],
+        bookings: &[&Booking],
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
+        for booking in bookings {
+            super::ledger::write(&txn, booking)?;
+            super::accounts::append_audit(&txn, booking.audit_entry())?;
+        }
         {
             let mut table = txn.open_table(FAILURES)?;
-            for (id, state) in batch {
+            for (id, state) in failures {
                 let stored = table
                     .get(id.0)?
                     .and_then(|v| FailureState::decode(v.value()))
