@@ -447,6 +447,80 @@ fn bench_starts_its_own_daemon_and_reports() {
 }
 
 #[test]
+fn a_registry_is_built_in_bulk_measured_and_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let report_path = dir.path().join("registry.json");
+    let data = data_dir.to_str().unwrap();
+    let report = report_path.to_str().unwrap();
+    let build = sls_sim(&[
+        "registry",
+        "--devices",
+        "2200",
+        "--batch",
+        "500",
+        "--data-dir",
+        data,
+        "--json",
+        report,
+    ]);
+    assert!(build.status.success(), "{}", text(&build));
+    let built = json(&report_path);
+    // Ten users hold eleven devices.
+    assert_eq!(
+        (built["devices"].as_u64(), built["users"].as_u64()),
+        (Some(2200), Some(2000))
+    );
+    assert!(built["enrolments_per_second"].as_f64().unwrap() > 0.0);
+    assert!(built["startup_seconds"].as_f64().unwrap() > 0.0);
+    // The devices cost the daemon memory beside an empty one.
+    let resident = built["resident_bytes"].as_u64().unwrap();
+    assert!(
+        resident > built["empty_resident_bytes"].as_u64().unwrap(),
+        "{built}"
+    );
+    assert!(String::from_utf8_lossy(&build.stdout).contains("memory per enrolled device"));
+
+    // Measured again, nothing added: the same registry.
+    let again = sls_sim(&[
+        "registry",
+        "--devices",
+        "0",
+        "--data-dir",
+        data,
+        "--json",
+        report,
+    ]);
+    assert!(again.status.success(), "{}", text(&again));
+    let measured = json(&report_path);
+    assert_eq!(
+        (measured["devices"].as_u64(), measured["added"].as_u64()),
+        (Some(2200), Some(0))
+    );
+
+    // A daemon on the directory serves the built users: the tenth holds an
+    // IB Key and a code card.
+    let daemon = Daemon::start(&data_dir, "", "");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let kinds = runtime.block_on(async {
+        let gateway = daemon.client(slsd::engine::Role::Gateway).await;
+        let user = slsd::identity::Username::new("scale000000009").unwrap();
+        match gateway
+            .call(slsd::wire::Operation::Devices { user })
+            .await
+            .unwrap()
+        {
+            slsd::wire::Reply::Devices { devices, .. } => devices
+                .iter()
+                .map(|d| d.kind.to_string())
+                .collect::<Vec<_>>(),
+            other => panic!("devices: {other:?}"),
+        }
+    });
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
+}
+
+#[test]
 fn fleet_and_load_refuse_mixes_they_cannot_run() {
     let run = sls_sim(&[
         "fleet",

@@ -12,6 +12,8 @@
 //! - [`bench`]: `sls-sim bench`, a load run of complete logins.
 //! - [`daemon`]: a local `slsd serve` child process.
 //! - [`radius`]: a RADIUS client (a NAS) and `sls-sim radius-bench`.
+//! - [`scale`]: `sls-sim registry`, a registry of millions of devices built
+//!   and measured.
 
 mod attack;
 pub mod bench;
@@ -28,5 +30,6 @@ pub mod phone;
 mod plot;
 pub mod radius;
 pub mod report;
+pub mod scale;
 pub mod scenario;
 pub mod token;

@@ -64,6 +64,36 @@ enum Command {
     /// input, a line each; `subscribed` and each number chosen are printed
     /// on standard output.
     Phone(PhoneArgs),
+    /// Build a registry of many devices in a data directory (through the
+    /// daemon's library, many enrolments per change), start `slsd serve`
+    /// on it and on an empty one, and report the build rate, startup time
+    /// and resident memory per device. The directory is kept: load the
+    /// daemon on it with `slsd serve --data-dir DIR` and `sls-sim bench
+    /// --addr ... --data-dir DIR`.
+    Registry(RegistryArgs),
+}
+
+#[derive(Debug, Args)]
+struct RegistryArgs {
+    /// Devices to enrol (ten users hold eleven: every tenth a second one);
+    /// 0 measures the registry already in --data-dir.
+    #[arg(long, default_value_t = 1_000_000)]
+    devices: u64,
+    /// Build only, without starting the daemon on it: a registry too large
+    /// to be held twice at once (here and by the daemon) is built first,
+    /// then measured by a second run with --devices 0.
+    #[arg(long)]
+    no_start: bool,
+    /// Where to build it (made if missing; devices are added to a registry
+    /// already there).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Enrolments per change (one write transaction).
+    #[arg(long, default_value_t = 20_000)]
+    batch: u64,
+    /// Also write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -442,6 +472,7 @@ fn main() -> ExitCode {
                 Command::Cluster(args) => run_cluster(&args),
                 Command::RadiusBench(args) => run_radius_bench(&args),
                 Command::Phone(args) => run_phone(args),
+                Command::Registry(args) => run_registry(&args),
                 Command::Replay(args) => run_scenario(
                     args.seed,
                     args.duration,
@@ -686,10 +717,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let (mut daemon, target) = match (args.addr, args.data_dir) {
         (addrs, Some(certs)) if !addrs.is_empty() => (None, Target::new(addrs, certs)),
         _ => {
-            let slsd = std::env::current_exe()?
-                .parent()
-                .map(|dir| dir.join("slsd"))
-                .ok_or_else(|| anyhow::anyhow!("cannot locate slsd next to sls-sim"))?;
+            let slsd = slsd_beside()?;
             let data_dir = scratch.path().join("data");
             let daemon = bench::start_daemon(&slsd, &data_dir)
                 .with_context(|| format!("starting {}", slsd.display()))?;
@@ -725,6 +753,45 @@ fn radius_section(secret_file: &std::path::Path) -> String {
          requests-per-client-per-second = 10000000\n\
          clients = [{{ name = \"bench\", addresses = [\"127.0.0.1\"], secret-file = {secret_file:?} }}]\n"
     )
+}
+
+/// The `slsd` binary built beside this one.
+fn slsd_beside() -> anyhow::Result<PathBuf> {
+    std::env::current_exe()?
+        .parent()
+        .map(|dir| dir.join("slsd"))
+        .ok_or_else(|| anyhow::anyhow!("cannot locate slsd next to sls-sim"))
+}
+
+fn run_registry(args: &RegistryArgs) -> anyhow::Result<()> {
+    use sls_sim::scale::{self, ScalePlan};
+    let slsd = slsd_beside()?;
+    let bar = ProgressBar::new(args.devices);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "enrolling {bar:40} {pos}/{len} devices ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let plan = ScalePlan {
+        devices: args.devices,
+        batch: args.batch,
+    };
+    let ticks = bar.clone();
+    let start = (!args.no_start).then_some(slsd.as_path());
+    let report = scale::run(start, &args.data_dir, &plan, move |n| ticks.set_position(n))?;
+    bar.finish_and_clear();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    println!("machine: {cores} cores");
+    if args.no_start {
+        println!("{}", report.build_line());
+    } else {
+        println!("{report}");
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(())
 }
 
 fn run_phone(args: PhoneArgs) -> anyhow::Result<()> {
@@ -824,10 +891,7 @@ fn run_radius_bench(args: &RadiusBenchArgs) -> anyhow::Result<()> {
         .collect();
     let secret_file = scratch.path().join("radius.secret");
     std::fs::write(&secret_file, &secret)?;
-    let slsd = std::env::current_exe()?
-        .parent()
-        .map(|dir| dir.join("slsd"))
-        .ok_or_else(|| anyhow::anyhow!("cannot locate slsd next to sls-sim"))?;
+    let slsd = slsd_beside()?;
     let data_dir = scratch.path().join("data");
     let mut daemon = bench::start_daemon_with(&slsd, &data_dir, &radius_section(&secret_file))
         .with_context(|| format!("starting {}", slsd.display()))?;

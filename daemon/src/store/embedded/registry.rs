@@ -125,6 +125,14 @@ impl Registry {
         Ok(registry)
     }
 
+    /// How many devices the database at `path` holds, without loading
+    /// them (a registry too large to load twice is counted this way).
+    pub fn stored_devices(path: &Path) -> Result<u64, StoreError> {
+        let db = Database::open(path)?;
+        let txn = db.begin_read()?;
+        Ok(redb::ReadableTableMetadata::len(&txn.open_table(DEVICES)?)?)
+    }
+
     /// Changes committed and flushes (fsyncs) that made them durable,
     /// since the registry was opened.
     pub fn change_counts(&self) -> (u64, u64) {
