@@ -663,8 +663,9 @@ async fn send_outcome(
         .latency(operation, started.elapsed().as_secs_f64());
 }
 
-/// An outcome's reply, once the failure state it depends on (if any) is
-/// durable; an `Internal` error if it could not be stored.
+/// An outcome's reply, once the failure state and the withdrawal booking
+/// it depends on (if any) are durable; an `Internal` error if they could
+/// not be stored.
 pub(super) async fn durable(shared: &Shared, outcome: crate::engine::Outcome) -> Reply {
     if outcome.is_final() {
         return outcome.reply;
