@@ -48,6 +48,12 @@ pub struct Booking {
 }
 
 impl Booking {
+    /// The first day of the user's ledger kept once this booking is
+    /// durable: earlier days are forgotten, on disk and in memory alike.
+    fn first_kept_day(&self) -> u32 {
+        self.day.0.saturating_sub(self.keep_days)
+    }
+
     /// The audit entry that records this booking (numbered when written).
     pub(super) fn audit_entry(&self) -> AuditRecord {
         AuditRecord {
@@ -133,8 +139,8 @@ impl Ledger {
             return;
         };
         if durable {
-            let cutoff = booking.day.0.saturating_sub(booking.keep_days);
-            booked.retain(|(day, _)| day.0 >= cutoff);
+            let first = booking.first_kept_day();
+            booked.retain(|(day, _)| day.0 >= first);
         } else if let Some((_, total)) = booked.iter_mut().find(|(day, _)| *day == booking.day) {
             *total = total.saturating_sub(booking.cents);
         }
@@ -154,9 +160,8 @@ pub(super) fn write(txn: &WriteTransaction, booking: &Booking) -> Result<(), Sto
     let key = (user, booking.day.0);
     let before = table.get(key)?.map_or(0, |v| v.value());
     table.insert(key, before.saturating_add(booking.cents))?;
-    let cutoff = booking.day.0.saturating_sub(booking.keep_days);
     let old: Vec<u32> = table
-        .range((user, 0)..(user, cutoff))?
+        .range((user, 0)..(user, booking.first_kept_day()))?
         .filter_map(|entry| entry.ok().map(|(key, _)| key.value().1))
         .collect();
     for day in old {
