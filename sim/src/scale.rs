@@ -20,14 +20,11 @@ use rand::rand_core::UnwrapErr;
 use rand::rngs::SysRng;
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
-use slsd::clock::Timestamp;
 use slsd::identity::Username;
 use slsd::profile::{DeviceKind, DeviceProfiles};
 use slsd::store::embedded::registry::Registry;
 use slsd::store::sealed::SecretCipher;
 use slsd::store::{Actor, EnrollError, NewDevice};
-
-use crate::daemon::LocalDaemon;
 
 /// The PIN of every DSC+ of a built registry.
 const PIN: &str = "4821";
@@ -162,7 +159,7 @@ pub fn build(
     let cipher = SecretCipher::load_or_create(&data_dir.join("secrets.key"), &mut rng)?;
     let registry = Registry::open(&database, cipher, DeviceProfiles::defaults()?)?;
     let first = registry.len() as u64;
-    let now = Timestamp(slsd::clock::now().0);
+    let now = slsd::clock::now();
     let mut written = 0;
     while written < plan.devices {
         let end = (written + plan.batch.max(1)).min(plan.devices);
@@ -203,10 +200,8 @@ fn users_and_devices(devices: u64) -> (u64, u64) {
 /// Starts `slsd serve` on `data_dir` and returns how long it took to be
 /// ready and its resident memory then.
 pub fn start_and_measure(slsd: &Path, data_dir: &Path) -> anyhow::Result<(Duration, u64)> {
-    let config = data_dir.with_extension("toml");
-    std::fs::write(&config, crate::bench::BENCH_DAEMON_CONFIG)?;
     let started = Instant::now();
-    let mut daemon = LocalDaemon::spawn(slsd, &config, data_dir)?;
+    let mut daemon = crate::bench::start_daemon(slsd, data_dir)?;
     let ready = started.elapsed();
     let pid = daemon
         .pid()
