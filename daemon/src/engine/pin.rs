@@ -92,7 +92,7 @@ impl Engine {
                     return Ok(false);
                 }
                 let mut life = c.life(device);
-                life.pin = Some(changed.clone());
+                life.pin = Some(Box::new(changed.clone()));
                 c.set_life(device, life)?;
                 c.audit(how.action(), Some(&user), Some(device), String::new())?;
                 Ok::<_, StoreError>(true)

@@ -3,7 +3,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::block_api::HmacCore;
+use hmac::digest::block_api::CoreProxy;
+use hmac::{EagerHash, Hmac, KeyInit, Mac};
 use sha1::Sha1;
 use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
@@ -162,14 +164,20 @@ impl FromStr for HashAlgorithm {
 /// depend on the message, so hashing them once per key and cloning the state
 /// per message saves two compression rounds per verification (see the
 /// `verify` bench). The state is key-equivalent and is zeroized on drop.
+///
+/// Only the two chaining states are kept (the `hmac` crate's block-level
+/// `HmacCore`: 80 bytes for SHA-256), not a whole `Hmac` with its empty
+/// block buffer (144): every enrolled device holds one, ten million of
+/// them in memory. SHA-512 keys, rare and twice the size, are boxed so
+/// they do not set the size of every key.
 #[derive(Clone)]
 pub struct HmacKey(KeyedState);
 
 #[derive(Clone)]
 enum KeyedState {
-    Sha1(Hmac<Sha1>),
-    Sha256(Hmac<Sha256>),
-    Sha512(Hmac<Sha512>),
+    Sha1(HmacCore<Sha1>),
+    Sha256(HmacCore<Sha256>),
+    Sha512(Box<HmacCore<Sha512>>),
 }
 
 impl HmacKey {
@@ -179,7 +187,7 @@ impl HmacKey {
         let state = match algorithm {
             HashAlgorithm::Sha1 => KeyedState::Sha1(keyed(key)),
             HashAlgorithm::Sha256 => KeyedState::Sha256(keyed(key)),
-            HashAlgorithm::Sha512 => KeyedState::Sha512(keyed(key)),
+            HashAlgorithm::Sha512 => KeyedState::Sha512(Box::new(keyed(key))),
         };
         Self(state)
     }
@@ -195,8 +203,13 @@ impl HmacKey {
 
     /// HMAC of the concatenation of `parts`, in one pass from the saved state.
     pub fn mac(&self, parts: &[&[u8]]) -> MacOutput {
-        fn run<M: Mac + Clone>(state: &M, parts: &[&[u8]]) -> MacOutput {
-            let mut mac = state.clone();
+        fn run<D: EagerHash>(state: &HmacCore<D>, parts: &[&[u8]]) -> MacOutput
+        where
+            Hmac<D>: Mac + CoreProxy<Core = HmacCore<D>>,
+        {
+            // The saved chaining states with a fresh, empty block buffer:
+            // exactly what `Hmac::new_from_slice` would have built.
+            let mut mac = Hmac::<D>::compose(state.clone(), Default::default());
             for part in parts {
                 mac.update(part);
             }

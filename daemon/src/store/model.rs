@@ -422,8 +422,9 @@ pub struct DeviceLife {
     /// The PIN chosen since enrolment (`ChangePin`, `ResetPin`), in place
     /// of the one the device was enrolled with. Kept here, in the state
     /// every verify reads afresh on either store, so a change counts on
-    /// every node at once (device records are cached).
-    pub pin: Option<ChangedPin>,
+    /// every node at once (device records are cached). Boxed: few devices
+    /// have one, and every device in memory holds a `DeviceLife`.
+    pub pin: Option<Box<ChangedPin>>,
 }
 
 /// A PIN changed since enrolment: its hash (what OCRA takes), and the

@@ -63,7 +63,10 @@ struct Pending {
 /// One device's record of what it was asked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QuestionMemory {
-    pending: Option<Pending>,
+    /// Boxed: a pending question is about 80 bytes, and most of a large
+    /// registry's devices have none at any moment (every device holds a
+    /// `QuestionMemory`; a box is one small allocation per challenge).
+    pending: Option<Box<Pending>>,
     /// Fingerprints of the questions last answered right, oldest first.
     answered: VecDeque<u64>,
     /// The UTC day `issued_today` counts.
@@ -158,13 +161,13 @@ impl QuestionMemory {
                 (question, print, None)
             }
         };
-        self.pending = Some(Pending {
+        self.pending = Some(Box::new(Pending {
             question: question.clone(),
             print,
             challenge: id,
             expires_at,
             tried: false,
-        });
+        }));
         Ok(Issued {
             question,
             superseded,
@@ -258,13 +261,13 @@ impl QuestionMemory {
                 let challenge = ChallengeId(r.u64("challenge").ok()?);
                 let expires_at = Timestamp(r.u64("expires at").ok()?);
                 let question = decode_question(&mut r)?;
-                Some(Pending {
+                Some(Box::new(Pending {
                     tried: tag == 2,
                     challenge,
                     expires_at,
                     print: fingerprint(&question),
                     question,
-                })
+                }))
             }
             _ => return None,
         };

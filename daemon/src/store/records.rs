@@ -588,10 +588,10 @@ pub(in crate::store) fn decode_life(
     let sealed = r.bytes("pin").ok()?;
     r.finish().ok()?;
     let pin = match (version, sealed) {
-        (2, sealed) => Some(ChangedPin {
+        (2, sealed) => Some(Box::new(ChangedPin {
             hash: open(sealed)?,
             sealed: sealed.to_vec(),
-        }),
+        })),
         _ => None,
     };
     Some(DeviceLife {
@@ -698,10 +698,10 @@ mod tests {
         assert_eq!(decode_life(&encode_life(&life), never), Some(life.clone()));
         // A changed PIN is kept sealed, and opened as it is read.
         let changed = DeviceLife {
-            pin: Some(ChangedPin {
+            pin: Some(Box::new(ChangedPin {
                 hash: MacOutput::from_bytes(b"hash"),
                 sealed: b"sealed".to_vec(),
-            }),
+            })),
             ..life
         };
         let encoded = encode_life(&changed);
