@@ -9,6 +9,7 @@
 //! - [`accounts`]: the lifecycle side of the registry (users, activation
 //!   states, shares, the withdrawal ledger, the audit log) and
 //!   `Registry::change`, the one way the registry changes.
+//! - `load`: every device read at start, one thread per core.
 //! - `inventory`: imported hardware tokens and their imports (redb only).
 //! - [`datadir`]: the data directory is the service's alone (0700/0600).
 //! - [`ledger`]: approved withdrawals, decided in memory, written by the
@@ -23,4 +24,5 @@ pub mod datadir;
 mod flush;
 mod inventory;
 pub mod ledger;
+mod load;
 pub mod registry;

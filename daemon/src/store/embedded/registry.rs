@@ -20,7 +20,6 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use crate::clock::Timestamp;
 use crate::identity::{DeviceId, Serial, ShareId, Username};
 use crate::otp::SecretKey;
-use crate::otp::push::PushKey;
 use crate::profile::DeviceProfiles;
 use crate::store::embedded::accounts::{AUDIT, DEVICE_LIFE, SHARES, USERS};
 use crate::store::embedded::ledger::{Booking, LEDGER, Ledger};
@@ -147,53 +146,18 @@ impl Registry {
     }
 
     fn load(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_read()?;
-        let failures_table = txn.open_table(FAILURES)?;
-        let phones = txn.open_table(PHONES)?;
-        let push_keys = txn.open_table(PUSH_KEYS)?;
-        let lives = txn.open_table(DEVICE_LIFE)?;
-        let mut devices = HashMap::new();
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let loaded = super::load::devices(&self.db, &self.codec, threads)?;
+        let mut devices = HashMap::with_capacity(loaded.len());
         let mut by_user: HashMap<Username, Vec<DeviceId>> = HashMap::new();
-        for entry in txn.open_table(DEVICES)?.iter()? {
-            let (id, record) = entry?;
-            let id = DeviceId(id.value());
-            let failures = match failures_table.get(id.0)? {
-                Some(bytes) => {
-                    FailureState::decode(bytes.value()).ok_or_else(|| StoreError::Corrupt {
-                        device: id.0,
-                        problem: "failure state".into(),
-                    })?
-                }
-                None => FailureState::default(),
-            };
-            let phone = match phones.get(id.0)? {
-                Some(sealed) => Some(self.codec.open_phone(id, sealed.value())?),
-                None => None,
-            };
-            let device = self.codec.decode_device(id, record.value(), phone)?;
-            *device.failures() = failures;
-            if let Some(key) = push_keys.get(id.0)? {
-                let key = key.value().try_into().map_err(|_| StoreError::Corrupt {
-                    device: id.0,
-                    problem: "push key".into(),
-                })?;
-                *device
-                    .push_key
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(PushKey(key));
-            }
-            if let Some(life) = lives.get(id.0)? {
-                *device.life_mut() = crate::store::records::decode_life(life.value(), |sealed| {
-                    self.codec.open_changed_pin(id, sealed)
-                })
-                .ok_or_else(|| StoreError::Corrupt {
-                    device: id.0,
-                    problem: "lifecycle state".into(),
-                })?;
-            }
-            by_user.entry(device.user.clone()).or_default().push(id);
-            devices.insert(id, Arc::new(device));
+        for device in loaded {
+            by_user
+                .entry(device.user.clone())
+                .or_default()
+                .push(device.id);
+            devices.insert(device.id, device);
         }
+        let txn = self.db.begin_read()?;
         let mut users = HashMap::new();
         for entry in txn.open_table(USERS)?.iter()? {
             let (name, record) = entry?;
