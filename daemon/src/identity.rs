@@ -9,8 +9,13 @@ pub const MAX_USERNAME_LEN: usize = 64;
 /// A login name: 1 to 64 characters from `A-Z a-z 0-9 . _ @ -`.
 ///
 /// Gateways pass the name the user typed; sls never says whether it exists.
+///
+/// Shared, not copied, when cloned: each of a user's devices, the index of
+/// devices by user and the user's record hold the same name, ten million
+/// times over in a large registry, and a request's clones cost no
+/// allocation.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Username(Box<str>);
+pub struct Username(std::sync::Arc<str>);
 
 /// A username that breaks the rule above.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

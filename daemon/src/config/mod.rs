@@ -214,6 +214,7 @@ pub struct StoreConfig {
     pub redis_in_flight: usize,
     pub changes_in_flight: usize,
     pub change_workers: usize,
+    pub database_cache_mb: usize,
 }
 
 /// Where state lives.
@@ -800,6 +801,11 @@ impl Config {
             "store.change-workers",
             "must be 1..=1024",
         )?;
+        check(
+            (1..=65_536).contains(&st.database_cache_mb),
+            "store.database-cache-mb",
+            "must be 1..=65536",
+        )?;
         self.validate_delivery(check)
     }
 
@@ -1248,6 +1254,10 @@ mod tests {
         assert_eq!(
             error("[store]\nchange-workers = 0"),
             "store.change-workers: must be 1..=1024"
+        );
+        assert_eq!(
+            error("[store]\ndatabase-cache-mb = 0"),
+            "store.database-cache-mb: must be 1..=65536"
         );
         assert_eq!(
             error("[lifecycle]\ntoken-ttl = \"1s\""),

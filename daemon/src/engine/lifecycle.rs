@@ -125,7 +125,7 @@ impl Engine {
         let entry = |d: &Device, status, owner: Option<Username>| DeviceEntry {
             device: d.id,
             kind: d.kind,
-            label: d.label.clone(),
+            label: d.label.to_string(),
             locked_for: d.failures().locked_for(now),
             status,
             owner,

@@ -205,10 +205,11 @@ pub async fn serve(
     // From the deployment's key file: every node signs RADIUS States alike.
     let radius_state_key = cipher.digest("sls/1 radius state key", &[]);
     let registry = Arc::new(
-        Registry::open(
+        Registry::open_with_cache(
             &data_dir.join("registry.redb"),
             cipher,
             config.devices.clone(),
+            config.store.database_cache_mb << 20,
         )?
         .with_commit_interval(config.store.commit_interval),
     );

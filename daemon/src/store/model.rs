@@ -196,7 +196,7 @@ pub struct Device {
     pub id: DeviceId,
     pub user: Username,
     pub kind: DeviceKind,
-    pub label: String,
+    pub label: Box<str>,
     pub created: Timestamp,
     /// When the device stops working: its kind's validity after activation
     /// (Online Security Code Cards, temporary codes), as configured now.
@@ -307,7 +307,7 @@ impl Device {
             id,
             user,
             kind,
-            label,
+            label: label.into(),
             created,
             expires,
             verifier,

@@ -1007,7 +1007,7 @@ fn device_entry(
     DeviceEntry {
         device: device.id,
         kind: device.kind,
-        label: device.label.clone(),
+        label: device.label.to_string(),
         locked_for: failures.locked_for(now),
         status,
         owner,

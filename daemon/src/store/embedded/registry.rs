@@ -37,6 +37,10 @@ pub(super) const PHONES: TableDefinition<u64, &[u8]> = TableDefinition::new("pho
 /// The push public key of IB Key devices that have one.
 pub(super) const PUSH_KEYS: TableDefinition<u64, &[u8]> = TableDefinition::new("push-keys");
 pub(super) const NEXT_DEVICE_ID: &str = "next-device-id";
+/// A user's device ids, oldest first.
+type UserDevices = smallvec::SmallVec<[DeviceId; 2]>;
+/// `store.database-cache-mb`'s default.
+const DEFAULT_CACHE_BYTES: usize = 32 << 20;
 
 macro_rules! database_errors {
     ($($error:ty),*) => {$(
@@ -60,7 +64,8 @@ pub struct Registry {
     pub(super) db: Database,
     pub(super) codec: DeviceCodec,
     devices: RwLock<HashMap<DeviceId, Arc<Device>>>,
-    by_user: RwLock<HashMap<Username, Vec<DeviceId>>>,
+    /// Most users have one or two devices: held inline, no allocation.
+    by_user: RwLock<HashMap<Username, UserDevices>>,
     users: RwLock<HashMap<Username, Account>>,
     shares: RwLock<HashMap<ShareId, Share>>,
     /// Held for the whole of a change (`Registry::change`), so that a rule
@@ -88,7 +93,20 @@ impl Registry {
         cipher: SecretCipher,
         profiles: DeviceProfiles,
     ) -> Result<Self, StoreError> {
-        let db = Database::create(path)?;
+        Self::open_with_cache(path, cipher, profiles, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`open`](Self::open), with `cache_bytes` for the database's page
+    /// cache (`store.database-cache-mb`).
+    pub fn open_with_cache(
+        path: &Path,
+        cipher: SecretCipher,
+        profiles: DeviceProfiles,
+        cache_bytes: usize,
+    ) -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)?;
         {
             // Make sure the tables exist, so that reads never fail on a new file.
             let txn = db.begin_write()?;
@@ -149,7 +167,7 @@ impl Registry {
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
         let loaded = super::load::devices(&self.db, &self.codec, threads)?;
         let mut devices = HashMap::with_capacity(loaded.len());
-        let mut by_user: HashMap<Username, Vec<DeviceId>> = HashMap::new();
+        let mut by_user: HashMap<Username, UserDevices> = HashMap::new();
         for device in loaded {
             by_user
                 .entry(device.user.clone())
@@ -294,7 +312,6 @@ impl Registry {
             .collect()
     }
 
-    /// The user's devices, oldest first; empty for an unknown user.
     /// Whether `user` has any device (revoked ones are gone).
     pub fn has_devices(&self, user: &Username) -> bool {
         self.by_user
@@ -304,6 +321,7 @@ impl Registry {
             .is_some_and(|ids| !ids.is_empty())
     }
 
+    /// The user's devices, oldest first; empty for an unknown user.
     pub fn devices_of(&self, user: &Username) -> Vec<Arc<Device>> {
         // Both read locks at once (always this order; writers take one at
         // a time), rather than a copy of the ids: this is every login's.
