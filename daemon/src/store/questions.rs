@@ -20,7 +20,6 @@
 //! per device in memory (beside its failure state), a shared store as one
 //! record per device ([`QuestionMemory::encode`]).
 
-use std::collections::VecDeque;
 use std::hash::Hasher;
 
 use siphasher::sip::SipHasher13;
@@ -52,7 +51,7 @@ pub struct QuestionLimits {
 struct Pending {
     question: Question,
     /// Its fingerprint, computed once.
-    print: Option<u64>,
+    print: Option<Print>,
     /// The one challenge that may still be answered.
     challenge: ChallengeId,
     expires_at: Timestamp,
@@ -67,8 +66,11 @@ pub struct QuestionMemory {
     /// registry's devices have none at any moment (every device holds a
     /// `QuestionMemory`; a box is one small allocation per challenge).
     pending: Option<Box<Pending>>,
-    /// Fingerprints of the questions last answered right, oldest first.
-    answered: VecDeque<u64>,
+    /// Fingerprints of the questions last answered right, oldest first;
+    /// allocated once at `remembered`'s size. Every device that logs in
+    /// fills it, so it is most of a busy device's memory: two bytes a
+    /// question (see [`Print`]).
+    answered: Vec<Print>,
     /// The UTC day `issued_today` counts.
     day: u32,
     issued_today: u32,
@@ -93,9 +95,23 @@ fn day_of(now: Timestamp) -> u32 {
     u32::try_from(now.0 / DAY_MILLIS).unwrap_or(u32::MAX)
 }
 
+/// A remembered question's fingerprint: 16 bits. A collision only makes a
+/// question that was never asked count as remembered (one more redraw,
+/// about `remembered` / 65,536 of draws); a question that was answered
+/// right always matches its own print, so it is never asked again. 64
+/// remembered questions take 128 bytes a device instead of 512 as `u64`s.
+type Print = u16;
+
 /// A question's fingerprint in the memory; `None` for a question that is
 /// not remembered (a temporary code has no question).
-fn fingerprint(question: &Question) -> Option<u64> {
+fn fingerprint(question: &Question) -> Option<Print> {
+    wide_fingerprint(question).map(narrow)
+}
+
+/// The 64-bit fingerprint shared-store records held before prints were
+/// 16 bits: read from them by [`narrow`], so an old record keeps its
+/// memory.
+fn wide_fingerprint(question: &Question) -> Option<u64> {
     match question {
         Question::Card(pick) => Some(u64::from(pick.first()) << 16 | u64::from(pick.second())),
         Question::Ocra(text) => {
@@ -110,6 +126,18 @@ fn fingerprint(question: &Question) -> Option<u64> {
         Question::Code => None,
     }
 }
+
+/// The top 16 bits of a multiplicative (Fibonacci) hash: a card's print
+/// is two small positions, which a plain fold (`first ^ second`) would
+/// collide in whole families.
+fn narrow(wide: u64) -> Print {
+    (wide.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as Print
+}
+
+/// Set in a stored record's count of prints when they are 16-bit; a
+/// record without it (written before) has 64-bit prints. Counts are at
+/// most 1,024 (`challenges.remembered-questions`), far below the bit.
+const SHORT_PRINTS: u16 = 0x8000;
 
 impl QuestionMemory {
     /// Whether the pending challenge expired without any answer: it then
@@ -177,7 +205,7 @@ impl QuestionMemory {
     /// A draw not among the questions answered right lately. Should every
     /// draw be remembered (a question space about the memory's size), the
     /// last draw is issued and forgotten from the memory.
-    fn fresh(&mut self, draw: &mut impl FnMut() -> Question) -> (Question, Option<u64>) {
+    fn fresh(&mut self, draw: &mut impl FnMut() -> Question) -> (Question, Option<Print>) {
         let mut question = draw();
         let mut print = fingerprint(&question);
         for _ in 1..DRAWS {
@@ -190,6 +218,9 @@ impl QuestionMemory {
             }
         }
         if let Some(p) = print {
+            // Forgets every print equal to it: a colliding question comes
+            // back too, only here, where the space is about the memory's
+            // size anyway.
             self.answered.retain(|a| *a != p);
         }
         (question, print)
@@ -207,12 +238,24 @@ impl QuestionMemory {
         if !self.is_current(id) {
             return;
         }
-        if let Some(print) = self.pending.take().and_then(|p| p.print) {
-            self.answered.push_back(print);
+        let Some(print) = self.pending.take().and_then(|p| p.print) else {
+            return;
+        };
+        if limits.remembered == 0 {
+            self.answered = Vec::new();
+            return;
         }
-        while self.answered.len() > limits.remembered {
-            self.answered.pop_front();
+        if self.answered.capacity() < limits.remembered {
+            // Exactly the memory's size: pushing would double past it.
+            self.answered
+                .reserve_exact(limits.remembered - self.answered.len());
         }
+        if self.answered.len() >= limits.remembered {
+            // Oldest first: a shift of at most 2 KiB, once per login.
+            let excess = self.answered.len() + 1 - limits.remembered;
+            self.answered.drain(..excess);
+        }
+        self.answered.push(print);
     }
 
     /// The current challenge `id` got a wrong answer (counted as a failure
@@ -233,7 +276,7 @@ impl QuestionMemory {
 
     /// The stored form (a shared store's record).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(48 + 8 * self.answered.len());
+        let mut out = Vec::with_capacity(48 + 2 * self.answered.len());
         out.put_u64(u64::from(self.day) << 32 | u64::from(self.issued_today));
         match &self.pending {
             None => out.put_u8(0),
@@ -244,9 +287,10 @@ impl QuestionMemory {
                 encode_question(&p.question, &mut out);
             }
         }
-        out.put_u16(u16::try_from(self.answered.len()).unwrap_or(u16::MAX));
-        for print in self.answered.iter().take(usize::from(u16::MAX)) {
-            out.put_u64(*print);
+        let count = self.answered.len().min(usize::from(!SHORT_PRINTS));
+        out.put_u16(u16::try_from(count).unwrap_or(0) | SHORT_PRINTS);
+        for print in self.answered.iter().take(count) {
+            out.put_u16(*print);
         }
         out
     }
@@ -271,10 +315,16 @@ impl QuestionMemory {
             }
             _ => return None,
         };
-        let remembered = r.u16("remembered").ok()?;
-        let answered = (0..remembered)
-            .map(|_| r.u64("fingerprint").ok())
-            .collect::<Option<VecDeque<u64>>>()?;
+        let count = r.u16("remembered").ok()?;
+        let answered = if count & SHORT_PRINTS != 0 {
+            (0..count & !SHORT_PRINTS)
+                .map(|_| r.u16("fingerprint").ok())
+                .collect::<Option<Vec<Print>>>()?
+        } else {
+            (0..count)
+                .map(|_| r.u64("fingerprint").ok().map(narrow))
+                .collect::<Option<Vec<Print>>>()?
+        };
         r.finish().ok()?;
         Some(Self {
             pending,
@@ -470,5 +520,69 @@ mod tests {
             QuestionMemory::decode(&QuestionMemory::default().encode()),
             Some(QuestionMemory::default())
         );
+    }
+
+    #[test]
+    fn the_memory_is_allocated_once_at_its_size() {
+        let limits = QuestionLimits {
+            per_day: 1000,
+            // Not a power of two: a Vec that doubled would hold 128.
+            remembered: 100,
+        };
+        let mut memory = QuestionMemory::default();
+        for id in 0..200 {
+            let text = id.to_string();
+            memory
+                .issue(ChallengeId(id), NOON, NOON, limits, || ocra(&text))
+                .unwrap();
+            memory.answered_right(ChallengeId(id), limits);
+            assert!(memory.answered.capacity() <= 100, "grew past it at {id}");
+        }
+        assert_eq!(memory.answered.len(), 100);
+        // The newest 100 are remembered, the older forgotten.
+        let mut texts = ["199", "100", "99"].into_iter();
+        let issued = memory
+            .issue(ChallengeId(999), NOON, NOON, limits, || {
+                ocra(texts.next().unwrap())
+            })
+            .unwrap();
+        assert_eq!(issued.question, ocra("99"));
+    }
+
+    #[test]
+    fn a_record_with_wide_prints_keeps_its_memory() {
+        // The layout shared-store records had before prints were 16 bits.
+        let mut old = Vec::new();
+        old.put_u64(u64::from(day_of(NOON)) << 32 | 1);
+        old.put_u8(0);
+        old.put_u16(1);
+        old.put_u64(wide_fingerprint(&ocra("111")).unwrap());
+        let mut memory = QuestionMemory::decode(&old).unwrap();
+        let issued = memory
+            .issue(ChallengeId(1), NOON, NOON, LIMITS, draws(&["111", "222"]))
+            .unwrap();
+        assert_eq!(
+            issued.question,
+            ocra("222"),
+            "a remembered question came back"
+        );
+        // Written back in the new layout, it reads the same.
+        assert_eq!(QuestionMemory::decode(&memory.encode()), Some(memory));
+    }
+
+    #[test]
+    fn card_questions_spread_over_the_prints() {
+        // Every question of a default card: two different positions of 224.
+        let mut per_print = vec![0u32; 1 << 16];
+        for first in 1..=crate::otp::card::DEFAULT_POSITIONS {
+            for second in (1..=crate::otp::card::DEFAULT_POSITIONS).filter(|s| *s != first) {
+                let pick = CardChallenge::from_stored(first, second).unwrap();
+                per_print[usize::from(fingerprint(&Question::Card(pick)).unwrap())] += 1;
+            }
+        }
+        // 49,952 questions over 65,536 prints: about what random prints
+        // give (a plain fold, first ^ second, puts up to 224 on one).
+        let crowded = per_print.iter().copied().max().unwrap();
+        assert!(crowded <= 8, "{crowded} card questions share one print");
     }
 }
