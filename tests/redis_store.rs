@@ -240,18 +240,26 @@ async fn each_primitive_keeps_its_promise_under_concurrency() {
 async fn durable_writes_wait_for_a_replica_and_survive_a_master_crash() {
     let mut cluster = Cluster::start(3, 1).unwrap();
     let store = store(&cluster, ONE_REPLICA).await;
-    // More replicas than exist: the write is reported, not pretended.
+    // More replicas than exist: the write is reported, not pretended. The
+    // slot's replica first acknowledges one write of its own, so it is
+    // linked and caught up: a replica just started may not answer WAIT
+    // in time on a loaded machine (seen in CI as `acknowledged: 0`).
+    let key = Key::new("d:1", "enrolment");
+    let warm_up = Key::new("d:1", "warm-up");
+    assert!(matches!(
+        store.swap(&warm_up, 0, b"x", None, true).await,
+        Ok(Swap::Done(_))
+    ));
     let greedy = RedisStore::connect(
         &cluster.urls(),
         Durability {
             replicas: 3,
-            timeout: Duration::from_millis(100),
+            timeout: Duration::from_millis(500),
         },
         &RedisAccess::default(),
     )
     .await
     .unwrap();
-    let key = Key::new("d:1", "enrolment");
     match greedy.swap(&key, 0, b"x", None, true).await {
         Err(RedisError::NotReplicated {
             acknowledged: 1,
