@@ -88,6 +88,11 @@ pub(super) fn devices(
         return Ok(Vec::new());
     };
     let ranges = split(first.value()..=last.value(), threads);
+    if let [ids] = ranges.as_slice() {
+        // One range: read on this thread (no thread to start, and the
+        // loom models need their devices made on the model's thread).
+        return range(db, codec, ids.clone());
+    }
     let parts: Vec<Result<Vec<Arc<Device>>, StoreError>> = std::thread::scope(|scope| {
         let workers: Vec<_> = ranges
             .into_iter()
