@@ -75,6 +75,17 @@ fn pull(
     }
 }
 
+/// The threads a start loads on: one per core. Under the loom models
+/// devices hold loom's locks, which only the model's own thread may
+/// create: one range, read on that thread.
+pub(super) fn threads() -> usize {
+    if cfg!(feature = "loom") {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    }
+}
+
 /// Every device in the database, in id order, decoded on `threads`
 /// threads.
 pub(super) fn devices(

@@ -164,14 +164,7 @@ impl Registry {
     }
 
     fn load(&self) -> Result<(), StoreError> {
-        // Under the loom models devices hold loom's locks, which only the
-        // model's own thread may create: load on it.
-        let threads = if cfg!(feature = "loom") {
-            1
-        } else {
-            std::thread::available_parallelism().map_or(1, usize::from)
-        };
-        let loaded = super::load::devices(&self.db, &self.codec, threads)?;
+        let loaded = super::load::devices(&self.db, &self.codec, super::load::threads())?;
         let mut devices = HashMap::with_capacity(loaded.len());
         let mut by_user: HashMap<Username, UserDevices> = HashMap::new();
         for device in loaded {
