@@ -235,7 +235,10 @@ async fn sms_round_trip_with_resend_rules_voice_fallback_and_single_use(transpor
     let wrong = if code == "000000" { "111111" } else { "000000" };
     assert_eq!(
         verify_code(&gateway, "alice", wrong).await,
-        Reply::Verdict(Verdict::Rejected { attempts_left: 2 })
+        Reply::Verdict(
+            // A push is answered once: no attempts are left.
+            Verdict::Rejected { attempts_left: 0 }
+        )
     );
     assert_eq!(
         verify_code(&gateway, "alice", &code).await,
@@ -633,6 +636,68 @@ async fn push_approval_with_number_matching_and_every_refusal(transport: Transpo
     assert_eq!(
         push_and_wait(&gateway, &matcher, "hugo", hugo).await,
         accepted("hugo", hugo)
+    );
+}
+
+#[tokio::test]
+async fn approvals_arriving_together_are_each_judged_on_their_own_signature() {
+    // Approvals that arrive together are checked in batches on the
+    // daemon's checking threads; a bad proof among them fails alone.
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("data"), "", CONFIG);
+    let admin = daemon.client(Role::Admin).await;
+    let gateway = Arc::new(daemon.client(Role::Gateway).await);
+    let matcher = Arc::new(Matcher::default());
+    let app = PhoneApp::connect(daemon.client(Role::Phone).await, Arc::clone(&matcher))
+        .await
+        .unwrap();
+    let mut devices = Vec::new();
+    for n in 0..24u8 {
+        let name = format!("user{n}");
+        let (device, key) = enroll_ib_key(&admin, &name, n + 1).await;
+        assert_eq!(
+            app.subscribe(&[(device, key)]).await.unwrap(),
+            vec![Reply::Subscribed]
+        );
+        // Every third phone signs badly.
+        if n % 3 == 0 {
+            app.set_behaviour(device, phone::Behaviour::BadProof);
+        }
+        devices.push((name, device, n % 3 != 0));
+    }
+    let logins: Vec<_> = devices
+        .into_iter()
+        .map(|(name, device, good)| {
+            let (gateway, matcher) = (Arc::clone(&gateway), Arc::clone(&matcher));
+            tokio::spawn(async move {
+                let verdict = push_and_wait(&gateway, &matcher, &name, device).await;
+                let expected = if good {
+                    Verdict::Accepted {
+                        user: user(&name),
+                        device,
+                        kind: DeviceKind::IbKey,
+                    }
+                } else {
+                    // A push is answered once: no attempts are left.
+                    Verdict::Rejected { attempts_left: 0 }
+                };
+                assert_eq!(verdict, expected, "{name}");
+            })
+        })
+        .collect();
+    for login in logins {
+        login.await.unwrap();
+    }
+    // Every approval went through the checking threads (signatures checked
+    // inline are not counted there).
+    let metrics = tokio::task::spawn_blocking(move || daemon.metrics_text())
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "sls_push_signature_batch_size_sum 24"),
+        "{metrics}"
     );
 }
 

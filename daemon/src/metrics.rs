@@ -27,6 +27,8 @@ pub const REJECTED_HANDSHAKES: &str = "sls_rejected_handshakes_total";
 pub const CLOSED_CONNECTIONS: &str = "sls_closed_connections_total";
 /// Changes committed together in one durable transaction.
 pub const COMMIT_BATCH: &str = "sls_commit_batch_size";
+/// Push approvals' signatures checked together in one batch.
+pub const PUSH_SIGNATURE_BATCH: &str = "sls_push_signature_batch_size";
 /// Phone proofs (subscription, approval) that did not verify, by `operation`.
 pub const BAD_PROOFS: &str = "sls_bad_proofs_total";
 /// Connections made, by role and client name (the name in a certificate
@@ -73,6 +75,12 @@ pub fn install() -> Result<PrometheusHandle, String> {
             b.set_buckets_for_metric(
                 metrics_exporter_prometheus::Matcher::Full(COMMIT_BATCH.into()),
                 &[1.0, 2.0, 4.0, 16.0, 64.0, 256.0, 1024.0],
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(PUSH_SIGNATURE_BATCH.into()),
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0],
             )
         })
         .map_err(|e| e.to_string())?

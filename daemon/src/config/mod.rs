@@ -285,6 +285,13 @@ pub struct PushConfig {
     pub ttl: Duration,
     pub pending_per_user: u8,
     pub capacity: usize,
+    /// Approvals waiting for their signature check at once; past it, an
+    /// approval is answered Busy (`engine::signatures`).
+    pub verify_queue: usize,
+    /// Signatures checked together at most.
+    pub verify_batch: usize,
+    /// Threads that check signatures.
+    pub verify_threads: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -893,6 +900,21 @@ impl Config {
             "push.capacity",
             "must be 1..=100000000",
         )?;
+        check(
+            (1..=1_000_000).contains(&push.verify_queue),
+            "push.verify-queue",
+            "must be 1..=1000000",
+        )?;
+        check(
+            (1..=1024).contains(&push.verify_batch),
+            "push.verify-batch",
+            "must be 1..=1024",
+        )?;
+        check(
+            (1..=256).contains(&push.verify_threads),
+            "push.verify-threads",
+            "must be 1..=256",
+        )?;
         let life = &self.lifecycle;
         check(
             (Duration::from_secs(30)..=Duration::from_secs(86_400)).contains(&life.token_ttl),
@@ -1188,6 +1210,18 @@ mod tests {
         assert_eq!(
             error("[push]\npending-per-user = 0"),
             "push.pending-per-user: must be 1..=20"
+        );
+        assert_eq!(
+            error("[push]\nverify-queue = 0"),
+            "push.verify-queue: must be 1..=1000000"
+        );
+        assert_eq!(
+            error("[push]\nverify-batch = 2000"),
+            "push.verify-batch: must be 1..=1024"
+        );
+        assert_eq!(
+            error("[push]\nverify-threads = 0"),
+            "push.verify-threads: must be 1..=256"
         );
         assert_eq!(
             error("[lockout]\nfirst = \"2h\""),

@@ -6,7 +6,7 @@
 //! may ask what in `facts` and `caller`; the node's rate limits in
 //! `limits`. Challenge/response in `login`; enrolment, revocation and
 //! unlocking in `enrolment`; SMS and voice codes in `sms`; IB Key push
-//! approval in `push`; the carrier channel's bridges and outbox in
+//! approval in `push`, its signatures checked in batches in `signatures`; the carrier channel's bridges and outbox in
 //! `relay`; the Secure Login System's device lifecycle in `lifecycle`
 //! and `activation`, written once over the `node::Node` both stores
 //! implement; the same login operations on a store shared by several
@@ -37,6 +37,7 @@ mod pin;
 mod push;
 mod relay;
 mod rules;
+mod signatures;
 mod sms;
 mod tokens;
 
@@ -175,6 +176,8 @@ pub struct Engine {
     /// devices without a key are checked against it, so they cost what a
     /// real one costs.
     decoy_push_key: crate::otp::push::PushKey,
+    /// Approvals' signatures, checked together on threads of their own.
+    signatures: signatures::SignatureChecks,
 }
 
 impl std::fmt::Debug for Engine {
@@ -236,6 +239,7 @@ impl Engine {
             relay_unlinks: Mutex::new(Vec::new()),
             push_waiters: Mutex::new(cluster::Waiters::new()),
             decoy_push_key,
+            signatures: signatures::SignatureChecks::Inline,
             config,
             registry,
         }
@@ -255,6 +259,14 @@ impl Engine {
         self.codes = sms::CodeTable::new(code_key, spec, self.config.sms.capacity);
         self.cluster = Some(store);
         self.node = node;
+        self
+    }
+
+    /// Checks push approvals' signatures in batches on threads of their
+    /// own (`signatures`), for [`Engine::approve`] and the cluster's
+    /// approvals, instead of inline: the server's engine.
+    pub fn check_signatures_in_batches(mut self) -> Self {
+        self.signatures = signatures::SignatureChecks::batched(&self.config.push);
         self
     }
 

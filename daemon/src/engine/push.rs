@@ -19,7 +19,7 @@ use crate::identity::{DeviceId, PushId, Username};
 use crate::otp::push::{self, Signature};
 use crate::profile::DeviceKind;
 use crate::ratelimit::Decision;
-use crate::store::FailureState;
+use crate::store::{Device, FailureState};
 use crate::sync::{Mutex, MutexGuard};
 use crate::wire::{ErrorCode, Reply, Response, Verdict};
 
@@ -513,7 +513,8 @@ impl Engine {
         None
     }
 
-    /// The phone's answer: `chosen` with a proof approves, `None` denies.
+    /// The phone's answer: `chosen` with a proof approves, `None` denies;
+    /// the signature checked here, on the caller's thread.
     pub(super) fn answer_push(
         &self,
         caller: &Caller<'_>,
@@ -521,36 +522,114 @@ impl Engine {
         approval: Option<(u8, &Signature)>,
         now: Timestamp,
     ) -> Outcome {
-        // Checked under the lock, the signature outside it (an Ed25519
-        // verification is the costliest step of a push), then the push is
-        // settled under the lock again: the first answer wins.
+        let answering = match self.open_answer(caller, id, now) {
+            Ok(answering) => answering,
+            Err(refusal) => return refusal.into(),
+        };
+        let signed = approval.map(|(chosen, proof)| {
+            let signed = approval_signed(&answering.device, id, chosen, proof);
+            signed.is_some_and(|s| s.key.verifies(&s.message, &s.signature))
+        });
+        self.settle_answer(id, answering, approval, signed, now)
+    }
+
+    /// `Approve` from a server's stream: as [`Engine::answer_push`], with
+    /// the signature checked in a batch with the approvals arriving beside
+    /// it (`signatures`), off the threads that answer logins.
+    pub async fn approve(
+        &self,
+        caller: &Caller<'_>,
+        id: PushId,
+        chosen: u8,
+        proof: &Signature,
+        now: Timestamp,
+    ) -> Outcome {
+        let answering = match self.open_answer(caller, id, now) {
+            Ok(answering) => answering,
+            Err(refusal) => return refusal.into(),
+        };
+        let signed = match self
+            .check_approval(&answering.device, id, chosen, proof)
+            .await
+        {
+            Ok(signed) => signed,
+            Err(refusal) => return refusal.into(),
+        };
+        self.settle_answer(id, answering, Some((chosen, proof)), Some(signed), now)
+    }
+
+    /// Whether `proof` is `device`'s signature of approving `id` with
+    /// `chosen`, checked in a batch; a full queue is refused Busy. The
+    /// cluster's approvals are checked here too.
+    pub(super) async fn check_approval(
+        &self,
+        device: &Device,
+        id: PushId,
+        chosen: u8,
+        proof: &Signature,
+    ) -> Result<bool, Reply> {
+        let Some(signed) = approval_signed(device, id, chosen, proof) else {
+            return Ok(false);
+        };
+        self.signatures
+            .check(signed)
+            .await
+            .map_err(|unchecked| Reply::error(ErrorCode::Busy, unchecked.to_string()))
+    }
+
+    /// The push `id` checked before its answer is: open, unanswered, and
+    /// its device's phone subscribed on this connection. Checked under the
+    /// lock, the signature outside it (an Ed25519 verification is the
+    /// costliest step of a push), then the push is settled under the lock
+    /// again ([`Engine::settle_answer`]): the first answer wins.
+    fn open_answer(
+        &self,
+        caller: &Caller<'_>,
+        id: PushId,
+        now: Timestamp,
+    ) -> Result<Answering, Reply> {
         let (device, match_number) = {
             let sessions = self.pushes.sessions();
             let Some(session) = sessions.pushes.get(&id) else {
-                return Reply::error(ErrorCode::NotFound, "no such push").into();
+                return Err(Reply::error(ErrorCode::NotFound, "no such push"));
             };
             if session.verdict.is_some() || session.expires_at <= now {
-                return Reply::error(ErrorCode::NotFound, "the push was answered or expired")
-                    .into();
+                return Err(Reply::error(
+                    ErrorCode::NotFound,
+                    "the push was answered or expired",
+                ));
             }
             if !self.pushes.linked_to(session.device, caller.connection) {
-                return Reply::error(
+                return Err(Reply::error(
                     ErrorCode::Forbidden,
                     "this connection has not subscribed for the push's device",
-                )
-                .into();
+                ));
             }
             (session.device, session.match_number)
         };
         let Some(device) = self.registry.device(device) else {
-            return Reply::error(ErrorCode::NotFound, "the device was revoked").into();
+            return Err(Reply::error(ErrorCode::NotFound, "the device was revoked"));
         };
-        let signed = approval.map(|(chosen, proof)| {
-            let message = push::approve_message(id, device.id, chosen);
-            device
-                .push_key()
-                .is_some_and(|k| k.verifies(&message, proof))
-        });
+        Ok(Answering {
+            device,
+            match_number,
+        })
+    }
+
+    /// Settles the push with the phone's answer, `signed` saying whether
+    /// an approval's proof verified.
+    fn settle_answer(
+        &self,
+        id: PushId,
+        answering: Answering,
+        approval: Option<(u8, &Signature)>,
+        signed: Option<bool>,
+        now: Timestamp,
+    ) -> Outcome {
+        let Answering {
+            device,
+            match_number,
+        } = answering;
         let mut sessions = self.pushes.sessions();
         let Some(session) = sessions
             .pushes
@@ -601,4 +680,25 @@ impl Engine {
             booking: None,
         }
     }
+}
+
+/// A push whose answer is being checked, and its device.
+struct Answering {
+    device: Arc<Device>,
+    match_number: u8,
+}
+
+/// What `device`'s phone signs to approve `id` with `chosen`, and the
+/// key it must verify under; `None` for a device without a push key.
+fn approval_signed(
+    device: &Device,
+    id: PushId,
+    chosen: u8,
+    proof: &Signature,
+) -> Option<push::SignedMessage> {
+    Some(push::SignedMessage {
+        key: device.push_key()?,
+        message: push::approve_message(id, device.id, chosen),
+        signature: *proof,
+    })
 }

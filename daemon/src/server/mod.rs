@@ -228,7 +228,8 @@ pub async fn serve(
         Arc::clone(&config),
         Arc::clone(&registry),
         &mut UnwrapErr(SysRng),
-    );
+    )
+    .check_signatures_in_batches();
     if config.store.backend == Backend::Redis {
         let (store, code_key) = connect_cluster(&config, data_dir).await?;
         let node = format!("{:016x}", rand::random::<u64>());

@@ -462,6 +462,29 @@ fn handle(
         });
         return;
     }
+    if let Operation::Approve {
+        push,
+        chosen,
+        proof,
+    } = request.operation
+    {
+        // Its signature is checked in a batch with the approvals arriving
+        // beside it, on the checking threads: this task waits for that,
+        // the stream's other requests do not. How many wait is bounded by
+        // push.verify-queue (past it, Busy).
+        let (shared, writer) = (Arc::clone(shared), writer.clone());
+        let owned = OwnedCaller::of(connection, stream, id);
+        let counted = InFlight::start(&shared);
+        tokio::spawn(async move {
+            let _counted = counted;
+            let outcome = shared
+                .engine
+                .approve(&owned.caller(), push, chosen, &proof, now)
+                .await;
+            send_outcome(&shared, &writer, (id, operation, started), outcome).await;
+        });
+        return;
+    }
     if facts(&request.operation).changes_registry {
         // A registry change is on disk before its reply (changes run one at
         // a time and share their fsyncs): it runs on the blocking pool so

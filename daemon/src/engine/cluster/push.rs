@@ -27,7 +27,7 @@ use super::super::rules::verify::accepted_by;
 use super::super::{Caller, Engine, Sink};
 use crate::clock::Timestamp;
 use crate::identity::{DeviceId, PushId, Username};
-use crate::otp::push::{self, Signature};
+use crate::otp::push::Signature;
 use crate::profile::DeviceKind;
 use crate::store::EXPIRED_GRACE;
 use crate::store::StoreError;
@@ -410,13 +410,15 @@ impl Engine {
         let Some(device) = store.device(device_id).await? else {
             return Ok(Reply::error(ErrorCode::NotFound, "the device was revoked"));
         };
-        // The Ed25519 check, the costliest step, once, outside the rounds.
-        let signed = approval.map(|(chosen, proof)| {
-            let message = push::approve_message(id, device.id, chosen);
-            device
-                .push_key()
-                .is_some_and(|k| k.verifies(&message, proof))
-        });
+        // The Ed25519 check, the costliest step, once, outside the rounds,
+        // in a batch with the approvals arriving beside it.
+        let signed = match approval {
+            Some((chosen, proof)) => match self.check_approval(&device, id, chosen, proof).await {
+                Ok(signed) => Some(signed),
+                Err(refusal) => return Ok(refusal),
+            },
+            None => None,
+        };
         if signed == Some(false) {
             metrics::counter!(crate::metrics::BAD_PROOFS, "operation" => "approve").increment(1);
         }
