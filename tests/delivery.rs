@@ -235,10 +235,7 @@ async fn sms_round_trip_with_resend_rules_voice_fallback_and_single_use(transpor
     let wrong = if code == "000000" { "111111" } else { "000000" };
     assert_eq!(
         verify_code(&gateway, "alice", wrong).await,
-        Reply::Verdict(
-            // A push is answered once: no attempts are left.
-            Verdict::Rejected { attempts_left: 0 }
-        )
+        Reply::Verdict(Verdict::Rejected { attempts_left: 2 })
     );
     assert_eq!(
         verify_code(&gateway, "alice", &code).await,
