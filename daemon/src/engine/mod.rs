@@ -6,11 +6,11 @@
 //! may ask what in `facts` and `caller`; the node's rate limits in
 //! `limits`. Challenge/response in `login`; enrolment, revocation and
 //! unlocking in `enrolment`; SMS and voice codes in `sms`; IB Key push
-//! approval in `push`, its signatures checked in batches in `signatures`; the carrier channel's bridges and outbox in
-//! `relay`; the Secure Login System's device lifecycle in `lifecycle`
-//! and `activation`, written once over the `node::Node` both stores
-//! implement; the same login operations on a store shared by several
-//! nodes in `cluster`.
+//! approval in `push`, its signatures checked in batches in `signatures`;
+//! the carrier channel's bridges and outbox in `relay`; the Secure Login
+//! System's device lifecycle in `lifecycle` and `activation`, written once
+//! over the `node::Node` both stores implement; the same login operations
+//! on a store shared by several nodes in `cluster`.
 //!
 //! Deterministic given its inputs: time comes in as a [`Timestamp`] and
 //! randomness as a `CryptoRng`, so tests and fuzzers drive it on a virtual
