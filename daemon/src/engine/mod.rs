@@ -17,7 +17,8 @@
 //! clock. On the embedded store it does no network I/O and never waits: a
 //! change the reply depends on (a failure count, a lockout) is handed back
 //! in [`Outcome::persist`] for the caller to commit before it sends the
-//! reply.
+//! reply. The one exception is the server's [`Engine::approve`], which
+//! waits for its batch of signature checks (`signatures`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -527,8 +527,8 @@ impl Engine {
             Err(refusal) => return refusal.into(),
         };
         let signed = approval.map(|(chosen, proof)| {
-            let signed = approval_signed(&answering.device, id, chosen, proof);
-            signed.is_some_and(|s| s.key.verifies(&s.message, &s.signature))
+            approval_signed(&answering.device, id, chosen, proof)
+                .is_some_and(|signed| signed.verifies())
         });
         self.settle_answer(id, answering, approval, signed, now)
     }

@@ -74,7 +74,7 @@ impl SignatureChecks {
             threads,
         } = self
         else {
-            return Ok(signed.key.verifies(&signed.message, &signed.signature));
+            return Ok(signed.verifies());
         };
         let queue = queue.get_or_init(|| start(*capacity, *batch, *threads));
         let queue = queue.as_ref();
@@ -114,8 +114,9 @@ fn start(capacity: usize, batch: usize, threads: usize) -> Option<SyncSender<Wai
 fn check_batches(receiver: &Mutex<Receiver<Waiting>>, batch: usize) {
     while let Some(waiting) = gather(receiver, batch) {
         metrics::histogram!(crate::metrics::PUSH_SIGNATURE_BATCH).record(waiting.len() as f64);
-        let signed: Vec<SignedMessage> = waiting.iter().map(|w| w.signed.clone()).collect();
-        for (one, verified) in waiting.into_iter().zip(verify_each(&signed)) {
+        let signed: Vec<&SignedMessage> = waiting.iter().map(|w| &w.signed).collect();
+        let verified = verify_each(&signed);
+        for (one, verified) in waiting.into_iter().zip(verified) {
             // The approval's caller may have gone; its answer is then moot.
             let _ = one.answer.send(verified);
         }

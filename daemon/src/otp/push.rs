@@ -6,6 +6,7 @@
 //! cannot be replayed on another connection), an approval signs the push
 //! session and the number the user picked.
 
+use std::borrow::Borrow;
 use std::fmt;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -96,6 +97,13 @@ pub struct SignedMessage {
     pub signature: Signature,
 }
 
+impl SignedMessage {
+    /// Whether the signature verifies, checked alone ([`PushKey::verifies`]).
+    pub fn verifies(&self) -> bool {
+        self.key.verifies(&self.message, &self.signature)
+    }
+}
+
 /// Whether each of `signed` verifies, as [`PushKey::verifies`] would say,
 /// at about half its cost per signature when several come together: one
 /// batch equation for all of them (ed25519-dalek's `verify_batch`, random
@@ -107,15 +115,19 @@ pub struct SignedMessage {
 /// only be made by the key's holder, who can sign properly anyway, so a
 /// batch accepts nothing an attacker could not have had accepted alone.
 /// Weak keys are rejected before the batch, as the strict check does.
-pub fn verify_each(signed: &[SignedMessage]) -> Vec<bool> {
-    let keys: Vec<Option<VerifyingKey>> = signed.iter().map(|s| s.key.verifying_key()).collect();
+///
+/// Takes the checks by value or by reference, so a caller holding them in
+/// other structures need not copy the messages.
+pub fn verify_each<S: Borrow<SignedMessage>>(signed: &[S]) -> Vec<bool> {
+    let signed = || signed.iter().map(Borrow::borrow);
+    let keys: Vec<Option<VerifyingKey>> = signed().map(|s| s.key.verifying_key()).collect();
     let valid = keys.iter().filter(|key| key.is_some()).count();
     // A batch of one costs more than the check alone.
     if valid >= 2 {
         let mut messages = Vec::with_capacity(valid);
         let mut signatures = Vec::with_capacity(valid);
         let mut verifying_keys = Vec::with_capacity(valid);
-        for (one, key) in signed.iter().zip(&keys) {
+        for (one, key) in signed().zip(&keys) {
             if let Some(key) = key {
                 messages.push(one.message.as_slice());
                 signatures.push(ed25519_dalek::Signature::from_bytes(&one.signature.0));
@@ -126,10 +138,7 @@ pub fn verify_each(signed: &[SignedMessage]) -> Vec<bool> {
             return keys.iter().map(Option::is_some).collect();
         }
     }
-    signed
-        .iter()
-        .map(|one| one.key.verifies(&one.message, &one.signature))
-        .collect()
+    signed().map(SignedMessage::verifies).collect()
 }
 
 /// The phone's side: a device key pair, from a 32-byte seed (zeroized
@@ -233,14 +242,11 @@ mod tests {
         batch[6].key = PushKey(identity);
         let expected = vec![true, false, true, false, true, false, false, true];
         assert_eq!(verify_each(&batch), expected);
-        let alone: Vec<bool> = batch
-            .iter()
-            .map(|s| s.key.verifies(&s.message, &s.signature))
-            .collect();
+        let alone: Vec<bool> = batch.iter().map(SignedMessage::verifies).collect();
         assert_eq!(alone, expected);
         // One bad signature, alone or with one good one.
         assert_eq!(verify_each(&batch[5..6]), vec![false]);
         assert_eq!(verify_each(&batch[4..6]), vec![true, false]);
-        assert_eq!(verify_each(&[]), Vec::<bool>::new());
+        assert_eq!(verify_each::<SignedMessage>(&[]), Vec::<bool>::new());
     }
 }
