@@ -22,7 +22,9 @@ use crate::policy::sharing::{Participant, ShareRefusal, check_share};
 use crate::policy::withdrawal::{Withdrawn, headroom, kinds_that_allow};
 use crate::profile::{DeviceKind, SecurityLevel};
 use crate::store::embedded::ledger::Booking;
-use crate::store::{Account, Activation, Actor, DeviceLife, RegistryChange, Share, ShareState};
+use crate::store::{
+    Account, Activation, Actor, DeviceLife, RegistryChange, Share, ShareState, Shipment,
+};
 use crate::store::{Device, EnrollError, NewDevice, Store, StoreError};
 use crate::wire::request::{Answer, Identification, Page, Pin};
 use crate::wire::{
@@ -702,11 +704,11 @@ impl Engine {
                 c.set_life(
                     device,
                     DeviceLife {
-                        activation: Activation::Shipped {
+                        activation: Activation::Shipped(Box::new(Shipment {
                             replaces,
                             shipped_at,
                             activates_at,
-                        },
+                        })),
                         ..life
                     },
                 )?;
@@ -736,17 +738,15 @@ impl Engine {
             .await?
             .into_iter()
             .filter_map(|card| match card.life.activation {
-                Activation::Shipped {
-                    replaces,
-                    shipped_at,
-                    activates_at,
-                } if activates_at > now => Some(PendingActivation {
-                    device: card.device,
-                    user: card.user,
-                    replaces,
-                    shipped_at,
-                    activates_at,
-                }),
+                Activation::Shipped(shipment) if shipment.activates_at > now => {
+                    Some(PendingActivation {
+                        device: card.device,
+                        user: card.user,
+                        replaces: shipment.replaces,
+                        shipped_at: shipment.shipped_at,
+                        activates_at: shipment.activates_at,
+                    })
+                }
                 _ => None,
             })
             .collect();

@@ -154,7 +154,7 @@ pub enum Verifier {
     /// OCRA, with the PIN hash for suites that bind a PIN.
     Ocra {
         ocra: Ocra,
-        pin_hash: Option<MacOutput>,
+        pin_hash: Option<PinHash>,
     },
     Card(CodeCard),
     /// Codes sent by SMS or voice to this verified number.
@@ -175,6 +175,32 @@ pub enum Verifier {
     },
 }
 
+/// The hash of a device's PIN, OCRA's `P` input: on the heap at its own
+/// length (20 bytes for `PSHA1`, 32 for `PSHA256`), wiped on drop.
+///
+/// Not a [`MacOutput`]: that holds 64 bytes inline, and every device in
+/// memory holds a `Verifier` as large as its largest variant, PIN or not.
+/// This is 16 bytes inline and one small allocation for a device with a
+/// PIN.
+#[derive(Clone)]
+pub struct PinHash(zeroize::Zeroizing<Box<[u8]>>);
+
+impl PinHash {
+    pub fn new(hash: &[u8]) -> Self {
+        Self(zeroize::Zeroizing::new(hash.into()))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PinHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PinHash(..)")
+    }
+}
+
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -190,6 +216,9 @@ impl fmt::Debug for Verifier {
     }
 }
 
+/// The expiry of a device that does not expire: no clock reaches it.
+const NEVER: Timestamp = Timestamp(u64::MAX);
+
 /// An enrolled device, ready to verify.
 #[derive(Debug)]
 pub struct Device {
@@ -199,8 +228,10 @@ pub struct Device {
     pub label: Box<str>,
     pub created: Timestamp,
     /// When the device stops working: its kind's validity after activation
-    /// (Online Security Code Cards, temporary codes), as configured now.
-    pub expires: Option<Timestamp>,
+    /// (Online Security Code Cards, temporary codes), as configured now;
+    /// [`NEVER`] for most kinds. Not an `Option`: that would take 16
+    /// bytes of every device instead of 8.
+    expires: Timestamp,
     pub verifier: Verifier,
     /// An imported token's serial, algorithm and starting counter
     /// (`DeviceKind::Token`).
@@ -212,8 +243,10 @@ pub struct Device {
     /// `store::questions`). Locked only while `failures` is held, so the
     /// two change together.
     pub(super) questions: crate::sync::Mutex<QuestionMemory>,
-    /// The key push approvals are signed with (IB Key devices).
-    pub(super) push_key: Mutex<Option<PushKey>>,
+    /// The key push approvals are signed with (IB Key devices). Boxed:
+    /// most devices have none, and an empty box costs 8 bytes where the
+    /// key costs 33.
+    push_key: Mutex<Option<Box<PushKey>>>,
     /// Activation state, temporary-code uses, app PIN (`accounts`).
     pub(super) life: Mutex<DeviceLife>,
 }
@@ -233,7 +266,7 @@ impl Device {
 
     /// Whether the device's validity has ended at `now`.
     pub fn expired_at(&self, now: Timestamp) -> bool {
-        self.expires.is_some_and(|end| end <= now)
+        self.expires <= now
     }
 
     /// The failure state, locked for reading and changing.
@@ -256,7 +289,11 @@ impl Device {
 
     /// The public key this device signs push approvals with, if bound.
     pub fn push_key(&self) -> Option<PushKey> {
-        *self.push_key.lock().unwrap_or_else(PoisonError::into_inner)
+        self.push_key
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_deref()
+            .copied()
     }
 
     /// The lifecycle state (activation, uses left, app PIN).
@@ -276,7 +313,7 @@ impl Device {
 
     /// Sets the push key, as read from a store.
     pub(super) fn set_push_key(&self, key: Option<PushKey>) {
-        *self.push_key.lock().unwrap_or_else(PoisonError::into_inner) = key;
+        *self.push_key.lock().unwrap_or_else(PoisonError::into_inner) = key.map(Box::new);
     }
 
     /// This device as an imported token's (its serial, algorithm and
@@ -309,7 +346,7 @@ impl Device {
             kind,
             label: label.into(),
             created,
-            expires,
+            expires: expires.unwrap_or(NEVER),
             verifier,
             token: None,
             failures: crate::sync::Mutex::new(FailureState::default()),
@@ -384,7 +421,7 @@ impl fmt::Debug for Account {
 }
 
 /// Whether a device can be used yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Activation {
     #[default]
     Active,
@@ -393,13 +430,20 @@ pub enum Activation {
     /// Enrolled and waiting for its first right answer (an authenticator
     /// app: the first code proves the app took the key as it was given).
     Pending,
-    /// Shipped: active at `activates_at`, or earlier once its holder
-    /// answers a challenge with it.
-    Shipped {
-        replaces: DeviceId,
-        shipped_at: Timestamp,
-        activates_at: Timestamp,
-    },
+    /// Shipped: active at its activation time, or earlier once its
+    /// holder answers a challenge with it. Boxed: few cards are in the
+    /// post at any time, and every device in memory holds an `Activation`
+    /// (16 bytes instead of 32).
+    Shipped(Box<Shipment>),
+}
+
+/// A replacement card in the post.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shipment {
+    /// The card it replaces (retired when this one activates).
+    pub replaces: DeviceId,
+    pub shipped_at: Timestamp,
+    pub activates_at: Timestamp,
 }
 
 impl Activation {
@@ -408,7 +452,7 @@ impl Activation {
         match self {
             Self::Active => true,
             Self::Ordered { .. } | Self::Pending => false,
-            Self::Shipped { activates_at, .. } => *activates_at <= now,
+            Self::Shipped(shipment) => shipment.activates_at <= now,
         }
     }
 }
@@ -552,6 +596,22 @@ pub enum Disposition {
 mod tests {
     use super::*;
 
+    /// Every enrolled device is held in memory (ten million on one box),
+    /// so its size is a budget: 344 bytes plus the `Arc`'s two counts is
+    /// glibc's 368-byte chunk. A field that grows it should be boxed or
+    /// kept on disk unless it earns its bytes in every device.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_device_in_memory_stays_within_its_budget() {
+        assert!(
+            std::mem::size_of::<Device>() <= 344,
+            "Device is {} bytes",
+            std::mem::size_of::<Device>()
+        );
+        assert!(std::mem::size_of::<Verifier>() <= 120);
+        assert!(std::mem::size_of::<DeviceLife>() <= 32);
+    }
+
     #[test]
     fn failure_states_round_trip_and_the_earlier_form_still_reads() {
         let state = FailureState {
@@ -589,11 +649,11 @@ mod tests {
 
     #[test]
     fn a_shipped_card_is_active_from_its_activation_time() {
-        let shipped = Activation::Shipped {
+        let shipped = Activation::Shipped(Box::new(Shipment {
             replaces: DeviceId(1),
             shipped_at: Timestamp(0),
             activates_at: Timestamp(100),
-        };
+        }));
         assert!(!shipped.is_active(Timestamp(99)));
         assert!(shipped.is_active(Timestamp(100)));
         assert!(

@@ -213,7 +213,7 @@ impl DeviceCodec {
             }
             Check::Ocra { suite, .. } => Ok(Verifier::Ocra {
                 ocra: Ocra::new(Arc::clone(suite), secret),
-                pin_hash,
+                pin_hash: pin_hash.map(|hash| PinHash::new(hash.as_bytes())),
             }),
             Check::Totp {
                 hash, digits, step, ..
@@ -431,7 +431,7 @@ fn token_verifier(
         }
         TokenAlgorithm::Ocra { suite } => Verifier::Ocra {
             ocra: Ocra::new(Arc::clone(suite), secret),
-            pin_hash,
+            pin_hash: pin_hash.map(|hash| PinHash::new(hash.as_bytes())),
         },
     })
 }
@@ -534,22 +534,18 @@ fn user_context(user: &Username, what: &str) -> Vec<u8> {
 /// when no PIN changed, so nodes of the release before read it.
 pub(in crate::store) fn encode_life(life: &DeviceLife) -> Vec<u8> {
     let mut out = vec![if life.pin.is_some() { 2u8 } else { 1 }];
-    match life.activation {
+    match &life.activation {
         Activation::Active => out.put_u8(0),
         Activation::Ordered { replaces } => {
             out.put_u8(1);
             out.put_u64(replaces.0);
         }
         Activation::Pending => out.put_u8(3),
-        Activation::Shipped {
-            replaces,
-            shipped_at,
-            activates_at,
-        } => {
+        Activation::Shipped(shipment) => {
             out.put_u8(2);
-            out.put_u64(replaces.0);
-            out.put_u64(shipped_at.0);
-            out.put_u64(activates_at.0);
+            out.put_u64(shipment.replaces.0);
+            out.put_u64(shipment.shipped_at.0);
+            out.put_u64(shipment.activates_at.0);
         }
     }
     out.put_u64(life.uses_left.map_or(u64::MAX, u64::from));
@@ -572,11 +568,11 @@ pub(in crate::store) fn decode_life(
         1 => Activation::Ordered {
             replaces: DeviceId(r.u64("replaces").ok()?),
         },
-        2 => Activation::Shipped {
+        2 => Activation::Shipped(Box::new(Shipment {
             replaces: DeviceId(r.u64("replaces").ok()?),
             shipped_at: Timestamp(r.u64("shipped at").ok()?),
             activates_at: Timestamp(r.u64("activates at").ok()?),
-        },
+        })),
         3 => Activation::Pending,
         _ => return None,
     };
@@ -686,11 +682,11 @@ mod tests {
     #[test]
     fn records_round_trip() {
         let life = DeviceLife {
-            activation: Activation::Shipped {
+            activation: Activation::Shipped(Box::new(Shipment {
                 replaces: DeviceId(4),
                 shipped_at: Timestamp(10),
                 activates_at: Timestamp(20),
-            },
+            })),
             uses_left: Some(3),
             pin: None,
         };

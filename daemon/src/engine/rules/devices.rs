@@ -9,13 +9,13 @@ use crate::wire::DeviceStatus;
 /// What an operator's list says of a device of the user: `suspended` when
 /// the user logs in with a shared device instead of their own.
 pub fn status(device: &Device, life: &DeviceLife, suspended: bool, now: Timestamp) -> DeviceStatus {
-    match life.activation {
+    match &life.activation {
         _ if device.expired_at(now) || life.uses_left == Some(0) => DeviceStatus::Expired,
         Activation::Ordered { .. } => DeviceStatus::Ordered,
         Activation::Pending => DeviceStatus::Pending,
-        Activation::Shipped { activates_at, .. } if activates_at > now => {
-            DeviceStatus::Shipped { activates_at }
-        }
+        Activation::Shipped(shipment) if shipment.activates_at > now => DeviceStatus::Shipped {
+            activates_at: shipment.activates_at,
+        },
         _ if suspended => DeviceStatus::Suspended,
         _ => DeviceStatus::Active,
     }
@@ -37,7 +37,7 @@ pub fn challengeable(device: &Device, life: &DeviceLife, suspended: bool, now: T
 pub fn awaits_first_answer(life: &DeviceLife) -> bool {
     matches!(
         life.activation,
-        Activation::Shipped { .. } | Activation::Pending
+        Activation::Shipped(_) | Activation::Pending
     )
 }
 
@@ -78,8 +78,9 @@ pub fn after_accept(life: &DeviceLife) -> AfterAccept {
 /// A replacement or pending device made active: its new state and the
 /// card it retires, if any; `None` for a device that is active already.
 pub fn activation(life: &DeviceLife) -> Option<(DeviceLife, Option<DeviceId>)> {
-    let replaces = match life.activation {
-        Activation::Shipped { replaces, .. } | Activation::Ordered { replaces } => Some(replaces),
+    let replaces = match &life.activation {
+        Activation::Shipped(shipment) => Some(shipment.replaces),
+        Activation::Ordered { replaces } => Some(*replaces),
         Activation::Pending => None,
         Activation::Active => return None,
     };
@@ -94,12 +95,13 @@ pub fn activation(life: &DeviceLife) -> Option<(DeviceLife, Option<DeviceId>)> {
 
 /// Whether a shipped replacement's time to activate itself has come.
 pub fn due(life: &DeviceLife, now: Timestamp) -> bool {
-    matches!(life.activation, Activation::Shipped { activates_at, .. } if activates_at <= now)
+    matches!(&life.activation, Activation::Shipped(shipment) if shipment.activates_at <= now)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Shipment;
 
     #[test]
     fn an_accepted_temporary_code_spends_a_use_until_none_is_left() {
@@ -117,11 +119,11 @@ mod tests {
     #[test]
     fn an_accepted_replacement_activates_and_retires_the_card_it_replaces() {
         let shipped = DeviceLife {
-            activation: Activation::Shipped {
+            activation: Activation::Shipped(Box::new(Shipment {
                 replaces: DeviceId(3),
                 shipped_at: Timestamp(10),
                 activates_at: Timestamp(20),
-            },
+            })),
             uses_left: None,
             pin: None,
         };

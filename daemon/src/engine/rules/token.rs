@@ -12,7 +12,7 @@ use crate::config::TokensConfig;
 use crate::otp::MacOutput;
 use crate::otp::hotp::hotp;
 use crate::otp::ocra::{Ocra, OcraInput};
-use crate::store::{Device, Verifier};
+use crate::store::{Device, PinHash, Verifier};
 
 /// What moves a token's codes, and the value it is at now.
 enum Moving {
@@ -64,8 +64,8 @@ pub fn moves(device: &Device) -> bool {
 /// The PIN hash an OCRA answer takes: none when the suite binds no PIN
 /// (`own` is `None`), else `changed` when the PIN changed or is on trial,
 /// else the one the device was enrolled with.
-pub fn pin_of<'a>(own: Option<&'a MacOutput>, changed: Option<&'a MacOutput>) -> Option<&'a [u8]> {
-    own.map(|own| changed.unwrap_or(own).as_bytes())
+pub fn pin_of<'a>(own: Option<&'a PinHash>, changed: Option<&'a MacOutput>) -> Option<&'a [u8]> {
+    own.map(|own| changed.map_or(own.as_bytes(), MacOutput::as_bytes))
 }
 
 /// Whether `given` is the code of `device` (under `pin`, see

@@ -218,7 +218,7 @@ fn parse_member(member: &[u8]) -> Option<(u64, Username)> {
 }
 
 fn is_shipped(life: &DeviceLife) -> bool {
-    matches!(life.activation, Activation::Shipped { .. })
+    matches!(life.activation, Activation::Shipped(_))
 }
 
 /// What a committed change writes beyond the user's slot.

@@ -15,7 +15,7 @@
 //! B-tree lookups per device.
 
 use std::ops::RangeInclusive;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use redb::{AccessGuard, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable};
 
@@ -176,10 +176,7 @@ fn range(
                 .value()
                 .try_into()
                 .map_err(|_| corrupt(id, "push key"))?;
-            *device
-                .push_key
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(PushKey(key));
+            device.set_push_key(Some(PushKey(key)));
         }
         if let Some(life) = lives.take(id.0)? {
             *device.life_mut() = crate::store::records::decode_life(life.value(), |sealed| {

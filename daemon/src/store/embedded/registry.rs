@@ -477,7 +477,7 @@ impl crate::store::Store for Registry {
             .into_iter()
             .filter_map(|d| {
                 let life = d.life();
-                matches!(life.activation, crate::store::Activation::Shipped { .. }).then(|| {
+                matches!(life.activation, crate::store::Activation::Shipped(_)).then(|| {
                     crate::store::Shipped {
                         device: d.id,
                         user: d.user.clone(),
