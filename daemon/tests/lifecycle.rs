@@ -860,11 +860,19 @@ fn a_replacement_card_ships_inactive_and_activates_by_use_or_by_time() {
             activates_at,
         }])
     );
-    // Survives a restart.
+    // Survives a restart, and is still listed for activation (the store's
+    // index of shipped cards is rebuilt as it loads).
     let mut w = w.restart();
     assert_eq!(
         w.devices("amy", T0, true).1[1],
         (new, DeviceStatus::Shipped { activates_at }, None)
+    );
+    assert!(
+        matches!(
+            w.admin(Operation::PendingActivations { page: Page::first(500) }, T0),
+            Reply::PendingActivations(listed) if listed.len() == 1 && listed[0].device == new
+        ),
+        "the shipped card is listed after a restart"
     );
     // The holder activates it by answering a challenge with it: the lost
     // card is retired.

@@ -447,6 +447,12 @@ pub struct Shipment {
 }
 
 impl Activation {
+    /// A replacement card in the post: what the activation check lists
+    /// (each store keeps an index of these).
+    pub fn is_shipped(&self) -> bool {
+        matches!(self, Self::Shipped(_))
+    }
+
     /// Whether the device counts as active at `now`.
     pub fn is_active(&self, now: Timestamp) -> bool {
         match self {

@@ -45,8 +45,8 @@ use crate::store::records::{
     Stored, decode_audit, decode_life, decode_share, encode_audit, encode_life, encode_share,
 };
 use crate::store::{
-    Account, Activation, Actor, Device, DeviceLife, EnrollError, FailureState, NewDevice,
-    RegistryChange, Share, Shipped, Store, StoreError, UserView, Verifier,
+    Account, Actor, Device, DeviceLife, EnrollError, FailureState, NewDevice, RegistryChange,
+    Share, Shipped, Store, StoreError, UserView, Verifier,
 };
 use crate::wire::AuditRecord;
 use crate::wire::codec::{Put, Reader};
@@ -218,7 +218,7 @@ fn parse_member(member: &[u8]) -> Option<(u64, Username)> {
 }
 
 fn is_shipped(life: &DeviceLife) -> bool {
-    matches!(life.activation, Activation::Shipped(_))
+    life.activation.is_shipped()
 }
 
 /// What a committed change writes beyond the user's slot.

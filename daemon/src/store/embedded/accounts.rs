@@ -420,6 +420,12 @@ impl Registry {
             }
             Effect::Life(id, life) => {
                 if let Some(device) = self.device(id) {
+                    let mut shipped = self.shipped_mut();
+                    if life.activation.is_shipped() {
+                        shipped.insert(id);
+                    } else {
+                        shipped.remove(&id);
+                    }
                     *device.life_mut() = life;
                 }
             }

@@ -9,7 +9,7 @@
 //! committer (`committer.rs`) so a burst of them costs one commit.
 
 use crate::store::model::*;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -68,6 +68,12 @@ pub struct Registry {
     by_user: RwLock<HashMap<Username, UserDevices>>,
     users: RwLock<HashMap<Username, Account>>,
     shares: RwLock<HashMap<ShareId, Share>>,
+    /// The replacement cards shipped and not yet active: what the
+    /// minute's activation check reads (`Store::shipped`), instead of
+    /// every device's state (a second of a runtime thread at ten million
+    /// devices, every minute). Kept with each device's state: at load,
+    /// and by every change that sets or removes it.
+    shipped: Mutex<BTreeSet<DeviceId>>,
     /// Held for the whole of a change (`Registry::change`), so that a rule
     /// checked inside it (one number per user, a withdrawal limit) still
     /// holds when it commits.
@@ -131,6 +137,7 @@ impl Registry {
             by_user: RwLock::new(HashMap::new()),
             users: RwLock::new(HashMap::new()),
             shares: RwLock::new(HashMap::new()),
+            shipped: Mutex::new(BTreeSet::new()),
             changing: Mutex::new(()),
             ledger: Ledger::default(),
             // `store.commit-interval`'s default; `with_commit_interval` sets it.
@@ -167,7 +174,11 @@ impl Registry {
         let loaded = super::load::devices(&self.db, &self.codec, super::load::threads())?;
         let mut devices = HashMap::with_capacity(loaded.len());
         let mut by_user: HashMap<Username, UserDevices> = HashMap::new();
+        let mut shipped = BTreeSet::new();
         for device in loaded {
+            if device.life_mut().activation.is_shipped() {
+                shipped.insert(device.id);
+            }
             by_user
                 .entry(device.user.clone())
                 .or_default()
@@ -202,6 +213,7 @@ impl Registry {
         *self.by_user.write().unwrap_or_else(PoisonError::into_inner) = by_user;
         *self.users.write().unwrap_or_else(PoisonError::into_inner) = users;
         *self.shares.write().unwrap_or_else(PoisonError::into_inner) = shares;
+        *self.shipped_mut() = shipped;
         self.ledger.load(&txn.open_table(LEDGER)?)?;
         Ok(())
     }
@@ -216,6 +228,10 @@ impl Registry {
 
     pub(super) fn shares_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ShareId, Share>> {
         self.shares.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn shipped_mut(&self) -> MutexGuard<'_, BTreeSet<DeviceId>> {
+        self.shipped.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// What sls keeps about `user` (the default for a user it has none of).
@@ -356,6 +372,7 @@ impl Registry {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
+        self.shipped_mut().remove(&id);
         if let Some(device) = removed {
             let mut by_user = self.by_user.write().unwrap_or_else(PoisonError::into_inner);
             if let Some(ids) = by_user.get_mut(&device.user) {
@@ -472,19 +489,16 @@ impl crate::store::Store for Registry {
     }
 
     async fn shipped(&self) -> Result<Vec<crate::store::Shipped>, StoreError> {
-        Ok(self
-            .all_devices()
+        let ids: Vec<DeviceId> = self.shipped_mut().iter().copied().collect();
+        Ok(ids
             .into_iter()
-            .filter_map(|d| {
-                let life = d.life();
-                matches!(life.activation, crate::store::Activation::Shipped(_)).then(|| {
-                    crate::store::Shipped {
-                        device: d.id,
-                        user: d.user.clone(),
-                        life,
-                    }
-                })
+            .filter_map(|id| self.device(id))
+            .map(|d| crate::store::Shipped {
+                device: d.id,
+                user: d.user.clone(),
+                life: d.life(),
             })
+            .filter(|s| s.life.activation.is_shipped())
             .collect())
     }
 
