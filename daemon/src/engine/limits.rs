@@ -75,7 +75,9 @@ pub(super) fn keyed_hash(key: &[u8; 16], bytes: &[u8]) -> usize {
 pub(super) struct UserLimits {
     rate: Rate,
     key: [u8; 16],
-    enrolled: Box<[Mutex<std::collections::HashMap<Username, Gcra>>]>,
+    /// foldhash, as the registry's maps: only enrolled users get an entry,
+    /// so callers cannot fill it with colliding names.
+    enrolled: Box<[Mutex<foldhash::HashMap<Username, Gcra>>]>,
     unknown: KeyedLimits,
 }
 
@@ -88,7 +90,7 @@ impl UserLimits {
             rate,
             key,
             enrolled: (0..USER_LIMIT_SHARDS)
-                .map(|_| Mutex::new(std::collections::HashMap::new()))
+                .map(|_| Mutex::new(foldhash::HashMap::default()))
                 .collect(),
             unknown: KeyedLimits::new(rate, buckets, unknown_key),
         }

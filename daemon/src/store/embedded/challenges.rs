@@ -6,7 +6,9 @@
 //! the limit" hold under concurrent verifies of the same id.
 
 use crate::store::model::*;
-use std::collections::HashMap;
+// foldhash, not SipHash: challenge ids are the server's random draws,
+// so nobody picks their hashes, and every login inserts and resolves one.
+use foldhash::{HashMap, HashMapExt};
 use std::sync::PoisonError;
 
 use crate::clock::Timestamp;

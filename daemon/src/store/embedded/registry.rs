@@ -9,7 +9,13 @@
 //! committer (`committer.rs`) so a burst of them costs one commit.
 
 use crate::store::model::*;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+// foldhash, not SipHash: these maps hold every device and user and are
+// read on every login (and filled at start, ten million inserts). Their
+// keys are ids the registry assigns and names only an operator adds, so
+// no caller can fill them with colliding keys; a lookup of a chosen name
+// costs what any lookup does. foldhash is seeded per process.
+use foldhash::{HashMap, HashMapExt};
 use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
