@@ -9,6 +9,11 @@
 //! transaction (one snapshot: the database is not written before the
 //! registry is open).
 //!
+//! The caller indexes the devices (the registry's maps, one thread's
+//! work) while the ranges are still being read: each range hands over its
+//! devices a chunk at a time through a bounded channel, so the indexing
+//! overlaps the reading instead of following it with the other cores idle.
+//!
 //! Within a range the device rows and the rows that sit beside them in
 //! other tables (failure state, number, push key, lifecycle), all keyed by
 //! device id, are read as one merge join of ordered scans rather than four
@@ -86,44 +91,62 @@ pub(super) fn threads() -> usize {
     }
 }
 
-/// Every device in the database, in id order, decoded on `threads`
-/// threads.
+/// Devices handed to the caller at a time.
+const CHUNK: usize = 4096;
+
+/// Chunks each reading thread may have waiting for the caller: the
+/// readers run a little ahead of the indexing, never a registry ahead.
+const CHUNKS_AHEAD: usize = 4;
+
+/// Every device in the database, decoded on `threads` threads and handed
+/// to `index` on the calling thread, a chunk at a time: each chunk in id
+/// order, chunks of different ranges in any order.
 pub(super) fn devices(
     db: &redb::Database,
     codec: &DeviceCodec,
     threads: usize,
-) -> Result<Vec<Arc<Device>>, StoreError> {
+    mut index: impl FnMut(Vec<Arc<Device>>),
+) -> Result<(), StoreError> {
     let txn = db.begin_read()?;
     let table = txn.open_table(DEVICES)?;
     let (Some((first, _)), Some((last, _))) = (table.first()?, table.last()?) else {
-        return Ok(Vec::new());
+        return Ok(());
     };
     let ranges = split(first.value()..=last.value(), threads);
     if let [ids] = ranges.as_slice() {
         // One range: read on this thread (no thread to start, and the
         // loom models need their devices made on the model's thread).
-        return range(db, codec, ids.clone());
+        return range(db, codec, ids.clone(), &mut |chunk| {
+            index(chunk);
+            Ok(())
+        });
     }
-    let parts: Vec<Result<Vec<Arc<Device>>, StoreError>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = ranges
+    std::thread::scope(|scope| {
+        let (chunks, arrived) = std::sync::mpsc::sync_channel(ranges.len() * CHUNKS_AHEAD);
+        let readers: Vec<_> = ranges
             .into_iter()
-            .map(|ids| scope.spawn(|| range(db, codec, ids)))
-            .collect();
-        workers
-            .into_iter()
-            .map(|worker| {
-                worker.join().unwrap_or_else(|_| {
-                    Err(StoreError::Database("a loading thread panicked".into()))
+            .map(|ids| {
+                let chunks = chunks.clone();
+                scope.spawn(move || {
+                    range(db, codec, ids, &mut |chunk| {
+                        chunks.send(chunk).map_err(|_| {
+                            StoreError::Database("the load stopped taking devices".into())
+                        })
+                    })
                 })
             })
-            .collect()
-    });
-    let mut devices =
-        Vec::with_capacity(usize::try_from(redb::ReadableTableMetadata::len(&table)?).unwrap_or(0));
-    for part in parts {
-        devices.append(&mut part?);
-    }
-    Ok(devices)
+            .collect();
+        // The channel ends when every reader has ended, done or failed.
+        drop(chunks);
+        for chunk in arrived {
+            index(chunk);
+        }
+        readers.into_iter().try_for_each(|reader| {
+            reader
+                .join()
+                .unwrap_or_else(|_| Err(StoreError::Database("a loading thread panicked".into())))
+        })
+    })
 }
 
 /// `ids` cut into at most `parts` contiguous ranges of about equal width
@@ -143,12 +166,14 @@ fn split(ids: RangeInclusive<u64>, parts: usize) -> Vec<RangeInclusive<u64>> {
     }
 }
 
-/// The devices with ids in `ids`, in its own read transaction.
+/// The devices with ids in `ids`, in its own read transaction, handed to
+/// `emit` in id order, [`CHUNK`] at a time.
 fn range(
     db: &redb::Database,
     codec: &DeviceCodec,
     ids: RangeInclusive<u64>,
-) -> Result<Vec<Arc<Device>>, StoreError> {
+    emit: &mut dyn FnMut(Vec<Arc<Device>>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let txn = db.begin_read()?;
     let mut failures = Beside::open(&txn, FAILURES, &ids)?;
     let mut phones = Beside::open(&txn, PHONES, &ids)?;
@@ -158,7 +183,7 @@ fn range(
         device: id.0,
         problem: problem.into(),
     };
-    let mut devices = Vec::new();
+    let mut devices = Vec::with_capacity(CHUNK);
     for entry in txn.open_table(DEVICES)?.range(ids)? {
         let (id, record) = entry?;
         let id = DeviceId(id.value());
@@ -187,8 +212,14 @@ fn range(
         // Into its `Arc` at once: a registry's worth of devices is never
         // held twice.
         devices.push(Arc::new(device));
+        if devices.len() == CHUNK {
+            emit(std::mem::replace(&mut devices, Vec::with_capacity(CHUNK)))?;
+        }
     }
-    Ok(devices)
+    if devices.is_empty() {
+        return Ok(());
+    }
+    emit(devices)
 }
 
 #[cfg(test)]
@@ -285,11 +316,14 @@ mod tests {
             })
             .unwrap();
         let print = |threads| -> Vec<String> {
-            devices(&registry.db, &registry.codec, threads)
-                .unwrap()
-                .iter()
-                .map(|d| format!("{d:?}"))
-                .collect()
+            let mut loaded = Vec::new();
+            devices(&registry.db, &registry.codec, threads, |chunk| {
+                loaded.extend(chunk)
+            })
+            .unwrap();
+            // Ranges hand their chunks over in any order.
+            loaded.sort_by_key(|d| d.id);
+            loaded.iter().map(|d| format!("{d:?}")).collect()
         };
         let one = print(1);
         // 60 enrolled, ids 0, 7, ..., 56 removed, and the phone.

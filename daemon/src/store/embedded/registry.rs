@@ -65,6 +65,35 @@ database_errors!(
     redb::CommitError
 );
 
+/// The in-memory indexes a start builds as the devices arrive.
+struct Loaded {
+    devices: HashMap<DeviceId, Arc<Device>>,
+    by_user: HashMap<Username, UserDevices>,
+    shipped: BTreeSet<DeviceId>,
+}
+
+impl Loaded {
+    fn with_capacity(devices: usize) -> Self {
+        Self {
+            devices: HashMap::with_capacity(devices),
+            by_user: HashMap::new(),
+            shipped: BTreeSet::new(),
+        }
+    }
+
+    fn add(&mut self, chunk: Vec<Arc<Device>>) {
+        for device in chunk {
+            if device.life_mut().activation.is_shipped() {
+                self.shipped.insert(device.id);
+            }
+            // A user's devices oldest first, though chunks come in any order.
+            let ids = self.by_user.entry(device.user.clone()).or_default();
+            ids.insert(ids.partition_point(|id| *id < device.id), device.id);
+            self.devices.insert(device.id, device);
+        }
+    }
+}
+
 /// The registry of devices.
 pub struct Registry {
     pub(super) db: Database,
@@ -177,21 +206,12 @@ impl Registry {
     }
 
     fn load(&self) -> Result<(), StoreError> {
-        let loaded = super::load::devices(&self.db, &self.codec, super::load::threads())?;
-        let mut devices = HashMap::with_capacity(loaded.len());
-        let mut by_user: HashMap<Username, UserDevices> = HashMap::new();
-        let mut shipped = BTreeSet::new();
-        for device in loaded {
-            if device.life_mut().activation.is_shipped() {
-                shipped.insert(device.id);
-            }
-            by_user
-                .entry(device.user.clone())
-                .or_default()
-                .push(device.id);
-            devices.insert(device.id, device);
-        }
         let txn = self.db.begin_read()?;
+        let stored = redb::ReadableTableMetadata::len(&txn.open_table(DEVICES)?)?;
+        let mut loaded = Loaded::with_capacity(usize::try_from(stored).unwrap_or(0));
+        super::load::devices(&self.db, &self.codec, super::load::threads(), |chunk| {
+            loaded.add(chunk)
+        })?;
         let mut users = HashMap::new();
         for entry in txn.open_table(USERS)?.iter()? {
             let (name, record) = entry?;
@@ -215,11 +235,11 @@ impl Registry {
                 })?;
             shares.insert(id, share);
         }
-        *self.devices.write().unwrap_or_else(PoisonError::into_inner) = devices;
-        *self.by_user.write().unwrap_or_else(PoisonError::into_inner) = by_user;
+        *self.devices.write().unwrap_or_else(PoisonError::into_inner) = loaded.devices;
+        *self.by_user.write().unwrap_or_else(PoisonError::into_inner) = loaded.by_user;
         *self.users.write().unwrap_or_else(PoisonError::into_inner) = users;
         *self.shares.write().unwrap_or_else(PoisonError::into_inner) = shares;
-        *self.shipped_mut() = shipped;
+        *self.shipped_mut() = loaded.shipped;
         self.ledger.load(&txn.open_table(LEDGER)?)?;
         Ok(())
     }
@@ -600,5 +620,39 @@ impl crate::store::Store for Registry {
         E: From<StoreError>,
     {
         Registry::change(self, rng, now, actor, |c| decide(c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A start hands over each loading thread's devices as they come, so a
+    /// user whose devices fell in two threads' ranges may see the later
+    /// one first; the list still comes out oldest first.
+    #[test]
+    fn a_user_s_devices_are_listed_oldest_first_whatever_order_they_load_in() {
+        let amy = Username::new("amy").unwrap();
+        let device = |id, user: &Username| {
+            Arc::new(Device::new(
+                DeviceId(id),
+                user.clone(),
+                crate::profile::DeviceKind::Temporary,
+                String::new(),
+                Timestamp(0),
+                None,
+                Verifier::Code(SecretKey::from_bytes(vec![7; 16]).unwrap()),
+            ))
+        };
+        let bob = Username::new("bob").unwrap();
+        let mut loaded = Loaded::with_capacity(4);
+        loaded.add(vec![device(900, &amy), device(901, &bob)]);
+        loaded.add(vec![device(3, &amy), device(500, &amy)]);
+        assert_eq!(
+            loaded.by_user[&amy].as_slice(),
+            [DeviceId(3), DeviceId(500), DeviceId(900)]
+        );
+        assert_eq!(loaded.by_user[&bob].as_slice(), [DeviceId(901)]);
+        assert_eq!(loaded.devices.len(), 4);
     }
 }
