@@ -343,16 +343,6 @@ impl Registry {
             .cloned()
     }
 
-    /// Every device (for sweeps over lifecycle states; rare).
-    pub fn all_devices(&self) -> Vec<Arc<Device>> {
-        self.devices
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
-    }
-
     /// Whether `user` has any device (revoked ones are gone).
     pub fn has_devices(&self, user: &Username) -> bool {
         self.by_user
