@@ -99,7 +99,9 @@ impl DeviceCodec {
                 SecretKey::from_bytes(bytes).map_err(|e| EnrollError::Invalid(e.to_string()))?
             }
         };
-        let pin_hash = self.pin_hash(kind, pin, token)?;
+        let pin_hash = self
+            .pin_hash(kind, pin, token)?
+            .map(|hash| PinHash::new(hash.as_bytes()));
         // Build the verifier first: it checks the key against the kind.
         let verifier = self.verifier(kind, &secret, pin_hash, token)?;
 
@@ -194,7 +196,7 @@ impl DeviceCodec {
         &self,
         kind: DeviceKind,
         secret: &SecretKey,
-        pin_hash: Option<MacOutput>,
+        pin_hash: Option<PinHash>,
         token: Option<&TokenInfo>,
     ) -> Result<Verifier, EnrollError> {
         match &self.profiles.get(kind).check {
@@ -213,7 +215,7 @@ impl DeviceCodec {
             }
             Check::Ocra { suite, .. } => Ok(Verifier::Ocra {
                 ocra: Ocra::new(Arc::clone(suite), secret),
-                pin_hash: pin_hash.map(|hash| PinHash::new(hash.as_bytes())),
+                pin_hash,
             }),
             Check::Totp {
                 hash, digits, step, ..
@@ -326,7 +328,7 @@ impl DeviceCodec {
             [] => None,
             sealed => {
                 let hash = self.cipher.open(sealed, &context(id, "pin-hash"))?;
-                Some(MacOutput::from_bytes(&hash))
+                Some(PinHash::new(&hash))
             }
         };
         let verifier = self
@@ -406,7 +408,7 @@ fn check_pin(kind: DeviceKind, pin: &str, digits: u8) -> Result<(), EnrollError>
 fn token_verifier(
     algorithm: &TokenAlgorithm,
     secret: &SecretKey,
-    pin_hash: Option<MacOutput>,
+    pin_hash: Option<PinHash>,
 ) -> Result<Verifier, EnrollError> {
     Ok(match algorithm {
         TokenAlgorithm::Hotp { hash, digits } => Verifier::Hotp {
@@ -431,7 +433,7 @@ fn token_verifier(
         }
         TokenAlgorithm::Ocra { suite } => Verifier::Ocra {
             ocra: Ocra::new(Arc::clone(suite), secret),
-            pin_hash: pin_hash.map(|hash| PinHash::new(hash.as_bytes())),
+            pin_hash,
         },
     })
 }
