@@ -12,6 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -86,6 +87,13 @@ pub(super) async fn serve(
             },
             _ = stopping.changed() => return,
         };
+        // The drain may have begun since the accept was ready: the stop is
+        // signalled after requests start to be answered ShuttingDown, so a
+        // gateway that heard it may connect before this loop sees the stop.
+        // Such a connection is refused as every later one is.
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
         // TCP's own handshake has proven the address: no Retry here.
         let admitted = handshakes.admit(remote.ip(), true, false);
         metrics::gauge!(crate::metrics::HANDSHAKES).set(handshakes.under_way() as f64);
