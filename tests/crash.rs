@@ -6,203 +6,19 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use sls_sim::client::Client;
-use sls_sim::token::DscPlus;
-use slsd::engine::Role;
-use slsd::identity::{ChallengeId, DeviceId, Username};
-use slsd::otp::SecretKey;
-use slsd::profile::{DeviceKind, DeviceProfiles};
-use slsd::wire::Page;
-use slsd::wire::request::{Answer, Pin};
-use slsd::wire::{ChallengeText, DeviceEntry, EnrollRequest, Operation, Reply, Verdict};
 use support::daemon::Daemon;
-
-const KEY: [u8; 32] = [0x42; 32];
-const PIN: &str = "4821";
-
-fn user(name: &str) -> Username {
-    Username::new(name).unwrap()
-}
-
-fn enroll(name: &str) -> Operation {
-    Operation::Enroll(EnrollRequest {
-        user: user(name),
-        kind: DeviceKind::DscPlus,
-        secret: Some(SecretKey::from_bytes(KEY.to_vec()).unwrap()),
-        pin: Some(Pin::new(PIN)),
-        label: "card".into(),
-    })
-}
-
-/// What the card shows for `text` (the simulator's DSC+).
-fn answer(text: &ChallengeText) -> String {
-    let ChallengeText::Question(question) = text else {
-        panic!("a DSC+ gets a question")
-    };
-    let key = SecretKey::from_bytes(KEY.to_vec()).unwrap();
-    DscPlus::new(&key, &DeviceProfiles::defaults().unwrap())
-        .unwrap()
-        .respond(PIN, question)
-        .unwrap()
-        .to_string()
-}
-
-/// `name`'s devices as the operator lists them.
-async fn listed(admin: &Client, name: &str) -> Vec<DeviceEntry> {
-    match admin
-        .call(Operation::ListDevices {
-            user: user(name),
-            page: Page::first(500),
-        })
-        .await
-        .unwrap()
-    {
-        Reply::Devices { devices, .. } => devices,
-        other => panic!("ListDevices answered {other:?}"),
-    }
-}
-
-/// What the daemon acknowledged before it died.
-#[derive(Default)]
-struct Acknowledged {
-    enrolled: Vec<(String, DeviceId)>,
-    locked: Vec<(String, DeviceId)>,
-    accepted: Vec<(ChallengeId, String)>,
-}
-
-async fn enrolments(admin: Client, ack: Arc<Mutex<Acknowledged>>) {
-    for n in 0.. {
-        let name = format!("new-{n}");
-        match admin.call(enroll(&name)).await {
-            Ok(Reply::Enrolled { device, .. }) => {
-                ack.lock().unwrap().enrolled.push((name, device));
-            }
-            _ => return,
-        }
-    }
-}
-
-/// A challenge for `name`'s `device`; `None` once the daemon is gone.
-async fn ask(
-    gateway: &Client,
-    name: &str,
-    device: DeviceId,
-) -> Option<(ChallengeId, ChallengeText)> {
-    match gateway
-        .call(Operation::Challenge {
-            user: user(name),
-            device,
-        })
-        .await
-    {
-        Ok(Reply::Challenge {
-            challenge, text, ..
-        }) => Some((challenge, text)),
-        _ => None,
-    }
-}
-
-/// Wrong answers on each target until it locks.
-async fn lockouts(
-    gateway: Client,
-    targets: Vec<(String, DeviceId)>,
-    ack: Arc<Mutex<Acknowledged>>,
-) {
-    for (name, device) in targets {
-        loop {
-            let Some((challenge, _)) = ask(&gateway, &name, device).await else {
-                return;
-            };
-            match gateway
-                .call(Operation::Verify {
-                    challenge,
-                    response: Answer::new("00000000"),
-                })
-                .await
-            {
-                Ok(Reply::Verdict(Verdict::LockedOut { .. })) => {
-                    ack.lock().unwrap().locked.push((name.clone(), device));
-                    break;
-                }
-                Ok(Reply::Verdict(_)) => {}
-                _ => return,
-            }
-        }
-    }
-}
-
-async fn logins(gateway: Client, name: String, device: DeviceId, ack: Arc<Mutex<Acknowledged>>) {
-    loop {
-        let Some((challenge, text)) = ask(&gateway, &name, device).await else {
-            return;
-        };
-        let right = answer(&text);
-        match gateway
-            .call(Operation::Verify {
-                challenge,
-                response: Answer::new(&right),
-            })
-            .await
-        {
-            Ok(Reply::Verdict(Verdict::Accepted { .. })) => {
-                ack.lock().unwrap().accepted.push((challenge, right));
-            }
-            Ok(other) => panic!("a right answer got {other:?}"),
-            Err(_) => return,
-        }
-    }
-}
+use support::load::{self, Load};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_acknowledged_is_lost_to_a_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(
-        &dir.path().join("data"),
-        "",
-        "[challenges]\nper-user-per-minute = 100000\nper-device-per-day = 100000000\n[lockout]\nfailures = 3\nfirst = \"10m\"\nmax = \"1h\"\n",
-    );
-    let admin = daemon.client(Role::Admin).await;
-    let mut targets = Vec::new();
-    for n in 0..200 {
-        let name = format!("target-{n}");
-        let Reply::Enrolled { device, .. } = admin.call(enroll(&name)).await.unwrap() else {
-            panic!("enrol")
-        };
-        targets.push((name, device));
-    }
-    let Reply::Enrolled { device: happy, .. } = admin.call(enroll("happy")).await.unwrap() else {
-        panic!("enrol")
-    };
-
-    let ack = Arc::new(Mutex::new(Acknowledged::default()));
-    let load = vec![
-        tokio::spawn(enrolments(
-            daemon.client(Role::Admin).await,
-            Arc::clone(&ack),
-        )),
-        tokio::spawn(lockouts(
-            daemon.client(Role::Gateway).await,
-            targets,
-            Arc::clone(&ack),
-        )),
-        tokio::spawn(logins(
-            daemon.client(Role::Gateway).await,
-            "happy".into(),
-            happy,
-            Arc::clone(&ack),
-        )),
-    ];
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let daemon = Daemon::start(&dir.path().join("data"), "", load::CONFIG);
+    let load = Load::start(&daemon).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let daemon = tokio::task::block_in_place(|| daemon.crash_and_restart());
     // Their connections would only notice the dead daemon at the idle
     // timeout; what they recorded so far is what was acknowledged.
-    for task in load {
-        task.abort();
-    }
-    let ack = std::mem::take(&mut *ack.lock().unwrap());
+    let ack = load.stop();
     eprintln!(
         "acknowledged before the crash: {} enrolments, {} lockouts, {} logins",
         ack.enrolled.len(),
@@ -210,39 +26,5 @@ async fn nothing_acknowledged_is_lost_to_a_sigkill() {
         ack.accepted.len()
     );
     assert!(!ack.enrolled.is_empty() && !ack.locked.is_empty() && !ack.accepted.is_empty());
-
-    let admin = daemon.client(Role::Admin).await;
-    for (name, device) in &ack.enrolled {
-        assert!(
-            listed(&admin, name)
-                .await
-                .iter()
-                .any(|d| d.device == *device),
-            "acknowledged enrolment of {name} lost"
-        );
-    }
-    for (name, device) in &ack.locked {
-        let devices = listed(&admin, name).await;
-        let entry = devices.iter().find(|d| d.device == *device).unwrap();
-        assert!(
-            entry.locked_for > Duration::from_secs(60),
-            "acknowledged lockout of {name} lost: {:?}",
-            entry.locked_for
-        );
-    }
-    let gateway = daemon.client(Role::Gateway).await;
-    for (challenge, right) in &ack.accepted {
-        let reply = gateway
-            .call(Operation::Verify {
-                challenge: *challenge,
-                response: Answer::new(right),
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            reply,
-            Reply::Verdict(Verdict::UnknownChallenge),
-            "an answer accepted before the crash was accepted again"
-        );
-    }
+    load::assert_kept(&daemon, &ack).await;
 }

@@ -36,6 +36,16 @@ pub const BAD_PROOFS: &str = "sls_bad_proofs_total";
 pub const CLIENT_CONNECTIONS: &str = "sls_client_connections_total";
 /// Pushes the phone answered "this was not me" (each counts as a failure).
 pub const PUSH_DENIED: &str = "sls_push_denied_total";
+/// Time from a push being sent to the phone's answer (approve or deny).
+pub const PUSH_ANSWER_SECONDS: &str = "sls_push_answer_seconds";
+/// Messages (SMS and voice codes) that reached their end, by `result`
+/// (`delivered`: a bridge reported it; `failed`: every bridge tried failed
+/// or none was left).
+pub const SMS_DELIVERIES: &str = "sls_sms_deliveries_total";
+/// Messages handed to another bridge, by `cause` (`timeout`: no
+/// acknowledgement in time; `disconnected`: the bridge went away;
+/// `reported`: the bridge reported a failure).
+pub const SMS_FAILOVERS: &str = "sls_sms_failovers_total";
 /// Live SMS/voice codes, unanswered pushes, messages awaiting a carrier
 /// acknowledgement, connected bridges and phones right now.
 pub const LIVE_CODES: &str = "sls_live_codes";
@@ -48,6 +58,9 @@ pub const STORE_ROUND_TRIPS: &str = "sls_store_round_trips_total";
 /// did not match (edited, moved to another key, or replayed at another
 /// version by someone with write access to Redis).
 pub const STORE_RECORDS_REFUSED: &str = "sls_store_records_refused_total";
+/// Decisions on the shared store taken again because a record changed
+/// between their read and their write (another node got there first).
+pub const STORE_CONFLICTS: &str = "sls_store_conflicts_total";
 
 /// RADIUS datagrams dropped without an answer, by `reason`
 /// (`unknown_client`, `rate_limited`, `malformed`, `unsupported`,
@@ -62,6 +75,48 @@ pub const RADIUS_ANSWERS: &str = "sls_radius_answers_total";
 /// Time from a RADIUS request's arrival to its answer.
 pub const RADIUS_SECONDS: &str = "sls_radius_seconds";
 
+/// Every metric the daemon exports, by name: what dashboards and
+/// alerting rules may name (`contrib/`; `daemon/tests/contrib.rs` checks
+/// them). A histogram also exports `NAME_bucket`, `NAME_sum` and
+/// `NAME_count`.
+pub const ALL: [&str; 26] = [
+    REQUESTS,
+    REQUEST_SECONDS,
+    LOCKOUTS,
+    OPEN_CHALLENGES,
+    CONNECTIONS,
+    HANDSHAKES,
+    REJECTED_HANDSHAKES,
+    CLOSED_CONNECTIONS,
+    COMMIT_BATCH,
+    PUSH_SIGNATURE_BATCH,
+    BAD_PROOFS,
+    CLIENT_CONNECTIONS,
+    PUSH_DENIED,
+    PUSH_ANSWER_SECONDS,
+    SMS_DELIVERIES,
+    SMS_FAILOVERS,
+    LIVE_CODES,
+    PENDING_PUSHES,
+    OUTBOX,
+    STORE_ROUND_TRIPS,
+    STORE_RECORDS_REFUSED,
+    STORE_CONFLICTS,
+    RADIUS_DROPPED,
+    RADIUS_DUPLICATES,
+    RADIUS_ANSWERS,
+    RADIUS_SECONDS,
+];
+
+/// The histograms among [`ALL`].
+pub const HISTOGRAMS: [&str; 5] = [
+    REQUEST_SECONDS,
+    COMMIT_BATCH,
+    PUSH_SIGNATURE_BATCH,
+    PUSH_ANSWER_SECONDS,
+    RADIUS_SECONDS,
+];
+
 /// Installs the Prometheus recorder for this process.
 pub fn install() -> Result<PrometheusHandle, String> {
     PrometheusBuilder::new()
@@ -71,6 +126,12 @@ pub fn install() -> Result<PrometheusHandle, String> {
                 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.1,
             ],
         )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(PUSH_ANSWER_SECONDS.into()),
+                &[0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0],
+            )
+        })
         .and_then(|b| {
             b.set_buckets_for_metric(
                 metrics_exporter_prometheus::Matcher::Full(COMMIT_BATCH.into()),
@@ -89,7 +150,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 /// Operation labels of [`REQUESTS`] and [`REQUEST_SECONDS`].
-pub const OPERATIONS: [&str; 44] = [
+pub const OPERATIONS: [&str; 45] = [
     "devices",
     "challenge",
     "verify",
@@ -133,6 +194,7 @@ pub const OPERATIONS: [&str; 44] = [
     "reset_pin",
     "change_pin",
     "complete_activation",
+    "backup",
     "invalid",
 ];
 

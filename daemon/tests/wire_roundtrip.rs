@@ -190,6 +190,7 @@ fn operation() -> impl Strategy<Value = Operation> {
         page().prop_map(|page| Operation::PendingActivations { page }),
         (any::<u64>(), any::<u16>())
             .prop_map(|(after, limit)| Operation::AuditLog { after, limit }),
+        "/[a-z/ .-]{0,64}".prop_map(|path| Operation::Backup { path }),
         (
             any::<u64>(),
             any::<bool>(),
@@ -481,6 +482,16 @@ fn reply() -> impl Strategy<Value = Reply> {
         .prop_map(Reply::Audit),
         (any::<u64>(), prop::option::of(serial()))
             .prop_map(|(retired, last)| Reply::TokensRetired { retired, last }),
+        ("/[a-z/ .-]{0,64}", any::<[u64; 4]>(), millis()).prop_map(
+            |(path, [bytes, devices, rows, last_audit], took)| Reply::BackedUp {
+                path,
+                bytes,
+                devices,
+                rows,
+                last_audit,
+                took,
+            }
+        ),
         (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(import, count, committed)| {
             Reply::TokensImported {
                 import,
@@ -934,6 +945,9 @@ fn one_of_each() -> Vec<Operation> {
             page: Page::first(500),
         },
         Operation::AuditLog { after: 0, limit: 1 },
+        Operation::Backup {
+            path: "/var/backups/slsd/b.redb".into(),
+        },
         Operation::ImportTokens {
             import: 0,
             commit: true,

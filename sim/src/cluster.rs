@@ -368,6 +368,70 @@ impl Cluster {
         self.wait_for(port, "PING", "PONG")
     }
 
+    /// A backup of the cluster as an operator takes one: an RDB snapshot
+    /// of every node (`SAVE`), then each node's `dump.rdb` and `nodes.conf`
+    /// (which slots it serves, and its peers) copied to `to/<port>/`.
+    pub fn backup_rdb(&self, to: &Path) -> Result<(), ClusterError> {
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let saved = self.cli(node.port, "SAVE")?;
+            if saved.trim() != "OK" {
+                return Err(ClusterError::Form(format!(
+                    "SAVE on 127.0.0.1:{}: {saved:?}",
+                    node.port
+                )));
+            }
+            let from = self.dir.path().join(node.port.to_string());
+            let into = to.join(node.port.to_string());
+            for file in ["dump.rdb", "nodes.conf"] {
+                std::fs::create_dir_all(&into)
+                    .and_then(|()| std::fs::copy(from.join(file), into.join(file)))
+                    .map_err(|source| ClusterError::Io {
+                        what: format!("{} of 127.0.0.1:{}", file, node.port),
+                        source,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The cluster's machines lost and rebuilt from a backup
+    /// (`backup_rdb`): every node is stopped, everything it stored (its
+    /// append-only file too) is deleted, the backup's files are put in its
+    /// place, and it starts with the append-only file off, so that it loads
+    /// the RDB; once the cluster is whole again each node turns it on
+    /// (`CONFIG SET appendonly yes` writes it from what was loaded).
+    pub fn restore_rdb(&mut self, from: &Path) -> Result<(), ClusterError> {
+        let dir = self.dir.path().to_path_buf();
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            let node_dir = dir.join(node.port.to_string());
+            let io = |source| ClusterError::Io {
+                what: format!("{}", node_dir.display()),
+                source,
+            };
+            std::fs::remove_dir_all(&node_dir).map_err(io)?;
+            std::fs::create_dir_all(&node_dir).map_err(io)?;
+            for file in ["dump.rdb", "nodes.conf"] {
+                let saved = from.join(node.port.to_string()).join(file);
+                std::fs::copy(saved, node_dir.join(file)).map_err(io)?;
+            }
+        }
+        for node in &mut self.nodes {
+            node.child = Some(spawn(&dir, node.port, self.secured.as_ref(), false)?);
+        }
+        for node in &self.nodes {
+            self.wait_for(node.port, "PING", "PONG")?;
+        }
+        for node in &self.nodes {
+            self.wait_for(node.port, "CLUSTER INFO", "cluster_state:ok")?;
+            self.wait_for(node.port, "CONFIG SET appendonly yes", "OK")?;
+        }
+        Ok(())
+    }
+
     /// Waits until every master has `replicas` replicas online (after a
     /// restarted node has synced).
     pub fn wait_for_replicas(&self, replicas: usize) -> Result<(), ClusterError> {
@@ -415,6 +479,17 @@ impl Cluster {
 }
 
 fn spawn_server(dir: &Path, port: u16, secured: Option<&Secured>) -> Result<Child, ClusterError> {
+    spawn(dir, port, secured, true)
+}
+
+/// `redis-server` for `port` in its directory under `dir`; `aof`: with its
+/// append-only file (without, it loads `dump.rdb` at start).
+fn spawn(
+    dir: &Path,
+    port: u16,
+    secured: Option<&Secured>,
+    aof: bool,
+) -> Result<Child, ClusterError> {
     let node_dir: PathBuf = dir.join(port.to_string());
     let io = |source| ClusterError::Io {
         what: format!("{}", node_dir.display()),
@@ -442,7 +517,7 @@ fn spawn_server(dir: &Path, port: u16, secured: Option<&Secured>) -> Result<Chil
         .arg(node_dir.join("nodes.conf"))
         .arg("--dir")
         .arg(&node_dir)
-        .args(["--appendonly", "yes", "--save", ""])
+        .args(["--appendonly", if aof { "yes" } else { "no" }, "--save", ""])
         // Start a replica's first sync at once rather than after 5 s.
         .args(["--repl-diskless-sync-delay", "0"])
         .args(["--protected-mode", "no", "--loglevel", "warning"])

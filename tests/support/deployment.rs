@@ -96,6 +96,27 @@ fn deploy_on(
     }
 }
 
+impl Deployment {
+    /// Both nodes stopped cleanly and started again on their data
+    /// directories (nothing remembered from before but what the store has).
+    pub fn restart_nodes(self) -> Self {
+        let Self {
+            a,
+            b,
+            cluster,
+            _dir,
+            _turn,
+        } = self;
+        Self {
+            a: a.restart(),
+            b: b.restart(),
+            cluster,
+            _dir,
+            _turn,
+        }
+    }
+}
+
 /// Copies the CA, the certificates and the key file: everything of a data
 /// directory but its (unused) embedded database.
 pub fn share_identity(from: &Path, to: &Path) {

@@ -4,6 +4,7 @@
 
 pub mod daemon;
 pub mod deployment;
+pub mod load;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

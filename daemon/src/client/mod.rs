@@ -23,6 +23,10 @@ use crate::wire::{self, DecodeError, FrameError, Operation, Reply, Request, Resp
 /// The largest reply frame the client accepts.
 const MAX_REPLY: u32 = wire::MAX_FRAME_LIMIT;
 
+/// How often a QUIC client pings while it waits (the server's idle
+/// timeout is 30 s).
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
 /// TCP keep-alive on the client's fallback connections: a daemon that
 /// vanished is noticed within about four times this.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(10);
@@ -150,7 +154,14 @@ impl Client {
         .parse()
         .map_err(|_| ClientError::Bind(std::io::Error::other("local address")))?;
         let mut endpoint = quinn::Endpoint::client(local).map_err(ClientError::Bind)?;
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        // The server closes a connection silent for 30 s; a call that takes
+        // longer (a backup of a large registry) would lose its reply.
+        // Pings keep a waiting client's connection open.
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(KEEP_ALIVE));
+        config.transport_config(Arc::new(transport));
+        endpoint.set_default_client_config(config);
         let connection = endpoint.connect(addr, server_name)?.await?;
         Ok(Self {
             link: Link::Quic {

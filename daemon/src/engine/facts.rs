@@ -62,7 +62,10 @@ pub fn facts(operation: &Operation) -> Facts {
         | Operation::Resync { .. }
         | Operation::RetireTokens { .. }
         | Operation::ChangePin { .. }
-        | Operation::ResetPin { .. } => Facts::CHANGES,
+        | Operation::ResetPin { .. }
+        // Not a change, but seconds to minutes of disk work: off the
+        // threads that answer logins, like one.
+        | Operation::Backup { .. } => Facts::CHANGES,
         Operation::Challenge { .. }
         | Operation::Push { .. }
         | Operation::SendCode { .. }

@@ -591,6 +591,7 @@ impl Engine {
                 at_once(self.list_tokens(store, &filter, after.as_ref(), limit)).into()
             }
             Operation::Stats => self.stats().into(),
+            Operation::Backup { path } => self.backup(&path, now).into(),
             Operation::SendCode { user, channel } => {
                 self.send_code(&user, channel, now, rng).into()
             }
@@ -651,6 +652,37 @@ impl Engine {
                 Reply::Subscribed
             }
             None => Reply::error(ErrorCode::InvalidArgument, "subscribing needs a stream"),
+        }
+    }
+
+    /// Writes a backup of the embedded store (`store::embedded::backup`).
+    fn backup(&self, path: &str, now: Timestamp) -> Reply {
+        use crate::store::embedded::backup::BackupError;
+        match self.registry.backup(std::path::Path::new(path), now) {
+            Ok(done) => {
+                tracing::info!(
+                    path = %done.path.display(),
+                    bytes = done.bytes,
+                    devices = done.devices,
+                    took = ?done.took,
+                    "backup written"
+                );
+                Reply::BackedUp {
+                    path: done.path.display().to_string(),
+                    bytes: done.bytes,
+                    devices: done.devices,
+                    rows: done.rows,
+                    last_audit: done.last_audit,
+                    took: done.took,
+                }
+            }
+            Err(error @ (BackupError::Relative(_) | BackupError::Exists(_))) => {
+                Reply::error(ErrorCode::InvalidArgument, error.to_string())
+            }
+            Err(error) => {
+                tracing::error!(%error, "backup failed");
+                Reply::error(ErrorCode::Internal, format!("backup failed: {error}"))
+            }
         }
     }
 

@@ -288,8 +288,18 @@ pub(super) fn decide_push(
     }
 }
 
-/// Counts a settled "not me" (`sls_push_denied_total`).
-pub(super) fn count_denied(decision: &PushDecision) {
+/// Counts a settled answer: how long the phone took
+/// (`sls_push_answer_seconds`: the push's lifetime less what was left of
+/// it), and a "not me" (`sls_push_denied_total`).
+pub(super) fn count_answer(
+    decision: &PushDecision,
+    ttl: std::time::Duration,
+    expires_at: Timestamp,
+    now: Timestamp,
+) {
+    let left = std::time::Duration::from_millis(expires_at.0.saturating_sub(now.0));
+    metrics::histogram!(crate::metrics::PUSH_ANSWER_SECONDS)
+        .record(ttl.saturating_sub(left).as_secs_f64());
     if decision.refused == Some(Verdict::Denied) {
         metrics::counter!(crate::metrics::PUSH_DENIED).increment(1);
     }
@@ -651,7 +661,7 @@ impl Engine {
             _ => PushAnswer::Denied,
         };
         let decision = decide_push(&self.config.lockout, &mut device.failures(), given, now);
-        count_denied(&decision);
+        count_answer(&decision, self.config.push.ttl, session.expires_at, now);
         if decision.locked {
             self.count_lockout();
         }

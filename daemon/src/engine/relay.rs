@@ -257,9 +257,13 @@ impl Outbox {
         let flight = state.messages.remove(&id)?;
         release(&mut state, flight.bridge);
         Some(match report {
-            DeliveryReport::Delivered => (flight.message.code, id, DeliveryState::Delivered),
+            DeliveryReport::Delivered => {
+                metrics::counter!(crate::metrics::SMS_DELIVERIES, "result" => "delivered")
+                    .increment(1);
+                (flight.message.code, id, DeliveryState::Delivered)
+            }
             DeliveryReport::Failed { reason } => {
-                self.fail_over(&mut state, id, flight, reason, now)
+                self.fail_over(&mut state, id, flight, (reason, "reported"), now)
             }
         })
     }
@@ -273,7 +277,8 @@ impl Outbox {
             .filter(|(_, f)| f.deadline <= now)
             .map(|(id, _)| *id)
             .collect();
-        self.retry(&mut state, overdue, "no acknowledgement in time", now)
+        let why = ("no acknowledgement in time", "timeout");
+        self.retry(&mut state, overdue, why, now)
     }
 
     /// A bridge's stream ended: its messages go to the other bridges now.
@@ -290,21 +295,22 @@ impl Outbox {
             .filter(|(_, f)| f.bridge == stream)
             .map(|(id, _)| *id)
             .collect();
-        self.retry(&mut state, orphaned, "the bridge disconnected", now)
+        let why = ("the bridge disconnected", "disconnected");
+        self.retry(&mut state, orphaned, why, now)
     }
 
     fn retry(
         &self,
         state: &mut State,
         ids: Vec<MessageId>,
-        reason: &str,
+        (reason, cause): (&str, &'static str),
         now: Timestamp,
     ) -> Vec<StatusChange> {
         ids.into_iter()
             .filter_map(|id| {
                 let flight = state.messages.remove(&id)?;
                 release(state, flight.bridge);
-                Some(self.fail_over(state, id, flight, reason.to_owned(), now))
+                Some(self.fail_over(state, id, flight, (reason.to_owned(), cause), now))
             })
             .collect()
     }
@@ -314,13 +320,20 @@ impl Outbox {
         state: &mut State,
         id: MessageId,
         flight: InFlight,
-        reason: String,
+        (reason, cause): (String, &'static str),
         now: Timestamp,
     ) -> StatusChange {
         let code = flight.message.code;
         match self.send(state, id, flight.message, flight.tried, now) {
-            Ok(()) => (code, id, DeliveryState::Pending),
-            Err(_) => (code, id, DeliveryState::Failed { reason }),
+            Ok(()) => {
+                metrics::counter!(crate::metrics::SMS_FAILOVERS, "cause" => cause).increment(1);
+                (code, id, DeliveryState::Pending)
+            }
+            Err(_) => {
+                metrics::counter!(crate::metrics::SMS_DELIVERIES, "result" => "failed")
+                    .increment(1);
+                (code, id, DeliveryState::Failed { reason })
+            }
         }
     }
 }

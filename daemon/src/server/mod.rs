@@ -10,6 +10,7 @@ mod metrics_http;
 pub mod pki;
 mod radius;
 mod stream;
+mod systemd;
 mod tcp;
 
 use std::collections::HashSet;
@@ -301,6 +302,7 @@ pub async fn serve(
         pki: pki.clone(),
     });
     tracing::info!(%quic, metrics = %metrics_addr, devices = registry.len(), "serving");
+    systemd::ready(registry.len());
 
     let (stop, stopping) = watch::channel(false);
     let background = tokio::spawn(metrics_http::serve(
@@ -393,6 +395,7 @@ pub async fn serve(
     // the requests already under way finish (up to the grace). Then each
     // connection is closed with code 3.
     tracing::info!("shutting down: no new connections or requests");
+    systemd::stopping();
     endpoint.set_server_config(None);
     shared.stopping.store(true, Ordering::SeqCst);
     shared.engine.shutting_down();
@@ -503,6 +506,7 @@ async fn reload_on_hangup(
                 _ = hangups.recv() => {}
                 _ = stopping.changed() => return,
             }
+            systemd::reloading();
             let loaded = pki::server_tls(&pki).and_then(|tls| {
                 let quic = server_config(&shared.config, tls.clone())?;
                 Ok((quic, tls, revoked_serials(&shared.config)?))
@@ -516,9 +520,11 @@ async fn reload_on_hangup(
                     let count = revoked.len();
                     shared.revoked.send_replace(Arc::new(revoked));
                     tracing::info!(revoked = count, "certificates and revocation list reloaded");
+                    systemd::reloaded("serving, reloaded");
                 }
                 Err(error) => {
                     tracing::error!(%error, "reload failed: the previous certificates stay");
+                    systemd::reloaded("serving, the last reload failed (see the log)");
                 }
             }
         }
@@ -788,7 +794,8 @@ async fn wait_on_queue(shared: Arc<Shared>, queue: Queue, mut stopping: watch::R
     }
 }
 
-/// Every 100 ms, fails over unacknowledged messages and expires pushes;
+/// Every 100 ms, fails over unacknowledged messages and expires pushes,
+/// and pings systemd's watchdog when it is on;
 /// every second, drops expired challenges and codes and reports gauges;
 /// every minute, activates replacement cards whose time has come (a due
 /// card counts as active at once; this records it and retires the card it
@@ -796,6 +803,7 @@ async fn wait_on_queue(shared: Arc<Shared>, queue: Queue, mut stopping: watch::R
 async fn sweep(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watchdog = systemd::Watchdog::from_env();
     for round in 0u64.. {
         tokio::select! {
             _ = tick.tick() => {}
@@ -803,6 +811,9 @@ async fn sweep(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
         }
         let now = clock::now();
         shared.engine.tick(now);
+        if let Some(watchdog) = &mut watchdog {
+            watchdog.tick(std::time::Instant::now());
+        }
         if round % 10 == 0 {
             shared.engine.sweep(now);
             let gauges = shared.engine.gauges();

@@ -145,6 +145,10 @@ pub enum Operation {
     PendingActivations { page: Page },
     /// The audit log after entry `after`, at most `limit` entries.
     AuditLog { after: u64, limit: u16 },
+    /// A consistent copy of the embedded store's database, written by the
+    /// daemon to `path` (absolute, on the daemon's machine, not existing)
+    /// while it serves; the key file is not in it.
+    Backup { path: String },
     /// A vendor's tokens, in batches (`slsd admin import-tokens`): import
     /// 0 begins an import and the reply names it; `commit` ends it. All or
     /// nothing: a refused batch drops the whole import.
@@ -312,6 +316,7 @@ impl Operation {
             Self::ShipReplacement { .. } => 0x31,
             Self::PendingActivations { .. } => 0x32,
             Self::AuditLog { .. } => 0x33,
+            Self::Backup { .. } => 0x3c,
             Self::StartPhoneVerification { .. } => 0x34,
             Self::ConfirmPhone { .. } => 0x35,
             Self::ImportTokens { .. } => 0x36,
@@ -361,6 +366,7 @@ impl Operation {
             Self::ShipReplacement { .. } => "ship_replacement",
             Self::PendingActivations { .. } => "pending_activations",
             Self::AuditLog { .. } => "audit_log",
+            Self::Backup { .. } => "backup",
             Self::StartPhoneVerification { .. } => "start_phone_verification",
             Self::ConfirmPhone { .. } => "confirm_phone",
             Self::ImportTokens { .. } => "import_tokens",
@@ -600,6 +606,9 @@ impl Request {
             0x33 => Operation::AuditLog {
                 after: r.u64("after")?,
                 limit: r.u16("limit")?,
+            },
+            0x3c => Operation::Backup {
+                path: r.str("path")?.to_owned(),
             },
             0x36 => Operation::ImportTokens {
                 import: r.u64("import")?,
@@ -886,6 +895,7 @@ impl Request {
                 out.put_u64(*after);
                 out.put_u16(*limit);
             }
+            Operation::Backup { path } => out.put_bytes(path.as_bytes()),
             Operation::SendCode { user, channel } => {
                 out.put_bytes(user.as_str().as_bytes());
                 out.put_u8(channel.code());

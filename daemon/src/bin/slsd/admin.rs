@@ -294,6 +294,11 @@ enum AdminOperation {
         #[command(flatten)]
         page: PageArgs,
     },
+    /// Write a consistent copy of the database while the daemon serves.
+    /// The daemon writes FILE (on its machine, as its user; it must not
+    /// exist). The key file is not in it: a restore (`slsd restore`)
+    /// needs the data directory's secrets.key, kept elsewhere.
+    Backup { file: PathBuf },
 }
 
 fn username(text: &str) -> Result<Username, String> {
@@ -499,6 +504,16 @@ impl AdminOperation {
                 after: page.after,
                 limit: page.limit,
             },
+            Self::Backup { file } => {
+                // The daemon's path: a relative one is taken from here,
+                // which is the same place when both run on one machine.
+                let file =
+                    std::path::absolute(&file).with_context(|| format!("{}", file.display()))?;
+                let path = file
+                    .to_str()
+                    .ok_or_else(|| anyhow!("{}: not UTF-8", file.display()))?;
+                Operation::Backup { path: path.into() }
+            }
         })
     }
 }
@@ -797,6 +812,22 @@ fn describe(reply: &Reply) -> anyhow::Result<Value> {
                 "locked_for_s": d.locked_for.as_secs(),
                 "owner": d.owner.as_ref().map(Username::to_string),
             })).collect::<Vec<_>>(),
+        }),
+        Reply::BackedUp {
+            path,
+            bytes,
+            devices,
+            rows,
+            last_audit,
+            took,
+        } => json!({
+            "backup": path,
+            "bytes": bytes,
+            "devices": devices,
+            "rows": rows,
+            "last_audit": last_audit,
+            "took_ms": took.as_millis(),
+            "key_file": "not in the backup: a restore needs the data directory's secrets.key, kept elsewhere",
         }),
         Reply::Stats(stats) => Value::Object(
             stats

@@ -48,6 +48,26 @@ enum Command {
     /// Certificates of the local CA.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Make a new data directory from a backup (`slsd admin backup`): the
+    /// file is checked page by page, against its own record and with the
+    /// key file, before it becomes the directory's database. Then start
+    /// `slsd serve` on the directory.
+    Restore {
+        /// The backup file.
+        file: std::path::PathBuf,
+        /// The data directory to make (it must hold no database).
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        /// The key file (secrets.key) of the data directory the backup was
+        /// taken from, copied into the new one [default: the one already
+        /// in --data-dir].
+        #[arg(long)]
+        key: Option<std::path::PathBuf>,
+        /// The configuration the daemon will run with (its device
+        /// profiles, to open every device as a start would).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,6 +199,12 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { file }) => check_config(&file),
         Command::Admin(args) => admin::run(args),
         Command::Cert(command) => issue_cert(command),
+        Command::Restore {
+            file,
+            data_dir,
+            key,
+            config,
+        } => restore(&file, &data_dir, key.as_deref(), config.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -331,6 +357,74 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     async {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+fn restore(
+    file: &std::path::Path,
+    data_dir: &std::path::Path,
+    key: Option<&std::path::Path>,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let config = load_config(config)?;
+    let key_file = data_dir.join("secrets.key");
+    match (key, key_file.exists()) {
+        (None, false) => anyhow::bail!(
+            "no key file: the backup's secrets are sealed under the secrets.key of the \
+             data directory it was taken from; give it with --key"
+        ),
+        (Some(key), true) => {
+            let (given, there) = (std::fs::read(key)?, std::fs::read(&key_file)?);
+            if given != there {
+                anyhow::bail!(
+                    "{} already holds another key file than {}",
+                    data_dir.display(),
+                    key.display()
+                );
+            }
+        }
+        (Some(key), false) => {
+            slsd::store::embedded::datadir::secure(data_dir)?;
+            let bytes = zeroize::Zeroizing::new(
+                std::fs::read(key).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?,
+            );
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut out = options.open(&key_file)?;
+            std::io::Write::write_all(&mut out, &bytes)?;
+            out.sync_all()?;
+        }
+        (None, true) => {}
+    }
+    let cipher = || {
+        slsd::store::sealed::SecretCipher::load_or_create(
+            &key_file,
+            &mut rand::rand_core::UnwrapErr(rand::rngs::SysRng),
+        )
+    };
+    let started = std::time::Instant::now();
+    let restored = slsd::store::embedded::backup::restore(file, data_dir, |copy| {
+        // Opening it as a start does unseals every device: a key file that
+        // does not open them all is refused here, not at the first start.
+        let registry = slsd::store::embedded::registry::Registry::open(
+            copy,
+            cipher()?,
+            config.devices.clone(),
+        )?;
+        drop(registry);
+        anyhow::Ok(())
+    })?
+    .map_err(|e| anyhow::anyhow!("{}: the key file does not open it: {e:#}", file.display()))?;
+    println!("restored {} into {}", file.display(), data_dir.display());
+    println!("devices {}", restored.devices);
+    println!("rows {}", restored.rows);
+    println!("backup made at {} ms since the epoch", restored.made_at.0);
+    println!("checked in {:.1?}", started.elapsed());
+    println!(
+        "next: the certificates (ca.pem, server.pem, server.key, and the clients') are not \
+         in a backup: copy them from where they are kept, or `slsd serve` makes a new CA"
+    );
+    Ok(())
 }
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {

@@ -135,6 +135,11 @@ impl Engine {
                 self.unlock(store, caller, &user, device, now, rng).await
             }
             Operation::Stats => Ok(self.stats()),
+            Operation::Backup { .. } => Ok(Reply::error(
+                ErrorCode::Unsupported,
+                "a cluster's state lives in Redis: back it up with Redis persistence \
+                 (RDB or AOF) and the deployment's key file (README)",
+            )),
             Operation::EnrollPhone {
                 user,
                 number,

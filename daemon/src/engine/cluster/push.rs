@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use rand::CryptoRng;
 
-use super::super::push::{PushAnswer, answer, count_denied, decide_push, draw_match_number};
+use super::super::push::{PushAnswer, answer, count_answer, decide_push, draw_match_number};
 use super::super::rules::verify::accepted_by;
 use super::super::{Caller, Engine, Sink};
 use crate::clock::Timestamp;
@@ -480,7 +480,7 @@ impl Engine {
             if decision.locked {
                 self.count_lockout();
             }
-            count_denied(&decision);
+            count_answer(&decision, self.config.push.ttl, session.expires_at, now);
             store.release_push(&session.user, id).await?;
             if let Some(node) = waiter {
                 let handed = Handed::Verdict(id, verdict.clone());

@@ -349,6 +349,9 @@ impl Rounds {
         if self.taken as usize >= ROUNDS {
             return false;
         }
+        if self.taken > 0 {
+            metrics::counter!(crate::metrics::STORE_CONFLICTS).increment(1);
+        }
         if self.taken > 0 && self.pause {
             let most = (MOST_PAUSE / 10)
                 .saturating_mul(1 << self.taken.min(4))

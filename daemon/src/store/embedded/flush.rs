@@ -170,7 +170,7 @@ impl Flusher {
 }
 
 /// One commit with fsync, which makes every earlier commit durable.
-fn flush(db: &Database) -> Result<(), StoreError> {
+pub(super) fn flush(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write()?;
     {
         let mut meta = txn.open_table(META)?;

@@ -10,6 +10,8 @@
 //!   states, shares, the withdrawal ledger, the audit log) and
 //!   `Registry::change`, the one way the registry changes.
 //! - `load`: every device read at start, one thread per core.
+//! - [`backup`]: a consistent copy of the database while it serves, and
+//!   the checks a restore makes before it installs one.
 //! - `inventory`: imported hardware tokens and their imports (redb only).
 //! - [`datadir`]: the data directory is the service's alone (0700/0600).
 //! - [`ledger`]: approved withdrawals, decided in memory, written by the
@@ -18,6 +20,7 @@
 //!   withdrawal bookings): one thread, one transaction per batch.
 
 pub mod accounts;
+pub mod backup;
 pub mod challenges;
 pub mod committer;
 pub mod datadir;

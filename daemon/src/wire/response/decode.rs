@@ -126,6 +126,14 @@ impl Response {
                 count: r.u64("count")?,
                 committed: r.flag("committed")?,
             },
+            0x3c => Reply::BackedUp {
+                path: r.str("path")?.to_owned(),
+                bytes: r.u64("bytes")?,
+                devices: r.u64("devices")?,
+                rows: r.u64("rows")?,
+                last_audit: r.u64("last audit")?,
+                took: Duration::from_millis(r.u64("took")?),
+            },
             0x3a => Reply::TokensRetired {
                 retired: r.u64("retired")?,
                 last: crate::wire::token::optional_serial(&mut r, "last")?,

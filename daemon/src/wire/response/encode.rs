@@ -114,6 +114,21 @@ impl Response {
                 out.put_u64(*count);
                 out.put_u8(u8::from(*committed));
             }
+            Reply::BackedUp {
+                path,
+                bytes,
+                devices,
+                rows,
+                last_audit,
+                took,
+            } => {
+                out.put_bytes(path.as_bytes());
+                out.put_u64(*bytes);
+                out.put_u64(*devices);
+                out.put_u64(*rows);
+                out.put_u64(*last_audit);
+                out.put_u64(millis(*took));
+            }
             Reply::TokensRetired { retired, last } => {
                 out.put_u64(*retired);
                 out.put_bytes(last.as_ref().map_or("", |s| s.as_str()).as_bytes());

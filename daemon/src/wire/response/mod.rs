@@ -149,6 +149,16 @@ pub enum Reply {
     },
     /// To `AuditLog`.
     Audit(Vec<AuditRecord>),
+    /// To `Backup`: the file written, its size, what it holds (the
+    /// devices, all rows, the audit log's last entry) and how long it took.
+    BackedUp {
+        path: String,
+        bytes: u64,
+        devices: u64,
+        rows: u64,
+        last_audit: u64,
+        took: Duration,
+    },
     /// To `ImportTokens`: the import, and the tokens of this batch — or,
     /// once `committed`, of the whole import.
     TokensImported {
@@ -458,6 +468,7 @@ impl Reply {
             Self::TemporaryCode { .. } => 0x2f,
             Self::PendingActivations(_) => 0x32,
             Self::Audit(_) => 0x33,
+            Self::BackedUp { .. } => 0x3c,
             Self::TokensImported { .. } => 0x36,
             Self::Tokens(_) => 0x37,
             Self::TokensRetired { .. } => 0x3a,
