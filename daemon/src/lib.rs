@@ -35,6 +35,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod engine;
+pub mod events;
 pub mod identity;
 pub mod metrics;
 pub mod otp;

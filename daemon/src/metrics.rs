@@ -51,6 +51,9 @@ pub const SMS_FAILOVERS: &str = "sls_sms_failovers_total";
 pub const LIVE_CODES: &str = "sls_live_codes";
 pub const PENDING_PUSHES: &str = "sls_pending_pushes";
 pub const OUTBOX: &str = "sls_outbox";
+/// Security events lost, by `reason` (`queue_full`: the sink is slower
+/// than events come; `sink_failed`: a write failed).
+pub const EVENTS_DROPPED: &str = "sls_events_dropped_total";
 /// Round trips to the shared store (redis backend), by `durable` ("yes":
 /// the write waited for replicas in the same round trip).
 pub const STORE_ROUND_TRIPS: &str = "sls_store_round_trips_total";
@@ -79,7 +82,7 @@ pub const RADIUS_SECONDS: &str = "sls_radius_seconds";
 /// alerting rules may name (`contrib/`; `daemon/tests/contrib.rs` checks
 /// them). A histogram also exports `NAME_bucket`, `NAME_sum` and
 /// `NAME_count`.
-pub const ALL: [&str; 26] = [
+pub const ALL: [&str; 27] = [
     REQUESTS,
     REQUEST_SECONDS,
     LOCKOUTS,
@@ -106,6 +109,7 @@ pub const ALL: [&str; 26] = [
     RADIUS_DUPLICATES,
     RADIUS_ANSWERS,
     RADIUS_SECONDS,
+    EVENTS_DROPPED,
 ];
 
 /// The histograms among [`ALL`].

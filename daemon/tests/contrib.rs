@@ -91,6 +91,7 @@ fn the_dashboard_shows_what_operators_watch() {
         "sls_store_round_trips_total",
         "sls_store_conflicts_total",
         "sls_rejected_handshakes_total",
+        "sls_events_dropped_total",
     ] {
         assert!(names.contains(wanted), "the dashboard has no {wanted}");
     }

@@ -42,7 +42,65 @@ pub struct Config {
     pub withdrawals: WithdrawalConfig,
     pub tokens: TokensConfig,
     pub radius: RadiusConfig,
+    pub events: EventsConfig,
     pub devices: DeviceProfiles,
+}
+
+/// The security event stream (`crate::events`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct EventsConfig {
+    #[serde(deserialize_with = "event_sink")]
+    pub sink: EventSink,
+    /// Events waiting for the sink at most; past it, new ones are dropped.
+    pub queue: usize,
+}
+
+/// Where security events go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventSink {
+    Off,
+    Stdout,
+    /// Appended to a file, a JSON object a line.
+    File(std::path::PathBuf),
+    /// RFC 5424 messages to the local syslog socket (a Unix datagram
+    /// socket, `/dev/log` by default).
+    SyslogUnix(std::path::PathBuf),
+    /// RFC 5424 messages over UDP.
+    SyslogUdp(SocketAddr),
+}
+
+fn event_sink<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<EventSink, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    let bad = || {
+        serde::de::Error::custom(format!(
+            "{text:?}: one of \"\" (off), \"stdout\", \"file:PATH\", \"syslog\", \"syslog:unix:PATH\", \"syslog:udp:HOST:PORT\""
+        ))
+    };
+    let path = |p: &str| {
+        let path = std::path::PathBuf::from(p);
+        if path.is_absolute() {
+            Ok(path)
+        } else {
+            Err(bad())
+        }
+    };
+    match text.as_str() {
+        "" => Ok(EventSink::Off),
+        "stdout" => Ok(EventSink::Stdout),
+        "syslog" => Ok(EventSink::SyslogUnix("/dev/log".into())),
+        other => {
+            if let Some(file) = other.strip_prefix("file:") {
+                path(file).map(EventSink::File)
+            } else if let Some(socket) = other.strip_prefix("syslog:unix:") {
+                path(socket).map(EventSink::SyslogUnix)
+            } else if let Some(addr) = other.strip_prefix("syslog:udp:") {
+                addr.parse().map(EventSink::SyslogUdp).map_err(|_| bad())
+            } else {
+                Err(bad())
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -467,6 +525,7 @@ struct RawConfig {
     withdrawals: WithdrawalConfig,
     tokens: TokensConfig,
     radius: RadiusConfig,
+    events: EventsConfig,
     devices: toml::Table,
 }
 
@@ -515,6 +574,7 @@ impl Config {
             withdrawals: raw.withdrawals,
             tokens: raw.tokens,
             radius: raw.radius,
+            events: raw.events,
         };
         config.validate()?;
         Ok(config)
@@ -906,6 +966,11 @@ impl Config {
             "must be 1..=1000000",
         )?;
         check(
+            (1..=1_000_000).contains(&self.events.queue),
+            "events.queue",
+            "must be 1..=1000000",
+        )?;
+        check(
             (1..=1024).contains(&push.verify_batch),
             "push.verify-batch",
             "must be 1..=1024",
@@ -1053,6 +1118,31 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_sinks_parse_and_a_bad_one_is_named() {
+        let sink = |text: &str| {
+            Config::from_toml(&format!("[events]\nsink = {text:?}")).map(|c| c.events.sink)
+        };
+        assert_eq!(sink(""), Ok(EventSink::Off));
+        assert_eq!(sink("stdout"), Ok(EventSink::Stdout));
+        assert_eq!(
+            sink("file:/var/log/slsd/events.jsonl"),
+            Ok(EventSink::File("/var/log/slsd/events.jsonl".into()))
+        );
+        assert_eq!(sink("syslog"), Ok(EventSink::SyslogUnix("/dev/log".into())));
+        assert_eq!(
+            sink("syslog:udp:127.0.0.1:514"),
+            Ok(EventSink::SyslogUdp("127.0.0.1:514".parse().unwrap()))
+        );
+        for bad in ["file:relative.log", "syslog:udp:nowhere", "kafka"] {
+            let error = sink(bad).unwrap_err().to_string();
+            assert!(
+                error.contains("sink") && error.contains("stdout"),
+                "{bad}: {error}"
+            );
+        }
+    }
 
     #[test]
     fn default_file_parses_to_default() {
@@ -1214,6 +1304,14 @@ mod tests {
         assert_eq!(
             error("[push]\nverify-queue = 0"),
             "push.verify-queue: must be 1..=1000000"
+        );
+        assert_eq!(
+            error("[events]\nqueue = 0"),
+            "events.queue: must be 1..=1000000"
+        );
+        assert_eq!(
+            error("[events]\nqueue = 1000001"),
+            "events.queue: must be 1..=1000000"
         );
         assert_eq!(
             error("[push]\nverify-batch = 2000"),

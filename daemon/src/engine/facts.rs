@@ -93,13 +93,27 @@ pub fn facts(operation: &Operation) -> Facts {
     }
 }
 
-/// The refusal of an operation that is not the caller's role's.
-pub(super) fn forbidden(role: Role, operation: &Operation) -> Option<Reply> {
+/// The refusal of an operation that is not the caller's role's (and its
+/// security event: a client asking what its certificate does not allow).
+pub(super) fn forbidden(
+    role: Role,
+    operation: &Operation,
+    now: crate::clock::Timestamp,
+) -> Option<Reply> {
     let needed = operation.role();
     (role != needed).then(|| {
-        Reply::error(
-            ErrorCode::Forbidden,
-            format!("{} needs the {} role", operation.name(), needed.as_str()),
-        )
+        let why = format!("{} needs the {} role", operation.name(), needed.as_str());
+        crate::events::emit(|| {
+            let refused = crate::events::Outcome::Failure;
+            crate::events::Event::new(
+                now,
+                "role-refused",
+                crate::events::Category::Network,
+                refused,
+            )
+            .actor(role.as_str())
+            .reason(why.as_str())
+        });
+        Reply::error(ErrorCode::Forbidden, why)
     })
 }

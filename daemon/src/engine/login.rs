@@ -9,6 +9,7 @@ use rand::CryptoRng;
 
 use super::{Engine, Outcome, ready, rules};
 use crate::clock::Timestamp;
+use crate::events::{self, Category, Event};
 use crate::identity::{ChallengeId, DeviceId, Username};
 use crate::ratelimit::Decision;
 use crate::store::embedded::challenges::InsertError;
@@ -24,9 +25,18 @@ impl Engine {
         self.user_limits.check(user, enrolled, now)
     }
 
-    pub(super) fn count_lockout(&self) {
+    /// Counts a lockout and tells the security event stream: the failure
+    /// after which `user`'s `device` locked.
+    pub(super) fn count_lockout(&self, user: &Username, device: DeviceId, now: Timestamp) {
         self.counters.lockouts.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(crate::metrics::LOCKOUTS).increment(1);
+        let failed = events::Outcome::Failure;
+        events::emit(|| {
+            Event::new(now, "device-locked", Category::Authentication, failed)
+                .user(user)
+                .device(device)
+                .reason("the failure after which the device locks")
+        });
     }
 
     pub(super) fn challenge<R: CryptoRng + ?Sized>(
@@ -81,7 +91,7 @@ impl Engine {
             };
             persist = persist.or(asked.charged.then_some(device.id));
             if asked.locked {
-                self.count_lockout();
+                self.count_lockout(user, device.id, now);
             }
             // After the device's locks are released (the table's shard lock
             // comes first in `verify`): the replaced challenge could no
@@ -197,7 +207,7 @@ impl Engine {
                 &self.config,
             );
             if decided.locked {
-                self.count_lockout();
+                self.count_lockout(&device.user, device.id, now);
             }
             let persist = decided.failures_changed.then_some(device.id);
             ((decided.verdict, persist, life), decided.challenge)

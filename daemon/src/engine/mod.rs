@@ -379,7 +379,7 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Option<Outcome> {
-        if let Some(refusal) = forbidden(caller.role, &operation) {
+        if let Some(refusal) = forbidden(caller.role, &operation, now) {
             return Some(refusal.into());
         }
         Some(match operation {

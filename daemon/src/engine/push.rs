@@ -290,9 +290,10 @@ pub(super) fn decide_push(
 
 /// Counts a settled answer: how long the phone took
 /// (`sls_push_answer_seconds`: the push's lifetime less what was left of
-/// it), and a "not me" (`sls_push_denied_total`).
+/// it), and a "not me" (`sls_push_denied_total`, and a security event).
 pub(super) fn count_answer(
     decision: &PushDecision,
+    (user, device): (&Username, DeviceId),
     ttl: std::time::Duration,
     expires_at: Timestamp,
     now: Timestamp,
@@ -302,6 +303,18 @@ pub(super) fn count_answer(
         .record(ttl.saturating_sub(left).as_secs_f64());
     if decision.refused == Some(Verdict::Denied) {
         metrics::counter!(crate::metrics::PUSH_DENIED).increment(1);
+        let denied = crate::events::Outcome::Failure;
+        crate::events::emit(|| {
+            crate::events::Event::new(
+                now,
+                "push-denied",
+                crate::events::Category::Authentication,
+                denied,
+            )
+            .user(user)
+            .device(device)
+            .reason("the phone's holder answered that the login was not theirs")
+        });
     }
 }
 
@@ -661,9 +674,16 @@ impl Engine {
             _ => PushAnswer::Denied,
         };
         let decision = decide_push(&self.config.lockout, &mut device.failures(), given, now);
-        count_answer(&decision, self.config.push.ttl, session.expires_at, now);
+        let whose = (&session.user, device.id);
+        count_answer(
+            &decision,
+            whose,
+            self.config.push.ttl,
+            session.expires_at,
+            now,
+        );
         if decision.locked {
-            self.count_lockout();
+            self.count_lockout(&device.user, device.id, now);
         }
         let persist = decision.failures_changed.then_some(device.id);
         let verdict = decision.refused.unwrap_or_else(|| Verdict::Accepted {

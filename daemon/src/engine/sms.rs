@@ -313,6 +313,13 @@ impl Engine {
         ];
         for (decision, limit) in checks {
             if let Decision::Deny { retry_after } = decision {
+                // The country code only: a number is personal data.
+                crate::events::emit(|| {
+                    let refused = crate::events::Outcome::Failure;
+                    let category = crate::events::Category::Authentication;
+                    crate::events::Event::new(now, "sms-velocity-refused", category, refused)
+                        .reason(format!("{} (+{})", limit.refusal(), to.country()))
+                });
                 return Err(Reply::rate_limited(retry_after, limit.refusal()));
             }
         }
@@ -474,7 +481,7 @@ impl Engine {
         if decided.session == crate::store::Disposition::Remove {
             sessions.remove(user);
         }
-        self.count_code_verdict(&decided);
+        self.count_code_verdict(&decided, &device, now);
         Outcome {
             reply: Reply::Verdict(decided.verdict),
             persist: decided.failures_changed.then_some(device.id),
@@ -484,9 +491,14 @@ impl Engine {
 
     /// Counts a code check's verdict (a check refused for a lockout before
     /// the code was compared counts nothing) and the lockout it caused.
-    pub(super) fn count_code_verdict(&self, decided: &super::rules::code::CodeDecided) {
+    pub(super) fn count_code_verdict(
+        &self,
+        decided: &super::rules::code::CodeDecided,
+        device: &crate::store::Device,
+        now: Timestamp,
+    ) {
         if decided.locked {
-            self.count_lockout();
+            self.count_lockout(&device.user, device.id, now);
         }
         match decided.verdict {
             Verdict::Accepted { .. } => self.counters.accepted.fetch_add(1, Relaxed),

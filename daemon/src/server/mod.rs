@@ -107,6 +107,8 @@ pub enum ServeError {
     Shared(#[from] crate::store::cluster::redis::RedisError),
     #[error(transparent)]
     Radius(#[from] radius::RadiusError),
+    #[error("events.sink: {0}")]
+    Events(std::io::Error),
 }
 
 /// Connects to the deployment's Redis Cluster. Device secrets are sealed
@@ -190,6 +192,17 @@ pub async fn serve(
     };
     // What was open before this start is worth a warning each.
     log_tightened(crate::store::embedded::datadir::secure(data_dir).map_err(data_dir_error)?);
+    // The event stream first: a sink that cannot be opened stops the
+    // start, rather than every event being lost.
+    if let Some(writer) =
+        crate::events::Writer::open(&config.events.sink).map_err(ServeError::Events)?
+    {
+        let stream = crate::events::EventStream::start(writer, config.events.queue)
+            .map_err(ServeError::Events)?;
+        if !crate::events::install(stream) {
+            tracing::warn!("a security event stream was already installed in this process");
+        }
+    }
     let pki = PkiPaths::new(data_dir);
     if pki.ensure(&config.server.name)? {
         tracing::info!(dir = %data_dir.display(), "created a local CA and certificates");
@@ -437,6 +450,8 @@ pub async fn serve(
     // Dropping the last committer handle lets the commit thread finish what
     // was queued; the registry (and the database) close after it.
     drop(shared);
+    // The events of the drain are written before the process ends.
+    crate::events::close(Duration::from_secs(2));
     tracing::info!("stopped");
     Ok(())
 }
@@ -546,6 +561,7 @@ async fn serve_connection(
             Ok(Ok(connection)) => connection,
             Ok(Err(error)) => {
                 tracing::debug!(%remote, %error, "handshake failed");
+                refused_certificate_in(remote, &error);
                 metrics::counter!(crate::metrics::REJECTED_HANDSHAKES, "reason" => "handshake")
                     .increment(1);
                 return;
@@ -640,6 +656,32 @@ impl Admitted {
     }
 }
 
+/// The security event of a client certificate refused, at the handshake
+/// (not from the CA, expired) or after it (no role, revoked).
+fn refused_certificate(remote: SocketAddr, client: Option<&str>, why: &str) {
+    crate::events::emit(|| {
+        let refused = crate::events::Outcome::Failure;
+        let category = crate::events::Category::Network;
+        let event =
+            crate::events::Event::new(clock::now(), "certificate-refused", category, refused)
+                .source(remote.ip())
+                .reason(why);
+        match client {
+            Some(name) => event.actor(name),
+            None => event,
+        }
+    });
+}
+
+/// A failed handshake's event, if the certificate was why (a handshake
+/// that failed for another reason, a port scan, is not a security event).
+fn refused_certificate_in(remote: SocketAddr, error: &dyn std::fmt::Display) {
+    let error = error.to_string();
+    if error.contains("certificate") {
+        refused_certificate(remote, None, &error);
+    }
+}
+
 /// Lets in a client whose TLS handshake (QUIC's or TCP's) is done: its
 /// certificate must name a role and not be revoked, the connection needs
 /// a slot of its role and a TLS exporter value. Otherwise the connection
@@ -656,12 +698,18 @@ fn admit_client(
         link.close(code, why);
     };
     let Some(peer) = peer else {
+        refused_certificate(remote, None, "the client certificate names no role");
         refuse("no_role", NO_ROLE, b"client certificate names no role");
         return None;
     };
     let mut revoked = shared.revoked.subscribe();
     if revoked.borrow_and_update().contains(&peer.serial) {
         tracing::info!(%remote, client = %peer.name, "revoked certificate refused");
+        refused_certificate(
+            remote,
+            Some(&peer.name),
+            "the client certificate is revoked",
+        );
         refuse("revoked", REVOKED, b"client certificate revoked");
         return None;
     }

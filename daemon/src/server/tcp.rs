@@ -140,6 +140,7 @@ async fn serve_connection(
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
             tracing::debug!(%remote, %error, "TCP/TLS handshake failed");
+            super::refused_certificate_in(remote, &error);
             metrics::counter!(crate::metrics::REJECTED_HANDSHAKES, "reason" => "handshake")
                 .increment(1);
             return;

@@ -100,7 +100,7 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Option<Reply> {
-        if let Some(refusal) = forbidden(caller.role, &operation) {
+        if let Some(refusal) = forbidden(caller.role, &operation, now) {
             return Some(refusal);
         }
         let Some(store) = &self.cluster else {
@@ -720,7 +720,7 @@ impl Engine {
             };
             if written {
                 if asked.locked {
-                    self.count_lockout();
+                    self.count_lockout(&device.user, device.id, now);
                 }
                 self.counters.issued.fetch_add(1, Ordering::Relaxed);
                 return Ok(Reply::Challenge {
@@ -900,7 +900,7 @@ impl Engine {
             }
             if store.write_user(&user, &changes, true).await? {
                 if decided.locked {
-                    self.count_lockout();
+                    self.count_lockout(&device.user, device.id, now);
                 }
                 return Ok(Some((decided.verdict, life)));
             }

@@ -478,9 +478,16 @@ impl Engine {
                 continue;
             }
             if decision.locked {
-                self.count_lockout();
+                self.count_lockout(&user, device_id, now);
             }
-            count_answer(&decision, self.config.push.ttl, session.expires_at, now);
+            let whose = (&user, device_id);
+            count_answer(
+                &decision,
+                whose,
+                self.config.push.ttl,
+                session.expires_at,
+                now,
+            );
             store.release_push(&session.user, id).await?;
             if let Some(node) = waiter {
                 let handed = Handed::Verdict(id, verdict.clone());

@@ -262,7 +262,7 @@ impl Engine {
             );
             if decided.session == Disposition::Keep && !decided.failures_changed {
                 // A locked device: nothing changed, nothing to write.
-                self.count_code_verdict(&decided);
+                self.count_code_verdict(&decided, &device, now);
                 return Ok(Reply::Verdict(decided.verdict));
             }
             // Of every node checking this code, one decides: the session
@@ -283,7 +283,7 @@ impl Engine {
             if !store.write_user(user, &changes, true).await? {
                 continue;
             }
-            self.count_code_verdict(&decided);
+            self.count_code_verdict(&decided, &device, now);
             return Ok(Reply::Verdict(decided.verdict));
         }
         Ok(Reply::error(

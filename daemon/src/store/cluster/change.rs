@@ -242,7 +242,7 @@ pub struct ClusterChange<'a, R: ?Sized> {
     account_next: Option<Account>,
     before: UserLife,
     after: UserLife,
-    audits: Vec<Vec<u8>>,
+    audits: Vec<AuditRecord>,
     /// Device ids taken for this change; `wanted` counts those a round
     /// asked for and did not have (the round runs again with them).
     ids: Vec<DeviceId>,
@@ -510,7 +510,7 @@ impl<R: CryptoRng + ?Sized> RegistryChange for ClusterChange<'_, R> {
             device,
             detail,
         };
-        self.audits.push(encode_audit(&entry));
+        self.audits.push(entry);
         Ok(())
     }
 }
@@ -910,7 +910,7 @@ impl Store for ClusterStore {
                     .map_err(StoreError::from)?;
             }
             let mut pending = decode_unlogged(user, &unlogged_read)?;
-            pending.extend(audits);
+            pending.extend(audits.iter().map(encode_audit));
             let account_op = match &account_next {
                 Some(next) => Op::Set(self.codec.encode_user(&mut *rng, user, next)?, None),
                 None => Op::Keep,
@@ -983,6 +983,9 @@ impl Store for ClusterStore {
                 removed,
             };
             self.finish_change(user, done, &index_removed).await?;
+            for entry in &audits {
+                crate::events::emit(|| crate::events::Event::audited(entry));
+            }
             return Ok(value);
         }
         Err(StoreError::Database(format!("the registry records of {user} kept changing")).into())

@@ -428,6 +428,12 @@ impl ClusterStore {
     /// A record that failed its check: counted, logged, never used.
     fn refused(key: &Key) -> StoreError {
         metrics::counter!(crate::metrics::STORE_RECORDS_REFUSED).increment(1);
+        crate::events::emit(|| {
+            let refused = crate::events::Outcome::Failure;
+            let category = crate::events::Category::Database;
+            crate::events::Event::new(crate::clock::now(), "record-refused", category, refused)
+                .reason(format!("{} failed its integrity check", key.as_str()))
+        });
         tracing::warn!(
             key = key.as_str(),
             "a shared-store record failed its integrity check"

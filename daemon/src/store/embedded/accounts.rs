@@ -46,6 +46,8 @@ enum Effect {
     Unshare(ShareId),
     Failures(DeviceId, FailureState),
     PushKey(DeviceId, PushKey),
+    /// An audit entry written: mirrored on the security event stream.
+    Audited(Box<AuditRecord>),
 }
 
 /// One change to the registry under way: its writes go to `txn`, what
@@ -330,7 +332,8 @@ impl<R: CryptoRng + ?Sized> Change<'_, R> {
             device,
             detail: detail.into(),
         };
-        append_audit(&self.txn, entry)?;
+        append_audit(&self.txn, entry.clone())?;
+        self.effects.push(Effect::Audited(Box::new(entry)));
         self.audited = true;
         Ok(())
     }
@@ -443,6 +446,9 @@ impl Registry {
                     let moving = failures.moving.max(state.moving);
                     *failures = FailureState { moving, ..state };
                 }
+            }
+            Effect::Audited(entry) => {
+                crate::events::emit(|| crate::events::Event::audited(&entry));
             }
             Effect::PushKey(id, key) => {
                 if let Some(device) = self.device(id) {

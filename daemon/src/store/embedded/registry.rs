@@ -466,6 +466,9 @@ impl Registry {
             }
         }
         txn.commit()?;
+        for booking in bookings {
+            crate::events::emit(|| crate::events::Event::audited(&booking.audit_entry()));
+        }
         Ok(())
     }
 }
