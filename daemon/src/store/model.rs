@@ -49,6 +49,12 @@ pub enum StoreError {
     /// was not written by a node of this deployment as it stands.
     #[error("the shared store's record {0} failed its integrity check")]
     Forged(String),
+    /// Data written by a newer release, in a layout this one does not know.
+    #[error(
+        "the database is of format {found}, newer than this slsd reads ({supported}): \
+         run the release that wrote it or a later one (a downgrade needs a backup taken before the upgrade)"
+    )]
+    NewerFormat { found: u64, supported: u64 },
 }
 
 /// Why an enrolment was refused.

@@ -43,6 +43,13 @@ pub(super) const PHONES: TableDefinition<u64, &[u8]> = TableDefinition::new("pho
 /// The push public key of IB Key devices that have one.
 pub(super) const PUSH_KEYS: TableDefinition<u64, &[u8]> = TableDefinition::new("push-keys");
 pub(super) const NEXT_DEVICE_ID: &str = "next-device-id";
+/// The meta key holding the database's format.
+const FORMAT_KEY: &str = "format";
+/// The layout of the database this release writes. A database without
+/// the key is of format 0 (written before formats were recorded; its
+/// layout is format 1's). A newer one is refused: its rows may mean
+/// something this release would misread.
+pub const FORMAT: u64 = 1;
 /// A user's device ids, oldest first.
 type UserDevices = smallvec::SmallVec<[DeviceId; 2]>;
 /// `store.database-cache-mb`'s default.
@@ -64,6 +71,39 @@ database_errors!(
     redb::StorageError,
     redb::CommitError
 );
+
+/// Brings the database in `txn` to [`FORMAT`], or refuses a newer one.
+/// Each step from one format to the next goes here, in order, so that a
+/// database of any older format is carried up to this one.
+fn migrate(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META)?;
+    let found = meta.get(FORMAT_KEY)?.map_or(0, |v| v.value());
+    if found > FORMAT {
+        return Err(StoreError::NewerFormat {
+            found,
+            supported: FORMAT,
+        });
+    }
+    if found < FORMAT {
+        // 0 -> 1: the layout is the same; only the format is recorded.
+        let existing = meta.get(NEXT_DEVICE_ID)?.is_some();
+        meta.insert(FORMAT_KEY, FORMAT)?;
+        if existing {
+            tracing::info!(from = found, to = FORMAT, "database migrated");
+        }
+    }
+    Ok(())
+}
+
+/// The format recorded in the database at `path` (0: none recorded).
+pub fn stored_format(path: &Path) -> Result<u64, StoreError> {
+    let db = Database::open(path)?;
+    let txn = db.begin_read()?;
+    Ok(txn
+        .open_table(META)?
+        .get(FORMAT_KEY)?
+        .map_or(0, |v| v.value()))
+}
 
 /// The in-memory indexes a start builds as the devices arrive.
 struct Loaded {
@@ -149,8 +189,11 @@ impl Registry {
             .set_cache_size(cache_bytes)
             .create(path)?;
         {
-            // Make sure the tables exist, so that reads never fail on a new file.
+            // The format first: a newer database is not written to at all.
+            // Then make sure the tables exist, so that reads never fail on
+            // a new file.
             let txn = db.begin_write()?;
+            migrate(&txn)?;
             txn.open_table(DEVICES)?;
             txn.open_table(FAILURES)?;
             txn.open_table(META)?;
