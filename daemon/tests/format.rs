@@ -230,3 +230,59 @@ fn a_database_of_a_newer_format_is_refused_and_left_as_it_was() {
     assert_eq!(stored_format(&path).unwrap(), FORMAT + 1);
     assert_eq!(Registry::stored_devices(&path).unwrap(), 2);
 }
+
+/// A node of a release whose record format is `supported`, on `memory`,
+/// checking the deployment's format as a start does.
+fn cluster_start(
+    memory: &std::sync::Arc<slsd::store::cluster::memory::MemoryRedis>,
+    key: [u8; 32],
+    supported: u64,
+) -> Result<u64, StoreError> {
+    use slsd::store::cluster::ClusterStore;
+    use slsd::store::cluster::redis::RedisStore;
+    let codec =
+        slsd::store::records::DeviceCodec::new(SecretCipher::new(&key), config().devices.clone());
+    let store = ClusterStore::new(
+        RedisStore::in_memory(std::sync::Arc::clone(memory)),
+        codec,
+        Duration::from_secs(1),
+    );
+    slsd::store::cluster::memory::run_now(store.check_format_against(supported))
+        .expect("the in-memory store answers at once")
+}
+
+#[test]
+fn the_shared_store_records_its_format_and_an_older_node_refuses_a_newer_one() {
+    use slsd::store::cluster::FORMAT as CLUSTER_FORMAT;
+    let memory = std::sync::Arc::new(slsd::store::cluster::memory::MemoryRedis::new());
+    let key = [0x5a; 32];
+    // The first node records its format; the next of the same release
+    // finds it.
+    assert_eq!(
+        cluster_start(&memory, key, CLUSTER_FORMAT).unwrap(),
+        CLUSTER_FORMAT
+    );
+    assert_eq!(
+        cluster_start(&memory, key, CLUSTER_FORMAT).unwrap(),
+        CLUSTER_FORMAT
+    );
+    // A node of the next release reads this format (older records are
+    // its to carry up)...
+    assert_eq!(
+        cluster_start(&memory, key, CLUSTER_FORMAT + 1).unwrap(),
+        CLUSTER_FORMAT
+    );
+    // ...and a deployment the next release made is refused by this one.
+    let newer = std::sync::Arc::new(slsd::store::cluster::memory::MemoryRedis::new());
+    cluster_start(&newer, key, CLUSTER_FORMAT + 1).unwrap();
+    let refused = cluster_start(&newer, key, CLUSTER_FORMAT).unwrap_err();
+    assert!(
+        matches!(refused, StoreError::NewerFormat { found, supported }
+            if found == CLUSTER_FORMAT + 1 && supported == CLUSTER_FORMAT),
+        "{refused}"
+    );
+    // The record is tagged under the key file: another deployment's key
+    // (or someone writing to Redis without one) cannot set it.
+    let forged = cluster_start(&newer, [7; 32], CLUSTER_FORMAT + 1).unwrap_err();
+    assert!(matches!(forged, StoreError::Forged(_)), "{forged}");
+}

@@ -135,6 +135,8 @@ async fn connect_cluster(
         "state is shared on the Redis Cluster"
     );
     let shared = ClusterStore::new(redis, codec, store.cache_ttl);
+    let format = shared.check_format().await?;
+    tracing::info!(format, "the shared store's record format");
     let code_key = shared.sms_code_key(&mut UnwrapErr(SysRng)).await?;
     Ok((shared, code_key))
 }

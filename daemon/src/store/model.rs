@@ -51,7 +51,7 @@ pub enum StoreError {
     Forged(String),
     /// Data written by a newer release, in a layout this one does not know.
     #[error(
-        "the database is of format {found}, newer than this slsd reads ({supported}): \
+        "the data is of format {found}, newer than this slsd reads ({supported}): \
          run the release that wrote it or a later one (a downgrade needs a backup taken before the upgrade)"
     )]
     NewerFormat { found: u64, supported: u64 },

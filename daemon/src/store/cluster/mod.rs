@@ -153,6 +153,16 @@ fn sms_code_key_key() -> Key {
     Key::new("meta", "sms-code-key")
 }
 
+/// The format of the deployment's records.
+fn format_key() -> Key {
+    Key::new("meta", "format")
+}
+
+/// The layout of the records this release writes to the shared store. A
+/// deployment without a recorded format has format 1's records (formats
+/// were recorded from then on).
+pub const FORMAT: u64 = 1;
+
 /// Messages waiting for a node with a carrier bridge.
 fn outbox_key() -> Key {
     Key::new("carrier", "outbox")
@@ -605,6 +615,41 @@ impl ClusterStore {
         }
         Err(StoreError::Database(
             "the SMS code key could not be made".into(),
+        ))
+    }
+
+    /// The deployment's record format, checked at a node's start against
+    /// this release's ([`FORMAT`]): recorded if none is; a newer one is
+    /// refused (this release would misread its records).
+    pub async fn check_format(&self) -> Result<u64, StoreError> {
+        self.check_format_against(FORMAT).await
+    }
+
+    /// [`check_format`](Self::check_format) for a release whose format is
+    /// `supported` (the tests play two releases with it).
+    pub async fn check_format_against(&self, supported: u64) -> Result<u64, StoreError> {
+        let key = format_key();
+        let mut rounds = self.rounds();
+        while rounds.next().await {
+            if let Some(stored) = self.redis.get(&key).await? {
+                let value = self.checked(&key, PLAIN, &stored)?;
+                let found = <[u8; 8]>::try_from(value.as_slice())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StoreError::Forged(key.as_str().to_owned()))?;
+                if found > supported {
+                    return Err(StoreError::NewerFormat { found, supported });
+                }
+                // An older format's records would be carried up here, step
+                // by step, as the embedded store's are.
+                return Ok(found);
+            }
+            // Another node may record it at the same moment: the first wins
+            // and both read it back.
+            let value = self.tagged(&key, PLAIN, &supported.to_be_bytes());
+            self.redis.put_if_absent(&key, &value, true).await?;
+        }
+        Err(StoreError::Database(
+            "the deployment's format could not be read".into(),
         ))
     }
 
