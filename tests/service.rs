@@ -8,7 +8,7 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{binary, workspace};
@@ -45,29 +45,36 @@ fn signal(pid: u32, name: &str) {
     assert!(status.success());
 }
 
-#[test]
-fn readiness_the_watchdog_a_reload_and_the_drain_reach_the_service_manager() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket_path = dir.path().join("notify");
+/// `slsd serve` in `dir` as systemd starts it: `NOTIFY_SOCKET` names the
+/// socket the test listens on (returned), with `more` environment.
+fn serve_notifying(dir: &Path, more: &[(&str, &str)]) -> (Child, UnixDatagram) {
+    let socket_path = dir.join("notify");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
-    let config = dir.path().join("slsd.toml");
+    let config = dir.join("slsd.toml");
     std::fs::write(
         &config,
         "[server]\nlisten = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n",
     )
     .unwrap();
-    let mut child = Command::new(binary("slsd"))
+    let child = Command::new(binary("slsd"))
         .args(["serve", "--config"])
         .arg(&config)
         .arg("--data-dir")
-        .arg(dir.path().join("data"))
+        .arg(dir.join("data"))
         .env("RUST_LOG", "warn")
         .env("NOTIFY_SOCKET", &socket_path)
-        // Pings every 200 ms (half the timeout).
-        .env("WATCHDOG_USEC", "400000")
+        .envs(more.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    (child, socket)
+}
+
+#[test]
+fn readiness_the_watchdog_a_reload_and_the_drain_reach_the_service_manager() {
+    let dir = tempfile::tempdir().unwrap();
+    // Pings every 200 ms (half the timeout).
+    let (mut child, socket) = serve_notifying(dir.path(), &[("WATCHDOG_USEC", "400000")]);
     let mut seen = Vec::new();
     wait_for(&socket, "READY=1", Duration::from_secs(60), &mut seen);
     // Ready means serving: the line that says where it listens was
@@ -115,27 +122,11 @@ fn readiness_the_watchdog_a_reload_and_the_drain_reach_the_service_manager() {
 #[test]
 fn without_a_watchdog_nothing_pings() {
     let dir = tempfile::tempdir().unwrap();
-    let socket_path = dir.path().join("notify");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    let config = dir.path().join("slsd.toml");
-    std::fs::write(
-        &config,
-        "[server]\nlisten = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n",
-    )
-    .unwrap();
-    let mut child = Command::new(binary("slsd"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("RUST_LOG", "warn")
-        .env("NOTIFY_SOCKET", &socket_path)
-        // A watchdog for another process (a wrapper's) is not this one's.
-        .env("WATCHDOG_USEC", "200000")
-        .env("WATCHDOG_PID", "1")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    // A watchdog for another process (a wrapper's) is not this one's.
+    let (mut child, socket) = serve_notifying(
+        dir.path(),
+        &[("WATCHDOG_USEC", "200000"), ("WATCHDOG_PID", "1")],
+    );
     let mut seen = Vec::new();
     wait_for(&socket, "READY=1", Duration::from_secs(60), &mut seen);
     socket

@@ -288,19 +288,30 @@ pub(super) fn decide_push(
     }
 }
 
-/// Counts a settled answer: how long the phone took
-/// (`sls_push_answer_seconds`: the push's lifetime less what was left of
-/// it), and a "not me" (`sls_push_denied_total`, and a security event).
-pub(super) fn count_answer(
-    decision: &PushDecision,
-    (user, device): (&Username, DeviceId),
-    ttl: std::time::Duration,
-    expires_at: Timestamp,
-    now: Timestamp,
-) {
-    let left = std::time::Duration::from_millis(expires_at.0.saturating_sub(now.0));
-    metrics::histogram!(crate::metrics::PUSH_ANSWER_SECONDS)
-        .record(ttl.saturating_sub(left).as_secs_f64());
+impl Engine {
+    /// Counts a settled answer, on either store: the lockout it caused, how
+    /// long the phone took (`sls_push_answer_seconds`: the push's lifetime
+    /// less what was left of it), and a "not me" (`sls_push_denied_total`,
+    /// and a security event).
+    pub(super) fn count_answer(
+        &self,
+        decision: &PushDecision,
+        (user, device): (&Username, DeviceId),
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) {
+        if decision.locked {
+            self.count_lockout(user, device, now);
+        }
+        let left = std::time::Duration::from_millis(expires_at.0.saturating_sub(now.0));
+        metrics::histogram!(crate::metrics::PUSH_ANSWER_SECONDS)
+            .record(self.config.push.ttl.saturating_sub(left).as_secs_f64());
+        count_denied(decision, (user, device), now);
+    }
+}
+
+/// Counts a "not me" (`sls_push_denied_total`, and a security event).
+fn count_denied(decision: &PushDecision, (user, device): (&Username, DeviceId), now: Timestamp) {
     if decision.refused == Some(Verdict::Denied) {
         metrics::counter!(crate::metrics::PUSH_DENIED).increment(1);
         let denied = crate::events::Outcome::Failure;
@@ -674,17 +685,12 @@ impl Engine {
             _ => PushAnswer::Denied,
         };
         let decision = decide_push(&self.config.lockout, &mut device.failures(), given, now);
-        let whose = (&session.user, device.id);
-        count_answer(
+        self.count_answer(
             &decision,
-            whose,
-            self.config.push.ttl,
+            (&session.user, device.id),
             session.expires_at,
             now,
         );
-        if decision.locked {
-            self.count_lockout(&device.user, device.id, now);
-        }
         let persist = decision.failures_changed.then_some(device.id);
         let verdict = decision.refused.unwrap_or_else(|| Verdict::Accepted {
             user: session.user.clone(),

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use rand::CryptoRng;
 
-use super::super::push::{PushAnswer, answer, count_answer, decide_push, draw_match_number};
+use super::super::push::{PushAnswer, answer, decide_push, draw_match_number};
 use super::super::rules::verify::accepted_by;
 use super::super::{Caller, Engine, Sink};
 use crate::clock::Timestamp;
@@ -477,17 +477,7 @@ impl Engine {
             if !store.write_user(&user, &changes, true).await? {
                 continue;
             }
-            if decision.locked {
-                self.count_lockout(&user, device_id, now);
-            }
-            let whose = (&user, device_id);
-            count_answer(
-                &decision,
-                whose,
-                self.config.push.ttl,
-                session.expires_at,
-                now,
-            );
+            self.count_answer(&decision, (&user, device_id), session.expires_at, now);
             store.release_push(&session.user, id).await?;
             if let Some(node) = waiter {
                 let handed = Handed::Verdict(id, verdict.clone());
