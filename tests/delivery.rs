@@ -394,11 +394,11 @@ async fn unacknowledged_and_failed_messages_fail_over_to_another_bridge() {
     assert_eq!((hanging.handed(), working.handed()), (1, 1));
     status_until(&gateway, code, |d| *d == DeliveryState::Delivered).await;
     assert_eq!(
-        series(&daemon, "sls_sms_failovers_total{cause=\"timeout\"}"),
+        daemon.series("sls_sms_failovers_total{cause=\"timeout\"}"),
         1
     );
     assert_eq!(
-        series(&daemon, "sls_sms_deliveries_total{result=\"delivered\"}"),
+        daemon.series("sls_sms_deliveries_total{result=\"delivered\"}"),
         1
     );
 
@@ -422,7 +422,7 @@ async fn unacknowledged_and_failed_messages_fail_over_to_another_bridge() {
         "{failed:?}"
     );
     assert_eq!(
-        series(&daemon, "sls_sms_deliveries_total{result=\"failed\"}"),
+        daemon.series("sls_sms_deliveries_total{result=\"failed\"}"),
         1
     );
 
@@ -437,16 +437,6 @@ async fn unacknowledged_and_failed_messages_fail_over_to_another_bridge() {
         assert!(Instant::now() < deadline, "still {reply:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The value of one series of `daemon`'s metrics (`name{labels}`; 0 when
-/// it has none yet).
-fn series(daemon: &Daemon, series: &str) -> u64 {
-    daemon
-        .metrics_text()
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
-        .unwrap_or(0.0) as u64
 }
 
 async fn push(gateway: &Client, name: &str, device: DeviceId) -> Reply {
@@ -533,7 +523,7 @@ async fn push_approval_with_number_matching_and_every_refusal(transport: Transpo
         accepted("hugo", hugo)
     );
     // Each answer's time is on the dashboard's histogram.
-    assert_eq!(series(&daemon, "sls_push_answer_seconds_count"), 2);
+    assert_eq!(daemon.series("sls_push_answer_seconds_count"), 2);
     // "Not me", a wrong number and a bad proof each count toward the
     // lockout (three failures here); denials are counted in a metric.
     app.set_behaviour(gina, phone::Behaviour::Deny);

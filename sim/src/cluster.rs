@@ -402,11 +402,11 @@ impl Cluster {
     /// (`CONFIG SET appendonly yes` writes it from what was loaded).
     pub fn restore_rdb(&mut self, from: &Path) -> Result<(), ClusterError> {
         let dir = self.dir.path().to_path_buf();
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+        let ports: Vec<u16> = self.nodes.iter().map(|n| n.port).collect();
+        for &port in &ports {
+            self.kill(port);
+        }
+        for node in &self.nodes {
             let node_dir = dir.join(node.port.to_string());
             let io = |source| ClusterError::Io {
                 what: format!("{}", node_dir.display()),

@@ -107,6 +107,15 @@ impl Daemon {
         metric_at(self.metrics, name)
     }
 
+    /// The value of one series (`name{labels}`, as `/metrics` writes it;
+    /// 0 while it has none), blocking.
+    pub fn series(&self, series: &str) -> u64 {
+        self.metrics_text()
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    }
+
     /// The TLS configuration of a client with `role`'s certificate.
     pub fn tls(&self, role: Role) -> rustls::ClientConfig {
         let (cert, key) = self.cert(role);

@@ -29,10 +29,8 @@ use redb::{
     ReadableTableMetadata, TableDefinition, TableHandle, Value, WriteTransaction,
 };
 
-use super::accounts::{AUDIT, DEVICE_LIFE, SHARES, USERS};
-use super::inventory::{IMPORTS, TOKENS};
-use super::ledger::LEDGER;
-use super::registry::{DEVICES, FAILURES, META, PHONES, PUSH_KEYS, Registry};
+use super::accounts::AUDIT;
+use super::registry::{DEVICES, EachTable, Registry, every_table};
 use crate::clock::Timestamp;
 use crate::store::StoreError;
 
@@ -113,13 +111,41 @@ pub struct Restored {
     pub made_at: Timestamp,
 }
 
+/// The names of the registry's tables.
+struct Names(Vec<String>);
+
+impl EachTable for Names {
+    fn table<K: Key + 'static, V: Value + 'static>(
+        &mut self,
+        table: TableDefinition<'static, K, V>,
+    ) -> Result<(), StoreError> {
+        self.0.push(table.name().to_owned());
+        Ok(())
+    }
+}
+
+/// Each table copied from a snapshot into the file being written.
+struct Copy<'a> {
+    from: &'a ReadTransaction,
+    to: &'a mut Writer,
+}
+
+impl EachTable for Copy<'_> {
+    fn table<K: Key + 'static, V: Value + 'static>(
+        &mut self,
+        table: TableDefinition<'static, K, V>,
+    ) -> Result<(), StoreError> {
+        copy(self.from, self.to, table)
+    }
+}
+
 /// One table of the registry, copied row by row (keys and values as redb
 /// stores them: sealed values stay sealed).
 fn copy<K: Key + 'static, V: Value + 'static>(
     from: &ReadTransaction,
     to: &mut Writer,
     table: TableDefinition<K, V>,
-) -> Result<u64, StoreError> {
+) -> Result<(), StoreError> {
     let source = from.open_table(table)?;
     let mut rows = 0;
     let mut entries = source.iter()?;
@@ -140,7 +166,7 @@ fn copy<K: Key + 'static, V: Value + 'static>(
         to.count(batch)?;
         if batch < ROWS_PER_COMMIT {
             to.copied(table.name(), rows);
-            return Ok(rows);
+            return Ok(());
         }
     }
 }
@@ -268,22 +294,10 @@ impl Registry {
         // Changes commit before their flush (`flush.rs`): one commit with
         // fsync now makes every change the snapshot holds durable.
         super::flush::flush(&self.db)?;
-        let known = [
-            DEVICES.name(),
-            FAILURES.name(),
-            META.name(),
-            PHONES.name(),
-            PUSH_KEYS.name(),
-            USERS.name(),
-            DEVICE_LIFE.name(),
-            SHARES.name(),
-            LEDGER.name(),
-            AUDIT.name(),
-            TOKENS.name(),
-            IMPORTS.name(),
-        ];
+        let mut known = Names(Vec::new());
+        every_table(&mut known)?;
         for table in snapshot.list_tables().map_err(StoreError::from)? {
-            if !known.contains(&table.name()) {
+            if !known.0.iter().any(|name| name == table.name()) {
                 return Err(BackupError::UnknownTable(table.name().to_owned()));
             }
         }
@@ -297,19 +311,15 @@ impl Registry {
             rows: 0,
             tables: Vec::new(),
         };
-        let w = &mut writer;
-        let devices = copy(&snapshot, w, DEVICES)?;
-        copy(&snapshot, w, FAILURES)?;
-        copy(&snapshot, w, META)?;
-        copy(&snapshot, w, PHONES)?;
-        copy(&snapshot, w, PUSH_KEYS)?;
-        copy(&snapshot, w, USERS)?;
-        copy(&snapshot, w, DEVICE_LIFE)?;
-        copy(&snapshot, w, SHARES)?;
-        copy(&snapshot, w, LEDGER)?;
-        copy(&snapshot, w, AUDIT)?;
-        copy(&snapshot, w, TOKENS)?;
-        copy(&snapshot, w, IMPORTS)?;
+        every_table(&mut Copy {
+            from: &snapshot,
+            to: &mut writer,
+        })?;
+        let devices = writer
+            .tables
+            .iter()
+            .find(|(table, _)| table == DEVICES.name())
+            .map_or(0, |(_, rows)| *rows);
         let last_audit = snapshot
             .open_table(AUDIT)
             .and_then(|audit| Ok(audit.last()?.map_or(0, |(seq, _)| seq.value())))

@@ -95,6 +95,44 @@ fn migrate(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Something done to each of the registry's tables in turn.
+pub(super) trait EachTable {
+    fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &mut self,
+        table: TableDefinition<'static, K, V>,
+    ) -> Result<(), StoreError>;
+}
+
+/// Every table of the registry, in one list: the tables a start makes
+/// and a backup copies (and the only ones it knows).
+pub(super) fn every_table(each: &mut impl EachTable) -> Result<(), StoreError> {
+    each.table(DEVICES)?;
+    each.table(FAILURES)?;
+    each.table(META)?;
+    each.table(PHONES)?;
+    each.table(PUSH_KEYS)?;
+    each.table(USERS)?;
+    each.table(DEVICE_LIFE)?;
+    each.table(SHARES)?;
+    each.table(LEDGER)?;
+    each.table(AUDIT)?;
+    each.table(super::inventory::TOKENS)?;
+    each.table(super::inventory::IMPORTS)
+}
+
+/// Makes each table that does not exist yet.
+struct Make<'t>(&'t redb::WriteTransaction);
+
+impl EachTable for Make<'_> {
+    fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &mut self,
+        table: TableDefinition<'static, K, V>,
+    ) -> Result<(), StoreError> {
+        self.0.open_table(table)?;
+        Ok(())
+    }
+}
+
 /// The format recorded in the database at `path` (0: none recorded).
 pub fn stored_format(path: &Path) -> Result<u64, StoreError> {
     let db = Database::open(path)?;
@@ -194,18 +232,7 @@ impl Registry {
             // a new file.
             let txn = db.begin_write()?;
             migrate(&txn)?;
-            txn.open_table(DEVICES)?;
-            txn.open_table(FAILURES)?;
-            txn.open_table(META)?;
-            txn.open_table(PHONES)?;
-            txn.open_table(PUSH_KEYS)?;
-            txn.open_table(USERS)?;
-            txn.open_table(DEVICE_LIFE)?;
-            txn.open_table(SHARES)?;
-            txn.open_table(LEDGER)?;
-            txn.open_table(AUDIT)?;
-            txn.open_table(super::inventory::TOKENS)?;
-            txn.open_table(super::inventory::IMPORTS)?;
+            every_table(&mut Make(&txn))?;
             txn.commit()?;
         }
         let registry = Self {
