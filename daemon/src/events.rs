@@ -43,6 +43,8 @@ pub enum Category {
     Network,
     /// Stored records (a shared-store record that failed its tag).
     Database,
+    /// The daemon's own settings (a reload).
+    Configuration,
 }
 
 impl Category {
@@ -52,13 +54,14 @@ impl Category {
             Self::Iam => "iam",
             Self::Network => "network",
             Self::Database => "database",
+            Self::Configuration => "configuration",
         }
     }
 
     /// `event.type`: what ECS calls such an event of this category.
     fn event_type(self, outcome: Outcome) -> &'static str {
         match (self, outcome) {
-            (Self::Iam, _) => "change",
+            (Self::Iam | Self::Configuration, _) => "change",
             (_, Outcome::Failure) => "denied",
             _ => "info",
         }

@@ -54,6 +54,9 @@ pub const OUTBOX: &str = "sls_outbox";
 /// Security events lost, by `reason` (`queue_full`: the sink is slower
 /// than events come; `sink_failed`: a write failed).
 pub const EVENTS_DROPPED: &str = "sls_events_dropped_total";
+/// Reloads of the configuration file on SIGHUP, by `result` ("applied",
+/// "refused": it changed a key that cannot change live, "invalid").
+pub const CONFIG_RELOADS: &str = "sls_config_reloads_total";
 /// Round trips to the shared store (redis backend), by `durable` ("yes":
 /// the write waited for replicas in the same round trip).
 pub const STORE_ROUND_TRIPS: &str = "sls_store_round_trips_total";
@@ -82,7 +85,7 @@ pub const RADIUS_SECONDS: &str = "sls_radius_seconds";
 /// alerting rules may name (`contrib/`; `daemon/tests/contrib.rs` checks
 /// them). A histogram also exports `NAME_bucket`, `NAME_sum` and
 /// `NAME_count`.
-pub const ALL: [&str; 27] = [
+pub const ALL: [&str; 28] = [
     REQUESTS,
     REQUEST_SECONDS,
     LOCKOUTS,
@@ -110,6 +113,7 @@ pub const ALL: [&str; 27] = [
     RADIUS_ANSWERS,
     RADIUS_SECONDS,
     EVENTS_DROPPED,
+    CONFIG_RELOADS,
 ];
 
 /// The histograms among [`ALL`].

@@ -317,6 +317,79 @@ fn the_push_table_is_bounded() {
         Reply::PushSent { .. }
     ));
     assert_eq!(phone.take().len(), 2, "two notices");
+    // A reload makes room from the next push on.
+    let full = world.call(Role::Gateway, push("ann", devices[0]), at(10));
+    assert_eq!(error_code(&full), Some(ErrorCode::Busy), "{full:?}");
+    let roomier = Config::from_toml("[push]\ncapacity = 2\nttl = \"10s\"\n").unwrap();
+    assert_eq!(
+        world.engine.reconfigure(roomier).unwrap(),
+        ["push.capacity"]
+    );
+    assert!(matches!(
+        world.call(Role::Gateway, push("ann", devices[0]), at(10)),
+        Reply::PushSent { .. }
+    ));
+}
+
+#[test]
+fn a_reload_changes_the_carrier_and_the_sms_limits_from_the_next_send_on() {
+    let before = "[carrier]\nack-timeout = \"5s\"\nmax-attempts = 1\n[sms]\ncapacity = 1\n";
+    let mut world = World::new(before);
+    world.phone_user("ann", "+41 791111111");
+    world.phone_user("ben", "+41 792222222");
+    world.phone_user("cat", "+44 7700900123");
+    let bridges = [world.bridge(1), world.bridge(2)];
+    let Reply::CodeSent { code, .. } = world.send("ann", Channel::Sms, T0) else {
+        panic!("not sent");
+    };
+    let full = world.send("ben", Channel::Sms, T0);
+    assert_eq!(error_code(&full), Some(ErrorCode::Busy), "{full:?}");
+
+    let after = "[carrier]\nack-timeout = \"5s\"\nmax-attempts = 2\n[sms]\ncapacity = 2\nallowed-country-codes = [44]\n";
+    let changed = world
+        .engine
+        .reconfigure(Config::from_toml(after).unwrap())
+        .unwrap();
+    assert_eq!(
+        changed,
+        [
+            "carrier.max-attempts",
+            "sms.allowed-country-codes",
+            "sms.capacity"
+        ]
+    );
+    // ann's message, sent when one bridge was all it got, now fails over
+    // to the second when the first does not answer.
+    assert_eq!(bridges.iter().map(|b| b.take().len()).sum::<usize>(), 1);
+    world.engine.tick(at(5));
+    assert_eq!(bridges.iter().map(|b| b.take().len()).sum::<usize>(), 1);
+    assert!(matches!(
+        world.status(code, at(5)),
+        Reply::CodeStatus {
+            delivery: DeliveryState::Pending,
+            ..
+        }
+    ));
+    // Switzerland is no longer allowed; the table holds a second code.
+    let refused = world.send("ben", Channel::Sms, at(5));
+    assert_eq!(
+        error_code(&refused),
+        Some(ErrorCode::InvalidArgument),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        world.send("cat", Channel::Sms, at(5)),
+        Reply::CodeSent { .. }
+    ));
+
+    // A key that cannot change live refuses the whole reload.
+    let fixed = format!("{after}[push]\nverify-threads = 1\n[lockout]\nfailures = 2\n");
+    let refused = world
+        .engine
+        .reconfigure(Config::from_toml(&fixed).unwrap())
+        .unwrap_err();
+    assert_eq!(refused.keys, ["push.verify-threads"]);
+    assert_eq!(world.engine.config().lockout.failures, 5);
 }
 
 #[test]
@@ -425,6 +498,29 @@ fn confirm_codes_and_activation_tokens_expire_and_their_table_is_bounded() {
         }
     ));
     assert!(bridge.take().is_empty(), "nothing sent when refused");
+    // A reload to three makes room for dee, and only for her.
+    let roomier = "[lifecycle]\ntoken-ttl = \"60s\"\ntoken-capacity = 3\n\
+         [challenges]\nper-user-per-minute = 100\n";
+    let changed = world
+        .engine
+        .reconfigure(Config::from_toml(roomier).unwrap());
+    assert_eq!(changed.unwrap(), ["lifecycle.token-capacity"]);
+    assert!(matches!(
+        world.call(Role::Admin, start("dee", "+41 791110004"), T0),
+        Reply::VerificationSent { .. }
+    ));
+    let full = world.call(Role::Gateway, activation.clone(), T0);
+    assert!(
+        matches!(
+            full,
+            Reply::Error {
+                code: ErrorCode::Busy,
+                ..
+            }
+        ),
+        "{full:?}"
+    );
+    bridge.take();
     assert!(matches!(
         world.call(Role::Admin, start("bob", "+41 791110002"), at(1)),
         Reply::VerificationSent { .. }

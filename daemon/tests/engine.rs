@@ -761,10 +761,18 @@ fn the_challenge_table_refuses_past_its_capacity() {
     ));
     // Asking a device again replaces its challenge: no second slot.
     assert!(matches!(ask(0, T0), Reply::Challenge { .. }));
+    // A reload to three makes room for the third card.
+    let roomier =
+        Config::from_toml("[challenges]\ncapacity = 3\nper-user-per-minute = 100\n").unwrap();
+    assert_eq!(
+        engine.reconfigure(roomier).unwrap(),
+        ["challenges.capacity"]
+    );
+    assert!(matches!(ask(2, T0), Reply::Challenge { .. }));
     // Expired ones are kept while a late answer still hears `Expired`
     // (`store::EXPIRED_GRACE`, 60 s), then swept.
     assert_eq!(engine.sweep(later(121)), 0, "expired, within the grace");
-    assert_eq!(engine.sweep(later(181)), 2, "expired challenges are swept");
+    assert_eq!(engine.sweep(later(181)), 3, "expired challenges are swept");
     assert!(matches!(ask(2, later(181)), Reply::Challenge { .. }));
 }
 

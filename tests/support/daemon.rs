@@ -31,14 +31,41 @@ impl Daemon {
     /// are whole tables.
     pub fn start(data_dir: &Path, server_keys: &str, sections: &str) -> Self {
         let config = data_dir.with_extension("toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\ntcp-listen = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n{server_keys}\n{sections}"
-            ),
-        )
-        .unwrap();
+        std::fs::write(&config, config_text(server_keys, sections)).unwrap();
         Self::start_with(data_dir, &config)
+    }
+
+    /// Rewrites the configuration file as `start` writes it, with these
+    /// keys and tables instead, and reloads it ([`Daemon::reload_file`]).
+    pub fn reload(&self, server_keys: &str, sections: &str) -> &'static str {
+        self.reload_file(&config_text(server_keys, sections))
+    }
+
+    /// Writes `text` as the configuration file and sends SIGHUP; returns
+    /// once the daemon has counted the reload, with its result
+    /// (`sls_config_reloads_total{result}`: applied, refused, invalid).
+    /// Blocking.
+    pub fn reload_file(&self, text: &str) -> &'static str {
+        const RESULTS: [&str; 3] = ["applied", "refused", "invalid"];
+        let count =
+            |result| self.series(&format!("sls_config_reloads_total{{result=\"{result}\"}}"));
+        let before = RESULTS.map(count);
+        std::fs::write(&self.config, text).unwrap();
+        let hangup = std::process::Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(hangup.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            for (result, before) in RESULTS.into_iter().zip(before) {
+                if count(result) > before {
+                    return result;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("the daemon did not count the reload")
     }
 
     fn start_with(data_dir: &Path, config: &Path) -> Self {
@@ -144,6 +171,14 @@ impl Daemon {
             Transport::Tcp => Client::connect_tcp(self.tcp, server_name, tls).await,
         }
     }
+}
+
+/// A test daemon's configuration file: ephemeral ports, then `server_keys`
+/// in its `[server]` table, then whole `sections`.
+fn config_text(server_keys: &str, sections: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ntcp-listen = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n{server_keys}\n{sections}"
+    )
 }
 
 /// `slsd admin ARGS` against `daemon`, with the admin certificate of its

@@ -13,6 +13,9 @@ use serde::Deserialize;
 use crate::profile::{DeviceProfiles, ProfileError};
 use crate::wire::MAX_FRAME_LIMIT;
 
+mod reload;
+pub use reload::{LIVE_KEYS, ReloadRefused};
+
 /// The documented default configuration file.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
@@ -44,6 +47,9 @@ pub struct Config {
     pub radius: RadiusConfig,
     pub events: EventsConfig,
     pub devices: DeviceProfiles,
+    /// The file as read, defaults merged in: what a reload compares key by
+    /// key (`reload`).
+    source: toml::Table,
 }
 
 /// The security event stream (`crate::events`).
@@ -162,11 +168,30 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Issuances one connection may ask per second (never more than its
-    /// requests).
-    pub fn issuance_per_second(&self) -> u32 {
-        self.issuance_per_connection_per_second
-            .min(self.requests_per_connection_per_second)
+    /// Requests one connection may send.
+    pub fn request_rate(&self) -> crate::ratelimit::Rate {
+        crate::ratelimit::Rate::per(
+            self.requests_per_connection_per_second,
+            Duration::from_secs(1),
+        )
+    }
+
+    /// Issuances (challenges, codes, pushes, tokens) one connection may
+    /// ask (never more than its requests).
+    pub fn issuance_rate(&self) -> crate::ratelimit::Rate {
+        crate::ratelimit::Rate::per(
+            self.issuance_per_connection_per_second
+                .min(self.requests_per_connection_per_second),
+            Duration::from_secs(1),
+        )
+    }
+
+    /// Failed subscription proofs one connection may make.
+    pub fn proof_failure_rate(&self) -> crate::ratelimit::Rate {
+        crate::ratelimit::Rate::per(
+            self.failed_proofs_per_connection_per_minute,
+            Duration::from_secs(60),
+        )
     }
 
     /// The connection quota of `role` (never more than `max-connections`).
@@ -560,8 +585,11 @@ impl Config {
                 }
             }
         }
-        let raw: RawConfig = toml::Value::Table(table).try_into().map_err(syntax)?;
+        let raw: RawConfig = toml::Value::Table(table.clone())
+            .try_into()
+            .map_err(syntax)?;
         let config = Self {
+            source: table,
             devices: DeviceProfiles::with_overrides(&raw.devices)?,
             server: raw.server,
             challenges: raw.challenges,
@@ -583,6 +611,13 @@ impl Config {
     /// This configuration with its state on the Redis Cluster that `urls`
     /// name, checked like a file's.
     pub fn with_redis_store(mut self, urls: Vec<String>) -> Result<Self, ConfigError> {
+        if let Some(toml::Value::Table(store)) = self.source.get_mut("store") {
+            store.insert("backend".into(), "redis".into());
+            store.insert(
+                "redis-urls".into(),
+                toml::Value::Array(urls.iter().map(|u| u.as_str().into()).collect()),
+            );
+        }
         self.store.backend = Backend::Redis;
         self.store.redis_urls = urls;
         self.validate()?;

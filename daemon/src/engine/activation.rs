@@ -13,6 +13,7 @@
 //! entries.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rand::CryptoRng;
@@ -50,7 +51,7 @@ impl Pending {
 /// node.
 pub(super) struct TokenTable {
     pending: Mutex<Pending>,
-    capacity: usize,
+    capacity: AtomicUsize,
 }
 
 /// What checking a token against a typed answer decided.
@@ -103,8 +104,17 @@ impl TokenTable {
     pub(super) fn new(capacity: usize) -> Self {
         Self {
             pending: Mutex::new(Pending::default()),
-            capacity,
+            capacity: AtomicUsize::new(capacity),
         }
+    }
+
+    /// Holds at most `capacity` tokens from now on.
+    pub(super) fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity, Ordering::Relaxed);
+    }
+
+    fn capacity(&self) -> usize {
+        self.capacity.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, Pending> {
@@ -136,7 +146,7 @@ impl TokenTable {
         let existed = slot.is_some();
         let answer = decide(&mut slot);
         match slot {
-            Some(_) if !existed && pending.len() >= self.capacity => return None,
+            Some(_) if !existed && pending.len() >= self.capacity() => return None,
             Some(token) => {
                 pending.numbers.insert(user.clone(), token);
             }
@@ -155,7 +165,7 @@ impl TokenTable {
         rng: &mut R,
     ) -> Option<ActivationId> {
         let mut pending = self.lock();
-        if pending.len() >= self.capacity {
+        if pending.len() >= self.capacity() {
             return None;
         }
         let mut id = ActivationId(rng.next_u64());
@@ -272,8 +282,8 @@ impl Engine {
                 "too many codes for this user",
             ));
         }
-        let life = &self.config.lifecycle;
-        let code = Self::sms_code_spec(&self.config).generate(rng);
+        let life = &self.config().lifecycle;
+        let code = Self::sms_code_spec(&self.config()).generate(rng);
         let text = code_text("confirm code", &code, life.token_ttl);
         // Kept before it is sent, so the bound holds however many start at
         // once. A new start replaces the user's earlier code.
@@ -366,7 +376,7 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Result<Outcome, StoreError> {
-        let life = &self.config.lifecycle;
+        let life = &self.config().lifecycle;
         // A physical device the user holds proves the activation instead of
         // an SMS token: the strongest one, whose challenge the user answers.
         let physical = node
@@ -374,14 +384,15 @@ impl Engine {
             .await?
             .into_iter()
             .filter(|d| d.kind.is_physical())
-            .max_by_key(|d| self.config.devices.get(d.kind).security);
+            .max_by_key(|d| self.config().devices.get(d.kind).security);
         let mut persist = None;
         let (proof, route, expires_in, sms) = match physical {
             Some(device) => {
                 // A code card is the lowest level: one observed card login
                 // must not be enough to bind an app of a higher level (and
                 // revoke the owner's), so the SMS token is needed as well.
-                let lowest = self.config.devices.get(device.kind).security <= SecurityLevel::Lowest;
+                let lowest =
+                    self.config().devices.get(device.kind).security <= SecurityLevel::Lowest;
                 let number = if lowest {
                     match number_on_record(node.store(), user).await? {
                         Some(number) => Some(number),
@@ -410,7 +421,7 @@ impl Engine {
                 let expires_in = expires_in.min(life.token_ttl);
                 let (code, sms, route) = match number {
                     Some(number) => {
-                        let code = Self::sms_code_spec(&self.config).generate(rng);
+                        let code = Self::sms_code_spec(&self.config()).generate(rng);
                         let sent = code_text("IB Key activation code", &code, expires_in);
                         let route = ActivationRoute::DeviceAndSms {
                             device: device.id,
@@ -446,7 +457,7 @@ impl Engine {
                     let refusal = Reply::rate_limited(retry_after, "too many codes for this user");
                     return Ok(refusal.into());
                 }
-                let code = Self::sms_code_spec(&self.config).generate(rng);
+                let code = Self::sms_code_spec(&self.config()).generate(rng);
                 let text = code_text("IB Key activation code", &code, life.token_ttl);
                 let sms = Some((number, text));
                 (

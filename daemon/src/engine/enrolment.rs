@@ -37,7 +37,8 @@ impl Engine {
         } = request;
         let pin = pin.as_ref().map(|p| p.as_str());
         // An authenticator app is told its parameters by URI.
-        let app = match &self.config.devices.get(kind).check {
+        let config = self.config();
+        let app = match &config.devices.get(kind).check {
             Check::Totp {
                 hash,
                 digits,

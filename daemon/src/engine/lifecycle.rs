@@ -328,7 +328,8 @@ impl Engine {
             return None;
         }
         let residence = String::from_utf8_lossy(&record.residence?).into_owned();
-        let regulation = self.config.lifecycle.opt_out_forbidden.get(&residence)?;
+        let config = self.config();
+        let regulation = config.lifecycle.opt_out_forbidden.get(&residence)?;
         Some(Reply::Refused {
             reason: Refusal::OptOutForbidden,
             message: format!(
@@ -345,7 +346,7 @@ impl Engine {
         now: Timestamp,
     ) -> Result<Participant, StoreError> {
         let view = store.user_view(user).await?;
-        let level = |d: &Device| self.config.devices.get(d.kind).security;
+        let level = |d: &Device| self.config().devices.get(d.kind).security;
         let usable = |d: &Device, life: &DeviceLife| !d.expired_at(now) && life.allows_use(now);
         Ok(Participant {
             identity: view.account.identity,
@@ -418,7 +419,7 @@ impl Engine {
                 "no such device for the owner",
             ));
         };
-        let level = self.config.devices.get(shared.kind).security;
+        let level = self.config().devices.get(shared.kind).security;
         let checked = check_share(
             shared.kind,
             level,
@@ -437,7 +438,7 @@ impl Engine {
             });
         }
         let id = ShareId(rng.next_u64());
-        let active = !self.config.lifecycle.share_needs_approval;
+        let active = !self.config().lifecycle.share_needs_approval;
         store
             .change(requester, Self::actor(caller), now, rng, |c| {
                 if c.share_of(requester).is_some() {
@@ -573,7 +574,8 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Result<Reply, StoreError> {
-        let profile = self.config.devices.get(DeviceKind::Temporary);
+        let config = self.config();
+        let profile = config.devices.get(DeviceKind::Temporary);
         let crate::profile::Check::RandomCode(spec) = &profile.check else {
             return Ok(Reply::error(
                 ErrorCode::Internal,
@@ -588,7 +590,7 @@ impl Engine {
                 "the temporary code could not be kept",
             ));
         };
-        let uses = self.config.lifecycle.temporary_code_uses;
+        let uses = self.config().lifecycle.temporary_code_uses;
         let validity = profile.validity.unwrap_or_default();
         let device = store
             .change(user, Self::actor(caller), now, rng, |c| {
@@ -687,7 +689,7 @@ impl Engine {
         let Some(card) = store.device(device).await? else {
             return Ok(not_found());
         };
-        let after = self.config.lifecycle.replacement_auto_activation;
+        let after = self.config().lifecycle.replacement_auto_activation;
         store
             .change(&card.user, Self::actor(caller), now, rng, |c| {
                 if c.device(device).is_none() {
@@ -788,7 +790,7 @@ impl Engine {
             }
         };
         let today = Day::of(now);
-        let start = self.config.withdrawals.holidays.window_start(today, 5);
+        let start = self.config().withdrawals.holidays.window_start(today, 5);
         let holds: Vec<_> = self
             .registry
             .devices_of(user)
@@ -810,7 +812,7 @@ impl Engine {
                 user: user.clone(),
                 day: today,
                 cents: amount,
-                keep_days: self.config.withdrawals.ledger_days,
+                keep_days: self.config().withdrawals.ledger_days,
                 device,
                 actor: Self::actor(caller),
                 at: now,
@@ -831,7 +833,7 @@ impl Engine {
         withdrawn: Withdrawn,
         holds: &[DeviceKind],
     ) -> Reply {
-        let left = headroom(self.config.devices.get(kind).withdrawal_limit, withdrawn);
+        let left = headroom(self.config().devices.get(kind).withdrawal_limit, withdrawn);
         if left.allows(amount) {
             Reply::WithdrawalApproved {
                 device,
@@ -844,7 +846,12 @@ impl Engine {
                 device_kind: kind,
                 remaining_today: left.today,
                 remaining_5d: left.five_days,
-                kinds_that_allow: kinds_that_allow(&self.config.devices, withdrawn, amount, holds),
+                kinds_that_allow: kinds_that_allow(
+                    &self.config().devices,
+                    withdrawn,
+                    amount,
+                    holds,
+                ),
             }
         }
     }

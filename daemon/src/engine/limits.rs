@@ -22,32 +22,32 @@ use crate::ratelimit::{Decision, Gcra, Rate};
 pub(super) struct KeyedLimits {
     key: [u8; 16],
     buckets: Box<[Mutex<Gcra>]>,
-    rate: Rate,
 }
 
 impl KeyedLimits {
-    pub(super) fn new(rate: Rate, buckets: usize, key: [u8; 16]) -> Self {
+    pub(super) fn new(buckets: usize, key: [u8; 16]) -> Self {
         Self {
             key,
             buckets: (0..buckets.max(1))
                 .map(|_| Mutex::new(Gcra::default()))
                 .collect(),
-            rate,
         }
     }
 
-    pub(super) fn check(&self, key: &[u8], now: Timestamp) -> Decision {
-        self.check_index(keyed_hash(&self.key, key), now)
+    /// One event for `key` at `now`, at `rate`: the configuration's as it
+    /// is now, so a reload changes it from the next request on.
+    pub(super) fn check(&self, rate: Rate, key: &[u8], now: Timestamp) -> Decision {
+        self.check_index(rate, keyed_hash(&self.key, key), now)
     }
 
     /// The bucket `index` (modulo the bucket count), for keys that are
     /// small numbers already (country codes: one bucket each).
-    pub(super) fn check_index(&self, index: usize, now: Timestamp) -> Decision {
+    pub(super) fn check_index(&self, rate: Rate, index: usize, now: Timestamp) -> Decision {
         match self.buckets.get(index % self.buckets.len()) {
             Some(bucket) => bucket
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .check(self.rate, now),
+                .check(rate, now),
             None => Decision::Allow,
         }
     }
@@ -73,7 +73,6 @@ pub(super) fn keyed_hash(key: &[u8; 16], bytes: &[u8]) -> usize {
 /// to the same `NotFound` an unknown user gets), and both cost a hash and
 /// a map lookup, so the limit does not tell which names exist.
 pub(super) struct UserLimits {
-    rate: Rate,
     key: [u8; 16],
     /// foldhash, as the registry's maps: only enrolled users get an entry,
     /// so callers cannot fill it with colliding names.
@@ -85,22 +84,27 @@ pub(super) struct UserLimits {
 pub(super) const USER_LIMIT_SHARDS: usize = 64;
 
 impl UserLimits {
-    pub(super) fn new(rate: Rate, buckets: usize, key: [u8; 16], unknown_key: [u8; 16]) -> Self {
+    pub(super) fn new(buckets: usize, key: [u8; 16], unknown_key: [u8; 16]) -> Self {
         Self {
-            rate,
             key,
             enrolled: (0..USER_LIMIT_SHARDS)
                 .map(|_| Mutex::new(foldhash::HashMap::default()))
                 .collect(),
-            unknown: KeyedLimits::new(rate, buckets, unknown_key),
+            unknown: KeyedLimits::new(buckets, unknown_key),
         }
     }
 
-    /// One issuance for `user` at `now`; `enrolled` says whether the user
-    /// has devices (the registry's index).
-    pub(super) fn check(&self, user: &Username, enrolled: bool, now: Timestamp) -> Decision {
+    /// One issuance for `user` at `now`, at `rate`; `enrolled` says
+    /// whether the user has devices (the registry's index).
+    pub(super) fn check(
+        &self,
+        rate: Rate,
+        user: &Username,
+        enrolled: bool,
+        now: Timestamp,
+    ) -> Decision {
         if !enrolled {
-            return self.unknown.check(user.as_str().as_bytes(), now);
+            return self.unknown.check(rate, user.as_str().as_bytes(), now);
         }
         let shard = keyed_hash(&self.key, user.as_str().as_bytes()) % self.enrolled.len().max(1);
         let Some(shard) = self.enrolled.get(shard) else {
@@ -108,10 +112,10 @@ impl UserLimits {
         };
         let mut limiters = shard.lock().unwrap_or_else(PoisonError::into_inner);
         match limiters.get_mut(user) {
-            Some(limiter) => limiter.check(self.rate, now),
+            Some(limiter) => limiter.check(rate, now),
             None => {
                 let mut limiter = Gcra::default();
-                let decision = limiter.check(self.rate, now);
+                let decision = limiter.check(rate, now);
                 limiters.insert(user.clone(), limiter);
                 decision
             }

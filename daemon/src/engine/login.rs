@@ -22,7 +22,8 @@ impl Engine {
     /// own limiter if they have devices.
     pub(super) fn issuance(&self, user: &Username, now: Timestamp) -> Decision {
         let enrolled = self.registry.has_devices(user);
-        self.user_limits.check(user, enrolled, now)
+        let rate = self.config().challenges.issuance_rate();
+        self.user_limits.check(rate, user, enrolled, now)
     }
 
     /// Counts a lockout and tells the security event stream: the failure
@@ -74,7 +75,7 @@ impl Engine {
             )
             .into();
         };
-        let ttl = self.config.challenges.ttl;
+        let ttl = self.config().challenges.ttl;
         let mut persist = None;
         // Ids are random 64-bit numbers; a collision is retried, twice.
         for _ in 0..3 {
@@ -152,7 +153,7 @@ impl Engine {
         let mut failures = device.failures();
         let mut questions = device.questions(&failures);
         rules::ask::ask_device(
-            &self.config,
+            &self.config(),
             &self.alphabets,
             user,
             device,
@@ -204,7 +205,7 @@ impl Engine {
                 &mut questions,
                 answer,
                 now,
-                &self.config,
+                &self.config(),
             );
             if decided.locked {
                 self.count_lockout(&device.user, device.id, now);

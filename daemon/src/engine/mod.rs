@@ -51,7 +51,6 @@ use limits::{KeyedLimits, UserLimits};
 use crate::clock::Timestamp;
 use crate::config::Config;
 use crate::identity::DeviceId;
-use crate::phone::SendLimit;
 use crate::store::StoreError;
 use crate::store::embedded::challenges::ChallengeTable;
 use crate::store::embedded::ledger::Booking;
@@ -143,7 +142,9 @@ struct Counters {
 
 /// The engine: shared by every connection.
 pub struct Engine {
-    config: Arc<Config>,
+    /// The running configuration, swapped whole by a reload
+    /// ([`Engine::reconfigure`]): read it where it is used, never copy it.
+    config: arc_swap::ArcSwap<Config>,
     registry: Arc<Registry>,
     challenges: ChallengeTable,
     user_limits: UserLimits,
@@ -204,12 +205,11 @@ impl Engine {
             key
         };
         let buckets = config.challenges.user_limit_buckets;
-        let user_limits = UserLimits::new(config.challenges.issuance_rate(), buckets, key(), key());
-        let send_rate = |limit| config.sms.send_rate(limit);
-        let number_limits = KeyedLimits::new(send_rate(SendLimit::Number), buckets, key());
-        let range_limits = KeyedLimits::new(send_rate(SendLimit::Range), buckets, key());
+        let user_limits = UserLimits::new(buckets, key(), key());
+        let number_limits = KeyedLimits::new(buckets, key());
+        let range_limits = KeyedLimits::new(buckets, key());
         // One bucket per country calling code (1..=999).
-        let prefix_limits = KeyedLimits::new(send_rate(SendLimit::Country), 1000, key());
+        let prefix_limits = KeyedLimits::new(1000, key());
         let mut decoy_seed = [0u8; 32];
         rng.fill_bytes(&mut decoy_seed);
         let decoy_push_key = crate::otp::push::PushSigner::from_seed(decoy_seed).public();
@@ -223,11 +223,7 @@ impl Engine {
             range_limits,
             prefix_limits,
             tokens: activation::TokenTable::new(config.lifecycle.token_capacity),
-            codes: sms::CodeTable::new(
-                &code_key,
-                Self::sms_code_spec(&config),
-                config.sms.capacity,
-            ),
+            codes: sms::CodeTable::new(&code_key, Self::sms_code_spec(&config)),
             outbox: relay::Outbox::new(config.carrier.clone()),
             pushes: push::PushTable::new(),
             alphabets: rules::ask::QuestionAlphabets::new(),
@@ -241,7 +237,7 @@ impl Engine {
             push_waiters: Mutex::new(cluster::Waiters::new()),
             decoy_push_key,
             signatures: signatures::SignatureChecks::Inline,
-            config,
+            config: arc_swap::ArcSwap::new(config),
             registry,
         }
     }
@@ -256,8 +252,8 @@ impl Engine {
         code_key: &crate::otp::SecretKey,
         node: String,
     ) -> Self {
-        let spec = Self::sms_code_spec(&self.config);
-        self.codes = sms::CodeTable::new(code_key, spec, self.config.sms.capacity);
+        let spec = Self::sms_code_spec(&self.config());
+        self.codes = sms::CodeTable::new(code_key, spec);
         self.cluster = Some(store);
         self.node = node;
         self
@@ -267,7 +263,7 @@ impl Engine {
     /// own (`signatures`), for [`Engine::approve`] and the cluster's
     /// approvals, instead of inline: the server's engine.
     pub fn check_signatures_in_batches(mut self) -> Self {
-        self.signatures = signatures::SignatureChecks::batched(&self.config.push);
+        self.signatures = signatures::SignatureChecks::batched(&self.config().push);
         self
     }
 
@@ -283,6 +279,27 @@ impl Engine {
         } else {
             self.codes.update(changes);
         }
+    }
+
+    /// The configuration as it is now.
+    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// Runs on `new` from the next request on, if a running daemon may
+    /// take every key it changes (`config::LIVE_KEYS`); answers those
+    /// keys. Otherwise nothing changes, and the refusal names the keys.
+    ///
+    /// The few numbers a table keeps of its own (its capacity, the
+    /// carrier's attempts) are handed to it here; everything else is read
+    /// from the configuration where it is used.
+    pub fn reconfigure(&self, new: Config) -> Result<Vec<String>, crate::config::ReloadRefused> {
+        let changed = self.config.load().live_changes(&new)?;
+        self.challenges.set_capacity(new.challenges.capacity);
+        self.tokens.set_capacity(new.lifecycle.token_capacity);
+        self.outbox.reconfigure(new.carrier.clone());
+        self.config.store(Arc::new(new));
+        Ok(changed)
     }
 
     pub fn registry(&self) -> &Arc<Registry> {

@@ -200,7 +200,7 @@ impl Node for Clustered<'_> {
     }
 
     async fn issuance(&self, user: &Username, now: Timestamp) -> Result<Decision, StoreError> {
-        let rate = self.engine.config.challenges.issuance_rate();
+        let rate = self.engine.config().challenges.issuance_rate();
         self.store.count_issuance(user, now, rate).await
     }
 
@@ -250,7 +250,8 @@ impl Node for Clustered<'_> {
         now: Timestamp,
         rng: &mut R,
     ) -> Result<Result<(), Reply>, StoreError> {
-        let sms = &self.engine.config.sms;
+        let config = self.engine.config();
+        let sms = &config.sms;
         if !self
             .engine
             .cluster_bridges_anywhere(self.store, now)
@@ -274,7 +275,7 @@ impl Node for Clustered<'_> {
             channel: Channel::Sms,
             text,
         };
-        let until = now.plus(self.engine.config.lifecycle.token_ttl);
+        let until = now.plus(self.engine.config().lifecycle.token_ttl);
         let message = outbound.encode(MessageId(rng.next_u64()), until);
         self.store.enqueue_message(rng, &message).await?;
         Ok(Ok(()))

@@ -305,7 +305,7 @@ impl Engine {
         }
         let left = std::time::Duration::from_millis(expires_at.0.saturating_sub(now.0));
         metrics::histogram!(crate::metrics::PUSH_ANSWER_SECONDS)
-            .record(self.config.push.ttl.saturating_sub(left).as_secs_f64());
+            .record(self.config().push.ttl.saturating_sub(left).as_secs_f64());
         count_denied(decision, (user, device), now);
     }
 }
@@ -426,7 +426,7 @@ impl Engine {
         if let Some(retry_after) = super::rules::lockout::locked(&failures, now) {
             return Reply::rate_limited(retry_after, "the device is locked out");
         }
-        let push_config = &self.config.push;
+        let push_config = &self.config().push;
         let mut sessions = self.pushes.sessions();
         let limit = push_config.pending_per_user;
         // The count is kept as pushes come and go; when it is at the limit,
@@ -684,7 +684,7 @@ impl Engine {
             }
             _ => PushAnswer::Denied,
         };
-        let decision = decide_push(&self.config.lockout, &mut device.failures(), given, now);
+        let decision = decide_push(&self.config().lockout, &mut device.failures(), given, now);
         self.count_answer(
             &decision,
             (&session.user, device.id),

@@ -97,25 +97,34 @@ struct InFlight {
     tried: Vec<StreamId>,
 }
 
-#[derive(Default)]
 struct State {
     bridges: Vec<Bridge>,
     messages: HashMap<MessageId, InFlight>,
+    /// Replaced by a reload (`Outbox::reconfigure`).
+    config: CarrierConfig,
 }
 
 /// Bridges and the outbox, behind one lock (a few hundred sends a second
 /// per node is the scale of SMS; the lock is held for microseconds).
 pub(super) struct Outbox {
-    config: CarrierConfig,
     state: Mutex<State>,
 }
 
 impl Outbox {
     pub(super) fn new(config: CarrierConfig) -> Self {
         Self {
-            config,
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                bridges: Vec::new(),
+                messages: HashMap::new(),
+                config,
+            }),
         }
+    }
+
+    /// The carrier settings from now on; messages in flight keep the
+    /// deadline they were sent with.
+    pub(super) fn reconfigure(&self, config: CarrierConfig) {
+        self.lock().config = config;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -174,7 +183,7 @@ impl Outbox {
         if state.bridges.is_empty() {
             return Err(DispatchError::NoBridge);
         }
-        if state.messages.len() >= self.config.outbox {
+        if state.messages.len() >= state.config.outbox {
             return Err(DispatchError::Full);
         }
         if state.messages.contains_key(&id) {
@@ -194,7 +203,7 @@ impl Outbox {
         mut tried: Vec<StreamId>,
         now: Timestamp,
     ) -> Result<(), Outbound> {
-        if tried.len() >= usize::from(self.config.max_attempts) {
+        if tried.len() >= usize::from(state.config.max_attempts) {
             return Err(message);
         }
         let mut candidates: Vec<usize> = (0..state.bridges.len())
@@ -229,7 +238,7 @@ impl Outbox {
                     InFlight {
                         message,
                         bridge,
-                        deadline: now.plus(self.config.ack_timeout),
+                        deadline: now.plus(state.config.ack_timeout),
                         tried,
                     },
                 );

@@ -188,16 +188,14 @@ pub(super) struct CodeTable {
     /// HMAC-SHA256 under the engine's code key, its key schedule run once.
     key: HmacKey,
     spec: CodeSpec,
-    capacity: usize,
     sessions: Mutex<Sessions>,
 }
 
 impl CodeTable {
-    pub(super) fn new(key: &SecretKey, spec: CodeSpec, capacity: usize) -> Self {
+    pub(super) fn new(key: &SecretKey, spec: CodeSpec) -> Self {
         Self {
             key: HmacKey::new(HashAlgorithm::Sha256, key),
             spec,
-            capacity,
             sessions: Mutex::new(Sessions::default()),
         }
     }
@@ -293,21 +291,28 @@ impl Engine {
     /// limits must have room (SMS pumping goes through many numbers of a
     /// premium range).
     pub(super) fn send_quota(&self, to: &PhoneNumber, now: Timestamp) -> Result<(), Reply> {
-        if let Some(refusal) = country_refused(&self.config.sms, to) {
+        let config = self.config();
+        if let Some(refusal) = country_refused(&config.sms, to) {
             return Err(refusal);
         }
+        let rate = |limit| config.sms.send_rate(limit);
         let checks = [
             (
-                self.number_limits.check(to.to_string().as_bytes(), now),
+                self.number_limits
+                    .check(rate(SendLimit::Number), to.to_string().as_bytes(), now),
                 SendLimit::Number,
             ),
             (
-                self.range_limits.check(to.range().as_bytes(), now),
+                self.range_limits
+                    .check(rate(SendLimit::Range), to.range().as_bytes(), now),
                 SendLimit::Range,
             ),
             (
-                self.prefix_limits
-                    .check_index(usize::from(to.country()), now),
+                self.prefix_limits.check_index(
+                    rate(SendLimit::Country),
+                    usize::from(to.country()),
+                    now,
+                ),
                 SendLimit::Country,
             ),
         ];
@@ -342,7 +347,7 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Reply {
-        let sms = &self.config.sms;
+        let sms = &self.config().sms;
         let Some(device) = self
             .login_devices(user, now)
             .into_iter()
@@ -382,7 +387,7 @@ impl Engine {
                 if let Decision::Deny { retry_after } = self.issuance(user, now) {
                     return Reply::rate_limited(retry_after, "too many codes for this user");
                 }
-                if sessions.by_user.len() >= self.codes.capacity {
+                if sessions.by_user.len() >= sms.capacity {
                     return Reply::error(ErrorCode::Busy, "the code table is full");
                 }
                 let mut id = CodeId(rng.next_u64());
@@ -475,7 +480,7 @@ impl Engine {
             &mut failures,
             || self.codes.code(code).matches(given.as_bytes()),
             now,
-            &self.config,
+            &self.config(),
         );
         drop(failures);
         if decided.session == crate::store::Disposition::Remove {

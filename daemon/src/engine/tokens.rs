@@ -31,7 +31,7 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Result<Reply, StoreError> {
-        let limits = &self.config.tokens;
+        let limits = &self.config().tokens;
         let import = if import == 0 {
             // A new import: first drop those whose importers are gone.
             let stale_before = Timestamp(now.0.saturating_sub(
@@ -262,7 +262,7 @@ impl Engine {
             .find_map(|(d, life)| (d.id == device).then_some(life))
             .unwrap_or_default();
         let pin = life.pin.as_ref().map(|p| &p.hash);
-        let config = &self.config.tokens;
+        let config = &self.config().tokens;
         let (one, two) = (first.as_bytes(), second.as_bytes());
         let found_at = rules::token::resync(
             (&found, pin),

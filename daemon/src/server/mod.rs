@@ -28,7 +28,7 @@ use crate::clock;
 use crate::config::Backend;
 use crate::config::Config;
 use crate::engine::{Engine, Role};
-use crate::ratelimit::{Gcra, Rate};
+use crate::ratelimit::Gcra;
 use crate::store::cluster::ClusterStore;
 use crate::store::cluster::redis::{Durability, RedisStore};
 use crate::store::embedded::committer::Committer;
@@ -43,14 +43,9 @@ pub(crate) use tcp::tune as tune_tcp;
 
 /// What every connection task shares.
 struct Shared {
-    config: Arc<Config>,
+    /// Its configuration is the running one (`Shared::config`).
     engine: Engine,
     committer: Committer,
-    request_rate: Rate,
-    /// Failed subscription proofs one connection may make.
-    proof_failure_rate: Rate,
-    /// Issuances (challenges, codes, pushes, tokens) one connection may ask.
-    issuance_rate: Rate,
     metrics: crate::metrics::RequestMetrics,
     /// Connection and stream numbers, for subscriptions.
     next_connection: AtomicU64,
@@ -75,6 +70,13 @@ struct Shared {
     /// Requests answered by a task of their own, not yet answered: the
     /// drain waits for them.
     requests_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+impl Shared {
+    /// The running configuration (a reload swaps it: `reload_on_hangup`).
+    fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.engine.config()
+    }
 }
 
 /// Why the server could not start or stopped with an error.
@@ -186,6 +188,7 @@ pub async fn serve(
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     on_start: impl FnOnce(&Started),
     shutdown: impl std::future::Future<Output = ()>,
+    reread: Option<Reread>,
 ) -> Result<(), ServeError> {
     let config = Arc::new(config);
     let data_dir_error = |source| ServeError::DataDir {
@@ -254,16 +257,6 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         engine,
         committer,
-        request_rate: Rate::per(
-            config.server.requests_per_connection_per_second,
-            Duration::from_secs(1),
-        ),
-        proof_failure_rate: Rate::per(
-            config.server.failed_proofs_per_connection_per_minute,
-            Duration::from_secs(60),
-        ),
-        issuance_rate: Rate::per(config.server.issuance_per_second(), Duration::from_secs(1)),
-        config: Arc::clone(&config),
         metrics: crate::metrics::RequestMetrics::default(),
         next_connection: AtomicU64::new(1),
         next_stream: AtomicU64::new(1),
@@ -335,7 +328,7 @@ pub async fn serve(
             tcp.as_ref().map(|front| front.tls()),
             pki.clone(),
         ),
-        hangups.ok(),
+        (hangups.ok(), reread),
         stopping.clone(),
     ));
     let relay = shared.engine.is_clustered().then(|| {
@@ -500,11 +493,17 @@ fn endpoint(config: &Config, pki: &PkiPaths) -> Result<quinn::Endpoint, ServeErr
     })
 }
 
+/// Reads the configuration file again, as the start read it (for a
+/// reload on SIGHUP); an error says why it cannot be used.
+pub type Reread = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
 /// On SIGHUP: the server certificate and key, the CA and the revocation
-/// list are read again. New connections (QUIC and TCP) get the new
-/// certificate; open ones go on, except those whose certificate is now
-/// revoked. A file that does not load leaves everything as it was, with
-/// an error in the log.
+/// list are read again, and so is the configuration file (`reread`).
+/// New connections (QUIC and TCP) get the new certificate; open ones go
+/// on, except those whose certificate is now revoked. A file that does not
+/// load leaves everything as it was, with an error in the log; so does a
+/// configuration that changes a key a running daemon cannot take
+/// (`config::reload`).
 #[cfg(unix)]
 type Hangups = tokio::signal::unix::Signal;
 #[cfg(not(unix))]
@@ -513,7 +512,7 @@ type Hangups = ();
 async fn reload_on_hangup(
     shared: Arc<Shared>,
     (endpoint, tcp, pki): (quinn::Endpoint, Option<Arc<tcp::TlsConfig>>, PkiPaths),
-    hangups: Option<Hangups>,
+    (hangups, reread): (Option<Hangups>, Option<Reread>),
     mut stopping: watch::Receiver<bool>,
 ) {
     #[cfg(unix)]
@@ -524,11 +523,14 @@ async fn reload_on_hangup(
                 _ = stopping.changed() => return,
             }
             systemd::reloading();
+            let configured = reread
+                .as_ref()
+                .is_none_or(|reread| reload_config(&shared, reread));
             let loaded = pki::server_tls(&pki).and_then(|tls| {
-                let quic = server_config(&shared.config, tls.clone())?;
-                Ok((quic, tls, revoked_serials(&shared.config)?))
+                let quic = server_config(&shared.config(), tls.clone())?;
+                Ok((quic, tls, revoked_serials(&shared.config())?))
             });
-            match loaded {
+            let certified = match loaded {
                 Ok((server, tls, revoked)) => {
                     endpoint.set_server_config(Some(server));
                     if let Some(tcp) = &tcp {
@@ -537,18 +539,64 @@ async fn reload_on_hangup(
                     let count = revoked.len();
                     shared.revoked.send_replace(Arc::new(revoked));
                     tracing::info!(revoked = count, "certificates and revocation list reloaded");
-                    systemd::reloaded("serving, reloaded");
+                    true
                 }
                 Err(error) => {
                     tracing::error!(%error, "reload failed: the previous certificates stay");
-                    systemd::reloaded("serving, the last reload failed (see the log)");
+                    false
                 }
-            }
+            };
+            systemd::reloaded(if configured && certified {
+                "serving, reloaded"
+            } else {
+                "serving, the last reload failed (see the log)"
+            });
         }
     }
     #[cfg(not(unix))]
-    let _ = (shared, endpoint, tcp, pki, hangups);
+    let _ = (shared, endpoint, tcp, pki, hangups, reread);
     let _ = stopping.changed().await;
+}
+
+/// Runs on the configuration file as it is now, if it is valid and every
+/// key it changes can change live; otherwise the running configuration
+/// stays. Logged, counted (`sls_config_reloads_total{result}`) and told to
+/// the security event stream either way; whether it applied.
+fn reload_config(shared: &Shared, reread: &Reread) -> bool {
+    let (result, outcome) = match reread() {
+        Err(error) => ("invalid", Err(error)),
+        Ok(new) => match shared.engine.reconfigure(new) {
+            Ok(changed) => ("applied", Ok(changed)),
+            Err(refused) => ("refused", Err(refused.to_string())),
+        },
+    };
+    metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => result).increment(1);
+    let now = clock::now();
+    let category = crate::events::Category::Configuration;
+    match outcome {
+        Ok(changed) => {
+            let changed = if changed.is_empty() {
+                "nothing".to_owned()
+            } else {
+                changed.join(", ")
+            };
+            tracing::info!(changed = %changed, "configuration reloaded");
+            crate::events::emit(|| {
+                let applied = crate::events::Outcome::Success;
+                crate::events::Event::new(now, "config-reloaded", category, applied)
+                    .reason(format!("changed: {changed}"))
+            });
+            true
+        }
+        Err(error) => {
+            tracing::error!(%error, "configuration not reloaded: the running one stays");
+            crate::events::emit(|| {
+                let refused = crate::events::Outcome::Failure;
+                crate::events::Event::new(now, "config-reloaded", category, refused).reason(error)
+            });
+            false
+        }
+    }
 }
 
 async fn serve_connection(
@@ -557,7 +605,7 @@ async fn serve_connection(
     in_flight: Arc<()>,
 ) {
     let remote = incoming.remote_address();
-    let handshake_timeout = shared.config.server.handshake_timeout;
+    let handshake_timeout = shared.config().server.handshake_timeout;
     let connection = match incoming.accept() {
         Ok(connecting) => match tokio::time::timeout(handshake_timeout, connecting).await {
             Ok(Ok(connection)) => connection,

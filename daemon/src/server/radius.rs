@@ -93,7 +93,7 @@ impl Front {
         shared: &Shared,
         state_key: [u8; 32],
     ) -> Result<Option<Self>, RadiusError> {
-        let config = shared.config.radius.clone();
+        let config = shared.config().radius.clone();
         let Some(addr) = config.listen else {
             return Ok(None);
         };

@@ -235,7 +235,7 @@ pub(super) async fn serve_stream(
     mut recv: impl RequestStream,
 ) {
     let (queue, mut queued) = mpsc::channel::<Queued>(WRITE_BATCHES);
-    let cap = shared.config.server.write_queue_bytes as usize;
+    let cap = shared.config().server.write_queue_bytes as usize;
     let writer = Writer {
         queue,
         budget: Arc::new(tokio::sync::Semaphore::new(cap)),
@@ -253,7 +253,7 @@ pub(super) async fn serve_stream(
             cap,
         }),
     };
-    let stall = shared.config.server.write_stall_timeout;
+    let stall = shared.config().server.write_stall_timeout;
     let link = Arc::clone(&connection);
     let writing = tokio::spawn(async move {
         while let Some(first) = queued.recv().await {
@@ -300,7 +300,7 @@ pub(super) async fn serve_stream(
     // A fast CSPRNG per stream, seeded from the OS (the OS generator costs
     // a system call per draw; see the verify bench).
     let mut rng = ChaCha20Rng::from_rng(&mut UnwrapErr(SysRng));
-    let max_frame = shared.config.server.max_frame;
+    let max_frame = shared.config().server.max_frame;
     // Only the part of a frame that has not arrived whole waits here; an
     // idle stream holds no buffer.
     let mut buffer: Vec<u8> = Vec::new();
@@ -372,7 +372,7 @@ fn handle(
     writer: &Writer,
 ) {
     // Every frame, well-formed or not, counts toward the connection's rate.
-    let decision = lock(&connection.limiter).check(shared.request_rate, now);
+    let decision = lock(&connection.limiter).check(shared.config().server.request_rate(), now);
     let request = match Request::decode(body) {
         Ok(request) => request,
         Err(error) => {
@@ -387,7 +387,7 @@ fn handle(
             let seen = connection
                 .malformed
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if seen >= shared.config.server.malformed_frames_per_connection {
+            if seen >= shared.config().server.malformed_frames_per_connection {
                 metrics::counter!(crate::metrics::CLOSED_CONNECTIONS, "reason" => "malformed")
                     .increment(1);
                 connection
@@ -414,7 +414,7 @@ fn handle(
     }
     let quota = facts(&request.operation)
         .issues
-        .then(|| lock(&connection.issuance).check(shared.issuance_rate, now));
+        .then(|| lock(&connection.issuance).check(shared.config().server.issuance_rate(), now));
     if let Some(Decision::Deny { retry_after }) = quota {
         let why = "too many challenges, codes and pushes on this connection";
         return answer_now("rate_limited", Reply::rate_limited(retry_after, why));
@@ -427,7 +427,9 @@ fn handle(
     if checks_proof {
         // Only failures are counted, so look without spending.
         let mut trial = *lock(&connection.proof_failures);
-        if let Decision::Deny { retry_after } = trial.check(shared.proof_failure_rate, now) {
+        if let Decision::Deny { retry_after } =
+            trial.check(shared.config().server.proof_failure_rate(), now)
+        {
             let why = "too many failed proofs on this connection";
             return answer_now("rate_limited", Reply::rate_limited(retry_after, why));
         }
@@ -582,7 +584,8 @@ impl Drop for InFlight {
 /// Counts a subscription refused for its proof against its connection.
 fn count_proof(shared: &Shared, connection: &ConnectionState, reply: &Reply, now: Timestamp) {
     if Engine::is_bad_proof(reply) {
-        let _ = lock(&connection.proof_failures).check(shared.proof_failure_rate, now);
+        let _ = lock(&connection.proof_failures)
+            .check(shared.config().server.proof_failure_rate(), now);
     }
 }
 

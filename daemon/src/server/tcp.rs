@@ -40,7 +40,7 @@ impl Front {
         shared: &Shared,
         tls: rustls::ServerConfig,
     ) -> Result<Option<Self>, ServeError> {
-        let Some(addr) = shared.config.server.tcp_listen else {
+        let Some(addr) = shared.config().server.tcp_listen else {
             return Ok(None);
         };
         let listener = TcpListener::bind(addr)
@@ -134,9 +134,10 @@ async fn serve_connection(
     (tls, ticket): (Arc<rustls::ServerConfig>, admission::HandshakeTicket),
     mut closing: watch::Receiver<bool>,
 ) {
-    tune(&socket, shared.config.server.tcp_keepalive);
+    tune(&socket, shared.config().server.tcp_keepalive);
     let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(socket);
-    let tls = match tokio::time::timeout(shared.config.server.handshake_timeout, handshake).await {
+    let tls = match tokio::time::timeout(shared.config().server.handshake_timeout, handshake).await
+    {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
             tracing::debug!(%remote, %error, "TCP/TLS handshake failed");

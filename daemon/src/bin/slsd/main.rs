@@ -277,12 +277,24 @@ fn serve(
     data_dir: &std::path::Path,
     store: Option<&str>,
 ) -> anyhow::Result<()> {
-    let mut config = load_config(config)?;
-    if let Some(urls) = store {
-        config = config
-            .with_redis_store(urls.split(',').map(str::trim).map(str::to_owned).collect())
-            .map_err(|e| anyhow::anyhow!("--store: {e}"))?;
-    }
+    let file = config.map(std::path::Path::to_path_buf);
+    let has_file = file.is_some();
+    let store = store.map(str::to_owned);
+    // What a start reads, a reload (SIGHUP) reads again: the file, then
+    // `--store` over it.
+    let read = move || -> anyhow::Result<slsd::config::Config> {
+        let mut config = load_config(file.as_deref())?;
+        if let Some(urls) = &store {
+            config = config
+                .with_redis_store(urls.split(',').map(str::trim).map(str::to_owned).collect())
+                .map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+        }
+        Ok(config)
+    };
+    let config = read()?;
+    // Without a file the daemon runs on defaults: nothing to read again.
+    let reread: Option<slsd::server::Reread> = has_file
+        .then(|| Box::new(move || read().map_err(|e| e.to_string())) as slsd::server::Reread);
     let metrics = match slsd::metrics::install() {
         Ok(handle) => Some(handle),
         Err(error) => {
@@ -324,6 +336,7 @@ fn serve(
             println!("slsd: ready");
         },
         shutdown,
+        reread,
     ))?;
     Ok(())
 }

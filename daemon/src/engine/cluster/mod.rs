@@ -68,8 +68,8 @@ impl Engine {
     ) -> Result<Self, StoreError> {
         use crate::store::cluster::memory::run_now;
         let redis = crate::store::cluster::redis::RedisStore::in_memory(memory);
-        let codec = crate::store::records::DeviceCodec::new(cipher, self.config.devices.clone());
-        let store = ClusterStore::new(redis, codec, self.config.store.cache_ttl);
+        let codec = crate::store::records::DeviceCodec::new(cipher, self.config().devices.clone());
+        let store = ClusterStore::new(redis, codec, self.config().store.cache_ttl);
         let code_key = run_now(store.sms_code_key(rng)).ok_or_else(|| {
             StoreError::Database("the in-memory store's key could not be made at once".into())
         })??;
@@ -411,7 +411,7 @@ impl Engine {
         now: Timestamp,
         why: &str,
     ) -> Result<Option<Reply>, StoreError> {
-        let rate = self.config.challenges.issuance_rate();
+        let rate = self.config().challenges.issuance_rate();
         Ok(match store.count_issuance(user, now, rate).await? {
             Decision::Deny { retry_after } => Some(Reply::rate_limited(retry_after, why)),
             Decision::Allow => None,
@@ -597,13 +597,13 @@ impl Engine {
             }
             counted = true;
         }
-        let ttl = self.config.challenges.ttl;
+        let ttl = self.config().challenges.ttl;
         let failures_of = UserRecord::Failures(device.id);
         let questions_of = UserRecord::Questions(device.id);
         // The device's records live with its owner, whoever asks.
         let owner = &device.user;
         let read = [failures_of, questions_of, UserRecord::Life];
-        let rate = self.config.challenges.issuance_rate();
+        let rate = self.config().challenges.issuance_rate();
         // Ids carry the slot of the owner's records and 50 random bits (a
         // collision takes another), and the device's records change under
         // a verify on any node (decided again on what changed).
@@ -656,7 +656,7 @@ impl Engine {
             let mut failures = failure_state(device.id, failures_record)?;
             let mut questions = question_memory(device.id, questions_record)?;
             let asked = match rules::ask::ask_device(
-                &self.config,
+                &self.config(),
                 &self.alphabets,
                 user,
                 &device,
@@ -861,7 +861,7 @@ impl Engine {
                 &mut asked,
                 answer,
                 now,
-                &self.config,
+                &self.config(),
             );
             // Only what the decision changed is written, each only if it is
             // still as read; nothing changed (a locked device), nothing
@@ -936,8 +936,8 @@ impl Engine {
             Err(refusal) => return Ok(refusal.unwrap_or(verdict)),
         };
         let today = Day::of(now);
-        let start = self.config.withdrawals.holidays.window_start(today, 5);
-        let limit = self.config.devices.get(kind).withdrawal_limit;
+        let start = self.config().withdrawals.holidays.window_start(today, 5);
+        let limit = self.config().devices.get(kind).withdrawal_limit;
         let cents = |dollars: Option<u64>| dollars.map(|d| d.saturating_mul(100));
         let limits = (cents(limit.per_day), cents(limit.per_five_business_days));
         let (booked, withdrawn) = store
@@ -947,7 +947,7 @@ impl Engine {
                 today,
                 amount,
                 limits,
-                self.config.withdrawals.ledger_days,
+                self.config().withdrawals.ledger_days,
             )
             .await?;
         // The kinds the user holds matter only to a refusal.

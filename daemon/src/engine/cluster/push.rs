@@ -266,10 +266,10 @@ impl Engine {
                 "the phone is not connected; use challenge/response",
             ));
         };
-        let ttl = self.config.push.ttl;
+        let ttl = self.config().push.ttl;
         let expires_at = now.plus(ttl);
         let id = PushId(rng.next_u64());
-        let limit = self.config.push.pending_per_user;
+        let limit = self.config().push.pending_per_user;
         if let Err(soonest) = store.hold_push(user, id, limit, now, expires_at).await? {
             return Ok(Reply::rate_limited(
                 now.until(soonest),
@@ -449,7 +449,7 @@ impl Engine {
                 },
                 _ => PushAnswer::Denied,
             };
-            let decision = decide_push(&self.config.lockout, &mut failures, given, now);
+            let decision = decide_push(&self.config().lockout, &mut failures, given, now);
             let failures_change = if decision.failures_changed {
                 Op::Set(failures.encode(), None)
             } else {

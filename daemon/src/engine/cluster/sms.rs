@@ -77,7 +77,7 @@ impl Engine {
         now: Timestamp,
         rng: &mut R,
     ) -> Result<Reply, StoreError> {
-        let sms = &self.config.sms;
+        let sms = &self.config().sms;
         let Some(device) = self
             .cluster_login_devices(store, user, now)
             .await?
@@ -258,7 +258,7 @@ impl Engine {
                 &mut after,
                 || self.codes.code(code).matches(given.as_bytes()),
                 now,
-                &self.config,
+                &self.config(),
             );
             if decided.session == Disposition::Keep && !decided.failures_changed {
                 // A locked device: nothing changed, nothing to write.

@@ -30,7 +30,7 @@ pub struct ChallengeTable {
     shards: Box<[Mutex<HashMap<ChallengeId, OpenChallenge>>]>,
     mask: u64,
     len: AtomicUsize,
-    capacity: usize,
+    capacity: AtomicUsize,
 }
 
 impl ChallengeTable {
@@ -42,7 +42,7 @@ impl ChallengeTable {
             shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
             mask: shards as u64 - 1,
             len: AtomicUsize::new(0),
-            capacity,
+            capacity: AtomicUsize::new(capacity),
         }
     }
 
@@ -62,6 +62,12 @@ impl ChallengeTable {
         )
     }
 
+    /// Holds at most `capacity` from now on; a smaller one than the
+    /// challenges open refuses new ones until enough expire or are used.
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity, Ordering::Relaxed);
+    }
+
     /// Open challenges right now.
     pub fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
@@ -74,7 +80,7 @@ impl ChallengeTable {
     /// Stores a new challenge under `id`.
     pub fn insert(&self, id: ChallengeId, challenge: OpenChallenge) -> Result<(), InsertError> {
         // Reserve a slot first so that concurrent inserts cannot overshoot.
-        if self.len.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+        if self.len.fetch_add(1, Ordering::AcqRel) >= self.capacity.load(Ordering::Relaxed) {
             self.len.fetch_sub(1, Ordering::AcqRel);
             return Err(InsertError::Full);
         }
