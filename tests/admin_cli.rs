@@ -119,6 +119,29 @@ fn admin_operations_from_the_command_line() {
     }
     assert!(audit["audit"][0]["actor"] == "admin");
 
+    // carol asks to be forgotten: her number and app go, and the log names
+    // her by a pseudonym only.
+    let erased = json(&daemon, &["erase", "carol"]);
+    assert_eq!(erased["devices"], 2);
+    let pseudonym = erased["pseudonym"].as_str().unwrap();
+    assert!(pseudonym.starts_with("erased-"), "{pseudonym}");
+    assert_eq!(
+        json(&daemon, &["devices", "carol"])["devices"],
+        Value::Array(vec![])
+    );
+    let audit = json(&daemon, &["audit", "--limit", "500"]);
+    let log = audit.to_string();
+    assert!(!log.contains("carol"), "{log}");
+    let theirs = audit["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["user"] == pseudonym)
+        .count();
+    // Enrol phone, enrol app, bind, unlock, then the erasure.
+    assert_eq!(theirs, 5, "{log}");
+    assert_eq!(erased["audit_entries"], 4);
+
     // Bad input and an unreachable daemon: one line, non-zero exit.
     let usage = admin(&daemon, &["revoke", "many"]);
     assert_eq!(usage.status.code(), Some(2));

@@ -158,7 +158,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 /// Operation labels of [`REQUESTS`] and [`REQUEST_SECONDS`].
-pub const OPERATIONS: [&str; 45] = [
+pub const OPERATIONS: [&str; 46] = [
     "devices",
     "challenge",
     "verify",
@@ -203,6 +203,7 @@ pub const OPERATIONS: [&str; 45] = [
     "change_pin",
     "complete_activation",
     "backup",
+    "erase",
     "invalid",
 ];
 

@@ -1219,3 +1219,103 @@ fn an_operators_device_list_comes_a_page_at_a_time() {
     assert_eq!(page(&mut w, 0, 0), Vec::<DeviceId>::new());
     assert_eq!(page(&mut w, enrolled[6].0, 3), Vec::<DeviceId>::new());
 }
+
+#[test]
+fn an_erasure_takes_the_shares_the_ledger_and_the_identity_and_keeps_a_pseudonym() {
+    let mut w = World::new("");
+    let olga_dsc = w.enroll("olga", DeviceKind::DscPlus);
+    let joe_card = w.enroll("joe", DeviceKind::Scc);
+    w.set_identity("olga", "CH", "P1");
+    w.set_identity("joe", "CH", "P1");
+    // joe uses olga's card, approved; olga withdraws.
+    let (challenge, response) = w.login("olga", olga_dsc, T0);
+    let Reply::Share { share, .. } = w.admin(
+        Operation::ShareDevice {
+            requesting_user: user("joe"),
+            owner_user: user("olga"),
+            device: olga_dsc,
+            challenge,
+            response,
+        },
+        T0,
+    ) else {
+        panic!("share")
+    };
+    let approve = Operation::DecideShare {
+        share,
+        approve: true,
+    };
+    assert_eq!(
+        w.admin(approve, T0),
+        Reply::Share {
+            share,
+            active: true
+        }
+    );
+    assert!(matches!(
+        w.withdraw("olga", olga_dsc, 50 * USD, T0),
+        Reply::WithdrawalApproved { .. }
+    ));
+    let today = slsd::policy::calendar::Day::of(T0);
+    assert_eq!(
+        w.engine
+            .registry()
+            .withdrawn_on(&user("olga"), today)
+            .unwrap(),
+        50 * USD
+    );
+
+    let Reply::Erased {
+        pseudonym,
+        devices: 1,
+        audit_entries,
+    } = w.admin(Operation::Erase { user: user("olga") }, T0)
+    else {
+        panic!("erase")
+    };
+    // Her account, card and ledger are gone; joe is back on his own card.
+    let registry = w.engine.registry();
+    assert_eq!(
+        registry.user(&user("olga")),
+        slsd::store::Account::default()
+    );
+    assert!(registry.devices_of(&user("olga")).is_empty());
+    assert_eq!(registry.withdrawn_on(&user("olga"), today).unwrap(), 0);
+    assert_eq!(
+        w.devices("joe", T0, false).1,
+        vec![(joe_card, DeviceStatus::Active, None)]
+    );
+    assert_eq!(
+        w.admin(
+            Operation::Shares {
+                page: Page::first(10)
+            },
+            T0
+        ),
+        Reply::Shares(Vec::new())
+    );
+    // No entry names her; hers and joe's share entries name the pseudonym.
+    let audit = w.audit();
+    assert!(audit.iter().all(|e| !e.contains("olga")), "{audit:#?}");
+    let pseudonymous = audit
+        .iter()
+        .filter(|e| e.contains(pseudonym.as_str()))
+        .count();
+    // Enrolment, identity, the share's two entries (owner in the detail),
+    // the withdrawal; then the share's removal and the erasure itself.
+    assert_eq!(audit_entries, 5, "{audit:#?}");
+    assert_eq!(pseudonymous, 7, "{audit:#?}");
+    assert!(
+        audit
+            .last()
+            .unwrap()
+            .starts_with(&format!("admin erase {pseudonym} 1 devices"))
+    );
+    // The restart reads it so.
+    let mut w = w.restart();
+    assert_eq!(
+        w.engine.registry().user(&user("olga")),
+        slsd::store::Account::default()
+    );
+    assert!(w.audit().iter().all(|e| !e.contains("olga")));
+}

@@ -201,3 +201,160 @@ fn operator_changes_answer_and_audit_alike_on_both_stores() {
         ]
     );
 }
+
+/// jdoe with a card, an app, a number and identification; ann (whose name
+/// is not jdoe's) and jdoe2 (whose name holds it) beside; jdoe erased, then
+/// a new jdoe enrolled. The replies and audit log, the pseudonym written
+/// as `<pseudonym>` (each store's key makes its own). `erased` looks at
+/// the store right after the erasure.
+fn erase(node: &Node, erased: impl Fn()) -> Transcript {
+    let user = |name: &str| Username::new(name).unwrap();
+    let enroll_as = |name: &str, kind, secret: Option<[u8; 32]>| {
+        Operation::Enroll(EnrollRequest {
+            user: user(name),
+            kind,
+            secret: secret.map(|s| SecretKey::from_bytes(s.to_vec()).unwrap()),
+            pin: None,
+            label: String::new(),
+        })
+    };
+    let identity = slsd::wire::Identification {
+        residence: "CH".into(),
+        date_of_birth: "1980-01-01".into(),
+        citizenship: "CH".into(),
+        id_document: "passport X123".into(),
+    };
+    let mut replies = Vec::new();
+    let mut pseudonym = None;
+    for operation in [
+        enroll_as("jdoe", DeviceKind::Scc, Some([9; 32])),
+        enroll_as("jdoe", DeviceKind::IbKey, None),
+        Operation::EnrollPhone {
+            user: user("jdoe"),
+            number: PhoneNumber::parse("+41 791234567").unwrap(),
+            label: String::new(),
+        },
+        Operation::SetIdentity {
+            user: user("jdoe"),
+            identity: identity.clone(),
+        },
+        enroll_as("ann", DeviceKind::Scc, Some([8; 32])),
+        enroll_as("jdoe2", DeviceKind::Scc, Some([7; 32])),
+        Operation::Erase { user: user("jdoe") },
+        Operation::ListDevices {
+            user: user("jdoe"),
+            page: slsd::wire::Page::first(10),
+        },
+        // Again: nothing left, nothing more rewritten.
+        Operation::Erase { user: user("jdoe") },
+        // The name is free for someone new, whose entries keep it.
+        enroll_as("jdoe", DeviceKind::Scc, Some([6; 32])),
+    ] {
+        let reply = node.call(operation);
+        if let Reply::Erased { pseudonym: p, .. } = &reply {
+            assert!(p.as_str().starts_with("erased-"), "{p}");
+            if pseudonym.is_none() {
+                erased();
+            }
+            assert_eq!(
+                pseudonym.get_or_insert_with(|| p.clone()),
+                p,
+                "one pseudonym"
+            );
+        }
+        replies.push(match reply {
+            Reply::Enrolled { .. } => "enrolled".to_owned(),
+            Reply::Erased {
+                devices,
+                audit_entries,
+                ..
+            } => format!("erased {devices} devices, {audit_entries} entries"),
+            other => format!("{other:?}"),
+        });
+    }
+    let pseudonym = pseudonym.expect("erased").to_string();
+    let Reply::Audit(entries) = node.call(Operation::AuditLog {
+        after: 0,
+        limit: 100,
+    }) else {
+        panic!("the audit log");
+    };
+    let hide = |text: String| text.replace(&pseudonym, "<pseudonym>");
+    let audit = entries
+        .into_iter()
+        .map(|e| {
+            (
+                e.actor,
+                e.action,
+                e.user.map(|u| hide(u.to_string())),
+                None,
+                hide(e.detail),
+            )
+        })
+        .collect();
+    Transcript { replies, audit }
+}
+
+#[test]
+fn an_erased_user_is_gone_from_both_stores_and_only_a_pseudonym_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::from_toml("").unwrap();
+    let embedded_engine = common::open_engine(dir.path(), config.clone());
+    let cluster_dir = tempfile::tempdir().unwrap();
+    let (engine, memory) = common::open_cluster_engine(cluster_dir.path(), config, T0);
+    let name = Username::new("jdoe").unwrap();
+    let registry = Arc::clone(embedded_engine.registry());
+    let embedded = Node::Embedded(embedded_engine);
+    let cluster = Node::Cluster(engine, Arc::clone(&memory));
+
+    let on_one_node = erase(&embedded, || {
+        assert!(registry.devices_of(&name).is_empty());
+        assert_eq!(registry.user(&name), slsd::store::Account::default());
+    });
+    // Nothing in Redis names jdoe any more but the audit log (whose
+    // entries the transcript shows) and jdoe2's records.
+    let on_the_cluster = erase(&cluster, || {
+        let holding: Vec<String> = memory
+            .keys_holding(b"jdoe")
+            .into_iter()
+            .filter(|key| key != "sls:{audit}:log")
+            .filter(|key| !memory.keys_holding(b"jdoe2").contains(key))
+            .collect();
+        assert_eq!(holding, Vec::<String>::new());
+        assert!(
+            !memory.keys_holding(b"jdoe2").is_empty(),
+            "the search finds names"
+        );
+    });
+    assert_eq!(on_one_node, on_the_cluster);
+    assert_eq!(
+        on_one_node.replies[6..9],
+        [
+            "erased 3 devices, 4 entries",
+            "Devices { required: true, devices: [] }",
+            "erased 0 devices, 0 entries",
+        ]
+    );
+    let jdoe = Some("jdoe".to_owned());
+    let who: Vec<(&str, Option<&str>)> = on_one_node
+        .audit
+        .iter()
+        .map(|e| (e.1.as_str(), e.2.as_deref()))
+        .collect();
+    assert_eq!(
+        who,
+        [
+            ("enroll", Some("<pseudonym>")),
+            ("enroll", Some("<pseudonym>")),
+            ("enroll-phone", Some("<pseudonym>")),
+            ("set-identity", Some("<pseudonym>")),
+            ("enroll", Some("ann")),
+            ("enroll", Some("jdoe2")),
+            ("erase", Some("<pseudonym>")),
+            ("erase", Some("<pseudonym>")),
+            ("enroll", jdoe.as_deref()),
+        ]
+    );
+
+    assert_eq!(registry.devices_of(&name).len(), 1, "the new jdoe");
+}

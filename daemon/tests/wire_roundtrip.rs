@@ -191,6 +191,7 @@ fn operation() -> impl Strategy<Value = Operation> {
         (any::<u64>(), any::<u16>())
             .prop_map(|(after, limit)| Operation::AuditLog { after, limit }),
         "/[a-z/ .-]{0,64}".prop_map(|path| Operation::Backup { path }),
+        username().prop_map(|user| Operation::Erase { user }),
         (
             any::<u64>(),
             any::<bool>(),
@@ -482,6 +483,13 @@ fn reply() -> impl Strategy<Value = Reply> {
         .prop_map(Reply::Audit),
         (any::<u64>(), prop::option::of(serial()))
             .prop_map(|(retired, last)| Reply::TokensRetired { retired, last }),
+        (username(), any::<[u64; 2]>()).prop_map(|(pseudonym, [devices, audit_entries])| {
+            Reply::Erased {
+                pseudonym,
+                devices,
+                audit_entries,
+            }
+        }),
         ("/[a-z/ .-]{0,64}", any::<[u64; 4]>(), millis()).prop_map(
             |(path, [bytes, devices, rows, last_audit], took)| Reply::BackedUp {
                 path,
@@ -947,6 +955,9 @@ fn one_of_each() -> Vec<Operation> {
         Operation::AuditLog { after: 0, limit: 1 },
         Operation::Backup {
             path: "/var/backups/slsd/b.redb".into(),
+        },
+        Operation::Erase {
+            user: Username::new("jdoe").unwrap(),
         },
         Operation::ImportTokens {
             import: 0,

@@ -44,6 +44,7 @@ pub fn facts(operation: &Operation) -> Facts {
     match operation {
         Operation::Enroll(_)
         | Operation::Revoke { .. }
+        | Operation::Erase { .. }
         | Operation::Unlock { .. }
         | Operation::EnrollPhone { .. }
         | Operation::BindPushKey { .. }

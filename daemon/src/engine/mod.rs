@@ -29,6 +29,7 @@ mod activation;
 mod caller;
 mod cluster;
 mod enrolment;
+mod erasure;
 mod facts;
 mod lifecycle;
 mod limits;
@@ -415,6 +416,9 @@ impl Engine {
             }
             Operation::Revoke { device } => {
                 at_once(self.revoke(self.registry.as_ref(), caller, device, now, rng)).into()
+            }
+            Operation::Erase { user } => {
+                at_once(self.erase(self.registry.as_ref(), caller, &user, now, rng)).into()
             }
             Operation::Unlock { user, device } => {
                 let store = self.registry.as_ref();

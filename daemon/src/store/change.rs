@@ -74,6 +74,11 @@ pub trait RegistryChange {
     fn set_life(&mut self, id: DeviceId, life: DeviceLife) -> Result<(), StoreError>;
     fn set_share(&mut self, share: Share) -> Result<(), StoreError>;
     fn remove_share(&mut self, id: ShareId) -> Result<(), StoreError>;
+    /// Removes the change's user's account (residence, identification
+    /// digest, number on record, opt-out) and their withdrawals ledger,
+    /// which reaches back at most `ledger_days`; their devices and share
+    /// are removed one by one beforehand.
+    fn erase_user(&mut self, user: &Username, ledger_days: u32) -> Result<(), StoreError>;
     /// Records what this change did in the audit log (never a secret). A
     /// change that writes anything without an audit entry is refused.
     fn audit(
@@ -111,6 +116,17 @@ pub trait Store: Sync {
     /// The keyed digest of identification data (what sharing compares):
     /// the same on every node of a deployment (they share the key file).
     fn identity_digest(&self, identity: &crate::wire::Identification) -> [u8; 32];
+    /// What `user`'s name becomes in the audit log once they are erased
+    /// (a keyed digest of it; the same on every node).
+    fn pseudonym(&self, user: &Username) -> Username;
+    /// Rewrites the audit log's entries that name `user` (`records::
+    /// pseudonymized`) up to the last `erase` entry of `pseudonym`, so an
+    /// entry of someone given the name afterwards keeps it; how many.
+    fn pseudonymize_audit(
+        &self,
+        user: &Username,
+        pseudonym: &Username,
+    ) -> impl Future<Output = Result<u64, StoreError>>;
     fn device(&self, id: DeviceId)
     -> impl Future<Output = Result<Option<Arc<Device>>, StoreError>>;
     fn user_view(&self, user: &Username) -> impl Future<Output = Result<UserView, StoreError>>;

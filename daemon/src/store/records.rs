@@ -464,6 +464,19 @@ impl DeviceCodec {
         self.cipher.digest("sls/1 identification", &parts)
     }
 
+    /// What an erased user's name becomes in the audit log: a keyed
+    /// digest of the name, so entries of one person stay linkable to each
+    /// other, and only someone holding the key file can tell whether a
+    /// given name was erased.
+    pub(in crate::store) fn pseudonym(&self, user: &Username) -> Username {
+        let digest = self
+            .cipher
+            .digest("sls/1 erased user", &[user.as_str().as_bytes()]);
+        let hex: String = digest.iter().take(10).map(|b| format!("{b:02x}")).collect();
+        // Letters, digits and one dash: always a valid name.
+        Username::new(&format!("erased-{hex}")).unwrap_or_else(|_| user.clone())
+    }
+
     /// A user record as either store keeps it, the number sealed.
     pub(in crate::store) fn encode_user<R: CryptoRng + ?Sized>(
         &self,
@@ -637,6 +650,54 @@ pub(in crate::store) fn decode_share(id: ShareId, bytes: &[u8]) -> Option<Share>
     })
 }
 
+/// `entry` with `user` replaced by `pseudonym`, if it names them: as its
+/// user, or as a whole name in its detail ("owner alice, share 7"); the
+/// one rule both stores rewrite their audit logs by (an erasure).
+pub(in crate::store) fn pseudonymized(
+    entry: &AuditRecord,
+    user: &Username,
+    pseudonym: &Username,
+) -> Option<AuditRecord> {
+    let named = entry.user.as_ref() == Some(user);
+    let detail = replace_name(&entry.detail, user.as_str(), pseudonym.as_str());
+    if !named && detail.is_none() {
+        return None;
+    }
+    Some(AuditRecord {
+        user: if named {
+            Some(pseudonym.clone())
+        } else {
+            entry.user.clone()
+        },
+        detail: detail.unwrap_or_else(|| entry.detail.clone()),
+        ..entry.clone()
+    })
+}
+
+/// `text` with every whole occurrence of `name` (not part of a longer
+/// name: no name character either side) replaced by `with`; `None` when
+/// there is none.
+fn replace_name(text: &str, name: &str, with: &str) -> Option<String> {
+    let part_of_a_name = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-');
+    let mut out = String::with_capacity(text.len());
+    let mut replaced = false;
+    let mut from = 0;
+    for (at, _) in text.match_indices(name) {
+        let end = at + name.len();
+        let before = text.get(..at).and_then(|t| t.chars().next_back());
+        let after = text.get(end..).and_then(|t| t.chars().next());
+        if at < from || before.is_some_and(part_of_a_name) || after.is_some_and(part_of_a_name) {
+            continue;
+        }
+        out.push_str(text.get(from..at).unwrap_or_default());
+        out.push_str(with);
+        from = end;
+        replaced = true;
+    }
+    out.push_str(text.get(from..).unwrap_or_default());
+    replaced.then_some(out)
+}
+
 pub(in crate::store) fn encode_audit(entry: &AuditRecord) -> Vec<u8> {
     let mut out = vec![1u8];
     out.put_u64(entry.at.0);
@@ -679,6 +740,40 @@ pub(in crate::store) fn decode_audit(seq: u64, bytes: &[u8]) -> Option<AuditReco
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_erased_name_is_replaced_where_it_stands_alone() {
+        let ann = Username::new("ann").unwrap();
+        let erased = Username::new("erased-00").unwrap();
+        let entry = |user: &str, detail: &str| AuditRecord {
+            seq: 3,
+            at: Timestamp(5),
+            actor: "admin".into(),
+            action: "share-active".into(),
+            user: Username::new(user).ok(),
+            device: None,
+            detail: detail.into(),
+        };
+        let rewritten = pseudonymized(&entry("ann", "owner bob, share 1"), &ann, &erased).unwrap();
+        assert_eq!(rewritten.user, Some(erased.clone()));
+        assert_eq!(rewritten.detail, "owner bob, share 1");
+        assert_eq!(rewritten.seq, 3);
+        let rewritten = pseudonymized(&entry("bob", "owner ann, share 1"), &ann, &erased).unwrap();
+        assert_eq!(rewritten.user, Username::new("bob").ok());
+        assert_eq!(rewritten.detail, "owner erased-00, share 1");
+        // Names that only contain hers are someone else's.
+        for detail in ["owner anna, share 1", "owner jo.ann", "hannah", "ann-marie"] {
+            assert_eq!(
+                pseudonymized(&entry("bob", detail), &ann, &erased),
+                None,
+                "{detail}"
+            );
+        }
+        assert_eq!(
+            replace_name("ann, ann and anna", "ann", "x").as_deref(),
+            Some("x, x and anna")
+        );
+    }
+
     use super::*;
 
     #[test]

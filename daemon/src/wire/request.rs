@@ -149,6 +149,10 @@ pub enum Operation {
     /// daemon to `path` (absolute, on the daemon's machine, not existing)
     /// while it serves; the key file is not in it.
     Backup { path: String },
+    /// Everything held about `user` removed (devices, numbers, the
+    /// account and its identification digest, the ledger, shares), and
+    /// the name in the audit log replaced by a keyed pseudonym.
+    Erase { user: Username },
     /// A vendor's tokens, in batches (`slsd admin import-tokens`): import
     /// 0 begins an import and the reply names it; `commit` ends it. All or
     /// nothing: a refused batch drops the whole import.
@@ -317,6 +321,7 @@ impl Operation {
             Self::PendingActivations { .. } => 0x32,
             Self::AuditLog { .. } => 0x33,
             Self::Backup { .. } => 0x3c,
+            Self::Erase { .. } => 0x3d,
             Self::StartPhoneVerification { .. } => 0x34,
             Self::ConfirmPhone { .. } => 0x35,
             Self::ImportTokens { .. } => 0x36,
@@ -367,6 +372,7 @@ impl Operation {
             Self::PendingActivations { .. } => "pending_activations",
             Self::AuditLog { .. } => "audit_log",
             Self::Backup { .. } => "backup",
+            Self::Erase { .. } => "erase",
             Self::StartPhoneVerification { .. } => "start_phone_verification",
             Self::ConfirmPhone { .. } => "confirm_phone",
             Self::ImportTokens { .. } => "import_tokens",
@@ -609,6 +615,9 @@ impl Request {
             },
             0x3c => Operation::Backup {
                 path: r.str("path")?.to_owned(),
+            },
+            0x3d => Operation::Erase {
+                user: user(&mut r)?,
             },
             0x36 => Operation::ImportTokens {
                 import: r.u64("import")?,
@@ -896,6 +905,7 @@ impl Request {
                 out.put_u16(*limit);
             }
             Operation::Backup { path } => out.put_bytes(path.as_bytes()),
+            Operation::Erase { user } => out.put_bytes(user.as_str().as_bytes()),
             Operation::SendCode { user, channel } => {
                 out.put_bytes(user.as_str().as_bytes());
                 out.put_u8(channel.code());

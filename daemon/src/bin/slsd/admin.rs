@@ -101,6 +101,13 @@ enum AdminOperation {
     },
     /// Withdraw a device for good.
     Revoke { device: u64 },
+    /// Remove everything held about a user (devices, numbers, account,
+    /// ledger, shares); the audit log keeps its entries about them under
+    /// a keyed pseudonym. Cannot be undone.
+    Erase {
+        #[arg(value_parser = username)]
+        user: Username,
+    },
     /// Every device of a user, with its state.
     Devices {
         #[arg(value_parser = username)]
@@ -372,6 +379,7 @@ impl AdminOperation {
             Self::Revoke { device } => Operation::Revoke {
                 device: DeviceId(device),
             },
+            Self::Erase { user } => Operation::Erase { user },
             Self::Devices { user, page } => Operation::ListDevices {
                 user,
                 page: page.into(),
@@ -812,6 +820,16 @@ fn describe(reply: &Reply) -> anyhow::Result<Value> {
                 "locked_for_s": d.locked_for.as_secs(),
                 "owner": d.owner.as_ref().map(Username::to_string),
             })).collect::<Vec<_>>(),
+        }),
+        Reply::Erased {
+            pseudonym,
+            devices,
+            audit_entries,
+        } => json!({
+            "erased": true,
+            "pseudonym": pseudonym.as_str(),
+            "devices": devices,
+            "audit_entries": audit_entries,
         }),
         Reply::BackedUp {
             path,

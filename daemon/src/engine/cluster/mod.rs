@@ -127,6 +127,7 @@ impl Engine {
             }
             Operation::Enroll(request) => self.enroll(store, caller, request, now, rng).await,
             Operation::Revoke { device } => self.revoke(store, caller, device, now, rng).await,
+            Operation::Erase { user } => self.erase(store, caller, &user, now, rng).await,
             Operation::BindPushKey { device, key } => {
                 self.bind_push_key(store, caller, device, key, now, rng)
                     .await

@@ -259,6 +259,9 @@ pub struct ClusterChange<'a, R: ?Sized> {
     /// Devices whose failures are cleared, and the least moving factor
     /// each keeps.
     cleared: Vec<(DeviceId, u64)>,
+    /// The user is erased: the account goes, and the ledger's days up to
+    /// this many back.
+    erased: Option<u32>,
     wrote: bool,
 }
 
@@ -494,6 +497,16 @@ impl<R: CryptoRng + ?Sized> RegistryChange for ClusterChange<'_, R> {
         Ok(())
     }
 
+    fn erase_user(&mut self, user: &Username, ledger_days: u32) -> Result<(), StoreError> {
+        if user != &self.user {
+            return Err(self.outside("another user's account"));
+        }
+        self.erased = Some(ledger_days);
+        self.account_next = None;
+        self.wrote = true;
+        Ok(())
+    }
+
     fn audit(
         &mut self,
         action: &str,
@@ -517,6 +530,31 @@ impl<R: CryptoRng + ?Sized> RegistryChange for ClusterChange<'_, R> {
 
 impl ClusterStore {
     /// A user's account and lifecycle records, read together.
+    /// Deletes `user`'s lifecycle record once it holds nothing but marks
+    /// of devices whose records are gone (an erasure: its key names the
+    /// user). A change another node made meanwhile keeps it.
+    async fn drop_empty_life(&self, user: &Username) -> Result<(), StoreError> {
+        let (_, _, life_read, life) = self.user_records(user).await?;
+        let gone = async {
+            for id in &life.retired {
+                let record = self.redis.get(&super::device_key(*id)).await;
+                if record.map_err(StoreError::from)?.is_some() {
+                    return Ok::<_, StoreError>(false);
+                }
+            }
+            Ok(true)
+        };
+        if life_read.value.is_some()
+            && life.lives.is_empty()
+            && life.share.is_none()
+            && gone.await?
+        {
+            let delete = [(UserRecord::Life, life_read.version, Op::Delete)];
+            self.write_user(user, &delete, true).await?;
+        }
+        Ok(())
+    }
+
     async fn user_records(
         &self,
         user: &Username,
@@ -671,6 +709,18 @@ impl ClusterStore {
 impl Store for ClusterStore {
     fn identity_digest(&self, identity: &crate::wire::Identification) -> [u8; 32] {
         ClusterStore::identity_digest(self, identity)
+    }
+
+    fn pseudonym(&self, user: &Username) -> Username {
+        self.codec.pseudonym(user)
+    }
+
+    async fn pseudonymize_audit(
+        &self,
+        user: &Username,
+        pseudonym: &Username,
+    ) -> Result<u64, StoreError> {
+        ClusterStore::pseudonymize_audit(self, user, pseudonym).await
     }
 
     async fn stage_tokens<R: CryptoRng + ?Sized>(
@@ -855,6 +905,7 @@ impl Store for ClusterStore {
                 push_keys: Vec::new(),
                 removed: Vec::new(),
                 cleared: Vec::new(),
+                erased: None,
                 wrote: false,
             };
             let decided = decide(&mut change);
@@ -875,6 +926,7 @@ impl Store for ClusterStore {
                 push_keys,
                 removed,
                 cleared,
+                erased,
                 wrote,
                 devices,
                 ..
@@ -911,9 +963,10 @@ impl Store for ClusterStore {
             }
             let mut pending = decode_unlogged(user, &unlogged_read)?;
             pending.extend(audits.iter().map(encode_audit));
-            let account_op = match &account_next {
-                Some(next) => Op::Set(self.codec.encode_user(&mut *rng, user, next)?, None),
-                None => Op::Keep,
+            let account_op = match (&account_next, erased) {
+                (_, Some(_)) => Op::Delete,
+                (Some(next), None) => Op::Set(self.codec.encode_user(&mut *rng, user, next)?, None),
+                (None, None) => Op::Keep,
             };
             let life_op = if after == before {
                 Op::Keep
@@ -983,6 +1036,10 @@ impl Store for ClusterStore {
                 removed,
             };
             self.finish_change(user, done, &index_removed).await?;
+            if let Some(days) = erased {
+                self.erase_ledger(user, now, days).await?;
+                self.drop_empty_life(user).await?;
+            }
             for entry in &audits {
                 crate::events::emit(|| crate::events::Event::audited(entry));
             }

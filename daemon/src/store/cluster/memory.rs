@@ -106,6 +106,33 @@ impl MemoryRedis {
         self.keyspace().conflicts
     }
 
+    /// The live keys whose name or any value holds `needle` (what an
+    /// erasure must leave none of).
+    pub fn keys_holding(&self, needle: &[u8]) -> Vec<String> {
+        let holds =
+            |bytes: &[u8]| !needle.is_empty() && bytes.windows(needle.len()).any(|w| w == needle);
+        let mut keyspace = self.keyspace();
+        let now = keyspace.now_ms;
+        keyspace
+            .entries
+            .retain(|_, e| e.expires_at.is_none_or(|at| at > now));
+        keyspace
+            .entries
+            .iter()
+            .filter(|(key, entry)| {
+                holds(key)
+                    || match &entry.data {
+                        Data::Text(value) => holds(value),
+                        Data::Hash(fields) => fields.iter().any(|(f, v)| holds(f) || holds(v)),
+                        Data::Set(members) => members.iter().any(|m| holds(m)),
+                        Data::List(items) => items.iter().any(|i| holds(i)),
+                        Data::Sorted(members) => members.keys().any(|m| holds(m)),
+                    }
+            })
+            .map(|(key, _)| String::from_utf8_lossy(key).into_owned())
+            .collect()
+    }
+
     /// How many commands it has answered (a server's round trips).
     pub fn commands(&self) -> u64 {
         self.keyspace().commands
@@ -406,6 +433,22 @@ impl Keyspace {
                         text(key),
                         Value::Array(popped.into_iter().map(Value::BulkString).collect()),
                     ])
+                }
+            }
+            b"LSET" => {
+                let (Some(index), Some(value)) = (args.get(1), args.get(2)) else {
+                    return Err(unexpected("LSET"));
+                };
+                let index = usize::try_from(unsigned(index)?).unwrap_or(usize::MAX);
+                match self.entries.get_mut(key).map(|entry| &mut entry.data) {
+                    Some(Data::List(list)) => match list.get_mut(index) {
+                        Some(slot) => {
+                            *slot = value.to_vec();
+                            Value::Okay
+                        }
+                        None => return Err(unexpected("LSET: index out of range")),
+                    },
+                    _ => return Err(unexpected("LSET: no such key")),
                 }
             }
             b"LRANGE" => {

@@ -915,6 +915,67 @@ impl ClusterStore {
         self.audit(&entry).await.map(|_| ())
     }
 
+    /// Deletes `user`'s withdrawals ledger: the days from `days` before
+    /// `now`'s to today (older ones expired).
+    pub(super) async fn erase_ledger(
+        &self,
+        user: &Username,
+        now: Timestamp,
+        days: u32,
+    ) -> Result<(), StoreError> {
+        let tag = format!("u:{user}");
+        let today = Day::of(now).0;
+        let keys: Vec<Key> = (today.saturating_sub(days)..=today)
+            .map(|day| Key::new(&tag, &format!("w:{day}")))
+            .collect();
+        let keys: Vec<&Key> = keys.iter().collect();
+        self.redis.delete(&keys, true).await?;
+        Ok(())
+    }
+
+    /// Rewrites the deployment's audit entries that name `user`, before
+    /// the last `erase` entry of `pseudonym` (`Store::pseudonymize_audit`):
+    /// each in place, tagged anew; how many. Entries are only ever
+    /// appended, so their places hold while this runs.
+    pub async fn pseudonymize_audit(
+        &self,
+        user: &Username,
+        pseudonym: &Username,
+    ) -> Result<u64, StoreError> {
+        let mut named = Vec::new();
+        let mut erased_at = None;
+        let mut after = 0;
+        loop {
+            let page = self
+                .audit_log(after, crate::wire::request::MAX_PAGE)
+                .await?;
+            let Some(last) = page.last().map(|e| e.seq) else {
+                break;
+            };
+            for entry in page {
+                if entry.action == "erase" && entry.user.as_ref() == Some(pseudonym) {
+                    erased_at = Some(entry.seq);
+                }
+                if let Some(new) = crate::store::records::pseudonymized(&entry, user, pseudonym) {
+                    named.push(new);
+                }
+            }
+            after = last;
+        }
+        let Some(erased_at) = erased_at else {
+            return Ok(0);
+        };
+        let log = audit_log_key();
+        let mut rewritten = 0;
+        for entry in named.iter().filter(|e| e.seq < erased_at) {
+            let tagged = self.tagged(&log, PLAIN, &encode_audit(entry));
+            // The list is numbered from 0, the log from 1.
+            self.redis.set_at(&log, entry.seq - 1, &tagged).await?;
+            rewritten += 1;
+        }
+        Ok(rewritten)
+    }
+
     /// The audit log after entry `after`, at most `limit` entries.
     pub async fn audit_log(
         &self,

@@ -1205,6 +1205,14 @@ impl RedisStore {
         u64::try_from(seq).map_err(|_| RedisError::Unexpected(format!("sequence {seq}")))
     }
 
+    /// Replaces the entry at `index` of the list at `key` (which must
+    /// have it).
+    pub async fn set_at(&self, key: &Key, index: u64, value: &[u8]) -> Result<(), RedisError> {
+        let mut command = redis::cmd("LSET");
+        command.arg(key.as_str()).arg(index).arg(value);
+        self.run(key, command, true).await.map(drop)
+    }
+
     /// Up to `count` entries of the list at `key` from index `start`.
     pub async fn range(
         &self,

@@ -41,6 +41,8 @@ enum Effect {
     Index(Box<Device>),
     Unindex(DeviceId),
     User(Username, Account),
+    /// An erased user's account.
+    Forget(Username),
     Life(DeviceId, DeviceLife),
     Share(Share),
     Unshare(ShareId),
@@ -274,6 +276,23 @@ impl<R: CryptoRng + ?Sized> Change<'_, R> {
         Ok(())
     }
 
+    /// Removes `user`'s account and withdrawals ledger (every day kept).
+    pub fn erase_user(&mut self, user: &Username) -> Result<(), StoreError> {
+        self.wrote = true;
+        self.txn.open_table(USERS)?.remove(user.as_str())?;
+        let mut ledger = self.txn.open_table(LEDGER)?;
+        let days: Vec<u32> = ledger
+            .range((user.as_str(), 0)..=(user.as_str(), u32::MAX))?
+            .map(|entry| entry.map(|(key, _)| key.value().1))
+            .collect::<Result<_, _>>()?;
+        for day in days {
+            ledger.remove((user.as_str(), day))?;
+        }
+        drop(ledger);
+        self.effects.push(Effect::Forget(user.clone()));
+        Ok(())
+    }
+
     pub fn remove_share(&mut self, id: ShareId) -> Result<(), StoreError> {
         self.wrote = true;
         self.txn.open_table(SHARES)?.remove(id.0)?;
@@ -421,6 +440,9 @@ impl Registry {
             Effect::User(user, record) => {
                 self.users_mut().insert(user, record);
             }
+            Effect::Forget(user) => {
+                self.users_mut().remove(&user);
+            }
             Effect::Life(id, life) => {
                 if let Some(device) = self.device(id) {
                     let mut shipped = self.shipped_mut();
@@ -478,6 +500,50 @@ impl Registry {
             );
         }
         Ok(entries)
+    }
+
+    /// Rewrites the audit entries naming `user` before the last `erase`
+    /// entry of `pseudonym` (`Store::pseudonymize_audit`), in one write
+    /// transaction; how many.
+    pub fn pseudonymize_audit(
+        &self,
+        user: &Username,
+        pseudonym: &Username,
+    ) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut table = txn.open_table(AUDIT)?;
+        let decode = |seq: u64, bytes: &[u8]| {
+            decode_audit(seq, bytes).ok_or_else(|| StoreError::Corrupt {
+                device: 0,
+                problem: format!("audit entry {seq}"),
+            })
+        };
+        let mut erased_at = None;
+        for entry in table.iter()?.rev() {
+            let (seq, bytes) = entry?;
+            let entry = decode(seq.value(), bytes.value())?;
+            if entry.action == "erase" && entry.user.as_ref() == Some(pseudonym) {
+                erased_at = Some(entry.seq);
+                break;
+            }
+        }
+        let Some(erased_at) = erased_at else {
+            return Ok(0);
+        };
+        let mut rewritten = Vec::new();
+        for entry in table.range(..erased_at)? {
+            let (seq, bytes) = entry?;
+            let entry = decode(seq.value(), bytes.value())?;
+            if let Some(new) = crate::store::records::pseudonymized(&entry, user, pseudonym) {
+                rewritten.push(new);
+            }
+        }
+        for entry in &rewritten {
+            table.insert(entry.seq, encode_audit(entry).as_slice())?;
+        }
+        drop(table);
+        txn.commit()?;
+        Ok(rewritten.len() as u64)
     }
 
     /// The keyed digest of identification data: what sharing compares.
@@ -576,6 +642,10 @@ impl<R: CryptoRng + ?Sized> crate::store::RegistryChange for Change<'_, R> {
 
     fn remove_share(&mut self, id: ShareId) -> Result<(), StoreError> {
         Change::remove_share(self, id)
+    }
+
+    fn erase_user(&mut self, user: &Username, _ledger_days: u32) -> Result<(), StoreError> {
+        Change::erase_user(self, user)
     }
 
     fn audit(

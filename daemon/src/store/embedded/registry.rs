@@ -550,6 +550,18 @@ impl crate::store::Store for Registry {
         Registry::identity_digest(self, identity)
     }
 
+    fn pseudonym(&self, user: &Username) -> Username {
+        self.codec.pseudonym(user)
+    }
+
+    async fn pseudonymize_audit(
+        &self,
+        user: &Username,
+        pseudonym: &Username,
+    ) -> Result<u64, StoreError> {
+        Registry::pseudonymize_audit(self, user, pseudonym)
+    }
+
     async fn device(&self, id: DeviceId) -> Result<Option<Arc<Device>>, StoreError> {
         Ok(Registry::device(self, id))
     }

@@ -134,6 +134,11 @@ impl Response {
                 last_audit: r.u64("last audit")?,
                 took: Duration::from_millis(r.u64("took")?),
             },
+            0x3d => Reply::Erased {
+                pseudonym: username(&mut r, "pseudonym")?,
+                devices: r.u64("devices")?,
+                audit_entries: r.u64("audit entries")?,
+            },
             0x3a => Reply::TokensRetired {
                 retired: r.u64("retired")?,
                 last: crate::wire::token::optional_serial(&mut r, "last")?,

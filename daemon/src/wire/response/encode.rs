@@ -114,6 +114,15 @@ impl Response {
                 out.put_u64(*count);
                 out.put_u8(u8::from(*committed));
             }
+            Reply::Erased {
+                pseudonym,
+                devices,
+                audit_entries,
+            } => {
+                out.put_bytes(pseudonym.as_str().as_bytes());
+                out.put_u64(*devices);
+                out.put_u64(*audit_entries);
+            }
             Reply::BackedUp {
                 path,
                 bytes,

@@ -159,6 +159,13 @@ pub enum Reply {
         last_audit: u64,
         took: Duration,
     },
+    /// To `Erase`: the pseudonym the user's audit entries now carry, the
+    /// devices removed and the audit entries rewritten.
+    Erased {
+        pseudonym: Username,
+        devices: u64,
+        audit_entries: u64,
+    },
     /// To `ImportTokens`: the import, and the tokens of this batch — or,
     /// once `committed`, of the whole import.
     TokensImported {
@@ -469,6 +476,7 @@ impl Reply {
             Self::PendingActivations(_) => 0x32,
             Self::Audit(_) => 0x33,
             Self::BackedUp { .. } => 0x3c,
+            Self::Erased { .. } => 0x3d,
             Self::TokensImported { .. } => 0x36,
             Self::Tokens(_) => 0x37,
             Self::TokensRetired { .. } => 0x3a,
