@@ -1402,3 +1402,64 @@ async fn the_registry_comes_back_from_an_rdb_backup_of_the_cluster() {
         ));
     }
 }
+
+/// Every key on the cluster's masters whose name holds `needle`.
+fn keys_naming(cluster: &sls_sim::cluster::Cluster, needle: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    for port in cluster.masters().unwrap() {
+        let found = cluster
+            .cli(port, &format!("--scan --pattern *{needle}*"))
+            .unwrap();
+        keys.extend(found.lines().filter(|l| !l.is_empty()).map(str::to_owned));
+    }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_on_one_node_leaves_no_key_naming_the_user_and_a_pseudonymous_log() {
+    let d = deploy("");
+    let admin_a = d.a.client(Role::Admin).await;
+    let erin = enroll_dsc(&admin_a, "erin").await.unwrap();
+    let other = enroll_dsc(&admin_a, "frank").await.unwrap();
+    let gateway = d.b.client(Role::Gateway).await;
+    // A login on the other node leaves records of its own (the issuance
+    // limiter, the question asked).
+    let (challenge, right) = open(&gateway, "erin", erin).await;
+    assert!(matches!(
+        verify(&gateway, challenge, &right).await,
+        Verdict::Accepted { .. }
+    ));
+    let named = tokio::task::block_in_place(|| keys_naming(&d.cluster, "erin"));
+    assert!(!named.is_empty(), "the scan finds her keys");
+
+    let admin_b = d.b.client(Role::Admin).await;
+    let Reply::Erased {
+        pseudonym,
+        devices: 1,
+        audit_entries: 1,
+    } = admin_b
+        .call(Operation::Erase {
+            user: slsd::identity::Username::new("erin").unwrap(),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("erase")
+    };
+    let named = tokio::task::block_in_place(|| keys_naming(&d.cluster, "erin"));
+    assert_eq!(named, Vec::<String>::new());
+    assert!(listed(&admin_a, "erin").await.is_empty());
+    let log = audit_log(&admin_a, 0).await;
+    assert!(
+        log.iter()
+            .all(|e| e.user.as_ref().map(|u| u.as_str()) != Some("erin"))
+    );
+    let theirs: Vec<&str> = log
+        .iter()
+        .filter(|e| e.user.as_ref() == Some(&pseudonym))
+        .map(|e| e.action.as_str())
+        .collect();
+    assert_eq!(theirs, ["enroll", "erase"]);
+    // frank is untouched.
+    assert_eq!(listed(&admin_a, "frank").await[0].0, other);
+}

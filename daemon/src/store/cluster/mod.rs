@@ -253,6 +253,11 @@ fn user_record_keys<'r>(
         .collect()
 }
 
+/// `user`'s issuance limiter (a GCRA; it lapses when idle).
+fn issued_key(user: &Username) -> Key {
+    Key::new(&user_tag(user), "issued")
+}
+
 fn user_record_key(user: &Username, record: UserRecord) -> Key {
     let tag = user_tag(user);
     match record {
@@ -844,8 +849,11 @@ impl ClusterStore {
             &phone_link_key(id),
         ];
         let deleted = self.redis.delete(&keys, true).await?;
+        // What the user's slot keeps of the device: its failure state and
+        // the questions it was asked.
         let failures = user_record_key(&device.user, UserRecord::Failures(id));
-        self.redis.delete(&[&failures], true).await?;
+        let questions = user_record_key(&device.user, UserRecord::Questions(id));
+        self.redis.delete(&[&failures, &questions], true).await?;
         if device.kind == DeviceKind::Sms {
             // The user may now register another number.
             let claim = phone_claim_key(&device.user);
@@ -915,8 +923,8 @@ impl ClusterStore {
         self.audit(&entry).await.map(|_| ())
     }
 
-    /// Deletes `user`'s withdrawals ledger: the days from `days` before
-    /// `now`'s to today (older ones expired).
+    /// Deletes `user`'s withdrawals ledger (the days from `days` before
+    /// `now`'s to today; older ones expired) and their issuance limiter.
     pub(super) async fn erase_ledger(
         &self,
         user: &Username,
@@ -927,6 +935,7 @@ impl ClusterStore {
         let today = Day::of(now).0;
         let keys: Vec<Key> = (today.saturating_sub(days)..=today)
             .map(|day| Key::new(&tag, &format!("w:{day}")))
+            .chain([issued_key(user)])
             .collect();
         let keys: Vec<&Key> = keys.iter().collect();
         self.redis.delete(&keys, true).await?;
@@ -1027,7 +1036,7 @@ impl ClusterStore {
         now: Timestamp,
         records: &[UserRecord],
     ) -> Result<(Decision, Vec<Versioned>), StoreError> {
-        let limit = Key::new(&user_tag(user), "issued");
+        let limit = issued_key(user);
         let keys = user_record_keys(user, records);
         let keys: Vec<&Key> = keys.iter().collect();
         let (decision, read) = self.redis.gcra_and_read(&limit, rate, now, &keys).await?;
@@ -1066,7 +1075,7 @@ impl ClusterStore {
         changes: &[(UserRecord, u64, Op)],
         back: &[UserRecord],
     ) -> Result<IssuedWrite, StoreError> {
-        let limit = Key::new(&user_tag(user), "issued");
+        let limit = issued_key(user);
         let keys = user_record_keys(user, changes.iter().map(|(record, _, _)| record));
         let tagged = self.tagged_changes(&keys, changes);
         let back_keys = user_record_keys(user, back);
@@ -1355,7 +1364,7 @@ impl ClusterStore {
         now: Timestamp,
         rate: Rate,
     ) -> Result<Decision, StoreError> {
-        let key = Key::new(&format!("u:{user}"), "issued");
+        let key = issued_key(user);
         Ok(self.redis.gcra(&key, rate, now).await?)
     }
 
