@@ -529,7 +529,6 @@ impl<R: CryptoRng + ?Sized> RegistryChange for ClusterChange<'_, R> {
 }
 
 impl ClusterStore {
-    /// A user's account and lifecycle records, read together.
     /// Deletes `user`'s lifecycle record once it holds nothing but marks
     /// of devices whose records are gone (an erasure: its key names the
     /// user). A change another node made meanwhile keeps it.
@@ -555,6 +554,7 @@ impl ClusterStore {
         Ok(())
     }
 
+    /// A user's account and lifecycle records, read together.
     async fn user_records(
         &self,
         user: &Username,
