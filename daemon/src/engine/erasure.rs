@@ -70,7 +70,8 @@ impl Engine {
                 }
                 c.erase_user(user, ledger_days)?;
                 let detail = format!("{} devices", devices.len());
-                c.audit("erase", Some(&pseudonym), None, detail)?;
+                let erase = crate::store::records::ERASE_ACTION;
+                c.audit(erase, Some(&pseudonym), None, detail)?;
                 Ok::<_, StoreError>(
                     devices
                         .iter()

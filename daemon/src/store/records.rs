@@ -650,6 +650,16 @@ pub(in crate::store) fn decode_share(id: ShareId, bytes: &[u8]) -> Option<Share>
     })
 }
 
+/// The audit action of an erasure, whose entry names the pseudonym.
+pub(crate) const ERASE_ACTION: &str = "erase";
+
+/// Whether `entry` is the erasure that gave `pseudonym`: the entries
+/// before it that name the user are rewritten, those after it are of
+/// someone given the name since.
+pub(in crate::store) fn is_erasure_of(entry: &AuditRecord, pseudonym: &Username) -> bool {
+    entry.action == ERASE_ACTION && entry.user.as_ref() == Some(pseudonym)
+}
+
 /// `entry` with `user` replaced by `pseudonym`, if it names them: as its
 /// user, or as a whole name in its detail ("owner alice, share 7"); the
 /// one rule both stores rewrite their audit logs by (an erasure).

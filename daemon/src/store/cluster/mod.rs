@@ -962,7 +962,7 @@ impl ClusterStore {
                 break;
             };
             for entry in page {
-                if entry.action == "erase" && entry.user.as_ref() == Some(pseudonym) {
+                if crate::store::records::is_erasure_of(&entry, pseudonym) {
                     erased_at = Some(entry.seq);
                 }
                 if let Some(new) = crate::store::records::pseudonymized(&entry, user, pseudonym) {

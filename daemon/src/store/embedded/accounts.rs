@@ -522,7 +522,7 @@ impl Registry {
         for entry in table.iter()?.rev() {
             let (seq, bytes) = entry?;
             let entry = decode(seq.value(), bytes.value())?;
-            if entry.action == "erase" && entry.user.as_ref() == Some(pseudonym) {
+            if crate::store::records::is_erasure_of(&entry, pseudonym) {
                 erased_at = Some(entry.seq);
                 break;
             }
