@@ -57,6 +57,11 @@ pub const EVENTS_DROPPED: &str = "sls_events_dropped_total";
 /// Reloads of the configuration file on SIGHUP, by `result` ("applied",
 /// "refused": it changed a key that cannot change live, "invalid").
 pub const CONFIG_RELOADS: &str = "sls_config_reloads_total";
+/// Records a key rotation's pass has sealed again under the new key.
+pub const KEYS_RESEALED: &str = "sls_keys_resealed_total";
+/// Keys the keyring still holds besides the active one: above 0 while a
+/// rotation's pass runs (or has stalled).
+pub const KEYS_RETIRING: &str = "sls_keys_retiring";
 /// Round trips to the shared store (redis backend), by `durable` ("yes":
 /// the write waited for replicas in the same round trip).
 pub const STORE_ROUND_TRIPS: &str = "sls_store_round_trips_total";
@@ -85,7 +90,7 @@ pub const RADIUS_SECONDS: &str = "sls_radius_seconds";
 /// alerting rules may name (`contrib/`; `daemon/tests/contrib.rs` checks
 /// them). A histogram also exports `NAME_bucket`, `NAME_sum` and
 /// `NAME_count`.
-pub const ALL: [&str; 28] = [
+pub const ALL: [&str; 30] = [
     REQUESTS,
     REQUEST_SECONDS,
     LOCKOUTS,
@@ -114,6 +119,8 @@ pub const ALL: [&str; 28] = [
     RADIUS_SECONDS,
     EVENTS_DROPPED,
     CONFIG_RELOADS,
+    KEYS_RESEALED,
+    KEYS_RETIRING,
 ];
 
 /// The histograms among [`ALL`].
@@ -158,7 +165,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 /// Operation labels of [`REQUESTS`] and [`REQUEST_SECONDS`].
-pub const OPERATIONS: [&str; 46] = [
+pub const OPERATIONS: [&str; 47] = [
     "devices",
     "challenge",
     "verify",
@@ -204,6 +211,7 @@ pub const OPERATIONS: [&str; 46] = [
     "complete_activation",
     "backup",
     "erase",
+    "keyring",
     "invalid",
 ];
 

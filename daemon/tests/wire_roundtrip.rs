@@ -192,6 +192,7 @@ fn operation() -> impl Strategy<Value = Operation> {
             .prop_map(|(after, limit)| Operation::AuditLog { after, limit }),
         "/[a-z/ .-]{0,64}".prop_map(|path| Operation::Backup { path }),
         username().prop_map(|user| Operation::Erase { user }),
+        any::<bool>().prop_map(|rotate| Operation::Keyring { rotate }),
         (
             any::<u64>(),
             any::<bool>(),
@@ -483,6 +484,16 @@ fn reply() -> impl Strategy<Value = Reply> {
         .prop_map(Reply::Audit),
         (any::<u64>(), prop::option::of(serial()))
             .prop_map(|(retired, last)| Reply::TokensRetired { retired, last }),
+        (
+            any::<u32>(),
+            prop::collection::vec(any::<u32>(), 0..4),
+            any::<u64>()
+        )
+            .prop_map(|(active, retiring, resealed)| Reply::Keyring {
+                active,
+                retiring,
+                resealed
+            }),
         (username(), any::<[u64; 2]>()).prop_map(|(pseudonym, [devices, audit_entries])| {
             Reply::Erased {
                 pseudonym,
@@ -959,6 +970,7 @@ fn one_of_each() -> Vec<Operation> {
         Operation::Erase {
             user: Username::new("jdoe").unwrap(),
         },
+        Operation::Keyring { rotate: true },
         Operation::ImportTokens {
             import: 0,
             commit: true,

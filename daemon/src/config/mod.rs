@@ -44,6 +44,7 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     pub withdrawals: WithdrawalConfig,
     pub tokens: TokensConfig,
+    pub keys: KeysConfig,
     pub radius: RadiusConfig,
     pub events: EventsConfig,
     pub devices: DeviceProfiles,
@@ -393,6 +394,20 @@ pub struct LifecycleConfig {
 }
 
 /// The hardware token inventory (`import-tokens`, `tokens`).
+/// At-rest key rotation (`store::sealed`, `engine::rotation`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KeysConfig {
+    /// Records one step of the re-seal pass takes.
+    pub reseal_batch: usize,
+    /// The pass's rest between steps.
+    #[serde(with = "humantime_serde")]
+    pub reseal_pause: Duration,
+    /// On a shared store: how often a node reads the deployment's keyring.
+    #[serde(with = "humantime_serde")]
+    pub poll: Duration,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct TokensConfig {
@@ -549,6 +564,7 @@ struct RawConfig {
     lifecycle: LifecycleConfig,
     withdrawals: WithdrawalConfig,
     tokens: TokensConfig,
+    keys: KeysConfig,
     radius: RadiusConfig,
     events: EventsConfig,
     devices: toml::Table,
@@ -601,6 +617,7 @@ impl Config {
             lifecycle: raw.lifecycle,
             withdrawals: raw.withdrawals,
             tokens: raw.tokens,
+            keys: raw.keys,
             radius: raw.radius,
             events: raw.events,
         };
@@ -1053,6 +1070,21 @@ impl Config {
             "withdrawals.ledger-days",
             "must be 7..=3660",
         )?;
+        check(
+            (1..=100_000).contains(&self.keys.reseal_batch),
+            "keys.reseal-batch",
+            "must be 1..=100000",
+        )?;
+        check(
+            self.keys.reseal_pause <= Duration::from_secs(10),
+            "keys.reseal-pause",
+            "must be at most 10s",
+        )?;
+        check(
+            (Duration::from_millis(100)..=Duration::from_secs(60)).contains(&self.keys.poll),
+            "keys.poll",
+            "must be 100ms..=60s",
+        )?;
         let tokens = &self.tokens;
         check(
             (1..=100_000_000).contains(&tokens.import_max),
@@ -1477,6 +1509,18 @@ mod tests {
         assert_eq!(
             error("[withdrawals]\nledger-days = 1"),
             "withdrawals.ledger-days: must be 7..=3660"
+        );
+        assert_eq!(
+            error("[keys]\nreseal-batch = 0"),
+            "keys.reseal-batch: must be 1..=100000"
+        );
+        assert_eq!(
+            error("[keys]\nreseal-pause = \"1min\""),
+            "keys.reseal-pause: must be at most 10s"
+        );
+        assert_eq!(
+            error("[keys]\npoll = \"10ms\""),
+            "keys.poll: must be 100ms..=60s"
         );
         assert!(error("[withdrawals]\nholidays = [\"2026-13-01\"]").contains("2026-13-01"));
         let holiday = Config::from_toml("[withdrawals]\nholidays = [\"2026-11-26\"]").unwrap();

@@ -50,6 +50,7 @@ pub const LIVE_KEYS: &[&str] = &[
     "lifecycle",
     "withdrawals",
     "tokens",
+    "keys",
 ];
 
 /// A reload that would change keys a running daemon cannot take.

@@ -45,6 +45,8 @@ pub fn facts(operation: &Operation) -> Facts {
         Operation::Enroll(_)
         | Operation::Revoke { .. }
         | Operation::Erase { .. }
+        // A key rotation writes the keyring file (fsync) and an audit entry.
+        | Operation::Keyring { .. }
         | Operation::Unlock { .. }
         | Operation::EnrollPhone { .. }
         | Operation::BindPushKey { .. }

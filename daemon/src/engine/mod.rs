@@ -38,6 +38,7 @@ mod node;
 mod pin;
 mod push;
 mod relay;
+mod rotation;
 mod rules;
 mod signatures;
 mod sms;
@@ -181,6 +182,10 @@ pub struct Engine {
     decoy_push_key: crate::otp::push::PushKey,
     /// Approvals' signatures, checked together on threads of their own.
     signatures: signatures::SignatureChecks,
+    /// Woken by a key rotation: the re-seal pass's task waits on it.
+    rotation: tokio::sync::Notify,
+    /// Records this node's re-seal passes sealed again.
+    resealed: AtomicU64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -238,6 +243,8 @@ impl Engine {
             push_waiters: Mutex::new(cluster::Waiters::new()),
             decoy_push_key,
             signatures: signatures::SignatureChecks::Inline,
+            rotation: tokio::sync::Notify::new(),
+            resealed: AtomicU64::new(0),
             config: arc_swap::ArcSwap::new(config),
             registry,
         }
@@ -419,6 +426,10 @@ impl Engine {
             }
             Operation::Erase { user } => {
                 at_once(self.erase(self.registry.as_ref(), caller, &user, now, rng)).into()
+            }
+            Operation::Keyring { rotate } => {
+                let store = self.registry.as_ref();
+                at_once(self.keyring(store, caller, rotate, now, rng)).into()
             }
             Operation::Unlock { user, device } => {
                 let store = self.registry.as_ref();

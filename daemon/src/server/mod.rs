@@ -34,7 +34,7 @@ use crate::store::cluster::redis::{Durability, RedisStore};
 use crate::store::embedded::committer::Committer;
 use crate::store::embedded::registry::Registry;
 use crate::store::records::DeviceCodec;
-use crate::store::sealed::SecretCipher;
+use crate::store::sealed::{Adopted, SecretCipher};
 use pki::PkiPaths;
 use stream::{ConnectionState, Link, NO_ROLE, REVOKED, SHUTTING_DOWN, TOO_MANY_CONNECTIONS};
 
@@ -111,6 +111,12 @@ pub enum ServeError {
     Radius(#[from] radius::RadiusError),
     #[error("events.sink: {0}")]
     Events(std::io::Error),
+    #[error(
+        "the deployment's active at-rest key {0} is not in this node's keyring, and none of \
+         its keys opens it (the node missed a whole rotation): copy secrets.key from a node \
+         that has it"
+    )]
+    KeyMissing(crate::store::sealed::KeyId),
 }
 
 /// Connects to the deployment's Redis Cluster. Device secrets are sealed
@@ -118,7 +124,7 @@ pub enum ServeError {
 /// must share (README: running several nodes).
 async fn connect_cluster(
     config: &Config,
-    data_dir: &Path,
+    cipher: SecretCipher,
 ) -> Result<(ClusterStore, crate::otp::SecretKey), ServeError> {
     let store = &config.store;
     let durability = Durability {
@@ -128,8 +134,6 @@ async fn connect_cluster(
     let variable = std::env::var(crate::store::cluster::redis::PASSWORD_VARIABLE).ok();
     let access = crate::store::cluster::redis::RedisAccess::from_config(store, variable)?;
     let redis = RedisStore::connect(&store.redis_urls, durability, &access).await?;
-    let cipher =
-        SecretCipher::load_or_create(&data_dir.join("secrets.key"), &mut UnwrapErr(SysRng))?;
     let codec = DeviceCodec::new(cipher, config.devices.clone());
     tracing::info!(
         nodes = ?store.redis_urls,
@@ -139,6 +143,12 @@ async fn connect_cluster(
     let shared = ClusterStore::new(redis, codec, store.cache_ttl);
     let format = shared.check_format().await?;
     tracing::info!(format, "the shared store's record format");
+    // A key rotated while this node was down: learned before it serves.
+    match shared.follow_keyring().await? {
+        Adopted::Missing(active) => return Err(ServeError::KeyMissing(active)),
+        Adopted::Changed => log_keyring("learned the deployment's keyring", &shared),
+        Adopted::Unchanged => {}
+    }
     let code_key = shared.sms_code_key(&mut UnwrapErr(SysRng)).await?;
     Ok((shared, code_key))
 }
@@ -223,6 +233,9 @@ pub async fn serve(
         SecretCipher::load_or_create(&data_dir.join("secrets.key"), &mut UnwrapErr(SysRng))?;
     // From the deployment's key file: every node signs RADIUS States alike.
     let radius_state_key = cipher.digest("sls/1 radius state key", &[]);
+    // One keyring for the registry and the shared store: a rotation is
+    // seen by both at once.
+    let keyring = cipher.clone();
     let registry = Arc::new(
         Registry::open_with_cache(
             &data_dir.join("registry.redb"),
@@ -250,7 +263,7 @@ pub async fn serve(
     )
     .check_signatures_in_batches();
     if config.store.backend == Backend::Redis {
-        let (store, code_key) = connect_cluster(&config, data_dir).await?;
+        let (store, code_key) = connect_cluster(&config, keyring).await?;
         let node = format!("{:016x}", rand::random::<u64>());
         engine = engine.with_cluster(store, &code_key, node);
     }
@@ -331,8 +344,10 @@ pub async fn serve(
         (hangups.ok(), reread),
         stopping.clone(),
     ));
+    let rotation = tokio::spawn(rotate_keys(Arc::clone(&shared), stopping.clone()));
     let relay = shared.engine.is_clustered().then(|| {
         [
+            tokio::spawn(follow_keyring(Arc::clone(&shared), stopping.clone())),
             tokio::spawn(relay(Arc::clone(&shared), stopping.clone())),
             tokio::spawn(wait_on_queue(
                 Arc::clone(&shared),
@@ -439,6 +454,7 @@ pub async fn serve(
         let _ = radius.await;
     }
     let _ = reloader.await;
+    let _ = rotation.await;
     for task in relay.into_iter().flatten() {
         let _ = task.await;
     }
@@ -829,6 +845,79 @@ async fn relay(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
             _ => {}
         }
     }
+}
+
+/// Runs a key rotation's re-seal pass whenever a rotation asks for one,
+/// and once at the start: a pass cut short by a stop or a crash (the
+/// keyring file still names a retiring key) is finished.
+async fn rotate_keys(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
+    let mut rng = UnwrapErr(SysRng);
+    loop {
+        let pass = tokio::select! {
+            pass = shared.engine.reseal_pass(&mut rng) => pass,
+            _ = stopping.changed() => return,
+        };
+        let wait = match pass {
+            Ok(_) => None,
+            Err(error) => {
+                tracing::error!(%error, "the key rotation's pass failed: it runs again in a minute");
+                Some(Duration::from_secs(60))
+            }
+        };
+        tokio::select! {
+            () = shared.engine.rotation_requested() => {}
+            () = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => {}
+            _ = stopping.changed() => return,
+        }
+    }
+}
+
+/// On a shared store: reads the deployment's keyring every `keys.poll`,
+/// so a key rotated on another node seals here too within it.
+async fn follow_keyring(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
+    let mut failing = false;
+    loop {
+        let poll = shared.engine.config().keys.poll;
+        tokio::select! {
+            () = tokio::time::sleep(poll) => {}
+            _ = stopping.changed() => return,
+        }
+        let Some(store) = shared.engine.cluster_store() else {
+            return;
+        };
+        // Said once when it starts failing and once when it works again.
+        match store.follow_keyring().await {
+            Ok(Adopted::Missing(active)) if !failing => {
+                tracing::error!(
+                    active,
+                    "the deployment's active key is not in this node's keyring: copy secrets.key \
+                     from a node that has it"
+                );
+                failing = true;
+            }
+            Err(error) if !failing => {
+                tracing::warn!(%error, "the deployment's keyring cannot be read");
+                failing = true;
+            }
+            Ok(Adopted::Missing(_)) | Err(_) => {}
+            Ok(adopted) => {
+                if adopted == Adopted::Changed {
+                    log_keyring("the deployment's keyring changed", store);
+                }
+                if failing {
+                    tracing::info!("the deployment's keyring is followed again");
+                    failing = false;
+                }
+            }
+        }
+    }
+}
+
+fn log_keyring(what: &str, store: &ClusterStore) {
+    let keyring = crate::store::Store::keyring(store);
+    let (active, retiring) = (keyring.active(), keyring.retiring());
+    tracing::info!(active, ?retiring, "{what}");
+    metrics::gauge!(crate::metrics::KEYS_RETIRING).set(retiring.len() as f64);
 }
 
 /// The queues other nodes fill for this one.

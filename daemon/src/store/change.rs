@@ -108,6 +108,28 @@ pub struct Shipped {
     pub life: DeviceLife,
 }
 
+/// Where a rotation's re-seal pass is (`Store::reseal`): the kind of
+/// record it is at (each store numbers its own) and the key of the last
+/// record done. The pass's real progress is in the records themselves,
+/// each sealed value naming its key: a pass started again from the
+/// beginning skips, without opening them, the records already done.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResealCursor {
+    pub stage: u8,
+    pub after: Option<Vec<u8>>,
+}
+
+/// What one step of a re-seal pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResealStep {
+    /// Records read.
+    pub examined: u64,
+    /// Records written back under the active key.
+    pub resealed: u64,
+    /// Whether the pass has been through every record.
+    pub done: bool,
+}
+
 /// The reads and changes of the lifecycle operations, on either store.
 ///
 /// The futures of the embedded store are ready at once (it never waits);
@@ -119,6 +141,27 @@ pub trait Store: Sync {
     /// What `user`'s name becomes in the audit log once they are erased
     /// (a keyed digest of it; the same on every node).
     fn pseudonym(&self, user: &Username) -> Username;
+    /// The keyring this store's secrets are sealed under.
+    fn keyring(&self) -> &crate::store::sealed::SecretCipher;
+    /// Tells the deployment's other nodes what this node's keyring now is,
+    /// after a rotation or a retirement: on the cluster a record every
+    /// node polls, each key in it sealed under a key the nodes already
+    /// hold; on the embedded store, nothing (no other node).
+    fn publish_keyring<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+    ) -> impl Future<Output = Result<(), StoreError>>;
+    /// One step of a rotation's pass: up to `limit` records from `cursor`
+    /// on, each sealed value in them opened and sealed again under the
+    /// active key (a record already under it is left as it is); `cursor`
+    /// moves past them. Once a step says `done`, everything the pass
+    /// wrote is durable.
+    fn reseal<R: CryptoRng + ?Sized>(
+        &self,
+        cursor: &mut ResealCursor,
+        limit: usize,
+        rng: &mut R,
+    ) -> impl Future<Output = Result<ResealStep, StoreError>>;
     /// Rewrites the audit log's entries that name `user` (`records::
     /// pseudonymized`) up to the last `erase` entry of `pseudonym`, so an
     /// entry of someone given the name afterwards keeps it; how many.

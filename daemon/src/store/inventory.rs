@@ -117,6 +117,20 @@ impl DeviceCodec {
         Ok(decoded)
     }
 
+    /// A token record with its key re-sealed under the active key
+    /// (`records`' re-seals); `None` when it already is.
+    pub(in crate::store) fn reseal_token<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        bytes: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let (token, sealed) = self.decode_token(bytes)?;
+        let resealed = self
+            .cipher
+            .reseal(rng, &sealed, &token_context(&token.info.serial))?;
+        Ok(resealed.map(|sealed| encode_token_with(&token, &sealed)))
+    }
+
     /// The key of a token record, opened.
     pub(in crate::store) fn open_token_key(
         &self,

@@ -394,7 +394,135 @@ impl DeviceCodec {
     }
 }
 
-/// A PIN of exactly `digits` decimal digits.
+/// A rotation's re-seal of each kind of record that holds a sealed value:
+/// the record with every sealed value in it opened and sealed again under
+/// the active key, bound to the same context; `None` when each already
+/// is under it (read from the value's header, nothing opened). Everything
+/// else in the record stays byte for byte.
+impl DeviceCodec {
+    /// The keyring records are sealed under.
+    pub fn keyring(&self) -> &SecretCipher {
+        &self.cipher
+    }
+
+    /// A device record: its key and its PIN hash.
+    pub(in crate::store) fn reseal_device<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        id: DeviceId,
+        record: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let corrupt = |e: crate::wire::DecodeError| StoreError::Corrupt {
+            device: id.0,
+            problem: e.to_string(),
+        };
+        let mut r = Reader::new(record);
+        let version = r.u8("version").map_err(corrupt)?;
+        if version != RECORD_V1 && version != RECORD_V2 {
+            return Err(corrupt(crate::wire::DecodeError::invalid(
+                "version", "unknown",
+            )));
+        }
+        r.bytes("user").map_err(corrupt)?;
+        r.u8("kind").map_err(corrupt)?;
+        r.bytes("label").map_err(corrupt)?;
+        r.u64("created").map_err(corrupt)?;
+        let head = record.get(..record.len() - r.rest().len()).unwrap_or(&[]);
+        let secret = r.bytes("secret").map_err(corrupt)?;
+        let pin = r.bytes("pin hash").map_err(corrupt)?;
+        let new_secret = self.cipher.reseal(rng, secret, &context(id, "secret"))?;
+        let new_pin = self.cipher.reseal(rng, pin, &context(id, "pin-hash"))?;
+        if new_secret.is_none() && new_pin.is_none() {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(record.len() + 16);
+        out.extend_from_slice(head);
+        out.put_bytes(new_secret.as_deref().unwrap_or(secret));
+        out.put_bytes(new_pin.as_deref().unwrap_or(pin));
+        out.extend_from_slice(r.rest());
+        Ok(Some(out))
+    }
+
+    /// A device's verified number (kept sealed on its own).
+    pub(in crate::store) fn reseal_phone<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        id: DeviceId,
+        sealed: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.cipher.reseal(rng, sealed, &context(id, "phone"))?)
+    }
+
+    /// A device's lifecycle record: a changed PIN's hash. The lifecycle
+    /// comes back too, for the copy held in memory (a later change writes
+    /// that copy's sealed PIN back).
+    pub(in crate::store) fn reseal_life<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        id: DeviceId,
+        bytes: &[u8],
+    ) -> Result<Option<(Vec<u8>, DeviceLife)>, StoreError> {
+        let mut life =
+            decode_life(bytes, |sealed| self.open_changed_pin(id, sealed)).ok_or_else(|| {
+                StoreError::Corrupt {
+                    device: id.0,
+                    problem: "lifecycle record".into(),
+                }
+            })?;
+        if !self.reseal_changed_pin(rng, id, &mut life)? {
+            return Ok(None);
+        }
+        Ok(Some((encode_life(&life), life)))
+    }
+
+    /// A lifecycle's changed PIN sealed again under the active key;
+    /// whether it had to be.
+    pub(in crate::store) fn reseal_changed_pin<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        id: DeviceId,
+        life: &mut DeviceLife,
+    ) -> Result<bool, StoreError> {
+        let Some(pin) = life.pin.as_mut() else {
+            return Ok(false);
+        };
+        let Some(sealed) = self
+            .cipher
+            .reseal(rng, &pin.sealed, &context(id, "changed-pin"))?
+        else {
+            return Ok(false);
+        };
+        pin.sealed = sealed;
+        Ok(true)
+    }
+
+    /// A user record: the number on record.
+    pub(in crate::store) fn reseal_user<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        user: &Username,
+        bytes: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let account = self.decode_user(user, bytes)?;
+        let number = user_number_field(bytes).unwrap_or(&[]);
+        if number.is_empty() || !self.cipher.needs_reseal(number) {
+            return Ok(None);
+        }
+        self.encode_user(rng, user, &account).map(Some)
+    }
+}
+
+/// The sealed number of a user record as it is stored.
+fn user_number_field(bytes: &[u8]) -> Option<&[u8]> {
+    let mut r = Reader::new(bytes);
+    r.u8("version").ok()?;
+    r.u8("opted out").ok()?;
+    r.bytes("residence").ok()?;
+    r.bytes("identity").ok()?;
+    r.bytes("number").ok()
+}
+
+/// A PIN of exactly `digits` decimal digits./// A PIN of exactly `digits` decimal digits.
 fn check_pin(kind: DeviceKind, pin: &str, digits: u8) -> Result<(), EnrollError> {
     if pin.len() != usize::from(digits) || !pin.bytes().all(|b| b.is_ascii_digit()) {
         return Err(EnrollError::Invalid(format!(
@@ -750,6 +878,116 @@ pub(in crate::store) fn decode_audit(seq: u64, bytes: &[u8]) -> Option<AuditReco
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// Every kind of record that holds a sealed value comes back from a
+    /// rotation's re-seal under the new key alone, reading as it read
+    /// before; one already under it is left as it is.
+    #[test]
+    fn a_reseal_moves_each_sealed_value_to_the_active_key_and_keeps_the_rest() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
+        let cipher = SecretCipher::new(&[3; 32]);
+        let codec = DeviceCodec::new(cipher.clone(), DeviceProfiles::defaults().unwrap());
+        let jdoe = Username::new("jdoe").unwrap();
+        let id = DeviceId(7);
+
+        let (secret, _, verifier) = codec
+            .prepare(&mut rng, DeviceKind::DscPlus, None, Some("1234"), None)
+            .unwrap();
+        let stored = Stored {
+            user: &jdoe,
+            kind: DeviceKind::DscPlus,
+            label: "card",
+            now: Timestamp(5),
+            secret: Some(&secret),
+            token: None,
+        };
+        let device = codec
+            .encode_device(&mut rng, id, &stored, &verifier)
+            .unwrap();
+        let number = PhoneNumber::parse("+41 791234567").unwrap();
+        let phone = codec.seal_phone(&mut rng, id, &number).unwrap();
+        let account = Account {
+            residence: Some(*b"CH"),
+            identity: Some([4; 32]),
+            opted_out: false,
+            number: Some(number.clone()),
+        };
+        let user = codec.encode_user(&mut rng, &jdoe, &account).unwrap();
+        let hash = MacOutput::from_bytes(&[6; 32]);
+        let life = DeviceLife {
+            pin: Some(Box::new(ChangedPin {
+                sealed: cipher
+                    .seal(&mut rng, hash.as_bytes(), &context(id, "changed-pin"))
+                    .unwrap(),
+                hash,
+            })),
+            ..DeviceLife::default()
+        };
+        let life = encode_life(&life);
+        // Before any rotation there is nothing to do.
+        assert!(
+            codec
+                .reseal_device(&mut rng, id, &device)
+                .unwrap()
+                .is_none()
+        );
+
+        cipher.rotate(&mut rng).unwrap();
+        let new_device = codec.reseal_device(&mut rng, id, &device).unwrap().unwrap();
+        let new_phone = codec.reseal_phone(&mut rng, id, &phone).unwrap().unwrap();
+        let new_user = codec.reseal_user(&mut rng, &jdoe, &user).unwrap().unwrap();
+        let (new_life, _) = codec.reseal_life(&mut rng, id, &life).unwrap().unwrap();
+        assert!(
+            codec
+                .reseal_device(&mut rng, id, &new_device)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            codec
+                .reseal_phone(&mut rng, id, &new_phone)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            codec
+                .reseal_user(&mut rng, &jdoe, &new_user)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            codec
+                .reseal_life(&mut rng, id, &new_life)
+                .unwrap()
+                .is_none()
+        );
+
+        let before = codec.decode_device(id, &device, None).unwrap();
+        cipher.retire().unwrap();
+        // The old records no longer open; the new ones read as before.
+        assert!(codec.decode_device(id, &device, None).is_err());
+        assert!(codec.open_phone(id, &phone).is_err());
+        assert!(codec.decode_user(&jdoe, &user).is_err());
+        let after = codec.decode_device(id, &new_device, None).unwrap();
+        assert_eq!(
+            (&after.user, after.kind, &after.label, after.created),
+            (&before.user, before.kind, &before.label, before.created)
+        );
+        assert!(matches!(
+            after.verifier,
+            Verifier::Ocra {
+                pin_hash: Some(_),
+                ..
+            }
+        ));
+        assert_eq!(codec.open_phone(id, &new_phone).unwrap(), number);
+        assert!(codec.decode_user(&jdoe, &new_user).unwrap() == account);
+        let opened = decode_life(&new_life, |s| codec.open_changed_pin(id, s)).unwrap();
+        assert_eq!(opened.pin.unwrap().hash.as_bytes(), [6; 32]);
+    }
+
     #[test]
     fn an_erased_name_is_replaced_where_it_stands_alone() {
         let ann = Username::new("ann").unwrap();
@@ -783,8 +1021,6 @@ mod tests {
             Some("x, x and anna")
         );
     }
-
-    use super::*;
 
     #[test]
     fn records_round_trip() {

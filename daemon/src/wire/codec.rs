@@ -67,6 +67,11 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.bytes(field)?).map_err(|_| DecodeError::NotUtf8(field))
     }
 
+    /// What is left to read.
+    pub(crate) fn rest(&self) -> &'a [u8] {
+        self.rest
+    }
+
     /// Succeeds only if the whole body was read.
     pub(crate) fn finish(self) -> Result<(), DecodeError> {
         if self.rest.is_empty() {

@@ -153,6 +153,11 @@ pub enum Operation {
     /// account and its identification digest, the ledger, shares), and
     /// the name in the audit log replaced by a keyed pseudonym.
     Erase { user: Username },
+    /// The at-rest keyring's state, after adding a new key when `rotate`
+    /// (`slsd admin keyring`, `slsd admin rotate-key`): new seals use the
+    /// new key, and a background pass re-seals every record under it
+    /// before the keys held before are dropped.
+    Keyring { rotate: bool },
     /// A vendor's tokens, in batches (`slsd admin import-tokens`): import
     /// 0 begins an import and the reply names it; `commit` ends it. All or
     /// nothing: a refused batch drops the whole import.
@@ -322,6 +327,7 @@ impl Operation {
             Self::AuditLog { .. } => 0x33,
             Self::Backup { .. } => 0x3c,
             Self::Erase { .. } => 0x3d,
+            Self::Keyring { .. } => 0x3e,
             Self::StartPhoneVerification { .. } => 0x34,
             Self::ConfirmPhone { .. } => 0x35,
             Self::ImportTokens { .. } => 0x36,
@@ -373,6 +379,7 @@ impl Operation {
             Self::AuditLog { .. } => "audit_log",
             Self::Backup { .. } => "backup",
             Self::Erase { .. } => "erase",
+            Self::Keyring { .. } => "keyring",
             Self::StartPhoneVerification { .. } => "start_phone_verification",
             Self::ConfirmPhone { .. } => "confirm_phone",
             Self::ImportTokens { .. } => "import_tokens",
@@ -618,6 +625,9 @@ impl Request {
             },
             0x3d => Operation::Erase {
                 user: user(&mut r)?,
+            },
+            0x3e => Operation::Keyring {
+                rotate: r.flag("rotate")?,
             },
             0x36 => Operation::ImportTokens {
                 import: r.u64("import")?,
@@ -906,6 +916,7 @@ impl Request {
             }
             Operation::Backup { path } => out.put_bytes(path.as_bytes()),
             Operation::Erase { user } => out.put_bytes(user.as_str().as_bytes()),
+            Operation::Keyring { rotate } => out.put_u8(u8::from(*rotate)),
             Operation::SendCode { user, channel } => {
                 out.put_bytes(user.as_str().as_bytes());
                 out.put_u8(channel.code());

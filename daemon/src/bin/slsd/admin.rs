@@ -108,6 +108,15 @@ enum AdminOperation {
         #[arg(value_parser = username)]
         user: Username,
     },
+    /// Rotate the at-rest key: a new key seals from now on, a background
+    /// pass re-seals every stored secret under it while the daemon serves,
+    /// and the old key is dropped from secrets.key when the pass ends
+    /// (`slsd admin keyring` shows when). A backup taken before opens only
+    /// with the keyring of its time.
+    RotateKey,
+    /// The at-rest keyring: the active key, the keys still retiring, and
+    /// the records this node has re-sealed since it started.
+    Keyring,
     /// Every device of a user, with its state.
     Devices {
         #[arg(value_parser = username)]
@@ -380,6 +389,8 @@ impl AdminOperation {
                 device: DeviceId(device),
             },
             Self::Erase { user } => Operation::Erase { user },
+            Self::RotateKey => Operation::Keyring { rotate: true },
+            Self::Keyring => Operation::Keyring { rotate: false },
             Self::Devices { user, page } => Operation::ListDevices {
                 user,
                 page: page.into(),
@@ -830,6 +841,20 @@ fn describe(reply: &Reply) -> anyhow::Result<Value> {
             "pseudonym": pseudonym.as_str(),
             "devices": devices,
             "audit_entries": audit_entries,
+        }),
+        Reply::Keyring {
+            active,
+            retiring,
+            resealed,
+        } => json!({
+            "active_key": active,
+            "retiring_keys": retiring,
+            "resealed": resealed,
+            "rotation": if retiring.is_empty() {
+                "none under way: every stored secret is sealed under the active key"
+            } else {
+                "re-sealing under the active key; the retiring keys are dropped when it ends"
+            },
         }),
         Reply::BackedUp {
             path,

@@ -55,6 +55,11 @@ impl Engine {
         self.cluster.is_some()
     }
 
+    /// The shared store, when this engine keeps its state in one.
+    pub fn cluster_store(&self) -> Option<&ClusterStore> {
+        self.cluster.as_ref()
+    }
+
     /// This engine over a Redis Cluster in this process's memory
     /// (`store::cluster::memory`), device secrets sealed under `cipher`:
     /// the fuzz target, the replay, the loom models and tests run the
@@ -128,6 +133,7 @@ impl Engine {
             Operation::Enroll(request) => self.enroll(store, caller, request, now, rng).await,
             Operation::Revoke { device } => self.revoke(store, caller, device, now, rng).await,
             Operation::Erase { user } => self.erase(store, caller, &user, now, rng).await,
+            Operation::Keyring { rotate } => self.keyring(store, caller, rotate, now, rng).await,
             Operation::BindPushKey { device, key } => {
                 self.bind_push_key(store, caller, device, key, now, rng)
                     .await

@@ -143,6 +143,24 @@ impl UserLife {
     }
 }
 
+/// A user's lifecycle record with the changed PINs in it sealed again
+/// under the active key (a rotation's pass); `None` when each already is.
+pub(super) fn reseal_user_life<R: CryptoRng + ?Sized>(
+    codec: &crate::store::records::DeviceCodec,
+    rng: &mut R,
+    bytes: &[u8],
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let mut life = UserLife::decode(bytes, codec).ok_or_else(|| StoreError::Corrupt {
+        device: 0,
+        problem: "a lifecycle record".into(),
+    })?;
+    let mut changed = false;
+    for (device, state) in &mut life.lives {
+        changed |= codec.reseal_changed_pin(rng, *device, state)?;
+    }
+    Ok(changed.then(|| life.encode()))
+}
+
 impl ClusterStore {
     /// A user's lifecycle record as read (absent: nothing beyond
     /// defaults); a changed PIN in it unsealed.
@@ -713,6 +731,23 @@ impl Store for ClusterStore {
 
     fn pseudonym(&self, user: &Username) -> Username {
         self.codec.pseudonym(user)
+    }
+
+    fn keyring(&self) -> &crate::store::sealed::SecretCipher {
+        self.codec.keyring()
+    }
+
+    async fn publish_keyring<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Result<(), StoreError> {
+        ClusterStore::publish_keyring(self, rng).await
+    }
+
+    async fn reseal<R: CryptoRng + ?Sized>(
+        &self,
+        cursor: &mut crate::store::change::ResealCursor,
+        limit: usize,
+        rng: &mut R,
+    ) -> Result<crate::store::change::ResealStep, StoreError> {
+        self.reseal_step(cursor, limit, rng).await
     }
 
     async fn pseudonymize_audit(

@@ -435,6 +435,22 @@ impl Keyspace {
                     ])
                 }
             }
+            b"CLUSTER" if key.eq_ignore_ascii_case(b"GETKEYSINSLOT") => {
+                let slot = unsigned(args.get(1).ok_or_else(|| unexpected("CLUSTER"))?)?;
+                let count = unsigned(args.get(2).ok_or_else(|| unexpected("CLUSTER"))?)?;
+                let now = self.now_ms;
+                Value::Array(
+                    self.entries
+                        .iter()
+                        .filter(|(name, entry)| {
+                            entry.expires_at.is_none_or(|at| at > now)
+                                && u64::from(super::slots::slot_of_key(name)) == slot
+                        })
+                        .take(usize::try_from(count).unwrap_or(usize::MAX))
+                        .map(|(name, _)| Value::BulkString(name.clone()))
+                        .collect(),
+                )
+            }
             b"LSET" => {
                 let (Some(index), Some(value)) = (args.get(1), args.get(2)) else {
                     return Err(unexpected("LSET"));

@@ -43,6 +43,7 @@
 
 mod change;
 mod inventory;
+mod keyring;
 pub mod memory;
 pub mod redis;
 mod seen;
@@ -148,6 +149,9 @@ fn phone_key(id: DeviceId) -> Key {
 fn phone_claim_key(user: &Username) -> Key {
     Key::new(&format!("u:{user}"), "phone")
 }
+
+/// What the deployment's SMS code key is sealed to.
+const SMS_CODE_KEY_CONTEXT: &[u8] = b"sls/1 sms code key";
 
 fn sms_code_key_key() -> Key {
     Key::new("meta", "sms-code-key")
@@ -602,7 +606,7 @@ impl ClusterStore {
         &self,
         rng: &mut R,
     ) -> Result<SecretKey, StoreError> {
-        const CONTEXT: &[u8] = b"sls/1 sms code key";
+        const CONTEXT: &[u8] = SMS_CODE_KEY_CONTEXT;
         let key = sms_code_key_key();
         let mut rounds = self.rounds();
         while rounds.next().await {

@@ -199,7 +199,7 @@ pub enum Op {
 }
 
 /// A versioned record as read: version 0 means absent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Versioned {
     pub version: u64,
     pub value: Option<Vec<u8>>,
@@ -1203,6 +1203,18 @@ impl RedisStore {
             .arg(entry);
         let seq = int(&self.run(counter, command, true).await?)?;
         u64::try_from(seq).map_err(|_| RedisError::Unexpected(format!("sequence {seq}")))
+    }
+
+    /// The names of up to `count` keys in hash slot `slot`, asked of the
+    /// slot's master (`CLUSTER GETKEYSINSLOT`).
+    pub async fn keys_in_slot(&self, slot: u16, count: usize) -> Result<Vec<Key>, RedisError> {
+        let mut command = redis::cmd("CLUSTER");
+        command.arg("GETKEYSINSLOT").arg(slot).arg(count);
+        let route = Key::new(super::slots::tag_for(slot), "keys");
+        Ok(byte_strings(self.run(&route, command, false).await?)?
+            .into_iter()
+            .map(|name| Key::named(String::from_utf8_lossy(&name).into_owned()))
+            .collect())
     }
 
     /// Replaces the entry at `index` of the list at `key` (which must

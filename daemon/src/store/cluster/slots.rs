@@ -12,13 +12,29 @@ use rand::CryptoRng;
 use crate::identity::ChallengeId;
 
 /// Hash slots of a Redis Cluster.
-const SLOTS: u16 = 16_384;
+pub const SLOTS: u16 = 16_384;
 /// Bits of a challenge id below its slot: random.
 const RANDOM_BITS: u32 = 50;
 
 /// The hash slot of keys tagged `tag`.
 pub fn slot_of(tag: &str) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % SLOTS
+}
+
+/// The hash slot of the key named `name`: of its hash tag (what stands
+/// between its first `{` and the next `}`, if not empty), or of the whole
+/// name.
+pub fn slot_of_key(name: &[u8]) -> u16 {
+    let tag = name
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = name.get(open + 1..)?;
+            let close = rest.iter().position(|&b| b == b'}')?;
+            rest.get(..close).filter(|tag| !tag.is_empty())
+        })
+        .unwrap_or(name);
+    crc16::State::<crc16::XMODEM>::calculate(tag) % SLOTS
 }
 
 /// A hash tag whose keys live in `slot`: `s<n>` for the first `n` that
@@ -65,6 +81,9 @@ mod tests {
     fn slots_are_the_clusters_and_every_slot_has_a_tag() {
         // Redis Cluster's specification: "123456789" hashes to 0x31C3.
         assert_eq!(slot_of("123456789"), 0x31C3);
+        assert_eq!(slot_of_key(b"sls:{123456789}:device"), 0x31C3);
+        assert_eq!(slot_of_key(b"123456789"), 0x31C3);
+        assert_eq!(slot_of_key(b"{}123456789"), slot_of("{}123456789"));
         for slot in [0, 1, 12_182, SLOTS - 1] {
             assert_eq!(slot_of(tag_for(slot)), slot);
         }

@@ -14,6 +14,8 @@
 //!   the checks a restore makes before it installs one.
 //! - `inventory`: imported hardware tokens and their imports (redb only).
 //! - [`datadir`]: the data directory is the service's alone (0700/0600).
+//! - `reseal`: a key rotation's pass over the tables that hold sealed
+//!   values, in batches serialised with the changes.
 //! - [`ledger`]: approved withdrawals, decided in memory, written by the
 //!   committer.
 //! - [`committer`]: group commit of the hot durable writes (failure states,
@@ -29,3 +31,4 @@ mod inventory;
 pub mod ledger;
 mod load;
 pub mod registry;
+mod reseal;

@@ -554,6 +554,23 @@ impl crate::store::Store for Registry {
         self.codec.pseudonym(user)
     }
 
+    fn keyring(&self) -> &crate::store::sealed::SecretCipher {
+        self.codec.keyring()
+    }
+
+    async fn publish_keyring<R: CryptoRng + ?Sized>(&self, _: &mut R) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn reseal<R: CryptoRng + ?Sized>(
+        &self,
+        cursor: &mut crate::store::change::ResealCursor,
+        limit: usize,
+        rng: &mut R,
+    ) -> Result<crate::store::change::ResealStep, StoreError> {
+        self.reseal_step(cursor, limit, rng)
+    }
+
     async fn pseudonymize_audit(
         &self,
         user: &Username,

@@ -139,6 +139,23 @@ impl Response {
                 devices: r.u64("devices")?,
                 audit_entries: r.u64("audit entries")?,
             },
+            0x3e => {
+                let key = |r: &mut Reader<'_>, field| {
+                    u32::try_from(r.u64(field)?)
+                        .map_err(|_| DecodeError::invalid(field, "beyond a key id"))
+                };
+                let active = key(&mut r, "active")?;
+                let count = r.u16("retiring count")?;
+                let mut retiring = Vec::with_capacity(usize::from(count).min(body.len() / 8));
+                for _ in 0..count {
+                    retiring.push(key(&mut r, "retiring")?);
+                }
+                Reply::Keyring {
+                    active,
+                    retiring,
+                    resealed: r.u64("resealed")?,
+                }
+            }
             0x3a => Reply::TokensRetired {
                 retired: r.u64("retired")?,
                 last: crate::wire::token::optional_serial(&mut r, "last")?,

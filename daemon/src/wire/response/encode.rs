@@ -123,6 +123,18 @@ impl Response {
                 out.put_u64(*devices);
                 out.put_u64(*audit_entries);
             }
+            Reply::Keyring {
+                active,
+                retiring,
+                resealed,
+            } => {
+                out.put_u64(u64::from(*active));
+                out.put_u16(u16::try_from(retiring.len()).unwrap_or(u16::MAX));
+                for id in retiring.iter().take(usize::from(u16::MAX)) {
+                    out.put_u64(u64::from(*id));
+                }
+                out.put_u64(*resealed);
+            }
             Reply::BackedUp {
                 path,
                 bytes,

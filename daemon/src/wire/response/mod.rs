@@ -166,6 +166,14 @@ pub enum Reply {
         devices: u64,
         audit_entries: u64,
     },
+    /// To `Keyring`: the key new seals use, the keys still held for what
+    /// is not yet re-sealed (empty once a rotation's pass has ended), and
+    /// the records this node has re-sealed since it started.
+    Keyring {
+        active: u32,
+        retiring: Vec<u32>,
+        resealed: u64,
+    },
     /// To `ImportTokens`: the import, and the tokens of this batch — or,
     /// once `committed`, of the whole import.
     TokensImported {
@@ -477,6 +485,7 @@ impl Reply {
             Self::Audit(_) => 0x33,
             Self::BackedUp { .. } => 0x3c,
             Self::Erased { .. } => 0x3d,
+            Self::Keyring { .. } => 0x3e,
             Self::TokensImported { .. } => 0x36,
             Self::Tokens(_) => 0x37,
             Self::TokensRetired { .. } => 0x3a,

@@ -1,0 +1,233 @@
+//! The at-rest keyring on the cluster: how every node learns a key
+//! rotated on one of them, and the rotation's pass over the records.
+//!
+//! Each node keeps the keyring in its own key file. A rotation, and the
+//! retirement that ends it, publish the keyring in `sls:{meta}:keyring`
+//! (tagged like every record): the key ids it holds, the active one, and
+//! each key sealed under each other one — so a node that holds the key in
+//! use before learns the new one, and no key crosses Redis in clear. Once
+//! the retiring keys are dropped the record names the active key alone,
+//! with nothing sealed under a retired key left in it. Every node reads
+//! the record every `keys.poll` (`follow_keyring`).
+//!
+//! The pass goes through the cluster slot by slot (`CLUSTER
+//! GETKEYSINSLOT`): every key of a kind that holds a sealed value is read,
+//! re-sealed and written back only if it did not change meanwhile.
+
+use rand::CryptoRng;
+
+use super::redis::{Key, Op};
+use super::{ClusterStore, PLAIN, SMS_CODE_KEY_CONTEXT};
+use crate::identity::{DeviceId, Username};
+use crate::store::StoreError;
+use crate::store::change::{ResealCursor, ResealStep};
+use crate::store::sealed::{Adopted, KeyId, Wrapped};
+use crate::wire::codec::{Put, Reader};
+
+fn keyring_key() -> Key {
+    Key::new("meta", "keyring")
+}
+
+/// Keys one slot may hold for the pass to list them at once (a cluster of
+/// ten million devices holds a few thousand a slot).
+const MOST_KEYS_IN_SLOT: usize = 1_000_000;
+/// Slots one step lists at most, however few keys they hold.
+const SLOTS_PER_STEP: u16 = 512;
+
+/// A record that holds a sealed value, by its key's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Sealed {
+    Device(DeviceId),
+    Phone(DeviceId),
+    Account(Username),
+    Life,
+    Token,
+    /// The deployment's SMS code key: versioned, not tagged.
+    SmsCodeKey,
+}
+
+impl Sealed {
+    fn of(key: &Key) -> Option<Self> {
+        let rest = key.as_str().strip_prefix("sls:{")?;
+        let (tag, record) = rest.split_once("}:")?;
+        let device = || tag.strip_prefix('d')?.parse().ok().map(DeviceId);
+        Some(match (tag, record) {
+            (_, "device") => Self::Device(device()?),
+            (_, "phone") => Self::Phone(device()?),
+            (_, "account") => Self::Account(Username::new(tag.strip_prefix("u:")?).ok()?),
+            (_, "life") if tag.starts_with("u:") => Self::Life,
+            ("tokens", _) if record.starts_with("t:") => Self::Token,
+            ("meta", "sms-code-key") => Self::SmsCodeKey,
+            _ => return None,
+        })
+    }
+}
+
+impl ClusterStore {
+    /// Writes this node's keyring to the deployment's record.
+    pub async fn publish_keyring<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+    ) -> Result<(), StoreError> {
+        let keyring = self.codec.keyring();
+        let active = keyring.active();
+        let mut held = vec![active];
+        held.extend(keyring.retiring());
+        let wrapped = keyring.wrapped(rng)?;
+        let mut value = vec![1u8];
+        value.put_u64(u64::from(active));
+        value.put_u16(u16::try_from(held.len()).unwrap_or(u16::MAX));
+        for id in &held {
+            value.put_u64(u64::from(*id));
+        }
+        value.put_u16(u16::try_from(wrapped.len()).unwrap_or(u16::MAX));
+        for entry in &wrapped {
+            value.put_u64(u64::from(entry.key));
+            value.put_u64(u64::from(entry.under));
+            value.put_bytes(&entry.sealed);
+        }
+        let key = keyring_key();
+        self.redis
+            .put(&key, &self.tagged(&key, PLAIN, &value), true)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes the deployment's keyring as published (nothing when no node
+    /// has rotated yet).
+    pub async fn follow_keyring(&self) -> Result<Adopted, StoreError> {
+        let key = keyring_key();
+        let Some(value) = self.get_checked(&key).await? else {
+            return Ok(Adopted::Unchanged);
+        };
+        let forged = || StoreError::Forged(key.as_str().to_owned());
+        let (active, held, wrapped) = decode_keyring(&value).ok_or_else(forged)?;
+        Ok(self.codec.keyring().adopt(active, &held, &wrapped)?)
+    }
+
+    /// One step of the pass: the slots after the cursor's, until `limit`
+    /// sealed records are read (or `SLOTS_PER_STEP` slots).
+    pub(super) async fn reseal_step<R: CryptoRng + ?Sized>(
+        &self,
+        cursor: &mut ResealCursor,
+        limit: usize,
+        rng: &mut R,
+    ) -> Result<ResealStep, StoreError> {
+        use super::slots::SLOTS;
+        let mut step = ResealStep::default();
+        let mut slot = match cursor.after.as_deref().map(<[u8; 2]>::try_from) {
+            Some(Ok(last)) => u16::from_be_bytes(last).saturating_add(1),
+            _ => 0,
+        };
+        let first = slot;
+        while cursor.stage == 0
+            && slot < SLOTS
+            && step.examined < limit as u64
+            && slot - first < SLOTS_PER_STEP
+        {
+            let keys = self.redis.keys_in_slot(slot, MOST_KEYS_IN_SLOT).await?;
+            if keys.len() >= MOST_KEYS_IN_SLOT {
+                return Err(StoreError::Database(format!(
+                    "slot {slot} holds more than {MOST_KEYS_IN_SLOT} keys: the pass cannot list them"
+                )));
+            }
+            for key in &keys {
+                let Some(kind) = Sealed::of(key) else {
+                    continue;
+                };
+                step.examined += 1;
+                if self.reseal_record(key, &kind, rng).await? {
+                    step.resealed += 1;
+                }
+            }
+            cursor.after = Some(slot.to_be_bytes().to_vec());
+            slot += 1;
+        }
+        if slot >= SLOTS || cursor.stage > 0 {
+            // Every write of the pass waited for its replicas.
+            cursor.stage = 1;
+            cursor.after = None;
+            step.done = true;
+        }
+        Ok(step)
+    }
+
+    /// Re-seals one record, written back only if unchanged meanwhile;
+    /// whether it was. A record that fails its tag is left as it is
+    /// (refused and counted when read: nothing uses it).
+    async fn reseal_record<R: CryptoRng + ?Sized>(
+        &self,
+        key: &Key,
+        kind: &Sealed,
+        rng: &mut R,
+    ) -> Result<bool, StoreError> {
+        let tagged = *kind != Sealed::SmsCodeKey;
+        let mut rounds = self.rounds();
+        while rounds.next().await {
+            let record = if tagged {
+                match self.read_checked(&[key]).await {
+                    Ok(records) => records.into_iter().next().unwrap_or_default(),
+                    Err(StoreError::Forged(_)) => return Ok(false),
+                    Err(error) => return Err(error),
+                }
+            } else {
+                self.redis.read(key).await?
+            };
+            let Some(value) = &record.value else {
+                return Ok(false);
+            };
+            let codec = &self.codec;
+            let resealed = match kind {
+                Sealed::Device(id) => codec.reseal_device(rng, *id, value)?,
+                Sealed::Phone(id) => codec.reseal_phone(rng, *id, value)?,
+                Sealed::Account(user) => codec.reseal_user(rng, user, value)?,
+                Sealed::Life => super::change::reseal_user_life(codec, rng, value)?,
+                Sealed::Token => codec.reseal_token(rng, value)?,
+                Sealed::SmsCodeKey => codec.keyring().reseal(rng, value, SMS_CODE_KEY_CONTEXT)?,
+            };
+            let Some(resealed) = resealed else {
+                return Ok(false);
+            };
+            let stored = if tagged {
+                self.tagged(key, record.version + 1, &resealed)
+            } else {
+                resealed
+            };
+            let write = Op::Set(stored, None);
+            if self
+                .redis
+                .transact(&[(key, record.version, write)], true)
+                .await?
+            {
+                return Ok(true);
+            }
+        }
+        Err(StoreError::Database(format!(
+            "{} kept changing while it was re-sealed",
+            key.as_str()
+        )))
+    }
+}
+
+/// The published keyring: the active key, the keys held, the wrapped keys.
+fn decode_keyring(value: &[u8]) -> Option<(KeyId, Vec<KeyId>, Vec<Wrapped>)> {
+    let mut r = Reader::new(value);
+    if r.u8("version").ok()? != 1 {
+        return None;
+    }
+    let id = |r: &mut Reader<'_>| KeyId::try_from(r.u64("key").ok()?).ok();
+    let active = id(&mut r)?;
+    let mut held = Vec::new();
+    for _ in 0..r.u16("held").ok()? {
+        held.push(id(&mut r)?);
+    }
+    let mut wrapped = Vec::new();
+    for _ in 0..r.u16("wrapped").ok()? {
+        let key = id(&mut r)?;
+        let under = id(&mut r)?;
+        let sealed = r.bytes("sealed").ok()?.to_vec();
+        wrapped.push(Wrapped { key, under, sealed });
+    }
+    r.finish().ok()?;
+    Some((active, held, wrapped))
+}
