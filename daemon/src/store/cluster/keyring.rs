@@ -47,6 +47,11 @@ enum Sealed {
 }
 
 impl Sealed {
+    /// Whether its record carries a tag (all but the SMS code key's).
+    fn tagged(&self) -> bool {
+        *self != Self::SmsCodeKey
+    }
+
     fn of(key: &Key) -> Option<Self> {
         let rest = key.as_str().strip_prefix("sls:{")?;
         let (tag, record) = rest.split_once("}:")?;
@@ -131,15 +136,12 @@ impl ClusterStore {
                     "slot {slot} holds more than {MOST_KEYS_IN_SLOT} keys: the pass cannot list them"
                 )));
             }
-            for key in &keys {
-                let Some(kind) = Sealed::of(key) else {
-                    continue;
-                };
-                step.examined += 1;
-                if self.reseal_record(key, &kind, rng).await? {
-                    step.resealed += 1;
-                }
-            }
+            let sealed: Vec<(Key, Sealed)> = keys
+                .into_iter()
+                .filter_map(|key| Sealed::of(&key).map(|kind| (key, kind)))
+                .collect();
+            step.examined += sealed.len() as u64;
+            step.resealed += self.reseal_slot(&sealed, rng).await?;
             cursor.after = Some(slot.to_be_bytes().to_vec());
             slot += 1;
         }
@@ -152,6 +154,83 @@ impl ClusterStore {
         Ok(step)
     }
 
+    /// Re-seals the records of one slot: read together, written back
+    /// together if none changed meanwhile (two round trips), else one by
+    /// one. How many were re-sealed.
+    async fn reseal_slot<R: CryptoRng + ?Sized>(
+        &self,
+        sealed: &[(Key, Sealed)],
+        rng: &mut R,
+    ) -> Result<u64, StoreError> {
+        if sealed.is_empty() {
+            return Ok(0);
+        }
+        let keys: Vec<&Key> = sealed.iter().map(|(key, _)| key).collect();
+        let records = self.redis.read_many(&keys).await?;
+        let mut writes = Vec::new();
+        for ((key, kind), record) in sealed.iter().zip(records) {
+            let Some(stored) = &record.value else {
+                continue;
+            };
+            let value = if kind.tagged() {
+                match self.checked(key, record.version, stored) {
+                    Ok(value) => value,
+                    Err(StoreError::Forged(_)) => continue,
+                    Err(error) => return Err(error),
+                }
+            } else {
+                stored.clone()
+            };
+            if let Some(resealed) = self.resealed(kind, &value, rng)? {
+                let stored = self.stored(key, kind, record.version, resealed);
+                writes.push((key, record.version, Op::Set(stored, None)));
+            }
+        }
+        if writes.is_empty() {
+            return Ok(0);
+        }
+        if self.redis.transact(&writes, true).await? {
+            return Ok(writes.len() as u64);
+        }
+        // Another node changed one of them meanwhile.
+        let mut resealed = 0;
+        for (key, kind) in sealed {
+            if self.reseal_record(key, kind, rng).await? {
+                resealed += 1;
+            }
+        }
+        Ok(resealed)
+    }
+
+    /// `value` of a record of `kind` re-sealed; `None` when it already is
+    /// under the active key.
+    fn resealed<R: CryptoRng + ?Sized>(
+        &self,
+        kind: &Sealed,
+        value: &[u8],
+        rng: &mut R,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let codec = &self.codec;
+        match kind {
+            Sealed::Device(id) => codec.reseal_device(rng, *id, value),
+            Sealed::Phone(id) => codec.reseal_phone(rng, *id, value),
+            Sealed::Account(user) => codec.reseal_user(rng, user, value),
+            Sealed::Life => super::change::reseal_user_life(codec, rng, value),
+            Sealed::Token => codec.reseal_token(rng, value),
+            Sealed::SmsCodeKey => Ok(codec.keyring().reseal(rng, value, SMS_CODE_KEY_CONTEXT)?),
+        }
+    }
+
+    /// A record's new value as stored at `version + 1`: tagged, but for
+    /// the SMS code key.
+    fn stored(&self, key: &Key, kind: &Sealed, version: u64, value: Vec<u8>) -> Vec<u8> {
+        if kind.tagged() {
+            self.tagged(key, version + 1, &value)
+        } else {
+            value
+        }
+    }
+
     /// Re-seals one record, written back only if unchanged meanwhile;
     /// whether it was. A record that fails its tag is left as it is
     /// (refused and counted when read: nothing uses it).
@@ -161,10 +240,9 @@ impl ClusterStore {
         kind: &Sealed,
         rng: &mut R,
     ) -> Result<bool, StoreError> {
-        let tagged = *kind != Sealed::SmsCodeKey;
         let mut rounds = self.rounds();
         while rounds.next().await {
-            let record = if tagged {
+            let record = if kind.tagged() {
                 match self.read_checked(&[key]).await {
                     Ok(records) => records.into_iter().next().unwrap_or_default(),
                     Err(StoreError::Forged(_)) => return Ok(false),
@@ -176,24 +254,10 @@ impl ClusterStore {
             let Some(value) = &record.value else {
                 return Ok(false);
             };
-            let codec = &self.codec;
-            let resealed = match kind {
-                Sealed::Device(id) => codec.reseal_device(rng, *id, value)?,
-                Sealed::Phone(id) => codec.reseal_phone(rng, *id, value)?,
-                Sealed::Account(user) => codec.reseal_user(rng, user, value)?,
-                Sealed::Life => super::change::reseal_user_life(codec, rng, value)?,
-                Sealed::Token => codec.reseal_token(rng, value)?,
-                Sealed::SmsCodeKey => codec.keyring().reseal(rng, value, SMS_CODE_KEY_CONTEXT)?,
-            };
-            let Some(resealed) = resealed else {
+            let Some(resealed) = self.resealed(kind, value, rng)? else {
                 return Ok(false);
             };
-            let stored = if tagged {
-                self.tagged(key, record.version + 1, &resealed)
-            } else {
-                resealed
-            };
-            let write = Op::Set(stored, None);
+            let write = Op::Set(self.stored(key, kind, record.version, resealed), None);
             if self
                 .redis
                 .transact(&[(key, record.version, write)], true)

@@ -87,9 +87,47 @@ impl Registry {
     }
 }
 
+/// Records read for each one re-sealed, at most, in a step: reading one
+/// already under the new key (a header compared) costs little next to a
+/// re-seal, and records enrolled since the rotation must not hold the
+/// pass back, however fast they come.
+const READ_PER_RESEAL: usize = 16;
+
+/// What a step may do: re-seal `limit` records, read `READ_PER_RESEAL`
+/// times as many.
+struct Budget {
+    limit: usize,
+    read: usize,
+    /// Spent before the table ran out.
+    exhausted: bool,
+}
+
+impl Budget {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            read: 0,
+            exhausted: false,
+        }
+    }
+
+    /// One more record read, `resealed` so far: whether the step ends.
+    fn spent(&mut self, resealed: usize) -> bool {
+        self.read += 1;
+        self.exhausted =
+            resealed >= self.limit || self.read >= self.limit.saturating_mul(READ_PER_RESEAL);
+        self.exhausted
+    }
+
+    fn account(&self, step: &mut ResealStep, resealed: usize) {
+        step.examined += self.read as u64;
+        step.resealed += resealed as u64;
+    }
+}
+
 /// Moves `cursor` past `last`, or to the next table when this one ran out.
-fn advance(cursor: &mut ResealCursor, last: Option<Vec<u8>>, exhausted: bool) {
-    if exhausted {
+fn advance(cursor: &mut ResealCursor, last: Option<Vec<u8>>, ran_out: bool) {
+    if ran_out {
         cursor.stage += 1;
         cursor.after = None;
     } else {
@@ -115,24 +153,25 @@ fn by_id(
     let mut table = txn.open_table(table)?;
     let mut writes = Vec::new();
     let mut last = None;
-    let mut examined = 0;
-    for entry in table.range::<u64>((start, Bound::Unbounded))?.take(limit) {
+    let mut budget = Budget::new(limit);
+    for entry in table.range::<u64>((start, Bound::Unbounded))? {
         let (key, value) = entry?;
-        examined += 1;
         last = Some(key.value());
         if let Some(new) = reseal(key.value(), value.value())? {
             writes.push((key.value(), new));
+        }
+        if budget.spent(writes.len()) {
+            break;
         }
     }
     for (key, value) in &writes {
         table.insert(*key, value.as_slice())?;
     }
-    step.examined += examined as u64;
-    step.resealed += writes.len() as u64;
+    budget.account(step, writes.len());
     advance(
         cursor,
         last.map(|id| id.to_be_bytes().to_vec()),
-        examined < limit,
+        !budget.exhausted,
     );
     Ok(())
 }
@@ -154,20 +193,21 @@ fn by_name(
     let mut table = txn.open_table(table)?;
     let mut writes = Vec::new();
     let mut last = None;
-    let mut examined = 0;
-    for entry in table.range::<&str>((start, Bound::Unbounded))?.take(limit) {
+    let mut budget = Budget::new(limit);
+    for entry in table.range::<&str>((start, Bound::Unbounded))? {
         let (key, value) = entry?;
-        examined += 1;
         last = Some(key.value().to_owned());
         if let Some(new) = reseal(key.value(), value.value())? {
             writes.push((key.value().to_owned(), new));
+        }
+        if budget.spent(writes.len()) {
+            break;
         }
     }
     for (key, value) in &writes {
         table.insert(key.as_str(), value.as_slice())?;
     }
-    step.examined += examined as u64;
-    step.resealed += writes.len() as u64;
-    advance(cursor, last.map(String::into_bytes), examined < limit);
+    budget.account(step, writes.len());
+    advance(cursor, last.map(String::into_bytes), !budget.exhausted);
     Ok(())
 }
