@@ -10,7 +10,9 @@
 //! opt-out set on one node holds on the other; an idle node waits on the
 //! store instead of asking it a hundred times a second; temporary codes,
 //! replacement cards and shares work from either node; the registry comes
-//! back from an RDB backup of the cluster with the deployment's key file.
+//! back from an RDB backup of the cluster with the deployment's key file;
+//! a key rotated on one node reaches the other, and the old key is gone
+//! from both once every record is re-sealed, logins passing throughout.
 
 mod support;
 
@@ -1462,4 +1464,120 @@ async fn an_erasure_on_one_node_leaves_no_key_naming_the_user_and_a_pseudonymous
     assert_eq!(theirs, ["enroll", "erase"]);
     // frank is untouched.
     assert_eq!(listed(&admin_a, "frank").await[0].0, other);
+}
+
+async fn keyring_of(admin: &Client) -> (u32, Vec<u32>) {
+    match admin
+        .call(Operation::Keyring { rotate: false })
+        .await
+        .unwrap()
+    {
+        Reply::Keyring {
+            active, retiring, ..
+        } => (active, retiring),
+        other => panic!("the keyring: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotated_on_one_node_reaches_the_other_and_the_old_key_is_gone_from_both() {
+    // Nodes read the deployment's keyring every 200 ms; the old key is
+    // retired no sooner than the shortest confirm-code lifetime allowed.
+    let d = deploy(
+        "[challenges]\nper-user-per-minute = 100000\nper-device-per-day = 100000000\n\
+         [keys]\npoll = \"200ms\"\n[lifecycle]\ntoken-ttl = \"30s\"\n[sms]\nttl = \"10s\"\nresend-interval = \"5s\"\n",
+    );
+    let old_key = std::fs::read(d.a.data_dir.join("secrets.key")).unwrap();
+    let admin_a = d.a.client(Role::Admin).await;
+    let admin_b = d.b.client(Role::Admin).await;
+    let mut devices = Vec::new();
+    for n in 0..40 {
+        let name = format!("k{n}");
+        devices.push((name.clone(), enroll_dsc(&admin_a, &name).await.unwrap()));
+    }
+    // Logins on node B all through the rotation; every one must pass.
+    let gateway_b = d.b.client(Role::Gateway).await;
+    let (k0, device) = devices[0].clone();
+    let logins = tokio::spawn(async move {
+        let (mut passed, mut failed) = (0u32, Vec::new());
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(40) {
+            let (id, right) = open(&gateway_b, &k0, device).await;
+            match verify(&gateway_b, id, &right).await {
+                Verdict::Accepted { .. } => passed += 1,
+                other => failed.push(format!("{other:?}")),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (passed, failed)
+    });
+
+    let rotated = admin_a.call(Operation::Keyring { rotate: true }).await;
+    assert!(
+        matches!(&rotated, Ok(Reply::Keyring { active: 1, retiring, .. }) if retiring == &[0]),
+        "{rotated:?}"
+    );
+    // B learns the new key within a few polls, and seals with it.
+    let learned = Instant::now();
+    while keyring_of(&admin_b).await != (1, vec![0]) {
+        assert!(
+            learned.elapsed() < Duration::from_secs(5),
+            "B never learned"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let late = enroll_dsc(&admin_b, "late").await.unwrap();
+    devices.push(("late".into(), late));
+
+    // The pass ends, and both nodes drop key 0.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while keyring_of(&admin_a).await != (1, vec![]) || keyring_of(&admin_b).await != (1, vec![]) {
+        assert!(Instant::now() < deadline, "the rotation never ended");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (passed, failed) = logins.await.unwrap();
+    assert_eq!(
+        failed,
+        Vec::<String>::new(),
+        "logins failed during the rotation"
+    );
+    assert!(passed > 10, "{passed} logins");
+    let resealed = d.a.metric_total("sls_keys_resealed_total");
+    // The 40 devices enrolled before and the SMS code key, at least.
+    assert!(resealed >= 41, "{resealed} re-sealed");
+
+    // Every device logs in on either node afterwards.
+    for node in [&d.a, &d.b] {
+        let gateway = node.client(Role::Gateway).await;
+        for (name, device) in &devices {
+            let (id, right) = open(&gateway, name, *device).await;
+            assert!(
+                matches!(verify(&gateway, id, &right).await, Verdict::Accepted { .. }),
+                "{name}"
+            );
+        }
+    }
+    for node in [&d.a, &d.b] {
+        let text = std::fs::read_to_string(node.data_dir.join("secrets.key")).unwrap();
+        assert!(
+            text.contains("key 1 active") && !text.contains("key 0"),
+            "{text}"
+        );
+    }
+    // A node that still has the old key file alone cannot join: nothing
+    // in the store or the published keyring opens under it.
+    let stale = d.a.data_dir.with_file_name("stale");
+    share_identity(&d.a.data_dir, &stale);
+    std::fs::write(stale.join("secrets.key"), &old_key).unwrap();
+    let config = d.a.data_dir.with_extension("toml");
+    let out = std::process::Command::new(support::binary("slsd"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&stale)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("not in this node's keyring"), "{stderr}");
 }
