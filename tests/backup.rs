@@ -13,7 +13,6 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use slsd::engine::Role;
-use slsd::wire::request::Answer;
 use slsd::wire::{Operation, Reply, Verdict};
 use support::daemon::{Daemon, admin_failure, admin_json};
 use support::load::{self, Load};
@@ -132,25 +131,7 @@ async fn a_backup_under_load_restores_what_was_acknowledged_before_it() {
     // The key file opens the restored cards: a login goes through.
     let gateway = daemon.client(Role::Gateway).await;
     let happy = load::listed(&admin, "happy").await[0].device;
-    let Reply::Challenge {
-        challenge, text, ..
-    } = gateway
-        .call(Operation::Challenge {
-            user: load::user("happy"),
-            device: happy,
-        })
-        .await
-        .unwrap()
-    else {
-        panic!("challenge")
-    };
-    let verdict = gateway
-        .call(Operation::Verify {
-            challenge,
-            response: Answer::new(&load::answer(&text)),
-        })
-        .await
-        .unwrap();
+    let verdict = load::log_in(&gateway, "happy", happy).await;
     assert!(
         matches!(verdict, Reply::Verdict(Verdict::Accepted { .. })),
         "{verdict:?}"

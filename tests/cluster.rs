@@ -1466,19 +1466,6 @@ async fn an_erasure_on_one_node_leaves_no_key_naming_the_user_and_a_pseudonymous
     assert_eq!(listed(&admin_a, "frank").await[0].0, other);
 }
 
-async fn keyring_of(admin: &Client) -> (u32, Vec<u32>) {
-    match admin
-        .call(Operation::Keyring { rotate: false })
-        .await
-        .unwrap()
-    {
-        Reply::Keyring {
-            active, retiring, ..
-        } => (active, retiring),
-        other => panic!("the keyring: {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_rotated_on_one_node_reaches_the_other_and_the_old_key_is_gone_from_both() {
     // Nodes read the deployment's keyring every 200 ms; the old key is
@@ -1519,7 +1506,7 @@ async fn a_key_rotated_on_one_node_reaches_the_other_and_the_old_key_is_gone_fro
     );
     // B learns the new key within a few polls, and seals with it.
     let learned = Instant::now();
-    while keyring_of(&admin_b).await != (1, vec![0]) {
+    while support::daemon::keyring(&admin_b).await != (1, vec![0]) {
         assert!(
             learned.elapsed() < Duration::from_secs(5),
             "B never learned"
@@ -1531,7 +1518,9 @@ async fn a_key_rotated_on_one_node_reaches_the_other_and_the_old_key_is_gone_fro
 
     // The pass ends, and both nodes drop key 0.
     let deadline = Instant::now() + Duration::from_secs(90);
-    while keyring_of(&admin_a).await != (1, vec![]) || keyring_of(&admin_b).await != (1, vec![]) {
+    while support::daemon::keyring(&admin_a).await != (1, vec![])
+        || support::daemon::keyring(&admin_b).await != (1, vec![])
+    {
         assert!(Instant::now() < deadline, "the rotation never ended");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -12,28 +12,13 @@ use std::time::Duration;
 use slsd::engine::Role;
 use slsd::store::embedded::registry::Registry;
 use slsd::store::sealed::SecretCipher;
-use slsd::wire::request::Answer;
-use slsd::wire::{Operation, Reply, Verdict};
-use support::daemon::{Daemon, admin_json};
+use slsd::wire::{Reply, Verdict};
+use support::daemon::{Daemon, admin_json, keyring};
 use support::load::{self, Load};
 
 /// A slow pass (20 records a step, 50 ms apart), so that the SIGKILL
 /// lands in the middle of it.
 const SLOW_PASS: &str = "[keys]\nreseal-batch = 20\nreseal-pause = \"50ms\"\n";
-
-/// The active key and the retiring ones, asked on `admin`'s connection.
-async fn keyring(admin: &sls_sim::client::Client) -> (u32, Vec<u32>) {
-    match admin
-        .call(Operation::Keyring { rotate: false })
-        .await
-        .unwrap()
-    {
-        Reply::Keyring {
-            active, retiring, ..
-        } => (active, retiring),
-        other => panic!("the keyring: {other:?}"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_rotated_under_load_survives_a_sigkill_and_the_old_key_opens_nothing() {
@@ -91,25 +76,7 @@ async fn a_key_rotated_under_load_survives_a_sigkill_and_the_old_key_opens_nothi
     // Every device enrolled before the crash logs in.
     let gateway = daemon.client(Role::Gateway).await;
     for (name, device) in first.enrolled.iter().take(300) {
-        let Reply::Challenge {
-            challenge, text, ..
-        } = gateway
-            .call(Operation::Challenge {
-                user: load::user(name),
-                device: *device,
-            })
-            .await
-            .unwrap()
-        else {
-            panic!("{name}: a challenge")
-        };
-        let verdict = gateway
-            .call(Operation::Verify {
-                challenge,
-                response: Answer::new(&load::answer(&text)),
-            })
-            .await
-            .unwrap();
+        let verdict = load::log_in(&gateway, name, *device).await;
         assert!(
             matches!(verdict, Reply::Verdict(Verdict::Accepted { .. })),
             "{name}: {verdict:?}"

@@ -253,6 +253,22 @@ pub fn admin_failure(daemon: &Daemon, args: &[&str]) -> String {
     stderr.trim_end().to_owned()
 }
 
+/// The active at-rest key and the retiring ones, asked on `admin`'s
+/// connection.
+pub async fn keyring(admin: &Client) -> (u32, Vec<u32>) {
+    use slsd::wire::{Operation, Reply};
+    match admin
+        .call(Operation::Keyring { rotate: false })
+        .await
+        .unwrap()
+    {
+        Reply::Keyring {
+            active, retiring, ..
+        } => (active, retiring),
+        other => panic!("the keyring: {other:?}"),
+    }
+}
+
 /// The Prometheus text of the metrics endpoint at `addr` (blocking).
 pub fn metrics_at(addr: SocketAddr) -> String {
     use std::io::{Read, Write};

@@ -68,6 +68,29 @@ pub async fn listed(admin: &Client, name: &str) -> Vec<DeviceEntry> {
     }
 }
 
+/// A login of `name`'s card on `gateway`, answered right: the verdict.
+pub async fn log_in(gateway: &Client, name: &str, device: DeviceId) -> Reply {
+    let Reply::Challenge {
+        challenge, text, ..
+    } = gateway
+        .call(Operation::Challenge {
+            user: user(name),
+            device,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("{name}: a challenge")
+    };
+    gateway
+        .call(Operation::Verify {
+            challenge,
+            response: Answer::new(&answer(&text)),
+        })
+        .await
+        .unwrap()
+}
+
 /// What the daemon acknowledged, in order.
 #[derive(Debug, Default, Clone)]
 pub struct Acknowledged {

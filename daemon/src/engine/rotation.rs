@@ -57,8 +57,7 @@ impl Engine {
     ) -> Result<Reply, StoreError> {
         let keyring = store.keyring();
         if rotate {
-            let active = keyring.rotate(rng)?;
-            store.publish_keyring(rng).await?;
+            let active = store.rotate_key(rng).await?;
             let retiring = keyring.retiring();
             let detail = format!("key {active} active; keys {retiring:?} retiring");
             store
@@ -165,8 +164,7 @@ impl Engine {
             }
         }
         tokio::time::sleep_until(retire_after).await;
-        let retired = keyring.retire()?;
-        store.publish_keyring(rng).await?;
+        let retired = store.retire_keys(rng).await?;
         let took = started.elapsed();
         let detail = format!(
             "keys {retired:?} retired after {} records re-sealed in {:.1} s",

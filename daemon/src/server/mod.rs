@@ -857,16 +857,13 @@ async fn rotate_keys(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
             pass = shared.engine.reseal_pass(&mut rng) => pass,
             _ = stopping.changed() => return,
         };
-        let wait = match pass {
-            Ok(_) => None,
-            Err(error) => {
-                tracing::error!(%error, "the key rotation's pass failed: it runs again in a minute");
-                Some(Duration::from_secs(60))
-            }
-        };
+        let failed = pass.is_err();
+        if let Err(error) = pass {
+            tracing::error!(%error, "the key rotation's pass failed: it runs again in a minute");
+        }
         tokio::select! {
             () = shared.engine.rotation_requested() => {}
-            () = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => {}
+            () = tokio::time::sleep(Duration::from_secs(60)), if failed => {}
             _ = stopping.changed() => return,
         }
     }

@@ -143,14 +143,19 @@ pub trait Store: Sync {
     fn pseudonym(&self, user: &Username) -> Username;
     /// The keyring this store's secrets are sealed under.
     fn keyring(&self) -> &crate::store::sealed::SecretCipher;
-    /// Tells the deployment's other nodes what this node's keyring now is,
-    /// after a rotation or a retirement: on the cluster a record every
-    /// node polls, each key in it sealed under a key the nodes already
-    /// hold; on the embedded store, nothing (no other node).
-    fn publish_keyring<R: CryptoRng + ?Sized>(
+    /// Adds a key to the keyring and makes it the one new seals use: on
+    /// the cluster, published first to the record every node follows,
+    /// each key in it sealed under a key the nodes already hold.
+    fn rotate_key<R: CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
-    ) -> impl Future<Output = Result<(), StoreError>>;
+    ) -> impl Future<Output = Result<crate::store::sealed::KeyId, StoreError>>;
+    /// Drops the retiring keys (and, on the cluster, from the published
+    /// keyring); which.
+    fn retire_keys<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+    ) -> impl Future<Output = Result<Vec<crate::store::sealed::KeyId>, StoreError>>;
     /// One step of a rotation's pass: up to `limit` records from `cursor`
     /// on, each sealed value in them opened and sealed again under the
     /// active key (a record already under it is left as it is); `cursor`

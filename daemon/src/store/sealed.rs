@@ -77,6 +77,51 @@ impl fmt::Debug for Wrapped {
     }
 }
 
+/// A keyring's keys, not necessarily the one in use (`SecretCipher::
+/// rotated`, `SecretCipher::state`): what a cluster node publishes.
+pub struct KeyringState(Ring);
+
+impl fmt::Debug for KeyringState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "KeyringState(active {}, {:?})",
+            self.active(),
+            self.held()
+        )
+    }
+}
+
+impl KeyringState {
+    pub fn active(&self) -> KeyId {
+        self.0.active
+    }
+
+    /// Every key id it holds, the active one among them.
+    pub fn held(&self) -> Vec<KeyId> {
+        self.0.keys.iter().map(|k| k.id).collect()
+    }
+
+    /// Every key sealed under every other one: what a node that holds any
+    /// of them needs to learn the rest (`SecretCipher::adopt`), without a
+    /// key ever leaving a node in clear.
+    pub fn wrapped<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Result<Vec<Wrapped>, SealError> {
+        let keys = &self.0.keys;
+        let mut out = Vec::new();
+        for key in keys {
+            for under in keys.iter().filter(|k| k.id != key.id) {
+                let context = wrap_context(key.id, under.id);
+                out.push(Wrapped {
+                    key: key.id,
+                    under: under.id,
+                    sealed: seal_under(under, rng, key.bytes.as_slice(), &context)?,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// What following another node's keyring did (`SecretCipher::adopt`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Adopted {
@@ -241,11 +286,16 @@ impl SecretCipher {
     /// The file is replaced before memory changes: a crash in between
     /// starts with the new key.
     pub fn rotate<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Result<KeyId, SealError> {
-        let _writing = self
-            .0
-            .writing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let rotated = self.rotated(rng)?;
+        let id = rotated.active();
+        self.apply(rotated)?;
+        Ok(id)
+    }
+
+    /// The keyring a rotation would make (a new key, from `rng`, active),
+    /// not yet in use: a cluster node publishes it first
+    /// ([`apply`](Self::apply) once the deployment has it).
+    pub fn rotated<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Result<KeyringState, SealError> {
         let ring = self.0.ring.load();
         let id = ring
             .keys
@@ -259,8 +309,27 @@ impl SecretCipher {
         rng.fill_bytes(bytes.as_mut_slice());
         let mut keys = ring.keys.clone();
         keys.push(Arc::new(RingKey::new(id, &bytes)));
-        self.replace(Ring { active: id, keys })?;
-        Ok(id)
+        Ok(KeyringState(Ring { active: id, keys }))
+    }
+
+    /// Makes `state` (from [`rotated`](Self::rotated)) the keyring: the
+    /// file first, then memory.
+    pub fn apply(&self, state: KeyringState) -> Result<(), SealError> {
+        let _writing = self
+            .0
+            .writing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.replace(state.0)
+    }
+
+    /// The keyring as it is now.
+    pub fn state(&self) -> KeyringState {
+        let ring = self.0.ring.load();
+        KeyringState(Ring {
+            active: ring.active,
+            keys: ring.keys.clone(),
+        })
     }
 
     /// Drops every key but the active one: call it once nothing sealed
@@ -308,25 +377,6 @@ impl SecretCipher {
         }
         self.0.ring.store(Arc::new(ring));
         Ok(())
-    }
-
-    /// Every key of the keyring sealed under every other one: what a node
-    /// that holds any of them needs to learn the rest ([`adopt`](Self::adopt)),
-    /// without a key ever leaving a node in clear.
-    pub fn wrapped<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Result<Vec<Wrapped>, SealError> {
-        let ring = self.0.ring.load();
-        let mut out = Vec::new();
-        for key in &ring.keys {
-            for under in ring.keys.iter().filter(|k| k.id != key.id) {
-                let context = wrap_context(key.id, under.id);
-                out.push(Wrapped {
-                    key: key.id,
-                    under: under.id,
-                    sealed: seal_under(under, rng, key.bytes.as_slice(), &context)?,
-                });
-            }
-        }
-        Ok(out)
     }
 
     /// Follows a keyring another node published: learns the keys of

@@ -737,8 +737,18 @@ impl Store for ClusterStore {
         self.codec.keyring()
     }
 
-    async fn publish_keyring<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Result<(), StoreError> {
-        ClusterStore::publish_keyring(self, rng).await
+    async fn rotate_key<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+    ) -> Result<crate::store::sealed::KeyId, StoreError> {
+        ClusterStore::rotate_key(self, rng).await
+    }
+
+    async fn retire_keys<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+    ) -> Result<Vec<crate::store::sealed::KeyId>, StoreError> {
+        ClusterStore::retire_keys(self, rng).await
     }
 
     async fn reseal<R: CryptoRng + ?Sized>(

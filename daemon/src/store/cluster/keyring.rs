@@ -3,8 +3,9 @@
 //!
 //! Each node keeps the keyring in its own key file. A rotation, and the
 //! retirement that ends it, publish the keyring in `sls:{meta}:keyring`
-//! (tagged like every record): the key ids it holds, the active one, and
-//! each key sealed under each other one — so a node that holds the key in
+//! (versioned and tagged like every record, written by compare-and-swap):
+//! the key ids it holds, the active one, and each key sealed under each
+//! other one — so a node that holds the key in
 //! use before learns the new one, and no key crosses Redis in clear. Once
 //! the retiring keys are dropped the record names the active key alone,
 //! with nothing sealed under a retired key left in it. Every node reads
@@ -17,11 +18,11 @@
 use rand::CryptoRng;
 
 use super::redis::{Key, Op};
-use super::{ClusterStore, PLAIN, SMS_CODE_KEY_CONTEXT};
+use super::{ClusterStore, SMS_CODE_KEY_CONTEXT};
 use crate::identity::{DeviceId, Username};
 use crate::store::StoreError;
 use crate::store::change::{ResealCursor, ResealStep};
-use crate::store::sealed::{Adopted, KeyId, Wrapped};
+use crate::store::sealed::{Adopted, KeyId, KeyringState, Wrapped};
 use crate::wire::codec::{Put, Reader};
 
 fn keyring_key() -> Key {
@@ -69,18 +70,35 @@ impl Sealed {
 }
 
 impl ClusterStore {
-    /// Writes this node's keyring to the deployment's record.
-    pub async fn publish_keyring<R: CryptoRng + ?Sized>(
+    /// The deployment's keyring record as read: its version (0: none) and
+    /// what it says.
+    async fn published(&self) -> Result<(u64, Option<Published>), StoreError> {
+        let key = keyring_key();
+        let record = self
+            .read_checked(&[&key])
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let Some(value) = &record.value else {
+            return Ok((record.version, None));
+        };
+        let published = decode_keyring(value).ok_or(StoreError::Forged(key.as_str().to_owned()))?;
+        Ok((record.version, Some(published)))
+    }
+
+    /// Writes `state` as the deployment's keyring if the record is still
+    /// at `version`; whether it was.
+    async fn publish<R: CryptoRng + ?Sized>(
         &self,
+        version: u64,
+        state: &KeyringState,
         rng: &mut R,
-    ) -> Result<(), StoreError> {
-        let keyring = self.codec.keyring();
-        let active = keyring.active();
-        let mut held = vec![active];
-        held.extend(keyring.retiring());
-        let wrapped = keyring.wrapped(rng)?;
+    ) -> Result<bool, StoreError> {
+        let held = state.held();
+        let wrapped = state.wrapped(rng)?;
         let mut value = vec![1u8];
-        value.put_u64(u64::from(active));
+        value.put_u64(u64::from(state.active()));
         value.put_u16(u16::try_from(held.len()).unwrap_or(u16::MAX));
         for id in &held {
             value.put_u64(u64::from(*id));
@@ -92,22 +110,92 @@ impl ClusterStore {
             value.put_bytes(&entry.sealed);
         }
         let key = keyring_key();
-        self.redis
-            .put(&key, &self.tagged(&key, PLAIN, &value), true)
-            .await?;
+        let write = Op::Set(self.tagged(&key, version + 1, &value), None);
+        Ok(self.redis.transact(&[(&key, version, write)], true).await?)
+    }
+
+    /// Takes what the deployment published when it is ahead of this node
+    /// (a newer active key).
+    fn catch_up(&self, published: &Published) -> Result<(), StoreError> {
+        let keyring = self.codec.keyring();
+        if published.active > keyring.active()
+            && let Adopted::Missing(id) =
+                keyring.adopt(published.active, &published.held, &published.wrapped)?
+        {
+            return Err(StoreError::Database(format!(
+                "the deployment's active key {id} is not in this node's keyring"
+            )));
+        }
         Ok(())
+    }
+
+    /// Rotates the deployment's key: the new keyring is published first,
+    /// only over the record this node read (two nodes rotating at once
+    /// cannot both make a key of one id), and used here once it is; a
+    /// node stopped in between learns it back from the record.
+    pub async fn rotate_key<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+    ) -> Result<KeyId, StoreError> {
+        let keyring = self.codec.keyring();
+        let mut rounds = self.rounds();
+        while rounds.next().await {
+            let (version, published) = self.published().await?;
+            if let Some(published) = &published {
+                self.catch_up(published)?;
+            }
+            let rotated = keyring.rotated(rng)?;
+            let active = rotated.active();
+            if self.publish(version, &rotated, rng).await? {
+                keyring.apply(rotated)?;
+                return Ok(active);
+            }
+        }
+        Err(StoreError::Database(
+            "the deployment's keyring kept changing: no key rotated".into(),
+        ))
+    }
+
+    /// Drops the retiring keys here, then from the deployment's keyring
+    /// (unless a newer rotation has replaced it meanwhile, which this node
+    /// then takes).
+    pub async fn retire_keys<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+    ) -> Result<Vec<KeyId>, StoreError> {
+        let keyring = self.codec.keyring();
+        let retired = keyring.retire()?;
+        let mut rounds = self.rounds();
+        while rounds.next().await {
+            let (version, published) = self.published().await?;
+            if let Some(published) = &published {
+                if published.active > keyring.active() {
+                    self.catch_up(published)?;
+                    return Ok(retired);
+                }
+                if published.active == keyring.active() && published.held == [published.active] {
+                    return Ok(retired);
+                }
+            }
+            if self.publish(version, &keyring.state(), rng).await? {
+                return Ok(retired);
+            }
+        }
+        Err(StoreError::Database(
+            "the deployment's keyring kept changing: the retired keys are still published".into(),
+        ))
     }
 
     /// Takes the deployment's keyring as published (nothing when no node
     /// has rotated yet).
     pub async fn follow_keyring(&self) -> Result<Adopted, StoreError> {
-        let key = keyring_key();
-        let Some(value) = self.get_checked(&key).await? else {
+        let (_, Some(published)) = self.published().await? else {
             return Ok(Adopted::Unchanged);
         };
-        let forged = || StoreError::Forged(key.as_str().to_owned());
-        let (active, held, wrapped) = decode_keyring(&value).ok_or_else(forged)?;
-        Ok(self.codec.keyring().adopt(active, &held, &wrapped)?)
+        Ok(self
+            .codec
+            .keyring()
+            .adopt(published.active, &published.held, &published.wrapped)?)
     }
 
     /// One step of the pass: the slots after the cursor's, until `limit`
@@ -273,8 +361,15 @@ impl ClusterStore {
     }
 }
 
+/// A keyring as the deployment's record has it.
+struct Published {
+    active: KeyId,
+    held: Vec<KeyId>,
+    wrapped: Vec<Wrapped>,
+}
+
 /// The published keyring: the active key, the keys held, the wrapped keys.
-fn decode_keyring(value: &[u8]) -> Option<(KeyId, Vec<KeyId>, Vec<Wrapped>)> {
+fn decode_keyring(value: &[u8]) -> Option<Published> {
     let mut r = Reader::new(value);
     if r.u8("version").ok()? != 1 {
         return None;
@@ -293,5 +388,9 @@ fn decode_keyring(value: &[u8]) -> Option<(KeyId, Vec<KeyId>, Vec<Wrapped>)> {
         wrapped.push(Wrapped { key, under, sealed });
     }
     r.finish().ok()?;
-    Some((active, held, wrapped))
+    Some(Published {
+        active,
+        held,
+        wrapped,
+    })
 }

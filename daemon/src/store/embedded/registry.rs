@@ -558,8 +558,18 @@ impl crate::store::Store for Registry {
         self.codec.keyring()
     }
 
-    async fn publish_keyring<R: CryptoRng + ?Sized>(&self, _: &mut R) -> Result<(), StoreError> {
-        Ok(())
+    async fn rotate_key<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+    ) -> Result<crate::store::sealed::KeyId, StoreError> {
+        Ok(self.codec.keyring().rotate(rng)?)
+    }
+
+    async fn retire_keys<R: CryptoRng + ?Sized>(
+        &self,
+        _: &mut R,
+    ) -> Result<Vec<crate::store::sealed::KeyId>, StoreError> {
+        Ok(self.codec.keyring().retire()?)
     }
 
     async fn reseal<R: CryptoRng + ?Sized>(
