@@ -5,11 +5,11 @@
 //! retirement that ends it, publish the keyring in `sls:{meta}:keyring`
 //! (versioned and tagged like every record, written by compare-and-swap):
 //! the key ids it holds, the active one, and each key sealed under each
-//! other one — so a node that holds the key in
-//! use before learns the new one, and no key crosses Redis in clear. Once
-//! the retiring keys are dropped the record names the active key alone,
-//! with nothing sealed under a retired key left in it. Every node reads
-//! the record every `keys.poll` (`follow_keyring`).
+//! other one — so a node that holds the key in use before learns the new
+//! one, and no key crosses Redis in clear. Once the retiring keys are
+//! dropped the record names the active key alone, with nothing sealed
+//! under a retired key left in it. Every node reads the record every
+//! `keys.poll` (`follow_keyring`).
 //!
 //! The pass goes through the cluster slot by slot (`CLUSTER
 //! GETKEYSINSLOT`): every key of a kind that holds a sealed value is read,
