@@ -182,7 +182,8 @@ impl Engine {
             "key rotation finished"
         );
         key_event(now, "key-retired", detail);
-        metrics::gauge!(crate::metrics::KEYS_RETIRING).set(0.0);
+        // Not 0 if another node rotated again meanwhile (its pass goes on).
+        metrics::gauge!(crate::metrics::KEYS_RETIRING).set(keyring.retiring().len() as f64);
         Ok(Some(RotationReport {
             examined: total.examined,
             resealed: total.resealed,

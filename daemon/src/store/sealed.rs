@@ -286,9 +286,16 @@ impl SecretCipher {
     /// The file is replaced before memory changes: a crash in between
     /// starts with the new key.
     pub fn rotate<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Result<KeyId, SealError> {
+        // Held from reading the ring to replacing it: two rotations at
+        // once cannot both make a key of one id.
+        let _writing = self
+            .0
+            .writing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let rotated = self.rotated(rng)?;
         let id = rotated.active();
-        self.apply(rotated)?;
+        self.replace(rotated.0)?;
         Ok(id)
     }
 
@@ -312,15 +319,34 @@ impl SecretCipher {
         Ok(KeyringState(Ring { active: id, keys }))
     }
 
-    /// Makes `state` (from [`rotated`](Self::rotated)) the keyring: the
-    /// file first, then memory.
+    /// Makes `state` (from [`rotated`](Self::rotated)) the keyring, the
+    /// file first, then memory — unless the keyring has meanwhile moved to
+    /// a newer active key (learned from the deployment), which holds
+    /// every key `state` does: a keyring never goes back.
     pub fn apply(&self, state: KeyringState) -> Result<(), SealError> {
         let _writing = self
             .0
             .writing
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        if state.active() <= self.active() {
+            return Ok(());
+        }
         self.replace(state.0)
+    }
+
+    /// The keyring as it will be once the retiring keys are dropped.
+    pub fn retired_state(&self) -> KeyringState {
+        let ring = self.0.ring.load();
+        KeyringState(Ring {
+            active: ring.active,
+            keys: ring
+                .keys
+                .iter()
+                .filter(|k| k.id == ring.active)
+                .cloned()
+                .collect(),
+        })
     }
 
     /// The keyring as it is now.
@@ -396,6 +422,10 @@ impl SecretCipher {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let ring = self.0.ring.load();
+        if active < ring.active {
+            // A record older than what this node holds: never go back.
+            return Ok(Adopted::Unchanged);
+        }
         let mut keys = ring.keys.clone();
         // A key learned may open another: go round until nothing is new.
         loop {
@@ -758,6 +788,45 @@ mod tests {
             restarted.open(&foreign, b"c"),
             Err(SealError::UnknownKey(2))
         ));
+    }
+
+    /// What another node publishes is followed forward, never back: an
+    /// older keyring, or a rotation overtaken by a newer one, changes
+    /// nothing.
+    #[test]
+    fn a_keyring_never_goes_back() {
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let here = SecretCipher::new(&[1; 32]);
+        let there = SecretCipher::new(&[1; 32]);
+        let before = there.state();
+        let stale = here.rotated(&mut rng).unwrap();
+        there.rotate(&mut rng).unwrap();
+        there.rotate(&mut rng).unwrap();
+        let published = there.state();
+        let wrapped = published.wrapped(&mut rng).unwrap();
+        assert_eq!(
+            here.adopt(2, &published.held(), &wrapped).unwrap(),
+            Adopted::Changed
+        );
+        assert_eq!((here.active(), here.retiring()), (2, vec![0, 1]));
+        // Its own rotation to key 1, made before it learned key 2.
+        here.apply(stale).unwrap();
+        assert_eq!((here.active(), here.retiring()), (2, vec![0, 1]));
+        let old = before.wrapped(&mut rng).unwrap();
+        assert_eq!(
+            here.adopt(0, &before.held(), &old).unwrap(),
+            Adopted::Unchanged
+        );
+        assert_eq!(here.active(), 2);
+        // Retired there: dropped here, and not learned back.
+        there.retire().unwrap();
+        let retired = there.state();
+        assert_eq!(
+            here.adopt(2, &retired.held(), &retired.wrapped(&mut rng).unwrap())
+                .unwrap(),
+            Adopted::Changed
+        );
+        assert_eq!((here.active(), here.retiring()), (2, vec![]));
     }
 
     #[test]

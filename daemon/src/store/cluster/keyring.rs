@@ -156,29 +156,29 @@ impl ClusterStore {
         ))
     }
 
-    /// Drops the retiring keys here, then from the deployment's keyring
-    /// (unless a newer rotation has replaced it meanwhile, which this node
-    /// then takes).
+    /// Drops the retiring keys from the deployment's keyring, then here
+    /// (in this order: a node following the record meanwhile could learn
+    /// them back from it otherwise). A newer rotation published meanwhile
+    /// is taken instead; its pass retires the keys.
     pub async fn retire_keys<R: CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
     ) -> Result<Vec<KeyId>, StoreError> {
         let keyring = self.codec.keyring();
-        let retired = keyring.retire()?;
         let mut rounds = self.rounds();
         while rounds.next().await {
             let (version, published) = self.published().await?;
             if let Some(published) = &published {
                 if published.active > keyring.active() {
                     self.catch_up(published)?;
-                    return Ok(retired);
+                    return Ok(Vec::new());
                 }
                 if published.active == keyring.active() && published.held == [published.active] {
-                    return Ok(retired);
+                    return Ok(keyring.retire()?);
                 }
             }
-            if self.publish(version, &keyring.state(), rng).await? {
-                return Ok(retired);
+            if self.publish(version, &keyring.retired_state(), rng).await? {
+                return Ok(keyring.retire()?);
             }
         }
         Err(StoreError::Database(
