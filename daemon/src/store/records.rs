@@ -503,11 +503,15 @@ impl DeviceCodec {
         user: &Username,
         bytes: &[u8],
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let account = self.decode_user(user, bytes)?;
-        let number = user_number_field(bytes).unwrap_or(&[]);
-        if number.is_empty() || !self.cipher.needs_reseal(number) {
+        // The header first: a record already under the active key (every
+        // one, on a pass's last round) is not opened at all. One whose
+        // fields do not read is decoded below, for its error.
+        if let Some(number) = user_number_field(bytes)
+            && (number.is_empty() || !self.cipher.needs_reseal(number))
+        {
             return Ok(None);
         }
+        let account = self.decode_user(user, bytes)?;
         self.encode_user(rng, user, &account).map(Some)
     }
 }
