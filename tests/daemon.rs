@@ -377,6 +377,26 @@ async fn roles_and_certificates_are_enforced(transport: Transport) {
     unversioned.alpn_protocols.clear();
     assert!(refused(daemon.connect(unversioned).await).await);
 
+    // A gateway of a later release offers its version first and this one
+    // after it (a rolling upgrade): the two agree on this one, and it is
+    // served.
+    assert_eq!(gateway.protocol().as_deref(), Some(&b"sls/1"[..]));
+    let mut later = daemon.tls(Role::Gateway);
+    later.alpn_protocols = vec![b"sls/2".to_vec(), b"sls/1".to_vec()];
+    let later = daemon.connect(later).await.unwrap();
+    assert_eq!(later.protocol().as_deref(), Some(&b"sls/1"[..]));
+    assert!(matches!(
+        later
+            .call(Operation::Devices { user: user("jdoe") })
+            .await
+            .unwrap(),
+        Reply::Devices { .. }
+    ));
+    // One that speaks only a version this release does not: refused.
+    let mut only_later = daemon.tls(Role::Gateway);
+    only_later.alpn_protocols = vec![b"sls/2".to_vec()];
+    assert!(refused(daemon.connect(only_later).await).await);
+
     // The legitimate clients still work.
     assert_eq!(
         gateway

@@ -165,7 +165,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 /// Operation labels of [`REQUESTS`] and [`REQUEST_SECONDS`].
-pub const OPERATIONS: [&str; 47] = [
+pub const OPERATIONS: [&str; 48] = [
     "devices",
     "challenge",
     "verify",
@@ -212,6 +212,7 @@ pub const OPERATIONS: [&str; 47] = [
     "backup",
     "erase",
     "keyring",
+    "upgrade",
     "invalid",
 ];
 

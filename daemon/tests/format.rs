@@ -246,8 +246,9 @@ fn cluster_start(
         RedisStore::in_memory(std::sync::Arc::clone(memory)),
         codec,
         Duration::from_secs(1),
-    );
-    slsd::store::cluster::memory::run_now(store.check_format_against(supported))
+    )
+    .playing_release(supported);
+    slsd::store::cluster::memory::run_now(store.check_format())
         .expect("the in-memory store answers at once")
 }
 

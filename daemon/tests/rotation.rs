@@ -8,101 +8,17 @@
 
 mod common;
 
+use common::hotp::{alice, enroll, enrolled, hotp_token, login};
 use common::nodes::Node;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use slsd::identity::{DeviceId, Serial, Username};
-use slsd::otp::hotp::{Digits, hotp};
-use slsd::otp::token::TokenAlgorithm;
-use slsd::otp::{HashAlgorithm, HmacKey, SecretKey};
 use slsd::phone::PhoneNumber;
 use slsd::profile::DeviceKind;
 use slsd::store::Store;
 use slsd::store::cluster::memory::run_now;
 use slsd::store::sealed::{Adopted, SecretCipher};
-use slsd::wire::request::{Answer, Pin};
-use slsd::wire::token::{NewToken, TokenInfo};
-use slsd::wire::{EnrollRequest, Operation, Reply, Verdict};
-
-const KEY: &[u8] = b"12345678901234567890";
-
-fn alice() -> Username {
-    Username::new("alice").unwrap()
-}
-
-fn enroll(kind: DeviceKind, pin: Option<&str>) -> Operation {
-    Operation::Enroll(EnrollRequest {
-        user: alice(),
-        kind,
-        secret: None,
-        pin: pin.map(Pin::new),
-        label: String::new(),
-    })
-}
-
-fn enrolled(node: &Node, operation: Operation) -> DeviceId {
-    match node.call(operation) {
-        Reply::Enrolled { device, .. } => device,
-        other => panic!("{}: enrolled: {other:?}", node.name()),
-    }
-}
-
-/// An HOTP token imported and assigned to alice: a device whose codes the
-/// test can compute.
-fn hotp_token(node: &Node) -> DeviceId {
-    let token = NewToken {
-        info: TokenInfo {
-            serial: Serial::new("H1").unwrap(),
-            algorithm: TokenAlgorithm::Hotp {
-                hash: HashAlgorithm::Sha1,
-                digits: Digits::exactly(6),
-            },
-            counter: 0,
-            valid_from: None,
-            valid_until: None,
-            manufacturer: "Acme".into(),
-        },
-        key: SecretKey::from_bytes(KEY.to_vec()).unwrap(),
-    };
-    let import = Operation::ImportTokens {
-        import: 0,
-        commit: true,
-        tokens: vec![token],
-    };
-    assert!(matches!(node.call(import), Reply::TokensImported { .. }));
-    enrolled(
-        node,
-        Operation::AssignToken {
-            serial: Serial::new("H1").unwrap(),
-            user: alice(),
-            pin: None,
-            label: "token".into(),
-        },
-    )
-}
-
-/// A login with the token's code for `counter`.
-fn login(node: &Node, device: DeviceId, counter: u64) -> bool {
-    let Reply::Challenge { challenge, .. } = node.call(Operation::Challenge {
-        user: alice(),
-        device,
-    }) else {
-        panic!("{}: a challenge", node.name())
-    };
-    let hmac = HmacKey::new(
-        HashAlgorithm::Sha1,
-        &SecretKey::from_bytes(KEY.to_vec()).unwrap(),
-    );
-    let code = hotp(&hmac, counter, Digits::exactly(6));
-    matches!(
-        node.call(Operation::Verify {
-            challenge,
-            response: Answer::new(code.as_str()),
-        }),
-        Reply::Verdict(Verdict::Accepted { .. })
-    )
-}
+use slsd::wire::{Operation, Reply};
 
 fn keyring(node: &Node, rotate: bool) -> (u32, Vec<u32>, u64) {
     match node.call(Operation::Keyring { rotate }) {
@@ -160,7 +76,7 @@ async fn a_rotation_reseals_every_secret_while_logins_go_on_and_the_old_key_open
             label: String::new(),
         };
         enrolled(&node, phone);
-        let token = hotp_token(&node);
+        let token = hotp_token(&node, "H1");
         assert!(login(&node, token, 0), "{name}");
 
         assert_eq!(keyring(&node, false), (0, vec![], 0), "{name}");
@@ -243,7 +159,7 @@ async fn every_cluster_node_follows_the_keyring_and_one_that_missed_a_rotation_c
     let (node, _dir) = Node::both().pop().unwrap();
     let other_dir = tempfile::tempdir().unwrap();
     let other = node.another(other_dir.path()).unwrap();
-    let token = hotp_token(&node);
+    let token = hotp_token(&node, "H1");
     assert_eq!(
         run_now(store(&other).follow_keyring()).unwrap().unwrap(),
         Adopted::Unchanged

@@ -193,6 +193,7 @@ fn operation() -> impl Strategy<Value = Operation> {
         "/[a-z/ .-]{0,64}".prop_map(|path| Operation::Backup { path }),
         username().prop_map(|user| Operation::Erase { user }),
         any::<bool>().prop_map(|rotate| Operation::Keyring { rotate }),
+        any::<bool>().prop_map(|finish| Operation::Upgrade { finish }),
         (
             any::<u64>(),
             any::<bool>(),
@@ -494,6 +495,14 @@ fn reply() -> impl Strategy<Value = Reply> {
                 retiring,
                 resealed
             }),
+        (any::<[u64; 2]>(), any::<[u16; 2]>()).prop_map(|([format, release], [nodes, behind])| {
+            Reply::Upgrade {
+                format,
+                release,
+                nodes,
+                behind,
+            }
+        }),
         (username(), any::<[u64; 2]>()).prop_map(|(pseudonym, [devices, audit_entries])| {
             Reply::Erased {
                 pseudonym,
@@ -971,6 +980,7 @@ fn one_of_each() -> Vec<Operation> {
             user: Username::new("jdoe").unwrap(),
         },
         Operation::Keyring { rotate: true },
+        Operation::Upgrade { finish: true },
         Operation::ImportTokens {
             import: 0,
             commit: true,

@@ -181,14 +181,16 @@ impl Client {
     ) -> Result<Self, ClientError> {
         let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
             .map_err(|e| pki::PkiError::Tls(e.to_string()))?;
-        let link = TcpLink {
+        let mut link = TcpLink {
             addr,
             name,
             connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
             first: Mutex::new(None),
+            protocol: None,
             open: Arc::default(),
         };
         let first = link.open().await?;
+        link.protocol = first.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
         *lock(&link.first) = Some(Box::new(first));
         Ok(Self {
             link: Link::Tcp(link),
@@ -226,6 +228,19 @@ impl Client {
                 quic: failure,
                 tcp: ClientError::TimedOut(endpoints.wait).to_string(),
             }),
+        }
+    }
+
+    /// The protocol version the daemon and this client agreed on: the ALPN
+    /// id, the first of the daemon's that this client offered.
+    pub fn protocol(&self) -> Option<Vec<u8>> {
+        match &self.link {
+            Link::Quic { connection, .. } => connection
+                .handshake_data()?
+                .downcast::<quinn::crypto::rustls::HandshakeData>()
+                .ok()?
+                .protocol,
+            Link::Tcp(link) => link.protocol.clone(),
         }
     }
 
@@ -367,6 +382,8 @@ struct TcpLink {
     connector: tokio_rustls::TlsConnector,
     /// The connection `connect_tcp` made, for the first stream.
     first: Mutex<Option<Box<TlsStream>>>,
+    /// The protocol version (ALPN id) the first connection agreed on.
+    protocol: Option<Vec<u8>>,
     /// The sockets of the streams still open, to end them on `close`.
     open: Arc<OpenSockets>,
 }

@@ -47,6 +47,8 @@ pub fn facts(operation: &Operation) -> Facts {
         | Operation::Erase { .. }
         // A key rotation writes the keyring file (fsync) and an audit entry.
         | Operation::Keyring { .. }
+        // Finishing an upgrade writes the deployment's format and an audit entry.
+        | Operation::Upgrade { .. }
         | Operation::Unlock { .. }
         | Operation::EnrollPhone { .. }
         | Operation::BindPushKey { .. }

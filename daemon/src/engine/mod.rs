@@ -43,6 +43,7 @@ mod rules;
 mod signatures;
 mod sms;
 mod tokens;
+mod upgrade;
 
 pub use caller::{Caller, ReplyLog, Role, Sink, StreamId};
 use facts::forbidden;
@@ -431,6 +432,7 @@ impl Engine {
                 let store = self.registry.as_ref();
                 at_once(self.keyring(store, caller, rotate, now, rng)).into()
             }
+            Operation::Upgrade { finish } => at_once(self.upgrade(caller, finish, now, rng)).into(),
             Operation::Unlock { user, device } => {
                 let store = self.registry.as_ref();
                 at_once(self.unlock(store, caller, &user, device, now, rng)).into()

@@ -34,6 +34,7 @@ use crate::store::cluster::redis::{Durability, RedisStore};
 use crate::store::embedded::committer::Committer;
 use crate::store::embedded::registry::Registry;
 use crate::store::records::DeviceCodec;
+use crate::store::StoreError;
 use crate::store::sealed::{Adopted, SecretCipher};
 use pki::PkiPaths;
 use stream::{ConnectionState, Link, NO_ROLE, REVOKED, SHUTTING_DOWN, TOO_MANY_CONNECTIONS};
@@ -266,6 +267,8 @@ pub async fn serve(
         let (store, code_key) = connect_cluster(&config, keyring).await?;
         let node = format!("{:016x}", rand::random::<u64>());
         engine = engine.with_cluster(store, &code_key, node);
+        // Counted among the nodes alive before it serves.
+        engine.follow_deployment(crate::clock::now()).await?;
     }
     let shared = Arc::new(Shared {
         engine,
@@ -326,6 +329,9 @@ pub async fn serve(
     systemd::ready(registry.len());
 
     let (stop, stopping) = watch::channel(false);
+    // Told when a newer release finished an upgrade: this node stops.
+    // (Kept here too: the channel stays open on a node without the task.)
+    let (outdated, mut outdated_seen) = watch::channel(None);
     let background = tokio::spawn(metrics_http::serve(
         metrics_listener,
         metrics,
@@ -347,7 +353,11 @@ pub async fn serve(
     let rotation = tokio::spawn(rotate_keys(Arc::clone(&shared), stopping.clone()));
     let relay = shared.engine.is_clustered().then(|| {
         [
-            tokio::spawn(follow_keyring(Arc::clone(&shared), stopping.clone())),
+            tokio::spawn(follow_deployment(
+                Arc::clone(&shared),
+                outdated.clone(),
+                stopping.clone(),
+            )),
             tokio::spawn(relay(Arc::clone(&shared), stopping.clone())),
             tokio::spawn(wait_on_queue(
                 Arc::clone(&shared),
@@ -383,6 +393,7 @@ pub async fn serve(
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
             () = &mut shutdown => break,
+            _ = outdated_seen.changed() => break,
         };
         let Some(incoming) = incoming else { break };
         let admitted = handshakes.admit(
@@ -464,7 +475,10 @@ pub async fn serve(
     // The events of the drain are written before the process ends.
     crate::events::close(Duration::from_secs(2));
     tracing::info!("stopped");
-    Ok(())
+    match *outdated_seen.borrow_and_update() {
+        Some((found, supported)) => Err(StoreError::NewerFormat { found, supported }.into()),
+        None => Ok(()),
+    }
 }
 
 /// The revoked serial numbers `server.revoked-serials` names (none if it
@@ -869,21 +883,34 @@ async fn rotate_keys(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
     }
 }
 
-/// On a shared store: reads the deployment's keyring every `keys.poll`,
-/// so a key rotated on another node seals here too within it.
-async fn follow_keyring(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
+/// On a shared store: every `keys.poll`, says which release this node
+/// runs, and follows the deployment's keyring (a key rotated on another
+/// node seals here too within it) and the format of its records. A format
+/// newer than this release reads (a newer release finished an upgrade)
+/// stops the node: `outdated` is told. At the stop, the node's word about
+/// its release is withdrawn.
+async fn follow_deployment(
+    shared: Arc<Shared>,
+    outdated: watch::Sender<Option<(u64, u64)>>,
+    mut stopping: watch::Receiver<bool>,
+) {
     let mut failing = false;
     loop {
         let poll = shared.engine.config().keys.poll;
         tokio::select! {
             () = tokio::time::sleep(poll) => {}
-            _ = stopping.changed() => return,
+            _ = stopping.changed() => break,
         }
         let Some(store) = shared.engine.cluster_store() else {
             return;
         };
         // Said once when it starts failing and once when it works again.
-        match store.follow_keyring().await {
+        match shared.engine.follow_deployment(crate::clock::now()).await {
+            Err(error @ StoreError::NewerFormat { found, supported }) => {
+                tracing::error!(%error, "a newer release finished an upgrade: this node stops");
+                let _ = outdated.send(Some((found, supported)));
+                break;
+            }
             Ok(Adopted::Missing(active)) if !failing => {
                 tracing::error!(
                     active,
@@ -893,7 +920,7 @@ async fn follow_keyring(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>
                 failing = true;
             }
             Err(error) if !failing => {
-                tracing::warn!(%error, "the deployment's keyring cannot be read");
+                tracing::warn!(%error, "the deployment's keyring and format cannot be read");
                 failing = true;
             }
             Ok(Adopted::Missing(_)) | Err(_) => {}
@@ -902,11 +929,14 @@ async fn follow_keyring(shared: Arc<Shared>, mut stopping: watch::Receiver<bool>
                     log_keyring("the deployment's keyring changed", store);
                 }
                 if failing {
-                    tracing::info!("the deployment's keyring is followed again");
+                    tracing::info!("the deployment's keyring and format are followed again");
                     failing = false;
                 }
             }
         }
+    }
+    if let Err(error) = shared.engine.leave_deployment().await {
+        tracing::warn!(%error, "this node's release could not be withdrawn: it lapses by itself");
     }
 }
 

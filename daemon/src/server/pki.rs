@@ -26,7 +26,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::engine::Role;
-use crate::wire::ALPN;
+use crate::wire::alpn_protocols;
 
 /// The DNS name that carries a role in a client certificate.
 pub fn role_name(role: Role) -> String {
@@ -477,7 +477,8 @@ fn roots(ca: &Path) -> Result<rustls::RootCertStore, PkiError> {
 }
 
 /// The server's TLS 1.3 configuration: its certificate, client
-/// certificates required and checked against the CA, ALPN `sls/1`.
+/// certificates required and checked against the CA, the ALPN ids of
+/// [`PROTOCOLS`](crate::wire::PROTOCOLS).
 pub fn server_tls(paths: &PkiPaths) -> Result<rustls::ServerConfig, PkiError> {
     let tls = |e: rustls::Error| PkiError::Tls(e.to_string());
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -495,7 +496,7 @@ pub fn server_tls(paths: &PkiPaths) -> Result<rustls::ServerConfig, PkiError> {
             load_key(&paths.server_key())?,
         )
         .map_err(tls)?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = alpn_protocols();
     Ok(config)
 }
 
@@ -508,7 +509,7 @@ pub fn client_tls(ca: &Path, cert: &Path, key: &Path) -> Result<rustls::ClientCo
         .with_root_certificates(roots(ca)?)
         .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
         .map_err(tls)?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = alpn_protocols();
     Ok(config)
 }
 

@@ -22,7 +22,7 @@ use tokio::sync::{Notify, watch};
 use super::stream::{self, Link, READ_CHUNK, RequestStream, SHUTTING_DOWN};
 use super::{ServeError, Shared, admission, admit_client, pki};
 use crate::otp::push::{BINDING_LABEL, BINDING_LEN};
-use crate::wire::ALPN;
+use crate::wire::PROTOCOLS;
 
 /// The fallback's listener and the TLS configuration new connections get
 /// (replaced on SIGHUP, like the QUIC endpoint's).
@@ -155,9 +155,12 @@ async fn serve_connection(
     };
     drop(ticket);
     let session = tls.get_ref().1;
-    // QUIC refuses a handshake without the ALPN; TLS on TCP lets one
-    // through, so it is checked here: the id is the protocol's version.
-    if session.alpn_protocol() != Some(ALPN) {
+    // QUIC refuses a handshake without a common ALPN id; TLS on TCP lets
+    // one through, so it is checked here: the id is the protocol's version.
+    if !session
+        .alpn_protocol()
+        .is_some_and(|id| PROTOCOLS.contains(&id))
+    {
         metrics::counter!(crate::metrics::REJECTED_HANDSHAKES, "reason" => "handshake")
             .increment(1);
         return;

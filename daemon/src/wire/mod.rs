@@ -28,8 +28,22 @@ pub use response::{
     ErrorCode, PendingActivation, Refusal, Reply, Response, ShareEntry, StatEntry, Verdict,
 };
 
-/// ALPN protocol id: the protocol and its version.
+/// ALPN protocol id of this release's protocol: the protocol and its
+/// version.
 pub const ALPN: &[u8] = b"sls/1";
+
+/// The protocol versions this release speaks, as ALPN ids, most preferred
+/// first. A server picks the first of its own that the client offers, so
+/// during a rolling upgrade gateways and nodes of two releases agree on
+/// the newest version both speak: a release that changes the frames puts
+/// its version in front and keeps the one before it (README: upgrading a
+/// cluster).
+pub const PROTOCOLS: &[&[u8]] = &[ALPN];
+
+/// [`PROTOCOLS`] as a TLS configuration takes them.
+pub fn alpn_protocols() -> Vec<Vec<u8>> {
+    PROTOCOLS.iter().map(|id| id.to_vec()).collect()
+}
 
 /// Bytes of the length prefix.
 pub const LENGTH_BYTES: usize = 4;

@@ -158,6 +158,11 @@ pub enum Operation {
     /// new key, and a background pass re-seals every record under it
     /// before the keys held before are dropped.
     Keyring { rotate: bool },
+    /// Where a rolling upgrade stands (`slsd admin upgrade`) and, with
+    /// `finish`, its end (`slsd admin finish-upgrade`): the deployment's
+    /// records take this node's release's format, refused while a node of
+    /// an older release is alive.
+    Upgrade { finish: bool },
     /// A vendor's tokens, in batches (`slsd admin import-tokens`): import
     /// 0 begins an import and the reply names it; `commit` ends it. All or
     /// nothing: a refused batch drops the whole import.
@@ -328,6 +333,7 @@ impl Operation {
             Self::Backup { .. } => 0x3c,
             Self::Erase { .. } => 0x3d,
             Self::Keyring { .. } => 0x3e,
+            Self::Upgrade { .. } => 0x3f,
             Self::StartPhoneVerification { .. } => 0x34,
             Self::ConfirmPhone { .. } => 0x35,
             Self::ImportTokens { .. } => 0x36,
@@ -380,6 +386,7 @@ impl Operation {
             Self::Backup { .. } => "backup",
             Self::Erase { .. } => "erase",
             Self::Keyring { .. } => "keyring",
+            Self::Upgrade { .. } => "upgrade",
             Self::StartPhoneVerification { .. } => "start_phone_verification",
             Self::ConfirmPhone { .. } => "confirm_phone",
             Self::ImportTokens { .. } => "import_tokens",
@@ -628,6 +635,9 @@ impl Request {
             },
             0x3e => Operation::Keyring {
                 rotate: r.flag("rotate")?,
+            },
+            0x3f => Operation::Upgrade {
+                finish: r.flag("finish")?,
             },
             0x36 => Operation::ImportTokens {
                 import: r.u64("import")?,
@@ -917,6 +927,7 @@ impl Request {
             Operation::Backup { path } => out.put_bytes(path.as_bytes()),
             Operation::Erase { user } => out.put_bytes(user.as_str().as_bytes()),
             Operation::Keyring { rotate } => out.put_u8(u8::from(*rotate)),
+            Operation::Upgrade { finish } => out.put_u8(u8::from(*finish)),
             Operation::SendCode { user, channel } => {
                 out.put_bytes(user.as_str().as_bytes());
                 out.put_u8(channel.code());

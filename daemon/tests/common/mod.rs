@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the helpers
 
+pub mod hotp;
 pub mod nodes;
 
 use std::path::Path;

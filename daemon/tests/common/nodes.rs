@@ -58,6 +58,31 @@ impl Node {
         Some(Node::Cluster(other, Arc::clone(memory)))
     }
 
+    /// A node named `name` on `memory` whose release reads records up to
+    /// format `release` (a test plays two releases with it), started as
+    /// the server starts one: the deployment's format checked first.
+    pub fn playing(
+        memory: &Arc<MemoryRedis>,
+        dir: &std::path::Path,
+        release: u64,
+        name: &str,
+    ) -> Result<Node, slsd::store::StoreError> {
+        use slsd::store::cluster::ClusterStore;
+        use slsd::store::cluster::redis::RedisStore;
+        let config = config();
+        let codec = slsd::store::records::DeviceCodec::new(
+            SecretCipher::new(&[5; 32]),
+            config.devices.clone(),
+        );
+        let redis = RedisStore::in_memory(Arc::clone(memory));
+        let store = ClusterStore::new(redis, codec, config.store.cache_ttl).playing_release(release);
+        run_now(store.check_format()).unwrap()?;
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let code_key = run_now(store.sms_code_key(&mut rng)).unwrap()?;
+        let engine = super::open_engine(dir, config).with_cluster(store, &code_key, name.into());
+        Ok(Node::Cluster(engine, Arc::clone(memory)))
+    }
+
     pub fn call_at(&self, operation: Operation, now: Timestamp) -> Reply {
         let call = CALLS.replace(CALLS.get() + 1);
         let mut rng = ChaCha20Rng::seed_from_u64(call);

@@ -117,6 +117,15 @@ enum AdminOperation {
     /// The at-rest keyring: the active key, the keys still retiring, and
     /// the records this node has re-sealed since it started.
     Keyring,
+    /// Where a rolling upgrade of a cluster stands: the format of the
+    /// deployment's records, the newest this node's release reads, and
+    /// the nodes alive that run an older release.
+    Upgrade,
+    /// End a rolling upgrade once every node runs the new release: the
+    /// deployment's records take its format from now on (refused while a
+    /// node of an older release is alive; a node of an older release
+    /// cannot start afterwards).
+    FinishUpgrade,
     /// Every device of a user, with its state.
     Devices {
         #[arg(value_parser = username)]
@@ -391,6 +400,8 @@ impl AdminOperation {
             Self::Erase { user } => Operation::Erase { user },
             Self::RotateKey => Operation::Keyring { rotate: true },
             Self::Keyring => Operation::Keyring { rotate: false },
+            Self::Upgrade => Operation::Upgrade { finish: false },
+            Self::FinishUpgrade => Operation::Upgrade { finish: true },
             Self::Devices { user, page } => Operation::ListDevices {
                 user,
                 page: page.into(),
@@ -854,6 +865,24 @@ fn describe(reply: &Reply) -> anyhow::Result<Value> {
                 "none under way: every stored secret is sealed under the active key"
             } else {
                 "re-sealing under the active key; the retiring keys are dropped when it ends"
+            },
+        }),
+        Reply::Upgrade {
+            format,
+            release,
+            nodes,
+            behind,
+        } => json!({
+            "records_format": format,
+            "release_format": release,
+            "nodes": nodes,
+            "nodes_behind": behind,
+            "upgrade": if *format >= *release {
+                "none under way: the records have this release's format"
+            } else if *behind > 0 {
+                "under way: upgrade the nodes behind, then run finish-upgrade"
+            } else {
+                "every node alive runs this release: run finish-upgrade"
             },
         }),
         Reply::BackedUp {

@@ -315,11 +315,16 @@ fn serve(
         metrics,
         |started| {
             let pki = &started.pki;
+            let alpn = slsd::wire::PROTOCOLS
+                .iter()
+                .map(|id| String::from_utf8_lossy(id))
+                .collect::<Vec<_>>()
+                .join(", ");
             println!("slsd: data directory {}", data_dir.display());
-            println!("slsd: listening on {} (QUIC, ALPN sls/1)", started.quic);
+            println!("slsd: listening on {} (QUIC, ALPN {alpn})", started.quic);
             println!("slsd: metrics on http://{}/metrics", started.metrics);
             if let Some(tcp) = started.tcp {
-                println!("slsd: TCP/TLS fallback on {tcp} (ALPN sls/1)");
+                println!("slsd: TCP/TLS fallback on {tcp} (ALPN {alpn})");
             }
             if let Some(radius) = started.radius {
                 println!("slsd: RADIUS on {radius} (UDP)");

@@ -134,6 +134,7 @@ impl Engine {
             Operation::Revoke { device } => self.revoke(store, caller, device, now, rng).await,
             Operation::Erase { user } => self.erase(store, caller, &user, now, rng).await,
             Operation::Keyring { rotate } => self.keyring(store, caller, rotate, now, rng).await,
+            Operation::Upgrade { finish } => self.upgrade(caller, finish, now, rng).await,
             Operation::BindPushKey { device, key } => {
                 self.bind_push_key(store, caller, device, key, now, rng)
                     .await

@@ -27,7 +27,7 @@ use redis::{Cmd, Value};
 
 use super::redis::{
     APPEND_LOG, BOOK_UNDER_LIMITS, DELETE_IF, GCRA, GCRA_READ, GCRA_TRANSACT, HOLD, PUSH_BACK,
-    READ_LINKED, READ_MANY, READ_SET, RedisError, SWAP, TRANSACT,
+    READ_LINKED, READ_MANY, READ_SET, REPLACE_IF, RedisError, SWAP, TRANSACT,
 };
 use crate::clock::Timestamp;
 use crate::sync::Mutex;
@@ -512,6 +512,17 @@ impl Keyspace {
                 }) => Value::Array(hash.values().map(|v| text(v)).collect()),
                 _ => Value::Array(Vec::new()),
             },
+            b"HGETALL" => match self.live(key) {
+                Some(Entry {
+                    data: Data::Hash(hash),
+                    ..
+                }) => Value::Array(
+                    hash.iter()
+                        .flat_map(|(field, value)| [text(field), text(value)])
+                        .collect(),
+                ),
+                _ => Value::Array(Vec::new()),
+            },
             b"HMGET" => Value::Array(
                 args.iter()
                     .skip(1)
@@ -725,6 +736,13 @@ impl Keyspace {
             let key = key(0)?;
             if self.string(key).as_deref() == Some(arg(0)?) {
                 self.entries.remove(key);
+                return Ok(Value::Int(1));
+            }
+            Ok(Value::Int(0))
+        } else if text == REPLACE_IF {
+            let key = key(0)?;
+            if self.string(key).as_deref() == Some(arg(0)?) {
+                self.put(key, Data::Text(arg(1)?.to_vec()), None);
                 return Ok(Value::Int(1));
             }
             Ok(Value::Int(0))

@@ -46,6 +46,7 @@ mod inventory;
 mod keyring;
 pub mod memory;
 pub mod redis;
+mod release;
 mod seen;
 pub mod slots;
 mod tokens;
@@ -53,6 +54,7 @@ mod tokens;
 pub use change::UserLife;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -74,6 +76,7 @@ use crate::store::records::{decode_audit, encode_audit};
 use crate::store::{Account, Actor, EXPIRED_GRACE};
 use crate::store::{Device, EnrollError, FailureState, StoreError};
 use crate::wire::AuditRecord;
+pub use release::{FORMAT, RELEASE_POLLS, UpgradeState};
 
 /// How long a queue (the carrier outbox, a node's inbox) outlives its last
 /// item: a node that died leaves no queue behind for long.
@@ -118,6 +121,10 @@ pub struct ClusterStore {
     cache: RwLock<HashMap<DeviceId, Cached>>,
     /// Users' records as this node lately read or wrote them.
     seen: seen::SeenRecords,
+    /// The newest record format this node's release reads ([`FORMAT`]),
+    /// and the one the deployment's records have, which it writes.
+    release: u64,
+    format: AtomicU64,
 }
 
 impl std::fmt::Debug for ClusterStore {
@@ -156,16 +163,6 @@ const SMS_CODE_KEY_CONTEXT: &[u8] = b"sls/1 sms code key";
 fn sms_code_key_key() -> Key {
     Key::new("meta", "sms-code-key")
 }
-
-/// The format of the deployment's records.
-fn format_key() -> Key {
-    Key::new("meta", "format")
-}
-
-/// The layout of the records this release writes to the shared store. A
-/// deployment without a recorded format has format 1's records (formats
-/// were recorded from then on).
-pub const FORMAT: u64 = 1;
 
 /// Messages waiting for a node with a carrier bridge.
 fn outbox_key() -> Key {
@@ -397,6 +394,8 @@ impl ClusterStore {
             cache_ttl,
             cache: RwLock::new(HashMap::new()),
             seen: seen::SeenRecords::new(cache_ttl),
+            release: FORMAT,
+            format: AtomicU64::new(FORMAT),
         }
     }
 
@@ -624,41 +623,6 @@ impl ClusterStore {
         }
         Err(StoreError::Database(
             "the SMS code key could not be made".into(),
-        ))
-    }
-
-    /// The deployment's record format, checked at a node's start against
-    /// this release's ([`FORMAT`]): recorded if none is; a newer one is
-    /// refused (this release would misread its records).
-    pub async fn check_format(&self) -> Result<u64, StoreError> {
-        self.check_format_against(FORMAT).await
-    }
-
-    /// [`check_format`](Self::check_format) for a release whose format is
-    /// `supported` (the tests play two releases with it).
-    pub async fn check_format_against(&self, supported: u64) -> Result<u64, StoreError> {
-        let key = format_key();
-        let mut rounds = self.rounds();
-        while rounds.next().await {
-            if let Some(stored) = self.redis.get(&key).await? {
-                let value = self.checked(&key, PLAIN, &stored)?;
-                let found = <[u8; 8]>::try_from(value.as_slice())
-                    .map(u64::from_be_bytes)
-                    .map_err(|_| StoreError::Forged(key.as_str().to_owned()))?;
-                if found > supported {
-                    return Err(StoreError::NewerFormat { found, supported });
-                }
-                // An older format's records would be carried up here, step
-                // by step, as the embedded store's are.
-                return Ok(found);
-            }
-            // Another node may record it at the same moment: the first wins
-            // and both read it back.
-            let value = self.tagged(&key, PLAIN, &supported.to_be_bytes());
-            self.redis.put_if_absent(&key, &value, true).await?;
-        }
-        Err(StoreError::Database(
-            "the deployment's format could not be read".into(),
         ))
     }
 

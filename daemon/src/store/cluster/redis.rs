@@ -389,6 +389,16 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 ";
 
+/// `KEYS[1]` a string, `ARGV[1]` the value it must hold, `ARGV[2]` the
+/// value it gets if it does: 1 if it did, 0 if not.
+pub(super) const REPLACE_IF: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+";
+
 /// `KEYS[1]` a sorted set of held things, `ARGV[1]` now (ms), `ARGV[2]`
 /// the limit, `ARGV[3]` the member, `ARGV[4]` when it lapses (ms). Drops
 /// lapsed members, then holds the new one if fewer than the limit are
@@ -705,6 +715,20 @@ impl RedisStore {
         Ok(int(&self.run(key, command, false).await?)? == 1)
     }
 
+    /// Replaces `key`'s value by `value` if it still holds `old`; whether
+    /// it did.
+    pub async fn replace_if(
+        &self,
+        key: &Key,
+        old: &[u8],
+        value: &[u8],
+        durable: bool,
+    ) -> Result<bool, RedisError> {
+        let mut command = eval(REPLACE_IF);
+        command.arg(1).arg(key.as_str()).arg(old).arg(value);
+        Ok(int(&self.run(key, command, durable).await?)? == 1)
+    }
+
     /// Holds `member` in the bounded set at `key` until `until_ms`, unless
     /// `limit` unlapsed members are held at `now_ms`: then `Some(soonest)`,
     /// when the first of them lapses.
@@ -918,6 +942,33 @@ impl RedisStore {
                     Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
                     _ => None,
                 })
+                .collect()),
+            other => Err(RedisError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// The fields of the hash at `key` with their numeric values (a value
+    /// that is not a number is left out).
+    pub async fn fields(&self, key: &Key) -> Result<Vec<(String, u64)>, RedisError> {
+        let mut command = redis::cmd("HGETALL");
+        command.arg(key.as_str());
+        let text = |value: &Value| match value {
+            Value::BulkString(bytes) => std::str::from_utf8(bytes).ok().map(str::to_owned),
+            _ => None,
+        };
+        match self.run(key, command, false).await? {
+            // RESP2 answers a flat array of field, value, field, value...
+            Value::Array(flat) => Ok(flat
+                .chunks_exact(2)
+                .filter_map(|pair| match pair {
+                    [field, value] => Some((text(field)?, text(value)?.parse().ok()?)),
+                    _ => None,
+                })
+                .collect()),
+            // ...RESP3 a map.
+            Value::Map(pairs) => Ok(pairs
+                .iter()
+                .filter_map(|(field, value)| Some((text(field)?, text(value)?.parse().ok()?)))
                 .collect()),
             other => Err(RedisError::Unexpected(format!("{other:?}"))),
         }

@@ -156,6 +156,12 @@ impl Response {
                     resealed: r.u64("resealed")?,
                 }
             }
+            0x3f => Reply::Upgrade {
+                format: r.u64("format")?,
+                release: r.u64("release")?,
+                nodes: r.u16("nodes")?,
+                behind: r.u16("behind")?,
+            },
             0x3a => Reply::TokensRetired {
                 retired: r.u64("retired")?,
                 last: crate::wire::token::optional_serial(&mut r, "last")?,

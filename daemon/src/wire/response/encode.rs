@@ -135,6 +135,17 @@ impl Response {
                 }
                 out.put_u64(*resealed);
             }
+            Reply::Upgrade {
+                format,
+                release,
+                nodes,
+                behind,
+            } => {
+                out.put_u64(*format);
+                out.put_u64(*release);
+                out.put_u16(*nodes);
+                out.put_u16(*behind);
+            }
             Reply::BackedUp {
                 path,
                 bytes,

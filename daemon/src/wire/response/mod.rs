@@ -174,6 +174,16 @@ pub enum Reply {
         retiring: Vec<u32>,
         resealed: u64,
     },
+    /// To `Upgrade`: the format of the deployment's records (what every
+    /// node writes), the newest format the answering node's release
+    /// reads, the nodes alive, and how many of them run a release that
+    /// reads only an older format than the answering node's.
+    Upgrade {
+        format: u64,
+        release: u64,
+        nodes: u16,
+        behind: u16,
+    },
     /// To `ImportTokens`: the import, and the tokens of this batch — or,
     /// once `committed`, of the whole import.
     TokensImported {
@@ -486,6 +496,7 @@ impl Reply {
             Self::BackedUp { .. } => 0x3c,
             Self::Erased { .. } => 0x3d,
             Self::Keyring { .. } => 0x3e,
+            Self::Upgrade { .. } => 0x3f,
             Self::TokensImported { .. } => 0x36,
             Self::Tokens(_) => 0x37,
             Self::TokensRetired { .. } => 0x3a,
