@@ -12,7 +12,9 @@
 //! replacement cards and shares work from either node; the registry comes
 //! back from an RDB backup of the cluster with the deployment's key file;
 //! a key rotated on one node reaches the other, and the old key is gone
-//! from both once every record is re-sealed, logins passing throughout.
+//! from both once every record is re-sealed, logins passing throughout;
+//! each node says which release it runs, and both stop once a node of a
+//! newer release finished an upgrade.
 
 mod support;
 
@@ -1569,4 +1571,93 @@ async fn a_key_rotated_on_one_node_reaches_the_other_and_the_old_key_is_gone_fro
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("not in this node's keyring"), "{stderr}");
+}
+
+/// The deployment's store as a node of the next release opens it: the
+/// deployment's configuration and key file, a release whose record format
+/// is newer than this one's.
+async fn next_release_store(d: &Deployment) -> slsd::store::cluster::ClusterStore {
+    use slsd::store::cluster::redis::{Durability, RedisAccess, RedisStore};
+    let text = std::fs::read_to_string(d.a.data_dir.with_extension("toml")).unwrap();
+    let config = slsd::config::Config::from_toml(&text).unwrap();
+    let access = RedisAccess::from_config(&config.store, None).unwrap();
+    let durability = Durability {
+        replicas: 0,
+        timeout: Duration::from_secs(1),
+    };
+    let redis = RedisStore::connect(&config.store.redis_urls, durability, &access)
+        .await
+        .unwrap();
+    let mut rng = rand::rand_core::UnwrapErr(rand::rngs::SysRng);
+    let cipher = slsd::store::sealed::SecretCipher::load_or_create(
+        &d.a.data_dir.join("secrets.key"),
+        &mut rng,
+    )
+    .unwrap();
+    let codec = slsd::store::records::DeviceCodec::new(cipher, config.devices.clone());
+    slsd::store::cluster::ClusterStore::new(redis, codec, config.store.cache_ttl)
+        .playing_release(slsd::store::cluster::FORMAT + 1)
+}
+
+/// Whether the process `pid` has ended (gone, or a zombie not yet reaped).
+fn exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| stat.contains(") Z "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_say_their_release_and_stop_once_a_newer_release_finished_an_upgrade() {
+    use slsd::store::cluster::FORMAT;
+    let d = deploy("[keys]\npoll = \"200ms\"\n");
+    let admin_a = d.a.client(Role::Admin).await;
+    // Both nodes run this release: nothing under way, nothing to finish.
+    let same = Reply::Upgrade {
+        format: FORMAT,
+        release: FORMAT,
+        nodes: 2,
+        behind: 0,
+    };
+    let asked = admin_a.call(Operation::Upgrade { finish: false }).await;
+    assert_eq!(asked.unwrap(), same);
+    let finished = admin_a.call(Operation::Upgrade { finish: true }).await;
+    assert_eq!(finished.unwrap(), same);
+    let shown = tokio::task::block_in_place(|| support::daemon::admin_json(&d.b, &["upgrade"]));
+    assert_eq!(shown["nodes"], 2, "{shown}");
+    assert_eq!(shown["records_format"], FORMAT, "{shown}");
+
+    // A node of the next release reads the deployment's format, and
+    // counts both nodes as behind it.
+    let next = next_release_store(&d).await;
+    assert_eq!(next.check_format().await.unwrap(), FORMAT);
+    assert_eq!(next.format(), FORMAT);
+    let now = slsd::clock::now();
+    let state = next.upgrade_state(now).await.unwrap();
+    assert_eq!((state.nodes, state.behind), (2, 2), "{state:?}");
+
+    // It finishes the upgrade anyway (as a node of it that started while
+    // they were down would): both nodes find the newer format at their
+    // next poll and stop, failing.
+    assert_eq!(next.raise_format(FORMAT).await.unwrap(), FORMAT + 1);
+    let (a_pid, b_pid) = (d.a.pid(), d.b.pid());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(exited(a_pid) && exited(b_pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "the nodes of the older release kept serving"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Gone from the nodes alive (each withdrew its word as it stopped).
+    let state = next.upgrade_state(slsd::clock::now()).await.unwrap();
+    assert_eq!((state.format, state.nodes), (FORMAT + 1, 0), "{state:?}");
+    // And one of this release cannot start on it.
+    let out = std::process::Command::new(support::binary("slsd"))
+        .args(["serve", "--config"])
+        .arg(d.a.data_dir.with_extension("toml"))
+        .arg("--data-dir")
+        .arg(&d.a.data_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("newer than this slsd reads"), "{stderr}");
 }

@@ -10,9 +10,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::nodes::T0;
 use common::hotp::{hotp_token, login};
 use common::nodes::Node;
+use common::nodes::T0;
 use slsd::store::StoreError;
 use slsd::store::cluster::FORMAT;
 use slsd::store::cluster::memory::{MemoryRedis, run_now};
@@ -115,16 +115,27 @@ fn nodes_of_two_releases_serve_side_by_side_until_the_upgrade_is_finished() {
     let Err(refused) = Node::playing(&memory, dirs[3].path(), FORMAT, "late") else {
         panic!("a node of the older release started on the newer format")
     };
-    assert!(matches!(refused, StoreError::NewerFormat { .. }), "{refused}");
+    assert!(
+        matches!(refused, StoreError::NewerFormat { .. }),
+        "{refused}"
+    );
 
     // A release newer still that finished its own upgrade (once this
     // one's node stopped) is not set back by this one's.
     run_now(engine(&new).leave_deployment()).unwrap().unwrap();
     let newest = Node::playing(&memory, dirs[3].path(), next + 1, "newest").unwrap();
     poll(&newest, later).unwrap();
-    assert_eq!(state(upgrade(&newest, true, later)), (next + 1, next + 1, 1, 0));
-    let set_back = run_now(new_store.raise_format(FORMAT)).unwrap().unwrap_err();
-    assert!(matches!(set_back, StoreError::NewerFormat { .. }), "{set_back}");
+    assert_eq!(
+        state(upgrade(&newest, true, later)),
+        (next + 1, next + 1, 1, 0)
+    );
+    let set_back = run_now(new_store.raise_format(FORMAT))
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(set_back, StoreError::NewerFormat { .. }),
+        "{set_back}"
+    );
 }
 
 #[test]
@@ -136,7 +147,10 @@ fn the_upgrade_is_audited_and_one_node_on_its_database_has_none_to_finish() {
     Node::playing(&memory, dirs[0].path(), FORMAT, "old").unwrap();
     let new = Node::playing(&memory, dirs[1].path(), FORMAT + 1, "new").unwrap();
     poll(&new, T0).unwrap();
-    assert_eq!(state(upgrade(&new, true, T0)), (FORMAT + 1, FORMAT + 1, 1, 0));
+    assert_eq!(
+        state(upgrade(&new, true, T0)),
+        (FORMAT + 1, FORMAT + 1, 1, 0)
+    );
     let Reply::Audit(entries) = new.call(Operation::AuditLog {
         after: 0,
         limit: 100,
@@ -149,7 +163,11 @@ fn the_upgrade_is_audited_and_one_node_on_its_database_has_none_to_finish() {
         .collect();
     assert_eq!(finished.len(), 1, "{entries:?}");
     assert_eq!(finished[0].actor, "admin");
-    assert!(finished[0].detail.contains(&format!("format {}", FORMAT + 1)));
+    assert!(
+        finished[0]
+            .detail
+            .contains(&format!("format {}", FORMAT + 1))
+    );
 
     let (embedded, _dir) = Node::both().swap_remove(0);
     let registry = slsd::store::embedded::registry::FORMAT;

@@ -235,11 +235,13 @@ impl Client {
     /// id, the first of the daemon's that this client offered.
     pub fn protocol(&self) -> Option<Vec<u8>> {
         match &self.link {
-            Link::Quic { connection, .. } => connection
-                .handshake_data()?
-                .downcast::<quinn::crypto::rustls::HandshakeData>()
-                .ok()?
-                .protocol,
+            Link::Quic { connection, .. } => {
+                connection
+                    .handshake_data()?
+                    .downcast::<quinn::crypto::rustls::HandshakeData>()
+                    .ok()?
+                    .protocol
+            }
             Link::Tcp(link) => link.protocol.clone(),
         }
     }

@@ -403,7 +403,8 @@ pub struct KeysConfig {
     /// The pass's rest between steps.
     #[serde(with = "humantime_serde")]
     pub reseal_pause: Duration,
-    /// On a shared store: how often a node reads the deployment's keyring.
+    /// On a shared store: how often a node reads the deployment's keyring
+    /// and record format, and renews its word about its release.
     #[serde(with = "humantime_serde")]
     pub poll: Duration,
 }

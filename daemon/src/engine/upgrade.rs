@@ -76,7 +76,10 @@ impl Engine {
             }
             let from = state.format;
             state.format = store.raise_format(from).await?;
-            let detail = format!("records of format {from} now written as format {}", state.format);
+            let detail = format!(
+                "records of format {from} now written as format {}",
+                state.format
+            );
             store
                 .audit_inventory(Self::actor(caller), now, rng, "finish-upgrade", detail)
                 .await?;

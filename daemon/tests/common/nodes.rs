@@ -75,7 +75,8 @@ impl Node {
             config.devices.clone(),
         );
         let redis = RedisStore::in_memory(Arc::clone(memory));
-        let store = ClusterStore::new(redis, codec, config.store.cache_ttl).playing_release(release);
+        let store =
+            ClusterStore::new(redis, codec, config.store.cache_ttl).playing_release(release);
         run_now(store.check_format()).unwrap()?;
         let mut rng = ChaCha20Rng::seed_from_u64(7);
         let code_key = run_now(store.sms_code_key(&mut rng)).unwrap()?;

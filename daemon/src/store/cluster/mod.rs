@@ -38,7 +38,8 @@
 //! `:account` (residence, identification digest, opt-out; the number sealed);
 //! `sls:{c<id>}:owner`, `sls:{k<id>}:owner`,
 //! `sls:{p<id>}:owner`; `sls:{carrier}:outbox` and `:bridges`;
-//! `sls:{n:<node>}:inbox` and `:alive`; `sls:{meta}:next-device` and `:sms-code-key`;
+//! `sls:{n:<node>}:inbox` and `:alive`; `sls:{meta}:next-device`, `:sms-code-key`,
+//! `:keyring`, `:format` and `:releases`;
 //! `sls:{audit}:seq` and `:log` (the audit log, numbered from 1).
 
 mod change;

@@ -159,9 +159,9 @@ impl ClusterStore {
     /// day are dropped on the way.
     pub async fn upgrade_state(&self, now: Timestamp) -> Result<UpgradeState, StoreError> {
         let key = releases_key();
-        let forgotten = now.0.saturating_sub(
-            u64::try_from(FORGOTTEN_AFTER.as_millis()).unwrap_or(u64::MAX),
-        );
+        let forgotten = now
+            .0
+            .saturating_sub(u64::try_from(FORGOTTEN_AFTER.as_millis()).unwrap_or(u64::MAX));
         let (mut nodes, mut behind) = (0u16, 0u16);
         for (field, until) in self.redis.fields(&key).await? {
             if until < forgotten {
