@@ -462,14 +462,21 @@ impl DeviceCodec {
         id: DeviceId,
         bytes: &[u8],
     ) -> Result<Option<(Vec<u8>, DeviceLife)>, StoreError> {
-        let mut life =
-            decode_life(bytes, |sealed| self.open_changed_pin(id, sealed)).ok_or_else(|| {
-                StoreError::Corrupt {
-                    device: id.0,
-                    problem: "lifecycle record".into(),
-                }
-            })?;
-        if !self.reseal_changed_pin(rng, id, &mut life)? {
+        // A changed PIN already under the active key is not opened: the
+        // record is left as it is, and the stand-in is never used.
+        let mut current = false;
+        let decoded = decode_life(bytes, |sealed| {
+            if self.cipher.needs_reseal(sealed) {
+                return self.open_changed_pin(id, sealed);
+            }
+            current = true;
+            Some(MacOutput::from_bytes(&[]))
+        });
+        let mut life = decoded.ok_or_else(|| StoreError::Corrupt {
+            device: id.0,
+            problem: "lifecycle record".into(),
+        })?;
+        if current || !self.reseal_changed_pin(rng, id, &mut life)? {
             return Ok(None);
         }
         Ok(Some((encode_life(&life), life)))

@@ -51,27 +51,27 @@ impl Registry {
         let mut step = ResealStep::default();
         let mut lives: Vec<(DeviceId, DeviceLife)> = Vec::new();
         match cursor.stage {
-            0 => by_id(&txn, DEVICES, cursor, limit, &mut step, |id, record| {
+            0 => reseal_table(&txn, DEVICES, cursor, limit, &mut step, |id, record| {
                 codec.reseal_device(rng, DeviceId(id), record)
             })?,
-            1 => by_id(&txn, PHONES, cursor, limit, &mut step, |id, sealed| {
+            1 => reseal_table(&txn, PHONES, cursor, limit, &mut step, |id, sealed| {
                 codec.reseal_phone(rng, DeviceId(id), sealed)
             })?,
-            2 => by_id(&txn, DEVICE_LIFE, cursor, limit, &mut step, |id, record| {
+            2 => reseal_table(&txn, DEVICE_LIFE, cursor, limit, &mut step, |id, record| {
                 let resealed = codec.reseal_life(rng, DeviceId(id), record)?;
                 Ok(resealed.map(|(bytes, life)| {
                     lives.push((DeviceId(id), life));
                     bytes
                 }))
             })?,
-            3 => by_name(&txn, USERS, cursor, limit, &mut step, |name, record| {
+            3 => reseal_table(&txn, USERS, cursor, limit, &mut step, |name, record| {
                 let user = Username::new(name).map_err(|e| StoreError::Corrupt {
                     device: 0,
                     problem: format!("user name: {e}"),
                 })?;
                 codec.reseal_user(rng, &user, record)
             })?,
-            _ => by_name(&txn, TOKENS, cursor, limit, &mut step, |_, record| {
+            _ => reseal_table(&txn, TOKENS, cursor, limit, &mut step, |_, record| {
                 codec.reseal_token(rng, record)
             })?,
         }
@@ -125,89 +125,46 @@ impl Budget {
     }
 }
 
-/// Moves `cursor` past `last`, or to the next table when this one ran out.
-fn advance(cursor: &mut ResealCursor, last: Option<Vec<u8>>, ran_out: bool) {
-    if ran_out {
+/// A step over one table, from past the cursor's key: each record
+/// `reseal` re-seals is written back, and the cursor moves past the last
+/// key read (kept as the key type's own bytes), or to the next table when
+/// this one ran out.
+fn reseal_table<K: redb::Key + 'static>(
+    txn: &WriteTransaction,
+    table: TableDefinition<K, &[u8]>,
+    cursor: &mut ResealCursor,
+    limit: usize,
+    step: &mut ResealStep,
+    mut reseal: impl for<'k> FnMut(K::SelfType<'k>, &[u8]) -> Resealed,
+) -> Result<(), StoreError> {
+    let after = cursor.after.clone();
+    let start = after.as_deref().map_or(Bound::Unbounded, |bytes| {
+        Bound::Excluded(K::from_bytes(bytes))
+    });
+    let mut table = txn.open_table(table)?;
+    let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut last = None;
+    let mut budget = Budget::new(limit);
+    for entry in table.range::<K::SelfType<'_>>((start, Bound::Unbounded))? {
+        let (key, value) = entry?;
+        let bytes = K::as_bytes(&key.value()).as_ref().to_vec();
+        if let Some(new) = reseal(key.value(), value.value())? {
+            writes.push((bytes.clone(), new));
+        }
+        last = Some(bytes);
+        if budget.spent(writes.len()) {
+            break;
+        }
+    }
+    for (key, value) in &writes {
+        table.insert(K::from_bytes(key), value.as_slice())?;
+    }
+    budget.account(step, writes.len());
+    if budget.exhausted {
+        cursor.after = last;
+    } else {
         cursor.stage += 1;
         cursor.after = None;
-    } else {
-        cursor.after = last;
     }
-}
-
-/// A step over a table keyed by device id.
-fn by_id(
-    txn: &WriteTransaction,
-    table: TableDefinition<u64, &[u8]>,
-    cursor: &mut ResealCursor,
-    limit: usize,
-    step: &mut ResealStep,
-    mut reseal: impl FnMut(u64, &[u8]) -> Resealed,
-) -> Result<(), StoreError> {
-    let after = cursor
-        .after
-        .as_deref()
-        .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
-        .map(u64::from_be_bytes);
-    let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-    let mut table = txn.open_table(table)?;
-    let mut writes = Vec::new();
-    let mut last = None;
-    let mut budget = Budget::new(limit);
-    for entry in table.range::<u64>((start, Bound::Unbounded))? {
-        let (key, value) = entry?;
-        last = Some(key.value());
-        if let Some(new) = reseal(key.value(), value.value())? {
-            writes.push((key.value(), new));
-        }
-        if budget.spent(writes.len()) {
-            break;
-        }
-    }
-    for (key, value) in &writes {
-        table.insert(*key, value.as_slice())?;
-    }
-    budget.account(step, writes.len());
-    advance(
-        cursor,
-        last.map(|id| id.to_be_bytes().to_vec()),
-        !budget.exhausted,
-    );
-    Ok(())
-}
-
-/// A step over a table keyed by name (users, token serials).
-fn by_name(
-    txn: &WriteTransaction,
-    table: TableDefinition<&str, &[u8]>,
-    cursor: &mut ResealCursor,
-    limit: usize,
-    step: &mut ResealStep,
-    mut reseal: impl FnMut(&str, &[u8]) -> Resealed,
-) -> Result<(), StoreError> {
-    let after = cursor
-        .after
-        .as_deref()
-        .map(|bytes| String::from_utf8_lossy(bytes).into_owned());
-    let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-    let mut table = txn.open_table(table)?;
-    let mut writes = Vec::new();
-    let mut last = None;
-    let mut budget = Budget::new(limit);
-    for entry in table.range::<&str>((start, Bound::Unbounded))? {
-        let (key, value) = entry?;
-        last = Some(key.value().to_owned());
-        if let Some(new) = reseal(key.value(), value.value())? {
-            writes.push((key.value().to_owned(), new));
-        }
-        if budget.spent(writes.len()) {
-            break;
-        }
-    }
-    for (key, value) in &writes {
-        table.insert(key.as_str(), value.as_slice())?;
-    }
-    budget.account(step, writes.len());
-    advance(cursor, last.map(String::into_bytes), !budget.exhausted);
     Ok(())
 }
