@@ -54,17 +54,7 @@ fn serials(node: &Node, filter: &TokenFilter, page: u16) -> Vec<String> {
 
 fn token(serial: &str) -> NewToken {
     NewToken {
-        info: TokenInfo {
-            serial: Serial::new(serial).unwrap(),
-            algorithm: TokenAlgorithm::Hotp {
-                hash: HashAlgorithm::Sha1,
-                digits: Digits::exactly(6),
-            },
-            counter: 0,
-            valid_from: None,
-            valid_until: None,
-            manufacturer: "Acme".into(),
-        },
+        info: common::hotp::hotp_info(serial),
         key: SecretKey::from_bytes(serial.bytes().cycle().take(20).collect()).unwrap(),
     }
 }

@@ -35,21 +35,27 @@ pub fn enrolled(node: &Node, operation: Operation) -> DeviceId {
     }
 }
 
+/// What a vendor's file says of a six-digit HOTP (SHA-1) token of serial
+/// `serial`, counter 0.
+pub fn hotp_info(serial: &str) -> TokenInfo {
+    TokenInfo {
+        serial: Serial::new(serial).unwrap(),
+        algorithm: TokenAlgorithm::Hotp {
+            hash: HashAlgorithm::Sha1,
+            digits: Digits::exactly(6),
+        },
+        counter: 0,
+        valid_from: None,
+        valid_until: None,
+        manufacturer: "Acme".into(),
+    }
+}
+
 /// An HOTP token of serial `serial` imported and assigned to alice: a
 /// device whose codes the test can compute (every such token has [`KEY`]).
 pub fn hotp_token(node: &Node, serial: &str) -> DeviceId {
     let token = NewToken {
-        info: TokenInfo {
-            serial: Serial::new(serial).unwrap(),
-            algorithm: TokenAlgorithm::Hotp {
-                hash: HashAlgorithm::Sha1,
-                digits: Digits::exactly(6),
-            },
-            counter: 0,
-            valid_from: None,
-            valid_until: None,
-            manufacturer: "Acme".into(),
-        },
+        info: hotp_info(serial),
         key: SecretKey::from_bytes(KEY.to_vec()).unwrap(),
     };
     let import = Operation::ImportTokens {
