@@ -371,8 +371,11 @@ fn handle(
     out: &mut Vec<u8>,
     writer: &Writer,
 ) {
+    // Read once: a reload between two checks of one request does not mix
+    // two configurations.
+    let server = &shared.config().server;
     // Every frame, well-formed or not, counts toward the connection's rate.
-    let decision = lock(&connection.limiter).check(shared.config().server.request_rate(), now);
+    let decision = lock(&connection.limiter).check(server.request_rate(), now);
     let request = match Request::decode(body) {
         Ok(request) => request,
         Err(error) => {
@@ -387,7 +390,7 @@ fn handle(
             let seen = connection
                 .malformed
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if seen >= shared.config().server.malformed_frames_per_connection {
+            if seen >= server.malformed_frames_per_connection {
                 metrics::counter!(crate::metrics::CLOSED_CONNECTIONS, "reason" => "malformed")
                     .increment(1);
                 connection
@@ -414,7 +417,7 @@ fn handle(
     }
     let quota = facts(&request.operation)
         .issues
-        .then(|| lock(&connection.issuance).check(shared.config().server.issuance_rate(), now));
+        .then(|| lock(&connection.issuance).check(server.issuance_rate(), now));
     if let Some(Decision::Deny { retry_after }) = quota {
         let why = "too many challenges, codes and pushes on this connection";
         return answer_now("rate_limited", Reply::rate_limited(retry_after, why));
@@ -428,7 +431,7 @@ fn handle(
         // Only failures are counted, so look without spending.
         let mut trial = *lock(&connection.proof_failures);
         if let Decision::Deny { retry_after } =
-            trial.check(shared.config().server.proof_failure_rate(), now)
+            trial.check(server.proof_failure_rate(), now)
         {
             let why = "too many failed proofs on this connection";
             return answer_now("rate_limited", Reply::rate_limited(retry_after, why));
