@@ -14,7 +14,10 @@
 //! The input's first byte picks the store: the embedded one, or the
 //! cluster store on Redis in memory (`store::cluster::memory`), whose
 //! compare-and-swaps the input can make lose (as when another node wins a
-//! race) — the same operations and the same model for both.
+//! race) — the same operations and the same model for both. On the
+//! cluster the at-rest key is also rotated, the pass's steps interleaved
+//! with everything else and the old keys retired after a pass that found
+//! nothing left, as the server's pass does: no verdict may change.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -33,17 +36,18 @@ use slsd::otp::SecretKey;
 use slsd::otp::push::{self, PushSigner};
 use slsd::phone::{Channel, PhoneNumber};
 use slsd::profile::DeviceKind;
-use slsd::store::FailureState;
+use slsd::store::change::ResealCursor;
 use slsd::store::cluster::QueueWaiter;
 use slsd::store::cluster::memory::{MemoryRedis, run_now};
 use slsd::store::embedded::registry::Registry;
 use slsd::store::questions::QuestionMemory;
 use slsd::store::sealed::SecretCipher;
+use slsd::store::{FailureState, Store};
 use slsd::wire::request::{Answer, Pin};
 use slsd::wire::token::{NewToken, TokenInfo};
 use slsd::wire::{ChallengeText, EnrollRequest, ErrorCode, Operation, Reply, Verdict};
 
-const CONFIG: &str = "[tokens]\nresync-window = 40\n[challenges]\nttl = \"30s\"\nattempts = 3\nper-user-per-minute = 100000\nuser-limit-buckets = 64\nper-device-per-day = 20\n[lockout]\nfailures = 3\nfirst = \"10s\"\nmax = \"40s\"\n[sms]\nttl = \"60s\"\nresend-interval = \"0s\"\nmax-sends = 20\nmax-checks = 3\nsends-per-number-per-hour = 1000000\nsends-per-prefix-per-minute = 1000000\n[push]\nttl = \"20s\"\npending-per-user = 3\n";
+const CONFIG: &str = "[tokens]\nresync-window = 40\n[challenges]\nttl = \"30s\"\nattempts = 3\nper-user-per-minute = 100000\nuser-limit-buckets = 64\nper-device-per-day = 20\n[lockout]\nfailures = 3\nfirst = \"10s\"\nmax = \"40s\"\n[sms]\nttl = \"60s\"\nresend-interval = \"0s\"\nmax-sends = 20\nmax-checks = 3\nsends-per-number-per-hour = 1000000\nsends-per-prefix-per-minute = 1000000\n[push]\nttl = \"20s\"\npending-per-user = 3\n[lifecycle]\ntoken-ttl = \"60s\"\n";
 /// Alice's verified number.
 const ALICE_NUMBER: &str = "+41 791234567";
 /// The seed of bob's IB Key push key.
@@ -195,6 +199,16 @@ fn import_tokens(
         .collect()
 }
 
+/// A key rotation under way (on the cluster): the pass's cursor, what
+/// this pass re-sealed so far, whether a pass found nothing left, and
+/// when the rotation was.
+struct Rotation {
+    cursor: ResealCursor,
+    resealed: u64,
+    through: bool,
+    since: u64,
+}
+
 struct Open {
     /// The model's handle of this challenge.
     key: u64,
@@ -230,6 +244,9 @@ struct World {
     /// On the cluster: the last call lost a write to "another node"
     /// (`interfere`).
     lost_race: bool,
+    /// The at-rest key new seals use, and the rotation under way.
+    active_key: u32,
+    rotation: Option<Rotation>,
 }
 
 /// A scratch directory in memory when the machine has one.
@@ -467,6 +484,8 @@ impl World {
             accepted: Vec::new(),
             now: START,
             lost_race: false,
+            active_key: 0,
+            rotation: None,
         };
         let bridge = world.stream(Role::Carrier, 0, Operation::CarrierSubscribe);
         assert_eq!(bridge, Some(Reply::Subscribed));
@@ -601,8 +620,15 @@ impl World {
     }
 
     fn step(&mut self, u: &mut Unstructured<'_>) -> Result<()> {
-        let op = u.int_in_range(0..=13)?;
+        let op = u.int_in_range(0..=15)?;
         match op {
+            // Key rotation on the cluster only: the embedded registry's
+            // keyring is the fixture's, shared by every run.
+            14 if self.cluster.is_some() => self.rotate_key(),
+            15 if self.cluster.is_some() => {
+                let (steps, limit) = (u.int_in_range(1..=64)?, u.int_in_range(1..=64)?);
+                self.reseal_steps(steps, limit);
+            }
             // At most 15: a loop has 16 rounds, so an operation still ends.
             12 => self.interfere(u.int_in_range(1..=15)?),
             7 => self.send_code(),
@@ -739,6 +765,72 @@ impl World {
             _ => {}
         }
         Ok(())
+    }
+
+    /// `Keyring { rotate }`: a new key seals from now on, the keys before
+    /// it keep opening what they sealed, and the pass starts over.
+    fn rotate_key(&mut self) {
+        let reply = self.call(Role::Admin, Operation::Keyring { rotate: true });
+        let Reply::Keyring {
+            active, retiring, ..
+        } = reply
+        else {
+            panic!("a rotation: {reply:?}")
+        };
+        assert_eq!(active, self.active_key + 1);
+        assert!(retiring.contains(&self.active_key), "{retiring:?}");
+        self.active_key = active;
+        self.rotation = Some(Rotation {
+            cursor: ResealCursor::default(),
+            resealed: 0,
+            through: false,
+            since: self.now,
+        });
+    }
+
+    /// Up to `steps` steps of the re-seal pass, `limit` records each (a
+    /// pass over the cluster's slots takes 32 at least). A pass that
+    /// re-sealed something is followed by another (a record whose write
+    /// kept losing is left for it); after one that found nothing, once the
+    /// short-lived values sealed before the rotation have expired, the old
+    /// keys retire.
+    fn reseal_steps(&mut self, steps: u32, limit: usize) {
+        let Some(rotation) = self.rotation.as_mut() else {
+            return;
+        };
+        let store = self.engine.cluster_store().expect("on the cluster");
+        let at_once = "the in-memory store answers at once";
+        for _ in 0..steps {
+            if rotation.through {
+                break;
+            }
+            let step = run_now(store.reseal(&mut rotation.cursor, limit, &mut self.rng))
+                .expect(at_once)
+                .expect("a re-seal step");
+            rotation.resealed += step.resealed;
+            if step.done {
+                if rotation.resealed == 0 {
+                    // Nothing left: only the wait remains.
+                    rotation.through = true;
+                } else {
+                    rotation.cursor = ResealCursor::default();
+                    rotation.resealed = 0;
+                }
+            }
+        }
+        if !rotation.through {
+            return;
+        }
+        let lifetime = self.config.lifecycle.token_ttl.max(self.config.sms.ttl);
+        if self.now < rotation.since + lifetime.as_millis() as u64 {
+            return;
+        }
+        let retired = run_now(store.retire_keys(&mut self.rng))
+            .expect(at_once)
+            .expect("the old keys retire");
+        assert!(retired.contains(&(self.active_key - 1)), "{retired:?}");
+        assert_eq!(store.keyring().retiring(), Vec::<u32>::new());
+        self.rotation = None;
     }
 
     /// Answers open challenge `index` with the device's answer, or
