@@ -430,9 +430,7 @@ fn handle(
     if checks_proof {
         // Only failures are counted, so look without spending.
         let mut trial = *lock(&connection.proof_failures);
-        if let Decision::Deny { retry_after } =
-            trial.check(server.proof_failure_rate(), now)
-        {
+        if let Decision::Deny { retry_after } = trial.check(server.proof_failure_rate(), now) {
             let why = "too many failed proofs on this connection";
             return answer_now("rate_limited", Reply::rate_limited(retry_after, why));
         }
