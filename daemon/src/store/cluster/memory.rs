@@ -57,6 +57,12 @@ struct Keyspace {
     conflicts: u32,
     /// Commands answered (each is one round trip on a server).
     commands: u64,
+    /// Key names by slot: made by the first `CLUSTER GETKEYSINSLOT`, then
+    /// given every name made after it (a name whose key is gone leaves
+    /// when its slot is asked for). A rotation's pass asks for each of the
+    /// 16,384 slots in turn: each name is read once a pass, not once a
+    /// slot.
+    by_slot: Option<BTreeMap<u16, BTreeSet<Vec<u8>>>>,
 }
 
 struct Entry {
@@ -229,8 +235,19 @@ impl Keyspace {
 
     fn put(&mut self, key: &[u8], data: Data, ttl_ms: Option<u64>) {
         let expires_at = ttl_ms.map(|ttl| self.now_ms + ttl);
+        self.index(key);
         self.entries
             .insert(key.to_vec(), Entry { data, expires_at });
+    }
+
+    /// Gives `key`'s name to the index by slot, once there is one.
+    fn index(&mut self, key: &[u8]) {
+        if let Some(by_slot) = &mut self.by_slot {
+            by_slot
+                .entry(super::slots::slot_of_key(key))
+                .or_default()
+                .insert(key.to_vec());
+        }
     }
 
     fn expire_in(&mut self, key: &[u8], ttl_ms: Option<u64>) {
@@ -316,6 +333,7 @@ impl Keyspace {
             .live(key)
             .and_then(|entry| entry.expires_at)
             .filter(|at| *at > now);
+        self.index(key);
         self.entries.insert(
             key.to_vec(),
             Entry {
@@ -437,17 +455,30 @@ impl Keyspace {
             }
             b"CLUSTER" if key.eq_ignore_ascii_case(b"GETKEYSINSLOT") => {
                 let slot = unsigned(args.get(1).ok_or_else(|| unexpected("CLUSTER"))?)?;
+                let slot = u16::try_from(slot).map_err(|_| unexpected("a slot"))?;
                 let count = unsigned(args.get(2).ok_or_else(|| unexpected("CLUSTER"))?)?;
                 let now = self.now_ms;
+                let entries = &self.entries;
+                let by_slot = self.by_slot.get_or_insert_with(|| {
+                    let mut by_slot: BTreeMap<u16, BTreeSet<Vec<u8>>> = BTreeMap::new();
+                    for name in entries.keys() {
+                        let slot = super::slots::slot_of_key(name);
+                        by_slot.entry(slot).or_default().insert(name.clone());
+                    }
+                    by_slot
+                });
+                let names = by_slot.entry(slot).or_default();
+                names.retain(|name| entries.contains_key(name));
                 Value::Array(
-                    self.entries
+                    names
                         .iter()
-                        .filter(|(name, entry)| {
-                            entry.expires_at.is_none_or(|at| at > now)
-                                && u64::from(super::slots::slot_of_key(name)) == slot
+                        .filter(|name| {
+                            entries
+                                .get(*name)
+                                .is_some_and(|entry| entry.expires_at.is_none_or(|at| at > now))
                         })
                         .take(usize::try_from(count).unwrap_or(usize::MAX))
-                        .map(|(name, _)| Value::BulkString(name.clone()))
+                        .map(|name| Value::BulkString(name.clone()))
                         .collect(),
                 )
             }
@@ -845,6 +876,48 @@ mod tests {
 
     use super::*;
     use crate::store::cluster::redis::{Key, RedisStore, Swap};
+
+    #[test]
+    fn keys_in_a_slot_follow_writes_deletes_and_expiries_after_the_first_ask() {
+        let memory = Arc::new(MemoryRedis::new());
+        memory.set_now(Timestamp(1_000));
+        let store = RedisStore::in_memory(Arc::clone(&memory));
+        // One hash tag, so one slot.
+        let key = |name: &str| Key::new("u:jdoe", name);
+        let slot = super::super::slots::slot_of_key(key("a").as_str().as_bytes());
+        let listed = || {
+            let mut names: Vec<String> = run_now(store.keys_in_slot(slot, 100))
+                .unwrap()
+                .unwrap()
+                .iter()
+                .map(|k| k.as_str().to_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        run_now(store.put(&key("a"), b"1", false)).unwrap().unwrap();
+        run_now(store.put(&key("b"), b"1", false)).unwrap().unwrap();
+        assert_eq!(listed(), ["sls:{u:jdoe}:a", "sls:{u:jdoe}:b"]);
+        // After the first ask: a new key, a deleted one, one that lapses.
+        run_now(store.put(&key("c"), b"1", false)).unwrap().unwrap();
+        run_now(store.delete(&[&key("a")], false)).unwrap().unwrap();
+        let ttl = Duration::from_millis(10);
+        run_now(store.put_with_ttl(&key("d"), b"1", ttl))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            listed(),
+            ["sls:{u:jdoe}:b", "sls:{u:jdoe}:c", "sls:{u:jdoe}:d"]
+        );
+        memory.set_now(Timestamp(1_010));
+        assert_eq!(listed(), ["sls:{u:jdoe}:b", "sls:{u:jdoe}:c"]);
+        // A deleted key made again is listed again.
+        run_now(store.put(&key("a"), b"2", false)).unwrap().unwrap();
+        assert_eq!(
+            listed(),
+            ["sls:{u:jdoe}:a", "sls:{u:jdoe}:b", "sls:{u:jdoe}:c"]
+        );
+    }
 
     #[test]
     fn ttls_lapse_by_the_stores_clock_and_interference_loses_writes() {
