@@ -142,16 +142,22 @@ impl ClusterStore {
 
     /// Says `node` runs this release until `until`.
     pub async fn announce_release(&self, node: &str, until: Timestamp) -> Result<(), StoreError> {
-        let field = format!("{}:{node}", self.release);
+        let field = self.release_field(node);
         Ok(self
             .redis
             .set_field(&releases_key(), &field, Some(until.0))
             .await?)
     }
 
+    /// `node`'s field in the releases hash: the format its release reads
+    /// up to, then its name (`upgrade_state` reads them back).
+    fn release_field(&self, node: &str) -> String {
+        format!("{}:{node}", self.release)
+    }
+
     /// Withdraws what `node` said (it stops).
     pub async fn withdraw_release(&self, node: &str) -> Result<(), StoreError> {
-        let field = format!("{}:{node}", self.release);
+        let field = self.release_field(node);
         Ok(self.redis.set_field(&releases_key(), &field, None).await?)
     }
 
@@ -183,10 +189,7 @@ impl ClusterStore {
                 behind = behind.saturating_add(1);
             }
         }
-        let format = match self.recorded_format().await? {
-            Some((found, _)) => self.readable(found)?,
-            None => self.format(),
-        };
+        let format = self.follow_format().await?;
         Ok(UpgradeState {
             format,
             release: self.release,
