@@ -63,10 +63,8 @@ fn test(args: Vec<OsString>) -> Result<ExitCode, String> {
     let whole_suite = args.is_empty();
     let toolsets = [tools(&root, &REDIS)?, tools(&root, &RADCLIENT)?];
     let python = python_packages(&root)?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
+    let mut command = cargo(&root);
     command
-        .current_dir(&root)
         // The benches are run by `cargo bench` (and once each by CI): their
         // criterion pulls features into shared crates that the binaries the
         // tests start do not have, which would build every crate twice.
@@ -109,6 +107,33 @@ fn test(args: Vec<OsString>) -> Result<ExitCode, String> {
     Ok(status)
 }
 
+/// A cargo command in the workspace, without the variables `cargo run`
+/// set for this task: a build script that watches one (ring's watches
+/// `CARGO_MANIFEST_DIR`) would see it differ from the builds the tests
+/// start, which drop them too (tests/support/mod.rs), and rebuild.
+fn cargo(root: &Path) -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(root);
+    let per_crate = [
+        "CARGO_MANIFEST_",
+        "CARGO_PKG_",
+        "CARGO_CRATE_",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_BIN_",
+        "CARGO_RUSTC_CURRENT_DIR",
+    ];
+    for (name, _) in std::env::vars_os() {
+        if per_crate
+            .iter()
+            .any(|prefix| name.to_string_lossy().starts_with(prefix))
+        {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 /// The Python client package (`clients/python`): installed with pip as a
 /// user would (into `target/tools/sls-client`), then its tests run with
 /// that copy against the daemon built for the Rust tests.
@@ -116,9 +141,18 @@ fn python_client(root: &Path) -> Result<ExitCode, String> {
     let package = root.join("clients/python");
     let installed = root.join("target/tools/sls-client");
     eprintln!("xtask: installing clients/python with pip and running its tests");
-    let built = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(root)
-        .args(["build", "--quiet", "-p", "slsd", "-p", "sls-sim"])
+    // The build the end-to-end tests asked for (tests/support/mod.rs), so
+    // nothing is compiled again: `-p slsd -p sls-sim` alone would unify
+    // other features and build both crates a second time.
+    let built = cargo(root)
+        .args([
+            "build",
+            "--quiet",
+            "--bins",
+            "--workspace",
+            "--profile",
+            "test",
+        ])
         .status()
         .is_ok_and(|s| s.success());
     if !built {

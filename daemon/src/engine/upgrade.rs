@@ -28,9 +28,15 @@ impl Engine {
             return Ok(Adopted::Unchanged);
         };
         store.follow_format().await?;
-        let until = now.plus(self.config().keys.poll * RELEASE_POLLS);
+        let until = now.plus(self.release_word_lasts());
         store.announce_release(&self.node, until).await?;
         store.follow_keyring().await
+    }
+
+    /// How long a node's word about its release holds unrenewed: a node
+    /// that stopped without withdrawing it still counts for this long.
+    fn release_word_lasts(&self) -> std::time::Duration {
+        self.config().keys.poll * RELEASE_POLLS
     }
 
     /// On a cluster: withdraws this node's word about its release (it
@@ -63,14 +69,16 @@ impl Engine {
         let mut state = store.upgrade_state(now).await?;
         if finish && state.unfinished() {
             if state.behind > 0 {
-                let poll = self.config().keys.poll * RELEASE_POLLS;
                 return Ok(Reply::error(
                     ErrorCode::InvalidArgument,
                     format!(
                         "{} of the {} nodes alive run a release that reads only a format older \
                          than {}: upgrade them first (a node that stopped without saying so \
-                         counts for {poll:?})",
-                        state.behind, state.nodes, state.release
+                         counts for {:?})",
+                        state.behind,
+                        state.nodes,
+                        state.release,
+                        self.release_word_lasts()
                     ),
                 ));
             }
