@@ -606,6 +606,20 @@ async fn every_primitive(store: &RedisStore, now: slsd::clock::Timestamp) -> Vec
         "range 1..",
         format!("{:?}", store.range(&key("log"), 1, 1).await),
     );
+    for (index, old, new) in [(1, b"e2", b"E2"), (1, b"e2", b"X2"), (9, b"e2", b"X9")] {
+        say(
+            "set_at_if",
+            format!("{:?}", store.set_at_if(&key("log"), index, old, new).await),
+        );
+    }
+    say(
+        "set_at_if on no list",
+        format!("{:?}", store.set_at_if(&key("none"), 0, b"", b"X").await),
+    );
+    say(
+        "range after set_at_if",
+        format!("{:?}", store.range(&key("log"), 0, 10).await),
+    );
     said
 }
 

@@ -21,7 +21,12 @@ use slsd::otp::SecretKey;
 use slsd::otp::push::PushSigner;
 use slsd::phone::PhoneNumber;
 use slsd::profile::DeviceKind;
+use slsd::store::cluster::ClusterStore;
 use slsd::store::cluster::memory::{MemoryRedis, run_now};
+use slsd::store::cluster::redis::RedisStore;
+use slsd::store::records::DeviceCodec;
+use slsd::store::sealed::SecretCipher;
+use slsd::store::{Actor, Store};
 use slsd::wire::{EnrollRequest, Operation, Reply};
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
@@ -357,4 +362,63 @@ fn an_erased_user_is_gone_from_both_stores_and_only_a_pseudonym_is_audited() {
     );
 
     assert_eq!(registry.devices_of(&name).len(), 1, "the new jdoe");
+}
+
+/// An entry appended by `user`'s change on the cluster `store`.
+fn append_audit(store: &ClusterStore, user: &Username, action: &str, detail: &str) {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    run_now(store.change(user, Actor("admin"), T0, &mut rng, |c| {
+        c.audit(action, Some(user), None, detail.to_owned())
+    }))
+    .unwrap()
+    .unwrap();
+}
+
+/// A share's entry names its requester and its owner. Both erased at once
+/// through two nodes, one rewrites the entry after the other read it: it
+/// finds the entry changed, reads it again and keeps the other's
+/// pseudonym. (Written back as first read, the owner's name would return
+/// to the log.)
+#[test]
+fn two_erasures_at_once_on_the_cluster_leave_neither_name_in_an_entry_of_both() {
+    let memory = Arc::new(MemoryRedis::new());
+    memory.set_now(T0);
+    let config = Config::from_toml("").unwrap();
+    let codec = DeviceCodec::new(SecretCipher::new(&[5; 32]), config.devices.clone());
+    let store = ClusterStore::new(
+        RedisStore::in_memory(Arc::clone(&memory)),
+        codec,
+        config.store.cache_ttl,
+    );
+    let (owner, requester) = (
+        Username::new("jdoe").unwrap(),
+        Username::new("ann").unwrap(),
+    );
+    let (owner_pseudonym, requester_pseudonym) =
+        (store.pseudonym(&owner), store.pseudonym(&requester));
+    append_audit(&store, &requester, "share-active", "owner jdoe, share 1");
+    append_audit(&store, &owner_pseudonym, "erase", "1 devices");
+    append_audit(&store, &requester_pseudonym, "erase", "0 devices");
+
+    // The requester's erasure reads the log; the owner's finishes (its
+    // first round lost to "another node"); then the requester's writes.
+    let requester_found = run_now(store.audit_naming(&requester, &requester_pseudonym))
+        .unwrap()
+        .unwrap();
+    memory.interfere(1);
+    let rewritten = run_now(store.pseudonymize_audit(&owner, &owner_pseudonym));
+    assert_eq!(rewritten.unwrap().unwrap(), 1);
+    assert_eq!(memory.interfering(), 0, "a round was lost");
+    let rewritten = run_now(store.rewrite_audit(requester_found));
+    assert_eq!(rewritten.unwrap().unwrap(), 1);
+
+    let log = run_now(store.audit_log(0, 10)).unwrap().unwrap();
+    let share = log.first().expect("the share's entry");
+    assert_eq!(share.user.as_ref(), Some(&requester_pseudonym));
+    assert_eq!(share.detail, format!("owner {owner_pseudonym}, share 1"));
+    // Neither erasure finds anything more to rewrite.
+    let again = run_now(store.pseudonymize_audit(&owner, &owner_pseudonym));
+    assert_eq!(again.unwrap().unwrap(), 0);
+    let again = run_now(store.pseudonymize_audit(&requester, &requester_pseudonym));
+    assert_eq!(again.unwrap().unwrap(), 0);
 }

@@ -27,7 +27,7 @@ use redis::{Cmd, Value};
 
 use super::redis::{
     APPEND_LOG, BOOK_UNDER_LIMITS, DELETE_IF, GCRA, GCRA_READ, GCRA_TRANSACT, HOLD, PUSH_BACK,
-    READ_LINKED, READ_MANY, READ_SET, REPLACE_IF, RedisError, SWAP, TRANSACT,
+    READ_LINKED, READ_MANY, READ_SET, REPLACE_IF, RedisError, SET_AT_IF, SWAP, TRANSACT,
 };
 use crate::clock::Timestamp;
 use crate::sync::Mutex;
@@ -100,9 +100,9 @@ impl MemoryRedis {
         keyspace.now_ms = keyspace.now_ms.max(now.0);
     }
 
-    /// The next `writes` compare-and-swaps (a `transact`, a `swap`) on
-    /// records that exist find them changed and write nothing, as when
-    /// another node wins the race.
+    /// The next `writes` compare-and-swaps (a `transact`, a `swap`, an
+    /// audit entry's rewrite) on records that exist find them changed and
+    /// write nothing, as when another node wins the race.
     pub fn interfere(&self, writes: u32) {
         self.keyspace().conflicts = writes;
     }
@@ -482,22 +482,6 @@ impl Keyspace {
                         .collect(),
                 )
             }
-            b"LSET" => {
-                let (Some(index), Some(value)) = (args.get(1), args.get(2)) else {
-                    return Err(unexpected("LSET"));
-                };
-                let index = usize::try_from(unsigned(index)?).unwrap_or(usize::MAX);
-                match self.entries.get_mut(key).map(|entry| &mut entry.data) {
-                    Some(Data::List(list)) => match list.get_mut(index) {
-                        Some(slot) => {
-                            *slot = value.to_vec();
-                            Value::Okay
-                        }
-                        None => return Err(unexpected("LSET: index out of range")),
-                    },
-                    _ => return Err(unexpected("LSET: no such key")),
-                }
-            }
             b"LRANGE" => {
                 let (Some(start), Some(stop)) = (args.get(1), args.get(2)) else {
                     return Err(unexpected("LRANGE"));
@@ -777,6 +761,33 @@ impl Keyspace {
                 return Ok(Value::Int(1));
             }
             Ok(Value::Int(0))
+        } else if text == SET_AT_IF {
+            let index = usize::try_from(unsigned(arg(0)?)?).unwrap_or(usize::MAX);
+            let (old, value) = (arg(1)?, arg(2)?);
+            let held = match self.live(key(0)?) {
+                Some(Entry {
+                    data: Data::List(list),
+                    ..
+                }) => list.get(index).cloned(),
+                _ => None,
+            };
+            if held.as_deref() != Some(old) {
+                return Ok(Value::Int(0));
+            }
+            // Another node's rewrite got there first.
+            if self.conflicts > 0 {
+                self.conflicts -= 1;
+                return Ok(Value::Int(0));
+            }
+            if let Some(Entry {
+                data: Data::List(list),
+                ..
+            }) = self.live(key(0)?)
+                && let Some(at) = list.get_mut(index)
+            {
+                *at = value.to_vec();
+            }
+            Ok(Value::Int(1))
         } else if text == HOLD {
             let key = key(0)?;
             let (now, limit, member, until) = (

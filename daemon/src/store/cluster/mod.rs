@@ -347,6 +347,17 @@ pub fn question_memory(device: DeviceId, record: &Versioned) -> Result<QuestionM
     device_record(device, record, QuestionMemory::decode, "question memory")
 }
 
+/// Audit entries that name a user being erased, as stored when read
+/// ([`ClusterStore::audit_naming`]), to be rewritten under their
+/// pseudonym ([`ClusterStore::rewrite_audit`]).
+#[derive(Debug)]
+pub struct AuditNaming {
+    user: Username,
+    pseudonym: Username,
+    /// Sequence number (from 1) and the entry as stored.
+    entries: Vec<(u64, Vec<u8>)>,
+}
+
 /// The rounds of one compare-and-swap loop (`while rounds.next().await`,
 /// from [`ClusterStore::rounds`]): `ROUNDS` of them, each retry after a
 /// short random pause, so that contenders on the same records (a burst of
@@ -920,36 +931,87 @@ impl ClusterStore {
         user: &Username,
         pseudonym: &Username,
     ) -> Result<u64, StoreError> {
-        let mut named = Vec::new();
+        let found = self.audit_naming(user, pseudonym).await?;
+        self.rewrite_audit(found).await
+    }
+
+    /// The first half of [`Self::pseudonymize_audit`]: the entries that
+    /// name `user` before the last `erase` entry of `pseudonym` (none
+    /// without one), as stored when read.
+    pub async fn audit_naming(
+        &self,
+        user: &Username,
+        pseudonym: &Username,
+    ) -> Result<AuditNaming, StoreError> {
+        let log = audit_log_key();
+        let mut entries = Vec::new();
         let mut erased_at = None;
         let mut after = 0;
         loop {
             let page = self
-                .audit_log(after, crate::wire::request::MAX_PAGE)
+                .redis
+                .range(&log, after, crate::wire::request::MAX_PAGE)
                 .await?;
-            let Some(last) = page.last().map(|e| e.seq) else {
+            if page.is_empty() {
                 break;
-            };
-            for entry in page {
-                if crate::store::records::is_erasure_of(&entry, pseudonym) {
-                    erased_at = Some(entry.seq);
-                }
-                if let Some(new) = crate::store::records::pseudonymized(&entry, user, pseudonym) {
-                    named.push(new);
-                }
             }
-            after = last;
+            for (stored, seq) in page.into_iter().zip(after + 1..) {
+                let entry = self.audit_entry(&log, seq, &stored)?;
+                if crate::store::records::is_erasure_of(&entry, pseudonym) {
+                    erased_at = Some(seq);
+                }
+                if crate::store::records::pseudonymized(&entry, user, pseudonym).is_some() {
+                    entries.push((seq, stored));
+                }
+                after = seq;
+            }
         }
-        let Some(erased_at) = erased_at else {
-            return Ok(0);
-        };
+        entries.retain(|(seq, _)| erased_at.is_some_and(|at| *seq < at));
+        Ok(AuditNaming {
+            user: user.clone(),
+            pseudonym: pseudonym.clone(),
+            entries,
+        })
+    }
+
+    /// The second half of [`Self::pseudonymize_audit`]: each entry found
+    /// rewritten if it still holds what was read. An entry can name two
+    /// users (a share's requester and owner) erased at once through two
+    /// nodes: when the other erasure rewrote it meanwhile, it is read
+    /// again and its other name kept, never written back.
+    pub async fn rewrite_audit(&self, found: AuditNaming) -> Result<u64, StoreError> {
         let log = audit_log_key();
         let mut rewritten = 0;
-        for entry in named.iter().filter(|e| e.seq < erased_at) {
-            let tagged = self.tagged(&log, PLAIN, &encode_audit(entry));
-            // The list is numbered from 0, the log from 1.
-            self.redis.set_at(&log, entry.seq - 1, &tagged).await?;
-            rewritten += 1;
+        for (seq, mut stored) in found.entries {
+            let mut rounds = self.rounds();
+            loop {
+                let entry = self.audit_entry(&log, seq, &stored)?;
+                let Some(new) =
+                    crate::store::records::pseudonymized(&entry, &found.user, &found.pseudonym)
+                else {
+                    break;
+                };
+                if !rounds.next().await {
+                    return Err(StoreError::Database(format!(
+                        "audit entry {seq} kept changing while it was being pseudonymized"
+                    )));
+                }
+                let tagged = self.tagged(&log, PLAIN, &encode_audit(&new));
+                // The list is numbered from 0, the log from 1.
+                let index = seq - 1;
+                if self.redis.set_at_if(&log, index, &stored, &tagged).await? {
+                    rewritten += 1;
+                    break;
+                }
+                let again = self.redis.range(&log, index, 1).await?;
+                stored = again
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| StoreError::Corrupt {
+                        device: 0,
+                        problem: format!("audit entry {seq} is gone"),
+                    })?;
+            }
         }
         Ok(rewritten)
     }
@@ -967,14 +1029,17 @@ impl ClusterStore {
             .await?;
         raw.iter()
             .zip(after + 1..)
-            .map(|(stored, seq)| {
-                let bytes = self.checked(&log, PLAIN, stored)?;
-                decode_audit(seq, &bytes).ok_or_else(|| StoreError::Corrupt {
-                    device: 0,
-                    problem: format!("audit entry {seq}"),
-                })
-            })
+            .map(|(stored, seq)| self.audit_entry(&log, seq, stored))
             .collect()
+    }
+
+    /// Audit entry `seq` as stored in `log`, checked and decoded.
+    fn audit_entry(&self, log: &Key, seq: u64, stored: &[u8]) -> Result<AuditRecord, StoreError> {
+        let bytes = self.checked(log, PLAIN, stored)?;
+        decode_audit(seq, &bytes).ok_or_else(|| StoreError::Corrupt {
+            device: 0,
+            problem: format!("audit entry {seq}"),
+        })
     }
 
     /// The keyed digest of identification data (as the embedded registry

@@ -399,6 +399,17 @@ end
 return 0
 ";
 
+/// `KEYS[1]` a list, `ARGV[1]` an index in it, `ARGV[2]` the entry it
+/// must hold there, `ARGV[3]` the entry it gets if it does: 1 if it did,
+/// 0 if not (or the list has no such index).
+pub(super) const SET_AT_IF: &str = r"
+if redis.call('LINDEX', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('LSET', KEYS[1], ARGV[1], ARGV[3])
+  return 1
+end
+return 0
+";
+
 /// `KEYS[1]` a sorted set of held things, `ARGV[1]` now (ms), `ARGV[2]`
 /// the limit, `ARGV[3]` the member, `ARGV[4]` when it lapses (ms). Drops
 /// lapsed members, then holds the new one if fewer than the limit are
@@ -1268,12 +1279,23 @@ impl RedisStore {
             .collect())
     }
 
-    /// Replaces the entry at `index` of the list at `key` (which must
-    /// have it).
-    pub async fn set_at(&self, key: &Key, index: u64, value: &[u8]) -> Result<(), RedisError> {
-        let mut command = redis::cmd("LSET");
-        command.arg(key.as_str()).arg(index).arg(value);
-        self.run(key, command, true).await.map(drop)
+    /// Replaces the entry at `index` of the list at `key` by `value` if
+    /// it still holds `old`; whether it did.
+    pub async fn set_at_if(
+        &self,
+        key: &Key,
+        index: u64,
+        old: &[u8],
+        value: &[u8],
+    ) -> Result<bool, RedisError> {
+        let mut command = eval(SET_AT_IF);
+        command
+            .arg(1)
+            .arg(key.as_str())
+            .arg(index)
+            .arg(old)
+            .arg(value);
+        Ok(int(&self.run(key, command, true).await?)? == 1)
     }
 
     /// Up to `count` entries of the list at `key` from index `start`.
