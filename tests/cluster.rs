@@ -14,7 +14,8 @@
 //! a key rotated on one node reaches the other, and the old key is gone
 //! from both once every record is re-sealed, logins passing throughout;
 //! each node says which release it runs, and both stop once a node of a
-//! newer release finished an upgrade.
+//! newer release finished an upgrade; a rolling restart under logins fails
+//! none that gateways take to the other node.
 
 mod support;
 
@@ -1660,4 +1661,161 @@ async fn nodes_say_their_release_and_stop_once_a_newer_release_finished_an_upgra
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("newer than this slsd reads"), "{stderr}");
+}
+
+/// One login of `name`'s DSC+ on `gateway`, answered right: the verify's
+/// reply, or the challenge's when no question came; an error when the
+/// connection is lost or silent for a second.
+async fn log_in_dsc(gateway: &Client, name: &str, device: DeviceId) -> Result<Reply, ClientError> {
+    let within = |call| async move {
+        tokio::time::timeout(Duration::from_secs(1), call)
+            .await
+            .unwrap_or(Err(ClientError::Closed))
+    };
+    let reply = within(gateway.call(Operation::Challenge {
+        user: user(name),
+        device,
+    }))
+    .await?;
+    let Reply::Challenge {
+        challenge,
+        text: ChallengeText::Question(question),
+        ..
+    } = reply
+    else {
+        return Ok(reply);
+    };
+    within(gateway.call(Operation::Verify {
+        challenge,
+        response: Answer::new(&answer(&question)),
+    }))
+    .await
+}
+
+/// What one gateway saw through a rolling restart.
+#[derive(Debug, Default)]
+struct Rolled {
+    /// Logins accepted before the first restart, between the two, after
+    /// the second.
+    accepted: [u32; 3],
+    /// Logins the gateway took to the other node (told `ShuttingDown`,
+    /// or its connection lost).
+    moved: u32,
+    /// Logins no node accepted.
+    failed: u32,
+}
+
+/// A rolling restart as README's "Upgrades" has it, under logins: node A
+/// is stopped (it drains) and started again, then node B. Two gateways log
+/// in, each on its node until told `ShuttingDown` or cut off, then on the
+/// other (as a gateway with two nodes configured does): no login fails,
+/// and logins go on through both restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_logins_fails_none_that_gateways_take_to_the_other_node() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+    let mut deployment =
+        deploy("[challenges]\nper-user-per-minute = 100000\nper-device-per-day = 100000000\n");
+    let admin = deployment.a.client(Role::Admin).await;
+    let mut users = Vec::new();
+    for n in 0..20 {
+        let name = format!("roll{n}");
+        users.push((name.clone(), enroll_dsc(&admin, &name).await.unwrap()));
+    }
+    drop(admin);
+    // Node B holds node A's certificates (`share_identity`).
+    let tls = deployment.a.tls(Role::Gateway);
+    let addrs = Arc::new(std::sync::Mutex::new([
+        deployment.a.quic,
+        deployment.b.quic,
+    ]));
+    let (phase, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let gateways: Vec<_> = (0..2)
+        .map(|home: usize| {
+            let users: Vec<(String, DeviceId)> =
+                users.iter().skip(home).step_by(2).cloned().collect();
+            let (addrs, phase, stop, tls) = (
+                Arc::clone(&addrs),
+                Arc::clone(&phase),
+                Arc::clone(&stop),
+                tls.clone(),
+            );
+            tokio::spawn(async move {
+                let mut rolled = Rolled::default();
+                let mut clients: [Option<Client>; 2] = [None, None];
+                let mut node = home;
+                let mut n = 0;
+                while !stop.load(Relaxed) {
+                    let (name, device) = &users[n % users.len()];
+                    n += 1;
+                    let mut accepted = false;
+                    // Each node twice at most: one restarts at a time.
+                    for _ in 0..4 {
+                        if clients[node].is_none() {
+                            let addr = addrs.lock().unwrap()[node];
+                            let connect = Client::connect_with(addr, tls.clone());
+                            clients[node] = tokio::time::timeout(Duration::from_secs(1), connect)
+                                .await
+                                .ok()
+                                .and_then(Result::ok);
+                        }
+                        let reply = match &clients[node] {
+                            Some(client) => log_in_dsc(client, name, *device).await,
+                            None => Err(ClientError::Closed),
+                        };
+                        match reply {
+                            Ok(Reply::Verdict(Verdict::Accepted { .. })) => {
+                                rolled.accepted[phase.load(Relaxed)] += 1;
+                                accepted = true;
+                                break;
+                            }
+                            Ok(Reply::Error {
+                                code: ErrorCode::ShuttingDown,
+                                ..
+                            })
+                            | Err(_) => {
+                                clients[node] = None;
+                                node = 1 - node;
+                                rolled.moved += 1;
+                            }
+                            Ok(other) => panic!("{name} on node {node}: {other:?}"),
+                        }
+                    }
+                    if !accepted {
+                        rolled.failed += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                rolled
+            })
+        })
+        .collect();
+
+    for node in [0, 1] {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        deployment = tokio::task::block_in_place(|| deployment.restart_node(node));
+        *addrs.lock().unwrap() = [deployment.a.quic, deployment.b.quic];
+        phase.store(node + 1, Relaxed);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Relaxed);
+    let mut moved = 0;
+    for gateway in gateways {
+        let rolled = gateway.await.unwrap();
+        eprintln!("{rolled:?}");
+        assert_eq!(rolled.failed, 0, "logins no node accepted: {rolled:?}");
+        assert!(
+            rolled.accepted.iter().all(|&n| n > 0),
+            "logins stopped for a while: {rolled:?}"
+        );
+        moved += rolled.moved;
+    }
+    // Each restart cut both gateways' connections to the node (or told
+    // them it was draining).
+    assert!(
+        moved >= 2,
+        "no gateway was moved: the nodes did not restart"
+    );
 }

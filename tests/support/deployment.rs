@@ -97,6 +97,31 @@ fn deploy_on(
 }
 
 impl Deployment {
+    /// Node A (`0`) or B (`1`) stopped cleanly — it drains — and started
+    /// again on its data directory (on new ports), the other serving
+    /// meanwhile: one step of a rolling restart.
+    pub fn restart_node(self, node: usize) -> Self {
+        let Self {
+            a,
+            b,
+            cluster,
+            _dir,
+            _turn,
+        } = self;
+        let (a, b) = if node == 0 {
+            (a.restart(), b)
+        } else {
+            (a, b.restart())
+        };
+        Self {
+            a,
+            b,
+            cluster,
+            _dir,
+            _turn,
+        }
+    }
+
     /// Both nodes stopped cleanly and started again on their data
     /// directories (nothing remembered from before but what the store has).
     pub fn restart_nodes(self) -> Self {
