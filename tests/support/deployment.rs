@@ -125,20 +125,7 @@ impl Deployment {
     /// Both nodes stopped cleanly and started again on their data
     /// directories (nothing remembered from before but what the store has).
     pub fn restart_nodes(self) -> Self {
-        let Self {
-            a,
-            b,
-            cluster,
-            _dir,
-            _turn,
-        } = self;
-        Self {
-            a: a.restart(),
-            b: b.restart(),
-            cluster,
-            _dir,
-            _turn,
-        }
+        self.restart_node(0).restart_node(1)
     }
 }
 
